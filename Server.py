@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Entry point: parse the command line, wire the protocol to the reactor, run.
+
+    python3 Server.py [IP] [PORT] [--student-id ID] [--log-level LEVEL]
+
+The module name is the one the course fixes (the one exception to PEP 8 here). All behaviour
+lives in protocol.py (what to answer), rooms.py (who is where) and reactor.py (sockets).
+"""
+import argparse
+import logging
+import os
+import sys
+
+from protocol import ChatProtocol
+from reactor import Reactor
+
+DEFAULT_IP = "0.0.0.0"          # every interface
+DEFAULT_PORT = 8080
+# HELO's StudentID when neither --student-id nor STUDENT_ID is given: a placeholder that says
+# plainly that nobody set it.
+DEFAULT_STUDENT_ID = "00000000"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="A chat server for the course's chat protocol (see README.md). It runs "
+                    "until KILL_SERVICE, Ctrl-C or SIGTERM.",
+        epilog="With one positional argument, digits are taken as the PORT and anything else "
+               "as the IP. Once listening, it prints 'listening on IP:PORT' on standard output "
+               "(the real port, useful with PORT 0).")
+    parser.add_argument("ip", nargs="?", default=None,
+                        help="address to listen on (default %s)" % DEFAULT_IP)
+    parser.add_argument("port", nargs="?", default=None,
+                        help="TCP port to listen on (default %d; 0 picks a free one)"
+                             % DEFAULT_PORT)
+    parser.add_argument("--student-id", default=os.environ.get("STUDENT_ID", DEFAULT_STUDENT_ID),
+                        help="StudentID reported by HELO (default: the STUDENT_ID environment "
+                             "variable, else %s)" % DEFAULT_STUDENT_ID)
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="what to log on standard error (default info)")
+    args = parser.parse_args(argv)
+    if args.port is None and args.ip is not None and args.ip.isdigit():
+        args.ip, args.port = None, args.ip
+    args.ip = args.ip or DEFAULT_IP
+    try:
+        args.port = DEFAULT_PORT if args.port is None else int(args.port)
+        if not 0 <= args.port <= 65535:
+            raise ValueError
+    except ValueError:
+        parser.error("PORT must be an integer from 0 to 65535, not %r" % args.port)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        reactor = Reactor(args.ip, args.port)
+    except OSError as exc:
+        logging.error("cannot listen on %s:%s: %s", args.ip, args.port, exc)
+        return 1
+    ip, port = reactor.address
+    reactor.app = ChatProtocol(port=port, student_id=args.student_id)
+    reactor.stop_on_signals()
+    print("listening on %s:%d" % (ip, port), flush=True)
+    logging.info("listening on %s:%d (StudentID %s)", ip, port, args.student_id)
+    reactor.run_forever()
+    logging.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""The chat protocol as a pure state machine: bytes in, requests, actions out.
+
+Boundary: this module imports no socket, no selectors and nothing of the reactor. A connection is
+an integer id. Everything it decides can be tested in memory, and the reactor that drives it
+knows nothing of chat commands (the h11 "sans-IO" design; see STYLE.md).
+
+Theory of operation, following one request through the module:
+
+    bytes --Framer.receive_data--> input buffer
+          --Framer.maybe_next_frame--> one frame (the bytes of one request)
+          --parse_request--> a request (Helo, Kill, Join, Leave, Chat, Disconnect, Other)
+          --ChatProtocol.handle--> a list of actions (Send, Broadcast, Close, Shutdown)
+
+The reactor calls ChatProtocol.data_received() with what it read, then maybe_next_actions()
+once per request it is willing to handle this tick, and carries out the actions in order.
+
+Rules of this file:
+- Framing is decided by the first line's keyword alone (PROTOCOL.md, Part 2, "Framing").
+- Every error a peer can cause is a RequestError, raised where it is found and turned into an
+  ERROR_CODE reply in one place (`error_reply`), from the one table of codes (`ErrorCode`).
+- Exceptions other than RequestError are our own bugs; the reactor drops the connection.
+- The one side effect here is logging the "other messages" nobody processes.
+"""
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+from rooms import Rooms
+
+LOGGER = logging.getLogger(__name__)
+
+# The longest request we buffer, counted from its first byte to its terminating newline(s). A
+# CHAT may span several lines, so this is a bound on the whole request, not just on one line.
+# 64 KiB is a long page of text, far beyond any chat message, and small enough that a thousand
+# clients each holding a half-sent maximal request cost 64 MB. A peer past it gets
+# ERROR_CODE REQUEST_TOO_LONG and is disconnected: we cannot resynchronise inside a request we
+# refused to buffer.
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one table, one builder
+# ---------------------------------------------------------------------------------------------
+
+class ErrorCode(enum.IntEnum):
+    """Every ERROR_CODE this server sends. The README's error table is this one."""
+    MALFORMED_REQUEST = 1    # a field missing, misnamed or out of order
+    BAD_INTEGER = 2          # ROOM_REF or JOIN_ID is not a non-negative integer
+    EMPTY_ROOM_NAME = 3
+    EMPTY_CLIENT_NAME = 4
+    UNKNOWN_ROOM = 5         # no room has this ROOM_REF
+    NOT_A_MEMBER = 6         # CHAT to a room this connection has not joined
+    INVALID_UTF8 = 7
+    REQUEST_TOO_LONG = 8     # longer than MAX_REQUEST_BYTES; the connection is then closed
+    TOO_MANY_ROOMS = 9       # creating one more room would pass rooms.MAX_ROOMS
+
+
+class RequestError(Exception):
+    """A request the peer got wrong. Raised where the fault is found; `ChatProtocol` turns it
+    into an ERROR_CODE reply and the connection stays usable (except REQUEST_TOO_LONG)."""
+
+    def __init__(self, code: ErrorCode, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
+def error_reply(err: RequestError) -> bytes:
+    """The ERROR_CODE message for `err`. The description is kept to one line."""
+    text = err.description.replace("\n", " ")
+    return ("ERROR_CODE: %d\nERROR_DESCRIPTION: %s\n" % (err.code, text)).encode("utf-8")
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    """A short, printable rendering of peer-supplied text for an error description."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+# ---------------------------------------------------------------------------------------------
+# Framing: bytes -> frames
+# ---------------------------------------------------------------------------------------------
+
+_UNTIL_BLANK_LINE = -1   # a CHAT ends at the first blank line, not after a count of lines
+
+# How many lines each kind of request has, by the keyword before the first colon of its first
+# line. Anything not listed (HELO, KILL_SERVICE, unknown commands) is one line.
+_FRAME_LINES = {
+    b"JOIN_CHATROOM": 4,
+    b"LEAVE_CHATROOM": 3,
+    b"DISCONNECT": 3,
+    b"CHAT": _UNTIL_BLANK_LINE,
+}
+
+
+class Framer:
+    """Cuts one connection's byte stream into frames, one request each.
+
+    `receive_data()` only buffers; `maybe_next_frame()` returns the next complete frame, without
+    its final newline(s) and with every CR of a CRLF removed, or None until more data arrives.
+    Blank lines between requests are skipped. A blank line also ends a fixed-size request early
+    (it is then malformed, and the parser says so) so that one forgotten field does not swallow
+    the first line of the next request.
+
+    Cost: every byte is searched once, however the stream is split. The search for the end of a
+    frame resumes where the last call gave up (`_scanned`), so a request trickling in a byte at a
+    time costs O(n), not O(n^2).
+    """
+
+    __slots__ = ("_buf", "_end", "_lines_left", "_scanned", "_held_cr", "max_request")
+
+    def __init__(self, max_request: int = MAX_REQUEST_BYTES) -> None:
+        self._buf = bytearray()
+        self._end = 0             # offset just past the last complete line of this frame (0: none)
+        self._lines_left = 0      # lines this frame still needs, or _UNTIL_BLANK_LINE
+        self._scanned = 0         # offset before which the current search already looked
+        self._held_cr = False     # the last chunk ended in CR: is it half of a CRLF?
+        self.max_request = max_request
+
+    def receive_data(self, data: bytes) -> None:
+        """Append bytes read from the peer. CRLF becomes LF here, once, so that nothing after
+        this point has to think about telnet's line ends."""
+        if self._held_cr:
+            data = b"\r" + data
+            self._held_cr = False
+        if b"\r" in data:
+            if data[-1:] == b"\r":    # its LF may be in the next chunk: decide then
+                data = data[:-1]
+                self._held_cr = True
+            data = data.replace(b"\r\n", b"\n")
+        self._buf += data
+
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as a frame."""
+        return len(self._buf)
+
+    def maybe_next_frame(self) -> Optional[bytes]:
+        """The next complete frame, or None if there is none yet.
+
+        Raises RequestError(REQUEST_TOO_LONG) once the frame being assembled passes
+        `max_request` bytes; the framer is of no further use after that.
+        """
+        buf = self._buf
+        if self._end == 0:
+            blank = 0
+            while blank < len(buf) and buf[blank] == 10:     # 10 == ord("\n")
+                blank += 1
+            if blank:
+                del buf[:blank]
+                self._scanned = 0
+            eol = self._search(b"\n", 0)
+            if eol < 0:
+                return self._incomplete()
+            colon = buf.find(b":", 0, eol)
+            keyword = bytes(buf[:colon]).strip() if colon >= 0 else b""
+            lines = _FRAME_LINES.get(keyword, 1)
+            self._lines_left = lines if lines == _UNTIL_BLANK_LINE else lines - 1
+            self._end = eol + 1
+        if self._lines_left == _UNTIL_BLANK_LINE:
+            blank_at = self._search(b"\n\n", self._end - 1)
+            if blank_at < 0:
+                return self._incomplete()
+            return self._take(blank_at, blank_at + 2)
+        while self._lines_left > 0:
+            eol = self._search(b"\n", self._end)
+            if eol < 0:
+                return self._incomplete()
+            if eol == self._end:                        # a blank line cuts the request short
+                return self._take(self._end - 1, eol + 1)
+            self._end = eol + 1
+            self._lines_left -= 1
+        return self._take(self._end - 1, self._end)
+
+    def _search(self, needle: bytes, start: int) -> int:
+        """buf.find(needle, start), skipping what an earlier call already searched in vain."""
+        found = self._buf.find(needle, max(start, self._scanned))
+        if found < 0:
+            self._scanned = max(0, len(self._buf) - len(needle) + 1)
+        return found
+
+    def _incomplete(self) -> None:
+        if len(self._buf) > self.max_request:
+            raise RequestError(ErrorCode.REQUEST_TOO_LONG,
+                               "request longer than %d bytes; closing the connection"
+                               % self.max_request)
+        return None
+
+    def _take(self, frame_end: int, consumed: int) -> bytes:
+        """Return buf[:frame_end] as a frame and drop the first `consumed` bytes."""
+        if frame_end > self.max_request:
+            raise RequestError(ErrorCode.REQUEST_TOO_LONG,
+                               "request longer than %d bytes; closing the connection"
+                               % self.max_request)
+        frame = bytes(self._buf[:frame_end])
+        del self._buf[:consumed]      # O(1): a bytearray drops its head by moving its start
+        self._end = self._lines_left = self._scanned = 0
+        return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests: frames -> requests (nouns, as the client names them)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Helo:
+    line: str              # the whole request line, echoed as the first line of the reply
+
+
+@dataclass(frozen=True)
+class Kill:
+    pass
+
+
+@dataclass(frozen=True)
+class Join:
+    room: str
+    client_name: str
+
+
+@dataclass(frozen=True)
+class Leave:
+    ref: int
+    join_id: int
+    client_name: str
+
+
+@dataclass(frozen=True)
+class Chat:
+    ref: int
+    join_id: int
+    client_name: str
+    message: str           # may contain single newlines; never a blank line
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    client_name: str
+
+
+@dataclass(frozen=True)
+class Other:
+    line: str              # a one-line message this protocol does not define
+
+
+Request = Union[Helo, Kill, Join, Leave, Chat, Disconnect, Other]
+
+
+def _field(lines: List[str], index: int, key: str, kind: str) -> str:
+    """The trimmed value of line `index`, which must be `key: value`."""
+    if index >= len(lines):
+        raise RequestError(ErrorCode.MALFORMED_REQUEST,
+                           "%s needs a %s: line (line %d)" % (kind, key, index + 1))
+    name, colon, value = lines[index].partition(":")
+    if not colon or name.strip() != key:
+        raise RequestError(ErrorCode.MALFORMED_REQUEST,
+                           "%s expects %s: on line %d, got %s"
+                           % (kind, key, index + 1, _quote(lines[index])))
+    return value.strip()
+
+
+def _integer(value: str, key: str) -> int:
+    # isdigit() alone admits other scripts' digits and int() admits "+1", "1_0" and " 1 ":
+    # the protocol means plain ASCII digits. int() may still refuse thousands of digits.
+    if value.isascii() and value.isdigit():
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise RequestError(ErrorCode.BAD_INTEGER,
+                       "%s must be a non-negative integer, got %s" % (key, _quote(value)))
+
+
+def _client_name(lines: List[str], index: int, kind: str) -> str:
+    name = _field(lines, index, "CLIENT_NAME", kind)
+    if not name:
+        raise RequestError(ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME must not be empty")
+    return name
+
+
+def parse_request(frame: bytes) -> Request:
+    """Turn one frame into a request. Raises RequestError for a malformed request of a known
+    kind; a first line of no known kind becomes Other (which is not an error)."""
+    try:
+        text = frame.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(ErrorCode.INVALID_UTF8,
+                           "request is not valid UTF-8 (byte %d)" % exc.start) from None
+    first = text.partition("\n")[0]
+    if first.startswith("HELO ") or first == "HELO":
+        return Helo(first)
+    if first.strip() == "KILL_SERVICE":
+        return Kill()
+    keyword, colon, value = first.partition(":")
+    keyword = keyword.strip()
+    value = value.strip()
+    if not colon or keyword not in _PARSERS:
+        return Other(first)
+    return _PARSERS[keyword](text, value)
+
+
+def _parse_join(text: str, room: str) -> Join:
+    lines = text.split("\n")
+    _field(lines, 1, "CLIENT_IP", "JOIN_CHATROOM")      # "0 for TCP": any value is accepted
+    _field(lines, 2, "PORT", "JOIN_CHATROOM")
+    name = _client_name(lines, 3, "JOIN_CHATROOM")
+    if not room:
+        raise RequestError(ErrorCode.EMPTY_ROOM_NAME, "JOIN_CHATROOM needs a room name")
+    return Join(room, name)
+
+
+def _parse_leave(text: str, ref: str) -> Leave:
+    lines = text.split("\n")
+    room_ref = _integer(ref, "ROOM_REF")
+    join_id = _integer(_field(lines, 1, "JOIN_ID", "LEAVE_CHATROOM"), "JOIN_ID")
+    return Leave(room_ref, join_id, _client_name(lines, 2, "LEAVE_CHATROOM"))
+
+
+def _parse_disconnect(text: str, _value: str) -> Disconnect:
+    lines = text.split("\n")
+    _field(lines, 1, "PORT", "DISCONNECT")
+    return Disconnect(_client_name(lines, 2, "DISCONNECT"))
+
+
+def _parse_chat(text: str, ref: str) -> Chat:
+    lines = text.split("\n", 3)       # the 4th part is MESSAGE: and every line after it
+    room_ref = _integer(ref, "ROOM_REF")
+    join_id = _integer(_field(lines, 1, "JOIN_ID", "CHAT"), "JOIN_ID")
+    name = _client_name(lines, 2, "CHAT")
+    message = _field(lines, 3, "MESSAGE", "CHAT")
+    return Chat(room_ref, join_id, name, message)
+
+
+_PARSERS: Dict[str, Callable[[str, str], Request]] = {
+    "JOIN_CHATROOM": _parse_join,
+    "LEAVE_CHATROOM": _parse_leave,
+    "DISCONNECT": _parse_disconnect,
+    "CHAT": _parse_chat,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions: what the state machine asks the reactor to do (imperative names)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Send:
+    conn_id: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    conn_ids: Tuple[int, ...]   # the members at the moment of the broadcast, in join order
+    data: bytes                 # encoded once, the same object queued for every member
+
+
+@dataclass(frozen=True)
+class Close:
+    conn_id: int                # close once everything queued for it has been sent
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass                        # stop the whole server
+
+
+Action = Union[Send, Broadcast, Close, Shutdown]
+
+
+def chat_message(ref: int, client_name: str, text: str) -> bytes:
+    """A CHAT message as members receive it (announcements use the same form)."""
+    return ("CHAT: %d\nCLIENT_NAME: %s\nMESSAGE: %s\n\n" % (ref, client_name, text)).encode("utf-8")
+
+
+def handle_other_message(conn_id: int, line: str) -> List[Action]:
+    """The default handler for messages the protocol does not define: log, reply nothing.
+
+    A reply would break real clients: the course's test client sends such a message and then
+    reads the next reply it expects, so an unsolicited ERROR_CODE would be read in its place.
+    Pass another function to ChatProtocol to process these messages.
+    """
+    LOGGER.info("conn %d: ignoring unknown message %s", conn_id, _quote(line, 80))
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# The state machine: requests -> actions
+# ---------------------------------------------------------------------------------------------
+
+class _Session:
+    """What the protocol remembers about one open connection."""
+    __slots__ = ("framer", "local_ip", "closing")
+
+    def __init__(self, local_ip: str) -> None:
+        self.framer = Framer()
+        self.local_ip = local_ip      # our side of this connection, for HELO and JOINED
+        self.closing = False          # DISCONNECT or a fatal error: handle nothing more
+
+
+class ChatProtocol:
+    """The whole server's protocol state: every connection's session and every room.
+
+    The reactor drives it with connection_made / data_received / maybe_next_actions /
+    connection_lost; tests can also call handle() with a request directly.
+    """
+
+    def __init__(self, port: int, student_id: str, rooms: Optional[Rooms] = None,
+                 on_other_message: Callable[[int, str], List[Action]] = handle_other_message
+                 ) -> None:
+        self.port = port                  # the listening port, reported by HELO and JOINED
+        self.student_id = student_id
+        self.rooms = rooms if rooms is not None else Rooms()
+        self.on_other_message = on_other_message
+        self._sessions: Dict[int, _Session] = {}
+        self._handlers: Dict[type, Callable[[int, Request], List[Action]]] = {
+            Chat: self._on_chat, Join: self._on_join, Leave: self._on_leave,
+            Disconnect: self._on_disconnect, Helo: self._on_helo, Kill: self._on_kill,
+            Other: self._on_other,
+        }
+
+    # -- driven by the reactor -----------------------------------------------------------------
+
+    def connection_made(self, conn_id: int, local_ip: str) -> None:
+        self._sessions[conn_id] = _Session(local_ip)
+
+    def data_received(self, conn_id: int, data: bytes) -> None:
+        """Buffer bytes from the peer; requests are handled by maybe_next_actions()."""
+        self._sessions[conn_id].framer.receive_data(data)
+
+    def maybe_next_actions(self, conn_id: int) -> Optional[List[Action]]:
+        """Handle the next complete request of `conn_id` and return its actions, or None when
+        no complete request is buffered (or the connection is closing)."""
+        session = self._sessions[conn_id]
+        if session.closing:
+            return None
+        try:
+            frame = session.framer.maybe_next_frame()
+            if frame is None:
+                return None
+            request = parse_request(frame)
+        except RequestError as err:
+            actions: List[Action] = [Send(conn_id, error_reply(err))]
+            if err.code == ErrorCode.REQUEST_TOO_LONG:
+                session.closing = True
+                actions.append(Close(conn_id))
+            return actions
+        return self.handle(conn_id, request)
+
+    def connection_lost(self, conn_id: int) -> List[Action]:
+        """The connection is gone (closed by either side, or broken). Its rooms are told it
+        left, in ascending ROOM_REF order; nothing is sent to it any more."""
+        self._sessions.pop(conn_id, None)
+        actions = self._leave_all(conn_id, tell_self=False)
+        self.rooms.forget(conn_id)
+        return actions
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def handle(self, conn_id: int, request: Request) -> List[Action]:
+        """The actions for one request from `conn_id`; errors become an ERROR_CODE reply."""
+        try:
+            return self._handlers[type(request)](conn_id, request)
+        except RequestError as err:
+            return [Send(conn_id, error_reply(err))]
+
+    def _on_chat(self, conn_id: int, req: Chat) -> List[Action]:
+        # Identity is the connection: req.join_id and req.client_name are not trusted.
+        name = self.rooms.name_in(conn_id, self._existing_room(req.ref))
+        if name is None:
+            raise RequestError(ErrorCode.NOT_A_MEMBER,
+                               "not a member of room %d: JOIN_CHATROOM %s first"
+                               % (req.ref, _quote(self.rooms.name_of_room(req.ref))))
+        return [Broadcast(self.rooms.member_ids(req.ref), chat_message(req.ref, name, req.message))]
+
+    def _on_join(self, conn_id: int, req: Join) -> List[Action]:
+        rooms = self.rooms
+        if rooms.ref_of(req.room) is None and rooms.is_full():
+            raise RequestError(ErrorCode.TOO_MANY_ROOMS,
+                               "the server has its maximum of %d rooms; join an existing one"
+                               % rooms.max_rooms)
+        ref, join_id, newly_joined = rooms.join(conn_id, req.room, req.client_name)
+        reply = ("JOINED_CHATROOM: %s\nSERVER_IP: %s\nPORT: %d\nROOM_REF: %d\nJOIN_ID: %d\n"
+                 % (req.room, self._sessions[conn_id].local_ip, self.port, ref, join_id))
+        actions: List[Action] = [Send(conn_id, reply.encode("utf-8"))]
+        if newly_joined:      # joining again: the same reply, no second announcement
+            name = rooms.name_in(conn_id, ref)
+            actions.append(Broadcast(rooms.member_ids(ref),
+                                     chat_message(ref, name, "%s has joined this chatroom." % name)))
+        return actions
+
+    def _on_leave(self, conn_id: int, req: Leave) -> List[Action]:
+        ref = self._existing_room(req.ref)
+        # The reply echoes the request, and repeats for a room already left. Who leaves is the
+        # connection, whatever JOIN_ID it quotes: nobody can leave for somebody else.
+        reply = b"LEFT_CHATROOM: %d\nJOIN_ID: %d\n" % (ref, req.join_id)
+        return [Send(conn_id, reply)] + self._leave(conn_id, ref, tell_self=True)
+
+    def _on_disconnect(self, conn_id: int, req: Disconnect) -> List[Action]:
+        self._sessions[conn_id].closing = True
+        return self._leave_all(conn_id, tell_self=True) + [Close(conn_id)]
+
+    def _on_helo(self, conn_id: int, req: Helo) -> List[Action]:
+        reply = "%s\nIP:%s\nPort:%d\nStudentID:%s\n" % (
+            req.line, self._sessions[conn_id].local_ip, self.port, self.student_id)
+        return [Send(conn_id, reply.encode("utf-8"))]
+
+    def _on_kill(self, conn_id: int, req: Kill) -> List[Action]:
+        LOGGER.info("conn %d: KILL_SERVICE", conn_id)
+        return [Shutdown()]
+
+    def _on_other(self, conn_id: int, req: Other) -> List[Action]:
+        return self.on_other_message(conn_id, req.line)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _existing_room(self, ref: int) -> int:
+        if not self.rooms.exists(ref):
+            raise RequestError(ErrorCode.UNKNOWN_ROOM,
+                               "no room has ROOM_REF %d; JOINED_CHATROOM tells you a room's ref"
+                               % ref)
+        return ref
+
+    def _leave(self, conn_id: int, ref: int, tell_self: bool) -> List[Action]:
+        """Take conn_id out of room `ref` and announce it (to itself too if tell_self)."""
+        rooms = self.rooms
+        name = rooms.name_in(conn_id, ref)
+        if name is None:
+            return []
+        members = rooms.member_ids(ref)
+        rooms.leave(conn_id, ref)
+        if not tell_self:
+            members = tuple(m for m in members if m != conn_id)
+        if not members:
+            return []
+        return [Broadcast(members, chat_message(ref, name, "%s has left this chatroom." % name))]
+
+    def _leave_all(self, conn_id: int, tell_self: bool) -> List[Action]:
+        actions: List[Action] = []
+        for ref in self.rooms.refs_of(conn_id):    # ascending ROOM_REF
+            actions += self._leave(conn_id, ref, tell_self)
+        return actions

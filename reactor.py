@@ -1,0 +1,412 @@
+"""A single-threaded event loop over `selectors`: sockets in, bytes to an app, actions out.
+
+Boundary: this module knows nothing of chat commands. It accepts connections, reads bytes and
+hands them to an *app* (protocol.ChatProtocol), asks the app for the actions of each complete
+request, and carries the actions out: queue bytes for a connection, close it, stop. The app
+names connections by integer ids and never sees a socket.
+
+One tick of the loop (`run_once`), in the order Redis's ae.c uses, reads before writes:
+
+    1. select()                 which sockets are ready (no wait if input is left over)
+    2. on_acceptable            accept every pending connection
+       on_readable              recv() once per ready connection, give the bytes to the app
+    3. process input            up to MAX_REQUESTS_PER_TICK requests per connection; their
+                                actions append bytes to output buffers
+    4. flush                    one send() per connection with new output: everything queued
+                                for it this tick leaves in one system call
+
+The write path is asyncio's (selector_events.py), with the send moved to the end of the tick as
+Redis does (handleClientsWithPendingWrites): nothing is sent while a request is being handled;
+at the end of the tick a connection with output is sent to at once, without waiting for the
+selector; only a remainder that the kernel would not take stays queued, and only then does the
+loop watch that socket for writability, until the queue is empty again.
+
+Flow control (asyncio's water marks, Redis's output-buffer limit): a connection whose queued
+output passes HIGH_WATER is not read from until it drains below LOW_WATER; one whose queue passes
+OUTPUT_CAP is disconnected. So a client that never reads costs at most OUTPUT_CAP and slows
+nobody else down.
+
+The app must provide:
+    connection_made(conn_id, local_ip) -> None
+    data_received(conn_id, data) -> None
+    maybe_next_actions(conn_id) -> list of actions, or None when no request is complete
+    connection_lost(conn_id) -> list of actions
+"""
+import errno
+import logging
+import selectors
+import signal
+import socket
+import time
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from protocol import Action, Broadcast, Close, Send, Shutdown
+
+LOGGER = logging.getLogger(__name__)
+
+# --- limits (README, "Limits") ------------------------------------------------------------------
+# Bytes asked of recv() at once. 64 KiB is what the kernel usually has ready on loopback, and a
+# connection's unhandled input stays below this plus one partial request (see _on_readable).
+READ_SIZE = 64 * 1024
+# Requests handled for one connection per tick before the loop moves on to the others: one
+# flooding client gets its turn every tick, but never the whole tick (fairness). What is left
+# stays buffered and the next select() does not wait.
+MAX_REQUESTS_PER_TICK = 16
+# Stop reading from a peer whose own unsent output passes HIGH_WATER and start again below
+# LOW_WATER (asyncio's defaults: 64 KiB and a quarter of it).
+HIGH_WATER = 64 * 1024
+LOW_WATER = HIGH_WATER // 4
+# Disconnect a peer whose unsent output passes this (Redis: client-output-buffer-limit). 1 MiB
+# is ~15 000 chat messages: a reader that far behind is stalled, not slow.
+OUTPUT_CAP = 1024 * 1024
+# Pending connections the kernel may hold for us between two ticks.
+BACKLOG = 1024
+# After accept() fails for lack of file descriptors, stop accepting for this long rather than
+# spin on a listening socket that stays readable.
+ACCEPT_RETRY_DELAY = 0.1
+# The longest select() wait: only bounds how long stop() from a signal can go unnoticed.
+MAX_WAIT = 1.0
+
+_OPEN, _CLOSING, _CLOSED = 0, 1, 2
+_ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class Connection:
+    """One client connection as the reactor sees it: a socket and two buffers' worth of state.
+
+    The input buffer lives in the app (its framer); `out` is the output queue.
+    """
+    __slots__ = ("sock", "conn_id", "out", "state", "events", "paused", "has_input",
+                 "flush_pending")
+
+    def __init__(self, sock: socket.socket, conn_id: int) -> None:
+        self.sock = sock
+        self.conn_id = conn_id
+        self.out = bytearray()          # unsent output, oldest first
+        self.state = _OPEN              # _OPEN, then _CLOSING (flushing), then _CLOSED
+        self.events = selectors.EVENT_READ
+        self.paused = False             # reads stopped: our output to it is above HIGH_WATER
+        self.has_input = False          # the app may hold complete requests from it
+        self.flush_pending = False      # it is on the reactor's list to flush this tick
+
+
+class Reactor:
+    """Listens on one address and runs `app` for every connection, on one thread.
+
+    `app` may be given after construction (as Server.py does), once `address` tells the real
+    port that binding to port 0 picked.
+    """
+
+    def __init__(self, host: str, port: int, app=None, backlog: int = BACKLOG) -> None:
+        self.app = app
+        self.selector = selectors.DefaultSelector()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, port))
+        self.listener.listen(backlog)
+        self.listener.setblocking(False)
+        self.address: Tuple[str, int] = self.listener.getsockname()[:2]
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        # A socket pair to wake select() from a signal handler (asyncio's self-pipe).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+        self.conns: Dict[int, Connection] = {}
+        self._next_conn_id = 1
+        self._with_input: List[Connection] = []   # requests may be left over from last tick
+        self._to_flush: List[Connection] = []     # got output this tick
+        self._to_abort: List[Connection] = []     # passed OUTPUT_CAP while output was queued
+        self._accept_paused_until = 0.0
+        self._running = False
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Run ticks until stop() is called (by a Shutdown action or a signal), then close."""
+        self._running = True
+        try:
+            while self._running:
+                self.run_once(MAX_WAIT)
+        finally:
+            self.close()
+
+    def run_once(self, timeout: Optional[float] = None) -> None:
+        """One tick: wait up to `timeout` for sockets, read, handle requests, write."""
+        if self._with_input:
+            timeout = 0
+        if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self.selector.register(self.listener, selectors.EVENT_READ, None)
+        for key, mask in self.selector.select(timeout):
+            conn = key.data
+            if conn is None:
+                self._on_acceptable()
+            elif conn is self._wake_r:
+                self._drain_wakeup()
+            elif conn.state != _CLOSED:    # an earlier event this tick may have closed it
+                if mask & selectors.EVENT_READ:
+                    self._on_readable(conn)
+                if mask & selectors.EVENT_WRITE and not conn.flush_pending:
+                    conn.flush_pending = True
+                    self._to_flush.append(conn)
+        self._process_input()
+        self._flush()
+
+    def stop(self) -> None:
+        """Ask run_forever() to return after this tick. Safe to call from a signal handler."""
+        self._running = False
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass                            # the wake-up is already pending, or we are closed
+
+    def stop_on_signals(self, signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        """Make these signals stop the loop cleanly (main thread only)."""
+        for signum in signums:
+            signal.signal(signum, lambda _signum, _frame: self.stop())
+
+    def close(self) -> None:
+        """Close every connection (sending what the kernel takes at once) and the listener."""
+        for conn in list(self.conns.values()):
+            if conn.out:
+                try:
+                    conn.sock.send(conn.out)
+                except OSError:
+                    pass
+            self._teardown(conn, tell_app=False)
+        for sock in (self.listener, self._wake_r, self._wake_w):
+            sock.close()
+        self.selector.close()
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _on_acceptable(self) -> None:
+        """Accept every connection the kernel has queued (until accept() would block)."""
+        while True:
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue                    # it went away while queued: next
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_ERRORS:
+                    raise
+                LOGGER.warning("accept failed (%s); retrying in %.1fs", exc, ACCEPT_RETRY_DELAY)
+                self.selector.unregister(self.listener)
+                self._accept_paused_until = time.monotonic() + ACCEPT_RETRY_DELAY
+                return
+            sock.setblocking(False)
+            # We already gather a tick's output into one send(): Nagle would only add delay.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn_id = self._next_conn_id
+            self._next_conn_id += 1
+            conn = Connection(sock, conn_id)
+            self.conns[conn_id] = conn
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+            self.app.connection_made(conn_id, sock.getsockname()[0])
+            LOGGER.debug("conn %d: accepted", conn_id)
+
+    def _on_readable(self, conn: Connection) -> None:
+        """Read once from `conn` and hand the bytes to the app (requests are handled later in
+        the tick). A connection whose earlier input is not all handled is not read from: its
+        data waits in the kernel, whose window then slows the sender down."""
+        if conn.has_input:
+            return
+        try:
+            data = conn.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:             # ECONNRESET and friends: the peer is gone
+            LOGGER.debug("conn %d: recv failed: %s", conn.conn_id, exc)
+            self._teardown(conn)
+            return
+        if not data:
+            LOGGER.debug("conn %d: closed by peer", conn.conn_id)
+            self._teardown(conn)
+            return
+        if conn.state == _CLOSING:
+            return                          # we are only flushing: input is dropped
+        self._guarded(conn, self.app.data_received, conn.conn_id, data)
+        if conn.state == _OPEN and not conn.has_input:
+            conn.has_input = True
+            self._with_input.append(conn)
+
+    def _process_input(self) -> None:
+        """Handle up to MAX_REQUESTS_PER_TICK requests for each connection with input."""
+        ready, self._with_input = self._with_input, []
+        for conn in ready:
+            if conn.state != _OPEN or conn.paused:
+                conn.has_input = False      # a paused one is put back by _send on resuming
+                continue
+            if self._guarded(conn, self._handle_requests, conn):
+                self._with_input.append(conn)      # it may have more: no waiting in select
+            else:
+                conn.has_input = False
+            self._abort_over_cap()
+
+    def _handle_requests(self, conn: Connection) -> bool:
+        """Handle a tick's worth of `conn`'s requests; True if it may have more."""
+        next_actions = self.app.maybe_next_actions
+        for _ in range(MAX_REQUESTS_PER_TICK):
+            actions = next_actions(conn.conn_id)
+            if actions is None:
+                return False
+            self.apply(actions)
+            if conn.state != _OPEN or conn.paused:
+                return conn.state == _OPEN
+        return True
+
+    def _guarded(self, conn: Connection, func, *args):
+        """Call func(*args) for `conn`. An exception there is our bug, not the peer's: log it
+        and drop that one connection; the server goes on (the one catch-all in the server)."""
+        try:
+            return func(*args)
+        except Exception:
+            LOGGER.exception("conn %d: internal error; dropping the connection", conn.conn_id)
+            self._teardown(conn)
+            return False
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def apply(self, actions: List[Action]) -> None:
+        """Carry out the app's actions, in order."""
+        for action in actions:
+            kind = type(action)
+            if kind is Broadcast:
+                data = action.data
+                for conn_id in action.conn_ids:
+                    self.write(conn_id, data)
+            elif kind is Send:
+                self.write(action.conn_id, action.data)
+            elif kind is Close:
+                self.close_connection(action.conn_id)
+            elif kind is Shutdown:
+                self.stop()
+            else:
+                raise TypeError("unknown action %r" % (action,))
+
+    def write(self, conn_id: int, data: bytes) -> None:
+        """Queue `data` for a connection; it is sent at the end of this tick."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.state != _OPEN:
+            return                          # it has gone, or is closing: nothing more for it
+        out = conn.out
+        if not conn.flush_pending:
+            conn.flush_pending = True
+            self._to_flush.append(conn)
+        out += data
+        if len(out) > HIGH_WATER:
+            if len(out) > OUTPUT_CAP:
+                # Not torn down here: we may be in the middle of a broadcast. See _abort_over_cap.
+                conn.state = _CLOSING
+                self._to_abort.append(conn)
+            elif not conn.paused:
+                conn.paused = True
+
+    def close_connection(self, conn_id: int) -> None:
+        """Close a connection once its queued output is sent (idempotent)."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.state != _OPEN:
+            return
+        conn.state = _CLOSING
+        if not conn.flush_pending:
+            conn.flush_pending = True
+            self._to_flush.append(conn)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Send what each connection got this tick, one send() each."""
+        while self._to_flush:
+            batch, self._to_flush = self._to_flush, []
+            for conn in batch:
+                conn.flush_pending = False
+                if conn.state != _CLOSED:
+                    self._send(conn)
+            self._abort_over_cap()
+
+    def _send(self, conn: Connection) -> None:
+        out = conn.out
+        if out:
+            try:
+                sent = conn.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:          # EPIPE, ECONNRESET: the peer is gone
+                LOGGER.debug("conn %d: send failed: %s", conn.conn_id, exc)
+                self._teardown(conn)
+                return
+            del out[:sent]
+        if not out:
+            if conn.state == _CLOSING:
+                self._finish_close(conn)
+                return
+            out.clear()                     # a drained buffer gives its memory back
+        if conn.paused and len(out) <= LOW_WATER:
+            conn.paused = False
+            if not conn.has_input:          # the app may hold requests read before the pause
+                conn.has_input = True
+                self._with_input.append(conn)
+        self._update_interest(conn)
+
+    def _update_interest(self, conn: Connection) -> None:
+        """Watch for writability only while output is queued; for input unless paused."""
+        events = 0 if conn.paused else selectors.EVENT_READ
+        if conn.out:
+            events |= selectors.EVENT_WRITE
+        if events != conn.events and events:
+            self.selector.modify(conn.sock, events, conn)
+            conn.events = events
+
+    def _abort_over_cap(self) -> None:
+        """Disconnect the peers whose output passed OUTPUT_CAP (their rooms are told)."""
+        while self._to_abort:
+            conn = self._to_abort.pop()
+            LOGGER.warning("conn %d: output passed %d bytes; disconnecting", conn.conn_id,
+                           OUTPUT_CAP)
+            self._teardown(conn)
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def _finish_close(self, conn: Connection) -> None:
+        """All output is sent: end our side cleanly, then let go of the connection.
+
+        What the peer sent after its DISCONNECT is read and dropped first: closing a socket
+        with unread input makes the kernel send RST, and a RST can destroy the replies the peer
+        has not read yet (the leave announcements it is owed).
+        """
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            for _ in range(16):             # bounded: a peer still sending gets its RST
+                if not conn.sock.recv(READ_SIZE):
+                    break
+        except OSError:
+            pass
+        self._teardown(conn)
+
+    def _teardown(self, conn: Connection, tell_app: bool = True) -> None:
+        """Forget a connection, once: unregister, close, and tell the app (which announces
+        the leaves to its rooms). Later events for it are ignored."""
+        if conn.state == _CLOSED:
+            return
+        conn.state = _CLOSED
+        del self.conns[conn.conn_id]
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+        conn.out = bytearray()
+        LOGGER.debug("conn %d: closed", conn.conn_id)
+        if tell_app:
+            self.apply(self.app.connection_lost(conn.conn_id))
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass

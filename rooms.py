@@ -1,0 +1,111 @@
+"""Room state: room names <-> ROOM_REFs, who is in which room, and JOIN_IDs.
+
+Boundary: this module knows nothing of bytes, sockets or the wire format. A connection is an
+integer id handed to us by the caller; a room is a ROOM_REF (an int) with a name (a str).
+Everything here is plain dictionaries, so it is cheap to test and cheap to run.
+
+The rules it keeps (from PROTOCOL.md, Part 2, "Identity"):
+- a ROOM_REF is given to a room name the first time anybody joins it and never changes or is
+  reused for the life of the server; refs count up from 0 (the course's test client saw
+  room1 = 0, room2 = 1);
+- a JOIN_ID is given to a connection at its first JOIN and used for every room it joins;
+  distinct connections get distinct ids (they count up from 1);
+- a connection is in a room at most once, under the CLIENT_NAME it gave when it joined that room.
+
+Deliberate simplification: a room is never forgotten, even when its last member leaves, because
+its ROOM_REF must stay stable for its name. MAX_ROOMS bounds what that can cost.
+"""
+from typing import Dict, List, Optional, Tuple
+
+# A room costs a few hundred bytes and is never freed (see above), so an endless stream of JOINs
+# with fresh names must stop somewhere. 100 000 rooms is ~50 MB at worst and far above any real
+# use of this server; a JOIN that would create one more gets ERROR_CODE TOO_MANY_ROOMS.
+MAX_ROOMS = 100_000
+
+
+class Rooms:
+    """All rooms of one server. Every method is O(1) except leave_all (O(rooms of that conn))."""
+
+    def __init__(self, max_rooms: int = MAX_ROOMS) -> None:
+        self.max_rooms = max_rooms
+        self._ref_by_name: Dict[str, int] = {}
+        self._names: List[str] = []                 # ROOM_REF -> room name
+        self._members: List[Dict[int, str]] = []    # ROOM_REF -> {conn_id: client name}, join order
+        self._refs_of: Dict[int, List[int]] = {}    # conn_id -> ROOM_REFs it is in
+        self._join_ids: Dict[int, int] = {}         # conn_id -> JOIN_ID
+        self._next_join_id = 1
+
+    # -- rooms ---------------------------------------------------------------------------------
+
+    def ref_of(self, room_name: str) -> Optional[int]:
+        """The ROOM_REF of an existing room name, or None."""
+        return self._ref_by_name.get(room_name)
+
+    def exists(self, ref: int) -> bool:
+        return 0 <= ref < len(self._names)
+
+    def name_of_room(self, ref: int) -> str:
+        return self._names[ref]
+
+    def is_full(self) -> bool:
+        """True when no new room may be created (joining an existing room still works)."""
+        return len(self._names) >= self.max_rooms
+
+    def member_ids(self, ref: int) -> Tuple[int, ...]:
+        """A snapshot of the connections in room `ref`, in the order they joined."""
+        return tuple(self._members[ref])
+
+    def name_in(self, conn_id: int, ref: int) -> Optional[str]:
+        """The CLIENT_NAME `conn_id` joined room `ref` under, or None if it is not a member."""
+        return self._members[ref].get(conn_id)
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def join(self, conn_id: int, room_name: str, client_name: str) -> Tuple[int, int, bool]:
+        """Put `conn_id` in the room called `room_name`, creating the room if needed.
+
+        Returns (ROOM_REF, JOIN_ID, newly_joined). A connection already in the room stays in it
+        under its first name and newly_joined is False. The caller checks is_full() before
+        joining a room that does not exist yet.
+        """
+        ref = self._ref_by_name.get(room_name)
+        if ref is None:
+            ref = len(self._names)
+            self._ref_by_name[room_name] = ref
+            self._names.append(room_name)
+            self._members.append({})
+        join_id = self._join_ids.get(conn_id)
+        if join_id is None:
+            join_id = self._join_ids[conn_id] = self._next_join_id
+            self._next_join_id += 1
+        members = self._members[ref]
+        if conn_id in members:
+            return ref, join_id, False
+        members[conn_id] = client_name
+        self._refs_of.setdefault(conn_id, []).append(ref)
+        return ref, join_id, True
+
+    def leave(self, conn_id: int, ref: int) -> Optional[str]:
+        """Take `conn_id` out of room `ref`. Returns the name it had there, or None if it was
+        not a member (leaving twice is not an error)."""
+        name = self._members[ref].pop(conn_id, None)
+        if name is not None:
+            refs = self._refs_of[conn_id]
+            refs.remove(ref)
+            if not refs:
+                del self._refs_of[conn_id]
+        return name
+
+    def refs_of(self, conn_id: int) -> List[int]:
+        """The rooms `conn_id` is in, in ascending ROOM_REF order (the order DISCONNECT uses)."""
+        return sorted(self._refs_of.get(conn_id, ()))
+
+    def join_id_of(self, conn_id: int) -> Optional[int]:
+        return self._join_ids.get(conn_id)
+
+    def forget(self, conn_id: int) -> None:
+        """Drop everything known about a connection that has gone, memberships included (the
+        caller announces the leaves first). Its JOIN_ID is never given to anybody else."""
+        for ref in self._refs_of.pop(conn_id, ()):
+            del self._members[ref][conn_id]
+        self._join_ids.pop(conn_id, None)
