@@ -198,16 +198,21 @@ class Reactor:
                 self.selector.unregister(self.listener)
                 self._accept_paused_until = time.monotonic() + ACCEPT_RETRY_DELAY
                 return
-            sock.setblocking(False)
             # We already gather a tick's output into one send(): Nagle would only add delay.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn_id = self._next_conn_id
-            self._next_conn_id += 1
-            conn = Connection(sock, conn_id)
-            self.conns[conn_id] = conn
-            self.selector.register(sock, selectors.EVENT_READ, conn)
-            self.app.connection_made(conn_id, sock.getsockname()[0])
-            LOGGER.debug("conn %d: accepted", conn_id)
+            self.add_connection(sock, sock.getsockname()[0])
+
+    def add_connection(self, sock: socket.socket, local_ip: str) -> int:
+        """Serve a connected socket (accepted here, or a socketpair end in a test)."""
+        sock.setblocking(False)
+        conn_id = self._next_conn_id
+        self._next_conn_id += 1
+        conn = Connection(sock, conn_id)
+        self.conns[conn_id] = conn
+        self.selector.register(sock, selectors.EVENT_READ, conn)
+        self.app.connection_made(conn_id, local_ip)
+        LOGGER.debug("conn %d: open", conn_id)
+        return conn_id
 
     def _on_readable(self, conn: Connection) -> None:
         """Read once from `conn` and hand the bytes to the app (requests are handled later in
