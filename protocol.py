@@ -200,62 +200,76 @@ class Framer:
 # ---------------------------------------------------------------------------------------------
 # Requests: frames -> requests (nouns, as the client names them)
 # ---------------------------------------------------------------------------------------------
+# Requests and actions are small dataclasses with __slots__, built once and never changed. They
+# are not frozen=True: a frozen dataclass sets each field through object.__setattr__, which made
+# building one 3.5x slower here (0.82 vs 0.24 us for Chat, Python 3.11), and every chat message
+# builds two (a Chat and a Broadcast). Treat them as immutable all the same.
 
-@dataclass(frozen=True)
+@dataclass
 class Helo:
+    __slots__ = ("line",)
     line: str              # the whole request line, echoed as the first line of the reply
 
 
-@dataclass(frozen=True)
+@dataclass
 class Kill:
-    pass
+    __slots__ = ()              # KILL_SERVICE
 
 
-@dataclass(frozen=True)
+@dataclass
 class Join:
+    __slots__ = ("room", "client_name")
     room: str
     client_name: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class Leave:
+    __slots__ = ("ref", "join_id", "client_name")
     ref: int
     join_id: int
     client_name: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class Chat:
+    __slots__ = ("ref", "join_id", "client_name", "message")
     ref: int
     join_id: int
     client_name: str
     message: str           # may contain single newlines; never a blank line
 
 
-@dataclass(frozen=True)
+@dataclass
 class Disconnect:
+    __slots__ = ("client_name",)
     client_name: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class Other:
+    __slots__ = ("line",)
     line: str              # a one-line message this protocol does not define
 
 
 Request = Union[Helo, Kill, Join, Leave, Chat, Disconnect, Other]
 
 
-def _field(lines: List[str], index: int, key: str, kind: str) -> str:
-    """The trimmed value of line `index`, which must be `key: value`."""
-    if index >= len(lines):
-        raise RequestError(ErrorCode.MALFORMED_REQUEST,
-                           "%s needs a %s: line (line %d)" % (kind, key, index + 1))
-    name, colon, value = lines[index].partition(":")
-    if not colon or name.strip() != key:
-        raise RequestError(ErrorCode.MALFORMED_REQUEST,
-                           "%s expects %s: on line %d, got %s"
-                           % (kind, key, index + 1, _quote(lines[index])))
-    return value.strip()
+def _fields(lines: List[str], keys: Tuple[str, ...], kind: str) -> List[str]:
+    """The trimmed values of lines[1:], which must be `KEY: value` for each of `keys`, in
+    that order (the order the protocol lists them)."""
+    values = []
+    for index, key in enumerate(keys, 1):
+        if index >= len(lines):
+            raise RequestError(ErrorCode.MALFORMED_REQUEST,
+                               "%s needs a %s: line (line %d)" % (kind, key, index + 1))
+        name, colon, value = lines[index].partition(":")
+        if not colon or name.strip() != key:
+            raise RequestError(ErrorCode.MALFORMED_REQUEST,
+                               "%s expects %s: on line %d, got %s"
+                               % (kind, key, index + 1, _quote(lines[index])))
+        values.append(value.strip())
+    return values
 
 
 def _integer(value: str, key: str) -> int:
@@ -270,11 +284,10 @@ def _integer(value: str, key: str) -> int:
                        "%s must be a non-negative integer, got %s" % (key, _quote(value)))
 
 
-def _client_name(lines: List[str], index: int, kind: str) -> str:
-    name = _field(lines, index, "CLIENT_NAME", kind)
-    if not name:
-        raise RequestError(ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME must not be empty")
-    return name
+def _non_empty(value: str, code: ErrorCode, key: str) -> str:
+    if not value:
+        raise RequestError(code, "%s must not be empty" % key)
+    return value
 
 
 def parse_request(frame: bytes) -> Request:
@@ -291,43 +304,39 @@ def parse_request(frame: bytes) -> Request:
     if first.strip() == "KILL_SERVICE":
         return Kill()
     keyword, colon, value = first.partition(":")
-    keyword = keyword.strip()
-    value = value.strip()
-    if not colon or keyword not in _PARSERS:
+    parser = _PARSERS.get(keyword.strip()) if colon else None
+    if parser is None:
         return Other(first)
-    return _PARSERS[keyword](text, value)
+    return parser(text, value.strip())
 
 
 def _parse_join(text: str, room: str) -> Join:
-    lines = text.split("\n")
-    _field(lines, 1, "CLIENT_IP", "JOIN_CHATROOM")      # "0 for TCP": any value is accepted
-    _field(lines, 2, "PORT", "JOIN_CHATROOM")
-    name = _client_name(lines, 3, "JOIN_CHATROOM")
-    if not room:
-        raise RequestError(ErrorCode.EMPTY_ROOM_NAME, "JOIN_CHATROOM needs a room name")
-    return Join(room, name)
+    # CLIENT_IP and PORT are "0 for TCP": any value is accepted
+    _ip, _port, name = _fields(text.split("\n"), ("CLIENT_IP", "PORT", "CLIENT_NAME"),
+                               "JOIN_CHATROOM")
+    return Join(_non_empty(room, ErrorCode.EMPTY_ROOM_NAME, "the room name"),
+                _non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"))
 
 
 def _parse_leave(text: str, ref: str) -> Leave:
-    lines = text.split("\n")
     room_ref = _integer(ref, "ROOM_REF")
-    join_id = _integer(_field(lines, 1, "JOIN_ID", "LEAVE_CHATROOM"), "JOIN_ID")
-    return Leave(room_ref, join_id, _client_name(lines, 2, "LEAVE_CHATROOM"))
+    join_id, name = _fields(text.split("\n"), ("JOIN_ID", "CLIENT_NAME"), "LEAVE_CHATROOM")
+    return Leave(room_ref, _integer(join_id, "JOIN_ID"),
+                 _non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"))
 
 
 def _parse_disconnect(text: str, _value: str) -> Disconnect:
-    lines = text.split("\n")
-    _field(lines, 1, "PORT", "DISCONNECT")
-    return Disconnect(_client_name(lines, 2, "DISCONNECT"))
+    _port, name = _fields(text.split("\n"), ("PORT", "CLIENT_NAME"), "DISCONNECT")
+    return Disconnect(_non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"))
 
 
 def _parse_chat(text: str, ref: str) -> Chat:
-    lines = text.split("\n", 3)       # the 4th part is MESSAGE: and every line after it
     room_ref = _integer(ref, "ROOM_REF")
-    join_id = _integer(_field(lines, 1, "JOIN_ID", "CHAT"), "JOIN_ID")
-    name = _client_name(lines, 2, "CHAT")
-    message = _field(lines, 3, "MESSAGE", "CHAT")
-    return Chat(room_ref, join_id, name, message)
+    # split at most 3 times: the 4th part is "MESSAGE: ..." and every line after it
+    join_id, name, message = _fields(text.split("\n", 3), ("JOIN_ID", "CLIENT_NAME", "MESSAGE"),
+                                     "CHAT")
+    return Chat(room_ref, _integer(join_id, "JOIN_ID"),
+                _non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"), message)
 
 
 _PARSERS: Dict[str, Callable[[str, str], Request]] = {
@@ -342,26 +351,29 @@ _PARSERS: Dict[str, Callable[[str, str], Request]] = {
 # Actions: what the state machine asks the reactor to do (imperative names)
 # ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass
 class Send:
+    __slots__ = ("conn_id", "data")
     conn_id: int
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass
 class Broadcast:
+    __slots__ = ("conn_ids", "data")
     conn_ids: Tuple[int, ...]   # the members at the moment of the broadcast, in join order
     data: bytes                 # encoded once, the same object queued for every member
 
 
-@dataclass(frozen=True)
+@dataclass
 class Close:
+    __slots__ = ("conn_id",)
     conn_id: int                # close once everything queued for it has been sent
 
 
-@dataclass(frozen=True)
+@dataclass
 class Shutdown:
-    pass                        # stop the whole server
+    __slots__ = ()              # stop the whole server
 
 
 Action = Union[Send, Broadcast, Close, Shutdown]
@@ -464,13 +476,14 @@ class ChatProtocol:
             return [Send(conn_id, error_reply(err))]
 
     def _on_chat(self, conn_id: int, req: Chat) -> List[Action]:
+        members = self.rooms.members(self._existing_room(req.ref))
         # Identity is the connection: req.join_id and req.client_name are not trusted.
-        name = self.rooms.name_in(conn_id, self._existing_room(req.ref))
+        name = members.get(conn_id)
         if name is None:
             raise RequestError(ErrorCode.NOT_A_MEMBER,
                                "not a member of room %d: JOIN_CHATROOM %s first"
                                % (req.ref, _quote(self.rooms.name_of_room(req.ref))))
-        return [Broadcast(self.rooms.member_ids(req.ref), chat_message(req.ref, name, req.message))]
+        return [Broadcast(tuple(members), chat_message(req.ref, name, req.message))]
 
     def _on_join(self, conn_id: int, req: Join) -> List[Action]:
         rooms = self.rooms

@@ -10,7 +10,7 @@ One tick of the loop (`run_once`), in the order Redis's ae.c uses, reads before 
     1. select()                 which sockets are ready (no wait if input is left over)
     2. on_acceptable            accept every pending connection
        on_readable              recv() once per ready connection, give the bytes to the app
-    3. process input            up to MAX_REQUESTS_PER_TICK requests per connection; their
+    3. process input            a share of each connection's requests (TICK_TARGET); their
                                 actions append bytes to output buffers
     4. flush                    one send() per connection with new output: everything queued
                                 for it this tick leaves in one system call
@@ -48,10 +48,15 @@ LOGGER = logging.getLogger(__name__)
 # Bytes asked of recv() at once. 64 KiB is what the kernel usually has ready on loopback, and a
 # connection's unhandled input stays below this plus one partial request (see _on_readable).
 READ_SIZE = 64 * 1024
-# Requests handled for one connection per tick before the loop moves on to the others: one
-# flooding client gets its turn every tick, but never the whole tick (fairness). What is left
-# stays buffered and the next select() does not wait.
-MAX_REQUESTS_PER_TICK = 16
+# Fairness. A tick handles a share of every busy connection's requests before anybody's replies
+# go out, so a reply waits about as long as a tick takes, and one flooding client never owns a
+# tick. The share (requests per connection per tick) adapts: halved after a tick whose request
+# handling took longer than TICK_TARGET, doubled after one that took under half of it while
+# some connection used its whole share. Many busy clients: small shares and short ticks; few:
+# large shares, which gather more messages into each send().
+TICK_TARGET = 0.020
+MIN_REQUESTS_PER_TICK = 1
+MAX_REQUESTS_PER_TICK = 64
 # Stop reading from a peer whose own unsent output passes HIGH_WATER and start again below
 # LOW_WATER (asyncio's defaults: 64 KiB and a quarter of it).
 HIGH_WATER = 64 * 1024
@@ -120,6 +125,7 @@ class Reactor:
         self._to_abort: List[Connection] = []     # passed OUTPUT_CAP while output was queued
         self._accept_paused_until = 0.0
         self._running = False
+        self.requests_per_tick = MIN_REQUESTS_PER_TICK * 4   # adapts; see TICK_TARGET
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -240,22 +246,34 @@ class Reactor:
             self._with_input.append(conn)
 
     def _process_input(self) -> None:
-        """Handle up to MAX_REQUESTS_PER_TICK requests for each connection with input."""
+        """Handle up to `requests_per_tick` requests for each connection with input, then
+        adapt that share to the time it took (see TICK_TARGET)."""
         ready, self._with_input = self._with_input, []
+        if not ready:
+            return
+        started = time.monotonic()
+        share_used_up = False
         for conn in ready:
             if conn.state != _OPEN or conn.paused:
                 conn.has_input = False      # a paused one is put back by _send on resuming
                 continue
             if self._guarded(conn, self._handle_requests, conn):
                 self._with_input.append(conn)      # it may have more: no waiting in select
+                share_used_up = True
             else:
                 conn.has_input = False
             self._abort_over_cap()
+        elapsed = time.monotonic() - started
+        share = self.requests_per_tick
+        if elapsed > TICK_TARGET:
+            self.requests_per_tick = max(MIN_REQUESTS_PER_TICK, share // 2)
+        elif share_used_up and elapsed < TICK_TARGET / 2:
+            self.requests_per_tick = min(MAX_REQUESTS_PER_TICK, share * 2)
 
     def _handle_requests(self, conn: Connection) -> bool:
-        """Handle a tick's worth of `conn`'s requests; True if it may have more."""
+        """Handle a tick's share of `conn`'s requests; True if it may have more."""
         next_actions = self.app.maybe_next_actions
-        for _ in range(MAX_REQUESTS_PER_TICK):
+        for _ in range(self.requests_per_tick):
             actions = next_actions(conn.conn_id)
             if actions is None:
                 return False
@@ -281,11 +299,9 @@ class Reactor:
         for action in actions:
             kind = type(action)
             if kind is Broadcast:
-                data = action.data
-                for conn_id in action.conn_ids:
-                    self.write(conn_id, data)
+                self.write_many(action.conn_ids, action.data)
             elif kind is Send:
-                self.write(action.conn_id, action.data)
+                self.write_many((action.conn_id,), action.data)
             elif kind is Close:
                 self.close_connection(action.conn_id)
             elif kind is Shutdown:
@@ -293,23 +309,33 @@ class Reactor:
             else:
                 raise TypeError("unknown action %r" % (action,))
 
-    def write(self, conn_id: int, data: bytes) -> None:
-        """Queue `data` for a connection; it is sent at the end of this tick."""
-        conn = self.conns.get(conn_id)
-        if conn is None or conn.state != _OPEN:
-            return                          # it has gone, or is closing: nothing more for it
-        out = conn.out
-        if not conn.flush_pending:
-            conn.flush_pending = True
-            self._to_flush.append(conn)
-        out += data
-        if len(out) > HIGH_WATER:
-            if len(out) > OUTPUT_CAP:
-                # Not torn down here: we may be in the middle of a broadcast. See _abort_over_cap.
-                conn.state = _CLOSING
-                self._to_abort.append(conn)
-            elif not conn.paused:
-                conn.paused = True
+    def write_many(self, conn_ids: Iterable[int], data: bytes) -> None:
+        """Queue the same `data` for each connection; it is sent at the end of this tick.
+
+        This loop runs once per delivered message, so it is written for speed: no method call
+        per connection, and locals for everything it touches.
+        """
+        conns = self.conns
+        to_flush = self._to_flush
+        for conn_id in conn_ids:
+            conn = conns.get(conn_id)
+            if conn is None or conn.state != _OPEN:
+                continue                    # it has gone, or is closing: nothing more for it
+            if not conn.flush_pending:
+                conn.flush_pending = True
+                to_flush.append(conn)
+            out = conn.out
+            out += data
+            if len(out) > HIGH_WATER:
+                self._over_high_water(conn)
+
+    def _over_high_water(self, conn: Connection) -> None:
+        if len(conn.out) > OUTPUT_CAP:
+            # Not torn down here: we may be in the middle of a broadcast. See _abort_over_cap.
+            conn.state = _CLOSING
+            self._to_abort.append(conn)
+        else:
+            conn.paused = True              # stop reading from it until it drains (_send)
 
     def close_connection(self, conn_id: int) -> None:
         """Close a connection once its queued output is sent (idempotent)."""

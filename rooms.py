@@ -15,7 +15,7 @@ The rules it keeps (from PROTOCOL.md, Part 2, "Identity"):
 Deliberate simplification: a room is never forgotten, even when its last member leaves, because
 its ROOM_REF must stay stable for its name. MAX_ROOMS bounds what that can cost.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 # A room costs a few hundred bytes and is never freed (see above), so an endless stream of JOINs
 # with fresh names must stop somewhere. 100 000 rooms is ~50 MB at worst and far above any real
@@ -50,6 +50,11 @@ class Rooms:
     def is_full(self) -> bool:
         """True when no new room may be created (joining an existing room still works)."""
         return len(self._names) >= self.max_rooms
+
+    def members(self, ref: int) -> Mapping[int, str]:
+        """The live {conn_id: client name} of room `ref`, in join order. Read it, do not keep
+        it or change it (CHAT reads it once per message, so it is not copied)."""
+        return self._members[ref]
 
     def member_ids(self, ref: int) -> Tuple[int, ...]:
         """A snapshot of the connections in room `ref`, in the order they joined."""

@@ -553,7 +553,7 @@ class ReactorTests(unittest.TestCase):
 
     def test_requests_past_the_tick_budget_wait_for_the_next_tick(self):
         _, ours = self.pair()
-        budget = reactor.MAX_REQUESTS_PER_TICK
+        budget = self.reactor.requests_per_tick
         ours.sendall(b"".join(b"echo %d\n" % i for i in range(budget + 3)))
         self.reactor.run_once(5)
         self.assertEqual(len(self.app.handled), budget)
@@ -622,7 +622,7 @@ class ReactorTests(unittest.TestCase):
         self.assertEqual(self.pump(other, 6), b"alive\n")
 
     def test_writes_to_unknown_connections_are_ignored(self):
-        self.reactor.write(999, b"nobody")
+        self.reactor.write_many([999], b"nobody")
         self.reactor.close_connection(999)
         self.reactor.run_once(0)
 
