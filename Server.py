@@ -52,10 +52,26 @@ def parse_args(argv):
     return args
 
 
+def raise_file_limit() -> None:
+    """Allow as many connections as the OS lets this process have: one file descriptor each.
+    The soft limit (often 1024) is raised to the hard one, which only root can raise."""
+    try:
+        import resource
+    except ImportError:             # not on this OS: live with its default
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logging.warning("could not raise the open-file limit from %s: %s", soft, exc)
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_file_limit()
     try:
         reactor = Reactor(args.ip, args.port)
     except OSError as exc:

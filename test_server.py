@@ -571,6 +571,25 @@ class ReactorTests(unittest.TestCase):
         self.assertIn((2, b"echo q"), self.app.handled)
         self.assertLessEqual(len(self.app.handled), 2 * reactor.MAX_REQUESTS_PER_TICK)
 
+    def test_share_halves_after_a_slow_tick_and_doubles_after_quick_ones(self):
+        slow = LineApp()
+        handle = slow.maybe_next_actions
+
+        def expensive(conn_id):     # each request takes a whole tick's target
+            time.sleep(reactor.TICK_TARGET)
+            return handle(conn_id)
+        slow.maybe_next_actions = expensive
+        self.reactor.app = slow
+        _, ours = self.pair()
+        ours.sendall(b"echo x\n" * 40)
+        share = self.reactor.requests_per_tick
+        self.reactor.run_once(5)
+        self.assertEqual(self.reactor.requests_per_tick, max(reactor.MIN_REQUESTS_PER_TICK, share // 2))
+        slow.maybe_next_actions = handle            # cheap again: the share grows back
+        for _ in range(10):
+            self.reactor.run_once(0)
+        self.assertGreater(self.reactor.requests_per_tick, share // 2)
+
     def test_close_sends_everything_queued_then_closes(self):
         _, ours = self.pair(sndbuf=4096)
         ours.sendall(b"big 300000\nclose\necho never\n")
