@@ -405,9 +405,11 @@ class Reactor:
     def _finish_close(self, conn: Connection) -> None:
         """All output is sent: end our side cleanly, then let go of the connection.
 
-        What the peer sent after its DISCONNECT is read and dropped first: closing a socket
-        with unread input makes the kernel send RST, and a RST can destroy the replies the peer
-        has not read yet (the leave announcements it is owed).
+        Input that has already arrived is read and dropped first: closing a socket with unread
+        input makes the kernel send RST, and a RST can destroy the replies the peer has not
+        read yet (the leave announcements it is owed). Simplification: bytes that arrive after
+        this moment can still cause a RST; a peer that keeps sending after DISCONNECT takes
+        that risk. (A full lingering close would wait for the peer's EOF with a timer.)
         """
         try:
             conn.sock.shutdown(socket.SHUT_WR)

@@ -1,0 +1,602 @@
+#!/usr/bin/env python3
+"""A terminal client for the chat server: the reference for speaking PROTOCOL.md from a client.
+
+    python3 tools/chat_client.py HOST PORT --name NAME
+
+It reads commands from standard input, one per line, so it works typed at a terminal and piped
+from a script alike (COMMANDS below, or --help), and shows everything the server sends as it
+arrives, one readable line per message:
+
+    * joined [room1]: ROOM_REF 0, JOIN_ID 1, server 127.0.0.1:8080
+    [room1] alice: alice has joined this chatroom.
+    [room1] bob: hello
+        a second line of bob's message is indented
+
+Lines starting "* " are the client's own notes (replies to commands); lines starting "[ROOM]"
+are chat. Join and leave announcements are ordinary chat messages from the server, shown as
+such. The client's complaints about mistakes go to standard error.
+
+Exit status: 0 after /quit or end of input, once the server has closed the connection; 1 when
+the server answers ERROR_CODE (printed as "ERROR code: description" on standard error, as the
+protocol asks: "a client should print the error to the console and terminate"), when it closes
+the connection unexpectedly, when it cannot be reached, or when it sends something malformed.
+
+Theory of operation (the server's design, in miniature; see protocol.py and reactor.py):
+
+    server bytes --MessageReader--> ServerMessage --ChatClient.message_received--> actions
+    stdin lines  ------------------------------------ChatClient.line_typed-------> actions
+    actions (Send, Print, PrintError, Exit) --Terminal--> socket, stdout, stderr, exit status
+
+ChatClient is the whole client state as a function of data and does no I/O, so every decision
+it makes can be tested in memory. Terminal does the I/O: one `selectors` loop over the socket
+and standard input, so that output is never written from two places at once.
+
+Simplifications, stated as smallchat states its own:
+- Each input line is one command, so this client only ever sends one-line chat messages (it
+  shows other clients' multi-line ones). To post a line that starts with "/", use /msg.
+- A command that needs the answer to a JOIN or LEAVE (a ROOM_REF, the JOIN_ID) cannot be sent
+  before that answer arrives, so every line typed while a JOIN or LEAVE is unanswered waits in a
+  queue. "/join a" followed at once by "hello" posts hello to a. Only one JOIN or LEAVE is ever
+  outstanding, so a reply always answers the request we are waiting for.
+- Standard input must be selectable: Linux and macOS, not Windows.
+- Writes to standard output block. A terminal or a pipe that is read is never stalled for long.
+"""
+import argparse
+import collections
+import os
+import selectors
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Deque, Dict, List, Optional, TextIO, Union
+
+# The server's framing code is protocol.py at the top of the repository, one directory above
+# this file. Put that directory first on the module search path, so that `import protocol` finds
+# it however this script is started (from the repository root, from tools/, by absolute path).
+# This is the only reason for touching sys.path.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from protocol import MAX_REQUEST_BYTES, Framer, RequestError  # noqa: E402 (needs the path above)
+
+# --- limits and settings ------------------------------------------------------------------------
+# The longest message from the server we buffer. The server relays a CHAT with the text of one
+# request and the CLIENT_NAME given in another (the JOIN), each at most its MAX_REQUEST_BYTES,
+# so twice that plus room for the field names covers every message an honest server sends.
+MAX_SERVER_MESSAGE = 2 * MAX_REQUEST_BYTES + 1024
+# Bytes asked of recv() and of os.read() at once.
+READ_SIZE = 64 * 1024
+# Seconds to wait for the TCP connection to be set up.
+CONNECT_TIMEOUT = 10.0
+# Seconds to wait, after DISCONNECT, for the server to close the connection. It closes as soon
+# as it has sent our leave announcements, so this only ends the wait for a server that is stuck.
+DISCONNECT_TIMEOUT = 5.0
+# Continuation lines of a multi-line chat message are indented by this much.
+CONTINUATION_INDENT = "    "
+# Shown when standard input and output are a terminal and the client is ready for a command.
+PROMPT = "> "
+# ANSI: carriage return, then erase the line. Takes the prompt off the screen before a message.
+ERASE_LINE = "\r\x1b[K"
+
+COMMANDS = """\
+commands, one per line on standard input:
+  /join ROOM        join ROOM (a room name may contain spaces)
+  /leave ROOM       leave ROOM
+  /rooms            list the rooms you are in, with their ROOM_REFs
+  /msg ROOM TEXT    post TEXT to ROOM, one of your rooms. When the names of several of
+                    your rooms start the line, the longest wins: in rooms "my" and
+                    "my room", "/msg my room hi" posts "hi" to "my room"
+  TEXT              a line without a leading "/" posts TEXT to the room joined last
+  /help             show this list
+  /quit             leave every room, disconnect and exit; end of input does the same"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the server: bytes -> messages
+# ---------------------------------------------------------------------------------------------
+
+# How many of Framer's frames make one message from the server. Framer frames *requests* by
+# their first line's keyword: it knows that a CHAT runs to a blank line, but the server's
+# replies are not in its table, so it returns them one line at a time. (That works because no
+# line of a reply begins with a request's keyword.) HELO's 4-line reply is not listed: this
+# client never sends HELO. Anything else is one frame.
+_FRAMES_PER_MESSAGE = {
+    "JOINED_CHATROOM": 5,   # JOINED_CHATROOM, SERVER_IP, PORT, ROOM_REF, JOIN_ID
+    "LEFT_CHATROOM": 2,     # LEFT_CHATROOM, JOIN_ID
+    "ERROR_CODE": 2,        # ERROR_CODE, ERROR_DESCRIPTION
+}
+
+
+@dataclass(frozen=True)
+class ServerMessage:
+    kind: str                 # the first line's keyword: CHAT, JOINED_CHATROOM, ERROR_CODE...
+    fields: Dict[str, str]    # KEY -> trimmed value, the first line's too; MESSAGE may span lines
+    text: str                 # the whole message, for showing one the client does not know
+
+
+def parse_fields(text: str) -> Dict[str, str]:
+    """The `KEY: value` lines of a message. Every line after `MESSAGE:` is part of the message
+    (PROTOCOL.md, "Chat"), so MESSAGE keeps its inner newlines."""
+    head, is_chat, message = text.partition("\nMESSAGE:")
+    fields = {}
+    for line in head.split("\n"):
+        key, _colon, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    if is_chat:
+        fields["MESSAGE"] = message.strip()
+    return fields
+
+
+class MessageReader:
+    """Cuts the server's byte stream into messages; protocol.Framer does the cutting.
+
+    `receive_data()` only buffers; `maybe_next_message()` returns the next complete message or
+    None until more data arrives. The reader puts the one-line frames of a multi-line reply back
+    together by the reply's known length (_FRAMES_PER_MESSAGE).
+    """
+
+    def __init__(self) -> None:
+        self._framer = Framer(max_request=MAX_SERVER_MESSAGE)
+        self._frames: List[bytes] = []      # the frames of the message being put together
+
+    def receive_data(self, data: bytes) -> None:
+        self._framer.receive_data(data)
+
+    def maybe_next_message(self) -> Optional[ServerMessage]:
+        """The next complete message, or None. Raises protocol.RequestError when the server
+        sends more than MAX_SERVER_MESSAGE bytes without finishing a message."""
+        while True:
+            frame = self._framer.maybe_next_frame()
+            if frame is None:
+                return None
+            self._frames.append(frame)
+            kind = self._frames[0].partition(b":")[0].strip().decode("utf-8", "replace")
+            if len(self._frames) >= _FRAMES_PER_MESSAGE.get(kind, 1):
+                # The server checks that what it relays is UTF-8; "replace" only guards the
+                # screen against a server that does not.
+                text = b"\n".join(self._frames).decode("utf-8", "replace")
+                self._frames = []
+                return ServerMessage(kind, parse_fields(text), text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests: what the client sends (PROTOCOL.md, Part 1; "0 for TCP" where the text says so)
+# ---------------------------------------------------------------------------------------------
+
+def join_request(room: str, name: str) -> bytes:
+    return ("JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: %s\n"
+            % (room, name)).encode("utf-8")
+
+
+def leave_request(ref: int, join_id: int, name: str) -> bytes:
+    return ("LEAVE_CHATROOM: %d\nJOIN_ID: %d\nCLIENT_NAME: %s\n"
+            % (ref, join_id, name)).encode("utf-8")
+
+
+def chat_request(ref: int, join_id: int, name: str, text: str) -> bytes:
+    return ("CHAT: %d\nJOIN_ID: %d\nCLIENT_NAME: %s\nMESSAGE: %s\n\n"
+            % (ref, join_id, name, text)).encode("utf-8")
+
+
+def disconnect_request(name: str) -> bytes:
+    return ("DISCONNECT: 0\nPORT: 0\nCLIENT_NAME: %s\n" % name).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions: what ChatClient asks Terminal to do (imperative names, as the server's actions)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Send:
+    data: bytes         # a request for the server
+
+
+@dataclass(frozen=True)
+class Print:
+    text: str           # for standard output (may span lines)
+
+
+@dataclass(frozen=True)
+class PrintError:
+    text: str           # for standard error
+
+
+@dataclass(frozen=True)
+class Exit:
+    status: int         # stop here: close the connection, exit with this status
+
+
+Action = Union[Send, Print, PrintError, Exit]
+
+# Control characters (C0, DEL, C1) but newline and tab. Chat text, names and room names come
+# from other people: an escape sequence among them must not drive our terminal (recolour it,
+# move the cursor, retitle the window), so each is shown as U+FFFD.
+_CONTROL_CHARS = {code: "\ufffd" for code in [*range(0x20), *range(0x7f, 0xa0)]
+                  if chr(code) not in "\n\t"}
+
+
+def printable(text: str) -> str:
+    return text.translate(_CONTROL_CHARS)
+
+
+def format_chat(room: str, name: str, message: str) -> str:
+    """`[room] name: text`, with the lines after the first indented by CONTINUATION_INDENT."""
+    first, *rest = printable(message).split("\n")
+    lines = ["[%s] %s: %s" % (printable(room), printable(name), first)]
+    return "\n".join(lines + [CONTINUATION_INDENT + line for line in rest])
+
+
+# ---------------------------------------------------------------------------------------------
+# The client: lines typed and messages received -> actions
+# ---------------------------------------------------------------------------------------------
+
+class ChatClient:
+    """Everything the client knows, and every decision it makes; no I/O.
+
+    Terminal calls line_typed() for each line of standard input, input_ended() at its end,
+    message_received() for each message from the server and connection_lost() when the server
+    closes; each returns the actions to carry out, in order.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.join_id: Optional[int] = None    # the server assigns it at our first JOIN
+        self.rooms: Dict[str, int] = {}       # rooms we are in, name -> ROOM_REF, in the order
+                                              # joined: the last is where plain lines go
+        self.room_names: Dict[int, str] = {}  # ROOM_REF -> name, for every room ever joined.
+                                              # Kept after a leave: our own leave announcement
+                                              # arrives after LEFT_CHATROOM (refs never change)
+        self.awaiting: Optional[str] = None   # the reply an unanswered JOIN or LEAVE waits for
+        self.quitting = False                 # DISCONNECT is sent: wait for the server to close
+        self._queue: Deque[str] = collections.deque()   # lines not yet acted on
+        self._commands = {"/join": self._join, "/leave": self._leave, "/rooms": self._list_rooms,
+                          "/msg": self._msg, "/help": self._help, "/quit": self._quit}
+        self._handlers = {"CHAT": self._on_chat, "JOINED_CHATROOM": self._on_joined,
+                          "LEFT_CHATROOM": self._on_left, "ERROR_CODE": self._on_error}
+
+    # -- driven by Terminal --------------------------------------------------------------------
+
+    def line_typed(self, line: str) -> List[Action]:
+        """One line of standard input, without its newline. It waits its turn in the queue."""
+        self._queue.append(line)
+        return self._run_queue()
+
+    def input_ended(self) -> List[Action]:
+        """Standard input has ended: the same as /quit (after any lines still queued)."""
+        return self.line_typed("/quit")
+
+    def ready_for_input(self) -> bool:
+        """True when a line typed now would be acted on at once (Terminal shows its prompt)."""
+        return not self._queue and self.awaiting is None and not self.quitting
+
+    def message_received(self, message: ServerMessage) -> List[Action]:
+        handler = self._handlers.get(message.kind, self._on_other)
+        try:
+            return handler(message)
+        except (KeyError, ValueError):       # a field missing, a ref that is not an integer
+            return [PrintError("the server sent a malformed message: %r" % message.text),
+                    Exit(1)]
+
+    def connection_lost(self) -> List[Action]:
+        if self.quitting:
+            return [Print("* disconnected"), Exit(0)]
+        return [PrintError("the server closed the connection unexpectedly"), Exit(1)]
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _run_queue(self) -> List[Action]:
+        """Act on queued lines until one must wait for a reply (or we are leaving). Lines left
+        after /quit are never acted on."""
+        actions: List[Action] = []
+        while self._queue and self.awaiting is None and not self.quitting:
+            actions += self._command(self._queue.popleft())
+        return actions
+
+    def _command(self, line: str) -> List[Action]:
+        line = line.strip()
+        if not line:
+            return []                                 # a blank line says nothing
+        if not line.startswith("/"):
+            return self._post(list(self.rooms)[-1] if self.rooms else None, line)
+        word, *rest = line.split(None, 1)
+        command = self._commands.get(word)
+        if command is None:
+            return [PrintError("unknown command %s; /help lists the commands" % word)]
+        return command(rest[0] if rest else "")
+
+    def _join(self, room: str) -> List[Action]:
+        if not room:
+            return [PrintError("/join needs a room name: /join ROOM")]
+        self.awaiting = "JOINED_CHATROOM"
+        return [Send(join_request(room, self.name))]
+
+    def _leave(self, room: str) -> List[Action]:
+        ref = self.rooms.get(room)
+        if ref is None:
+            return [PrintError("/leave: you are not in [%s]; /rooms lists your rooms" % room)]
+        self.awaiting = "LEFT_CHATROOM"
+        return [Send(leave_request(ref, self.join_id, self.name))]
+
+    def _list_rooms(self, _arg: str) -> List[Action]:
+        if not self.rooms:
+            return [Print("* you are in no room; /join ROOM")]
+        last = list(self.rooms)[-1]
+        return [Print("* [%s] ROOM_REF %d%s" % (printable(name), ref,
+                                               " (plain lines go here)" if name == last else ""))
+                for name, ref in self.rooms.items()]
+
+    def _msg(self, arg: str) -> List[Action]:
+        # The longest of our room names that starts the argument, followed by white space.
+        rooms = [name for name in self.rooms
+                 if arg.startswith(name) and arg[len(name):len(name) + 1].isspace()]
+        if not rooms:
+            return [PrintError("/msg ROOM TEXT: ROOM must be a room you are in (/rooms lists "
+                               "them), followed by the text")]
+        room = max(rooms, key=len)
+        return self._post(room, arg[len(room):].strip())
+
+    def _post(self, room: Optional[str], text: str) -> List[Action]:
+        if room is None:
+            return [PrintError("join a room first (/join ROOM), then type to post to it")]
+        return [Send(chat_request(self.rooms[room], self.join_id, self.name, text))]
+
+    def _help(self, _arg: str) -> List[Action]:
+        return [Print(COMMANDS)]
+
+    def _quit(self, _arg: str) -> List[Action]:
+        self.quitting = True
+        return [Send(disconnect_request(self.name))]
+
+    # -- messages from the server --------------------------------------------------------------
+
+    def _on_chat(self, message: ServerMessage) -> List[Action]:
+        fields = message.fields
+        ref = int(fields["CHAT"])
+        room = self.room_names.get(ref, "ROOM_REF %d" % ref)
+        return [Print(format_chat(room, fields["CLIENT_NAME"], fields["MESSAGE"]))]
+
+    def _on_joined(self, message: ServerMessage) -> List[Action]:
+        fields = message.fields
+        room, ref = fields["JOINED_CHATROOM"], int(fields["ROOM_REF"])
+        self.join_id = int(fields["JOIN_ID"])
+        self.rooms.pop(room, None)            # joined again: it becomes the room joined last
+        self.rooms[room] = ref
+        self.room_names[ref] = room
+        note = Print("* joined [%s]: ROOM_REF %d, JOIN_ID %d, server %s:%s"
+                     % (printable(room), ref, self.join_id, printable(fields["SERVER_IP"]),
+                        printable(fields["PORT"])))
+        return [note] + self._reply_arrived("JOINED_CHATROOM")
+
+    def _on_left(self, message: ServerMessage) -> List[Action]:
+        ref = int(message.fields["LEFT_CHATROOM"])
+        self.rooms = {name: r for name, r in self.rooms.items() if r != ref}
+        note = Print("* left [%s]: ROOM_REF %d"
+                     % (printable(self.room_names.get(ref, "?")), ref))
+        return [note] + self._reply_arrived("LEFT_CHATROOM")
+
+    def _on_error(self, message: ServerMessage) -> List[Action]:
+        fields = message.fields
+        return [PrintError("ERROR %s: %s" % (printable(fields["ERROR_CODE"]),
+                                             printable(fields.get("ERROR_DESCRIPTION", "")))),
+                Exit(1)]
+
+    def _on_other(self, message: ServerMessage) -> List[Action]:
+        return [Print("* the server says: %s" % printable(message.text))]
+
+    def _reply_arrived(self, kind: str) -> List[Action]:
+        if self.awaiting == kind:
+            self.awaiting = None
+        return self._run_queue()
+
+
+# ---------------------------------------------------------------------------------------------
+# The I/O: one selectors loop over the socket and standard input
+# ---------------------------------------------------------------------------------------------
+
+class Terminal:
+    """Runs a ChatClient: reads the socket and standard input, carries out the actions.
+
+    One loop serves both inputs (as reactor.py does for the server), so a message arriving
+    while the user types is printed whole, between two commands, never in the middle of one.
+
+    Writes to the socket are nonblocking, into an output buffer sent at the end of each turn of
+    the loop (reactor.py's write path), not sendall(). A blocking send would stop the loop, and
+    the server stops reading from a client that does not read its output (its HIGH_WATER): a
+    client stuck in sendall() while a busy room fills its socket would wait for the server,
+    which waits for it. The buffer costs a few lines and cannot deadlock.
+    """
+
+    def __init__(self, client: ChatClient, sock: socket.socket, stdin_fd: int,
+                 stdout: TextIO, stderr: TextIO, interactive: bool) -> None:
+        self.client = client
+        self.sock = sock                     # connected and nonblocking
+        self.stdin_fd = stdin_fd
+        self.stdout = stdout
+        self.stderr = stderr
+        self.interactive = interactive       # show a prompt (both ends are a terminal)
+        self.reader = MessageReader()
+        self.out = bytearray()               # requests not yet taken by the kernel
+        self.stdin_buf = bytearray()         # the start of a line not yet ended
+        self.status: Optional[int] = None    # set by Exit: the loop ends
+        self.prompt_shown = False
+        self.deadline: Optional[float] = None   # when to stop waiting after DISCONNECT
+        # Not DefaultSelector: on Linux that is epoll, which refuses a regular file, and
+        # standard input is one when redirected from a script (< script.txt). select() takes
+        # files, pipes and terminals everywhere, and two descriptors cost it nothing.
+        self.selector = selectors.SelectSelector()
+        self.selector.register(sock, selectors.EVENT_READ)
+        self.selector.register(stdin_fd, selectors.EVENT_READ)
+
+    def run(self) -> int:
+        """Loop until an Exit action; return its status."""
+        while self.status is None:
+            self.show_prompt()
+            timeout = None
+            if self.deadline is not None:
+                timeout = max(0.0, self.deadline - time.monotonic())
+            for key, mask in self.selector.select(timeout):
+                if self.status is not None:
+                    break
+                if key.fileobj is self.sock:
+                    self.on_server_readable()
+                else:
+                    self.on_stdin_readable()
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.apply([PrintError("the server did not close the connection within %g s "
+                                       "of DISCONNECT" % DISCONNECT_TIMEOUT), Exit(1)])
+            if self.status is None:
+                self.flush()
+        return self.status
+
+    def on_server_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return                            # not ready after all
+        except OSError as exc:                # ECONNRESET and friends: the server is gone
+            self.apply([PrintError("connection to the server failed: %s" % exc), Exit(1)])
+            return
+        if not data:
+            self.apply(self.client.connection_lost())
+            return
+        self.reader.receive_data(data)
+        while self.status is None:
+            try:
+                message = self.reader.maybe_next_message()
+            except RequestError:
+                self.apply([PrintError("the server sent a message longer than %d bytes"
+                                       % MAX_SERVER_MESSAGE), Exit(1)])
+                return
+            if message is None:
+                return
+            self.apply(self.client.message_received(message))
+
+    def on_stdin_readable(self) -> None:
+        data = os.read(self.stdin_fd, READ_SIZE)
+        if not data:                          # end of input (Ctrl-D at a terminal)
+            # The prompt stays marked as shown: Ctrl-D echoes no newline, so the next line
+            # printed must erase it first.
+            self.selector.unregister(self.stdin_fd)
+            if self.stdin_buf:                # a last line without its newline
+                self.apply(self.client.line_typed(self.stdin_buf.decode("utf-8", "replace")))
+            self.apply(self.client.input_ended())
+            return
+        self.prompt_shown = False             # the user's Enter took the cursor past it
+        self.stdin_buf += data
+        while b"\n" in self.stdin_buf and self.status is None:
+            line, _newline, rest = bytes(self.stdin_buf).partition(b"\n")
+            self.stdin_buf = bytearray(rest)
+            # Splitting bytes at b"\n" never cuts a UTF-8 character in two.
+            self.apply(self.client.line_typed(line.decode("utf-8", "replace").rstrip("\r")))
+
+    def apply(self, actions: List[Action]) -> None:
+        """Carry out ChatClient's actions, in order; nothing after an Exit."""
+        for action in actions:
+            if isinstance(action, Send):
+                self.out += action.data       # sent by flush() at the end of this turn
+            elif isinstance(action, Print):
+                self.write_line(self.stdout, action.text)
+            elif isinstance(action, PrintError):
+                self.write_line(self.stderr, action.text)
+            elif isinstance(action, Exit):
+                self.status = action.status
+                return
+        if self.client.quitting and self.deadline is None:
+            self.deadline = time.monotonic() + DISCONNECT_TIMEOUT
+
+    def flush(self) -> None:
+        """Send what the kernel takes now; watch for writability only while some is left."""
+        if self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:                   # EPIPE, ECONNRESET: recv() will report it
+                sent = len(self.out)
+            del self.out[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
+        if self.selector.get_key(self.sock).events != events:
+            self.selector.modify(self.sock, events)
+
+    def write_line(self, stream: TextIO, text: str) -> None:
+        if self.prompt_shown:
+            # Take the prompt off the screen so the message gets a line of its own. What the
+            # user had half typed stays in the terminal's line buffer (Ctrl-R shows it again)
+            # and is sent when they press Enter.
+            self.stdout.write(ERASE_LINE)
+            self.stdout.flush()
+            self.prompt_shown = False
+        stream.write(text + "\n")
+        stream.flush()                        # as it arrives, even into a pipe
+
+    def show_prompt(self) -> None:
+        if self.interactive and not self.prompt_shown and self.client.ready_for_input():
+            self.stdout.write(PROMPT)
+            self.stdout.flush()
+            self.prompt_shown = True
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A terminal client for the chat server (see PROTOCOL.md). It connects to "
+                    "HOST:PORT, reads commands from standard input, one per line (typed, or "
+                    "piped from a script), and shows every message from the server as it "
+                    "arrives: '[ROOM] NAME: TEXT' for chat, '* ...' for replies to commands.",
+        epilog=COMMANDS + """
+
+Lines typed while a /join or /leave is unanswered wait for the answer, so a script
+may send "/join a" and "hello" together: hello goes to a. Mistakes (posting before
+joining, leaving a room you are not in, an unknown command) are explained on
+standard error and nothing is sent.
+
+exit status:
+  0  after /quit or end of input, once the server has closed the connection
+  1  the server answered ERROR_CODE (shown as "ERROR code: description" on standard
+     error), closed the connection unexpectedly, sent something malformed, or could
+     not be reached""")
+    parser.add_argument("host", help="the server's address, e.g. 127.0.0.1")
+    parser.add_argument("port", type=int, help="the server's TCP port")
+    parser.add_argument("--name", required=True,
+                        help="your CLIENT_NAME, shown to the other members of your rooms")
+    args = parser.parse_args(argv)
+    if not 0 < args.port <= 65535:
+        parser.error("PORT must be an integer from 1 to 65535, not %d" % args.port)
+    args.name = args.name.strip()
+    if not args.name or printable(args.name) != args.name:
+        parser.error("--name must be a non-empty name without control characters")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    # A terminal that cannot show a character shows "?" instead of ending the client.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(errors="replace")
+    try:
+        sock = socket.create_connection((args.host, args.port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        print("cannot connect to %s:%d: %s" % (args.host, args.port, exc), file=sys.stderr)
+        return 1
+    sock.setblocking(False)
+    # Each request leaves in one send(); Nagle would only hold back the second of two quick ones.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    terminal = Terminal(ChatClient(args.name), sock, sys.stdin.fileno(), sys.stdout, sys.stderr,
+                        interactive)
+    try:
+        return terminal.run()
+    except KeyboardInterrupt:                 # Ctrl-C: the server sees the connection close
+        print(file=sys.stderr)
+        return 130
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
