@@ -30,7 +30,7 @@ from rooms import Rooms
 
 LOGGER = logging.getLogger(__name__)
 
-# The longest request we buffer, counted from its first byte to its terminating newline(s). A
+# The longest request we buffer, in bytes, not counting its terminating newline(s). A
 # CHAT may span several lines, so this is a bound on the whole request, not just on one line.
 # 64 KiB is a long page of text, far beyond any chat message, and small enough that a thousand
 # clients each holding a half-sent maximal request cost 64 MB. A peer past it gets
@@ -223,11 +223,14 @@ class Join:
     client_name: str
 
 
+# A request's JOIN_ID is kept as the digits the client sent: identity is the connection, so the
+# server never looks anybody up by it; LEFT_CHATROOM only echoes it.
+
 @dataclass
 class Leave:
     __slots__ = ("ref", "join_id", "client_name")
     ref: int
-    join_id: int
+    join_id: str
     client_name: str
 
 
@@ -235,7 +238,7 @@ class Leave:
 class Chat:
     __slots__ = ("ref", "join_id", "client_name", "message")
     ref: int
-    join_id: int
+    join_id: str
     client_name: str
     message: str           # may contain single newlines; never a blank line
 
@@ -272,16 +275,22 @@ def _fields(lines: List[str], keys: Tuple[str, ...], kind: str) -> List[str]:
     return values
 
 
-def _integer(value: str, key: str) -> int:
-    # isdigit() alone admits other scripts' digits and int() admits "+1", "1_0" and " 1 ":
-    # the protocol means plain ASCII digits. int() may still refuse thousands of digits.
-    if value.isascii() and value.isdigit():
-        try:
-            return int(value)
-        except ValueError:
-            pass
-    raise RequestError(ErrorCode.BAD_INTEGER,
-                       "%s must be a non-negative integer, got %s" % (key, _quote(value)))
+def _digits(value: str, key: str) -> str:
+    # isdigit() alone admits other scripts' digits, and int() would admit "+1", "1_0" and
+    # " 1 ": the protocol means plain ASCII digits.
+    if not (value.isascii() and value.isdigit()):
+        raise RequestError(ErrorCode.BAD_INTEGER,
+                           "%s must be a non-negative integer, got %s" % (key, _quote(value)))
+    return value
+
+
+def _room_ref(value: str) -> int:
+    digits = _digits(value, "ROOM_REF")
+    try:
+        return int(digits)
+    except ValueError:      # Python refuses to convert thousands of digits: no room has them
+        raise RequestError(ErrorCode.UNKNOWN_ROOM,
+                           "no room has ROOM_REF %s" % _quote(digits)) from None
 
 
 def _non_empty(value: str, code: ErrorCode, key: str) -> str:
@@ -319,9 +328,9 @@ def _parse_join(text: str, room: str) -> Join:
 
 
 def _parse_leave(text: str, ref: str) -> Leave:
-    room_ref = _integer(ref, "ROOM_REF")
+    room_ref = _room_ref(ref)
     join_id, name = _fields(text.split("\n"), ("JOIN_ID", "CLIENT_NAME"), "LEAVE_CHATROOM")
-    return Leave(room_ref, _integer(join_id, "JOIN_ID"),
+    return Leave(room_ref, _digits(join_id, "JOIN_ID"),
                  _non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"))
 
 
@@ -331,11 +340,11 @@ def _parse_disconnect(text: str, _value: str) -> Disconnect:
 
 
 def _parse_chat(text: str, ref: str) -> Chat:
-    room_ref = _integer(ref, "ROOM_REF")
+    room_ref = _room_ref(ref)
     # split at most 3 times: the 4th part is "MESSAGE: ..." and every line after it
     join_id, name, message = _fields(text.split("\n", 3), ("JOIN_ID", "CLIENT_NAME", "MESSAGE"),
                                      "CHAT")
-    return Chat(room_ref, _integer(join_id, "JOIN_ID"),
+    return Chat(room_ref, _digits(join_id, "JOIN_ID"),
                 _non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"), message)
 
 
@@ -505,8 +514,8 @@ class ChatProtocol:
         ref = self._existing_room(req.ref)
         # The reply echoes the request, and repeats for a room already left. Who leaves is the
         # connection, whatever JOIN_ID it quotes: nobody can leave for somebody else.
-        reply = b"LEFT_CHATROOM: %d\nJOIN_ID: %d\n" % (ref, req.join_id)
-        return [Send(conn_id, reply)] + self._leave(conn_id, ref, tell_self=True)
+        reply = "LEFT_CHATROOM: %d\nJOIN_ID: %s\n" % (ref, req.join_id)
+        return [Send(conn_id, reply.encode("ascii"))] + self._leave(conn_id, ref, tell_self=True)
 
     def _on_disconnect(self, conn_id: int, req: Disconnect) -> List[Action]:
         self._sessions[conn_id].closing = True

@@ -125,6 +125,7 @@ class Reactor:
         self._to_abort: List[Connection] = []     # passed OUTPUT_CAP while output was queued
         self._accept_paused_until = 0.0
         self._running = False
+        self._stopping = False              # stop() was called: handle no more requests
         self.requests_per_tick = MIN_REQUESTS_PER_TICK * 4   # adapts; see TICK_TARGET
 
     # -- the loop ------------------------------------------------------------------------------
@@ -161,8 +162,10 @@ class Reactor:
         self._flush()
 
     def stop(self) -> None:
-        """Ask run_forever() to return after this tick. Safe to call from a signal handler."""
+        """Ask run_forever() to return after this tick; no further request is handled.
+        Safe to call from a signal handler."""
         self._running = False
+        self._stopping = True
         try:
             self._wake_w.send(b"\0")
         except OSError:
@@ -254,6 +257,8 @@ class Reactor:
         started = time.monotonic()
         share_used_up = False
         for conn in ready:
+            if self._stopping:
+                break                       # KILL_SERVICE: what came after it is not served
             if conn.state != _OPEN or conn.paused:
                 conn.has_input = False      # a paused one is put back by _send on resuming
                 continue
@@ -278,7 +283,7 @@ class Reactor:
             if actions is None:
                 return False
             self.apply(actions)
-            if conn.state != _OPEN or conn.paused:
+            if conn.state != _OPEN or conn.paused or self._stopping:
                 return conn.state == _OPEN
         return True
 
