@@ -201,15 +201,23 @@ class Reactor:
             except ConnectionAbortedError:
                 continue                    # it went away while queued: next
             except OSError as exc:
-                if exc.errno not in _ACCEPT_ERRORS:
-                    raise
-                LOGGER.warning("accept failed (%s); retrying in %.1fs", exc, ACCEPT_RETRY_DELAY)
-                self.selector.unregister(self.listener)
-                self._accept_paused_until = time.monotonic() + ACCEPT_RETRY_DELAY
+                if exc.errno in _ACCEPT_ERRORS:     # out of descriptors or memory
+                    LOGGER.warning("accept failed (%s); retrying in %.1fs", exc,
+                                   ACCEPT_RETRY_DELAY)
+                    self.selector.unregister(self.listener)
+                    self._accept_paused_until = time.monotonic() + ACCEPT_RETRY_DELAY
+                else:                       # a network error of one pending connection
+                    LOGGER.warning("accept failed: %s", exc)
                 return
-            # We already gather a tick's output into one send(): Nagle would only add delay.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.add_connection(sock, sock.getsockname()[0])
+            try:
+                # We already gather a tick's output into one send(): Nagle would only add delay.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                local_ip = sock.getsockname()[0]
+            except OSError as exc:          # reset before we got to it
+                LOGGER.debug("dropping a connection that failed at once: %s", exc)
+                sock.close()
+                continue
+            self.add_connection(sock, local_ip)
 
     def add_connection(self, sock: socket.socket, local_ip: str) -> int:
         """Serve a connected socket (accepted here, or a socketpair end in a test)."""
