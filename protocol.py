@@ -308,15 +308,15 @@ def parse_request(frame: bytes) -> Request:
         raise RequestError(ErrorCode.INVALID_UTF8,
                            "request is not valid UTF-8 (byte %d)" % exc.start) from None
     first = text.partition("\n")[0]
+    keyword, colon, value = first.partition(":")
+    parser = _PARSERS.get(keyword.strip()) if colon else None
+    if parser is not None:
+        return parser(text, value.strip())
     if first.startswith("HELO ") or first == "HELO":
         return Helo(first)
     if first.strip() == "KILL_SERVICE":
         return Kill()
-    keyword, colon, value = first.partition(":")
-    parser = _PARSERS.get(keyword.strip()) if colon else None
-    if parser is None:
-        return Other(first)
-    return parser(text, value.strip())
+    return Other(first)
 
 
 def _parse_join(text: str, room: str) -> Join:
@@ -485,7 +485,9 @@ class ChatProtocol:
             return [Send(conn_id, error_reply(err))]
 
     def _on_chat(self, conn_id: int, req: Chat) -> List[Action]:
-        members = self.rooms.members(self._existing_room(req.ref))
+        members = self.rooms.maybe_members(req.ref)
+        if members is None:
+            raise self._unknown_room(req.ref)
         # Identity is the connection: req.join_id and req.client_name are not trusted.
         name = members.get(conn_id)
         if name is None:
@@ -511,7 +513,9 @@ class ChatProtocol:
         return actions
 
     def _on_leave(self, conn_id: int, req: Leave) -> List[Action]:
-        ref = self._existing_room(req.ref)
+        ref = req.ref
+        if not self.rooms.exists(ref):
+            raise self._unknown_room(ref)
         # The reply echoes the request, and repeats for a room already left. Who leaves is the
         # connection, whatever JOIN_ID it quotes: nobody can leave for somebody else.
         reply = "LEFT_CHATROOM: %d\nJOIN_ID: %s\n" % (ref, req.join_id)
@@ -535,12 +539,10 @@ class ChatProtocol:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _existing_room(self, ref: int) -> int:
-        if not self.rooms.exists(ref):
-            raise RequestError(ErrorCode.UNKNOWN_ROOM,
-                               "no room has ROOM_REF %d; JOINED_CHATROOM tells you a room's ref"
-                               % ref)
-        return ref
+    @staticmethod
+    def _unknown_room(ref: int) -> RequestError:
+        return RequestError(ErrorCode.UNKNOWN_ROOM,
+                            "no room has ROOM_REF %d; JOINED_CHATROOM tells you a room's ref" % ref)
 
     def _leave(self, conn_id: int, ref: int, tell_self: bool) -> List[Action]:
         """Take conn_id out of room `ref` and announce it (to itself too if tell_self)."""

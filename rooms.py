@@ -51,10 +51,11 @@ class Rooms:
         """True when no new room may be created (joining an existing room still works)."""
         return len(self._names) >= self.max_rooms
 
-    def members(self, ref: int) -> Mapping[int, str]:
-        """The live {conn_id: client name} of room `ref`, in join order. Read it, do not keep
-        it or change it (CHAT reads it once per message, so it is not copied)."""
-        return self._members[ref]
+    def maybe_members(self, ref: int) -> Optional[Mapping[int, str]]:
+        """The live {conn_id: client name} of room `ref` in join order, or None if there is no
+        such room. Read it, do not keep it or change it (every CHAT reads it, so it is not
+        copied)."""
+        return self._members[ref] if 0 <= ref < len(self._members) else None
 
     def member_ids(self, ref: int) -> Tuple[int, ...]:
         """A snapshot of the connections in room `ref`, in the order they joined."""
