@@ -10,7 +10,7 @@ One tick of the loop (`run_once`), in the order Redis's ae.c uses, reads before 
     1. select()                 which sockets are ready (no wait if input is left over)
     2. on_acceptable            accept every pending connection
        on_readable              recv() once per ready connection, give the bytes to the app
-    3. process input            a share of each connection's requests (TICK_TARGET); their
+    3. process input            some of each connection's requests (see TICK_TARGET); their
                                 actions append bytes to output buffers
     4. flush                    one send() per connection with new output: everything queued
                                 for it this tick leaves in one system call
@@ -48,12 +48,15 @@ LOGGER = logging.getLogger(__name__)
 # Bytes asked of recv() at once. 64 KiB is what the kernel usually has ready on loopback, and a
 # connection's unhandled input stays below this plus one partial request (see _on_readable).
 READ_SIZE = 64 * 1024
-# Fairness. A tick handles a share of every busy connection's requests before anybody's replies
-# go out, so a reply waits about as long as a tick takes, and one flooding client never owns a
-# tick. The share (requests per connection per tick) adapts: halved after a tick whose request
-# handling took longer than TICK_TARGET, doubled after one that took under half of it while
-# some connection used its whole share. Many busy clients: small shares and short ticks; few:
-# large shares, which gather more messages into each send().
+# Fairness. A tick handles some of every busy connection's requests before anybody's replies go
+# out, so a reply waits about as long as a tick takes, and one flooding client never owns a tick.
+# Connections with a backlog (requests left over from earlier ticks) get a *share* of requests
+# per tick, which adapts: halved after a tick whose request handling took longer than
+# TICK_TARGET, doubled after one that took under half of it while some backlog used its whole
+# share. Connections without a backlog go first and get up to MAX_REQUESTS_PER_TICK (until the
+# tick is TICK_TARGET old; after that, the share), as fq_codel serves new flows before old ones:
+# a client that sends a little now and then is never queued behind its own earlier requests,
+# however many clients are flooding.
 TICK_TARGET = 0.020
 MIN_REQUESTS_PER_TICK = 1
 MAX_REQUESTS_PER_TICK = 64
@@ -120,7 +123,8 @@ class Reactor:
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
         self.conns: Dict[int, Connection] = {}
         self._next_conn_id = 1
-        self._with_input: List[Connection] = []   # requests may be left over from last tick
+        self._fresh: List[Connection] = []        # read this tick, nothing left from before
+        self._backlog: List[Connection] = []      # requests may be left over from last tick
         self._to_flush: List[Connection] = []     # got output this tick
         self._to_abort: List[Connection] = []     # passed OUTPUT_CAP while output was queued
         self._accept_paused_until = 0.0
@@ -141,7 +145,7 @@ class Reactor:
 
     def run_once(self, timeout: Optional[float] = None) -> None:
         """One tick: wait up to `timeout` for sockets, read, handle requests, write."""
-        if self._with_input:
+        if self._backlog:
             timeout = 0
         if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
             self._accept_paused_until = 0.0
@@ -254,39 +258,51 @@ class Reactor:
         self._guarded(conn, self.app.data_received, conn.conn_id, data)
         if conn.state == _OPEN and not conn.has_input:
             conn.has_input = True
-            self._with_input.append(conn)
+            self._fresh.append(conn)
 
     def _process_input(self) -> None:
-        """Handle up to `requests_per_tick` requests for each connection with input, then
-        adapt that share to the time it took (see TICK_TARGET)."""
-        ready, self._with_input = self._with_input, []
-        if not ready:
+        """Handle requests: up to MAX_REQUESTS_PER_TICK for each connection read this tick
+        with no backlog, then `requests_per_tick` for each with a backlog; then adapt that
+        share to the time it all took (see TICK_TARGET)."""
+        fresh, backlog = self._fresh, self._backlog
+        if not fresh and not backlog:
             return
+        self._fresh, self._backlog = [], []
         started = time.monotonic()
-        share_used_up = False
-        for conn in ready:
-            if self._stopping:
-                break                       # KILL_SERVICE: what came after it is not served
-            if conn.state != _OPEN or conn.paused:
-                conn.has_input = False      # a paused one is put back by _send on resuming
-                continue
-            if self._guarded(conn, self._handle_requests, conn):
-                self._with_input.append(conn)      # it may have more: no waiting in select
-                share_used_up = True
-            else:
-                conn.has_input = False
-            self._abort_over_cap()
-        elapsed = time.monotonic() - started
         share = self.requests_per_tick
+        self._handle_some(fresh, MAX_REQUESTS_PER_TICK, share, started + TICK_TARGET)
+        share_used_up = self._handle_some(backlog, share, share, started)
+        elapsed = time.monotonic() - started
         if elapsed > TICK_TARGET:
             self.requests_per_tick = max(MIN_REQUESTS_PER_TICK, share // 2)
         elif share_used_up and elapsed < TICK_TARGET / 2:
             self.requests_per_tick = min(MAX_REQUESTS_PER_TICK, share * 2)
 
-    def _handle_requests(self, conn: Connection) -> bool:
-        """Handle a tick's share of `conn`'s requests; True if it may have more."""
+    def _handle_some(self, conns: List[Connection], limit: int, share: int,
+                     deadline: float) -> bool:
+        """Handle up to `limit` requests of each connection, `share` once the clock passes
+        `deadline`; those that may have more go on the backlog. True if any had more."""
+        had_more = False
+        for conn in conns:
+            if limit > share and time.monotonic() > deadline:
+                limit = share
+            if self._stopping:
+                break                       # KILL_SERVICE: what came after it is not served
+            if conn.state != _OPEN or conn.paused:
+                conn.has_input = False      # a paused one is put back by _send on resuming
+                continue
+            if self._guarded(conn, self._handle_requests, conn, limit):
+                self._backlog.append(conn)  # it may have more: the next select() won't wait
+                had_more = True
+            else:
+                conn.has_input = False
+            self._abort_over_cap()
+        return had_more
+
+    def _handle_requests(self, conn: Connection, limit: int) -> bool:
+        """Handle up to `limit` of `conn`'s requests; True if it may have more."""
         next_actions = self.app.maybe_next_actions
-        for _ in range(self.requests_per_tick):
+        for _ in range(limit):
             actions = next_actions(conn.conn_id)
             if actions is None:
                 return False
@@ -393,7 +409,7 @@ class Reactor:
             conn.paused = False
             if not conn.has_input:          # the app may hold requests read before the pause
                 conn.has_input = True
-                self._with_input.append(conn)
+                self._backlog.append(conn)
         self._update_interest(conn)
 
     def _update_interest(self, conn: Connection) -> None:

@@ -568,44 +568,48 @@ class ReactorTests(unittest.TestCase):
         self.tick_until(lambda: self.app.handled)
         self.assertEqual(client.recv(100), b"tcp\n")
 
-    def test_requests_past_the_tick_budget_wait_for_the_next_tick(self):
+    def test_requests_past_the_tick_limit_wait_for_the_next_tick(self):
         _, ours = self.pair()
-        budget = self.reactor.requests_per_tick
-        ours.sendall(b"".join(b"echo %d\n" % i for i in range(budget + 3)))
+        count = reactor.MAX_REQUESTS_PER_TICK + 3
+        ours.sendall(b"".join(b"echo %d\n" % i for i in range(count)))
         self.reactor.run_once(5)
-        self.assertEqual(len(self.app.handled), budget)
+        self.assertEqual(len(self.app.handled), reactor.MAX_REQUESTS_PER_TICK)
         self.reactor.run_once(60)     # no new input, but the rest is buffered: no wait
-        self.assertEqual(len(self.app.handled), budget + 3)
-        self.assertEqual(self.pump(ours, len(b"".join(b"%d\n" % i for i in range(budget + 3)))),
-                         b"".join(b"%d\n" % i for i in range(budget + 3)))
+        self.assertEqual(len(self.app.handled), count)
+        expected = b"".join(b"%d\n" % i for i in range(count))
+        self.assertEqual(self.pump(ours, len(expected)), expected)
 
-    def test_one_flooding_client_does_not_hold_up_another(self):
+    def test_a_backlog_gets_a_share_and_a_client_without_one_goes_first(self):
         _, flood = self.pair()
         _, quiet = self.pair()
         flood.sendall(b"echo f\n" * 1000)
-        quiet.sendall(b"echo q\n")
+        self.reactor.run_once(5)                       # flood: no backlog yet, the full limit
+        self.assertEqual(len(self.app.handled), reactor.MAX_REQUESTS_PER_TICK)
+        share = self.reactor.requests_per_tick
+        quiet.sendall(b"echo q\n" * 10)
+        before = len(self.app.handled)
         self.reactor.run_once(5)
-        self.assertIn((2, b"echo q"), self.app.handled)
-        self.assertLessEqual(len(self.app.handled), 2 * reactor.MAX_REQUESTS_PER_TICK)
+        this_tick = self.app.handled[before:]
+        self.assertEqual(this_tick[:10], [(2, b"echo q")] * 10)   # all of it, first
+        self.assertEqual(this_tick[10:], [(1, b"echo f")] * share)
 
     def test_share_halves_after_a_slow_tick_and_doubles_after_quick_ones(self):
-        slow = LineApp()
-        handle = slow.maybe_next_actions
+        _, ours = self.pair()
+        ours.sendall(b"echo x\n" * 200)
+        self.reactor.run_once(5)                       # no backlog yet: the full limit
+        cheap = self.app.maybe_next_actions
 
         def expensive(conn_id):     # each request takes a whole tick's target
             time.sleep(reactor.TICK_TARGET)
-            return handle(conn_id)
-        slow.maybe_next_actions = expensive
-        self.reactor.app = slow
-        _, ours = self.pair()
-        ours.sendall(b"echo x\n" * 40)
+            return cheap(conn_id)
+        self.app.maybe_next_actions = expensive
         share = self.reactor.requests_per_tick
-        self.reactor.run_once(5)
+        self.reactor.run_once(0)
         self.assertEqual(self.reactor.requests_per_tick, max(reactor.MIN_REQUESTS_PER_TICK, share // 2))
-        slow.maybe_next_actions = handle            # cheap again: the share grows back
-        for _ in range(10):
+        self.app.maybe_next_actions = cheap            # cheap again: the share grows back
+        for _ in range(4):
             self.reactor.run_once(0)
-        self.assertGreater(self.reactor.requests_per_tick, share // 2)
+        self.assertGreater(self.reactor.requests_per_tick, share)
 
     def test_close_sends_everything_queued_then_closes(self):
         _, ours = self.pair(sndbuf=4096)
