@@ -93,6 +93,15 @@ _FRAME_LINES = {
 }
 
 
+def request_keyword(first_line: bytes) -> bytes:
+    """The keyword of a request: the text before the first colon of its first line, without
+    surrounding ASCII white space (b"" if there is no colon). Framer and parse_request both use
+    this one function, so they cannot disagree about what a request is (str.strip() would also
+    strip Unicode white space, and a line the framer cut as unknown would parse as a CHAT)."""
+    colon = first_line.find(b":")
+    return first_line[:colon].strip() if colon >= 0 else b""
+
+
 class Framer:
     """Cuts one connection's byte stream into frames, one request each.
 
@@ -151,9 +160,7 @@ class Framer:
             eol = self._search(b"\n", 0)
             if eol < 0:
                 return self._incomplete()
-            colon = buf.find(b":", 0, eol)
-            keyword = bytes(buf[:colon]).strip() if colon >= 0 else b""
-            lines = _FRAME_LINES.get(keyword, 1)
+            lines = _FRAME_LINES.get(request_keyword(bytes(buf[:eol])), 1)
             self._lines_left = lines if lines == _UNTIL_BLANK_LINE else lines - 1
             self._end = eol + 1
         if self._lines_left == _UNTIL_BLANK_LINE:
@@ -179,7 +186,9 @@ class Framer:
         return found
 
     def _incomplete(self) -> None:
-        if len(self._buf) > self.max_request:
+        # A final newline may be the first of a CHAT's blank line, which the limit does not
+        # count; any other newline belongs to the frame and counts.
+        if len(self._buf) - self._buf.endswith(b"\n") > self.max_request:
             raise RequestError(ErrorCode.REQUEST_TOO_LONG,
                                "request longer than %d bytes; closing the connection"
                                % self.max_request)
@@ -307,14 +316,14 @@ def parse_request(frame: bytes) -> Request:
     except UnicodeDecodeError as exc:
         raise RequestError(ErrorCode.INVALID_UTF8,
                            "request is not valid UTF-8 (byte %d)" % exc.start) from None
+    first_line = frame.partition(b"\n")[0]
+    parser = _PARSERS.get(request_keyword(first_line))
     first = text.partition("\n")[0]
-    keyword, colon, value = first.partition(":")
-    parser = _PARSERS.get(keyword.strip()) if colon else None
     if parser is not None:
-        return parser(text, value.strip())
+        return parser(text, first.partition(":")[2].strip())
     if first.startswith("HELO ") or first == "HELO":
         return Helo(first)
-    if first.strip() == "KILL_SERVICE":
+    if first_line.strip() == b"KILL_SERVICE":
         return Kill()
     return Other(first)
 
@@ -348,11 +357,12 @@ def _parse_chat(text: str, ref: str) -> Chat:
                 _non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"), message)
 
 
-_PARSERS: Dict[str, Callable[[str, str], Request]] = {
-    "JOIN_CHATROOM": _parse_join,
-    "LEAVE_CHATROOM": _parse_leave,
-    "DISCONNECT": _parse_disconnect,
-    "CHAT": _parse_chat,
+# The keywords here are those of _FRAME_LINES: a request is framed and parsed as the same kind.
+_PARSERS: Dict[bytes, Callable[[str, str], Request]] = {
+    b"JOIN_CHATROOM": _parse_join,
+    b"LEAVE_CHATROOM": _parse_leave,
+    b"DISCONNECT": _parse_disconnect,
+    b"CHAT": _parse_chat,
 }
 
 

@@ -125,6 +125,32 @@ class FramerTests(unittest.TestCase):
             framer.maybe_next_frame()
         self.assertEqual(caught.exception.code, ErrorCode.REQUEST_TOO_LONG)
 
+    def test_chat_at_the_limit_is_accepted_however_its_blank_line_is_split(self):
+        head = b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: "
+        frame = head + b"x" * (100 - len(head))
+        for split in (len(frame), len(frame) + 1):
+            stream = frame + b"\n\n"
+            framer = Framer(max_request=100)
+            framer.receive_data(stream[:split])
+            self.assertIsNone(framer.maybe_next_frame())
+            framer.receive_data(stream[split:])
+            self.assertEqual(framer.maybe_next_frame(), frame, split)
+
+    def test_framer_and_parser_agree_on_the_keyword(self):
+        # \x1c is white space to str.strip() but not to bytes.strip(). The framer once cut this
+        # line alone as an unknown command while the parser called it a malformed CHAT; now
+        # both say: not a CHAT (the lines after it are requests of their own, as for any
+        # unknown first line).
+        stream = b"\x1cCHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: m\n\n"
+        self.assertEqual(frame_all(stream)[0], b"\x1cCHAT: 0")
+        self.assertEqual(parse_request(b"\x1cCHAT: 0"), Other("\x1cCHAT: 0"))
+        self.assertEqual(set(protocol._FRAME_LINES), set(protocol._PARSERS))
+
+    def test_kill_service_is_only_the_ascii_keyword(self):
+        self.assertEqual(parse_request("\u00a0KILL_SERVICE".encode()), Other("\u00a0KILL_SERVICE"))
+        self.assertEqual(parse_request(b"\x1cKILL_SERVICE"), Other("\x1cKILL_SERVICE"))
+        self.assertEqual(parse_request(b" KILL_SERVICE "), Kill())
+
     def test_request_at_the_limit_is_accepted(self):
         framer = Framer(max_request=10)
         framer.receive_data(b"HELO 12345\n")
