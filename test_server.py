@@ -11,6 +11,7 @@ Run with `python3 -m unittest -v`. Every wait has a timeout; no result depends o
 """
 import collections
 import os
+import random
 import selectors
 import signal
 import socket
@@ -241,6 +242,38 @@ class ParseTests(unittest.TestCase):
     def test_invalid_utf8(self):
         self.assertError(b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: \xff", ErrorCode.INVALID_UTF8)
         self.assertError(b"\xc3", ErrorCode.INVALID_UTF8)
+
+    def test_plain_chat_shortcut_agrees_with_the_general_parser(self):
+        # Random CHAT-like frames, mostly well-formed, each piece sometimes replaced by one near
+        # the shortcut's edges: both ways must give the same request or the same error code.
+        rng = random.Random(20261128)
+        pieces = {  # (usual choices, unusual ones)
+            "space": (["", " ", "  ", "\t"], ["\xa0", "\x1c", "\r", " \u3000", "\x0b"]),
+            "number": (["0", "7", "12", "007"], ["", "x", "-1", "1 2", "\u0661", "9" * 4400]),
+            "name": (["a", "bob smith", "na:me", "\u00e9"], ["", " ", "\udcff"]),
+            "message": (["hi", "", " two\nlines ", "a: b", "\u2603"], ["x\udcff", "x\n\ny"]),
+        }
+        keys = ["CHAT:", "JOIN_ID:", "CLIENT_NAME:", "MESSAGE:"]
+        odd_keys = ["CHAT :", " CHAT:", "MESSAGE :", "message:", "CHAT:", "JOIN_ID:", "X:"]
+
+        def pick(kind):
+            usual, unusual = pieces[kind]
+            return rng.choice(unusual if rng.random() < .1 else usual)
+        for _ in range(5000):
+            lines = [(rng.choice(odd_keys) if rng.random() < .05 else key) + pick("space")
+                     + pick(kind) + pick("space")
+                     for key, kind in zip(keys, ("number", "number", "name", "message"))]
+            if rng.random() < .03:
+                rng.shuffle(lines)
+            frame = "\n".join(lines[:4 if rng.random() < .95 else rng.choice([1, 2, 3])])
+            frame = frame.encode("utf-8", "surrogateescape")
+            outcomes = []
+            for parse in (parse_request, protocol.parse_request_in_general):
+                try:
+                    outcomes.append(parse(frame))
+                except RequestError as err:
+                    outcomes.append(err.code)
+            self.assertEqual(outcomes[0], outcomes[1], frame)
 
     def test_error_codes_are_distinct(self):
         codes = [int(code) for code in ErrorCode]
