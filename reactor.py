@@ -13,7 +13,9 @@ One tick of the loop (`run_once`), in the order Redis's ae.c uses, reads before 
     3. process input            some of each connection's requests (see TICK_TARGET); their
                                 actions append bytes to output buffers
     4. flush                    one send() per connection with new output: everything queued
-                                for it this tick leaves in one system call
+                                for it this tick leaves in one system call (when backlogs are
+                                being worked through, replies to the connections without one
+                                are sent first, between the two parts of step 3)
 
 The write path is asyncio's (selector_events.py), with the send moved to the end of the tick as
 Redis does (handleClientsWithPendingWrites): nothing is sent while a request is being handled;
@@ -52,8 +54,9 @@ READ_SIZE = 64 * 1024
 # out, so a reply waits about as long as a tick takes, and one flooding client never owns a tick.
 # Connections with a backlog (requests left over from earlier ticks) get a *share* of requests
 # per tick, which adapts: halved after a tick whose request handling took longer than
-# TICK_TARGET, doubled after one that took under half of it while some backlog used its whole
-# share. Connections without a backlog go first and get up to MAX_REQUESTS_PER_TICK (until the
+# TICK_TARGET, a quarter larger after one that took under half of it while some backlog used
+# its whole share (growing slowly and shrinking fast, as TCP's window does, keeps the ticks
+# near the target instead of swinging to twice it). Connections without a backlog go first and get up to MAX_REQUESTS_PER_TICK (until the
 # tick is TICK_TARGET old; after that, the share), as fq_codel serves new flows before old ones:
 # a client that sends a little now and then is never queued behind its own earlier requests,
 # however many clients are flooding.
@@ -262,8 +265,8 @@ class Reactor:
 
     def _process_input(self) -> None:
         """Handle requests: up to MAX_REQUESTS_PER_TICK for each connection read this tick
-        with no backlog, then `requests_per_tick` for each with a backlog; then adapt that
-        share to the time it all took (see TICK_TARGET)."""
+        with no backlog, and send what they produced; then `requests_per_tick` for each
+        connection with a backlog; then adapt that share to the time it all took."""
         fresh, backlog = self._fresh, self._backlog
         if not fresh and not backlog:
             return
@@ -271,12 +274,14 @@ class Reactor:
         started = time.monotonic()
         share = self.requests_per_tick
         self._handle_some(fresh, MAX_REQUESTS_PER_TICK, share, started + TICK_TARGET)
+        if fresh and backlog:
+            self._flush()   # their replies need not wait for the backlogs to be worked on
         share_used_up = self._handle_some(backlog, share, share, started)
         elapsed = time.monotonic() - started
         if elapsed > TICK_TARGET:
             self.requests_per_tick = max(MIN_REQUESTS_PER_TICK, share // 2)
         elif share_used_up and elapsed < TICK_TARGET / 2:
-            self.requests_per_tick = min(MAX_REQUESTS_PER_TICK, share * 2)
+            self.requests_per_tick = min(MAX_REQUESTS_PER_TICK, share + max(1, share // 4))
 
     def _handle_some(self, conns: List[Connection], limit: int, share: int,
                      deadline: float) -> bool:

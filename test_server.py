@@ -652,7 +652,7 @@ class ReactorTests(unittest.TestCase):
         self.assertEqual(this_tick[:10], [(2, b"echo q")] * 10)   # all of it, first
         self.assertEqual(this_tick[10:], [(1, b"echo f")] * share)
 
-    def test_share_halves_after_a_slow_tick_and_doubles_after_quick_ones(self):
+    def test_share_halves_after_a_slow_tick_and_grows_after_quick_ones(self):
         _, ours = self.pair()
         ours.sendall(b"echo x\n" * 200)
         self.reactor.run_once(5)                       # no backlog yet: the full limit
