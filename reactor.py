@@ -39,6 +39,7 @@ import logging
 import selectors
 import signal
 import socket
+import sys
 import time
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -219,7 +220,8 @@ class Reactor:
             try:
                 # We already gather a tick's output into one send(): Nagle would only add delay.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                local_ip = sock.getsockname()[0]
+                # One string per address, not one per connection (58 bytes each, 10 000 times).
+                local_ip = sys.intern(sock.getsockname()[0])
             except OSError as exc:          # reset before we got to it
                 LOGGER.debug("dropping a connection that failed at once: %s", exc)
                 sock.close()

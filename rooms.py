@@ -31,7 +31,9 @@ class Rooms:
         self._ref_by_name: Dict[str, int] = {}
         self._names: List[str] = []                 # ROOM_REF -> room name
         self._members: List[Dict[int, str]] = []    # ROOM_REF -> {conn_id: client name}, join order
-        self._refs_of: Dict[int, List[int]] = {}    # conn_id -> ROOM_REFs it is in
+        # conn_id -> ROOM_REFs it is in. A tuple, not a list: most connections are in one room,
+        # and (ref,) is 48 bytes where [ref] is 88; at 10 000 connections that is 400 KB.
+        self._refs_of: Dict[int, Tuple[int, ...]] = {}
         self._join_ids: Dict[int, int] = {}         # conn_id -> JOIN_ID
         self._next_join_id = 1
 
@@ -88,7 +90,7 @@ class Rooms:
         if conn_id in members:
             return ref, join_id, False
         members[conn_id] = client_name
-        self._refs_of.setdefault(conn_id, []).append(ref)
+        self._refs_of[conn_id] = self._refs_of.get(conn_id, ()) + (ref,)
         return ref, join_id, True
 
     def leave(self, conn_id: int, ref: int) -> Optional[str]:
@@ -96,9 +98,10 @@ class Rooms:
         not a member (leaving twice is not an error)."""
         name = self._members[ref].pop(conn_id, None)
         if name is not None:
-            refs = self._refs_of[conn_id]
-            refs.remove(ref)
-            if not refs:
+            refs = tuple(r for r in self._refs_of[conn_id] if r != ref)
+            if refs:
+                self._refs_of[conn_id] = refs
+            else:
                 del self._refs_of[conn_id]
         return name
 
