@@ -38,6 +38,11 @@ LOGGER = logging.getLogger(__name__)
 # ERROR_CODE REQUEST_TOO_LONG and is disconnected: we cannot resynchronise inside a request we
 # refused to buffer.
 MAX_REQUEST_BYTES = 64 * 1024
+# The longest room name or CLIENT_NAME a JOIN may give, in characters. Names are kept for as
+# long as the room (forever) or the membership lasts, so their length bounds what the room
+# table can cost (rooms.MAX_ROOMS, rooms.MAX_ROOMS_PER_CONNECTION). 256 is far beyond any
+# chat's room or nickname. Only JOIN keeps names, so only JOIN checks this.
+MAX_NAME_CHARS = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,6 +60,8 @@ class ErrorCode(enum.IntEnum):
     INVALID_UTF8 = 7
     REQUEST_TOO_LONG = 8     # longer than MAX_REQUEST_BYTES; the connection is then closed
     TOO_MANY_ROOMS = 9       # creating one more room would pass rooms.MAX_ROOMS
+    NAME_TOO_LONG = 10       # a JOIN's room name or CLIENT_NAME is over MAX_NAME_CHARS
+    TOO_MANY_MEMBERSHIPS = 11  # this connection is in rooms.MAX_ROOMS_PER_CONNECTION rooms
 
 
 class RequestError(Exception):
@@ -363,8 +370,15 @@ def _parse_join(text: str, room: str) -> Join:
     # CLIENT_IP and PORT are "0 for TCP": any value is accepted
     _ip, _port, name = _fields(text.split("\n"), ("CLIENT_IP", "PORT", "CLIENT_NAME"),
                                "JOIN_CHATROOM")
-    return Join(_non_empty(room, ErrorCode.EMPTY_ROOM_NAME, "the room name"),
-                _non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"))
+    return Join(_name(_non_empty(room, ErrorCode.EMPTY_ROOM_NAME, "the room name"), "room name"),
+                _name(_non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"), "CLIENT_NAME"))
+
+
+def _name(value: str, what: str) -> str:
+    if len(value) > MAX_NAME_CHARS:
+        raise RequestError(ErrorCode.NAME_TOO_LONG, "the %s is %d characters; at most %d, please"
+                           % (what, len(value), MAX_NAME_CHARS))
+    return value
 
 
 def _parse_leave(text: str, ref: str) -> Leave:
@@ -543,6 +557,12 @@ class ChatProtocol:
             raise RequestError(ErrorCode.TOO_MANY_ROOMS,
                                "the server has its maximum of %d rooms; join an existing one"
                                % rooms.max_rooms)
+        ref = rooms.ref_of(req.room)
+        if ((ref is None or rooms.name_in(conn_id, ref) is None)
+                and rooms.count_rooms_of(conn_id) >= rooms.max_rooms_per_connection):
+            raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
+                               "you are in %d rooms, the most one connection may be in; "
+                               "leave one first" % rooms.max_rooms_per_connection)
         ref, join_id, newly_joined = rooms.join(conn_id, req.room, req.client_name)
         reply = ("JOINED_CHATROOM: %s\nSERVER_IP: %s\nPORT: %d\nROOM_REF: %d\nJOIN_ID: %d\n"
                  % (req.room, self._sessions[conn_id].local_ip, self.port, ref, join_id))

@@ -23,6 +23,10 @@ at the end of the tick a connection with output is sent to at once, without wait
 selector; only a remainder that the kernel would not take stays queued, and only then does the
 loop watch that socket for writability, until the queue is empty again.
 
+Closing (asyncio's close(), with a lingering close after it): a Close sends what is queued,
+then our FIN; the connection then reads and drops the peer's input until the peer closes too
+(LINGER_TIMEOUT), so that unread input never turns our close into a RST.
+
 Flow control (asyncio's water marks, Redis's output-buffer limit): a connection whose queued
 output passes HIGH_WATER is not read from until it drains below LOW_WATER; one whose queue passes
 OUTPUT_CAP is disconnected. So a client that never reads costs at most OUTPUT_CAP and slows
@@ -34,6 +38,7 @@ The app must provide:
     maybe_next_actions(conn_id) -> list of actions, or None when no request is complete
     connection_lost(conn_id) -> list of actions
 """
+import collections
 import errno
 import logging
 import selectors
@@ -41,7 +46,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Deque, Dict, Iterable, List, Optional, Tuple
 
 from protocol import Action, Broadcast, Close, Send, Shutdown
 
@@ -76,10 +81,16 @@ BACKLOG = 1024
 # After accept() fails for lack of file descriptors, stop accepting for this long rather than
 # spin on a listening socket that stays readable.
 ACCEPT_RETRY_DELAY = 0.1
+# After we have sent everything and our FIN, how long we keep reading (and dropping) what the
+# peer still sends, waiting for its own FIN. Closing a socket with unread input makes the kernel
+# answer RST instead of FIN, and a peer that is told "reset" may lose what it has not read yet.
+LINGER_TIMEOUT = 2.0
 # The longest select() wait: only bounds how long stop() from a signal can go unnoticed.
 MAX_WAIT = 1.0
 
-_OPEN, _CLOSING, _CLOSED = 0, 1, 2
+# A connection's life: _OPEN; _CLOSING (a Close: sending what is queued); _LINGERING (all sent
+# and our FIN gone: waiting for the peer's, up to LINGER_TIMEOUT); _CLOSED.
+_OPEN, _CLOSING, _LINGERING, _CLOSED = 0, 1, 2, 3
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -95,7 +106,7 @@ class Connection:
         self.sock = sock
         self.conn_id = conn_id
         self.out = bytearray()          # unsent output, oldest first
-        self.state = _OPEN              # _OPEN, then _CLOSING (flushing), then _CLOSED
+        self.state = _OPEN              # _OPEN, _CLOSING, _LINGERING, _CLOSED (see above)
         self.events = selectors.EVENT_READ
         self.paused = False             # reads stopped: our output to it is above HIGH_WATER
         self.has_input = False          # the app may hold complete requests from it
@@ -131,6 +142,7 @@ class Reactor:
         self._backlog: List[Connection] = []      # requests may be left over from last tick
         self._to_flush: List[Connection] = []     # got output this tick
         self._to_abort: List[Connection] = []     # passed OUTPUT_CAP while output was queued
+        self._lingering: Deque[Tuple[float, Connection]] = collections.deque()  # by deadline
         self._accept_paused_until = 0.0
         self._running = False
         self._stopping = False              # stop() was called: handle no more requests
@@ -151,6 +163,9 @@ class Reactor:
         """One tick: wait up to `timeout` for sockets, read, handle requests, write."""
         if self._backlog:
             timeout = 0
+        elif self._lingering:
+            until_first = max(0.0, self._lingering[0][0] - time.monotonic())
+            timeout = until_first if timeout is None else min(timeout, until_first)
         if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
             self._accept_paused_until = 0.0
             self.selector.register(self.listener, selectors.EVENT_READ, None)
@@ -168,6 +183,7 @@ class Reactor:
                     self._to_flush.append(conn)
         self._process_input()
         self._flush()
+        self._end_lingering(time.monotonic())
 
     def stop(self) -> None:
         """Ask run_forever() to return after this tick; no further request is handled.
@@ -258,8 +274,8 @@ class Reactor:
             LOGGER.debug("conn %d: closed by peer", conn.conn_id)
             self._teardown(conn)
             return
-        if conn.state == _CLOSING:
-            return                          # we are only flushing: input is dropped
+        if conn.state != _OPEN:
+            return                          # closing: what it sends now is dropped
         self._guarded(conn, self.app.data_received, conn.conn_id, data)
         if conn.state == _OPEN and not conn.has_input:
             conn.has_input = True
@@ -439,28 +455,31 @@ class Reactor:
     # -- closing -------------------------------------------------------------------------------
 
     def _finish_close(self, conn: Connection) -> None:
-        """All output is sent: end our side cleanly, then let go of the connection.
-
-        Input that has already arrived is read and dropped first: closing a socket with unread
-        input makes the kernel send RST, and a RST can destroy the replies the peer has not
-        read yet (the leave announcements it is owed). Simplification: bytes that arrive after
-        this moment can still cause a RST; a peer that keeps sending after DISCONNECT takes
-        that risk. (A full lingering close would wait for the peer's EOF with a timer.)
-        """
+        """All output is sent: send our FIN, tell the app the connection is gone, and linger
+        until the peer closes too (or LINGER_TIMEOUT passes); see LINGER_TIMEOUT for why."""
         try:
             conn.sock.shutdown(socket.SHUT_WR)
-            for _ in range(16):             # bounded: a peer still sending gets its RST
-                if not conn.sock.recv(READ_SIZE):
-                    break
         except OSError:
-            pass
-        self._teardown(conn)
+            self._teardown(conn)
+            return
+        conn.state = _LINGERING
+        conn.paused = False                 # it is read from (and its input dropped) to the end
+        self._update_interest(conn)
+        self._lingering.append((time.monotonic() + LINGER_TIMEOUT, conn))
+        self.apply(self.app.connection_lost(conn.conn_id))
+
+    def _end_lingering(self, now: float) -> None:
+        """Let go of the lingering connections whose time is up."""
+        while self._lingering and self._lingering[0][0] <= now:
+            _deadline, conn = self._lingering.popleft()
+            self._teardown(conn)
 
     def _teardown(self, conn: Connection, tell_app: bool = True) -> None:
         """Forget a connection, once: unregister, close, and tell the app (which announces
         the leaves to its rooms). Later events for it are ignored."""
         if conn.state == _CLOSED:
             return
+        tell_app = tell_app and conn.state != _LINGERING   # it was told on entering _LINGERING
         conn.state = _CLOSED
         del self.conns[conn.conn_id]
         try:

@@ -17,17 +17,24 @@ its ROOM_REF must stay stable for its name. MAX_ROOMS bounds what that can cost.
 """
 from typing import Dict, List, Mapping, Optional, Tuple
 
-# A room costs a few hundred bytes and is never freed (see above), so an endless stream of JOINs
-# with fresh names must stop somewhere. 100 000 rooms is ~50 MB at worst and far above any real
-# use of this server; a JOIN that would create one more gets ERROR_CODE TOO_MANY_ROOMS.
+# A room costs a few hundred bytes plus its name (at most protocol.MAX_NAME_CHARS) and is never
+# freed (see above), so an endless stream of JOINs with fresh names must stop somewhere. 100 000
+# rooms is ~100 MB at the very worst and far above any real use of this server; a JOIN that
+# would create one more gets ERROR_CODE TOO_MANY_ROOMS.
 MAX_ROOMS = 100_000
+# Each membership keeps the CLIENT_NAME given for it, so the rooms one connection may be in are
+# bounded too: 1000 memberships of the longest names cost about as much as a full output
+# buffer (reactor.OUTPUT_CAP). A JOIN past it gets ERROR_CODE TOO_MANY_MEMBERSHIPS.
+MAX_ROOMS_PER_CONNECTION = 1000
 
 
 class Rooms:
     """All rooms of one server. Every method is O(1) except leave_all (O(rooms of that conn))."""
 
-    def __init__(self, max_rooms: int = MAX_ROOMS) -> None:
+    def __init__(self, max_rooms: int = MAX_ROOMS,
+                 max_rooms_per_connection: int = MAX_ROOMS_PER_CONNECTION) -> None:
         self.max_rooms = max_rooms
+        self.max_rooms_per_connection = max_rooms_per_connection
         self._ref_by_name: Dict[str, int] = {}
         self._names: List[str] = []                 # ROOM_REF -> room name
         self._members: List[Dict[int, str]] = []    # ROOM_REF -> {conn_id: client name}, join order
@@ -59,6 +66,10 @@ class Rooms:
         copied)."""
         return self._members[ref] if 0 <= ref < len(self._members) else None
 
+    def count_rooms_of(self, conn_id: int) -> int:
+        """How many rooms `conn_id` is in."""
+        return len(self._refs_of.get(conn_id, ()))
+
     def member_ids(self, ref: int) -> Tuple[int, ...]:
         """A snapshot of the connections in room `ref`, in the order they joined."""
         return tuple(self._members[ref])
@@ -74,7 +85,7 @@ class Rooms:
 
         Returns (ROOM_REF, JOIN_ID, newly_joined). A connection already in the room stays in it
         under its first name and newly_joined is False. The caller checks is_full() before
-        joining a room that does not exist yet.
+        joining a room that does not exist yet, and count_rooms_of() before a new membership.
         """
         ref = self._ref_by_name.get(room_name)
         if ref is None:

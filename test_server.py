@@ -513,6 +513,23 @@ class ProtocolTests(unittest.TestCase):
         self.assertErrorReply(proto.handle(1, Join("b", "x")), 1, ErrorCode.TOO_MANY_ROOMS)
         self.assertEqual(len(proto.handle(1, Join("a", "x"))), 1)   # an existing room still works
 
+    def test_names_longer_than_the_limit_are_refused(self):
+        longest = b"\xc3\xa9" * protocol.MAX_NAME_CHARS     # characters, not bytes
+        join = b"JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: %s\n"
+        self.assertEqual(len(self.feed(1, join % (longest, longest))), 2)
+        self.assertErrorReply(self.feed(1, join % (longest + b"r", b"a")), 1, ErrorCode.NAME_TOO_LONG)
+        self.assertErrorReply(self.feed(1, join % (b"r", longest + b"a")), 1, ErrorCode.NAME_TOO_LONG)
+
+    def test_memberships_per_connection_are_bounded(self):
+        proto = ChatProtocol(PORT, "1", rooms=Rooms(max_rooms_per_connection=2))
+        proto.connection_made(1, "ip")
+        proto.handle(1, Join("a", "x"))
+        proto.handle(1, Join("b", "x"))
+        self.assertErrorReply(proto.handle(1, Join("c", "x")), 1, ErrorCode.TOO_MANY_MEMBERSHIPS)
+        self.assertEqual(len(proto.handle(1, Join("a", "x"))), 1)   # a room it is in: fine
+        proto.handle(1, Leave(0, "1", "x"))
+        self.assertEqual(len(proto.handle(1, Join("c", "x"))), 2)   # room for one more
+
     def test_error_descriptions_are_one_line(self):
         err = RequestError(ErrorCode.MALFORMED_REQUEST, "two\nlines")
         self.assertEqual(protocol.error_reply(err), b"ERROR_CODE: 1\nERROR_DESCRIPTION: two lines\n")
@@ -676,6 +693,35 @@ class ReactorTests(unittest.TestCase):
         self.assertEqual(self.pump(ours, None), b"x" * 300000)
         self.assertEqual(self.app.lost, [1])
         self.assertNotIn((1, b"echo never"), self.app.handled)
+
+    def test_after_close_the_peer_is_read_from_until_it_closes_too(self):
+        # Closing a socket with unread input makes the kernel send RST, which can destroy what
+        # the peer has not read. So after our FIN the connection lingers, reading and dropping.
+        conn_id, ours = self.pair()
+        ours.sendall(b"big 200000\nclose\n" + b"ignored after close\n" * 500)
+        self.assertEqual(self.pump(ours, None), b"x" * 200000)     # everything, then FIN
+        self.assertEqual(self.app.lost, [conn_id])                 # told at once
+        self.assertIn(conn_id, self.reactor.conns)                 # but still reading
+        ours.sendall(b"more ignored input\n" * 500)
+        for _ in range(5):
+            self.reactor.run_once(0.01)
+        self.assertNotIn((conn_id, b"more ignored input"), self.app.handled)
+        ours.close()
+        self.tick_until(lambda: conn_id not in self.reactor.conns)
+        self.assertEqual(self.app.lost, [conn_id])                 # told once
+
+    def test_a_lingering_connection_is_let_go_after_the_timeout(self):
+        self.patch_constant("LINGER_TIMEOUT", 0.05)
+        conn_id, ours = self.pair()
+        ours.sendall(b"close\n")               # and we never close our end
+        self.assertEqual(self.pump(ours, None), b"")
+        self.assertIn(conn_id, self.reactor.conns)
+        self.tick_until(lambda: conn_id not in self.reactor.conns)
+
+    def patch_constant(self, name, value):
+        old = getattr(reactor, name)
+        setattr(reactor, name, value)
+        self.addCleanup(setattr, reactor, name, old)
 
     def test_peer_closing_is_reported_once(self):
         conn_id, ours = self.pair()
