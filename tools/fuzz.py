@@ -66,7 +66,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)      # for `protocol` and `tools` however this is started
 
-from protocol import MAX_REQUEST_BYTES, ErrorCode  # noqa: E402 (needs the path above)
+from protocol import MAX_NAME_CHARS, MAX_REQUEST_BYTES, ErrorCode  # noqa: E402 (path above)
 from tools.harness import (HOST, MessageParser, Peer, ProtocolViolation,  # noqa: E402
                            ServerMessage, ServerProcess, connect, helo_check,
                            raise_nofile_limit)
@@ -104,9 +104,9 @@ PROBE_LINE_BYTES = 16 * 1024       # the longest line of a probe's chat
 
 ROOM_NAMES = ["room1", "room2", "room3", "lobby", "Room1", "ROOM1", "general chat", "ünïcödé",
               "日本語の部屋", "emoji 🎉🐍", "a", "0", "12", "CHAT", "JOIN_CHATROOM",
-              "semi:colon", "tab\there", "nul\x00inside", "x" * 300, "'quoted'", "back\\slash",
+              "semi:colon", "tab\there", "nul\x00inside", "x" * MAX_NAME_CHARS, "'quoted'", "back\\slash",
               "rtl \u05e9\u05dc\u05d5\u05dd", "zero\u200bwidth", "MESSAGE: no"]
-CLIENT_NAMES = ["alice", "bob", "carol", "dave", "Ωmega", "名前", "x" * 300, "CHAT: 0",
+CLIENT_NAMES = ["alice", "bob", "carol", "dave", "Ωmega", "名前", "x" * MAX_NAME_CHARS, "CHAT: 0",
                 "MESSAGE: hi", "has joined", "sp ace", "nul\x00name", "emoji 🐍"]
 UNKNOWN_LINES = [b"WHATEVER", b"HELLO there", b"HELO_X", b"JOIN_CHATROO: x", b"CHATROOM: 1",
                  b"QUIT", b"LIST", b"PING", b"JOIN", b"CHAT", b"LEAVE", b"\t", b"::::",
@@ -473,6 +473,10 @@ class Probe:
              ErrorCode.MALFORMED_REQUEST),
             (["JOIN_CHATROOM: room1", "CLIENT_IP: 0", ""], ErrorCode.MALFORMED_REQUEST),
             (["DISCONNECT: 0", "PORT: 0", "CLIENT_NAME: "], ErrorCode.EMPTY_CLIENT_NAME),
+            (["JOIN_CHATROOM: " + "r" * (MAX_NAME_CHARS + 1), "CLIENT_IP: 0", "PORT: 0",
+              "CLIENT_NAME: " + name], ErrorCode.NAME_TOO_LONG),
+            (["JOIN_CHATROOM: room1", "CLIENT_IP: 0", "PORT: 0",
+              "CLIENT_NAME: " + "n" * (MAX_NAME_CHARS + 1)], ErrorCode.NAME_TOO_LONG),
         ]
         if rng.random() < 0.15:                 # invalid UTF-8 in a HELO or in a message
             raw_cases = [b"HELO caf\xe9", b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: n\nMESSAGE: \xff\n"]
