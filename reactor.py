@@ -99,8 +99,8 @@ class Connection:
 
     The input buffer lives in the app (its framer); `out` is the output queue.
     """
-    __slots__ = ("sock", "conn_id", "out", "state", "events", "paused", "has_input",
-                 "flush_pending")
+    __slots__ = ("sock", "conn_id", "out", "state", "events", "paused", "scheduled",
+                 "flush_pending", "reported_lost")
 
     def __init__(self, sock: socket.socket, conn_id: int) -> None:
         self.sock = sock
@@ -109,8 +109,11 @@ class Connection:
         self.state = _OPEN              # _OPEN, _CLOSING, _LINGERING, _CLOSED (see above)
         self.events = selectors.EVENT_READ
         self.paused = False             # reads stopped: our output to it is above HIGH_WATER
-        self.has_input = False          # the app may hold complete requests from it
+        # On _fresh or _backlog: the app may hold complete requests from it, which are handled
+        # before anything more is read from it (so its unhandled input stays bounded).
+        self.scheduled = False
         self.flush_pending = False      # it is on the reactor's list to flush this tick
+        self.reported_lost = False      # the app has been told it is gone (connection_lost)
 
 
 class Reactor:
@@ -146,7 +149,8 @@ class Reactor:
         self._accept_paused_until = 0.0
         self._running = False
         self._stopping = False              # stop() was called: handle no more requests
-        self.requests_per_tick = MIN_REQUESTS_PER_TICK * 4   # adapts; see TICK_TARGET
+        # The share of a connection with a backlog (see TICK_TARGET); it adapts from here.
+        self.requests_per_tick = 4
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -166,9 +170,13 @@ class Reactor:
         elif self._lingering:
             until_first = max(0.0, self._lingering[0][0] - time.monotonic())
             timeout = until_first if timeout is None else min(timeout, until_first)
-        if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
-            self._accept_paused_until = 0.0
-            self.selector.register(self.listener, selectors.EVENT_READ, None)
+        if self._accept_paused_until:
+            until_accepting = self._accept_paused_until - time.monotonic()
+            if until_accepting <= 0:
+                self._accept_paused_until = 0.0
+                self.selector.register(self.listener, selectors.EVENT_READ, None)
+            elif timeout is None or timeout > until_accepting:
+                timeout = until_accepting
         for key, mask in self.selector.select(timeout):
             conn = key.data
             if conn is None:
@@ -216,8 +224,9 @@ class Reactor:
     # -- events --------------------------------------------------------------------------------
 
     def _on_acceptable(self) -> None:
-        """Accept every connection the kernel has queued (until accept() would block)."""
-        while True:
+        """Accept the connections the kernel has queued, until accept() would block or, in a
+        flood, BACKLOG of them (the rest wait for the next tick, as asyncio does)."""
+        for _ in range(BACKLOG):
             try:
                 sock, _addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -260,7 +269,7 @@ class Reactor:
         """Read once from `conn` and hand the bytes to the app (requests are handled later in
         the tick). A connection whose earlier input is not all handled is not read from: its
         data waits in the kernel, whose window then slows the sender down."""
-        if conn.has_input:
+        if conn.scheduled:
             return
         try:
             data = conn.sock.recv(READ_SIZE)
@@ -271,14 +280,13 @@ class Reactor:
             self._teardown(conn)
             return
         if not data:
-            LOGGER.debug("conn %d: closed by peer", conn.conn_id)
-            self._teardown(conn)
+            self._on_peer_closed(conn)
             return
         if conn.state != _OPEN:
             return                          # closing: what it sends now is dropped
         self._guarded(conn, self.app.data_received, conn.conn_id, data)
-        if conn.state == _OPEN and not conn.has_input:
-            conn.has_input = True
+        if conn.state == _OPEN and not conn.scheduled:
+            conn.scheduled = True
             self._fresh.append(conn)
 
     def _process_input(self) -> None:
@@ -291,36 +299,35 @@ class Reactor:
         self._fresh, self._backlog = [], []
         started = time.monotonic()
         share = self.requests_per_tick
-        self._handle_some(fresh, MAX_REQUESTS_PER_TICK, share, started + TICK_TARGET)
+        for conn in fresh:      # the full limit while the tick is young, then the share
+            young = time.monotonic() - started < TICK_TARGET
+            self._take_turn(conn, MAX_REQUESTS_PER_TICK if young else share)
         if fresh and backlog:
-            self._flush()   # their replies need not wait for the backlogs to be worked on
-        share_used_up = self._handle_some(backlog, share, share, started)
+            self._flush()       # their replies need not wait for the backlogs to be worked on
+        share_used_up = False
+        for conn in backlog:
+            share_used_up |= self._take_turn(conn, share)
         elapsed = time.monotonic() - started
         if elapsed > TICK_TARGET:
             self.requests_per_tick = max(MIN_REQUESTS_PER_TICK, share // 2)
         elif share_used_up and elapsed < TICK_TARGET / 2:
             self.requests_per_tick = min(MAX_REQUESTS_PER_TICK, share + max(1, share // 4))
 
-    def _handle_some(self, conns: List[Connection], limit: int, share: int,
-                     deadline: float) -> bool:
-        """Handle up to `limit` requests of each connection, `share` once the clock passes
-        `deadline`; those that may have more go on the backlog. True if any had more."""
-        had_more = False
-        for conn in conns:
-            if limit > share and time.monotonic() > deadline:
-                limit = share
-            if self._stopping:
-                break                       # KILL_SERVICE: what came after it is not served
-            if conn.state != _OPEN or conn.paused:
-                conn.has_input = False      # a paused one is put back by _send on resuming
-                continue
-            if self._guarded(conn, self._handle_requests, conn, limit):
-                self._backlog.append(conn)  # it may have more: the next select() won't wait
-                had_more = True
-            else:
-                conn.has_input = False
-            self._abort_over_cap()
-        return had_more
+    def _take_turn(self, conn: Connection, limit: int) -> bool:
+        """Handle up to `limit` of a scheduled connection's requests. If it may have more it
+        goes on the backlog and True is returned."""
+        if self._stopping:
+            return False                    # KILL_SERVICE: what came after it is not served
+        if conn.state != _OPEN or conn.paused:
+            conn.scheduled = False          # a paused one is put back by _send on resuming
+            return False
+        more = self._guarded(conn, self._handle_requests, conn, limit)
+        if more:
+            self._backlog.append(conn)      # the next select() will not wait
+        else:
+            conn.scheduled = False
+        self._abort_over_cap()
+        return more
 
     def _handle_requests(self, conn: Connection, limit: int) -> bool:
         """Handle up to `limit` of `conn`'s requests; True if it may have more."""
@@ -423,15 +430,13 @@ class Reactor:
                 self._teardown(conn)
                 return
             del out[:sent]
-        if not out:
-            if conn.state == _CLOSING:
-                self._finish_close(conn)
-                return
-            out.clear()                     # a drained buffer gives its memory back
-        if conn.paused and len(out) <= LOW_WATER:
+        if not out and conn.state == _CLOSING:
+            self._finish_close(conn)
+            return
+        if conn.paused and len(out) <= LOW_WATER and conn.state == _OPEN:
             conn.paused = False
-            if not conn.has_input:          # the app may hold requests read before the pause
-                conn.has_input = True
+            if not conn.scheduled:          # the app may hold requests read before the pause
+                conn.scheduled = True
                 self._backlog.append(conn)
         self._update_interest(conn)
 
@@ -440,7 +445,7 @@ class Reactor:
         events = 0 if conn.paused else selectors.EVENT_READ
         if conn.out:
             events |= selectors.EVENT_WRITE
-        if events != conn.events and events:
+        if events != conn.events:           # never 0: a paused connection has output queued
             self.selector.modify(conn.sock, events, conn)
             conn.events = events
 
@@ -454,6 +459,19 @@ class Reactor:
 
     # -- closing -------------------------------------------------------------------------------
 
+    def _on_peer_closed(self, conn: Connection) -> None:
+        """The peer has closed its side: it sends nothing more. What we owe it is still sent
+        (as asyncio's close() does: a client may send DISCONNECT and shut down its side before
+        reading), then the connection ends; meanwhile its rooms are told it left."""
+        LOGGER.debug("conn %d: closed by peer", conn.conn_id)
+        if not conn.out or conn.state not in (_OPEN, _CLOSING):
+            self._teardown(conn)
+            return
+        conn.state = _CLOSING
+        conn.paused = True                  # nothing more to read: watch for writability only
+        self._update_interest(conn)
+        self._report_lost(conn)
+
     def _finish_close(self, conn: Connection) -> None:
         """All output is sent: send our FIN, tell the app the connection is gone, and linger
         until the peer closes too (or LINGER_TIMEOUT passes); see LINGER_TIMEOUT for why."""
@@ -466,7 +484,7 @@ class Reactor:
         conn.paused = False                 # it is read from (and its input dropped) to the end
         self._update_interest(conn)
         self._lingering.append((time.monotonic() + LINGER_TIMEOUT, conn))
-        self.apply(self.app.connection_lost(conn.conn_id))
+        self._report_lost(conn)
 
     def _end_lingering(self, now: float) -> None:
         """Let go of the lingering connections whose time is up."""
@@ -475,11 +493,10 @@ class Reactor:
             self._teardown(conn)
 
     def _teardown(self, conn: Connection, tell_app: bool = True) -> None:
-        """Forget a connection, once: unregister, close, and tell the app (which announces
-        the leaves to its rooms). Later events for it are ignored."""
+        """Forget a connection, once: unregister, close, and tell the app if it has not been
+        told yet (it announces the leaves to the rooms). Later events for it are ignored."""
         if conn.state == _CLOSED:
             return
-        tell_app = tell_app and conn.state != _LINGERING   # it was told on entering _LINGERING
         conn.state = _CLOSED
         del self.conns[conn.conn_id]
         try:
@@ -490,7 +507,19 @@ class Reactor:
         conn.out = bytearray()
         LOGGER.debug("conn %d: closed", conn.conn_id)
         if tell_app:
-            self.apply(self.app.connection_lost(conn.conn_id))
+            self._report_lost(conn)
+
+    def _report_lost(self, conn: Connection) -> None:
+        """Tell the app, once, that `conn` is gone, and carry out what it answers."""
+        if conn.reported_lost:
+            return
+        conn.reported_lost = True
+        try:
+            actions = self.app.connection_lost(conn.conn_id)
+        except Exception:                   # our bug: the other connections go on
+            LOGGER.exception("conn %d: internal error while it left", conn.conn_id)
+            return
+        self.apply(actions)
 
     def _drain_wakeup(self) -> None:
         try:

@@ -710,6 +710,15 @@ class ReactorTests(unittest.TestCase):
         self.tick_until(lambda: conn_id not in self.reactor.conns)
         self.assertEqual(self.app.lost, [conn_id])                 # told once
 
+    def test_a_peer_that_shuts_down_its_side_still_gets_everything_owed(self):
+        # "send, then read to the end": DISCONNECT, then shutdown(SHUT_WR), then read.
+        for ending in (b"close\n", b""):
+            conn_id, ours = self.pair(sndbuf=4096)
+            ours.sendall(b"big 300000\n" + ending)
+            ours.shutdown(socket.SHUT_WR)
+            self.assertEqual(self.pump(ours, None), b"x" * 300000, ending)
+            self.assertIn(conn_id, self.app.lost)
+
     def test_a_lingering_connection_is_let_go_after_the_timeout(self):
         self.patch_constant("LINGER_TIMEOUT", 0.05)
         conn_id, ours = self.pair()
