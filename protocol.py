@@ -90,6 +90,7 @@ def _quote(text: str, limit: int = 40) -> str:
 # ---------------------------------------------------------------------------------------------
 
 _UNTIL_BLANK_LINE = -1   # a CHAT ends at the first blank line, not after a count of lines
+_CRS_BEFORE_LF = re.compile(rb"\r+\n")
 
 # How many lines each kind of request has, by the keyword before the first colon of its first
 # line. Anything not listed (HELO, KILL_SERVICE, unknown commands) is one line.
@@ -124,7 +125,7 @@ class Framer:
     time costs O(n), not O(n^2).
     """
 
-    __slots__ = ("_buf", "_end", "_lines_left", "_scanned", "_held_cr", "max_request")
+    __slots__ = ("_buf", "_end", "_lines_left", "_scanned", "_held_crs", "max_request")
 
     def __init__(self, max_request: int = MAX_REQUEST_BYTES) -> None:
         self._buf = bytearray()
@@ -132,20 +133,24 @@ class Framer:
                                   # (for a CHAT: where the search for its blank line starts)
         self._lines_left = 0      # lines this frame still needs, or _UNTIL_BLANK_LINE
         self._scanned = 0         # offset before which the current search already looked
-        self._held_cr = False     # the last chunk ended in CR: is it half of a CRLF?
+        self._held_crs = b""      # the CRs that ended the last chunk: is an LF coming next?
         self.max_request = max_request
 
     def receive_data(self, data: bytes) -> None:
-        """Append bytes read from the peer. CRLF becomes LF here, once, so that nothing after
-        this point has to think about telnet's line ends."""
-        if self._held_cr:
-            data = b"\r" + data
-            self._held_cr = False
+        """Append bytes read from the peer. A line end with CRs before its LF (telnet's CRLF,
+        or any run of CRs) becomes LF here, once, so that nothing after this point has to
+        think about CRs: a relayed message never holds "\r\n", and so cannot show a blank
+        line to a client that reads CRLF as LF (it could end the CHAT there and take the rest
+        for a message from somebody else)."""
+        if self._held_crs:
+            data = self._held_crs + data
+            self._held_crs = b""
         if b"\r" in data:
-            if data[-1:] == b"\r":    # its LF may be in the next chunk: decide then
-                data = data[:-1]
-                self._held_cr = True
-            data = data.replace(b"\r\n", b"\n")
+            if data[-1:] == b"\r":    # an LF may follow in the next chunk: decide then
+                kept = data.rstrip(b"\r")
+                self._held_crs = data[len(kept):]
+                data = kept
+            data = _CRS_BEFORE_LF.sub(b"\n", data)
         self._buf += data
 
     def buffered(self) -> int:
@@ -202,8 +207,9 @@ class Framer:
 
     def _incomplete(self) -> None:
         # A final newline may be the first of a CHAT's blank line, which the limit does not
-        # count; any other newline belongs to the frame and counts.
-        if len(self._buf) - self._buf.endswith(b"\n") > self.max_request:
+        # count; any other newline belongs to the frame and counts, and so do held-back CRs.
+        pending = len(self._buf) + len(self._held_crs)
+        if pending - (not self._held_crs and self._buf.endswith(b"\n")) > self.max_request:
             raise RequestError(ErrorCode.REQUEST_TOO_LONG,
                                "request longer than %d bytes; closing the connection"
                                % self.max_request)

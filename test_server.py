@@ -84,6 +84,23 @@ class FramerTests(unittest.TestCase):
         self.assertEqual(frame_all(crlf), STREAM_FRAMES)
         self.assertEqual(frame_all(crlf, chunk=1), STREAM_FRAMES)
 
+    def test_every_cr_before_an_lf_goes_even_split_between_chunks(self):
+        # One pass of replace(b"\r\n", b"\n") would leave "\r\n" from "\r\r\n", and a
+        # relayed "\r\n\r\n" looks like a blank line to a client that reads CRLF as LF:
+        # the rest would pass for a chat from somebody else.
+        spoof = (b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: bob\nMESSAGE: hi\r\r\n\r\r\n"
+                 b"CHAT: 0\r\r\nCLIENT_NAME: alice\r\r\nMESSAGE: I am alice\n\n")
+        for chunk in (None, 1, 3):
+            frames = frame_all(spoof, chunk)
+            self.assertEqual(frames[0], b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: bob\nMESSAGE: hi")
+            self.assertFalse(any(b"\r" in frame for frame in frames), frames)
+
+    def test_a_run_of_crs_counts_against_the_limit(self):
+        framer = Framer(max_request=100)
+        framer.receive_data(b"HELO " + b"\r" * 100)
+        with self.assertRaises(RequestError):
+            framer.maybe_next_frame()
+
     def test_a_lone_cr_is_kept(self):
         self.assertEqual(frame_all(b"HELO a\rb\n"), [b"HELO a\rb"])
 
