@@ -9,6 +9,7 @@ lives in protocol.py (what to answer), rooms.py (who is where) and reactor.py (s
 import argparse
 import logging
 import os
+import select
 import sys
 
 from protocol import ChatProtocol
@@ -52,6 +53,29 @@ def parse_args(argv):
     return args
 
 
+class NeverBlockingHandler(logging.Handler):
+    """Log lines to a file descriptor (standard error), dropping any that cannot be written
+    at once. The server has one thread: if standard error is a pipe that nobody reads, a plain
+    StreamHandler would block in write() once the pipe is full, and the whole server with it.
+    Lines are cut to PIPE_BUF bytes, which a writable pipe takes whole."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + "\n").encode("utf-8", "replace")[:select.PIPE_BUF]
+            _, writable, _ = select.select([], [self.fd], [], 0)
+            if writable:
+                os.write(self.fd, line)
+            else:
+                self.dropped += 1
+        except Exception:
+            self.handleError(record)
+
+
 def raise_file_limit() -> None:
     """Allow as many connections as the OS lets this process have: one file descriptor each.
     The soft limit (often 1024) is raised to the hard one, which only root can raise."""
@@ -69,8 +93,9 @@ def raise_file_limit() -> None:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = NeverBlockingHandler(sys.stderr.fileno())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     raise_file_limit()
     try:
         reactor = Reactor(args.ip, args.port)

@@ -19,7 +19,7 @@ Rules of this file:
 - Every error a peer can cause is a RequestError, raised where it is found and turned into an
   ERROR_CODE reply in one place (`error_reply`), from the one table of codes (`ErrorCode`).
 - Exceptions other than RequestError are our own bugs; the reactor drops the connection.
-- The one side effect here is logging the "other messages" nobody processes.
+- The one side effect here is logging (KILL_SERVICE, and the "other messages" nobody processes).
 """
 import enum
 import logging
@@ -461,7 +461,8 @@ def handle_other_message(conn_id: int, line: str) -> List[Action]:
     reads the next reply it expects, so an unsolicited ERROR_CODE would be read in its place.
     Pass another function to ChatProtocol to process these messages.
     """
-    LOGGER.info("conn %d: ignoring unknown message %s", conn_id, _quote(line, 80))
+    # DEBUG, not INFO: a peer decides how many of these there are.
+    LOGGER.debug("conn %d: ignoring unknown message %s", conn_id, _quote(line, 80))
     return []
 
 

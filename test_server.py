@@ -493,7 +493,7 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(self.feed(3, b"KILL_SERVICE\n"), [Shutdown()])
 
     def test_other_messages_get_no_reply_by_default(self):
-        with self.assertLogs("protocol", "INFO"):
+        with self.assertLogs("protocol", "DEBUG"):
             self.assertEqual(self.feed(1, b"WHAT_IS_THIS: 1\n"), [])
 
     def test_other_messages_go_to_the_handler_given(self):
@@ -1192,13 +1192,14 @@ class Client:
 class ServerProcess:
     """Server.py on 127.0.0.1 and a port the kernel picks; stderr goes to a temporary file."""
 
-    def __init__(self, student_id=STUDENT_ID, env=None) -> None:
-        args = [sys.executable, "Server.py", HOST, "0", "--log-level", "warning"]
+    def __init__(self, student_id=STUDENT_ID, env=None, log_level="warning", stderr=None) -> None:
+        args = [sys.executable, "Server.py", HOST, "0", "--log-level", log_level]
         if student_id is not None:
             args += ["--student-id", student_id]
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(args, cwd=REPO, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+                                     stdout=subprocess.PIPE,
+                                     stderr=self.stderr if stderr is None else stderr, env=env)
         try:
             self.port = self._read_listening_port()
         except BaseException:
@@ -1354,6 +1355,20 @@ class ProcessTests(unittest.TestCase):
         env = {k: v for k, v in os.environ.items() if k != "STUDENT_ID"}
         server = self.start_server(student_id=None, env=env)
         self.assertEqual(self.helo_student_id(server), Server.DEFAULT_STUDENT_ID)
+
+    def test_a_full_unread_stderr_pipe_does_not_stop_the_server(self):
+        # The server has one thread: a blocking write to a pipe nobody reads would stop it.
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        try:
+            server = self.start_server(log_level="debug", stderr=write_end)
+        finally:
+            os.close(write_end)
+        c = Client(server.port)
+        self.addCleanup(c.close)
+        c.send(b"UNKNOWN_LINE_LOGGED_AT_DEBUG\n" * 5000)   # ~600 KB of log: ten full pipes
+        c.send(b"HELO still here\n")
+        c.expect_message(helo_reply("still here", server.port))
 
     def test_first_two_rooms_of_a_fresh_server_are_refs_0_and_1(self):
         # Not a hard rule of the contract, but what the course's test client saw.
