@@ -206,10 +206,11 @@ class Framer:
         return found
 
     def _incomplete(self) -> None:
-        # A final newline may be the first of a CHAT's blank line, which the limit does not
-        # count; any other newline belongs to the frame and counts, and so do held-back CRs.
-        pending = len(self._buf) + len(self._held_crs)
-        if pending - (not self._held_crs and self._buf.endswith(b"\n")) > self.max_request:
+        # A final newline may be the first of a CHAT's blank line, and held-back CRs may be
+        # part of a line end: the limit counts neither (but a run of CRs longer than a whole
+        # request is refused all the same: it would otherwise be held without bound).
+        content = len(self._buf) - self._buf.endswith(b"\n")
+        if content > self.max_request or len(self._held_crs) > self.max_request:
             raise RequestError(ErrorCode.REQUEST_TOO_LONG,
                                "request longer than %d bytes; closing the connection"
                                % self.max_request)

@@ -95,9 +95,20 @@ class FramerTests(unittest.TestCase):
             self.assertEqual(frames[0], b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: bob\nMESSAGE: hi")
             self.assertFalse(any(b"\r" in frame for frame in frames), frames)
 
-    def test_a_run_of_crs_counts_against_the_limit(self):
+    def test_a_request_at_the_limit_is_accepted_however_its_crlf_is_split(self):
+        head = b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: "
+        for frame in (b"HELO " + b"h" * 95, head + b"m" * (100 - len(head))):
+            ending = b"\r\n\r\n" if frame.startswith(b"CHAT") else b"\r\n"
+            for split in range(len(frame), len(frame) + len(ending)):
+                framer = Framer(max_request=100)
+                framer.receive_data((frame + ending)[:split])
+                self.assertIsNone(framer.maybe_next_frame())
+                framer.receive_data((frame + ending)[split:])
+                self.assertEqual(framer.maybe_next_frame(), frame, split)
+
+    def test_an_endless_run_of_crs_is_refused(self):
         framer = Framer(max_request=100)
-        framer.receive_data(b"HELO " + b"\r" * 100)
+        framer.receive_data(b"HELO " + b"\r" * 101)
         with self.assertRaises(RequestError):
             framer.maybe_next_frame()
 
