@@ -29,7 +29,8 @@ MAX_ROOMS_PER_CONNECTION = 1000
 
 
 class Rooms:
-    """All rooms of one server. Every method is O(1) except leave_all (O(rooms of that conn))."""
+    """All rooms of one server. Costs grow with the rooms of the connection concerned (join,
+    leave, leave_all: at most MAX_ROOMS_PER_CONNECTION), never with the number of rooms."""
 
     def __init__(self, max_rooms: int = MAX_ROOMS,
                  max_rooms_per_connection: int = MAX_ROOMS_PER_CONNECTION) -> None:
@@ -115,6 +116,17 @@ class Rooms:
             else:
                 del self._refs_of[conn_id]
         return name
+
+    def leave_all(self, conn_id: int) -> List[Tuple[int, str, Tuple[int, ...]]]:
+        """Take `conn_id` out of every room it is in. Returns, in ascending ROOM_REF order (the
+        order DISCONNECT announces in), (ref, the name it had there, the members just before
+        it left, itself included)."""
+        left = []
+        for ref in sorted(self._refs_of.pop(conn_id, ())):
+            members = self._members[ref]
+            before = tuple(members)
+            left.append((ref, members.pop(conn_id), before))
+        return left
 
     def refs_of(self, conn_id: int) -> List[int]:
         """The rooms `conn_id` is in, in ascending ROOM_REF order (the order DISCONNECT uses)."""

@@ -250,8 +250,11 @@ class ParseTests(unittest.TestCase):
         self.assertError(b"LEAVE_CHATROOM: 0\nJOIN_ID: one\nCLIENT_NAME: a", ErrorCode.BAD_INTEGER)
 
     def test_huge_ref_is_an_integer(self):
-        self.assertEqual(parse_request(b"LEAVE_CHATROOM: 99999999999999999999\nJOIN_ID: 0\nCLIENT_NAME: a").ref,
-                         99999999999999999999)
+        self.assertEqual(parse_request(b"LEAVE_CHATROOM: 999999999999999999\nJOIN_ID: 0\nCLIENT_NAME: a").ref,
+                         999999999999999999)
+        self.assertEqual(parse_request(b"LEAVE_CHATROOM: 000000000000000000007\nJOIN_ID: 0\nCLIENT_NAME: a").ref, 7)
+        self.assertError(b"LEAVE_CHATROOM: 9999999999999999999\nJOIN_ID: 0\nCLIENT_NAME: a",
+                         ErrorCode.UNKNOWN_ROOM)       # more digits than any ref can have
 
     def test_a_ref_too_long_for_int_names_no_room(self):
         self.assertError(b"LEAVE_CHATROOM: " + b"9" * 5000 + b"\nJOIN_ID: 0\nCLIENT_NAME: a",
@@ -277,7 +280,8 @@ class ParseTests(unittest.TestCase):
         rng = random.Random(20261128)
         pieces = {  # (usual choices, unusual ones)
             "space": (["", " ", "  ", "\t"], ["\xa0", "\x1c", "\r", " \u3000", "\x0b"]),
-            "number": (["0", "7", "12", "007"], ["", "x", "-1", "1 2", "\u0661", "9" * 4400]),
+            "number": (["0", "7", "12", "007"], ["", "x", "-1", "1 2", "\u0661", "9" * 4400,
+                                                 "0" * 30 + "1", "9" * 19]),
             "name": (["a", "bob smith", "na:me", "\u00e9"], ["", " ", "\udcff"]),
             "message": (["hi", "", " two\nlines ", "a: b", "\u2603"], ["x\udcff", "x\n\ny"]),
         }
