@@ -56,16 +56,17 @@ LOGGER = logging.getLogger(__name__)
 # Bytes asked of recv() at once. 64 KiB is what the kernel usually has ready on loopback, and a
 # connection's unhandled input stays below this plus one partial request (see _on_readable).
 READ_SIZE = 64 * 1024
-# Fairness. A tick handles some of every busy connection's requests before anybody's replies go
-# out, so a reply waits about as long as a tick takes, and one flooding client never owns a tick.
-# Connections with a backlog (requests left over from earlier ticks) get a *share* of requests
-# per tick, which adapts: halved after a tick whose request handling took longer than
-# TICK_TARGET, a quarter larger after one that took under half of it while some backlog used
-# its whole share (growing slowly and shrinking fast, as TCP's window does, keeps the ticks
-# near the target instead of swinging to twice it). Connections without a backlog go first and get up to MAX_REQUESTS_PER_TICK (until the
-# tick is TICK_TARGET old; after that, the share), as fq_codel serves new flows before old ones:
-# a client that sends a little now and then is never queued behind its own earlier requests,
-# however many clients are flooding.
+# Fairness. Requests are handled in ticks, and what a tick's requests produce is sent at its end,
+# so a reply waits about as long as a tick takes: one flooding client must never own a tick.
+# - Connections with a backlog (requests left over from earlier ticks) get a *share* of requests
+#   per tick, which adapts: halved after a tick whose request handling took longer than
+#   TICK_TARGET, a quarter larger after one that took under half of it while some backlog used
+#   its whole share (growing slowly and shrinking fast, as TCP's window does, keeps ticks near
+#   the target instead of swinging to twice it).
+# - Connections without a backlog go first, get up to MAX_REQUESTS_PER_TICK each (the share,
+#   once the tick is TICK_TARGET old), and what they produce is sent before the backlogs are
+#   worked on, as fq_codel serves new flows before old ones: a client that sends a little now
+#   and then never queues behind its own earlier requests, however many clients are flooding.
 TICK_TARGET = 0.020
 MIN_REQUESTS_PER_TICK = 1
 MAX_REQUESTS_PER_TICK = 64
