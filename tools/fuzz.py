@@ -67,9 +67,9 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)      # for `protocol` and `tools` however this is started
 
 from protocol import MAX_NAME_CHARS, MAX_REQUEST_BYTES, ErrorCode  # noqa: E402 (path above)
-from tools.harness import (HOST, MessageParser, Peer, ProtocolViolation,  # noqa: E402
-                           ServerMessage, ServerProcess, connect, helo_check,
-                           raise_nofile_limit)
+from tools.harness import (  # noqa: E402 (needs the path above)
+    HOST, add_target_arguments, MessageParser, Peer, ProtocolViolation, ServerMessage,
+    ServerProcess, connect, helo_check, raise_nofile_limit)
 
 # --- settings (each a default for a command-line option, or a bound on a wait) ----------------
 DEFAULT_COUNT = 10000
@@ -1204,12 +1204,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         description="Fuzz a live chat server with random valid and invalid requests, and check "
                     "that it survives, answers HELO promptly and keeps its rooms consistent. "
                     "Prints a JSON summary; exits 1 on any hang, crash or failed check.")
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--spawn", action="store_true",
-                        help="start Server.py on 127.0.0.1 and a free port, and stop it after")
-    target.add_argument("--port", type=int, help="fuzz a server already listening here")
-    parser.add_argument("--host", default=HOST, choices=[HOST],
-                        help="the server's address (only 127.0.0.1 is allowed)")
+    add_target_arguments(parser, "fuzz")
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
                         help="requests to send (default %d)" % DEFAULT_COUNT)
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,

@@ -416,6 +416,16 @@ def helo_check(port: int, timeout: float, text: str = "health") -> Tuple[bool, f
 # Limits of the machine
 # -------------------------------------------------------------------------------------------
 
+def add_target_arguments(parser, what: str) -> None:
+    """The options every live-server tool shares: --spawn or --port, and --host."""
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--spawn", action="store_true",
+                        help="start Server.py on 127.0.0.1 and a free port, and stop it after")
+    target.add_argument("--port", type=int, help="%s a server already listening here" % what)
+    parser.add_argument("--host", default=HOST, choices=[HOST],
+                        help="the server's address (only 127.0.0.1 is allowed)")
+
+
 def raise_nofile_limit() -> Tuple[int, int]:
     """Raise this process's soft RLIMIT_NOFILE to its hard limit. Returns (soft, hard) as they
     were before."""

@@ -50,8 +50,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)      # for `tools` however this is started
 
-from tools.harness import (HOST, ServerProcess, helo_check, os_limits,  # noqa: E402
-                           raise_nofile_limit)
+from tools.harness import (  # noqa: E402 (needs the path above)
+    HOST, add_target_arguments, ServerProcess, helo_check, os_limits, raise_nofile_limit)
 
 DEFAULT_CONNECTIONS = 10000
 DEFAULT_ROOMS = 100
@@ -365,12 +365,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         description="Open many connections at once in many rooms, check that one chat per "
                     "room reaches every member, and report the times and the server's memory "
                     "per connection. Prints a JSON summary.")
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--spawn", action="store_true",
-                        help="start Server.py on 127.0.0.1 and a free port, and stop it after")
-    target.add_argument("--port", type=int, help="use a server already listening here")
-    parser.add_argument("--host", default=HOST, choices=[HOST],
-                        help="the server's address (only 127.0.0.1 is allowed)")
+    add_target_arguments(parser, "use")
     parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS,
                         help="clients (default %d)" % DEFAULT_CONNECTIONS)
     parser.add_argument("--rooms", type=int, default=DEFAULT_ROOMS,

@@ -77,8 +77,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)      # for `tools` however this is started
 
-from tools.harness import (HOST, Peer, ProtocolViolation, ServerMessage,  # noqa: E402
-                           ServerProcess, connect, raise_nofile_limit)
+from tools.harness import (  # noqa: E402 (needs the path above)
+    HOST, add_target_arguments, Peer, ProtocolViolation, ServerMessage, ServerProcess, connect,
+    raise_nofile_limit)
 
 # --- settings -----------------------------------------------------------------------------
 DEFAULT_CLIENTS = 50
@@ -614,12 +615,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         description="Soak a live chat server with many clients chatting in many rooms while "
                     "others join, leave, disconnect and vanish; then check every delivery. "
                     "Prints a JSON summary; exits 1 on any loss, duplicate or reordering.")
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--spawn", action="store_true",
-                        help="start Server.py on 127.0.0.1 and a free port, and stop it after")
-    target.add_argument("--port", type=int, help="soak a server already listening here")
-    parser.add_argument("--host", default=HOST, choices=[HOST],
-                        help="the server's address (only 127.0.0.1 is allowed)")
+    add_target_arguments(parser, "soak")
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS,
                         help="clients at any one time, besides the recorder (default %d)"
                              % DEFAULT_CLIENTS)
