@@ -357,6 +357,15 @@ class RoomsTests(unittest.TestCase):
         self.rooms.leave(5, 1)
         self.assertEqual(self.rooms.refs_of(5), [0, 2, 3])
 
+    def test_leave_all_goes_in_ascending_ref_order_with_the_members_before_leaving(self):
+        for name in ("b", "a"):
+            self.rooms.join(5, name, "x" + name)
+        self.rooms.join(6, "a", "y")
+        self.assertEqual(self.rooms.leave_all(5), [(0, "xb", (5,)), (1, "xa", (5, 6))])
+        self.assertEqual(self.rooms.refs_of(5), [])
+        self.assertEqual(self.rooms.member_ids(1), (6,))
+        self.assertEqual(self.rooms.leave_all(5), [])
+
     def test_forget_drops_memberships_and_join_id(self):
         self.rooms.join(5, "a", "x")
         self.rooms.forget(5)
