@@ -557,11 +557,11 @@ class ChatProtocol:
 
     def _on_join(self, conn_id: int, req: Join) -> List[Action]:
         rooms = self.rooms
-        if rooms.ref_of(req.room) is None and rooms.is_full():
+        ref = rooms.ref_of(req.room)
+        if ref is None and rooms.is_full():
             raise RequestError(ErrorCode.TOO_MANY_ROOMS,
                                "the server has its maximum of %d rooms; join an existing one"
                                % rooms.max_rooms)
-        ref = rooms.ref_of(req.room)
         if ((ref is None or rooms.name_in(conn_id, ref) is None)
                 and rooms.count_rooms_of(conn_id) >= rooms.max_rooms_per_connection):
             raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
