@@ -1,0 +1,202 @@
+"""Layer 3: the protocol state machine (ChatProtocol): requests in, actions out, for every
+reading of docs/PROTOCOL.md and every error."""
+import unittest
+
+import protocol
+from protocol import (Broadcast, Chat, ChatProtocol, Close, Disconnect, ErrorCode, Helo,
+                      Join, Leave, RequestError, Send, Shutdown, chat_message)
+from rooms import Rooms
+
+# ---------------------------------------------------------------------------------------------
+# 3. The protocol state machine: requests in, actions out
+# ---------------------------------------------------------------------------------------------
+
+PORT = 4242
+DISCONNECT = b"DISCONNECT: 0\nPORT: 0\nCLIENT_NAME: alice\n"
+
+
+def joined(room, ref, join_id, ip="10.0.0.1"):
+    return Send(0, ("JOINED_CHATROOM: %s\nSERVER_IP: %s\nPORT: %d\nROOM_REF: %d\nJOIN_ID: %d\n"
+                    % (room, ip, PORT, ref, join_id)).encode())
+
+
+class ProtocolTests(unittest.TestCase):
+
+    def setUp(self):
+        self.proto = ChatProtocol(port=PORT, student_id="12345678")
+        for conn in (1, 2, 3):
+            self.proto.connection_made(conn, "10.0.0.%d" % conn)
+
+    def handle(self, conn, request):
+        return self.proto.handle(conn, request)
+
+    def feed(self, conn, data):
+        """Bytes in, every action of every complete request out."""
+        self.proto.data_received(conn, data)
+        actions = []
+        while True:
+            more = self.proto.maybe_next_actions(conn)
+            if more is None:
+                return actions
+            actions += more
+
+    def assertErrorReply(self, actions, conn, code):
+        self.assertEqual(len(actions), 1, actions)
+        self.assertIsInstance(actions[0], Send)
+        self.assertEqual(actions[0].conn_id, conn)
+        lines = actions[0].data.decode().split("\n")
+        self.assertEqual(lines[0], "ERROR_CODE: %d" % code)
+        self.assertTrue(lines[1].startswith("ERROR_DESCRIPTION: ") and len(lines[1]) > 20, lines)
+        self.assertEqual(lines[2:], [""])
+
+    def join(self, conn, room, name):
+        return self.handle(conn, Join(room, name))
+
+    def test_helo_reply_has_the_fixed_form(self):
+        self.assertEqual(self.handle(2, Helo("HELO hi there")),
+                         [Send(2, b"HELO hi there\nIP:10.0.0.2\nPort:4242\nStudentID:12345678\n")])
+
+    def test_join_replies_then_announces_to_every_member_including_the_joiner(self):
+        self.assertEqual(self.join(1, "room1", "alice"), [
+            Send(1, b"JOINED_CHATROOM: room1\nSERVER_IP: 10.0.0.1\nPORT: 4242\nROOM_REF: 0\nJOIN_ID: 1\n"),
+            Broadcast((1,), b"CHAT: 0\nCLIENT_NAME: alice\nMESSAGE: alice has joined this chatroom.\n\n"),
+        ])
+        actions = self.join(2, "room1", "bob")
+        self.assertEqual(actions[0].data.split(b"\n")[3:5], [b"ROOM_REF: 0", b"JOIN_ID: 2"])
+        self.assertEqual(actions[1], Broadcast((1, 2), chat_message(0, "bob", "bob has joined this chatroom.")))
+
+    def test_join_again_repeats_the_reply_without_announcing(self):
+        first = self.join(1, "room1", "alice")
+        self.assertEqual(self.join(1, "room1", "alice"), first[:1])
+
+    def test_one_join_id_for_all_rooms_of_a_connection(self):
+        self.join(1, "a", "alice")
+        self.assertEqual(self.join(1, "b", "alice")[0].data.split(b"\n")[3:5], [b"ROOM_REF: 1", b"JOIN_ID: 1"])
+
+    def test_chat_goes_to_every_member_under_the_senders_joined_name(self):
+        self.join(1, "r", "alice")
+        self.join(2, "r", "bob")
+        # wrong JOIN_ID and CLIENT_NAME in the request: identity is the connection
+        self.assertEqual(self.handle(2, Chat(0, "1", "alice", "hi\nthere")),
+                         [Broadcast((1, 2), b"CHAT: 0\nCLIENT_NAME: bob\nMESSAGE: hi\nthere\n\n")])
+
+    def test_chat_to_unknown_room(self):
+        self.assertErrorReply(self.handle(1, Chat(0, "1", "a", "m")), 1, ErrorCode.UNKNOWN_ROOM)
+
+    def test_chat_to_a_room_not_joined(self):
+        self.join(1, "r", "alice")
+        self.assertErrorReply(self.handle(2, Chat(0, "1", "alice", "m")), 2, ErrorCode.NOT_A_MEMBER)
+
+    def test_leave_replies_then_announces_to_the_leaver_and_the_rest(self):
+        self.join(1, "r", "alice")
+        self.join(2, "r", "bob")
+        self.assertEqual(self.handle(1, Leave(0, "1", "alice")), [
+            Send(1, b"LEFT_CHATROOM: 0\nJOIN_ID: 1\n"),
+            Broadcast((1, 2), chat_message(0, "alice", "alice has left this chatroom.")),
+        ])
+        self.assertEqual(self.proto.rooms.member_ids(0), (2,))
+
+    def test_leave_twice_gives_same_reply_and_no_announcement(self):
+        self.join(1, "r", "alice")
+        self.handle(1, Leave(0, "1", "alice"))
+        self.assertEqual(self.handle(1, Leave(0, "1", "alice")), [Send(1, b"LEFT_CHATROOM: 0\nJOIN_ID: 1\n")])
+
+    def test_nobody_can_leave_for_another_connection(self):
+        self.join(1, "r", "alice")
+        self.assertEqual(self.handle(2, Leave(0, "1", "alice")), [Send(2, b"LEFT_CHATROOM: 0\nJOIN_ID: 1\n")])
+        self.assertEqual(self.proto.rooms.member_ids(0), (1,))
+
+    def test_leave_unknown_room(self):
+        self.assertErrorReply(self.handle(1, Leave(7, "1", "a")), 1, ErrorCode.UNKNOWN_ROOM)
+
+    def test_no_chat_of_a_room_after_leaving_it(self):
+        self.join(1, "r", "alice")
+        self.join(2, "r", "bob")
+        self.handle(1, Leave(0, "1", "alice"))
+        self.assertEqual(self.handle(2, Chat(0, "2", "bob", "m")), [Broadcast((2,), chat_message(0, "bob", "m"))])
+
+    def test_disconnect_announces_in_ascending_ref_order_to_itself_too_then_closes(self):
+        self.join(1, "b", "alice")       # ref 0
+        self.join(1, "a", "al")          # ref 1
+        self.join(2, "a", "bob")
+        self.assertEqual(self.handle(1, Disconnect("alice")), [
+            Broadcast((1,), chat_message(0, "alice", "alice has left this chatroom.")),
+            Broadcast((1, 2), chat_message(1, "al", "al has left this chatroom.")),
+            Close(1),
+        ])
+        self.assertEqual(self.proto.rooms.refs_of(1), [])
+
+    def test_nothing_after_disconnect_is_handled(self):
+        self.assertEqual(self.feed(1, DISCONNECT + b"HELO x\n"), [Close(1)])
+        self.assertIsNone(self.proto.maybe_next_actions(1))
+
+    def test_lost_connection_leaves_its_rooms_announced_to_the_others_only(self):
+        self.join(1, "r", "alice")
+        self.join(2, "r", "bob")
+        self.join(1, "s", "alice")
+        self.assertEqual(self.proto.connection_lost(1),
+                         [Broadcast((2,), chat_message(0, "alice", "alice has left this chatroom."))])
+        self.assertEqual(self.proto.rooms.member_ids(1), ())
+        self.assertEqual(self.proto.connection_lost(1), [])     # idempotent
+
+    def test_kill_service_shuts_down(self):
+        self.assertEqual(self.feed(3, b"KILL_SERVICE\n"), [Shutdown()])
+
+    def test_other_messages_get_no_reply_by_default(self):
+        with self.assertLogs("protocol", "DEBUG"):
+            self.assertEqual(self.feed(1, b"WHAT_IS_THIS: 1\n"), [])
+
+    def test_other_messages_go_to_the_handler_given(self):
+        seen = []
+        proto = ChatProtocol(PORT, "1", on_other_message=lambda conn, line: seen.append((conn, line)) or [])
+        proto.connection_made(5, "ip")
+        proto.data_received(5, b"PING\n")
+        self.assertEqual(proto.maybe_next_actions(5), [])
+        self.assertEqual(seen, [(5, "PING")])
+
+    def test_every_parse_error_becomes_an_error_reply_and_the_connection_goes_on(self):
+        cases = [
+            (b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nNAME: a\n", ErrorCode.MALFORMED_REQUEST),
+            (b"CHAT: zero\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: m\n\n", ErrorCode.BAD_INTEGER),
+            (b"JOIN_CHATROOM:\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: a\n", ErrorCode.EMPTY_ROOM_NAME),
+            (b"LEAVE_CHATROOM: 0\nJOIN_ID: 1\nCLIENT_NAME:\n", ErrorCode.EMPTY_CLIENT_NAME),
+            (b"CHAT: 9\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: m\n\n", ErrorCode.UNKNOWN_ROOM),
+            (b"HELO \xff\n", ErrorCode.INVALID_UTF8),
+        ]
+        for data, code in cases:
+            self.assertErrorReply(self.feed(1, data), 1, code)
+        self.assertEqual(len(self.feed(1, b"HELO still here\n")), 1)
+
+    def test_request_too_long_is_answered_then_closed(self):
+        actions = self.feed(1, b"x" * (protocol.MAX_REQUEST_BYTES + 1))
+        self.assertErrorReply(actions[:1], 1, ErrorCode.REQUEST_TOO_LONG)
+        self.assertEqual(actions[1:], [Close(1)])
+        self.assertEqual(self.feed(1, b"\nHELO x\n"), [])
+
+    def test_too_many_rooms(self):
+        proto = ChatProtocol(PORT, "1", rooms=Rooms(max_rooms=1))
+        proto.connection_made(1, "ip")
+        proto.handle(1, Join("a", "x"))
+        self.assertErrorReply(proto.handle(1, Join("b", "x")), 1, ErrorCode.TOO_MANY_ROOMS)
+        self.assertEqual(len(proto.handle(1, Join("a", "x"))), 1)   # an existing room still works
+
+    def test_names_longer_than_the_limit_are_refused(self):
+        longest = b"\xc3\xa9" * protocol.MAX_NAME_CHARS     # characters, not bytes
+        join = b"JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: %s\n"
+        self.assertEqual(len(self.feed(1, join % (longest, longest))), 2)
+        self.assertErrorReply(self.feed(1, join % (longest + b"r", b"a")), 1, ErrorCode.NAME_TOO_LONG)
+        self.assertErrorReply(self.feed(1, join % (b"r", longest + b"a")), 1, ErrorCode.NAME_TOO_LONG)
+
+    def test_memberships_per_connection_are_bounded(self):
+        proto = ChatProtocol(PORT, "1", rooms=Rooms(max_rooms_per_connection=2))
+        proto.connection_made(1, "ip")
+        proto.handle(1, Join("a", "x"))
+        proto.handle(1, Join("b", "x"))
+        self.assertErrorReply(proto.handle(1, Join("c", "x")), 1, ErrorCode.TOO_MANY_MEMBERSHIPS)
+        self.assertEqual(len(proto.handle(1, Join("a", "x"))), 1)   # a room it is in: fine
+        proto.handle(1, Leave(0, "1", "x"))
+        self.assertEqual(len(proto.handle(1, Join("c", "x"))), 2)   # room for one more
+
+    def test_error_descriptions_are_one_line(self):
+        err = RequestError(ErrorCode.MALFORMED_REQUEST, "two\nlines")
+        self.assertEqual(protocol.error_reply(err), b"ERROR_CODE: 1\nERROR_DESCRIPTION: two lines\n")

@@ -1,0 +1,272 @@
+"""Layer 4: the reactor over real sockets (socket.socketpair() and loopback) with a tiny fake
+app, ticked by hand."""
+import socket
+import threading
+import time
+import unittest
+
+import reactor
+from protocol import Broadcast, Close, Send, Shutdown
+
+# ---------------------------------------------------------------------------------------------
+# 4. The reactor, over socketpair() and loopback, with a fake app
+# ---------------------------------------------------------------------------------------------
+
+class LineApp:
+    """A fake app for the reactor: one request per line.
+    `echo X` -> X back; `big N` -> N bytes back; `all X` -> X to every connection;
+    `close`, `stop`, `boom` (raises: a bug in the app)."""
+
+    def __init__(self):
+        self.buffers = {}
+        self.made = []
+        self.lost = []
+        self.handled = []
+
+    def connection_made(self, conn_id, local_ip):
+        self.made.append((conn_id, local_ip))
+        self.buffers[conn_id] = b""
+
+    def data_received(self, conn_id, data):
+        self.buffers[conn_id] += data
+
+    def maybe_next_actions(self, conn_id):
+        line, nl, rest = self.buffers[conn_id].partition(b"\n")
+        if not nl:
+            return None
+        self.buffers[conn_id] = rest
+        self.handled.append((conn_id, line))
+        verb, _, arg = line.partition(b" ")
+        if verb == b"echo":
+            return [Send(conn_id, arg + b"\n")]
+        if verb == b"big":
+            return [Send(conn_id, b"x" * int(arg))]
+        if verb == b"all":
+            return [Broadcast(tuple(self.buffers), arg + b"\n")]
+        if verb == b"close":
+            return [Close(conn_id)]
+        if verb == b"stop":
+            return [Shutdown()]
+        if verb == b"boom":
+            raise RuntimeError("a bug in the app")
+        return []
+
+    def connection_lost(self, conn_id):
+        self.lost.append(conn_id)
+        del self.buffers[conn_id]
+        return []
+
+
+class ReactorTests(unittest.TestCase):
+
+    def setUp(self):
+        self.app = LineApp()
+        self.reactor = reactor.Reactor("127.0.0.1", 0, self.app)
+        self.addCleanup(self.reactor.close)
+
+    def pair(self, sndbuf=None):
+        """A connection served by the reactor, and our end of it."""
+        ours, theirs = socket.socketpair()
+        if sndbuf:
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self.addCleanup(ours.close)
+        ours.settimeout(5)
+        return self.reactor.add_connection(theirs, "local"), ours
+
+    def pump(self, sock, want, max_ticks=2000):
+        """Tick the reactor and read from `sock` until `want` bytes (or EOF, if want is None)
+        arrived; bounded by max_ticks. Returns what was read."""
+        got = b""
+        for _ in range(max_ticks):
+            self.reactor.run_once(0.01)
+            sock.setblocking(False)
+            try:
+                data = sock.recv(1 << 20)
+                if not data:
+                    if want is None:
+                        return got
+                    break
+                got += data
+            except BlockingIOError:
+                pass
+            finally:
+                sock.settimeout(5)
+            if want is not None and len(got) >= want:
+                return got
+        self.fail("wanted %s bytes, got %d: %r" % (want, len(got), got[-80:]))
+
+    def tick_until(self, condition, max_ticks=500):
+        for _ in range(max_ticks):
+            if condition():
+                return
+            self.reactor.run_once(0.01)
+        self.fail("condition not reached in %d ticks" % max_ticks)
+
+    def test_a_reply_goes_out_in_the_tick_that_read_the_request(self):
+        _, ours = self.pair()
+        ours.sendall(b"echo hi\n")
+        self.reactor.run_once(5)      # the data is there: select returns at once
+        self.assertEqual(ours.recv(100), b"hi\n")
+
+    def test_accepts_tcp_connections(self):
+        client = socket.create_connection(self.reactor.address, timeout=5)
+        self.addCleanup(client.close)
+        self.tick_until(lambda: self.app.made)
+        self.assertEqual(self.app.made[0][1], "127.0.0.1")
+        client.sendall(b"echo tcp\n")
+        self.tick_until(lambda: self.app.handled)
+        self.assertEqual(client.recv(100), b"tcp\n")
+
+    def test_requests_past_the_tick_limit_wait_for_the_next_tick(self):
+        _, ours = self.pair()
+        count = reactor.MAX_REQUESTS_PER_TICK + 3
+        ours.sendall(b"".join(b"echo %d\n" % i for i in range(count)))
+        self.reactor.run_once(5)
+        self.assertEqual(len(self.app.handled), reactor.MAX_REQUESTS_PER_TICK)
+        self.reactor.run_once(60)     # no new input, but the rest is buffered: no wait
+        self.assertEqual(len(self.app.handled), count)
+        expected = b"".join(b"%d\n" % i for i in range(count))
+        self.assertEqual(self.pump(ours, len(expected)), expected)
+
+    def test_a_backlog_gets_a_share_and_a_client_without_one_goes_first(self):
+        _, flood = self.pair()
+        _, quiet = self.pair()
+        flood.sendall(b"echo f\n" * 1000)
+        self.reactor.run_once(5)                       # flood: no backlog yet, the full limit
+        self.assertEqual(len(self.app.handled), reactor.MAX_REQUESTS_PER_TICK)
+        share = self.reactor.requests_per_tick
+        quiet.sendall(b"echo q\n" * 10)
+        before = len(self.app.handled)
+        self.reactor.run_once(5)
+        this_tick = self.app.handled[before:]
+        self.assertEqual(this_tick[:10], [(2, b"echo q")] * 10)   # all of it, first
+        self.assertEqual(this_tick[10:], [(1, b"echo f")] * share)
+
+    def test_share_halves_after_a_slow_tick_and_grows_after_quick_ones(self):
+        _, ours = self.pair()
+        ours.sendall(b"echo x\n" * 200)
+        self.reactor.run_once(5)                       # no backlog yet: the full limit
+        cheap = self.app.maybe_next_actions
+
+        def expensive(conn_id):     # each request takes a whole tick's target
+            time.sleep(reactor.TICK_TARGET)
+            return cheap(conn_id)
+        self.app.maybe_next_actions = expensive
+        share = self.reactor.requests_per_tick
+        self.reactor.run_once(0)
+        self.assertEqual(self.reactor.requests_per_tick, max(reactor.MIN_REQUESTS_PER_TICK, share // 2))
+        self.app.maybe_next_actions = cheap            # cheap again: the share grows back
+        for _ in range(4):
+            self.reactor.run_once(0)
+        self.assertGreater(self.reactor.requests_per_tick, share)
+
+    def test_close_sends_everything_queued_then_closes(self):
+        _, ours = self.pair(sndbuf=4096)
+        ours.sendall(b"big 300000\nclose\necho never\n")
+        self.assertEqual(self.pump(ours, None), b"x" * 300000)
+        self.assertEqual(self.app.lost, [1])
+        self.assertNotIn((1, b"echo never"), self.app.handled)
+
+    def test_after_close_the_peer_is_read_from_until_it_closes_too(self):
+        # Closing a socket with unread input makes the kernel send RST, which can destroy what
+        # the peer has not read. So after our FIN the connection lingers, reading and dropping.
+        conn_id, ours = self.pair()
+        ours.sendall(b"big 200000\nclose\n" + b"ignored after close\n" * 500)
+        self.assertEqual(self.pump(ours, None), b"x" * 200000)     # everything, then FIN
+        self.assertEqual(self.app.lost, [conn_id])                 # told at once
+        self.assertIn(conn_id, self.reactor.conns)                 # but still reading
+        ours.sendall(b"more ignored input\n" * 500)
+        for _ in range(5):
+            self.reactor.run_once(0.01)
+        self.assertNotIn((conn_id, b"more ignored input"), self.app.handled)
+        ours.close()
+        self.tick_until(lambda: conn_id not in self.reactor.conns)
+        self.assertEqual(self.app.lost, [conn_id])                 # told once
+
+    def test_a_peer_that_shuts_down_its_side_still_gets_everything_owed(self):
+        # "send, then read to the end": DISCONNECT, then shutdown(SHUT_WR), then read.
+        for ending in (b"close\n", b""):
+            conn_id, ours = self.pair(sndbuf=4096)
+            ours.sendall(b"big 300000\n" + ending)
+            ours.shutdown(socket.SHUT_WR)
+            self.assertEqual(self.pump(ours, None), b"x" * 300000, ending)
+            self.assertIn(conn_id, self.app.lost)
+
+    def test_a_lingering_connection_is_let_go_after_the_timeout(self):
+        self.patch_constant("LINGER_TIMEOUT", 0.05)
+        conn_id, ours = self.pair()
+        ours.sendall(b"close\n")               # and we never close our end
+        self.assertEqual(self.pump(ours, None), b"")
+        self.assertIn(conn_id, self.reactor.conns)
+        self.tick_until(lambda: conn_id not in self.reactor.conns)
+
+    def patch_constant(self, name, value):
+        old = getattr(reactor, name)
+        setattr(reactor, name, value)
+        self.addCleanup(setattr, reactor, name, old)
+
+    def test_peer_closing_is_reported_once(self):
+        conn_id, ours = self.pair()
+        ours.close()
+        self.tick_until(lambda: self.app.lost)
+        for _ in range(3):
+            self.reactor.run_once(0)
+        self.assertEqual(self.app.lost, [conn_id])
+        self.assertNotIn(conn_id, self.reactor.conns)
+
+    def test_a_slow_reader_is_not_read_from_until_its_output_drains(self):
+        _, ours = self.pair(sndbuf=4096)
+        size = reactor.HIGH_WATER * 4
+        ours.sendall(b"big %d\necho after\n" % size)
+        for _ in range(20):
+            self.reactor.run_once(0.01)
+        self.assertEqual(self.app.handled, [(1, b"big %d" % size)])   # paused: "echo after" waits
+        self.assertEqual(self.pump(ours, size + 6), b"x" * size + b"after\n")
+
+    def test_output_past_the_cap_disconnects_that_peer_only(self):
+        _, stalled = self.pair(sndbuf=4096)
+        _, other = self.pair()
+        stalled.sendall(b"big %d\n" % (reactor.OUTPUT_CAP + 1))
+        with self.assertLogs("reactor", "WARNING"):
+            self.tick_until(lambda: self.app.lost == [1])
+        other.sendall(b"echo fine\n")
+        self.assertEqual(self.pump(other, 5), b"fine\n")
+
+    def test_broadcast_reaches_every_connection(self):
+        socks = [self.pair()[1] for _ in range(3)]
+        socks[0].sendall(b"all hello\n")
+        for sock in socks:
+            self.assertEqual(self.pump(sock, 6), b"hello\n")
+
+    def test_a_bug_in_the_app_drops_only_that_connection(self):
+        _, buggy = self.pair()
+        _, other = self.pair()
+        buggy.sendall(b"boom\n")
+        with self.assertLogs("reactor", "ERROR"):
+            self.assertEqual(self.pump(buggy, None), b"")
+        self.assertEqual(self.app.lost, [1])
+        other.sendall(b"echo alive\n")
+        self.assertEqual(self.pump(other, 6), b"alive\n")
+
+    def test_writes_to_unknown_connections_are_ignored(self):
+        self.reactor.write_many([999], b"nobody")
+        self.reactor.close_connection(999)
+        self.reactor.run_once(0)
+
+    def test_shutdown_action_stops_the_loop_and_closes_everything(self):
+        _, ours = self.pair()
+        ours.sendall(b"echo bye\nstop\necho not served\n")
+        loop = threading.Thread(target=self.reactor.run_forever, daemon=True)
+        loop.start()
+        loop.join(10)
+        self.assertFalse(loop.is_alive(), "run_forever did not return after Shutdown")
+        self.assertEqual(ours.recv(100), b"bye\n")
+        self.assertEqual(ours.recv(100), b"")
+        self.assertNotIn((1, b"echo not served"), self.app.handled)
+        self.assertEqual(self.reactor.listener.fileno(), -1)
+
+    def test_stop_wakes_a_waiting_select(self):
+        self.reactor.stop()
+        started = time.monotonic()
+        self.reactor.run_once(30)       # returns at once: the wake-up byte is readable
+        self.assertLess(time.monotonic() - started, 10)

@@ -1,0 +1,288 @@
+"""Layer 1: bytes -> frames -> requests (Framer, parse_request), in memory."""
+import random
+import unittest
+
+import protocol
+from protocol import (Chat, Disconnect, ErrorCode, Framer, Helo,
+                      Join, Kill, Leave, Other, RequestError, parse_request)
+
+# ---------------------------------------------------------------------------------------------
+# 1. Framing and parsing
+# ---------------------------------------------------------------------------------------------
+
+JOIN = b"JOIN_CHATROOM: room1\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: alice\n"
+LEAVE = b"LEAVE_CHATROOM: 0\nJOIN_ID: 1\nCLIENT_NAME: alice\n"
+CHAT = b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: alice\nMESSAGE: hello\nsecond line\n\n"
+DISCONNECT = b"DISCONNECT: 0\nPORT: 0\nCLIENT_NAME: alice\n"
+STREAM = b"HELO x\n" + JOIN + CHAT + LEAVE + b"UNKNOWN thing\n" + DISCONNECT + b"KILL_SERVICE\n"
+STREAM_FRAMES = [
+    b"HELO x",
+    JOIN[:-1],
+    b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: alice\nMESSAGE: hello\nsecond line",
+    LEAVE[:-1],
+    b"UNKNOWN thing",
+    DISCONNECT[:-1],
+    b"KILL_SERVICE",
+]
+
+
+def frames_of(framer):
+    out = []
+    while True:
+        frame = framer.maybe_next_frame()
+        if frame is None:
+            return out
+        out.append(frame)
+
+
+def frame_all(data, chunk=None):
+    """Feed `data` to a new Framer (in chunks of `chunk` bytes) and collect every frame."""
+    framer = Framer()
+    out = []
+    step = chunk or len(data) or 1
+    for i in range(0, len(data), step):
+        framer.receive_data(data[i:i + step])
+        out += frames_of(framer)
+    return out
+
+
+class FramerTests(unittest.TestCase):
+
+    def test_each_request_kind_is_framed_by_its_first_line(self):
+        self.assertEqual(frame_all(STREAM), STREAM_FRAMES)
+
+    def test_split_at_every_byte_gives_the_same_frames(self):
+        self.assertEqual(frame_all(STREAM, chunk=1), STREAM_FRAMES)
+        self.assertEqual(frame_all(STREAM, chunk=7), STREAM_FRAMES)
+
+    def test_crlf_is_the_same_as_lf_even_split_between_chunks(self):
+        crlf = STREAM.replace(b"\n", b"\r\n")
+        self.assertEqual(frame_all(crlf), STREAM_FRAMES)
+        self.assertEqual(frame_all(crlf, chunk=1), STREAM_FRAMES)
+
+    def test_every_cr_before_an_lf_goes_even_split_between_chunks(self):
+        # One pass of replace(b"\r\n", b"\n") would leave "\r\n" from "\r\r\n", and a
+        # relayed "\r\n\r\n" looks like a blank line to a client that reads CRLF as LF:
+        # the rest would pass for a chat from somebody else.
+        spoof = (b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: bob\nMESSAGE: hi\r\r\n\r\r\n"
+                 b"CHAT: 0\r\r\nCLIENT_NAME: alice\r\r\nMESSAGE: I am alice\n\n")
+        for chunk in (None, 1, 3):
+            frames = frame_all(spoof, chunk)
+            self.assertEqual(frames[0], b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: bob\nMESSAGE: hi")
+            self.assertFalse(any(b"\r" in frame for frame in frames), frames)
+
+    def test_a_request_at_the_limit_is_accepted_however_its_crlf_is_split(self):
+        head = b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: "
+        for frame in (b"HELO " + b"h" * 95, head + b"m" * (100 - len(head))):
+            ending = b"\r\n\r\n" if frame.startswith(b"CHAT") else b"\r\n"
+            for split in range(len(frame), len(frame) + len(ending)):
+                framer = Framer(max_request=100)
+                framer.receive_data((frame + ending)[:split])
+                self.assertIsNone(framer.maybe_next_frame())
+                framer.receive_data((frame + ending)[split:])
+                self.assertEqual(framer.maybe_next_frame(), frame, split)
+
+    def test_an_endless_run_of_crs_is_refused(self):
+        framer = Framer(max_request=100)
+        framer.receive_data(b"HELO " + b"\r" * 101)
+        with self.assertRaises(RequestError):
+            framer.maybe_next_frame()
+
+    def test_a_lone_cr_is_kept(self):
+        self.assertEqual(frame_all(b"HELO a\rb\n"), [b"HELO a\rb"])
+
+    def test_blank_lines_between_requests_are_skipped(self):
+        self.assertEqual(frame_all(b"\n\n\r\nHELO x\n\n\nKILL_SERVICE\n"), [b"HELO x", b"KILL_SERVICE"])
+
+    def test_chat_waits_for_its_blank_line(self):
+        framer = Framer()
+        framer.receive_data(b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: one\n")
+        self.assertIsNone(framer.maybe_next_frame())
+        framer.receive_data(b"two\n")
+        self.assertIsNone(framer.maybe_next_frame())
+        framer.receive_data(b"\nHELO")
+        self.assertEqual(framer.maybe_next_frame(),
+                         b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: one\ntwo")
+        self.assertIsNone(framer.maybe_next_frame())
+
+    def test_a_blank_line_cuts_a_fixed_size_request_short(self):
+        # the forgotten CLIENT_NAME must not swallow the HELO that follows
+        self.assertEqual(frame_all(b"LEAVE_CHATROOM: 0\nJOIN_ID: 1\n\nHELO x\n"),
+                         [b"LEAVE_CHATROOM: 0\nJOIN_ID: 1", b"HELO x"])
+
+    def test_keyword_may_have_spaces_around_it(self):
+        self.assertEqual(frame_all(b"JOIN_CHATROOM : r\nA\nB\nC\nHELO\n"),
+                         [b"JOIN_CHATROOM : r\nA\nB\nC", b"HELO"])
+
+    def test_incomplete_request_past_the_limit_is_refused(self):
+        framer = Framer(max_request=100)
+        framer.receive_data(b"x" * 100)
+        self.assertIsNone(framer.maybe_next_frame())
+        framer.receive_data(b"x")
+        with self.assertRaises(RequestError) as caught:
+            framer.maybe_next_frame()
+        self.assertEqual(caught.exception.code, ErrorCode.REQUEST_TOO_LONG)
+
+    def test_complete_request_past_the_limit_is_refused(self):
+        framer = Framer(max_request=100)
+        framer.receive_data(b"CHAT: 0\n" + b"y\n" * 60 + b"\n")
+        with self.assertRaises(RequestError) as caught:
+            framer.maybe_next_frame()
+        self.assertEqual(caught.exception.code, ErrorCode.REQUEST_TOO_LONG)
+
+    def test_chat_at_the_limit_is_accepted_however_its_blank_line_is_split(self):
+        head = b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: "
+        frame = head + b"x" * (100 - len(head))
+        for split in (len(frame), len(frame) + 1):
+            stream = frame + b"\n\n"
+            framer = Framer(max_request=100)
+            framer.receive_data(stream[:split])
+            self.assertIsNone(framer.maybe_next_frame())
+            framer.receive_data(stream[split:])
+            self.assertEqual(framer.maybe_next_frame(), frame, split)
+
+    def test_framer_and_parser_agree_on_the_keyword(self):
+        # \x1c is white space to str.strip() but not to bytes.strip(). The framer once cut this
+        # line alone as an unknown command while the parser called it a malformed CHAT; now
+        # both say: not a CHAT (the lines after it are requests of their own, as for any
+        # unknown first line).
+        stream = b"\x1cCHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: m\n\n"
+        self.assertEqual(frame_all(stream)[0], b"\x1cCHAT: 0")
+        self.assertEqual(parse_request(b"\x1cCHAT: 0"), Other("\x1cCHAT: 0"))
+        self.assertEqual(set(protocol._FRAME_LINES), set(protocol._PARSERS))
+
+    def test_kill_service_is_only_the_ascii_keyword(self):
+        self.assertEqual(parse_request("\u00a0KILL_SERVICE".encode()), Other("\u00a0KILL_SERVICE"))
+        self.assertEqual(parse_request(b"\x1cKILL_SERVICE"), Other("\x1cKILL_SERVICE"))
+        self.assertEqual(parse_request(b" KILL_SERVICE "), Kill())
+
+    def test_request_at_the_limit_is_accepted(self):
+        framer = Framer(max_request=10)
+        framer.receive_data(b"HELO 12345\n")
+        self.assertEqual(framer.maybe_next_frame(), b"HELO 12345")
+
+    def test_trickled_request_is_not_rescanned(self):
+        # The search resumes where it stopped: after a byte-by-byte line the framer has looked
+        # at each byte once. (White-box: the bound that keeps a slow sender O(n).)
+        framer = Framer()
+        for _ in range(1000):
+            framer.receive_data(b"z")
+            self.assertIsNone(framer.maybe_next_frame())
+        self.assertEqual(framer._scanned, 1000)
+        framer.receive_data(b"\n")
+        self.assertEqual(framer.maybe_next_frame(), b"z" * 1000)
+
+
+class ParseTests(unittest.TestCase):
+
+    def assertError(self, frame, code):
+        with self.assertRaises(RequestError) as caught:
+            parse_request(frame)
+        self.assertEqual(caught.exception.code, code, caught.exception.description)
+        self.assertTrue(caught.exception.description)
+
+    def test_helo_keeps_its_whole_line(self):
+        self.assertEqual(parse_request(b"HELO  some text "), Helo("HELO  some text "))
+
+    def test_kill_service(self):
+        self.assertEqual(parse_request(b"KILL_SERVICE"), Kill())
+
+    def test_join(self):
+        self.assertEqual(parse_request(b"JOIN_CHATROOM:  my room \nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME:bob "),
+                         Join("my room", "bob"))
+
+    def test_join_room_name_may_be_any_unicode(self):
+        self.assertEqual(parse_request("JOIN_CHATROOM: café ☕\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: é".encode()),
+                         Join("café ☕", "é"))
+
+    def test_leave(self):
+        self.assertEqual(parse_request(LEAVE[:-1]), Leave(0, "1", "alice"))
+
+    def test_chat_keeps_inner_newlines_and_trims_the_ends(self):
+        self.assertEqual(parse_request(b"CHAT: 3 \nJOIN_ID: 7\nCLIENT_NAME: a\nMESSAGE:  hi\n there  "),
+                         Chat(3, "7", "a", "hi\n there"))
+
+    def test_disconnect(self):
+        self.assertEqual(parse_request(DISCONNECT[:-1]), Disconnect("alice"))
+
+    def test_unknown_first_lines_are_other_messages(self):
+        for line in ("HELLO", "KILL_SERVICE now", "CHAT 0", "join_chatroom: x", "HELO:x", ""):
+            self.assertEqual(parse_request(line.encode()), Other(line), line)
+
+    def test_missing_field(self):
+        self.assertError(b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a", ErrorCode.MALFORMED_REQUEST)
+        self.assertError(b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0", ErrorCode.MALFORMED_REQUEST)
+
+    def test_misnamed_or_reordered_field(self):
+        self.assertError(b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORTS: 0\nCLIENT_NAME: a",
+                         ErrorCode.MALFORMED_REQUEST)
+        self.assertError(b"LEAVE_CHATROOM: 0\nCLIENT_NAME: a\nJOIN_ID: 1", ErrorCode.MALFORMED_REQUEST)
+        self.assertError(b"DISCONNECT: 0\nPORT 0\nCLIENT_NAME: a", ErrorCode.MALFORMED_REQUEST)
+
+    def test_refs_and_ids_must_be_plain_non_negative_integers(self):
+        for bad in ("x", "-1", "+1", "1_0", "1.0", "\u0661", ""):
+            self.assertError(("CHAT: %s\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: m" % bad).encode(),
+                             ErrorCode.BAD_INTEGER)
+        self.assertError(b"LEAVE_CHATROOM: 0\nJOIN_ID: one\nCLIENT_NAME: a", ErrorCode.BAD_INTEGER)
+
+    def test_huge_ref_is_an_integer(self):
+        self.assertEqual(parse_request(b"LEAVE_CHATROOM: 999999999999999999\nJOIN_ID: 0\nCLIENT_NAME: a").ref,
+                         999999999999999999)
+        self.assertEqual(parse_request(b"LEAVE_CHATROOM: 000000000000000000007\nJOIN_ID: 0\nCLIENT_NAME: a").ref, 7)
+        self.assertError(b"LEAVE_CHATROOM: 9999999999999999999\nJOIN_ID: 0\nCLIENT_NAME: a",
+                         ErrorCode.UNKNOWN_ROOM)       # more digits than any ref can have
+
+    def test_a_ref_too_long_for_int_names_no_room(self):
+        self.assertError(b"LEAVE_CHATROOM: " + b"9" * 5000 + b"\nJOIN_ID: 0\nCLIENT_NAME: a",
+                         ErrorCode.UNKNOWN_ROOM)
+
+    def test_join_id_is_kept_as_sent(self):
+        self.assertEqual(parse_request(b"CHAT: 0\nJOIN_ID: 007\nCLIENT_NAME: a\nMESSAGE: m").join_id, "007")
+        self.assertEqual(parse_request(b"CHAT: 0\nJOIN_ID: " + b"9" * 5000 + b"\nCLIENT_NAME: a\nMESSAGE: m").join_id,
+                         "9" * 5000)
+
+    def test_empty_names(self):
+        self.assertError(b"JOIN_CHATROOM:  \nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: a", ErrorCode.EMPTY_ROOM_NAME)
+        self.assertError(b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME:", ErrorCode.EMPTY_CLIENT_NAME)
+        self.assertError(b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: \nMESSAGE: m", ErrorCode.EMPTY_CLIENT_NAME)
+
+    def test_invalid_utf8(self):
+        self.assertError(b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: \xff", ErrorCode.INVALID_UTF8)
+        self.assertError(b"\xc3", ErrorCode.INVALID_UTF8)
+
+    def test_plain_chat_shortcut_agrees_with_the_general_parser(self):
+        # Random CHAT-like frames, mostly well-formed, each piece sometimes replaced by one near
+        # the shortcut's edges: both ways must give the same request or the same error code.
+        rng = random.Random(20261128)
+        pieces = {  # (usual choices, unusual ones)
+            "space": (["", " ", "  ", "\t"], ["\xa0", "\x1c", "\r", " \u3000", "\x0b"]),
+            "number": (["0", "7", "12", "007"], ["", "x", "-1", "1 2", "\u0661", "9" * 4400,
+                                                 "0" * 30 + "1", "9" * 19]),
+            "name": (["a", "bob smith", "na:me", "\u00e9"], ["", " ", "\udcff"]),
+            "message": (["hi", "", " two\nlines ", "a: b", "\u2603"], ["x\udcff", "x\n\ny"]),
+        }
+        keys = ["CHAT:", "JOIN_ID:", "CLIENT_NAME:", "MESSAGE:"]
+        odd_keys = ["CHAT :", " CHAT:", "MESSAGE :", "message:", "CHAT:", "JOIN_ID:", "X:"]
+
+        def pick(kind):
+            usual, unusual = pieces[kind]
+            return rng.choice(unusual if rng.random() < .1 else usual)
+        for _ in range(5000):
+            lines = [(rng.choice(odd_keys) if rng.random() < .05 else key) + pick("space")
+                     + pick(kind) + pick("space")
+                     for key, kind in zip(keys, ("number", "number", "name", "message"))]
+            if rng.random() < .03:
+                rng.shuffle(lines)
+            frame = "\n".join(lines[:4 if rng.random() < .95 else rng.choice([1, 2, 3])])
+            frame = frame.encode("utf-8", "surrogateescape")
+            outcomes = []
+            for parse in (parse_request, protocol.parse_request_in_general):
+                try:
+                    outcomes.append(parse(frame))
+                except RequestError as err:
+                    outcomes.append(err.code)
+            self.assertEqual(outcomes[0], outcomes[1], frame)
+
+    def test_error_codes_are_distinct(self):
+        codes = [int(code) for code in ErrorCode]
+        self.assertEqual(len(codes), len(set(codes)))
