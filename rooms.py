@@ -4,27 +4,28 @@ Boundary: this module knows nothing of bytes, sockets or the wire format. A conn
 integer id handed to us by the caller; a room is a ROOM_REF (an int) with a name (a str).
 Everything here is plain dictionaries, so it is cheap to test and cheap to run.
 
-The rules it keeps (from PROTOCOL.md, Part 2, "Identity"):
-- a ROOM_REF is given to a room name the first time anybody joins it and never changes or is
-  reused for the life of the server; refs count up from 0 (the course's test client saw
-  room1 = 0, room2 = 1);
+The rules it keeps (docs/PROTOCOL.md, "Identity"):
+- a ROOM_REF is given to a room name the first time anybody joins it and stays its ref while
+  the room is in the table, empty or not (the course's test client leaves room1, joins it again
+  and expects the same ref); refs count up from 0 and are never given to another name;
+- the table holds at most MAX_ROOMS rooms. When it is full and a JOIN names a new room, the room
+  that has been empty longest is forgotten to make space; a forgotten name joined again later
+  gets a new ref. Rooms with members are never forgotten;
 - a JOIN_ID is given to a connection at its first JOIN and used for every room it joins;
   distinct connections get distinct ids (they count up from 1);
 - a connection is in a room at most once, under the CLIENT_NAME it gave when it joined that room.
-
-Deliberate simplification: a room is never forgotten, even when its last member leaves, because
-its ROOM_REF must stay stable for its name. MAX_ROOMS bounds what that can cost.
 """
+import collections
 from typing import Dict, List, Mapping, Optional, Tuple
 
-# A room costs a few hundred bytes plus its name (at most protocol.MAX_NAME_CHARS) and is never
-# freed (see above), so an endless stream of JOINs with fresh names must stop somewhere. 100 000
-# rooms is ~100 MB at the very worst and far above any real use of this server; a JOIN that
-# would create one more gets ERROR_CODE TOO_MANY_ROOMS.
+# A room costs a few hundred bytes plus its name (at most protocol.MAX_NAME_CHARS). An endless
+# stream of JOINs with fresh names must stop somewhere, so the table holds at most this many
+# rooms; past it, empty rooms are forgotten (oldest-emptied first) and a JOIN gets ERROR_CODE
+# TOO_MANY_ROOMS only when every room in the table has members. 100 000 rooms is far above any
+# real use of this server.
 MAX_ROOMS = 100_000
 # Each membership keeps the CLIENT_NAME given for it, so the rooms one connection may be in are
-# bounded too: 1000 memberships of the longest names cost about as much as a full output
-# buffer (reactor.OUTPUT_CAP). A JOIN past it gets ERROR_CODE TOO_MANY_MEMBERSHIPS.
+# bounded too. A JOIN past it gets ERROR_CODE TOO_MANY_MEMBERSHIPS.
 MAX_ROOMS_PER_CONNECTION = 1000
 
 
@@ -37,8 +38,11 @@ class Rooms:
         self.max_rooms = max_rooms
         self.max_rooms_per_connection = max_rooms_per_connection
         self._ref_by_name: Dict[str, int] = {}
-        self._names: List[str] = []                 # ROOM_REF -> room name
-        self._members: List[Dict[int, str]] = []    # ROOM_REF -> {conn_id: client name}, join order
+        self._names: Dict[int, str] = {}                # ROOM_REF -> room name
+        self._members: Dict[int, Dict[int, str]] = {}   # ROOM_REF -> {conn_id: name}, join order
+        # The rooms without members, longest-empty first: the ones that may be forgotten.
+        self._empty: "collections.OrderedDict[int, None]" = collections.OrderedDict()
+        self._next_ref = 0
         # conn_id -> ROOM_REFs it is in. A tuple, not a list: most connections are in one room,
         # and (ref,) is 48 bytes where [ref] is 88; at 10 000 connections that is 400 KB.
         self._refs_of: Dict[int, Tuple[int, ...]] = {}
@@ -48,24 +52,34 @@ class Rooms:
     # -- rooms ---------------------------------------------------------------------------------
 
     def ref_of(self, room_name: str) -> Optional[int]:
-        """The ROOM_REF of an existing room name, or None."""
+        """The ROOM_REF of a room name in the table, or None."""
         return self._ref_by_name.get(room_name)
 
     def exists(self, ref: int) -> bool:
-        return 0 <= ref < len(self._names)
+        """True if room `ref` is in the table now."""
+        return ref in self._names
+
+    def was_given(self, ref: int) -> bool:
+        """True if `ref` was ever given to a room, even one forgotten since."""
+        return 0 <= ref < self._next_ref
 
     def name_of_room(self, ref: int) -> str:
         return self._names[ref]
 
     def is_full(self) -> bool:
-        """True when no new room may be created (joining an existing room still works)."""
-        return len(self._names) >= self.max_rooms
+        """True when no new room may be created: the table is full and every room in it has
+        members (joining an existing room still works)."""
+        return len(self._names) >= self.max_rooms and not self._empty
+
+    def count_rooms(self) -> int:
+        """How many rooms the table holds now."""
+        return len(self._names)
 
     def maybe_members(self, ref: int) -> Optional[Mapping[int, str]]:
         """The live {conn_id: client name} of room `ref` in join order, or None if there is no
         such room. Read it, do not keep it or change it (every CHAT reads it, so it is not
         copied)."""
-        return self._members[ref] if 0 <= ref < len(self._members) else None
+        return self._members.get(ref)
 
     def count_rooms_of(self, conn_id: int) -> int:
         """How many rooms `conn_id` is in."""
@@ -73,16 +87,18 @@ class Rooms:
 
     def member_ids(self, ref: int) -> Tuple[int, ...]:
         """A snapshot of the connections in room `ref`, in the order they joined."""
-        return tuple(self._members[ref])
+        return tuple(self._members.get(ref, ()))
 
     def name_in(self, conn_id: int, ref: int) -> Optional[str]:
         """The CLIENT_NAME `conn_id` joined room `ref` under, or None if it is not a member."""
-        return self._members[ref].get(conn_id)
+        members = self._members.get(ref)
+        return None if members is None else members.get(conn_id)
 
     # -- membership ----------------------------------------------------------------------------
 
     def join(self, conn_id: int, room_name: str, client_name: str) -> Tuple[int, int, bool]:
-        """Put `conn_id` in the room called `room_name`, creating the room if needed.
+        """Put `conn_id` in the room called `room_name`, creating the room if needed (and
+        forgetting the longest-empty room if the table is full).
 
         Returns (ROOM_REF, JOIN_ID, newly_joined). A connection already in the room stays in it
         under its first name and newly_joined is False. The caller checks is_full() before
@@ -90,10 +106,7 @@ class Rooms:
         """
         ref = self._ref_by_name.get(room_name)
         if ref is None:
-            ref = len(self._names)
-            self._ref_by_name[room_name] = ref
-            self._names.append(room_name)
-            self._members.append({})
+            ref = self._create(room_name)
         join_id = self._join_ids.get(conn_id)
         if join_id is None:
             join_id = self._join_ids[conn_id] = self._next_join_id
@@ -101,20 +114,38 @@ class Rooms:
         members = self._members[ref]
         if conn_id in members:
             return ref, join_id, False
+        if not members:
+            del self._empty[ref]
         members[conn_id] = client_name
         self._refs_of[conn_id] = self._refs_of.get(conn_id, ()) + (ref,)
         return ref, join_id, True
 
+    def _create(self, room_name: str) -> int:
+        if len(self._names) >= self.max_rooms:
+            forgotten, _ = self._empty.popitem(last=False)      # the longest-empty room
+            del self._ref_by_name[self._names.pop(forgotten)]
+            del self._members[forgotten]
+        ref = self._next_ref
+        self._next_ref += 1
+        self._ref_by_name[room_name] = ref
+        self._names[ref] = room_name
+        self._members[ref] = {}
+        self._empty[ref] = None
+        return ref
+
     def leave(self, conn_id: int, ref: int) -> Optional[str]:
         """Take `conn_id` out of room `ref`. Returns the name it had there, or None if it was
         not a member (leaving twice is not an error)."""
-        name = self._members[ref].pop(conn_id, None)
+        members = self._members.get(ref)
+        name = None if members is None else members.pop(conn_id, None)
         if name is not None:
             refs = tuple(r for r in self._refs_of[conn_id] if r != ref)
             if refs:
                 self._refs_of[conn_id] = refs
             else:
                 del self._refs_of[conn_id]
+            if not members:
+                self._empty[ref] = None
         return name
 
     def leave_all(self, conn_id: int) -> List[Tuple[int, str, Tuple[int, ...]]]:
@@ -126,6 +157,8 @@ class Rooms:
             members = self._members[ref]
             before = tuple(members)
             left.append((ref, members.pop(conn_id), before))
+            if not members:
+                self._empty[ref] = None
         return left
 
     def refs_of(self, conn_id: int) -> List[int]:
@@ -133,11 +166,15 @@ class Rooms:
         return sorted(self._refs_of.get(conn_id, ()))
 
     def join_id_of(self, conn_id: int) -> Optional[int]:
+        """The JOIN_ID given to `conn_id`, or None if it never joined a room."""
         return self._join_ids.get(conn_id)
 
     def forget(self, conn_id: int) -> None:
         """Drop everything known about a connection that has gone, memberships included (the
         caller announces the leaves first). Its JOIN_ID is never given to anybody else."""
         for ref in self._refs_of.pop(conn_id, ()):
-            del self._members[ref][conn_id]
+            members = self._members[ref]
+            del members[conn_id]
+            if not members:
+                self._empty[ref] = None
         self._join_ids.pop(conn_id, None)

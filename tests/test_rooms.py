@@ -71,3 +71,42 @@ class RoomsTests(unittest.TestCase):
         self.assertFalse(rooms.is_full())
         rooms.join(1, "b", "x")
         self.assertTrue(rooms.is_full())
+
+    def test_a_full_table_forgets_the_longest_empty_room_and_never_reuses_a_ref(self):
+        rooms = Rooms(max_rooms=3)
+        for conn, name in ((1, "a"), (2, "b"), (3, "c")):
+            rooms.join(conn, name, "x")
+        rooms.leave(2, 1)                   # b empty first
+        rooms.forget(1)                     # then a
+        self.assertFalse(rooms.is_full())
+        self.assertEqual(rooms.join(4, "d", "x")[0], 3)
+        self.assertIsNone(rooms.ref_of("b"))
+        self.assertFalse(rooms.exists(1))
+        self.assertTrue(rooms.was_given(1))
+        self.assertEqual(rooms.ref_of("a"), 0)
+        self.assertEqual(rooms.join(4, "b", "x")[0], 4)             # a made way this time
+        self.assertIsNone(rooms.ref_of("a"))
+        self.assertTrue(rooms.is_full())
+        self.assertEqual(rooms.count_rooms(), 3)
+
+    def test_a_room_that_gets_a_member_again_is_not_forgotten(self):
+        rooms = Rooms(max_rooms=2)
+        rooms.join(1, "a", "x")
+        rooms.leave(1, 0)
+        rooms.join(2, "a", "y")             # a has a member again
+        rooms.join(3, "b", "z")
+        self.assertTrue(rooms.is_full())
+        rooms.leave(3, 1)
+        self.assertEqual(rooms.join(3, "c", "z")[0], 2)
+        self.assertEqual(rooms.ref_of("a"), 0)
+        self.assertIsNone(rooms.ref_of("b"))
+
+    def test_after_100000_rooms_are_emptied_new_rooms_can_be_created(self):
+        rooms = Rooms()
+        for index in range(rooms.max_rooms):
+            rooms.join(index, "room %d" % index, "x")
+        self.assertTrue(rooms.is_full())
+        for index in range(rooms.max_rooms):
+            rooms.forget(index)
+        self.assertFalse(rooms.is_full())
+        self.assertEqual(rooms.join(1, "new", "x")[0], rooms.max_rooms)
