@@ -24,6 +24,7 @@ Rules of this file:
 import enum
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -62,6 +63,7 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_ROOMS = 9       # creating one more room would pass rooms.MAX_ROOMS
     NAME_TOO_LONG = 10       # a JOIN's room name or CLIENT_NAME is over MAX_NAME_CHARS
     TOO_MANY_MEMBERSHIPS = 11  # this connection is in rooms.MAX_ROOMS_PER_CONNECTION rooms
+    NAME_NOT_PRINTABLE = 12  # a JOIN's room name or CLIENT_NAME holds a control/format character
 
 
 class RequestError(Exception):
@@ -74,15 +76,109 @@ class RequestError(Exception):
         self.description = description
 
 
-def error_reply(err: RequestError) -> bytes:
-    """The ERROR_CODE message for `err`. The description is kept to one line."""
-    text = err.description.replace("\n", " ")
-    return ("ERROR_CODE: %d\nERROR_DESCRIPTION: %s\n" % (err.code, text)).encode("utf-8")
 
 
 def _quote(text: str, limit: int = 40) -> str:
     """A short, printable rendering of peer-supplied text for an error description."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+# ---------------------------------------------------------------------------------------------
+# The wire format, both directions: the shapes of every message and a builder for each
+# ---------------------------------------------------------------------------------------------
+# Like h11, which is both a client and a server, this module owns the whole wire format: what a
+# client sends (requests) and what the server sends back (replies). The server builds its
+# replies with the builders below; clients, tools and tests build their requests with them and
+# read the server's output with ReplyReader (further down). Nothing else writes or parses it.
+#
+# A message is text lines, each ending in "\n"; a field line is "KEY: value". The first line's
+# keyword (the text before its first colon) says what the message is and so how many lines it
+# has. The tables name the keys of the lines after the first, in order.
+
+# Requests (client -> server). A CHAT's MESSAGE runs to the first blank line; the others have
+# exactly these lines. HELO ("HELO text") and KILL_SERVICE are one line with no field.
+REQUEST_SHAPES: Dict[bytes, Tuple[str, ...]] = {
+    b"JOIN_CHATROOM": ("CLIENT_IP", "PORT", "CLIENT_NAME"),
+    b"LEAVE_CHATROOM": ("JOIN_ID", "CLIENT_NAME"),
+    b"DISCONNECT": ("PORT", "CLIENT_NAME"),
+    b"CHAT": ("JOIN_ID", "CLIENT_NAME", "MESSAGE"),
+}
+
+# Replies (server -> client). The HELO reply is the one form with no space after its colons
+# (the course fixes it); its first line is the request's "HELO text" line, echoed.
+REPLY_SHAPES: Dict[bytes, Tuple[str, ...]] = {
+    b"HELO": ("IP", "Port", "StudentID"),
+    b"JOINED_CHATROOM": ("SERVER_IP", "PORT", "ROOM_REF", "JOIN_ID"),
+    b"LEFT_CHATROOM": ("JOIN_ID",),
+    b"ERROR_CODE": ("ERROR_DESCRIPTION",),
+    b"CHAT": ("CLIENT_NAME", "MESSAGE"),       # MESSAGE runs to the first blank line
+}
+
+# The texts of the announcements a room's members receive as CHAT messages.
+JOINED_TEXT = "%s has joined this chatroom."
+LEFT_TEXT = "%s has left this chatroom."
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+def helo_request(text: str) -> bytes:
+    return _utf8("HELO %s\n" % text)
+
+
+def kill_request() -> bytes:
+    return b"KILL_SERVICE\n"
+
+
+def join_request(room: str, client_name: str, client_ip: str = "0", port: int = 0) -> bytes:
+    """A JOIN_CHATROOM. CLIENT_IP and PORT are "0" over TCP."""
+    return _utf8("JOIN_CHATROOM: %s\nCLIENT_IP: %s\nPORT: %d\nCLIENT_NAME: %s\n"
+                 % (room, client_ip, port, client_name))
+
+
+def leave_request(ref: int, join_id: int, client_name: str) -> bytes:
+    return _utf8("LEAVE_CHATROOM: %d\nJOIN_ID: %d\nCLIENT_NAME: %s\n" % (ref, join_id, client_name))
+
+
+def chat_request(ref: int, join_id: int, client_name: str, message: str) -> bytes:
+    """A CHAT. The message may hold single newlines; a blank line would end it early."""
+    return _utf8("CHAT: %d\nJOIN_ID: %d\nCLIENT_NAME: %s\nMESSAGE: %s\n\n"
+                 % (ref, join_id, client_name, message))
+
+
+def disconnect_request(client_name: str, client_ip: str = "0", port: int = 0) -> bytes:
+    """A DISCONNECT. Its first value and PORT are "0" over TCP."""
+    return _utf8("DISCONNECT: %s\nPORT: %d\nCLIENT_NAME: %s\n" % (client_ip, port, client_name))
+
+
+# -- replies ----------------------------------------------------------------------------------
+
+def helo_reply(line: str, ip: str, port: int, student_id: str) -> bytes:
+    """The answer to `line` ("HELO text"), in the course's fixed form."""
+    return _utf8("%s\nIP:%s\nPort:%d\nStudentID:%s\n" % (line, ip, port, student_id))
+
+
+def joined_reply(room: str, server_ip: str, port: int, ref: int, join_id: int) -> bytes:
+    return _utf8("JOINED_CHATROOM: %s\nSERVER_IP: %s\nPORT: %d\nROOM_REF: %d\nJOIN_ID: %d\n"
+                 % (room, server_ip, port, ref, join_id))
+
+
+def left_reply(ref: int, join_id: object) -> bytes:
+    """LEFT_CHATROOM; `join_id` is an int, or the digits a request sent (echoed as they came)."""
+    return _utf8("LEFT_CHATROOM: %d\nJOIN_ID: %s\n" % (ref, join_id))
+
+
+def error_reply(code: int, description: str) -> bytes:
+    """An ERROR_CODE message. The description is kept to one line."""
+    return _utf8("ERROR_CODE: %d\nERROR_DESCRIPTION: %s\n" % (code, description.replace("\n", " ")))
+
+
+def chat_message(ref: int, client_name: str, text: str) -> bytes:
+    """A CHAT message as members receive it (announcements use the same form)."""
+    return _utf8("CHAT: %d\nCLIENT_NAME: %s\nMESSAGE: %s\n\n" % (ref, client_name, text))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,14 +188,10 @@ def _quote(text: str, limit: int = 40) -> str:
 _UNTIL_BLANK_LINE = -1   # a CHAT ends at the first blank line, not after a count of lines
 _CRS_BEFORE_LF = re.compile(rb"\r+\n")
 
-# How many lines each kind of request has, by the keyword before the first colon of its first
-# line. Anything not listed (HELO, KILL_SERVICE, unknown commands) is one line.
-_FRAME_LINES = {
-    b"JOIN_CHATROOM": 4,
-    b"LEAVE_CHATROOM": 3,
-    b"DISCONNECT": 3,
-    b"CHAT": _UNTIL_BLANK_LINE,
-}
+# How many lines each kind of request has, by its keyword (REQUEST_SHAPES). Anything not listed
+# (HELO, KILL_SERVICE, unknown commands) is one line.
+_FRAME_LINES = {keyword: len(keys) + 1 for keyword, keys in REQUEST_SHAPES.items()}
+_FRAME_LINES[b"CHAT"] = _UNTIL_BLANK_LINE
 
 
 def request_keyword(first_line: bytes) -> bytes:
@@ -109,6 +201,15 @@ def request_keyword(first_line: bytes) -> bytes:
     strip Unicode white space, and a line the framer cut as unknown would parse as a CHAT)."""
     colon = first_line.find(b":")
     return first_line[:colon].strip() if colon >= 0 else b""
+
+
+def _starts_plainly_as_a_chat(buf: bytearray) -> bool:
+    """Speed shortcut 1 of 2 (README, "Performance"): a frame that starts with exactly "CHAT:"
+    is a CHAT, the commonest request, whose first line cannot hold the blank line that ends it;
+    so the framer may search for that blank line at once, without first finding the end of the
+    first line and its keyword. Any other start takes the general path, which frames a CHAT the
+    same way (tests/test_wire.py: test_chat_framing_shortcut_agrees_with_the_general_path)."""
+    return buf.startswith(b"CHAT:")
 
 
 class Framer:
@@ -167,9 +268,7 @@ class Framer:
             if blank:
                 del buf[:blank]
                 self._scanned = 0
-            if buf.startswith(b"CHAT:"):
-                # Plainly a CHAT (the commonest request): look for its blank line at once. Its
-                # first line cannot hold one, so the search may start inside it.
+            if _starts_plainly_as_a_chat(buf):
                 self._lines_left = _UNTIL_BLANK_LINE
                 self._end = len(b"CHAT:")
             else:
@@ -229,8 +328,8 @@ class Framer:
 # ---------------------------------------------------------------------------------------------
 # Requests and actions are small dataclasses with __slots__, built once and never changed. They
 # are not frozen=True: a frozen dataclass sets each field through object.__setattr__, which made
-# building one 3.5x slower here (0.82 vs 0.24 us for Chat, Python 3.11), and every chat message
-# builds two (a Chat and a Broadcast). Treat them as immutable all the same.
+# building one several times slower (README, "Performance"), and every chat message builds two
+# (a Chat and a Broadcast). Treat them as immutable all the same.
 
 @dataclass
 class Helo:
@@ -312,11 +411,12 @@ def _digits(value: str, key: str) -> str:
 
 
 def _room_ref(value: str) -> int:
-    digits = _digits(value, "ROOM_REF")
-    if len(digits.lstrip("0")) > 18:
-        # More than any ref can have (rooms.MAX_ROOMS). Not int(): it is quadratic in the
-        # digits on the Pythons that lack a limit on it, and refuses 4301 on those that have.
-        raise RequestError(ErrorCode.UNKNOWN_ROOM, "no room has ROOM_REF %s" % _quote(digits))
+    digits = _digits(value, "ROOM_REF").lstrip("0") or "0"
+    if len(digits) > 18:
+        # More than any ref can have. Not int(): it is quadratic in the digits on the Pythons
+        # that lack a limit on it, and refuses over 4300 digits on those that have one (leading
+        # zeros count: they are stripped first for that reason).
+        raise RequestError(ErrorCode.UNKNOWN_ROOM, "no room has ROOM_REF %s" % _quote(value))
     return int(digits)
 
 
@@ -326,28 +426,34 @@ def _non_empty(value: str, code: ErrorCode, key: str) -> str:
     return value
 
 
-# A well-formed CHAT spaced with plain spaces: the request that arrives a thousand times for any
-# other. One match of this pattern (in C) stands in for the general parser's decode, splits and
-# field checks, and made parse_request 2.7x faster for it (1.6 vs 4.2 us). It only ever accepts
-# what the general parser accepts, with the same result; everything else, errors included, takes
-# the general way (test_plain_chat_shortcut_agrees_with_the_general_parser checks both).
 _PLAIN_CHAT = re.compile(rb"CHAT:[ \t]*([0-9]{1,18})[ \t]*\nJOIN_ID:[ \t]*([0-9]+)[ \t]*\n"
                          rb"CLIENT_NAME:([^\n]*)\nMESSAGE:(.*)", re.DOTALL)
+
+
+def _maybe_parse_plain_chat(frame: bytes) -> Optional[Chat]:
+    """Speed shortcut 2 of 2 (README, "Performance"): a well-formed CHAT spaced with plain
+    spaces, the request that arrives a thousand times for any other, parsed by one match of
+    _PLAIN_CHAT (in C) instead of the general parser's decode, splits and field checks. It only
+    ever accepts what the general parser accepts, with the same result, and returns None for
+    everything else, errors included, which then take the general way
+    (tests/test_wire.py: test_plain_chat_shortcut_agrees_with_the_general_parser)."""
+    plain = _PLAIN_CHAT.match(frame)
+    if plain is None:
+        return None
+    try:
+        name = plain.group(3).decode("utf-8").strip()
+        if name:
+            return Chat(int(plain.group(1)), plain.group(2).decode("ascii"), name,
+                        plain.group(4).decode("utf-8").strip())
+    except (UnicodeDecodeError, ValueError):
+        pass                                # the general way says what is wrong
+    return None
 
 
 def parse_request(frame: bytes) -> Request:
     """Turn one frame into a request. Raises RequestError for a malformed request of a known
     kind; a first line of no known kind becomes Other (which is not an error)."""
-    plain = _PLAIN_CHAT.match(frame)
-    if plain is not None:
-        try:
-            name = plain.group(3).decode("utf-8").strip()
-            if name:
-                return Chat(int(plain.group(1)), plain.group(2).decode("ascii"), name,
-                            plain.group(4).decode("utf-8").strip())
-        except (UnicodeDecodeError, ValueError):
-            pass                            # the general way says what is wrong
-    return parse_request_in_general(frame)
+    return _maybe_parse_plain_chat(frame) or parse_request_in_general(frame)
 
 
 def parse_request_in_general(frame: bytes) -> Request:
@@ -371,36 +477,50 @@ def parse_request_in_general(frame: bytes) -> Request:
 
 def _parse_join(text: str, room: str) -> Join:
     # CLIENT_IP and PORT are "0 for TCP": any value is accepted
-    _ip, _port, name = _fields(text.split("\n"), ("CLIENT_IP", "PORT", "CLIENT_NAME"),
+    _ip, _port, name = _fields(text.split("\n"), REQUEST_SHAPES[b"JOIN_CHATROOM"],
                                "JOIN_CHATROOM")
     return Join(_name(_non_empty(room, ErrorCode.EMPTY_ROOM_NAME, "the room name"), "room name"),
                 _name(_non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"), "CLIENT_NAME"))
+
+
+# Characters a name may not hold: controls (Cc: C0, DEL, C1, so terminal escape sequences),
+# format characters (Cf: bidi overrides, zero-width joiners and spaces) and the line and
+# paragraph separators (Zl, Zp). Every member's client prints names, so one of these in a name
+# would act on everybody's terminal. Message text is relayed as sent (clients render it).
+_UNPRINTABLE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp"))
 
 
 def _name(value: str, what: str) -> str:
     if len(value) > MAX_NAME_CHARS:
         raise RequestError(ErrorCode.NAME_TOO_LONG, "the %s is %d characters; at most %d, please"
                            % (what, len(value), MAX_NAME_CHARS))
+    if not value.isprintable():     # fast for the usual name; it also refuses Zs, so look closer
+        for char in value:
+            if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
+                raise RequestError(ErrorCode.NAME_NOT_PRINTABLE,
+                                   "the %s holds the unprintable character U+%04X (%s); names "
+                                   "are printable text" % (what, ord(char),
+                                                           unicodedata.name(char, "a control")))
     return value
 
 
 def _parse_leave(text: str, ref: str) -> Leave:
     room_ref = _room_ref(ref)
-    join_id, name = _fields(text.split("\n"), ("JOIN_ID", "CLIENT_NAME"), "LEAVE_CHATROOM")
+    join_id, name = _fields(text.split("\n"), REQUEST_SHAPES[b"LEAVE_CHATROOM"],
+                            "LEAVE_CHATROOM")
     return Leave(room_ref, _digits(join_id, "JOIN_ID"),
                  _non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"))
 
 
 def _parse_disconnect(text: str, _value: str) -> Disconnect:
-    _port, name = _fields(text.split("\n"), ("PORT", "CLIENT_NAME"), "DISCONNECT")
+    _port, name = _fields(text.split("\n"), REQUEST_SHAPES[b"DISCONNECT"], "DISCONNECT")
     return Disconnect(_non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"))
 
 
 def _parse_chat(text: str, ref: str) -> Chat:
     room_ref = _room_ref(ref)
     # split at most 3 times: the 4th part is "MESSAGE: ..." and every line after it
-    join_id, name, message = _fields(text.split("\n", 3), ("JOIN_ID", "CLIENT_NAME", "MESSAGE"),
-                                     "CHAT")
+    join_id, name, message = _fields(text.split("\n", 3), REQUEST_SHAPES[b"CHAT"], "CHAT")
     return Chat(room_ref, _digits(join_id, "JOIN_ID"),
                 _non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"), message)
 
@@ -412,6 +532,190 @@ _PARSERS: Dict[bytes, Callable[[str, str], Request]] = {
     b"DISCONNECT": _parse_disconnect,
     b"CHAT": _parse_chat,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the server's output: bytes -> replies (for clients, tools and tests)
+# ---------------------------------------------------------------------------------------------
+# The mirror of Framer + parse_request, for the other direction. ReplyReader is sans-IO too:
+# receive_data() only buffers, maybe_next_reply() returns the next whole reply or None. Replies
+# are frozen dataclasses (few are built, so the cost of frozen=True does not matter here).
+
+@dataclass(frozen=True)
+class HeloReply:
+    line: str                   # the request's "HELO text" line, echoed
+    ip: str
+    port: int
+    student_id: str
+
+
+@dataclass(frozen=True)
+class JoinedReply:
+    room: str
+    server_ip: str
+    port: int
+    ref: int
+    join_id: int
+
+
+@dataclass(frozen=True)
+class LeftReply:
+    ref: int
+    join_id: int
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    code: int
+    description: str
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """A chat, or a join or leave announcement (JOINED_TEXT, LEFT_TEXT), in room `ref`."""
+    ref: int
+    client_name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Unparsed:
+    """Server output that is none of the above, or a known kind with wrong fields: never sent
+    by this server, so a client should treat it as the server's fault."""
+    text: str                   # the message as received (one line for an unknown first line)
+    reason: str
+
+
+Reply = Union[HeloReply, JoinedReply, LeftReply, ErrorReply, ChatMessage, Unparsed]
+
+
+class ReplyReader:
+    """Cuts the server's byte stream into replies.
+
+    Framing mirrors the server's: a reply's first line says its kind (REPLY_SHAPES); a CHAT ends
+    at its first blank line, the others have a fixed number of lines; blank lines between
+    replies are skipped. Every byte is searched once however the stream is split (as Framer).
+    """
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0               # where the next reply starts; bytes before it are consumed
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += data
+
+    def pending(self) -> bytes:
+        """The bytes received but not yet returned as a reply (an incomplete reply)."""
+        return bytes(self._buf[self._pos:])
+
+    def maybe_next_reply(self) -> Optional[Reply]:
+        """The next whole reply, or None until more data arrives."""
+        found = self._next_frame()
+        if found is None:
+            return None
+        keyword, start, end, following = found
+        self._consume(following)
+        return _parse_reply(keyword, self._buf[start:end])
+
+    def count_chats(self, ref: int, text_suffix: str = "") -> int:
+        """Consume the run of whole CHAT messages of room `ref` (whose text ends with
+        `text_suffix`) at the head of the buffer and return how many there were; stop before
+        anything else, which maybe_next_reply() then returns. For load generators, which count
+        millions of chats: whole runs are checked with a few searches in C, and only a run that
+        holds something else is walked reply by reply."""
+        self._skip_blank_lines()
+        buf, pos = self._buf, self._pos
+        end = buf.rfind(b"\n\n", pos) + 2
+        if end < 2 or end <= pos:
+            return 0
+        header = b"CHAT: %d\nCLIENT_NAME: " % ref
+        count = buf.count(b"\nMESSAGE: ", pos, end)
+        if (buf.startswith(header, pos) and buf.count(b"\n\n" + header, pos, end) == count - 1
+                and (not text_suffix
+                     or buf.count(_utf8(text_suffix) + b"\n\n", pos, end) == count)):
+            self._consume(end)
+            return count
+        count = 0
+        while True:                         # something else is in there: one at a time
+            found = self._next_frame()
+            if found is None or found[0] != b"CHAT":
+                return count
+            reply = _parse_reply(b"CHAT", self._buf[found[1]:found[2]])
+            if (not isinstance(reply, ChatMessage) or reply.ref != ref
+                    or not reply.message.endswith(text_suffix)):
+                return count                # left for maybe_next_reply()
+            self._consume(found[3])
+            count += 1
+
+    # -- framing -------------------------------------------------------------------------------
+
+    def _skip_blank_lines(self) -> None:
+        buf, pos = self._buf, self._pos
+        while pos < len(buf) and buf[pos] == 10:        # 10 == ord("\n")
+            pos += 1
+        self._pos = pos
+
+    def _consume(self, upto: int) -> None:
+        self._pos = upto
+        if upto > 65536 and upto * 2 > len(self._buf):  # drop the consumed head now and then
+            del self._buf[:upto]
+            self._pos = 0
+
+    def _next_frame(self) -> Optional[Tuple[bytes, int, int, int]]:
+        """(keyword, start, end, following) of the next whole reply, or None: the reply is
+        buf[start:end] without its final newline(s); the next one starts at `following`."""
+        self._skip_blank_lines()
+        buf, start = self._buf, self._pos
+        eol = buf.find(b"\n", start)
+        if eol < 0:
+            return None
+        first = bytes(buf[start:eol])
+        is_helo = first == b"HELO" or first.startswith(b"HELO ")
+        keyword = b"HELO" if is_helo else request_keyword(first)
+        shape = REPLY_SHAPES.get(keyword)
+        if shape is None:
+            return keyword, start, eol, eol + 1         # unknown: one line, Unparsed
+        if keyword == b"CHAT":
+            end = buf.find(b"\n\n", eol)
+            return None if end < 0 else (keyword, start, end, end + 2)
+        end = eol
+        for _ in shape:
+            end = buf.find(b"\n", end + 1)
+            if end < 0:
+                return None
+        return keyword, start, end, end + 1
+
+
+def _parse_reply(keyword: bytes, frame: bytearray) -> Reply:
+    try:
+        text = frame.decode("utf-8")
+    except UnicodeDecodeError:
+        return Unparsed(frame.decode("utf-8", "replace"), "not UTF-8")
+    shape = REPLY_SHAPES.get(keyword)
+    if shape is None:
+        return Unparsed(text, "not a reply this protocol has")
+    lines = text.split("\n", len(shape))
+    values = [lines[0].partition(":")[2].strip()] if keyword != b"HELO" else [lines[0]]
+    for line, key in zip(lines[1:], shape):
+        name, colon, value = line.partition(":")
+        if not colon or name.strip() != key:
+            return Unparsed(text, "expected a %s: line, got %r" % (key, line))
+        values.append(value.strip() if keyword != b"HELO" else value)
+    try:
+        if keyword == b"CHAT":
+            return ChatMessage(int(values[0]), values[1], values[2])
+        if keyword == b"JOINED_CHATROOM":
+            return JoinedReply(values[0], values[1], int(values[2]), int(values[3]),
+                               int(values[4]))
+        if keyword == b"LEFT_CHATROOM":
+            return LeftReply(int(values[0]), int(values[1]))
+        if keyword == b"ERROR_CODE":
+            return ErrorReply(int(values[0]), values[1])
+        return HeloReply(values[0], values[1], int(values[2]), values[3])
+    except ValueError:
+        return Unparsed(text, "a number field is not a number")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,11 +748,6 @@ class Shutdown:
 
 
 Action = Union[Send, Broadcast, Close, Shutdown]
-
-
-def chat_message(ref: int, client_name: str, text: str) -> bytes:
-    """A CHAT message as members receive it (announcements use the same form)."""
-    return ("CHAT: %d\nCLIENT_NAME: %s\nMESSAGE: %s\n\n" % (ref, client_name, text)).encode("utf-8")
 
 
 def handle_other_message(conn_id: int, line: str) -> List[Action]:
@@ -519,7 +818,7 @@ class ChatProtocol:
                 return None
             request = parse_request(frame)
         except RequestError as err:
-            actions: List[Action] = [Send(conn_id, error_reply(err))]
+            actions: List[Action] = [Send(conn_id, error_reply(err.code, err.description))]
             if err.code == ErrorCode.REQUEST_TOO_LONG:
                 session.closing = True
                 actions.append(Close(conn_id))
@@ -541,7 +840,7 @@ class ChatProtocol:
         try:
             return self._handlers[type(request)](conn_id, request)
         except RequestError as err:
-            return [Send(conn_id, error_reply(err))]
+            return [Send(conn_id, error_reply(err.code, err.description))]
 
     def _on_chat(self, conn_id: int, req: Chat) -> List[Action]:
         members = self.rooms.maybe_members(req.ref)
@@ -568,32 +867,32 @@ class ChatProtocol:
                                "you are in %d rooms, the most one connection may be in; "
                                "leave one first" % rooms.max_rooms_per_connection)
         ref, join_id, newly_joined = rooms.join(conn_id, req.room, req.client_name)
-        reply = ("JOINED_CHATROOM: %s\nSERVER_IP: %s\nPORT: %d\nROOM_REF: %d\nJOIN_ID: %d\n"
-                 % (req.room, self._sessions[conn_id].local_ip, self.port, ref, join_id))
-        actions: List[Action] = [Send(conn_id, reply.encode("utf-8"))]
+        reply = joined_reply(req.room, self._sessions[conn_id].local_ip, self.port, ref, join_id)
+        actions: List[Action] = [Send(conn_id, reply)]
         if newly_joined:      # joining again: the same reply, no second announcement
             name = rooms.name_in(conn_id, ref)
             actions.append(Broadcast(rooms.member_ids(ref),
-                                     chat_message(ref, name, "%s has joined this chatroom." % name)))
+                                     chat_message(ref, name, JOINED_TEXT % name)))
         return actions
 
     def _on_leave(self, conn_id: int, req: Leave) -> List[Action]:
         ref = req.ref
-        if not self.rooms.exists(ref):
+        if not self.rooms.was_given(ref):       # a forgotten room is still answered
             raise self._unknown_room(ref)
-        # The reply echoes the request, and repeats for a room already left. Who leaves is the
-        # connection, whatever JOIN_ID it quotes: nobody can leave for somebody else.
-        reply = "LEFT_CHATROOM: %d\nJOIN_ID: %s\n" % (ref, req.join_id)
-        return [Send(conn_id, reply.encode("ascii"))] + self._leave(conn_id, ref, tell_self=True)
+        # The reply repeats for a room already left. Who leaves is the connection, whatever
+        # JOIN_ID it quotes (nobody can leave for somebody else), and the JOIN_ID in the reply is
+        # the one the server gave it; a connection that never joined gets its request's back.
+        join_id = self.rooms.join_id_of(conn_id)
+        reply = left_reply(ref, req.join_id if join_id is None else join_id)
+        return [Send(conn_id, reply)] + self._leave(conn_id, ref, tell_self=True)
 
     def _on_disconnect(self, conn_id: int, req: Disconnect) -> List[Action]:
         self._sessions[conn_id].closing = True
         return self._leave_all(conn_id, tell_self=True) + [Close(conn_id)]
 
     def _on_helo(self, conn_id: int, req: Helo) -> List[Action]:
-        reply = "%s\nIP:%s\nPort:%d\nStudentID:%s\n" % (
-            req.line, self._sessions[conn_id].local_ip, self.port, self.student_id)
-        return [Send(conn_id, reply.encode("utf-8"))]
+        reply = helo_reply(req.line, self._sessions[conn_id].local_ip, self.port, self.student_id)
+        return [Send(conn_id, reply)]
 
     def _on_kill(self, conn_id: int, req: Kill) -> List[Action]:
         LOGGER.info("conn %d: KILL_SERVICE", conn_id)
@@ -631,4 +930,4 @@ class ChatProtocol:
             members = tuple(m for m in members if m != conn_id)
         if not members:
             return []
-        return [Broadcast(members, chat_message(ref, name, "%s has left this chatroom." % name))]
+        return [Broadcast(members, chat_message(ref, name, LEFT_TEXT % name))]

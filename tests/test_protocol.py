@@ -199,4 +199,106 @@ class ProtocolTests(unittest.TestCase):
 
     def test_error_descriptions_are_one_line(self):
         err = RequestError(ErrorCode.MALFORMED_REQUEST, "two\nlines")
-        self.assertEqual(protocol.error_reply(err), b"ERROR_CODE: 1\nERROR_DESCRIPTION: two lines\n")
+        self.assertEqual(protocol.error_reply(err.code, err.description), b"ERROR_CODE: 1\nERROR_DESCRIPTION: two lines\n")
+
+
+class SettledReadingsTests(unittest.TestCase):
+    """Readings settled in docs/PROTOCOL.md after the first release: LEFT_CHATROOM's JOIN_ID,
+    printable names, refs of any length."""
+
+    def setUp(self):
+        self.proto = ChatProtocol(port=PORT, student_id="12345678")
+        for conn in (1, 2, 3):
+            self.proto.connection_made(conn, "10.0.0.1")
+
+    def feed(self, conn, data):
+        self.proto.data_received(conn, data)
+        actions = []
+        while True:
+            more = self.proto.maybe_next_actions(conn)
+            if more is None:
+                return actions
+            actions += more
+
+    def test_left_carries_the_join_id_the_server_gave_whatever_the_request_quoted(self):
+        self.feed(1, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: a\n")
+        self.feed(2, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: b\n")   # JOIN_ID 2
+        actions = self.feed(2, b"LEAVE_CHATROOM: 0\nJOIN_ID: 77\nCLIENT_NAME: b\n")
+        self.assertEqual(actions[0], Send(2, b"LEFT_CHATROOM: 0\nJOIN_ID: 2\n"))
+        # repeated, and after leaving every room: still the JOIN_ID it was given
+        self.assertEqual(self.feed(2, b"LEAVE_CHATROOM: 0\nJOIN_ID: 5\nCLIENT_NAME: b\n"),
+                         [Send(2, b"LEFT_CHATROOM: 0\nJOIN_ID: 2\n")])
+
+    def test_a_connection_that_never_joined_gets_its_join_id_back(self):
+        self.feed(1, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: a\n")
+        self.assertEqual(self.feed(3, b"LEAVE_CHATROOM: 0\nJOIN_ID: 0042\nCLIENT_NAME: z\n"),
+                         [Send(3, b"LEFT_CHATROOM: 0\nJOIN_ID: 0042\n")])
+
+    def test_names_with_control_or_format_characters_are_refused(self):
+        bad = ["esc\x1b[31m", "del\x7f", "c1\x85x", "tab\there", "nul\x00", "rtl\u202eevil",
+               "zero\u200bwidth", "bom\ufeff", "line\u2028sep", "para\u2029sep"]
+        for name in bad:
+            for request in (
+                    "JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: a\n" % name,
+                    "JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: %s\n" % name):
+                actions = self.feed(1, request.encode("utf-8"))
+                self.assertEqual(len(actions), 1, (name, actions))
+                self.assertTrue(actions[0].data.startswith(b"ERROR_CODE: 12\n"), (name, actions))
+        self.assertEqual(self.proto.rooms.count_rooms(), 0)
+
+    def test_printable_names_of_any_script_are_accepted(self):
+        for index, name in enumerate(["général", "日本語", "emoji 🎉", "a\u00a0b", "שלום"]):
+            actions = self.feed(1, ("JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: %s\n"
+                                    % (name, name)).encode("utf-8"))
+            self.assertTrue(actions[0].data.startswith(b"JOINED_CHATROOM: "), (name, actions))
+            self.assertIn(b"ROOM_REF: %d\n" % index, actions[0].data)
+
+    def test_refs_of_any_length_get_an_error_code(self):
+        for digits in ("0" * 5000 + "1", "9" * 5001, "0" * 60000):
+            for request in ("LEAVE_CHATROOM: %s\nJOIN_ID: 1\nCLIENT_NAME: a\n" % digits,
+                            "CHAT: %s\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: m\n\n" % digits):
+                actions = self.feed(1, request.encode())
+                self.assertEqual(len(actions), 1)
+                self.assertTrue(actions[0].data.startswith(b"ERROR_CODE: 5\n"), actions[0].data[:40])
+
+    def test_join_ids_of_any_length_are_echoed_or_replaced_never_a_traceback(self):
+        actions = self.feed(3, ("LEAVE_CHATROOM: 0\nJOIN_ID: %s\nCLIENT_NAME: a\n"
+                                % ("7" * 6000)).encode())
+        self.assertTrue(actions[0].data.startswith(b"ERROR_CODE: 5\n"))     # no room 0 yet
+        self.feed(1, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: a\n")
+        actions = self.feed(3, ("LEAVE_CHATROOM: 0\nJOIN_ID: %s\nCLIENT_NAME: a\n"
+                                % ("7" * 6000)).encode())
+        self.assertEqual(actions, [Send(3, ("LEFT_CHATROOM: 0\nJOIN_ID: %s\n" % ("7" * 6000)).encode())])
+
+
+class RoomTableFullTests(unittest.TestCase):
+    """When the room table is full, empty rooms make way (docs/PROTOCOL.md, "Identity")."""
+
+    def setUp(self):
+        self.proto = ChatProtocol(PORT, "1", rooms=Rooms(max_rooms=3))
+        self.proto.connection_made(0, "10.0.0.1")
+
+    def do(self, request):
+        return self.proto.handle(0, request)
+
+    def test_an_empty_room_is_forgotten_for_a_new_one_and_its_name_gets_a_new_ref(self):
+        for name in ("a", "b", "c"):
+            self.do(Join(name, "x"))
+        self.do(Leave(1, "1", "x"))                          # b is empty now
+        self.assertEqual(self.do(Join("d", "x"))[0], joined("d", 3, 1))      # b made way
+        self.do(Leave(3, "1", "x"))
+        self.assertEqual(self.do(Join("b", "x"))[0], joined("b", 4, 1))      # new ref for b
+        # a LEAVE of the forgotten ref is still answered
+        self.assertEqual(self.do(Leave(1, "1", "x")), [Send(0, b"LEFT_CHATROOM: 1\nJOIN_ID: 1\n")])
+
+    def test_error_only_when_every_room_has_members(self):
+        for name in ("a", "b", "c"):
+            self.do(Join(name, "x"))
+        actions = self.do(Join("d", "x"))
+        self.assertTrue(actions[0].data.startswith(b"ERROR_CODE: 9\n"))
+
+    def test_while_there_is_space_an_empty_room_keeps_its_ref(self):
+        self.do(Join("a", "x"))
+        self.do(Leave(0, "1", "x"))
+        self.do(Join("b", "x"))
+        self.assertEqual(self.do(Join("a", "x"))[0], joined("a", 0, 1))

@@ -286,3 +286,143 @@ class ParseTests(unittest.TestCase):
     def test_error_codes_are_distinct(self):
         codes = [int(code) for code in ErrorCode]
         self.assertEqual(len(codes), len(set(codes)))
+
+
+class FramingShortcutTests(unittest.TestCase):
+
+    def test_chat_framing_shortcut_agrees_with_the_general_path(self):
+        # "CHAT :" is a CHAT to the general path (the keyword is trimmed) but not to the shortcut,
+        # which only takes an exact "CHAT:": the same streams must be cut at the same places.
+        rng = random.Random(7)
+        pieces = [b"CHAT:", b"CHAT: 0", b"\n", b"\n\n", b"JOIN_ID: 1", b"MESSAGE: m", b"x",
+                  b"\r\n", b"HELO a", b"LEAVE_CHATROOM: 1"]
+        for _ in range(3000):
+            body = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+            stream = b"\n".join([b"CHAT:" + body, b"CHAT:" + body + b"\n\n", b"HELO end\n"])
+            plain = frame_all(stream, chunk=rng.randint(1, 9))
+            general = frame_all(stream.replace(b"CHAT:", b"CHAT :"), chunk=rng.randint(1, 9))
+            self.assertEqual(plain, [f.replace(b"CHAT :", b"CHAT:") for f in general], stream)
+
+
+class BuilderTests(unittest.TestCase):
+    """Every builder against bytes written out by hand (so a wrong builder cannot vouch for
+    itself through the reader)."""
+
+    def test_requests(self):
+        self.assertEqual(protocol.helo_request("hi there"), b"HELO hi there\n")
+        self.assertEqual(protocol.kill_request(), b"KILL_SERVICE\n")
+        self.assertEqual(protocol.join_request("room 1", "alice"),
+                         b"JOIN_CHATROOM: room 1\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: alice\n")
+        self.assertEqual(protocol.join_request("r", "a", "10.1.2.3", 5000),
+                         b"JOIN_CHATROOM: r\nCLIENT_IP: 10.1.2.3\nPORT: 5000\nCLIENT_NAME: a\n")
+        self.assertEqual(protocol.leave_request(3, 7, "bob"),
+                         b"LEAVE_CHATROOM: 3\nJOIN_ID: 7\nCLIENT_NAME: bob\n")
+        self.assertEqual(protocol.chat_request(0, 1, "al", "two\nlines"),
+                         b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: al\nMESSAGE: two\nlines\n\n")
+        self.assertEqual(protocol.disconnect_request("al"),
+                         b"DISCONNECT: 0\nPORT: 0\nCLIENT_NAME: al\n")
+        self.assertEqual(protocol.join_request("\u65e5", "\u00e9"),
+                         "JOIN_CHATROOM: \u65e5\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: \u00e9\n"
+                         .encode("utf-8"))
+
+    def test_replies(self):
+        self.assertEqual(protocol.helo_reply("HELO x", "10.0.0.1", 8080, "12345678"),
+                         b"HELO x\nIP:10.0.0.1\nPort:8080\nStudentID:12345678\n")
+        self.assertEqual(protocol.joined_reply("r", "10.0.0.1", 8080, 2, 5),
+                         b"JOINED_CHATROOM: r\nSERVER_IP: 10.0.0.1\nPORT: 8080\nROOM_REF: 2\n"
+                         b"JOIN_ID: 5\n")
+        self.assertEqual(protocol.left_reply(2, 5), b"LEFT_CHATROOM: 2\nJOIN_ID: 5\n")
+        self.assertEqual(protocol.left_reply(2, "007"), b"LEFT_CHATROOM: 2\nJOIN_ID: 007\n")
+        self.assertEqual(protocol.error_reply(5, "no\nroom"),
+                         b"ERROR_CODE: 5\nERROR_DESCRIPTION: no room\n")
+        self.assertEqual(protocol.chat_message(1, "bob", "hi"),
+                         b"CHAT: 1\nCLIENT_NAME: bob\nMESSAGE: hi\n\n")
+
+    def test_every_request_builder_is_parsed_back_by_the_server(self):
+        self.assertEqual(parse_request(protocol.helo_request("x")[:-1]), Helo("HELO x"))
+        self.assertEqual(parse_request(protocol.kill_request()[:-1]), Kill())
+        self.assertEqual(parse_request(protocol.join_request("r", "a")[:-1]), Join("r", "a"))
+        self.assertEqual(parse_request(protocol.leave_request(1, 2, "a")[:-1]), Leave(1, "2", "a"))
+        self.assertEqual(parse_request(protocol.chat_request(1, 2, "a", "m")[:-2]),
+                         Chat(1, "2", "a", "m"))
+        self.assertEqual(parse_request(protocol.disconnect_request("a")[:-1]), Disconnect("a"))
+
+
+class ReplyReaderTests(unittest.TestCase):
+
+    STREAM = (b"HELO x y\nIP:10.0.0.1\nPort:8080\nStudentID:12345678\n"
+              b"JOINED_CHATROOM: room 1\nSERVER_IP: 10.0.0.1\nPORT: 8080\nROOM_REF: 0\nJOIN_ID: 1\n"
+              b"CHAT: 0\nCLIENT_NAME: alice\nMESSAGE: alice has joined this chatroom.\n\n"
+              b"CHAT: 0\nCLIENT_NAME: bob\nMESSAGE: two\nlines\n\n"
+              b"\n"
+              b"ERROR_CODE: 5\nERROR_DESCRIPTION: no room has ROOM_REF '7'\n"
+              b"LEFT_CHATROOM: 0\nJOIN_ID: 1\n")
+    REPLIES = [
+        protocol.HeloReply("HELO x y", "10.0.0.1", 8080, "12345678"),
+        protocol.JoinedReply("room 1", "10.0.0.1", 8080, 0, 1),
+        protocol.ChatMessage(0, "alice", "alice has joined this chatroom."),
+        protocol.ChatMessage(0, "bob", "two\nlines"),
+        protocol.ErrorReply(5, "no room has ROOM_REF '7'"),
+        protocol.LeftReply(0, 1),
+    ]
+
+    @staticmethod
+    def read_all(reader):
+        replies = []
+        while True:
+            reply = reader.maybe_next_reply()
+            if reply is None:
+                return replies
+            replies.append(reply)
+
+    def test_every_kind_of_reply(self):
+        reader = protocol.ReplyReader()
+        reader.receive_data(self.STREAM)
+        self.assertEqual(self.read_all(reader), self.REPLIES)
+        self.assertEqual(reader.pending(), b"")
+
+    def test_split_at_every_byte_gives_the_same_replies(self):
+        for cut in range(len(self.STREAM) + 1):
+            reader = protocol.ReplyReader()
+            reader.receive_data(self.STREAM[:cut])
+            first = self.read_all(reader)
+            reader.receive_data(self.STREAM[cut:])
+            self.assertEqual(first + self.read_all(reader), self.REPLIES, cut)
+
+    def test_replies_are_frozen(self):
+        with self.assertRaises(Exception):
+            self.REPLIES[1].ref = 9
+
+    def test_what_the_server_never_sends_is_unparsed_not_lost(self):
+        reader = protocol.ReplyReader()
+        reader.receive_data(b"WHAT\nLEFT_CHATROOM: x\nJOIN_ID: 1\nJOINED_CHATROOM: r\nPORT: 1\n"
+                            b"SERVER_IP: a\nROOM_REF: 0\nJOIN_ID: 1\nLEFT_CHATROOM: 3\nJOIN_ID: 4\n")
+        replies = self.read_all(reader)
+        self.assertEqual([type(r).__name__ for r in replies],
+                         ["Unparsed", "Unparsed", "Unparsed", "LeftReply"])
+        self.assertEqual(replies[0].text, "WHAT")
+        self.assertEqual(replies[3], protocol.LeftReply(3, 4))
+
+    def test_count_chats_takes_whole_runs_and_stops_before_anything_else(self):
+        chats = b"".join(protocol.chat_message(4, "n%d" % i, "m%d" % i) for i in range(50))
+        other = protocol.chat_message(5, "x", "y") + protocol.error_reply(6, "e")
+        for tail in (b"", b"CHAT: 4\nCLIENT_NAME: a"):
+            reader = protocol.ReplyReader()
+            reader.receive_data(chats + tail)
+            self.assertEqual(reader.count_chats(4), 50)
+            self.assertEqual(reader.count_chats(4), 0)
+            self.assertEqual(reader.pending(), tail)
+        reader = protocol.ReplyReader()
+        reader.receive_data(chats + other + chats)
+        self.assertEqual(reader.count_chats(4), 50)
+        self.assertEqual(reader.maybe_next_reply(), protocol.ChatMessage(5, "x", "y"))
+        self.assertEqual(reader.count_chats(4), 0)
+        self.assertEqual(reader.maybe_next_reply(), protocol.ErrorReply(6, "e"))
+        self.assertEqual(reader.count_chats(4), 50)
+
+    def test_count_chats_with_a_suffix_counts_only_matching_texts(self):
+        reader = protocol.ReplyReader()
+        reader.receive_data(protocol.chat_message(0, "a", "a has joined this chatroom.")
+                            + protocol.chat_message(0, "a", "hello"))
+        self.assertEqual(reader.count_chats(0, " has joined this chatroom."), 1)
+        self.assertEqual(reader.maybe_next_reply(), protocol.ChatMessage(0, "a", "hello"))
