@@ -24,33 +24,57 @@ DEFAULT_STUDENT_ID = "00000000"
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        description="A chat server for the course's chat protocol (see README.md). It runs "
-                    "until KILL_SERVICE, Ctrl-C or SIGTERM.",
-        epilog="With one positional argument, digits are taken as the PORT and anything else "
-               "as the IP. Once listening, it prints 'listening on IP:PORT' on standard output "
-               "(the real port, useful with PORT 0).")
+        description="A chat server for the course's chat protocol (see README.md and "
+                    "docs/PROTOCOL.md). It runs until KILL_SERVICE, Ctrl-C or SIGTERM.",
+        epilog="The address may also be given as one IP:PORT argument ([IPv6]:PORT for IPv6), "
+               "and the PORT before the IP. With one positional argument, digits are taken as "
+               "the PORT and anything else as the IP. Once listening, it prints 'listening on "
+               "IP:PORT' on standard output (the real port, useful with PORT 0).")
     parser.add_argument("ip", nargs="?", default=None,
                         help="address to listen on (default %s)" % DEFAULT_IP)
     parser.add_argument("port", nargs="?", default=None,
                         help="TCP port to listen on (default %d; 0 picks a free one)"
                              % DEFAULT_PORT)
-    parser.add_argument("--student-id", default=os.environ.get("STUDENT_ID", DEFAULT_STUDENT_ID),
+    parser.add_argument("--student-id", default=None,
                         help="StudentID reported by HELO (default: the STUDENT_ID environment "
-                             "variable, else %s)" % DEFAULT_STUDENT_ID)
+                             "variable if set and not empty, else %s)" % DEFAULT_STUDENT_ID)
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="what to log on standard error (default info)")
     args = parser.parse_args(argv)
-    if args.port is None and args.ip is not None and args.ip.isdigit():
-        args.ip, args.port = None, args.ip
-    args.ip = args.ip or DEFAULT_IP
+    args.ip, args.port = _address(parser, args.ip, args.port)
+    args.student_id = _student_id(parser, args.student_id)
+    return args
+
+
+def _address(parser, ip, port):
+    """(IP, PORT) from the positional arguments: `IP PORT`, `PORT IP`, `IP:PORT`, `IP`, `PORT`
+    or nothing. An argument that is none of these is refused with a message that says why."""
+    if port is None and ip is not None:
+        if ip.isdigit():
+            ip, port = None, ip                     # PORT alone
+        elif ip.count(":") == 1 or (ip.startswith("[") and "]:" in ip):
+            ip, _, port = ip.rpartition(":")        # IP:PORT, or [IPv6]:PORT
+            ip = ip.strip("[]")
+    elif ip is not None and ip.isdigit() and not port.isdigit():
+        ip, port = port, ip                         # PORT IP
     try:
-        args.port = DEFAULT_PORT if args.port is None else int(args.port)
-        if not 0 <= args.port <= 65535:
+        port_number = DEFAULT_PORT if port is None else int(port)
+        if not 0 <= port_number <= 65535:
             raise ValueError
     except ValueError:
-        parser.error("PORT must be an integer from 0 to 65535, not %r" % args.port)
-    return args
+        parser.error("PORT must be an integer from 0 to 65535, not %r" % port)
+    return ip or DEFAULT_IP, port_number
+
+
+def _student_id(parser, given):
+    """--student-id if given, else STUDENT_ID if set and not empty, else the placeholder. An
+    explicit empty or unprintable one is refused: HELO's reply is one line per field."""
+    if given is None:
+        return os.environ.get("STUDENT_ID", "").strip() or DEFAULT_STUDENT_ID
+    if not given.strip() or not given.isprintable():
+        parser.error("--student-id must be printable text that is not empty, not %r" % given)
+    return given.strip()
 
 
 class NeverBlockingHandler(logging.Handler):
