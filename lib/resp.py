@@ -58,10 +58,11 @@ __all__ = [
 # (its proto-max-bulk-len default), so a longer one cannot be a value Redis holds: it is a broken
 # or hostile peer, and refusing at the header stops us buffering half a gigabyte and more.
 MAX_BULK_BYTES = 512 * 1024 * 1024
-# The longest line we buffer while looking for its CRLF: a simple string, an error, an integer or
-# a length header. Redis's status and error replies are a few dozen bytes (an error from a Lua
-# script names the script and line: still far under this). 64 KiB is Redis's own limit on an
-# inline request; a peer that sends more without a CRLF is not speaking RESP.
+# The longest line, CRLF included, we buffer while looking for its end: a simple string, an
+# error, an integer or a length header. Redis's status and error replies are a few dozen bytes
+# (an error from a Lua script names the script and line: still far under this). 64 KiB is
+# Redis's own limit on an inline request; a peer that sends more without a CRLF is not speaking
+# RESP.
 MAX_LINE_BYTES = 64 * 1024
 # How deeply arrays may nest. The deepest reply this project expects is XREAD inside EXEC
 # (EXEC > XREAD > stream > entries > entry > fields: 6 levels); 16 leaves room for Lua scripts
@@ -225,11 +226,12 @@ class RespReader:
         """The next line without its CRLF, or None if its LF has not arrived."""
         end = self._buf.find(b"\n", self._scan)
         if end < 0:
-            if len(self._buf) - self._pos > MAX_LINE_BYTES + 1:
+            # No LF yet: if it came next, would the line still fit?
+            if len(self._buf) - self._pos >= MAX_LINE_BYTES:
                 _fail("a line longer than MAX_LINE_BYTES (%d)" % MAX_LINE_BYTES)
             self._scan = len(self._buf)
             return None
-        if end - self._pos > MAX_LINE_BYTES + 1:
+        if end + 1 - self._pos > MAX_LINE_BYTES:
             _fail("a line longer than MAX_LINE_BYTES (%d)" % MAX_LINE_BYTES)
         line = bytes(self._buf[self._pos:end])
         if not line.endswith(b"\r") or b"\r" in line[:-1]:
