@@ -388,6 +388,7 @@ class RedisConnection:
         self._patterns: Set[bytes] = set()
         # How many channels and patterns the server last said we are subscribed to.
         self._count = 0
+        self._broken: Optional[RespProtocolError] = None
 
     @property
     def subscribed(self) -> bool:
@@ -430,11 +431,23 @@ class RedisConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the socket."""
+        if self._broken is not None:
+            raise self._broken
         self._reader.feed(data)
 
-    def maybe_next_event(self) -> Any:
+    def maybe_next_event(self) -> Union[Event, _Sentinel]:
         """The next event (Reply, Message, PMessage, Subscribed) or NEED_DATA. Raises
-        RespProtocolError if the peer is not speaking RESP2 or answers what was never asked."""
+        RespProtocolError if the peer is not speaking RESP2 or answers what was never asked;
+        then again on every later call, as the reader does: replies can no longer be matched."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._next_event()
+        except RespProtocolError as err:
+            self._broken = err
+            raise
+
+    def _next_event(self) -> Union[Event, _Sentinel]:
         value = self._reader.maybe_next()
         if value is NEED_DATA:
             return NEED_DATA

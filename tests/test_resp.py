@@ -393,11 +393,16 @@ class ConnectionTests(unittest.TestCase):
                 self.assertEqual(events, want)
                 self.assertEqual(conn.pending, 0)
 
-    def test_a_reply_nobody_asked_for_is_a_protocol_error(self):
+    def test_a_reply_nobody_asked_for_is_a_protocol_error_and_the_end(self):
         conn = RedisConnection()
-        conn.receive_data(b"+OK\r\n")
+        conn.receive_data(b"+OK\r\n+OK\r\n")
         with self.assertRaises(RespProtocolError):
             conn.maybe_next_event()
+        conn.send("PING")                # a reply can no longer be told from a stray one
+        with self.assertRaises(RespProtocolError):
+            conn.maybe_next_event()
+        with self.assertRaises(RespProtocolError):
+            conn.receive_data(b"+PONG\r\n")
 
     def test_an_array_that_looks_like_a_message_is_a_reply_outside_subscribe_mode(self):
         conn = RedisConnection()
