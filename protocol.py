@@ -2,7 +2,7 @@
 
 Boundary: this module imports no socket, no selectors and nothing of the reactor. A connection is
 an integer id. Everything it decides can be tested in memory, and the reactor that drives it
-knows nothing of chat commands (the h11 "sans-IO" design; see STYLE.md).
+knows nothing of chat commands (the "sans-IO" design of h11, the HTTP library).
 
 Theory of operation, following one request through the module:
 
@@ -14,8 +14,18 @@ Theory of operation, following one request through the module:
 The reactor calls ChatProtocol.data_received() with what it read, then maybe_next_actions()
 once per request it is willing to handle this tick, and carries out the actions in order.
 
+The module owns the whole wire format, both ways (as h11 is both an HTTP client and a server):
+the shapes of every request and reply, a builder for each (the server's replies use them), and
+ReplyReader, the sans-IO reader of the server's output that clients, tools and tests use:
+
+    bytes --ReplyReader.receive_data--> buffer --maybe_next_reply--> a reply (HeloReply,
+          JoinedReply, LeftReply, ErrorReply, ChatMessage; Unparsed for anything else)
+
+In this file, top to bottom: limits; errors; the wire format (shapes and builders); framing;
+requests; the reply reader; actions; the state machine.
+
 Rules of this file:
-- Framing is decided by the first line's keyword alone (PROTOCOL.md, Part 2, "Framing").
+- Framing is decided by the first line's keyword alone (docs/PROTOCOL.md, "Framing").
 - Every error a peer can cause is a RequestError, raised where it is found and turned into an
   ERROR_CODE reply in one place (`error_reply`), from the one table of codes (`ErrorCode`).
 - Exceptions other than RequestError are our own bugs; the reactor drops the connection.
