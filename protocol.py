@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
+# The actions are the reactor's contract as much as ours; they live with it and are re-exported.
+from lib.actions import Action, Broadcast, Close, Send, Shutdown  # noqa: F401
 from rooms import Rooms
 
 LOGGER = logging.getLogger(__name__)
@@ -412,38 +414,6 @@ _PARSERS: Dict[bytes, Callable[[str, str], Request]] = {
     b"DISCONNECT": _parse_disconnect,
     b"CHAT": _parse_chat,
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# Actions: what the state machine asks the reactor to do (imperative names)
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Send:
-    __slots__ = ("conn_id", "data")
-    conn_id: int
-    data: bytes
-
-
-@dataclass
-class Broadcast:
-    __slots__ = ("conn_ids", "data")
-    conn_ids: Tuple[int, ...]   # the members at the moment of the broadcast, in join order
-    data: bytes                 # encoded once, copied into each member's output buffer
-
-
-@dataclass
-class Close:
-    __slots__ = ("conn_id",)
-    conn_id: int                # close once everything queued for it has been sent
-
-
-@dataclass
-class Shutdown:
-    __slots__ = ()              # stop the whole server
-
-
-Action = Union[Send, Broadcast, Close, Shutdown]
 
 
 def chat_message(ref: int, client_name: str, text: str) -> bytes:
