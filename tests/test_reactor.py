@@ -134,7 +134,7 @@ class ReactorTests(unittest.TestCase):
         flood.sendall(b"echo f\n" * 1000)
         self.reactor.run_once(5)                       # flood: no backlog yet, the full limit
         self.assertEqual(len(self.app.handled), reactor.MAX_REQUESTS_PER_TICK)
-        share = self.reactor.requests_per_tick
+        share = self.reactor.scheduler.requests_per_tick
         quiet.sendall(b"echo q\n" * 10)
         before = len(self.app.handled)
         self.reactor.run_once(5)
@@ -152,13 +152,13 @@ class ReactorTests(unittest.TestCase):
             time.sleep(reactor.TICK_TARGET)
             return cheap(conn_id)
         self.app.maybe_next_actions = expensive
-        share = self.reactor.requests_per_tick
+        share = self.reactor.scheduler.requests_per_tick
         self.reactor.run_once(0)
-        self.assertEqual(self.reactor.requests_per_tick, max(reactor.MIN_REQUESTS_PER_TICK, share // 2))
+        self.assertEqual(self.reactor.scheduler.requests_per_tick, max(reactor.MIN_REQUESTS_PER_TICK, share // 2))
         self.app.maybe_next_actions = cheap            # cheap again: the share grows back
         for _ in range(4):
             self.reactor.run_once(0)
-        self.assertGreater(self.reactor.requests_per_tick, share)
+        self.assertGreater(self.reactor.scheduler.requests_per_tick, share)
 
     def test_close_sends_everything_queued_then_closes(self):
         _, ours = self.pair(sndbuf=4096)
