@@ -53,7 +53,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from lib.actions import Action, App, Broadcast, Close, Send, Shutdown
 
@@ -176,6 +176,7 @@ class Scheduler:
 
     @property
     def has_backlog(self) -> bool:
+        """Some connection waits for a turn with requests left over: select() must not wait."""
         return bool(self._backlog)
 
     def turns(self, after_fresh: Callable[[], None]) -> Iterator[Tuple[Connection, int]]:
@@ -398,7 +399,9 @@ class Reactor:
                 scheduler.requeue(conn)     # the next select() will not wait
 
     def _take_turn(self, conn: Connection, limit: int) -> bool:
-        """Handle up to `limit` of `conn`'s requests; True if it may have more."""
+        """One turn of `conn`: handle up to `limit` of its requests, unless none may be handled
+        now (we are stopping, it is no longer OPEN, its reads are paused), then drop whoever
+        passed OUTPUT_CAP meanwhile. True if it may have more."""
         if self._stopping:
             return False                    # KILL_SERVICE: what came after it is not served
         if conn.state is not _OPEN or conn.reads_paused:
@@ -419,7 +422,7 @@ class Reactor:
                 return conn.state is _OPEN
         return True
 
-    def _guarded(self, conn: Connection, func, *args):
+    def _guarded(self, conn: Connection, func: Callable[..., Any], *args: Any) -> Any:
         """Call func(*args) on behalf of `conn` and return what it returns (None if it raised).
 
         This is the server's one catch-all. An exception here is our own bug (in the app or in
