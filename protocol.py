@@ -22,7 +22,7 @@ ReplyReader, the sans-IO reader of the server's output that clients, tools and t
           JoinedReply, LeftReply, ErrorReply, ChatMessage; Unparsed for anything else)
 
 In this file, top to bottom: limits; errors; the wire format (shapes and builders); framing;
-requests; the reply reader; actions; the state machine.
+requests; the reply reader; the state machine (its actions are lib/actions.py's).
 
 Rules of this file:
 - Framing is decided by the first line's keyword alone (docs/PROTOCOL.md, "Framing").
@@ -38,6 +38,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
+# The actions are the reactor's contract as much as ours; they live with it and are re-exported.
+from lib.actions import Action, Broadcast, Close, Send, Shutdown  # noqa: F401
 from rooms import Rooms
 
 LOGGER = logging.getLogger(__name__)
@@ -336,10 +338,10 @@ class Framer:
 # ---------------------------------------------------------------------------------------------
 # Requests: frames -> requests (nouns, as the client names them)
 # ---------------------------------------------------------------------------------------------
-# Requests and actions are small dataclasses with __slots__, built once and never changed. They
-# are not frozen=True: a frozen dataclass sets each field through object.__setattr__, which made
-# building one several times slower (README, "Performance"), and every chat message builds two
-# (a Chat and a Broadcast). Treat them as immutable all the same.
+# Requests (and the actions in lib/actions.py) are small dataclasses with __slots__, built once and
+# never changed. They are not frozen=True: a frozen dataclass sets each field through
+# object.__setattr__, which made building one several times slower (README, "Performance"), and
+# every chat message builds two (a Chat and a Broadcast). Treat them as immutable all the same.
 
 @dataclass
 class Helo:
@@ -726,38 +728,6 @@ def _parse_reply(keyword: bytes, frame: bytearray) -> Reply:
         return HeloReply(values[0], values[1], int(values[2]), values[3])
     except ValueError:
         return Unparsed(text, "a number field is not a number")
-
-
-# ---------------------------------------------------------------------------------------------
-# Actions: what the state machine asks the reactor to do (imperative names)
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Send:
-    __slots__ = ("conn_id", "data")
-    conn_id: int
-    data: bytes
-
-
-@dataclass
-class Broadcast:
-    __slots__ = ("conn_ids", "data")
-    conn_ids: Tuple[int, ...]   # the members at the moment of the broadcast, in join order
-    data: bytes                 # encoded once, copied into each member's output buffer
-
-
-@dataclass
-class Close:
-    __slots__ = ("conn_id",)
-    conn_id: int                # close once everything queued for it has been sent
-
-
-@dataclass
-class Shutdown:
-    __slots__ = ()              # stop the whole server
-
-
-Action = Union[Send, Broadcast, Close, Shutdown]
 
 
 def handle_other_message(conn_id: int, line: str) -> List[Action]:

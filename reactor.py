@@ -1,21 +1,29 @@
 """A single-threaded event loop over `selectors`: sockets in, bytes to an app, actions out.
 
 Boundary: this module knows nothing of chat commands. It accepts connections, reads bytes and
-hands them to an *app* (protocol.ChatProtocol), asks the app for the actions of each complete
-request, and carries the actions out: queue bytes for a connection, close it, stop. The app
-names connections by integer ids and never sees a socket.
+hands them to an *app* (any object with the methods of lib.actions.App; the server's is
+protocol.ChatProtocol), asks the app for the actions of each complete request, and carries the
+actions out: queue bytes for a connection, close it, stop. The app names connections by integer
+ids and never sees a socket. This module imports lib.actions, never protocol.
 
-One tick of the loop (`run_once`), in the order Redis's ae.c uses, reads before writes:
+One tick of the loop (`run_once`), in the order of Redis's ae.c (aeProcessEvents: file events,
+then time events; handleClientsWithPendingWrites before the next wait), reads before writes:
 
-    1. select()                 which sockets are ready (no wait if input is left over)
-    2. on_acceptable            accept every pending connection
-       on_readable              recv() once per ready connection, give the bytes to the app
-    3. process input            some of each connection's requests (see TICK_TARGET); their
-                                actions append bytes to output buffers
-    4. flush                    one send() per connection with new output: everything queued
-                                for it this tick leaves in one system call (when backlogs are
-                                being worked through, replies to the connections without one
-                                are sent first, between the two parts of step 3)
+    1. timeout      how long select() may wait (_next_timeout): not at all while requests are
+                    left over from the last tick; otherwise until the first timer is due (a
+                    lingering connection's deadline, the end of an accept pause), and never
+                    longer than the caller's bound
+    2. select()     which sockets are ready
+    3. read         accept every pending connection (_on_acceptable); recv() once from each
+                    ready connection and give the bytes to the app (_on_readable)
+    4. handle       the Scheduler names the connections whose requests are handled now, and
+                    how many each (see TICK_TARGET); their actions append bytes to output
+                    buffers. When backlogs are being worked through, the replies of the
+                    connections without one are flushed first, before the backlogs' turns.
+    5. flush        one send() per connection with new output: everything queued for it this
+                    tick leaves in one system call
+    6. timers       let go of the lingering connections whose time is up; accept again once
+                    an accept pause is over
 
 The write path is asyncio's (selector_events.py), with the send moved to the end of the tick as
 Redis does (handleClientsWithPendingWrites): nothing is sent while a request is being handled;
@@ -32,13 +40,12 @@ output passes HIGH_WATER is not read from until it drains below LOW_WATER; one w
 OUTPUT_CAP is disconnected. So a client that never reads costs at most OUTPUT_CAP and slows
 nobody else down.
 
-The app must provide:
-    connection_made(conn_id, local_ip) -> None
-    data_received(conn_id, data) -> None
-    maybe_next_actions(conn_id) -> list of actions, or None when no request is complete
-    connection_lost(conn_id) -> list of actions
+A connection's life is a `State`: OPEN, then either CLOSING (a Close: sending what is queued)
+and LINGERING (our FIN sent: waiting for the peer's), or ABORTING (past OUTPUT_CAP: dropped
+without sending more); CLOSED at the end of every path.
 """
 import collections
+import enum
 import errno
 import logging
 import selectors
@@ -46,9 +53,9 @@ import signal
 import socket
 import sys
 import time
-from typing import Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from protocol import Action, Broadcast, Close, Send, Shutdown
+from lib.actions import Action, App, Broadcast, Close, Send, Shutdown
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,8 +63,9 @@ LOGGER = logging.getLogger(__name__)
 # Bytes asked of recv() at once. 64 KiB is what the kernel usually has ready on loopback, and a
 # connection's unhandled input stays below this plus one partial request (see _on_readable).
 READ_SIZE = 64 * 1024
-# Fairness. Requests are handled in ticks, and what a tick's requests produce is sent at its end,
-# so a reply waits about as long as a tick takes: one flooding client must never own a tick.
+# Fairness (the Scheduler carries it out). Requests are handled in ticks, and what a tick's
+# requests produce is sent at its end, so a reply waits about as long as a tick takes: one
+# flooding client must never own a tick.
 # - Connections with a backlog (requests left over from earlier ticks) get a *share* of requests
 #   per tick, which adapts: halved after a tick whose request handling took longer than
 #   TICK_TARGET, a quarter larger after one that took under half of it while some backlog used
@@ -70,6 +78,10 @@ READ_SIZE = 64 * 1024
 TICK_TARGET = 0.020
 MIN_REQUESTS_PER_TICK = 1
 MAX_REQUESTS_PER_TICK = 64
+# The share a backlog starts with, before any tick has been measured. Start small and let it
+# grow (a quarter per quick tick: about 15 ticks to the maximum): a start too large would make
+# the first backlogged ticks overshoot TICK_TARGET, and every client would wait for them.
+INITIAL_REQUESTS_PER_TICK = 4
 # Stop reading from a peer whose own unsent output passes HIGH_WATER and start again below
 # LOW_WATER (asyncio's defaults: 64 KiB and a quarter of it).
 HIGH_WATER = 64 * 1024
@@ -89,10 +101,24 @@ LINGER_TIMEOUT = 2.0
 # The longest select() wait: only bounds how long stop() from a signal can go unnoticed.
 MAX_WAIT = 1.0
 
-# A connection's life: _OPEN; _CLOSING (a Close: sending what is queued); _LINGERING (all sent
-# and our FIN gone: waiting for the peer's, up to LINGER_TIMEOUT); _CLOSED.
-_OPEN, _CLOSING, _LINGERING, _CLOSED = 0, 1, 2, 3
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class State(enum.IntEnum):
+    """Where a connection is in its life. Each value means one thing."""
+    OPEN = 0        # requests are read and handled, output is queued and sent
+    CLOSING = 1     # a Close (or the peer's FIN): send what is queued, then our FIN
+    LINGERING = 2   # everything and our FIN sent: read and drop until the peer's FIN
+    ABORTING = 3    # its output passed OUTPUT_CAP: nothing more is queued or sent; it is
+                    # dropped once the actions being carried out are done (_abort_over_cap)
+    CLOSED = 4      # unregistered and closed; events still pending for it are ignored
+
+
+# The states as module globals, for the hot paths: `State.OPEN` is a class attribute lookup that
+# costs six times a global one (60 vs 10 ns, Python 3.11), and write_many tests it once per
+# delivered message. Members are singletons, so `is` compares them.
+_OPEN, _CLOSING, _LINGERING = State.OPEN, State.CLOSING, State.LINGERING
+_ABORTING, _CLOSED = State.ABORTING, State.CLOSED
 
 
 class Connection:
@@ -100,21 +126,97 @@ class Connection:
 
     The input buffer lives in the app (its framer); `out` is the output queue.
     """
-    __slots__ = ("sock", "conn_id", "out", "state", "events", "paused", "scheduled",
-                 "flush_pending", "reported_lost")
+    __slots__ = ("sock", "conn_id", "out", "state", "events", "reads_paused", "peer_closed",
+                 "scheduled", "flush_pending", "reported_lost")
 
     def __init__(self, sock: socket.socket, conn_id: int) -> None:
         self.sock = sock
         self.conn_id = conn_id
         self.out = bytearray()          # unsent output, oldest first
-        self.state = _OPEN              # _OPEN, _CLOSING, _LINGERING, _CLOSED (see above)
-        self.events = selectors.EVENT_READ
-        self.paused = False             # reads stopped: our output to it is above HIGH_WATER
-        # On _fresh or _backlog: the app may hold complete requests from it, which are handled
-        # before anything more is read from it (so its unhandled input stays bounded).
+        self.state = _OPEN
+        self.events = selectors.EVENT_READ  # what the selector watches it for
+        self.reads_paused = False       # our output to it is above HIGH_WATER (until LOW_WATER)
+        self.peer_closed = False        # it sent its FIN: nothing more to read, ever
+        # Set and cleared by the Scheduler only: the app may hold complete requests from it,
+        # which are handled before anything more is read from it (so its unhandled input
+        # stays bounded).
         self.scheduled = False
         self.flush_pending = False      # it is on the reactor's list to flush this tick
         self.reported_lost = False      # the app has been told it is gone (connection_lost)
+
+
+class Scheduler:
+    """The fairness policy (see TICK_TARGET): whose requests are handled in a tick, in what
+    order, and how many each. It knows connections only by their `scheduled` flag.
+
+        schedule(conn)      it has new input: a turn next tick, among the fresh ones
+        requeue(conn)       it may still hold requests: a turn next tick, in the backlog
+        has_backlog         some connection is requeued (the next select() must not wait)
+        turns(after_fresh)  this tick's turns: (conn, how many requests it may handle now)
+        tick_took(s, used)  adapt the backlog's share to how long a tick's turns took
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._fresh: List[Connection] = []        # read this tick, nothing left from before
+        self._backlog: List[Connection] = []      # requests may be left over from last tick
+        self.requests_per_tick = INITIAL_REQUESTS_PER_TICK   # a backlog's share; adapts
+
+    def schedule(self, conn: Connection) -> None:
+        """`conn` was just read from: give it a turn as a connection without a backlog."""
+        if not conn.scheduled:
+            conn.scheduled = True
+            self._fresh.append(conn)
+
+    def requeue(self, conn: Connection) -> None:
+        """`conn` may still hold requests: give it a turn in the next tick's backlog."""
+        if not conn.scheduled:
+            conn.scheduled = True
+            self._backlog.append(conn)
+
+    @property
+    def has_backlog(self) -> bool:
+        """Some connection waits for a turn with requests left over: select() must not wait."""
+        return bool(self._backlog)
+
+    def turns(self, after_fresh: Callable[[], None]) -> Iterator[Tuple[Connection, int]]:
+        """This tick's turns, as (connection, how many of its requests to handle now).
+
+        First every fresh connection, with MAX_REQUESTS_PER_TICK while the tick is younger
+        than TICK_TARGET and the share after that; then, if backlogs follow, `after_fresh()`
+        once (the reactor sends the fresh connections' replies there); then every backlog
+        connection with the share. A connection is unscheduled when its turn comes: the
+        caller requeues it during its turn if it may have more. Turns requeued or scheduled
+        during this tick come in the next one. At the end the share adapts (tick_took).
+        """
+        fresh, backlog = self._fresh, self._backlog
+        if not fresh and not backlog:
+            return
+        self._fresh, self._backlog = [], []
+        clock = self._clock
+        started = clock()
+        share = self.requests_per_tick
+        for conn in fresh:
+            conn.scheduled = False
+            young = clock() - started < TICK_TARGET
+            yield conn, (MAX_REQUESTS_PER_TICK if young else share)
+        if fresh and backlog:
+            after_fresh()
+        share_used_up = False
+        for conn in backlog:
+            conn.scheduled = False
+            yield conn, share
+            share_used_up |= conn.scheduled     # requeued: it had more than its share
+        self.tick_took(clock() - started, share_used_up)
+
+    def tick_took(self, seconds: float, share_used_up: bool) -> None:
+        """Adapt the share to a tick whose turns took `seconds`; `share_used_up`: some backlog
+        connection handled its whole share and may have more."""
+        share = self.requests_per_tick
+        if seconds > TICK_TARGET:
+            self.requests_per_tick = max(MIN_REQUESTS_PER_TICK, share // 2)
+        elif share_used_up and seconds < TICK_TARGET / 2:
+            self.requests_per_tick = min(MAX_REQUESTS_PER_TICK, share + max(1, share // 4))
 
 
 class Reactor:
@@ -124,7 +226,8 @@ class Reactor:
     port that binding to port 0 picked.
     """
 
-    def __init__(self, host: str, port: int, app=None, backlog: int = BACKLOG) -> None:
+    def __init__(self, host: str, port: int, app: Optional[App] = None,
+                 backlog: int = BACKLOG) -> None:
         self.app = app
         self.selector = selectors.DefaultSelector()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -142,62 +245,58 @@ class Reactor:
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
         self.conns: Dict[int, Connection] = {}
         self._next_conn_id = 1
-        self._fresh: List[Connection] = []        # read this tick, nothing left from before
-        self._backlog: List[Connection] = []      # requests may be left over from last tick
+        self.scheduler = Scheduler()
         self._to_flush: List[Connection] = []     # got output this tick
-        self._to_abort: List[Connection] = []     # passed OUTPUT_CAP while output was queued
+        self._to_abort: List[Connection] = []     # ABORTING: to be dropped (_abort_over_cap)
         self._lingering: Deque[Tuple[float, Connection]] = collections.deque()  # by deadline
-        self._accept_paused_until = 0.0
-        self._running = False
-        self._stopping = False              # stop() was called: handle no more requests
-        # The share of a connection with a backlog (see TICK_TARGET); it adapts from here.
-        self.requests_per_tick = 4
+        self._accept_paused_until = 0.0           # 0.0: accepting
+        self._stopping = False      # stop() was called: handle no more requests, end the loop
 
     # -- the loop ------------------------------------------------------------------------------
 
     def run_forever(self) -> None:
         """Run ticks until stop() is called (by a Shutdown action or a signal), then close."""
-        self._running = True
         try:
-            while self._running:
+            while not self._stopping:
                 self.run_once(MAX_WAIT)
         finally:
             self.close()
 
     def run_once(self, timeout: Optional[float] = None) -> None:
-        """One tick: wait up to `timeout` for sockets, read, handle requests, write."""
-        if self._backlog:
-            timeout = 0
-        elif self._lingering:
-            until_first = max(0.0, self._lingering[0][0] - time.monotonic())
-            timeout = until_first if timeout is None else min(timeout, until_first)
-        if self._accept_paused_until:
-            until_accepting = self._accept_paused_until - time.monotonic()
-            if until_accepting <= 0:
-                self._accept_paused_until = 0.0
-                self.selector.register(self.listener, selectors.EVENT_READ, None)
-            elif timeout is None or timeout > until_accepting:
-                timeout = until_accepting
+        """One tick: wait up to `timeout` (None: as long as it takes) for sockets, read,
+        handle requests, write, run the timers."""
+        timeout = self._next_timeout(timeout)
         for key, mask in self.selector.select(timeout):
             conn = key.data
             if conn is None:
                 self._on_acceptable()
             elif conn is self._wake_r:
                 self._drain_wakeup()
-            elif conn.state != _CLOSED:    # an earlier event this tick may have closed it
+            elif conn.state is not _CLOSED:     # an earlier event this tick may have closed it
                 if mask & selectors.EVENT_READ:
                     self._on_readable(conn)
-                if mask & selectors.EVENT_WRITE and not conn.flush_pending:
-                    conn.flush_pending = True
-                    self._to_flush.append(conn)
+                if mask & selectors.EVENT_WRITE:
+                    self._want_flush(conn)
         self._process_input()
         self._flush()
-        self._end_lingering(time.monotonic())
+        self._expire_timers(time.monotonic())
+
+    def _next_timeout(self, cap: Optional[float]) -> Optional[float]:
+        """How long the next select() may wait: not at all while a backlog waits for its turn;
+        otherwise until the first timer is due, and at most `cap` (None: no bound)."""
+        if self.scheduler.has_backlog:
+            return 0
+        due = self._lingering[0][0] if self._lingering else None
+        if self._accept_paused_until and (due is None or self._accept_paused_until < due):
+            due = self._accept_paused_until
+        if due is None:
+            return cap
+        until_due = max(0.0, due - time.monotonic())
+        return until_due if cap is None else min(cap, until_due)
 
     def stop(self) -> None:
         """Ask run_forever() to return after this tick; no further request is handled.
         Safe to call from a signal handler."""
-        self._running = False
         self._stopping = True
         try:
             self._wake_w.send(b"\0")
@@ -222,7 +321,7 @@ class Reactor:
             sock.close()
         self.selector.close()
 
-    # -- events --------------------------------------------------------------------------------
+    # -- input ---------------------------------------------------------------------------------
 
     def _on_acceptable(self) -> None:
         """Accept the connections the kernel has queued, until accept() would block or, in a
@@ -283,52 +382,33 @@ class Reactor:
         if not data:
             self._on_peer_closed(conn)
             return
-        if conn.state != _OPEN:
+        if conn.state is not _OPEN:
             return                          # closing: what it sends now is dropped
         self._guarded(conn, self.app.data_received, conn.conn_id, data)
-        if conn.state == _OPEN and not conn.scheduled:
-            conn.scheduled = True
-            self._fresh.append(conn)
+        if conn.state is _OPEN:             # (the app may have failed and dropped it)
+            self.scheduler.schedule(conn)
+
+    # -- requests ------------------------------------------------------------------------------
 
     def _process_input(self) -> None:
-        """Handle requests: up to MAX_REQUESTS_PER_TICK for each connection read this tick
-        with no backlog, and send what they produced; then `requests_per_tick` for each
-        connection with a backlog; then adapt that share to the time it all took."""
-        fresh, backlog = self._fresh, self._backlog
-        if not fresh and not backlog:
-            return
-        self._fresh, self._backlog = [], []
-        started = time.monotonic()
-        share = self.requests_per_tick
-        for conn in fresh:      # the full limit while the tick is young, then the share
-            young = time.monotonic() - started < TICK_TARGET
-            self._take_turn(conn, MAX_REQUESTS_PER_TICK if young else share)
-        if fresh and backlog:
-            self._flush()       # their replies need not wait for the backlogs to be worked on
-        share_used_up = False
-        for conn in backlog:
-            share_used_up |= self._take_turn(conn, share)
-        elapsed = time.monotonic() - started
-        if elapsed > TICK_TARGET:
-            self.requests_per_tick = max(MIN_REQUESTS_PER_TICK, share // 2)
-        elif share_used_up and elapsed < TICK_TARGET / 2:
-            self.requests_per_tick = min(MAX_REQUESTS_PER_TICK, share + max(1, share // 4))
+        """Give each scheduled connection its turn, in the Scheduler's order and with its
+        number of requests; send the fresh connections' replies before the backlogs' turns."""
+        scheduler = self.scheduler
+        for conn, limit in scheduler.turns(after_fresh=self._flush):
+            if self._take_turn(conn, limit):
+                scheduler.requeue(conn)     # the next select() will not wait
 
     def _take_turn(self, conn: Connection, limit: int) -> bool:
-        """Handle up to `limit` of a scheduled connection's requests. If it may have more it
-        goes on the backlog and True is returned."""
+        """One turn of `conn`: handle up to `limit` of its requests, unless none may be handled
+        now (we are stopping, it is no longer OPEN, its reads are paused), then drop whoever
+        passed OUTPUT_CAP meanwhile. True if it may have more."""
         if self._stopping:
             return False                    # KILL_SERVICE: what came after it is not served
-        if conn.state != _OPEN or conn.paused:
-            conn.scheduled = False          # a paused one is put back by _send on resuming
-            return False
+        if conn.state is not _OPEN or conn.reads_paused:
+            return False                    # a paused one is requeued by _send on resuming
         more = self._guarded(conn, self._handle_requests, conn, limit)
-        if more:
-            self._backlog.append(conn)      # the next select() will not wait
-        else:
-            conn.scheduled = False
         self._abort_over_cap()
-        return more
+        return bool(more)
 
     def _handle_requests(self, conn: Connection, limit: int) -> bool:
         """Handle up to `limit` of `conn`'s requests; True if it may have more."""
@@ -338,19 +418,23 @@ class Reactor:
             if actions is None:
                 return False
             self.apply(actions)
-            if conn.state != _OPEN or conn.paused or self._stopping:
-                return conn.state == _OPEN
+            if conn.state is not _OPEN or conn.reads_paused or self._stopping:
+                return conn.state is _OPEN
         return True
 
-    def _guarded(self, conn: Connection, func, *args):
-        """Call func(*args) for `conn`. An exception there is our bug, not the peer's: log it
-        and drop that one connection; the server goes on (the one catch-all in the server)."""
+    def _guarded(self, conn: Connection, func: Callable[..., Any], *args: Any) -> Any:
+        """Call func(*args) on behalf of `conn` and return what it returns (None if it raised).
+
+        This is the server's one catch-all. An exception here is our own bug (in the app or in
+        this module), never the peer's fault, which the app answers with an error reply: log
+        it with its traceback and drop that one connection; the server goes on."""
         try:
             return func(*args)
         except Exception:
-            LOGGER.exception("conn %d: internal error; dropping the connection", conn.conn_id)
+            LOGGER.exception("conn %d: internal error in %s; dropping the connection",
+                             conn.conn_id, getattr(func, "__qualname__", func))
             self._teardown(conn)
-            return False
+            return None
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -379,7 +463,7 @@ class Reactor:
         to_flush = self._to_flush
         for conn_id in conn_ids:
             conn = conns.get(conn_id)
-            if conn is None or conn.state != _OPEN:
+            if conn is None or conn.state is not _OPEN:
                 continue                    # it has gone, or is closing: nothing more for it
             if not conn.flush_pending:
                 conn.flush_pending = True
@@ -392,22 +476,26 @@ class Reactor:
     def _over_high_water(self, conn: Connection) -> None:
         if len(conn.out) > OUTPUT_CAP:
             # Not torn down here: we may be in the middle of a broadcast. See _abort_over_cap.
-            conn.state = _CLOSING
+            conn.state = _ABORTING
             self._to_abort.append(conn)
         else:
-            conn.paused = True              # stop reading from it until it drains (_send)
+            conn.reads_paused = True        # until it drains below LOW_WATER (_send)
 
     def close_connection(self, conn_id: int) -> None:
         """Close a connection once its queued output is sent (idempotent)."""
         conn = self.conns.get(conn_id)
-        if conn is None or conn.state != _OPEN:
+        if conn is None or conn.state is not _OPEN:
             return
         conn.state = _CLOSING
+        self._want_flush(conn)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _want_flush(self, conn: Connection) -> None:
+        """Send to `conn` at the end of this tick (write_many does the same, inline)."""
         if not conn.flush_pending:
             conn.flush_pending = True
             self._to_flush.append(conn)
-
-    # -- output --------------------------------------------------------------------------------
 
     def _flush(self) -> None:
         """Send what each connection got this tick, one send() each."""
@@ -415,11 +503,13 @@ class Reactor:
             batch, self._to_flush = self._to_flush, []
             for conn in batch:
                 conn.flush_pending = False
-                if conn.state != _CLOSED:
+                if conn.state is _OPEN or conn.state is _CLOSING:
                     self._send(conn)
             self._abort_over_cap()
 
     def _send(self, conn: Connection) -> None:
+        """One send() of what is queued for `conn`, then what follows from what is left: the
+        close goes on, reading resumes, or the selector watches for writability."""
         out = conn.out
         if out:
             try:
@@ -431,27 +521,27 @@ class Reactor:
                 self._teardown(conn)
                 return
             del out[:sent]
-        if not out and conn.state == _CLOSING:
+        if not out and conn.state is _CLOSING:
             self._finish_close(conn)
             return
-        if conn.paused and len(out) <= LOW_WATER and conn.state == _OPEN:
-            conn.paused = False
-            if not conn.scheduled:          # the app may hold requests read before the pause
-                conn.scheduled = True
-                self._backlog.append(conn)
+        if conn.reads_paused and len(out) <= LOW_WATER and conn.state is _OPEN:
+            conn.reads_paused = False
+            self.scheduler.requeue(conn)    # the app may hold requests read before the pause
         self._update_interest(conn)
 
     def _update_interest(self, conn: Connection) -> None:
-        """Watch for writability only while output is queued; for input unless paused."""
-        events = 0 if conn.paused else selectors.EVENT_READ
+        """Watch for writability only while output is queued; for input unless reads are
+        paused or the peer has closed its side."""
+        events = 0 if conn.reads_paused or conn.peer_closed else selectors.EVENT_READ
         if conn.out:
             events |= selectors.EVENT_WRITE
-        if events != conn.events:           # never 0: a paused connection has output queued
+        if events != conn.events:           # never 0: such a connection has output queued
             self.selector.modify(conn.sock, events, conn)
             conn.events = events
 
     def _abort_over_cap(self) -> None:
-        """Disconnect the peers whose output passed OUTPUT_CAP (their rooms are told)."""
+        """Drop the ABORTING connections, whose output passed OUTPUT_CAP (their rooms are
+        told)."""
         while self._to_abort:
             conn = self._to_abort.pop()
             LOGGER.warning("conn %d: output passed %d bytes; disconnecting", conn.conn_id,
@@ -465,12 +555,12 @@ class Reactor:
         (as asyncio's close() does: a client may send DISCONNECT and shut down its side before
         reading), then the connection ends; meanwhile its rooms are told it left."""
         LOGGER.debug("conn %d: closed by peer", conn.conn_id)
-        if not conn.out or conn.state not in (_OPEN, _CLOSING):
+        conn.peer_closed = True
+        if not conn.out or not (conn.state is _OPEN or conn.state is _CLOSING):
             self._teardown(conn)
             return
         conn.state = _CLOSING
-        conn.paused = True                  # nothing more to read: watch for writability only
-        self._update_interest(conn)
+        self._update_interest(conn)         # writability only
         self._report_lost(conn)
 
     def _finish_close(self, conn: Connection) -> None:
@@ -481,22 +571,30 @@ class Reactor:
         except OSError:
             self._teardown(conn)
             return
+        if conn.peer_closed:
+            self._teardown(conn)            # its FIN came first: nothing is left to wait for
+            return
         conn.state = _LINGERING
-        conn.paused = False                 # it is read from (and its input dropped) to the end
+        conn.reads_paused = False           # it is read from (and its input dropped) to the end
         self._update_interest(conn)
         self._lingering.append((time.monotonic() + LINGER_TIMEOUT, conn))
         self._report_lost(conn)
 
-    def _end_lingering(self, now: float) -> None:
-        """Let go of the lingering connections whose time is up."""
-        while self._lingering and self._lingering[0][0] <= now:
-            _deadline, conn = self._lingering.popleft()
+    def _expire_timers(self, now: float) -> None:
+        """The timers that are due: let go of the lingering connections whose time is up, and
+        accept again once an accept pause is over."""
+        lingering = self._lingering
+        while lingering and lingering[0][0] <= now:
+            _deadline, conn = lingering.popleft()
             self._teardown(conn)
+        if self._accept_paused_until and self._accept_paused_until <= now:
+            self._accept_paused_until = 0.0
+            self.selector.register(self.listener, selectors.EVENT_READ, None)
 
     def _teardown(self, conn: Connection, tell_app: bool = True) -> None:
         """Forget a connection, once: unregister, close, and tell the app if it has not been
         told yet (it announces the leaves to the rooms). Later events for it are ignored."""
-        if conn.state == _CLOSED:
+        if conn.state is _CLOSED:
             return
         conn.state = _CLOSED
         del self.conns[conn.conn_id]
@@ -515,12 +613,9 @@ class Reactor:
         if conn.reported_lost:
             return
         conn.reported_lost = True
-        try:
-            actions = self.app.connection_lost(conn.conn_id)
-        except Exception:                   # our bug: the other connections go on
-            LOGGER.exception("conn %d: internal error while it left", conn.conn_id)
-            return
-        self.apply(actions)
+        actions = self._guarded(conn, self.app.connection_lost, conn.conn_id)
+        if actions:
+            self.apply(actions)
 
     def _drain_wakeup(self) -> None:
         try:

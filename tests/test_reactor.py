@@ -1,12 +1,22 @@
 """Layer 4: the reactor over real sockets (socket.socketpair() and loopback) with a tiny fake
-app, ticked by hand."""
+app, ticked by hand; and its fairness policy (reactor.Scheduler) on its own, with fake
+connections and a fake clock.
+
+The fake app is not the chat protocol: the reactor runs any app (lib.actions.App), and these
+tests never import protocol."""
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import unittest
+from types import SimpleNamespace
 
 import reactor
-from protocol import Broadcast, Close, Send, Shutdown
+from lib.actions import Broadcast, Close, Send, Shutdown
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---------------------------------------------------------------------------------------------
 # 4. The reactor, over socketpair() and loopback, with a fake app
@@ -128,13 +138,36 @@ class ReactorTests(unittest.TestCase):
         expected = b"".join(b"%d\n" % i for i in range(count))
         self.assertEqual(self.pump(ours, len(expected)), expected)
 
+    def test_replies_without_a_backlog_leave_before_the_backlogs_are_worked_on(self):
+        flood_id, flood = self.pair()
+        _, quiet = self.pair()
+        flood.sendall(b"echo f\n" * 1000)
+        self.reactor.run_once(5)                       # flood now has a backlog
+        quiet.sendall(b"echo q\n")
+        cheap = self.app.maybe_next_actions
+        seen = []       # what quiet had received when flood's first turn of the tick began
+
+        def watching(conn_id):
+            if conn_id == flood_id and not seen:
+                quiet.setblocking(False)
+                try:
+                    seen.append(quiet.recv(100, socket.MSG_PEEK))
+                except BlockingIOError:
+                    seen.append(b"")
+                finally:
+                    quiet.settimeout(5)
+            return cheap(conn_id)
+        self.app.maybe_next_actions = watching
+        self.reactor.run_once(5)
+        self.assertEqual(seen, [b"q\n"])
+
     def test_a_backlog_gets_a_share_and_a_client_without_one_goes_first(self):
         _, flood = self.pair()
         _, quiet = self.pair()
         flood.sendall(b"echo f\n" * 1000)
         self.reactor.run_once(5)                       # flood: no backlog yet, the full limit
         self.assertEqual(len(self.app.handled), reactor.MAX_REQUESTS_PER_TICK)
-        share = self.reactor.requests_per_tick
+        share = self.reactor.scheduler.requests_per_tick
         quiet.sendall(b"echo q\n" * 10)
         before = len(self.app.handled)
         self.reactor.run_once(5)
@@ -152,13 +185,14 @@ class ReactorTests(unittest.TestCase):
             time.sleep(reactor.TICK_TARGET)
             return cheap(conn_id)
         self.app.maybe_next_actions = expensive
-        share = self.reactor.requests_per_tick
+        share = self.reactor.scheduler.requests_per_tick
         self.reactor.run_once(0)
-        self.assertEqual(self.reactor.requests_per_tick, max(reactor.MIN_REQUESTS_PER_TICK, share // 2))
+        self.assertEqual(self.reactor.scheduler.requests_per_tick,
+                         max(reactor.MIN_REQUESTS_PER_TICK, share // 2))
         self.app.maybe_next_actions = cheap            # cheap again: the share grows back
         for _ in range(4):
             self.reactor.run_once(0)
-        self.assertGreater(self.reactor.requests_per_tick, share)
+        self.assertGreater(self.reactor.scheduler.requests_per_tick, share)
 
     def test_close_sends_everything_queued_then_closes(self):
         _, ours = self.pair(sndbuf=4096)
@@ -191,6 +225,9 @@ class ReactorTests(unittest.TestCase):
             ours.shutdown(socket.SHUT_WR)
             self.assertEqual(self.pump(ours, None), b"x" * 300000, ending)
             self.assertIn(conn_id, self.app.lost)
+            if not ending:      # its FIN was read before ours went: nothing to linger for
+                self.assertNotIn(conn_id, self.reactor.conns)
+            self.tick_until(lambda: conn_id not in self.reactor.conns)
 
     def test_a_lingering_connection_is_let_go_after_the_timeout(self):
         self.patch_constant("LINGER_TIMEOUT", 0.05)
@@ -270,3 +307,186 @@ class ReactorTests(unittest.TestCase):
         started = time.monotonic()
         self.reactor.run_once(30)       # returns at once: the wake-up byte is readable
         self.assertLess(time.monotonic() - started, 10)
+
+    def test_stop_before_run_forever_makes_it_return_at_once(self):
+        _, ours = self.pair()
+        self.reactor.stop()
+        loop = threading.Thread(target=self.reactor.run_forever, daemon=True)
+        loop.start()
+        loop.join(10)
+        self.assertFalse(loop.is_alive(), "run_forever did not return")
+        self.assertEqual(ours.recv(100), b"")          # closed, connections included
+
+    def test_a_lingering_connection_bounds_the_wait_of_select(self):
+        self.patch_constant("LINGER_TIMEOUT", 0.05)
+        conn_id, ours = self.pair()
+        ours.sendall(b"close\n")
+        self.assertEqual(self.pump(ours, None), b"")   # lingering now
+        started = time.monotonic()
+        for _ in range(3):          # the select() wait ends at the deadline, not after 30 s
+            self.reactor.run_once(30)
+            if conn_id not in self.reactor.conns:
+                break
+        self.assertNotIn(conn_id, self.reactor.conns)
+        self.assertLess(time.monotonic() - started, 10)
+
+    def test_past_the_cap_a_connection_is_aborted_not_closed(self):
+        # Closing sends what is queued; aborting sends nothing more: the peer is stalled.
+        conn_id, ours = self.pair(sndbuf=4096)
+        self.reactor.write_many([conn_id], b"x" * (reactor.OUTPUT_CAP + 1))
+        conn = self.reactor.conns[conn_id]
+        self.assertIs(conn.state, reactor.State.ABORTING)
+        self.reactor.close_connection(conn_id)        # too late to close it gracefully
+        self.assertIs(conn.state, reactor.State.ABORTING)
+        with self.assertLogs("reactor", "WARNING"):
+            self.reactor.run_once(0)
+        self.assertIs(conn.state, reactor.State.CLOSED)
+        self.assertEqual(self.app.lost, [conn_id])
+        self.assertEqual(self.pump(ours, None), b"")   # not one byte of it was sent
+
+    def test_a_bug_in_connection_lost_is_caught_in_the_same_one_place(self):
+        _, leaving = self.pair()
+        _, other = self.pair()
+        app_lost = self.app.connection_lost
+
+        def buggy_lost(conn_id):
+            app_lost(conn_id)
+            if conn_id == 1:
+                raise RuntimeError("a bug in the app")
+            return []
+        self.app.connection_lost = buggy_lost
+        leaving.close()
+        with self.assertLogs("reactor", "ERROR") as logs:
+            self.tick_until(lambda: self.app.lost)
+        self.assertEqual(len(logs.records), 1)
+        self.assertIn("internal error", logs.records[0].getMessage())
+        self.assertEqual(self.app.lost, [1])
+        self.assertNotIn(1, self.reactor.conns)
+        other.sendall(b"echo alive\n")
+        self.assertEqual(self.pump(other, 6), b"alive\n")
+
+    def test_the_reactor_does_not_need_the_chat_protocol(self):
+        # The reactor's contract is lib.actions; neither it nor these tests (whose LineApp it
+        # runs) may drag the chat protocol in.
+        code = "import sys, reactor, tests.test_reactor; print('protocol' in sys.modules)"
+        result = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=30,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), b"False")
+
+
+# ---------------------------------------------------------------------------------------------
+# The fairness policy on its own: reactor.Scheduler with fake connections and a fake clock
+# ---------------------------------------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def fake_conn(name):
+    """All the Scheduler touches of a connection is its `scheduled` flag."""
+    return SimpleNamespace(name=name, scheduled=False)
+
+
+class SchedulerTests(unittest.TestCase):
+
+    def setUp(self):
+        self.clock = FakeClock()
+        self.scheduler = reactor.Scheduler(clock=self.clock)
+        self.share = reactor.INITIAL_REQUESTS_PER_TICK
+        self.a, self.b, self.c, self.d = map(fake_conn, "abcd")
+
+    def tick(self, requeue=(), cost=0.0):
+        """Run one tick's turns. Each turn takes `cost` seconds of the fake clock; the
+        connections in `requeue` are requeued during their turn (they have more). Returns the
+        turns as (name, limit), with "flush" where after_fresh was called."""
+        seen = []
+        for conn, limit in self.scheduler.turns(after_fresh=lambda: seen.append("flush")):
+            seen.append((conn.name, limit))
+            self.clock.now += cost
+            if conn in requeue:
+                self.scheduler.requeue(conn)
+        return seen
+
+    def test_fresh_go_first_with_the_full_limit_then_a_flush_then_backlogs_with_the_share(self):
+        self.scheduler.requeue(self.a)
+        self.scheduler.requeue(self.b)
+        self.scheduler.schedule(self.c)
+        self.scheduler.schedule(self.d)
+        full = reactor.MAX_REQUESTS_PER_TICK
+        self.assertEqual(self.tick(), [("c", full), ("d", full), "flush",
+                                       ("a", self.share), ("b", self.share)])
+
+    def test_no_flush_between_unless_both_kinds_have_turns(self):
+        self.scheduler.schedule(self.a)
+        self.assertEqual(self.tick(), [("a", reactor.MAX_REQUESTS_PER_TICK)])
+        self.scheduler.requeue(self.b)
+        self.assertEqual(self.tick(), [("b", self.share)])
+
+    def test_once_the_tick_is_target_old_fresh_connections_get_the_share(self):
+        for conn in (self.a, self.b, self.c):
+            self.scheduler.schedule(conn)
+        turns = self.tick(cost=reactor.TICK_TARGET * 0.6)
+        self.assertEqual(turns, [("a", reactor.MAX_REQUESTS_PER_TICK),
+                                 ("b", reactor.MAX_REQUESTS_PER_TICK), ("c", self.share)])
+
+    def test_a_connection_requeued_in_its_turn_comes_back_next_tick_in_the_backlog(self):
+        self.scheduler.schedule(self.a)
+        self.assertFalse(self.scheduler.has_backlog)
+        self.tick(requeue=[self.a])
+        self.assertTrue(self.scheduler.has_backlog)
+        self.assertTrue(self.a.scheduled)
+        self.assertEqual(self.tick(), [("a", self.share)])
+        self.assertFalse(self.a.scheduled)
+        self.assertFalse(self.scheduler.has_backlog)
+        self.assertEqual(self.tick(), [])
+
+    def test_a_scheduled_connection_has_one_turn_however_often_it_is_scheduled(self):
+        self.scheduler.schedule(self.a)
+        self.scheduler.schedule(self.a)
+        self.scheduler.requeue(self.a)
+        self.assertEqual(self.tick(), [("a", reactor.MAX_REQUESTS_PER_TICK)])
+
+    def test_the_share_halves_after_a_slow_tick_down_to_the_minimum(self):
+        shares = []
+        for _ in range(5):
+            self.scheduler.requeue(self.a)
+            self.tick(requeue=[self.a], cost=reactor.TICK_TARGET * 2)
+            shares.append(self.scheduler.requests_per_tick)
+            self.tick()                 # (a's requeued turn; quick, not counted below)
+        self.assertEqual(shares[:2], [self.share // 2, self.share // 4])
+        self.assertEqual(shares[-1], reactor.MIN_REQUESTS_PER_TICK)
+
+    def test_the_share_grows_by_a_quarter_after_quick_ticks_that_used_it_up(self):
+        self.scheduler.requeue(self.a)
+        shares = []
+        for _ in range(100):
+            self.tick(requeue=[self.a])
+            shares.append(self.scheduler.requests_per_tick)
+        self.assertEqual(shares[:5], [5, 6, 7, 8, 10])   # at least one more, else a quarter
+        self.assertEqual(shares[-1], reactor.MAX_REQUESTS_PER_TICK)
+
+    def test_the_share_stays_unless_a_backlog_used_it_up_in_a_quick_tick(self):
+        self.scheduler.requeue(self.a)
+        self.tick()                                    # a had fewer requests than its share
+        self.scheduler.schedule(self.b)
+        self.tick(requeue=[self.b])                    # a fresh one with more does not count
+        self.tick(requeue=[self.b], cost=reactor.TICK_TARGET * 0.75)   # not quick enough
+        self.assertEqual(self.scheduler.requests_per_tick, self.share)
+
+    def test_a_tick_without_turns_changes_nothing(self):
+        self.clock.now += 1000
+        self.assertEqual(self.tick(), [])
+        self.assertEqual(self.scheduler.requests_per_tick, self.share)
+
+    def test_tick_took_with_explicit_durations(self):
+        self.scheduler.tick_took(reactor.TICK_TARGET * 1.01, share_used_up=True)
+        self.assertEqual(self.scheduler.requests_per_tick, self.share // 2)
+        self.scheduler.tick_took(0.0, share_used_up=False)
+        self.assertEqual(self.scheduler.requests_per_tick, self.share // 2)
+        self.scheduler.tick_took(reactor.TICK_TARGET / 2 * 0.99, share_used_up=True)
+        self.assertEqual(self.scheduler.requests_per_tick, self.share // 2 + 1)
