@@ -157,6 +157,8 @@ def summarise(rounds: Dict[str, List[Dict]], names: List[str]) -> Dict[str, Dict
             "deliveries_per_s": median_of(good, "deliveries_per_s"),
             "probe_p50_ms": median_of(good, "probe_p50_ms"),
             "probe_p99_ms": median_of(good, "probe_p99_ms"),
+            # near 1.0: the load generator, not the server, was the limit
+            "loadgen_cpu_share": median_of(good, "loadgen_cpu_share"),
             "missing": sum(r.get("missing", 0) for r in results if "missing" in r),
             "ratio": statistics.median(ratios) if ratios else None,
             "ratio_min": min(ratios) if ratios else None,
