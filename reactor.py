@@ -47,13 +47,15 @@ without sending more); CLOSED at the end of every path.
 import collections
 import enum
 import errno
+import heapq
+import itertools
 import logging
 import selectors
 import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from lib.actions import Action, App, Broadcast, Close, Send, Shutdown
 
@@ -87,8 +89,27 @@ INITIAL_REQUESTS_PER_TICK = 4
 HIGH_WATER = 64 * 1024
 LOW_WATER = HIGH_WATER // 4
 # Disconnect a peer whose unsent output passes this (Redis: client-output-buffer-limit). 1 MiB
-# is ~15 000 chat messages: a reader that far behind is stalled, not slow.
+# is ~15 000 chat messages: a reader that far behind is stalled, not slow. It counts what the
+# peer is owed, shared or not (see SHARE_MIN).
 OUTPUT_CAP = 1024 * 1024
+# Output of at least this many bytes is queued by reference: every member of a broadcast holds
+# the same bytes object, and sendmsg() gathers a connection's queue in one system call. Smaller
+# output (nearly every chat) is copied onto the end of the member's own buffer, which costs less
+# than a reference would when it is sent. So a 64 KiB chat to 2 000 members costs 64 KiB, not
+# 128 MB, and a departure announced to a whole room is one object, however large the room.
+SHARE_MIN = 2048
+# The most buffers one sendmsg() is given (Linux's IOV_MAX is 1024).
+MAX_IOV = 1024
+# The memory budget: what all connections' buffers together may hold (Memory), input and
+# output. Past it, the connections that hold the most are dropped, largest first, as Redis's
+# maxmemory-clients does, until the total is under it again: so no number of connections, each
+# within its own limits, can make the server's memory grow past this plus a fixed cost per
+# connection (README, "Limits"). 128 MiB is a thousand times a busy room's traffic per tick.
+# Server.py's --memory-budget sets it.
+MEMORY_BUDGET = 128 * 1024 * 1024
+# The most connections evicted for the budget in one tick (each eviction frees what that
+# connection held; the next tick goes on if the total is still over).
+EVICTIONS_PER_TICK = 64
 # Pending connections the kernel may hold for us between two ticks.
 BACKLOG = 1024
 # After accept() fails for lack of file descriptors, stop accepting for this long rather than
@@ -102,6 +123,34 @@ LINGER_TIMEOUT = 2.0
 MAX_WAIT = 1.0
 
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+if hasattr(socket.socket, "sendmsg"):
+    def _sendmsg(sock: socket.socket, buffers: List[Any]) -> int:
+        return sock.sendmsg(buffers)
+else:                                   # no scatter-gather here (Windows): join, then send
+    def _sendmsg(sock: socket.socket, buffers: List[Any]) -> int:
+        return sock.send(b"".join(buffers))
+
+
+def _bytes_held(conn: "Connection") -> int:
+    return conn.out_bytes + conn.in_bytes
+
+
+class Memory:
+    """What every connection's buffers hold, in bytes: the one figure the memory budget is
+    checked against (Redis's maxmemory-clients). `output` counts copied output once per copy
+    and shared output once per object; `input` is what the app holds of requests not yet
+    handled (its framers' buffers)."""
+    __slots__ = ("output", "input", "budget")
+
+    def __init__(self, budget: int) -> None:
+        self.output = 0
+        self.input = 0
+        self.budget = budget
+
+    @property
+    def total(self) -> int:
+        return self.output + self.input
 
 
 class State(enum.IntEnum):
@@ -126,13 +175,18 @@ class Connection:
 
     The input buffer lives in the app (its framer); `out` is the output queue.
     """
-    __slots__ = ("sock", "conn_id", "out", "state", "events", "reads_paused", "peer_closed",
-                 "scheduled", "flush_pending", "reported_lost")
+    __slots__ = ("sock", "conn_id", "out", "tail", "out_bytes", "in_bytes", "state", "events",
+                 "reads_paused", "peer_closed", "scheduled", "flush_pending", "reported_lost")
 
     def __init__(self, sock: socket.socket, conn_id: int) -> None:
         self.sock = sock
         self.conn_id = conn_id
-        self.out = bytearray()          # unsent output, oldest first
+        # Unsent output, oldest first: bytearrays of copied small output, and shared bytes
+        # objects (a memoryview of one once part of it is sent). out_bytes is their total.
+        self.out: Deque[Any] = collections.deque()
+        self.tail: Optional[bytearray] = None   # the last of `out`, while small output goes there
+        self.out_bytes = 0
+        self.in_bytes = 0               # its input the app holds, not yet handled
         self.state = _OPEN
         self.events = selectors.EVENT_READ  # what the selector watches it for
         self.reads_paused = False       # our output to it is above HIGH_WATER (until LOW_WATER)
@@ -227,7 +281,7 @@ class Reactor:
     """
 
     def __init__(self, host: str, port: int, app: Optional[App] = None,
-                 backlog: int = BACKLOG) -> None:
+                 backlog: int = BACKLOG, memory_budget: int = MEMORY_BUDGET) -> None:
         self.app = app
         self.selector = selectors.DefaultSelector()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -248,6 +302,11 @@ class Reactor:
         self.scheduler = Scheduler()
         self._to_flush: List[Connection] = []     # got output this tick
         self._to_abort: List[Connection] = []     # ABORTING: to be dropped (_abort_over_cap)
+        self._lost: List[Connection] = []         # gone; the app is told in the flush
+        self.memory = Memory(memory_budget)
+        # Shared output (see SHARE_MIN): id(bytes) -> [the bytes, how many queues hold it].
+        self._shared: Dict[int, List[Any]] = {}
+        self.evictions = 0                        # connections dropped for the memory budget
         self._lingering: Deque[Tuple[float, Connection]] = collections.deque()  # by deadline
         self._accept_paused_until = 0.0           # 0.0: accepting
         self._stopping = False      # stop() was called: handle no more requests, end the loop
@@ -279,12 +338,14 @@ class Reactor:
                     self._want_flush(conn)
         self._process_input()
         self._flush()
+        if self.memory.total > self.memory.budget:
+            self._evict_for_memory()
         self._expire_timers(time.monotonic())
 
     def _next_timeout(self, cap: Optional[float]) -> Optional[float]:
         """How long the next select() may wait: not at all while a backlog waits for its turn;
         otherwise until the first timer is due, and at most `cap` (None: no bound)."""
-        if self.scheduler.has_backlog:
+        if self.scheduler.has_backlog or self._lost:
             return 0
         due = self._lingering[0][0] if self._lingering else None
         if self._accept_paused_until and (due is None or self._accept_paused_until < due):
@@ -313,7 +374,7 @@ class Reactor:
         for conn in list(self.conns.values()):
             if conn.out:
                 try:
-                    conn.sock.send(conn.out)
+                    conn.sock.send(b"".join(conn.out))
                 except OSError:
                     pass
             self._teardown(conn, tell_app=False)
@@ -388,6 +449,12 @@ class Reactor:
         if conn.state is _OPEN:             # (the app may have failed and dropped it)
             self.scheduler.schedule(conn)
 
+    def _count_input(self, conn: Connection) -> None:
+        """Bring the memory budget's count of `conn`'s unhandled input up to date."""
+        held = self.app.pending_input(conn.conn_id)
+        self.memory.input += held - conn.in_bytes
+        conn.in_bytes = held
+
     # -- requests ------------------------------------------------------------------------------
 
     def _process_input(self) -> None:
@@ -404,8 +471,11 @@ class Reactor:
         passed OUTPUT_CAP meanwhile. True if it may have more."""
         if self._stopping:
             return False                    # KILL_SERVICE: what came after it is not served
-        if conn.state is not _OPEN or conn.reads_paused:
-            return False                    # a paused one is requeued by _send on resuming
+        if conn.state is not _OPEN:
+            return False
+        if conn.reads_paused:               # it is requeued by _send on resuming; what it sent
+            self._guarded(conn, self._count_input, conn)    # before the pause counts now
+            return False
         more = self._guarded(conn, self._handle_requests, conn, limit)
         self._abort_over_cap()
         return bool(more)
@@ -413,17 +483,23 @@ class Reactor:
     def _handle_requests(self, conn: Connection, limit: int) -> bool:
         """Handle up to `limit` of `conn`'s requests; True if it may have more."""
         next_actions = self.app.maybe_next_actions
+        more = True
         for _ in range(limit):
             actions = next_actions(conn.conn_id)
             if actions is None:
-                return False
+                more = False
+                break
             self.apply(actions)
             if conn.state is not _OPEN or conn.reads_paused or self._stopping:
-                return conn.state is _OPEN
-        return True
+                more = conn.state is _OPEN
+                break
+        if conn.state is not _CLOSED:
+            self._count_input(conn)         # what it holds now counts against the budget
+        return more
 
-    def _guarded(self, conn: Connection, func: Callable[..., Any], *args: Any) -> Any:
-        """Call func(*args) on behalf of `conn` and return what it returns (None if it raised).
+    def _guarded(self, conn: Optional[Connection], func: Callable[..., Any], *args: Any) -> Any:
+        """Call func(*args) on behalf of `conn` (None: of connections already gone) and return
+        what it returns (None if it raised).
 
         This is the server's one catch-all. An exception here is our own bug (in the app or in
         this module), never the peer's fault, which the app answers with an error reply: log
@@ -431,9 +507,11 @@ class Reactor:
         try:
             return func(*args)
         except Exception:
-            LOGGER.exception("conn %d: internal error in %s; dropping the connection",
-                             conn.conn_id, getattr(func, "__qualname__", func))
-            self._teardown(conn)
+            who = "connections gone" if conn is None else "conn %d" % conn.conn_id
+            LOGGER.exception("%s: internal error in %s; dropping the connection", who,
+                             getattr(func, "__qualname__", func))
+            if conn is not None:
+                self._teardown(conn)
             return None
 
     # -- actions -------------------------------------------------------------------------------
@@ -453,28 +531,77 @@ class Reactor:
             else:
                 raise TypeError("unknown action %r" % (action,))
 
-    def write_many(self, conn_ids: Iterable[int], data: bytes) -> None:
+    def write_many(self, conn_ids: Sequence[int], data: bytes) -> None:
         """Queue the same `data` for each connection; it is sent at the end of this tick.
 
-        This loop runs once per delivered message, so it is written for speed: no method call
-        per connection, and locals for everything it touches.
+        Small data is copied onto the end of each connection's own buffer (`tail`); data of
+        SHARE_MIN bytes or more is queued by reference, the same object for every connection
+        (_write_shared). This loop runs once per delivered message, so it is written for speed:
+        no method call per connection, and locals for everything it touches.
         """
+        size = len(data)
+        if size >= SHARE_MIN:
+            self._write_shared(conn_ids, data)
+            return
         conns = self.conns
         to_flush = self._to_flush
+        skipped = 0
         for conn_id in conn_ids:
             conn = conns.get(conn_id)
             if conn is None or conn.state is not _OPEN:
-                continue                    # it has gone, or is closing: nothing more for it
+                skipped += 1                # it has gone, or is closing: nothing more for it
+                continue
             if not conn.flush_pending:
                 conn.flush_pending = True
                 to_flush.append(conn)
-            out = conn.out
-            out += data
-            if len(out) > HIGH_WATER:
+            tail = conn.tail
+            if tail is None:
+                tail = conn.tail = bytearray()
+                conn.out.append(tail)
+            tail += data
+            queued = conn.out_bytes + size
+            conn.out_bytes = queued
+            if queued > HIGH_WATER:
                 self._over_high_water(conn)
+        self.memory.output += size * (len(conn_ids) - skipped)
+
+    def _write_shared(self, conn_ids: Sequence[int], data: bytes) -> None:
+        """write_many() for large data: every connection queues the same object."""
+        holders = 0
+        for conn_id in conn_ids:
+            conn = self.conns.get(conn_id)
+            if conn is None or conn.state is not _OPEN:
+                continue
+            self._want_flush(conn)
+            conn.out.append(data)
+            conn.tail = None
+            conn.out_bytes += len(data)
+            holders += 1
+            if conn.out_bytes > HIGH_WATER:
+                self._over_high_water(conn)
+        if holders:
+            self._hold(data, holders)
+
+    def _hold(self, data: bytes, holders: int) -> None:
+        """`holders` connections now queue `data` by reference: it is counted once."""
+        entry = self._shared.get(id(data))
+        if entry is None:
+            self._shared[id(data)] = [data, holders]
+            self.memory.output += len(data)
+        else:
+            entry[1] += holders
+
+    def _release(self, chunk: Any) -> None:
+        """One holder is done with a shared object (or a memoryview of one)."""
+        data = chunk.obj if type(chunk) is memoryview else chunk
+        entry = self._shared[id(data)]
+        entry[1] -= 1
+        if not entry[1]:
+            del self._shared[id(data)]
+            self.memory.output -= len(data)
 
     def _over_high_water(self, conn: Connection) -> None:
-        if len(conn.out) > OUTPUT_CAP:
+        if conn.out_bytes > OUTPUT_CAP:
             # Not torn down here: we may be in the middle of a broadcast. See _abort_over_cap.
             conn.state = _ABORTING
             self._to_abort.append(conn)
@@ -498,8 +625,11 @@ class Reactor:
             self._to_flush.append(conn)
 
     def _flush(self) -> None:
-        """Send what each connection got this tick, one send() each."""
-        while self._to_flush:
+        """Tell the app which connections were lost, then send what each connection got this
+        tick, one send() each; again while either brings more."""
+        while self._to_flush or self._lost:
+            if self._lost:
+                self._tell_app_lost()
             batch, self._to_flush = self._to_flush, []
             for conn in batch:
                 conn.flush_pending = False
@@ -513,21 +643,66 @@ class Reactor:
         out = conn.out
         if out:
             try:
-                sent = conn.sock.send(out)
+                if len(out) == 1:
+                    sent = conn.sock.send(out[0])
+                else:                       # scatter-gather: the whole queue, one system call
+                    sent = _sendmsg(conn.sock, list(itertools.islice(out, MAX_IOV)))
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:          # EPIPE, ECONNRESET: the peer is gone
                 LOGGER.debug("conn %d: send failed: %s", conn.conn_id, exc)
                 self._teardown(conn)
                 return
-            del out[:sent]
+            if sent:
+                self._consume(conn, sent)
         if not out and conn.state is _CLOSING:
             self._finish_close(conn)
             return
-        if conn.reads_paused and len(out) <= LOW_WATER and conn.state is _OPEN:
+        if conn.reads_paused and conn.out_bytes <= LOW_WATER and conn.state is _OPEN:
             conn.reads_paused = False
             self.scheduler.requeue(conn)    # the app may hold requests read before the pause
         self._update_interest(conn)
+
+    def _consume(self, conn: Connection, sent: int) -> None:
+        """Drop the first `sent` bytes of `conn`'s queue: they are in the kernel now."""
+        out = conn.out
+        if sent == conn.out_bytes and conn.tail is not None and len(out) == 1:
+            out.clear()                     # the usual case: its one buffer, all of it sent
+            conn.tail = None
+            conn.out_bytes = 0
+            self.memory.output -= sent
+            return
+        conn.out_bytes -= sent
+        memory = self.memory
+        while sent:
+            head = out[0]
+            size = len(head)
+            if sent < size:                 # part of the head: keep the rest
+                if type(head) is bytearray:
+                    del head[:sent]         # O(1): a bytearray drops its head in place
+                    memory.output -= sent
+                else:
+                    out[0] = memoryview(head)[sent:]
+                return
+            out.popleft()
+            sent -= size
+            if type(head) is bytearray:
+                memory.output -= size
+                if head is conn.tail:
+                    conn.tail = None
+            else:
+                self._release(head)
+
+    def _drop_output(self, conn: Connection) -> None:
+        """Forget everything queued for `conn` (it is closed, or aborted)."""
+        for chunk in conn.out:
+            if type(chunk) is bytearray:
+                self.memory.output -= len(chunk)
+            else:
+                self._release(chunk)
+        conn.out.clear()
+        conn.tail = None
+        conn.out_bytes = 0
 
     def _update_interest(self, conn: Connection) -> None:
         """Watch for writability only while output is queued; for input unless reads are
@@ -598,24 +773,52 @@ class Reactor:
             return
         conn.state = _CLOSED
         del self.conns[conn.conn_id]
+        self.memory.input -= conn.in_bytes
+        conn.in_bytes = 0
         try:
             self.selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
         conn.sock.close()
-        conn.out = bytearray()
+        self._drop_output(conn)
         LOGGER.debug("conn %d: closed", conn.conn_id)
         if tell_app:
             self._report_lost(conn)
 
     def _report_lost(self, conn: Connection) -> None:
-        """Tell the app, once, that `conn` is gone, and carry out what it answers."""
-        if conn.reported_lost:
-            return
-        conn.reported_lost = True
-        actions = self._guarded(conn, self.app.connection_lost, conn.conn_id)
+        """Note, once, that `conn` is gone. The app is told in this tick's flush, together
+        with every other connection lost meanwhile (_tell_app_lost)."""
+        if not conn.reported_lost:
+            conn.reported_lost = True
+            self._lost.append(conn)
+
+    def _tell_app_lost(self) -> None:
+        """Tell the app which connections are gone, in one call, and carry out its answer.
+
+        One call for a whole storm of departures: the app takes every one of them out of its
+        rooms before it announces any, so nothing is built for members that are themselves
+        gone, and a room's announcements can go out as one shared message. Telling it one by
+        one made 8 000 members resetting at once cost 8 000 announcements to 8 000 members."""
+        lost, self._lost = self._lost, []
+        actions = self._guarded(None, self.app.connections_lost, [c.conn_id for c in lost])
         if actions:
             self.apply(actions)
+
+    def _evict_for_memory(self) -> None:
+        """The connections' buffers hold more than the budget: drop the connections that hold
+        the most, largest first, until they do not (at most EVICTIONS_PER_TICK now)."""
+        memory = self.memory
+        largest = heapq.nlargest(EVICTIONS_PER_TICK, self.conns.values(), key=_bytes_held)
+        for conn in largest:
+            if memory.total <= memory.budget:
+                break
+            LOGGER.warning("conn %d: evicted for the memory budget: buffers hold %d bytes, the "
+                           "budget is %d, and it held the most (%d of output, %d of input)",
+                           conn.conn_id, memory.total, memory.budget, conn.out_bytes,
+                           conn.in_bytes)
+            self.evictions += 1
+            self._teardown(conn)
+        self._flush()                       # the evicted connections' rooms are told now
 
     def _drain_wakeup(self) -> None:
         try:

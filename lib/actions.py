@@ -1,12 +1,12 @@
 """The contract between the reactor and the app it runs, and nothing else.
 
 The reactor (reactor.py) owns the sockets; an app (protocol.ChatProtocol, or a test's fake one)
-decides what to answer. They meet here: the reactor calls the four methods of `App`, naming each
+decides what to answer. They meet here: the reactor calls the methods of `App`, naming each
 connection by an integer id, and carries out the `Action`s the app returns. Neither imports the
 other, so the reactor can run any app and the app can be tested without a socket.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Protocol, Tuple, Union
+from typing import List, Optional, Protocol, Sequence, Tuple, Union
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ class Send:
 class Broadcast:
     __slots__ = ("conn_ids", "data")
     conn_ids: Tuple[int, ...]   # the members at the moment of the broadcast, in join order
-    data: bytes                 # encoded once, copied into each member's output buffer
+    data: bytes                 # encoded once; queued for each member (copied, or shared)
 
 
 @dataclass
@@ -50,7 +50,7 @@ Action = Union[Send, Broadcast, Close, Shutdown]
 # ---------------------------------------------------------------------------------------------
 
 class App(Protocol):
-    """What the reactor needs of an app. Any class with these four methods is one (it need not
+    """What the reactor needs of an app. Any class with these methods is one (it need not
     inherit from App: this is a typing.Protocol, checked by type checkers, not at run time).
 
     An exception from any of them is a bug in the app, not the peer's fault: the reactor logs
@@ -67,6 +67,11 @@ class App(Protocol):
         """The actions for `conn_id`'s next complete request, or None if none is complete.
         The reactor calls this as many times per tick as its fairness policy allows."""
 
-    def connection_lost(self, conn_id: int) -> List[Action]:
-        """`conn_id` is gone (closed by either side, or dropped); called once per connection.
-        The actions returned (e.g. telling its rooms) are carried out at once."""
+    def pending_input(self, conn_id: int) -> int:
+        """How many bytes of `conn_id`'s input the app holds, not yet handled (they count
+        against the reactor's memory budget)."""
+
+    def connections_lost(self, conn_ids: Sequence[int]) -> List[Action]:
+        """These connections are gone (closed by either side, or dropped); each is named once,
+        in one call with every other connection lost in the same tick. The actions returned
+        (e.g. telling their rooms) are carried out at once."""

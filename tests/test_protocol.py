@@ -302,3 +302,31 @@ class RoomTableFullTests(unittest.TestCase):
         self.do(Leave(0, "1", "x"))
         self.do(Join("b", "x"))
         self.assertEqual(self.do(Join("a", "x"))[0], joined("a", 0, 1))
+
+
+class ManyLostAtOnceTests(unittest.TestCase):
+
+    def setUp(self):
+        self.proto = ChatProtocol(PORT, "1")
+        for conn in range(1, 7):
+            self.proto.connection_made(conn, "10.0.0.1")
+
+    def test_departures_in_one_call_are_announced_only_to_who_remains_one_message_a_room(self):
+        for conn in range(1, 6):
+            self.proto.handle(conn, Join("big", "m%d" % conn))
+        self.proto.handle(2, Join("side", "m2"))
+        self.proto.handle(6, Join("side", "s6"))
+        actions = self.proto.connections_lost([1, 2, 3])
+        self.assertEqual(actions, [
+            Broadcast((4, 5), chat_message(0, "m1", "m1 has left this chatroom.")
+                      + chat_message(0, "m2", "m2 has left this chatroom.")
+                      + chat_message(0, "m3", "m3 has left this chatroom.")),
+            Broadcast((6,), chat_message(1, "m2", "m2 has left this chatroom.")),
+        ])
+        self.assertEqual(self.proto.rooms.member_ids(0), (4, 5))
+
+    def test_a_whole_room_leaving_at_once_announces_nothing(self):
+        for conn in range(1, 6):
+            self.proto.handle(conn, Join("big", "m%d" % conn))
+        self.assertEqual(self.proto.connections_lost([5, 4, 3, 2, 1]), [])
+        self.assertEqual(self.proto.rooms.member_ids(0), ())

@@ -61,9 +61,13 @@ class LineApp:
             raise RuntimeError("a bug in the app")
         return []
 
-    def connection_lost(self, conn_id):
-        self.lost.append(conn_id)
-        del self.buffers[conn_id]
+    def pending_input(self, conn_id):
+        return len(self.buffers[conn_id])
+
+    def connections_lost(self, conn_ids):
+        for conn_id in conn_ids:
+            self.lost.append(conn_id)
+            del self.buffers[conn_id]
         return []
 
 
@@ -347,14 +351,14 @@ class ReactorTests(unittest.TestCase):
     def test_a_bug_in_connection_lost_is_caught_in_the_same_one_place(self):
         _, leaving = self.pair()
         _, other = self.pair()
-        app_lost = self.app.connection_lost
+        app_lost = self.app.connections_lost
 
-        def buggy_lost(conn_id):
-            app_lost(conn_id)
-            if conn_id == 1:
+        def buggy_lost(conn_ids):
+            app_lost(conn_ids)
+            if 1 in conn_ids:
                 raise RuntimeError("a bug in the app")
             return []
-        self.app.connection_lost = buggy_lost
+        self.app.connections_lost = buggy_lost
         leaving.close()
         with self.assertLogs("reactor", "ERROR") as logs:
             self.tick_until(lambda: self.app.lost)
@@ -490,3 +494,125 @@ class SchedulerTests(unittest.TestCase):
         self.assertEqual(self.scheduler.requests_per_tick, self.share // 2)
         self.scheduler.tick_took(reactor.TICK_TARGET / 2 * 0.99, share_used_up=True)
         self.assertEqual(self.scheduler.requests_per_tick, self.share // 2 + 1)
+
+
+class SharedOutputAndMemoryTests(unittest.TestCase):
+    """Output of SHARE_MIN bytes or more is queued by reference and counted once; the memory
+    budget drops the connections that hold the most."""
+
+    def setUp(self):
+        self.app = LineApp()
+        self.reactor = reactor.Reactor("127.0.0.1", 0, self.app)
+        self.addCleanup(self.reactor.close)
+
+    def pair(self, sndbuf=None, rcvbuf=None):
+        ours, theirs = socket.socketpair()
+        if sndbuf:
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        if rcvbuf:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.addCleanup(ours.close)
+        ours.settimeout(5)
+        return self.reactor.add_connection(theirs, "local"), ours
+
+    def read_exactly(self, sock, size, max_ticks=2000):
+        got = b""
+        sock.setblocking(False)
+        for _ in range(max_ticks):
+            self.reactor.run_once(0.01)
+            try:
+                got += sock.recv(1 << 20)
+            except BlockingIOError:
+                pass
+            if len(got) >= size:
+                return got
+        self.fail("wanted %d bytes, got %d" % (size, len(got)))
+
+    def test_a_large_broadcast_is_one_object_counted_once(self):
+        conns = [self.pair(sndbuf=4096) for _ in range(50)]
+        data = bytes(range(256)) * 200                      # 51 200 bytes, >= SHARE_MIN
+        self.reactor.write_many([c for c, _ in conns], data)
+        self.assertEqual(self.reactor.memory.output, len(data))
+        for conn_id, _ in conns:
+            self.assertIs(self.reactor.conns[conn_id].out[0], data)
+        for _, sock in conns:                               # partial sends on the way
+            self.assertEqual(self.read_exactly(sock, len(data)), data)
+        self.assertEqual(self.reactor.memory.output, 0)
+
+    def test_small_and_shared_output_keep_their_order_through_partial_sends(self):
+        conn_id, sock = self.pair(sndbuf=4096)
+        pieces = []
+        for index in range(200):
+            piece = (b"%d," % index) * (1 if index % 3 else 900)    # small, small, large, ...
+            pieces.append(piece)
+            self.reactor.write_many([conn_id], piece)
+        want = b"".join(pieces)
+        self.assertEqual(self.reactor.conns[conn_id].out_bytes, len(want))
+        self.assertEqual(self.read_exactly(sock, len(want)), want)
+        self.assertEqual(self.reactor.memory.output, 0)
+
+    def test_what_a_closed_connection_held_is_given_back(self):
+        conns = [self.pair(sndbuf=4096) for _ in range(3)]
+        self.reactor.write_many([c for c, _ in conns], b"y" * 100000)
+        self.reactor.write_many([conns[0][0]], b"small")
+        for _, sock in conns:
+            sock.close()
+        for _ in range(20):
+            self.reactor.run_once(0.01)
+            if not self.reactor.conns:
+                break
+        self.assertEqual(self.reactor.conns, {})
+        self.assertEqual((self.reactor.memory.output, self.reactor.memory.input), (0, 0))
+        self.assertEqual(self.reactor._shared, {})
+
+    def test_pending_input_counts_against_the_budget(self):
+        conn_id, sock = self.pair()
+        sock.sendall(b"x" * 5000)                           # no newline: a partial request
+        for _ in range(50):
+            self.reactor.run_once(0.01)
+            if self.reactor.memory.input:
+                break
+        self.assertEqual(self.reactor.memory.input, 5000)
+        sock.sendall(b"\n")
+        for _ in range(50):
+            self.reactor.run_once(0.01)
+            if not self.reactor.memory.input:
+                break
+        self.assertEqual(self.reactor.memory.input, 0)
+
+    def test_over_the_budget_the_largest_holders_are_evicted_first(self):
+        self.reactor.memory.budget = 300000
+        stalled = [self.pair(sndbuf=4096, rcvbuf=4096) for _ in range(3)]
+        reader_id, reader = self.pair()
+        for index, (conn_id, _) in enumerate(stalled):      # 50, 100 and 150 KB queued
+            self.reactor.write_many([conn_id], b"%d" % index * 50000 * (index + 1))
+        self.reactor.write_many([reader_id], b"hi\n")
+        self.reactor.write_many([stalled[0][0]], b"z" * 100000)   # 150 KB; the total passes
+        with self.assertLogs("reactor", "WARNING") as logs:
+            self.reactor.run_once(0)
+        evicted = [c for c, _ in stalled if c not in self.reactor.conns]
+        self.assertEqual(len(evicted), 1)
+        self.assertIn(evicted[0], (stalled[0][0], stalled[2][0]))  # one of the two largest
+        self.assertIn("memory budget", logs.records[0].getMessage())
+        self.assertLessEqual(self.reactor.memory.total, 300000)
+        self.assertEqual(self.reactor.evictions, 1)
+        self.assertEqual(self.app.lost, evicted)
+        self.assertEqual(self.read_exactly(reader, 3), b"hi\n")
+
+    def test_connections_lost_in_one_tick_are_told_to_the_app_in_one_call(self):
+        calls = []
+        app_lost = self.app.connections_lost
+
+        def recording(conn_ids):
+            calls.append(list(conn_ids))
+            return app_lost(conn_ids)
+        self.app.connections_lost = recording
+        socks = [self.pair()[1] for _ in range(20)]
+        for sock in socks:
+            sock.close()
+        for _ in range(50):
+            self.reactor.run_once(0.01)
+            if len(self.app.lost) == 20:
+                break
+        self.assertEqual(sorted(self.app.lost), list(range(1, 21)))
+        self.assertEqual(len(calls), 1, calls)
