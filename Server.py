@@ -12,8 +12,8 @@ import os
 import select
 import sys
 
-from protocol import ChatProtocol
-from reactor import Reactor
+from protocol import KILL_FROM_CHOICES, ChatProtocol
+import reactor
 
 DEFAULT_IP = "0.0.0.0"          # every interface
 DEFAULT_PORT = 8080
@@ -38,6 +38,24 @@ def parse_args(argv):
     parser.add_argument("--student-id", default=None,
                         help="StudentID reported by HELO (default: the STUDENT_ID environment "
                              "variable if set and not empty, else %s)" % DEFAULT_STUDENT_ID)
+    parser.add_argument("--memory-budget", type=_non_negative, metavar="MIB",
+                        default=reactor.MEMORY_BUDGET // (1024 * 1024),
+                        help="what all connections' buffers may hold together, in MiB; past it "
+                             "the connections holding the most are dropped (default %(default)s)")
+    parser.add_argument("--input-rate", type=_non_negative, metavar="BYTES",
+                        default=reactor.INPUT_BYTES_PER_SECOND,
+                        help="bytes per second one connection may send, in bursts of as much; "
+                             "a faster one is slowed down, not cut (default %(default)s; "
+                             "0: no limit)")
+    parser.add_argument("--request-rate", type=_non_negative, metavar="N",
+                        default=reactor.REQUESTS_PER_SECOND,
+                        help="requests per second one connection may send, in bursts of twice "
+                             "as many (default %(default)s; 0: no limit)")
+    parser.add_argument("--kill-from", choices=KILL_FROM_CHOICES, default="any",
+                        help="who may stop the server with KILL_SERVICE: anyone, as the "
+                             "protocol says (default), only this machine, or nobody")
+    parser.add_argument("--stats-interval", type=_non_negative, metavar="SECONDS", default=0,
+                        help="log a line of statistics every SECONDS (default 0: never)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="what to log on standard error (default info)")
@@ -45,6 +63,16 @@ def parse_args(argv):
     args.ip, args.port = _address(parser, args.ip, args.port)
     args.student_id = _student_id(parser, args.student_id)
     return args
+
+
+def _non_negative(text):
+    try:
+        value = int(text)
+        if value >= 0:
+            return value
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError("a whole number of 0 or more, not %r" % text)
 
 
 def _address(parser, ip, port):
@@ -100,6 +128,27 @@ class NeverBlockingHandler(logging.Handler):
             self.handleError(record)
 
 
+class Statistics:
+    """The line --stats-interval logs: connections, rooms, memberships, deliveries a second,
+    queued output, and how often connections were evicted or throttled since the last line."""
+
+    def __init__(self, server: "reactor.Reactor", app: ChatProtocol, interval: float) -> None:
+        self.server, self.app, self.interval = server, app, interval
+        self.last = (0, 0, 0)                       # deliveries, evictions, throttles
+
+    def log(self) -> None:
+        server = self.server
+        now = (server.deliveries, server.evictions, server.throttles)
+        deliveries, evictions, throttles = (a - b for a, b in zip(now, self.last))
+        self.last = now
+        logging.info("stats: %d connections, %d rooms, %d memberships, %.0f deliveries/s, "
+                     "%d bytes of output queued, buffers %d of a %d-byte budget, "
+                     "%d evictions, %d throttled", len(server.conns),
+                     self.app.rooms.count_rooms(), self.app.rooms.count_memberships(),
+                     deliveries / self.interval, server.memory.output, server.memory.total,
+                     server.memory.budget, evictions, throttles)
+
+
 def raise_file_limit() -> None:
     """Allow as many connections as the OS lets this process have: one file descriptor each.
     The soft limit (often 1024) is raised to the hard one, which only root can raise."""
@@ -122,16 +171,22 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     raise_file_limit()
     try:
-        reactor = Reactor(args.ip, args.port)
+        server = reactor.Reactor(
+            args.ip, args.port, memory_budget=args.memory_budget * 1024 * 1024,
+            limits=reactor.InputLimits(args.input_rate, args.input_rate, args.request_rate,
+                                       2 * args.request_rate))
     except OSError as exc:
         logging.error("cannot listen on %s:%s: %s", args.ip, args.port, exc)
         return 1
-    ip, port = reactor.address
-    reactor.app = ChatProtocol(port=port, student_id=args.student_id)
-    reactor.stop_on_signals()
+    ip, port = server.address
+    app = server.app = ChatProtocol(port=port, student_id=args.student_id,
+                                    kill_from=args.kill_from)
+    server.stop_on_signals()
+    if args.stats_interval:
+        server.call_every(args.stats_interval, Statistics(server, app, args.stats_interval).log)
     print("listening on %s:%d" % (ip, port), flush=True)
     logging.info("listening on %s:%d (StudentID %s)", ip, port, args.student_id)
-    reactor.run_forever()
+    server.run_forever()
     logging.info("stopped")
     return 0
 

@@ -48,13 +48,14 @@ import collections
 import enum
 import errno
 import heapq
-import itertools
 import logging
+import os
 import selectors
 import signal
 import socket
 import sys
 import time
+import traceback
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from lib.actions import Action, App, Broadcast, Close, Send, Shutdown
@@ -107,6 +108,30 @@ MAX_IOV = 1024
 # connection (README, "Limits"). 128 MiB is a thousand times a busy room's traffic per tick.
 # Server.py's --memory-budget sets it.
 MEMORY_BUDGET = 128 * 1024 * 1024
+# Flood control: each connection's input is metered by two token buckets (bytes and requests),
+# as IRC servers meter each client's lines. A bucket holds at most its burst and refills at its
+# rate; a connection whose bucket runs dry is not read from, and its requests wait, until the
+# bucket has refilled (TCP's window then slows the sender down): a flooder is slowed, never
+# cut, and nobody else waits for it. The rates are set so that a member who reads 1 MB/s keeps
+# up with any one flooder (whose every byte it is sent), far above what a person types, and
+# above what the benchmarks' busiest member sends (200 requests in a burst, a few KB/s).
+# Server.py's --input-rate and --request-rate set them (0: no limit).
+INPUT_BYTES_PER_SECOND = 512 * 1024
+INPUT_BURST_BYTES = 512 * 1024
+REQUESTS_PER_SECOND = 500
+REQUEST_BURST = 1000
+# Log lines a peer can cause (a connection opened or closed, an eviction) are rate-limited: at
+# most this many a second, in bursts of LOG_BURST; the rest are counted, and the count is logged
+# with the next line let through. A flood of connections must not become a flood of log.
+LOG_LINES_PER_SECOND = 20
+LOG_BURST = 100
+# An internal error's traceback is logged once per kind (exception type and where it was raised)
+# in this many seconds; repeats in between get one line, through the rate limit.
+TRACEBACK_INTERVAL = 60.0
+# Descriptors: one is kept in reserve, so that when every other is taken, a new connection can
+# still be accepted; the connection that has been idle longest without ever completing a
+# request then makes way for it (if there is none, the new one is closed at once rather than
+# left to hang). So idle connections holding every descriptor cannot lock new clients out.
 # The most connections evicted for the budget in one tick (each eviction frees what that
 # connection held; the next tick goes on if the total is still over).
 EVICTIONS_PER_TICK = 64
@@ -130,6 +155,57 @@ if hasattr(socket.socket, "sendmsg"):
 else:                                   # no scatter-gather here (Windows): join, then send
     def _sendmsg(sock: socket.socket, buffers: List[Any]) -> int:
         return sock.send(b"".join(buffers))
+
+
+class InputLimits:
+    """Flood control's numbers (see INPUT_BYTES_PER_SECOND). A rate of 0 means no limit."""
+    __slots__ = ("bytes_per_second", "burst_bytes", "requests_per_second", "request_burst")
+
+    def __init__(self, bytes_per_second: float = INPUT_BYTES_PER_SECOND,
+                 burst_bytes: float = INPUT_BURST_BYTES,
+                 requests_per_second: float = REQUESTS_PER_SECOND,
+                 request_burst: float = REQUEST_BURST) -> None:
+        self.bytes_per_second = bytes_per_second
+        self.burst_bytes = burst_bytes
+        self.requests_per_second = requests_per_second
+        self.request_burst = request_burst
+
+
+class LogBudget:
+    """The rate limit for log lines that peers can cause (LOG_LINES_PER_SECOND): a token
+    bucket of lines. Lines past it are dropped and counted; the next line let through says
+    how many."""
+
+    def __init__(self, per_second: float = LOG_LINES_PER_SECOND, burst: float = LOG_BURST,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+        self.dropped = 0
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        if not LOGGER.isEnabledFor(level):
+            return
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_second)
+        self._at = now
+        if self._tokens < 1:
+            self.dropped += 1
+            return
+        self._tokens -= 1
+        if self.dropped:
+            message += " (%d such lines not logged before this one)" % self.dropped
+            self.dropped = 0
+        LOGGER.log(level, message, *args)
+
+
+def _open_reserve() -> Optional[int]:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None                         # no descriptor to spare even now: do without
 
 
 def _bytes_held(conn: "Connection") -> int:
@@ -176,14 +252,15 @@ class Connection:
     The input buffer lives in the app (its framer); `out` is the output queue.
     """
     __slots__ = ("sock", "conn_id", "out", "tail", "out_bytes", "in_bytes", "state", "events",
-                 "reads_paused", "peer_closed", "scheduled", "flush_pending", "reported_lost")
+                 "reads_paused", "peer_closed", "throttled", "credit_bytes", "credit_requests",
+                 "credited_at", "scheduled", "flush_pending", "reported_lost")
 
     def __init__(self, sock: socket.socket, conn_id: int) -> None:
         self.sock = sock
         self.conn_id = conn_id
         # Unsent output, oldest first: bytearrays of copied small output, and shared bytes
         # objects (a memoryview of one once part of it is sent). out_bytes is their total.
-        self.out: Deque[Any] = collections.deque()
+        self.out: List[Any] = []        # (a list: 56 bytes where an empty deque is 760)
         self.tail: Optional[bytearray] = None   # the last of `out`, while small output goes there
         self.out_bytes = 0
         self.in_bytes = 0               # its input the app holds, not yet handled
@@ -191,6 +268,12 @@ class Connection:
         self.events = selectors.EVENT_READ  # what the selector watches it for
         self.reads_paused = False       # our output to it is above HIGH_WATER (until LOW_WATER)
         self.peer_closed = False        # it sent its FIN: nothing more to read, ever
+        # Flood control (INPUT_BYTES_PER_SECOND): what its buckets hold, as of `credited_at`;
+        # `throttled` while one has run dry: it is neither read from nor given turns.
+        self.throttled = False
+        self.credit_bytes = 0.0
+        self.credit_requests = 0.0
+        self.credited_at = 0.0
         # Set and cleared by the Scheduler only: the app may hold complete requests from it,
         # which are handled before anything more is read from it (so its unhandled input
         # stays bounded).
@@ -281,7 +364,8 @@ class Reactor:
     """
 
     def __init__(self, host: str, port: int, app: Optional[App] = None,
-                 backlog: int = BACKLOG, memory_budget: int = MEMORY_BUDGET) -> None:
+                 backlog: int = BACKLOG, memory_budget: int = MEMORY_BUDGET,
+                 limits: Optional[InputLimits] = None) -> None:
         self.app = app
         self.selector = selectors.DefaultSelector()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -307,6 +391,19 @@ class Reactor:
         # Shared output (see SHARE_MIN): id(bytes) -> [the bytes, how many queues hold it].
         self._shared: Dict[int, List[Any]] = {}
         self.evictions = 0                        # connections dropped for the memory budget
+        self.limits = limits if limits is not None else InputLimits()
+        # Throttled connections by when their buckets have refilled: (time, conn_id, conn).
+        self._throttled: List[Tuple[float, int, Connection]] = []
+        self.throttles = 0                        # how often a connection was throttled
+        self._now = time.monotonic()              # this tick's time, read once after select()
+        self.log_budget = LogBudget()
+        self._periodic: List[List[Any]] = []      # [when next, every how many seconds, func]
+        self.deliveries = 0                       # messages queued for connections, ever
+        self._tracebacks: Dict[Tuple[str, str, int], float] = {}   # kind -> when last logged
+        # Connections that have not completed a request yet, longest idle first (see the
+        # descriptor reserve above), and the reserve itself.
+        self._unproven: "collections.OrderedDict[int, Connection]" = collections.OrderedDict()
+        self._reserve_fd: Optional[int] = _open_reserve()
         self._lingering: Deque[Tuple[float, Connection]] = collections.deque()  # by deadline
         self._accept_paused_until = 0.0           # 0.0: accepting
         self._stopping = False      # stop() was called: handle no more requests, end the loop
@@ -325,7 +422,9 @@ class Reactor:
         """One tick: wait up to `timeout` (None: as long as it takes) for sockets, read,
         handle requests, write, run the timers."""
         timeout = self._next_timeout(timeout)
-        for key, mask in self.selector.select(timeout):
+        events = self.selector.select(timeout)
+        self._now = time.monotonic()
+        for key, mask in events:
             conn = key.data
             if conn is None:
                 self._on_acceptable()
@@ -347,13 +446,21 @@ class Reactor:
         otherwise until the first timer is due, and at most `cap` (None: no bound)."""
         if self.scheduler.has_backlog or self._lost:
             return 0
-        due = self._lingering[0][0] if self._lingering else None
-        if self._accept_paused_until and (due is None or self._accept_paused_until < due):
-            due = self._accept_paused_until
+        deadlines = [self._lingering[0][0]] if self._lingering else []
+        if self._throttled:
+            deadlines.append(self._throttled[0][0])
+        if self._accept_paused_until:
+            deadlines.append(self._accept_paused_until)
+        deadlines.extend(timer[0] for timer in self._periodic)
+        due = min(deadlines) if deadlines else None
         if due is None:
             return cap
         until_due = max(0.0, due - time.monotonic())
         return until_due if cap is None else min(cap, until_due)
+
+    def call_every(self, seconds: float, func: Callable[[], None]) -> None:
+        """Call func() every `seconds` from the loop, between ticks (e.g. to log statistics)."""
+        self._periodic.append([time.monotonic() + seconds, seconds, func])
 
     def stop(self) -> None:
         """Ask run_forever() to return after this tick; no further request is handled.
@@ -377,9 +484,12 @@ class Reactor:
                     conn.sock.send(b"".join(conn.out))
                 except OSError:
                     pass
-            self._teardown(conn, tell_app=False)
+            self._teardown(conn, reason="closed: the server is stopping", tell_app=False)
         for sock in (self.listener, self._wake_r, self._wake_w):
             sock.close()
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
         self.selector.close()
 
     # -- input ---------------------------------------------------------------------------------
@@ -389,12 +499,18 @@ class Reactor:
         flood, BACKLOG of them (the rest wait for the next tick, as asyncio does)."""
         for _ in range(BACKLOG):
             try:
-                sock, _addr = self.listener.accept()
+                sock, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
                 continue                    # it went away while queued: next
             except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    accepted = self._accept_with_the_reserve()
+                    if accepted is not None:
+                        sock, addr = accepted
+                        self._serve_accepted(sock, addr)
+                        continue
                 if exc.errno in _ACCEPT_ERRORS:     # out of descriptors or memory
                     LOGGER.warning("accept failed (%s); retrying in %.1fs", exc,
                                    ACCEPT_RETRY_DELAY)
@@ -403,51 +519,92 @@ class Reactor:
                 else:                       # a network error of one pending connection
                     LOGGER.warning("accept failed: %s", exc)
                 return
-            try:
-                # We already gather a tick's output into one send(): Nagle would only add delay.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                # One string per address, not one per connection (58 bytes each, 10 000 times).
-                local_ip = sys.intern(sock.getsockname()[0])
-            except OSError as exc:          # reset before we got to it
-                LOGGER.debug("dropping a connection that failed at once: %s", exc)
-                sock.close()
-                continue
-            self.add_connection(sock, local_ip)
+            self._serve_accepted(sock, addr)
 
-    def add_connection(self, sock: socket.socket, local_ip: str) -> int:
+    def _accept_with_the_reserve(self) -> Optional[Tuple[socket.socket, Any]]:
+        """Every descriptor is taken: free the reserve, accept one connection with it, and
+        make room for it by closing the longest-idle connection that never completed a
+        request (or, if there is none, close the new one at once: it learns it cannot be
+        served instead of hanging). Then take the reserve again. None if this cannot help."""
+        if self._reserve_fd is None:
+            return None
+        os.close(self._reserve_fd)
+        self._reserve_fd = None
+        try:
+            sock, addr = self.listener.accept()
+        except OSError:
+            self._reserve_fd = _open_reserve()
+            return None
+        if self._unproven:
+            _conn_id, idle = self._unproven.popitem(last=False)
+            self._teardown(idle, logging.WARNING, "evicted: every descriptor is taken, and it "
+                           "was the longest idle of those that never completed a request")
+            self._reserve_fd = _open_reserve()
+            return sock, addr
+        sock.close()
+        self.log_budget.log(logging.WARNING, "refused a connection from %s: every descriptor "
+                            "is held by connections that have completed requests", addr[0])
+        self._reserve_fd = _open_reserve()
+        return None
+
+    def _serve_accepted(self, sock: socket.socket, addr: Any) -> None:
+        """Serve a connection that accept() returned."""
+        try:
+            # We already gather a tick's output into one send(): Nagle would only add delay.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # One string per address, not one per connection (58 bytes each, 10 000 times).
+            local_ip = sys.intern(sock.getsockname()[0])
+        except OSError as exc:              # reset before we got to it
+            LOGGER.debug("dropping a connection that failed at once: %s", exc)
+            sock.close()
+            return
+        conn_id = self.add_connection(sock, local_ip, sys.intern(addr[0]))
+        self.log_budget.log(logging.INFO, "conn %d: open from %s:%d", conn_id, addr[0], addr[1])
+
+    def add_connection(self, sock: socket.socket, local_ip: str, peer_ip: str = "") -> int:
         """Serve a connected socket (accepted here, or a socketpair end in a test)."""
         sock.setblocking(False)
         conn_id = self._next_conn_id
         self._next_conn_id += 1
         conn = Connection(sock, conn_id)
+        conn.credit_bytes = self.limits.burst_bytes
+        conn.credit_requests = self.limits.request_burst
+        conn.credited_at = self._now
         self.conns[conn_id] = conn
+        self._unproven[conn_id] = conn
         self.selector.register(sock, selectors.EVENT_READ, conn)
-        self.app.connection_made(conn_id, local_ip)
-        LOGGER.debug("conn %d: open", conn_id)
+        self._guarded(conn, self.app.connection_made, conn_id, local_ip, peer_ip)
         return conn_id
 
     def _on_readable(self, conn: Connection) -> None:
         """Read once from `conn` and hand the bytes to the app (requests are handled later in
         the tick). A connection whose earlier input is not all handled is not read from: its
         data waits in the kernel, whose window then slows the sender down."""
-        if conn.scheduled:
+        if conn.scheduled or conn.throttled:
             return
         try:
             data = conn.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:             # ECONNRESET and friends: the peer is gone
-            LOGGER.debug("conn %d: recv failed: %s", conn.conn_id, exc)
-            self._teardown(conn)
+            self._teardown(conn, reason="recv failed: %s" % exc)
             return
         if not data:
             self._on_peer_closed(conn)
             return
         if conn.state is not _OPEN:
             return                          # closing: what it sends now is dropped
+        if conn.conn_id in self._unproven:
+            self._unproven.move_to_end(conn.conn_id)        # idle no longer
         self._guarded(conn, self.app.data_received, conn.conn_id, data)
         if conn.state is _OPEN:             # (the app may have failed and dropped it)
             self.scheduler.schedule(conn)
+            rate = self.limits.bytes_per_second
+            if rate:
+                self._refill(conn)
+                conn.credit_bytes -= len(data)
+                if conn.credit_bytes < 0:
+                    self._throttle(conn, -conn.credit_bytes / rate)
 
     def _count_input(self, conn: Connection) -> None:
         """Bring the memory budget's count of `conn`'s unhandled input up to date."""
@@ -471,8 +628,8 @@ class Reactor:
         passed OUTPUT_CAP meanwhile. True if it may have more."""
         if self._stopping:
             return False                    # KILL_SERVICE: what came after it is not served
-        if conn.state is not _OPEN:
-            return False
+        if conn.state is not _OPEN or conn.throttled:
+            return False                    # a throttled one is requeued when it may go on
         if conn.reads_paused:               # it is requeued by _send on resuming; what it sent
             self._guarded(conn, self._count_input, conn)    # before the pause counts now
             return False
@@ -482,20 +639,66 @@ class Reactor:
 
     def _handle_requests(self, conn: Connection, limit: int) -> bool:
         """Handle up to `limit` of `conn`'s requests; True if it may have more."""
+        rate = self.limits.requests_per_second
+        if rate:
+            self._refill(conn)
+            allowed = int(conn.credit_requests)
+            if allowed < 1:                 # its bucket is dry: come back when it is not
+                self._throttle(conn, (1 - conn.credit_requests) / rate)
+                return False
+            limit = min(limit, allowed)
         next_actions = self.app.maybe_next_actions
         more = True
-        for _ in range(limit):
+        handled = 0
+        while handled < limit:
             actions = next_actions(conn.conn_id)
             if actions is None:
                 more = False
                 break
+            handled += 1
             self.apply(actions)
             if conn.state is not _OPEN or conn.reads_paused or self._stopping:
                 more = conn.state is _OPEN
                 break
+        if rate:
+            conn.credit_requests -= handled
+        if handled:
+            self._unproven.pop(conn.conn_id, None)          # it has completed a request
         if conn.state is not _CLOSED:
             self._count_input(conn)         # what it holds now counts against the budget
         return more
+
+    # -- flood control -------------------------------------------------------------------------
+
+    def _refill(self, conn: Connection) -> None:
+        """Top up `conn`'s buckets for the time since they were last looked at."""
+        elapsed = self._now - conn.credited_at
+        if elapsed > 0:
+            limits = self.limits
+            conn.credited_at = self._now
+            conn.credit_bytes = min(limits.burst_bytes,
+                                    conn.credit_bytes + elapsed * limits.bytes_per_second)
+            conn.credit_requests = min(limits.request_burst,
+                                       conn.credit_requests + elapsed * limits.requests_per_second)
+
+    def _throttle(self, conn: Connection, seconds: float) -> None:
+        """Neither read from `conn` nor give it turns for `seconds` (its bucket refills)."""
+        if not conn.throttled:
+            conn.throttled = True
+            self.throttles += 1
+            heapq.heappush(self._throttled, (self._now + seconds, conn.conn_id, conn))
+            self._update_interest(conn)
+
+    def _end_throttles(self, now: float) -> None:
+        """Read from, and give turns to, the throttled connections whose time is up."""
+        throttled = self._throttled
+        while throttled and throttled[0][0] <= now:
+            _until, _conn_id, conn = heapq.heappop(throttled)
+            if conn.state is _CLOSED:
+                continue
+            conn.throttled = False
+            self._update_interest(conn)
+            self.scheduler.requeue(conn)    # it may hold requests it was not given a turn for
 
     def _guarded(self, conn: Optional[Connection], func: Callable[..., Any], *args: Any) -> Any:
         """Call func(*args) on behalf of `conn` (None: of connections already gone) and return
@@ -506,12 +709,21 @@ class Reactor:
         it with its traceback and drop that one connection; the server goes on."""
         try:
             return func(*args)
-        except Exception:
-            who = "connections gone" if conn is None else "conn %d" % conn.conn_id
-            LOGGER.exception("%s: internal error in %s; dropping the connection", who,
-                             getattr(func, "__qualname__", func))
+        except Exception as exc:
+            who = "internal error" if conn is None else "conn %d: internal error" % conn.conn_id
+            where = getattr(func, "__qualname__", func)
+            then = "" if conn is None else "; dropping the connection"
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            kind = (type(exc).__name__, frame.filename, frame.lineno)
+            if self._now - self._tracebacks.get(kind, -TRACEBACK_INTERVAL) >= TRACEBACK_INTERVAL:
+                self._tracebacks[kind] = self._now
+                LOGGER.exception("%s in %s%s", who, where, then)
+            else:
+                self.log_budget.log(logging.ERROR, "%s in %s (%s: %s, as logged with its "
+                                    "traceback within %.0f s)%s", who, where,
+                                    type(exc).__name__, exc, TRACEBACK_INTERVAL, then)
             if conn is not None:
-                self._teardown(conn)
+                self._teardown(conn, logging.ERROR, "dropped after an internal error")
             return None
 
     # -- actions -------------------------------------------------------------------------------
@@ -563,7 +775,9 @@ class Reactor:
             conn.out_bytes = queued
             if queued > HIGH_WATER:
                 self._over_high_water(conn)
-        self.memory.output += size * (len(conn_ids) - skipped)
+        queued = len(conn_ids) - skipped
+        self.deliveries += queued
+        self.memory.output += size * queued
 
     def _write_shared(self, conn_ids: Sequence[int], data: bytes) -> None:
         """write_many() for large data: every connection queues the same object."""
@@ -580,6 +794,7 @@ class Reactor:
             if conn.out_bytes > HIGH_WATER:
                 self._over_high_water(conn)
         if holders:
+            self.deliveries += holders
             self._hold(data, holders)
 
     def _hold(self, data: bytes, holders: int) -> None:
@@ -646,12 +861,11 @@ class Reactor:
                 if len(out) == 1:
                     sent = conn.sock.send(out[0])
                 else:                       # scatter-gather: the whole queue, one system call
-                    sent = _sendmsg(conn.sock, list(itertools.islice(out, MAX_IOV)))
+                    sent = _sendmsg(conn.sock, out[:MAX_IOV])
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:          # EPIPE, ECONNRESET: the peer is gone
-                LOGGER.debug("conn %d: send failed: %s", conn.conn_id, exc)
-                self._teardown(conn)
+                self._teardown(conn, reason="send failed: %s" % exc)
                 return
             if sent:
                 self._consume(conn, sent)
@@ -674,17 +888,18 @@ class Reactor:
             return
         conn.out_bytes -= sent
         memory = self.memory
+        done = 0                            # buffers sent whole, dropped at the end in one go
         while sent:
-            head = out[0]
+            head = out[done]
             size = len(head)
-            if sent < size:                 # part of the head: keep the rest
+            if sent < size:                 # part of this one: keep the rest
                 if type(head) is bytearray:
                     del head[:sent]         # O(1): a bytearray drops its head in place
                     memory.output -= sent
                 else:
-                    out[0] = memoryview(head)[sent:]
-                return
-            out.popleft()
+                    out[done] = memoryview(head)[sent:]
+                break
+            done += 1
             sent -= size
             if type(head) is bytearray:
                 memory.output -= size
@@ -692,6 +907,7 @@ class Reactor:
                     conn.tail = None
             else:
                 self._release(head)
+        del out[:done]
 
     def _drop_output(self, conn: Connection) -> None:
         """Forget everything queued for `conn` (it is closed, or aborted)."""
@@ -707,11 +923,17 @@ class Reactor:
     def _update_interest(self, conn: Connection) -> None:
         """Watch for writability only while output is queued; for input unless reads are
         paused or the peer has closed its side."""
-        events = 0 if conn.reads_paused or conn.peer_closed else selectors.EVENT_READ
+        reading = not (conn.reads_paused or conn.peer_closed or conn.throttled)
+        events = selectors.EVENT_READ if reading else 0
         if conn.out:
             events |= selectors.EVENT_WRITE
-        if events != conn.events:           # never 0: such a connection has output queued
-            self.selector.modify(conn.sock, events, conn)
+        if events != conn.events:           # (the selector takes no empty set of events)
+            if not events:
+                self.selector.unregister(conn.sock)
+            elif not conn.events:
+                self.selector.register(conn.sock, events, conn)
+            else:
+                self.selector.modify(conn.sock, events, conn)
             conn.events = events
 
     def _abort_over_cap(self) -> None:
@@ -719,9 +941,8 @@ class Reactor:
         told)."""
         while self._to_abort:
             conn = self._to_abort.pop()
-            LOGGER.warning("conn %d: output passed %d bytes; disconnecting", conn.conn_id,
-                           OUTPUT_CAP)
-            self._teardown(conn)
+            self._teardown(conn, logging.WARNING, "evicted: the output queued for it passed "
+                           "OUTPUT_CAP (%d bytes): it does not read" % OUTPUT_CAP)
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -729,10 +950,9 @@ class Reactor:
         """The peer has closed its side: it sends nothing more. What we owe it is still sent
         (as asyncio's close() does: a client may send DISCONNECT and shut down its side before
         reading), then the connection ends; meanwhile its rooms are told it left."""
-        LOGGER.debug("conn %d: closed by peer", conn.conn_id)
         conn.peer_closed = True
         if not conn.out or not (conn.state is _OPEN or conn.state is _CLOSING):
-            self._teardown(conn)
+            self._teardown(conn, reason="closed by the peer")
             return
         conn.state = _CLOSING
         self._update_interest(conn)         # writability only
@@ -743,11 +963,11 @@ class Reactor:
         until the peer closes too (or LINGER_TIMEOUT passes); see LINGER_TIMEOUT for why."""
         try:
             conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._teardown(conn)
+        except OSError as exc:
+            self._teardown(conn, reason="shutdown failed: %s" % exc)
             return
-        if conn.peer_closed:
-            self._teardown(conn)            # its FIN came first: nothing is left to wait for
+        if conn.peer_closed:                # its FIN came first: nothing is left to wait for
+            self._teardown(conn, reason="closed; the peer had closed first")
             return
         conn.state = _LINGERING
         conn.reads_paused = False           # it is read from (and its input dropped) to the end
@@ -761,14 +981,22 @@ class Reactor:
         lingering = self._lingering
         while lingering and lingering[0][0] <= now:
             _deadline, conn = lingering.popleft()
-            self._teardown(conn)
+            self._teardown(conn, reason="closed (the peer had not closed in %g s)"
+                           % LINGER_TIMEOUT)
+        self._end_throttles(now)
+        for timer in self._periodic:
+            if timer[0] <= now:
+                timer[0] = now + timer[1]
+                self._guarded(None, timer[2])
         if self._accept_paused_until and self._accept_paused_until <= now:
             self._accept_paused_until = 0.0
             self.selector.register(self.listener, selectors.EVENT_READ, None)
 
-    def _teardown(self, conn: Connection, tell_app: bool = True) -> None:
-        """Forget a connection, once: unregister, close, and tell the app if it has not been
-        told yet (it announces the leaves to the rooms). Later events for it are ignored."""
+    def _teardown(self, conn: Connection, level: int = logging.INFO, reason: str = "closed",
+                  tell_app: bool = True) -> None:
+        """Forget a connection, once: unregister, close, log why (rate-limited), and tell the
+        app if it has not been told yet (it announces the leaves to the rooms). Later events
+        for it are ignored."""
         if conn.state is _CLOSED:
             return
         conn.state = _CLOSED
@@ -781,7 +1009,8 @@ class Reactor:
             pass
         conn.sock.close()
         self._drop_output(conn)
-        LOGGER.debug("conn %d: closed", conn.conn_id)
+        self._unproven.pop(conn.conn_id, None)
+        self.log_budget.log(level, "conn %d: %s", conn.conn_id, reason)
         if tell_app:
             self._report_lost(conn)
 
@@ -812,12 +1041,11 @@ class Reactor:
         for conn in largest:
             if memory.total <= memory.budget:
                 break
-            LOGGER.warning("conn %d: evicted for the memory budget: buffers hold %d bytes, the "
-                           "budget is %d, and it held the most (%d of output, %d of input)",
-                           conn.conn_id, memory.total, memory.budget, conn.out_bytes,
-                           conn.in_bytes)
             self.evictions += 1
-            self._teardown(conn)
+            self._teardown(conn, logging.WARNING, "evicted for the memory budget: buffers hold "
+                           "%d bytes, the budget is %d, and it held the most (%d of output, %d "
+                           "of input)" % (memory.total, memory.budget, conn.out_bytes,
+                                          conn.in_bytes))
         self._flush()                       # the evicted connections' rooms are told now
 
     def _drain_wakeup(self) -> None:

@@ -75,6 +75,10 @@ class Rooms:
         """How many rooms the table holds now."""
         return len(self._names)
 
+    def count_memberships(self) -> int:
+        """How many (connection, room) memberships there are (O(connections): for statistics)."""
+        return sum(len(refs) for refs in self._refs_of.values())
+
     def maybe_members(self, ref: int) -> Optional[Mapping[int, str]]:
         """The live {conn_id: client name} of room `ref` in join order, or None if there is no
         such room. Read it, do not keep it or change it (every CHAT reads it, so it is not

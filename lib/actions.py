@@ -57,8 +57,9 @@ class App(Protocol):
     it and drops that one connection; the others go on.
     """
 
-    def connection_made(self, conn_id: int, local_ip: str) -> None:
-        """A new connection `conn_id`, accepted on our address `local_ip`."""
+    def connection_made(self, conn_id: int, local_ip: str, peer_ip: str) -> None:
+        """A new connection `conn_id`, accepted on our address `local_ip` from `peer_ip`
+        ("" when the reactor was handed a connected socket with no address, as in tests)."""
 
     def data_received(self, conn_id: int, data: bytes) -> None:
         """Bytes read from `conn_id`. Only buffer them: requests are asked for separately."""

@@ -4,7 +4,7 @@ import unittest
 
 import protocol
 from protocol import (Broadcast, Chat, ChatProtocol, Close, Disconnect, ErrorCode, Helo,
-                      Join, Leave, RequestError, Send, Shutdown, chat_message)
+                      Join, Kill, Leave, RequestError, Send, Shutdown, chat_message)
 from rooms import Rooms
 
 # ---------------------------------------------------------------------------------------------
@@ -330,3 +330,59 @@ class ManyLostAtOnceTests(unittest.TestCase):
             self.proto.handle(conn, Join("big", "m%d" % conn))
         self.assertEqual(self.proto.connections_lost([5, 4, 3, 2, 1]), [])
         self.assertEqual(self.proto.rooms.member_ids(0), ())
+
+
+class RoomCreationLimitTests(unittest.TestCase):
+
+    def setUp(self):
+        self.now = 1000.0
+        self.proto = ChatProtocol(PORT, "1", clock=lambda: self.now)
+
+    def join(self, conn, room):
+        return self.proto.handle(conn, Join(room, "n"))[0].data
+
+    def test_one_connection_creating_rooms_too_fast_is_refused_then_may_again(self):
+        self.proto.connection_made(1, "10.0.0.1", "192.0.2.1")
+        burst = protocol.ROOM_CREATION_BURST_PER_CONNECTION
+        for index in range(burst):
+            self.assertTrue(self.join(1, "r%d" % index).startswith(b"JOINED_CHATROOM"))
+            self.proto.handle(1, Leave(index, "1", "n"))          # memberships stay low
+        self.assertTrue(self.join(1, "one too many").startswith(b"ERROR_CODE: 13\n"))
+        self.assertTrue(self.join(1, "r0").startswith(b"JOINED_CHATROOM"))   # existing: fine
+        self.now += 1.0 / protocol.ROOM_CREATIONS_PER_SECOND_PER_CONNECTION
+        self.assertTrue(self.join(1, "one too many").startswith(b"JOINED_CHATROOM"))
+
+    def test_the_limit_per_address_covers_all_its_connections(self):
+        burst = protocol.ROOM_CREATION_BURST_PER_ADDRESS
+        per_conn = protocol.ROOM_CREATION_BURST_PER_CONNECTION
+        conns = burst // per_conn + 1
+        created = 0
+        for conn in range(conns):
+            self.proto.connection_made(conn, "10.0.0.1", "192.0.2.7")
+            for index in range(per_conn):
+                reply = self.join(conn, "c%d-%d" % (conn, index))
+                created += reply.startswith(b"JOINED_CHATROOM")
+        self.assertEqual(created, burst)
+        self.proto.connection_made(999, "10.0.0.1", "198.51.100.1")    # another address
+        self.assertTrue(self.join(999, "elsewhere").startswith(b"JOINED_CHATROOM"))
+
+
+class KillFromTests(unittest.TestCase):
+
+    def kill(self, kill_from, peer_ip):
+        proto = ChatProtocol(PORT, "1", kill_from=kill_from)
+        proto.connection_made(1, "127.0.0.1", peer_ip)
+        return proto.handle(1, Kill())
+
+    def test_any_is_the_protocols_behaviour(self):
+        self.assertEqual(self.kill("any", "203.0.113.5"), [Shutdown()])
+
+    def test_loopback_only_from_this_machine(self):
+        self.assertEqual(self.kill("loopback", "127.0.0.1"), [Shutdown()])
+        self.assertEqual(self.kill("loopback", "::1"), [Shutdown()])
+        refused = self.kill("loopback", "203.0.113.5")
+        self.assertTrue(refused[0].data.startswith(b"ERROR_CODE: 14\n"), refused)
+
+    def test_none_refuses_everybody(self):
+        refused = self.kill("none", "127.0.0.1")
+        self.assertTrue(refused[0].data.startswith(b"ERROR_CODE: 14\n"), refused)

@@ -33,7 +33,7 @@ class LineApp:
         self.lost = []
         self.handled = []
 
-    def connection_made(self, conn_id, local_ip):
+    def connection_made(self, conn_id, local_ip, peer_ip):
         self.made.append((conn_id, local_ip))
         self.buffers[conn_id] = b""
 
@@ -616,3 +616,119 @@ class SharedOutputAndMemoryTests(unittest.TestCase):
                 break
         self.assertEqual(sorted(self.app.lost), list(range(1, 21)))
         self.assertEqual(len(calls), 1, calls)
+
+
+class FloodControlTests(unittest.TestCase):
+    """Each connection's input is metered (bytes and requests); a flooder is slowed, not cut,
+    and nobody else waits for it."""
+
+    def make(self, limits):
+        self.app = LineApp()
+        self.reactor = reactor.Reactor("127.0.0.1", 0, self.app, limits=limits)
+        self.addCleanup(self.reactor.close)
+
+    def pair(self):
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        ours.settimeout(5)
+        return self.reactor.add_connection(theirs, "local"), ours
+
+    def handled_by(self, conn_id):
+        return sum(1 for c, _ in self.app.handled if c == conn_id)
+
+    def tick_for(self, seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.reactor.run_once(0.005)
+
+    def test_requests_past_the_burst_wait_for_the_bucket_then_all_are_served(self):
+        self.make(reactor.InputLimits(0, 0, requests_per_second=100, request_burst=20))
+        flooder, flood = self.pair()
+        other, calm = self.pair()
+        flood.sendall(b"echo f\n" * 50)
+        self.tick_for(0.05)
+        self.assertGreaterEqual(self.handled_by(flooder), 20)
+        self.assertLess(self.handled_by(flooder), 35)       # 20 at once, then ~100/s
+        self.assertGreaterEqual(self.reactor.throttles, 1)
+        calm.sendall(b"echo c\n")                           # the other is served at once
+        self.reactor.run_once(0.01)
+        self.assertEqual(self.handled_by(other), 1)
+        deadline = time.monotonic() + 3
+        while self.handled_by(flooder) < 50 and time.monotonic() < deadline:
+            self.reactor.run_once(0.01)
+        self.assertEqual(self.handled_by(flooder), 50)      # slowed, never cut
+        self.assertIn(flooder, self.reactor.conns)
+
+    def test_bytes_past_the_burst_stop_reads_until_the_bucket_refills(self):
+        self.make(reactor.InputLimits(bytes_per_second=20000, burst_bytes=10000,
+                                      requests_per_second=0, request_burst=0))
+        conn_id, sock = self.pair()
+        sock.sendall(b"x" * 30000 + b"\n")
+        self.reactor.run_once(0.01)
+        conn = self.reactor.conns[conn_id]
+        self.assertTrue(conn.throttled)
+        started = time.monotonic()
+        deadline = started + 5
+        while self.handled_by(conn_id) < 1 and time.monotonic() < deadline:
+            self.reactor.run_once(0.01)
+        self.assertEqual(self.handled_by(conn_id), 1)
+        self.assertGreater(time.monotonic() - started, 0.3)  # ~20 KB owed at 20 KB/s: ~1 s
+
+    def test_no_limits_means_no_throttling(self):
+        self.make(reactor.InputLimits(0, 0, 0, 0))
+        conn_id, sock = self.pair()
+        sock.sendall(b"echo x\n" * 3000)
+        deadline = time.monotonic() + 5
+        while self.handled_by(conn_id) < 3000 and time.monotonic() < deadline:
+            self.reactor.run_once(0.01)
+            try:
+                sock.setblocking(False)
+                while sock.recv(1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+        self.assertEqual(self.handled_by(conn_id), 3000)
+        self.assertEqual(self.reactor.throttles, 0)
+
+
+RESERVE_SERVER = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+import reactor
+from tests.test_reactor import LineApp
+server = reactor.Reactor("127.0.0.1", 0, LineApp())
+print(server.address[1], flush=True)
+server.run_forever()
+"""
+
+
+class DescriptorReserveTests(unittest.TestCase):
+
+    def test_with_every_descriptor_held_by_idle_connections_a_new_client_is_served(self):
+        limit = 48
+        proc = subprocess.Popen([sys.executable, "-c", RESERVE_SERVER, str(limit)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.addCleanup(proc.wait, 5)
+        self.addCleanup(proc.kill)
+        port = int(proc.stdout.readline())
+        idle = []
+        self.addCleanup(lambda: [s.close() for s in idle])
+        for _ in range(limit + 20):                  # more than the server has descriptors
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        client = socket.create_connection(("127.0.0.1", port), timeout=2)
+        self.addCleanup(client.close)
+        client.sendall(b"echo served\n")
+        started = time.monotonic()
+        self.assertEqual(client.recv(100), b"served\n")      # within the 2 s timeout
+        self.assertLess(time.monotonic() - started, 2)
+        # the idle connections that made way were closed, not left hanging
+        closed = 0
+        for sock in idle[:10]:
+            sock.settimeout(2)
+            try:
+                closed += sock.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            except socket.timeout:
+                pass
+        self.assertGreater(closed, 0)
