@@ -71,6 +71,11 @@ ROOM_CREATIONS_PER_SECOND_PER_ADDRESS = 200
 # Who may stop the server with KILL_SERVICE (Server.py --kill-from): the course's protocol says
 # anyone may; a real deployment would say "loopback" (this machine only) or "none".
 KILL_FROM_CHOICES = ("any", "loopback", "none")
+# The memberships all connections from one address may hold together (each keeps a name of up
+# to MAX_NAME_CHARS): with rooms.MAX_ROOMS_PER_CONNECTION alone, one host with 20 000
+# connections could hold 5 million. Past it: ERROR_CODE TOO_MANY_MEMBERSHIPS. Twice what the
+# 10 000-connection test (python3 -m tools.many) needs from one address.
+MAX_MEMBERSHIPS_PER_ADDRESS = 20_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,7 +600,9 @@ class JoinedReply:
 @dataclass(frozen=True)
 class LeftReply:
     ref: int
-    join_id: int
+    # An int; the digits as sent when there are more than int() takes (4 300: only an echo, to
+    # a connection that never joined, of a JOIN_ID that long).
+    join_id: Union[int, str]
 
 
 @dataclass(frozen=True)
@@ -650,8 +657,9 @@ class ReplyReader:
         if found is None:
             return None
         keyword, start, end, following = found
-        self._consume(following)
-        return _parse_reply(keyword, self._buf[start:end])
+        reply = _parse_reply(keyword, self._buf[start:end])
+        self._consume(following)            # (after the slice: it may drop the buffer's head)
+        return reply
 
     def count_chats(self, ref: int, text_suffix: str = "") -> int:
         """Consume the run of whole CHAT messages of room `ref` (whose text ends with
@@ -744,7 +752,10 @@ def _parse_reply(keyword: bytes, frame: bytearray) -> Reply:
             return JoinedReply(values[0], values[1], int(values[2]), int(values[3]),
                                int(values[4]))
         if keyword == b"LEFT_CHATROOM":
-            return LeftReply(int(values[0]), int(values[1]))
+            join_id = values[1]
+            if not (join_id.isascii() and join_id.isdigit()):
+                raise ValueError(join_id)
+            return LeftReply(int(values[0]), int(join_id) if len(join_id) < 4300 else join_id)
         if keyword == b"ERROR_CODE":
             return ErrorReply(int(values[0]), values[1])
         return HeloReply(values[0], values[1], int(values[2]), values[3])
@@ -825,6 +836,7 @@ class ChatProtocol:
         self._clock = clock               # only for the room-creation limits
         self._sessions: Dict[int, _Session] = {}
         self._creations_by_address: Dict[str, _Bucket] = {}
+        self._memberships_by_address: Dict[str, int] = {}
         self._handlers: Dict[type, Callable[[int, Request], List[Action]]] = {
             Chat: self._on_chat, Join: self._on_join, Leave: self._on_leave,
             Disconnect: self._on_disconnect, Helo: self._on_helo, Kill: self._on_kill,
@@ -873,9 +885,12 @@ class ChatProtocol:
         whose members all reset at once costs 8 000 leaves, not 8 000 x 8 000 deliveries."""
         left: Dict[int, List[bytes]] = {}          # ROOM_REF -> its announcements, in order
         for conn_id in conn_ids:
-            self._sessions.pop(conn_id, None)
-            for ref, name, _members in self.rooms.leave_all(conn_id):
+            session = self._sessions.pop(conn_id, None)
+            rooms_left = self.rooms.leave_all(conn_id)
+            for ref, name, _members in rooms_left:
                 left.setdefault(ref, []).append(chat_message(ref, name, LEFT_TEXT % name))
+            if session is not None:
+                self._count_left(session.peer_ip, len(rooms_left))
             self.rooms.forget(conn_id)
         actions: List[Action] = []
         for ref, announcements in left.items():
@@ -922,10 +937,19 @@ class ChatProtocol:
             raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
                                "you are in %d rooms, the most one connection may be in; "
                                "leave one first" % rooms.max_rooms_per_connection)
+        session = self._sessions[conn_id]
+        by_address = self._memberships_by_address
+        if ((ref is None or rooms.name_in(conn_id, ref) is None)
+                and by_address.get(session.peer_ip, 0) >= MAX_MEMBERSHIPS_PER_ADDRESS):
+            raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
+                               "connections from your address are in %d rooms, the most they "
+                               "may be in together; leave one first" % MAX_MEMBERSHIPS_PER_ADDRESS)
         if ref is None:
-            self._take_room_creation(self._sessions[conn_id])
+            self._take_room_creation(session)
         ref, join_id, newly_joined = rooms.join(conn_id, req.room, req.client_name)
-        reply = joined_reply(req.room, self._sessions[conn_id].local_ip, self.port, ref, join_id)
+        if newly_joined:
+            by_address[session.peer_ip] = by_address.get(session.peer_ip, 0) + 1
+        reply = joined_reply(req.room, session.local_ip, self.port, ref, join_id)
         actions: List[Action] = [Send(conn_id, reply)]
         if newly_joined:      # joining again: the same reply, no second announcement
             name = rooms.name_in(conn_id, ref)
@@ -1005,13 +1029,25 @@ class ChatProtocol:
         name = self.rooms.leave(conn_id, ref)
         if name is None:
             return []
+        self._count_left(self._sessions[conn_id].peer_ip, 1)
         return self._announce_leave(conn_id, ref, name, members, tell_self)
 
     def _leave_all(self, conn_id: int, tell_self: bool) -> List[Action]:
         actions: List[Action] = []
-        for ref, name, members in self.rooms.leave_all(conn_id):    # ascending ROOM_REF
+        left = self.rooms.leave_all(conn_id)
+        for ref, name, members in left:             # ascending ROOM_REF
             actions += self._announce_leave(conn_id, ref, name, members, tell_self)
+        self._count_left(self._sessions[conn_id].peer_ip, len(left))
         return actions
+
+    def _count_left(self, peer_ip: str, memberships: int) -> None:
+        """Connections from `peer_ip` hold `memberships` fewer (MAX_MEMBERSHIPS_PER_ADDRESS)."""
+        if memberships:
+            held = self._memberships_by_address[peer_ip] - memberships
+            if held:
+                self._memberships_by_address[peer_ip] = held
+            else:
+                del self._memberships_by_address[peer_ip]
 
     @staticmethod
     def _announce_leave(conn_id: int, ref: int, name: str, members: Tuple[int, ...],

@@ -25,8 +25,12 @@ from typing import Dict, List, Mapping, Optional, Tuple
 # real use of this server.
 MAX_ROOMS = 100_000
 # Each membership keeps the CLIENT_NAME given for it, so the rooms one connection may be in are
-# bounded too. A JOIN past it gets ERROR_CODE TOO_MANY_MEMBERSHIPS.
-MAX_ROOMS_PER_CONNECTION = 1000
+# bounded too. A JOIN past it gets ERROR_CODE TOO_MANY_MEMBERSHIPS. 256, so that the replies to
+# one DISCONNECT (a leave announcement for each room, with the longest names: ~2.1 KB each)
+# always fit in what the reactor lets one connection be owed (its HIGH_WATER plus one request's
+# replies stay under OUTPUT_CAP; tests/test_limits.py checks the sum), and so that one
+# connection's memberships cost at most ~300 KB.
+MAX_ROOMS_PER_CONNECTION = 256
 
 
 class Rooms:

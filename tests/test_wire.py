@@ -426,3 +426,23 @@ class ReplyReaderTests(unittest.TestCase):
                             + protocol.chat_message(0, "a", "hello"))
         self.assertEqual(reader.count_chats(0, " has joined this chatroom."), 1)
         self.assertEqual(reader.maybe_next_reply(), protocol.ChatMessage(0, "a", "hello"))
+
+
+class ReplyReaderLongStreamTests(unittest.TestCase):
+
+    def test_replies_stay_whole_after_the_consumed_head_is_dropped(self):
+        # the reader drops what it has consumed once that passes 64 KiB: every reply before
+        # and after that point must come out whole
+        reader = protocol.ReplyReader()
+        messages = [protocol.chat_message(i, "n%d" % i, "m" * 1000) for i in range(300)]
+        for message in messages:
+            reader.receive_data(message)
+        for index in range(300):
+            self.assertEqual(reader.maybe_next_reply(),
+                             protocol.ChatMessage(index, "n%d" % index, "m" * 1000), index)
+
+    def test_a_join_id_too_long_for_int_is_kept_as_its_digits(self):
+        reader = protocol.ReplyReader()
+        reader.receive_data(protocol.left_reply(0, "7" * 5000) + protocol.left_reply(1, "x"))
+        self.assertEqual(reader.maybe_next_reply(), protocol.LeftReply(0, "7" * 5000))
+        self.assertIsInstance(reader.maybe_next_reply(), protocol.Unparsed)

@@ -1,0 +1,81 @@
+"""The limits of docs/PROTOCOL.md held against each other, and against the worst input: the
+server's own replies to a request never get the connection cut, and the bounds add up."""
+import itertools
+import socket
+import unittest
+from unittest import mock
+
+import protocol
+import reactor
+import rooms
+from protocol import ChatProtocol, Join
+
+
+def widest_name(index: int) -> str:
+    """A name of MAX_NAME_CHARS characters of 4 bytes each, different for each index."""
+    return chr(0x1F600 + index % 64) * (protocol.MAX_NAME_CHARS - 4) + "%04d" % index
+
+
+class LimitsAgreeTests(unittest.TestCase):
+
+    def test_the_replies_to_one_disconnect_fit_under_the_output_cap(self):
+        # A request is handled only while what the connection is owed is under HIGH_WATER; its
+        # replies then add at most this, and must not reach OUTPUT_CAP.
+        name = widest_name(0)
+        longest_ref = 10 ** 18 - 1
+        announcement = protocol.chat_message(longest_ref, name, protocol.LEFT_TEXT % name)
+        worst = rooms.MAX_ROOMS_PER_CONNECTION * len(announcement)
+        self.assertLess(reactor.HIGH_WATER + worst, reactor.OUTPUT_CAP)
+
+    def test_disconnect_in_the_most_rooms_with_the_widest_names_delivers_every_announcement(self):
+        clock = itertools.count(0, 10.0)        # no room-creation limit gets in the way
+        app = ChatProtocol(port=1, student_id="1", clock=lambda: next(clock))
+        server = reactor.Reactor("127.0.0.1", 0, app)
+        self.addCleanup(server.close)
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)   # a slow reader
+        server.add_connection(theirs, "127.0.0.1", "127.0.0.1")
+        count = rooms.MAX_ROOMS_PER_CONNECTION
+        outgoing = b"".join(protocol.join_request(widest_name(i), widest_name(i))
+                            for i in range(count)) + protocol.disconnect_request("x")
+        reader = protocol.ReplyReader()
+        ours.setblocking(False)
+        replies = []
+        for _ in range(20000):                  # bounded: a few hundred ticks are enough
+            if outgoing:
+                try:
+                    outgoing = outgoing[ours.send(outgoing):]
+                except BlockingIOError:
+                    pass
+            server.run_once(0.001)
+            try:
+                data = ours.recv(1 << 16)
+            except BlockingIOError:
+                continue
+            if not data:
+                break
+            reader.receive_data(data)
+            reply = reader.maybe_next_reply()
+            while reply is not None:
+                replies.append(reply)
+                reply = reader.maybe_next_reply()
+        kinds = [type(r).__name__ for r in replies]
+        self.assertEqual(kinds.count("JoinedReply"), count)
+        left = [r for r in replies if isinstance(r, protocol.ChatMessage)
+                and r.message.endswith(" has left this chatroom.")]
+        self.assertEqual([r.ref for r in left], list(range(count)))   # all, in ref order
+        self.assertEqual(server.evictions, 0)
+
+    def test_memberships_from_one_address_are_bounded_together(self):
+        app = ChatProtocol(port=1, student_id="1", clock=itertools.count(0, 10.0).__next__)
+        with mock.patch.object(protocol, "MAX_MEMBERSHIPS_PER_ADDRESS", 5):
+            for conn in range(6):
+                app.connection_made(conn, "10.0.0.1", "192.0.2.9")
+            replies = [app.handle(conn, Join("r", "n%d" % conn))[0].data for conn in range(6)]
+            self.assertTrue(all(r.startswith(b"JOINED_CHATROOM") for r in replies[:5]))
+            self.assertTrue(replies[5].startswith(b"ERROR_CODE: 11\n"), replies[5])
+            app.connections_lost([0])
+            self.assertTrue(app.handle(5, Join("r", "n5"))[0].data.startswith(b"JOINED"))
+            app.connection_made(9, "10.0.0.1", "198.51.100.9")      # another address
+            self.assertTrue(app.handle(9, Join("r", "other"))[0].data.startswith(b"JOINED"))
