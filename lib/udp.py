@@ -171,12 +171,13 @@ MAX_SACK_RANGES = 16
 # Segment numbers are 32 bits and never wrap: a session that would need more (4 TiB) ends.
 MAX_SEQ = 2 ** 32 - 1 - RECV_WINDOW
 
-# Sessions per server endpoint. Each costs at most ~2.2 MB (send cap + receive window) and a
+# Sessions per server endpoint. Each costs at most ~1.1 MB (send cap + receive window) and a
 # few hundred bytes when idle; 10 000 matches the TCP side's descriptor budget.
 MAX_SESSIONS = 10000
 # Sessions accepted but not yet confirmed (no datagram with their token seen yet), and how long
 # after the last ACCEPT they may stay so. Only a client that passed the cookie check gets here,
-# but it could still open sessions it never uses. 30 s = HANDSHAKE_TIMEOUT: a client still
+# but it could still open sessions it never uses. A valid HELLO finding the table full gets no
+# answer (it is retried), unlike one finding MAX_SESSIONS (REJECT). 30 s = HANDSHAKE_TIMEOUT: a client still
 # trying to confirm is never forgotten under it.
 MAX_UNCONFIRMED_SESSIONS = 256
 UNCONFIRMED_TIMEOUT = 30.0
@@ -710,10 +711,14 @@ class _Session:
 class _PendingCallback:
     """A callback address named by the chat layer, not yet validated for this session."""
 
-    __slots__ = ("addr", "challenge", "deadline")
+    __slots__ = ("addr", "challenge", "deadline", "nudge_at")
 
-    def __init__(self, addr: Address, challenge: bytes, deadline: float) -> None:
-        self.addr, self.challenge, self.deadline = addr, challenge, deadline
+    def __init__(self, addr: Address, challenge: bytes, now: float) -> None:
+        self.addr, self.challenge = addr, challenge
+        self.deadline = now + CALLBACK_TIMEOUT
+        # Until validated, the session's source gets a (flagged) ACK every KNOCK_INTERVAL, so
+        # a client that missed the flag still learns it should knock.
+        self.nudge_at = now + KNOCK_INTERVAL
 
 
 class _UnvalidatedAddress:
@@ -726,7 +731,7 @@ class _UnvalidatedAddress:
         self.received = 0
         self.sent = 0
         self.bucket = TokenBucket(PROBE_BURST, PROBE_RATE, now)
-        self.sessions: Set["_ServerSession"] = set()
+        self.sessions: Dict["_ServerSession", None] = {}   # an ordered set
 
 
 class _ServerSession(_Session):
@@ -748,7 +753,7 @@ class _ServerSession(_Session):
         if not self.confirmed:
             when = min(when, self.accepted_at + UNCONFIRMED_TIMEOUT)
         if self.pending is not None:
-            when = min(when, self.pending.deadline)
+            when = min(when, self.pending.deadline, self.pending.nudge_at)
         return when
 
 
@@ -772,7 +777,9 @@ class ServerEndpoint:
         self._probe_bucket: Optional[TokenBucket] = None
         self._next_id = 1
         self._now = 0.0
-        self._dirty: Set[_ServerSession] = set()
+        # Sessions with something to flush: a dict as an ordered set, so that the order of
+        # datagrams_to_send() is reproducible.
+        self._dirty: Dict[_ServerSession, None] = {}
         self._heap: List[Tuple[float, int]] = []
         self._out: List[Tuple[bytes, Address]] = []
         self._events: List[Event] = []
@@ -832,7 +839,7 @@ class ServerEndpoint:
             self._touch(session)
             return False
         session.stream.queue(data)
-        self._dirty.add(session)
+        self._dirty[session] = None
         return True
 
     def set_callback(self, session_id: int, addr: Optional[Address], now: float) -> None:
@@ -851,13 +858,12 @@ class ServerEndpoint:
         elif self._pending_count >= MAX_PENDING_CALLBACKS:
             self._events.append(CallbackFailed(session_id, addr, "too many pending callbacks"))
         else:
-            session.pending = _PendingCallback(addr, secrets.token_bytes(CHALLENGE_SIZE),
-                                               now + CALLBACK_TIMEOUT)
+            session.pending = _PendingCallback(addr, secrets.token_bytes(CHALLENGE_SIZE), now)
             self._pending_count += 1
             state = self._unvalidated.get(addr)
             if state is None:
                 state = self._unvalidated[addr] = _UnvalidatedAddress(now)
-            state.sessions.add(session)
+            state.sessions[session] = None
             session.stream.ack_pending = True    # tell the client now (FLAG_CALLBACK_PENDING)
         self._touch(session)
 
@@ -892,10 +898,13 @@ class ServerEndpoint:
             if not session.confirmed and now >= session.accepted_at + UNCONFIRMED_TIMEOUT:
                 self._remove(session)       # never opened: nothing to report
                 continue
-            if session.pending is not None and now >= session.pending.deadline:
-                addr = session.pending.addr
+            pending = session.pending
+            if pending is not None and now >= pending.deadline:
                 self._drop_pending(session)
-                self._events.append(CallbackFailed(sid, addr, "not validated in time"))
+                self._events.append(CallbackFailed(sid, pending.addr, "not validated in time"))
+            elif pending is not None and now >= pending.nudge_at:
+                pending.nudge_at = now + KNOCK_INTERVAL
+                session.stream.ack_pending = True
             session.on_timer(now)
             self._touch(session)
 
@@ -916,7 +925,7 @@ class ServerEndpoint:
             self._now = now
         now = self._now
         out = self._out
-        dirty, self._dirty = self._dirty, set()
+        dirty, self._dirty = self._dirty, {}
         for session in dirty:
             if session.session_id not in self._sessions:
                 continue
@@ -995,9 +1004,13 @@ class ServerEndpoint:
             fresh = self._cookie(addr, nonce, int(now))
             self._out.append((encode(RETRY, body=nonce + fresh), addr))
             return
-        if (len(self._sessions) >= MAX_SESSIONS
-                or self._unconfirmed >= MAX_UNCONFIRMED_SESSIONS):
+        if len(self._sessions) >= MAX_SESSIONS:
             self._out.append((encode(REJECT, body=nonce), addr))
+            return
+        if self._unconfirmed >= MAX_UNCONFIRMED_SESSIONS:
+            # A burst of handshakes, not a full server: no answer, the client's next HELLO
+            # (in 1 to 2 s) will find room.
+            self.dropped += 1
             return
         token = secrets.token_bytes(TOKEN_SIZE)
         while token in self._by_token or token == ZERO_TOKEN:   # 2**-128: never, but cheap
@@ -1045,7 +1058,7 @@ class ServerEndpoint:
         self._pending_count -= 1
         state = self._unvalidated.get(pending.addr)
         if state is not None:
-            state.sessions.discard(session)
+            state.sessions.pop(session, None)
             if not state.sessions:
                 del self._unvalidated[pending.addr]
 
@@ -1057,7 +1070,7 @@ class ServerEndpoint:
         if session.closed is not None:
             self._finish(session)
         else:
-            self._dirty.add(session)
+            self._dirty[session] = None
             self._schedule(session)
 
     def _schedule(self, session: _ServerSession) -> None:
@@ -1088,7 +1101,7 @@ class ServerEndpoint:
         self._by_hello.pop((session.source, session.nonce), None)
         if not session.confirmed:
             self._unconfirmed -= 1
-        self._dirty.discard(session)
+        self._dirty.pop(session, None)
 
 
 def _stats(session: _Session, **extra) -> Dict[str, object]:
