@@ -55,6 +55,19 @@ and parser are shared unchanged. The parts, in the order a session meets them:
    every byte, CLOSE goes out and the session ends at CLOSE_ACK (or after MAX_CLOSE_SENDS
    tries). RESET ends a session at once (a send buffer over its cap, for instance).
 
+Plugging it into a reactor (one UDP socket bound to the TCP address and port):
+
+    on readable:  for each recvfrom(): endpoint.datagram_received(data, addr, now)
+    on a tick:    endpoint.timer(now) once next_deadline() has passed
+    then:         for each event: SessionOpened -> a new connection (connection_made);
+                  StreamData -> the Framer (data_received); SessionClosed -> connection_lost.
+                  The chat layer's actions: Send -> send_stream(); Close -> close_session();
+                  a JOIN naming CLIENT_IP/PORT -> set_callback(callback_address(...)) BEFORE
+                  the JOINED_CHATROOM reply is queued.
+    finally:      sendto() every datagrams_to_send(); take events() again (a flush can end a
+                  session); sleep at most until next_deadline().
+    budget:       buffered_bytes() counts toward the global memory bound.
+
 Module layout: wire constants and encoding; TokenBucket; ReliableStream (one session's
 sequence numbers, acks, windows and timers, shared by both ends); _Session (liveness and
 teardown around a stream); ServerEndpoint; ClientEndpoint.

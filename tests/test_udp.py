@@ -363,6 +363,7 @@ class HandshakeTests(unittest.TestCase):
             udp.MAX_SESSIONS = udp_max
         self.assertEqual(sim.closed_events(sim.client_events),
                          [SessionClosed(0, "refused by server")])
+        self.assertIn(REJECT, [kind for _, _, _, kind in sim.log])
 
 
 # ---------------------------------------------------------------------------------------------
