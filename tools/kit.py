@@ -253,7 +253,7 @@ class Conn:
 class Loop:
     """Every client connection of a run, on one selector.
 
-    Connections are made without blocking, at most CONNECT_CONCURRENCY at a time. The tool's
+    Connections are made without blocking, at most `concurrency` at a time. The tool's
     `handler` is told what happens:
         connected(conn)                 the connection is up
         connect_failed(conn, exc)       it could not be made (it is closed)
@@ -265,10 +265,12 @@ class Loop:
     """
 
     def __init__(self, address: Tuple[int, tuple], handler=None,
-                 send_limit: Optional[Callable[[], int]] = None) -> None:
+                 send_limit: Optional[Callable[[], int]] = None,
+                 concurrency: int = CONNECT_CONCURRENCY) -> None:
         self.family, self.sockaddr = address
         self.handler = handler
         self.send_limit = send_limit
+        self.concurrency = concurrency
         self.selector = selectors.DefaultSelector()
         self.queued: collections.deque = collections.deque()
         self.connecting = 0
@@ -277,7 +279,7 @@ class Loop:
         self._starting = False              # in _start_connects (a handler may call connect)
 
     def connect(self, conn: Conn) -> None:
-        """Make `conn` connect as soon as fewer than CONNECT_CONCURRENCY are connecting."""
+        """Make `conn` connect as soon as fewer than `concurrency` are connecting."""
         conn.state = QUEUED
         self.conns.add(conn)
         self.queued.append(conn)
@@ -289,7 +291,7 @@ class Loop:
                 self._starting = False
 
     def _start_queued_connects(self) -> None:
-        while self.queued and self.connecting < CONNECT_CONCURRENCY:
+        while self.queued and self.connecting < self.concurrency:
             conn = self.queued.popleft()
             if conn.state != QUEUED:
                 continue                    # closed while it waited
@@ -486,9 +488,13 @@ class Report:
         if ok:
             verdict = "PASS: " + headline
         else:
-            kinds = ", ".join("%s %d" % item for item in sorted(self.counts.items()))
-            first = next(iter(self.examples.values()))[0]
-            verdict = "FAIL: %d failures (%s), e.g. %s" % (self.failed, kinds, first)
+            kind, examples = next(iter(self.examples.items()))
+            if self.failed == 1:
+                verdict = "FAIL: %s: %s" % (kind, examples[0])
+            else:
+                kinds = ", ".join("%s %d" % item for item in sorted(self.counts.items()))
+                verdict = "FAIL: %d failures (%s), e.g. %s: %s" % (self.failed, kinds, kind,
+                                                                   examples[0])
             if headline:
                 verdict += "; " + headline
         result: Dict[str, object] = {
