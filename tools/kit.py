@@ -320,7 +320,7 @@ class Loop:
         self.last_activity = time.monotonic()
         self._update_interest(conn)
         self.handler.connected(conn)
-        if conn.state == OPEN and conn.out:
+        if conn.state == OPEN and (conn.out or conn.close_when_sent):
             self._flush(conn)
 
     def _connect_failed(self, conn: Conn, exc: OSError) -> None:
