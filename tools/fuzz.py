@@ -609,7 +609,7 @@ class Probe:
 # The fuzzer
 # -------------------------------------------------------------------------------------------
 
-class Fuzzer:
+class Fuzzer(kit.Handler):
     """One run against `target` (kit.Target: spawned for the run, or given)."""
 
     def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
@@ -685,9 +685,6 @@ class Fuzzer:
                 self.loop.close(conn, reset=how == "abort")
 
     # -- the loop's handler -------------------------------------------------------------------
-
-    def connected(self, conn: FuzzConn) -> None:
-        pass
 
     def connect_failed(self, conn: FuzzConn, exc: OSError) -> None:
         self.report.fail("connect_failed", "%s: %s" % (conn.label, exc))
@@ -1140,9 +1137,7 @@ def run_fuzz(args: argparse.Namespace, target: kit.Target, report: kit.Report):
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m tools.fuzz", formatter_class=kit.HelpFormatter,
-        description=__doc__.split("\n\n")[0] + "\n\nexamples:\n" + __doc__.split("\n\n")[1])
+    parser = kit.argument_parser("fuzz", __doc__)
     kit.add_common_arguments(parser, seconds=(DEFAULT_SECONDS, "stop sending after this long"))
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="requests to send")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
@@ -1167,12 +1162,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict:
-    return kit.run_tool("fuzz", run_fuzz, args)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    return kit.emit(run(parse_args(argv)))
+    return kit.main("fuzz", parse_args, run_fuzz, argv)
 
 
 if __name__ == "__main__":

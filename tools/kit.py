@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import protocol
 from protocol import HeloReply, helo_request
@@ -76,6 +76,14 @@ class ReplyReader(protocol.ReplyReader):
         reply = protocol._parse_reply(keyword, self._buf[start:end])
         self._consume(following)
         return reply
+
+
+def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
+    """Every whole reply `reader` holds, one at a time (stop early: the rest stay for later)."""
+    reply = reader.maybe_next_reply()
+    while reply is not None:
+        yield reply
+        reply = reader.maybe_next_reply()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +256,22 @@ class Conn:
         self.reader = ReplyReader()
         self.reading = True                 # False: a client that never reads
         self.close_when_sent: Optional[str] = None   # "close" or "reset" once `out` is sent
+
+
+class Handler:
+    """What a Loop tells its handler (see Loop); a handler overrides what it cares about."""
+
+    def connected(self, conn: Conn) -> None:
+        pass
+
+    def connect_failed(self, conn: Conn, exc: OSError) -> None:
+        pass
+
+    def received(self, conn: Conn) -> None:
+        pass
+
+    def closed(self, conn: Conn, exc: Optional[OSError]) -> None:
+        pass
 
 
 class Loop:
@@ -517,6 +541,19 @@ def emit(summary: Dict[str, object]) -> int:
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Descriptions and epilogs as written (examples on lines of their own), and every option's
     default shown after its help."""
+
+
+def argument_parser(tool: str, doc: str, **options) -> argparse.ArgumentParser:
+    """The parser of `python3 -m tools.TOOL`: the first paragraph of its docstring, then the
+    examples (the second paragraph) a line each, then each option and its default."""
+    first, examples = doc.split("\n\n")[:2]
+    return argparse.ArgumentParser(prog="python3 -m tools." + tool, formatter_class=HelpFormatter,
+                                   description=first + "\n\nexamples:\n" + examples, **options)
+
+
+def main(tool: str, parse_args: Callable, run: Callable, argv: Optional[List[str]]) -> int:
+    """A tool's whole command line: parse, run on the kit, print; the exit status."""
+    return emit(run_tool(tool, run, parse_args(argv)))
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, seconds: Optional[Tuple[float, str]],

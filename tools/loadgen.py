@@ -115,7 +115,7 @@ class Member(kit.Conn):
         self.got = 0                    # deliveries in the current phase
 
 
-class JoinPhase:
+class JoinPhase(kit.Handler):
     """Connect `members`, JOIN each to its room, and wait until every JOIN is answered and every
     join announcement delivered. A room that ends with n members owes n(n+1)/2 announcements
     (the k-th joiner's goes to k members), whatever order the server handled the JOINs in."""
@@ -251,7 +251,7 @@ def cpu_seconds() -> float:
 # fanout
 # ---------------------------------------------------------------------------------------------
 
-class FanoutChat:
+class FanoutChat(kit.Handler):
     """The chat phase of fanout: count every member's deliveries and time the probe's echoes."""
 
     def __init__(self, loop: kit.Loop, members: List[Member], probe: Member, quota: int,
@@ -310,22 +310,13 @@ class FanoutChat:
     def _probe_received(self) -> None:
         now = time.monotonic()
         probe = self.probe
-        while True:
-            reply = probe.reader.maybe_next_reply()
-            if reply is None:
-                return
+        for reply in kit.replies(probe.reader):
             seq = reply.message[6:] if isinstance(reply, ChatMessage) else ""
             if (seq.isdigit() and int(seq) in self.probe_sent
                     and reply == ChatMessage(probe.ref, probe.name, "probe " + seq)):
                 self.probe_latencies.append(now - self.probe_sent.pop(int(seq)))
             else:
                 self.report.fail("unexpected_message", "probe got %r" % (reply,))
-
-    def connected(self, member: Member) -> None:        # no connects in this phase
-        pass
-
-    def connect_failed(self, member: Member, exc: OSError) -> None:
-        pass
 
     def closed(self, member: Member, exc: Optional[OSError]) -> None:
         self.report.fail("closed_by_server", "%s during the chat phase (%s)"
@@ -440,7 +431,7 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
 # connections
 # ---------------------------------------------------------------------------------------------
 
-class ChatOnce:
+class ChatOnce(kit.Handler):
     """The second phase of connections: one chat per room, which every member must receive
     exactly once."""
 
@@ -455,10 +446,7 @@ class ChatOnce:
             member.got = 0
 
     def received(self, member: Member) -> None:
-        while True:
-            reply = member.reader.maybe_next_reply()
-            if reply is None:
-                return
+        for reply in kit.replies(member.reader):
             if reply != self.expected[member.room]:
                 self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
                 continue
@@ -470,12 +458,6 @@ class ChatOnce:
             else:
                 self.report.fail("duplicate", "%s got the room's chat %d times"
                                  % (member.name, member.got))
-
-    def connected(self, member: Member) -> None:
-        pass
-
-    def connect_failed(self, member: Member, exc: OSError) -> None:
-        pass
 
     def closed(self, member: Member, exc: Optional[OSError]) -> None:
         self.report.fail("closed_by_server", "%s (%s)" % (member.name, exc or "closed"))
@@ -577,7 +559,7 @@ class ChurnClient:
         self.reply_deadline = 0.0
 
 
-class Churn:
+class Churn(kit.Handler):
     """Runs every ChurnClient on one loop; see the module docstring for the rules."""
 
     def __init__(self, loop: kit.Loop, clients: int, rooms: List[str], seconds: float,
@@ -893,10 +875,8 @@ def scenario_help() -> str:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m tools.loadgen", formatter_class=kit.HelpFormatter,
-        description=__doc__.split("\n\n")[0] + "\n\nexamples:\n" + __doc__.split("\n\n")[1],
-        epilog=scenario_help() + "\n\npython3 -m pydoc tools.loadgen says what each figure "
+    parser = kit.argument_parser(
+        "loadgen", __doc__, epilog=scenario_help() + "\n\npython3 -m pydoc tools.loadgen says what each figure "
                                  "means.")
     add_loadgen_options(parser, suppress=False)
     subparsers = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
@@ -917,13 +897,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run the scenario the arguments name; return its summary."""
-    return kit.run_tool("loadgen", SCENARIOS[args.scenario][0], args)
+def run_scenario(args: argparse.Namespace, target: kit.Target, report: kit.Report):
+    return SCENARIOS[args.scenario][0](args, target, report)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return kit.emit(run(parse_args(argv)))
+    """Run the scenario the arguments name; print its summary; the exit status."""
+    return kit.main("loadgen", parse_args, run_scenario, argv)
 
 
 if __name__ == "__main__":

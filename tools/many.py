@@ -58,7 +58,7 @@ class Member(kit.Conn):
         self.finals = 0
 
 
-class Many:
+class Many(kit.Handler):
     def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
         self.args = args
         self.report = report
@@ -235,9 +235,7 @@ def run_many(args: argparse.Namespace, target: kit.Target, report: kit.Report):
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m tools.many", formatter_class=kit.HelpFormatter,
-        description=__doc__.split("\n\n")[0] + "\n\nexamples:\n" + __doc__.split("\n\n")[1])
+    parser = kit.argument_parser("many", __doc__)
     kit.add_common_arguments(parser, seconds=(DEFAULT_STEP_SECONDS,
                                               "the longest any one step may take"))
     parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS, help="clients")
@@ -255,12 +253,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict:
-    return kit.run_tool("many", run_many, args)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    return kit.emit(run(parse_args(argv)))
+    return kit.main("many", parse_args, run_many, argv)
 
 
 if __name__ == "__main__":

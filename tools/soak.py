@@ -212,7 +212,7 @@ class Client(kit.Conn):
             self.soak.violation(self, "not a reply of the protocol: %r" % (reply,))
 
 
-class Soak:
+class Soak(kit.Handler):
     def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
         self.args = args
         self.report = report
@@ -525,9 +525,7 @@ def run_soak(args: argparse.Namespace, target: kit.Target, report: kit.Report):
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m tools.soak", formatter_class=kit.HelpFormatter,
-        description=__doc__.split("\n\n")[0] + "\n\nexamples:\n" + __doc__.split("\n\n")[1])
+    parser = kit.argument_parser("soak", __doc__)
     kit.add_common_arguments(parser, seconds=(DEFAULT_SECONDS, "how long they chat"))
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS,
                         help="clients at any one time, besides the recorder")
@@ -549,12 +547,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict:
-    return kit.run_tool("soak", run_soak, args)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    return kit.emit(run(parse_args(argv)))
+    return kit.main("soak", parse_args, run_soak, argv)
 
 
 if __name__ == "__main__":

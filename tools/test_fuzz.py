@@ -19,7 +19,7 @@ class FuzzSliceTest(unittest.TestCase):
     def test_seeded_run_has_no_crash_no_hang_and_consistent_rooms(self) -> None:
         args = fuzz.parse_args(["--spawn", "--count", str(COUNT), "--seed", str(SEED),
                                 "--quiet"])
-        summary = fuzz.run(args)
+        summary = kit.run_tool("fuzz", fuzz.run_fuzz, args)
         # no hang, no server_exited, no protocol violation, no probe or room check failed
         self.assertEqual(summary["failures"], {},
                          "seed %d: %s" % (SEED, summary["failure_examples"]))

@@ -8,7 +8,7 @@ A failure names the seed; `python3 -m tools.soak --spawn --clients 30 --rooms 5 
 """
 import unittest
 
-from tools import soak
+from tools import kit, soak
 
 SEED = 7
 
@@ -18,7 +18,7 @@ class SoakSliceTest(unittest.TestCase):
     def test_three_seconds_of_churn_lose_duplicate_and_reorder_nothing(self) -> None:
         args = soak.parse_args(["--spawn", "--clients", "30", "--rooms", "5", "--seconds", "3",
                                 "--rate", "10", "--seed", str(SEED), "--quiet"])
-        summary = soak.run(args)
+        summary = kit.run_tool("soak", soak.run_soak, args)
         details = "seed %d: %s" % (SEED, summary["failure_examples"])
         for key in ("lost", "duplicated", "reordered", "outside_window", "stream_mismatches"):
             self.assertEqual(summary[key], 0, "%s: %s" % (key, details))
