@@ -1136,30 +1136,22 @@ def run_fuzz(args: argparse.Namespace, target: kit.Target, report: kit.Report):
     return Fuzzer(args, target, report).run()
 
 
+OPTIONS: List[kit.Option] = [
+    ("--count", int, DEFAULT_COUNT, "requests to send", 0, None),
+    ("--batch", int, DEFAULT_BATCH, "requests between health checks", 1, None),
+    ("--pool", int, DEFAULT_POOL, "chaos connections kept open", 1, None),
+    ("--probes", int, DEFAULT_PROBES, "probe connections kept open", 0, None),
+    ("--burst", int, DEFAULT_BURST, "most connections opened at once in a burst", 10, None),
+    ("--fresh-rooms", int, DEFAULT_FRESH_ROOMS, "room names used beyond the fixed list", 0, None),
+    ("--helo-timeout", float, HELO_TIMEOUT, "a health check slower than this many seconds is a "
+     "hang", 0, None)]
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = kit.argument_parser("fuzz", __doc__)
-    kit.add_common_arguments(parser, seconds=(DEFAULT_SECONDS, "stop sending after this long"))
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="requests to send")
-    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                        help="requests between health checks")
-    parser.add_argument("--pool", type=int, default=DEFAULT_POOL,
-                        help="chaos connections kept open")
-    parser.add_argument("--probes", type=int, default=DEFAULT_PROBES,
-                        help="probe connections kept open")
-    parser.add_argument("--burst", type=int, default=DEFAULT_BURST,
-                        help="most connections opened at once in a burst")
-    parser.add_argument("--fresh-rooms", type=int, default=DEFAULT_FRESH_ROOMS,
-                        help="room names used beyond the fixed list")
-    parser.add_argument("--helo-timeout", type=float, default=HELO_TIMEOUT,
-                        help="a health check slower than this many seconds is a hang")
-    parser.add_argument("--allow-kill", action="store_true",
-                        help="end by sending KILL_SERVICE and checking that the server stops "
-                             "(never sent otherwise)")
-    args = parser.parse_args(argv)
-    kit.check_common_arguments(parser, args)
-    if args.count < 0 or args.batch < 1 or args.pool < 1 or args.probes < 0 or args.burst < 10:
-        parser.error("--count >= 0, --batch >= 1, --pool >= 1, --probes >= 0, --burst >= 10")
-    return args
+    return kit.parse_tool_args(
+        "fuzz", __doc__, (DEFAULT_SECONDS, "stop sending after this long"), OPTIONS, argv,
+        (("--allow-kill", "end by sending KILL_SERVICE and checking that the server stops "
+                          "(never sent otherwise)"),))[1]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

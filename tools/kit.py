@@ -551,6 +551,33 @@ def argument_parser(tool: str, doc: str, **options) -> argparse.ArgumentParser:
                                    description=first + "\n\nexamples:\n" + examples, **options)
 
 
+# A tool's own option: (flag, type, default, help, least, most); least and most may be None.
+Option = Tuple[str, Callable, object, str, Optional[float], Optional[float]]
+
+
+def parse_tool_args(tool: str, doc: str, seconds: Tuple[float, str], options: List[Option],
+                    argv: Optional[List[str]], switches: Tuple[Tuple[str, str], ...] = ()
+                    ) -> Tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The command line of a tool: the common arguments, its `options` (each checked against
+    its bounds) and its on/off `switches` (flag, help)."""
+    parser = argument_parser(tool, doc)
+    add_common_arguments(parser, seconds)
+    for flag, kind, default, text, _least, _most in options:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+    for flag, text in switches:
+        parser.add_argument(flag, action="store_true", help=text)
+    args = parser.parse_args(argv)
+    check_common_arguments(parser, args)
+    for flag, _kind, _default, _text, least, most in options:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and ((least is not None and value < least)
+                                  or (most is not None and value > most)):
+            parser.error("%s must be %s" % (flag, " and ".join(
+                text % bound for text, bound in (("at least %s", least), ("at most %s", most))
+                if bound is not None)))
+    return parser, args
+
+
 def main(tool: str, parse_args: Callable, run: Callable, argv: Optional[List[str]]) -> int:
     """A tool's whole command line: parse, run on the kit, print; the exit status."""
     return emit(run_tool(tool, run, parse_args(argv)))
@@ -583,6 +610,8 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error("give exactly one of --spawn and --port")
     if args.port is not None and not 0 < args.port < 65536:
         parser.error("--port must be from 1 to 65535")
+    if getattr(args, "seconds", 0) is not None and getattr(args, "seconds", 0) < 0:
+        parser.error("--seconds must not be negative")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
 

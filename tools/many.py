@@ -234,22 +234,21 @@ def run_many(args: argparse.Namespace, target: kit.Target, report: kit.Report):
                         if per_connection else ""))
 
 
+OPTIONS: List[kit.Option] = [
+    ("--connections", int, DEFAULT_CONNECTIONS, "clients", 1, None),
+    ("--rooms", int, None, "rooms, the clients spread evenly (None: %d, or one per client if "
+     "there are fewer)" % DEFAULT_ROOMS, 1, None),
+    ("--window", int, DEFAULT_WINDOW, "connections being set up at once", 1, None)]
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = kit.argument_parser("many", __doc__)
-    kit.add_common_arguments(parser, seconds=(DEFAULT_STEP_SECONDS,
-                                              "the longest any one step may take"))
-    parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS, help="clients")
-    parser.add_argument("--rooms", type=int, default=None,
-                        help="rooms, the clients spread evenly (None: %d, or one per client "
-                             "if there are fewer)" % DEFAULT_ROOMS)
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                        help="connections being set up at once")
-    args = parser.parse_args(argv)
-    kit.check_common_arguments(parser, args)
+    parser, args = kit.parse_tool_args(
+        "many", __doc__, (DEFAULT_STEP_SECONDS, "the longest any one step may take"), OPTIONS,
+        argv)
     if args.rooms is None:
-        args.rooms = min(DEFAULT_ROOMS, max(1, args.connections))
-    if args.connections < 1 or not 1 <= args.rooms <= args.connections or args.window < 1:
-        parser.error("need --connections >= --rooms >= 1 and --window >= 1")
+        args.rooms = min(DEFAULT_ROOMS, args.connections)
+    if args.rooms > args.connections:
+        parser.error("--rooms must be at most --connections")
     return args
 
 

@@ -524,27 +524,19 @@ def run_soak(args: argparse.Namespace, target: kit.Target, report: kit.Report):
                         figures.get("chats_sent")))
 
 
+OPTIONS: List[kit.Option] = [
+    ("--clients", int, DEFAULT_CLIENTS, "clients at any one time, besides the recorder", 1, None),
+    ("--rooms", int, DEFAULT_ROOMS, "rooms", 1, None),
+    ("--rate", float, DEFAULT_RATE, "chats per second per client", 0, None),
+    ("--churn", float, DEFAULT_CHURN, "share of clients that join, leave, disconnect and vanish "
+     "as they go", 0, 1),
+    ("--max-rooms", int, DEFAULT_MAX_ROOMS, "rooms per client, at most", 1, None),
+    ("--message-bytes", int, DEFAULT_MESSAGE_BYTES, "padding per chat, at most", 0, None)]
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = kit.argument_parser("soak", __doc__)
-    kit.add_common_arguments(parser, seconds=(DEFAULT_SECONDS, "how long they chat"))
-    parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS,
-                        help="clients at any one time, besides the recorder")
-    parser.add_argument("--rooms", type=int, default=DEFAULT_ROOMS, help="rooms")
-    parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
-                        help="chats per second per client")
-    parser.add_argument("--churn", type=float, default=DEFAULT_CHURN,
-                        help="share of clients that join, leave, disconnect and vanish as they go")
-    parser.add_argument("--max-rooms", type=int, default=DEFAULT_MAX_ROOMS,
-                        help="rooms per client, at most")
-    parser.add_argument("--message-bytes", type=int, default=DEFAULT_MESSAGE_BYTES,
-                        help="padding per chat, at most")
-    args = parser.parse_args(argv)
-    kit.check_common_arguments(parser, args)
-    if (args.clients < 1 or args.rooms < 1 or args.seconds < 0 or args.rate < 0
-            or not 0 <= args.churn <= 1 or args.max_rooms < 1 or args.message_bytes < 0):
-        parser.error("--clients, --rooms, --max-rooms >= 1; --seconds, --rate, "
-                     "--message-bytes >= 0; 0 <= --churn <= 1")
-    return args
+    return kit.parse_tool_args("soak", __doc__, (DEFAULT_SECONDS, "how long they chat"), OPTIONS,
+                               argv)[1]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
