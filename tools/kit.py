@@ -258,6 +258,18 @@ class Conn:
         self.close_when_sent: Optional[str] = None   # "close" or "reset" once `out` is sent
 
 
+class Member(Conn):
+    """A client connection that joins a room (`room` as `name`): the ref and JOIN_ID the
+    server gave it are set once its JOINED_CHATROOM has been read."""
+
+    def __init__(self, room: str, name: str) -> None:
+        super().__init__()
+        self.room = room
+        self.name = name
+        self.ref: Optional[int] = None
+        self.join_id: Optional[int] = None
+
+
 class Handler:
     """What a Loop tells its handler (see Loop); a handler overrides what it cares about."""
 

@@ -101,15 +101,11 @@ def run_tag() -> str:
 # Joining: shared by fanout and connections
 # ---------------------------------------------------------------------------------------------
 
-class Member(kit.Conn):
+class Member(kit.Member):
     """A client that joins one room and stays: fanout's members and probe, connections'."""
 
     def __init__(self, room: str, name: str) -> None:
-        super().__init__()
-        self.room = room
-        self.name = name
-        self.ref: Optional[int] = None
-        self.join_id: Optional[int] = None
+        super().__init__(room, name)
         self.announced = False          # its own join announcement has arrived
         self.failed = False             # it will never be a member: do not wait for it
         self.got = 0                    # deliveries in the current phase

@@ -43,15 +43,13 @@ SPARE_FILES = 64                   # descriptors needed beyond one per connectio
 JOINED_SUFFIX = JOINED_TEXT % ""
 
 
-class Member(kit.Conn):
-    """One client connection and what it has received."""
+class Member(kit.Member):
+    """Client `index` in room "many-<room_index>", and what it has received."""
 
-    def __init__(self, index: int, room: int) -> None:
-        super().__init__()
+    def __init__(self, index: int, room_index: int) -> None:
+        super().__init__("many-%d" % room_index, "m%d" % index)
         self.index = index
-        self.room = room
-        self.ref: Optional[int] = None
-        self.join_id: Optional[int] = None
+        self.room_index = room_index
         self.connected = False
         self.lost = False
         self.announcements = 0
@@ -75,7 +73,7 @@ class Many(kit.Handler):
 
     def connected(self, member: Member) -> None:
         member.connected = True
-        self.loop.send(member, join_request("many-%d" % member.room, "m%d" % member.index))
+        self.loop.send(member, join_request(member.room, member.name))
 
     def connect_failed(self, member: Member, exc: OSError) -> None:
         self.report.fail("connect_failed", "client %d: %s" % (member.index, exc))
@@ -91,7 +89,7 @@ class Many(kit.Handler):
         while True:
             if member.ref is not None:
                 member.announcements += reader.count_chats(member.ref, JOINED_SUFFIX)
-                final = self.finals.get(member.room)
+                final = self.finals.get(member.room_index)
                 if final is not None:
                     member.finals += reader.count_chats(member.ref, final.message)
             reply = reader.maybe_next_reply()
@@ -102,21 +100,21 @@ class Many(kit.Handler):
             elif (isinstance(reply, ChatMessage) and reply.ref == member.ref
                   and reply.message.endswith(JOINED_SUFFIX)):
                 member.announcements += 1
-            elif member.ref is not None and reply == self.finals.get(member.room):
+            elif member.ref is not None and reply == self.finals.get(member.room_index):
                 member.finals += 1
             else:
                 self.report.fail("unexpected_message", "client %d got %r"
                                  % (member.index, reply))
 
     def _joined(self, member: Member, reply: JoinedReply) -> None:
-        if reply.room != "many-%d" % member.room:
-            self.report.fail("wrong_reply", "client %d joined many-%d, got %r"
+        if reply.room != member.room:
+            self.report.fail("wrong_reply", "client %d joined %s, got %r"
                              % (member.index, member.room, reply))
             return
         member.ref, member.join_id = reply.ref, reply.join_id
-        if self.refs.setdefault(member.room, reply.ref) != reply.ref:
-            self.report.fail("two_refs", "room many-%d has ROOM_REFs %d and %d"
-                             % (member.room, self.refs[member.room], reply.ref))
+        if self.refs.setdefault(member.room_index, reply.ref) != reply.ref:
+            self.report.fail("two_refs", "room %s has ROOM_REFs %d and %d"
+                             % (member.room, self.refs[member.room_index], reply.ref))
         if reply.join_id in self.join_ids:
             self.report.fail("join_id_twice", "JOIN_ID %d given twice" % reply.join_id)
         self.join_ids.add(reply.join_id)
@@ -146,7 +144,7 @@ class Many(kit.Handler):
         rss = {"before": self.server.rss_kb() if self.server else None}
         room_sizes = [0] * args.rooms
         for member in members:
-            room_sizes[member.room] += 1
+            room_sizes[member.room_index] += 1
         owed = [size * (size + 1) // 2 for size in room_sizes]
 
         def live() -> List[Member]:
@@ -155,7 +153,7 @@ class Many(kit.Handler):
         def all_announced() -> bool:
             got = [0] * args.rooms
             for member in members:
-                got[member.room] += member.announcements
+                got[member.room_index] += member.announcements
             return got == owed
 
         # 1. connect and join
@@ -179,12 +177,11 @@ class Many(kit.Handler):
 
         # 2. one chat in every room, from its first member
         for member in live():
-            if member.ref is not None and member.room not in self.finals:
-                self.finals[member.room] = ChatMessage(member.ref, "m%d" % member.index,
-                                                       "many-final %d" % member.room)
-                self.loop.send(member, chat_request(member.ref, member.join_id,
-                                                    "m%d" % member.index,
-                                                    "many-final %d" % member.room))
+            if member.ref is not None and member.room_index not in self.finals:
+                final = ChatMessage(member.ref, member.name, "many-final %d" % member.room_index)
+                self.finals[member.room_index] = final
+                self.loop.send(member, chat_request(final.ref, member.join_id, member.name,
+                                                    final.message))
         figures["chat_seconds"] = self.run_step(
             "the chats", lambda: all(m.finals >= 1 for m in live()))
         end = time.monotonic() + DUPLICATE_WAIT
