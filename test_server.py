@@ -30,7 +30,7 @@ from tools.kit import ReplyReader, ServerProcess
 # 5. End to end: the real server (Server.py) as a subprocess, spoken to over TCP
 # ---------------------------------------------------------------------------------------------
 # These tests start `Server.py 127.0.0.1 0` and talk to it as a client would, checking the wire
-# format of PROTOCOL.md (Parts 2 and 3) byte for byte. They complement the in-memory protocol,
+# format of docs/PROTOCOL.md (Parts 2 and 3) byte for byte. They complement the in-memory protocol,
 # rooms and reactor tests: what they add is the whole process (argument parsing, the listening
 # line on stdout, signals, exit status) and real sockets (segmentation, resets, backpressure).
 #
@@ -499,7 +499,7 @@ class ProcessTests(unittest.TestCase):
             self.fail("KILL_SERVICE did not end the server within %.0fs" % EXIT_TIMEOUT)
         elapsed = time.monotonic() - started
         self.assertEqual(status, 0, "exit status; stderr:\n" + server.log())
-        # PROTOCOL.md: "promptly (well under a second when idle)"
+        # docs/PROTOCOL.md: "promptly (well under a second when idle)"
         self.assertLess(elapsed, 1.0, "KILL_SERVICE took %.2fs to end the process" % elapsed)
         with self.assertRaises(ConnectionRefusedError,
                                msg="the listening port still accepts after KILL_SERVICE"):
@@ -983,7 +983,7 @@ class ErrorTests(ServerTestCase):
     def test_digit_strings_too_long_for_int_are_still_integers(self):
         # Python refuses int() of more than 4300 digits (3.11+, 3.8.14+); such a ref is still an
         # integer that names no room (5), and a JOIN_ID that does not match must not be
-        # rejected (PROTOCOL.md, Identity): the CHAT goes out.
+        # rejected (docs/PROTOCOL.md, Identity): the CHAT goes out.
         c, ref, jid = self.joined()
         huge = "9" * 5000
         c.send(chat_request(huge, jid, "m", "x"))
