@@ -48,7 +48,7 @@ from tools.kit import ReplyReader, ServerProcess
 REPO = os.path.dirname(os.path.abspath(__file__))
 HOST = "127.0.0.1"
 STUDENT_ID = "12345678"
-STARTUP_TIMEOUT = 10.0      # interpreter start + imports (Server.py --help), generous for a loaded machine
+STARTUP_TIMEOUT = 10.0      # Server.py --help: interpreter start + imports, generous when loaded
 TIMEOUT = 3.0               # the default bound on any one wait for a message
 SILENCE = 0.2               # how long expect_silence listens (only after a sync point)
 EXIT_TIMEOUT = 2.0          # KILL_SERVICE / SIGTERM must end the process within this

@@ -990,7 +990,8 @@ class Fuzzer(kit.Handler):
                             and wanted <= checker.leaves_seen)
         if not self.pump(DRAIN_TIMEOUT, until=all_left):
             missing = sorted(wanted - checker.leaves_seen)
-            self.report.fail("rooms", "checker did not see %d leave announcements of the observers, e.g. %r"
+            self.report.fail("rooms", "checker did not see %d leave announcements of the "
+                             "observers, e.g. %r"
                          % (len(missing), missing[:5]))
         # the checker chats in every room; every probe in a room must get it exactly once
         nonce = self.rng.randint(0, 10 ** 9)

@@ -212,7 +212,8 @@ def check_listening(host: str, port: int) -> None:
         raise ServerError("no server at %s:%s: %s" % (host, port, exc)) from None
 
 
-def helo_check(host: str, port: int, timeout: float, text: str = "health") -> Tuple[bool, float, str]:
+def helo_check(host: str, port: int, timeout: float,
+               text: str = "health") -> Tuple[bool, float, str]:
     """Connect, send one HELO, wait for its reply. Returns (the right reply came in time,
     seconds taken, what went wrong)."""
     started = time.monotonic()

@@ -872,8 +872,8 @@ def scenario_help() -> str:
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = kit.argument_parser(
-        "loadgen", __doc__, epilog=scenario_help() + "\n\npython3 -m pydoc tools.loadgen says what each figure "
-                                 "means.")
+        "loadgen", __doc__,
+        epilog=scenario_help() + "\n\npython3 -m pydoc tools.loadgen says what each figure means.")
     add_loadgen_options(parser, suppress=False)
     subparsers = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
     subparsers.required = True

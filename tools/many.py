@@ -9,10 +9,10 @@ Steps, all clients in one loop (tools/kit.py; nonblocking connects, at most --wi
 up at once so that the server's listen backlog never overflows):
 1. connect N clients; each sends JOIN_CHATROOM for room i % R as it connects (client i is
    "m<i>", the room "many-<r>"). Timed from the first connect: until every client is
-   connected, until every JOINED_CHATROOM has arrived, and until every join announcement has (room r's n members
-   between them receive n(n+1)/2: each its own and those of everyone who joined after it), so
-   the server's output queues are empty again. ROOM_REFs must be one per room and distinct,
-   JOIN_IDs distinct.
+   connected, until every JOINED_CHATROOM has arrived, and until every join announcement has
+   (room r's n members between them receive n(n+1)/2: each its own and those of everyone who
+   joined after it), so the server's output queues are empty again. ROOM_REFs must be one per
+   room and distinct, JOIN_IDs distinct.
 2. the server's RSS (with --spawn): per connection = (RSS now - RSS before connecting) / N;
 3. the first member of every room sends one CHAT; timed until all N members have it; then a
    last look (DUPLICATE_WAIT) for duplicates: every member must have it exactly once;

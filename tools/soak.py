@@ -149,7 +149,8 @@ class Client(kit.Conn):
             return
         membership = rng.choice(rooms)
         self.seq += 1
-        text = "%s %d p%s" % (self.name, self.seq, "x" * rng.randint(0, self.soak.args.message_bytes))
+        padding = "x" * rng.randint(0, self.soak.args.message_bytes)
+        text = "%s %d p%s" % (self.name, self.seq, padding)
         if rng.random() < 0.1:
             text += "\nsecond line"
         self.send(chat_request(membership.ref, self.join_id, self.name, text))
