@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""A terminal client for the chat server: the reference for speaking PROTOCOL.md from a client.
+"""A terminal client for the chat server: the reference for speaking the protocol from a client.
 
-    python3 tools/chat_client.py HOST PORT --name NAME
+    python3 -m tools.chat_client HOST PORT --name NAME       (from the repository's top folder)
 
 It reads commands from standard input, one per line, so it works typed at a terminal and piped
 from a script alike (COMMANDS below, or --help), and shows everything the server sends as it
@@ -23,7 +23,7 @@ the connection unexpectedly, when it cannot be reached, or when it sends somethi
 
 Theory of operation (the server's design, in miniature; see protocol.py and reactor.py):
 
-    server bytes --MessageReader--> ServerMessage --ChatClient.message_received--> actions
+    server bytes --protocol.ReplyReader--> reply --ChatClient.message_received--> actions
     stdin lines  ------------------------------------ChatClient.line_typed-------> actions
     actions (Send, Print, PrintError, Exit) --Terminal--> socket, stdout, stderr, exit status
 
@@ -51,14 +51,11 @@ import time
 from dataclasses import dataclass
 from typing import Deque, Dict, List, Optional, TextIO, Union
 
-# The server's framing code is protocol.py at the top of the repository, one directory above
-# this file. Put that directory first on the module search path, so that `import protocol` finds
-# it however this script is started (from the repository root, from tools/, by absolute path).
-# This is the only reason for touching sys.path.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-from protocol import MAX_REQUEST_BYTES, Framer, RequestError  # noqa: E402 (needs the path above)
+import protocol
+from protocol import (MAX_REQUEST_BYTES, REPLY_SHAPES, ChatMessage, ErrorReply, JoinedReply,
+                      LeftReply, Unparsed, chat_request, disconnect_request, join_request,
+                      leave_request, request_keyword)
+from tools.kit import ReplyReader
 
 # --- limits and settings ------------------------------------------------------------------------
 # The longest message from the server we buffer. The server relays a CHAT with the text of one
@@ -92,95 +89,16 @@ commands, one per line on standard input:
   /quit             leave every room, disconnect and exit; end of input does the same"""
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading the server: bytes -> messages
-# ---------------------------------------------------------------------------------------------
-
-# How many of Framer's frames make one message from the server. Framer frames *requests* by
-# their first line's keyword: it knows that a CHAT runs to a blank line, but the server's
-# replies are not in its table, so it returns them one line at a time. (That works because no
-# line of a reply begins with a request's keyword.) HELO's 4-line reply is not listed: this
-# client never sends HELO. Anything else is one frame.
-_FRAMES_PER_MESSAGE = {
-    "JOINED_CHATROOM": 5,   # JOINED_CHATROOM, SERVER_IP, PORT, ROOM_REF, JOIN_ID
-    "LEFT_CHATROOM": 2,     # LEFT_CHATROOM, JOIN_ID
-    "ERROR_CODE": 2,        # ERROR_CODE, ERROR_DESCRIPTION
-}
+# Requests are protocol's builders (join_request, leave_request, chat_request,
+# disconnect_request; "0 for TCP" where the text says so) and replies are read with its
+# ReplyReader (tools/kit.py carries a fix for it), so nothing here writes or parses the wire.
 
 
-@dataclass(frozen=True)
-class ServerMessage:
-    kind: str                 # the first line's keyword: CHAT, JOINED_CHATROOM, ERROR_CODE...
-    fields: Dict[str, str]    # KEY -> trimmed value, the first line's too; MESSAGE may span lines
-    text: str                 # the whole message, for showing one the client does not know
-
-
-def parse_fields(text: str) -> Dict[str, str]:
-    """The `KEY: value` lines of a message. Every line after `MESSAGE:` is part of the message
-    (PROTOCOL.md, "Chat"), so MESSAGE keeps its inner newlines."""
-    head, is_chat, message = text.partition("\nMESSAGE:")
-    fields = {}
-    for line in head.split("\n"):
-        key, _colon, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    if is_chat:
-        fields["MESSAGE"] = message.strip()
-    return fields
-
-
-class MessageReader:
-    """Cuts the server's byte stream into messages; protocol.Framer does the cutting.
-
-    `receive_data()` only buffers; `maybe_next_message()` returns the next complete message or
-    None until more data arrives. The reader puts the one-line frames of a multi-line reply back
-    together by the reply's known length (_FRAMES_PER_MESSAGE).
-    """
-
-    def __init__(self) -> None:
-        self._framer = Framer(max_request=MAX_SERVER_MESSAGE)
-        self._frames: List[bytes] = []      # the frames of the message being put together
-
-    def receive_data(self, data: bytes) -> None:
-        self._framer.receive_data(data)
-
-    def maybe_next_message(self) -> Optional[ServerMessage]:
-        """The next complete message, or None. Raises protocol.RequestError when the server
-        sends more than MAX_SERVER_MESSAGE bytes without finishing a message."""
-        while True:
-            frame = self._framer.maybe_next_frame()
-            if frame is None:
-                return None
-            self._frames.append(frame)
-            kind = self._frames[0].partition(b":")[0].strip().decode("utf-8", "replace")
-            if len(self._frames) >= _FRAMES_PER_MESSAGE.get(kind, 1):
-                # The server checks that what it relays is UTF-8; "replace" only guards the
-                # screen against a server that does not.
-                text = b"\n".join(self._frames).decode("utf-8", "replace")
-                self._frames = []
-                return ServerMessage(kind, parse_fields(text), text)
-
-
-# ---------------------------------------------------------------------------------------------
-# Requests: what the client sends (PROTOCOL.md, Part 1; "0 for TCP" where the text says so)
-# ---------------------------------------------------------------------------------------------
-
-def join_request(room: str, name: str) -> bytes:
-    return ("JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: %s\n"
-            % (room, name)).encode("utf-8")
-
-
-def leave_request(ref: int, join_id: int, name: str) -> bytes:
-    return ("LEAVE_CHATROOM: %d\nJOIN_ID: %d\nCLIENT_NAME: %s\n"
-            % (ref, join_id, name)).encode("utf-8")
-
-
-def chat_request(ref: int, join_id: int, name: str, text: str) -> bytes:
-    return ("CHAT: %d\nJOIN_ID: %d\nCLIENT_NAME: %s\nMESSAGE: %s\n\n"
-            % (ref, join_id, name, text)).encode("utf-8")
-
-
-def disconnect_request(name: str) -> bytes:
-    return ("DISCONNECT: 0\nPORT: 0\nCLIENT_NAME: %s\n" % name).encode("utf-8")
+def is_known_kind(unparsed: Unparsed) -> bool:
+    """Does this unreadable reply start like one of the protocol's replies (it is then
+    malformed), rather than with a line no reply has (something new the server says)?"""
+    first = unparsed.text.partition("\n")[0].encode("utf-8", "replace")
+    return request_keyword(first) in REPLY_SHAPES or first.startswith(b"HELO")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,8 +170,8 @@ class ChatClient:
         self._queue: Deque[str] = collections.deque()   # lines not yet acted on
         self._commands = {"/join": self._join, "/leave": self._leave, "/rooms": self._list_rooms,
                           "/msg": self._msg, "/help": self._help, "/quit": self._quit}
-        self._handlers = {"CHAT": self._on_chat, "JOINED_CHATROOM": self._on_joined,
-                          "LEFT_CHATROOM": self._on_left, "ERROR_CODE": self._on_error}
+        self._handlers = {ChatMessage: self._on_chat, JoinedReply: self._on_joined,
+                          LeftReply: self._on_left, ErrorReply: self._on_error}
 
     # -- driven by Terminal --------------------------------------------------------------------
 
@@ -270,13 +188,13 @@ class ChatClient:
         """True when a line typed now would be acted on at once (Terminal shows its prompt)."""
         return not self._queue and self.awaiting is None and not self.quitting
 
-    def message_received(self, message: ServerMessage) -> List[Action]:
-        handler = self._handlers.get(message.kind, self._on_other)
-        try:
-            return handler(message)
-        except (KeyError, ValueError):       # a field missing, a ref that is not an integer
+    def message_received(self, message: protocol.Reply) -> List[Action]:
+        """One reply from the server, as protocol.ReplyReader read it."""
+        if isinstance(message, Unparsed) and is_known_kind(message):
+            # a field missing, a ref that is not an integer
             return [PrintError("the server sent a malformed message: %r" % message.text),
                     Exit(1)]
+        return self._handlers.get(type(message), self._on_other)(message)
 
     def connection_lost(self) -> List[Action]:
         if self.quitting:
@@ -350,39 +268,36 @@ class ChatClient:
 
     # -- messages from the server --------------------------------------------------------------
 
-    def _on_chat(self, message: ServerMessage) -> List[Action]:
-        fields = message.fields
-        ref = int(fields["CHAT"])
-        room = self.room_names.get(ref, "ROOM_REF %d" % ref)
-        return [Print(format_chat(room, fields["CLIENT_NAME"], fields["MESSAGE"]))]
+    def _on_chat(self, message: ChatMessage) -> List[Action]:
+        room = self.room_names.get(message.ref, "ROOM_REF %d" % message.ref)
+        return [Print(format_chat(room, message.client_name, message.message))]
 
-    def _on_joined(self, message: ServerMessage) -> List[Action]:
-        fields = message.fields
-        room, ref = fields["JOINED_CHATROOM"], int(fields["ROOM_REF"])
-        self.join_id = int(fields["JOIN_ID"])
+    def _on_joined(self, message: JoinedReply) -> List[Action]:
+        room, ref = message.room, message.ref
+        self.join_id = message.join_id
         self.rooms.pop(room, None)            # joined again: it becomes the room joined last
         self.rooms[room] = ref
         self.room_names[ref] = room
-        note = Print("* joined [%s]: ROOM_REF %d, JOIN_ID %d, server %s:%s"
-                     % (printable(room), ref, self.join_id, printable(fields["SERVER_IP"]),
-                        printable(fields["PORT"])))
+        note = Print("* joined [%s]: ROOM_REF %d, JOIN_ID %d, server %s:%d"
+                     % (printable(room), ref, self.join_id, printable(message.server_ip),
+                        message.port))
         return [note] + self._reply_arrived("JOINED_CHATROOM")
 
-    def _on_left(self, message: ServerMessage) -> List[Action]:
-        ref = int(message.fields["LEFT_CHATROOM"])
+    def _on_left(self, message: LeftReply) -> List[Action]:
+        ref = message.ref
         self.rooms = {name: r for name, r in self.rooms.items() if r != ref}
         note = Print("* left [%s]: ROOM_REF %d"
                      % (printable(self.room_names.get(ref, "?")), ref))
         return [note] + self._reply_arrived("LEFT_CHATROOM")
 
-    def _on_error(self, message: ServerMessage) -> List[Action]:
-        fields = message.fields
-        return [PrintError("ERROR %s: %s" % (printable(fields["ERROR_CODE"]),
-                                             printable(fields.get("ERROR_DESCRIPTION", "")))),
+    def _on_error(self, message: ErrorReply) -> List[Action]:
+        return [PrintError("ERROR %d: %s" % (message.code, printable(message.description))),
                 Exit(1)]
 
-    def _on_other(self, message: ServerMessage) -> List[Action]:
-        return [Print("* the server says: %s" % printable(message.text))]
+    def _on_other(self, message: protocol.Reply) -> List[Action]:
+        """A reply this client does not act on (a HELO reply, or a line no reply has)."""
+        text = message.text if isinstance(message, Unparsed) else repr(message)
+        return [Print("* the server says: %s" % printable(text))]
 
     def _reply_arrived(self, kind: str) -> List[Action]:
         if self.awaiting == kind:
@@ -415,7 +330,7 @@ class Terminal:
         self.stdout = stdout
         self.stderr = stderr
         self.interactive = interactive       # show a prompt (both ends are a terminal)
-        self.reader = MessageReader()
+        self.reader = ReplyReader()
         self.out = bytearray()               # requests not yet taken by the kernel
         self.stdin_buf = bytearray()         # the start of a line not yet ended
         self.status: Optional[int] = None    # set by Exit: the loop ends
@@ -462,13 +377,11 @@ class Terminal:
             return
         self.reader.receive_data(data)
         while self.status is None:
-            try:
-                message = self.reader.maybe_next_message()
-            except RequestError:
-                self.apply([PrintError("the server sent a message longer than %d bytes"
-                                       % MAX_SERVER_MESSAGE), Exit(1)])
-                return
+            message = self.reader.maybe_next_reply()
             if message is None:
+                if len(self.reader.pending()) > MAX_SERVER_MESSAGE:
+                    self.apply([PrintError("the server sent a message longer than %d bytes"
+                                           % MAX_SERVER_MESSAGE), Exit(1)])
                 return
             self.apply(self.client.message_received(message))
 
@@ -544,7 +457,8 @@ class Terminal:
 def parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="A terminal client for the chat server (see PROTOCOL.md). It connects to "
+        prog="python3 -m tools.chat_client",
+        description="A terminal client for the chat server (see protocol.py). It connects to "
                     "HOST:PORT, reads commands from standard input, one per line (typed, or "
                     "piped from a script), and shows every message from the server as it "
                     "arrives: '[ROOM] NAME: TEXT' for chat, '* ...' for replies to commands.",

@@ -1,75 +1,59 @@
-#!/usr/bin/env python3
 """Fuzz a live chat server: random valid and invalid requests, then checks that it survived,
 still answers, and still keeps its rooms straight.
 
-    python3 tools/fuzz.py --spawn --count 100000 --seed 1
-    python3 tools/fuzz.py --host 127.0.0.1 --port 8080 --seconds 60
-    python3 tools/fuzz.py --help
+    python3 -m tools.fuzz --spawn --count 100000 --seed 1
+    python3 -m tools.fuzz --host 127.0.0.1 --port 8080 --seconds 60
 
-What it sends, in batches (--batch requests each), over a pool of connections in one
-`selectors` loop (all nonblocking, every byte the server sends is read unless a connection is
-deliberately a non-reader):
+What it sends, in batches (--batch requests each), over a pool of connections in one loop
+(tools/kit.py; every byte the server sends is read unless a connection is a non-reader):
 - every request kind (HELO, JOIN_CHATROOM, LEAVE_CHATROOM, CHAT, DISCONNECT; KILL_SERVICE only
   with --allow-kill, and then only once, at the very end), unknown lines, random bytes;
 - mutated: fields dropped, duplicated, swapped, misnamed, non-integer or enormous refs, empty
   names, NUL bytes, invalid UTF-8, stray blank lines, CR/LF variants, truncated requests (the
   rest of the stream then runs into the next one), values up to past protocol.MAX_REQUEST_BYTES;
-- on the wire: each send() is a random slice of 1 byte to 64 KiB of what is queued, so requests
-  are split anywhere and several are coalesced into one segment;
-- abrupt ends: a connection sends part of a request and then closes with RST (SO_LINGER 1, 0),
-  or with FIN; bursts of up to --burst connections opened at once that send one request and go;
-  non-readers that never read what the server sends; floods of large chats into one room.
+- on the wire: each send() is a random slice of 1 byte to 64 KiB of what is queued;
+- abrupt ends: part of a request and then RST or FIN; bursts of up to --burst connections that
+  send one request and go; non-readers; floods of large chats into one room.
 
 What it checks:
 - after every batch, that a fresh connection gets a HELO reply within --helo-timeout seconds
-  (otherwise a "hang"), and, with --spawn, that the server process is still running (otherwise a
-  "crash"; the run stops there);
-- everything the server sends parses as one of PROTOCOL.md's messages; a room name keeps one
-  ROOM_REF and a ROOM_REF one name; a connection keeps one JOIN_ID and no two share one;
-- "probe" connections send only requests whose answer is known in advance (with random
-  formatting and segmentation), and every reply they get must be exactly the one predicted, in
-  order: JOINED with the right ref and id, own join/leave announcements, own chats echoed once,
-  the documented ERROR_CODE for each malformed request, nothing for an unknown line, leave
-  announcements and then the close after DISCONNECT. A probe must get no chat of a room it is not
-  in (before its join announcement or after its leave announcement);
-- a request of exactly the size limit must be judged the same however it is split (whole, or
-  split inside its terminating newlines): PROTOCOL.md says the segmentation must not matter;
-- at the end, room consistency: a fresh "checker" joins every room the fuzzer learnt of; three
+  (else a "hang"), and, with --spawn, that the server process still runs (else "server_exited");
+- everything the server sends reads as one of the protocol's replies (protocol.ReplyReader); a
+  room name keeps one ROOM_REF and a ROOM_REF one name; a connection keeps one JOIN_ID and no
+  two share one;
+- "probe" connections send requests (built with protocol's builders, then written in random
+  valid styles and segments) whose answers are known, and every reply must be the predicted one,
+  in order: JOINED with the right ref and id, own announcements, own chats echoed once, the
+  documented ERROR_CODE for each malformed request (12 for a name with a control or format
+  character), nothing for an unknown line, LEFT_CHATROOM with the JOIN_ID the server gave it,
+  leave announcements and then the close after DISCONNECT; no chat of a room it is not in;
+- a request of exactly the size limit gets the same answer however it is split;
+- at the end, room consistency: a "checker" joins every room the fuzzer learnt of; three
   "observers" join them all, then one LEAVEs them all, one DISCONNECTs, one vanishes (RST); the
   checker must see all three leave every room; then the checker chats in every room, and every
-  probe still in a room must get that chat exactly once, while the observer that left (still
-  connected) must get nothing of any room.
+  probe still in a room must get that chat exactly once.
 
-Output: a progress line on standard error every few seconds and a JSON summary on standard
-output (requests sent by kind, ERROR_CODEs received by code, disconnects, hangs, crashes,
-failures, the server's RSS before and after when spawned). A request is counted as sent when it
-is queued; a connection the server closed may not have taken all of it.
+The summary is the kit's (tools/kit.py): failures by kind (hang, server_exited,
+protocol_violation, probe, segmentation, rooms, ...), and figures: requests sent by kind,
+ERROR_CODEs received by code, disconnects, the segmentation table, the server's RSS before and
+after (with --spawn). A request is counted when queued; a closed connection may not take it all.
 
-Exit status: 0 when there was no hang, crash or failed check; 1 otherwise; 2 for bad arguments.
-
-Deliberate limits: the fuzzer knows the names of rooms only from JOINED_CHATROOM replies it
-read (a room made by a connection that vanished before reading its reply is not checked), and
-it only predicts the replies of probe connections; for the rest it checks their form.
+Deliberate limits: the fuzzer knows rooms only from JOINED_CHATROOM replies it read, and it
+predicts only the probes' replies; for the rest it checks their form.
 """
 import argparse
 import collections
-import json
-import os
 import random
-import selectors
 import socket
 import sys
 import time
 from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)      # for `protocol` and `tools` however this is started
-
-from protocol import MAX_NAME_CHARS, MAX_REQUEST_BYTES, ErrorCode  # noqa: E402 (path above)
-from tools.harness import (  # noqa: E402 (needs the path above)
-    HOST, add_target_arguments, MessageParser, Peer, ProtocolViolation, ServerMessage,
-    ServerProcess, connect, helo_check, raise_nofile_limit)
+from protocol import (JOINED_TEXT, LEFT_TEXT, MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES,
+                      ChatMessage, ErrorCode, ErrorReply, HeloReply, JoinedReply, LeftReply,
+                      Unparsed, chat_request, disconnect_request, helo_request, join_request,
+                      kill_request, leave_request)
+from tools import kit
 
 # --- settings (each a default for a command-line option, or a bound on a wait) ----------------
 DEFAULT_COUNT = 10000
@@ -84,9 +68,9 @@ BATCH_TIMEOUT = 20.0               # the longest one batch may take to send and 
 QUIET = 0.02                       # a batch is over when nothing arrived for this long
 DRAIN_TIMEOUT = 20.0               # the longest any end-of-run check waits for replies
 SPLIT_PAUSE = 0.2                  # between the two halves of a split request
-PROGRESS_EVERY = 2.0               # seconds between progress lines
-MAX_FAILURES_SHOWN = 30
-MAX_TICKS = 10 ** 7                # a count bound on every pump loop (time bounds it first)
+# The longest reply an honest server sends: a CHAT relays the text of one request under the
+# CLIENT_NAME of another (each at most MAX_REQUEST_BYTES), plus the field names.
+MAX_SERVER_MESSAGE = 2 * MAX_REQUEST_BYTES + 1024
 
 # Chances per request (chaos traffic). The rest of the batch is made of ordinary requests.
 P_PROBE = 0.15                     # the request goes to a probe
@@ -127,6 +111,7 @@ ALPHABETS = ["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJLMNOPQRSTUVWXYZ 0123456789 "
 ALPHABET_WEIGHTS = [70, 6, 5, 5, 4, 5, 5]
 
 
+
 def random_text(rng: random.Random, max_len: int) -> str:
     """Random text, mostly short, from ALPHABETS (may contain whitespace and control codes,
     never CR or LF)."""
@@ -151,17 +136,37 @@ def segment_size(rng: random.Random) -> int:
     return rng.randint(4097, 64 * 1024)
 
 
-class FuzzPeer(Peer):
-    """A Peer with what the fuzzer needs to know about it."""
 
-    def __init__(self, sock: socket.socket, label: str, serial: int, reading: bool = True):
-        super().__init__(sock, label)
+def shaped(keyword: bytes, first: bytes, values: List[bytes]) -> List[bytes]:
+    """The lines of a request of kind `keyword`, its keys from protocol.REQUEST_SHAPES."""
+    return [keyword + b": " + first] + [key.encode() + b": " + value for key, value
+                                        in zip(REQUEST_SHAPES[keyword], values)]
+
+
+def restyle(rng: random.Random, request: bytes) -> bytes:
+    """`request`, made by a protocol builder, written another valid way: random white space
+    after each field's colon and after its value, and LF or CRLF line ends."""
+    sep = rng.choice([b": ", b":", b":  ", b":\t"])
+    pad = rng.choice([b"", b"", b" ", b" \t"])
+    ending = b"\r\n" if rng.random() < 0.3 else b"\n"
+    head, is_chat, message = request.partition(b"\nMESSAGE: ")
+    fields = [line.replace(b": ", sep, 1) + pad for line in head.rstrip(b"\n").split(b"\n")]
+    if is_chat:         # the text's own line ends change too; it trims to itself
+        fields.append(b"MESSAGE: " + message[:-2].replace(b"\n", ending) + ending)
+    return ending.join(fields) + ending
+
+
+class FuzzConn(kit.Conn):
+    """A connection with what the fuzzer needs to know about it."""
+
+    def __init__(self, label: str, serial: int, reading: bool = True) -> None:
+        super().__init__()
+        self.label = label
         self.serial = serial
         self.reading = reading
         self.probe: Optional["Probe"] = None
         self.join_id: Optional[int] = None
         self.tail = b""                       # the last bytes queued (for the KILL guard)
-        self.when_flushed: Optional[str] = None   # "abort" or "close" once the queue is sent
 
 
 # -------------------------------------------------------------------------------------------
@@ -179,14 +184,14 @@ class RequestMaker:
         self.known_refs = known_refs
         self.rooms = ROOM_NAMES + fresh_rooms
 
-    def make(self, peer: FuzzPeer) -> Tuple[str, bytes]:
+    def make(self, conn: "FuzzConn") -> Tuple[str, bytes]:
         rng = self.rng
         kind = rng.choices(self.KINDS, self.WEIGHTS)[0]
         if kind == "GARBAGE":
             return kind, random_bytes(rng, rng.randint(1, 200))
         if kind == "BLANK":
             return kind, rng.choice([b"\n", b"\r\n", b"\n\n\n", b"\r\n\r\n", b" \n"])
-        lines = getattr(self, "_" + kind.lower())(peer)
+        lines = getattr(self, "_" + kind.lower())(conn)
         if rng.random() < P_MUTATE:
             for _ in range(rng.randint(1, 3)):
                 lines = self.mutate(kind, lines)
@@ -201,15 +206,15 @@ class RequestMaker:
         """A request past MAX_REQUEST_BYTES: ERROR_CODE 8 and a closed connection expected."""
         rng = self.rng
         extra = rng.randint(1, 4096)
-        body = b"y" * (MAX_REQUEST_BYTES + extra)
+        body = "y" * (MAX_REQUEST_BYTES + extra)
         shape = rng.randrange(4)
         if shape == 0:
-            return b"HELO " + body + b"\n"
+            return helo_request(body)
         if shape == 1:
-            return b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: x\nMESSAGE: " + body + b"\n\n"
+            return chat_request(0, 1, "x", body)
         if shape == 2:
-            return b"JOIN_CHATROOM: " + body + b"\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: x\n"
-        return body                             # no newline at all
+            return join_request(body, "x")
+        return body.encode()                    # no newline at all
 
     # -- valid requests, as lists of lines -------------------------------------------------
 
@@ -231,39 +236,36 @@ class RequestMaker:
             return str(self.rng.randint(0, 30)).encode()
         return self.rng.choice(BAD_INTEGERS).encode("utf-8")
 
-    def _join_id(self, peer: FuzzPeer) -> bytes:
+    def _join_id(self, conn: "FuzzConn") -> bytes:
         roll = self.rng.random()
-        if roll < 0.5 and peer.join_id is not None:
-            return str(peer.join_id).encode()
+        if roll < 0.5 and conn.join_id is not None:
+            return str(conn.join_id).encode()
         if roll < 0.75:
             return str(self.rng.randint(0, 100)).encode()
         return self.rng.choice(BAD_INTEGERS).encode("utf-8")
 
-    def _helo(self, peer: FuzzPeer) -> List[bytes]:
+    def _helo(self, conn: "FuzzConn") -> List[bytes]:
         if self.rng.random() < 0.1:
             return [b"HELO"]
         return [b"HELO " + random_text(self.rng, 60).encode("utf-8")]
 
-    def _join(self, peer: FuzzPeer) -> List[bytes]:
-        return [b"JOIN_CHATROOM: " + self._room(), b"CLIENT_IP: 0", b"PORT: 0",
-                b"CLIENT_NAME: " + self._name()]
+    def _join(self, conn: "FuzzConn") -> List[bytes]:
+        return shaped(b"JOIN_CHATROOM", self._room(), [b"0", b"0", self._name()])
 
-    def _leave(self, peer: FuzzPeer) -> List[bytes]:
-        return [b"LEAVE_CHATROOM: " + self._ref(), b"JOIN_ID: " + self._join_id(peer),
-                b"CLIENT_NAME: " + self._name()]
+    def _leave(self, conn: "FuzzConn") -> List[bytes]:
+        return shaped(b"LEAVE_CHATROOM", self._ref(), [self._join_id(conn), self._name()])
 
-    def _chat(self, peer: FuzzPeer) -> List[bytes]:
+    def _chat(self, conn: "FuzzConn") -> List[bytes]:
         text_lines = [random_text(self.rng, 200).encode("utf-8")
                       for _ in range(1 if self.rng.random() < 0.8 else self.rng.randint(2, 5))]
         text_lines = [line or b"." for line in text_lines]   # an empty line would end it
-        return ([b"CHAT: " + self._ref(), b"JOIN_ID: " + self._join_id(peer),
-                 b"CLIENT_NAME: " + self._name(), b"MESSAGE: " + text_lines[0]]
+        return (shaped(b"CHAT", self._ref(), [self._join_id(conn), self._name(), text_lines[0]])
                 + text_lines[1:] + [b""])
 
-    def _disconnect(self, peer: FuzzPeer) -> List[bytes]:
-        return [b"DISCONNECT: 0", b"PORT: 0", b"CLIENT_NAME: " + self._name()]
+    def _disconnect(self, conn: "FuzzConn") -> List[bytes]:
+        return shaped(b"DISCONNECT", b"0", [b"0", self._name()])
 
-    def _unknown(self, peer: FuzzPeer) -> List[bytes]:
+    def _unknown(self, conn: "FuzzConn") -> List[bytes]:
         return [self.rng.choice(UNKNOWN_LINES)]
 
     # -- mutations ------------------------------------------------------------------------
@@ -334,6 +336,16 @@ class RequestMaker:
 Expectation = Tuple
 
 
+# -------------------------------------------------------------------------------------------
+# Probes: connections whose every reply is predicted
+# -------------------------------------------------------------------------------------------
+
+# What a probe expects next, one of:
+#   ("HELO", line)  ("JOINED", room)  ("ANNOUNCE_JOIN", room)  ("LEFT", ref, join_id)
+#   ("ANNOUNCE_LEAVE", room)  ("ECHO", room, text)  ("ERROR", code)  ("EOF",)
+Expectation = Tuple
+
+
 class Probe:
     """A connection that sends only requests whose replies it can predict, and checks them.
 
@@ -343,12 +355,12 @@ class Probe:
     announcements): a chat of any other room is a failure.
     """
 
-    def __init__(self, fuzzer: "Fuzzer", name: str, peer: FuzzPeer, records: bool = False):
+    def __init__(self, fuzzer: "Fuzzer", name: str, conn: FuzzConn, records: bool = False):
         self.fuzzer = fuzzer
         self.rng = fuzzer.rng
         self.name = name
-        self.peer = peer
-        peer.probe = self
+        self.conn = conn
+        conn.probe = self
         self.expect: Deque[Expectation] = collections.deque()
         self.member: Set[str] = set()
         self.in_rooms: Set[int] = set()
@@ -362,28 +374,23 @@ class Probe:
 
     # -- building requests ----------------------------------------------------------------
 
-    def _style(self) -> Tuple[Callable[[str, str], str], str]:
-        """A random but valid way to write field lines, and a line ending."""
-        sep = self.rng.choice([": ", ":", ":  ", ":\t"])
-        pad = self.rng.choice(["", "", " ", " \t"])
-        ending = "\r\n" if self.rng.random() < 0.3 else "\n"
-        return (lambda key, value: key + sep + value + pad), ending
-
-    def _send(self, lines: List[str], ending: str) -> None:
-        blank = self.rng.choice(["", "", "", "", ending])    # blank lines between requests
-        text = blank + "".join(line + ending for line in lines)
-        self.fuzzer.queue(self.peer, text.encode("utf-8"), guard=False)
+    def _send(self, data: bytes) -> None:
+        blank = self.rng.choice([b"", b"", b"", b"", b"\n", b"\r\n"])   # between requests
+        self.fuzzer.queue(self.conn, blank + data, guard=False)
         self.fuzzer.count("probe")
+
+    def _send_lines(self, lines: List[str]) -> None:
+        ending = "\r\n" if self.rng.random() < 0.3 else "\n"
+        self._send("".join(line + ending for line in lines).encode("utf-8"))
 
     def helo(self) -> None:
         text = "%s %s" % (self.name, random_text(self.rng, 30).strip() or "x")
-        self._send(["HELO " + text], self._style()[1])
+        ending = b"\r\n" if self.rng.random() < 0.3 else b"\n"
+        self._send(helo_request(text)[:-1] + ending)
         self.expect.append(("HELO", "HELO " + text))
 
     def join(self, room: str) -> None:
-        field, ending = self._style()
-        self._send([field("JOIN_CHATROOM", room), field("CLIENT_IP", "0"), field("PORT", "0"),
-                    field("CLIENT_NAME", self.name)], ending)
+        self._send(restyle(self.rng, join_request(room, self.name)))
         self.expect.append(("JOINED", room))
         if room not in self.member:
             self.member.add(room)
@@ -394,9 +401,7 @@ class Probe:
         join_id = self.join_id if self.join_id is not None else self.rng.randint(0, 99)
         if self.rng.random() < 0.1:
             join_id = self.rng.randint(0, 99)    # a wrong one: the reply has the right one
-        field, ending = self._style()
-        self._send([field("LEAVE_CHATROOM", str(ref)), field("JOIN_ID", str(join_id)),
-                    field("CLIENT_NAME", self.name)], ending)
+        self._send(restyle(self.rng, leave_request(ref, join_id, self.name)))
         self.expect.append(("LEFT", ref, join_id))
         if room in self.member:
             self.member.discard(room)
@@ -404,14 +409,10 @@ class Probe:
 
     def chat(self, room: str, text: Optional[str] = None) -> None:
         """CHAT to `room` (whose ref must be known): echoed if a member, else error 6."""
-        field, ending = self._style()
         if text is None:
-            lines = [self._chat_line() for _ in range(1 if self.rng.random() < 0.8 else 3)]
-            text = "\n".join(lines)
+            text = "\n".join(self._chat_line() for _ in range(1 if self.rng.random() < 0.8 else 3))
         name = self.name if self.rng.random() < 0.8 else "someone-else"   # not trusted anyway
-        body = text.replace("\n", ending)
-        self._send([field("CHAT", str(self.fuzzer.refs[room])), field("JOIN_ID", "7"),
-                    field("CLIENT_NAME", name), "MESSAGE: " + body, ""], ending)
+        self._send(restyle(self.rng, chat_request(self.fuzzer.refs[room], 7, name, text)))
         if room in self.member:
             self.expect.append(("ECHO", room, text))
         else:
@@ -431,9 +432,7 @@ class Probe:
         refs = self.fuzzer.refs
         if any(room not in refs for room in self.member):
             return False                       # a JOINED is outstanding: its ref is unknown
-        field, ending = self._style()
-        self._send([field("DISCONNECT", "0"), field("PORT", "0"), field("CLIENT_NAME", self.name)],
-                   ending)
+        self._send(restyle(self.rng, disconnect_request(self.name)))
         for room in sorted(self.member, key=refs.get):
             self.expect.append(("ANNOUNCE_LEAVE", room))
         self.member.clear()
@@ -442,14 +441,14 @@ class Probe:
         return True
 
     def malformed(self) -> None:
-        """A well-framed request with a known fault, and the error code README documents."""
+        """A well-framed request with a known fault, and the error code it must get."""
         rng = self.rng
-        ending = "\r\n" if rng.random() < 0.3 else "\n"
         name = self.name
-        known = [ref for room, ref in self.fuzzer.refs.items()]
+        known = list(self.fuzzer.refs.values())
         ref = str(rng.choice(known)) if known else "0"
         unknown = str(10 ** 9 + rng.randint(0, 999))
         bad = rng.choice(["x", "-1", "+1", "1.0", "0x1", "1_0", "\u0661", ""])
+        unprintable = rng.choice(["\x1b[31m", "\x7f", "\u202e", "\u200b", "\u2028", "\u2029"])
         cases = [
             (["CHAT: " + bad, "JOIN_ID: 1", "CLIENT_NAME: " + name, "MESSAGE: m", ""],
              ErrorCode.BAD_INTEGER),
@@ -477,20 +476,23 @@ class Probe:
               "CLIENT_NAME: " + name], ErrorCode.NAME_TOO_LONG),
             (["JOIN_CHATROOM: room1", "CLIENT_IP: 0", "PORT: 0",
               "CLIENT_NAME: " + "n" * (MAX_NAME_CHARS + 1)], ErrorCode.NAME_TOO_LONG),
+            (["JOIN_CHATROOM: room" + unprintable + "1", "CLIENT_IP: 0", "PORT: 0",
+              "CLIENT_NAME: " + name], ErrorCode.NAME_NOT_PRINTABLE),
+            (["JOIN_CHATROOM: room1", "CLIENT_IP: 0", "PORT: 0",
+              "CLIENT_NAME: " + name + unprintable + "x"], ErrorCode.NAME_NOT_PRINTABLE),
         ]
         if rng.random() < 0.15:                 # invalid UTF-8 in a HELO or in a message
             raw_cases = [b"HELO caf\xe9", b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: n\nMESSAGE: \xff\n"]
-            self.fuzzer.queue(self.peer, rng.choice(raw_cases) + b"\n", guard=False)
-            self.fuzzer.count("probe")
+            self._send(rng.choice(raw_cases) + b"\n")
             self.expect.append(("ERROR", ErrorCode.INVALID_UTF8))
             return
         lines, code = rng.choice(cases)
-        self._send(lines, ending)
+        self._send_lines(lines)
         self.expect.append(("ERROR", code))
 
     def unknown(self) -> None:
-        line = self.rng.choice(["WHATEVER", "PING %s" % self.name, "NOT_A_COMMAND: 1", "QUIT"])
-        self._send([line], "\n")                 # answered by nothing at all
+        self._send_lines([self.rng.choice(["WHATEVER", "PING %s" % self.name, "NOT_A_COMMAND: 1",
+                                           "QUIT"])])     # answered by nothing at all
 
     def random_request(self) -> None:
         """One random request (or none, once DISCONNECT has been sent)."""
@@ -521,64 +523,60 @@ class Probe:
 
     # -- checking replies ----------------------------------------------------------------
 
-    def on_message(self, msg: ServerMessage) -> None:
+    def on_reply(self, reply) -> None:
         if self.done:
             return
-        if msg.kind == "CHAT" and msg.name != self.name:
-            if msg.ref not in self.in_rooms:
-                self.fail("got a chat of room %d, which it is not in: %r" % (msg.ref, msg))
+        if isinstance(reply, ChatMessage) and reply.client_name != self.name:
+            if reply.ref not in self.in_rooms:
+                self.fail("got a chat of room %d, which it is not in: %r" % (reply.ref, reply))
                 return
-            if msg.text.startswith(FINAL_PREFIX):
-                self.finals_seen[(msg.ref, msg.text)] += 1
-            if self.records and msg.text == "%s has left this chatroom." % msg.name:
-                self.leaves_seen.add((msg.ref, msg.name))
+            if reply.message.startswith(FINAL_PREFIX):
+                self.finals_seen[(reply.ref, reply.message)] += 1
+            if self.records and reply.message == LEFT_TEXT % reply.client_name:
+                self.leaves_seen.add((reply.ref, reply.client_name))
             return
         if not self.expect:
-            self.fail("unexpected message %r" % msg)
+            self.fail("unexpected reply %r" % (reply,))
             return
         want = self.expect.popleft()
-        problem = self._mismatch(want, msg)
+        problem = self._mismatch(want, reply)
         if problem:
-            self.fail("expected %r, got %r (%s)" % (want, msg, problem))
+            self.fail("expected %r, got %r (%s)" % (want, reply, problem))
             return
         self.checked += 1
 
-    def _mismatch(self, want: Expectation, msg: ServerMessage) -> str:
-        """Why `msg` is not the expected reply `want` ("" when it is)."""
+    def _mismatch(self, want: Expectation, reply) -> str:
+        """Why `reply` is not the expected reply `want` ("" when it is)."""
         kind = want[0]
-        refs = self.fuzzer.refs
-        port = self.fuzzer.port
+        host, port = self.fuzzer.host, self.fuzzer.port
         if kind == "HELO":
-            if msg.kind != "HELO" or msg.line != want[1] or msg.ip != HOST or msg.port != port:
+            if not (isinstance(reply, HeloReply) and reply.line == want[1]
+                    and reply.ip == host and reply.port == port):
                 return "wrong HELO reply"
         elif kind == "JOINED":
-            if msg.kind != "JOINED" or msg.room != want[1] or msg.ip != HOST or msg.port != port:
+            if not (isinstance(reply, JoinedReply) and reply.room == want[1]
+                    and reply.server_ip == host and reply.port == port):
                 return "wrong JOINED_CHATROOM reply"
             if self.join_id is None:
-                self.join_id = msg.join_id
-            elif msg.join_id != self.join_id:
+                self.join_id = reply.join_id
+            elif reply.join_id != self.join_id:
                 return "JOIN_ID changed from %d" % self.join_id
         elif kind in ("ANNOUNCE_JOIN", "ANNOUNCE_LEAVE", "ECHO"):
-            room = want[1]
-            if kind == "ANNOUNCE_JOIN":
-                text = "%s has joined this chatroom." % self.name
-            elif kind == "ANNOUNCE_LEAVE":
-                text = "%s has left this chatroom." % self.name
-            else:
-                text = want[2]
-            if msg.kind != "CHAT" or msg.ref != refs.get(room) or msg.text != text:
+            text = {"ANNOUNCE_JOIN": JOINED_TEXT % self.name,
+                    "ANNOUNCE_LEAVE": LEFT_TEXT % self.name}.get(kind) or want[2]
+            if reply != ChatMessage(self.fuzzer.refs.get(want[1]), self.name, text):
                 return "wrong own announcement or echo"
             if kind == "ANNOUNCE_JOIN":
-                self.in_rooms.add(msg.ref)
+                self.in_rooms.add(reply.ref)
             elif kind == "ANNOUNCE_LEAVE":
-                self.in_rooms.discard(msg.ref)
+                self.in_rooms.discard(reply.ref)
         elif kind == "LEFT":
             # the JOIN_ID the server gave this connection; the request's only if it never joined
             given = self.join_id if self.join_id is not None else want[2]
-            if msg.kind != "LEFT" or msg.ref != want[1] or msg.join_id != given:
+            if reply != LeftReply(want[1], given):
                 return "wrong LEFT_CHATROOM reply"
         elif kind == "ERROR":
-            if msg.kind != "ERROR" or msg.code != want[1]:
+            if not (isinstance(reply, ErrorReply) and reply.code == want[1]):
                 return "wrong reply to a malformed request (want ERROR_CODE %d)" % want[1]
         elif kind == "EOF":
             return "a message after the last leave announcement of a DISCONNECT"
@@ -592,15 +590,16 @@ class Probe:
             self.expect.clear()
             self.checked += 1
         else:
-            self.fail("server closed the connection with %d replies outstanding: %r"
-                      % (len(self.expect), list(self.expect)[:3]))
+            self.fuzzer.report.fail("probe", "%s: the server closed the connection with %d "
+                                    "replies outstanding: %r"
+                                    % (self.name, len(self.expect), list(self.expect)[:3]))
         self.done = True
 
     def fail(self, problem: str) -> None:
         """Record a failed check and retire this probe (its expectations are now out of step)."""
-        self.fuzzer.failure("probe %s: %s" % (self.name, problem))
+        self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
         self.done = True
-        self.fuzzer.retire(self.peer, "abort")
+        self.fuzzer.retire(self.conn, "abort")
 
     def idle(self) -> bool:
         return self.done or not self.expect
@@ -610,23 +609,21 @@ class Probe:
 # The fuzzer
 # -------------------------------------------------------------------------------------------
 
-class Fuzzer:
-    """One run against the server at 127.0.0.1:`port` (`server` is set when we spawned it)."""
+class Fuzzer(kit.Handler):
+    """One run against `target` (kit.Target: spawned for the run, or given)."""
 
-    def __init__(self, opts: argparse.Namespace, port: int,
-                 server: Optional[ServerProcess] = None) -> None:
-        self.opts = opts
-        self.port = port
-        self.server = server
-        self.rng = random.Random(opts.seed)
-        self.selector = selectors.DefaultSelector()
+    def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
+        self.args = args
+        self.report = report
+        self.host, self.port, self.server = target.host, target.port, target.server
+        self.rng = random.Random(args.seed)
+        self.loop = kit.Loop(target.address, self, send_limit=lambda: segment_size(self.rng))
         self.refs: Dict[str, int] = {}         # room name -> ROOM_REF, from JOINED replies
         self.rooms_by_ref: Dict[int, str] = {}
         self.join_id_owner: Dict[int, int] = {}   # JOIN_ID -> serial of its connection
-        fresh = ["fz%d-%d" % (opts.seed, i) for i in range(opts.fresh_rooms)]
+        fresh = ["fz%d-%d" % (args.seed, i) for i in range(args.fresh_rooms)]
         self.maker = RequestMaker(self.rng, self.refs, fresh)
-        self.peers: List[FuzzPeer] = []        # every open connection
-        self.chaos: List[FuzzPeer] = []
+        self.chaos: List[FuzzConn] = []
         self.probes: List[Probe] = []
         self.serial = 0
         self.sent_by_kind: Dict[str, int] = collections.Counter()
@@ -634,14 +631,8 @@ class Fuzzer:
         self.server_closed = 0                 # connections the server closed or reset
         self.vanished = 0                      # connections we reset
         self.closed_by_us = 0                  # connections we closed normally
-        self.failures: List[str] = []
-        self.failure_count = 0
-        self.hangs = 0
-        self.crashes = 0
         self.helo_max = 0.0
         self.batches = 0
-
-    # -- bookkeeping ----------------------------------------------------------------------
 
     def count(self, kind: str) -> None:
         self.sent_by_kind[kind] += 1
@@ -649,195 +640,152 @@ class Fuzzer:
     def requests_sent(self) -> int:
         return sum(self.sent_by_kind.values())
 
-    def failure(self, text: str) -> None:
-        self.failure_count += 1
-        if len(self.failures) < MAX_FAILURES_SHOWN:
-            self.failures.append(text)
-
     # -- connections ----------------------------------------------------------------------
 
-    def open_peer(self, label: str, reading: bool = True) -> Optional[FuzzPeer]:
-        try:
-            sock = connect(self.port)
-        except OSError as exc:
-            self.failure("cannot connect: %s" % exc)
-            return None
+    def open_conn(self, label: str, reading: bool = True) -> FuzzConn:
         self.serial += 1
-        peer = FuzzPeer(sock, label, self.serial, reading)
-        self.peers.append(peer)
-        return peer
+        conn = FuzzConn(label, self.serial, reading)
+        self.loop.connect(conn)
+        return conn
 
-    def new_probe(self, name: str, records: bool = False) -> Optional[Probe]:
-        peer = self.open_peer(name)
-        if peer is None:
-            return None
-        probe = Probe(self, name, peer, records)
+    def new_probe(self, name: str, records: bool = False) -> Probe:
+        probe = Probe(self, name, self.open_conn(name), records)
         self.probes.append(probe)
         return probe
 
-    def queue(self, peer: FuzzPeer, data: bytes, guard: bool = True) -> None:
-        """Queue bytes for `peer`, never letting KILL_SERVICE through unless allowed. The
+    def queue(self, conn: FuzzConn, data: bytes, guard: bool = True) -> None:
+        """Queue bytes for `conn`, never letting KILL_SERVICE through unless allowed. The
         check looks across the join with what was queued before, since a truncated request
         makes the server read two requests as one. (Probes need no guard: their requests are
         well framed and none starts with KILL_SERVICE.)"""
-        if guard and not self.opts.allow_kill and b"KILL" in (peer.tail + data).upper():
-            data = b"HELO kill-guard\n"
-        peer.queue(data)
-        peer.tail = (peer.tail + data)[-16:]
+        if guard and not self.args.allow_kill and b"KILL" in (conn.tail + data).upper():
+            data = helo_request("kill-guard")
+        conn.tail = (conn.tail + data)[-16:]
+        self.loop.send(conn, data)
 
-    def retire(self, peer: FuzzPeer, how: str) -> None:
+    def retire(self, conn: FuzzConn, how: str) -> None:
         """End a connection of ours now: "abort" (RST) or "close" (FIN)."""
-        if peer.closed:
+        if conn.state == kit.CLOSED:
             return
-        self._unregister(peer)
-        if how == "abort":
-            peer.abort()
+        self.loop.close(conn, reset=how == "abort")
+        if conn.close_when_sent:
+            pass                                # counted when it was told to go
+        elif how == "abort":
             self.vanished += 1
         else:
-            peer.close()
             self.closed_by_us += 1
 
-    def _unregister(self, peer: FuzzPeer) -> None:
-        if peer.events:
-            self.selector.unregister(peer.sock)
-            peer.events = 0
+    def when_sent(self, conn: FuzzConn, how: Optional[str]) -> None:
+        """End `conn` ("abort" or "close") once what is queued for it has gone."""
+        if how is not None:
+            conn.close_when_sent = "reset" if how == "abort" else "close"
+            self.vanished += how == "abort"
+            self.closed_by_us += how == "close"
+            if not conn.out and conn.state == kit.OPEN:
+                self.loop.close(conn, reset=how == "abort")
 
-    def _sync_interest(self, peer: FuzzPeer) -> None:
-        """Watch for input while it reads and for writability while output is queued."""
-        want = ((selectors.EVENT_READ if peer.reading else 0)
-                | (selectors.EVENT_WRITE if peer.out else 0))
-        if want == peer.events:
-            return
-        if not want:
-            self.selector.unregister(peer.sock)
-        elif not peer.events:
-            self.selector.register(peer.sock, want, peer)
-        else:
-            self.selector.modify(peer.sock, want, peer)
-        peer.events = want
+    # -- the loop's handler -------------------------------------------------------------------
 
-    def _forget_closed(self) -> None:
-        self.peers = [peer for peer in self.peers if not peer.closed]
-        self.chaos = [peer for peer in self.chaos if not peer.closed]
+    def connect_failed(self, conn: FuzzConn, exc: OSError) -> None:
+        self.report.fail("connect_failed", "%s: %s" % (conn.label, exc))
+        if conn.probe is not None:
+            conn.probe.done = True
 
-    def _on_closed_by_server(self, peer: FuzzPeer) -> None:
-        self._unregister(peer)
-        peer.close()
+    def closed(self, conn: FuzzConn, exc: Optional[OSError]) -> None:
         self.server_closed += 1
-        if peer.probe is not None:
-            peer.probe.on_closed()
+        if conn.probe is not None:
+            conn.probe.on_closed()
 
-    # -- the loop ----------------------------------------------------------------------------
+    def received(self, conn: FuzzConn) -> None:
+        while conn.state == kit.OPEN:
+            reply = conn.reader.maybe_next_reply()
+            if reply is None:
+                if len(conn.reader.pending()) > MAX_SERVER_MESSAGE:
+                    self.violation(conn, "a reply longer than %d bytes: %r..."
+                                   % (MAX_SERVER_MESSAGE, conn.reader.pending()[:80]))
+                return
+            if isinstance(reply, Unparsed) and not echoed_long_join_id(reply):
+                self.violation(conn, "%s: %r" % (reply.reason, reply.text[:200]))
+                return
+            if isinstance(reply, ErrorReply):
+                self.errors_by_code[reply.code] += 1
+            elif isinstance(reply, JoinedReply):
+                self._learn(conn, reply)
+            if conn.probe is not None:
+                conn.probe.on_reply(reply)
+
+    def violation(self, conn: FuzzConn, text: str) -> None:
+        self.report.fail("protocol_violation", "conn %s: %s" % (conn.label, text))
+        if conn.probe is not None:
+            conn.probe.done = True
+        self.retire(conn, "abort")
+
+    def _learn(self, conn: FuzzConn, reply: JoinedReply) -> None:
+        """Check a JOINED reply against everything learnt so far, and learn from it."""
+        known = self.refs.get(reply.room)
+        if known is not None and known != reply.ref:
+            self.report.fail("rooms", "room %r had ROOM_REF %d, now %d"
+                             % (reply.room[:60], known, reply.ref))
+        owner = self.rooms_by_ref.get(reply.ref)
+        if owner is not None and owner != reply.room:
+            self.report.fail("rooms", "ROOM_REF %d names both %r and %r"
+                             % (reply.ref, owner[:60], reply.room[:60]))
+        self.refs.setdefault(reply.room, reply.ref)
+        self.rooms_by_ref.setdefault(reply.ref, reply.room)
+        if conn.join_id is None:
+            conn.join_id = reply.join_id
+        elif conn.join_id != reply.join_id:
+            self.report.fail("join_ids", "conn %s: JOIN_ID changed from %d to %d"
+                             % (conn.label, conn.join_id, reply.join_id))
+        if self.join_id_owner.setdefault(reply.join_id, conn.serial) != conn.serial:
+            self.report.fail("join_ids", "JOIN_ID %d given to two connections" % reply.join_id)
 
     def pump(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> bool:
-        """Send what is queued in random slices and read everything, until `until()` holds
+        """Send what is queued (in random slices) and read everything, until `until()` holds
         with nothing left to send (or, without `until`, until QUIET seconds pass with nothing
         sent or received). False if `seconds` ran out first."""
         deadline = time.monotonic() + seconds
         quiet_since = None
-        for _ in range(MAX_TICKS):
-            for peer in self.peers:
-                if peer.closed:
-                    continue
-                if peer.when_flushed and not peer.out:
-                    self.retire(peer, peer.when_flushed)
-                else:
-                    self._sync_interest(peer)
+        while True:
             now = time.monotonic()
             if now >= deadline:
                 return False
-            events = self.selector.select(min(QUIET / 2, deadline - now))
-            for key, mask in events:
-                peer = key.data
-                if peer.closed:
-                    continue
-                if mask & selectors.EVENT_READ:
-                    self._read(peer)
-                if mask & selectors.EVENT_WRITE and not peer.closed:
-                    self._write(peer)
-            self._forget_closed()
-            if any(peer.out for peer in self.peers):
-                quiet_since = None
-                continue
-            if until is not None:
+            activity = self.loop.last_activity
+            self.loop.poll(min(QUIET / 2, deadline - now))
+            if any(conn.out or conn.state != kit.OPEN for conn in self.loop.conns):
+                quiet_since = None              # something to send, or a connect under way
+            elif until is not None:
                 if until():
                     return True
-            elif events:
+            elif self.loop.last_activity != activity:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= QUIET:
                 return True
-        return False
-
-    def _read(self, peer: FuzzPeer) -> None:
-        try:
-            messages = peer.receive()
-        except ProtocolViolation as exc:
-            self.failure("conn %s: %s" % (peer.label, exc))
-            if peer.probe is not None:
-                peer.probe.done = True
-            self.retire(peer, "abort")
-            return
-        for msg in messages:
-            if msg.kind == "ERROR":
-                self.errors_by_code[msg.code] += 1
-            elif msg.kind == "JOINED":
-                self._learn(peer, msg)
-            if peer.probe is not None:
-                peer.probe.on_message(msg)
-                if peer.closed:
-                    return
-        if peer.closed_by_server:
-            self._on_closed_by_server(peer)
-
-    def _write(self, peer: FuzzPeer) -> None:
-        peer.flush(segment_size(self.rng))
-        if peer.closed_by_server:
-            self._on_closed_by_server(peer)
-        elif not peer.out and peer.when_flushed:
-            self.retire(peer, peer.when_flushed)
-
-    def _learn(self, peer: FuzzPeer, msg: ServerMessage) -> None:
-        """Check a JOINED reply against everything learnt so far, and learn from it."""
-        known = self.refs.get(msg.room)
-        if known is not None and known != msg.ref:
-            self.failure("room %r had ROOM_REF %d, now %d" % (msg.room[:60], known, msg.ref))
-        owner = self.rooms_by_ref.get(msg.ref)
-        if owner is not None and owner != msg.room:
-            self.failure("ROOM_REF %d names both %r and %r" % (msg.ref, owner[:60], msg.room[:60]))
-        self.refs.setdefault(msg.room, msg.ref)
-        self.rooms_by_ref.setdefault(msg.ref, msg.room)
-        if peer.join_id is None:
-            peer.join_id = msg.join_id
-        elif peer.join_id != msg.join_id:
-            self.failure("conn %s: JOIN_ID changed from %d to %d"
-                         % (peer.label, peer.join_id, msg.join_id))
-        holder = self.join_id_owner.setdefault(msg.join_id, peer.serial)
-        if holder != peer.serial:
-            self.failure("JOIN_ID %d given to two connections" % msg.join_id)
 
     # -- batches ----------------------------------------------------------------------------
 
+    def live_chaos(self) -> List[FuzzConn]:
+        self.chaos = [conn for conn in self.chaos if conn.state != kit.CLOSED]
+        return [conn for conn in self.chaos if not conn.close_when_sent]
+
     def refill(self) -> None:
         """Top the pools of chaos connections and probes up again."""
-        while len(self.chaos) < self.opts.pool:
+        self.live_chaos()
+        while len(self.chaos) < self.args.pool:
             reading = self.rng.random() >= P_NON_READER
-            peer = self.open_peer("chaos%d" % (self.serial + 1), reading)
-            if peer is None:
-                return
-            self.chaos.append(peer)
+            self.chaos.append(self.open_conn("chaos%d" % (self.serial + 1), reading))
         live = [probe for probe in self.probes if not probe.done and not probe.disconnecting]
-        for _ in range(self.opts.probes - len(live)):
-            if self.new_probe("probe%d" % (self.serial + 1)) is None:
-                return
+        for _ in range(self.args.probes - len(live)):
+            self.new_probe("probe%d" % (self.serial + 1))
 
     def batch(self, size: int) -> None:
         """Queue `size` requests (and now and then a burst or a flood), then pump."""
         rng = self.rng
         self.refill()
         if rng.random() < P_BURST and size >= 10:
-            size -= self.burst(min(size, rng.randint(10, self.opts.burst)))
+            size -= self.burst(min(size, rng.randint(10, self.args.burst)))
         if rng.random() < P_FLOOD and size >= 10:
             size -= self.flood(size)
         live_probes = [p for p in self.probes if not p.done and not p.disconnecting]
@@ -845,93 +793,79 @@ class Fuzzer:
             if live_probes and rng.random() < P_PROBE:
                 rng.choice(live_probes).random_request()
                 continue
-            peers = [peer for peer in self.chaos if not peer.closed and not peer.when_flushed]
-            if not peers:
+            conns = self.live_chaos()
+            if not conns:
                 break
-            peer = rng.choice(peers)
+            conn = rng.choice(conns)
             roll = rng.random()
             if roll < P_VANISH + P_HALF_CLOSE:
-                _kind, data = self.maker.make(peer)
-                self.queue(peer, data[:rng.randint(0, max(0, len(data) - 1))])
-                peer.when_flushed = "abort" if roll < P_VANISH else "close"
+                _kind, data = self.maker.make(conn)
+                self.queue(conn, data[:rng.randint(0, max(0, len(data) - 1))])
+                self.when_sent(conn, "abort" if roll < P_VANISH else "close")
                 self.count("vanish" if roll < P_VANISH else "half-close")
             elif roll < P_VANISH + P_HALF_CLOSE + P_OVERSIZE:
-                self.queue(peer, self.maker.oversize())
+                self.queue(conn, self.maker.oversize())
                 self.count("oversize")
             else:
-                kind, data = self.maker.make(peer)
-                self.queue(peer, data)
+                kind, data = self.maker.make(conn)
+                self.queue(conn, data)
                 self.count(kind)
         self.pump(BATCH_TIMEOUT)
-        for peer in self.chaos:               # now and then a non-reader is let go
-            if not peer.reading and not peer.closed and rng.random() < 0.1:
-                self.retire(peer, "abort")
-        self._forget_closed()
+        for conn in self.live_chaos():          # now and then a non-reader is let go
+            if not conn.reading and rng.random() < 0.1:
+                self.retire(conn, "abort")
         self.batches += 1
 
     def burst(self, count: int) -> int:
         """Open `count` connections at once; each sends one request and then goes (RST or FIN
         when its request is sent, or at the end of the batch)."""
-        peers = []
+        conns = []
         for _ in range(count):
-            peer = self.open_peer("burst%d" % (self.serial + 1))
-            if peer is None:
-                break
-            kind, data = self.maker.make(peer)
+            conn = self.open_conn("burst%d" % (self.serial + 1))
+            kind, data = self.maker.make(conn)
             if self.rng.random() < 0.5:
-                data = ("JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: b\n"
-                        % self.rng.choice(ROOM_NAMES[:4])).encode() + data
-            self.queue(peer, data)
+                data = join_request(self.rng.choice(ROOM_NAMES[:4]), "b") + data
+            self.queue(conn, data)
             self.count(kind)
-            peer.when_flushed = self.rng.choice(["abort", "close", None])
-            peers.append(peer)
+            self.when_sent(conn, self.rng.choice(["abort", "close", None]))
+            conns.append(conn)
         self.pump(BATCH_TIMEOUT)
-        for peer in peers:
-            self.retire(peer, self.rng.choice(["abort", "close"]))
-        self._forget_closed()
-        return len(peers)
+        for conn in conns:
+            self.retire(conn, self.rng.choice(["abort", "close"]))
+        return len(conns)
 
     def flood(self, most: int) -> int:
         """One chaos connection joins a room and pipelines many large chats into it (at most
         `most` requests in all): its own echoes pass the server's high-water mark, and
         non-readers in the room fill up. Returns the number of requests sent."""
-        peers = [peer for peer in self.chaos if peer.reading and not peer.closed
-                 and not peer.when_flushed]
-        if not peers:
+        conns = [conn for conn in self.live_chaos() if conn.reading]
+        if not conns:
             return 0
-        peer = self.rng.choice(peers)
+        conn = self.rng.choice(conns)
         room = self.rng.choice(ROOM_NAMES[:4])
-        self.queue(peer, ("JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: flood\n"
-                          % room).encode())
-        self.pump(BATCH_TIMEOUT, until=lambda: room in self.refs or peer.closed)
-        if room not in self.refs or peer.closed:
+        self.queue(conn, join_request(room, "flood"))
+        self.pump(BATCH_TIMEOUT, until=lambda: room in self.refs or conn.state == kit.CLOSED)
+        if room not in self.refs or conn.state == kit.CLOSED:
             return 1
         count = min(most - 1, self.rng.randint(50, 200))
-        text = b"f" * self.rng.randint(2000, 8000)
-        chat = (b"CHAT: %d\nJOIN_ID: 0\nCLIENT_NAME: flood\nMESSAGE: %s\n\n"
-                % (self.refs[room], text))
+        chat = chat_request(self.refs[room], 0, "flood", "f" * self.rng.randint(2000, 8000))
         for _ in range(count):
-            self.queue(peer, chat)
+            self.queue(conn, chat)
         self.sent_by_kind["flood"] += count + 1
         return count + 1
 
     def health(self) -> bool:
-        """Is the server still there (process) and answering (HELO)? Counts crashes, hangs."""
+        """Is the server still there (process) and answering (HELO)?"""
         if self.server is not None and not self.server.alive():
-            self.crashes += 1
-            self.failure("server process exited with status %s; log tail:\n%s"
-                         % (self.server.returncode(), self.server.log_tail()))
-            return False
-        ok, seconds, problem = helo_check(self.port, self.opts.helo_timeout,
-                                          "health-%d" % self.batches)
+            return False                        # kit.run_tool reports it, with the log
+        ok, seconds, problem = kit.helo_check(self.host, self.port, self.args.helo_timeout,
+                                              "health-%d" % self.batches)
         self.helo_max = max(self.helo_max, seconds)
         if not ok:
             if self.server is not None and not self.server.alive():
-                return self.health()
-            self.hangs += 1
-            self.failure("health check after batch %d: %s" % (self.batches, problem))
-            return False
-        return True
+                return False
+            self.report.fail("hang", "health check after batch %d: %s" % (self.batches, problem))
+        return ok
 
     # -- end-of-run checks ---------------------------------------------------------------
 
@@ -960,10 +894,10 @@ class Fuzzer:
         socks = []
         for case in cases:
             try:
-                sock = socket.create_connection((HOST, self.port), timeout=HELO_TIMEOUT)
+                sock = socket.create_connection((self.host, self.port), timeout=HELO_TIMEOUT)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as exc:
-                self.failure("segmentation check: cannot connect: %s" % exc)
+                self.report.fail("segmentation", "cannot connect: %s" % exc)
                 break
             socks.append(sock)
         cases = cases[:len(socks)]
@@ -1001,7 +935,7 @@ class Fuzzer:
 
     def _first_reply(self, sock: socket.socket) -> str:
         """"accepted", "too long" (ERROR_CODE 8) or what else came back first."""
-        parser = MessageParser()
+        reader = kit.ReplyReader()
         deadline = time.monotonic() + HELO_TIMEOUT
         try:
             while time.monotonic() < deadline:
@@ -1009,18 +943,18 @@ class Fuzzer:
                 data = sock.recv(256 * 1024)
                 if not data:
                     return "closed"
-                messages = parser.feed(data)
-                if messages:
-                    msg = messages[0]
-                    if msg.kind == "ERROR" and msg.code == ErrorCode.REQUEST_TOO_LONG:
+                reader.receive_data(data)
+                reply = reader.maybe_next_reply()
+                if reply is not None:
+                    if isinstance(reply, ErrorReply) and reply.code == ErrorCode.REQUEST_TOO_LONG:
                         return "too long"
-                    if msg.kind == "HELO" or (msg.kind == "ERROR"
-                                              and msg.code == ErrorCode.UNKNOWN_ROOM):
+                    if isinstance(reply, HeloReply) or (isinstance(reply, ErrorReply)
+                                                        and reply.code == ErrorCode.UNKNOWN_ROOM):
                         return "accepted"
-                    return "other: %r" % msg
+                    return "other: %r" % (reply,)
         except socket.timeout:
             pass
-        except (OSError, ProtocolViolation) as exc:
+        except OSError as exc:
             return "%s" % type(exc).__name__
         return "no reply"
 
@@ -1028,18 +962,15 @@ class Fuzzer:
         """The end-of-run consistency check (see the module docstring)."""
         probes_idle = lambda: all(probe.idle() for probe in self.probes)  # noqa: E731
         if not self.pump(DRAIN_TIMEOUT, until=probes_idle):
-            self.failure("probes still waiting for %d replies after %g s"
+            self.report.fail("rooms", "probes still waiting for %d replies after %g s"
                          % (sum(len(p.expect) for p in self.probes if not p.done),
                             DRAIN_TIMEOUT))
-        for peer in self.chaos:
-            self.retire(peer, self.rng.choice(["abort", "close"]))
-        self._forget_closed()
+        for conn in self.live_chaos():
+            self.retire(conn, self.rng.choice(["abort", "close"]))
         rooms = [room for room in sorted(self.refs, key=self.refs.get)
                  if len(room.encode("utf-8")) < MAX_REQUEST_BYTES - 200]
         checker = self.new_probe("checker", records=True)
         observers = [self.new_probe("observer%d" % i) for i in range(3)]
-        if checker is None or None in observers:
-            return
         for room in rooms:
             checker.join(room)
         self.pump(DRAIN_TIMEOUT, until=checker.idle)
@@ -1051,15 +982,16 @@ class Fuzzer:
         for room in rooms:
             observers[0].leave(room)
         observers[1].disconnect()
-        self.queue(observers[2].peer, b"CHAT: 0\nJOIN_ID: 1\nCLIEN")
-        observers[2].peer.when_flushed = "abort"
+        self.queue(observers[2].conn, b"CHAT: 0\nJOIN_ID: 1\nCLIEN")
+        self.when_sent(observers[2].conn, "abort")
         observers[2].done = True
         wanted = {(self.refs[room], o.name) for room in rooms for o in observers}
         all_left = lambda: (observers[0].idle() and observers[1].idle()  # noqa: E731
                             and wanted <= checker.leaves_seen)
         if not self.pump(DRAIN_TIMEOUT, until=all_left):
             missing = sorted(wanted - checker.leaves_seen)
-            self.failure("checker did not see %d leave announcements of the observers, e.g. %r"
+            self.report.fail("rooms", "checker did not see %d leave announcements of the "
+                             "observers, e.g. %r"
                          % (len(missing), missing[:5]))
         # the checker chats in every room; every probe in a room must get it exactly once
         nonce = self.rng.randint(0, 10 ** 9)
@@ -1075,7 +1007,7 @@ class Fuzzer:
                                   for ref in probe.in_rooms if ref in finals)
                 for probe in listeners)
         if not self.pump(DRAIN_TIMEOUT, until=all_delivered):
-            self.failure("the checker's chat did not reach every member within %g s"
+            self.report.fail("rooms", "the checker's chat did not reach every member within %g s"
                          % DRAIN_TIMEOUT)
         self.pump(QUIET * 5)                   # time for duplicates to show
         for probe in listeners:
@@ -1084,27 +1016,27 @@ class Fuzzer:
             for ref in probe.in_rooms:
                 got = probe.finals_seen[(ref, finals.get(ref))]
                 if ref in finals and got != 1:
-                    self.failure("probe %s got the checker's chat in room %d %d times"
+                    self.report.fail("rooms", "probe %s got the checker's chat in room %d %d times"
                                  % (probe.name, ref, got))
         # everybody still here disconnects, checking the leave announcements once more
         for probe in self.probes:
             if not probe.done and not probe.disconnecting:
                 if not probe.disconnect():
-                    self.retire(probe.peer, "close")
+                    self.retire(probe.conn, "close")
                     probe.done = True
         if not self.pump(DRAIN_TIMEOUT, until=probes_idle):
-            self.failure("DISCONNECT replies still missing after %g s" % DRAIN_TIMEOUT)
-        for peer in list(self.peers):
-            self.retire(peer, "close")
+            self.report.fail("rooms", "DISCONNECT replies still missing after %g s" % DRAIN_TIMEOUT)
+        for conn in list(self.loop.conns):
+            self.retire(conn, "close")
 
     def kill(self) -> Dict[str, object]:
         """--allow-kill: KILL_SERVICE, sent a byte at a time with CRLF; the server must stop
         within a second (the process exits, or nothing accepts connections any more)."""
         started = time.monotonic()
         try:
-            with socket.create_connection((HOST, self.port), timeout=HELO_TIMEOUT) as sock:
+            with socket.create_connection((self.host, self.port), timeout=HELO_TIMEOUT) as sock:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                for byte in b"\r\nKILL_SERVICE\r\n":
+                for byte in b"\r\n" + kill_request()[:-1] + b"\r\n":
                     sock.sendall(bytes([byte]))
         except OSError as exc:
             return {"sent": False, "error": str(exc)}
@@ -1113,36 +1045,38 @@ class Fuzzer:
                 stopped = not self.server.alive()
             else:
                 try:
-                    socket.create_connection((HOST, self.port), timeout=0.5).close()
+                    socket.create_connection((self.host, self.port), timeout=0.5).close()
                     stopped = False
                 except OSError:
                     stopped = True
             if stopped:
                 return {"sent": True, "stopped_after_s": round(time.monotonic() - started, 3)}
             time.sleep(0.01)
-        self.failure("KILL_SERVICE: the server was still running 1 s later")
+        self.report.fail("kill", "KILL_SERVICE: the server was still running 1 s later")
         return {"sent": True, "stopped_after_s": None}
 
     # -- the whole run ---------------------------------------------------------------------
 
-    def run(self) -> Dict[str, object]:
-        opts = self.opts
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> Tuple[Dict[str, object], str]:
+        args = self.args
         started = time.monotonic()
         rss_before = self.server.rss_kb() if self.server else None
-        next_progress = started + PROGRESS_EVERY
         alive = self.health()
-        while alive and self.requests_sent() < opts.count:
-            if time.monotonic() - started >= opts.seconds:
+        while alive and self.requests_sent() < args.count:
+            if time.monotonic() - started >= args.seconds:
                 break
-            self.batch(min(opts.batch, opts.count - self.requests_sent()))
+            self.batch(min(args.batch, args.count - self.requests_sent()))
             alive = self.health()
-            if time.monotonic() >= next_progress:
-                next_progress = time.monotonic() + PROGRESS_EVERY
-                self.progress(started)
+            self.report.progress(self.progress_line)
         fuzz_requests = self.requests_sent()
-        segmentation, segmentation_failures = [], []
+        segmentation: List[dict] = []
         if alive:
-            segmentation, segmentation_failures = self.check_segmentation()
+            segmentation, problems = self.check_segmentation()
+            for problem in problems:
+                self.report.fail("segmentation", problem)
             alive = self.health()
         if alive:
             self.check_rooms()
@@ -1152,13 +1086,9 @@ class Fuzzer:
             time.sleep(0.2)                     # let the server finish closing everything
             self.health()
             rss_after = self.server.rss_kb()
-        kill = self.kill() if alive and opts.allow_kill else None
-        self.progress(started)
-        summary = {
-            "seed": opts.seed,
-            "port": self.port,
-            "spawned": self.server is not None,
-            "seconds": round(time.monotonic() - started, 2),
+        kill = self.kill() if alive and args.allow_kill else None
+        self.loop.close_all()
+        figures: Dict[str, object] = {
             "requests_sent": fuzz_requests,
             "requests_by_kind": dict(sorted(self.sent_by_kind.items())),
             "check_requests_sent": self.requests_sent() - fuzz_requests,
@@ -1170,12 +1100,7 @@ class Fuzzer:
             "closed_by_fuzzer": self.closed_by_us,
             "probe_replies_checked": sum(probe.checked for probe in self.probes),
             "rooms_known": len(self.refs),
-            "hangs": self.hangs,
-            "crashes": self.crashes,
             "slowest_health_check_s": round(self.helo_max, 3),
-            "failures": self.failure_count,
-            "failure_details": self.failures,
-            "segmentation_failures": segmentation_failures,
             "segmentation": segmentation,
             "server_rss_kb_before": rss_before,
             "server_rss_kb_after": rss_after,
@@ -1184,79 +1109,54 @@ class Fuzzer:
                                    if rss_before and rss_after else None),
         }
         if kill is not None:
-            summary["kill"] = kill
-        summary["ok"] = not (self.hangs or self.crashes or self.failure_count
-                             or segmentation_failures)
-        return summary
+            figures["kill"] = kill
+        return figures, ("%d requests in %d batches, %d probe replies checked, %d rooms"
+                         % (fuzz_requests, self.batches, figures["probe_replies_checked"],
+                            len(self.refs)))
 
-    def progress(self, started: float) -> None:
-        if self.opts.quiet:
-            return
+    def progress_line(self) -> str:
         rss = self.server.rss_kb() if self.server and self.server.alive() else None
-        print("fuzz: %6.1fs %d/%d requests, %d batches, %d errors received, %d disconnects, "
-              "%d hangs, %d crashes, %d failures%s"
-              % (time.monotonic() - started, self.requests_sent(), self.opts.count, self.batches,
-                 sum(self.errors_by_code.values()), self.server_closed, self.hangs,
-                 self.crashes, self.failure_count,
-                 ", server RSS %d kB" % rss if rss else ""), file=sys.stderr, flush=True)
+        return ("%d/%d requests, %d batches, %d errors received, %d disconnects, %d failures%s"
+                % (self.requests_sent(), self.args.count, self.batches,
+                   sum(self.errors_by_code.values()), self.server_closed, self.report.failed,
+                   ", server RSS %d kB" % rss if rss else ""))
 
 
-def parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Fuzz a live chat server with random valid and invalid requests, and check "
-                    "that it survives, answers HELO promptly and keeps its rooms consistent. "
-                    "Prints a JSON summary; exits 1 on any hang, crash or failed check.")
-    add_target_arguments(parser, "fuzz")
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
-                        help="requests to send (default %d)" % DEFAULT_COUNT)
-    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
-                        help="stop sending after this long (default %g)" % DEFAULT_SECONDS)
-    parser.add_argument("--seed", type=int, default=None,
-                        help="random seed (default: a random one, printed in the summary)")
-    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                        help="requests between health checks (default %d)" % DEFAULT_BATCH)
-    parser.add_argument("--pool", type=int, default=DEFAULT_POOL,
-                        help="chaos connections kept open (default %d)" % DEFAULT_POOL)
-    parser.add_argument("--probes", type=int, default=DEFAULT_PROBES,
-                        help="probe connections kept open (default %d)" % DEFAULT_PROBES)
-    parser.add_argument("--burst", type=int, default=DEFAULT_BURST,
-                        help="most connections opened at once in a burst (default %d)"
-                             % DEFAULT_BURST)
-    parser.add_argument("--fresh-rooms", type=int, default=DEFAULT_FRESH_ROOMS,
-                        help="room names used beyond the fixed list (default %d)"
-                             % DEFAULT_FRESH_ROOMS)
-    parser.add_argument("--helo-timeout", type=float, default=HELO_TIMEOUT,
-                        help="a health check slower than this is a hang (default %g s)"
-                             % HELO_TIMEOUT)
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("--allow-kill", action="store_true",
-                        help="end by sending KILL_SERVICE and checking that the server stops "
-                             "(never sent otherwise)")
-    opts = parser.parse_args(argv)
-    if opts.seed is None:
-        opts.seed = random.SystemRandom().randint(0, 2 ** 31)
-    if opts.count < 0 or opts.batch < 1 or opts.pool < 1 or opts.probes < 0 or opts.burst < 10:
-        parser.error("--count >= 0, --batch >= 1, --pool >= 1, --probes >= 0, --burst >= 10")
-    return opts
+def echoed_long_join_id(reply: Unparsed) -> bool:
+    """Is this the server echoing, in LEFT_CHATROOM, a JOIN_ID of more digits than int() takes
+    (a connection that never joined gets its request's JOIN_ID back)? ReplyReader cannot make a
+    LeftReply of it; it is a right reply all the same."""
+    lines = reply.text.split("\n")
+    return (len(lines) == 2 and lines[0].startswith("LEFT_CHATROOM: ")
+            and lines[1].startswith("JOIN_ID: ") and lines[1][9:].isdigit()
+            and lines[1][9:].isascii())
 
 
-def run(opts: argparse.Namespace) -> Dict[str, object]:
-    """Run the fuzzer as `opts` says (spawning the server if asked) and return the summary."""
-    raise_nofile_limit()
-    server = ServerProcess() if opts.spawn else None
-    try:
-        fuzzer = Fuzzer(opts, server.port if server else opts.port, server)
-        return fuzzer.run()
-    finally:
-        if server is not None:
-            server.stop()
+def run_fuzz(args: argparse.Namespace, target: kit.Target, report: kit.Report):
+    kit.raise_nofile_limit()
+    return Fuzzer(args, target, report).run()
+
+
+OPTIONS: List[kit.Option] = [
+    ("--count", int, DEFAULT_COUNT, "requests to send", 0, None),
+    ("--batch", int, DEFAULT_BATCH, "requests between health checks", 1, None),
+    ("--pool", int, DEFAULT_POOL, "chaos connections kept open", 1, None),
+    ("--probes", int, DEFAULT_PROBES, "probe connections kept open", 0, None),
+    ("--burst", int, DEFAULT_BURST, "most connections opened at once in a burst", 10, None),
+    ("--fresh-rooms", int, DEFAULT_FRESH_ROOMS, "room names used beyond the fixed list", 0, None),
+    ("--helo-timeout", float, HELO_TIMEOUT, "a health check slower than this many seconds is a "
+     "hang", 0, None)]
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    return kit.parse_tool_args(
+        "fuzz", __doc__, (DEFAULT_SECONDS, "stop sending after this long"), OPTIONS, argv,
+        (("--allow-kill", "end by sending KILL_SERVICE and checking that the server stops "
+                          "(never sent otherwise)"),))[1]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    opts = parse_args(sys.argv[1:] if argv is None else argv)
-    summary = run(opts)
-    print(json.dumps(summary, indent=2, ensure_ascii=False))
-    return 0 if summary["ok"] else 1
+    return kit.main("fuzz", parse_args, run_fuzz, argv)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,10 @@
 leaving, disconnecting and vanishing as they go; then check that every chat reached exactly
 the members it should have, once each, in order.
 
-    python3 tools/soak.py --spawn --clients 50 --rooms 10 --seconds 30 --rate 5
-    python3 tools/soak.py --port 8080 --seconds 10
-    python3 tools/soak.py --help
+    python3 -m tools.soak --spawn --clients 50 --rooms 10 --seconds 30 --rate 5
+    python3 -m tools.soak --port 8080 --seconds 10
 
-The clients (all in one `selectors` loop, every byte read as it arrives):
+The clients (all in one loop, tools/kit.py, every byte read as it arrives):
 - a *recorder*, which joins every room before anybody else and never leaves or chats;
 - *stayers* (1 - --churn of the clients), which join 1 to --max-rooms rooms at the start and
   chat until the end;
@@ -22,7 +21,7 @@ at most once in its life, and sends only valid requests.
 
 The delivery rule, and why it is sound:
 - The server handles one request at a time and appends each broadcast to every present
-  member's output at once (PROTOCOL.md: "sends to every client presently in the room"; the
+  member's output at once (the protocol: "sends to every client presently in the room"; the
   join and leave announcements are broadcasts too). So the chats, joins and leaves of one room
   form one sequence, the room's history, and each member's stream of that room is the part of
   the history from its own join announcement to its own leave announcement.
@@ -47,41 +46,32 @@ The delivery rule, and why it is sound:
   any client sent), twice (after the second reply, a client has read everything the server
   queued for it before then, which is everything).
 
-Numbers reported: expected deliveries (the chats in every expected(M, R), and every sent chat
-for the recorder), delivered, lost (expected but missing), duplicated (received more than once),
+Figures: expected_deliveries (the chats in every expected(M, R), and every sent chat for the
+recorder), delivered, lost (expected but missing), duplicated (received more than once),
 reordered (received after a later chat of the same sender), outside_window (received though
 not expected), stream_mismatches (member streams that differ from expected(M, R) in any way,
-announcements included), and the server's RSS over time (with --spawn). A JSON summary goes to
-standard output, progress to standard error.
-
-Exit status: 0 if nothing was lost, duplicated, reordered or otherwise wrong; 1 otherwise; 2
-for bad arguments.
+announcements included), and the server's RSS over time (with --spawn). Each of those that is
+not 0 is also a failure of that kind, as is any ERROR_CODE, unexpected close or reply that is
+not the protocol's. The summary is the kit's (tools/kit.py); exit status 0 if nothing failed.
 
 Assumption, stated plainly: the rule relies on the server's single room history (one request
-at a time, each broadcast delivered to all present members at once), which PROTOCOL.md's
+at a time, each broadcast delivered to all present members at once), which the protocol's
 "presently in the room" implies for this server. A multi-threaded server could interleave two
 senders' chats differently for different members; against such a server only the per-sender
 checks would be fair.
 """
 import argparse
 import collections
-import json
-import os
 import random
-import selectors
 import sys
 import time
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)      # for `tools` however this is started
+from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, HeloReply, JoinedReply,
+                      LeftReply, chat_request, disconnect_request, helo_request, join_request,
+                      leave_request)
+from tools import kit
 
-from tools.harness import (  # noqa: E402 (needs the path above)
-    HOST, add_target_arguments, Peer, ProtocolViolation, ServerMessage, ServerProcess, connect,
-    raise_nofile_limit)
-
-# --- settings -----------------------------------------------------------------------------
 DEFAULT_CLIENTS = 50
 DEFAULT_ROOMS = 10
 DEFAULT_SECONDS = 30.0
@@ -93,27 +83,23 @@ SETUP_TIMEOUT = 20.0               # for the recorder's and the stayers' joins
 DRAIN_TIMEOUT = 30.0               # for each step of the end-of-run barrier
 CHURN_LIFE = (0.2, 2.0)            # seconds a churner chats before its next move
 RSS_EVERY = 1.0                    # seconds between RSS samples
-PROGRESS_EVERY = 5.0
 TICK = 0.01                        # the longest select() wait while chatting
-MAX_TICKS = 10 ** 8                # a count bound on every loop (time bounds them first)
-MAX_DETAILS = 20
-
-JOINED_SUFFIX = " has joined this chatroom."
-LEFT_SUFFIX = " has left this chatroom."
+PARTIAL_REQUEST = b"CHAT: 0\nJOIN_ID: 0\nCLIENT_NA"     # what a vanishing client may leave
 
 Event = Tuple  # ("join", name) | ("leave", name) | ("chat", name, seq)
 
 
-def event_of(msg: ServerMessage) -> Event:
-    """What a CHAT from the server means: a join or leave announcement, or a numbered chat."""
-    if msg.text == msg.name + JOINED_SUFFIX:
-        return ("join", msg.name)
-    if msg.text == msg.name + LEFT_SUFFIX:
-        return ("leave", msg.name)
-    parts = msg.text.split(" ", 2)
-    if len(parts) >= 2 and parts[0] == msg.name and parts[1].isdigit():
-        return ("chat", msg.name, int(parts[1]))
-    raise ProtocolViolation("a chat this soak did not send: %r" % msg)
+def event_of(chat: ChatMessage) -> Optional[Event]:
+    """What a CHAT from the server means: a join or leave announcement, or a numbered chat;
+    None for a chat this soak did not send."""
+    if chat.message == JOINED_TEXT % chat.client_name:
+        return ("join", chat.client_name)
+    if chat.message == LEFT_TEXT % chat.client_name:
+        return ("leave", chat.client_name)
+    parts = chat.message.split(" ", 2)
+    if len(parts) >= 2 and parts[0] == chat.client_name and parts[1].isdigit():
+        return ("chat", chat.client_name, int(parts[1]))
+    return None
 
 
 class Membership:
@@ -130,18 +116,19 @@ class Membership:
         return self.ref is not None and not self.leave_sent
 
 
-class Client:
+class Client(kit.Conn):
     """One connection of the soak, and everything it sent and received."""
 
-    def __init__(self, soak: "Soak", cid: int, role: str) -> None:
+    def __init__(self, soak: "Soak", cid: int, role: str, rooms: List[str]) -> None:
+        super().__init__()
         self.soak = soak
         self.id = cid
         self.name = "rec" if role == "recorder" else "c%d" % cid
         self.role = role                    # "recorder", "stayer" or "churner"
-        self.peer = Peer(connect(soak.port), self.name)
-        self.rooms: Dict[str, Membership] = {}
+        self.rooms: Dict[str, Membership] = {room: Membership(room) for room in rooms}
         self.streams: Dict[int, List[Event]] = collections.defaultdict(list)
-        self.state = "joining"   # joining, active, idle, disconnecting, closed, vanished
+        self.phase = "joining"   # joining, active, idle, disconnecting, closed, vanished
+        self.join_id = 0
         self.seq = 0
         self.sent: List[Tuple[int, int]] = []          # (ref, seq) of every chat sent
         self.unechoed: Set[Tuple[int, int]] = set()
@@ -151,12 +138,10 @@ class Client:
         self.vanished_in: List[int] = []                # refs it was in when it vanished
         self.leaves_seen: Set[Tuple[int, str]] = set()  # (ref, name) of leave announcements
 
-    # -- requests --------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        self.soak.loop.send(self, data)
 
-    def join(self, room: str) -> None:
-        self.rooms[room] = Membership(room)
-        self.peer.queue(("JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: %s\n"
-                         % (room, self.name)).encode())
+    # -- requests --------------------------------------------------------------------------
 
     def chat(self, rng: random.Random) -> None:
         rooms = [m for m in self.rooms.values() if m.can_chat()]
@@ -164,208 +149,151 @@ class Client:
             return
         membership = rng.choice(rooms)
         self.seq += 1
-        padding = "x" * rng.randint(0, self.soak.opts.message_bytes)
+        padding = "x" * rng.randint(0, self.soak.args.message_bytes)
         text = "%s %d p%s" % (self.name, self.seq, padding)
         if rng.random() < 0.1:
             text += "\nsecond line"
-        self.peer.queue(("CHAT: %d\nJOIN_ID: 0\nCLIENT_NAME: %s\nMESSAGE: %s\n\n"
-                         % (membership.ref, self.name, text)).encode())
+        self.send(chat_request(membership.ref, self.join_id, self.name, text))
         self.sent.append((membership.ref, self.seq))
         self.unechoed.add((membership.ref, self.seq))
         self.soak.chats_sent += 1
 
     def leave(self, membership: Membership) -> None:
         membership.leave_sent = True
-        self.peer.queue(("LEAVE_CHATROOM: %d\nJOIN_ID: 0\nCLIENT_NAME: %s\n"
-                         % (membership.ref, self.name)).encode())
+        self.send(leave_request(membership.ref, self.join_id, self.name))
 
     def disconnect(self) -> None:
         for membership in self.rooms.values():
             membership.leave_sent = True
-        self.peer.queue(("DISCONNECT: 0\nPORT: 0\nCLIENT_NAME: %s\n" % self.name).encode())
-        self.state = "disconnecting"
+        self.send(disconnect_request(self.name))
+        self.phase = "disconnecting"
 
     def vanish(self, rng: random.Random) -> None:
         """RST now, perhaps in the middle of a request. The rooms it has not seen its own leave
         announcement in must announce its leaving to the others."""
         self.vanished_in = [m.ref for m in self.rooms.values() if m.ref is not None and not m.left]
-        self.peer.flush()
-        if rng.random() < 0.5 and not self.peer.out:
-            try:
-                self.peer.sock.send(b"CHAT: 0\nJOIN_ID: 0\nCLIENT_NA")
-            except OSError:
-                pass
-        self.state = "vanished"
-
-    def helo(self, tag: str) -> None:
-        self.peer.queue(("HELO %s %s\n" % (tag, self.name)).encode())
+        if rng.random() < 0.5 and not self.out:
+            self.send(PARTIAL_REQUEST)
+        self.phase = "vanished"
+        self.soak.loop.close(self, reset=True)
 
     # -- replies ---------------------------------------------------------------------------
 
-    def on_message(self, msg: ServerMessage) -> None:
-        if msg.kind == "CHAT":
-            event = event_of(msg)
-            self.streams[msg.ref].append(event)
+    def on_reply(self, reply) -> None:
+        if isinstance(reply, ChatMessage):
+            event = event_of(reply)
+            if event is None:
+                self.soak.violation(self, "a chat this soak did not send: %r" % (reply,))
+                return
+            self.streams[reply.ref].append(event)
             if event[0] == "leave":
-                self.leaves_seen.add((msg.ref, msg.name))
-            if msg.name == self.name:
+                self.leaves_seen.add((reply.ref, reply.client_name))
+            if reply.client_name == self.name:
                 if event[0] == "chat":
-                    self.unechoed.discard((msg.ref, event[2]))
+                    self.unechoed.discard((reply.ref, event[2]))
                 elif event[0] == "leave":
                     for membership in self.rooms.values():
-                        if membership.ref == msg.ref:
+                        if membership.ref == reply.ref:
                             membership.left = True
-        elif msg.kind == "JOINED":
-            membership = self.rooms.get(msg.room)
+        elif isinstance(reply, JoinedReply):
+            membership = self.rooms.get(reply.room)
             if membership is None or membership.ref is not None:
-                raise ProtocolViolation("%s: unexpected %r" % (self.name, msg))
-            membership.ref = msg.ref
-            self.soak.learn_ref(msg.room, msg.ref)
-            if self.state == "joining" and all(m.ref is not None for m in self.rooms.values()):
-                self.state = "active"
+                self.soak.violation(self, "unexpected %r" % (reply,))
+                return
+            membership.ref, self.join_id = reply.ref, reply.join_id
+            self.soak.learn_ref(reply.room, reply.ref)
+            if self.phase == "joining" and all(m.ref is not None for m in self.rooms.values()):
+                self.phase = "active"
                 self.soak.on_active(self)
-        elif msg.kind == "HELO":
+        elif isinstance(reply, HeloReply):
             self.helo_replies += 1
-        elif msg.kind == "ERROR":
-            self.soak.problem("%s got %r" % (self.name, msg))
-        # LEFT_CHATROOM needs nothing: the own leave announcement right after it does
-
-    def on_server_closed(self) -> None:
-        if self.state == "disconnecting":
-            self.state = "closed"
-        else:
-            self.soak.problem("the server closed %s's connection (state %s)"
-                              % (self.name, self.state))
-            self.state = "closed"
+        elif isinstance(reply, ErrorReply):
+            self.soak.report.fail("error_reply", "%s got %r" % (self.name, reply))
+        elif not isinstance(reply, LeftReply):   # LEFT needs nothing: the announcement does
+            self.soak.violation(self, "not a reply of the protocol: %r" % (reply,))
 
 
-class Soak:
-    def __init__(self, opts: argparse.Namespace, port: int,
-                 server: Optional[ServerProcess] = None) -> None:
-        self.opts = opts
-        self.port = port
-        self.server = server
-        self.rng = random.Random(opts.seed)
-        self.selector = selectors.DefaultSelector()
-        self.rooms = ["soak-room-%d" % i for i in range(opts.rooms)]
+class Soak(kit.Handler):
+    def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
+        self.args = args
+        self.report = report
+        self.server = target.server
+        self.loop = kit.Loop(target.address, self)
+        self.rng = random.Random(args.seed)
+        self.rooms = ["soak-room-%d" % i for i in range(args.rooms)]
         self.refs: Dict[str, int] = {}
         self.clients: List[Client] = []
         self.recorder: Optional[Client] = None
         self.next_id = 0
         self.chats_sent = 0
-        self.problems: List[str] = []
-        self.problem_count = 0
         self.moves: Dict[str, int] = collections.Counter()
         self.rss: List[Tuple[float, int]] = []
-        self.stopping = False
-
-    def problem(self, text: str) -> None:
-        self.problem_count += 1
-        if len(self.problems) < MAX_DETAILS:
-            self.problems.append(text)
+        self.started = time.monotonic()
 
     def learn_ref(self, room: str, ref: int) -> None:
         if self.refs.setdefault(room, ref) != ref:
-            self.problem("room %s has two ROOM_REFs: %d and %d" % (room, self.refs[room], ref))
+            self.report.fail("two_refs", "room %s has two ROOM_REFs: %d and %d"
+                             % (room, self.refs[room], ref))
+
+    def violation(self, client: Client, text: str) -> None:
+        self.report.fail("protocol_violation", "%s: %s" % (client.name, text))
+        client.phase = "closed"
+        self.loop.close(client, reset=True)
 
     # -- clients ---------------------------------------------------------------------------
 
-    def add_client(self, role: str) -> Optional[Client]:
-        """Connect a new client and send its JOINs (None, and a problem noted, if the server
-        does not accept the connection; the recorder must connect)."""
+    def add_client(self, role: str) -> Client:
+        """Connect a new client; it sends its JOINs once connected."""
         self.next_id += 1
-        try:
-            client = Client(self, self.next_id, role)
-        except OSError as exc:
-            if role == "recorder":
-                raise
-            self.problem("client %d could not connect: %s" % (self.next_id, exc))
-            return None
-        self.clients.append(client)
-        self.selector.register(client.peer.sock, selectors.EVENT_READ, client)
-        client.peer.events = selectors.EVENT_READ
         if role == "recorder":
             rooms = self.rooms
         else:
-            rooms = self.rng.sample(self.rooms, self.rng.randint(1, min(self.opts.max_rooms,
+            rooms = self.rng.sample(self.rooms, self.rng.randint(1, min(self.args.max_rooms,
                                                                         len(self.rooms))))
-        for room in rooms:
-            client.join(room)
+        client = Client(self, self.next_id, role, rooms)
+        self.clients.append(client)
+        self.loop.connect(client)
         return client
 
     def on_active(self, client: Client) -> None:
         now = time.monotonic()
-        if client.role == "recorder" or not self.opts.rate:
+        if client.role == "recorder" or not self.args.rate:
             client.next_chat = float("inf")            # the recorder only listens
         else:
-            client.next_chat = now + self.rng.expovariate(self.opts.rate)
+            client.next_chat = now + self.rng.expovariate(self.args.rate)
         if client.role == "churner":
             client.next_move = now + self.rng.uniform(*CHURN_LIFE)
 
-    def _close(self, client: Client, rst: bool = False) -> None:
-        peer = client.peer
-        if peer.events:
-            self.selector.unregister(peer.sock)
-            peer.events = 0
-        if rst:
-            peer.abort()
-        else:
-            peer.close()
-
     def live(self) -> List[Client]:
-        return [c for c in self.clients if c.state not in ("closed", "vanished", "disconnecting")]
+        return [c for c in self.clients if c.phase not in ("closed", "vanished", "disconnecting")]
 
-    # -- the loop --------------------------------------------------------------------------
+    # -- the loop's handler ----------------------------------------------------------------
 
-    def pump(self, timeout: float) -> None:
-        """One round: flush what is queued, wait up to `timeout` for input, read it."""
-        for client in self.clients:
-            peer = client.peer
-            if peer.closed:
-                continue
-            if peer.out:
-                peer.flush()
-            if peer.closed_by_server:
-                self._server_closed(client)
-                continue
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.out else 0)
-            if want != peer.events:
-                self.selector.modify(peer.sock, want, client)
-                peer.events = want
-        for key, mask in self.selector.select(timeout):
-            client = key.data
-            peer = client.peer
-            if peer.closed:
-                continue
-            if mask & selectors.EVENT_WRITE:
-                peer.flush()
-            if mask & selectors.EVENT_READ:
-                try:
-                    for msg in peer.receive():
-                        client.on_message(msg)
-                except ProtocolViolation as exc:
-                    self.problem("%s: %s" % (client.name, exc))
-                    client.state = "closed"
-                    self._close(client, rst=True)
-                    continue
-            if peer.closed_by_server:
-                self._server_closed(client)
+    def connected(self, client: Client) -> None:
+        for room in client.rooms:
+            client.send(join_request(room, client.name))
 
-    def _server_closed(self, client: Client) -> None:
-        self._close(client)
-        client.on_server_closed()
+    def connect_failed(self, client: Client, exc: OSError) -> None:
+        self.report.fail("connect_failed", "%s could not connect: %s" % (client.name, exc))
+        client.phase = "closed"
 
-    def wait_until(self, condition, seconds: float, what: str) -> bool:
-        deadline = time.monotonic() + seconds
-        for _ in range(MAX_TICKS):
-            if condition():
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self.pump(min(TICK, remaining))
-            self.sample_rss()
-        self.problem("timed out after %g s waiting for %s" % (seconds, what))
+    def received(self, client: Client) -> None:
+        while client.phase not in ("closed", "vanished"):
+            reply = client.reader.maybe_next_reply()
+            if reply is None:
+                return
+            client.on_reply(reply)
+
+    def closed(self, client: Client, exc: Optional[OSError]) -> None:
+        if client.phase != "disconnecting":
+            self.report.fail("closed_by_server", "the server closed %s's connection (state %s)"
+                             % (client.name, client.phase))
+        client.phase = "closed"
+
+    def wait_until(self, condition: Callable[[], bool], seconds: float, what: str) -> bool:
+        if self.loop.run_until(condition, seconds, self.sample_rss, wait=TICK):
+            return True
+        self.report.fail("timeout", "timed out after %g s waiting for %s" % (seconds, what))
         return False
 
     def sample_rss(self) -> None:
@@ -380,22 +308,20 @@ class Soak:
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> Dict[str, object]:
-        opts = self.opts
-        started = time.monotonic()
+        args = self.args
         self.sample_rss()
         self.recorder = self.add_client("recorder")
-        self.wait_until(lambda: self.recorder.state == "active", SETUP_TIMEOUT,
-                        "the recorder's joins")
-        churners = int(round(opts.clients * opts.churn))
-        for _ in range(opts.clients - churners):
+        if not self.wait_until(lambda: self.recorder.phase == "active", SETUP_TIMEOUT,
+                               "the recorder's joins"):
+            return {}
+        churners = int(round(args.clients * args.churn))
+        for _ in range(args.clients - churners):
             self.add_client("stayer")
-        self.wait_until(lambda: all(c.state == "active" for c in self.clients), SETUP_TIMEOUT,
+        self.wait_until(lambda: all(c.phase != "joining" for c in self.clients), SETUP_TIMEOUT,
                         "the stayers' joins")
         churn_starts = [time.monotonic() + self.rng.uniform(0, 1) for _ in range(churners)]
-        chat_started = time.monotonic()
-        end = chat_started + opts.seconds
-        next_progress = chat_started + PROGRESS_EVERY
-        for _ in range(MAX_TICKS):
+        end = time.monotonic() + args.seconds
+        while True:
             now = time.monotonic()
             if now >= end:
                 break
@@ -404,54 +330,38 @@ class Soak:
                 churn_starts = [t for t in churn_starts if t > now]
                 for _ in due:
                     self.add_client("churner")
-            for client in self.clients:
-                if client.state == "active" and client.next_chat <= now and opts.rate:
+            for client in list(self.clients):
+                if client.phase == "active" and client.next_chat <= now and args.rate:
                     client.chat(self.rng)
-                    client.next_chat += self.rng.expovariate(opts.rate)
+                    client.next_chat += self.rng.expovariate(args.rate)
                     if client.next_chat < now:          # behind: do not try to catch up
                         client.next_chat = now
-                if client.role == "churner" and client.state in ("active", "idle") \
-                        and client.next_move <= now:
-                    if self.move(client):
-                        churn_starts.append(now + self.rng.uniform(0, 0.5))
-            self.pump(TICK)
+                if (client.role == "churner" and client.phase in ("active", "idle")
+                        and client.next_move <= now and self.move(client)):
+                    churn_starts.append(now + self.rng.uniform(0, 0.5))
+            self.loop.poll(TICK)
             self.sample_rss()
-            if now >= next_progress and not opts.quiet:
-                next_progress = now + PROGRESS_EVERY
-                self.progress(chat_started)
-        self.stopping = True
+            self.report.progress(self.progress_line)
         self.barrier()
         self.sample_rss()
-        result = self.verify()
-        for client in self.clients:
-            if not client.peer.closed:
-                self._close(client)
-        result.update({
-            "seed": opts.seed, "port": self.port, "spawned": self.server is not None,
-            "clients": opts.clients, "rooms": opts.rooms, "rate": opts.rate,
-            "chat_seconds": round(opts.seconds, 2),
-            "seconds": round(time.monotonic() - started, 2),
-            "connections": self.next_id, "chats_sent": self.chats_sent,
-            "moves": dict(self.moves),
-            "problems": self.problem_count, "problem_details": self.problems,
-        })
+        figures = self.verify()
+        self.loop.close_all()
+        figures.update({
+            "clients": args.clients, "rooms": args.rooms, "rate": args.rate,
+            "chat_seconds": round(args.seconds, 2), "connections": self.next_id,
+            "chats_sent": self.chats_sent, "moves": dict(self.moves)})
         if self.rss:
-            result["server_rss_kb"] = {
+            figures["server_rss_kb"] = {
                 "first": self.rss[0][1], "last": self.rss[-1][1],
                 "max": max(kb for _, kb in self.rss),
-                "samples": [[round(t - started, 1), kb] for t, kb in self.rss]}
-        result["ok"] = not (self.problem_count or result["lost"] or result["duplicated"]
-                            or result["reordered"] or result["outside_window"]
-                            or result["stream_mismatches"])
-        if not opts.quiet:
-            self.progress(chat_started)
-        return result
+                "samples": [[round(t - self.started, 1), kb] for t, kb in self.rss]}
+        return figures
 
     def move(self, client: Client) -> bool:
         """A churner's next move. True if it is gone (and should be replaced)."""
         rng = self.rng
         active = [m for m in client.rooms.values() if m.can_chat()]
-        if client.state == "idle" or not active:
+        if client.phase == "idle" or not active:
             how = rng.choice(["disconnect", "vanish"])
         else:
             how = rng.choice(["leave", "disconnect", "vanish"])
@@ -460,21 +370,20 @@ class Soak:
             for membership in rng.sample(active, rng.randint(1, len(active))):
                 client.leave(membership)
             if not any(m.can_chat() for m in client.rooms.values()):
-                client.state = "idle"          # in no room: must now receive nothing
+                client.phase = "idle"          # in no room: must now receive nothing
             client.next_move = time.monotonic() + rng.uniform(*CHURN_LIFE)
             return False
         if how == "disconnect":
             client.disconnect()
-            return True
-        client.vanish(rng)
-        self._close(client, rst=True)
+        else:
+            client.vanish(rng)
         return True
 
     def barrier(self) -> None:
         """Make every stream complete (see the module docstring)."""
-        self.wait_until(lambda: not [c for c in self.clients if c.state == "disconnecting"],
+        self.wait_until(lambda: not [c for c in self.clients if c.phase == "disconnecting"],
                         DRAIN_TIMEOUT, "DISCONNECTed clients to be closed")
-        owed = {(ref, c.name) for c in self.clients if c.state == "vanished"
+        owed = {(ref, c.name) for c in self.clients if c.phase == "vanished"
                 for ref in c.vanished_in}
         self.wait_until(lambda: owed <= self.recorder.leaves_seen, DRAIN_TIMEOUT,
                         "the recorder to see vanished clients leave")
@@ -482,64 +391,59 @@ class Soak:
             live = self.live()
             for client in live:
                 client.helo_replies = 0
-                client.helo(tag)
-            self.wait_until(lambda: all(c.helo_replies >= 1 or c.state == "closed" for c in live),
+                client.send(helo_request("%s %s" % (tag, client.name)))
+            self.wait_until(lambda: all(c.helo_replies >= 1 or c.phase == "closed" for c in live),
                             DRAIN_TIMEOUT, "the %s HELO replies" % tag)
 
     # -- the check -------------------------------------------------------------------------
 
     def verify(self) -> Dict[str, object]:
         """Apply the delivery rule of the module docstring to every stream."""
-        totals = collections.Counter()
-        details: List[str] = []
+        totals: Dict[str, int] = collections.Counter()
         recorder = self.recorder
         history = {ref: recorder.streams.get(ref, []) for ref in set(self.refs.values())}
-
-        def note(text: str) -> None:
-            if len(details) < MAX_DETAILS:
-                details.append(text)
+        fail = self.report.fail
 
         # 1. the recorder against what was sent
-        sent_by_room: Dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+        sent_by_room: Dict[int, Dict[Event, int]] = collections.defaultdict(dict)
         for client in self.clients:
             for ref, seq in client.sent:
-                certain = client.state != "vanished" or (ref, seq) not in client.unechoed
+                certain = client.phase != "vanished" or (ref, seq) not in client.unechoed
                 sent_by_room[ref][("chat", client.name, seq)] = 1 if certain else 0
         for ref, events in history.items():
             got = collections.Counter(e for e in events if e[0] == "chat")
-            sent = sent_by_room.get(ref, collections.Counter())
+            sent = sent_by_room.get(ref, {})
             for chat, must in sent.items():
                 n = got.get(chat, 0)
                 totals["expected"] += must
                 totals["delivered"] += min(n, 1) if must else 0
                 if n < must:
                     totals["lost"] += 1
-                    note("recorder: room %d lacks %r" % (ref, chat))
+                    fail("lost", "recorder: room %d lacks %r" % (ref, chat))
                 if n > 1:
                     totals["duplicated"] += n - 1
-                    note("recorder: room %d has %r %d times" % (ref, chat, n))
+                    fail("duplicated", "recorder: room %d has %r %d times" % (ref, chat, n))
             for chat in got:
                 if chat not in sent:
                     totals["outside_window"] += 1
-                    note("recorder: room %d has %r, which nobody sent there" % (ref, chat))
-            totals["reordered"] += self._reordered(events, "recorder", ref, note)
+                    fail("outside_window", "recorder: room %d has %r, which nobody sent there"
+                         % (ref, chat))
+            totals["reordered"] += self._reordered(events, "recorder", ref)
         # 2. every member against its part of the room's history
         for client in self.clients:
             if client is recorder:
                 continue
             for membership in client.rooms.values():
-                ref = membership.ref
-                if ref is None:
-                    continue
-                self._check_member(client, membership, history.get(ref, []), totals, note)
+                if membership.ref is not None:
+                    self._check_member(client, membership, history.get(membership.ref, []),
+                                       totals)
         return {"expected_deliveries": totals["expected"], "delivered": totals["delivered"],
                 "lost": totals["lost"], "duplicated": totals["duplicated"],
                 "reordered": totals["reordered"], "outside_window": totals["outside_window"],
-                "stream_mismatches": totals["mismatches"],
-                "members_checked": totals["members"], "mismatch_details": details}
+                "stream_mismatches": totals["mismatches"], "members_checked": totals["members"]}
 
     def _check_member(self, client: Client, membership: Membership, events: List[Event],
-                      totals: collections.Counter, note) -> None:
+                      totals: Dict[str, int]) -> None:
         ref = membership.ref
         stream = client.streams.get(ref, [])
         totals["members"] += 1
@@ -547,48 +451,51 @@ class Soak:
         leaves = [i for i, e in enumerate(events) if e == ("leave", client.name)]
         if len(joins) != 1 or len(leaves) > 1:
             totals["mismatches"] += 1
-            note("%s in room %d: the recorder saw its join %d times and its leave %d times"
-                 % (client.name, ref, len(joins), len(leaves)))
+            self.report.fail("stream_mismatch", "%s in room %d: the recorder saw its join %d "
+                             "times and its leave %d times"
+                             % (client.name, ref, len(joins), len(leaves)))
             return
-        start = joins[0]
         # A client that vanished while in the room read an unknown part of its window; one
         # that read its own leave announcement first read all of it, vanished or not.
-        vanished = client.state == "vanished" and not membership.left
+        vanished = client.phase == "vanished" and not membership.left
         if vanished and not leaves:
             totals["mismatches"] += 1
-            note("%s vanished from room %d, and its leaving was never announced"
-                 % (client.name, ref))
-        expected = events[start:leaves[0] + 1] if leaves else events[start:]
+            self.report.fail("stream_mismatch", "%s vanished from room %d, and its leaving was "
+                             "never announced" % (client.name, ref))
+        expected = events[joins[0]:leaves[0] + 1] if leaves else events[joins[0]:]
         want = collections.Counter(e for e in expected if e[0] == "chat")
         got = collections.Counter(e for e in stream if e[0] == "chat")
         for chat, n in got.items():
             if n > 1:
                 totals["duplicated"] += n - 1
+                self.report.fail("duplicated", "%s in room %d got %r %d times"
+                                 % (client.name, ref, chat, n))
             if chat not in want:
                 totals["outside_window"] += 1
+                self.report.fail("outside_window", "%s in room %d got %r outside its window"
+                                 % (client.name, ref, chat))
         if not vanished:                 # a vanished client read an unknown part: no losses
             totals["expected"] += sum(want.values())
             for chat in want:
                 totals["delivered"] += min(got.get(chat, 0), 1)
                 if chat not in got:
                     totals["lost"] += 1
-        totals["reordered"] += self._reordered(stream, client.name, ref, note)
+                    self.report.fail("lost", "%s in room %d lacks %r" % (client.name, ref, chat))
+        totals["reordered"] += self._reordered(stream, client.name, ref)
         if vanished:                     # a prefix of its window, never its own leave
-            same = (stream == expected[:len(stream)]
-                    and ("leave", client.name) not in stream)
+            same = stream == expected[:len(stream)] and ("leave", client.name) not in stream
         else:
             same = stream == expected
         if not same:
             totals["mismatches"] += 1
             first = next((i for i, (a, b) in enumerate(zip(stream, expected)) if a != b),
                          min(len(stream), len(expected)))
-            note("%s in room %d (%s): stream differs from the room's history at event %d: "
-                 "got %r, expected %r (%d events vs %d)"
-                 % (client.name, ref, client.state, first, stream[first:first + 2],
-                    expected[first:first + 2], len(stream), len(expected)))
+            self.report.fail("stream_mismatch", "%s in room %d (%s): stream differs from the "
+                             "room's history at event %d: got %r, expected %r (%d events vs %d)"
+                             % (client.name, ref, client.phase, first, stream[first:first + 2],
+                                expected[first:first + 2], len(stream), len(expected)))
 
-    @staticmethod
-    def _reordered(stream: List[Event], who: str, ref: int, note) -> int:
+    def _reordered(self, stream: List[Event], who: str, ref: int) -> int:
         """Chats received after a later chat of the same sender."""
         last: Dict[str, int] = {}
         count = 0
@@ -598,76 +505,43 @@ class Soak:
             _, name, seq = event
             if seq < last.get(name, 0):
                 count += 1
-                note("%s in room %d: %s's chat %d after its chat %d" % (who, ref, name, seq,
-                                                                       last[name]))
+                self.report.fail("reordered", "%s in room %d: %s's chat %d after its chat %d"
+                                 % (who, ref, name, seq, last[name]))
             last[name] = max(seq, last.get(name, 0))
         return count
 
-    def progress(self, started: float) -> None:
+    def progress_line(self) -> str:
         rss = self.rss[-1][1] if self.rss else None
-        print("soak: %5.1fs %d chats sent, %d clients live, %d connections so far%s"
-              % (time.monotonic() - started, self.chats_sent, len(self.live()), self.next_id,
-                 ", server RSS %d kB" % rss if rss else ""), file=sys.stderr, flush=True)
+        return ("%d chats sent, %d clients live, %d connections so far%s"
+                % (self.chats_sent, len(self.live()), self.next_id,
+                   ", server RSS %d kB" % rss if rss else ""))
 
 
-def parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Soak a live chat server with many clients chatting in many rooms while "
-                    "others join, leave, disconnect and vanish; then check every delivery. "
-                    "Prints a JSON summary; exits 1 on any loss, duplicate or reordering.")
-    add_target_arguments(parser, "soak")
-    parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS,
-                        help="clients at any one time, besides the recorder (default %d)"
-                             % DEFAULT_CLIENTS)
-    parser.add_argument("--rooms", type=int, default=DEFAULT_ROOMS,
-                        help="rooms (default %d)" % DEFAULT_ROOMS)
-    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
-                        help="how long they chat (default %g)" % DEFAULT_SECONDS)
-    parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
-                        help="chats per second per client (default %g)" % DEFAULT_RATE)
-    parser.add_argument("--churn", type=float, default=DEFAULT_CHURN,
-                        help="share of clients that join, leave, disconnect and vanish as they "
-                             "go (default %g)" % DEFAULT_CHURN)
-    parser.add_argument("--max-rooms", type=int, default=DEFAULT_MAX_ROOMS,
-                        help="rooms per client, at most (default %d)" % DEFAULT_MAX_ROOMS)
-    parser.add_argument("--message-bytes", type=int, default=DEFAULT_MESSAGE_BYTES,
-                        help="padding per chat, at most (default %d)" % DEFAULT_MESSAGE_BYTES)
-    parser.add_argument("--seed", type=int, default=None,
-                        help="random seed (default: a random one, printed in the summary)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    opts = parser.parse_args(argv)
-    if opts.seed is None:
-        opts.seed = random.SystemRandom().randint(0, 2 ** 31)
-    if (opts.clients < 1 or opts.rooms < 1 or opts.seconds < 0 or opts.rate < 0
-            or not 0 <= opts.churn <= 1 or opts.max_rooms < 1 or opts.message_bytes < 0):
-        parser.error("--clients, --rooms, --max-rooms >= 1; --seconds, --rate, "
-                     "--message-bytes >= 0; 0 <= --churn <= 1")
-    return opts
+def run_soak(args: argparse.Namespace, target: kit.Target, report: kit.Report):
+    kit.raise_nofile_limit()
+    figures = Soak(args, target, report).run()
+    return figures, ("%s of %s deliveries checked, %s chats sent"
+                     % (figures.get("delivered"), figures.get("expected_deliveries"),
+                        figures.get("chats_sent")))
 
 
-def run(opts: argparse.Namespace) -> Dict[str, object]:
-    """Run the soak as `opts` says (spawning the server if asked) and return the summary."""
-    raise_nofile_limit()
-    server = ServerProcess() if opts.spawn else None
-    try:
-        soak = Soak(opts, server.port if server else opts.port, server)
-        summary = soak.run()
-        if server is not None:
-            summary["server_alive_at_end"] = server.alive()
-            if not server.alive():
-                summary["ok"] = False
-                summary["server_log_tail"] = server.log_tail()
-        return summary
-    finally:
-        if server is not None:
-            server.stop()
+OPTIONS: List[kit.Option] = [
+    ("--clients", int, DEFAULT_CLIENTS, "clients at any one time, besides the recorder", 1, None),
+    ("--rooms", int, DEFAULT_ROOMS, "rooms", 1, None),
+    ("--rate", float, DEFAULT_RATE, "chats per second per client", 0, None),
+    ("--churn", float, DEFAULT_CHURN, "share of clients that join, leave, disconnect and vanish "
+     "as they go", 0, 1),
+    ("--max-rooms", int, DEFAULT_MAX_ROOMS, "rooms per client, at most", 1, None),
+    ("--message-bytes", int, DEFAULT_MESSAGE_BYTES, "padding per chat, at most", 0, None)]
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    return kit.parse_tool_args("soak", __doc__, (DEFAULT_SECONDS, "how long they chat"), OPTIONS,
+                               argv)[1]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    opts = parse_args(sys.argv[1:] if argv is None else argv)
-    summary = run(opts)
-    print(json.dumps(summary, indent=2))
-    return 0 if summary["ok"] else 1
+    return kit.main("soak", parse_args, run_soak, argv)
 
 
 if __name__ == "__main__":

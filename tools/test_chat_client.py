@@ -9,11 +9,9 @@ in memory.
 Synchronisation: the client's output is read only once it has exited (communicate). When a
 step must wait for the client, the test waits for what bob receives from the server instead;
 no test sleeps. Every wait is bounded by TIMEOUT, and every process a test starts is ended by
-its cleanup: the server by KILL_SERVICE, then SIGKILL to its pid if it is still alive.
+its cleanup: the server by kit.ServerProcess.stop() (SIGTERM, then SIGKILL, by its pid).
 """
 import os
-import re
-import selectors
 import socket
 import subprocess
 import sys
@@ -23,12 +21,14 @@ import time
 import unittest
 from typing import List, Optional, Tuple
 
-from tools import chat_client
-from tools.chat_client import ChatClient, MessageReader, Print, Send
+import protocol
 from protocol import Framer
+from tools import chat_client, kit
+from tools.chat_client import ChatClient, Print, Send
+from tools.kit import ReplyReader
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIENT = os.path.join(REPO_ROOT, "tools", "chat_client.py")
+CLIENT = [sys.executable, "-m", "tools.chat_client"]      # run from REPO_ROOT
 # The longest any single wait may take. A passing test waits milliseconds; this only bounds how
 # long a broken one hangs.
 TIMEOUT = 5.0
@@ -36,7 +36,7 @@ TIMEOUT = 5.0
 CHILD_ENV = dict(os.environ, PYTHONIOENCODING="utf-8")
 
 
-# -- what the server sends (PROTOCOL.md), written out independently of the code under test ----
+# -- what the server sends, written out independently of the code under test ----
 
 def joined(room: str, port: int, ref: int, join_id: int) -> str:
     return ("JOINED_CHATROOM: %s\nSERVER_IP: 127.0.0.1\nPORT: %d\nROOM_REF: %d\nJOIN_ID: %d\n"
@@ -139,23 +139,6 @@ class StubServer:
         self.listener.close()
 
 
-def read_line(stream, timeout: float) -> bytes:
-    """One line from a child's stdout pipe, waiting at most `timeout` seconds."""
-    line = b""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                raise AssertionError("no whole line within %g s (got %r)" % (timeout, line))
-            data = os.read(stream.fileno(), 1)   # one byte: read no further than the line
-            if not data:
-                raise AssertionError("stream ended before a whole line (got %r)" % line)
-            line += data
-    return line
-
-
 def end_process(proc: subprocess.Popen) -> None:
     """Kill `proc` by its pid if it is still running; reap it; close its pipes."""
     if proc.poll() is None:
@@ -176,7 +159,7 @@ class ClientTestCase(unittest.TestCase):
     def start_client(self, port: int, name: str = "alice", stdin=subprocess.PIPE,
                      args: Tuple[str, ...] = ()) -> subprocess.Popen:
         proc = subprocess.Popen(
-            [sys.executable, CLIENT, "127.0.0.1", str(port), "--name", name, *args],
+            CLIENT + ["127.0.0.1", str(port), "--name", name, *args],
             cwd=REPO_ROOT, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=CHILD_ENV)
         self.addCleanup(end_process, proc)
@@ -203,25 +186,10 @@ class ClientTestCase(unittest.TestCase):
 class ChatClientWithServerTest(ClientTestCase):
 
     def setUp(self) -> None:
-        self.server = subprocess.Popen(
-            [sys.executable, "Server.py", "127.0.0.1", "0", "--log-level", "warning"],
-            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=CHILD_ENV)
-        self.addCleanup(self.stop_server)
-        line = read_line(self.server.stdout, TIMEOUT)
-        match = re.match(rb"listening on 127\.0\.0\.1:(\d+)\n$", line)
-        self.assertIsNotNone(match, line)
-        self.port = int(match.group(1))
+        self.server = kit.ServerProcess(env=CHILD_ENV)
+        self.addCleanup(self.server.stop)
+        self.port = self.server.port
         self.bob = RawClient(self, self.port, "bob")
-
-    def stop_server(self) -> None:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
-                sock.sendall(b"KILL_SERVICE\n")
-            self.server.wait(TIMEOUT)
-        except (OSError, AttributeError, subprocess.TimeoutExpired):
-            pass                                # end_process kills it
-        end_process(self.server)
 
     def test_join_chat_both_ways_rooms_leave_and_quit(self) -> None:
         bob = self.bob
@@ -404,7 +372,7 @@ class ChatClientFailureTest(ClientTestCase):
         self.assertTrue(err.startswith("cannot connect to 127.0.0.1:%d" % port), err)
 
     def test_help_explains_usage_commands_and_exit_status(self) -> None:
-        proc = subprocess.run([sys.executable, CLIENT, "--help"], cwd=REPO_ROOT,
+        proc = subprocess.run(CLIENT + ["--help"], cwd=REPO_ROOT,
                               capture_output=True, timeout=TIMEOUT, env=CHILD_ENV)
         self.assertEqual(proc.returncode, 0)
         text = proc.stdout.decode("utf-8")
@@ -423,41 +391,43 @@ class ChatClientCoreTest(unittest.TestCase):
                   b"JOIN_ID: 9\n" + chat(3, "bob", "two\nlines").encode()
                   + b"LEFT_CHATROOM: 3\nJOIN_ID: 9\nERROR_CODE: 6\nERROR_DESCRIPTION: no: really\n"
                   + b"SOMETHING_NEW\n")
-        reader = MessageReader()
+        reader = ReplyReader()
         messages = []
         for i in range(len(stream)):
             reader.receive_data(stream[i:i + 1])
-            message = reader.maybe_next_message()
+            message = reader.maybe_next_reply()
             while message is not None:
                 messages.append(message)
-                message = reader.maybe_next_message()
-        self.assertEqual([(m.kind, m.fields) for m in messages], [
-            ("JOINED_CHATROOM", {"JOINED_CHATROOM": "my room", "SERVER_IP": "10.0.0.1",
-                                 "PORT": "80", "ROOM_REF": "3", "JOIN_ID": "9"}),
-            ("CHAT", {"CHAT": "3", "CLIENT_NAME": "bob", "MESSAGE": "two\nlines"}),
-            ("LEFT_CHATROOM", {"LEFT_CHATROOM": "3", "JOIN_ID": "9"}),
-            ("ERROR_CODE", {"ERROR_CODE": "6", "ERROR_DESCRIPTION": "no: really"}),
-            ("SOMETHING_NEW", {"SOMETHING_NEW": ""}),
+                message = reader.maybe_next_reply()
+        self.assertEqual(messages[:4], [
+            protocol.JoinedReply("my room", "10.0.0.1", 80, 3, 9),
+            protocol.ChatMessage(3, "bob", "two\nlines"),
+            protocol.LeftReply(3, 9),
+            protocol.ErrorReply(6, "no: really"),
         ])
+        self.assertIsInstance(messages[4], protocol.Unparsed)
+        self.assertEqual(messages[4].text, "SOMETHING_NEW")
+        self.assertEqual(ChatClient("alice").message_received(messages[4]),
+                         [Print("* the server says: SOMETHING_NEW")])
 
     def test_lines_typed_during_a_join_wait_for_its_reply(self) -> None:
         client = ChatClient("alice")
         self.assertEqual(client.line_typed("/join a"),
-                         [Send(chat_client.join_request("a", "alice"))])
+                         [Send(protocol.join_request("a", "alice"))])
         self.assertEqual(client.line_typed("hello"), [])
         self.assertFalse(client.ready_for_input())
-        reply = MessageReader()
+        reply = ReplyReader()
         reply.receive_data(joined("a", 80, 7, 4).encode())
-        actions = client.message_received(reply.maybe_next_message())
-        self.assertEqual(actions[1:], [Send(chat_client.chat_request(7, 4, "alice", "hello"))])
+        actions = client.message_received(reply.maybe_next_reply())
+        self.assertEqual(actions[1:], [Send(protocol.chat_request(7, 4, "alice", "hello"))])
         self.assertIsInstance(actions[0], Print)
         self.assertTrue(client.ready_for_input())
 
     def test_malformed_reply_exits_1(self) -> None:
         client = ChatClient("alice")
-        reader = MessageReader()
+        reader = ReplyReader()
         reader.receive_data(b"CHAT: zero\nCLIENT_NAME: bob\nMESSAGE: hi\n\n")
-        actions = client.message_received(reader.maybe_next_message())
+        actions = client.message_received(reader.maybe_next_reply())
         self.assertEqual(actions[-1], chat_client.Exit(1))
 
 

@@ -1,6 +1,7 @@
 """Tests of tools/loadgen.py: that the tool counts right, not how fast anything is.
 
-The parser tests run in memory. The scenario tests run each scenario tiny, in this process,
+The argument tests run in memory. (Reading the server's output is protocol.ReplyReader's job,
+tested in tests/test_wire.py.) The scenario tests run each scenario tiny, in this process,
 against the real server (Server.py as a subprocess on an ephemeral port of 127.0.0.1), and check
 the JSON summary and the exit status. Two tests use a stand-in server that loses messages or
 is not there at all, to check that the tool notices and fails.
@@ -12,28 +13,24 @@ import contextlib
 import io
 import json
 import os
-import selectors
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
 from typing import List, Tuple
 
-from tools import loadgen
-from tools.loadgen import ChatCounter, split_messages
+from tools import kit, loadgen
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOADGEN = os.path.join(REPO_ROOT, "tools", "loadgen.py")
 # The longest any single wait may take. A passing test waits milliseconds; this only bounds how
 # long a broken one hangs.
 TIMEOUT = 5.0
 
 
 def chat(ref: int, name: str, text: str) -> bytes:
-    """A CHAT message as the server sends it (PROTOCOL.md), written out independently."""
+    """A CHAT message as the server sends it, written out independently."""
     return ("CHAT: %d\nCLIENT_NAME: %s\nMESSAGE: %s\n\n" % (ref, name, text)).encode()
 
 
@@ -48,72 +45,7 @@ def run_loadgen(*argv: str) -> Tuple[int, dict, str]:
     return status, json.loads(lines[0]), err.getvalue()
 
 
-# -- the parser -----------------------------------------------------------------------------------
-
-class SplitMessagesTest(unittest.TestCase):
-
-    STREAM = (b"JOINED_CHATROOM: room one\nSERVER_IP: 127.0.0.1\nPORT: 8080\nROOM_REF: 3\n"
-              b"JOIN_ID: 7\n" + chat(3, "ann", "ann has joined this chatroom.")
-              + chat(3, "bob", "two\nlines") + b"ERROR_CODE: 6\nERROR_DESCRIPTION: not a member\n"
-              + b"LEFT_CHATROOM: 3\nJOIN_ID: 7\n")
-
-    def test_every_kind_of_message_is_cut_where_it_ends(self):
-        messages, rest = split_messages(self.STREAM)
-        self.assertEqual(rest, b"")
-        self.assertEqual([m.kind for m in messages],
-                         ["JOINED_CHATROOM", "CHAT", "CHAT", "ERROR_CODE", "LEFT_CHATROOM"])
-        joined, announcement, two_lines, error, left = messages
-        self.assertEqual(joined.fields["JOINED_CHATROOM"], "room one")
-        self.assertEqual((joined.number("ROOM_REF"), joined.number("JOIN_ID")), (3, 7))
-        self.assertTrue(announcement.is_chat(3, "ann", "ann has joined this chatroom."))
-        self.assertTrue(two_lines.is_chat(3, "bob", "two\nlines"))
-        self.assertEqual(error.number("ERROR_CODE"), 6)
-        self.assertEqual(left.number("JOIN_ID"), 7)
-
-    def test_a_stream_split_anywhere_gives_the_same_messages(self):
-        whole, _ = split_messages(self.STREAM)
-        for cut in range(1, len(self.STREAM)):
-            first, rest = split_messages(self.STREAM[:cut])
-            second, rest = split_messages(rest + self.STREAM[cut:])
-            self.assertEqual(first + second, whole, "cut at %d" % cut)
-            self.assertEqual(rest, b"")
-
-
-class ChatCounterTest(unittest.TestCase):
-
-    def feed_in_pieces(self, counter: ChatCounter, stream: bytes, cut: int) -> int:
-        return counter.feed(stream[:cut]) + counter.feed(stream[cut:])
-
-    def test_counts_each_message_once_wherever_the_stream_is_split(self):
-        stream = chat(4, "ann", "x 1") + chat(4, "bob", "x 2") + chat(4, "ann", "x 3")
-        for cut in range(len(stream) + 1):
-            counter = ChatCounter(4)
-            self.assertEqual(self.feed_in_pieces(counter, stream, cut), 3, "cut at %d" % cut)
-            self.assertEqual(counter.leftover(), [])
-
-    def test_does_not_take_a_blank_line_for_a_message(self):
-        # Blank lines between messages are not messages (counting b"\n\n" would say 3).
-        counter = ChatCounter(4)
-        self.assertEqual(counter.feed(chat(4, "ann", "x 1") + b"\n\n" + chat(4, "bob", "x 2")), 2)
-        self.assertEqual(counter.leftover(), [])
-
-    def test_an_error_between_chats_is_reported_not_counted(self):
-        error = b"ERROR_CODE: 6\nERROR_DESCRIPTION: not a member\n"
-        counter = ChatCounter(4)
-        self.assertEqual(counter.feed(chat(4, "ann", "x 1") + error + chat(4, "bob", "x 2")), 2)
-        self.assertEqual([m.kind for m in counter.leftover()], ["ERROR_CODE"])
-
-    def test_a_message_of_another_room_is_reported_not_counted(self):
-        counter = ChatCounter(4)
-        self.assertEqual(counter.feed(chat(4, "ann", "x 1") + chat(44, "bob", "x 2")), 1)
-        self.assertEqual([m.raw for m in counter.leftover()],
-                         ["CHAT: 44\nCLIENT_NAME: bob\nMESSAGE: x 2"])
-
-    def test_an_unfinished_message_at_the_end_is_reported(self):
-        counter = ChatCounter(4)
-        self.assertEqual(counter.feed(chat(4, "ann", "x 1") + b"CHAT: 4\nCLIENT_NA"), 1)
-        self.assertEqual(len(counter.leftover()), 1)
-
+# -- the command line ----------------------------------------------------------------------------
 
 class ArgumentsTest(unittest.TestCase):
 
@@ -124,72 +56,43 @@ class ArgumentsTest(unittest.TestCase):
             self.assertEqual((args.host, args.port, args.timeout, args.rooms),
                              ("127.0.0.1", 9, 7.0, 2))
 
+    def test_help_lists_every_option_with_its_default_and_the_examples_line_by_line(self):
+        proc = subprocess.run([sys.executable, "-m", "tools.loadgen", "--help"], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        text = proc.stdout.decode()
+        for example in ("python3 -m tools.loadgen --port 8080 fanout --rooms 10",
+                        "python3 -m tools.loadgen --port 8080 connections --count 2000",
+                        "python3 -m tools.loadgen --spawn churn --clients 20"):
+            self.assertIn("\n    " + example, text)
+        for option in ("--timeout", "--stall", "--seed", "--spawn"):
+            self.assertRegex(text, r"%s[^\n]*\n?[^\n]*\(default: " % option)
+        for _run, _summary, options in loadgen.SCENARIOS.values():
+            for option, _type, default, _help in options:
+                self.assertRegex(text, r"%s .*\((required|default: %s)\)" % (option, default))
+
 
 # -- the scenarios, against the real server ------------------------------------------------------
 
 class ScenarioTest(unittest.TestCase):
     """Each scenario, tiny, against one server started for the class."""
 
-    server: subprocess.Popen
-    port: int
-
     @classmethod
     def setUpClass(cls):
-        cls.server_log = tempfile.TemporaryFile()
-        cls.server = subprocess.Popen(
-            [sys.executable, "Server.py", "127.0.0.1", "0", "--log-level", "warning"],
-            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=cls.server_log)
-        try:
-            cls.port = cls._read_port()
-        except BaseException:
-            cls._stop_server()
-            raise
-
-    @classmethod
-    def _read_port(cls) -> int:
-        """The port from the server's first line, 'listening on 127.0.0.1:PORT'."""
-        line = b""
-        deadline = time.monotonic() + TIMEOUT
-        with selectors.DefaultSelector() as selector:
-            selector.register(cls.server.stdout, selectors.EVENT_READ)
-            while b"\n" not in line:
-                left = deadline - time.monotonic()
-                if left <= 0 or not selector.select(left):
-                    raise RuntimeError("the server printed no address within %gs" % TIMEOUT)
-                data = os.read(cls.server.stdout.fileno(), 4096)
-                if not data:
-                    cls.server_log.seek(0)
-                    raise RuntimeError("the server exited: %r" % cls.server_log.read())
-                line += data
-        prefix = b"listening on 127.0.0.1:"
-        if not line.startswith(prefix):
-            raise RuntimeError("unexpected first line from the server: %r" % line)
-        return int(line[len(prefix):line.index(b"\n")])
+        cls.server = kit.ServerProcess()
+        cls.port = cls.server.port
 
     @classmethod
     def tearDownClass(cls):
-        cls._stop_server()
-
-    @classmethod
-    def _stop_server(cls):
-        try:
-            with socket.create_connection(("127.0.0.1", cls.port), timeout=TIMEOUT) as sock:
-                sock.sendall(b"KILL_SERVICE\n")
-            cls.server.wait(TIMEOUT)
-        except (AttributeError, OSError, subprocess.TimeoutExpired):
-            pass
-        if cls.server.poll() is None:
-            cls.server.kill()
-            cls.server.wait(TIMEOUT)
-        cls.server.stdout.close()
-        cls.server_log.close()
+        cls.server.stop()
 
     def run_scenario(self, *argv: str) -> dict:
         status, summary, stderr = run_loadgen(*argv, "--port", str(self.port), "--timeout", "10")
         self.assertTrue(summary["ok"], "%s\n%s" % (json.dumps(summary, indent=1), stderr))
         self.assertEqual(status, 0)
-        self.assertEqual((summary["failed"], summary["timed_out"], summary["stalled"]),
-                         (0, False, False))
+        self.assertEqual((summary["tool"], summary["failed"], summary["failures"],
+                          summary["timed_out"], summary["stalled"]),
+                         ("loadgen", 0, {}, False, False))
         return summary
 
     def test_fanout_counts_every_delivery_and_times_the_probe(self):
@@ -200,6 +103,14 @@ class ScenarioTest(unittest.TestCase):
         self.assertEqual((summary["missing"], summary["extra"], summary["probes_lost"]), (0, 0, 0))
         self.assertGreaterEqual(summary["probes"], 1)
         self.assertIsNotNone(summary["probe_p99_ms"])
+        self.assertGreater(summary["deliveries_per_s"], 0)
+        self.assertTrue(summary["verdict"].startswith("PASS: "), summary["verdict"])
+
+    def test_fanout_spawns_its_own_server(self):
+        status, summary, _ = run_loadgen("--spawn", "fanout", "--rooms", "1", "--members", "2",
+                                         "--messages", "2", "--timeout", "10")
+        self.assertEqual((status, summary["ok"], summary["spawned"]), (0, True, True))
+        self.assertEqual(summary["delivered"], 1 * 2 * 2 * 2)
 
     def test_connections_joins_everybody_and_reaches_every_member(self):
         summary = self.run_scenario("connections", "--count", "50", "--rooms", "3")
@@ -321,13 +232,20 @@ class FailureDetectionTest(unittest.TestCase):
         self.assertFalse(summary["all_replies_received"])
         self.assertFalse(summary["ok"])
 
-    def test_churn_against_nothing_retries_at_a_bounded_rate(self):
+    def test_churn_whose_server_goes_away_retries_at_a_bounded_rate(self):
+        # The up-front check passes (something listens), then nothing does: every connect of
+        # the run is refused.
         with socket.socket() as placeholder:
             placeholder.bind(("127.0.0.1", 0))
-            status, summary, _ = run_loadgen(
+            placeholder.listen(1)
+            args = loadgen.parse_args([
                 "churn", "--port", str(placeholder.getsockname()[1]), "--clients", "2",
-                "--seconds", "0.3", "--reply-timeout", "1", "--timeout", "5")
-        self.assertEqual(status, 1)
+                "--seconds", "0.3", "--reply-timeout", "1", "--timeout", "5", "--quiet"])
+            target = kit.Target(args)
+        # closed now: nothing listens on the port any more
+        report = kit.Report("loadgen", quiet=True)
+        figures, _headline = loadgen.run_churn(args, target, report)
+        summary = report.summary(figures, "")
         self.assertEqual(list(summary["failures"]), ["connect_failed"])
         # one try per client at once, then one every CHURN_RETRY_DELAY
         self.assertLessEqual(summary["failures"]["connect_failed"],
@@ -341,13 +259,15 @@ class FailureDetectionTest(unittest.TestCase):
             port = placeholder.getsockname()[1]
             started = time.monotonic()
             proc = subprocess.run(
-                [sys.executable, LOADGEN, "connections", "--port", str(port), "--count", "3",
-                 "--timeout", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                timeout=TIMEOUT)
+                [sys.executable, "-m", "tools.loadgen", "connections", "--port", str(port),
+                 "--count", "3", "--timeout", "5"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, timeout=TIMEOUT)
         self.assertLess(time.monotonic() - started, TIMEOUT)
         self.assertEqual(proc.returncode, 1, proc.stderr)
+        self.assertEqual(len(proc.stderr.splitlines()), 1, proc.stderr)
+        self.assertIn(b"no server at 127.0.0.1:%d" % port, proc.stderr)
         summary = json.loads(proc.stdout)
-        self.assertEqual((summary["connected"], summary["failures"]), (0, {"connect_failed": 3}))
+        self.assertEqual(summary["failures"], {"no_server": 1})
         self.assertFalse(summary["ok"])
 
 

@@ -1,0 +1,732 @@
+"""What every live-server tool shares (fuzz, soak, many, loadgen) and the end-to-end tests use.
+
+- ServerProcess: Server.py in a child process on 127.0.0.1 and a port the kernel picks; its
+  "listening on IP:PORT" line read with a bounded wait; its memory from /proc; stopped by pid.
+- Loop and Conn: many nonblocking client connections on one selector. Every connection reads
+  the server with protocol.ReplyReader; requests are built with protocol's builders.
+- Report: failures counted by kind with a few examples each, a progress line on standard error
+  every PROGRESS_INTERVAL seconds, and at the end a one-line verdict (standard error) and a JSON
+  summary (standard output, one line) with the same schema in every tool:
+      {"tool", "ok", "verdict", "elapsed", "failed", "failures": {kind: count},
+       "failure_examples": {kind: [text, ...]}, ...the tool's own figures}
+  `ok` is true exactly when `failures` is empty; exit status 0 then, 1 otherwise (2: usage).
+- add_common_arguments / run_tool: --spawn or --host/--port, --seed, --seconds, --quiet; a tool
+  given an address where nothing listens fails within CONNECT_CHECK_TIMEOUT with one line.
+- raise_nofile_limit, os_limits: how many connections this process and the machine allow.
+
+Run tools from the repository's top folder: `python3 -m tools.NAME --help`.
+"""
+import argparse
+import collections
+import errno
+import json
+import os
+import random
+import resource
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import protocol
+from protocol import HeloReply, helo_request
+
+HOST = "127.0.0.1"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVER_SCRIPT = os.path.join(REPO_ROOT, "Server.py")
+# Seconds for a spawned server to print its "listening on" line (interpreter start and imports,
+# generous for a loaded machine), and for it to exit after SIGTERM before it gets SIGKILL.
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+# Seconds a tool given --host/--port waits for a TCP connection before it gives up on the run:
+# well inside the promise that a tool with no server to talk to fails within 5 s.
+CONNECT_CHECK_TIMEOUT = 3.0
+# Bytes asked of one recv() and offered to one send(). Large, so that a busy connection's
+# replies arrive hundreds at a time and the tool stays cheaper per message than the server.
+RECV_SIZE = 256 * 1024
+SEND_SIZE = 256 * 1024
+# Nonblocking connects in flight at once: a few hundred keeps the server's accept backlog
+# (reactor.py asks for 1024) from overflowing, which would turn connects into 1 s SYN retries.
+CONNECT_CONCURRENCY = 256
+PROGRESS_INTERVAL = 2.0         # seconds between progress lines
+MAX_EXAMPLES = 5                # failure examples kept per kind
+MAX_EXAMPLE_CHARS = 300         # an example is cut to this: a whole 64 KiB reply helps nobody
+
+
+class ReplyReader(protocol.ReplyReader):
+    """protocol.ReplyReader, but maybe_next_reply() parses a reply before consuming it.
+
+    protocol.ReplyReader.maybe_next_reply() consumes first, and consuming may drop the buffer's
+    head (once more than 64 KiB are consumed); the reply is then sliced from the wrong place and
+    comes back Unparsed (tools/test_kit.py shows it). Until protocol.py parses first, every tool
+    and test reads with this; delete it then."""
+
+    __slots__ = ()
+
+    def maybe_next_reply(self) -> Optional[protocol.Reply]:
+        found = self._next_frame()
+        if found is None:
+            return None
+        keyword, start, end, following = found
+        reply = protocol._parse_reply(keyword, self._buf[start:end])
+        self._consume(following)
+        return reply
+
+
+def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
+    """Every whole reply `reader` holds, one at a time (stop early: the rest stay for later)."""
+    reply = reader.maybe_next_reply()
+    while reply is not None:
+        yield reply
+        reply = reader.maybe_next_reply()
+
+
+# ---------------------------------------------------------------------------------------------
+# The server under test
+# ---------------------------------------------------------------------------------------------
+
+class ServerError(Exception):
+    """The server could not be started, or nothing listens at the address given."""
+
+
+class ServerProcess:
+    """Server.py running in a child process on 127.0.0.1 and a port the kernel picked.
+
+    Its standard error (the log) goes to a temporary file unless `stderr` says otherwise, so a
+    chatty log can never fill a pipe and stall it; log() reads it back.
+    """
+
+    def __init__(self, *options: str, student_id: Optional[str] = None,
+                 log_level: str = "warning", env: Optional[Dict[str, str]] = None,
+                 stderr=None) -> None:
+        command = [sys.executable, SERVER_SCRIPT, HOST, "0", "--log-level", log_level]
+        if student_id is not None:
+            command += ["--student-id", student_id]
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(command + list(options), cwd=REPO_ROOT,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self._log if stderr is None else stderr, env=env)
+        self.pid = self.proc.pid
+        self.host = HOST
+        try:
+            self.port = self._read_port()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read_port(self) -> int:
+        """The port of the first line, "listening on 127.0.0.1:PORT", waited for at most
+        START_TIMEOUT seconds (read a byte at a time: nothing past the line is taken)."""
+        line = b""
+        deadline = time.monotonic() + START_TIMEOUT
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            while not line.endswith(b"\n") and len(line) < 200:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    raise ServerError("Server.py printed no listening line within %g s (got %r)"
+                                      % (START_TIMEOUT, line))
+                byte = os.read(self.proc.stdout.fileno(), 1)
+                if not byte:
+                    self.proc.wait(STOP_TIMEOUT)
+                    raise ServerError("Server.py exited (status %s) before listening: %s"
+                                      % (self.proc.returncode, self.log()[-500:]))
+                line += byte
+        prefix = b"listening on %s:" % HOST.encode()
+        digits = line[len(prefix):].strip()
+        if not line.startswith(prefix) or not digits.isdigit():
+            raise ServerError("unexpected first line from Server.py: %r" % line)
+        return int(digits)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def status_kb(self, key: str) -> Optional[int]:
+        """A kB figure of /proc/PID/status: VmRSS (memory in use now), VmHWM (the peak)."""
+        try:
+            with open("/proc/%d/status" % self.pid) as status:
+                for line in status:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    def rss_kb(self) -> Optional[int]:
+        return self.status_kb("VmRSS")
+
+    def open_file_limit(self) -> Optional[str]:
+        """The server's own open-file limit from /proc/PID/limits, as "soft hard"."""
+        try:
+            with open("/proc/%d/limits" % self.pid) as limits:
+                for line in limits:
+                    if line.startswith("Max open files"):
+                        return " ".join(line.split()[3:5])
+        except OSError:
+            pass
+        return None
+
+    def log_size(self) -> int:
+        self._log.seek(0, os.SEEK_END)
+        return self._log.tell()
+
+    def log(self, start: int = 0) -> str:
+        """What the server has logged, from byte `start` on."""
+        if self._log.closed:
+            return ""
+        self._log.seek(start)
+        return self._log.read().decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        """SIGTERM (the server stops cleanly on it), then SIGKILL if it has not exited within
+        STOP_TIMEOUT. Only ever this child, by its pid. Idempotent."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        self.proc.stdout.close()
+        self._log.close()
+
+
+def resolve(host: str, port: int) -> Tuple[int, tuple]:
+    """(address family, socket address) of host:port: the first that getaddrinfo gives."""
+    family, _type, _proto, _name, sockaddr = socket.getaddrinfo(
+        host, port, 0, socket.SOCK_STREAM)[0]
+    return family, sockaddr
+
+
+def check_listening(host: str, port: int) -> None:
+    """Raise ServerError unless a TCP connection to host:port is made within
+    CONNECT_CHECK_TIMEOUT seconds."""
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_CHECK_TIMEOUT).close()
+    except (OSError, UnicodeError) as exc:
+        raise ServerError("no server at %s:%s: %s" % (host, port, exc)) from None
+
+
+def helo_check(host: str, port: int, timeout: float,
+               text: str = "health") -> Tuple[bool, float, str]:
+    """Connect, send one HELO, wait for its reply. Returns (the right reply came in time,
+    seconds taken, what went wrong)."""
+    started = time.monotonic()
+    reader = ReplyReader()
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(helo_request(text))
+            while True:
+                reply = reader.maybe_next_reply()
+                if reply is not None:
+                    ok = (isinstance(reply, HeloReply) and reply.line == "HELO " + text
+                          and reply.port == port)
+                    return ok, time.monotonic() - started, "" if ok else "bad reply %r" % (reply,)
+                sock.settimeout(max(0.001, started + timeout - time.monotonic()))
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    return False, time.monotonic() - started, "closed without a HELO reply"
+                reader.receive_data(data)
+    except socket.timeout:
+        return False, time.monotonic() - started, "no HELO reply within %g s" % timeout
+    except OSError as exc:
+        return False, time.monotonic() - started, "%s: %s" % (type(exc).__name__, exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client connections on one selector
+# ---------------------------------------------------------------------------------------------
+
+QUEUED, CONNECTING, OPEN, CLOSED = "queued", "connecting", "open", "closed"
+
+
+class Conn:
+    """One client connection: a nonblocking socket, its unsent output, a ReplyReader for what
+    the server sends, and whatever the tool keeps about it (attributes of a subclass)."""
+
+    def __init__(self) -> None:
+        self.sock: Optional[socket.socket] = None
+        self.state = QUEUED
+        self.out = bytearray()
+        self.events = 0
+        self.reader = ReplyReader()
+        self.reading = True                 # False: a client that never reads
+        self.close_when_sent: Optional[str] = None   # "close" or "reset" once `out` is sent
+
+
+class Member(Conn):
+    """A client connection that joins a room (`room` as `name`): the ref and JOIN_ID the
+    server gave it are set once its JOINED_CHATROOM has been read."""
+
+    def __init__(self, room: str, name: str) -> None:
+        super().__init__()
+        self.room = room
+        self.name = name
+        self.ref: Optional[int] = None
+        self.join_id: Optional[int] = None
+
+
+class Handler:
+    """What a Loop tells its handler (see Loop); a handler overrides what it cares about."""
+
+    def connected(self, conn: Conn) -> None:
+        pass
+
+    def connect_failed(self, conn: Conn, exc: OSError) -> None:
+        pass
+
+    def received(self, conn: Conn) -> None:
+        pass
+
+    def closed(self, conn: Conn, exc: Optional[OSError]) -> None:
+        pass
+
+
+class Loop:
+    """Every client connection of a run, on one selector.
+
+    Connections are made without blocking, at most `concurrency` at a time. The tool's
+    `handler` is told what happens:
+        connected(conn)                 the connection is up
+        connect_failed(conn, exc)       it could not be made (it is closed)
+        received(conn)                  bytes arrived: conn.reader has them
+        closed(conn, exc)               the server closed it (exc None) or it broke (closed)
+    send() sends at once what the kernel takes (at most send_limit() bytes per send() when set)
+    and queues the rest, watching for writability only while something is queued.
+    last_activity is when the loop last made progress (a connection made or bytes received).
+    """
+
+    def __init__(self, address: Tuple[int, tuple], handler=None,
+                 send_limit: Optional[Callable[[], int]] = None,
+                 concurrency: int = CONNECT_CONCURRENCY) -> None:
+        self.family, self.sockaddr = address
+        self.handler = handler
+        self.send_limit = send_limit
+        self.concurrency = concurrency
+        self.selector = selectors.DefaultSelector()
+        self.queued: collections.deque = collections.deque()
+        self.connecting = 0
+        self.conns: set = set()             # every connection not yet closed
+        self.last_activity = time.monotonic()
+        self._starting = False              # in _start_connects (a handler may call connect)
+
+    def connect(self, conn: Conn) -> None:
+        """Make `conn` connect as soon as fewer than `concurrency` are connecting."""
+        conn.state = QUEUED
+        self.conns.add(conn)
+        self.queued.append(conn)
+        if not self._starting:
+            self._starting = True
+            try:
+                self._start_queued_connects()
+            finally:
+                self._starting = False
+
+    def _start_queued_connects(self) -> None:
+        while self.queued and self.connecting < self.concurrency:
+            conn = self.queued.popleft()
+            if conn.state != QUEUED:
+                continue                    # closed while it waited
+            try:
+                conn.sock = socket.socket(self.family, socket.SOCK_STREAM)
+                conn.sock.setblocking(False)
+                err = conn.sock.connect_ex(self.sockaddr)
+            except OSError as exc:          # EMFILE and friends
+                self._connect_failed(conn, exc)
+                continue
+            if err == 0:
+                self._connected(conn)
+            elif err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+                conn.state = CONNECTING
+                self.connecting += 1
+                conn.events = selectors.EVENT_WRITE
+                self.selector.register(conn.sock, conn.events, conn)
+            else:
+                self._connect_failed(conn, OSError(err, os.strerror(err)))
+
+    def _connected(self, conn: Conn) -> None:
+        if conn.state == CONNECTING:
+            self.connecting -= 1
+        conn.state = OPEN
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.last_activity = time.monotonic()
+        self._update_interest(conn)
+        self.handler.connected(conn)
+        if conn.state == OPEN and (conn.out or conn.close_when_sent):
+            self._flush(conn)
+
+    def _connect_failed(self, conn: Conn, exc: OSError) -> None:
+        self._forget(conn)
+        self.handler.connect_failed(conn, exc)
+
+    def send(self, conn: Conn, data: bytes) -> None:
+        """Send `data` on `conn` now as far as the kernel takes it; queue the rest."""
+        conn.out += data
+        if conn.state == OPEN:
+            self._flush(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        limit = self.send_limit() if self.send_limit else SEND_SIZE
+        try:
+            sent = conn.sock.send(conn.out[:limit])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:              # EPIPE, ECONNRESET: the server has gone
+            self._lost(conn, exc)
+            return
+        del conn.out[:sent]
+        if not conn.out and conn.close_when_sent:
+            self.close(conn, reset=conn.close_when_sent == "reset")
+        else:
+            self._update_interest(conn)
+
+    def _update_interest(self, conn: Conn) -> None:
+        events = ((selectors.EVENT_READ if conn.reading else 0)
+                  | (selectors.EVENT_WRITE if conn.out else 0))
+        if events != conn.events:
+            if not events:
+                self.selector.unregister(conn.sock)
+            elif conn.events:
+                self.selector.modify(conn.sock, events, conn)
+            else:
+                self.selector.register(conn.sock, events, conn)
+            conn.events = events
+
+    def read(self, conn: Conn) -> None:
+        """recv() once from `conn` into its reader, and tell the handler."""
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(conn, exc)
+            return
+        if not data:
+            self._lost(conn, None)
+            return
+        self.last_activity = time.monotonic()
+        conn.reader.receive_data(data)
+        self.handler.received(conn)
+
+    def poll(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for events, and handle every one that is ready."""
+        self._start_queued_connects()
+        if not self.selector.get_map():
+            time.sleep(timeout)             # select() with nothing registered fails on some OSes
+            return
+        for key, mask in self.selector.select(timeout):
+            conn = key.data
+            if conn.state == CONNECTING:
+                err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    self._connect_failed(conn, OSError(err, os.strerror(err)))
+                else:
+                    self._connected(conn)
+                continue
+            if conn.state == OPEN and mask & selectors.EVENT_READ:
+                self.read(conn)
+            if conn.state == OPEN and mask & selectors.EVENT_WRITE and conn.out:
+                self._flush(conn)
+
+    def close(self, conn: Conn, reset: bool = False) -> None:
+        """Close `conn` (idempotent). With reset, the kernel sends RST instead of FIN: the
+        client vanishes without a goodbye."""
+        if reset and conn.sock is not None and conn.state in (CONNECTING, OPEN):
+            try:
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self._forget(conn)
+
+    def _lost(self, conn: Conn, exc: Optional[OSError]) -> None:
+        self._forget(conn)
+        self.handler.closed(conn, exc)
+
+    def _forget(self, conn: Conn) -> None:
+        if conn.state == CLOSED:
+            return
+        if conn.state == CONNECTING:
+            self.connecting -= 1
+        if conn.events:
+            self.selector.unregister(conn.sock)
+            conn.events = 0
+        if conn.sock is not None:
+            conn.sock.close()
+        conn.state = CLOSED
+        self.conns.discard(conn)
+
+    def close_all(self) -> None:
+        for conn in list(self.conns):
+            self._forget(conn)
+        self.selector.close()
+
+    def run_until(self, is_done: Callable[[], bool], seconds: float,
+                  tick: Optional[Callable[[], None]] = None, wait: float = 0.05) -> bool:
+        """Poll until is_done() (True) or `seconds` pass (False); tick() after every poll."""
+        deadline = time.monotonic() + seconds
+        while not is_done():
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            self.poll(min(wait, deadline - now))
+            if tick is not None:
+                tick()
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The report: failures, progress, verdict, summary
+# ---------------------------------------------------------------------------------------------
+
+class Report:
+    """Failures counted by kind (a few examples of each kept), progress lines, and the summary
+    every tool ends with (see the module docstring for its schema)."""
+
+    def __init__(self, tool: str, quiet: bool = False, stream=None) -> None:
+        self.tool = tool
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self.started = time.monotonic()
+        self.next_progress = self.started + PROGRESS_INTERVAL
+        self.counts: Dict[str, int] = collections.Counter()
+        self.examples: Dict[str, List[str]] = {}
+
+    def fail(self, kind: str, detail: str) -> None:
+        self.counts[kind] += 1
+        examples = self.examples.setdefault(kind, [])
+        if len(examples) < MAX_EXAMPLES:
+            examples.append(detail if len(detail) <= MAX_EXAMPLE_CHARS
+                            else detail[:MAX_EXAMPLE_CHARS] + "...")
+
+    @property
+    def failed(self) -> int:
+        return sum(self.counts.values())
+
+    def progress(self, describe: Callable[[], str]) -> None:
+        """A progress line, if one is due (describe() is only called then)."""
+        now = time.monotonic()
+        if now >= self.next_progress:
+            self.next_progress = now + PROGRESS_INTERVAL
+            if not self.quiet:
+                self.note("%6.1fs %s" % (now - self.started, describe()))
+
+    def note(self, line: str) -> None:
+        self.stream.write("%s: %s\n" % (self.tool, line))
+        self.stream.flush()
+
+    def summary(self, figures: Dict[str, object], headline: str) -> Dict[str, object]:
+        """The JSON summary: the common keys first, then the tool's figures."""
+        ok = not self.counts
+        if ok:
+            verdict = "PASS: " + headline
+        else:
+            kind, examples = next(iter(self.examples.items()))
+            if self.failed == 1:
+                verdict = "FAIL: %s: %s" % (kind, examples[0])
+            else:
+                kinds = ", ".join("%s %d" % item for item in sorted(self.counts.items()))
+                verdict = "FAIL: %d failures (%s), e.g. %s: %s" % (self.failed, kinds, kind,
+                                                                   examples[0])
+            if headline:
+                verdict += "; " + headline
+        result: Dict[str, object] = {
+            "tool": self.tool, "ok": ok, "verdict": verdict.replace("\n", " "),
+            "elapsed": round(time.monotonic() - self.started, 3), "failed": self.failed,
+            "failures": dict(sorted(self.counts.items())),
+            "failure_examples": {kind: self.examples[kind] for kind in sorted(self.examples)}}
+        result.update(figures)
+        return result
+
+
+def emit(summary: Dict[str, object]) -> int:
+    """Print the verdict line (standard error) and the summary (standard output, one line of
+    JSON); return the exit status."""
+    print("%s: %s" % (summary["tool"], summary["verdict"]), file=sys.stderr, flush=True)
+    print(json.dumps(summary, ensure_ascii=False), flush=True)
+    return 0 if summary["ok"] else 1
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions and epilogs as written (examples on lines of their own), and every option's
+    default shown after its help."""
+
+
+def argument_parser(tool: str, doc: str, **options) -> argparse.ArgumentParser:
+    """The parser of `python3 -m tools.TOOL`: the first paragraph of its docstring, then the
+    examples (the second paragraph) a line each, then each option and its default."""
+    first, examples = doc.split("\n\n")[:2]
+    return argparse.ArgumentParser(prog="python3 -m tools." + tool, formatter_class=HelpFormatter,
+                                   description=first + "\n\nexamples:\n" + examples, **options)
+
+
+# A tool's own option: (flag, type, default, help, least, most); least and most may be None.
+Option = Tuple[str, Callable, object, str, Optional[float], Optional[float]]
+
+
+def parse_tool_args(tool: str, doc: str, seconds: Tuple[float, str], options: List[Option],
+                    argv: Optional[List[str]], switches: Tuple[Tuple[str, str], ...] = ()
+                    ) -> Tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The command line of a tool: the common arguments, its `options` (each checked against
+    its bounds) and its on/off `switches` (flag, help)."""
+    parser = argument_parser(tool, doc)
+    add_common_arguments(parser, seconds)
+    for flag, kind, default, text, _least, _most in options:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+    for flag, text in switches:
+        parser.add_argument(flag, action="store_true", help=text)
+    args = parser.parse_args(argv)
+    check_common_arguments(parser, args)
+    for flag, _kind, _default, _text, least, most in options:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and ((least is not None and value < least)
+                                  or (most is not None and value > most)):
+            parser.error("%s must be %s" % (flag, " and ".join(
+                text % bound for text, bound in (("at least %s", least), ("at most %s", most))
+                if bound is not None)))
+    return parser, args
+
+
+def main(tool: str, parse_args: Callable, run: Callable, argv: Optional[List[str]]) -> int:
+    """A tool's whole command line: parse, run on the kit, print; the exit status."""
+    return emit(run_tool(tool, run, parse_args(argv)))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, seconds: Optional[Tuple[float, str]],
+                         suppress: bool = False) -> None:
+    """--spawn | --host/--port, --seed, --seconds (when `seconds` gives its default and help)
+    and --quiet. With `suppress`, they get no defaults here: a subcommand's copy then never
+    overrides a value given before the subcommand's name."""
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+    parser.add_argument("--spawn", action="store_true", default=default(False),
+                        help="start Server.py on %s and a free port for this run, and stop it "
+                             "after (instead of --port)" % HOST)
+    parser.add_argument("--host", default=default(HOST), help="the server's address")
+    parser.add_argument("--port", type=int, default=default(None),
+                        help="the port of a server already running (instead of --spawn)")
+    parser.add_argument("--seed", type=int, default=default(None),
+                        help="random seed (None: a fresh one, reported in the summary)")
+    if seconds is not None:
+        parser.add_argument("--seconds", type=float, default=default(seconds[0]),
+                            help=seconds[1])
+    parser.add_argument("--quiet", action="store_true", default=default(False),
+                        help="no progress lines")
+
+
+def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.spawn == (args.port is not None):
+        parser.error("give exactly one of --spawn and --port")
+    if args.port is not None and not 0 < args.port < 65536:
+        parser.error("--port must be from 1 to 65535")
+    if getattr(args, "seconds", 0) is not None and getattr(args, "seconds", 0) < 0:
+        parser.error("--seconds must not be negative")
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1 << 31)
+
+
+class Target:
+    """The server a run talks to: spawned for it (--spawn), or at --host/--port, where
+    something must accept a connection within CONNECT_CHECK_TIMEOUT."""
+
+    def __init__(self, args: argparse.Namespace, server_options: Tuple[str, ...] = ()) -> None:
+        self.server: Optional[ServerProcess] = None
+        if args.spawn:
+            self.server = ServerProcess(*server_options)
+            self.host, self.port = self.server.host, self.server.port
+        else:
+            self.host, self.port = args.host, args.port
+            check_listening(self.host, self.port)
+        try:
+            self.address = resolve(self.host, self.port)
+        except (OSError, UnicodeError) as exc:
+            self.stop()
+            raise ServerError("cannot resolve %s: %s" % (self.host, exc)) from None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def run_tool(tool: str, run: Callable, args: argparse.Namespace,
+             server_options: Tuple[str, ...] = ()) -> Dict[str, object]:
+    """Run `run(args, target, report)`, which returns (figures, headline), against the target
+    the arguments name; return the summary. A spawned server that has died by the end is a
+    failure ("server_exited", with the end of its log)."""
+    report = Report(tool, quiet=getattr(args, "quiet", False))
+    try:
+        target = Target(args, server_options)
+    except ServerError as exc:
+        report.fail("no_server", str(exc))
+        return report.summary({"seed": getattr(args, "seed", None)}, "")
+    try:
+        figures, headline = run(args, target, report)
+        if target.server is not None and not target.server.alive():
+            report.fail("server_exited", "status %s; log: %s"
+                        % (target.server.proc.returncode, target.server.log()[-1000:]))
+    finally:
+        target.stop()
+    figures = dict({"seed": args.seed, "host": target.host, "port": target.port,
+                    "spawned": target.server is not None}, **figures)
+    return report.summary(figures, headline)
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits of the machine
+# ---------------------------------------------------------------------------------------------
+
+def raise_nofile_limit() -> Tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE as far as allowed (the hard limit); return the
+    soft limit before and after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:      # macOS: the kernel caps it lower; ask for plenty
+        target = max(soft, 1 << 20)
+    for attempt in (target, 1 << 16, 10240):
+        if attempt <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (attempt, hard))
+            return soft, attempt
+        except (ValueError, OSError):
+            continue
+    return soft, soft
+
+
+def _read_proc(path: str) -> Optional[str]:
+    try:
+        with open(path) as handle:
+            return " ".join(handle.read().split())      # "32768\t60999" -> "32768 60999"
+    except OSError:
+        return None
+
+
+def os_limits() -> Dict[str, object]:
+    """What decides how many connections this machine lets one process make at once."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {"nofile_soft": soft, "nofile_hard": hard,
+            "somaxconn": _read_proc("/proc/sys/net/core/somaxconn"),
+            "tcp_max_syn_backlog": _read_proc("/proc/sys/net/ipv4/tcp_max_syn_backlog"),
+            "ip_local_port_range": _read_proc("/proc/sys/net/ipv4/ip_local_port_range"),
+            "file_max": _read_proc("/proc/sys/fs/file-max")}
+
+
+def percentile(sorted_values: List[float], fraction: float) -> Optional[float]:
+    """The value below which `fraction` of `sorted_values` lie (nearest rank), or None."""
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
+
+
+def latency_summary(prefix: str, latencies: List[float]) -> Dict[str, Optional[float]]:
+    """PREFIX_p50_ms, PREFIX_p99_ms and PREFIX_max_ms of a list of seconds."""
+    values = sorted(latencies)
+    def ms(seconds: Optional[float]) -> Optional[float]:
+        return None if seconds is None else round(seconds * 1000, 2)
+    return {prefix + "_p50_ms": ms(percentile(values, 0.50)),
+            prefix + "_p99_ms": ms(percentile(values, 0.99)),
+            prefix + "_max_ms": ms(values[-1] if values else None)}
