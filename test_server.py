@@ -20,11 +20,12 @@ import sys
 import threading
 import time
 import unittest
+from typing import Tuple
 
 import protocol
 import reactor
 from protocol import ErrorCode
-from tools.kit import ReplyReader, ServerProcess
+from tools.kit import ServerProcess
 
 # ---------------------------------------------------------------------------------------------
 # 5. End to end: the real server (Server.py) as a subprocess, spoken to over TCP
@@ -139,7 +140,7 @@ class ServerSpokeGarbage(AssertionError):
     pass
 
 
-def take_messages(reader: ReplyReader) -> list:
+def take_messages(reader: protocol.ReplyReader) -> list:
     """Every whole reply the reader holds, each with the bytes it was made of."""
     out = []
     pending = reader.pending()
@@ -178,7 +179,7 @@ class Client:
         if nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
-        self._reader = ReplyReader()
+        self._reader = protocol.ReplyReader()
         self._pending = collections.deque()           # parsed, not yet consumed
         self._history = collections.deque(maxlen=8)   # recently consumed, for error messages
         self.eof = False
@@ -361,10 +362,10 @@ class Client:
 # The server process
 # ---------------------------------------------------------------------------------------------
 
-def start_server(student_id=STUDENT_ID, **options) -> ServerProcess:
+def start_server(*arguments: str, student_id=STUDENT_ID, **options) -> ServerProcess:
     """Server.py on 127.0.0.1 and a port the kernel picks (tools/kit.py: the one ServerProcess
     of the repository), with this file's StudentID unless told otherwise."""
-    return ServerProcess(student_id=student_id, **options)
+    return ServerProcess(*arguments, student_id=student_id, **options)
 
 
 class ServerTestCase(unittest.TestCase):
@@ -372,10 +373,11 @@ class ServerTestCase(unittest.TestCase):
     fails if the server died or logged a traceback while it ran."""
 
     server = None
+    server_arguments: Tuple[str, ...] = ()      # for Server.py, on top of the usual ones
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.server = start_server()
+        cls.server = start_server(*cls.server_arguments)
         cls.port = cls.server.port
 
     @classmethod
@@ -434,8 +436,8 @@ class HeloTests(ServerTestCase):
 class ProcessTests(unittest.TestCase):
     """Tests that need their own server process (configuration, ending the process)."""
 
-    def start_server(self, **kwargs) -> ServerProcess:
-        server = start_server(**kwargs)
+    def start_server(self, *arguments: str, **kwargs) -> ServerProcess:
+        server = start_server(*arguments, **kwargs)
         self.addCleanup(server.stop)
         return server
 
@@ -466,7 +468,9 @@ class ProcessTests(unittest.TestCase):
         read_end, write_end = os.pipe()
         self.addCleanup(os.close, read_end)
         try:
-            server = self.start_server(log_level="debug", stderr=write_end)
+            # (no request limit: 5 000 requests at once would wait for flood control)
+            server = self.start_server("--request-rate", "0", log_level="debug",
+                                       stderr=write_end)
         finally:
             os.close(write_end)
         c = Client(server.port)
@@ -1150,6 +1154,9 @@ def _kernel_send_buffer_max() -> int:
 
 
 class LoadTests(ServerTestCase):
+    # The sender floods as fast as it can: without flood control, so that what is measured is
+    # the stalled member's cut, not the sender being slowed down (tests/test_reactor.py).
+    server_arguments = ("--input-rate", "0", "--request-rate", "0")
 
     def test_client_that_never_reads_does_not_stall_the_room(self):
         room = self.room()

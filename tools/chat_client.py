@@ -55,7 +55,6 @@ import protocol
 from protocol import (MAX_REQUEST_BYTES, REPLY_SHAPES, ChatMessage, ErrorReply, JoinedReply,
                       LeftReply, Unparsed, chat_request, disconnect_request, join_request,
                       leave_request, request_keyword)
-from tools.kit import ReplyReader
 
 # --- limits and settings ------------------------------------------------------------------------
 # The longest message from the server we buffer. The server relays a CHAT with the text of one
@@ -91,7 +90,7 @@ commands, one per line on standard input:
 
 # Requests are protocol's builders (join_request, leave_request, chat_request,
 # disconnect_request; "0 for TCP" where the text says so) and replies are read with its
-# ReplyReader (tools/kit.py carries a fix for it), so nothing here writes or parses the wire.
+# ReplyReader, so nothing here writes or parses the wire.
 
 
 def is_known_kind(unparsed: Unparsed) -> bool:
@@ -330,7 +329,7 @@ class Terminal:
         self.stdout = stdout
         self.stderr = stderr
         self.interactive = interactive       # show a prompt (both ends are a terminal)
-        self.reader = ReplyReader()
+        self.reader = protocol.ReplyReader()
         self.out = bytearray()               # requests not yet taken by the kernel
         self.stdin_buf = bytearray()         # the start of a line not yet ended
         self.status: Optional[int] = None    # set by Exit: the loop ends

@@ -51,8 +51,8 @@ from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES,
                       ChatMessage, ErrorCode, ErrorReply, HeloReply, JoinedReply, LeftReply,
-                      Unparsed, chat_request, disconnect_request, helo_request, join_request,
-                      kill_request, leave_request)
+                      ReplyReader, Unparsed, chat_request, disconnect_request, helo_request,
+                      join_request, kill_request, leave_request)
 from tools import kit
 
 # --- settings (each a default for a command-line option, or a bound on a wait) ----------------
@@ -704,7 +704,7 @@ class Fuzzer(kit.Handler):
                     self.violation(conn, "a reply longer than %d bytes: %r..."
                                    % (MAX_SERVER_MESSAGE, conn.reader.pending()[:80]))
                 return
-            if isinstance(reply, Unparsed) and not echoed_long_join_id(reply):
+            if isinstance(reply, Unparsed):
                 self.violation(conn, "%s: %r" % (reply.reason, reply.text[:200]))
                 return
             if isinstance(reply, ErrorReply):
@@ -935,7 +935,7 @@ class Fuzzer(kit.Handler):
 
     def _first_reply(self, sock: socket.socket) -> str:
         """"accepted", "too long" (ERROR_CODE 8) or what else came back first."""
-        reader = kit.ReplyReader()
+        reader = ReplyReader()
         deadline = time.monotonic() + HELO_TIMEOUT
         try:
             while time.monotonic() < deadline:
@@ -1120,16 +1120,6 @@ class Fuzzer(kit.Handler):
                 % (self.requests_sent(), self.args.count, self.batches,
                    sum(self.errors_by_code.values()), self.server_closed, self.report.failed,
                    ", server RSS %d kB" % rss if rss else ""))
-
-
-def echoed_long_join_id(reply: Unparsed) -> bool:
-    """Is this the server echoing, in LEFT_CHATROOM, a JOIN_ID of more digits than int() takes
-    (a connection that never joined gets its request's JOIN_ID back)? ReplyReader cannot make a
-    LeftReply of it; it is a right reply all the same."""
-    lines = reply.text.split("\n")
-    return (len(lines) == 2 and lines[0].startswith("LEFT_CHATROOM: ")
-            and lines[1].startswith("JOIN_ID: ") and lines[1][9:].isdigit()
-            and lines[1][9:].isascii())
 
 
 def run_fuzz(args: argparse.Namespace, target: kit.Target, report: kit.Report):

@@ -58,26 +58,6 @@ MAX_EXAMPLES = 5                # failure examples kept per kind
 MAX_EXAMPLE_CHARS = 300         # an example is cut to this: a whole 64 KiB reply helps nobody
 
 
-class ReplyReader(protocol.ReplyReader):
-    """protocol.ReplyReader, but maybe_next_reply() parses a reply before consuming it.
-
-    protocol.ReplyReader.maybe_next_reply() consumes first, and consuming may drop the buffer's
-    head (once more than 64 KiB are consumed); the reply is then sliced from the wrong place and
-    comes back Unparsed (tools/test_kit.py shows it). Until protocol.py parses first, every tool
-    and test reads with this; delete it then."""
-
-    __slots__ = ()
-
-    def maybe_next_reply(self) -> Optional[protocol.Reply]:
-        found = self._next_frame()
-        if found is None:
-            return None
-        keyword, start, end, following = found
-        reply = protocol._parse_reply(keyword, self._buf[start:end])
-        self._consume(following)
-        return reply
-
-
 def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
     """Every whole reply `reader` holds, one at a time (stop early: the rest stay for later)."""
     reply = reader.maybe_next_reply()
@@ -217,7 +197,7 @@ def helo_check(host: str, port: int, timeout: float,
     """Connect, send one HELO, wait for its reply. Returns (the right reply came in time,
     seconds taken, what went wrong)."""
     started = time.monotonic()
-    reader = ReplyReader()
+    reader = protocol.ReplyReader()
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(helo_request(text))
@@ -254,7 +234,7 @@ class Conn:
         self.state = QUEUED
         self.out = bytearray()
         self.events = 0
-        self.reader = ReplyReader()
+        self.reader = protocol.ReplyReader()
         self.reading = True                 # False: a client that never reads
         self.close_when_sent: Optional[str] = None   # "close" or "reset" once `out` is sent
 

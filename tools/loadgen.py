@@ -64,7 +64,7 @@ import resource
 import selectors
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply, LeftReply,
                       chat_request, disconnect_request, join_request, leave_request)

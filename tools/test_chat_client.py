@@ -25,7 +25,6 @@ import protocol
 from protocol import Framer
 from tools import chat_client, kit
 from tools.chat_client import ChatClient, Print, Send
-from tools.kit import ReplyReader
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT = [sys.executable, "-m", "tools.chat_client"]      # run from REPO_ROOT
@@ -391,7 +390,7 @@ class ChatClientCoreTest(unittest.TestCase):
                   b"JOIN_ID: 9\n" + chat(3, "bob", "two\nlines").encode()
                   + b"LEFT_CHATROOM: 3\nJOIN_ID: 9\nERROR_CODE: 6\nERROR_DESCRIPTION: no: really\n"
                   + b"SOMETHING_NEW\n")
-        reader = ReplyReader()
+        reader = protocol.ReplyReader()
         messages = []
         for i in range(len(stream)):
             reader.receive_data(stream[i:i + 1])
@@ -416,7 +415,7 @@ class ChatClientCoreTest(unittest.TestCase):
                          [Send(protocol.join_request("a", "alice"))])
         self.assertEqual(client.line_typed("hello"), [])
         self.assertFalse(client.ready_for_input())
-        reply = ReplyReader()
+        reply = protocol.ReplyReader()
         reply.receive_data(joined("a", 80, 7, 4).encode())
         actions = client.message_received(reply.maybe_next_reply())
         self.assertEqual(actions[1:], [Send(protocol.chat_request(7, 4, "alice", "hello"))])
@@ -425,7 +424,7 @@ class ChatClientCoreTest(unittest.TestCase):
 
     def test_malformed_reply_exits_1(self) -> None:
         client = ChatClient("alice")
-        reader = ReplyReader()
+        reader = protocol.ReplyReader()
         reader.receive_data(b"CHAT: zero\nCLIENT_NAME: bob\nMESSAGE: hi\n\n")
         actions = client.message_received(reader.maybe_next_reply())
         self.assertEqual(actions[-1], chat_client.Exit(1))

@@ -11,7 +11,6 @@ import sys
 import time
 import unittest
 
-import protocol
 from tools import kit
 
 TIMEOUT = 10.0
@@ -68,24 +67,6 @@ class ReportTest(unittest.TestCase):
     def test_no_failures_is_a_pass(self):
         summary = kit.Report("t", stream=io.StringIO()).summary({}, "all good")
         self.assertEqual((summary["ok"], summary["verdict"]), (True, "PASS: all good"))
-
-
-class ReplyReaderTest(unittest.TestCase):
-
-    def test_replies_past_64_kib_of_output_read_whole(self):
-        # protocol.ReplyReader consumed a reply before slicing it out; kit.ReplyReader does not
-        chats = [protocol.ChatMessage(0, "sender", "%06d %s" % (i, "x" * 993))
-                 for i in range(200)]
-        reader = kit.ReplyReader()
-        reader.receive_data(b"".join(protocol.chat_message(c.ref, c.client_name, c.message)
-                                     for c in chats))
-        got = []
-        for _ in range(len(chats) + 1):
-            reply = reader.maybe_next_reply()
-            if reply is None:
-                break
-            got.append(reply)
-        self.assertEqual(got, chats)
 
 
 class ServerProcessTest(unittest.TestCase):
