@@ -38,7 +38,7 @@ def parse_args(argv):
     parser.add_argument("--student-id", default=None,
                         help="StudentID reported by HELO (default: the STUDENT_ID environment "
                              "variable if set and not empty, else %s)" % DEFAULT_STUDENT_ID)
-    parser.add_argument("--memory-budget", type=_non_negative, metavar="MIB",
+    parser.add_argument("--memory-budget", type=_positive, metavar="MIB",
                         default=reactor.MEMORY_BUDGET // (1024 * 1024),
                         help="what all connections' buffers may hold together, in MiB; past it "
                              "the connections holding the most are dropped (default %(default)s)")
@@ -73,6 +73,13 @@ def _non_negative(text):
     except ValueError:
         pass
     raise argparse.ArgumentTypeError("a whole number of 0 or more, not %r" % text)
+
+
+def _positive(text):
+    value = _non_negative(text)
+    if not value:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value
 
 
 def _address(parser, ip, port):

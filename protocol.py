@@ -71,6 +71,9 @@ ROOM_CREATIONS_PER_SECOND_PER_ADDRESS = 200
 # Who may stop the server with KILL_SERVICE (Server.py --kill-from): the course's protocol says
 # anyone may; a real deployment would say "loopback" (this machine only) or "none".
 KILL_FROM_CHOICES = ("any", "loopback", "none")
+# The addresses whose room creations are remembered: past this many, those whose buckets have
+# refilled (they have not created a room lately) are forgotten, so the table stays bounded.
+ADDRESSES_REMEMBERED = 10_000
 # The memberships all connections from one address may hold together (each keeps a name of up
 # to MAX_NAME_CHARS): with rooms.MAX_ROOMS_PER_CONNECTION alone, one host with 20 000
 # connections could hold 5 million. Past it: ERROR_CODE TOO_MANY_MEMBERSHIPS. Twice what the
@@ -986,7 +989,7 @@ class ChatProtocol:
         by_address = self._creations_by_address
         address = by_address.get(session.peer_ip)
         if address is None:
-            if len(by_address) >= 10000:            # forget the addresses that are idle again
+            if len(by_address) >= ADDRESSES_REMEMBERED:     # forget the idle ones
                 for ip in [ip for ip, b in by_address.items() if b.refill(now).tokens >= b.burst]:
                     del by_address[ip]
             address = by_address[session.peer_ip] = _Bucket(

@@ -132,6 +132,11 @@ TRACEBACK_INTERVAL = 60.0
 # still be accepted; the connection that has been idle longest without ever completing a
 # request then makes way for it (if there is none, the new one is closed at once rather than
 # left to hang). So idle connections holding every descriptor cannot lock new clients out.
+# And while descriptors are scarce (connections hold CROWDED of the open-file limit), such
+# connections are closed after UNPROVEN_TIMEOUT seconds idle; otherwise they wait for ever (a
+# person typing into nc may take a while).
+CROWDED = 0.9
+UNPROVEN_TIMEOUT = 10.0
 # The most connections evicted for the budget in one tick (each eviction frees what that
 # connection held; the next tick goes on if the total is still over).
 EVICTIONS_PER_TICK = 64
@@ -201,6 +206,15 @@ class LogBudget:
         LOGGER.log(level, message, *args)
 
 
+def _open_file_limit() -> int:
+    try:
+        import resource
+    except ImportError:                     # not on this OS: assume the common default
+        return 1024
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 def _open_reserve() -> Optional[int]:
     try:
         return os.open(os.devnull, os.O_RDONLY)
@@ -251,13 +265,14 @@ class Connection:
 
     The input buffer lives in the app (its framer); `out` is the output queue.
     """
-    __slots__ = ("sock", "conn_id", "out", "tail", "out_bytes", "in_bytes", "state", "events",
+    __slots__ = ("sock", "conn_id", "peer_ip", "out", "tail", "out_bytes", "in_bytes", "state", "events",
                  "reads_paused", "peer_closed", "throttled", "credit_bytes", "credit_requests",
                  "credited_at", "scheduled", "flush_pending", "reported_lost")
 
     def __init__(self, sock: socket.socket, conn_id: int) -> None:
         self.sock = sock
         self.conn_id = conn_id
+        self.peer_ip = ""               # its address (interned: one string per address)
         # Unsent output, oldest first: bytearrays of copied small output, and shared bytes
         # objects (a memoryview of one once part of it is sent). out_bytes is their total.
         self.out: List[Any] = []        # (a list: 56 bytes where an empty deque is 760)
@@ -402,7 +417,9 @@ class Reactor:
         self._tracebacks: Dict[Tuple[str, str, int], float] = {}   # kind -> when last logged
         # Connections that have not completed a request yet, longest idle first (see the
         # descriptor reserve above), and the reserve itself.
-        self._unproven: "collections.OrderedDict[int, Connection]" = collections.OrderedDict()
+        self._unproven: "collections.OrderedDict[int, Tuple[float, Connection]]" = (
+            collections.OrderedDict())             # conn_id -> (last read, connection)
+        self._crowded_at = int(CROWDED * _open_file_limit())
         self._reserve_fd: Optional[int] = _open_reserve()
         self._lingering: Deque[Tuple[float, Connection]] = collections.deque()  # by deadline
         self._accept_paused_until = 0.0           # 0.0: accepting
@@ -536,7 +553,7 @@ class Reactor:
             self._reserve_fd = _open_reserve()
             return None
         if self._unproven:
-            _conn_id, idle = self._unproven.popitem(last=False)
+            _conn_id, (_since, idle) = self._unproven.popitem(last=False)
             self._teardown(idle, logging.WARNING, "evicted: every descriptor is taken, and it "
                            "was the longest idle of those that never completed a request")
             self._reserve_fd = _open_reserve()
@@ -567,11 +584,12 @@ class Reactor:
         conn_id = self._next_conn_id
         self._next_conn_id += 1
         conn = Connection(sock, conn_id)
+        conn.peer_ip = peer_ip
         conn.credit_bytes = self.limits.burst_bytes
         conn.credit_requests = self.limits.request_burst
         conn.credited_at = self._now
         self.conns[conn_id] = conn
-        self._unproven[conn_id] = conn
+        self._unproven[conn_id] = (self._now, conn)
         self.selector.register(sock, selectors.EVENT_READ, conn)
         self._guarded(conn, self.app.connection_made, conn_id, local_ip, peer_ip)
         return conn_id
@@ -595,7 +613,8 @@ class Reactor:
         if conn.state is not _OPEN:
             return                          # closing: what it sends now is dropped
         if conn.conn_id in self._unproven:
-            self._unproven.move_to_end(conn.conn_id)        # idle no longer
+            self._unproven[conn.conn_id] = (self._now, conn)    # idle no longer
+            self._unproven.move_to_end(conn.conn_id)
         self._guarded(conn, self.app.data_received, conn.conn_id, data)
         if conn.state is _OPEN:             # (the app may have failed and dropped it)
             self.scheduler.schedule(conn)
@@ -984,6 +1003,8 @@ class Reactor:
             self._teardown(conn, reason="closed (the peer had not closed in %g s)"
                            % LINGER_TIMEOUT)
         self._end_throttles(now)
+        if self._unproven and len(self.conns) >= self._crowded_at:
+            self._close_idle_unproven(now)
         for timer in self._periodic:
             if timer[0] <= now:
                 timer[0] = now + timer[1]
@@ -991,6 +1012,17 @@ class Reactor:
         if self._accept_paused_until and self._accept_paused_until <= now:
             self._accept_paused_until = 0.0
             self.selector.register(self.listener, selectors.EVENT_READ, None)
+
+    def _close_idle_unproven(self, now: float) -> None:
+        """Descriptors are scarce: close the connections idle for UNPROVEN_TIMEOUT that never
+        completed a request (longest idle first: the order of _unproven)."""
+        unproven = self._unproven
+        while unproven:
+            since, conn = next(iter(unproven.values()))
+            if now - since < UNPROVEN_TIMEOUT:
+                return
+            self._teardown(conn, logging.WARNING, "closed: idle for %g s without completing a "
+                           "request while descriptors are scarce" % UNPROVEN_TIMEOUT)
 
     def _teardown(self, conn: Connection, level: int = logging.INFO, reason: str = "closed",
                   tell_app: bool = True) -> None:
@@ -1010,7 +1042,8 @@ class Reactor:
         conn.sock.close()
         self._drop_output(conn)
         self._unproven.pop(conn.conn_id, None)
-        self.log_budget.log(level, "conn %d: %s", conn.conn_id, reason)
+        self.log_budget.log(level, "conn %d (%s): %s", conn.conn_id, conn.peer_ip or "local",
+                            reason)
         if tell_app:
             self._report_lost(conn)
 

@@ -732,3 +732,42 @@ class DescriptorReserveTests(unittest.TestCase):
             except socket.timeout:
                 pass
         self.assertGreater(closed, 0)
+
+
+class UnprovenConnectionTests(unittest.TestCase):
+
+    def test_when_descriptors_are_scarce_idle_connections_without_a_request_are_closed(self):
+        app = LineApp()
+        server = reactor.Reactor("127.0.0.1", 0, app)
+        self.addCleanup(server.close)
+        server._crowded_at = 3                   # as if 3 connections were 90% of the limit
+        old = reactor.UNPROVEN_TIMEOUT
+        reactor.UNPROVEN_TIMEOUT = 0.05
+        self.addCleanup(setattr, reactor, "UNPROVEN_TIMEOUT", old)
+        socks = []
+        for _ in range(3):
+            ours, theirs = socket.socketpair()
+            self.addCleanup(ours.close)
+            socks.append((server.add_connection(theirs, "local"), ours))
+        proven_id, proven = socks[0]
+        proven.sendall(b"echo hi\n")
+        deadline = time.monotonic() + 3
+        while len(server.conns) > 1 and time.monotonic() < deadline:
+            server.run_once(0.01)
+        self.assertEqual(list(server.conns), [proven_id])    # the two idle ones went
+        server.run_once(0)                                   # (the app is told in a flush)
+        self.assertEqual(sorted(app.lost), [socks[1][0], socks[2][0]])
+
+    def test_without_pressure_idle_connections_stay(self):
+        app = LineApp()
+        server = reactor.Reactor("127.0.0.1", 0, app)
+        self.addCleanup(server.close)
+        old = reactor.UNPROVEN_TIMEOUT
+        reactor.UNPROVEN_TIMEOUT = 0.01
+        self.addCleanup(setattr, reactor, "UNPROVEN_TIMEOUT", old)
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        conn_id = server.add_connection(theirs, "local")
+        for _ in range(10):
+            server.run_once(0.01)
+        self.assertIn(conn_id, server.conns)
