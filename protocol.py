@@ -55,7 +55,7 @@ LOGGER = logging.getLogger(__name__)
 # refused to buffer.
 MAX_REQUEST_BYTES = 64 * 1024
 # The longest room name or CLIENT_NAME a JOIN may give, in characters. Names are kept for as
-# long as the room (forever) or the membership lasts, so their length bounds what the room
+# long as the room (while it is in the table) or the membership lasts, so their length bounds what the room
 # table can cost (rooms.MAX_ROOMS, rooms.MAX_ROOMS_PER_CONNECTION). 256 is far beyond any
 # chat's room or nickname. Only JOIN keeps names, so only JOIN checks this.
 MAX_NAME_CHARS = 256

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """A comparison peer: the project's protocol served by asyncio's Protocol/Transport API.
 
-    python3 bench/asyncio_peer.py PORT        (listens on 127.0.0.1:PORT)
+    python3 -m bench.asyncio_peer PORT        (from the repository's top folder;
+                                              listens on 127.0.0.1:PORT)
 
 The wire format is not written a second time: every connection's bytes go to the project's own
 sans-IO state machine, protocol.ChatProtocol, and the actions it returns (Send, Broadcast,
-Close, Shutdown) are carried out with transport.write(), transport.close() and loop.stop().
+Close, Shutdown) are carried out (lib.actions.carry_out) with transport.write(), transport.close() and loop.stop().
 Framing, parsing, rooms and replies are therefore byte for byte the project's, and what a
 comparison with the project's server measures is only what differs: asyncio's event loop and
 its write path against reactor.py's.
@@ -20,15 +21,12 @@ Like the project's server it prints "listening on IP:PORT" once it listens, and 
 KILL_SERVICE, SIGINT or SIGTERM. Standard library only.
 """
 import asyncio
-import os
 import signal
 import sys
 from typing import Dict, List
 
-# The project's modules live one folder up; this file is run as a script from anywhere.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from protocol import Action, Broadcast, ChatProtocol, Close, Send, Shutdown  # noqa: E402
+from lib.actions import Action, carry_out
+from protocol import ChatProtocol
 
 HOST = "127.0.0.1"
 STUDENT_ID = "00000000"
@@ -48,21 +46,12 @@ class Peer:
 
     def apply(self, actions: List[Action]) -> None:
         """Carry out the state machine's actions, in order."""
-        for action in actions:
-            kind = type(action)
-            if kind is Broadcast:
-                for conn_id in action.conn_ids:
-                    self.write(conn_id, action.data)
-            elif kind is Send:
-                self.write(action.conn_id, action.data)
-            elif kind is Close:
-                transport = self.transports.pop(action.conn_id, None)
-                if transport is not None:
-                    transport.close()      # asyncio sends what is buffered, then closes
-            elif kind is Shutdown:
-                self.loop.stop()
-            else:
-                raise TypeError("unknown action %r" % (action,))
+        carry_out(actions, self.write, self.close, self.loop.stop)
+
+    def close(self, conn_id: int) -> None:
+        transport = self.transports.pop(conn_id, None)
+        if transport is not None:
+            transport.close()               # asyncio sends what is buffered, then closes
 
     def write(self, conn_id: int, data: bytes) -> None:
         transport = self.transports.get(conn_id)
@@ -123,7 +112,7 @@ class Connection(asyncio.Protocol):
 
 def main(argv: List[str]) -> int:
     if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: asyncio_peer.py PORT", file=sys.stderr)
+        print("usage: python3 -m bench.asyncio_peer PORT", file=sys.stderr)
         return 2
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

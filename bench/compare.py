@@ -47,8 +47,8 @@ SCENARIOS = {
 }
 DEFAULT_SERVERS = [
     "project=bash start.sh {port}",
-    "asyncio=python3 bench/asyncio_peer.py {port}",
-    "threaded=python3 bench/threaded_peer.py {port}",
+    "asyncio=python3 -m bench.asyncio_peer {port}",
+    "threaded=python3 -m bench.threaded_peer {port}",
 ]
 # Bounds on every wait.
 START_TIMEOUT = 15.0        # for a server to accept its first connection

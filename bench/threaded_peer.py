@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A comparison peer: the project's protocol served by one thread per connection.
 
-    python3 bench/threaded_peer.py PORT       (listens on 127.0.0.1:PORT)
+    python3 -m bench.threaded_peer PORT       (from the repository's top folder;
+                                              listens on 127.0.0.1:PORT)
 
 The design most servers of this protocol use: socketserver.ThreadingTCPServer gives every
 connection a thread that blocks in recv(). The wire format is not written a second time: the
@@ -15,7 +16,6 @@ is dropped).
 Like the project's server it prints "listening on IP:PORT" once it listens, and stops on
 KILL_SERVICE, SIGINT or SIGTERM. Standard library only.
 """
-import os
 import signal
 import socket
 import socketserver
@@ -23,10 +23,8 @@ import sys
 import threading
 from typing import Dict, List
 
-# The project's modules live one folder up; this file is run as a script from anywhere.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from protocol import Action, Broadcast, ChatProtocol, Close, Send, Shutdown  # noqa: E402
+from lib.actions import Action, carry_out
+from protocol import ChatProtocol
 
 HOST = "127.0.0.1"
 STUDENT_ID = "00000000"
@@ -56,23 +54,17 @@ class Peer(socketserver.ThreadingTCPServer):
 
     def apply(self, actions: List[Action]) -> None:
         """Carry out the state machine's actions, in order (the caller holds the lock)."""
-        for action in actions:
-            kind = type(action)
-            if kind is Broadcast:
-                for conn_id in action.conn_ids:
-                    self.send(conn_id, action.data)
-            elif kind is Send:
-                self.send(action.conn_id, action.data)
-            elif kind is Close:
-                sock = self.socks.pop(action.conn_id, None)
-                if sock is not None:
-                    shut(sock, socket.SHUT_WR)  # all is sent (sendall): our FIN follows it
-            elif kind is Shutdown:
-                # serve_forever() runs in the main thread; shutdown() waits for it to return,
-                # so it must be asked from a thread of its own.
-                threading.Thread(target=self.shutdown, daemon=True).start()
-            else:
-                raise TypeError("unknown action %r" % (action,))
+        carry_out(actions, self.send, self.close, self.stop)
+
+    def close(self, conn_id: int) -> None:
+        sock = self.socks.pop(conn_id, None)
+        if sock is not None:
+            shut(sock, socket.SHUT_WR)      # all is sent (sendall): our FIN follows it
+
+    def stop(self) -> None:
+        # serve_forever() runs in the main thread; shutdown() waits for it to return, so it
+        # must be asked from a thread of its own.
+        threading.Thread(target=self.shutdown, daemon=True).start()
 
     def send(self, conn_id: int, data: bytes) -> None:
         sock = self.socks.get(conn_id)
@@ -146,7 +138,7 @@ def linger(sock: socket.socket) -> None:
 
 def main(argv: List[str]) -> int:
     if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: threaded_peer.py PORT", file=sys.stderr)
+        print("usage: python3 -m bench.threaded_peer PORT", file=sys.stderr)
         return 2
     peer = Peer(int(argv[0]))
     for signum in (signal.SIGINT, signal.SIGTERM):

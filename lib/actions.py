@@ -6,7 +6,7 @@ connection by an integer id, and carries out the `Action`s the app returns. Neit
 other, so the reactor can run any app and the app can be tested without a socket.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple, Union
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,6 +43,26 @@ class Shutdown:
 
 
 Action = Union[Send, Broadcast, Close, Shutdown]
+
+
+def carry_out(actions: List[Action], write: Callable[[int, bytes], None],
+              close: Callable[[int], None], stop: Callable[[], None]) -> None:
+    """Carry out `actions` in order with three callables: write(conn_id, data) (a Broadcast
+    is one write per member), close(conn_id), stop(). For simple drivers of an app (the
+    comparison peers in bench/); the reactor has its own, with the per-member loop inlined."""
+    for action in actions:
+        kind = type(action)
+        if kind is Broadcast:
+            for conn_id in action.conn_ids:
+                write(conn_id, action.data)
+        elif kind is Send:
+            write(action.conn_id, action.data)
+        elif kind is Close:
+            close(action.conn_id)
+        elif kind is Shutdown:
+            stop()
+        else:
+            raise TypeError("unknown action %r" % (action,))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ SUBSCRIBE inside MULTI/EXEC.
 import collections
 import re
 from dataclasses import dataclass
-from typing import Any, Deque, List, NoReturn, Optional, Set, Union
+from typing import Any, Callable, Deque, List, NoReturn, Optional, Set, Union
 
 __all__ = [
     "NEED_DATA", "RespError", "RespProtocolError", "RespReader", "encode_command",
@@ -155,7 +155,27 @@ def encode_command(*args: Union[str, bytes, int]) -> bytes:
 # Decoding: the reply reader
 # ---------------------------------------------------------------------------------------------
 
-class RespReader:
+class _StaysBroken:
+    """Once a RespProtocolError has been raised, every later call raises it again: after a
+    protocol error the stream has no trustworthy next reply."""
+
+    _broken: Optional[RespProtocolError] = None
+
+    def _check_not_broken(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+
+    def _step(self, step: Callable[[], Any]) -> Any:
+        """step(), remembering a protocol error it raises."""
+        self._check_not_broken()
+        try:
+            return step()
+        except RespProtocolError as err:
+            self._broken = err
+            raise
+
+
+class RespReader(_StaysBroken):
     """Parses RESP2 replies from bytes fed in pieces of any size.
 
     Cost is linear in the bytes fed, however they are split: the buffer is never rescanned from
@@ -177,24 +197,16 @@ class RespReader:
         self._bulk = -1        # length of the bulk string whose header is read; -1: none
         # Arrays being filled, innermost last: [the list so far, elements still to come].
         self._stack: List[list] = []
-        self._broken: Optional[RespProtocolError] = None
 
     def feed(self, data: bytes) -> None:
         """Append bytes read from the peer."""
-        if self._broken is not None:
-            raise self._broken
+        self._check_not_broken()
         self._buf += data
 
     def maybe_next(self) -> Any:
         """The next whole reply, or NEED_DATA. Raises RespProtocolError, then again on every
         later call: after a protocol error the stream has no trustworthy next reply."""
-        if self._broken is not None:
-            raise self._broken
-        try:
-            return self._next()
-        except RespProtocolError as err:
-            self._broken = err
-            raise
+        return self._step(self._next)
 
     def _next(self) -> Any:
         while True:
@@ -374,7 +386,7 @@ class _Waiting:
         self.confirmations = confirmations
 
 
-class RedisConnection:
+class RedisConnection(_StaysBroken):
     """The client side of one Redis connection, without the socket (see the module docstring
     for how a reactor drives it)."""
 
@@ -388,7 +400,6 @@ class RedisConnection:
         self._patterns: Set[bytes] = set()
         # How many channels and patterns the server last said we are subscribed to.
         self._count = 0
-        self._broken: Optional[RespProtocolError] = None
 
     @property
     def subscribed(self) -> bool:
@@ -431,21 +442,14 @@ class RedisConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the socket."""
-        if self._broken is not None:
-            raise self._broken
+        self._check_not_broken()
         self._reader.feed(data)
 
     def maybe_next_event(self) -> Union[Event, _Sentinel]:
         """The next event (Reply, Message, PMessage, Subscribed) or NEED_DATA. Raises
         RespProtocolError if the peer is not speaking RESP2 or answers what was never asked;
         then again on every later call, as the reader does: replies can no longer be matched."""
-        if self._broken is not None:
-            raise self._broken
-        try:
-            return self._next_event()
-        except RespProtocolError as err:
-            self._broken = err
-            raise
+        return self._step(self._next_event)
 
     def _next_event(self) -> Union[Event, _Sentinel]:
         value = self._reader.maybe_next()

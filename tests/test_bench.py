@@ -23,8 +23,8 @@ class CompareTest(unittest.TestCase):
         argv = [sys.executable, COMPARE, "--rooms", "2", "--members", "3", "--messages", "5",
                 "--repeat", "1", "--timeout", "20",
                 "--server", "project=%s Server.py 127.0.0.1 {port}" % sys.executable,
-                "--server", "asyncio=%s bench/asyncio_peer.py {port}" % sys.executable,
-                "--server", "threaded=%s bench/threaded_peer.py {port}" % sys.executable]
+                "--server", "asyncio=%s -m bench.asyncio_peer {port}" % sys.executable,
+                "--server", "threaded=%s -m bench.threaded_peer {port}" % sys.executable]
         done = subprocess.run(argv, cwd=TOP, stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=50)
         self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
