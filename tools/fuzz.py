@@ -4,38 +4,36 @@ still answers, and still keeps its rooms straight.
     python3 -m tools.fuzz --spawn --count 100000 --seed 1
     python3 -m tools.fuzz --host 127.0.0.1 --port 8080 --seconds 60
 
-It sends batches of --batch requests over a pool of connections in one loop (tools/kit.py;
-every byte the server sends is read, except by non-readers):
-- every request kind (KILL_SERVICE only with --allow-kill, once, at the very end), unknown
-  lines, random bytes; mutated: fields dropped, duplicated, swapped or misnamed, bad or enormous
-  integers, empty names, NUL bytes, invalid UTF-8, stray blank lines, CR/LF variants, requests
-  cut short (the stream runs into the next one), values past protocol.MAX_REQUEST_BYTES;
-- each send() a random slice of 1 byte to 64 KiB of what is queued;
-- part of a request and then RST or FIN; bursts of up to --burst connections that send one
-  request and go; non-readers; floods of large chats into one room.
+It sends batches of --batch requests over a pool of connections in one loop (tools/kit.py):
+every request kind (KILL_SERVICE only with --allow-kill, once, at the very end), unknown lines,
+random bytes; mutated (fields dropped, duplicated, swapped or misnamed, bad or enormous
+integers, empty names, NUL bytes, invalid UTF-8, stray blank lines, CR/LF variants, requests
+cut short, values past protocol.MAX_REQUEST_BYTES); each send() a random 1 byte to 64 KiB;
+part of a request and then RST or FIN; bursts of up to --burst one-request connections;
+connections that never read; floods of large chats into one room.
 
-It checks:
-- after every batch, that a fresh connection gets a HELO reply within --helo-timeout seconds
-  (else "hang") and, with --spawn, that the server still runs (else "server_exited");
-- that everything the server sends parses (protocol.ReplyReader), a room name keeps one
-  ROOM_REF and a ROOM_REF one name, a connection keeps one JOIN_ID and no two share one;
-- that "probe" connections, whose requests (protocol's builders, restyled and split at random)
-  have known answers, get exactly the predicted replies in order: JOINED with the right ref and
-  id, own announcements, own chats echoed once, the documented ERROR_CODE for each malformed
-  request (12 for a control or format character in a name), nothing for an unknown line,
-  LEFT_CHATROOM with the server's JOIN_ID, leave announcements and the close after DISCONNECT,
-  and no chat of a room it is not in;
-- that a request of exactly the size limit gets the same answer however it is split;
-- at the end, that the rooms agree: a "checker" joins every room learnt of; three "observers"
-  join them all, then one LEAVEs them all, one DISCONNECTs, one vanishes (RST); the checker must
-  see all three leave every room; then it chats in every room, and every probe still in one
-  must get that chat exactly once.
+It checks that:
+- after every batch a fresh connection gets a HELO reply within --helo-timeout ("hang"), and a
+  spawned server still runs ("server_exited");
+- everything the server sends parses (protocol.ReplyReader); a room name keeps one ROOM_REF
+  and a ROOM_REF one name; a connection keeps one JOIN_ID and no two share one;
+- "probe" connections, whose requests (protocol's builders, restyled and split at random) have
+  known answers, get exactly the predicted replies in order: JOINED with the right ref and id,
+  own announcements, own chats echoed once, the documented ERROR_CODE for each malformed request
+  (12 for a control or format character in a name), nothing for an unknown line, LEFT_CHATROOM
+  with the server's JOIN_ID, leave announcements and the close after DISCONNECT, and no chat of
+  a room it is not in;
+- a request of exactly the size limit gets the same answer however it is split;
+- at the end, the rooms agree: a "checker" joins every room learnt of; three "observers" join
+  them all, then one LEAVEs them all, one DISCONNECTs, one vanishes (RST): the checker must see
+  all three leave every room; then it chats in every room, and every probe in one must get that
+  chat exactly once.
 
 The summary is the kit's: failures by kind (hang, server_exited, protocol_violation, probe,
 segmentation, rooms, ...) and figures: requests by kind (counted when queued), ERROR_CODEs by
 code, disconnects, the segmentation table, the server's RSS before and after (with --spawn).
-The fuzzer knows rooms only from the JOINED_CHATROOM replies it read, and predicts only the
-probes' replies; of the rest it checks the form.
+Rooms are known only from JOINED_CHATROOM replies read; only the probes' replies are predicted,
+of the rest the form is checked.
 """
 import argparse
 import collections
@@ -47,7 +45,7 @@ from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES,
                       ChatMessage, ErrorCode, ErrorReply, HeloReply, JoinedReply, LeftReply,
-                      ReplyReader, Unparsed, chat_request, disconnect_request, helo_request,
+                      Unparsed, chat_request, disconnect_request, helo_request,
                       join_request, kill_request, leave_request)
 from tools import kit
 
@@ -105,6 +103,13 @@ ALPHABETS = ["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJLMNOPQRSTUVWXYZ 0123456789 "
              "\u0301\u0308\u200b\u200d\ufeff",
              "\x85\u2028\u2029\x1c\x1d\x1e\x1f\x0b\x0c\t\x07\x1b\x00"]
 ALPHABET_WEIGHTS = [70, 6, 5, 5, 4, 5, 5]
+# How many bytes one send() takes (from, to), and how often each range is used.
+SEGMENT_SIZES = [(1, 1), (2, 64), (65, 4096), (4097, 64 * 1024)]
+SEGMENT_WEIGHTS = [15, 25, 30, 30]
+# The line ends of a chaos request, and how often each kind is used: LF, CRLF, the two mixed
+# line by line, or with lone CRs and LFCRs too (a lone CR is not a line end).
+LINE_ENDINGS = [[b"\n"], [b"\r\n"], [b"\n", b"\r\n"], [b"\n", b"\r\n", b"\r", b"\n\r"]]
+LINE_ENDING_WEIGHTS = [60, 25, 10, 5]
 
 
 def random_text(rng: random.Random, max_len: int) -> str:
@@ -121,14 +126,8 @@ def random_bytes(rng: random.Random, length: int) -> bytes:
 
 def segment_size(rng: random.Random) -> int:
     """How many bytes the next send() may take: 1 byte to 64 KiB, small sizes often."""
-    roll = rng.random()
-    if roll < 0.15:
-        return 1
-    if roll < 0.40:
-        return rng.randint(2, 64)
-    if roll < 0.70:
-        return rng.randint(65, 4096)
-    return rng.randint(4097, 64 * 1024)
+    low, high = rng.choices(SEGMENT_SIZES, SEGMENT_WEIGHTS)[0]
+    return rng.randint(low, high)
 
 
 def line_ending(rng: random.Random) -> bytes:
@@ -167,9 +166,7 @@ class FuzzConn(kit.Conn):
         self.tail = b""                       # the last bytes queued (for the KILL guard)
 
 
-# -------------------------------------------------------------------------------------------
-# Chaos traffic: random requests, valid and not
-# -------------------------------------------------------------------------------------------
+# --- Chaos traffic: random requests, valid and not -------------------------------------------
 
 class RequestMaker:
     """Random requests as bytes. `known_refs` is the fuzzer's live map of room name -> ref."""
@@ -202,17 +199,10 @@ class RequestMaker:
 
     def oversize(self) -> bytes:
         """A request past MAX_REQUEST_BYTES: ERROR_CODE 8 and a closed connection expected."""
-        rng = self.rng
-        extra = rng.randint(1, 4096)
-        body = "y" * (MAX_REQUEST_BYTES + extra)
-        shape = rng.randrange(4)
-        if shape == 0:
-            return helo_request(body)
-        if shape == 1:
-            return chat_request(0, 1, "x", body)
-        if shape == 2:
-            return join_request(body, "x")
-        return body.encode()                    # no newline at all
+        body = "y" * (MAX_REQUEST_BYTES + self.rng.randint(1, 4096))
+        return self.rng.choice([helo_request(body), chat_request(0, 1, "x", body),
+                                join_request(body, "x"), body.encode()])    # last: no newline
+
 
     # -- valid requests, as lists of lines -------------------------------------------------
 
@@ -288,14 +278,10 @@ class RequestMaker:
         elif op == 4:                                        # a bad value
             key, colon, _ = lines[index].partition(b":")
             lines[index] = key + colon + b" " + rng.choice(BAD_INTEGERS + [""]).encode("utf-8")
-        elif op == 5:                                        # a NUL byte
+        elif op in (5, 6):                                   # a NUL byte, or invalid UTF-8
             line = lines[index]
             at = rng.randint(0, len(line))
-            lines[index] = line[:at] + b"\x00" + line[at:]
-        elif op == 6:                                        # invalid UTF-8
-            line = lines[index]
-            at = rng.randint(0, len(line))
-            lines[index] = line[:at] + rng.choice(BAD_UTF8) + line[at:]
+            lines[index] = line[:at] + (b"\x00" if op == 5 else rng.choice(BAD_UTF8)) + line[at:]
         elif op == 7:                                        # a blank line in the middle
             lines.insert(rng.randint(1, len(lines)), b"")
         elif op == 8 and not (kind == "JOIN" and index == 0):
@@ -312,22 +298,11 @@ class RequestMaker:
         return lines
 
     def join_lines(self, lines: List[bytes]) -> bytes:
-        rng = self.rng
-        roll = rng.random()
-        if roll < 0.6:
-            endings = [b"\n"]
-        elif roll < 0.85:
-            endings = [b"\r\n"]
-        elif roll < 0.95:
-            endings = [b"\n", b"\r\n"]                       # mixed, line by line
-        else:
-            endings = [b"\n", b"\r\n", b"\r", b"\n\r"]       # a lone CR is not a line end
-        return b"".join(line + rng.choice(endings) for line in lines)
+        endings = self.rng.choices(LINE_ENDINGS, LINE_ENDING_WEIGHTS)[0]
+        return b"".join(line + self.rng.choice(endings) for line in lines)
 
 
-# -------------------------------------------------------------------------------------------
-# Probes: connections whose every reply is predicted
-# -------------------------------------------------------------------------------------------
+# --- Probes: connections whose every reply is predicted --------------------------------------
 
 # What a probe expects next, one of:
 #   ("HELO", line)  ("JOINED", room)  ("ANNOUNCE_JOIN", room)  ("LEFT", ref, join_id)
@@ -582,9 +557,8 @@ class Probe:
         return self.done or not self.expect
 
 
-# -------------------------------------------------------------------------------------------
-# The fuzzer
-# -------------------------------------------------------------------------------------------
+# --- The fuzzer ------------------------------------------------------------------------------
+
 
 class Fuzzer(kit.Handler):
     """One run against `target` (kit.Target: spawned for the run, or given)."""
@@ -908,29 +882,13 @@ class Fuzzer(kit.Handler):
 
     def _first_reply(self, sock: socket.socket) -> str:
         """"accepted", "too long" (ERROR_CODE 8) or what else came back first."""
-        reader = ReplyReader()
-        deadline = time.monotonic() + HELO_TIMEOUT
-        try:
-            while time.monotonic() < deadline:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                data = sock.recv(kit.RECV_SIZE)
-
-                if not data:
-                    return "closed"
-                reader.receive_data(data)
-                reply = reader.maybe_next_reply()
-                if reply is not None:
-                    if isinstance(reply, ErrorReply) and reply.code == ErrorCode.REQUEST_TOO_LONG:
-                        return "too long"
-                    if isinstance(reply, HeloReply) or (isinstance(reply, ErrorReply)
-                                                        and reply.code == ErrorCode.UNKNOWN_ROOM):
-                        return "accepted"
-                    return "other: %r" % (reply,)
-        except socket.timeout:
-            pass
-        except OSError as exc:
-            return "%s" % type(exc).__name__
-        return "no reply"
+        reply = kit.first_reply(sock, time.monotonic() + HELO_TIMEOUT)
+        code = reply.code if isinstance(reply, ErrorReply) else None
+        if code == ErrorCode.REQUEST_TOO_LONG:
+            return "too long"
+        if isinstance(reply, HeloReply) or code == ErrorCode.UNKNOWN_ROOM:
+            return "accepted"
+        return reply if isinstance(reply, str) else "other: %r" % (reply,)
 
     def drain(self, until: Callable[[], bool], problem: Callable[[], str]) -> None:
         """Pump until `until()`; if DRAIN_TIMEOUT runs out first, a "rooms" failure: problem()."""
@@ -1061,22 +1019,18 @@ class Fuzzer(kit.Handler):
             "requests_sent": fuzz_requests,
             "requests_by_kind": dict(sorted(self.sent_by_kind.items())),
             "check_requests_sent": self.requests_sent() - fuzz_requests,
-            "batches": self.batches,
-            "connections_opened": self.serial,
+            "batches": self.batches, "connections_opened": self.serial,
             "errors_by_code": {str(code): n for code, n in sorted(self.errors_by_code.items())},
-            "disconnects": self.server_closed,
-            "vanished": self.vanished,
+            "disconnects": self.server_closed, "vanished": self.vanished,
             "closed_by_fuzzer": self.closed_by_us,
             "probe_replies_checked": sum(probe.checked for probe in self.probes),
-            "rooms_known": len(self.refs),
-            "slowest_health_check_s": round(self.helo_max, 3),
+            "rooms_known": len(self.refs), "slowest_health_check_s": round(self.helo_max, 3),
             "segmentation": segmentation,
-            "server_rss_kb_before": rss_before,
-            "server_rss_kb_after": rss_after,
+            "server_rss_kb_before": rss_before, "server_rss_kb_after": rss_after,
             "server_rss_kb_peak": self.server.status_kb("VmHWM") if self.server else None,
             "rss_change_percent": (round(100.0 * (rss_after - rss_before) / rss_before, 1)
-                                   if rss_before and rss_after else None),
-        }
+                                   if rss_before and rss_after else None)}
+
         if kill is not None:
             figures["kill"] = kill
         return figures, ("%d requests in %d batches, %d probe replies checked, %d rooms"

@@ -6,9 +6,8 @@
 
 It speaks the protocol as a crowd of clients would (protocol.py builds every request and reads
 every reply), so anyone can load-test their own deployment. Every wait is bounded by --timeout
-(the whole run) and --stall (a phase without any progress). The summary is the kit's
-(tools/kit.py): progress and a verdict on standard error, one line of JSON on standard output;
-exit status 0 only if nothing was missing, failed or timed out, 1 otherwise, 2 for a usage error.
+(the whole run) and --stall (a phase without progress). The summary is the kit's
+(tools/kit.py); exit status 0 only if nothing was missing, failed or timed out, 1 otherwise.
 
 fanout --rooms R --members M --messages K [--size B]
     Chat throughput. R rooms of M members join; then every member sends K chats (B bytes of
@@ -17,8 +16,7 @@ fanout --rooms R --members M --messages K [--size B]
     alone in a room of its own, posts every PROBE_INTERVAL and times its own echo.
     expected, delivered, missing, extra   the deliveries owed and counted; missing and extra
                             (per member, short of or beyond M*K) must both be 0
-    seconds, deliveries_per_s   from the first chat sent to the last delivery, and the
-                            headline: delivered / seconds
+    seconds, deliveries_per_s   from the first chat sent to the last delivery; the headline
     join_seconds            connecting and joining everybody, before that clock starts
     probe_p50_ms, probe_p99_ms, probe_max_ms, probes, probes_lost, probes_skipped,
     probe_in_flight_max     the probe's echo times (how long an unrelated client waits while
@@ -26,28 +24,24 @@ fanout --rooms R --members M --messages K [--size B]
                             when its last post was still unsent, most posts awaiting an echo
     loadgen_cpu_s, loadgen_cpu_share   this process's CPU time in the chat phase, and that /
                             seconds: near 1.0 the generator, not the server, is the limit
+    The chats are counted with ReplyReader.count_chats(): whole runs of one room's chats in a
+    few searches in C; anything else (an ERROR_CODE, a chat of another room) is reported.
 
 connections --count N [--rooms R]
-    Many clients at once (kit.Crowd, as tools/many.py): N connections (the soft open-file limit
-    raised first) join R rooms (connection i to room i mod R); then one member of each room
-    posts one chat, which must reach every member exactly once. Figures: connect_seconds,
-    join_seconds, announce_seconds (until every join announcement arrived: a room of n owes
-    n(n+1)/2), delivery_seconds, connected, joined, delivered, missing, seconds, loadgen_cpu_s,
-    loadgen_cpu_share.
+    Many clients at once (kit.Crowd, as in tools/many.py): N connections join R rooms
+    (connection i to room i mod R); then one member of each room posts one chat, which must
+    reach every member exactly once. Figures: connect_seconds, join_seconds, announce_seconds
+    (until every join announcement arrived: a room of n owes n(n+1)/2), delivery_seconds,
+    connected, joined, delivered, missing, seconds, loadgen_cpu_s, loadgen_cpu_share.
 
 churn --clients N --seconds T [--rooms R]
-    Clients coming and going. Each client cycles for T seconds: connect, JOIN one of R rooms,
-    post 1 to CHURN_MAX_CHATS chats, then LEAVE (and join again on the same connection),
-    DISCONNECT or vanish (RST). Every request must get the replies it is owed within
-    --reply-timeout, checked strictly (a chat of a room the client is not in is a failure).
-    Figures: operations and ops_per_s (by_kind), replies_expected, replies_received,
-    all_replies_received, reply_p50_ms/p99/max, others_messages, loadgen_cpu_s and _share.
-    Clients are closed loop, so ops_per_s measures generator and server together.
-
-How fanout counts: the joins are read reply by reply; the chat phase, where the volume is,
-with ReplyReader.count_chats(), which checks and counts whole runs of one room's chats in a few
-searches in C and hands anything else (an ERROR_CODE, a chat of another room) back to be
-reported. A chat split across two reads is counted once, when it is complete.
+    Each client cycles for T seconds: connect, JOIN one of R rooms, post 1 to CHURN_MAX_CHATS
+    chats, then LEAVE (and join again on the same connection), DISCONNECT or vanish (RST). Every
+    request must get the replies it is owed within --reply-timeout, checked strictly (a chat of
+    a room the client is not in is a failure). Figures: operations and ops_per_s (by_kind),
+    replies_expected, replies_received, all_replies_received, reply_p50_ms/p99/max,
+    others_messages, loadgen_cpu_s and _share. Clients are closed loop: ops_per_s measures
+    generator and server together.
 
 Caveats: the generator shares the machine with the server; it naps --nap between polls so that
 each read returns many messages and it stays well below one core (see loadgen_cpu_share). Quote

@@ -5,24 +5,20 @@ reach all N members. Reports how long each step took and what a connection costs
     python3 -m tools.many --spawn --connections 2000 --rooms 20
     python3 -m tools.many --port 8080 --connections 1000 --rooms 10
 
-Steps, all clients in one loop and one kit.Crowd (tools/kit.py; nonblocking connects, at most
---window being set up at once so that the server's listen backlog never overflows):
-1. connect N clients; each sends JOIN_CHATROOM for room i % R as it connects (client i is
-   "m<i>", the room "many-<r>"). Timed from the first connect: until every client is
-   connected, until every JOINED_CHATROOM has arrived, and until every join announcement has
-   (room r's n members between them receive n(n+1)/2: each its own and those of everyone who
-   joined after it), so the server's output queues are empty again. ROOM_REFs must be one per
-   room and distinct, JOIN_IDs distinct.
+The steps, each within --seconds, all clients in one loop and one kit.Crowd (nonblocking
+connects, at most --window at once, so that the server's listen backlog never overflows):
+1. client i ("m<i>") connects and joins room "many-<i % R>". Timed from the first connect:
+   until every client is connected, every JOINED_CHATROOM and every join announcement has come
+   (a room of n owes n(n+1)/2, counted with ReplyReader.count_chats()), so the server's output
+   queues are empty again. A room keeps one ROOM_REF of its own; JOIN_IDs are all distinct.
 2. the server's RSS (with --spawn): per connection = (RSS now - RSS before connecting) / N;
 3. the first member of every room sends one CHAT; timed until all N members have it; then a
    last look (DUPLICATE_WAIT) for duplicates: every member must have it exactly once;
 4. everyone closes; a HELO must still be answered; the server's RSS once more.
-Each step may take at most --seconds. The flood of announcements is counted with
-ReplyReader.count_chats(), a few searches in C per read.
 
 Open files: each side needs N + a few descriptors. This process raises its soft RLIMIT_NOFILE
-to the hard limit, and Server.py does the same as it starts; the summary reports the limits
-found and, with --spawn, the server's own.
+to the hard limit, as Server.py does; the summary reports the limits found and, with --spawn,
+the server's own.
 """
 import argparse
 import sys
