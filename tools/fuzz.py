@@ -981,6 +981,8 @@ class Fuzzer(kit.Handler):
             if stopped:
                 return {"sent": True, "stopped_after_s": round(time.monotonic() - started, 3)}
             time.sleep(0.01)
+
+
         self.report.fail("kill", "KILL_SERVICE: the server was still running 1 s later")
         return {"sent": True, "stopped_after_s": None}
 
