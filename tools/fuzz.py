@@ -4,42 +4,36 @@ still answers, and still keeps its rooms straight.
     python3 -m tools.fuzz --spawn --count 100000 --seed 1
     python3 -m tools.fuzz --host 127.0.0.1 --port 8080 --seconds 60
 
-What it sends, in batches (--batch requests each), over a pool of connections in one loop
-(tools/kit.py; every byte the server sends is read unless a connection is a non-reader):
-- every request kind (HELO, JOIN_CHATROOM, LEAVE_CHATROOM, CHAT, DISCONNECT; KILL_SERVICE only
-  with --allow-kill, and then only once, at the very end), unknown lines, random bytes;
-- mutated: fields dropped, duplicated, swapped, misnamed, non-integer or enormous refs, empty
-  names, NUL bytes, invalid UTF-8, stray blank lines, CR/LF variants, truncated requests (the
-  rest of the stream then runs into the next one), values up to past protocol.MAX_REQUEST_BYTES;
-- on the wire: each send() is a random slice of 1 byte to 64 KiB of what is queued;
-- abrupt ends: part of a request and then RST or FIN; bursts of up to --burst connections that
-  send one request and go; non-readers; floods of large chats into one room.
+It sends batches of --batch requests over a pool of connections in one loop (tools/kit.py):
+every request kind (KILL_SERVICE only with --allow-kill, once, at the very end), unknown lines,
+random bytes; mutated (fields dropped, duplicated, swapped or misnamed, bad or enormous
+integers, empty names, NUL bytes, invalid UTF-8, stray blank lines, CR/LF variants, requests
+cut short, values past protocol.MAX_REQUEST_BYTES); each send() a random 1 byte to 64 KiB;
+part of a request and then RST or FIN; bursts of up to --burst one-request connections;
+connections that never read; floods of large chats into one room.
 
-What it checks:
-- after every batch, that a fresh connection gets a HELO reply within --helo-timeout seconds
-  (else a "hang"), and, with --spawn, that the server process still runs (else "server_exited");
-- everything the server sends reads as one of the protocol's replies (protocol.ReplyReader); a
-  room name keeps one ROOM_REF and a ROOM_REF one name; a connection keeps one JOIN_ID and no
-  two share one;
-- "probe" connections send requests (built with protocol's builders, then written in random
-  valid styles and segments) whose answers are known, and every reply must be the predicted one,
-  in order: JOINED with the right ref and id, own announcements, own chats echoed once, the
-  documented ERROR_CODE for each malformed request (12 for a name with a control or format
-  character), nothing for an unknown line, LEFT_CHATROOM with the JOIN_ID the server gave it,
-  leave announcements and then the close after DISCONNECT; no chat of a room it is not in;
+It checks that:
+- after every batch a fresh connection gets a HELO reply within --helo-timeout ("hang"), and a
+  spawned server still runs ("server_exited");
+- everything the server sends parses (protocol.ReplyReader); a room name keeps one ROOM_REF
+  and a ROOM_REF one name; a connection keeps one JOIN_ID and no two share one;
+- "probe" connections, whose requests (protocol's builders, restyled and split at random) have
+  known answers, get exactly the predicted replies in order: JOINED with the right ref and id,
+  own announcements, own chats echoed once, the documented ERROR_CODE for each malformed request
+  (12 for a control or format character in a name), nothing for an unknown line, LEFT_CHATROOM
+  with the server's JOIN_ID, leave announcements and the close after DISCONNECT, and no chat of
+  a room it is not in;
 - a request of exactly the size limit gets the same answer however it is split;
-- at the end, room consistency: a "checker" joins every room the fuzzer learnt of; three
-  "observers" join them all, then one LEAVEs them all, one DISCONNECTs, one vanishes (RST); the
-  checker must see all three leave every room; then the checker chats in every room, and every
-  probe still in a room must get that chat exactly once.
+- at the end, the rooms agree: a "checker" joins every room learnt of; three "observers" join
+  them all, then one LEAVEs them all, one DISCONNECTs, one vanishes (RST): the checker must see
+  all three leave every room; then it chats in every room, and every probe in one must get that
+  chat exactly once.
 
-The summary is the kit's (tools/kit.py): failures by kind (hang, server_exited,
-protocol_violation, probe, segmentation, rooms, ...), and figures: requests sent by kind,
-ERROR_CODEs received by code, disconnects, the segmentation table, the server's RSS before and
-after (with --spawn). A request is counted when queued; a closed connection may not take it all.
-
-Deliberate limits: the fuzzer knows rooms only from JOINED_CHATROOM replies it read, and it
-predicts only the probes' replies; for the rest it checks their form.
+The summary is the kit's: failures by kind (hang, server_exited, protocol_violation, probe,
+segmentation, rooms, ...) and figures: requests by kind (counted when queued), ERROR_CODEs by
+code, disconnects, the segmentation table, the server's RSS before and after (with --spawn).
+Rooms are known only from JOINED_CHATROOM replies read; only the probes' replies are predicted,
+of the rest the form is checked.
 """
 import argparse
 import collections
@@ -51,7 +45,7 @@ from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES,
                       ChatMessage, ErrorCode, ErrorReply, HeloReply, JoinedReply, LeftReply,
-                      ReplyReader, Unparsed, chat_request, disconnect_request, helo_request,
+                      Unparsed, chat_request, disconnect_request, helo_request,
                       join_request, kill_request, leave_request)
 from tools import kit
 
@@ -109,7 +103,13 @@ ALPHABETS = ["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJLMNOPQRSTUVWXYZ 0123456789 "
              "\u0301\u0308\u200b\u200d\ufeff",
              "\x85\u2028\u2029\x1c\x1d\x1e\x1f\x0b\x0c\t\x07\x1b\x00"]
 ALPHABET_WEIGHTS = [70, 6, 5, 5, 4, 5, 5]
-
+# How many bytes one send() takes (from, to), and how often each range is used.
+SEGMENT_SIZES = [(1, 1), (2, 64), (65, 4096), (4097, 64 * 1024)]
+SEGMENT_WEIGHTS = [15, 25, 30, 30]
+# The line ends of a chaos request, and how often each kind is used: LF, CRLF, the two mixed
+# line by line, or with lone CRs and LFCRs too (a lone CR is not a line end).
+LINE_ENDINGS = [[b"\n"], [b"\r\n"], [b"\n", b"\r\n"], [b"\n", b"\r\n", b"\r", b"\n\r"]]
+LINE_ENDING_WEIGHTS = [60, 25, 10, 5]
 
 
 def random_text(rng: random.Random, max_len: int) -> str:
@@ -126,15 +126,12 @@ def random_bytes(rng: random.Random, length: int) -> bytes:
 
 def segment_size(rng: random.Random) -> int:
     """How many bytes the next send() may take: 1 byte to 64 KiB, small sizes often."""
-    roll = rng.random()
-    if roll < 0.15:
-        return 1
-    if roll < 0.40:
-        return rng.randint(2, 64)
-    if roll < 0.70:
-        return rng.randint(65, 4096)
-    return rng.randint(4097, 64 * 1024)
+    low, high = rng.choices(SEGMENT_SIZES, SEGMENT_WEIGHTS)[0]
+    return rng.randint(low, high)
 
+
+def line_ending(rng: random.Random) -> bytes:
+    return b"\r\n" if rng.random() < 0.3 else b"\n"
 
 
 def shaped(keyword: bytes, first: bytes, values: List[bytes]) -> List[bytes]:
@@ -148,7 +145,7 @@ def restyle(rng: random.Random, request: bytes) -> bytes:
     after each field's colon and after its value, and LF or CRLF line ends."""
     sep = rng.choice([b": ", b":", b":  ", b":\t"])
     pad = rng.choice([b"", b"", b" ", b" \t"])
-    ending = b"\r\n" if rng.random() < 0.3 else b"\n"
+    ending = line_ending(rng)
     head, is_chat, message = request.partition(b"\nMESSAGE: ")
     fields = [line.replace(b": ", sep, 1) + pad for line in head.rstrip(b"\n").split(b"\n")]
     if is_chat:         # the text's own line ends change too; it trims to itself
@@ -169,9 +166,7 @@ class FuzzConn(kit.Conn):
         self.tail = b""                       # the last bytes queued (for the KILL guard)
 
 
-# -------------------------------------------------------------------------------------------
-# Chaos traffic: random requests, valid and not
-# -------------------------------------------------------------------------------------------
+# --- Chaos traffic: random requests, valid and not -------------------------------------------
 
 class RequestMaker:
     """Random requests as bytes. `known_refs` is the fuzzer's live map of room name -> ref."""
@@ -204,45 +199,39 @@ class RequestMaker:
 
     def oversize(self) -> bytes:
         """A request past MAX_REQUEST_BYTES: ERROR_CODE 8 and a closed connection expected."""
-        rng = self.rng
-        extra = rng.randint(1, 4096)
-        body = "y" * (MAX_REQUEST_BYTES + extra)
-        shape = rng.randrange(4)
-        if shape == 0:
-            return helo_request(body)
-        if shape == 1:
-            return chat_request(0, 1, "x", body)
-        if shape == 2:
-            return join_request(body, "x")
-        return body.encode()                    # no newline at all
+        body = "y" * (MAX_REQUEST_BYTES + self.rng.randint(1, 4096))
+        return self.rng.choice([helo_request(body), chat_request(0, 1, "x", body),
+                                join_request(body, "x"), body.encode()])    # last: no newline
+
 
     # -- valid requests, as lists of lines -------------------------------------------------
 
+    def _text(self, choices: List[str], p_random: float, max_len: int) -> bytes:
+        """One of `choices`, or with chance `p_random` random text (may be empty: error 3)."""
+        if self.rng.random() < p_random:
+            return random_text(self.rng, max_len).encode("utf-8")
+        return self.rng.choice(choices).encode("utf-8")
+
+    def _integer(self, good: List[int], p_good: float, most: int) -> bytes:
+        """One of `good` with chance `p_good`, else 0 to `most`, or a malformed integer."""
+        roll = self.rng.random()
+        if roll < p_good and good:
+            return str(self.rng.choice(good)).encode()
+        if roll < 0.75:
+            return str(self.rng.randint(0, most)).encode()
+        return self.rng.choice(BAD_INTEGERS).encode("utf-8")
+
     def _room(self) -> bytes:
-        if self.rng.random() < 0.02:
-            return random_text(self.rng, 40).encode("utf-8")   # may be empty: error 3
-        return self.rng.choice(self.rooms).encode("utf-8")
+        return self._text(self.rooms, 0.02, 40)
 
     def _name(self) -> bytes:
-        if self.rng.random() < 0.2:
-            return random_text(self.rng, 30).encode("utf-8")
-        return self.rng.choice(CLIENT_NAMES).encode("utf-8")
+        return self._text(CLIENT_NAMES, 0.2, 30)
 
     def _ref(self) -> bytes:
-        roll = self.rng.random()
-        if roll < 0.55 and self.known_refs:
-            return str(self.rng.choice(list(self.known_refs.values()))).encode()
-        if roll < 0.75:
-            return str(self.rng.randint(0, 30)).encode()
-        return self.rng.choice(BAD_INTEGERS).encode("utf-8")
+        return self._integer(list(self.known_refs.values()), 0.55, 30)
 
     def _join_id(self, conn: "FuzzConn") -> bytes:
-        roll = self.rng.random()
-        if roll < 0.5 and conn.join_id is not None:
-            return str(conn.join_id).encode()
-        if roll < 0.75:
-            return str(self.rng.randint(0, 100)).encode()
-        return self.rng.choice(BAD_INTEGERS).encode("utf-8")
+        return self._integer([] if conn.join_id is None else [conn.join_id], 0.5, 100)
 
     def _helo(self, conn: "FuzzConn") -> List[bytes]:
         if self.rng.random() < 0.1:
@@ -289,14 +278,10 @@ class RequestMaker:
         elif op == 4:                                        # a bad value
             key, colon, _ = lines[index].partition(b":")
             lines[index] = key + colon + b" " + rng.choice(BAD_INTEGERS + [""]).encode("utf-8")
-        elif op == 5:                                        # a NUL byte
+        elif op in (5, 6):                                   # a NUL byte, or invalid UTF-8
             line = lines[index]
             at = rng.randint(0, len(line))
-            lines[index] = line[:at] + b"\x00" + line[at:]
-        elif op == 6:                                        # invalid UTF-8
-            line = lines[index]
-            at = rng.randint(0, len(line))
-            lines[index] = line[:at] + rng.choice(BAD_UTF8) + line[at:]
+            lines[index] = line[:at] + (b"\x00" if op == 5 else rng.choice(BAD_UTF8)) + line[at:]
         elif op == 7:                                        # a blank line in the middle
             lines.insert(rng.randint(1, len(lines)), b"")
         elif op == 8 and not (kind == "JOIN" and index == 0):
@@ -313,32 +298,11 @@ class RequestMaker:
         return lines
 
     def join_lines(self, lines: List[bytes]) -> bytes:
-        rng = self.rng
-        roll = rng.random()
-        if roll < 0.6:
-            endings = [b"\n"]
-        elif roll < 0.85:
-            endings = [b"\r\n"]
-        elif roll < 0.95:
-            endings = [b"\n", b"\r\n"]                       # mixed, line by line
-        else:
-            endings = [b"\n", b"\r\n", b"\r", b"\n\r"]       # a lone CR is not a line end
-        return b"".join(line + rng.choice(endings) for line in lines)
+        endings = self.rng.choices(LINE_ENDINGS, LINE_ENDING_WEIGHTS)[0]
+        return b"".join(line + self.rng.choice(endings) for line in lines)
 
 
-# -------------------------------------------------------------------------------------------
-# Probes: connections whose every reply is predicted
-# -------------------------------------------------------------------------------------------
-
-# What a probe expects next, one of:
-#   ("HELO", line)  ("JOINED", room)  ("ANNOUNCE_JOIN", room)  ("LEFT", ref, join_id)
-#   ("ANNOUNCE_LEAVE", room)  ("ECHO", room, text)  ("ERROR", code)  ("EOF",)
-Expectation = Tuple
-
-
-# -------------------------------------------------------------------------------------------
-# Probes: connections whose every reply is predicted
-# -------------------------------------------------------------------------------------------
+# --- Probes: connections whose every reply is predicted --------------------------------------
 
 # What a probe expects next, one of:
 #   ("HELO", line)  ("JOINED", room)  ("ANNOUNCE_JOIN", room)  ("LEFT", ref, join_id)
@@ -355,7 +319,7 @@ class Probe:
     announcements): a chat of any other room is a failure.
     """
 
-    def __init__(self, fuzzer: "Fuzzer", name: str, conn: FuzzConn, records: bool = False):
+    def __init__(self, fuzzer: "Fuzzer", name: str, conn: FuzzConn):
         self.fuzzer = fuzzer
         self.rng = fuzzer.rng
         self.name = name
@@ -367,7 +331,6 @@ class Probe:
         self.join_id: Optional[int] = None
         self.disconnecting = False
         self.done = False                      # disconnected as predicted, or retired
-        self.records = records                 # keep other members' leave announcements
         self.leaves_seen: Set[Tuple[int, str]] = set()   # (ref, name) of leave announcements
         self.finals_seen: Dict[Tuple[int, str], int] = collections.Counter()
         self.checked = 0                       # replies matched
@@ -380,13 +343,12 @@ class Probe:
         self.fuzzer.count("probe")
 
     def _send_lines(self, lines: List[str]) -> None:
-        ending = "\r\n" if self.rng.random() < 0.3 else "\n"
-        self._send("".join(line + ending for line in lines).encode("utf-8"))
+        ending = line_ending(self.rng)
+        self._send(b"".join(line.encode("utf-8") + ending for line in lines))
 
     def helo(self) -> None:
         text = "%s %s" % (self.name, random_text(self.rng, 30).strip() or "x")
-        ending = b"\r\n" if self.rng.random() < 0.3 else b"\n"
-        self._send(helo_request(text)[:-1] + ending)
+        self._send(helo_request(text)[:-1] + line_ending(self.rng))
         self.expect.append(("HELO", "HELO " + text))
 
     def join(self, room: str) -> None:
@@ -449,46 +411,36 @@ class Probe:
         unknown = str(10 ** 9 + rng.randint(0, 999))
         bad = rng.choice(["x", "-1", "+1", "1.0", "0x1", "1_0", "\u0661", ""])
         unprintable = rng.choice(["\x1b[31m", "\x7f", "\u202e", "\u200b", "\u2028", "\u2029"])
-        cases = [
-            (["CHAT: " + bad, "JOIN_ID: 1", "CLIENT_NAME: " + name, "MESSAGE: m", ""],
-             ErrorCode.BAD_INTEGER),
-            (["CHAT: " + unknown, "JOIN_ID: 1", "CLIENT_NAME: " + name, "MESSAGE: m", ""],
-             ErrorCode.UNKNOWN_ROOM),
-            (["CHAT: " + ref, "CLIENT_NAME: " + name, "MESSAGE: m", ""],
+        join = "JOIN_CHATROOM: {room}|CLIENT_IP: 0|PORT: 0|CLIENT_NAME: {name}"
+        cases = [       # the request's lines, split at "|", and the error code it must get
+            ("CHAT: {bad}|JOIN_ID: 1|CLIENT_NAME: {name}|MESSAGE: m|", ErrorCode.BAD_INTEGER),
+            ("CHAT: {unknown}|JOIN_ID: 1|CLIENT_NAME: {name}|MESSAGE: m|", ErrorCode.UNKNOWN_ROOM),
+            ("CHAT: {ref}|CLIENT_NAME: {name}|MESSAGE: m|", ErrorCode.MALFORMED_REQUEST),
+            ("LEAVE_CHATROOM: {bad}|JOIN_ID: 1|CLIENT_NAME: {name}", ErrorCode.BAD_INTEGER),
+            ("LEAVE_CHATROOM: {unknown}|JOIN_ID: 1|CLIENT_NAME: {name}", ErrorCode.UNKNOWN_ROOM),
+            ("LEAVE_CHATROOM: {ref}|JOIN_ID: {bad}|CLIENT_NAME: {name}", ErrorCode.BAD_INTEGER),
+            (join.replace("{room}", " "), ErrorCode.EMPTY_ROOM_NAME),
+            (join.replace("{name}", " "), ErrorCode.EMPTY_CLIENT_NAME),
+            (join.replace("PORT", "PORTS"), ErrorCode.MALFORMED_REQUEST),
+            ("JOIN_CHATROOM: {room}|PORT: 0|CLIENT_IP: 0|CLIENT_NAME: {name}",
              ErrorCode.MALFORMED_REQUEST),
-            (["LEAVE_CHATROOM: " + bad, "JOIN_ID: 1", "CLIENT_NAME: " + name],
-             ErrorCode.BAD_INTEGER),
-            (["LEAVE_CHATROOM: " + unknown, "JOIN_ID: 1", "CLIENT_NAME: " + name],
-             ErrorCode.UNKNOWN_ROOM),
-            (["LEAVE_CHATROOM: " + ref, "JOIN_ID: " + bad, "CLIENT_NAME: " + name],
-             ErrorCode.BAD_INTEGER),
-            (["JOIN_CHATROOM:  ", "CLIENT_IP: 0", "PORT: 0", "CLIENT_NAME: " + name],
-             ErrorCode.EMPTY_ROOM_NAME),
-            (["JOIN_CHATROOM: room1", "CLIENT_IP: 0", "PORT: 0", "CLIENT_NAME:  "],
-             ErrorCode.EMPTY_CLIENT_NAME),
-            (["JOIN_CHATROOM: room1", "CLIENT_IP: 0", "PORTS: 0", "CLIENT_NAME: " + name],
-             ErrorCode.MALFORMED_REQUEST),
-            (["JOIN_CHATROOM: room1", "PORT: 0", "CLIENT_IP: 0", "CLIENT_NAME: " + name],
-             ErrorCode.MALFORMED_REQUEST),
-            (["JOIN_CHATROOM: room1", "CLIENT_IP: 0", ""], ErrorCode.MALFORMED_REQUEST),
-            (["DISCONNECT: 0", "PORT: 0", "CLIENT_NAME: "], ErrorCode.EMPTY_CLIENT_NAME),
-            (["JOIN_CHATROOM: " + "r" * (MAX_NAME_CHARS + 1), "CLIENT_IP: 0", "PORT: 0",
-              "CLIENT_NAME: " + name], ErrorCode.NAME_TOO_LONG),
-            (["JOIN_CHATROOM: room1", "CLIENT_IP: 0", "PORT: 0",
-              "CLIENT_NAME: " + "n" * (MAX_NAME_CHARS + 1)], ErrorCode.NAME_TOO_LONG),
-            (["JOIN_CHATROOM: room" + unprintable + "1", "CLIENT_IP: 0", "PORT: 0",
-              "CLIENT_NAME: " + name], ErrorCode.NAME_NOT_PRINTABLE),
-            (["JOIN_CHATROOM: room1", "CLIENT_IP: 0", "PORT: 0",
-              "CLIENT_NAME: " + name + unprintable + "x"], ErrorCode.NAME_NOT_PRINTABLE),
+            ("JOIN_CHATROOM: {room}|CLIENT_IP: 0|", ErrorCode.MALFORMED_REQUEST),
+            ("DISCONNECT: 0|PORT: 0|CLIENT_NAME: ", ErrorCode.EMPTY_CLIENT_NAME),
+            (join.replace("{room}", "r" * (MAX_NAME_CHARS + 1)), ErrorCode.NAME_TOO_LONG),
+            (join.replace("{name}", "n" * (MAX_NAME_CHARS + 1)), ErrorCode.NAME_TOO_LONG),
+            (join.replace("{room}", "room{unprintable}1"), ErrorCode.NAME_NOT_PRINTABLE),
+            (join.replace("{name}", "{name}{unprintable}x"), ErrorCode.NAME_NOT_PRINTABLE),
         ]
         if rng.random() < 0.15:                 # invalid UTF-8 in a HELO or in a message
             raw_cases = [b"HELO caf\xe9", b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: n\nMESSAGE: \xff\n"]
             self._send(rng.choice(raw_cases) + b"\n")
             self.expect.append(("ERROR", ErrorCode.INVALID_UTF8))
             return
-        lines, code = rng.choice(cases)
-        self._send_lines(lines)
+        template, code = rng.choice(cases)
+        self._send_lines([line.format(room="room1", name=name, bad=bad, unknown=unknown, ref=ref,
+                                      unprintable=unprintable) for line in template.split("|")])
         self.expect.append(("ERROR", code))
+
 
     def unknown(self) -> None:
         self._send_lines([self.rng.choice(["WHATEVER", "PING %s" % self.name, "NOT_A_COMMAND: 1",
@@ -532,7 +484,7 @@ class Probe:
                 return
             if reply.message.startswith(FINAL_PREFIX):
                 self.finals_seen[(reply.ref, reply.message)] += 1
-            if self.records and reply.message == LEFT_TEXT % reply.client_name:
+            if reply.message == LEFT_TEXT % reply.client_name:
                 self.leaves_seen.add((reply.ref, reply.client_name))
             return
         if not self.expect:
@@ -605,9 +557,8 @@ class Probe:
         return self.done or not self.expect
 
 
-# -------------------------------------------------------------------------------------------
-# The fuzzer
-# -------------------------------------------------------------------------------------------
+# --- The fuzzer ------------------------------------------------------------------------------
+
 
 class Fuzzer(kit.Handler):
     """One run against `target` (kit.Target: spawned for the run, or given)."""
@@ -648,8 +599,8 @@ class Fuzzer(kit.Handler):
         self.loop.connect(conn)
         return conn
 
-    def new_probe(self, name: str, records: bool = False) -> Probe:
-        probe = Probe(self, name, self.open_conn(name), records)
+    def new_probe(self, name: str) -> Probe:
+        probe = Probe(self, name, self.open_conn(name))
         self.probes.append(probe)
         return probe
 
@@ -887,10 +838,10 @@ class Fuzzer(kit.Handler):
                         wire = frame.replace(b"\n", ending) + ending * 2
                         terminator = 2 * len(ending)
                     assert len(frame) == size
-                    for split in [None] + list(range(terminator)):
-                        at = None if split is None else len(wire) - terminator + split
+                    for split in [None] + list(range(terminator)):     # None: sent whole
+                        at = len(wire) if split is None else len(wire) - terminator + split
                         cases.append({"kind": kind, "size": size, "ending": ending.decode(),
-                                      "split": split, "wire": wire, "at": at})
+                                      "split": split, "halves": (wire[:at], wire[at:])})
         socks = []
         for case in cases:
             try:
@@ -902,14 +853,11 @@ class Fuzzer(kit.Handler):
             socks.append(sock)
         cases = cases[:len(socks)]
         try:
-            for halves in (0, 1):
+            for half in (0, 1):
                 for case, sock in zip(cases, socks):
-                    wire, at = case["wire"], case["at"]
-                    part = (wire if at is None else wire[:at]) if halves == 0 else (
-                        b"" if at is None else wire[at:])
                     try:
-                        if part:
-                            sock.sendall(part)
+                        if case["halves"][half]:
+                            sock.sendall(case["halves"][half])
                     except OSError:
                         pass
                 time.sleep(SPLIT_PAUSE)
@@ -919,13 +867,12 @@ class Fuzzer(kit.Handler):
             for sock in socks:
                 sock.close()
         table, problems = [], []
-        groups = collections.OrderedDict()
+        groups: Dict[tuple, Dict[str, str]] = {}    # (kind, size, ending) -> {how: outcome}
         for case in cases:
+            how = "whole" if case["split"] is None else "split@%d" % case["split"]
             key = (case["kind"], case["size"], case["ending"])
-            groups.setdefault(key, []).append(case)
-        for (kind, size, ending), group in groups.items():
-            outcomes = {("whole" if c["split"] is None else "split@%d" % c["split"]): c["outcome"]
-                        for c in group}
+            groups.setdefault(key, {})[how] = case["outcome"]
+        for (kind, size, ending), outcomes in groups.items():
             table.append({"kind": kind, "frame_bytes": size, "ending": ending,
                           "outcomes": outcomes})
             if len(set(outcomes.values())) > 1:
@@ -935,41 +882,29 @@ class Fuzzer(kit.Handler):
 
     def _first_reply(self, sock: socket.socket) -> str:
         """"accepted", "too long" (ERROR_CODE 8) or what else came back first."""
-        reader = ReplyReader()
-        deadline = time.monotonic() + HELO_TIMEOUT
-        try:
-            while time.monotonic() < deadline:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                data = sock.recv(256 * 1024)
-                if not data:
-                    return "closed"
-                reader.receive_data(data)
-                reply = reader.maybe_next_reply()
-                if reply is not None:
-                    if isinstance(reply, ErrorReply) and reply.code == ErrorCode.REQUEST_TOO_LONG:
-                        return "too long"
-                    if isinstance(reply, HeloReply) or (isinstance(reply, ErrorReply)
-                                                        and reply.code == ErrorCode.UNKNOWN_ROOM):
-                        return "accepted"
-                    return "other: %r" % (reply,)
-        except socket.timeout:
-            pass
-        except OSError as exc:
-            return "%s" % type(exc).__name__
-        return "no reply"
+        reply = kit.first_reply(sock, time.monotonic() + HELO_TIMEOUT)
+        code = reply.code if isinstance(reply, ErrorReply) else None
+        if code == ErrorCode.REQUEST_TOO_LONG:
+            return "too long"
+        if isinstance(reply, HeloReply) or code == ErrorCode.UNKNOWN_ROOM:
+            return "accepted"
+        return reply if isinstance(reply, str) else "other: %r" % (reply,)
+
+    def drain(self, until: Callable[[], bool], problem: Callable[[], str]) -> None:
+        """Pump until `until()`; if DRAIN_TIMEOUT runs out first, a "rooms" failure: problem()."""
+        if not self.pump(DRAIN_TIMEOUT, until=until):
+            self.report.fail("rooms", "%s after %g s" % (problem(), DRAIN_TIMEOUT))
 
     def check_rooms(self) -> None:
         """The end-of-run consistency check (see the module docstring)."""
         probes_idle = lambda: all(probe.idle() for probe in self.probes)  # noqa: E731
-        if not self.pump(DRAIN_TIMEOUT, until=probes_idle):
-            self.report.fail("rooms", "probes still waiting for %d replies after %g s"
-                         % (sum(len(p.expect) for p in self.probes if not p.done),
-                            DRAIN_TIMEOUT))
+        self.drain(probes_idle, lambda: "probes still waiting for %d replies"
+                   % sum(len(p.expect) for p in self.probes if not p.done))
         for conn in self.live_chaos():
             self.retire(conn, self.rng.choice(["abort", "close"]))
         rooms = [room for room in sorted(self.refs, key=self.refs.get)
                  if len(room.encode("utf-8")) < MAX_REQUEST_BYTES - 200]
-        checker = self.new_probe("checker", records=True)
+        checker = self.new_probe("checker")
         observers = [self.new_probe("observer%d" % i) for i in range(3)]
         for room in rooms:
             checker.join(room)
@@ -986,13 +921,10 @@ class Fuzzer(kit.Handler):
         self.when_sent(observers[2].conn, "abort")
         observers[2].done = True
         wanted = {(self.refs[room], o.name) for room in rooms for o in observers}
-        all_left = lambda: (observers[0].idle() and observers[1].idle()  # noqa: E731
-                            and wanted <= checker.leaves_seen)
-        if not self.pump(DRAIN_TIMEOUT, until=all_left):
-            missing = sorted(wanted - checker.leaves_seen)
-            self.report.fail("rooms", "checker did not see %d leave announcements of the "
-                             "observers, e.g. %r"
-                         % (len(missing), missing[:5]))
+        self.drain(lambda: observers[0].idle() and observers[1].idle()
+                   and wanted <= checker.leaves_seen,
+                   lambda: "checker did not see %d leave announcements of the observers, e.g. %r"
+                   % (len(wanted - checker.leaves_seen), sorted(wanted - checker.leaves_seen)[:5]))
         # the checker chats in every room; every probe in a room must get it exactly once
         nonce = self.rng.randint(0, 10 ** 9)
         finals = {}
@@ -1006,26 +938,23 @@ class Fuzzer(kit.Handler):
                 probe.done or all(probe.finals_seen[(ref, finals[ref])] >= 1
                                   for ref in probe.in_rooms if ref in finals)
                 for probe in listeners)
-        if not self.pump(DRAIN_TIMEOUT, until=all_delivered):
-            self.report.fail("rooms", "the checker's chat did not reach every member within %g s"
-                         % DRAIN_TIMEOUT)
+        self.drain(all_delivered, lambda: "the checker's chat had not reached every member")
         self.pump(QUIET * 5)                   # time for duplicates to show
-        for probe in listeners:
-            if probe.done:
-                continue
+        for probe in [p for p in listeners if not p.done]:
             for ref in probe.in_rooms:
+
                 got = probe.finals_seen[(ref, finals.get(ref))]
                 if ref in finals and got != 1:
                     self.report.fail("rooms", "probe %s got the checker's chat in room %d %d times"
-                                 % (probe.name, ref, got))
+                                     % (probe.name, ref, got))
         # everybody still here disconnects, checking the leave announcements once more
         for probe in self.probes:
             if not probe.done and not probe.disconnecting:
                 if not probe.disconnect():
                     self.retire(probe.conn, "close")
                     probe.done = True
-        if not self.pump(DRAIN_TIMEOUT, until=probes_idle):
-            self.report.fail("rooms", "DISCONNECT replies still missing after %g s" % DRAIN_TIMEOUT)
+        self.drain(probes_idle, lambda: "DISCONNECT replies still missing")
+
         for conn in list(self.loop.conns):
             self.retire(conn, "close")
 
@@ -1052,13 +981,13 @@ class Fuzzer(kit.Handler):
             if stopped:
                 return {"sent": True, "stopped_after_s": round(time.monotonic() - started, 3)}
             time.sleep(0.01)
+
+
         self.report.fail("kill", "KILL_SERVICE: the server was still running 1 s later")
         return {"sent": True, "stopped_after_s": None}
 
     # -- the whole run ---------------------------------------------------------------------
 
-
-    # -- the whole run ---------------------------------------------------------------------
 
     def run(self) -> Tuple[Dict[str, object], str]:
         args = self.args
@@ -1092,22 +1021,18 @@ class Fuzzer(kit.Handler):
             "requests_sent": fuzz_requests,
             "requests_by_kind": dict(sorted(self.sent_by_kind.items())),
             "check_requests_sent": self.requests_sent() - fuzz_requests,
-            "batches": self.batches,
-            "connections_opened": self.serial,
+            "batches": self.batches, "connections_opened": self.serial,
             "errors_by_code": {str(code): n for code, n in sorted(self.errors_by_code.items())},
-            "disconnects": self.server_closed,
-            "vanished": self.vanished,
+            "disconnects": self.server_closed, "vanished": self.vanished,
             "closed_by_fuzzer": self.closed_by_us,
             "probe_replies_checked": sum(probe.checked for probe in self.probes),
-            "rooms_known": len(self.refs),
-            "slowest_health_check_s": round(self.helo_max, 3),
+            "rooms_known": len(self.refs), "slowest_health_check_s": round(self.helo_max, 3),
             "segmentation": segmentation,
-            "server_rss_kb_before": rss_before,
-            "server_rss_kb_after": rss_after,
+            "server_rss_kb_before": rss_before, "server_rss_kb_after": rss_after,
             "server_rss_kb_peak": self.server.status_kb("VmHWM") if self.server else None,
             "rss_change_percent": (round(100.0 * (rss_after - rss_before) / rss_before, 1)
-                                   if rss_before and rss_after else None),
-        }
+                                   if rss_before and rss_after else None)}
+
         if kill is not None:
             figures["kill"] = kill
         return figures, ("%d requests in %d batches, %d probe replies checked, %d rooms"

@@ -4,14 +4,17 @@
   "listening on IP:PORT" line read with a bounded wait; its memory from /proc; stopped by pid.
 - Loop and Conn: many nonblocking client connections on one selector. Every connection reads
   the server with protocol.ReplyReader; requests are built with protocol's builders.
+- Crowd: members that connect and join their rooms, and one chat per room that each member
+  must get exactly once (many, and loadgen's scenarios).
 - Report: failures counted by kind with a few examples each, a progress line on standard error
   every PROGRESS_INTERVAL seconds, and at the end a one-line verdict (standard error) and a JSON
   summary (standard output, one line) with the same schema in every tool:
       {"tool", "ok", "verdict", "elapsed", "failed", "failures": {kind: count},
        "failure_examples": {kind: [text, ...]}, ...the tool's own figures}
   `ok` is true exactly when `failures` is empty; exit status 0 then, 1 otherwise (2: usage).
-- add_common_arguments / run_tool: --spawn or --host/--port, --seed, --seconds, --quiet; a tool
-  given an address where nothing listens fails within CONNECT_CHECK_TIMEOUT with one line.
+- parse_tool_args / run_tool: --spawn or --host/--port, --seed, --seconds, --quiet and the
+  tool's own options from a table; a tool given an address where nothing listens fails within
+  CONNECT_CHECK_TIMEOUT with one line.
 - raise_nofile_limit, os_limits: how many connections this process and the machine allow.
 
 Run tools from the repository's top folder: `python3 -m tools.NAME --help`.
@@ -31,10 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 import protocol
-from protocol import HeloReply, helo_request
+from protocol import JOINED_TEXT, ChatMessage, HeloReply, chat_request, helo_request, join_request
 
 HOST = "127.0.0.1"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,9 +56,14 @@ SEND_SIZE = 256 * 1024
 # Nonblocking connects in flight at once: a few hundred keeps the server's accept backlog
 # (reactor.py asks for 1024) from overflowing, which would turn connects into 1 s SYN retries.
 CONNECT_CONCURRENCY = 256
+POLL_WAIT = 0.05                # the longest select() wait of a loop waiting for something
 PROGRESS_INTERVAL = 2.0         # seconds between progress lines
 MAX_EXAMPLES = 5                # failure examples kept per kind
 MAX_EXAMPLE_CHARS = 300         # an example is cut to this: a whole 64 KiB reply helps nobody
+# A crowd in which a member was lost after joining cannot see its announcements add up; it
+# stops waiting for them after this many quiet seconds instead.
+SETTLE = 0.5
+JOINED_SUFFIX = JOINED_TEXT % ""    # " has joined this chatroom."
 
 
 def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
@@ -66,12 +74,22 @@ def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
         reply = reader.maybe_next_reply()
 
 
-# ---------------------------------------------------------------------------------------------
-# The server under test
-# ---------------------------------------------------------------------------------------------
+# --- The server under test -------------------------------------------------------------------
 
 class ServerError(Exception):
     """The server could not be started, or nothing listens at the address given."""
+
+
+def _proc_fields(path: str, prefix: str) -> Optional[List[str]]:
+    """The words of the first line of /proc file `path` that starts with `prefix`, or None."""
+    try:
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(prefix):
+                    return line.split()
+    except OSError:
+        pass
+    return None
 
 
 class ServerProcess:
@@ -107,8 +125,7 @@ class ServerProcess:
         with selectors.DefaultSelector() as selector:
             selector.register(self.proc.stdout, selectors.EVENT_READ)
             while not line.endswith(b"\n") and len(line) < 200:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
+                if not selector.select(max(0.0, deadline - time.monotonic())):
                     raise ServerError("Server.py printed no listening line within %g s (got %r)"
                                       % (START_TIMEOUT, line))
                 byte = os.read(self.proc.stdout.fileno(), 1)
@@ -128,28 +145,16 @@ class ServerProcess:
 
     def status_kb(self, key: str) -> Optional[int]:
         """A kB figure of /proc/PID/status: VmRSS (memory in use now), VmHWM (the peak)."""
-        try:
-            with open("/proc/%d/status" % self.pid) as status:
-                for line in status:
-                    if line.startswith(key + ":"):
-                        return int(line.split()[1])
-        except (OSError, ValueError, IndexError):
-            pass
-        return None
+        fields = _proc_fields("/proc/%d/status" % self.pid, key + ":")
+        return int(fields[1]) if fields and len(fields) > 1 and fields[1].isdigit() else None
 
     def rss_kb(self) -> Optional[int]:
         return self.status_kb("VmRSS")
 
     def open_file_limit(self) -> Optional[str]:
         """The server's own open-file limit from /proc/PID/limits, as "soft hard"."""
-        try:
-            with open("/proc/%d/limits" % self.pid) as limits:
-                for line in limits:
-                    if line.startswith("Max open files"):
-                        return " ".join(line.split()[3:5])
-        except OSError:
-            pass
-        return None
+        fields = _proc_fields("/proc/%d/limits" % self.pid, "Max open files")
+        return " ".join(fields[3:5]) if fields else None
 
     def log_size(self) -> int:
         self._log.seek(0, os.SEEK_END)
@@ -192,35 +197,44 @@ def check_listening(host: str, port: int) -> None:
         raise ServerError("no server at %s:%s: %s" % (host, port, exc)) from None
 
 
+def first_reply(sock: socket.socket, deadline: float) -> Union[protocol.Reply, str]:
+    """The first reply a blocking `sock` reads before `deadline` (time.monotonic()), or what
+    happened instead: "closed", "no reply within N s", or the error."""
+    called = time.monotonic()
+    reader = protocol.ReplyReader()
+    try:
+        while True:
+            reply = reader.maybe_next_reply()
+            if reply is not None:
+                return reply
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                return "closed"
+            reader.receive_data(data)
+    except socket.timeout:
+        return "no reply within %.3g s" % (time.monotonic() - called)
+    except OSError as exc:
+        return "%s: %s" % (type(exc).__name__, exc)
+
+
 def helo_check(host: str, port: int, timeout: float,
                text: str = "health") -> Tuple[bool, float, str]:
     """Connect, send one HELO, wait for its reply. Returns (the right reply came in time,
     seconds taken, what went wrong)."""
     started = time.monotonic()
-    reader = protocol.ReplyReader()
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(helo_request(text))
-            while True:
-                reply = reader.maybe_next_reply()
-                if reply is not None:
-                    ok = (isinstance(reply, HeloReply) and reply.line == "HELO " + text
-                          and reply.port == port)
-                    return ok, time.monotonic() - started, "" if ok else "bad reply %r" % (reply,)
-                sock.settimeout(max(0.001, started + timeout - time.monotonic()))
-                data = sock.recv(RECV_SIZE)
-                if not data:
-                    return False, time.monotonic() - started, "closed without a HELO reply"
-                reader.receive_data(data)
-    except socket.timeout:
-        return False, time.monotonic() - started, "no HELO reply within %g s" % timeout
+            reply = first_reply(sock, started + timeout)
     except OSError as exc:
-        return False, time.monotonic() - started, "%s: %s" % (type(exc).__name__, exc)
+        reply = "%s: %s" % (type(exc).__name__, exc)
+    ok = isinstance(reply, HeloReply) and reply.line == "HELO " + text and reply.port == port
+    problem = "" if ok else reply if isinstance(reply, str) else "bad reply %r" % (reply,)
+    return ok, time.monotonic() - started, problem
 
 
-# ---------------------------------------------------------------------------------------------
-# Client connections on one selector
-# ---------------------------------------------------------------------------------------------
+# --- Client connections on one selector ------------------------------------------------------
 
 QUEUED, CONNECTING, OPEN, CLOSED = "queued", "connecting", "open", "closed"
 
@@ -241,7 +255,7 @@ class Conn:
 
 class Member(Conn):
     """A client connection that joins a room (`room` as `name`): the ref and JOIN_ID the
-    server gave it are set once its JOINED_CHATROOM has been read."""
+    server gave it are set once its JOINED_CHATROOM has been read; a Crowd keeps the rest."""
 
     def __init__(self, room: str, name: str) -> None:
         super().__init__()
@@ -249,6 +263,9 @@ class Member(Conn):
         self.name = name
         self.ref: Optional[int] = None
         self.join_id: Optional[int] = None
+        self.announced = False          # its own join announcement has arrived
+        self.failed = False             # it will never be a member: do not wait for it
+        self.got = 0                    # chats counted in the current phase
 
 
 class Handler:
@@ -446,22 +463,233 @@ class Loop:
         self.selector.close()
 
     def run_until(self, is_done: Callable[[], bool], seconds: float,
-                  tick: Optional[Callable[[], None]] = None, wait: float = 0.05) -> bool:
+                  tick: Optional[Callable[[], None]] = None, wait: float = POLL_WAIT) -> bool:
         """Poll until is_done() (True) or `seconds` pass (False); tick() after every poll."""
-        deadline = time.monotonic() + seconds
+        return self.wait_for(is_done, time.monotonic() + seconds, tick=tick, wait=wait) == "done"
+
+    def wait_for(self, is_done: Callable[[], bool], deadline: float,
+                 stall: Optional[float] = None, nap: float = 0.0,
+                 tick: Optional[Callable[[], None]] = None, wait: float = POLL_WAIT) -> str:
+        """Poll until is_done(): "done"; or until `deadline` (time.monotonic()): "timed out";
+        or until `stall` seconds pass without progress (last_activity): "stalled". A `nap`
+        before each poll lets replies pile up, for fewer and larger reads; tick() after it."""
         while not is_done():
             now = time.monotonic()
             if now >= deadline:
-                return False
-            self.poll(min(wait, deadline - now))
+                return "timed out"
+            if stall is not None and now - self.last_activity > stall:
+                return "stalled"
+            if nap:
+                time.sleep(nap)
+            self.poll(max(0.0, min(wait, deadline - now)))
             if tick is not None:
                 tick()
-        return True
+        return "done"
 
 
-# ---------------------------------------------------------------------------------------------
-# The report: failures, progress, verdict, summary
-# ---------------------------------------------------------------------------------------------
+# --- A crowd of members: connect, join, and one chat in every room ---------------------------
+
+# How a Crowd runs the loop for a step: wait(step name, is_done) is True if the step finished.
+Wait = Callable[[str, Callable[[], bool]], bool]
+
+
+class Crowd(Handler):
+    """Members that connect and JOIN their rooms (join()), then, if asked, one chat in every
+    room that every member must get exactly once (chat_once()).
+
+    A room that ends with n members owes n(n+1)/2 join announcements (the k-th joiner's goes to
+    k members), whatever order the server handled the JOINs in. A room keeps one ROOM_REF, no
+    two rooms share one, and no two members get the same JOIN_ID.
+    """
+
+    def __init__(self, loop: Loop, members: List[Member], report: "Report") -> None:
+        self.loop = loop
+        self.members = members
+        self.report = report
+        self.step = "the joins"
+        self.started = time.monotonic()
+        self.connected_count = 0
+        self.joined = 0
+        self.unjoined_failed = 0            # members that failed before their JOINED came
+        self.unresolved = len(members)      # neither joined-and-announced nor failed
+        self.room_sizes: Dict[str, int] = collections.Counter()
+        self.announcements_owed = 0
+        self.announcements = 0
+        self.lost_after_join = False
+        self.connects_done_at: Optional[float] = None
+        self.last_joined_at: Optional[float] = None
+        self.announced_at: Optional[float] = None
+        self.refs: Dict[str, int] = {}      # room -> ROOM_REF
+        self.rooms_by_ref: Dict[int, str] = {}
+        self.join_ids: Set[int] = set()
+        self.expected: Optional[Dict[str, ChatMessage]] = None   # room -> its one chat
+        self.waiting = 0                    # members still owed that chat
+        self.delivered = 0
+        self.chat_started: Optional[float] = None
+        self.last_delivery_at: Optional[float] = None
+
+    def _wait(self, wait: Wait, step: str, is_done: Callable[[], bool]) -> bool:
+        self.step = step
+        return wait(step, is_done)
+
+    def join(self, wait: Wait) -> bool:
+        """Connect every member and JOIN it to its room; wait for every connect, every
+        JOINED_CHATROOM and every announcement, a step each. True if all three finished."""
+        self.loop.handler = self
+        self.started = time.monotonic()
+        for member in self.members:
+            self.loop.connect(member)
+        done = (self._wait(wait, "connections", lambda: self.connects_done_at is not None)
+                and self._wait(wait, "JOINED_CHATROOM replies",
+                               lambda: self.joined + self.unjoined_failed >= len(self.members))
+                and self._wait(wait, "join announcements", self.all_announced))
+        self.announced_at = time.monotonic()
+        if self.announcements != self.announcements_owed:
+            self.report.fail("announcements", "%d join announcements delivered, %d owed"
+                             % (self.announcements, self.announcements_owed))
+        return done
+
+    def all_announced(self) -> bool:
+        if self.unresolved:
+            return False
+        if self.announcements >= self.announcements_owed:
+            return True
+        return self.lost_after_join and time.monotonic() - self.loop.last_activity > SETTLE
+
+    def join_figures(self) -> Dict[str, object]:
+        """How many connected and joined, and the seconds from the first connect until every
+        connect was made, every JOINED_CHATROOM had come, and every announcement."""
+        end = self.announced_at or time.monotonic()
+        return {"connected": self.connected_count, "joined": self.joined,
+                "connect_seconds": round((self.connects_done_at or end) - self.started, 3),
+                "join_seconds": round((self.last_joined_at or end) - self.started, 3),
+                "announce_seconds": round(end - self.started, 3)}
+
+    def chat_once(self, wait: Wait) -> bool:
+        """The first member of every room to have joined sends one chat; wait until every
+        member in a room has it (True) or the wait gives up (False)."""
+        in_rooms = [m for m in self.members if m.ref is not None and not m.failed]
+        senders: Dict[str, Member] = {}
+        for member in in_rooms:
+            senders.setdefault(member.room, member)
+        self.expected = {room: ChatMessage(sender.ref, sender.name, "hello %s from %s"
+                                           % (room, sender.name))
+                         for room, sender in senders.items()}
+        self.waiting = len(in_rooms)
+        for member in self.members:
+            member.got = 0
+        self.chat_started = self.loop.last_activity = time.monotonic()
+        for room, sender in senders.items():
+            self.loop.send(sender, chat_request(sender.ref, sender.join_id, sender.name,
+                                                self.expected[room].message))
+        return self._wait(wait, "the chats", lambda: self.waiting <= 0)
+
+    def progress_line(self) -> str:
+        return ("%s: %d/%d connected, %d joined, %d announcements, %d got the chat"
+                % (self.step, self.connected_count, len(self.members), self.joined,
+                   self.announcements, self.delivered))
+
+    # -- the loop's handler --------------------------------------------------------------------
+
+    def connected(self, member: Member) -> None:
+        self.connected_count += 1
+        self._maybe_all_connected()
+        self.loop.send(member, join_request(member.room, member.name))
+
+    def connect_failed(self, member: Member, exc: OSError) -> None:
+        self.report.fail("connect_failed", "%s: %s" % (member.name, exc))
+        self._fail(member)
+        self._maybe_all_connected()
+
+    def _maybe_all_connected(self) -> None:
+        if self.connects_done_at is None and not self.loop.queued and not self.loop.connecting:
+            self.connects_done_at = time.monotonic()
+
+    def closed(self, member: Member, exc: Optional[OSError]) -> None:
+        self.report.fail("closed_by_server", "%s during %s (%s)"
+                         % (member.name, self.step, exc or "closed"))
+        owed_the_chat = self.expected is not None and member.ref is not None and not member.failed
+        if owed_the_chat and not member.got:
+            self.waiting -= 1               # it never will: do not wait for it
+
+        self._fail(member)
+
+    def _fail(self, member: Member) -> None:
+        if member.ref is not None:
+            self.lost_after_join = True
+        elif not member.failed:
+            self.unjoined_failed += 1
+        if not member.failed and not (member.ref is not None and member.announced):
+            self.unresolved -= 1
+        member.failed = True
+
+    def received(self, member: Member) -> None:
+        if self.expected is not None:
+            self._chat_received(member)
+            return
+        reader = member.reader
+        while True:
+            if member.announced and not member.failed:
+                # in a room of n, up to n more announcements follow: counted at C speed
+                self.announcements += reader.count_chats(member.ref, JOINED_SUFFIX)
+            reply = reader.maybe_next_reply()
+            if reply is None:
+                return
+            self._join_reply(member, reply)
+
+    def _join_reply(self, member: Member, reply: protocol.Reply) -> None:
+        if member.ref is None:
+            if isinstance(reply, protocol.JoinedReply) and reply.room == member.room:
+                self._joined(member, reply)
+                return
+            kind = ("error_reply" if isinstance(reply, protocol.ErrorReply)
+                    else "unexpected_message")
+            self.report.fail(kind, "%s got %r instead of JOINED_CHATROOM" % (member.name, reply))
+            self._fail(member)
+        elif (isinstance(reply, ChatMessage) and reply.ref == member.ref
+              and reply.message.endswith(JOINED_SUFFIX)):
+            self.announcements += 1
+            if not member.announced and reply == ChatMessage(member.ref, member.name,
+                                                             JOINED_TEXT % member.name):
+                member.announced = True
+                if not member.failed:
+                    self.unresolved -= 1
+        else:
+            self.report.fail("unexpected_message", "%s got %r while joining"
+                             % (member.name, reply))
+
+    def _joined(self, member: Member, reply: protocol.JoinedReply) -> None:
+        member.ref, member.join_id = reply.ref, reply.join_id
+        self.joined += 1
+        self.last_joined_at = time.monotonic()
+        self.room_sizes[member.room] += 1
+        self.announcements_owed += self.room_sizes[member.room]
+        if self.refs.setdefault(member.room, reply.ref) != reply.ref:
+            self.report.fail("two_refs", "room %s has ROOM_REFs %d and %d"
+                             % (member.room, self.refs[member.room], reply.ref))
+        if self.rooms_by_ref.setdefault(reply.ref, member.room) != member.room:
+            self.report.fail("two_refs", "rooms %s and %s share ROOM_REF %d"
+                             % (self.rooms_by_ref[reply.ref], member.room, reply.ref))
+        if reply.join_id in self.join_ids:
+            self.report.fail("join_id_twice", "JOIN_ID %d given twice" % reply.join_id)
+        self.join_ids.add(reply.join_id)
+
+    def _chat_received(self, member: Member) -> None:
+        for reply in replies(member.reader):
+            if reply != self.expected.get(member.room):
+                self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
+                continue
+            member.got += 1
+            if member.got == 1:
+                self.delivered += 1
+                self.waiting -= 1
+                self.last_delivery_at = time.monotonic()
+            else:
+                self.report.fail("duplicate", "%s got the room's chat %d times"
+                                 % (member.name, member.got))
+
+
+# --- The report: failures, progress, verdict, summary ----------------------------------------
 
 class Report:
     """Failures counted by kind (a few examples of each kept), progress lines, and the summary
@@ -531,6 +759,8 @@ def emit(summary: Dict[str, object]) -> int:
     return 0 if summary["ok"] else 1
 
 
+# --- The command line ------------------------------------------------------------------------
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Descriptions and epilogs as written (examples on lines of their own), and every option's
     default shown after its help."""
@@ -554,13 +784,18 @@ def parse_tool_args(tool: str, doc: str, seconds: Tuple[float, str], options: Li
     """The command line of a tool: the common arguments, its `options` (each checked against
     its bounds) and its on/off `switches` (flag, help)."""
     parser = argument_parser(tool, doc)
-    add_common_arguments(parser, seconds)
-    for flag, kind, default, text, _least, _most in options:
-        parser.add_argument(flag, type=kind, default=default, help=text)
+    add_common_arguments(parser, seconds, options=options)
     for flag, text in switches:
         parser.add_argument(flag, action="store_true", help=text)
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)
+    check_bounds(parser, args, options)
+    return parser, args
+
+
+def check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 options: List[Option]) -> None:
+    """A usage error unless every option's value lies within its least and most."""
     for flag, _kind, _default, _text, least, most in options:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None and ((least is not None and value < least)
@@ -568,7 +803,6 @@ def parse_tool_args(tool: str, doc: str, seconds: Tuple[float, str], options: Li
             parser.error("%s must be %s" % (flag, " and ".join(
                 text % bound for text, bound in (("at least %s", least), ("at most %s", most))
                 if bound is not None)))
-    return parser, args
 
 
 def main(tool: str, parse_args: Callable, run: Callable, argv: Optional[List[str]]) -> int:
@@ -577,10 +811,10 @@ def main(tool: str, parse_args: Callable, run: Callable, argv: Optional[List[str
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, seconds: Optional[Tuple[float, str]],
-                         suppress: bool = False) -> None:
-    """--spawn | --host/--port, --seed, --seconds (when `seconds` gives its default and help)
-    and --quiet. With `suppress`, they get no defaults here: a subcommand's copy then never
-    overrides a value given before the subcommand's name."""
+                         suppress: bool = False, options: List[Option] = ()) -> None:
+    """--spawn | --host/--port, --seed, --seconds (when `seconds` gives its default and help),
+    --quiet, and `options` (a default of None is a required option). With `suppress`, they get
+    no defaults here: a subcommand's copy then never overrides a value given before its name."""
     def default(value):
         return argparse.SUPPRESS if suppress else value
     parser.add_argument("--spawn", action="store_true", default=default(False),
@@ -596,6 +830,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, seconds: Optional[Tupl
                             help=seconds[1])
     parser.add_argument("--quiet", action="store_true", default=default(False),
                         help="no progress lines")
+    for flag, kind, value, text, _least, _most in options:
+        parser.add_argument(flag, type=kind, default=default(value), help=text)
 
 
 def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -627,6 +863,10 @@ class Target:
             self.stop()
             raise ServerError("cannot resolve %s: %s" % (self.host, exc)) from None
 
+    def rss_kb(self) -> Optional[int]:
+        """The spawned server's memory in use now (None if it was not spawned, or has gone)."""
+        return self.server.rss_kb() if self.server is not None else None
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
@@ -655,9 +895,7 @@ def run_tool(tool: str, run: Callable, args: argparse.Namespace,
     return report.summary(figures, headline)
 
 
-# ---------------------------------------------------------------------------------------------
-# Limits of the machine
-# ---------------------------------------------------------------------------------------------
+# --- Limits of the machine, and figures ------------------------------------------------------
 
 def raise_nofile_limit() -> Tuple[int, int]:
     """Raise this process's soft RLIMIT_NOFILE as far as allowed (the hard limit); return the
@@ -678,11 +916,8 @@ def raise_nofile_limit() -> Tuple[int, int]:
 
 
 def _read_proc(path: str) -> Optional[str]:
-    try:
-        with open(path) as handle:
-            return " ".join(handle.read().split())      # "32768\t60999" -> "32768 60999"
-    except OSError:
-        return None
+    fields = _proc_fields(path, "")
+    return None if fields is None else " ".join(fields)     # "32768\t60999" -> "32768 60999"
 
 
 def os_limits() -> Dict[str, object]:

@@ -6,10 +6,8 @@
 
 It speaks the protocol as a crowd of clients would (protocol.py builds every request and reads
 every reply), so anyone can load-test their own deployment. Every wait is bounded by --timeout
-(the whole run) and --stall (a phase without any progress). Progress goes to standard error, a
-verdict line too, and one line of JSON to standard output (tools/kit.py: the summary every tool
-writes); exit status 0 only if nothing was missing, failed or timed out, 1 otherwise, 2 for a
-usage error.
+(the whole run) and --stall (a phase without progress). The summary is the kit's
+(tools/kit.py); exit status 0 only if nothing was missing, failed or timed out, 1 otherwise.
 
 fanout --rooms R --members M --messages K [--size B]
     Chat throughput. R rooms of M members join; then every member sends K chats (B bytes of
@@ -18,8 +16,7 @@ fanout --rooms R --members M --messages K [--size B]
     alone in a room of its own, posts every PROBE_INTERVAL and times its own echo.
     expected, delivered, missing, extra   the deliveries owed and counted; missing and extra
                             (per member, short of or beyond M*K) must both be 0
-    seconds, deliveries_per_s   from the first chat sent to the last delivery, and the
-                            headline: delivered / seconds
+    seconds, deliveries_per_s   from the first chat sent to the last delivery; the headline
     join_seconds            connecting and joining everybody, before that clock starts
     probe_p50_ms, probe_p99_ms, probe_max_ms, probes, probes_lost, probes_skipped,
     probe_in_flight_max     the probe's echo times (how long an unrelated client waits while
@@ -27,27 +24,24 @@ fanout --rooms R --members M --messages K [--size B]
                             when its last post was still unsent, most posts awaiting an echo
     loadgen_cpu_s, loadgen_cpu_share   this process's CPU time in the chat phase, and that /
                             seconds: near 1.0 the generator, not the server, is the limit
+    The chats are counted with ReplyReader.count_chats(): whole runs of one room's chats in a
+    few searches in C; anything else (an ERROR_CODE, a chat of another room) is reported.
 
 connections --count N [--rooms R]
-    Many clients at once: N connections (the soft open-file limit raised first) join R rooms
+    Many clients at once (kit.Crowd, as in tools/many.py): N connections join R rooms
     (connection i to room i mod R); then one member of each room posts one chat, which must
     reach every member exactly once. Figures: connect_seconds, join_seconds, announce_seconds
     (until every join announcement arrived: a room of n owes n(n+1)/2), delivery_seconds,
     connected, joined, delivered, missing, seconds, loadgen_cpu_s, loadgen_cpu_share.
 
 churn --clients N --seconds T [--rooms R]
-    Clients coming and going. Each client cycles for T seconds: connect, JOIN one of R rooms,
-    post 1 to CHURN_MAX_CHATS chats, then LEAVE (and join again on the same connection),
-    DISCONNECT or vanish (RST). Every request must get the replies it is owed within
-    --reply-timeout, checked strictly (a chat of a room the client is not in is a failure).
-    Figures: operations and ops_per_s (by_kind), replies_expected, replies_received,
-    all_replies_received, reply_p50_ms/p99/max, others_messages, loadgen_cpu_s and _share.
-    Clients are closed loop, so ops_per_s measures generator and server together.
-
-How fanout counts: the joins are read reply by reply; the chat phase, where the volume is,
-with ReplyReader.count_chats(), which checks and counts whole runs of one room's chats in a few
-searches in C and hands anything else (an ERROR_CODE, a chat of another room) back to be
-reported. A chat split across two reads is counted once, when it is complete.
+    Each client cycles for T seconds: connect, JOIN one of R rooms, post 1 to CHURN_MAX_CHATS
+    chats, then LEAVE (and join again on the same connection), DISCONNECT or vanish (RST). Every
+    request must get the replies it is owed within --reply-timeout, checked strictly (a chat of
+    a room the client is not in is a failure). Figures: operations and ops_per_s (by_kind),
+    replies_expected, replies_received, all_replies_received, reply_p50_ms/p99/max,
+    others_messages, loadgen_cpu_s and _share. Clients are closed loop: ops_per_s measures
+    generator and server together.
 
 Caveats: the generator shares the machine with the server; it naps --nap between polls so that
 each read returns many messages and it stays well below one core (see loadgen_cpu_share). Quote
@@ -80,16 +74,11 @@ DEFAULT_STALL = 10.0
 DEFAULT_NAP = 0.005
 DEFAULT_REPLY_TIMEOUT = 5.0     # churn: the longest any reply may take
 PROBE_INTERVAL = 0.010          # fanout: the probe posts every 10 ms
-POLL_WAIT = 0.05                # longest select() wait when nothing is due sooner
 FD_MARGIN = 32                  # descriptors kept free beyond our connections (stdio, epoll...)
-# A join phase in which a member was lost after joining cannot see its announcements add up;
-# it ends after this much quiet instead.
-SETTLE = 0.5
 CHURN_MAX_CHATS = 3             # churn: chats per cycle, 1 to this
 # churn: a client whose connect failed waits this long before it tries again, so that a server
 # that is down costs a few failures a second, not a busy loop.
 CHURN_RETRY_DELAY = 0.1
-JOINED_SUFFIX = JOINED_TEXT % ""    # " has joined this chatroom."
 
 
 def run_tag() -> str:
@@ -97,137 +86,21 @@ def run_tag() -> str:
     return "lg-%d-%d" % (os.getpid(), int(time.time() * 1000) % 10 ** 8)
 
 
-# ---------------------------------------------------------------------------------------------
-# Joining: shared by fanout and connections
-# ---------------------------------------------------------------------------------------------
+class Waiter:
+    """How loadgen waits for a step of a kit.Crowd: within the run's `deadline`, giving up after
+    --stall seconds without progress, napping --nap between polls. `outcome` is how the last
+    wait ended: "done", "timed out" or "stalled"."""
 
-class Member(kit.Member):
-    """A client that joins one room and stays: fanout's members and probe, connections'."""
+    def __init__(self, loop: kit.Loop, args: argparse.Namespace, deadline: float,
+                 report: kit.Report, describe: Callable[[], str]) -> None:
+        self.loop, self.args, self.deadline = loop, args, deadline
+        self.tick = lambda: report.progress(describe)
+        self.outcome = "done"
 
-    def __init__(self, room: str, name: str) -> None:
-        super().__init__(room, name)
-        self.announced = False          # its own join announcement has arrived
-        self.failed = False             # it will never be a member: do not wait for it
-        self.got = 0                    # deliveries in the current phase
-
-
-class JoinPhase(kit.Handler):
-    """Connect `members`, JOIN each to its room, and wait until every JOIN is answered and every
-    join announcement delivered. A room that ends with n members owes n(n+1)/2 announcements
-    (the k-th joiner's goes to k members), whatever order the server handled the JOINs in."""
-
-    def __init__(self, loop: kit.Loop, members: List[Member], report: kit.Report) -> None:
-        self.loop = loop
-        self.members = members
-        self.report = report
-        self.unresolved = len(members)      # neither joined-and-announced nor failed
-        self.connected_count = 0
-        self.joined = 0
-        self.room_sizes: Dict[str, int] = collections.Counter()
-        self.announcements_owed = 0
-        self.announcements = 0
-        self.lost_after_join = False
-        self.connects_done_at: Optional[float] = None
-        self.last_joined_at: Optional[float] = None
-
-    def run(self, deadline: float, args: argparse.Namespace, label: str) -> str:
-        self.loop.handler = self
-        for member in self.members:
-            self.loop.connect(member)
-        outcome = run_until(self.loop, self.is_done, deadline, args, self.report,
-                            lambda: "%s: %d/%d connected, %d joined, %d announcements"
-                            % (label, self.connected_count, len(self.members), self.joined,
-                               self.announcements))
-        if self.announcements != self.announcements_owed:
-            self.report.fail("announcements", "%d join announcements delivered, %d owed"
-                             % (self.announcements, self.announcements_owed))
-        return outcome
-
-    def is_done(self) -> bool:
-        if self.unresolved:
-            return False
-        if self.announcements >= self.announcements_owed:
-            return True
-        return self.lost_after_join and time.monotonic() - self.loop.last_activity > SETTLE
-
-    def connected(self, member: Member) -> None:
-        self.connected_count += 1
-        self._maybe_all_connected()
-        self.loop.send(member, join_request(member.room, member.name))
-
-    def connect_failed(self, member: Member, exc: OSError) -> None:
-        self.report.fail("connect_failed", "%s: %s" % (member.name, exc))
-        self._fail(member)
-        self._maybe_all_connected()
-
-    def _maybe_all_connected(self) -> None:
-        if self.connects_done_at is None and not self.loop.queued and not self.loop.connecting:
-            self.connects_done_at = time.monotonic()
-
-    def closed(self, member: Member, exc: Optional[OSError]) -> None:
-        self.report.fail("closed_by_server", "%s while joining (%s)"
-                         % (member.name, exc or "closed"))
-        self._fail(member)
-
-    def _fail(self, member: Member) -> None:
-        if member.ref is not None:
-            self.lost_after_join = True
-        if not member.failed and not (member.ref is not None and member.announced):
-            self.unresolved -= 1
-        member.failed = True
-
-    def received(self, member: Member) -> None:
-        reader = member.reader
-        while True:
-            if member.announced and not member.failed:
-                # in a room of n, up to n more announcements follow: counted at C speed
-                self.announcements += reader.count_chats(member.ref, JOINED_SUFFIX)
-            reply = reader.maybe_next_reply()
-            if reply is None:
-                return
-            self._on_reply(member, reply)
-
-    def _on_reply(self, member: Member, reply) -> None:
-        if member.ref is None:
-            if isinstance(reply, JoinedReply) and reply.room == member.room:
-                member.ref, member.join_id = reply.ref, reply.join_id
-                self.joined += 1
-                self.last_joined_at = time.monotonic()
-                self.room_sizes[member.room] += 1
-                self.announcements_owed += self.room_sizes[member.room]
-                return
-            kind = "error_reply" if isinstance(reply, ErrorReply) else "unexpected_message"
-            self.report.fail(kind, "%s got %r instead of JOINED_CHATROOM" % (member.name, reply))
-            self._fail(member)
-        elif (isinstance(reply, ChatMessage) and reply.ref == member.ref
-              and reply.message.endswith(JOINED_SUFFIX)):
-            self.announcements += 1
-            if not member.announced and reply == ChatMessage(member.ref, member.name,
-                                                             JOINED_TEXT % member.name):
-                member.announced = True
-                if not member.failed:
-                    self.unresolved -= 1
-        else:
-            self.report.fail("unexpected_message", "%s got %r while joining"
-                             % (member.name, reply))
-
-
-def run_until(loop: kit.Loop, is_done: Callable[[], bool], deadline: float,
-              args: argparse.Namespace, report: kit.Report, describe: Callable[[], str]) -> str:
-    """Poll `loop` (napping --nap between polls) until is_done(); returns "done", "timed out"
-    (past `deadline`) or "stalled" (--stall seconds without progress)."""
-    while True:
-        if is_done():
-            return "done"
-        now = time.monotonic()
-        if now >= deadline:
-            return "timed out"
-        if now - loop.last_activity > args.stall:
-            return "stalled"
-        if args.nap:
-            time.sleep(args.nap)
-        loop.poll(max(0.0, min(POLL_WAIT, deadline - now)))
-        report.progress(describe)
+    def __call__(self, step: str, is_done: Callable[[], bool]) -> bool:
+        self.outcome = self.loop.wait_for(is_done, self.deadline, self.args.stall, self.args.nap,
+                                          self.tick)
+        return self.outcome == "done"
 
 
 def fail_outcome(report: kit.Report, outcome: str, figures: dict) -> None:
@@ -238,19 +111,19 @@ def fail_outcome(report: kit.Report, outcome: str, figures: dict) -> None:
         report.fail(outcome.replace(" ", "_"), "a phase ended %s" % outcome)
 
 
-def cpu_seconds() -> float:
-    """This process's CPU time so far, user and system."""
-    return time.process_time()
+def cpu_figures(cpu_before: float, seconds: float) -> Dict[str, float]:
+    """This process's CPU time (user and system) since `cpu_before`, and its share of
+    `seconds`."""
+    cpu = time.process_time() - cpu_before
+    return {"loadgen_cpu_s": round(cpu, 3), "loadgen_cpu_share": round(cpu / seconds, 2)}
 
 
-# ---------------------------------------------------------------------------------------------
-# fanout
-# ---------------------------------------------------------------------------------------------
+# --- fanout ----------------------------------------------------------------------------------
 
 class FanoutChat(kit.Handler):
     """The chat phase of fanout: count every member's deliveries and time the probe's echoes."""
 
-    def __init__(self, loop: kit.Loop, members: List[Member], probe: Member, quota: int,
+    def __init__(self, loop: kit.Loop, members: List[kit.Member], probe: kit.Member, quota: int,
                  report: kit.Report) -> None:
         self.loop = loop
         self.probe = probe
@@ -269,7 +142,7 @@ class FanoutChat(kit.Handler):
         self.probe_skipped = 0
         self.probe_in_flight_max = 0
 
-    def received(self, member: Member) -> None:
+    def received(self, member: kit.Member) -> None:
         if member is self.probe:
             self._probe_received()
             return
@@ -314,7 +187,7 @@ class FanoutChat(kit.Handler):
             else:
                 self.report.fail("unexpected_message", "probe got %r" % (reply,))
 
-    def closed(self, member: Member, exc: Optional[OSError]) -> None:
+    def closed(self, member: kit.Member, exc: Optional[OSError]) -> None:
         self.report.fail("closed_by_server", "%s during the chat phase (%s)"
                          % (member.name, exc or "closed"))
         self.broken = True
@@ -354,6 +227,8 @@ def chat_phase(args: argparse.Namespace, loop: kit.Loop, chat: FanoutChat, probe
     return "done"
 
 
+
+
 def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report):
     rooms, members_per_room, messages = args.rooms, args.members, args.messages
     expected = rooms * members_per_room * members_per_room * messages
@@ -366,16 +241,18 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
     started = time.monotonic()
     deadline = started + args.timeout
     tag = run_tag()
-    members = [Member("%s-r%d" % (tag, r), "r%dm%d" % (r, m))
+    members = [kit.Member("%s-r%d" % (tag, r), "r%dm%d" % (r, m))
                for r in range(rooms) for m in range(members_per_room)]
-    probe = Member("%s-probe" % tag, "probe")
+    probe = kit.Member("%s-probe" % tag, "probe")
     loop = kit.Loop(target.address)
+    crowd = kit.Crowd(loop, members + [probe], report)
+    waiter = Waiter(loop, args, deadline, report, crowd.progress_line)
     try:
-        outcome = JoinPhase(loop, members + [probe], report).run(deadline, args, "fanout joins")
+        crowd.join(waiter)
         figures["join_seconds"] = round(time.monotonic() - started, 3)
-        if outcome != "done" or report.failed:
+        if waiter.outcome != "done" or report.failed:
             figures.update(delivered=0, missing=expected, extra=0)
-            fail_outcome(report, outcome, figures)
+            fail_outcome(report, waiter.outcome, figures)
             return figures, "the joins failed"
 
         body = "x" * args.size
@@ -386,19 +263,18 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
                  for member in members]
         with selectors.DefaultSelector() as probe_selector:
             probe_selector.register(probe.sock, selectors.EVENT_READ)
-            cpu_before = cpu_seconds()
+            cpu_before = time.process_time()
             chat_started = time.monotonic()
             for member, blob in zip(members, blobs):
                 loop.send(member, blob)
             del blobs
             outcome = chat_phase(args, loop, chat, probe_selector, deadline, report,
                                  lambda: chat.progress_line(expected, chat_started))
-            ended = chat.finished_at or time.monotonic()
-            cpu = cpu_seconds() - cpu_before
+            seconds = max(1e-9, (chat.finished_at or time.monotonic()) - chat_started)
+            figures.update(cpu_figures(cpu_before, seconds))
     finally:
         loop.close_all()
 
-    seconds = max(1e-9, ended - chat_started)
     missing = sum(max(0, chat.quota - member.got) for member in members)
     extra = sum(max(0, member.got - chat.quota) for member in members)
     for member in members:
@@ -414,52 +290,14 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
                    seconds=round(seconds, 3), deliveries_per_s=round(chat.delivered / seconds))
     figures.update(kit.latency_summary("probe", chat.probe_latencies))
     figures.update(probes=len(chat.probe_latencies), probes_lost=len(chat.probe_sent),
-                   probes_skipped=chat.probe_skipped,
-                   probe_in_flight_max=chat.probe_in_flight_max, loadgen_cpu_s=round(cpu, 3),
-                   loadgen_cpu_share=round(cpu / seconds, 2))
+                   probes_skipped=chat.probe_skipped, probe_in_flight_max=chat.probe_in_flight_max)
     fail_outcome(report, outcome, figures)
     return figures, ("%d of %d deliveries in %.2f s (%d/s), probe p99 %s ms"
                      % (chat.delivered, expected, seconds, figures["deliveries_per_s"],
                         figures["probe_p99_ms"]))
 
 
-# ---------------------------------------------------------------------------------------------
-# connections
-# ---------------------------------------------------------------------------------------------
-
-class ChatOnce(kit.Handler):
-    """The second phase of connections: one chat per room, which every member must receive
-    exactly once."""
-
-    def __init__(self, members: List[Member], expected: Dict[str, ChatMessage],
-                 report: kit.Report) -> None:
-        self.expected = expected            # room name -> the chat its members must get
-        self.report = report
-        self.waiting = len(members)         # members that have not got theirs yet
-        self.delivered = 0
-        self.last_delivery_at: Optional[float] = None
-        for member in members:
-            member.got = 0
-
-    def received(self, member: Member) -> None:
-        for reply in kit.replies(member.reader):
-            if reply != self.expected[member.room]:
-                self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
-                continue
-            member.got += 1
-            if member.got == 1:
-                self.delivered += 1
-                self.waiting -= 1
-                self.last_delivery_at = time.monotonic()
-            else:
-                self.report.fail("duplicate", "%s got the room's chat %d times"
-                                 % (member.name, member.got))
-
-    def closed(self, member: Member, exc: Optional[OSError]) -> None:
-        self.report.fail("closed_by_server", "%s (%s)" % (member.name, exc or "closed"))
-        if not member.got:
-            self.waiting -= 1               # it never will: do not wait for it
-
+# --- connections -----------------------------------------------------------------------------
 
 def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Report):
     count, rooms = args.count, args.rooms
@@ -473,62 +311,36 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
         figures.update(connected=0, joined=0, delivered=0, missing=count)
         return figures, "too few file descriptors"
 
-    started = time.monotonic()
-    cpu_before = cpu_seconds()
-    deadline = started + args.timeout
+    cpu_before = time.process_time()
     tag = run_tag()
-    members = [Member("%s-c%d" % (tag, i % rooms), "m%d" % i) for i in range(count)]
+    members = [kit.Member("%s-c%d" % (tag, i % rooms), "m%d" % i) for i in range(count)]
     loop = kit.Loop(target.address)
+    crowd = kit.Crowd(loop, members, report)
+    waiter = Waiter(loop, args, time.monotonic() + args.timeout, report, crowd.progress_line)
     try:
-        joins = JoinPhase(loop, members, report)
-        outcome = joins.run(deadline, args, "connections")
-        announced_at = time.monotonic()
-        figures.update(
-            connected=joins.connected_count, joined=joins.joined,
-            connect_seconds=round((joins.connects_done_at or announced_at) - started, 3),
-            join_seconds=round((joins.last_joined_at or announced_at) - started, 3),
-            announce_seconds=round(announced_at - started, 3))
-        if outcome != "done":
-            figures.update(delivered=0, missing=count)
-            fail_outcome(report, outcome, figures)
-            return figures, "%d of %d connected" % (joins.connected_count, count)
-
-        # One chat per room, from the first of its members that joined.
-        in_rooms = [m for m in members if m.ref is not None and not m.failed]
-        senders: Dict[str, Member] = {}
-        for member in in_rooms:
-            senders.setdefault(member.room, member)
-        expected = {room: ChatMessage(sender.ref, sender.name, "hello %s from %s"
-                                      % (room, sender.name)) for room, sender in senders.items()}
-        chat = ChatOnce(in_rooms, expected, report)
-        loop.handler = chat
-        chat_started = time.monotonic()
-        for room, sender in senders.items():
-            loop.send(sender, chat_request(sender.ref, sender.join_id, sender.name,
-                                           expected[room].message))
-        loop.last_activity = chat_started
-        outcome = run_until(loop, lambda: chat.waiting <= 0, deadline, args, report,
-                            lambda: "connections: %d/%d delivered"
-                            % (chat.delivered, len(in_rooms)))
+        if crowd.join(waiter):
+            crowd.chat_once(waiter)
     finally:
         loop.close_all()
-    seconds = time.monotonic() - started
-    figures.update(
-        delivery_seconds=round((chat.last_delivery_at or time.monotonic()) - chat_started, 3),
-        delivered=chat.delivered, missing=count - chat.delivered, seconds=round(seconds, 3),
-        loadgen_cpu_s=round(cpu_seconds() - cpu_before, 3))
-    figures["loadgen_cpu_share"] = round(figures["loadgen_cpu_s"] / seconds, 2)
+    figures.update(crowd.join_figures())
+    if crowd.chat_started is None:
+        figures.update(delivered=0, missing=count)
+        fail_outcome(report, waiter.outcome, figures)
+        return figures, "%d of %d connected" % (crowd.connected_count, count)
+    seconds = time.monotonic() - crowd.started
+    delivered_at = crowd.last_delivery_at or time.monotonic()
+    figures.update(delivery_seconds=round(delivered_at - crowd.chat_started, 3),
+                   delivered=crowd.delivered, missing=count - crowd.delivered,
+                   seconds=round(seconds, 3), **cpu_figures(cpu_before, seconds))
     if figures["missing"]:
         report.fail("missing", "%d of %d members never got their room's chat"
                     % (figures["missing"], count))
-    fail_outcome(report, outcome, figures)
+    fail_outcome(report, waiter.outcome, figures)
     return figures, ("%d connections joined in %.2f s, every member reached in %.2f s"
-                     % (joins.joined, figures["announce_seconds"], figures["delivery_seconds"]))
+                     % (crowd.joined, figures["announce_seconds"], figures["delivery_seconds"]))
 
 
-# ---------------------------------------------------------------------------------------------
-# churn
-# ---------------------------------------------------------------------------------------------
+# --- churn -----------------------------------------------------------------------------------
 
 class ChurnClient:
     """One churning client: a cycle of connect, join, chat, end; then again, until time is up.
@@ -582,9 +394,15 @@ class Churn(kit.Handler):
     def active(self) -> int:
         return sum(1 for c in self.clients if c.state != "done")
 
+    def tick(self) -> None:
+        """After every poll: fail the clients whose reply is late, wake the resting ones that
+        are due, and show progress."""
+        self.check_timeouts(time.monotonic())
+        self.report.progress(self.progress_line)
+
     def check_timeouts(self, now: float) -> None:
-        """Fail the clients whose reply is late; wake the resting ones that are due."""
         for client in self.clients:
+
             if client.state == "done" or now <= client.reply_deadline:
                 continue
             if client.state == "resting":
@@ -758,28 +576,22 @@ class Churn(kit.Handler):
                 % (self.active(), operations, operations / elapsed, self.report.failed))
 
 
+
+
 def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
     figures: dict = {"scenario": "churn", "clients": args.clients, "rooms": args.rooms,
                      "seconds": args.seconds, "reply_timeout": args.reply_timeout}
     started = time.monotonic()
-    cpu_before = cpu_seconds()
-    deadline = started + args.timeout
+    cpu_before = time.process_time()
     tag = run_tag()
     loop = kit.Loop(target.address)
     churn = Churn(loop, args.clients, ["%s-churn-%d" % (tag, k) for k in range(args.rooms)],
                   args.seconds, args.reply_timeout, random.Random(args.seed), report)
     loop.handler = churn
-    outcome = "done"
     try:
         churn.start()
-        while churn.active():
-            now = time.monotonic()
-            if now >= deadline:
-                outcome = "timed out"
-                break
-            loop.poll(min(POLL_WAIT, max(0.0, deadline - now)))
-            churn.check_timeouts(time.monotonic())
-            report.progress(churn.progress_line)
+        outcome = loop.wait_for(lambda: not churn.active(), started + args.timeout,
+                                tick=churn.tick)
     finally:
         loop.close_all()
     elapsed = max(1e-9, time.monotonic() - started)
@@ -792,8 +604,7 @@ def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
         replies_received=churn.replies_received,
         all_replies_received=churn.replies_received == churn.replies_expected)
     figures.update(kit.latency_summary("reply", churn.latencies))
-    cpu = cpu_seconds() - cpu_before
-    figures.update(loadgen_cpu_s=round(cpu, 3), loadgen_cpu_share=round(cpu / elapsed, 2))
+    figures.update(cpu_figures(cpu_before, elapsed))
     fail_outcome(report, outcome, figures)
     if not figures["all_replies_received"] and not report.failed:
         report.fail("replies_missing", "%d replies owed, %d received"
@@ -802,23 +613,7 @@ def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
                      % (operations, elapsed, figures["ops_per_s"], figures["reply_p99_ms"]))
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1, not %s" % text)
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative, not %s" % text)
-    return value
-
+# --- The command line ------------------------------------------------------------------------
 
 def positive_float(text: str) -> float:
     value = float(text)
@@ -828,43 +623,37 @@ def positive_float(text: str) -> float:
 
 
 REQUIRED = None
-# Each scenario: its function, a line of help, and its options (name, type, default, help).
+NAP: kit.Option = ("--nap", float, DEFAULT_NAP, "seconds to sleep between polls", 0, None)
+# Each scenario: its function, a line of help, and its options (kit.Option: flag, type,
+# default or REQUIRED, help, least, most).
 SCENARIOS = {
     "fanout": (run_fanout, "R rooms of M members, K messages each", [
-        ("--rooms", positive_int, 10, "rooms (R)"),
-        ("--members", positive_int, 20, "members per room (M)"),
-        ("--messages", positive_int, 50, "chats each member sends (K)"),
-        ("--size", non_negative_int, 32, "bytes of text per chat"),
-        ("--nap", float, DEFAULT_NAP, "seconds to sleep between polls")]),
+        ("--rooms", int, 10, "rooms (R)", 1, None),
+        ("--members", int, 20, "members per room (M)", 1, None),
+        ("--messages", int, 50, "chats each member sends (K)", 1, None),
+        ("--size", int, 32, "bytes of text per chat", 0, None), NAP]),
     "connections": (run_connections, "N connections in R rooms", [
-        ("--count", positive_int, REQUIRED, "connections (N)"),
-        ("--rooms", positive_int, 10, "rooms (R)"),
-        ("--nap", float, DEFAULT_NAP, "seconds to sleep between polls")]),
+        ("--count", int, REQUIRED, "connections (N)", 1, None),
+        ("--rooms", int, 10, "rooms (R)", 1, None), NAP]),
     "churn": (run_churn, "N clients joining, chatting and leaving", [
-        ("--clients", positive_int, REQUIRED, "clients (N)"),
-        ("--seconds", positive_float, REQUIRED, "how long they churn (T)"),
-        ("--rooms", positive_int, 3, "rooms (R)"),
-        ("--reply-timeout", positive_float, DEFAULT_REPLY_TIMEOUT,
-         "seconds any reply may take")]),
+        ("--clients", int, REQUIRED, "clients (N)", 1, None),
+        ("--seconds", positive_float, REQUIRED, "how long they churn (T)", None, None),
+        ("--rooms", int, 3, "rooms (R)", 1, None),
+        ("--reply-timeout", positive_float, DEFAULT_REPLY_TIMEOUT, "seconds any reply may take",
+         None, None)]),
 }
-
-
-def add_loadgen_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """The options every scenario takes, before its name or after it (see kit)."""
-    kit.add_common_arguments(parser, seconds=None, suppress=suppress)
-    parser.add_argument("--timeout", type=positive_float,
-                        default=argparse.SUPPRESS if suppress else DEFAULT_TIMEOUT,
-                        help="seconds the whole run may take")
-    parser.add_argument("--stall", type=positive_float,
-                        default=argparse.SUPPRESS if suppress else DEFAULT_STALL,
-                        help="give up a phase after this many seconds without progress")
+# The options of every scenario, before its name or after it (see kit.add_common_arguments).
+COMMON_OPTIONS: List[kit.Option] = [
+    ("--timeout", positive_float, DEFAULT_TIMEOUT, "seconds the whole run may take", None, None),
+    ("--stall", positive_float, DEFAULT_STALL,
+     "give up a phase after this many seconds without progress", None, None)]
 
 
 def scenario_help() -> str:
     lines = ["scenario options (after the scenario's name):"]
     for name, (_run, summary, options) in SCENARIOS.items():
         lines.append("  %s: %s" % (name, summary))
-        for option, _type, default, text in options:
+        for option, _type, default, text, _least, _most in options:
             lines.append("    %-18s %s (%s)" % (option, text, "required" if default is REQUIRED
                                                  else "default: %s" % default))
     return "\n".join(lines)
@@ -874,19 +663,20 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = kit.argument_parser(
         "loadgen", __doc__,
         epilog=scenario_help() + "\n\npython3 -m pydoc tools.loadgen says what each figure means.")
-    add_loadgen_options(parser, suppress=False)
+    kit.add_common_arguments(parser, None, options=COMMON_OPTIONS)
     subparsers = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
     subparsers.required = True
     for name, (_run, summary, options) in SCENARIOS.items():
         sub = subparsers.add_parser(name, help=summary, formatter_class=kit.HelpFormatter)
-        add_loadgen_options(sub, suppress=True)
-        for option, kind, default, text in options:
+        kit.add_common_arguments(sub, None, suppress=True, options=COMMON_OPTIONS)
+        for option, kind, default, text, _least, _most in options:
             if default is REQUIRED:
                 sub.add_argument(option, type=kind, required=True, help=text)
             else:
                 sub.add_argument(option, type=kind, default=default, help=text)
     args = parser.parse_args(argv)
     kit.check_common_arguments(parser, args)
+    kit.check_bounds(parser, args, SCENARIOS[args.scenario][2])
     if args.scenario == "churn" and args.seconds + args.reply_timeout >= args.timeout:
         parser.error("--seconds plus --reply-timeout must be less than --timeout (%g)"
                      % args.timeout)

@@ -6,59 +6,53 @@ the members it should have, once each, in order.
     python3 -m tools.soak --spawn --clients 50 --rooms 10 --seconds 30 --rate 5
     python3 -m tools.soak --port 8080 --seconds 10
 
-The clients (all in one loop, tools/kit.py, every byte read as it arrives):
+The clients (one loop, tools/kit.py, every byte read as it arrives):
 - a *recorder*, which joins every room before anybody else and never leaves or chats;
-- *stayers* (1 - --churn of the clients), which join 1 to --max-rooms rooms at the start and
-  chat until the end;
-- *churners*, which connect, join 1 to --max-rooms rooms, chat for a while and then LEAVE some
-  rooms (and go on in the others, or sit idle in none), or DISCONNECT, or vanish (RST, sometimes
-  halfway through a request, sometimes with chats whose echo has not come back yet). Each one
-  that goes is replaced by a new client, until the time is up.
-Every chat is "NAME SEQ padding", so each carries its sender (a unique CLIENT_NAME per
-connection) and a sequence number. A client chats (at --rate messages per second, Poisson) only
-in rooms whose JOINED_CHATROOM it has read and that it has not asked to leave, joins each room
-at most once in its life, and sends only valid requests.
+- *stayers* (1 - --churn of the clients), which join 1 to --max-rooms rooms and chat to the end;
+- *churners*, which join 1 to --max-rooms rooms, chat a while, then LEAVE some rooms (and go
+  on in the others, or sit idle in none), or DISCONNECT, or vanish (RST, sometimes halfway
+  through a request or before their chats' echoes came back), each replaced by a new client
+  until the time is up.
+Every chat is "NAME SEQ padding": its sender (one CLIENT_NAME per connection) and a sequence
+number. A client chats (--rate per second, Poisson) only in rooms whose JOINED_CHATROOM it has
+read and that it has not asked to leave, joins a room at most once, and sends only valid
+requests.
 
 The delivery rule, and why it is sound:
-- The server handles one request at a time and appends each broadcast to every present
-  member's output at once (the protocol: "sends to every client presently in the room"; the
-  join and leave announcements are broadcasts too). So the chats, joins and leaves of one room
-  form one sequence, the room's history, and each member's stream of that room is the part of
-  the history from its own join announcement to its own leave announcement.
+- The server handles one request at a time and appends each broadcast (chats, join and leave
+  announcements) to every present member's output at once ("sends to every client presently in
+  the room"). So a room's broadcasts form one sequence, its history, and each member's stream
+  of the room is the part of it from its own join announcement to its own leave announcement.
 - The recorder joined every room before any other client existed, so its stream of a room is
-  the whole history from then on. Then, for a member M of room R:
+  the whole history from then on. For a member M of room R:
       expected(M, R) = recorder's stream of R from "M has joined" to "M has left" inclusive
                        (to the end, if M never left)
-  and M's stream of R must equal expected(M, R) exactly: every chat in it exactly once, in the
-  same order (so in per-sender order), and nothing before its join or after its leave.
-- The recorder is checked against what was sent: every chat a client sent reaches the recorder
-  exactly once, in per-sender order. A client only chats between reading its JOINED_CHATROOM and
-  sending its LEAVE or DISCONNECT, and the server handles one connection's requests in order,
-  so each of those chats was handled while its sender was a member, and must be in the history.
-  The exception: a chat sent by a client that then vanished before its echo came back may or
-  may not have been handled (the RST may beat it), so it must appear at most once.
+  and M's stream must equal it exactly: every chat once, in the same order (so in per-sender
+  order), nothing before its join or after its leave.
+- The recorder is checked against what was sent: each chat exactly once, in per-sender order. A
+  client chats only between reading its JOINED_CHATROOM and sending LEAVE or DISCONNECT, and the
+  server handles a connection's requests in order, so each chat was handled while its sender
+  was a member. Except: a chat of a client that vanished before its echo came back may not have
+  been handled (the RST may beat it), so it must appear at most once.
 - A client that vanished stopped reading at some point: its stream must be a prefix of
-  expected(M, R) without the final leave announcement (which is sent to the others only).
-- Before checking, a barrier makes sure every stream is complete: wait for every DISCONNECTing
-  client's connection to close (the server closes it after its last announcement) and for the
-  recorder to see the leave announcement of every room a vanished client was in; then every
-  live client sends HELO and waits for the reply (after which the server has handled everything
-  any client sent), twice (after the second reply, a client has read everything the server
-  queued for it before then, which is everything).
+  expected(M, R), without the final leave announcement (which goes to the others only).
+- Before the check, a barrier makes every stream complete: it waits for every DISCONNECTing
+  client's close (after its last announcement) and for the recorder to see every vanished
+  client leave each of its rooms; then every live client sends HELO and waits for the reply
+  (the server has then handled everything sent), twice (after the second reply, a client has
+  read everything the server queued for it).
 
-Figures: expected_deliveries (the chats in every expected(M, R), and every sent chat for the
-recorder), delivered, lost (expected but missing), duplicated (received more than once),
-reordered (received after a later chat of the same sender), outside_window (received though
-not expected), stream_mismatches (member streams that differ from expected(M, R) in any way,
-announcements included), and the server's RSS over time (with --spawn). Each of those that is
+Figures: expected_deliveries (the chats of every expected(M, R), and every sent chat for the
+recorder), delivered, lost, duplicated, reordered (after a later chat of the same sender),
+outside_window (not expected), stream_mismatches (streams that differ from expected(M, R) in
+any way, announcements included), and the server's RSS over time (with --spawn). Each that is
 not 0 is also a failure of that kind, as is any ERROR_CODE, unexpected close or reply that is
-not the protocol's. The summary is the kit's (tools/kit.py); exit status 0 if nothing failed.
+not the protocol's. The summary is the kit's; exit status 0 if nothing failed.
 
-Assumption, stated plainly: the rule relies on the server's single room history (one request
-at a time, each broadcast delivered to all present members at once), which the protocol's
-"presently in the room" implies for this server. A multi-threaded server could interleave two
-senders' chats differently for different members; against such a server only the per-sender
-checks would be fair.
+The rule assumes the server's single room history (one request at a time, each broadcast to
+all present members at once), as "presently in the room" implies for this server. Against a
+multi-threaded server, which could interleave senders differently per member, only the
+per-sender checks would be fair.
 """
 import argparse
 import collections
@@ -217,8 +211,10 @@ class Soak(kit.Handler):
     def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
         self.args = args
         self.report = report
-        self.server = target.server
+        self.target = target
         self.loop = kit.Loop(target.address, self)
+        self.churn_starts: List[float] = []     # when the churners still to come start
+
         self.rng = random.Random(args.seed)
         self.rooms = ["soak-room-%d" % i for i in range(args.rooms)]
         self.refs: Dict[str, int] = {}
@@ -278,11 +274,10 @@ class Soak(kit.Handler):
         client.phase = "closed"
 
     def received(self, client: Client) -> None:
-        while client.phase not in ("closed", "vanished"):
-            reply = client.reader.maybe_next_reply()
-            if reply is None:
-                return
+        for reply in kit.replies(client.reader):
             client.on_reply(reply)
+            if client.phase in ("closed", "vanished"):
+                return
 
     def closed(self, client: Client, exc: Optional[OSError]) -> None:
         if client.phase != "disconnecting":
@@ -297,13 +292,10 @@ class Soak(kit.Handler):
         return False
 
     def sample_rss(self) -> None:
-        if self.server is None:
-            return
         now = time.monotonic()
-        if not self.rss or now - self.rss[-1][0] >= RSS_EVERY:
-            kb = self.server.rss_kb()
-            if kb is not None:
-                self.rss.append((now, kb))
+        kb = self.target.rss_kb() if not self.rss or now - self.rss[-1][0] >= RSS_EVERY else None
+        if kb is not None:
+            self.rss.append((now, kb))
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -319,29 +311,8 @@ class Soak(kit.Handler):
             self.add_client("stayer")
         self.wait_until(lambda: all(c.phase != "joining" for c in self.clients), SETUP_TIMEOUT,
                         "the stayers' joins")
-        churn_starts = [time.monotonic() + self.rng.uniform(0, 1) for _ in range(churners)]
-        end = time.monotonic() + args.seconds
-        while True:
-            now = time.monotonic()
-            if now >= end:
-                break
-            due = [t for t in churn_starts if t <= now]
-            if due:
-                churn_starts = [t for t in churn_starts if t > now]
-                for _ in due:
-                    self.add_client("churner")
-            for client in list(self.clients):
-                if client.phase == "active" and client.next_chat <= now and args.rate:
-                    client.chat(self.rng)
-                    client.next_chat += self.rng.expovariate(args.rate)
-                    if client.next_chat < now:          # behind: do not try to catch up
-                        client.next_chat = now
-                if (client.role == "churner" and client.phase in ("active", "idle")
-                        and client.next_move <= now and self.move(client)):
-                    churn_starts.append(now + self.rng.uniform(0, 0.5))
-            self.loop.poll(TICK)
-            self.sample_rss()
-            self.report.progress(self.progress_line)
+        self.churn_starts = [time.monotonic() + self.rng.uniform(0, 1) for _ in range(churners)]
+        self.loop.run_until(lambda: False, args.seconds, self.chat_tick, wait=TICK)
         self.barrier()
         self.sample_rss()
         figures = self.verify()
@@ -356,6 +327,26 @@ class Soak(kit.Handler):
                 "max": max(kb for _, kb in self.rss),
                 "samples": [[round(t - self.started, 1), kb] for t, kb in self.rss]}
         return figures
+
+    def chat_tick(self) -> None:
+        """While they chat, after every poll: churners due start, clients due chat or move."""
+        now = time.monotonic()
+        due = [start for start in self.churn_starts if start <= now]
+        self.churn_starts = [start for start in self.churn_starts if start > now]
+        for _ in due:
+            self.add_client("churner")
+
+        for client in list(self.clients):
+            if client.phase == "active" and client.next_chat <= now and self.args.rate:
+                client.chat(self.rng)
+                client.next_chat += self.rng.expovariate(self.args.rate)
+                if client.next_chat < now:          # behind: do not try to catch up
+                    client.next_chat = now
+            if (client.role == "churner" and client.phase in ("active", "idle")
+                    and client.next_move <= now and self.move(client)):
+                self.churn_starts.append(now + self.rng.uniform(0, 0.5))
+        self.sample_rss()
+        self.report.progress(self.progress_line)
 
     def move(self, client: Client) -> bool:
         """A churner's next move. True if it is gone (and should be replaced)."""
@@ -400,39 +391,18 @@ class Soak(kit.Handler):
     def verify(self) -> Dict[str, object]:
         """Apply the delivery rule of the module docstring to every stream."""
         totals: Dict[str, int] = collections.Counter()
-        recorder = self.recorder
-        history = {ref: recorder.streams.get(ref, []) for ref in set(self.refs.values())}
-        fail = self.report.fail
-
-        # 1. the recorder against what was sent
-        sent_by_room: Dict[int, Dict[Event, int]] = collections.defaultdict(dict)
+        history = {ref: self.recorder.streams.get(ref, []) for ref in set(self.refs.values())}
+        # 1. the recorder against what was sent: each chat must arrive (1), or may (0: its
+        # sender vanished before the echo came back)
+        sent: Dict[int, Dict[Event, int]] = collections.defaultdict(dict)
         for client in self.clients:
             for ref, seq in client.sent:
                 certain = client.phase != "vanished" or (ref, seq) not in client.unechoed
-                sent_by_room[ref][("chat", client.name, seq)] = 1 if certain else 0
+                sent[ref][("chat", client.name, seq)] = 1 if certain else 0
         for ref, events in history.items():
-            got = collections.Counter(e for e in events if e[0] == "chat")
-            sent = sent_by_room.get(ref, {})
-            for chat, must in sent.items():
-                n = got.get(chat, 0)
-                totals["expected"] += must
-                totals["delivered"] += min(n, 1) if must else 0
-                if n < must:
-                    totals["lost"] += 1
-                    fail("lost", "recorder: room %d lacks %r" % (ref, chat))
-                if n > 1:
-                    totals["duplicated"] += n - 1
-                    fail("duplicated", "recorder: room %d has %r %d times" % (ref, chat, n))
-            for chat in got:
-                if chat not in sent:
-                    totals["outside_window"] += 1
-                    fail("outside_window", "recorder: room %d has %r, which nobody sent there"
-                         % (ref, chat))
-            totals["reordered"] += self._reordered(events, "recorder", ref)
+            self._tally("recorder", ref, sent.get(ref, {}), events, totals)
         # 2. every member against its part of the room's history
-        for client in self.clients:
-            if client is recorder:
-                continue
+        for client in [c for c in self.clients if c is not self.recorder]:
             for membership in client.rooms.values():
                 if membership.ref is not None:
                     self._check_member(client, membership, history.get(membership.ref, []),
@@ -442,58 +412,62 @@ class Soak(kit.Handler):
                 "reordered": totals["reordered"], "outside_window": totals["outside_window"],
                 "stream_mismatches": totals["mismatches"], "members_checked": totals["members"]}
 
+    def _tally(self, who: str, ref: int, want: Dict[Event, int], stream: List[Event],
+               totals: Dict[str, int]) -> None:
+        """Count, and report, the chats of `stream` that `want` (chat -> 1: must arrive, 0:
+        may) lacks, that came more than once, that it does not list, or that came reordered."""
+        got = collections.Counter(e for e in stream if e[0] == "chat")
+        for chat, must in want.items():
+            totals["expected"] += must
+            totals["delivered"] += min(got[chat], must)
+            if got[chat] < must:
+                totals["lost"] += 1
+                self.report.fail("lost", "%s in room %d lacks %r" % (who, ref, chat))
+        for chat, n in got.items():
+            if n > 1:
+                totals["duplicated"] += n - 1
+                self.report.fail("duplicated", "%s in room %d got %r %d times"
+                                 % (who, ref, chat, n))
+            if chat not in want:
+                totals["outside_window"] += 1
+                self.report.fail("outside_window", "%s in room %d got %r outside its window"
+                                 % (who, ref, chat))
+        totals["reordered"] += self._reordered(stream, who, ref)
+
     def _check_member(self, client: Client, membership: Membership, events: List[Event],
                       totals: Dict[str, int]) -> None:
         ref = membership.ref
         stream = client.streams.get(ref, [])
         totals["members"] += 1
+
+        def mismatch(text: str) -> None:
+            totals["mismatches"] += 1
+            self.report.fail("stream_mismatch", "%s in room %d: %s" % (client.name, ref, text))
         joins = [i for i, e in enumerate(events) if e == ("join", client.name)]
         leaves = [i for i, e in enumerate(events) if e == ("leave", client.name)]
         if len(joins) != 1 or len(leaves) > 1:
-            totals["mismatches"] += 1
-            self.report.fail("stream_mismatch", "%s in room %d: the recorder saw its join %d "
-                             "times and its leave %d times"
-                             % (client.name, ref, len(joins), len(leaves)))
+            mismatch("the recorder saw its join %d times and its leave %d times"
+                     % (len(joins), len(leaves)))
             return
-        # A client that vanished while in the room read an unknown part of its window; one
-        # that read its own leave announcement first read all of it, vanished or not.
+        # A client that vanished while in the room read an unknown part of its window (it may
+        # lose chats, never gain them); one that read its own leave announcement read it all.
         vanished = client.phase == "vanished" and not membership.left
         if vanished and not leaves:
-            totals["mismatches"] += 1
-            self.report.fail("stream_mismatch", "%s vanished from room %d, and its leaving was "
-                             "never announced" % (client.name, ref))
+            mismatch("it vanished, and its leaving was never announced")
         expected = events[joins[0]:leaves[0] + 1] if leaves else events[joins[0]:]
-        want = collections.Counter(e for e in expected if e[0] == "chat")
-        got = collections.Counter(e for e in stream if e[0] == "chat")
-        for chat, n in got.items():
-            if n > 1:
-                totals["duplicated"] += n - 1
-                self.report.fail("duplicated", "%s in room %d got %r %d times"
-                                 % (client.name, ref, chat, n))
-            if chat not in want:
-                totals["outside_window"] += 1
-                self.report.fail("outside_window", "%s in room %d got %r outside its window"
-                                 % (client.name, ref, chat))
-        if not vanished:                 # a vanished client read an unknown part: no losses
-            totals["expected"] += sum(want.values())
-            for chat in want:
-                totals["delivered"] += min(got.get(chat, 0), 1)
-                if chat not in got:
-                    totals["lost"] += 1
-                    self.report.fail("lost", "%s in room %d lacks %r" % (client.name, ref, chat))
-        totals["reordered"] += self._reordered(stream, client.name, ref)
+        self._tally(client.name, ref, {e: 0 if vanished else 1 for e in expected
+                                       if e[0] == "chat"}, stream, totals)
         if vanished:                     # a prefix of its window, never its own leave
             same = stream == expected[:len(stream)] and ("leave", client.name) not in stream
         else:
             same = stream == expected
         if not same:
-            totals["mismatches"] += 1
             first = next((i for i, (a, b) in enumerate(zip(stream, expected)) if a != b),
                          min(len(stream), len(expected)))
-            self.report.fail("stream_mismatch", "%s in room %d (%s): stream differs from the "
-                             "room's history at event %d: got %r, expected %r (%d events vs %d)"
-                             % (client.name, ref, client.phase, first, stream[first:first + 2],
-                                expected[first:first + 2], len(stream), len(expected)))
+            mismatch("(%s) the stream differs from the room's history at event %d: got %r, "
+                     "expected %r (%d events vs %d)"
+                     % (client.phase, first, stream[first:first + 2], expected[first:first + 2],
+                        len(stream), len(expected)))
 
     def _reordered(self, stream: List[Event], who: str, ref: int) -> int:
         """Chats received after a later chat of the same sender."""

@@ -68,7 +68,7 @@ class ArgumentsTest(unittest.TestCase):
         for option in ("--timeout", "--stall", "--seed", "--spawn"):
             self.assertRegex(text, r"%s[^\n]*\n?[^\n]*\(default: " % option)
         for _run, _summary, options in loadgen.SCENARIOS.values():
-            for option, _type, default, _help in options:
+            for option, _type, default, _help, _least, _most in options:
                 self.assertRegex(text, r"%s .*\((required|default: %s)\)" % (option, default))
 
 
