@@ -55,6 +55,8 @@ import protocol
 from protocol import (MAX_REQUEST_BYTES, REPLY_SHAPES, ChatMessage, ErrorReply, JoinedReply,
                       LeftReply, Unparsed, chat_request, disconnect_request, join_request,
                       leave_request, request_keyword)
+from tools import screen
+from tools.screen import name_problem, sanitize
 
 # --- limits and settings ------------------------------------------------------------------------
 # The longest message from the server we buffer. The server relays a CHAT with the text of one
@@ -83,7 +85,9 @@ commands, one per line on standard input:
   /msg ROOM TEXT    post TEXT to ROOM, one of your rooms. When the names of several of
                     your rooms start the line, the longest wins: in rooms "my" and
                     "my room", "/msg my room hi" posts "hi" to "my room"
-  TEXT              a line without a leading "/" posts TEXT to the room joined last
+  /room ROOM        plain lines go to ROOM, one of your rooms, from now on
+  TEXT              a line without a leading "/" posts TEXT to the current room: the
+                    room joined last, or the one chosen with /room
   /help             show this list
   /quit             leave every room, disconnect and exit; end of input does the same"""
 
@@ -126,15 +130,14 @@ class Exit:
 
 Action = Union[Send, Print, PrintError, Exit]
 
-# Control characters (C0, DEL, C1) but newline and tab. Chat text, names and room names come
-# from other people: an escape sequence among them must not drive our terminal (recolour it,
-# move the cursor, retitle the window), so each is shown as U+FFFD.
-_CONTROL_CHARS = {code: "\ufffd" for code in [*range(0x20), *range(0x7f, 0xa0)]
-                  if chr(code) not in "\n\t"}
-
 
 def printable(text: str) -> str:
-    return text.translate(_CONTROL_CHARS)
+    """`text` safe for a terminal: chat text, names and room names come from other people, and
+    an escape sequence among them must not drive our terminal (recolour it, move the cursor,
+    retitle the window), nor a bidi override reorder what we read, so every control and format
+    character and line or paragraph separator but newline and tab is shown as U+FFFD
+    (screen.sanitize, the same in both modes)."""
+    return sanitize(text, keep="\n\t")
 
 
 def format_chat(room: str, name: str, message: str) -> str:
@@ -156,11 +159,14 @@ class ChatClient:
     closes; each returns the actions to carry out, in order.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, help_text: str = COMMANDS) -> None:
         self.name = name
+        self.help_text = help_text            # what /help shows
         self.join_id: Optional[int] = None    # the server assigns it at our first JOIN
         self.rooms: Dict[str, int] = {}       # rooms we are in, name -> ROOM_REF, in the order
-                                              # joined: the last is where plain lines go
+                                              # joined
+        self.current: Optional[str] = None    # where plain lines go: the room joined last, or
+                                              # the one chosen with /room (or Tab)
         self.room_names: Dict[int, str] = {}  # ROOM_REF -> name, for every room ever joined.
                                               # Kept after a leave: our own leave announcement
                                               # arrives after LEFT_CHATROOM (refs never change)
@@ -168,7 +174,7 @@ class ChatClient:
         self.quitting = False                 # DISCONNECT is sent: wait for the server to close
         self._queue: Deque[str] = collections.deque()   # lines not yet acted on
         self._commands = {"/join": self._join, "/leave": self._leave, "/rooms": self._list_rooms,
-                          "/msg": self._msg, "/help": self._help, "/quit": self._quit}
+                          "/msg": self._msg, "/room": self._room, "/help": self._help, "/quit": self._quit}
         self._handlers = {ChatMessage: self._on_chat, JoinedReply: self._on_joined,
                           LeftReply: self._on_left, ErrorReply: self._on_error}
 
@@ -195,6 +201,14 @@ class ChatClient:
                     Exit(1)]
         return self._handlers.get(type(message), self._on_other)(message)
 
+    def cycle_room(self, step: int) -> None:
+        """Plain lines go to the room `step` places after the current one, in the order joined
+        (Tab in the full-screen mode)."""
+        if self.rooms:
+            names = list(self.rooms)
+            at = names.index(self.current) if self.current in names else 0
+            self.current = names[(at + step) % len(names)]
+
     def connection_lost(self) -> List[Action]:
         if self.quitting:
             return [Print("* disconnected"), Exit(0)]
@@ -215,7 +229,7 @@ class ChatClient:
         if not line:
             return []                                 # a blank line says nothing
         if not line.startswith("/"):
-            return self._post(list(self.rooms)[-1] if self.rooms else None, line)
+            return self._post(self.current, line)
         word, *rest = line.split(None, 1)
         command = self._commands.get(word)
         if command is None:
@@ -238,10 +252,16 @@ class ChatClient:
     def _list_rooms(self, _arg: str) -> List[Action]:
         if not self.rooms:
             return [Print("* you are in no room; /join ROOM")]
-        last = list(self.rooms)[-1]
-        return [Print("* [%s] ROOM_REF %d%s" % (printable(name), ref,
-                                               " (plain lines go here)" if name == last else ""))
+        return [Print("* [%s] ROOM_REF %d%s" % (printable(name), ref, " (plain lines go here)"
+                                               if name == self.current else ""))
                 for name, ref in self.rooms.items()]
+
+    def _room(self, room: str) -> List[Action]:
+        if room not in self.rooms:
+            return [PrintError("/room: you are not in [%s]; /rooms lists your rooms"
+                               % printable(room))]
+        self.current = room
+        return [Print("* plain lines go to [%s]" % printable(room))]
 
     def _msg(self, arg: str) -> List[Action]:
         # The longest of our room names that starts the argument, followed by white space.
@@ -259,7 +279,7 @@ class ChatClient:
         return [Send(chat_request(self.rooms[room], self.join_id, self.name, text))]
 
     def _help(self, _arg: str) -> List[Action]:
-        return [Print(COMMANDS)]
+        return [Print(self.help_text)]
 
     def _quit(self, _arg: str) -> List[Action]:
         self.quitting = True
@@ -277,6 +297,7 @@ class ChatClient:
         self.rooms.pop(room, None)            # joined again: it becomes the room joined last
         self.rooms[room] = ref
         self.room_names[ref] = room
+        self.current = room
         note = Print("* joined [%s]: ROOM_REF %d, JOIN_ID %d, server %s:%d"
                      % (printable(room), ref, self.join_id, printable(message.server_ip),
                         message.port))
@@ -285,6 +306,8 @@ class ChatClient:
     def _on_left(self, message: LeftReply) -> List[Action]:
         ref = message.ref
         self.rooms = {name: r for name, r in self.rooms.items() if r != ref}
+        if self.current not in self.rooms:    # back to the room joined last, if any
+            self.current = list(self.rooms)[-1] if self.rooms else None
         note = Print("* left [%s]: ROOM_REF %d"
                      % (printable(self.room_names.get(ref, "?")), ref))
         return [note] + self._reply_arrived("LEFT_CHATROOM")
