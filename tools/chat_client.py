@@ -45,11 +45,17 @@ import argparse
 import collections
 import os
 import selectors
+import signal
 import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Deque, Dict, List, Optional, TextIO, Union
+from typing import Deque, Dict, List, Optional, TextIO, Tuple, Union
+
+try:
+    import curses                       # the full-screen mode; without it, the line mode
+except ImportError:                     # (a Python built without _curses)
+    curses = None                       # type: ignore
 
 import protocol
 from protocol import (MAX_REQUEST_BYTES, REPLY_SHAPES, ChatMessage, ErrorReply, JoinedReply,
@@ -361,24 +367,22 @@ class Terminal:
         # Not DefaultSelector: on Linux that is epoll, which refuses a regular file, and
         # standard input is one when redirected from a script (< script.txt). select() takes
         # files, pipes and terminals everywhere, and two descriptors cost it nothing.
+        # Each registration's data is the method that handles it being ready.
         self.selector = selectors.SelectSelector()
-        self.selector.register(sock, selectors.EVENT_READ)
-        self.selector.register(stdin_fd, selectors.EVENT_READ)
+        self.selector.register(sock, selectors.EVENT_READ, self.on_server_readable)
+        self.selector.register(stdin_fd, selectors.EVENT_READ, self.on_stdin_readable)
 
     def run(self) -> int:
         """Loop until an Exit action; return its status."""
         while self.status is None:
-            self.show_prompt()
+            self.before_waiting()
             timeout = None
             if self.deadline is not None:
                 timeout = max(0.0, self.deadline - time.monotonic())
             for key, mask in self.selector.select(timeout):
                 if self.status is not None:
                     break
-                if key.fileobj is self.sock:
-                    self.on_server_readable()
-                else:
-                    self.on_stdin_readable()
+                key.data()
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.apply([PrintError("the server did not close the connection within %g s "
                                        "of DISCONNECT" % DISCONNECT_TIMEOUT), Exit(1)])
@@ -465,11 +469,202 @@ class Terminal:
         stream.write(text + "\n")
         stream.flush()                        # as it arrives, even into a pipe
 
+    def before_waiting(self) -> None:
+        """Called before each wait for input: the prompt, when it is due."""
+        self.show_prompt()
+
     def show_prompt(self) -> None:
         if self.interactive and not self.prompt_shown and self.client.ready_for_input():
             self.stdout.write(PROMPT)
             self.stdout.flush()
             self.prompt_shown = True
+
+
+# ---------------------------------------------------------------------------------------------
+# The full-screen mode: the same loop and the same ChatClient, drawn with curses
+# ---------------------------------------------------------------------------------------------
+
+# Milliseconds curses waits after an ESC for the rest of a key's escape sequence. Its default,
+# a second, makes Alt+key feel stuck; a terminal sends a whole sequence at once, even over ssh.
+ESCAPE_DELAY_MS = 25
+# Keys taken in one turn of the loop, at most: a long paste is read in parts, with the
+# server's messages read and the screen drawn between them.
+MAX_KEYS_PER_TURN = 1024
+# The time stamp in front of each line of the chat (time.strftime).
+STAMP_FORMAT = "%H:%M"
+
+
+class FullScreen(Terminal):
+    """Runs a ChatClient in a full-screen interface (screen.Screen, drawn with curses).
+
+    The same loop as Terminal: standard input is read as keys, which screen.Screen turns into
+    edits and events (a line to send, another room, end of input); what Terminal would print
+    goes into the scrollback; before each wait the whole Frame is drawn, and curses sends the
+    terminal only what changed, then puts the cursor back on the input line. A resize arrives
+    as SIGWINCH, whose wakeup descriptor is in the selector, so it is drawn at once.
+
+    The lines printed by the last actions (the ERROR that ends the client, "* disconnected")
+    are kept in last_words, for main to print again once the screen is restored.
+    """
+
+    def __init__(self, client: ChatClient, sock: socket.socket, window, server: str,
+                 wakeup_fd: int) -> None:
+        super().__init__(client, sock, sys.stdin.fileno(), sys.stdout, sys.stderr,
+                         interactive=False)
+        self.window = window
+        self.server = server
+        self.screen = screen.Screen()
+        self.wakeup_fd = wakeup_fd
+        self.keys_left = False              # MAX_KEYS_PER_TURN stopped the last read of keys
+        self.batch: List[Tuple[TextIO, str]] = []       # lines printed by the current actions
+        self.last_words: List[Tuple[TextIO, str]] = []
+        self.styles = self._styles()
+        window.nodelay(True)                # get_wch() says "no key" instead of waiting
+        self.selector.register(wakeup_fd, selectors.EVENT_READ, self.on_resize)
+        self.write_line(self.stdout, "* connected to %s as %s: /join ROOM to start, /help "
+                                     "for commands and keys" % (server, client.name))
+
+    @staticmethod
+    def _styles() -> Dict[str, int]:
+        """The curses attribute for each of the Frame's styles: colours where there are some."""
+        styles = {"chat": curses.A_NORMAL, "input": curses.A_NORMAL, "status": curses.A_REVERSE,
+                  "note": curses.A_DIM, "error": curses.A_BOLD}
+        if curses.has_colors():
+            try:
+                curses.use_default_colors()         # the terminal's own background
+                background = -1
+            except curses.error:
+                background = curses.COLOR_BLACK
+            curses.init_pair(1, curses.COLOR_CYAN, background)
+            curses.init_pair(2, curses.COLOR_RED, background)
+            styles["note"] = curses.color_pair(1)
+            styles["error"] = curses.color_pair(2) | curses.A_BOLD
+        return styles
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def on_stdin_readable(self) -> None:
+        self.keys_left = False
+        for _ in range(MAX_KEYS_PER_TURN):
+            try:
+                key = self.window.get_wch()
+            except curses.error:            # no key left
+                return
+            name = key if isinstance(key, str) else curses.keyname(key).decode("ascii",
+                                                                               "replace")
+            if name == "KEY_RESIZE":        # curses has resized itself (resizeterm says so
+                continue                    # too): the next frame is drawn to the new size
+            for event in self.screen.key(name):
+                self.on_event(event)
+                if self.status is not None:
+                    return
+        self.keys_left = True
+
+    def on_event(self, event: screen.Event) -> None:
+        if isinstance(event, screen.Submit):
+            self.apply(self.client.line_typed(event.line))
+        elif isinstance(event, screen.CycleRoom):
+            self.client.cycle_room(event.step)
+        elif isinstance(event, screen.Quit):
+            self.apply(self.client.input_ended())
+        elif isinstance(event, screen.Repaint):
+            self.window.clearok(True)       # the next refresh clears and redraws every cell
+
+    def on_resize(self) -> None:
+        """SIGWINCH arrived (its wakeup descriptor is readable)."""
+        try:
+            os.read(self.wakeup_fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            pass
+        self.resize()
+
+    def resize(self) -> None:
+        try:
+            cols, rows = os.get_terminal_size(self.stdout.fileno())
+        except OSError:
+            return
+        curses.resizeterm(rows, cols)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def apply(self, actions: List[Action]) -> None:
+        self.batch = []
+        super().apply(actions)
+        if self.status is not None and not self.last_words:
+            self.last_words = self.batch
+
+    def write_line(self, stream: TextIO, text: str) -> None:
+        style = "error" if stream is self.stderr else "note" if text.startswith("* ") else "chat"
+        self.screen.add(text, style, time.strftime(STAMP_FORMAT))
+        self.batch.append((stream, text))
+
+    def before_waiting(self) -> None:
+        if self.keys_left:                  # curses may hold them: the descriptor says nothing
+            self.on_stdin_readable()
+        client = self.client
+        state = ("disconnecting" if client.quitting
+                 else "joining" if client.awaiting == "JOINED_CHATROOM"
+                 else "leaving" if client.awaiting else "connected")
+        self.screen.status = screen.Status(client.name, self.server, client.current,
+                                           tuple(client.rooms), state)
+        self.draw()
+
+    def draw(self) -> None:
+        rows, cols = self.window.getmaxyx()
+        frame = self.screen.render(rows, cols)
+        self.window.erase()
+        for row, (text, style) in enumerate(frame.rows):
+            try:
+                self.window.addstr(row, 0, text, self.styles[style])
+            except curses.error:            # the bottom-right cell: the cursor cannot move on
+                pass
+        self.window.move(*frame.cursor)
+        self.window.refresh()
+
+
+def full_screen_problem() -> Optional[str]:
+    """Why the full-screen mode cannot run on this terminal, or None when it can."""
+    if curses is None:
+        return "this Python has no curses module"
+    try:
+        curses.setupterm(fd=sys.stdout.fileno())
+    except curses.error as exc:
+        return "the terminal (TERM=%s) is unknown to curses: %s" % (os.environ.get("TERM"), exc)
+    return None
+
+
+def run_full_screen(client: ChatClient, sock: socket.socket, server: str) -> int:
+    """Run `client` full-screen until it exits; then print its last words on the restored
+    terminal (the error that ended it stays readable) and return its exit status."""
+    os.environ.setdefault("ESCDELAY", str(ESCAPE_DELAY_MS))   # read by curses at start
+    wakeup_r, wakeup_w = os.pipe()
+    os.set_blocking(wakeup_r, False)
+    os.set_blocking(wakeup_w, False)
+    full_screen: Optional[FullScreen] = None
+
+    def in_window(window) -> int:
+        nonlocal full_screen
+        # After initscr, so that ours replaces curses' own SIGWINCH handler: curses would only
+        # notice a resize at the next key; the wakeup descriptor wakes select() at once.
+        old_wakeup = signal.set_wakeup_fd(wakeup_w)
+        old_handler = signal.signal(signal.SIGWINCH, lambda _signum, _frame: None)
+        try:
+            full_screen = FullScreen(client, sock, window, server, wakeup_r)
+            return full_screen.run()
+        finally:
+            signal.signal(signal.SIGWINCH, old_handler)
+            signal.set_wakeup_fd(old_wakeup)
+
+    try:
+        # wrapper: cbreak and no echo, keypad keys, colours; the terminal restored however
+        # this ends (Ctrl-C included)
+        status = curses.wrapper(in_window)
+    finally:
+        os.close(wakeup_r)
+        os.close(wakeup_w)
+    for stream, text in full_screen.last_words if full_screen else []:
+        print(text, file=stream, flush=True)
+    return status
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,13 +694,19 @@ exit status:
     parser.add_argument("host", help="the server's address, e.g. 127.0.0.1")
     parser.add_argument("port", type=int, help="the server's TCP port")
     parser.add_argument("--name", required=True,
-                        help="your CLIENT_NAME, shown to the other members of your rooms")
+                        help="your CLIENT_NAME, shown to the other members of your rooms (at "
+                             "most %d characters, printable)" % protocol.MAX_NAME_CHARS)
+    parser.add_argument("--plain", action="store_true",
+                        help="the line mode even at a terminal (a prompt, no full screen)")
     args = parser.parse_args(argv)
     if not 0 < args.port <= 65535:
         parser.error("PORT must be an integer from 1 to 65535, not %d" % args.port)
     args.name = args.name.strip()
-    if not args.name or printable(args.name) != args.name:
-        parser.error("--name must be a non-empty name without control characters")
+    # The server would answer a bad name with ERROR_CODE at the first /join, and the client
+    # would have to exit: say so now, before connecting.
+    problem = name_problem(args.name)
+    if problem:
+        parser.error(problem)
     return args
 
 
@@ -523,9 +724,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Each request leaves in one send(); Nagle would only hold back the second of two quick ones.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    terminal = Terminal(ChatClient(args.name), sock, sys.stdin.fileno(), sys.stdout, sys.stderr,
-                        interactive)
+    full_screen = interactive and not args.plain
+    if full_screen:
+        problem = full_screen_problem()
+        if problem is not None:
+            print("* no full screen (%s): the line mode" % problem, file=sys.stderr)
+            full_screen = False
     try:
+        if full_screen:
+            client = ChatClient(args.name, help_text=COMMANDS + "\n" + screen.KEYS_HELP)
+            return run_full_screen(client, sock, "%s:%d" % (args.host, args.port))
+        terminal = Terminal(ChatClient(args.name), sock, sys.stdin.fileno(), sys.stdout,
+                            sys.stderr, interactive)
         return terminal.run()
     except KeyboardInterrupt:                 # Ctrl-C: the server sees the connection close
         print(file=sys.stderr)
