@@ -3,9 +3,8 @@
 
     python3 -m tools.chat_client HOST PORT --name NAME       (from the repository's top folder)
 
-It reads commands from standard input, one per line, so it works typed at a terminal and piped
-from a script alike (COMMANDS below, or --help), and shows everything the server sends as it
-arrives, one readable line per message:
+It reads commands, one per line (COMMANDS below, or --help), and shows everything the server
+sends as it arrives, one readable line per message:
 
     * joined [room1]: ROOM_REF 0, JOIN_ID 1, server 127.0.0.1:8080
     [room1] alice: alice has joined this chatroom.
@@ -15,6 +14,19 @@ arrives, one readable line per message:
 Lines starting "* " are the client's own notes (replies to commands); lines starting "[ROOM]"
 are chat. Join and leave announcements are ordinary chat messages from the server, shown as
 such. The client's complaints about mistakes go to standard error.
+
+Two modes, one client:
+- At a terminal (standard input and output both a terminal), a full-screen interface, as irssi
+  and WeeChat have: the chat scrolls above, a status line shows the room plain lines go to,
+  your rooms and the connection's state, and an input line at the bottom is never disturbed
+  by arriving messages. It has readline's editing keys and history, PgUp/PgDn scrollback, Tab
+  to change rooms and /help for the keys (tools/screen.py: KEYS_HELP). --plain keeps the line
+  mode at a terminal.
+- Piped (a script, a file, another program), the line mode: a line of standard input is a
+  command, every message a line of standard output; this is what scripts and tests use.
+Text from other people is shown safely in both: control and format characters (escape
+sequences, bidi overrides, zero-width characters) and line or paragraph separators are shown
+as U+FFFD and never reach the terminal.
 
 Exit status: 0 after /quit or end of input, once the server has closed the connection; 1 when
 the server answers ERROR_CODE (printed as "ERROR code: description" on standard error, as the
@@ -27,13 +39,19 @@ Theory of operation (the server's design, in miniature; see protocol.py and reac
     stdin lines  ------------------------------------ChatClient.line_typed-------> actions
     actions (Send, Print, PrintError, Exit) --Terminal--> socket, stdout, stderr, exit status
 
+    full screen: keys --screen.Screen.key--> edits, Submit(line) --ChatClient.line_typed--> ...
+                 Print, PrintError --> screen.Screen.add; each turn: Screen.render --> curses
+
 ChatClient is the whole client state as a function of data and does no I/O, so every decision
 it makes can be tested in memory. Terminal does the I/O: one `selectors` loop over the socket
-and standard input, so that output is never written from two places at once.
+and standard input, so that output is never written from two places at once. FullScreen is
+that Terminal with keys for input and a screen.Screen for output, drawn with curses; the
+screen's model (editor, history, scrollback, layout) is as free of I/O as ChatClient.
 
 Simplifications, stated as smallchat states its own:
 - Each input line is one command, so this client only ever sends one-line chat messages (it
   shows other clients' multi-line ones). To post a line that starts with "/", use /msg.
+  Pasting several lines into the full-screen mode sends them as several messages.
 - A command that needs the answer to a JOIN or LEAVE (a ROOM_REF, the JOIN_ID) cannot be sent
   before that answer arrives, so every line typed while a JOIN or LEAVE is unanswered waits in a
   queue. "/join a" followed at once by "hello" posts hello to a. Only one JOIN or LEAVE is ever
@@ -84,7 +102,7 @@ PROMPT = "> "
 ERASE_LINE = "\r\x1b[K"
 
 COMMANDS = """\
-commands, one per line on standard input:
+commands, one per line:
   /join ROOM        join ROOM (a room name may contain spaces)
   /leave ROOM       leave ROOM
   /rooms            list the rooms you are in, with their ROOM_REFs
@@ -180,7 +198,8 @@ class ChatClient:
         self.quitting = False                 # DISCONNECT is sent: wait for the server to close
         self._queue: Deque[str] = collections.deque()   # lines not yet acted on
         self._commands = {"/join": self._join, "/leave": self._leave, "/rooms": self._list_rooms,
-                          "/msg": self._msg, "/room": self._room, "/help": self._help, "/quit": self._quit}
+                          "/msg": self._msg, "/room": self._room, "/help": self._help,
+                          "/quit": self._quit}
         self._handlers = {ChatMessage: self._on_chat, JoinedReply: self._on_joined,
                           LeftReply: self._on_left, ErrorReply: self._on_error}
 
@@ -676,9 +695,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         prog="python3 -m tools.chat_client",
         description="A terminal client for the chat server (see protocol.py). It connects to "
-                    "HOST:PORT, reads commands from standard input, one per line (typed, or "
-                    "piped from a script), and shows every message from the server as it "
-                    "arrives: '[ROOM] NAME: TEXT' for chat, '* ...' for replies to commands.",
+                    "HOST:PORT, reads commands, one per line, and shows every message from the "
+                    "server as it arrives: '[ROOM] NAME: TEXT' for chat, '* ...' for replies "
+                    "to commands. At a terminal it is full-screen (an input line that arriving "
+                    "messages leave alone, a status line, readline's keys, history, scrollback; "
+                    "/help lists the keys); piped from a script it reads standard input.",
         epilog=COMMANDS + """
 
 Lines typed while a /join or /leave is unanswered wait for the answer, so a script
@@ -689,8 +710,8 @@ standard error and nothing is sent.
 exit status:
   0  after /quit or end of input, once the server has closed the connection
   1  the server answered ERROR_CODE (shown as "ERROR code: description" on standard
-     error), closed the connection unexpectedly, sent something malformed, or could
-     not be reached""")
+     error; full-screen, once the screen is restored), closed the connection
+     unexpectedly, sent something malformed, or could not be reached""")
     parser.add_argument("host", help="the server's address, e.g. 127.0.0.1")
     parser.add_argument("port", type=int, help="the server's TCP port")
     parser.add_argument("--name", required=True,
