@@ -21,7 +21,7 @@ categories in names; message text is relayed as sent, so clients must do this th
 """
 import unicodedata
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Deque, List, Optional, Tuple, Union
 
@@ -319,7 +319,7 @@ def line_rows(line: Line, width: int) -> Tuple[str, ...]:
     lead = line.stamp + " " if line.stamp else ""
     pad = " " * cells(lead)
     rows: List[str] = []
-    for number, part in enumerate(line.text.split("\n")):
+    for part in line.text.split("\n"):
         for row in wrap(part, max(1, width - len(pad))):
             rows.append((lead if not rows else pad) + row)
     return tuple(rows)
@@ -474,6 +474,7 @@ class Screen:
             line = self.editor.take()
             self.history.add(line)
             self.input_start = 0
+            self.scroll = self.unseen = 0           # back to the latest, to see it arrive
             return [Submit(line)]
         if key == "\t":
             return [CycleRoom(1)]

@@ -292,6 +292,13 @@ class RenderTest(unittest.TestCase):
         self.assertEqual(frame.rows[height - 1][0], "13:00 [lobby] bob: new one")
         self.assertTrue(frame.rows[height][0].startswith(" connected"))
 
+    def test_enter_goes_back_to_the_latest_lines(self) -> None:
+        scr = self.screen_with(50)
+        scr.render(10, 60)
+        scr.page_up()
+        type_keys(scr, "sent\n")
+        self.assertEqual(scr.render(10, 60).rows[7][0], "12:49 [lobby] bob: message 49")
+
     def test_a_narrower_window_wraps_again(self) -> None:
         # 30 cells: 6 for the stamp, 24 for the text, of which 4 indent the rows after the first
         scr = self.screen_with(0)
