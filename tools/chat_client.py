@@ -649,6 +649,8 @@ def full_screen_problem() -> Optional[str]:
         curses.setupterm(fd=sys.stdout.fileno())
     except curses.error as exc:
         return "the terminal (TERM=%s) is unknown to curses: %s" % (os.environ.get("TERM"), exc)
+    if not curses.tigetstr("cup"):          # TERM=dumb, emacs' shell: no cursor addressing
+        return "the terminal (TERM=%s) cannot move its cursor" % os.environ.get("TERM")
     return None
 
 

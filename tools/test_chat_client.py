@@ -626,14 +626,14 @@ class PtyClient:
     """chat_client in a pseudo-terminal of rows x cols, and a VirtualTerminal reading it."""
 
     def __init__(self, test: unittest.TestCase, port: int, name: str, rows: int = 24,
-                 cols: int = 80) -> None:
+                 cols: int = 80, term: str = "xterm") -> None:
         self.test = test
         master, slave = os.openpty()
         set_window_size(slave, rows, cols)
         # A session of its own: the test's terminal and its signals stay out of it.
         self.proc = subprocess.Popen(CLIENT + ["127.0.0.1", str(port), "--name", name],
                                      cwd=REPO_ROOT, stdin=slave, stdout=slave, stderr=slave,
-                                     env=PTY_ENV, start_new_session=True)
+                                     env=dict(PTY_ENV, TERM=term), start_new_session=True)
         os.close(slave)
         self.master = master
         self.screen = VirtualTerminal(rows, cols)
@@ -777,6 +777,16 @@ class FullScreenTest(unittest.TestCase):
 
 
 class FullScreenFailureTest(unittest.TestCase):
+
+    def test_a_terminal_that_cannot_move_its_cursor_gets_the_line_mode(self) -> None:
+        server = kit.ServerProcess(env=CHILD_ENV)
+        self.addCleanup(server.stop)
+        alice = PtyClient(self, server.port, "alice", cols=120, term="dumb")
+        alice.wait_for_row(re.escape("* no full screen (the terminal (TERM=dumb) cannot move "
+                                     "its cursor): the line mode"))
+        alice.wait_for_row(">")                         # the line mode's prompt
+        alice.type("/quit\r")
+        self.assertEqual(alice.proc.wait(TIMEOUT), 0)
 
     def test_error_code_ends_the_client_and_stays_readable(self) -> None:
         stub = StubServer(self, reply=b"ERROR_CODE: 3\nERROR_DESCRIPTION: nope\n")
