@@ -395,10 +395,7 @@ class Terminal:
         """Loop until an Exit action; return its status."""
         while self.status is None:
             self.before_waiting()
-            timeout = None
-            if self.deadline is not None:
-                timeout = max(0.0, self.deadline - time.monotonic())
-            for key, mask in self.selector.select(timeout):
+            for key, mask in self.selector.select(self.wait_timeout()):
                 if self.status is not None:
                     break
                 key.data()
@@ -491,6 +488,12 @@ class Terminal:
     def before_waiting(self) -> None:
         """Called before each wait for input: the prompt, when it is due."""
         self.show_prompt()
+
+    def wait_timeout(self) -> Optional[float]:
+        """How long the next wait for input may last: until the DISCONNECT deadline, if any."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
 
     def show_prompt(self) -> None:
         if self.interactive and not self.prompt_shown and self.client.ready_for_input():
@@ -617,8 +620,13 @@ class FullScreen(Terminal):
         self.screen.add(text, style, time.strftime(STAMP_FORMAT))
         self.batch.append((stream, text))
 
+    def wait_timeout(self) -> Optional[float]:
+        # Keys left from the last turn may be in curses' own buffer, which select() cannot see:
+        # do not wait for the descriptor to say so.
+        return 0.0 if self.keys_left else super().wait_timeout()
+
     def before_waiting(self) -> None:
-        if self.keys_left:                  # curses may hold them: the descriptor says nothing
+        if self.keys_left:
             self.on_stdin_readable()
         client = self.client
         state = ("disconnecting" if client.quitting
