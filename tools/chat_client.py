@@ -3,9 +3,8 @@
 
     python3 -m tools.chat_client HOST PORT --name NAME       (from the repository's top folder)
 
-It reads commands from standard input, one per line, so it works typed at a terminal and piped
-from a script alike (COMMANDS below, or --help), and shows everything the server sends as it
-arrives, one readable line per message:
+It reads commands, one per line (COMMANDS below, or --help), and shows everything the server
+sends as it arrives, one readable line per message:
 
     * joined [room1]: ROOM_REF 0, JOIN_ID 1, server 127.0.0.1:8080
     [room1] alice: alice has joined this chatroom.
@@ -15,6 +14,19 @@ arrives, one readable line per message:
 Lines starting "* " are the client's own notes (replies to commands); lines starting "[ROOM]"
 are chat. Join and leave announcements are ordinary chat messages from the server, shown as
 such. The client's complaints about mistakes go to standard error.
+
+Two modes, one client:
+- At a terminal (standard input and output both a terminal), a full-screen interface, as irssi
+  and WeeChat have: the chat scrolls above, a status line shows the room plain lines go to,
+  your rooms and the connection's state, and an input line at the bottom is never disturbed
+  by arriving messages. It has readline's editing keys and history, PgUp/PgDn scrollback, Tab
+  to change rooms and /help for the keys (tools/screen.py: KEYS_HELP). --plain keeps the line
+  mode at a terminal.
+- Piped (a script, a file, another program), the line mode: a line of standard input is a
+  command, every message a line of standard output; this is what scripts and tests use.
+Text from other people is shown safely in both: control and format characters (escape
+sequences, bidi overrides, zero-width characters) and line or paragraph separators are shown
+as U+FFFD and never reach the terminal.
 
 Exit status: 0 after /quit or end of input, once the server has closed the connection; 1 when
 the server answers ERROR_CODE (printed as "ERROR code: description" on standard error, as the
@@ -27,13 +39,19 @@ Theory of operation (the server's design, in miniature; see protocol.py and reac
     stdin lines  ------------------------------------ChatClient.line_typed-------> actions
     actions (Send, Print, PrintError, Exit) --Terminal--> socket, stdout, stderr, exit status
 
+    full screen: keys --screen.Screen.key--> edits, Submit(line) --ChatClient.line_typed--> ...
+                 Print, PrintError --> screen.Screen.add; each turn: Screen.render --> curses
+
 ChatClient is the whole client state as a function of data and does no I/O, so every decision
 it makes can be tested in memory. Terminal does the I/O: one `selectors` loop over the socket
-and standard input, so that output is never written from two places at once.
+and standard input, so that output is never written from two places at once. FullScreen is
+that Terminal with keys for input and a screen.Screen for output, drawn with curses; the
+screen's model (editor, history, scrollback, layout) is as free of I/O as ChatClient.
 
 Simplifications, stated as smallchat states its own:
 - Each input line is one command, so this client only ever sends one-line chat messages (it
   shows other clients' multi-line ones). To post a line that starts with "/", use /msg.
+  Pasting several lines into the full-screen mode sends them as several messages.
 - A command that needs the answer to a JOIN or LEAVE (a ROOM_REF, the JOIN_ID) cannot be sent
   before that answer arrives, so every line typed while a JOIN or LEAVE is unanswered waits in a
   queue. "/join a" followed at once by "hello" posts hello to a. Only one JOIN or LEAVE is ever
@@ -45,16 +63,24 @@ import argparse
 import collections
 import os
 import selectors
+import signal
 import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Deque, Dict, List, Optional, TextIO, Union
+from typing import Deque, Dict, List, Optional, TextIO, Tuple, Union
+
+try:
+    import curses                       # the full-screen mode; without it, the line mode
+except ImportError:                     # (a Python built without _curses)
+    curses = None                       # type: ignore
 
 import protocol
 from protocol import (MAX_REQUEST_BYTES, REPLY_SHAPES, ChatMessage, ErrorReply, JoinedReply,
                       LeftReply, Unparsed, chat_request, disconnect_request, join_request,
                       leave_request, request_keyword)
+from tools import screen
+from tools.screen import name_problem, sanitize
 
 # --- limits and settings ------------------------------------------------------------------------
 # The longest message from the server we buffer. The server relays a CHAT with the text of one
@@ -76,14 +102,16 @@ PROMPT = "> "
 ERASE_LINE = "\r\x1b[K"
 
 COMMANDS = """\
-commands, one per line on standard input:
+commands, one per line:
   /join ROOM        join ROOM (a room name may contain spaces)
   /leave ROOM       leave ROOM
   /rooms            list the rooms you are in, with their ROOM_REFs
   /msg ROOM TEXT    post TEXT to ROOM, one of your rooms. When the names of several of
                     your rooms start the line, the longest wins: in rooms "my" and
                     "my room", "/msg my room hi" posts "hi" to "my room"
-  TEXT              a line without a leading "/" posts TEXT to the room joined last
+  /room ROOM        plain lines go to ROOM, one of your rooms, from now on
+  TEXT              a line without a leading "/" posts TEXT to the current room: the
+                    room joined last, or the one chosen with /room
   /help             show this list
   /quit             leave every room, disconnect and exit; end of input does the same"""
 
@@ -126,15 +154,14 @@ class Exit:
 
 Action = Union[Send, Print, PrintError, Exit]
 
-# Control characters (C0, DEL, C1) but newline and tab. Chat text, names and room names come
-# from other people: an escape sequence among them must not drive our terminal (recolour it,
-# move the cursor, retitle the window), so each is shown as U+FFFD.
-_CONTROL_CHARS = {code: "\ufffd" for code in [*range(0x20), *range(0x7f, 0xa0)]
-                  if chr(code) not in "\n\t"}
-
 
 def printable(text: str) -> str:
-    return text.translate(_CONTROL_CHARS)
+    """`text` safe for a terminal: chat text, names and room names come from other people, and
+    an escape sequence among them must not drive our terminal (recolour it, move the cursor,
+    retitle the window), nor a bidi override reorder what we read, so every control and format
+    character and line or paragraph separator but newline and tab is shown as U+FFFD
+    (screen.sanitize, the same in both modes)."""
+    return sanitize(text, keep="\n\t")
 
 
 def format_chat(room: str, name: str, message: str) -> str:
@@ -156,11 +183,14 @@ class ChatClient:
     closes; each returns the actions to carry out, in order.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, help_text: str = COMMANDS) -> None:
         self.name = name
+        self.help_text = help_text            # what /help shows
         self.join_id: Optional[int] = None    # the server assigns it at our first JOIN
         self.rooms: Dict[str, int] = {}       # rooms we are in, name -> ROOM_REF, in the order
-                                              # joined: the last is where plain lines go
+                                              # joined
+        self.current: Optional[str] = None    # where plain lines go: the room joined last, or
+                                              # the one chosen with /room (or Tab)
         self.room_names: Dict[int, str] = {}  # ROOM_REF -> name, for every room ever joined.
                                               # Kept after a leave: our own leave announcement
                                               # arrives after LEFT_CHATROOM (refs never change)
@@ -168,7 +198,8 @@ class ChatClient:
         self.quitting = False                 # DISCONNECT is sent: wait for the server to close
         self._queue: Deque[str] = collections.deque()   # lines not yet acted on
         self._commands = {"/join": self._join, "/leave": self._leave, "/rooms": self._list_rooms,
-                          "/msg": self._msg, "/help": self._help, "/quit": self._quit}
+                          "/msg": self._msg, "/room": self._room, "/help": self._help,
+                          "/quit": self._quit}
         self._handlers = {ChatMessage: self._on_chat, JoinedReply: self._on_joined,
                           LeftReply: self._on_left, ErrorReply: self._on_error}
 
@@ -195,6 +226,14 @@ class ChatClient:
                     Exit(1)]
         return self._handlers.get(type(message), self._on_other)(message)
 
+    def cycle_room(self, step: int) -> None:
+        """Plain lines go to the room `step` places after the current one, in the order joined
+        (Tab in the full-screen mode)."""
+        if self.rooms:
+            names = list(self.rooms)
+            at = names.index(self.current) if self.current in names else 0
+            self.current = names[(at + step) % len(names)]
+
     def connection_lost(self) -> List[Action]:
         if self.quitting:
             return [Print("* disconnected"), Exit(0)]
@@ -215,7 +254,7 @@ class ChatClient:
         if not line:
             return []                                 # a blank line says nothing
         if not line.startswith("/"):
-            return self._post(list(self.rooms)[-1] if self.rooms else None, line)
+            return self._post(self.current, line)
         word, *rest = line.split(None, 1)
         command = self._commands.get(word)
         if command is None:
@@ -238,10 +277,16 @@ class ChatClient:
     def _list_rooms(self, _arg: str) -> List[Action]:
         if not self.rooms:
             return [Print("* you are in no room; /join ROOM")]
-        last = list(self.rooms)[-1]
-        return [Print("* [%s] ROOM_REF %d%s" % (printable(name), ref,
-                                               " (plain lines go here)" if name == last else ""))
+        return [Print("* [%s] ROOM_REF %d%s" % (printable(name), ref, " (plain lines go here)"
+                                               if name == self.current else ""))
                 for name, ref in self.rooms.items()]
+
+    def _room(self, room: str) -> List[Action]:
+        if room not in self.rooms:
+            return [PrintError("/room: you are not in [%s]; /rooms lists your rooms"
+                               % printable(room))]
+        self.current = room
+        return [Print("* plain lines go to [%s]" % printable(room))]
 
     def _msg(self, arg: str) -> List[Action]:
         # The longest of our room names that starts the argument, followed by white space.
@@ -259,7 +304,7 @@ class ChatClient:
         return [Send(chat_request(self.rooms[room], self.join_id, self.name, text))]
 
     def _help(self, _arg: str) -> List[Action]:
-        return [Print(COMMANDS)]
+        return [Print(self.help_text)]
 
     def _quit(self, _arg: str) -> List[Action]:
         self.quitting = True
@@ -277,6 +322,7 @@ class ChatClient:
         self.rooms.pop(room, None)            # joined again: it becomes the room joined last
         self.rooms[room] = ref
         self.room_names[ref] = room
+        self.current = room
         note = Print("* joined [%s]: ROOM_REF %d, JOIN_ID %d, server %s:%d"
                      % (printable(room), ref, self.join_id, printable(message.server_ip),
                         message.port))
@@ -285,6 +331,8 @@ class ChatClient:
     def _on_left(self, message: LeftReply) -> List[Action]:
         ref = message.ref
         self.rooms = {name: r for name, r in self.rooms.items() if r != ref}
+        if self.current not in self.rooms:    # back to the room joined last, if any
+            self.current = list(self.rooms)[-1] if self.rooms else None
         note = Print("* left [%s]: ROOM_REF %d"
                      % (printable(self.room_names.get(ref, "?")), ref))
         return [note] + self._reply_arrived("LEFT_CHATROOM")
@@ -338,24 +386,19 @@ class Terminal:
         # Not DefaultSelector: on Linux that is epoll, which refuses a regular file, and
         # standard input is one when redirected from a script (< script.txt). select() takes
         # files, pipes and terminals everywhere, and two descriptors cost it nothing.
+        # Each registration's data is the method that handles it being ready.
         self.selector = selectors.SelectSelector()
-        self.selector.register(sock, selectors.EVENT_READ)
-        self.selector.register(stdin_fd, selectors.EVENT_READ)
+        self.selector.register(sock, selectors.EVENT_READ, self.on_server_readable)
+        self.selector.register(stdin_fd, selectors.EVENT_READ, self.on_stdin_readable)
 
     def run(self) -> int:
         """Loop until an Exit action; return its status."""
         while self.status is None:
-            self.show_prompt()
-            timeout = None
-            if self.deadline is not None:
-                timeout = max(0.0, self.deadline - time.monotonic())
-            for key, mask in self.selector.select(timeout):
+            self.before_waiting()
+            for key, mask in self.selector.select(self.wait_timeout()):
                 if self.status is not None:
                     break
-                if key.fileobj is self.sock:
-                    self.on_server_readable()
-                else:
-                    self.on_stdin_readable()
+                key.data()
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.apply([PrintError("the server did not close the connection within %g s "
                                        "of DISCONNECT" % DISCONNECT_TIMEOUT), Exit(1)])
@@ -442,11 +485,215 @@ class Terminal:
         stream.write(text + "\n")
         stream.flush()                        # as it arrives, even into a pipe
 
+    def before_waiting(self) -> None:
+        """Called before each wait for input: the prompt, when it is due."""
+        self.show_prompt()
+
+    def wait_timeout(self) -> Optional[float]:
+        """How long the next wait for input may last: until the DISCONNECT deadline, if any."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
     def show_prompt(self) -> None:
         if self.interactive and not self.prompt_shown and self.client.ready_for_input():
             self.stdout.write(PROMPT)
             self.stdout.flush()
             self.prompt_shown = True
+
+
+# ---------------------------------------------------------------------------------------------
+# The full-screen mode: the same loop and the same ChatClient, drawn with curses
+# ---------------------------------------------------------------------------------------------
+
+# Milliseconds curses waits after an ESC for the rest of a key's escape sequence. Its default,
+# a second, makes Alt+key feel stuck; a terminal sends a whole sequence at once, even over ssh.
+ESCAPE_DELAY_MS = 25
+# Keys taken in one turn of the loop, at most: a long paste is read in parts, with the
+# server's messages read and the screen drawn between them.
+MAX_KEYS_PER_TURN = 1024
+# The time stamp in front of each line of the chat (time.strftime).
+STAMP_FORMAT = "%H:%M"
+
+
+class FullScreen(Terminal):
+    """Runs a ChatClient in a full-screen interface (screen.Screen, drawn with curses).
+
+    The same loop as Terminal: standard input is read as keys, which screen.Screen turns into
+    edits and events (a line to send, another room, end of input); what Terminal would print
+    goes into the scrollback; before each wait the whole Frame is drawn, and curses sends the
+    terminal only what changed, then puts the cursor back on the input line. A resize arrives
+    as SIGWINCH, whose wakeup descriptor is in the selector, so it is drawn at once.
+
+    The lines printed by the last actions (the ERROR that ends the client, "* disconnected")
+    are kept in last_words, for main to print again once the screen is restored.
+    """
+
+    def __init__(self, client: ChatClient, sock: socket.socket, window, server: str,
+                 wakeup_fd: int) -> None:
+        super().__init__(client, sock, sys.stdin.fileno(), sys.stdout, sys.stderr,
+                         interactive=False)
+        self.window = window
+        self.server = server
+        self.screen = screen.Screen()
+        self.wakeup_fd = wakeup_fd
+        self.keys_left = False              # MAX_KEYS_PER_TURN stopped the last read of keys
+        self.batch: List[Tuple[TextIO, str]] = []       # lines printed by the current actions
+        self.last_words: List[Tuple[TextIO, str]] = []
+        self.styles = self._styles()
+        window.nodelay(True)                # get_wch() says "no key" instead of waiting
+        self.selector.register(wakeup_fd, selectors.EVENT_READ, self.on_resize)
+        self.write_line(self.stdout, "* connected to %s as %s: /join ROOM to start, /help "
+                                     "for commands and keys" % (server, client.name))
+
+    @staticmethod
+    def _styles() -> Dict[str, int]:
+        """The curses attribute for each of the Frame's styles: colours where there are some."""
+        styles = {"chat": curses.A_NORMAL, "input": curses.A_NORMAL, "status": curses.A_REVERSE,
+                  "note": curses.A_DIM, "error": curses.A_BOLD}
+        if curses.has_colors():
+            try:
+                curses.use_default_colors()         # the terminal's own background
+                background = -1
+            except curses.error:
+                background = curses.COLOR_BLACK
+            curses.init_pair(1, curses.COLOR_CYAN, background)
+            curses.init_pair(2, curses.COLOR_RED, background)
+            styles["note"] = curses.color_pair(1)
+            styles["error"] = curses.color_pair(2) | curses.A_BOLD
+        return styles
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def on_stdin_readable(self) -> None:
+        self.keys_left = False
+        for _ in range(MAX_KEYS_PER_TURN):
+            try:
+                key = self.window.get_wch()
+            except curses.error:            # no key left
+                return
+            name = key if isinstance(key, str) else curses.keyname(key).decode("ascii",
+                                                                               "replace")
+            if name == "KEY_RESIZE":        # curses has resized itself (resizeterm says so
+                continue                    # too): the next frame is drawn to the new size
+            for event in self.screen.key(name):
+                self.on_event(event)
+                if self.status is not None:
+                    return
+        self.keys_left = True
+
+    def on_event(self, event: screen.Event) -> None:
+        if isinstance(event, screen.Submit):
+            self.apply(self.client.line_typed(event.line))
+        elif isinstance(event, screen.CycleRoom):
+            self.client.cycle_room(event.step)
+        elif isinstance(event, screen.Quit):
+            self.apply(self.client.input_ended())
+        elif isinstance(event, screen.Repaint):
+            self.window.clearok(True)       # the next refresh clears and redraws every cell
+
+    def on_resize(self) -> None:
+        """SIGWINCH arrived (its wakeup descriptor is readable)."""
+        try:
+            os.read(self.wakeup_fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            pass
+        self.resize()
+
+    def resize(self) -> None:
+        try:
+            cols, rows = os.get_terminal_size(self.stdout.fileno())
+        except OSError:
+            return
+        curses.resizeterm(rows, cols)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def apply(self, actions: List[Action]) -> None:
+        self.batch = []
+        super().apply(actions)
+        if self.status is not None and not self.last_words:
+            self.last_words = self.batch
+
+    def write_line(self, stream: TextIO, text: str) -> None:
+        style = "error" if stream is self.stderr else "note" if text.startswith("* ") else "chat"
+        self.screen.add(text, style, time.strftime(STAMP_FORMAT))
+        self.batch.append((stream, text))
+
+    def wait_timeout(self) -> Optional[float]:
+        # Keys left from the last turn may be in curses' own buffer, which select() cannot see:
+        # do not wait for the descriptor to say so.
+        return 0.0 if self.keys_left else super().wait_timeout()
+
+    def before_waiting(self) -> None:
+        if self.keys_left:
+            self.on_stdin_readable()
+        client = self.client
+        state = ("disconnecting" if client.quitting
+                 else "joining" if client.awaiting == "JOINED_CHATROOM"
+                 else "leaving" if client.awaiting else "connected")
+        self.screen.status = screen.Status(client.name, self.server, client.current,
+                                           tuple(client.rooms), state)
+        self.draw()
+
+    def draw(self) -> None:
+        rows, cols = self.window.getmaxyx()
+        frame = self.screen.render(rows, cols)
+        self.window.erase()
+        for row, (text, style) in enumerate(frame.rows):
+            try:
+                self.window.addstr(row, 0, text, self.styles[style])
+            except curses.error:            # the bottom-right cell: the cursor cannot move on
+                pass
+        self.window.move(*frame.cursor)
+        self.window.refresh()
+
+
+def full_screen_problem() -> Optional[str]:
+    """Why the full-screen mode cannot run on this terminal, or None when it can."""
+    if curses is None:
+        return "this Python has no curses module"
+    try:
+        curses.setupterm(fd=sys.stdout.fileno())
+    except curses.error as exc:
+        return "the terminal (TERM=%s) is unknown to curses: %s" % (os.environ.get("TERM"), exc)
+    if not curses.tigetstr("cup"):          # TERM=dumb, emacs' shell: no cursor addressing
+        return "the terminal (TERM=%s) cannot move its cursor" % os.environ.get("TERM")
+    return None
+
+
+def run_full_screen(client: ChatClient, sock: socket.socket, server: str) -> int:
+    """Run `client` full-screen until it exits; then print its last words on the restored
+    terminal (the error that ended it stays readable) and return its exit status."""
+    os.environ.setdefault("ESCDELAY", str(ESCAPE_DELAY_MS))   # read by curses at start
+    wakeup_r, wakeup_w = os.pipe()
+    os.set_blocking(wakeup_r, False)
+    os.set_blocking(wakeup_w, False)
+    full_screen: Optional[FullScreen] = None
+
+    def in_window(window) -> int:
+        nonlocal full_screen
+        # After initscr, so that ours replaces curses' own SIGWINCH handler: curses would only
+        # notice a resize at the next key; the wakeup descriptor wakes select() at once.
+        old_wakeup = signal.set_wakeup_fd(wakeup_w)
+        old_handler = signal.signal(signal.SIGWINCH, lambda _signum, _frame: None)
+        try:
+            full_screen = FullScreen(client, sock, window, server, wakeup_r)
+            return full_screen.run()
+        finally:
+            signal.signal(signal.SIGWINCH, old_handler)
+            signal.set_wakeup_fd(old_wakeup)
+
+    try:
+        # wrapper: cbreak and no echo, keypad keys, colours; the terminal restored however
+        # this ends (Ctrl-C included)
+        status = curses.wrapper(in_window)
+    finally:
+        os.close(wakeup_r)
+        os.close(wakeup_w)
+    for stream, text in full_screen.last_words if full_screen else []:
+        print(text, file=stream, flush=True)
+    return status
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,9 +705,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         prog="python3 -m tools.chat_client",
         description="A terminal client for the chat server (see protocol.py). It connects to "
-                    "HOST:PORT, reads commands from standard input, one per line (typed, or "
-                    "piped from a script), and shows every message from the server as it "
-                    "arrives: '[ROOM] NAME: TEXT' for chat, '* ...' for replies to commands.",
+                    "HOST:PORT, reads commands, one per line, and shows every message from the "
+                    "server as it arrives: '[ROOM] NAME: TEXT' for chat, '* ...' for replies "
+                    "to commands. At a terminal it is full-screen (an input line that arriving "
+                    "messages leave alone, a status line, readline's keys, history, scrollback; "
+                    "/help lists the keys); piped from a script it reads standard input.",
         epilog=COMMANDS + """
 
 Lines typed while a /join or /leave is unanswered wait for the answer, so a script
@@ -471,18 +720,24 @@ standard error and nothing is sent.
 exit status:
   0  after /quit or end of input, once the server has closed the connection
   1  the server answered ERROR_CODE (shown as "ERROR code: description" on standard
-     error), closed the connection unexpectedly, sent something malformed, or could
-     not be reached""")
+     error; full-screen, once the screen is restored), closed the connection
+     unexpectedly, sent something malformed, or could not be reached""")
     parser.add_argument("host", help="the server's address, e.g. 127.0.0.1")
     parser.add_argument("port", type=int, help="the server's TCP port")
     parser.add_argument("--name", required=True,
-                        help="your CLIENT_NAME, shown to the other members of your rooms")
+                        help="your CLIENT_NAME, shown to the other members of your rooms (at "
+                             "most %d characters, printable)" % protocol.MAX_NAME_CHARS)
+    parser.add_argument("--plain", action="store_true",
+                        help="the line mode even at a terminal (a prompt, no full screen)")
     args = parser.parse_args(argv)
     if not 0 < args.port <= 65535:
         parser.error("PORT must be an integer from 1 to 65535, not %d" % args.port)
     args.name = args.name.strip()
-    if not args.name or printable(args.name) != args.name:
-        parser.error("--name must be a non-empty name without control characters")
+    # The server would answer a bad name with ERROR_CODE at the first /join, and the client
+    # would have to exit: say so now, before connecting.
+    problem = name_problem(args.name)
+    if problem:
+        parser.error(problem)
     return args
 
 
@@ -500,9 +755,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Each request leaves in one send(); Nagle would only hold back the second of two quick ones.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    terminal = Terminal(ChatClient(args.name), sock, sys.stdin.fileno(), sys.stdout, sys.stderr,
-                        interactive)
+    full_screen = interactive and not args.plain
+    if full_screen:
+        problem = full_screen_problem()
+        if problem is not None:
+            print("* no full screen (%s): the line mode" % problem, file=sys.stderr)
+            full_screen = False
     try:
+        if full_screen:
+            client = ChatClient(args.name, help_text=COMMANDS + "\n" + screen.KEYS_HELP)
+            return run_full_screen(client, sock, "%s:%d" % (args.host, args.port))
+        terminal = Terminal(ChatClient(args.name), sock, sys.stdin.fileno(), sys.stdout,
+                            sys.stderr, interactive)
         return terminal.run()
     except KeyboardInterrupt:                 # Ctrl-C: the server sees the connection close
         print(file=sys.stderr)
