@@ -127,12 +127,12 @@ LEFT_SUFFIX = LEFT_TEXT % ""
 
 # scenario -> option -> (default, quick default)
 SIZES: Dict[str, Dict[str, Tuple[float, float]]] = {
-    "stalled": {"members": (2000, 50), "seconds": (10.0, 1.5)},
+    "stalled": {"members": (2000, 50), "seconds": (10.0, 1.0)},
     "departure": {"members": (4000, 200), "remain": (50, 10), "seconds": (120.0, 30.0)},
-    "flood": {"seconds": (20.0, 1.5)},
+    "flood": {"seconds": (20.0, 1.0)},
     "rooms": {"count": (100000, 500), "connections": (100, 10), "seconds": (600.0, 30.0)},
     "descriptors": {"nofile": (1024, 128), "extra": (100, 20)},
-    "blank": {"connections": (100, 10), "seconds": (10.0, 1.5)},
+    "blank": {"connections": (100, 10), "seconds": (10.0, 1.0)},
     "digits": {"connections": (4, 2), "count": (200, 5)},
     "disconnect": {"rooms": (256, 32)},
     "names": {},
@@ -380,6 +380,7 @@ class CrowdMember(kit.Member):
         self.lost = False
         self.counted = 0                    # chats ending with the crowd's `suffix`
         self.lefts: Dict[str, int] = collections.Counter()   # leave announcements, by name
+        self.rcvbuf: Optional[int] = None   # SO_RCVBUF to set as it connects (None: the OS's)
 
 
 class Crowd(kit.Handler):
@@ -389,10 +390,9 @@ class Crowd(kit.Handler):
     member.counted; leave announcements by name into member.lefts; other replies go to
     `on_other`."""
 
-    def __init__(self, target: AttackTarget, report, rcvbuf: Optional[int] = None) -> None:
+    def __init__(self, target: AttackTarget, report) -> None:
         self.loop = kit.Loop(target.address, self)
         self.report = report
-        self.rcvbuf = rcvbuf
         self.members: List[CrowdMember] = []
         self.suffix: Optional[str] = JOINED_SUFFIX
         self.joined = 0
@@ -401,8 +401,8 @@ class Crowd(kit.Handler):
         self.expect_close = False
 
     def connected(self, member: CrowdMember) -> None:
-        if self.rcvbuf:
-            member.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        if member.rcvbuf:
+            member.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, member.rcvbuf)
         self.loop.send(member, join_request(member.room, member.name))
 
     def connect_failed(self, member: CrowdMember, exc: OSError) -> None:
@@ -483,8 +483,10 @@ def flood_chat(ref: int, join_id: int, name: str, seq: int = 0) -> bytes:
 def scenario_stalled(args: argparse.Namespace, target: AttackTarget, report):
     tag = run_tag()
     room = "stall-" + tag
-    crowd = Crowd(target, report, rcvbuf=STALLED_RCVBUF)
+    crowd = Crowd(target, report)
     members = [CrowdMember(room, "s%d" % i) for i in range(args.members)]
+    for member in members:
+        member.rcvbuf = STALLED_RCVBUF
     flooder = CrowdMember(room, "flooder")
     figures: Dict[str, object] = {"members": args.members, "chat_bytes": CHAT_BYTES}
     figures["join_seconds"] = crowd.join(members + [flooder], 300.0)
@@ -529,7 +531,9 @@ def scenario_stalled(args: argparse.Namespace, target: AttackTarget, report):
         left_seen.update(lefts)
     figures.update(flood_seconds=round(flood_seconds, 3), posted_bytes=posted_bytes(),
                    posted_mb_per_s=round(posted_bytes() / 1e6 / flood_seconds, 2),
-                   flooder_echoes=flooder.counted, flooder_cut=flooder.lost,
+                   flooder_echoes=flooder.counted,
+                   accepted_mb=round(flooder.counted * CHAT_BYTES / 1e6, 2),
+                   flooder_cut=flooder.lost,
                    members_cut=sum(left_seen.values()))
     if server:
         peak = max(target.monitor.peak_kb, target.rss_kb() or 0)
@@ -547,9 +551,10 @@ def scenario_stalled(args: argparse.Namespace, target: AttackTarget, report):
     else:
         figures["server_rss_growth_mib"] = None     # not measurable without --spawn
     crowd.loop.close_all()
-    return figures, ("%d stalled members, %.1f MB posted in %.1f s: server RSS +%s MiB, "
-                     "probe p99 %s ms max %s ms"
-                     % (args.members, posted_bytes() / 1e6, flood_seconds,
+    return figures, ("%d stalled members, %.1f MB of chats handled (%.1f MB sent) in %.1f s: "
+                     "server RSS +%s MiB, probe p99 %s ms max %s ms"
+                     % (args.members, figures["accepted_mb"], posted_bytes() / 1e6,
+                        flood_seconds,
                         figures["server_rss_growth_mib"], figures.get("probe_p99_ms"),
                         figures.get("probe_max_ms")))
 
@@ -667,6 +672,8 @@ def scenario_departure(args: argparse.Namespace, target: AttackTarget, report):
 # once it may take READ_CHUNK bytes (or the whole bucket, if smaller).
 READ_BURST_SECONDS = 0.1
 READ_CHUNK = 16 * 1024
+# flood: the flooder's send buffer, a few chats.
+FLOODER_SNDBUF = 4 * CHAT_BYTES
 
 
 class Reader:
@@ -749,6 +756,8 @@ def scenario_flood(args: argparse.Namespace, target: AttackTarget, report):
     readers = (slow, fast)
     for member in (slow, fast, flooder):
         member.connect(target, room)
+    # little queued in the kernel: what the flooder has sent is nearly what the server has read
+    flooder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, FLOODER_SNDBUF)
     out = bytearray()
     sent_chats = 0
     seq = 0
