@@ -55,8 +55,8 @@ With --spawn, --input-rate and --request-rate here are passed on to it (0: no li
 (another checkout) is started the same way; options it does not know make it fail to start.
 Safety: with --spawn, the server's RSS is watched every MONITOR_INTERVAL and the server is
 killed (by its pid) if it passes --rss-limit-mib; the run then fails with "rss_limit".
-The probe is a thread of this process: one chat in flight at a time, one every PROBE_INTERVAL,
-in a room of its own; its latencies include this process's own delays (it shares the GIL).
+The probe is a process of its own (so this one's work does not delay it): one chat in flight
+at a time, one every PROBE_INTERVAL, in a room of its own.
 """
 import argparse
 import collections
@@ -71,15 +71,14 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, HeloReply, JoinedReply,
-                      LeftReply, ReplyReader, chat_request, disconnect_request, helo_request,
-                      join_request, kill_request, leave_request)
+from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply, LeftReply,
+                      ReplyReader, chat_request, disconnect_request, join_request, kill_request,
+                      leave_request)
 from tools import kit
 
 TOOL = "attack"
 SCENARIOS = ("stalled", "departure", "flood", "rooms", "descriptors", "blank", "digits",
              "disconnect", "names")
-MIB = 1024 * 1024
 # The text of a flood chat: 64 000 bytes, as large as a request may be (64 KiB with its header)
 # less some room; it ends with FLOOD_MARK, so that flood chats are counted at C speed.
 CHAT_BYTES = 64000
@@ -267,77 +266,119 @@ class Scoped:
 
 
 # ---------------------------------------------------------------------------------------------
-# The probe: an unrelated client timing its own echoes, in a thread
+# The probe: an unrelated client timing its own echoes, in a process of its own
 # ---------------------------------------------------------------------------------------------
 
-class Probe(threading.Thread):
-    """A client alone in room `room` that posts a chat, waits for its echo, records how long it
-    took, and posts the next PROBE_INTERVAL after the last was posted, until stop()."""
-
-    def __init__(self, host: str, port: int, room: str) -> None:
-        super().__init__(daemon=True)
-        self.host, self.port, self.room = host, port, room
-        self.samples: List[Tuple[float, float]] = []     # (posted at, seconds to its echo)
-        self.lost = 0
-        self.error: Optional[str] = None
-        self.ready = threading.Event()
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        sock = None
-        reader = ReplyReader()
+def wait_for(sock: socket.socket, reader: ReplyReader, wanted: Callable, deadline: float):
+    """Read `sock` into `reader` until a reply for which wanted() is true (returned; the
+    replies before it are dropped) or the deadline (None)."""
+    while True:
+        for reply in kit.replies(reader):
+            if wanted(reply):
+                return reply
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        sock.settimeout(remaining)
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=PROBE_TIMEOUT)
+            data = sock.recv(kit.RECV_SIZE)
+        except socket.timeout:
+            return None
+        if not data:
+            raise OSError("the server closed the connection")
+        reader.receive_data(data)
+
+
+def probe_loop(host: str, port: int, room: str, emit: Callable[[str], None],
+               stopping: threading.Event) -> None:
+    """Join `room`, then until `stopping`: post a chat, wait for its echo, emit
+    "sample POSTED SECONDS LOST" (LOST 1: no echo within PROBE_TIMEOUT), and post the next
+    PROBE_INTERVAL after the last was posted. Emits "ready" once joined, "error TEXT" if the
+    connection fails."""
+    reader = ReplyReader()
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(join_request(self.room, "probe"))
-            joined = self._wait(sock, reader, lambda r: isinstance(r, JoinedReply),
-                                time.monotonic() + PROBE_TIMEOUT)
+            sock.sendall(join_request(room, "probe"))
+            joined = wait_for(sock, reader, lambda r: isinstance(r, JoinedReply),
+                              time.monotonic() + PROBE_TIMEOUT)
             if joined is None:
-                self.error = "the probe's JOIN got no JOINED_CHATROOM"
+                emit("error the probe's JOIN got no JOINED_CHATROOM")
                 return
-            self.ready.set()
+            emit("ready")
             seq = 0
-            while not self._stop_event.is_set():
+            while not stopping.is_set():
                 seq += 1
                 text = "probe %d" % seq
                 posted = time.monotonic()
                 sock.sendall(chat_request(joined.ref, joined.join_id, "probe", text))
-                echo = self._wait(sock, reader, lambda r: isinstance(r, ChatMessage)
-                                  and r.message == text, posted + PROBE_TIMEOUT)
-                took = time.monotonic() - posted
-                self.samples.append((posted, took))
-                if echo is None:
-                    self.lost += 1
-                self._stop_event.wait(max(0.0, posted + PROBE_INTERVAL - time.monotonic()))
-        except OSError as exc:
-            self.error = "%s: %s" % (type(exc).__name__, exc)
-        finally:
-            self.ready.set()
-            if sock is not None:
-                sock.close()
+                echo = wait_for(sock, reader, lambda r: isinstance(r, ChatMessage)
+                                and r.message == text, posted + PROBE_TIMEOUT)
+                emit("sample %r %r %d" % (posted, time.monotonic() - posted, echo is None))
+                stopping.wait(max(0.0, posted + PROBE_INTERVAL - time.monotonic()))
+    except OSError as exc:
+        emit("error %s: %s" % (type(exc).__name__, exc))
 
-    @staticmethod
-    def _wait(sock: socket.socket, reader: ReplyReader, wanted: Callable, deadline: float):
-        """The first reply that is wanted(), or None at the deadline."""
-        while True:
-            for reply in kit.replies(reader):
-                if wanted(reply):
-                    return reply
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(kit.RECV_SIZE)
-            except socket.timeout:
-                return None
-            if not data:
-                raise OSError("the server closed the probe's connection")
-            reader.receive_data(data)
+
+def probe_child() -> None:
+    """The probe process: `python3 -c "from tools.attack import probe_child; probe_child()"
+    HOST PORT ROOM`. Lines of probe_loop on standard output; it stops when standard input
+    ends (its parent closed it, or died)."""
+    host, port, room = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    stopping = threading.Event()
+
+    def emit(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    worker = threading.Thread(target=probe_loop, args=(host, port, room, emit, stopping),
+                              daemon=True)
+    worker.start()
+    sys.stdin.read()
+    stopping.set()
+    worker.join(PROBE_TIMEOUT + 1)
+
+
+class Probe:
+    """probe_loop in a child process (so that this process's own work does not delay it: no
+    shared interpreter lock), its lines collected by a thread. time.monotonic() is the system's
+    monotonic clock, so the child's times compare with ours."""
+
+    def __init__(self, host: str, port: int, room: str) -> None:
+        self.samples: List[Tuple[float, float]] = []     # (posted at, seconds to its echo)
+        self.lost = 0
+        self.error: Optional[str] = None
+        self.ready = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from tools.attack import probe_child; probe_child()",
+             host, str(port), room], cwd=kit.REPO_ROOT, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, universal_newlines=True)
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
+
+    def _collect(self) -> None:
+        for line in self.proc.stdout:
+            kind, _space, rest = line.rstrip("\n").partition(" ")
+            if kind == "sample":
+                posted, took, lost = rest.split()
+                self.samples.append((float(posted), float(took)))
+                self.lost += int(lost)
+            elif kind == "ready":
+                self.ready.set()
+            elif kind == "error":
+                self.error = rest
+        self.ready.set()
 
     def stop(self) -> None:
-        self._stop_event.set()
-        self.join(PROBE_TIMEOUT + 1)
+        """End the child (closing its standard input; by its pid if it does not go)."""
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(PROBE_TIMEOUT + 2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(PROBE_TIMEOUT)
+        self._collector.join(PROBE_TIMEOUT)
+        self.proc.stdout.close()
 
     def figures(self, since: float = 0.0, until: float = float("inf")) -> Dict[str, object]:
         """probe_p50_ms/p99/max of the echoes posted between `since` and `until`."""
@@ -349,8 +390,7 @@ class Probe(threading.Thread):
 
 def start_probe(target: AttackTarget, report, tag: str) -> Probe:
     probe = Probe(target.host, target.port, "attack-probe-" + tag)
-    probe.start()
-    probe.ready.wait(PROBE_TIMEOUT + 1)
+    probe.ready.wait(PROBE_TIMEOUT + 2)
     if probe.error:
         report.fail("probe", probe.error)
     return probe
@@ -967,8 +1007,11 @@ def scenario_rooms(args: argparse.Namespace, target: AttackTarget, report):
         if code not in (CREATING_ROOMS_TOO_FAST_CODE,):
             report.fail("error_%d" % code, "%d JOINs got ERROR_CODE %d"
                         % (flood.codes[code], code))
-    if not isinstance(reply, JoinedReply):
-        report.fail("locked_out", "after everyone left, a new room got %r" % (reply,))
+    if isinstance(reply, ErrorReply) and reply.code == TOO_MANY_ROOMS_CODE:
+        report.fail("locked_out", "after everyone left, a new room still gets ERROR_CODE %d: "
+                    "%s" % (reply.code, reply.description))
+    elif not isinstance(reply, JoinedReply):
+        report.fail("no_new_room", "after everyone left, a new room got %r" % (reply,))
     return figures, ("%d JOINs: %d rooms created (%s/s), codes %s; then a new room: %s"
                      % (flood.answered, flood.created, figures["rooms_created_per_s"],
                         figures["error_codes"],
@@ -1187,7 +1230,7 @@ def scenario_digits(args: argparse.Namespace, target: AttackTarget, report):
     owner = socket.create_connection((target.host, target.port), REPLY_TIMEOUT)
     owner_reader = ReplyReader()
     owner.sendall(join_request("digits-" + tag, "owner"))
-    joined = Probe._wait(owner, owner_reader, lambda r: isinstance(r, JoinedReply),
+    joined = wait_for(owner, owner_reader, lambda r: isinstance(r, JoinedReply),
                          time.monotonic() + REPLY_TIMEOUT)
     if joined is None:
         report.fail("setup", "the room's owner got no JOINED_CHATROOM")
@@ -1246,7 +1289,7 @@ def wide_name(index: int, filler: int = 0) -> str:
 
 def send_and_wait(sock: socket.socket, reader: ReplyReader, request: bytes, wanted):
     sock.sendall(request)
-    return Probe._wait(sock, reader, wanted, time.monotonic() + REPLY_TIMEOUT)
+    return wait_for(sock, reader, wanted, time.monotonic() + REPLY_TIMEOUT)
 
 
 def scenario_disconnect(args: argparse.Namespace, target: AttackTarget, report):
