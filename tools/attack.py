@@ -259,7 +259,7 @@ class Scoped:
         self.report.fail(self.prefix + kind, detail)
 
     def progress(self, describe: Callable[[], str]) -> None:
-        self.report.progress(lambda: self.prefix + " " + describe())
+        self.report.progress(describe)     # the lines name their scenario already
 
     def note(self, line: str) -> None:
         self.report.note(line)
@@ -1479,9 +1479,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         results[scenario] = figures
         report.note("%s: %s%s" % (scenario, "PASS" if figures["ok"] else "FAIL",
                                    ": " + str(figures.get("headline", ""))))
-    passed = sum(1 for r in results.values() if isinstance(r, dict) and r.get("ok"))
+    ran = [r for r in results.values() if isinstance(r, dict)]
+    passed = sum(1 for r in ran if r.get("ok"))
     return report.summary({"seed": args.seed, "scenarios": results},
-                          "%d of %d scenarios passed" % (passed, len(results)))
+                          "%d of %d scenarios passed%s" % (
+                              passed, len(ran), "" if len(ran) == len(results)
+                              else " (%d left out)" % (len(results) - len(ran))))
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -1512,7 +1515,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "open")
     add("--server-dir", default=kit.REPO_ROOT, help="with --spawn: the checkout whose "
         "Server.py is started")
-    add("--server-log-level", default=None, help="with --spawn: the server's --log-level "
+    add("--server-log-level", default=None, choices=("debug", "info", "warning", "error"),
+        help="with --spawn: the server's --log-level "
         "(None: info for digits, which measures the log, else warning)")
     add("--input-rate", type=int, default=None, help="with --spawn: the server's --input-rate "
         "(None: its default; 0: no limit)")
