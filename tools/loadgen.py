@@ -120,22 +120,14 @@ def cpu_figures(cpu_before: float, seconds: float) -> Dict[str, float]:
 
 # --- fanout ----------------------------------------------------------------------------------
 
-class FanoutChat(kit.Handler):
-    """The chat phase of fanout: count every member's deliveries and time the probe's echoes."""
+class Fanout(kit.Crowd):
+    """fanout's crowd: its chats counted with count_chats(), and a probe, a member alone in a
+    room of its own, whose echoes are timed."""
 
-    def __init__(self, loop: kit.Loop, members: List[kit.Member], probe: kit.Member, quota: int,
+    def __init__(self, loop: kit.Loop, members: List[kit.Member], probe: kit.Member,
                  report: kit.Report) -> None:
-        self.loop = loop
+        super().__init__(loop, members + [probe], report)
         self.probe = probe
-        self.quota = quota                  # deliveries each member must get: M*K
-        self.report = report
-        self.delivered = 0
-        self.short = len(members)           # members still below their quota
-        self.finished_at: Optional[float] = None
-        self.last_delivery_at = time.monotonic()
-        self.broken = False                 # a connection was lost: the count cannot finish
-        for member in members:
-            member.got = 0
         self.probe_seq = 0
         self.probe_sent: Dict[int, float] = {}
         self.probe_latencies: List[float] = []
@@ -143,25 +135,17 @@ class FanoutChat(kit.Handler):
         self.probe_in_flight_max = 0
 
     def received(self, member: kit.Member) -> None:
-        if member is self.probe:
-            self._probe_received()
+        if member is not self.probe or self.quota is None:
+            super().received(member)
             return
-        reader = member.reader
-        while True:
-            count = reader.count_chats(member.ref)
-            if count:
-                self.delivered += count
-                self.last_delivery_at = time.monotonic()
-                before = member.got
-                member.got = before + count
-                if before < self.quota <= member.got:
-                    self.short -= 1
-                    if not self.short:
-                        self.finished_at = self.last_delivery_at
-            reply = reader.maybe_next_reply()   # not a chat of its room: a failure, or None
-            if reply is None:
-                return
-            self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
+        now = time.monotonic()
+        for reply in kit.replies(member.reader):
+            seq = reply.message[6:] if isinstance(reply, ChatMessage) else ""
+            if (seq.isdigit() and int(seq) in self.probe_sent
+                    and reply == ChatMessage(member.ref, member.name, "probe " + seq)):
+                self.probe_latencies.append(now - self.probe_sent.pop(int(seq)))
+            else:
+                self.report.fail("unexpected_message", "probe got %r" % (reply,))
 
     def send_probe(self, now: float) -> None:
         """Post the next probe message (unless the last one is still unsent: then the server is
@@ -176,57 +160,50 @@ class FanoutChat(kit.Handler):
         self.loop.send(probe, chat_request(probe.ref, probe.join_id, probe.name,
                                            "probe %d" % self.probe_seq))
 
-    def _probe_received(self) -> None:
-        now = time.monotonic()
-        probe = self.probe
-        for reply in kit.replies(probe.reader):
-            seq = reply.message[6:] if isinstance(reply, ChatMessage) else ""
-            if (seq.isdigit() and int(seq) in self.probe_sent
-                    and reply == ChatMessage(probe.ref, probe.name, "probe " + seq)):
-                self.probe_latencies.append(now - self.probe_sent.pop(int(seq)))
-            else:
-                self.report.fail("unexpected_message", "probe got %r" % (reply,))
-
-    def closed(self, member: kit.Member, exc: Optional[OSError]) -> None:
-        self.report.fail("closed_by_server", "%s during the chat phase (%s)"
-                         % (member.name, exc or "closed"))
-        self.broken = True
-
-    def progress_line(self, expected: int, started: float) -> str:
-        elapsed = max(1e-9, time.monotonic() - started)
-        latencies = sorted(self.probe_latencies[-100:])
-        p50 = kit.percentile(latencies, 0.5)
+    def progress_line(self) -> str:
+        if self.quota is None:
+            return super().progress_line()
+        expected = self.quota * len(self.owed)
+        p50 = kit.percentile(sorted(self.probe_latencies[-100:]), 0.5)
         return ("fanout: %d/%d deliveries (%.0f%%), %.0f/s, probe p50 %s ms"
                 % (self.delivered, expected, 100.0 * self.delivered / max(1, expected),
-                   self.delivered / elapsed, "-" if p50 is None else "%.1f" % (p50 * 1000)))
+                   self.delivered / max(1e-9, time.monotonic() - self.chat_started),
+                   "-" if p50 is None else "%.1f" % (p50 * 1000)))
 
+    def chat_wait(self, args: argparse.Namespace, deadline: float):
+        """How fanout waits for its chats (a kit.Wait): polling until every member has its
+        deliveries and the probe its echoes, the probe posting every PROBE_INTERVAL. The
+        outcome ("done", "timed out", "stalled" or "connection lost") is left in `outcome`."""
+        def wait(_step: str, is_done: Callable[[], bool]) -> bool:
+            self.outcome = self._chat_phase(args, deadline, is_done)
+            return self.outcome == "done"
+        return wait
 
-def chat_phase(args: argparse.Namespace, loop: kit.Loop, chat: FanoutChat, probe_selector,
-               deadline: float, report: kit.Report, describe: Callable[[], str]) -> str:
-    """Poll until every member has its deliveries and the probe its echoes; returns "done",
-    "timed out", "stalled" or "connection lost". The probe posts every PROBE_INTERVAL."""
-    next_probe = time.monotonic()
-    while chat.short or chat.probe_sent:
-        now = time.monotonic()
-        if now >= deadline:
-            return "timed out"
-        # progress is a delivery; once all are in, any input (the probe's last echoes)
-        if now - (chat.last_delivery_at if chat.short else loop.last_activity) > args.stall:
-            return "stalled"
-        if chat.broken:
-            return "connection lost"
-        if chat.short and now >= next_probe:
-            chat.send_probe(now)
-            next_probe = max(next_probe + PROBE_INTERVAL, now)
-        # The nap, cut short by the probe's echo so that the echo is timed when it arrives.
-        wait = min(args.nap, next_probe - now) if chat.short else args.nap
-        if wait > 0 and probe_selector.select(wait):
-            loop.read(chat.probe)
-        loop.poll(0)
-        report.progress(describe)
-    return "done"
-
-
+    def _chat_phase(self, args: argparse.Namespace, deadline: float,
+                    is_done: Callable[[], bool]) -> str:
+        next_probe = time.monotonic()
+        with selectors.DefaultSelector() as probe_selector:
+            probe_selector.register(self.probe.sock, selectors.EVENT_READ)
+            while not is_done() or self.probe_sent:
+                now = time.monotonic()
+                if now >= deadline:
+                    return "timed out"
+                # progress is a delivery; once all are in, any input (the probe's last echoes)
+                if now - (self.loop.last_activity if is_done() else self.last_delivery_at) \
+                        > args.stall:
+                    return "stalled"
+                if self.lost_after_join:
+                    return "connection lost"
+                if not is_done() and now >= next_probe:
+                    self.send_probe(now)
+                    next_probe = max(next_probe + PROBE_INTERVAL, now)
+                # The nap, cut short by the probe's echo so that the echo is timed when it comes.
+                wait = args.nap if is_done() else min(args.nap, next_probe - now)
+                if wait > 0 and probe_selector.select(wait):
+                    self.loop.read(self.probe)
+                self.loop.poll(0)
+                self.report.progress(self.progress_line)
+        return "done"
 
 
 def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report):
@@ -243,9 +220,8 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
     tag = run_tag()
     members = [kit.Member("%s-r%d" % (tag, r), "r%dm%d" % (r, m))
                for r in range(rooms) for m in range(members_per_room)]
-    probe = kit.Member("%s-probe" % tag, "probe")
     loop = kit.Loop(target.address)
-    crowd = kit.Crowd(loop, members + [probe], report)
+    crowd = Fanout(loop, members, kit.Member("%s-probe" % tag, "probe"), report)
     waiter = Waiter(loop, args, deadline, report, crowd.progress_line)
     try:
         crowd.join(waiter)
@@ -254,46 +230,27 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
             figures.update(delivered=0, missing=expected, extra=0)
             fail_outcome(report, waiter.outcome, figures)
             return figures, "the joins failed"
-
         body = "x" * args.size
-        chat = FanoutChat(loop, members, probe, members_per_room * messages, report)
-        loop.handler = chat
-        blobs = [b"".join(chat_request(member.ref, member.join_id, member.name,
-                                       "%s %d" % (body, i)) for i in range(messages))
-                 for member in members]
-        with selectors.DefaultSelector() as probe_selector:
-            probe_selector.register(probe.sock, selectors.EVENT_READ)
-            cpu_before = time.process_time()
-            chat_started = time.monotonic()
-            for member, blob in zip(members, blobs):
-                loop.send(member, blob)
-            del blobs
-            outcome = chat_phase(args, loop, chat, probe_selector, deadline, report,
-                                 lambda: chat.progress_line(expected, chat_started))
-            seconds = max(1e-9, (chat.finished_at or time.monotonic()) - chat_started)
-            figures.update(cpu_figures(cpu_before, seconds))
+        sends = {member: b"".join(chat_request(member.ref, member.join_id, member.name,
+                                               "%s %d" % (body, i)) for i in range(messages))
+                 for member in members}
+        cpu_before = time.process_time()
+        crowd.chat(crowd.chat_wait(args, deadline), members_per_room * messages, sends)
+        seconds = max(1e-9, (crowd.finished_at or time.monotonic()) - crowd.chat_started)
+        figures.update(cpu_figures(cpu_before, seconds))
     finally:
         loop.close_all()
-
-    missing = sum(max(0, chat.quota - member.got) for member in members)
-    extra = sum(max(0, member.got - chat.quota) for member in members)
-    for member in members:
-        if member.reader.pending().strip(b"\n"):
-            report.fail("unexpected_message", "%s: unfinished at the end: %r"
-                        % (member.name, member.reader.pending()[:120]))
-    if missing or extra:
-        report.fail("missing" if missing else "extra", "%d deliveries missing, %d extra, of %d"
-                    % (missing, extra, expected))
-    if chat.probe_sent:
-        report.fail("probes_lost", "%d probe messages never came back" % len(chat.probe_sent))
-    figures.update(delivered=chat.delivered, missing=missing, extra=extra,
-                   seconds=round(seconds, 3), deliveries_per_s=round(chat.delivered / seconds))
-    figures.update(kit.latency_summary("probe", chat.probe_latencies))
-    figures.update(probes=len(chat.probe_latencies), probes_lost=len(chat.probe_sent),
-                   probes_skipped=chat.probe_skipped, probe_in_flight_max=chat.probe_in_flight_max)
-    fail_outcome(report, outcome, figures)
+    figures.update(crowd.tally(members))
+    if crowd.probe_sent:
+        report.fail("probes_lost", "%d probe messages never came back" % len(crowd.probe_sent))
+    figures.update(seconds=round(seconds, 3), deliveries_per_s=round(crowd.delivered / seconds))
+    figures.update(kit.latency_summary("probe", crowd.probe_latencies))
+    figures.update(probes=len(crowd.probe_latencies), probes_lost=len(crowd.probe_sent),
+                   probes_skipped=crowd.probe_skipped,
+                   probe_in_flight_max=crowd.probe_in_flight_max)
+    fail_outcome(report, crowd.outcome, figures)
     return figures, ("%d of %d deliveries in %.2f s (%d/s), probe p99 %s ms"
-                     % (chat.delivered, expected, seconds, figures["deliveries_per_s"],
+                     % (crowd.delivered, expected, seconds, figures["deliveries_per_s"],
                         figures["probe_p99_ms"]))
 
 
@@ -328,13 +285,10 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
         fail_outcome(report, waiter.outcome, figures)
         return figures, "%d of %d connected" % (crowd.connected_count, count)
     seconds = time.monotonic() - crowd.started
-    delivered_at = crowd.last_delivery_at or time.monotonic()
-    figures.update(delivery_seconds=round(delivered_at - crowd.chat_started, 3),
-                   delivered=crowd.delivered, missing=count - crowd.delivered,
+    figures.update(delivery_seconds=round((crowd.finished_at or time.monotonic())
+                                          - crowd.chat_started, 3),
                    seconds=round(seconds, 3), **cpu_figures(cpu_before, seconds))
-    if figures["missing"]:
-        report.fail("missing", "%d of %d members never got their room's chat"
-                    % (figures["missing"], count))
+    figures.update(crowd.tally(members))
     fail_outcome(report, waiter.outcome, figures)
     return figures, ("%d connections joined in %.2f s, every member reached in %.2f s"
                      % (crowd.joined, figures["announce_seconds"], figures["delivery_seconds"]))
