@@ -58,7 +58,7 @@ import resource
 import selectors
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply, LeftReply,
                       chat_request, disconnect_request, join_request, leave_request)
@@ -299,10 +299,10 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
 class ChurnClient:
     """One churning client: a cycle of connect, join, chat, end; then again, until time is up.
 
-    `state` names the reply it waits for: connecting, joined (JOINED_CHATROOM), join_note (its
-    own join announcement), echo (its own copy of `text`), left (LEFT_CHATROOM), leave_note (its
-    own leave announcement), disconnect_note (the same, after DISCONNECT), close (the server's
-    close); or resting (its connect failed: it tries again at `reply_deadline`), done.
+    `expect` holds the replies its last request still owes, in order: JoinedReply (the class:
+    the JOINED_CHATROOM of `room`), a LeftReply, the text of its own CHAT in its room (echo or
+    announcement), or None (the server's close). `state`: connecting, replies (owed), resting
+    (its connect failed: it tries again at `reply_deadline`) or done.
     """
 
     def __init__(self, index: int) -> None:
@@ -311,13 +311,14 @@ class ChurnClient:
         self.name = ""                      # CLIENT_NAME, new for each connection (see below)
         self.conn: Optional[kit.Conn] = None
         self.state = "done"
+        self.expect: Deque[object] = collections.deque()
+        self.then: Callable[[], None] = lambda: None    # once every owed reply has come
         self.room = ""
         self.ref: Optional[int] = None      # the room it is in, from JOINED to its leave
         self.join_id: Optional[int] = None
-        self.text = ""
         self.chats_left = 0
         self.seq = 0
-        self.sent_at = 0.0                  # when the request now owed a reply was sent
+        self.sent_at = 0.0                  # when the request now owed replies was sent
         self.reply_deadline = 0.0
 
 
@@ -351,24 +352,23 @@ class Churn(kit.Handler):
     def tick(self) -> None:
         """After every poll: fail the clients whose reply is late, wake the resting ones that
         are due, and show progress."""
-        self.check_timeouts(time.monotonic())
-        self.report.progress(self.progress_line)
-
-    def check_timeouts(self, now: float) -> None:
+        now = time.monotonic()
         for client in self.clients:
-
             if client.state == "done" or now <= client.reply_deadline:
                 continue
             if client.state == "resting":
                 self._new_cycle(client)
             else:
-                self._fail(client, "timeout", "%s: no %s within %.1f s"
-                           % (client.name, client.state, self.reply_timeout))
+                self._fail(client, "timeout", "%s: no %r within %.1f s" % (
+                    client.name, client.expect[0] if client.expect else client.state,
+                    self.reply_timeout))
+        self.report.progress(self.progress_line)
 
     def _new_cycle(self, client: ChurnClient) -> None:
         """Connect again, or stop if time is up."""
         client.conn = None
         client.ref = client.join_id = None
+        client.expect.clear()
         if time.monotonic() >= self.stop_at:
             client.state = "done"
             return
@@ -381,49 +381,65 @@ class Churn(kit.Handler):
         conn = kit.Conn()
         conn.client = client
         client.conn = conn
-        self._expect(client, "connecting", 0)
+        client.state = "connecting"
+        client.reply_deadline = time.monotonic() + self.reply_timeout
         self.loop.connect(conn)
 
-    def _expect(self, client: ChurnClient, state: str, replies: int) -> None:
-        """Record that the request just sent owes `replies` replies; wait for the first."""
-        client.state = state
+    def _request(self, client: ChurnClient, data: bytes, replies: List[object],
+                 then: Callable[[], None]) -> None:
+        """Send `data`, which owes `replies` (see ChurnClient); then() once they have come."""
+        self.loop.send(client.conn, data)
+        client.state, client.expect, client.then = "replies", collections.deque(replies), then
         client.sent_at = time.monotonic()
         client.reply_deadline = client.sent_at + self.reply_timeout
-        self.replies_expected += replies
-
-    def _replied(self, client: ChurnClient, next_state: Optional[str] = None) -> None:
-        """One owed reply arrived; with next_state, the request owes another."""
-        now = time.monotonic()
-        self.replies_received += 1
-        self.latencies.append(now - client.sent_at)
-        if next_state:
-            client.state = next_state
-            client.reply_deadline = now + self.reply_timeout
+        self.replies_expected += len(replies)
 
     def _join(self, client: ChurnClient) -> None:
         client.room = self.rng.choice(self.rooms)
-        self.loop.send(client.conn, join_request(client.room, client.name))
-        self._expect(client, "joined", 2)
+
+        def joined() -> None:
+            self.ops["join"] += 1
+            client.chats_left = self.rng.randint(1, CHURN_MAX_CHATS)
+            self._chat(client)
+        self._request(client, join_request(client.room, client.name),
+                      [JoinedReply, JOINED_TEXT % client.name], joined)
 
     def _chat(self, client: ChurnClient) -> None:
         client.seq += 1
-        client.text = "%s says %d" % (client.name, client.seq)
-        self.loop.send(client.conn, chat_request(client.ref, client.join_id, client.name,
-                                                 client.text))
-        self._expect(client, "echo", 1)
+        text = "%s says %d" % (client.name, client.seq)
+
+        def echoed() -> None:
+            self.ops["chat"] += 1
+            client.chats_left -= 1
+            if client.chats_left:
+                self._chat(client)
+            else:
+                self._end_cycle(client)
+        self._request(client, chat_request(client.ref, client.join_id, client.name, text),
+                      [text], echoed)
 
     def _end_cycle(self, client: ChurnClient) -> None:
         how = self.rng.choice(("leave", "disconnect", "vanish"))
         if how == "leave":
-            self.loop.send(client.conn, leave_request(client.ref, client.join_id, client.name))
-            self._expect(client, "left", 2)
+            self._request(client, leave_request(client.ref, client.join_id, client.name),
+                          [LeftReply(client.ref, client.join_id), LEFT_TEXT % client.name],
+                          lambda: self._left(client))
         elif how == "disconnect":
-            self.loop.send(client.conn, disconnect_request(client.name))
-            self._expect(client, "disconnect_note", 2)
+            self._request(client, disconnect_request(client.name),
+                          [LEFT_TEXT % client.name, None], lambda: self._new_cycle(client))
         else:
-            self.loop.close(client.conn, reset=True)
             self.ops["vanish"] += 1
+            self.loop.close(client.conn, reset=True)
             self._new_cycle(client)
+
+    def _left(self, client: ChurnClient) -> None:
+        self.ops["leave"] += 1
+        if time.monotonic() < self.stop_at:
+            self.cycles += 1
+            self._join(client)          # the connection stays open: use it again
+        else:
+            self.loop.close(client.conn)
+            client.state = "done"
 
     def _fail(self, client: ChurnClient, kind: str, detail: str) -> None:
         """Count a failure, drop the connection with RST, start afresh."""
@@ -431,6 +447,17 @@ class Churn(kit.Handler):
         if client.conn is not None:
             self.loop.close(client.conn, reset=True)
         self._new_cycle(client)
+
+    def _replied(self, client: ChurnClient) -> None:
+        """The reply owed first has come: the next is owed within --reply-timeout."""
+        now = time.monotonic()
+        self.replies_received += 1
+        self.latencies.append(now - client.sent_at)
+        client.reply_deadline = now + self.reply_timeout
+        if client.expect.popleft() == LEFT_TEXT % client.name:
+            client.ref = None               # nothing more of that room may arrive
+        if not client.expect:
+            client.then()
 
     # -- the loop's handler ----------------------------------------------------------------------
 
@@ -449,87 +476,41 @@ class Churn(kit.Handler):
         client = conn.client
         if client.conn is not conn:
             return
-        if client.state == "close" and exc is None:
-            self._replied(client)
+        if list(client.expect) == [None] and exc is None:
             self.ops["disconnect"] += 1
-            self._new_cycle(client)
+            self._replied(client)
         else:
-            self._fail(client, "closed_by_server", "%s while waiting for %s (%s)"
-                       % (client.name, client.state, exc or "closed"))
+            self._fail(client, "closed_by_server", "%s while waiting for %r (%s)"
+                       % (client.name, client.expect[0] if client.expect else client.state,
+                          exc or "closed"))
 
     def received(self, conn: kit.Conn) -> None:
-        while conn.client.conn is conn:     # until an earlier reply failed the client
+        client = conn.client
+        while client.conn is conn:          # until an earlier reply failed the client
             reply = conn.reader.maybe_next_reply()
             if reply is None:
                 return
-            self._on_reply(conn.client, reply)
-
-    def _on_reply(self, client: ChurnClient, reply) -> None:
-        state = client.state
-        if isinstance(reply, ErrorReply):
-            self._fail(client, "error_reply", "%s got %r while waiting for %s"
-                       % (client.name, reply, state))
-        elif isinstance(reply, JoinedReply) and state == "joined":
-            if reply.room != client.room:
-                self._fail(client, "wrong_reply", "%s joined %r, got %r"
-                           % (client.name, client.room, reply))
-                return
-            client.ref, client.join_id = reply.ref, reply.join_id
-            self._replied(client, "join_note")
-        elif isinstance(reply, LeftReply) and state == "left":
-            if reply != LeftReply(client.ref, client.join_id):
-                self._fail(client, "wrong_reply", "%s left room %s as %s, got %r"
-                           % (client.name, client.ref, client.join_id, reply))
-                return
-            self._replied(client, "leave_note")
-        elif isinstance(reply, ChatMessage) and client.ref is not None and reply.ref == client.ref:
-            self._on_chat(client, reply)
-        else:
-            self._fail(client, "unexpected_message", "%s got %r while waiting for %s"
-                       % (client.name, reply, state))
-
-    def _on_chat(self, client: ChurnClient, reply: ChatMessage) -> None:
-        """A CHAT of the client's room: its own reply, or somebody else's traffic."""
-        state, name = client.state, client.name
-        if reply.client_name != name:
-            self.background += 1
-        elif state == "join_note" and reply.message == JOINED_TEXT % name:
-            self._replied(client)
-            self.ops["join"] += 1
-            client.chats_left = self.rng.randint(1, CHURN_MAX_CHATS)
-            self._chat(client)
-        elif state == "echo" and reply.message == client.text:
-            self._replied(client)
-            self.ops["chat"] += 1
-            client.chats_left -= 1
-            if client.chats_left:
-                self._chat(client)
+            if (isinstance(reply, ChatMessage) and client.ref is not None
+                    and reply.ref == client.ref and reply.client_name != client.name):
+                self.background += 1        # another client's chat or announcement
+                continue
+            want = client.expect[0] if client.expect else "nothing"
+            if want is JoinedReply and isinstance(reply, JoinedReply) and reply.room == client.room:
+                client.ref, client.join_id = reply.ref, reply.join_id
+                self._replied(client)
+            elif reply == want or (isinstance(want, str) and client.ref is not None
+                                   and reply == ChatMessage(client.ref, client.name, want)):
+                self._replied(client)
             else:
-                self._end_cycle(client)
-        elif state == "leave_note" and reply.message == LEFT_TEXT % name:
-            self._replied(client)
-            self.ops["leave"] += 1
-            client.ref = None               # nothing more of that room may arrive
-            if time.monotonic() < self.stop_at:
-                self.cycles += 1
-                self._join(client)          # the connection stays open: use it again
-            else:
-                self.loop.close(client.conn)
-                client.state = "done"
-        elif state == "disconnect_note" and reply.message == LEFT_TEXT % name:
-            client.ref = None
-            self._replied(client, "close")
-        else:
-            self._fail(client, "unexpected_message", "%s got its own %r while waiting for %s"
-                       % (name, reply, state))
+                self._fail(client, "error_reply" if isinstance(reply, ErrorReply)
+                           else "unexpected_message", "%s got %r while waiting for %r"
+                           % (client.name, reply, want))
 
     def progress_line(self) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
         operations = sum(self.ops.values())
         return ("churn: %d clients active, %d operations (%.0f/s), %d failed"
                 % (self.active(), operations, operations / elapsed, self.report.failed))
-
-
 
 
 def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
