@@ -158,27 +158,25 @@ def restyle(rng: random.Random, request: bytes) -> bytes:
 class FuzzConn(kit.Conn):
     """A connection with what the fuzzer needs to know about it."""
 
-    def __init__(self, label: str, serial: int, reading: bool = True) -> None:
+    def __init__(self, label: str, reading: bool = True) -> None:
         super().__init__()
         self.label = label
-        self.serial = serial
         self.reading = reading
         self.probe: Optional["Probe"] = None
-        self.join_id: Optional[int] = None
         self.tail = b""                       # the last bytes queued (for the KILL guard)
 
 
 # --- Chaos traffic: random requests, valid and not -------------------------------------------
 
 class RequestMaker:
-    """Random requests as bytes. `known_refs` is the fuzzer's live map of room name -> ref."""
+    """Random requests as bytes. `book` is what the fuzzer has learnt of rooms and JOIN_IDs."""
 
     KINDS = ["HELO", "JOIN", "LEAVE", "CHAT", "DISCONNECT", "UNKNOWN", "GARBAGE", "BLANK"]
     WEIGHTS = [8, 22, 14, 34, 3, 9, 6, 4]
 
-    def __init__(self, rng: random.Random, known_refs: Dict[str, int], fresh_rooms: List[str]):
+    def __init__(self, rng: random.Random, book: kit.RefBook, fresh_rooms: List[str]):
         self.rng = rng
-        self.known_refs = known_refs
+        self.book = book
         self.rooms = ROOM_NAMES + fresh_rooms
 
     def make(self, conn: "FuzzConn") -> Tuple[str, bytes]:
@@ -229,10 +227,11 @@ class RequestMaker:
         return self._text(CLIENT_NAMES, 0.2, 30)
 
     def _ref(self) -> bytes:
-        return self._integer(list(self.known_refs.values()), 0.55, 30)
+        return self._integer(list(self.book.refs.values()), 0.55, 30)
 
     def _join_id(self, conn: "FuzzConn") -> bytes:
-        return self._integer([] if conn.join_id is None else [conn.join_id], 0.5, 100)
+        join_id = self.book.join_ids.get(conn.label)
+        return self._integer([] if join_id is None else [join_id], 0.5, 100)
 
     def _helo(self, conn: "FuzzConn") -> List[bytes]:
         if self.rng.random() < 0.1:
@@ -569,11 +568,10 @@ class Fuzzer(kit.Handler):
         self.host, self.port, self.server = target.host, target.port, target.server
         self.rng = random.Random(args.seed)
         self.loop = kit.Loop(target.address, self, send_limit=lambda: segment_size(self.rng))
-        self.refs: Dict[str, int] = {}         # room name -> ROOM_REF, from JOINED replies
-        self.rooms_by_ref: Dict[int, str] = {}
-        self.join_id_owner: Dict[int, int] = {}   # JOIN_ID -> serial of its connection
+        self.book = kit.RefBook(report)        # rooms and JOIN_IDs, from JOINED replies
+        self.refs = self.book.refs             # room name -> ROOM_REF
         fresh = ["fz%d-%d" % (args.seed, i) for i in range(args.fresh_rooms)]
-        self.maker = RequestMaker(self.rng, self.refs, fresh)
+        self.maker = RequestMaker(self.rng, self.book, fresh)
         self.chaos: List[FuzzConn] = []
         self.probes: List[Probe] = []
         self.serial = 0
@@ -595,7 +593,7 @@ class Fuzzer(kit.Handler):
 
     def open_conn(self, label: str, reading: bool = True) -> FuzzConn:
         self.serial += 1
-        conn = FuzzConn(label, self.serial, reading)
+        conn = FuzzConn(label, reading)
         self.loop.connect(conn)
         return conn
 
@@ -652,7 +650,7 @@ class Fuzzer(kit.Handler):
             if isinstance(reply, ErrorReply):
                 self.errors_by_code[reply.code] += 1
             elif isinstance(reply, JoinedReply):
-                self._learn(conn, reply)
+                self.book.learn(reply, conn.label)
             if conn.probe is not None:
                 conn.probe.on_reply(reply)
 
@@ -661,26 +659,6 @@ class Fuzzer(kit.Handler):
         if conn.probe is not None:
             conn.probe.done = True
         self.end(conn, "reset")
-
-    def _learn(self, conn: FuzzConn, reply: JoinedReply) -> None:
-        """Check a JOINED reply against everything learnt so far, and learn from it."""
-        known = self.refs.get(reply.room)
-        if known is not None and known != reply.ref:
-            self.report.fail("rooms", "room %r had ROOM_REF %d, now %d"
-                             % (reply.room[:60], known, reply.ref))
-        owner = self.rooms_by_ref.get(reply.ref)
-        if owner is not None and owner != reply.room:
-            self.report.fail("rooms", "ROOM_REF %d names both %r and %r"
-                             % (reply.ref, owner[:60], reply.room[:60]))
-        self.refs.setdefault(reply.room, reply.ref)
-        self.rooms_by_ref.setdefault(reply.ref, reply.room)
-        if conn.join_id is None:
-            conn.join_id = reply.join_id
-        elif conn.join_id != reply.join_id:
-            self.report.fail("join_ids", "conn %s: JOIN_ID changed from %d to %d"
-                             % (conn.label, conn.join_id, reply.join_id))
-        if self.join_id_owner.setdefault(reply.join_id, conn.serial) != conn.serial:
-            self.report.fail("join_ids", "JOIN_ID %d given to two connections" % reply.join_id)
 
     def pump(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> bool:
         """Send what is queued (in random slices) and read everything, until `until()` holds

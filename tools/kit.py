@@ -475,6 +475,34 @@ class Loop:
         return "done"
 
 
+class RefBook:
+    """What JOINED_CHATROOM replies have said, checked as they come: a room keeps one ROOM_REF
+    and no two rooms share one ("rooms"); a connection keeps one JOIN_ID and no two connections
+    share one ("join_ids")."""
+
+    def __init__(self, report: "Report") -> None:
+        self.report = report
+        self.refs: Dict[str, int] = {}              # room -> ROOM_REF
+        self.rooms_by_ref: Dict[int, str] = {}
+        self.join_ids: Dict[str, int] = {}          # connection's name -> JOIN_ID
+        self.owners: Dict[int, str] = {}            # JOIN_ID -> connection's name
+
+    def learn(self, reply: protocol.JoinedReply, who: str) -> None:
+        """Check `reply`, read by the connection named `who`, and learn from it."""
+        room, ref, join_id = reply.room, reply.ref, reply.join_id
+        if self.refs.setdefault(room, ref) != ref:
+            self.report.fail("rooms", "room %r has ROOM_REFs %d and %d"
+                             % (room[:60], self.refs[room], ref))
+        if self.rooms_by_ref.setdefault(ref, room) != room:
+            self.report.fail("rooms", "rooms %r and %r share ROOM_REF %d"
+                             % (self.rooms_by_ref[ref][:60], room[:60], ref))
+        if self.join_ids.setdefault(who, join_id) != join_id:
+            self.report.fail("join_ids", "%s: JOIN_ID changed from %d to %d"
+                             % (who, self.join_ids[who], join_id))
+        if self.owners.setdefault(join_id, who) != who:
+            self.report.fail("join_ids", "JOIN_ID %d given to two connections" % join_id)
+
+
 # --- A crowd of members: connect, join, chat -------------------------------------------------
 
 # How a Crowd runs the loop for a step: wait(step name, is_done) is True if the step finished.
@@ -504,9 +532,7 @@ class Crowd(Handler):
         self.connects_done_at: Optional[float] = None
         self.last_joined_at: Optional[float] = None
         self.announced_at: Optional[float] = None
-        self.refs: Dict[str, int] = {}      # room -> ROOM_REF
-        self.rooms_by_ref: Dict[int, str] = {}
-        self.join_ids: Set[int] = set()
+        self.book = RefBook(report)
         self.quota: Optional[int] = None    # chats each owed member must get (see chat())
         self.expected: Dict[str, ChatMessage] = {}
         self.owed: Set[Member] = set()
@@ -672,15 +698,7 @@ class Crowd(Handler):
         self.last_joined_at = time.monotonic()
         self.room_sizes[member.room] += 1
         self.announcements_owed += self.room_sizes[member.room]
-        if self.refs.setdefault(member.room, reply.ref) != reply.ref:
-            self.report.fail("two_refs", "room %s has ROOM_REFs %d and %d"
-                             % (member.room, self.refs[member.room], reply.ref))
-        if self.rooms_by_ref.setdefault(reply.ref, member.room) != member.room:
-            self.report.fail("two_refs", "rooms %s and %s share ROOM_REF %d"
-                             % (self.rooms_by_ref[reply.ref], member.room, reply.ref))
-        if reply.join_id in self.join_ids:
-            self.report.fail("join_id_twice", "JOIN_ID %d given twice" % reply.join_id)
-        self.join_ids.add(reply.join_id)
+        self.book.learn(reply, member.name)
 
     def _chat_received(self, member: Member) -> None:
         reader = member.reader

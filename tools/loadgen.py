@@ -5,15 +5,16 @@
     python3 -m tools.loadgen --spawn churn --clients 20 --seconds 10
 
 It speaks the protocol as a crowd of clients would (protocol.py builds every request and reads
-every reply), so anyone can load-test their own deployment. Every wait is bounded by --timeout
-(the whole run) and --stall (a phase without progress). The summary is the kit's
-(tools/kit.py); exit status 0 only if nothing was missing, failed or timed out, 1 otherwise.
+every reply). Every wait is bounded by --timeout (the whole run) and --stall (a phase without
+progress). The summary is the kit's (tools/kit.py); exit status 0 only if nothing was missing,
+failed or timed out.
 
 fanout --rooms R --members M --messages K [--size B]
     Chat throughput. R rooms of M members join; then every member sends K chats (B bytes of
     text and a sequence number) as fast as the server takes them, and every member must
-    receive every chat of its room, its own included: R*M*M*K deliveries. Meanwhile a probe,
-    alone in a room of its own, posts every PROBE_INTERVAL and times its own echo.
+    receive every chat of its room, its own included: R*M*M*K deliveries, counted with
+    ReplyReader.count_chats() (anything else is reported). Meanwhile a probe, alone in a room
+    of its own, posts every PROBE_INTERVAL and times its own echo.
     expected, delivered, missing, extra   the deliveries owed and counted; missing and extra
                             (per member, short of or beyond M*K) must both be 0
     seconds, deliveries_per_s   from the first chat sent to the last delivery; the headline
@@ -24,15 +25,13 @@ fanout --rooms R --members M --messages K [--size B]
                             when its last post was still unsent, most posts awaiting an echo
     loadgen_cpu_s, loadgen_cpu_share   this process's CPU time in the chat phase, and that /
                             seconds: near 1.0 the generator, not the server, is the limit
-    The chats are counted with ReplyReader.count_chats(): whole runs of one room's chats in a
-    few searches in C; anything else (an ERROR_CODE, a chat of another room) is reported.
 
 connections --count N [--rooms R]
-    Many clients at once (kit.Crowd, as in tools/many.py): N connections join R rooms
-    (connection i to room i mod R); then one member of each room posts one chat, which must
-    reach every member exactly once. Figures: connect_seconds, join_seconds, announce_seconds
-    (until every join announcement arrived: a room of n owes n(n+1)/2), delivery_seconds,
-    connected, joined, delivered, missing, seconds, loadgen_cpu_s, loadgen_cpu_share.
+    N connections join R rooms (connection i to room i mod R; kit.Crowd, as in tools/many.py);
+    then one member of each room posts one chat, which must reach every member exactly once.
+    Figures: connect_seconds, join_seconds, announce_seconds (until every join announcement
+    arrived: a room of n owes n(n+1)/2), delivery_seconds, connected, joined, delivered,
+    missing, extra, seconds, loadgen_cpu_s, loadgen_cpu_share.
 
 churn --clients N --seconds T [--rooms R]
     Each client cycles for T seconds: connect, JOIN one of R rooms, post 1 to CHURN_MAX_CHATS
@@ -40,8 +39,8 @@ churn --clients N --seconds T [--rooms R]
     request must get the replies it is owed within --reply-timeout, checked strictly (a chat of
     a room the client is not in is a failure). Figures: operations and ops_per_s (by_kind),
     replies_expected, replies_received, all_replies_received, reply_p50_ms/p99/max,
-    others_messages, loadgen_cpu_s and _share. Clients are closed loop: ops_per_s measures
-    generator and server together.
+    others_messages, loadgen_cpu_s and _share (closed loop: ops_per_s measures generator and
+    server together).
 
 Caveats: the generator shares the machine with the server; it naps --nap between polls so that
 each read returns many messages and it stays well below one core (see loadgen_cpu_share). Quote
