@@ -37,6 +37,8 @@ of the rest the form is checked.
 """
 import argparse
 import collections
+import contextlib
+import itertools
 import random
 import socket
 import sys
@@ -156,27 +158,25 @@ def restyle(rng: random.Random, request: bytes) -> bytes:
 class FuzzConn(kit.Conn):
     """A connection with what the fuzzer needs to know about it."""
 
-    def __init__(self, label: str, serial: int, reading: bool = True) -> None:
+    def __init__(self, label: str, reading: bool = True) -> None:
         super().__init__()
         self.label = label
-        self.serial = serial
         self.reading = reading
         self.probe: Optional["Probe"] = None
-        self.join_id: Optional[int] = None
         self.tail = b""                       # the last bytes queued (for the KILL guard)
 
 
 # --- Chaos traffic: random requests, valid and not -------------------------------------------
 
 class RequestMaker:
-    """Random requests as bytes. `known_refs` is the fuzzer's live map of room name -> ref."""
+    """Random requests as bytes. `book` is what the fuzzer has learnt of rooms and JOIN_IDs."""
 
     KINDS = ["HELO", "JOIN", "LEAVE", "CHAT", "DISCONNECT", "UNKNOWN", "GARBAGE", "BLANK"]
     WEIGHTS = [8, 22, 14, 34, 3, 9, 6, 4]
 
-    def __init__(self, rng: random.Random, known_refs: Dict[str, int], fresh_rooms: List[str]):
+    def __init__(self, rng: random.Random, book: kit.RefBook, fresh_rooms: List[str]):
         self.rng = rng
-        self.known_refs = known_refs
+        self.book = book
         self.rooms = ROOM_NAMES + fresh_rooms
 
     def make(self, conn: "FuzzConn") -> Tuple[str, bytes]:
@@ -203,7 +203,6 @@ class RequestMaker:
         return self.rng.choice([helo_request(body), chat_request(0, 1, "x", body),
                                 join_request(body, "x"), body.encode()])    # last: no newline
 
-
     # -- valid requests, as lists of lines -------------------------------------------------
 
     def _text(self, choices: List[str], p_random: float, max_len: int) -> bytes:
@@ -228,10 +227,11 @@ class RequestMaker:
         return self._text(CLIENT_NAMES, 0.2, 30)
 
     def _ref(self) -> bytes:
-        return self._integer(list(self.known_refs.values()), 0.55, 30)
+        return self._integer(list(self.book.refs.values()), 0.55, 30)
 
     def _join_id(self, conn: "FuzzConn") -> bytes:
-        return self._integer([] if conn.join_id is None else [conn.join_id], 0.5, 100)
+        join_id = self.book.join_ids.get(conn.label)
+        return self._integer([] if join_id is None else [join_id], 0.5, 100)
 
     def _helo(self, conn: "FuzzConn") -> List[bytes]:
         if self.rng.random() < 0.1:
@@ -330,7 +330,7 @@ class Probe:
         self.in_rooms: Set[int] = set()
         self.join_id: Optional[int] = None
         self.disconnecting = False
-        self.done = False                      # disconnected as predicted, or retired
+        self.done = False                      # disconnected as predicted, or given up
         self.leaves_seen: Set[Tuple[int, str]] = set()   # (ref, name) of leave announcements
         self.finals_seen: Dict[Tuple[int, str], int] = collections.Counter()
         self.checked = 0                       # replies matched
@@ -441,7 +441,6 @@ class Probe:
                                       unprintable=unprintable) for line in template.split("|")])
         self.expect.append(("ERROR", code))
 
-
     def unknown(self) -> None:
         self._send_lines([self.rng.choice(["WHATEVER", "PING %s" % self.name, "NOT_A_COMMAND: 1",
                                            "QUIT"])])     # answered by nothing at all
@@ -548,10 +547,10 @@ class Probe:
         self.done = True
 
     def fail(self, problem: str) -> None:
-        """Record a failed check and retire this probe (its expectations are now out of step)."""
+        """Record a failed check and give up this probe (its expectations are now out of step)."""
         self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
         self.done = True
-        self.fuzzer.retire(self.conn, "abort")
+        self.fuzzer.end(self.conn, "reset")
 
     def idle(self) -> bool:
         return self.done or not self.expect
@@ -569,11 +568,10 @@ class Fuzzer(kit.Handler):
         self.host, self.port, self.server = target.host, target.port, target.server
         self.rng = random.Random(args.seed)
         self.loop = kit.Loop(target.address, self, send_limit=lambda: segment_size(self.rng))
-        self.refs: Dict[str, int] = {}         # room name -> ROOM_REF, from JOINED replies
-        self.rooms_by_ref: Dict[int, str] = {}
-        self.join_id_owner: Dict[int, int] = {}   # JOIN_ID -> serial of its connection
+        self.book = kit.RefBook(report)        # rooms and JOIN_IDs, from JOINED replies
+        self.refs = self.book.refs             # room name -> ROOM_REF
         fresh = ["fz%d-%d" % (args.seed, i) for i in range(args.fresh_rooms)]
-        self.maker = RequestMaker(self.rng, self.refs, fresh)
+        self.maker = RequestMaker(self.rng, self.book, fresh)
         self.chaos: List[FuzzConn] = []
         self.probes: List[Probe] = []
         self.serial = 0
@@ -595,7 +593,7 @@ class Fuzzer(kit.Handler):
 
     def open_conn(self, label: str, reading: bool = True) -> FuzzConn:
         self.serial += 1
-        conn = FuzzConn(label, self.serial, reading)
+        conn = FuzzConn(label, reading)
         self.loop.connect(conn)
         return conn
 
@@ -614,26 +612,17 @@ class Fuzzer(kit.Handler):
         conn.tail = (conn.tail + data)[-16:]
         self.loop.send(conn, data)
 
-    def retire(self, conn: FuzzConn, how: str) -> None:
-        """End a connection of ours now: "abort" (RST) or "close" (FIN)."""
-        if conn.state == kit.CLOSED:
+    def end(self, conn: FuzzConn, how: Optional[str], when_sent: bool = False) -> None:
+        """End a connection of ours with "reset" (RST) or "close" (FIN) (None: leave it be):
+        now, or once what is queued for it has gone. Counted once, when first told to go."""
+        if how is None or conn.state == kit.CLOSED:
             return
-        self.loop.close(conn, reset=how == "abort")
-        if conn.close_when_sent:
-            pass                                # counted when it was told to go
-        elif how == "abort":
-            self.vanished += 1
-        else:
-            self.closed_by_us += 1
-
-    def when_sent(self, conn: FuzzConn, how: Optional[str]) -> None:
-        """End `conn` ("abort" or "close") once what is queued for it has gone."""
-        if how is not None:
-            conn.close_when_sent = "reset" if how == "abort" else "close"
-            self.vanished += how == "abort"
+        if not conn.close_when_sent:
+            conn.close_when_sent = how
+            self.vanished += how == "reset"
             self.closed_by_us += how == "close"
-            if not conn.out and conn.state == kit.OPEN:
-                self.loop.close(conn, reset=how == "abort")
+        if not when_sent or (not conn.out and conn.state == kit.OPEN):
+            self.loop.close(conn, reset=how == "reset")
 
     # -- the loop's handler -------------------------------------------------------------------
 
@@ -661,7 +650,7 @@ class Fuzzer(kit.Handler):
             if isinstance(reply, ErrorReply):
                 self.errors_by_code[reply.code] += 1
             elif isinstance(reply, JoinedReply):
-                self._learn(conn, reply)
+                self.book.learn(reply, conn.label)
             if conn.probe is not None:
                 conn.probe.on_reply(reply)
 
@@ -669,27 +658,7 @@ class Fuzzer(kit.Handler):
         self.report.fail("protocol_violation", "conn %s: %s" % (conn.label, text))
         if conn.probe is not None:
             conn.probe.done = True
-        self.retire(conn, "abort")
-
-    def _learn(self, conn: FuzzConn, reply: JoinedReply) -> None:
-        """Check a JOINED reply against everything learnt so far, and learn from it."""
-        known = self.refs.get(reply.room)
-        if known is not None and known != reply.ref:
-            self.report.fail("rooms", "room %r had ROOM_REF %d, now %d"
-                             % (reply.room[:60], known, reply.ref))
-        owner = self.rooms_by_ref.get(reply.ref)
-        if owner is not None and owner != reply.room:
-            self.report.fail("rooms", "ROOM_REF %d names both %r and %r"
-                             % (reply.ref, owner[:60], reply.room[:60]))
-        self.refs.setdefault(reply.room, reply.ref)
-        self.rooms_by_ref.setdefault(reply.ref, reply.room)
-        if conn.join_id is None:
-            conn.join_id = reply.join_id
-        elif conn.join_id != reply.join_id:
-            self.report.fail("join_ids", "conn %s: JOIN_ID changed from %d to %d"
-                             % (conn.label, conn.join_id, reply.join_id))
-        if self.join_id_owner.setdefault(reply.join_id, conn.serial) != conn.serial:
-            self.report.fail("join_ids", "JOIN_ID %d given to two connections" % reply.join_id)
+        self.end(conn, "reset")
 
     def pump(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> bool:
         """Send what is queued (in random slices) and read everything, until `until()` holds
@@ -752,7 +721,7 @@ class Fuzzer(kit.Handler):
             if roll < P_VANISH + P_HALF_CLOSE:
                 _kind, data = self.maker.make(conn)
                 self.queue(conn, data[:rng.randint(0, max(0, len(data) - 1))])
-                self.when_sent(conn, "abort" if roll < P_VANISH else "close")
+                self.end(conn, "reset" if roll < P_VANISH else "close", when_sent=True)
                 self.count("vanish" if roll < P_VANISH else "half-close")
             elif roll < P_VANISH + P_HALF_CLOSE + P_OVERSIZE:
                 self.queue(conn, self.maker.oversize())
@@ -764,7 +733,7 @@ class Fuzzer(kit.Handler):
         self.pump(BATCH_TIMEOUT)
         for conn in self.live_chaos():          # now and then a non-reader is let go
             if not conn.reading and rng.random() < 0.1:
-                self.retire(conn, "abort")
+                self.end(conn, "reset")
         self.batches += 1
 
     def burst(self, count: int) -> int:
@@ -778,11 +747,11 @@ class Fuzzer(kit.Handler):
                 data = join_request(self.rng.choice(ROOM_NAMES[:4]), "b") + data
             self.queue(conn, data)
             self.count(kind)
-            self.when_sent(conn, self.rng.choice(["abort", "close", None]))
+            self.end(conn, self.rng.choice(["reset", "close", None]), when_sent=True)
             conns.append(conn)
         self.pump(BATCH_TIMEOUT)
         for conn in conns:
-            self.retire(conn, self.rng.choice(["abort", "close"]))
+            self.end(conn, self.rng.choice(["reset", "close"]))
         return len(conns)
 
     def flood(self, most: int) -> int:
@@ -824,61 +793,43 @@ class Fuzzer(kit.Handler):
         """Requests of exactly MAX_REQUEST_BYTES - 1, MAX and MAX + 1 bytes (the frame, not
         counting its ending), sent whole and split inside their terminating newline(s) with a
         pause between the halves: every way of sending one must get the same answer."""
-        cases = []
-        for kind in ("HELO", "CHAT"):
-            for size in (MAX_REQUEST_BYTES - 1, MAX_REQUEST_BYTES, MAX_REQUEST_BYTES + 1):
-                for ending in (b"\n", b"\r\n"):
-                    if kind == "HELO":
-                        frame = b"HELO " + b"h" * (size - 5)
-                        wire = frame + ending
-                        terminator = len(ending)
-                    else:
-                        head = b"CHAT: 999999999\nJOIN_ID: 1\nCLIENT_NAME: n\nMESSAGE: "
-                        frame = head + b"c" * (size - len(head))
-                        wire = frame.replace(b"\n", ending) + ending * 2
-                        terminator = 2 * len(ending)
-                    assert len(frame) == size
-                    for split in [None] + list(range(terminator)):     # None: sent whole
-                        at = len(wire) if split is None else len(wire) - terminator + split
-                        cases.append({"kind": kind, "size": size, "ending": ending.decode(),
-                                      "split": split, "halves": (wire[:at], wire[at:])})
+        cases = []                  # ((kind, frame bytes, ending), how it is split, halves)
+        sizes = (MAX_REQUEST_BYTES - 1, MAX_REQUEST_BYTES, MAX_REQUEST_BYTES + 1)
+        for kind, size, ending in itertools.product(("HELO", "CHAT"), sizes, (b"\n", b"\r\n")):
+            if kind == "HELO":
+                wire, terminator = b"HELO " + b"h" * (size - 5) + ending, len(ending)
+            else:
+                head = b"CHAT: 999999999\nJOIN_ID: 1\nCLIENT_NAME: n\nMESSAGE: "
+                wire = (head + b"c" * (size - len(head))).replace(b"\n", ending) + ending * 2
+                terminator = 2 * len(ending)
+            for split in [None] + list(range(terminator)):
+                at = len(wire) - terminator + (terminator if split is None else split)
+                how = "whole" if split is None else "split@%d" % split
+                cases.append(((kind, size, ending.decode()), how, wire[:at], wire[at:]))
         socks = []
-        for case in cases:
-            try:
-                sock = socket.create_connection((self.host, self.port), timeout=HELO_TIMEOUT)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError as exc:
-                self.report.fail("segmentation", "cannot connect: %s" % exc)
-                break
-            socks.append(sock)
-        cases = cases[:len(socks)]
         try:
-            for half in (0, 1):
+            for _case in cases:
+                socks.append(socket.create_connection((self.host, self.port), HELO_TIMEOUT))
+                socks[-1].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            self.report.fail("segmentation", "cannot connect: %s" % exc)
+        outcomes: Dict[tuple, Dict[str, str]] = collections.defaultdict(dict)
+        try:
+            for half in (2, 3):
                 for case, sock in zip(cases, socks):
-                    try:
-                        if case["halves"][half]:
-                            sock.sendall(case["halves"][half])
-                    except OSError:
-                        pass
+                    with contextlib.suppress(OSError):
+                        sock.sendall(case[half])
                 time.sleep(SPLIT_PAUSE)
-            for case, sock in zip(cases, socks):
-                case["outcome"] = self._first_reply(sock)
+            for (key, how, _first, _second), sock in zip(cases, socks):
+                outcomes[key][how] = self._first_reply(sock)
         finally:
             for sock in socks:
                 sock.close()
-        table, problems = [], []
-        groups: Dict[tuple, Dict[str, str]] = {}    # (kind, size, ending) -> {how: outcome}
-        for case in cases:
-            how = "whole" if case["split"] is None else "split@%d" % case["split"]
-            key = (case["kind"], case["size"], case["ending"])
-            groups.setdefault(key, {})[how] = case["outcome"]
-        for (kind, size, ending), outcomes in groups.items():
-            table.append({"kind": kind, "frame_bytes": size, "ending": ending,
-                          "outcomes": outcomes})
-            if len(set(outcomes.values())) > 1:
-                problems.append("%s request of %d bytes ending %r: the answer depends on how it "
-                                "is split: %s" % (kind, size, ending, outcomes))
-        return table, problems
+        table = [{"kind": kind, "frame_bytes": size, "ending": ending, "outcomes": by_split}
+                 for (kind, size, ending), by_split in outcomes.items()]
+        return table, ["%s request of %d bytes ending %r: the answer depends on how it is split:"
+                       " %s" % (row["kind"], row["frame_bytes"], row["ending"], row["outcomes"])
+                       for row in table if len(set(row["outcomes"].values())) > 1]
 
     def _first_reply(self, sock: socket.socket) -> str:
         """"accepted", "too long" (ERROR_CODE 8) or what else came back first."""
@@ -901,7 +852,7 @@ class Fuzzer(kit.Handler):
         self.drain(probes_idle, lambda: "probes still waiting for %d replies"
                    % sum(len(p.expect) for p in self.probes if not p.done))
         for conn in self.live_chaos():
-            self.retire(conn, self.rng.choice(["abort", "close"]))
+            self.end(conn, self.rng.choice(["reset", "close"]))
         rooms = [room for room in sorted(self.refs, key=self.refs.get)
                  if len(room.encode("utf-8")) < MAX_REQUEST_BYTES - 200]
         checker = self.new_probe("checker")
@@ -918,7 +869,7 @@ class Fuzzer(kit.Handler):
             observers[0].leave(room)
         observers[1].disconnect()
         self.queue(observers[2].conn, b"CHAT: 0\nJOIN_ID: 1\nCLIEN")
-        self.when_sent(observers[2].conn, "abort")
+        self.end(observers[2].conn, "reset", when_sent=True)
         observers[2].done = True
         wanted = {(self.refs[room], o.name) for room in rooms for o in observers}
         self.drain(lambda: observers[0].idle() and observers[1].idle()
@@ -942,7 +893,6 @@ class Fuzzer(kit.Handler):
         self.pump(QUIET * 5)                   # time for duplicates to show
         for probe in [p for p in listeners if not p.done]:
             for ref in probe.in_rooms:
-
                 got = probe.finals_seen[(ref, finals.get(ref))]
                 if ref in finals and got != 1:
                     self.report.fail("rooms", "probe %s got the checker's chat in room %d %d times"
@@ -951,12 +901,12 @@ class Fuzzer(kit.Handler):
         for probe in self.probes:
             if not probe.done and not probe.disconnecting:
                 if not probe.disconnect():
-                    self.retire(probe.conn, "close")
+                    self.end(probe.conn, "close")
                     probe.done = True
         self.drain(probes_idle, lambda: "DISCONNECT replies still missing")
 
         for conn in list(self.loop.conns):
-            self.retire(conn, "close")
+            self.end(conn, "close")
 
     def kill(self) -> Dict[str, object]:
         """--allow-kill: KILL_SERVICE, sent a byte at a time with CRLF; the server must stop
@@ -982,12 +932,10 @@ class Fuzzer(kit.Handler):
                 return {"sent": True, "stopped_after_s": round(time.monotonic() - started, 3)}
             time.sleep(0.01)
 
-
         self.report.fail("kill", "KILL_SERVICE: the server was still running 1 s later")
         return {"sent": True, "stopped_after_s": None}
 
     # -- the whole run ---------------------------------------------------------------------
-
 
     def run(self) -> Tuple[Dict[str, object], str]:
         args = self.args

@@ -1,20 +1,17 @@
 """What every live-server tool shares (fuzz, soak, many, loadgen) and the end-to-end tests use.
 
-- ServerProcess: Server.py in a child process on 127.0.0.1 and a port the kernel picks; its
-  "listening on IP:PORT" line read with a bounded wait; its memory from /proc; stopped by pid.
-- Loop and Conn: many nonblocking client connections on one selector. Every connection reads
-  the server with protocol.ReplyReader; requests are built with protocol's builders.
-- Crowd: members that connect and join their rooms, and one chat per room that each member
-  must get exactly once (many, and loadgen's scenarios).
-- Report: failures counted by kind with a few examples each, a progress line on standard error
-  every PROGRESS_INTERVAL seconds, and at the end a one-line verdict (standard error) and a JSON
-  summary (standard output, one line) with the same schema in every tool:
+- ServerProcess: Server.py in a child process on 127.0.0.1 and a port the kernel picks.
+- Loop and Conn: many nonblocking client connections on one selector, each read with
+  protocol.ReplyReader; requests are built with protocol's builders.
+- Crowd: members that connect and join their rooms, then chat in them (many, loadgen).
+- Report: failures counted by kind with a few examples each, progress lines, and at the end a
+  one-line verdict (standard error) and a one-line JSON summary (standard output), in every tool
       {"tool", "ok", "verdict", "elapsed", "failed", "failures": {kind: count},
        "failure_examples": {kind: [text, ...]}, ...the tool's own figures}
   `ok` is true exactly when `failures` is empty; exit status 0 then, 1 otherwise (2: usage).
 - parse_tool_args / run_tool: --spawn or --host/--port, --seed, --seconds, --quiet and the
-  tool's own options from a table; a tool given an address where nothing listens fails within
-  CONNECT_CHECK_TIMEOUT with one line.
+  tool's own options from a table; with nothing listening at the address, one line of failure
+  within CONNECT_CHECK_TIMEOUT.
 - raise_nofile_limit, os_limits: how many connections this process and the machine allow.
 
 Run tools from the repository's top folder: `python3 -m tools.NAME --help`.
@@ -93,11 +90,9 @@ def _proc_fields(path: str, prefix: str) -> Optional[List[str]]:
 
 
 class ServerProcess:
-    """Server.py running in a child process on 127.0.0.1 and a port the kernel picked.
-
-    Its standard error (the log) goes to a temporary file unless `stderr` says otherwise, so a
-    chatty log can never fill a pipe and stall it; log() reads it back.
-    """
+    """Server.py in a child process on 127.0.0.1 and a port the kernel picked. Its log goes to
+    a temporary file (unless `stderr` says otherwise), which no chatty log can fill and stall;
+    log() reads it back."""
 
     def __init__(self, *options: str, student_id: Optional[str] = None,
                  log_level: str = "warning", env: Optional[Dict[str, str]] = None,
@@ -118,8 +113,8 @@ class ServerProcess:
             raise
 
     def _read_port(self) -> int:
-        """The port of the first line, "listening on 127.0.0.1:PORT", waited for at most
-        START_TIMEOUT seconds (read a byte at a time: nothing past the line is taken)."""
+        """The port of the first line, "listening on 127.0.0.1:PORT" (read a byte at a time, so
+        nothing past it is taken)."""
         line = b""
         deadline = time.monotonic() + START_TIMEOUT
         with selectors.DefaultSelector() as selector:
@@ -168,8 +163,7 @@ class ServerProcess:
         return self._log.read().decode("utf-8", "replace")
 
     def stop(self) -> None:
-        """SIGTERM (the server stops cleanly on it), then SIGKILL if it has not exited within
-        STOP_TIMEOUT. Only ever this child, by its pid. Idempotent."""
+        """SIGTERM (a clean stop), SIGKILL after STOP_TIMEOUT; this child only. Idempotent."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -189,8 +183,7 @@ def resolve(host: str, port: int) -> Tuple[int, tuple]:
 
 
 def check_listening(host: str, port: int) -> None:
-    """Raise ServerError unless a TCP connection to host:port is made within
-    CONNECT_CHECK_TIMEOUT seconds."""
+    """Raise ServerError unless host:port accepts a connection within CONNECT_CHECK_TIMEOUT."""
     try:
         socket.create_connection((host, port), timeout=CONNECT_CHECK_TIMEOUT).close()
     except (OSError, UnicodeError) as exc:
@@ -220,8 +213,7 @@ def first_reply(sock: socket.socket, deadline: float) -> Union[protocol.Reply, s
 
 def helo_check(host: str, port: int, timeout: float,
                text: str = "health") -> Tuple[bool, float, str]:
-    """Connect, send one HELO, wait for its reply. Returns (the right reply came in time,
-    seconds taken, what went wrong)."""
+    """One HELO on a new connection: (the right reply came in time, seconds, what went wrong)."""
     started = time.monotonic()
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -254,8 +246,7 @@ class Conn:
 
 
 class Member(Conn):
-    """A client connection that joins a room (`room` as `name`): the ref and JOIN_ID the
-    server gave it are set once its JOINED_CHATROOM has been read; a Crowd keeps the rest."""
+    """A client connection that joins `room` as `name`; `ref` and `join_id` once JOINED."""
 
     def __init__(self, room: str, name: str) -> None:
         super().__init__()
@@ -265,7 +256,7 @@ class Member(Conn):
         self.join_id: Optional[int] = None
         self.announced = False          # its own join announcement has arrived
         self.failed = False             # it will never be a member: do not wait for it
-        self.got = 0                    # chats counted in the current phase
+        self.got = 0                    # chats counted in the chat phase
 
 
 class Handler:
@@ -285,17 +276,14 @@ class Handler:
 
 
 class Loop:
-    """Every client connection of a run, on one selector.
-
-    Connections are made without blocking, at most `concurrency` at a time. The tool's
-    `handler` is told what happens:
+    """Every client connection of a run, on one selector, connected without blocking (at most
+    `concurrency` at a time). The `handler` is told what happens:
         connected(conn)                 the connection is up
         connect_failed(conn, exc)       it could not be made (it is closed)
         received(conn)                  bytes arrived: conn.reader has them
         closed(conn, exc)               the server closed it (exc None) or it broke (closed)
     send() sends at once what the kernel takes (at most send_limit() bytes per send() when set)
-    and queues the rest, watching for writability only while something is queued.
-    last_activity is when the loop last made progress (a connection made or bytes received).
+    and queues the rest. last_activity: the last connect made or bytes received.
     """
 
     def __init__(self, address: Tuple[int, tuple], handler=None,
@@ -487,20 +475,45 @@ class Loop:
         return "done"
 
 
-# --- A crowd of members: connect, join, and one chat in every room ---------------------------
+class RefBook:
+    """What JOINED_CHATROOM replies have said, checked as they come: a room keeps one ROOM_REF
+    and no two rooms share one ("rooms"); a connection keeps one JOIN_ID and no two connections
+    share one ("join_ids")."""
+
+    def __init__(self, report: "Report") -> None:
+        self.report = report
+        self.refs: Dict[str, int] = {}              # room -> ROOM_REF
+        self.rooms_by_ref: Dict[int, str] = {}
+        self.join_ids: Dict[str, int] = {}          # connection's name -> JOIN_ID
+        self.owners: Dict[int, str] = {}            # JOIN_ID -> connection's name
+
+    def learn(self, reply: protocol.JoinedReply, who: str) -> None:
+        """Check `reply`, read by the connection named `who`, and learn from it."""
+        room, ref, join_id = reply.room, reply.ref, reply.join_id
+        if self.refs.setdefault(room, ref) != ref:
+            self.report.fail("rooms", "room %r has ROOM_REFs %d and %d"
+                             % (room[:60], self.refs[room], ref))
+        if self.rooms_by_ref.setdefault(ref, room) != room:
+            self.report.fail("rooms", "rooms %r and %r share ROOM_REF %d"
+                             % (self.rooms_by_ref[ref][:60], room[:60], ref))
+        if self.join_ids.setdefault(who, join_id) != join_id:
+            self.report.fail("join_ids", "%s: JOIN_ID changed from %d to %d"
+                             % (who, self.join_ids[who], join_id))
+        if self.owners.setdefault(join_id, who) != who:
+            self.report.fail("join_ids", "JOIN_ID %d given to two connections" % join_id)
+
+
+# --- A crowd of members: connect, join, chat -------------------------------------------------
 
 # How a Crowd runs the loop for a step: wait(step name, is_done) is True if the step finished.
 Wait = Callable[[str, Callable[[], bool]], bool]
 
 
 class Crowd(Handler):
-    """Members that connect and JOIN their rooms (join()), then, if asked, one chat in every
-    room that every member must get exactly once (chat_once()).
-
-    A room that ends with n members owes n(n+1)/2 join announcements (the k-th joiner's goes to
-    k members), whatever order the server handled the JOINs in. A room keeps one ROOM_REF, no
-    two rooms share one, and no two members get the same JOIN_ID.
-    """
+    """Members that connect and JOIN their rooms (join()), then perhaps chat (chat_once(),
+    chat()). A room of n members owes n(n+1)/2 join announcements (the k-th joiner's goes to k
+    members) in any order of JOINs; a room keeps one ROOM_REF, no two rooms share one, and no
+    two members get the same JOIN_ID."""
 
     def __init__(self, loop: Loop, members: List[Member], report: "Report") -> None:
         self.loop = loop
@@ -519,22 +532,23 @@ class Crowd(Handler):
         self.connects_done_at: Optional[float] = None
         self.last_joined_at: Optional[float] = None
         self.announced_at: Optional[float] = None
-        self.refs: Dict[str, int] = {}      # room -> ROOM_REF
-        self.rooms_by_ref: Dict[int, str] = {}
-        self.join_ids: Set[int] = set()
-        self.expected: Optional[Dict[str, ChatMessage]] = None   # room -> its one chat
-        self.waiting = 0                    # members still owed that chat
+        self.book = RefBook(report)
+        self.quota: Optional[int] = None    # chats each owed member must get (see chat())
+        self.expected: Dict[str, ChatMessage] = {}
+        self.owed: Set[Member] = set()
+        self.waiting = 0                    # owed members still short of the quota
         self.delivered = 0
         self.chat_started: Optional[float] = None
         self.last_delivery_at: Optional[float] = None
+        self.finished_at: Optional[float] = None    # when the last owed member had its quota
 
     def _wait(self, wait: Wait, step: str, is_done: Callable[[], bool]) -> bool:
         self.step = step
         return wait(step, is_done)
 
     def join(self, wait: Wait) -> bool:
-        """Connect every member and JOIN it to its room; wait for every connect, every
-        JOINED_CHATROOM and every announcement, a step each. True if all three finished."""
+        """Connect and JOIN every member; wait for the connects, the JOINED_CHATROOMs and the
+        announcements, a step each. True if all three finished."""
         self.loop.handler = self
         self.started = time.monotonic()
         for member in self.members:
@@ -557,8 +571,7 @@ class Crowd(Handler):
         return self.lost_after_join and time.monotonic() - self.loop.last_activity > SETTLE
 
     def join_figures(self) -> Dict[str, object]:
-        """How many connected and joined, and the seconds from the first connect until every
-        connect was made, every JOINED_CHATROOM had come, and every announcement."""
+        """How many connected and joined, and the seconds each of join()'s steps took."""
         end = self.announced_at or time.monotonic()
         return {"connected": self.connected_count, "joined": self.joined,
                 "connect_seconds": round((self.connects_done_at or end) - self.started, 3),
@@ -566,26 +579,49 @@ class Crowd(Handler):
                 "announce_seconds": round(end - self.started, 3)}
 
     def chat_once(self, wait: Wait) -> bool:
-        """The first member of every room to have joined sends one chat; wait until every
-        member in a room has it (True) or the wait gives up (False)."""
-        in_rooms = [m for m in self.members if m.ref is not None and not m.failed]
+        """The first member of each room to have joined sends one chat (see chat())."""
         senders: Dict[str, Member] = {}
-        for member in in_rooms:
-            senders.setdefault(member.room, member)
-        self.expected = {room: ChatMessage(sender.ref, sender.name, "hello %s from %s"
-                                           % (room, sender.name))
-                         for room, sender in senders.items()}
-        self.waiting = len(in_rooms)
+        for member in self.members:
+            if member.ref is not None and not member.failed:
+                senders.setdefault(member.room, member)
+        expected = {room: ChatMessage(sender.ref, sender.name, "hello %s from %s"
+                                      % (room, sender.name)) for room, sender in senders.items()}
+        return self.chat(wait, 1, {sender: chat_request(sender.ref, sender.join_id, sender.name,
+                                                        expected[room].message)
+                                   for room, sender in senders.items()}, expected)
+
+    def chat(self, wait: Wait, quota: int, sends: Dict[Member, bytes],
+             expected: Optional[Dict[str, ChatMessage]] = None) -> bool:
+        """Send each member in `sends` its chats; wait until every member of those rooms has
+        `quota` chats of its room (True) or the wait gives up (False). With `expected` (room ->
+        chat), each must be that chat; without, any chat of the room counts (count_chats())."""
+        rooms = {member.room for member in sends}
+        self.owed = {m for m in self.members if m.ref is not None and not m.failed
+                     and m.room in rooms}
+        self.quota, self.expected, self.waiting = quota, expected or {}, len(self.owed)
         for member in self.members:
             member.got = 0
-        self.chat_started = self.loop.last_activity = time.monotonic()
-        for room, sender in senders.items():
-            self.loop.send(sender, chat_request(sender.ref, sender.join_id, sender.name,
-                                                self.expected[room].message))
+        self.chat_started = self.last_delivery_at = self.loop.last_activity = time.monotonic()
+        for member, data in sends.items():
+            self.loop.send(member, data)
         return self._wait(wait, "the chats", lambda: self.waiting <= 0)
 
+    def tally(self, members: List[Member]) -> Dict[str, int]:
+        """Chats delivered, missing and extra (short of or beyond each member's quota): a
+        failure unless both are 0, as is anything left unread."""
+        missing = sum(max(0, self.quota - member.got) for member in members)
+        extra = sum(max(0, member.got - self.quota) for member in members)
+        for member in members:
+            if member.reader.pending().strip(b"\n"):
+                self.report.fail("unexpected_message", "%s: unfinished at the end: %r"
+                                 % (member.name, member.reader.pending()[:120]))
+        if missing or extra:
+            self.report.fail("missing" if missing else "extra", "%d deliveries missing, %d extra,"
+                             " of %d" % (missing, extra, self.quota * len(members)))
+        return {"delivered": self.delivered, "missing": missing, "extra": extra}
+
     def progress_line(self) -> str:
-        return ("%s: %d/%d connected, %d joined, %d announcements, %d got the chat"
+        return ("%s: %d/%d connected, %d joined, %d announcements, %d chats delivered"
                 % (self.step, self.connected_count, len(self.members), self.joined,
                    self.announcements, self.delivered))
 
@@ -608,10 +644,8 @@ class Crowd(Handler):
     def closed(self, member: Member, exc: Optional[OSError]) -> None:
         self.report.fail("closed_by_server", "%s during %s (%s)"
                          % (member.name, self.step, exc or "closed"))
-        owed_the_chat = self.expected is not None and member.ref is not None and not member.failed
-        if owed_the_chat and not member.got:
+        if member in self.owed and member.got < self.quota and not member.failed:
             self.waiting -= 1               # it never will: do not wait for it
-
         self._fail(member)
 
     def _fail(self, member: Member) -> None:
@@ -624,7 +658,7 @@ class Crowd(Handler):
         member.failed = True
 
     def received(self, member: Member) -> None:
-        if self.expected is not None:
+        if self.quota is not None:
             self._chat_received(member)
             return
         reader = member.reader
@@ -664,29 +698,30 @@ class Crowd(Handler):
         self.last_joined_at = time.monotonic()
         self.room_sizes[member.room] += 1
         self.announcements_owed += self.room_sizes[member.room]
-        if self.refs.setdefault(member.room, reply.ref) != reply.ref:
-            self.report.fail("two_refs", "room %s has ROOM_REFs %d and %d"
-                             % (member.room, self.refs[member.room], reply.ref))
-        if self.rooms_by_ref.setdefault(reply.ref, member.room) != member.room:
-            self.report.fail("two_refs", "rooms %s and %s share ROOM_REF %d"
-                             % (self.rooms_by_ref[reply.ref], member.room, reply.ref))
-        if reply.join_id in self.join_ids:
-            self.report.fail("join_id_twice", "JOIN_ID %d given twice" % reply.join_id)
-        self.join_ids.add(reply.join_id)
+        self.book.learn(reply, member.name)
 
     def _chat_received(self, member: Member) -> None:
-        for reply in replies(member.reader):
-            if reply != self.expected.get(member.room):
-                self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
-                continue
-            member.got += 1
-            if member.got == 1:
-                self.delivered += 1
-                self.waiting -= 1
-                self.last_delivery_at = time.monotonic()
+        reader = member.reader
+        while True:
+            if not self.expected:
+                self._count(member, reader.count_chats(member.ref))
+            reply = reader.maybe_next_reply()
+            if reply is None:
+                return
+            if reply == self.expected.get(member.room):
+                self._count(member, 1)
             else:
-                self.report.fail("duplicate", "%s got the room's chat %d times"
-                                 % (member.name, member.got))
+                self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
+
+    def _count(self, member: Member, chats: int) -> None:
+        if chats:
+            self.delivered += chats
+            self.last_delivery_at = time.monotonic()
+            member.got += chats
+            if member in self.owed and member.got - chats < self.quota <= member.got:
+                self.waiting -= 1
+                if not self.waiting:
+                    self.finished_at = self.last_delivery_at
 
 
 # --- The report: failures, progress, verdict, summary ----------------------------------------

@@ -5,15 +5,16 @@
     python3 -m tools.loadgen --spawn churn --clients 20 --seconds 10
 
 It speaks the protocol as a crowd of clients would (protocol.py builds every request and reads
-every reply), so anyone can load-test their own deployment. Every wait is bounded by --timeout
-(the whole run) and --stall (a phase without progress). The summary is the kit's
-(tools/kit.py); exit status 0 only if nothing was missing, failed or timed out, 1 otherwise.
+every reply). Every wait is bounded by --timeout (the whole run) and --stall (a phase without
+progress). The summary is the kit's (tools/kit.py); exit status 0 only if nothing was missing,
+failed or timed out.
 
 fanout --rooms R --members M --messages K [--size B]
     Chat throughput. R rooms of M members join; then every member sends K chats (B bytes of
     text and a sequence number) as fast as the server takes them, and every member must
-    receive every chat of its room, its own included: R*M*M*K deliveries. Meanwhile a probe,
-    alone in a room of its own, posts every PROBE_INTERVAL and times its own echo.
+    receive every chat of its room, its own included: R*M*M*K deliveries, counted with
+    ReplyReader.count_chats() (anything else is reported). Meanwhile a probe, alone in a room
+    of its own, posts every PROBE_INTERVAL and times its own echo.
     expected, delivered, missing, extra   the deliveries owed and counted; missing and extra
                             (per member, short of or beyond M*K) must both be 0
     seconds, deliveries_per_s   from the first chat sent to the last delivery; the headline
@@ -24,15 +25,13 @@ fanout --rooms R --members M --messages K [--size B]
                             when its last post was still unsent, most posts awaiting an echo
     loadgen_cpu_s, loadgen_cpu_share   this process's CPU time in the chat phase, and that /
                             seconds: near 1.0 the generator, not the server, is the limit
-    The chats are counted with ReplyReader.count_chats(): whole runs of one room's chats in a
-    few searches in C; anything else (an ERROR_CODE, a chat of another room) is reported.
 
 connections --count N [--rooms R]
-    Many clients at once (kit.Crowd, as in tools/many.py): N connections join R rooms
-    (connection i to room i mod R); then one member of each room posts one chat, which must
-    reach every member exactly once. Figures: connect_seconds, join_seconds, announce_seconds
-    (until every join announcement arrived: a room of n owes n(n+1)/2), delivery_seconds,
-    connected, joined, delivered, missing, seconds, loadgen_cpu_s, loadgen_cpu_share.
+    N connections join R rooms (connection i to room i mod R; kit.Crowd, as in tools/many.py);
+    then one member of each room posts one chat, which must reach every member exactly once.
+    Figures: connect_seconds, join_seconds, announce_seconds (until every join announcement
+    arrived: a room of n owes n(n+1)/2), delivery_seconds, connected, joined, delivered,
+    missing, extra, seconds, loadgen_cpu_s, loadgen_cpu_share.
 
 churn --clients N --seconds T [--rooms R]
     Each client cycles for T seconds: connect, JOIN one of R rooms, post 1 to CHURN_MAX_CHATS
@@ -40,8 +39,8 @@ churn --clients N --seconds T [--rooms R]
     request must get the replies it is owed within --reply-timeout, checked strictly (a chat of
     a room the client is not in is a failure). Figures: operations and ops_per_s (by_kind),
     replies_expected, replies_received, all_replies_received, reply_p50_ms/p99/max,
-    others_messages, loadgen_cpu_s and _share. Clients are closed loop: ops_per_s measures
-    generator and server together.
+    others_messages, loadgen_cpu_s and _share (closed loop: ops_per_s measures generator and
+    server together).
 
 Caveats: the generator shares the machine with the server; it naps --nap between polls so that
 each read returns many messages and it stays well below one core (see loadgen_cpu_share). Quote
@@ -58,7 +57,7 @@ import resource
 import selectors
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply, LeftReply,
                       chat_request, disconnect_request, join_request, leave_request)
@@ -120,22 +119,14 @@ def cpu_figures(cpu_before: float, seconds: float) -> Dict[str, float]:
 
 # --- fanout ----------------------------------------------------------------------------------
 
-class FanoutChat(kit.Handler):
-    """The chat phase of fanout: count every member's deliveries and time the probe's echoes."""
+class Fanout(kit.Crowd):
+    """fanout's crowd: its chats counted with count_chats(), and a probe, a member alone in a
+    room of its own, whose echoes are timed."""
 
-    def __init__(self, loop: kit.Loop, members: List[kit.Member], probe: kit.Member, quota: int,
+    def __init__(self, loop: kit.Loop, members: List[kit.Member], probe: kit.Member,
                  report: kit.Report) -> None:
-        self.loop = loop
+        super().__init__(loop, members + [probe], report)
         self.probe = probe
-        self.quota = quota                  # deliveries each member must get: M*K
-        self.report = report
-        self.delivered = 0
-        self.short = len(members)           # members still below their quota
-        self.finished_at: Optional[float] = None
-        self.last_delivery_at = time.monotonic()
-        self.broken = False                 # a connection was lost: the count cannot finish
-        for member in members:
-            member.got = 0
         self.probe_seq = 0
         self.probe_sent: Dict[int, float] = {}
         self.probe_latencies: List[float] = []
@@ -143,25 +134,17 @@ class FanoutChat(kit.Handler):
         self.probe_in_flight_max = 0
 
     def received(self, member: kit.Member) -> None:
-        if member is self.probe:
-            self._probe_received()
+        if member is not self.probe or self.quota is None:
+            super().received(member)
             return
-        reader = member.reader
-        while True:
-            count = reader.count_chats(member.ref)
-            if count:
-                self.delivered += count
-                self.last_delivery_at = time.monotonic()
-                before = member.got
-                member.got = before + count
-                if before < self.quota <= member.got:
-                    self.short -= 1
-                    if not self.short:
-                        self.finished_at = self.last_delivery_at
-            reply = reader.maybe_next_reply()   # not a chat of its room: a failure, or None
-            if reply is None:
-                return
-            self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
+        now = time.monotonic()
+        for reply in kit.replies(member.reader):
+            seq = reply.message[6:] if isinstance(reply, ChatMessage) else ""
+            if (seq.isdigit() and int(seq) in self.probe_sent
+                    and reply == ChatMessage(member.ref, member.name, "probe " + seq)):
+                self.probe_latencies.append(now - self.probe_sent.pop(int(seq)))
+            else:
+                self.report.fail("unexpected_message", "probe got %r" % (reply,))
 
     def send_probe(self, now: float) -> None:
         """Post the next probe message (unless the last one is still unsent: then the server is
@@ -176,57 +159,50 @@ class FanoutChat(kit.Handler):
         self.loop.send(probe, chat_request(probe.ref, probe.join_id, probe.name,
                                            "probe %d" % self.probe_seq))
 
-    def _probe_received(self) -> None:
-        now = time.monotonic()
-        probe = self.probe
-        for reply in kit.replies(probe.reader):
-            seq = reply.message[6:] if isinstance(reply, ChatMessage) else ""
-            if (seq.isdigit() and int(seq) in self.probe_sent
-                    and reply == ChatMessage(probe.ref, probe.name, "probe " + seq)):
-                self.probe_latencies.append(now - self.probe_sent.pop(int(seq)))
-            else:
-                self.report.fail("unexpected_message", "probe got %r" % (reply,))
-
-    def closed(self, member: kit.Member, exc: Optional[OSError]) -> None:
-        self.report.fail("closed_by_server", "%s during the chat phase (%s)"
-                         % (member.name, exc or "closed"))
-        self.broken = True
-
-    def progress_line(self, expected: int, started: float) -> str:
-        elapsed = max(1e-9, time.monotonic() - started)
-        latencies = sorted(self.probe_latencies[-100:])
-        p50 = kit.percentile(latencies, 0.5)
+    def progress_line(self) -> str:
+        if self.quota is None:
+            return super().progress_line()
+        expected = self.quota * len(self.owed)
+        p50 = kit.percentile(sorted(self.probe_latencies[-100:]), 0.5)
         return ("fanout: %d/%d deliveries (%.0f%%), %.0f/s, probe p50 %s ms"
                 % (self.delivered, expected, 100.0 * self.delivered / max(1, expected),
-                   self.delivered / elapsed, "-" if p50 is None else "%.1f" % (p50 * 1000)))
+                   self.delivered / max(1e-9, time.monotonic() - self.chat_started),
+                   "-" if p50 is None else "%.1f" % (p50 * 1000)))
 
+    def chat_wait(self, args: argparse.Namespace, deadline: float):
+        """How fanout waits for its chats (a kit.Wait): polling until every member has its
+        deliveries and the probe its echoes, the probe posting every PROBE_INTERVAL. The
+        outcome ("done", "timed out", "stalled" or "connection lost") is left in `outcome`."""
+        def wait(_step: str, is_done: Callable[[], bool]) -> bool:
+            self.outcome = self._chat_phase(args, deadline, is_done)
+            return self.outcome == "done"
+        return wait
 
-def chat_phase(args: argparse.Namespace, loop: kit.Loop, chat: FanoutChat, probe_selector,
-               deadline: float, report: kit.Report, describe: Callable[[], str]) -> str:
-    """Poll until every member has its deliveries and the probe its echoes; returns "done",
-    "timed out", "stalled" or "connection lost". The probe posts every PROBE_INTERVAL."""
-    next_probe = time.monotonic()
-    while chat.short or chat.probe_sent:
-        now = time.monotonic()
-        if now >= deadline:
-            return "timed out"
-        # progress is a delivery; once all are in, any input (the probe's last echoes)
-        if now - (chat.last_delivery_at if chat.short else loop.last_activity) > args.stall:
-            return "stalled"
-        if chat.broken:
-            return "connection lost"
-        if chat.short and now >= next_probe:
-            chat.send_probe(now)
-            next_probe = max(next_probe + PROBE_INTERVAL, now)
-        # The nap, cut short by the probe's echo so that the echo is timed when it arrives.
-        wait = min(args.nap, next_probe - now) if chat.short else args.nap
-        if wait > 0 and probe_selector.select(wait):
-            loop.read(chat.probe)
-        loop.poll(0)
-        report.progress(describe)
-    return "done"
-
-
+    def _chat_phase(self, args: argparse.Namespace, deadline: float,
+                    is_done: Callable[[], bool]) -> str:
+        next_probe = time.monotonic()
+        with selectors.DefaultSelector() as probe_selector:
+            probe_selector.register(self.probe.sock, selectors.EVENT_READ)
+            while not is_done() or self.probe_sent:
+                now = time.monotonic()
+                if now >= deadline:
+                    return "timed out"
+                # progress is a delivery; once all are in, any input (the probe's last echoes)
+                if now - (self.loop.last_activity if is_done() else self.last_delivery_at) \
+                        > args.stall:
+                    return "stalled"
+                if self.lost_after_join:
+                    return "connection lost"
+                if not is_done() and now >= next_probe:
+                    self.send_probe(now)
+                    next_probe = max(next_probe + PROBE_INTERVAL, now)
+                # The nap, cut short by the probe's echo so that the echo is timed when it comes.
+                wait = args.nap if is_done() else min(args.nap, next_probe - now)
+                if wait > 0 and probe_selector.select(wait):
+                    self.loop.read(self.probe)
+                self.loop.poll(0)
+                self.report.progress(self.progress_line)
+        return "done"
 
 
 def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report):
@@ -243,9 +219,8 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
     tag = run_tag()
     members = [kit.Member("%s-r%d" % (tag, r), "r%dm%d" % (r, m))
                for r in range(rooms) for m in range(members_per_room)]
-    probe = kit.Member("%s-probe" % tag, "probe")
     loop = kit.Loop(target.address)
-    crowd = kit.Crowd(loop, members + [probe], report)
+    crowd = Fanout(loop, members, kit.Member("%s-probe" % tag, "probe"), report)
     waiter = Waiter(loop, args, deadline, report, crowd.progress_line)
     try:
         crowd.join(waiter)
@@ -254,46 +229,27 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
             figures.update(delivered=0, missing=expected, extra=0)
             fail_outcome(report, waiter.outcome, figures)
             return figures, "the joins failed"
-
         body = "x" * args.size
-        chat = FanoutChat(loop, members, probe, members_per_room * messages, report)
-        loop.handler = chat
-        blobs = [b"".join(chat_request(member.ref, member.join_id, member.name,
-                                       "%s %d" % (body, i)) for i in range(messages))
-                 for member in members]
-        with selectors.DefaultSelector() as probe_selector:
-            probe_selector.register(probe.sock, selectors.EVENT_READ)
-            cpu_before = time.process_time()
-            chat_started = time.monotonic()
-            for member, blob in zip(members, blobs):
-                loop.send(member, blob)
-            del blobs
-            outcome = chat_phase(args, loop, chat, probe_selector, deadline, report,
-                                 lambda: chat.progress_line(expected, chat_started))
-            seconds = max(1e-9, (chat.finished_at or time.monotonic()) - chat_started)
-            figures.update(cpu_figures(cpu_before, seconds))
+        sends = {member: b"".join(chat_request(member.ref, member.join_id, member.name,
+                                               "%s %d" % (body, i)) for i in range(messages))
+                 for member in members}
+        cpu_before = time.process_time()
+        crowd.chat(crowd.chat_wait(args, deadline), members_per_room * messages, sends)
+        seconds = max(1e-9, (crowd.finished_at or time.monotonic()) - crowd.chat_started)
+        figures.update(cpu_figures(cpu_before, seconds))
     finally:
         loop.close_all()
-
-    missing = sum(max(0, chat.quota - member.got) for member in members)
-    extra = sum(max(0, member.got - chat.quota) for member in members)
-    for member in members:
-        if member.reader.pending().strip(b"\n"):
-            report.fail("unexpected_message", "%s: unfinished at the end: %r"
-                        % (member.name, member.reader.pending()[:120]))
-    if missing or extra:
-        report.fail("missing" if missing else "extra", "%d deliveries missing, %d extra, of %d"
-                    % (missing, extra, expected))
-    if chat.probe_sent:
-        report.fail("probes_lost", "%d probe messages never came back" % len(chat.probe_sent))
-    figures.update(delivered=chat.delivered, missing=missing, extra=extra,
-                   seconds=round(seconds, 3), deliveries_per_s=round(chat.delivered / seconds))
-    figures.update(kit.latency_summary("probe", chat.probe_latencies))
-    figures.update(probes=len(chat.probe_latencies), probes_lost=len(chat.probe_sent),
-                   probes_skipped=chat.probe_skipped, probe_in_flight_max=chat.probe_in_flight_max)
-    fail_outcome(report, outcome, figures)
+    figures.update(crowd.tally(members))
+    if crowd.probe_sent:
+        report.fail("probes_lost", "%d probe messages never came back" % len(crowd.probe_sent))
+    figures.update(seconds=round(seconds, 3), deliveries_per_s=round(crowd.delivered / seconds))
+    figures.update(kit.latency_summary("probe", crowd.probe_latencies))
+    figures.update(probes=len(crowd.probe_latencies), probes_lost=len(crowd.probe_sent),
+                   probes_skipped=crowd.probe_skipped,
+                   probe_in_flight_max=crowd.probe_in_flight_max)
+    fail_outcome(report, crowd.outcome, figures)
     return figures, ("%d of %d deliveries in %.2f s (%d/s), probe p99 %s ms"
-                     % (chat.delivered, expected, seconds, figures["deliveries_per_s"],
+                     % (crowd.delivered, expected, seconds, figures["deliveries_per_s"],
                         figures["probe_p99_ms"]))
 
 
@@ -328,13 +284,10 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
         fail_outcome(report, waiter.outcome, figures)
         return figures, "%d of %d connected" % (crowd.connected_count, count)
     seconds = time.monotonic() - crowd.started
-    delivered_at = crowd.last_delivery_at or time.monotonic()
-    figures.update(delivery_seconds=round(delivered_at - crowd.chat_started, 3),
-                   delivered=crowd.delivered, missing=count - crowd.delivered,
+    figures.update(delivery_seconds=round((crowd.finished_at or time.monotonic())
+                                          - crowd.chat_started, 3),
                    seconds=round(seconds, 3), **cpu_figures(cpu_before, seconds))
-    if figures["missing"]:
-        report.fail("missing", "%d of %d members never got their room's chat"
-                    % (figures["missing"], count))
+    figures.update(crowd.tally(members))
     fail_outcome(report, waiter.outcome, figures)
     return figures, ("%d connections joined in %.2f s, every member reached in %.2f s"
                      % (crowd.joined, figures["announce_seconds"], figures["delivery_seconds"]))
@@ -345,10 +298,10 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
 class ChurnClient:
     """One churning client: a cycle of connect, join, chat, end; then again, until time is up.
 
-    `state` names the reply it waits for: connecting, joined (JOINED_CHATROOM), join_note (its
-    own join announcement), echo (its own copy of `text`), left (LEFT_CHATROOM), leave_note (its
-    own leave announcement), disconnect_note (the same, after DISCONNECT), close (the server's
-    close); or resting (its connect failed: it tries again at `reply_deadline`), done.
+    `expect` holds the replies its last request still owes, in order: JoinedReply (the class:
+    the JOINED_CHATROOM of `room`), a LeftReply, the text of its own CHAT in its room (echo or
+    announcement), or None (the server's close). `state`: connecting, replies (owed), resting
+    (its connect failed: it tries again at `reply_deadline`) or done.
     """
 
     def __init__(self, index: int) -> None:
@@ -357,13 +310,14 @@ class ChurnClient:
         self.name = ""                      # CLIENT_NAME, new for each connection (see below)
         self.conn: Optional[kit.Conn] = None
         self.state = "done"
+        self.expect: Deque[object] = collections.deque()
+        self.then: Callable[[], None] = lambda: None    # once every owed reply has come
         self.room = ""
         self.ref: Optional[int] = None      # the room it is in, from JOINED to its leave
         self.join_id: Optional[int] = None
-        self.text = ""
         self.chats_left = 0
         self.seq = 0
-        self.sent_at = 0.0                  # when the request now owed a reply was sent
+        self.sent_at = 0.0                  # when the request now owed replies was sent
         self.reply_deadline = 0.0
 
 
@@ -397,24 +351,23 @@ class Churn(kit.Handler):
     def tick(self) -> None:
         """After every poll: fail the clients whose reply is late, wake the resting ones that
         are due, and show progress."""
-        self.check_timeouts(time.monotonic())
-        self.report.progress(self.progress_line)
-
-    def check_timeouts(self, now: float) -> None:
+        now = time.monotonic()
         for client in self.clients:
-
             if client.state == "done" or now <= client.reply_deadline:
                 continue
             if client.state == "resting":
                 self._new_cycle(client)
             else:
-                self._fail(client, "timeout", "%s: no %s within %.1f s"
-                           % (client.name, client.state, self.reply_timeout))
+                self._fail(client, "timeout", "%s: no %r within %.1f s" % (
+                    client.name, client.expect[0] if client.expect else client.state,
+                    self.reply_timeout))
+        self.report.progress(self.progress_line)
 
     def _new_cycle(self, client: ChurnClient) -> None:
         """Connect again, or stop if time is up."""
         client.conn = None
         client.ref = client.join_id = None
+        client.expect.clear()
         if time.monotonic() >= self.stop_at:
             client.state = "done"
             return
@@ -427,49 +380,65 @@ class Churn(kit.Handler):
         conn = kit.Conn()
         conn.client = client
         client.conn = conn
-        self._expect(client, "connecting", 0)
+        client.state = "connecting"
+        client.reply_deadline = time.monotonic() + self.reply_timeout
         self.loop.connect(conn)
 
-    def _expect(self, client: ChurnClient, state: str, replies: int) -> None:
-        """Record that the request just sent owes `replies` replies; wait for the first."""
-        client.state = state
+    def _request(self, client: ChurnClient, data: bytes, replies: List[object],
+                 then: Callable[[], None]) -> None:
+        """Send `data`, which owes `replies` (see ChurnClient); then() once they have come."""
+        self.loop.send(client.conn, data)
+        client.state, client.expect, client.then = "replies", collections.deque(replies), then
         client.sent_at = time.monotonic()
         client.reply_deadline = client.sent_at + self.reply_timeout
-        self.replies_expected += replies
-
-    def _replied(self, client: ChurnClient, next_state: Optional[str] = None) -> None:
-        """One owed reply arrived; with next_state, the request owes another."""
-        now = time.monotonic()
-        self.replies_received += 1
-        self.latencies.append(now - client.sent_at)
-        if next_state:
-            client.state = next_state
-            client.reply_deadline = now + self.reply_timeout
+        self.replies_expected += len(replies)
 
     def _join(self, client: ChurnClient) -> None:
         client.room = self.rng.choice(self.rooms)
-        self.loop.send(client.conn, join_request(client.room, client.name))
-        self._expect(client, "joined", 2)
+
+        def joined() -> None:
+            self.ops["join"] += 1
+            client.chats_left = self.rng.randint(1, CHURN_MAX_CHATS)
+            self._chat(client)
+        self._request(client, join_request(client.room, client.name),
+                      [JoinedReply, JOINED_TEXT % client.name], joined)
 
     def _chat(self, client: ChurnClient) -> None:
         client.seq += 1
-        client.text = "%s says %d" % (client.name, client.seq)
-        self.loop.send(client.conn, chat_request(client.ref, client.join_id, client.name,
-                                                 client.text))
-        self._expect(client, "echo", 1)
+        text = "%s says %d" % (client.name, client.seq)
+
+        def echoed() -> None:
+            self.ops["chat"] += 1
+            client.chats_left -= 1
+            if client.chats_left:
+                self._chat(client)
+            else:
+                self._end_cycle(client)
+        self._request(client, chat_request(client.ref, client.join_id, client.name, text),
+                      [text], echoed)
 
     def _end_cycle(self, client: ChurnClient) -> None:
         how = self.rng.choice(("leave", "disconnect", "vanish"))
         if how == "leave":
-            self.loop.send(client.conn, leave_request(client.ref, client.join_id, client.name))
-            self._expect(client, "left", 2)
+            self._request(client, leave_request(client.ref, client.join_id, client.name),
+                          [LeftReply(client.ref, client.join_id), LEFT_TEXT % client.name],
+                          lambda: self._left(client))
         elif how == "disconnect":
-            self.loop.send(client.conn, disconnect_request(client.name))
-            self._expect(client, "disconnect_note", 2)
+            self._request(client, disconnect_request(client.name),
+                          [LEFT_TEXT % client.name, None], lambda: self._new_cycle(client))
         else:
-            self.loop.close(client.conn, reset=True)
             self.ops["vanish"] += 1
+            self.loop.close(client.conn, reset=True)
             self._new_cycle(client)
+
+    def _left(self, client: ChurnClient) -> None:
+        self.ops["leave"] += 1
+        if time.monotonic() < self.stop_at:
+            self.cycles += 1
+            self._join(client)          # the connection stays open: use it again
+        else:
+            self.loop.close(client.conn)
+            client.state = "done"
 
     def _fail(self, client: ChurnClient, kind: str, detail: str) -> None:
         """Count a failure, drop the connection with RST, start afresh."""
@@ -477,6 +446,17 @@ class Churn(kit.Handler):
         if client.conn is not None:
             self.loop.close(client.conn, reset=True)
         self._new_cycle(client)
+
+    def _replied(self, client: ChurnClient) -> None:
+        """The reply owed first has come: the next is owed within --reply-timeout."""
+        now = time.monotonic()
+        self.replies_received += 1
+        self.latencies.append(now - client.sent_at)
+        client.reply_deadline = now + self.reply_timeout
+        if client.expect.popleft() == LEFT_TEXT % client.name:
+            client.ref = None               # nothing more of that room may arrive
+        if not client.expect:
+            client.then()
 
     # -- the loop's handler ----------------------------------------------------------------------
 
@@ -495,87 +475,41 @@ class Churn(kit.Handler):
         client = conn.client
         if client.conn is not conn:
             return
-        if client.state == "close" and exc is None:
-            self._replied(client)
+        if list(client.expect) == [None] and exc is None:
             self.ops["disconnect"] += 1
-            self._new_cycle(client)
+            self._replied(client)
         else:
-            self._fail(client, "closed_by_server", "%s while waiting for %s (%s)"
-                       % (client.name, client.state, exc or "closed"))
+            self._fail(client, "closed_by_server", "%s while waiting for %r (%s)"
+                       % (client.name, client.expect[0] if client.expect else client.state,
+                          exc or "closed"))
 
     def received(self, conn: kit.Conn) -> None:
-        while conn.client.conn is conn:     # until an earlier reply failed the client
+        client = conn.client
+        while client.conn is conn:          # until an earlier reply failed the client
             reply = conn.reader.maybe_next_reply()
             if reply is None:
                 return
-            self._on_reply(conn.client, reply)
-
-    def _on_reply(self, client: ChurnClient, reply) -> None:
-        state = client.state
-        if isinstance(reply, ErrorReply):
-            self._fail(client, "error_reply", "%s got %r while waiting for %s"
-                       % (client.name, reply, state))
-        elif isinstance(reply, JoinedReply) and state == "joined":
-            if reply.room != client.room:
-                self._fail(client, "wrong_reply", "%s joined %r, got %r"
-                           % (client.name, client.room, reply))
-                return
-            client.ref, client.join_id = reply.ref, reply.join_id
-            self._replied(client, "join_note")
-        elif isinstance(reply, LeftReply) and state == "left":
-            if reply != LeftReply(client.ref, client.join_id):
-                self._fail(client, "wrong_reply", "%s left room %s as %s, got %r"
-                           % (client.name, client.ref, client.join_id, reply))
-                return
-            self._replied(client, "leave_note")
-        elif isinstance(reply, ChatMessage) and client.ref is not None and reply.ref == client.ref:
-            self._on_chat(client, reply)
-        else:
-            self._fail(client, "unexpected_message", "%s got %r while waiting for %s"
-                       % (client.name, reply, state))
-
-    def _on_chat(self, client: ChurnClient, reply: ChatMessage) -> None:
-        """A CHAT of the client's room: its own reply, or somebody else's traffic."""
-        state, name = client.state, client.name
-        if reply.client_name != name:
-            self.background += 1
-        elif state == "join_note" and reply.message == JOINED_TEXT % name:
-            self._replied(client)
-            self.ops["join"] += 1
-            client.chats_left = self.rng.randint(1, CHURN_MAX_CHATS)
-            self._chat(client)
-        elif state == "echo" and reply.message == client.text:
-            self._replied(client)
-            self.ops["chat"] += 1
-            client.chats_left -= 1
-            if client.chats_left:
-                self._chat(client)
+            if (isinstance(reply, ChatMessage) and client.ref is not None
+                    and reply.ref == client.ref and reply.client_name != client.name):
+                self.background += 1        # another client's chat or announcement
+                continue
+            want = client.expect[0] if client.expect else "nothing"
+            if want is JoinedReply and isinstance(reply, JoinedReply) and reply.room == client.room:
+                client.ref, client.join_id = reply.ref, reply.join_id
+                self._replied(client)
+            elif reply == want or (isinstance(want, str) and client.ref is not None
+                                   and reply == ChatMessage(client.ref, client.name, want)):
+                self._replied(client)
             else:
-                self._end_cycle(client)
-        elif state == "leave_note" and reply.message == LEFT_TEXT % name:
-            self._replied(client)
-            self.ops["leave"] += 1
-            client.ref = None               # nothing more of that room may arrive
-            if time.monotonic() < self.stop_at:
-                self.cycles += 1
-                self._join(client)          # the connection stays open: use it again
-            else:
-                self.loop.close(client.conn)
-                client.state = "done"
-        elif state == "disconnect_note" and reply.message == LEFT_TEXT % name:
-            client.ref = None
-            self._replied(client, "close")
-        else:
-            self._fail(client, "unexpected_message", "%s got its own %r while waiting for %s"
-                       % (name, reply, state))
+                self._fail(client, "error_reply" if isinstance(reply, ErrorReply)
+                           else "unexpected_message", "%s got %r while waiting for %r"
+                           % (client.name, reply, want))
 
     def progress_line(self) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
         operations = sum(self.ops.values())
         return ("churn: %d clients active, %d operations (%.0f/s), %d failed"
                 % (self.active(), operations, operations / elapsed, self.report.failed))
-
-
 
 
 def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):

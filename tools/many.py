@@ -76,12 +76,7 @@ class Many:
         figures["chat_seconds"] = round(time.monotonic() - started, 3) if chatted else None
         end = time.monotonic() + DUPLICATE_WAIT
         self.wait("a last look for duplicates", lambda: time.monotonic() >= end)
-        counts = [m.got for m in self.members]
-        figures.update(chat_received_once=counts.count(1), chat_missing=counts.count(0),
-                       chat_duplicated=sum(1 for c in counts if c > 1))
-        if figures["chat_missing"] or figures["chat_duplicated"]:
-            self.report.fail("chat_not_once", "%d members never got their room's chat, %d got "
-                             "it more than once" % (counts.count(0), figures["chat_duplicated"]))
+        figures.update(crowd.tally(self.members))
         rss["after_chat"] = target.rss_kb()
 
         # 3. everyone goes; the server must still answer

@@ -6,52 +6,44 @@ the members it should have, once each, in order.
     python3 -m tools.soak --spawn --clients 50 --rooms 10 --seconds 30 --rate 5
     python3 -m tools.soak --port 8080 --seconds 10
 
-The clients (one loop, tools/kit.py, every byte read as it arrives):
-- a *recorder*, which joins every room before anybody else and never leaves or chats;
-- *stayers* (1 - --churn of the clients), which join 1 to --max-rooms rooms and chat to the end;
-- *churners*, which join 1 to --max-rooms rooms, chat a while, then LEAVE some rooms (and go
-  on in the others, or sit idle in none), or DISCONNECT, or vanish (RST, sometimes halfway
-  through a request or before their chats' echoes came back), each replaced by a new client
-  until the time is up.
-Every chat is "NAME SEQ padding": its sender (one CLIENT_NAME per connection) and a sequence
-number. A client chats (--rate per second, Poisson) only in rooms whose JOINED_CHATROOM it has
-read and that it has not asked to leave, joins a room at most once, and sends only valid
-requests.
+The clients, on one loop (tools/kit.py), chat only in rooms whose JOINED_CHATROOM they have
+read and that they have not asked to leave (--rate per second, Poisson), join a room at most
+once and send only valid requests; every chat is "NAME SEQ padding" (one CLIENT_NAME per
+connection):
+- a *recorder* joins every room before anybody else and never leaves or chats;
+- *stayers* (1 - --churn of the clients) join 1 to --max-rooms rooms and chat to the end;
+- *churners* do the same for a while, then LEAVE some rooms (and go on in the others, or sit
+  idle in none), or DISCONNECT, or vanish (RST, sometimes halfway through a request or before
+  their chats' echoes came back), each replaced by a new client until the time is up.
 
 The delivery rule, and why it is sound:
 - The server handles one request at a time and appends each broadcast (chats, join and leave
-  announcements) to every present member's output at once ("sends to every client presently in
-  the room"). So a room's broadcasts form one sequence, its history, and each member's stream
-  of the room is the part of it from its own join announcement to its own leave announcement.
-- The recorder joined every room before any other client existed, so its stream of a room is
-  the whole history from then on. For a member M of room R:
+  announcements) to every present member's output at once. So a room's broadcasts form one
+  history, and a member's stream of the room is its part from its own join announcement to
+  its own leave announcement. The recorder's stream of a room is its whole history, so for a
+  member M of room R:
       expected(M, R) = recorder's stream of R from "M has joined" to "M has left" inclusive
                        (to the end, if M never left)
-  and M's stream must equal it exactly: every chat once, in the same order (so in per-sender
-  order), nothing before its join or after its leave.
-- The recorder is checked against what was sent: each chat exactly once, in per-sender order. A
-  client chats only between reading its JOINED_CHATROOM and sending LEAVE or DISCONNECT, and the
-  server handles a connection's requests in order, so each chat was handled while its sender
-  was a member. Except: a chat of a client that vanished before its echo came back may not have
-  been handled (the RST may beat it), so it must appear at most once.
+  and M's stream must equal it exactly: every chat once, in order, nothing outside it.
+- The recorder must have each chat sent exactly once, in per-sender order: a client chats only
+  between reading its JOINED_CHATROOM and sending LEAVE or DISCONNECT, and the server handles a
+  connection's requests in order. Except: a chat of a client that vanished before its echo came
+  back may never have been handled (the RST may beat it): at most once.
 - A client that vanished stopped reading at some point: its stream must be a prefix of
   expected(M, R), without the final leave announcement (which goes to the others only).
-- Before the check, a barrier makes every stream complete: it waits for every DISCONNECTing
-  client's close (after its last announcement) and for the recorder to see every vanished
-  client leave each of its rooms; then every live client sends HELO and waits for the reply
-  (the server has then handled everything sent), twice (after the second reply, a client has
-  read everything the server queued for it).
+- Before the check, a barrier completes every stream: every DISCONNECTing client's close, the
+  recorder seeing every vanished client leave each of its rooms, then two rounds of HELO from
+  every live client (after the second reply, it has read everything queued for it).
 
 Figures: expected_deliveries (the chats of every expected(M, R), and every sent chat for the
 recorder), delivered, lost, duplicated, reordered (after a later chat of the same sender),
 outside_window (not expected), stream_mismatches (streams that differ from expected(M, R) in
 any way, announcements included), and the server's RSS over time (with --spawn). Each that is
 not 0 is also a failure of that kind, as is any ERROR_CODE, unexpected close or reply that is
-not the protocol's. The summary is the kit's; exit status 0 if nothing failed.
+not the protocol's.
 
-The rule assumes the server's single room history (one request at a time, each broadcast to
-all present members at once), as "presently in the room" implies for this server. Against a
-multi-threaded server, which could interleave senders differently per member, only the
+The rule assumes one history per room, as "presently in the room" implies for this server; a
+multi-threaded server could interleave senders differently per member, and then only the
 per-sender checks would be fair.
 """
 import argparse
@@ -195,7 +187,7 @@ class Client(kit.Conn):
                 self.soak.violation(self, "unexpected %r" % (reply,))
                 return
             membership.ref, self.join_id = reply.ref, reply.join_id
-            self.soak.learn_ref(reply.room, reply.ref)
+            self.soak.book.learn(reply, self.name)
             if self.phase == "joining" and all(m.ref is not None for m in self.rooms.values()):
                 self.phase = "active"
                 self.soak.on_active(self)
@@ -217,7 +209,7 @@ class Soak(kit.Handler):
 
         self.rng = random.Random(args.seed)
         self.rooms = ["soak-room-%d" % i for i in range(args.rooms)]
-        self.refs: Dict[str, int] = {}
+        self.book = kit.RefBook(report)
         self.clients: List[Client] = []
         self.recorder: Optional[Client] = None
         self.next_id = 0
@@ -225,11 +217,6 @@ class Soak(kit.Handler):
         self.moves: Dict[str, int] = collections.Counter()
         self.rss: List[Tuple[float, int]] = []
         self.started = time.monotonic()
-
-    def learn_ref(self, room: str, ref: int) -> None:
-        if self.refs.setdefault(room, ref) != ref:
-            self.report.fail("two_refs", "room %s has two ROOM_REFs: %d and %d"
-                             % (room, self.refs[room], ref))
 
     def violation(self, client: Client, text: str) -> None:
         self.report.fail("protocol_violation", "%s: %s" % (client.name, text))
@@ -391,7 +378,7 @@ class Soak(kit.Handler):
     def verify(self) -> Dict[str, object]:
         """Apply the delivery rule of the module docstring to every stream."""
         totals: Dict[str, int] = collections.Counter()
-        history = {ref: self.recorder.streams.get(ref, []) for ref in set(self.refs.values())}
+        history = {ref: self.recorder.streams.get(ref, []) for ref in set(self.book.refs.values())}
         # 1. the recorder against what was sent: each chat must arrive (1), or may (0: its
         # sender vanished before the echo came back)
         sent: Dict[int, Dict[Event, int]] = collections.defaultdict(dict)
