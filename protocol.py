@@ -889,12 +889,11 @@ class ChatProtocol:
         left: Dict[int, List[bytes]] = {}          # ROOM_REF -> its announcements, in order
         for conn_id in conn_ids:
             session = self._sessions.pop(conn_id, None)
-            rooms_left = self.rooms.leave_all(conn_id)
-            for ref, name, _members in rooms_left:
+            rooms_left = self.rooms.drop(conn_id)
+            for ref, name in rooms_left:
                 left.setdefault(ref, []).append(chat_message(ref, name, LEFT_TEXT % name))
             if session is not None:
                 self._count_left(session.peer_ip, len(rooms_left))
-            self.rooms.forget(conn_id)
         actions: List[Action] = []
         for ref, announcements in left.items():
             remaining = self.rooms.member_ids(ref)

@@ -79,6 +79,19 @@ READ_SIZE = 64 * 1024
 #   worked on, as fq_codel serves new flows before old ones: a client that sends a little now
 #   and then never queues behind its own earlier requests, however many clients are flooding.
 TICK_TARGET = 0.020
+# The read step, and the dropping of connections past OUTPUT_CAP, stop once they have taken
+# TICK_TARGET: what is left waits for the next tick (the selector is level-triggered, so a
+# socket not read from is simply ready again). So 8 000 connections resetting at once, or 2 000
+# stalled members passing the cap together, cost a few short ticks, not one long one (tearing
+# a socket down costs tens of microseconds).
+EVENTS_BETWEEN_CLOCK_READS = 32
+# A tick's turns stop once they have taken TICK_LIMIT, even if connections without a backlog
+# are still waiting for theirs: they go first in the next tick. Every connection's turn is
+# cheap, but a thousand joins to a room of 8 000 are not (each announces to every member).
+TICK_LIMIT = 2 * TICK_TARGET
+# The most lost connections the app is told of in one call: each costs it ~20 us (leaving its
+# rooms), so 8 000 at once would be one long tick; the rest are told in the next ticks.
+LOST_PER_CALL = 250
 MIN_REQUESTS_PER_TICK = 1
 MAX_REQUESTS_PER_TICK = 64
 # The share a backlog starts with, before any tick has been measured. Start small and let it
@@ -248,8 +261,9 @@ class State(enum.IntEnum):
     OPEN = 0        # requests are read and handled, output is queued and sent
     CLOSING = 1     # a Close (or the peer's FIN): send what is queued, then our FIN
     LINGERING = 2   # everything and our FIN sent: read and drop until the peer's FIN
-    ABORTING = 3    # its output passed OUTPUT_CAP: nothing more is queued or sent; it is
-                    # dropped once the actions being carried out are done (_abort_over_cap)
+    ABORTING = 3    # being dropped (its output passed OUTPUT_CAP, its socket failed, or the
+                    # memory budget): nothing more is read, queued or sent; it is
+                    # torn down when the tick has time for it (_drop_aborted)
     CLOSED = 4      # unregistered and closed; events still pending for it are ignored
 
 
@@ -312,6 +326,7 @@ class Scheduler:
         self._clock = clock
         self._fresh: List[Connection] = []        # read this tick, nothing left from before
         self._backlog: List[Connection] = []      # requests may be left over from last tick
+        self._deferred: List[Connection] = []     # fresh ones a full tick had no time for
         self.requests_per_tick = INITIAL_REQUESTS_PER_TICK   # a backlog's share; adapts
 
     def schedule(self, conn: Connection) -> None:
@@ -328,8 +343,9 @@ class Scheduler:
 
     @property
     def has_backlog(self) -> bool:
-        """Some connection waits for a turn with requests left over: select() must not wait."""
-        return bool(self._backlog)
+        """Some connection waits for a turn with requests left over, or for a turn a full
+        tick could not give it: select() must not wait."""
+        return bool(self._backlog or self._deferred)
 
     def turns(self, after_fresh: Callable[[], None]) -> Iterator[Tuple[Connection, int]]:
         """This tick's turns, as (connection, how many of its requests to handle now).
@@ -339,23 +355,34 @@ class Scheduler:
         once (the reactor sends the fresh connections' replies there); then every backlog
         connection with the share. A connection is unscheduled when its turn comes: the
         caller requeues it during its turn if it may have more. Turns requeued or scheduled
-        during this tick come in the next one. At the end the share adapts (tick_took).
+        during this tick come in the next one. Once the turns have taken TICK_LIMIT, the
+        connections still waiting keep their place for the next tick, first in line. At the
+        end the share adapts (tick_took).
         """
-        fresh, backlog = self._fresh, self._backlog
+        fresh, backlog = self._deferred + self._fresh, self._backlog
         if not fresh and not backlog:
             return
-        self._fresh, self._backlog = [], []
+        self._fresh, self._backlog, self._deferred = [], [], []
         clock = self._clock
         started = clock()
         share = self.requests_per_tick
-        for conn in fresh:
+        for index, conn in enumerate(fresh):
+            elapsed = clock() - started
+            if elapsed > TICK_LIMIT:
+                self._deferred = fresh[index:]          # still scheduled: first next tick
+                self._backlog[:0] = backlog
+                self.tick_took(elapsed, True)
+                return
             conn.scheduled = False
-            young = clock() - started < TICK_TARGET
-            yield conn, (MAX_REQUESTS_PER_TICK if young else share)
+            yield conn, (MAX_REQUESTS_PER_TICK if elapsed < TICK_TARGET else share)
         if fresh and backlog:
             after_fresh()
         share_used_up = False
-        for conn in backlog:
+        for index, conn in enumerate(backlog):
+            if clock() - started > TICK_LIMIT:
+                self._backlog[:0] = backlog[index:]
+                share_used_up = True
+                break
             conn.scheduled = False
             yield conn, share
             share_used_up |= conn.scheduled     # requeued: it had more than its share
@@ -400,7 +427,9 @@ class Reactor:
         self._next_conn_id = 1
         self.scheduler = Scheduler()
         self._to_flush: List[Connection] = []     # got output this tick
-        self._to_abort: List[Connection] = []     # ABORTING: to be dropped (_abort_over_cap)
+        # ABORTING, to be torn down as time allows (_drop_aborted): (conn, log level, why).
+        self._to_abort: List[Tuple[Connection, int, str]] = []
+        self._events_left = False                 # the read step stopped before the end
         self._lost: List[Connection] = []         # gone; the app is told in the flush
         self.memory = Memory(memory_budget)
         # Shared output (see SHARE_MIN): id(bytes) -> [the bytes, how many queues hold it].
@@ -440,20 +469,28 @@ class Reactor:
         handle requests, write, run the timers."""
         timeout = self._next_timeout(timeout)
         events = self.selector.select(timeout)
-        self._now = time.monotonic()
-        for key, mask in events:
+        self._now = started = time.monotonic()
+        self._events_left = False
+        for index, (key, mask) in enumerate(events):
+            if (index % EVENTS_BETWEEN_CLOCK_READS == EVENTS_BETWEEN_CLOCK_READS - 1
+                    and time.monotonic() - started > TICK_TARGET / 2):
+                self._events_left = True    # the rest are still ready at the next select()
+                break
             conn = key.data
             if conn is None:
                 self._on_acceptable()
             elif conn is self._wake_r:
                 self._drain_wakeup()
-            elif conn.state is not _CLOSED:     # an earlier event this tick may have closed it
+            elif conn.state is not _CLOSED and conn.state is not _ABORTING:
+                # (an earlier event this tick may have closed or dropped it)
                 if mask & selectors.EVENT_READ:
                     self._on_readable(conn)
                 if mask & selectors.EVENT_WRITE:
                     self._want_flush(conn)
         self._process_input()
         self._flush()
+        if self._to_abort:
+            self._drop_aborted()
         if self.memory.total > self.memory.budget:
             self._evict_for_memory()
         self._expire_timers(time.monotonic())
@@ -461,7 +498,8 @@ class Reactor:
     def _next_timeout(self, cap: Optional[float]) -> Optional[float]:
         """How long the next select() may wait: not at all while a backlog waits for its turn;
         otherwise until the first timer is due, and at most `cap` (None: no bound)."""
-        if self.scheduler.has_backlog or self._lost:
+        if (self.scheduler.has_backlog or self._lost or self._events_left or self._to_abort
+                or self._to_flush):
             return 0
         deadlines = [self._lingering[0][0]] if self._lingering else []
         if self._throttled:
@@ -605,7 +643,7 @@ class Reactor:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:             # ECONNRESET and friends: the peer is gone
-            self._teardown(conn, reason="recv failed: %s" % exc)
+            self._drop(conn, logging.INFO, "recv failed: %s" % exc)
             return
         if not data:
             self._on_peer_closed(conn)
@@ -643,8 +681,8 @@ class Reactor:
 
     def _take_turn(self, conn: Connection, limit: int) -> bool:
         """One turn of `conn`: handle up to `limit` of its requests, unless none may be handled
-        now (we are stopping, it is no longer OPEN, its reads are paused), then drop whoever
-        passed OUTPUT_CAP meanwhile. True if it may have more."""
+        now (we are stopping, it is no longer OPEN, its reads are paused, it is throttled).
+        True if it may have more."""
         if self._stopping:
             return False                    # KILL_SERVICE: what came after it is not served
         if conn.state is not _OPEN or conn.throttled:
@@ -653,7 +691,6 @@ class Reactor:
             self._guarded(conn, self._count_input, conn)    # before the pause counts now
             return False
         more = self._guarded(conn, self._handle_requests, conn, limit)
-        self._abort_over_cap()
         return bool(more)
 
     def _handle_requests(self, conn: Connection, limit: int) -> bool:
@@ -836,9 +873,8 @@ class Reactor:
 
     def _over_high_water(self, conn: Connection) -> None:
         if conn.out_bytes > OUTPUT_CAP:
-            # Not torn down here: we may be in the middle of a broadcast. See _abort_over_cap.
-            conn.state = _ABORTING
-            self._to_abort.append(conn)
+            self._drop(conn, logging.WARNING, "evicted: the output queued for it passed "
+                       "OUTPUT_CAP (%d bytes): it does not read" % OUTPUT_CAP)
         else:
             conn.reads_paused = True        # until it drains below LOW_WATER (_send)
 
@@ -859,17 +895,26 @@ class Reactor:
             self._to_flush.append(conn)
 
     def _flush(self) -> None:
-        """Tell the app which connections were lost, then send what each connection got this
-        tick, one send() each; again while either brings more."""
-        while self._to_flush or self._lost:
-            if self._lost:
+        """Tell the app of connections lost (at most twice LOST_PER_CALL), then send what each
+        connection got this tick, one send() each; again while either brings more. Those not
+        told of yet are, in the next tick's flush (which does not wait). Sending stops once it
+        has taken TICK_TARGET (a storm of departures makes thousands of send()s fail): the
+        rest is sent first thing in the next tick's flush."""
+        calls = 0
+        started = time.monotonic()
+        while self._to_flush or (self._lost and calls < 2):
+            if self._lost and calls < 2:        # at most 2 * LOST_PER_CALL in one flush
                 self._tell_app_lost()
+                calls += 1
             batch, self._to_flush = self._to_flush, []
-            for conn in batch:
+            for index, conn in enumerate(batch):
+                if (index % EVENTS_BETWEEN_CLOCK_READS == EVENTS_BETWEEN_CLOCK_READS - 1
+                        and time.monotonic() - started > TICK_TARGET / 2):
+                    self._to_flush[:0] = batch[index:]      # still flush_pending: next tick
+                    return
                 conn.flush_pending = False
                 if conn.state is _OPEN or conn.state is _CLOSING:
                     self._send(conn)
-            self._abort_over_cap()
 
     def _send(self, conn: Connection) -> None:
         """One send() of what is queued for `conn`, then what follows from what is left: the
@@ -884,7 +929,7 @@ class Reactor:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:          # EPIPE, ECONNRESET: the peer is gone
-                self._teardown(conn, reason="send failed: %s" % exc)
+                self._drop(conn, logging.INFO, "send failed: %s" % exc)
                 return
             if sent:
                 self._consume(conn, sent)
@@ -955,13 +1000,29 @@ class Reactor:
                 self.selector.modify(conn.sock, events, conn)
             conn.events = events
 
-    def _abort_over_cap(self) -> None:
-        """Drop the ABORTING connections, whose output passed OUTPUT_CAP (their rooms are
-        told)."""
-        while self._to_abort:
-            conn = self._to_abort.pop()
-            self._teardown(conn, logging.WARNING, "evicted: the output queued for it passed "
-                           "OUTPUT_CAP (%d bytes): it does not read" % OUTPUT_CAP)
+    def _drop(self, conn: Connection, level: int, reason: str) -> None:
+        """Drop `conn`: from now on it is neither read from, written to nor sent to
+        (ABORTING), the app is told it is gone (in this tick's flush), and its socket is torn
+        down when the tick has time for it (_drop_aborted). Tearing a socket down costs tens of
+        microseconds: thousands of them at once (a storm of resets, 2 000 stalled members
+        passing the cap together) must not make one long tick. Safe in the middle of a
+        broadcast."""
+        if conn.state is _ABORTING or conn.state is _CLOSED:
+            return
+        conn.state = _ABORTING
+        if conn.events:                     # no more events for it: it is not read again
+            self.selector.unregister(conn.sock)
+            conn.events = 0
+        self._to_abort.append((conn, level, reason))
+        self._report_lost(conn)
+
+    def _drop_aborted(self) -> None:
+        """Tear down the dropped (ABORTING) connections, for at most TICK_TARGET / 2; the rest
+        wait for the next tick (nothing is read from or sent to them meanwhile)."""
+        started = time.monotonic()
+        while self._to_abort and time.monotonic() - started <= TICK_TARGET / 2:
+            conn, level, reason = self._to_abort.pop()
+            self._teardown(conn, level, reason)
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -1055,13 +1116,14 @@ class Reactor:
             self._lost.append(conn)
 
     def _tell_app_lost(self) -> None:
-        """Tell the app which connections are gone, in one call, and carry out its answer.
+        """Tell the app which connections are gone, up to LOST_PER_CALL in one call, and carry
+        out its answer.
 
-        One call for a whole storm of departures: the app takes every one of them out of its
-        rooms before it announces any, so nothing is built for members that are themselves
-        gone, and a room's announcements can go out as one shared message. Telling it one by
-        one made 8 000 members resetting at once cost 8 000 announcements to 8 000 members."""
-        lost, self._lost = self._lost, []
+        One call for a storm of departures: the app takes every one of them out of its rooms
+        before it announces any, so nothing is built for members that are themselves gone, and
+        a room's announcements can go out as one shared message. Telling it one by one made
+        8 000 members resetting at once cost 8 000 announcements to 8 000 members."""
+        lost, self._lost = self._lost[:LOST_PER_CALL], self._lost[LOST_PER_CALL:]
         actions = self._guarded(None, self.app.connections_lost, [c.conn_id for c in lost])
         if actions:
             self.apply(actions)

@@ -438,6 +438,20 @@ class SchedulerTests(unittest.TestCase):
         self.assertEqual(turns, [("a", reactor.MAX_REQUESTS_PER_TICK),
                                  ("b", reactor.MAX_REQUESTS_PER_TICK), ("c", self.share)])
 
+    def test_past_the_tick_limit_the_waiting_keep_their_place_for_the_next_tick(self):
+        self.scheduler.requeue(self.a)
+        for conn in (self.b, self.c, self.d):
+            self.scheduler.schedule(conn)
+        # each turn costs 60% of the limit: b and c fit, d and the backlog's a wait
+        turns = self.tick(cost=reactor.TICK_LIMIT * 0.6)
+        self.assertEqual([t[0] for t in turns], ["b", "c"])
+        self.assertTrue(self.d.scheduled and self.a.scheduled)
+        self.assertTrue(self.scheduler.has_backlog)        # select() must not wait
+        self.scheduler.schedule(self.b)                    # new input arrives meanwhile
+        turns = self.tick()
+        self.assertEqual([t if t == "flush" else t[0] for t in turns], ["d", "b", "flush", "a"])
+        self.assertFalse(self.scheduler.has_backlog)
+
     def test_a_connection_requeued_in_its_turn_comes_back_next_tick_in_the_backlog(self):
         self.scheduler.schedule(self.a)
         self.assertFalse(self.scheduler.has_backlog)
