@@ -173,6 +173,11 @@ CLOCK_GRANULARITY = 0.001   # G in RFC 6298 s2: we are given float seconds
 KEEPALIVE_IDLE = 15.0
 PING_INTERVAL = 5.0
 IDLE_TIMEOUT = 45.0
+# A server may be given a shorter idle timeout (tests: a killed client noticed in seconds); its
+# keepalive timers keep these proportions (15 s and 5 s of 45 s), so a live but quiet client is
+# still pinged, and answers, well before the timeout.
+KEEPALIVE_FRACTION = KEEPALIVE_IDLE / IDLE_TIMEOUT
+PING_FRACTION = PING_INTERVAL / IDLE_TIMEOUT
 # CLOSE is sent at most this many times (RTO, doubling) before the session ends unconfirmed.
 MAX_CLOSE_SENDS = 4
 # Queued and unacknowledged stream bytes per session. Passing it ends the session with RESET,
@@ -381,6 +386,10 @@ class ReliableStream:
         self.held: Dict[int, bytes] = {}    # out of order, within RECV_WINDOW
         self.held_bytes = 0
         self.ack_pending = False
+        # False while the app is not taking this session's input (its flood control or a
+        # backlog): DATA is then discarded, unacknowledged, and the peer's retransmission
+        # timer brings it again later, as a full TCP receive window slows a sender.
+        self.receiving = True
         # --- counters, for tests and logs
         self.retransmissions = 0
         self.fast_retransmits = 0
@@ -549,8 +558,11 @@ class ReliableStream:
 
     def receive(self, seq: int, payload: bytes) -> bytes:
         """Take one segment; return the stream bytes it makes deliverable (b"" if none).
-        Duplicates and segments beyond the window are dropped, but still acknowledged."""
+        Duplicates and segments beyond the window are dropped, but still acknowledged; so is
+        every segment while `receiving` is False."""
         self.ack_pending = True
+        if not self.receiving:
+            return b""
         held = self.held
         if seq == self.recv_next:
             nxt = seq + 1
@@ -602,11 +614,14 @@ class _Session:
     datagram carrying its token; `flush()` writes what is owed; `on_timer()` runs the timers;
     `closed` becomes the reason once the session is over."""
 
-    def __init__(self, token: bytes, now: float) -> None:
+    def __init__(self, token: bytes, now: float, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.token = token
         self.stream = ReliableStream()
+        self.idle_timeout = idle_timeout
+        self.keepalive_idle = idle_timeout * KEEPALIVE_FRACTION
+        self.ping_interval = idle_timeout * PING_FRACTION
         self.last_recv = now
-        self.last_ping = now - PING_INTERVAL
+        self.last_ping = now - self.ping_interval
         self.ping_due = False
         self.close_requested = False
         self.close_sends = 0
@@ -643,8 +658,8 @@ class _Session:
 
     def deadline(self) -> float:
         """When on_timer() next has something to do (it may be called earlier or later)."""
-        when = min(self.last_recv + IDLE_TIMEOUT,
-                   max(self.last_recv + KEEPALIVE_IDLE, self.last_ping + PING_INTERVAL))
+        when = min(self.last_recv + self.idle_timeout,
+                   max(self.last_recv + self.keepalive_idle, self.last_ping + self.ping_interval))
         if self.stream.rto_deadline is not None and self.stream.rto_deadline < when:
             when = self.stream.rto_deadline
         if self.close_deadline is not None and self.close_deadline < when:
@@ -654,7 +669,7 @@ class _Session:
     def on_timer(self, now: float) -> None:
         # Each test is written exactly as deadline() computes it: with floats, "now - last >=
         # T" can be false at now == last + T, and the timer would fire for ever.
-        if now >= self.last_recv + IDLE_TIMEOUT:
+        if now >= self.last_recv + self.idle_timeout:
             self.closed = "peer timed out"
             return
         self.stream.on_timer(now)
@@ -664,8 +679,8 @@ class _Session:
                 self.closed = "close unconfirmed"
                 return
             self.close_sends = -self.close_sends     # negative: due to be sent again
-        if (now >= self.last_recv + KEEPALIVE_IDLE
-                and now >= self.last_ping + PING_INTERVAL):
+        if (now >= self.last_recv + self.keepalive_idle
+                and now >= self.last_ping + self.ping_interval):
             self.ping_due = True
             self.last_ping = now
 
@@ -749,8 +764,8 @@ class _UnvalidatedAddress:
 
 class _ServerSession(_Session):
     def __init__(self, session_id: int, token: bytes, source: Address, nonce: bytes,
-                 now: float) -> None:
-        super().__init__(token, now)
+                 now: float, idle_timeout: float) -> None:
+        super().__init__(token, now, idle_timeout)
         self.session_id = session_id
         self.source = source            # validated by the cookie; ACKs and control go here
         self.dest = source              # where the stream goes: source or a validated callback
@@ -778,9 +793,11 @@ class ServerEndpoint:
     send what `datagrams_to_send()` returns and handle what `events()` returns.
     """
 
-    def __init__(self, cookie_key: Optional[bytes] = None) -> None:
+    def __init__(self, cookie_key: Optional[bytes] = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         # A fresh random key per process: cookies from before a restart are worthless.
         self._cookie_key = cookie_key or secrets.token_bytes(32)
+        self.idle_timeout = idle_timeout    # a peer silent this long is gone (IDLE_TIMEOUT)
         self._sessions: Dict[int, _ServerSession] = {}
         self._by_token: Dict[bytes, _ServerSession] = {}
         self._by_hello: Dict[Tuple, _ServerSession] = {}   # (addr, nonce): repeat ACCEPT
@@ -796,6 +813,9 @@ class ServerEndpoint:
         self._heap: List[Tuple[float, int]] = []
         self._out: List[Tuple[bytes, Address]] = []
         self._events: List[Event] = []
+        # Sessions whose buffers may have changed size since touched_sessions() was last
+        # called (a datagram or stream bytes for them), for the reactor's memory accounting.
+        self._touched: Dict[int, None] = {}
         self.dropped = 0                # datagrams ignored (malformed, unknown token, ...)
 
     # --- the interface ---------------------------------------------------------------------
@@ -834,6 +854,7 @@ class ServerEndpoint:
         if kind == ECHO:
             self._on_echo(session, body)
         session.handle(kind, sacks, seq, ack, window, body, now)
+        self._touched[session.session_id] = None
         if session.delivered:
             sid = session.session_id
             self._events.extend(StreamData(sid, chunk) for chunk in session.delivered)
@@ -853,7 +874,15 @@ class ServerEndpoint:
             return False
         session.stream.queue(data)
         self._dirty[session] = None
+        self._touched[session_id] = None
         return True
+
+    def set_receiving(self, session_id: int, receiving: bool) -> None:
+        """Take the session's incoming stream (True, the default) or discard it, so that the
+        peer retransmits it later (False: the app is not taking this session's input now)."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.stream.receiving = receiving
 
     def set_callback(self, session_id: int, addr: Optional[Address], now: float) -> None:
         """The chat layer parsed a JOIN naming `addr` (None: "my source address", see
@@ -968,6 +997,19 @@ class ServerEndpoint:
         return sum(s.stream.send_buffered() + s.stream.held_bytes
                    for s in self._sessions.values())
 
+    def session_buffers(self, session_id: int) -> Tuple[int, int]:
+        """(unacknowledged output, out-of-order input held) of one session, in bytes; (0, 0)
+        if there is no such session."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return 0, 0
+        return session.stream.send_buffered(), session.stream.held_bytes
+
+    def touched_sessions(self) -> List[int]:
+        """The sessions whose buffers may have changed size since the last call."""
+        touched, self._touched = self._touched, {}
+        return list(touched)
+
     def session_ids(self) -> List[int]:
         return list(self._sessions)
 
@@ -1028,7 +1070,7 @@ class ServerEndpoint:
         token = secrets.token_bytes(TOKEN_SIZE)
         while token in self._by_token or token == ZERO_TOKEN:   # 2**-128: never, but cheap
             token = secrets.token_bytes(TOKEN_SIZE)
-        session = _ServerSession(self._next_id, token, addr, nonce, now)
+        session = _ServerSession(self._next_id, token, addr, nonce, now, self.idle_timeout)
         self._next_id += 1
         self._sessions[session.session_id] = session
         self._by_token[token] = session
