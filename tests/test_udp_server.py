@@ -20,10 +20,11 @@ import sys
 import time
 import unittest
 
+import reactor
 from lib import udp
 from lib.udp import ClientEndpoint, SessionClosed, StreamData
-from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, HeloReply, JoinedReply, ReplyReader,
-                      chat_request, disconnect_request, helo_request, join_request)
+from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ChatProtocol, HeloReply, JoinedReply,
+                      ReplyReader, chat_request, disconnect_request, helo_request, join_request)
 from tools.kit import REPO_ROOT, ServerProcess
 
 HOST = "127.0.0.1"
@@ -363,6 +364,94 @@ class UdpServerTests(unittest.TestCase):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             with self.assertRaises(OSError):
                 sock.bind((HOST, self.server.port))  # the default server holds it
+
+
+class InProcessReactor:
+    """A Reactor with UDP and the chat protocol in this process, run a tick at a time from
+    wait_until() as if it were one more member (so its counters can be looked at)."""
+
+    def __init__(self, **options):
+        self.reactor = reactor.Reactor(HOST, 0, udp=True, **options)
+        self.reactor.app = ChatProtocol(port=self.reactor.address[1], student_id="1")
+        self.address = (HOST, self.reactor.address[1])
+
+    def sockets(self):
+        return []
+
+    def on_readable(self, sock, now):
+        pass
+
+    def on_timer(self, now):
+        self.reactor.run_once(0)
+
+    def deadline(self):
+        return time.monotonic() + 0.002
+
+    def close(self):
+        self.reactor.close()
+
+
+class ReactorUdpTests(unittest.TestCase):
+    """The reactor's side of UDP sessions, looked at from inside: the memory budget, OUTPUT_CAP,
+    flood control."""
+
+    def start(self, **options):
+        server = InProcessReactor(**options)
+        self.addCleanup(server.close)
+        return server
+
+    def joined_member(self, server, name, room="r"):
+        member = UdpMember(server.address)
+        self.addCleanup(member.close)
+        member.join(room, name)
+        self.assertTrue(wait_until([server, member], lambda: joined(member, room)))
+        return member
+
+    def test_a_session_that_never_acknowledges_is_dropped_at_output_cap_and_frees_its_memory(self):
+        server = self.start(limits=reactor.InputLimits(0, 0, 0, 0))
+        mute = self.joined_member(server, "mute")
+        talker = self.joined_member(server, "talker")
+        ref = joined(talker, "r").ref
+        members = [server, talker]          # mute's socket is no longer read: it never acks
+        text = "x" * 60000
+        left = ("mute", LEFT_TEXT % "mute")
+        peak = []
+
+        def sent():
+            peak.append(server.reactor.memory.output)
+            return talker.endpoint.buffered_bytes() < 100000
+        with self.assertLogs("reactor", "WARNING") as logs:
+            for _ in range(20):             # 1.2 MB for mute: past OUTPUT_CAP (1 MiB)
+                talker.send(chat_request(ref, 0, "talker", text))
+                self.assertTrue(wait_until(members, sent, 30))  # (the client's cap is 1 MiB)
+            self.assertTrue(wait_until(members, lambda: left in chats(talker, ref), 30))
+        self.assertIn("passed OUTPUT_CAP", logs.output[0])
+        # What mute was owed counted against the budget while it was held.
+        self.assertGreater(max(peak), reactor.HIGH_WATER)
+        self.assertEqual(len(server.reactor.conns), 1)
+        self.assertTrue(wait_until(members, lambda: len(chats(talker, ref)) >= 1 + 20 + 1, 60))
+        # Everything delivered and acknowledged: nothing is held any more.
+        self.assertTrue(wait_until(members, lambda: server.reactor.memory.total == 0, 10))
+        mute.close()
+
+    def test_flood_control_slows_a_udp_session_without_losing_a_request(self):
+        server = self.start(limits=reactor.InputLimits(0, 0, 20, 2))     # 20 requests/s
+        member = self.joined_member(server, "flooder")
+        ref = joined(member, "r").ref
+        started = time.monotonic()
+        for i in range(30):
+            member.send(chat_request(ref, 0, "flooder", "m%d" % i))
+        self.assertTrue(wait_until([server, member], lambda: len(chats(member, ref)) >= 31, 60))
+        self.assertGreater(time.monotonic() - started, 1.0)     # 30 at 20/s, 2 at once
+        self.assertEqual(chats(member, ref)[1:], [("flooder", "m%d" % i) for i in range(30)])
+        self.assertGreater(server.reactor.throttles, 0)
+
+    def test_a_callback_is_ignored_for_tcp(self):
+        server = self.start()
+        tcp = TcpMember(server.address)
+        self.addCleanup(tcp.close)
+        tcp.send(join_request("r", "t", "127.0.0.1", 9))
+        self.assertTrue(wait_until([server, tcp], lambda: joined(tcp, "r")))
 
 
 def member_main(argv):
