@@ -1278,11 +1278,15 @@ class Reactor:
 
     def _udp_interest(self, conn: Connection) -> None:
         """Take a session's incoming stream, or have the endpoint discard it for now (the peer
-        retransmits it): as _update_interest stops reading a TCP connection, while its reads are
-        paused, it is throttled, or the app holds UDP_INPUT_HIGH_WATER of its input."""
-        receiving = not (conn.reads_paused or conn.throttled
-                         or conn.in_bytes > UDP_INPUT_HIGH_WATER)
-        self.udp.set_receiving(conn.session_id, receiving)       # type: ignore[attr-defined]
+        retransmits it) while the app holds more than UDP_INPUT_HIGH_WATER of its input.
+
+        While its reads are paused or it is throttled, it gets no turns, as a TCP connection
+        would, but its stream is still taken up to that bound, as a TCP connection's kernel
+        buffer still takes data. Discarding at once would cost more: every discarded segment
+        looks lost to the peer, whose retransmission timer backs off (to 10 s), so a session
+        paused for a moment would stall for seconds after it."""
+        self.udp.set_receiving(conn.session_id,                   # type: ignore[attr-defined]
+                               conn.in_bytes <= UDP_INPUT_HIGH_WATER)
 
     def _send_udp(self, conn: UdpConnection) -> None:
         """_send for a UDP session: what is queued goes into its stream (the endpoint cuts it
