@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Deliveries per second over UDP, and bytes sent per byte delivered, against a real Server.py.
 
-    python3 bench/udp_load.py [--members 10] [--messages 100] [--size 100] [--loss 0.1]
-                              [--seed 1] [--timeout 120]
+    python3 bench/udp_load.py [--members 10] [--messages 1000] [--size 100] [--loss 0.1]
+                              [--window 20] [--seed 1] [--timeout 120]
 
 It starts Server.py on a free port of 127.0.0.1 (flood control off: the transport is measured,
 not the limits), opens MEMBERS UDP sessions (lib.udp.ClientEndpoint on real sockets, all in this
-process), joins them to one room, then has each send MESSAGES chats of SIZE characters at once;
-each member receives every chat, so deliveries = MEMBERS x MEMBERS x MESSAGES. With --loss,
+process), joins them to one room, then has each send MESSAGES chats of SIZE characters, keeping
+at most WINDOW of its own on their way (sent, and not yet back to it from the room): a closed
+loop, as people chat, rather than everybody's whole backlog at once, which would measure the
+server's flow control instead. Each member receives every chat, so deliveries = MEMBERS x
+MEMBERS x MESSAGES. With --loss,
 every datagram either way is dropped with that probability in this process, drawn from a
 seeded generator: a lossy link in both directions, without a relay's cost.
 
@@ -48,7 +51,10 @@ class Member:
         self.counters = counters
         self.reader = ReplyReader()
         self.ref = None
+        self.name = ""
         self.chats = 0
+        self.own = 0                # its own chats back from the room
+        self.sent = 0
         self.flush(time.monotonic())
 
     def send(self, data):
@@ -93,6 +99,7 @@ class Member:
                         self.ref = reply.ref
                     elif isinstance(reply, ChatMessage) and reply.message.startswith("m "):
                         self.chats += 1
+                        self.own += reply.client_name == self.name
             elif isinstance(event, udp.SessionClosed):
                 raise SystemExit("a session ended: %s" % event.reason)
 
@@ -137,18 +144,24 @@ def run(args):
         for key in counters:
             counters[key] = 0
         text = ("m " + "x" * args.size)[:max(args.size, 3)]
-        started = time.monotonic()
         for i, member in enumerate(members):
-            member.chats = 0
-            for _ in range(args.messages):
-                member.send(chat_request(member.ref, 0, "m%d" % i, text))
+            member.chats = member.own = 0
+            member.name = "m%d" % i
+
+        def top_up():
+            for member in members:
+                while member.sent < args.messages and member.sent - member.own < args.window:
+                    member.sent += 1
+                    member.send(chat_request(member.ref, 0, member.name, text))
+            return all(m.chats >= expected for m in members)
         expected = args.members * args.messages
-        done = serve(members, lambda: all(m.chats >= expected for m in members), args.timeout)
+        started = time.monotonic()
+        done = serve(members, top_up, args.timeout)
         took = time.monotonic() - started
         delivered = sum(m.chats for m in members)
         result = {
             "members": args.members, "messages": args.messages, "size": args.size,
-            "loss": args.loss, "seed": args.seed, "complete": done,
+            "window": args.window, "loss": args.loss, "seed": args.seed, "complete": done,
             "deliveries": delivered, "seconds": round(took, 3),
             "deliveries_per_s": round(delivered / took),
             "up_bytes_per_stream_byte": round(counters["up_bytes"] / counters["up_stream"], 3),
@@ -171,17 +184,19 @@ def run(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=10)
-    parser.add_argument("--messages", type=int, default=100)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--window", type=int, default=20,
+                        help="chats of its own a member keeps on their way (default 20)")
     parser.add_argument("--size", type=int, default=100, help="characters per chat")
     parser.add_argument("--loss", type=float, default=0.0,
                         help="probability that a datagram is lost, each way (default 0)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
-    if not (1 <= args.members <= 200 and 1 <= args.messages <= 100000
+    if not (1 <= args.members <= 200 and 1 <= args.messages <= 100000 and 1 <= args.window
             and 1 <= args.size <= 60000 and 0 <= args.loss < 1 and 0 < args.timeout <= 3600):
-        parser.error("members 1..200, messages 1..100000, size 1..60000, loss in [0, 1), "
-                     "timeout up to 3600 s")
+        parser.error("members 1..200, messages 1..100000, window 1 or more, size 1..60000, "
+                     "loss in [0, 1), timeout up to 3600 s")
     return run(args)
 
 
