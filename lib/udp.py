@@ -171,8 +171,9 @@ LOSS_TIME_THRESHOLD = 9.0 / 8.0
 # out with its batch: one server tick, 20 ms as a rule); RFC 9002's probe timeout has no floor
 # but the peer's max_ack_delay (25 ms by default) on top of the RTT estimate. With 200 ms, every
 # lost chat segment cost 200 ms, and ten members chatting at 10 % loss got 1 200 deliveries/s
-# instead of ~15 000. The cap 10 s (RFC 6298 allows 60 s, but a peer silent for IDLE_TIMEOUT is
-# given up anyway, and a lower cap means more tries in that time).
+# instead of 7 000 to 14 000 (bench/udp_load.py). The cap 10 s (RFC 6298 allows 60 s, but a
+# peer silent for IDLE_TIMEOUT is given up anyway, and a lower cap means more tries in that
+# time).
 INITIAL_RTO = 1.0
 MIN_RTO = 0.05
 MAX_RTO = 10.0
@@ -205,8 +206,8 @@ MAX_SESSIONS = 10000
 # Sessions accepted but not yet confirmed (no datagram with their token seen yet), and how long
 # after the last ACCEPT they may stay so. Only a client that passed the cookie check gets here,
 # but it could still open sessions it never uses. A valid HELLO finding the table full gets no
-# answer (it is retried), unlike one finding MAX_SESSIONS (REJECT). 30 s = HANDSHAKE_TIMEOUT: a client still
-# trying to confirm is never forgotten under it.
+# answer (it is retried), unlike one finding MAX_SESSIONS (REJECT). 30 s = HANDSHAKE_TIMEOUT: a
+# client still trying to confirm is never forgotten under it.
 MAX_UNCONFIRMED_SESSIONS = 256
 UNCONFIRMED_TIMEOUT = 30.0
 # Callbacks waiting for validation, and how long one may wait before the session gives up on it
