@@ -4,26 +4,29 @@ Boundary: this module knows nothing of chat commands. It accepts connections, re
 hands them to an *app* (any object with the methods of lib.actions.App; the server's is
 protocol.ChatProtocol), asks the app for the actions of each complete request, and carries the
 actions out: queue bytes for a connection, close it, stop. The app names connections by integer
-ids and never sees a socket. This module imports lib.actions, never protocol.
+ids and never sees a socket. This module imports lib.actions and lib.udp, never protocol.
 
 One tick of the loop (`run_once`), in the order of Redis's ae.c (aeProcessEvents: file events,
 then time events; handleClientsWithPendingWrites before the next wait), reads before writes:
 
     1. timeout      how long select() may wait (_next_timeout): not at all while requests are
                     left over from the last tick; otherwise until the first timer is due (a
-                    lingering connection's deadline, the end of an accept pause), and never
-                    longer than the caller's bound
+                    lingering connection's deadline, the end of an accept pause, the UDP
+                    endpoint's next timer), and never longer than the caller's bound
     2. select()     which sockets are ready
     3. read         accept every pending connection (_on_acceptable); recv() once from each
-                    ready connection and give the bytes to the app (_on_readable)
+                    ready connection and give the bytes to the app (_on_readable); up to
+                    UDP_READS_PER_TICK datagrams into the UDP endpoint, whose sessions' stream
+                    bytes go to the app the same way (_on_datagrams)
     4. handle       the Scheduler names the connections whose requests are handled now, and
                     how many each (see TICK_TARGET); their actions append bytes to output
                     buffers. When backlogs are being worked through, the replies of the
                     connections without one are flushed first, before the backlogs' turns.
     5. flush        one send() per connection with new output: everything queued for it this
-                    tick leaves in one system call
+                    tick leaves in one system call (a UDP session's goes into its stream);
+                    then the UDP endpoint's datagrams, ACKs included, one sendto() each
     6. timers       let go of the lingering connections whose time is up; accept again once
-                    an accept pause is over
+                    an accept pause is over; run the UDP endpoint's timers when due
 
 The write path is asyncio's (selector_events.py), with the send moved to the end of the tick as
 Redis does (handleClientsWithPendingWrites): nothing is sent while a request is being handled;
@@ -39,6 +42,13 @@ Flow control (asyncio's water marks, Redis's output-buffer limit): a connection 
 output passes HIGH_WATER is not read from until it drains below LOW_WATER; one whose queue passes
 OUTPUT_CAP is disconnected. So a client that never reads costs at most OUTPUT_CAP and slows
 nobody else down.
+
+UDP (docs/UDP.md): with `udp=True` one datagram socket on the same IP and port carries every
+UDP session; lib/udp.py's ServerEndpoint, a state machine with no socket and no clock, does the
+reliability, and this module feeds it datagrams and the time. Each session is a UdpConnection,
+a connection to the app like any other: same Scheduler, same flood control, same memory budget
+and OUTPUT_CAP; a Close is a graceful close of the session, and a session that ends (timeout,
+RESET) is a connection lost.
 
 A connection's life is a `State`: OPEN, then either CLOSING (a Close: sending what is queued)
 and LINGERING (our FIN sent: waiting for the peer's), or ABORTING (past OUTPUT_CAP: dropped
@@ -1285,8 +1295,7 @@ class Reactor:
         buffer still takes data. Discarding at once would cost more: every discarded segment
         looks lost to the peer, whose retransmission timer backs off (to 10 s), so a session
         paused for a moment would stall for seconds after it."""
-        self.udp.set_receiving(conn.session_id,                   # type: ignore[attr-defined]
-                               conn.in_bytes <= UDP_INPUT_HIGH_WATER)
+        self.udp.set_receiving(conn.session_id, conn.in_bytes <= UDP_INPUT_HIGH_WATER)
 
     def _send_udp(self, conn: UdpConnection) -> None:
         """_send for a UDP session: what is queued goes into its stream (the endpoint cuts it
