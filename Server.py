@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Entry point: parse the command line, wire the protocol to the reactor, run.
 
-    python3 Server.py [IP] [PORT] [--student-id ID] [--log-level LEVEL]
+    python3 Server.py [IP] [PORT] [--student-id ID] [--no-udp] [--log-level LEVEL]
 
 The module name is the one the course fixes (the one exception to PEP 8 here). All behaviour
 lives in protocol.py (what to answer), rooms.py (who is where) and reactor.py (sockets).
@@ -12,6 +12,7 @@ import os
 import select
 import sys
 
+from lib import udp
 from protocol import KILL_FROM_CHOICES, ChatProtocol
 import reactor
 
@@ -33,7 +34,7 @@ def parse_args(argv):
     parser.add_argument("ip", nargs="?", default=None,
                         help="address to listen on (default %s)" % DEFAULT_IP)
     parser.add_argument("port", nargs="?", default=None,
-                        help="TCP port to listen on (default %d; 0 picks a free one)"
+                        help="port to listen on, TCP and UDP (default %d; 0 picks a free one)"
                              % DEFAULT_PORT)
     parser.add_argument("--student-id", default=None,
                         help="StudentID reported by HELO (default: the STUDENT_ID environment "
@@ -54,6 +55,13 @@ def parse_args(argv):
     parser.add_argument("--kill-from", choices=KILL_FROM_CHOICES, default="any",
                         help="who may stop the server with KILL_SERVICE: anyone, as the "
                              "protocol says (default), only this machine, or nobody")
+    parser.add_argument("--no-udp", dest="udp", action="store_false",
+                        help="serve TCP only (by default the protocol is also served over UDP, "
+                             "docs/UDP.md, on the same IP and port number)")
+    parser.add_argument("--udp-idle-timeout", type=_positive_seconds, metavar="SECONDS",
+                        default=udp.IDLE_TIMEOUT,
+                        help="a UDP peer silent this long is gone, as a broken TCP connection "
+                             "(default %(default)g; its keepalive PINGs scale with it)")
     parser.add_argument("--stats-interval", type=_non_negative, metavar="SECONDS", default=0,
                         help="log a line of statistics every SECONDS (default 0: never)")
     parser.add_argument("--log-level", default="info",
@@ -80,6 +88,17 @@ def _positive(text):
     if not value:
         raise argparse.ArgumentTypeError("at least 1")
     return value
+
+
+def _positive_seconds(text):
+    try:
+        value = float(text)
+        if 0 < value <= 24 * 3600:
+            return value
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError("a number of seconds above 0 (at most a day), not %r"
+                                     % text)
 
 
 def _address(parser, ip, port):
@@ -181,7 +200,8 @@ def main(argv=None) -> int:
         server = reactor.Reactor(
             args.ip, args.port, memory_budget=args.memory_budget * 1024 * 1024,
             limits=reactor.InputLimits(args.input_rate, args.input_rate, args.request_rate,
-                                       2 * args.request_rate))
+                                       2 * args.request_rate),
+            udp=args.udp, udp_idle_timeout=args.udp_idle_timeout)
     except OSError as exc:
         logging.error("cannot listen on %s:%s: %s", args.ip, args.port, exc)
         return 1
@@ -192,7 +212,8 @@ def main(argv=None) -> int:
     if args.stats_interval:
         server.call_every(args.stats_interval, Statistics(server, app, args.stats_interval).log)
     print("listening on %s:%d" % (ip, port), flush=True)
-    logging.info("listening on %s:%d (StudentID %s)", ip, port, args.student_id)
+    logging.info("listening on %s:%d, %s (StudentID %s)", ip, port,
+                 "TCP and UDP" if args.udp else "TCP only", args.student_id)
     server.run_forever()
     logging.info("stopped")
     return 0

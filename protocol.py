@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 # The actions are the reactor's contract as much as ours; they live with it and are re-exported.
-from lib.actions import Action, Broadcast, Close, Send, Shutdown  # noqa: F401
+from lib.actions import Action, Broadcast, Callback, Close, Send, Shutdown  # noqa: F401
 from rooms import Rooms
 
 LOGGER = logging.getLogger(__name__)
@@ -384,11 +384,23 @@ class Kill:
     __slots__ = ()              # KILL_SERVICE
 
 
-@dataclass
+@dataclass(init=False)
 class Join:
-    __slots__ = ("room", "client_name")
+    __slots__ = ("room", "client_name", "client_ip", "port")
     room: str
     client_name: str
+    client_ip: str         # CLIENT_IP and PORT as sent (trimmed): "0 for TCP"; over UDP they
+    port: str              # name the callback address (docs/UDP.md), checked by the transport
+
+    # Written out for the defaults: a dataclass field with a default would be a class attribute,
+    # which __slots__ forbids.
+    def __init__(self, room: str, client_name: str, client_ip: str = "0",
+                 port: str = "0") -> None:
+        self.room, self.client_name, self.client_ip, self.port = room, client_name, client_ip, port
+
+    def names_a_callback(self) -> bool:
+        """CLIENT_IP and PORT name an address: neither is the protocol's "0 for TCP"."""
+        return self.client_ip != "0" and self.port.lstrip("0") != ""
 
 
 # A request's JOIN_ID is kept as the digits the client sent: identity is the connection, so the
@@ -518,11 +530,13 @@ def parse_request_in_general(frame: bytes) -> Request:
 
 
 def _parse_join(text: str, room: str) -> Join:
-    # CLIENT_IP and PORT are "0 for TCP": any value is accepted
-    _ip, _port, name = _fields(text.split("\n"), REQUEST_SHAPES[b"JOIN_CHATROOM"],
-                               "JOIN_CHATROOM")
+    # CLIENT_IP and PORT are "0 for TCP": any value is accepted here. Over UDP they name the
+    # callback address, which the transport checks (a value it cannot use is ignored there).
+    ip, port, name = _fields(text.split("\n"), REQUEST_SHAPES[b"JOIN_CHATROOM"],
+                             "JOIN_CHATROOM")
     return Join(_name(_non_empty(room, ErrorCode.EMPTY_ROOM_NAME, "the room name"), "room name"),
-                _name(_non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"), "CLIENT_NAME"))
+                _name(_non_empty(name, ErrorCode.EMPTY_CLIENT_NAME, "CLIENT_NAME"), "CLIENT_NAME"),
+                ip, port)
 
 
 # Characters a name may not hold: controls (Cc: C0, DEL, C1, so terminal escape sequences),
@@ -953,6 +967,8 @@ class ChatProtocol:
             by_address[session.peer_ip] = by_address.get(session.peer_ip, 0) + 1
         reply = joined_reply(req.room, session.local_ip, self.port, ref, join_id)
         actions: List[Action] = [Send(conn_id, reply)]
+        if req.names_a_callback():    # first, so that the reply already goes there
+            actions.insert(0, Callback(conn_id, req.client_ip, req.port))
         if newly_joined:      # joining again: the same reply, no second announcement
             name = rooms.name_in(conn_id, ref)
             actions.append(Broadcast(rooms.member_ids(ref),

@@ -4,26 +4,29 @@ Boundary: this module knows nothing of chat commands. It accepts connections, re
 hands them to an *app* (any object with the methods of lib.actions.App; the server's is
 protocol.ChatProtocol), asks the app for the actions of each complete request, and carries the
 actions out: queue bytes for a connection, close it, stop. The app names connections by integer
-ids and never sees a socket. This module imports lib.actions, never protocol.
+ids and never sees a socket. This module imports lib.actions and lib.udp, never protocol.
 
 One tick of the loop (`run_once`), in the order of Redis's ae.c (aeProcessEvents: file events,
 then time events; handleClientsWithPendingWrites before the next wait), reads before writes:
 
     1. timeout      how long select() may wait (_next_timeout): not at all while requests are
                     left over from the last tick; otherwise until the first timer is due (a
-                    lingering connection's deadline, the end of an accept pause), and never
-                    longer than the caller's bound
+                    lingering connection's deadline, the end of an accept pause, the UDP
+                    endpoint's next timer), and never longer than the caller's bound
     2. select()     which sockets are ready
     3. read         accept every pending connection (_on_acceptable); recv() once from each
-                    ready connection and give the bytes to the app (_on_readable)
+                    ready connection and give the bytes to the app (_on_readable); up to
+                    UDP_READS_PER_TICK datagrams into the UDP endpoint, whose sessions' stream
+                    bytes go to the app the same way (_on_datagrams)
     4. handle       the Scheduler names the connections whose requests are handled now, and
                     how many each (see TICK_TARGET); their actions append bytes to output
                     buffers. When backlogs are being worked through, the replies of the
                     connections without one are flushed first, before the backlogs' turns.
     5. flush        one send() per connection with new output: everything queued for it this
-                    tick leaves in one system call
+                    tick leaves in one system call (a UDP session's goes into its stream);
+                    then the UDP endpoint's datagrams, ACKs included, one sendto() each
     6. timers       let go of the lingering connections whose time is up; accept again once
-                    an accept pause is over
+                    an accept pause is over; run the UDP endpoint's timers when due
 
 The write path is asyncio's (selector_events.py), with the send moved to the end of the tick as
 Redis does (handleClientsWithPendingWrites): nothing is sent while a request is being handled;
@@ -40,6 +43,13 @@ output passes HIGH_WATER is not read from until it drains below LOW_WATER; one w
 OUTPUT_CAP is disconnected. So a client that never reads costs at most OUTPUT_CAP and slows
 nobody else down.
 
+UDP (docs/UDP.md): with `udp=True` one datagram socket on the same IP and port carries every
+UDP session; lib/udp.py's ServerEndpoint, a state machine with no socket and no clock, does the
+reliability, and this module feeds it datagrams and the time. Each session is a UdpConnection,
+a connection to the app like any other: same Scheduler, same flood control, same memory budget
+and OUTPUT_CAP; a Close is a graceful close of the session, and a session that ends (timeout,
+RESET) is a connection lost.
+
 A connection's life is a `State`: OPEN, then either CLOSING (a Close: sending what is queued)
 and LINGERING (our FIN sent: waiting for the peer's), or ABORTING (past OUTPUT_CAP: dropped
 without sending more); CLOSED at the end of every path.
@@ -48,6 +58,7 @@ import collections
 import enum
 import errno
 import heapq
+import ipaddress
 import logging
 import os
 import selectors
@@ -58,7 +69,8 @@ import time
 import traceback
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from lib.actions import Action, App, Broadcast, Close, Send, Shutdown
+from lib import udp as udp_layer
+from lib.actions import Action, App, Broadcast, Callback, Close, Send, Shutdown
 
 LOGGER = logging.getLogger(__name__)
 
@@ -165,6 +177,40 @@ LINGER_TIMEOUT = 2.0
 # The longest select() wait: only bounds how long stop() from a signal can go unnoticed.
 MAX_WAIT = 1.0
 
+# --- UDP (docs/UDP.md): lib/udp.py is the reliability layer; this module owns its socket and
+# its clock, and makes each of its sessions a connection to the app like a TCP one.
+# Datagrams read per tick at most, so that a flood of them cannot make a tick long (TCP reads
+# are bounded the same way: one recv() per connection per tick). 256 x 1 200 bytes = 300 KB.
+UDP_READS_PER_TICK = 256
+# Datagrams kept for the next tick when the kernel's send buffer is full (EAGAIN). Past it the
+# newest are dropped, as a congested network would: the reliability layer takes them as lost
+# and sends them again, so a full send buffer costs a retransmission, never unbounded memory.
+UDP_SEND_BACKLOG = 4096
+# The kernel buffers asked for the UDP socket (it may give less): one socket carries every
+# session, so it should absorb a burst from many of them between two ticks.
+UDP_SOCKET_BUFFER = 1024 * 1024
+# A UDP session's output counts against HIGH_WATER, OUTPUT_CAP and the memory budget like a TCP
+# connection's queue, including what the endpoint holds unacknowledged. Up to a whole receive
+# window of it (64 x 1 168 bytes) is in flight for a session that keeps up, so its reads pause
+# above HIGH_WATER plus that window, and resume below a quarter of it.
+UDP_HIGH_WATER = HIGH_WATER + udp_layer.RECV_WINDOW * udp_layer.MAX_PAYLOAD
+UDP_LOW_WATER = UDP_HIGH_WATER // 4
+# A UDP session's input held by the app, not yet handled, above which its stream is not taken
+# for now (the peer sends it again later): a TCP connection's unhandled input is bounded by
+# not reading it, a datagram session's by this. Twice READ_SIZE: more than any incomplete
+# request can hold (the Framer refuses one longer than 64 KiB), so it never waits for itself.
+UDP_INPUT_HIGH_WATER = 2 * READ_SIZE
+# How long a UDP session we close (DISCONNECT) may take to deliver what it was sent and hear
+# CLOSE_ACK before it is reset. The endpoint bounds a close too (MAX_CLOSE_SENDS, the idle
+# timeout), but a peer that answers PINGs and never acknowledges data must not hold it for ever.
+UDP_CLOSE_TIMEOUT = 30.0
+# Rounds of "send the endpoint's datagrams, act on its events" per flush: an event (a session
+# over) can bring output (its rooms told), which can end another session (over its cap).
+UDP_OUTPUT_ROUNDS = 8
+# Tries at binding TCP and UDP to the same port when PORT is 0: the kernel picks a free TCP port,
+# whose UDP twin may be taken.
+BIND_TRIES = 16
+
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 if hasattr(socket.socket, "sendmsg"):
@@ -226,6 +272,24 @@ def _open_file_limit() -> int:
         return 1024
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def _bind_udp(family: int, host: str, port: int) -> socket.socket:
+    """The UDP socket on the TCP listener's address and port (no SO_REUSEADDR: two servers must
+    not share one port's datagrams)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, UDP_SOCKET_BUFFER)
+            except OSError:
+                pass                        # the kernel's default will do
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _open_reserve() -> Optional[int]:
@@ -309,6 +373,21 @@ class Connection:
         self.scheduled = False
         self.flush_pending = False      # it is on the reactor's list to flush this tick
         self.reported_lost = False      # the app has been told it is gone (connection_lost)
+
+
+class UdpConnection(Connection):
+    """A UDP session as the reactor sees it: a Connection with no socket of its own (`sock` is
+    None; the reactor's one UDP socket carries every session). What is queued for it goes into
+    its stream at the end of the tick; `out_bytes` also counts what the endpoint holds for it
+    unacknowledged (`endpoint_out`), so that HIGH_WATER, OUTPUT_CAP and the memory budget treat
+    it as a TCP connection's queue; `endpoint_in` is its out-of-order input the endpoint holds."""
+    __slots__ = ("session_id", "endpoint_out", "endpoint_in")
+
+    def __init__(self, conn_id: int, session_id: int) -> None:
+        super().__init__(None, conn_id)     # type: ignore[arg-type]
+        self.session_id = session_id
+        self.endpoint_out = 0
+        self.endpoint_in = 0
 
 
 class Scheduler:
@@ -402,22 +481,47 @@ class Reactor:
     """Listens on one address and runs `app` for every connection, on one thread.
 
     `app` may be given after construction (as Server.py does), once `address` tells the real
-    port that binding to port 0 picked.
+    port that binding to port 0 picked. With `udp`, it also serves UDP sessions (docs/UDP.md)
+    on the same IP and port number, each a connection to the app like a TCP one; a UDP peer
+    silent for `udp_idle_timeout` seconds is gone.
     """
 
     def __init__(self, host: str, port: int, app: Optional[App] = None,
                  backlog: int = BACKLOG, memory_budget: int = MEMORY_BUDGET,
-                 limits: Optional[InputLimits] = None) -> None:
+                 limits: Optional[InputLimits] = None, udp: bool = False,
+                 udp_idle_timeout: float = udp_layer.IDLE_TIMEOUT) -> None:
         self.app = app
         self.selector = selectors.DefaultSelector()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.listener = socket.socket(family, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((host, port))
+        self.udp_sock: Optional[socket.socket] = None
+        for attempt in range(BIND_TRIES):
+            self.listener = socket.socket(family, socket.SOCK_STREAM)
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind((host, port))
+            if not udp:
+                break
+            try:
+                self.udp_sock = _bind_udp(family, host, self.listener.getsockname()[1])
+                break
+            except OSError as exc:
+                self.listener.close()
+                if port != 0 or exc.errno != errno.EADDRINUSE or attempt == BIND_TRIES - 1:
+                    raise
         self.listener.listen(backlog)
         self.listener.setblocking(False)
         self.address: Tuple[str, int] = self.listener.getsockname()[:2]
         self.selector.register(self.listener, selectors.EVENT_READ, None)
+        # UDP: the endpoint (lib/udp.py), its sessions as connections, and datagrams the
+        # kernel would not take yet (UDP_SEND_BACKLOG).
+        self.udp: Optional[udp_layer.ServerEndpoint] = None
+        self._udp_conns: Dict[int, UdpConnection] = {}    # by session id
+        self._udp_backlog: Deque[Tuple[bytes, Any]] = collections.deque()
+        self._udp_events = selectors.EVENT_READ
+        self._udp_closing: Deque[Tuple[float, UdpConnection]] = collections.deque()  # by deadline
+        self.udp_dropped = 0                      # datagrams not sent (backlog full, errors)
+        if self.udp_sock is not None:
+            self.udp = udp_layer.ServerEndpoint(idle_timeout=udp_idle_timeout)
+            self.selector.register(self.udp_sock, selectors.EVENT_READ, self.udp_sock)
         # A socket pair to wake select() from a signal handler (asyncio's self-pipe).
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -481,6 +585,8 @@ class Reactor:
                 self._on_acceptable()
             elif conn is self._wake_r:
                 self._drain_wakeup()
+            elif conn is self.udp_sock:
+                self._on_datagrams(mask)
             elif conn.state is not _CLOSED and conn.state is not _ABORTING:
                 # (an earlier event this tick may have closed or dropped it)
                 if mask & selectors.EVENT_READ:
@@ -507,6 +613,12 @@ class Reactor:
         if self._accept_paused_until:
             deadlines.append(self._accept_paused_until)
         deadlines.extend(timer[0] for timer in self._periodic)
+        if self.udp is not None:
+            endpoint_due = self.udp.next_deadline()
+            if endpoint_due is not None:
+                deadlines.append(endpoint_due)
+            if self._udp_closing:
+                deadlines.append(self._udp_closing[0][0])
         due = min(deadlines) if deadlines else None
         if due is None:
             return cap
@@ -534,12 +646,15 @@ class Reactor:
     def close(self) -> None:
         """Close every connection (sending what the kernel takes at once) and the listener."""
         for conn in list(self.conns.values()):
-            if conn.out:
+            if conn.out and conn.sock is not None:
                 try:
                     conn.sock.send(b"".join(conn.out))
                 except OSError:
                     pass
             self._teardown(conn, reason="closed: the server is stopping", tell_app=False)
+        if self.udp is not None and self.udp_sock is not None:
+            self._send_datagrams(self.udp.datagrams_to_send(time.monotonic()))   # the RESETs
+            self.udp_sock.close()
         for sock in (self.listener, self._wake_r, self._wake_w):
             sock.close()
         if self._reserve_fd is not None:
@@ -668,6 +783,8 @@ class Reactor:
         held = self.app.pending_input(conn.conn_id)
         self.memory.input += held - conn.in_bytes
         conn.in_bytes = held
+        if conn.sock is None:
+            self._udp_interest(conn)        # its stream is taken again once this is low
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -796,6 +913,8 @@ class Reactor:
                 self.close_connection(action.conn_id)
             elif kind is Shutdown:
                 self.stop()
+            elif kind is Callback:
+                self._set_callback(action)
             else:
                 raise TypeError("unknown action %r" % (action,))
 
@@ -875,8 +994,11 @@ class Reactor:
         if conn.out_bytes > OUTPUT_CAP:
             self._drop(conn, logging.WARNING, "evicted: the output queued for it passed "
                        "OUTPUT_CAP (%d bytes): it does not read" % OUTPUT_CAP)
-        else:
+        elif conn.sock is not None:
             conn.reads_paused = True        # until it drains below LOW_WATER (_send)
+        elif conn.out_bytes > UDP_HIGH_WATER:
+            conn.reads_paused = True        # until below UDP_LOW_WATER (_count_udp_buffers)
+            self._udp_interest(conn)
 
     def close_connection(self, conn_id: int) -> None:
         """Close a connection once its queued output is sent (idempotent)."""
@@ -895,10 +1017,22 @@ class Reactor:
             self._to_flush.append(conn)
 
     def _flush(self) -> None:
+        """Tell the app of connections lost and send what each connection got this tick
+        (_flush_connections; a UDP session's goes into its stream), then send the UDP
+        endpoint's datagrams and act on its events, which may bring more of both (a session
+        over: its rooms are told)."""
+        self._flush_connections()
+        if self.udp is not None:
+            for _ in range(UDP_OUTPUT_ROUNDS):
+                if not self._udp_output():
+                    break
+                self._flush_connections()
+
+    def _flush_connections(self) -> None:
         """Tell the app of connections lost (at most twice LOST_PER_CALL), then send what each
         connection got this tick, one send() each; again while either brings more. Those not
         told of yet are, in the next tick's flush (which does not wait). Sending stops once it
-        has taken TICK_TARGET (a storm of departures makes thousands of send()s fail): the
+        has taken TICK_TARGET / 2 (a storm of departures makes thousands of send()s fail): the
         rest is sent first thing in the next tick's flush."""
         calls = 0
         started = time.monotonic()
@@ -913,7 +1047,9 @@ class Reactor:
                     self._to_flush[:0] = batch[index:]      # still flush_pending: next tick
                     return
                 conn.flush_pending = False
-                if conn.state is _OPEN or conn.state is _CLOSING:
+                if conn.sock is None:
+                    self._send_udp(conn)
+                elif conn.state is _OPEN or conn.state is _CLOSING:
                     self._send(conn)
 
     def _send(self, conn: Connection) -> None:
@@ -987,6 +1123,9 @@ class Reactor:
     def _update_interest(self, conn: Connection) -> None:
         """Watch for writability only while output is queued; for input unless reads are
         paused or the peer has closed its side."""
+        if conn.sock is None:
+            self._udp_interest(conn)
+            return
         reading = not (conn.reads_paused or conn.peer_closed or conn.throttled)
         events = selectors.EVENT_READ if reading else 0
         if conn.out:
@@ -1010,7 +1149,7 @@ class Reactor:
         if conn.state is _ABORTING or conn.state is _CLOSED:
             return
         conn.state = _ABORTING
-        if conn.events:                     # no more events for it: it is not read again
+        if conn.events and conn.sock is not None:   # no more events: it is not read again
             self.selector.unregister(conn.sock)
             conn.events = 0
         self._to_abort.append((conn, level, reason))
@@ -1066,6 +1205,8 @@ class Reactor:
         self._end_throttles(now)
         if self._unproven and len(self.conns) >= self._crowded_at:
             self._close_idle_unproven(now)
+        if self.udp is not None:
+            self._expire_udp_timers(now)
         for timer in self._periodic:
             if timer[0] <= now:
                 timer[0] = now + timer[1]
@@ -1096,11 +1237,14 @@ class Reactor:
         del self.conns[conn.conn_id]
         self.memory.input -= conn.in_bytes
         conn.in_bytes = 0
-        try:
-            self.selector.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
-        conn.sock.close()
+        if type(conn) is UdpConnection:
+            self._forget_session(conn, reason)
+        else:
+            try:
+                self.selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            conn.sock.close()
         self._drop_output(conn)
         self._unproven.pop(conn.conn_id, None)
         self.log_budget.log(level, "conn %d (%s): %s", conn.conn_id, conn.peer_ip or "local",
@@ -1149,3 +1293,232 @@ class Reactor:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+
+    # -- UDP sessions (docs/UDP.md) -------------------------------------------------------------
+    # The endpoint (lib/udp.py) is a state machine: datagrams and the time go in; datagrams to
+    # send, stream bytes and events come out. Here a session becomes a UdpConnection: its stream
+    # bytes go to the app as a TCP connection's would, and through the same Scheduler and flood
+    # control; what the app queues for it goes into its stream (_send_udp); its end is a
+    # connection lost.
+
+    def _on_datagrams(self, mask: int) -> None:
+        """The UDP socket is ready: send the backlog if it is writable; read at most
+        UDP_READS_PER_TICK datagrams into the endpoint, and act on what they bring."""
+        if mask & selectors.EVENT_WRITE:
+            self._send_datagrams(())
+        if not mask & selectors.EVENT_READ:
+            return
+        sock, endpoint, now = self.udp_sock, self.udp, self._now
+        for _ in range(UDP_READS_PER_TICK):
+            try:
+                # One byte more than the largest datagram: a longer one arrives cut, at 1 201
+                # bytes, and the endpoint drops it as too long.
+                data, addr = sock.recvfrom(udp_layer.MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:          # an ICMP error some systems report: one datagram
+                LOGGER.debug("udp: recvfrom failed: %s", exc)
+                continue
+            endpoint.datagram_received(data, addr, now)
+        self._on_udp_events(endpoint.events())
+
+    def _on_udp_events(self, events: List[Any]) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is udp_layer.StreamData:
+                self._on_stream_data(event)
+            elif kind is udp_layer.SessionOpened:
+                self._open_session(event)
+            elif kind is udp_layer.SessionClosed:
+                conn = self._udp_conns.get(event.session_id)
+                if conn is not None:
+                    self._teardown(conn, reason="UDP session over: %s" % event.reason)
+            else:                           # CallbackValidated, CallbackFailed
+                LOGGER.debug("udp: %r", event)
+
+    def _open_session(self, event: udp_layer.SessionOpened) -> None:
+        """A UDP session is confirmed: serve it as a new connection."""
+        conn = UdpConnection(self._next_conn_id, event.session_id)
+        self._next_conn_id += 1
+        conn.credit_bytes = self.limits.burst_bytes
+        conn.credit_requests = self.limits.request_burst
+        conn.credited_at = self._now
+        self.conns[conn.conn_id] = conn
+        self._udp_conns[event.session_id] = conn
+        addr = event.source_addr
+        self._guarded(conn, self.app.connection_made, conn.conn_id,
+                      self._udp_local_ip(addr), sys.intern(addr[0]))
+        self.log_budget.log(logging.INFO, "conn %d: UDP session from %s:%d", conn.conn_id,
+                            addr[0], addr[1])
+
+    def _udp_local_ip(self, peer: Any) -> str:
+        """Our address as `peer` sees it, for HELO and JOINED: the UDP socket's, or when that
+        is a wildcard, the one the kernel would send to `peer` from (a connected datagram
+        socket learns it without sending anything)."""
+        bound = self.udp_sock.getsockname()[0]
+        if not ipaddress.ip_address(bound).is_unspecified:
+            return sys.intern(bound)
+        try:
+            with socket.socket(self.udp_sock.family, socket.SOCK_DGRAM) as probe:
+                probe.connect(peer)
+                return sys.intern(probe.getsockname()[0])
+        except OSError:
+            return sys.intern(bound)
+
+    def _on_stream_data(self, event: udp_layer.StreamData) -> None:
+        """Stream bytes of a session, in order: as _on_readable's bytes of a TCP connection."""
+        conn = self._udp_conns.get(event.session_id)
+        if conn is None or conn.state is not _OPEN:
+            return                          # closing: what it sends now is dropped
+        data = event.data
+        self._guarded(conn, self.app.data_received, conn.conn_id, data)
+        if conn.state is not _OPEN:         # (the app may have failed and dropped it)
+            return
+        self.scheduler.schedule(conn)
+        rate = self.limits.bytes_per_second
+        if rate:
+            self._refill(conn)
+            conn.credit_bytes -= len(data)
+            if conn.credit_bytes < 0:
+                self._throttle(conn, -conn.credit_bytes / rate)
+        self._guarded(conn, self._count_input, conn)
+
+    def _udp_interest(self, conn: Connection) -> None:
+        """Take a session's incoming stream, or have the endpoint discard it for now (the peer
+        retransmits it) while the app holds more than UDP_INPUT_HIGH_WATER of its input.
+
+        While its reads are paused or it is throttled, it gets no turns, as a TCP connection
+        would, but its stream is still taken up to that bound, as a TCP connection's kernel
+        buffer still takes data. Discarding at once would cost more: every discarded segment
+        looks lost to the peer, whose retransmission timer backs off (to 10 s), so a session
+        paused for a moment would stall for seconds after it."""
+        self.udp.set_receiving(conn.session_id, conn.in_bytes <= UDP_INPUT_HIGH_WATER)
+
+    def _send_udp(self, conn: UdpConnection) -> None:
+        """_send for a UDP session: what is queued goes into its stream (the endpoint cuts it
+        into datagrams, sent in _udp_output). A Close closes the session once all of it is
+        acknowledged (docs/UDP.md, "Teardown"), so DISCONNECT's announcements arrive first; the
+        app is told it is gone now, as for TCP once our FIN is sent."""
+        if conn.state is not _OPEN and conn.state is not _CLOSING:
+            return
+        endpoint, now, memory = self.udp, self._now, self.memory
+        for chunk in conn.out:              # bytearrays of copied output, shared bytes
+            endpoint.send_stream(conn.session_id, chunk, now)
+            if type(chunk) is bytearray:
+                memory.output -= len(chunk)
+            else:
+                self._release(chunk)
+        conn.out.clear()
+        conn.tail = None
+        conn.out_bytes = conn.endpoint_out
+        self._count_udp_buffers(conn)
+        if conn.state is _CLOSING:
+            endpoint.close_session(conn.session_id, now)
+            conn.state = _LINGERING
+            self._udp_closing.append((now + UDP_CLOSE_TIMEOUT, conn))
+            self._report_lost(conn)
+
+    def _count_udp_buffers(self, conn: UdpConnection) -> None:
+        """Bring the budget's count of what the endpoint holds for `conn` up to date, and let
+        it be read again once its output has drained below UDP_LOW_WATER."""
+        sent, held = self.udp.session_buffers(conn.session_id)
+        grown = sent - conn.endpoint_out
+        conn.endpoint_out = sent
+        conn.out_bytes += grown
+        self.memory.output += grown
+        self.memory.input += held - conn.endpoint_in
+        conn.endpoint_in = held
+        if conn.reads_paused and conn.out_bytes <= UDP_LOW_WATER and conn.state is _OPEN:
+            conn.reads_paused = False
+            self.scheduler.requeue(conn)    # the app may hold requests read before the pause
+            self._udp_interest(conn)
+
+    def _udp_output(self) -> bool:
+        """Send the endpoint's datagrams, update the budget for the sessions they concern, and
+        act on its events. True if that gave connections something to flush or report."""
+        endpoint = self.udp
+        self._send_datagrams(endpoint.datagrams_to_send(self._now))
+        conns = self._udp_conns
+        for session_id in endpoint.touched_sessions():
+            conn = conns.get(session_id)
+            if conn is not None:
+                self._count_udp_buffers(conn)
+        events = endpoint.events()
+        if events:
+            self._on_udp_events(events)
+        return bool(self._to_flush or self._lost)
+
+    def _send_datagrams(self, datagrams: Iterable[Tuple[bytes, Any]]) -> None:
+        """sendto() the backlog, then `datagrams`. What the kernel will not take now waits for
+        the socket to be writable (at most UDP_SEND_BACKLOG of it; the newest past that are
+        dropped, and the endpoint sends them again)."""
+        pending = self._udp_backlog
+        pending.extend(datagrams)
+        sock = self.udp_sock
+        while pending:
+            data, addr = pending[0]
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:          # no route to it, say: that datagram is lost
+                self.udp_dropped += 1
+                self.log_budget.log(logging.DEBUG, "udp: sendto %s failed: %s", addr, exc)
+            pending.popleft()
+        while len(pending) > UDP_SEND_BACKLOG:
+            pending.pop()
+            self.udp_dropped += 1
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0)
+        if events != self._udp_events:
+            self.selector.modify(sock, events, sock)
+            self._udp_events = events
+
+    def _expire_udp_timers(self, now: float) -> None:
+        """The endpoint's timers (retransmission, keepalive, timeouts) when due, and the UDP
+        closes that have taken longer than UDP_CLOSE_TIMEOUT."""
+        self._now = now
+        closing = self._udp_closing
+        expired = False
+        while closing and closing[0][0] <= now:
+            _deadline, conn = closing.popleft()
+            if conn.state is not _CLOSED:
+                self._teardown(conn, reason="UDP close not confirmed in %g s" % UDP_CLOSE_TIMEOUT)
+                expired = True
+        endpoint_due = self.udp.next_deadline()
+        if endpoint_due is not None and endpoint_due <= now:
+            self.udp.timer(now)
+            expired = True
+        if expired:
+            self._flush()
+
+    def _set_callback(self, action: Callback) -> None:
+        """A JOIN named a callback address: over UDP the session's stream goes there once it is
+        validated (docs/UDP.md, "Callback addresses"). A TCP connection's replies go back on it,
+        so there it means nothing; so does an address that is not an IP literal and a port, or
+        is of the other IP version than our socket."""
+        conn = self.conns.get(action.conn_id)
+        if type(conn) is not UdpConnection or conn.state is not _OPEN:
+            return
+        try:
+            addr = udp_layer.callback_address(action.client_ip, action.port)
+            if addr is not None:
+                version = 6 if self.udp_sock.family == socket.AF_INET6 else 4
+                if ipaddress.ip_address(addr[0]).version != version:
+                    raise ValueError("not an IPv%d address" % version)
+                if version == 6:
+                    addr = (addr[0], addr[1], 0, 0)   # as recvfrom() names IPv6 peers
+        except ValueError as exc:
+            self.log_budget.log(logging.DEBUG, "conn %d: callback %s:%s ignored: %s",
+                                conn.conn_id, action.client_ip, action.port, exc)
+            return
+        self.udp.set_callback(conn.session_id, addr, self._now)
+
+    def _forget_session(self, conn: UdpConnection, reason: str) -> None:
+        """_teardown's part for a UDP session: its endpoint buffers leave the budget, and the
+        session ends with RESET unless it is already over."""
+        del self._udp_conns[conn.session_id]
+        self.memory.output -= conn.endpoint_out
+        self.memory.input -= conn.endpoint_in
+        conn.out_bytes -= conn.endpoint_out
+        conn.endpoint_out = conn.endpoint_in = 0
+        self.udp.abort_session(conn.session_id, reason, self._now)

@@ -42,7 +42,17 @@ class Shutdown:
     __slots__ = ()              # stop the whole server
 
 
-Action = Union[Send, Broadcast, Close, Shutdown]
+@dataclass
+class Callback:
+    __slots__ = ("conn_id", "client_ip", "port")
+    conn_id: int
+    client_ip: str              # JOIN_CHATROOM's CLIENT_IP and PORT, as the client sent them:
+    port: str                   # where a datagram transport sends this connection's stream
+                                # (docs/UDP.md, "Callback addresses"); a TCP connection ignores
+                                # it. Given before the JOINED_CHATROOM reply it concerns.
+
+
+Action = Union[Send, Broadcast, Close, Shutdown, Callback]
 
 
 def carry_out(actions: List[Action], write: Callable[[int, bytes], None],

@@ -706,6 +706,22 @@ class TimerTests(unittest.TestCase):
             self.assertEqual([s.seq for s in resent], [0, 1])
         self.assertEqual(stream.rto_timeouts, len(expected))
 
+    def test_time_threshold_resends_a_loss_with_fewer_than_three_after_it(self):
+        # RFC 9002 s6.1.2: segment 0 lost, segment 1 (the only one after it) acknowledged.
+        stream = ReliableStream()
+        stream._rtt_sample(0.1)
+        stream.cwnd = 2.0
+        stream.queue(b"s" * (2 * udp.MAX_PAYLOAD))
+        self.assertEqual(len(stream.poll(0.0)), 2)
+        stream.on_ack(0, 64, [(1, 2)], 0.1)                  # SACK of 1 at one RTT: too soon
+        self.assertEqual(stream.poll(0.1), [])
+        self.assertAlmostEqual(stream.loss_deadline, 9 / 8 * 0.1)
+        self.assertFalse(stream.on_timer(stream.loss_deadline))   # not a timeout ...
+        resent = stream.poll(stream.loss_deadline)                # ... but 0 is sent again
+        self.assertEqual([seg.seq for seg in resent], [0])
+        self.assertEqual(stream.rto_timeouts, 0)
+        self.assertEqual(stream.cwnd, udp.MIN_CWND)           # halved once, as a fast retransmit
+
     def test_karns_rule_no_sample_from_a_retransmitted_segment(self):
         stream = stream_with_segments(1)
         stream.on_timer(1.0)
