@@ -509,6 +509,35 @@ class RefBook:
 Wait = Callable[[str, Callable[[], bool]], bool]
 
 
+class Waiter:
+    """A Wait on `loop`: each step polls until it is done, for at most `seconds` (or the
+    seconds the call gives) and never past `deadline`, with `stall`, `nap`, `wait` and tick()
+    as in Loop.wait_for, or run by until(is_done, deadline) -> outcome instead. A step that
+    does not finish is a failure of its outcome's kind ("timed_out", "stalled", ...); `outcome`
+    says how the last one ended."""
+
+    def __init__(self, loop: Loop, report: "Report", tick: Optional[Callable[[], None]] = None,
+                 seconds: float = float("inf"), deadline: float = float("inf"),
+                 stall: Optional[float] = None, nap: float = 0.0, wait: float = POLL_WAIT,
+                 until: Optional[Callable[[Callable[[], bool], float], str]] = None) -> None:
+        self.loop, self.report, self.tick = loop, report, tick
+        self.seconds, self.deadline = seconds, deadline
+        self.stall, self.nap, self.wait = stall, nap, wait
+        self.until = until or self._poll
+        self.outcome = "done"
+
+    def __call__(self, step: str, is_done: Callable[[], bool],
+                 seconds: Optional[float] = None) -> bool:
+        seconds = self.seconds if seconds is None else seconds
+        self.outcome = self.until(is_done, min(self.deadline, time.monotonic() + seconds))
+        if self.outcome != "done":
+            self.report.fail(self.outcome.replace(" ", "_"), "%s: %s" % (step, self.outcome))
+        return self.outcome == "done"
+
+    def _poll(self, is_done: Callable[[], bool], deadline: float) -> str:
+        return self.loop.wait_for(is_done, deadline, self.stall, self.nap, self.tick, self.wait)
+
+
 class Crowd(Handler):
     """Members that connect and JOIN their rooms (join()), then perhaps chat (chat_once(),
     chat()). A room of n members owes n(n+1)/2 join announcements (the k-th joiner's goes to k

@@ -85,29 +85,17 @@ def run_tag() -> str:
     return "lg-%d-%d" % (os.getpid(), int(time.time() * 1000) % 10 ** 8)
 
 
-class Waiter:
-    """How loadgen waits for a step of a kit.Crowd: within the run's `deadline`, giving up after
-    --stall seconds without progress, napping --nap between polls. `outcome` is how the last
-    wait ended: "done", "timed out" or "stalled"."""
-
-    def __init__(self, loop: kit.Loop, args: argparse.Namespace, deadline: float,
-                 report: kit.Report, describe: Callable[[], str]) -> None:
-        self.loop, self.args, self.deadline = loop, args, deadline
-        self.tick = lambda: report.progress(describe)
-        self.outcome = "done"
-
-    def __call__(self, step: str, is_done: Callable[[], bool]) -> bool:
-        self.outcome = self.loop.wait_for(is_done, self.deadline, self.args.stall, self.args.nap,
-                                          self.tick)
-        return self.outcome == "done"
+def waiter(loop: kit.Loop, args: argparse.Namespace, deadline: float, report: kit.Report,
+           describe: Callable[[], str], **options) -> kit.Waiter:
+    """How loadgen waits for a step: within the run's `deadline`, giving up after --stall
+    seconds without progress, napping --nap between polls."""
+    return kit.Waiter(loop, report, lambda: report.progress(describe), deadline=deadline,
+                      stall=args.stall, nap=args.nap, **options)
 
 
-def fail_outcome(report: kit.Report, outcome: str, figures: dict) -> None:
-    """Record how a phase ended (figures timed_out and stalled; a failure unless "done")."""
-    figures["timed_out"] = outcome == "timed out"
-    figures["stalled"] = outcome == "stalled"
-    if outcome != "done":
-        report.fail(outcome.replace(" ", "_"), "a phase ended %s" % outcome)
+def outcome_figures(outcome: str) -> Dict[str, bool]:
+    """How the last wait ended, as figures (a failure too, recorded by the kit.Waiter)."""
+    return {"timed_out": outcome == "timed out", "stalled": outcome == "stalled"}
 
 
 def cpu_figures(cpu_before: float, seconds: float) -> Dict[str, float]:
@@ -169,17 +157,11 @@ class Fanout(kit.Crowd):
                    self.delivered / max(1e-9, time.monotonic() - self.chat_started),
                    "-" if p50 is None else "%.1f" % (p50 * 1000)))
 
-    def chat_wait(self, args: argparse.Namespace, deadline: float):
-        """How fanout waits for its chats (a kit.Wait): polling until every member has its
-        deliveries and the probe its echoes, the probe posting every PROBE_INTERVAL. The
-        outcome ("done", "timed out", "stalled" or "connection lost") is left in `outcome`."""
-        def wait(_step: str, is_done: Callable[[], bool]) -> bool:
-            self.outcome = self._chat_phase(args, deadline, is_done)
-            return self.outcome == "done"
-        return wait
-
-    def _chat_phase(self, args: argparse.Namespace, deadline: float,
-                    is_done: Callable[[], bool]) -> str:
+    def chat_phase(self, args: argparse.Namespace, is_done: Callable[[], bool],
+                   deadline: float) -> str:
+        """How fanout waits for its chats: until every member has its deliveries and the probe
+        its echoes, the probe posting every PROBE_INTERVAL; "done", "timed out", "stalled" or
+        "connection lost"."""
         next_probe = time.monotonic()
         with selectors.DefaultSelector() as probe_selector:
             probe_selector.register(self.probe.sock, selectors.EVENT_READ)
@@ -221,20 +203,21 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
                for r in range(rooms) for m in range(members_per_room)]
     loop = kit.Loop(target.address)
     crowd = Fanout(loop, members, kit.Member("%s-probe" % tag, "probe"), report)
-    waiter = Waiter(loop, args, deadline, report, crowd.progress_line)
+    wait = waiter(loop, args, deadline, report, crowd.progress_line)
     try:
-        crowd.join(waiter)
+        crowd.join(wait)
         figures["join_seconds"] = round(time.monotonic() - started, 3)
-        if waiter.outcome != "done" or report.failed:
-            figures.update(delivered=0, missing=expected, extra=0)
-            fail_outcome(report, waiter.outcome, figures)
+        if wait.outcome != "done" or report.failed:
+            figures.update(delivered=0, missing=expected, extra=0, **outcome_figures(wait.outcome))
             return figures, "the joins failed"
         body = "x" * args.size
         sends = {member: b"".join(chat_request(member.ref, member.join_id, member.name,
                                                "%s %d" % (body, i)) for i in range(messages))
                  for member in members}
         cpu_before = time.process_time()
-        crowd.chat(crowd.chat_wait(args, deadline), members_per_room * messages, sends)
+        wait = waiter(loop, args, deadline, report, crowd.progress_line,
+                      until=lambda is_done, end: crowd.chat_phase(args, is_done, end))
+        crowd.chat(wait, members_per_room * messages, sends)
         seconds = max(1e-9, (crowd.finished_at or time.monotonic()) - crowd.chat_started)
         figures.update(cpu_figures(cpu_before, seconds))
     finally:
@@ -247,7 +230,7 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
     figures.update(probes=len(crowd.probe_latencies), probes_lost=len(crowd.probe_sent),
                    probes_skipped=crowd.probe_skipped,
                    probe_in_flight_max=crowd.probe_in_flight_max)
-    fail_outcome(report, crowd.outcome, figures)
+    figures.update(outcome_figures(wait.outcome))
     return figures, ("%d of %d deliveries in %.2f s (%d/s), probe p99 %s ms"
                      % (crowd.delivered, expected, seconds, figures["deliveries_per_s"],
                         figures["probe_p99_ms"]))
@@ -272,23 +255,21 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
     members = [kit.Member("%s-c%d" % (tag, i % rooms), "m%d" % i) for i in range(count)]
     loop = kit.Loop(target.address)
     crowd = kit.Crowd(loop, members, report)
-    waiter = Waiter(loop, args, time.monotonic() + args.timeout, report, crowd.progress_line)
+    wait = waiter(loop, args, time.monotonic() + args.timeout, report, crowd.progress_line)
     try:
-        if crowd.join(waiter):
-            crowd.chat_once(waiter)
+        if crowd.join(wait):
+            crowd.chat_once(wait)
     finally:
         loop.close_all()
-    figures.update(crowd.join_figures())
+    figures.update(crowd.join_figures(), **outcome_figures(wait.outcome))
     if crowd.chat_started is None:
         figures.update(delivered=0, missing=count)
-        fail_outcome(report, waiter.outcome, figures)
         return figures, "%d of %d connected" % (crowd.connected_count, count)
     seconds = time.monotonic() - crowd.started
     figures.update(delivery_seconds=round((crowd.finished_at or time.monotonic())
                                           - crowd.chat_started, 3),
                    seconds=round(seconds, 3), **cpu_figures(cpu_before, seconds))
     figures.update(crowd.tally(members))
-    fail_outcome(report, waiter.outcome, figures)
     return figures, ("%d connections joined in %.2f s, every member reached in %.2f s"
                      % (crowd.joined, figures["announce_seconds"], figures["delivery_seconds"]))
 
@@ -522,10 +503,10 @@ def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
     churn = Churn(loop, args.clients, ["%s-churn-%d" % (tag, k) for k in range(args.rooms)],
                   args.seconds, args.reply_timeout, random.Random(args.seed), report)
     loop.handler = churn
+    wait = kit.Waiter(loop, report, churn.tick, deadline=started + args.timeout)
     try:
         churn.start()
-        outcome = loop.wait_for(lambda: not churn.active(), started + args.timeout,
-                                tick=churn.tick)
+        wait("the churn", lambda: not churn.active())
     finally:
         loop.close_all()
     elapsed = max(1e-9, time.monotonic() - started)
@@ -538,8 +519,7 @@ def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
         replies_received=churn.replies_received,
         all_replies_received=churn.replies_received == churn.replies_expected)
     figures.update(kit.latency_summary("reply", churn.latencies))
-    figures.update(cpu_figures(cpu_before, elapsed))
-    fail_outcome(report, outcome, figures)
+    figures.update(cpu_figures(cpu_before, elapsed), **outcome_figures(wait.outcome))
     if not figures["all_replies_received"] and not report.failed:
         report.fail("replies_missing", "%d replies owed, %d received"
                     % (churn.replies_expected, churn.replies_received))

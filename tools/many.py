@@ -23,7 +23,7 @@ the server's own.
 import argparse
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from tools import kit
 
@@ -48,14 +48,8 @@ class Many:
         self.members = [kit.Member("many-%d" % (i % args.rooms), "m%d" % i)
                         for i in range(args.connections)]
         self.crowd = kit.Crowd(self.loop, self.members, report)
-
-    def wait(self, step: str, done: Callable[[], bool]) -> bool:
-        """Run the loop until done() (True), or for --seconds (False: a timeout)."""
-        if self.loop.run_until(done, self.args.seconds,
-                               lambda: self.report.progress(self.progress_line)):
-            return True
-        self.report.fail("timeout", "%s: not done within %g s" % (step, self.args.seconds))
-        return False
+        self.wait = kit.Waiter(self.loop, report, lambda: report.progress(self.progress_line),
+                               seconds=args.seconds)
 
     def progress_line(self) -> str:
         rss = self.target.rss_kb()

@@ -51,7 +51,7 @@ import collections
 import random
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, HeloReply, JoinedReply,
                       LeftReply, chat_request, disconnect_request, helo_request, join_request,
@@ -205,6 +205,7 @@ class Soak(kit.Handler):
         self.report = report
         self.target = target
         self.loop = kit.Loop(target.address, self)
+        self.wait = kit.Waiter(self.loop, report, self.sample_rss, wait=TICK)
         self.churn_starts: List[float] = []     # when the churners still to come start
 
         self.rng = random.Random(args.seed)
@@ -272,12 +273,6 @@ class Soak(kit.Handler):
                              % (client.name, client.phase))
         client.phase = "closed"
 
-    def wait_until(self, condition: Callable[[], bool], seconds: float, what: str) -> bool:
-        if self.loop.run_until(condition, seconds, self.sample_rss, wait=TICK):
-            return True
-        self.report.fail("timeout", "timed out after %g s waiting for %s" % (seconds, what))
-        return False
-
     def sample_rss(self) -> None:
         now = time.monotonic()
         kb = self.target.rss_kb() if not self.rss or now - self.rss[-1][0] >= RSS_EVERY else None
@@ -290,14 +285,14 @@ class Soak(kit.Handler):
         args = self.args
         self.sample_rss()
         self.recorder = self.add_client("recorder")
-        if not self.wait_until(lambda: self.recorder.phase == "active", SETUP_TIMEOUT,
-                               "the recorder's joins"):
+        if not self.wait("the recorder's joins", lambda: self.recorder.phase == "active",
+                         SETUP_TIMEOUT):
             return {}
         churners = int(round(args.clients * args.churn))
         for _ in range(args.clients - churners):
             self.add_client("stayer")
-        self.wait_until(lambda: all(c.phase != "joining" for c in self.clients), SETUP_TIMEOUT,
-                        "the stayers' joins")
+        self.wait("the stayers' joins", lambda: all(c.phase != "joining" for c in self.clients),
+                  SETUP_TIMEOUT)
         self.churn_starts = [time.monotonic() + self.rng.uniform(0, 1) for _ in range(churners)]
         self.loop.run_until(lambda: False, args.seconds, self.chat_tick, wait=TICK)
         self.barrier()
@@ -359,19 +354,20 @@ class Soak(kit.Handler):
 
     def barrier(self) -> None:
         """Make every stream complete (see the module docstring)."""
-        self.wait_until(lambda: not [c for c in self.clients if c.phase == "disconnecting"],
-                        DRAIN_TIMEOUT, "DISCONNECTed clients to be closed")
+        self.wait("DISCONNECTed clients to be closed",
+                  lambda: not [c for c in self.clients if c.phase == "disconnecting"], DRAIN_TIMEOUT)
         owed = {(ref, c.name) for c in self.clients if c.phase == "vanished"
                 for ref in c.vanished_in}
-        self.wait_until(lambda: owed <= self.recorder.leaves_seen, DRAIN_TIMEOUT,
-                        "the recorder to see vanished clients leave")
+        self.wait("the recorder to see vanished clients leave",
+                  lambda: owed <= self.recorder.leaves_seen, DRAIN_TIMEOUT)
         for tag in ("sync1", "sync2"):
             live = self.live()
             for client in live:
                 client.helo_replies = 0
                 client.send(helo_request("%s %s" % (tag, client.name)))
-            self.wait_until(lambda: all(c.helo_replies >= 1 or c.phase == "closed" for c in live),
-                            DRAIN_TIMEOUT, "the %s HELO replies" % tag)
+            self.wait("the %s HELO replies" % tag,
+                      lambda: all(c.helo_replies >= 1 or c.phase == "closed" for c in live),
+                      DRAIN_TIMEOUT)
 
     # -- the check -------------------------------------------------------------------------
 
