@@ -186,7 +186,7 @@ class RequestMaker:
             return kind, random_bytes(rng, rng.randint(1, 200))
         if kind == "BLANK":
             return kind, rng.choice([b"\n", b"\r\n", b"\n\n\n", b"\r\n\r\n", b" \n"])
-        lines = getattr(self, "_" + kind.lower())(conn)
+        lines = self.lines(kind, conn)
         if rng.random() < P_MUTATE:
             for _ in range(rng.randint(1, 3)):
                 lines = self.mutate(kind, lines)
@@ -202,8 +202,6 @@ class RequestMaker:
         body = "y" * (MAX_REQUEST_BYTES + self.rng.randint(1, 4096))
         return self.rng.choice([helo_request(body), chat_request(0, 1, "x", body),
                                 join_request(body, "x"), body.encode()])    # last: no newline
-
-    # -- valid requests, as lists of lines -------------------------------------------------
 
     def _text(self, choices: List[str], p_random: float, max_len: int) -> bytes:
         """One of `choices`, or with chance `p_random` random text (may be empty: error 3)."""
@@ -233,29 +231,24 @@ class RequestMaker:
         join_id = self.book.join_ids.get(conn.label)
         return self._integer([] if join_id is None else [join_id], 0.5, 100)
 
-    def _helo(self, conn: "FuzzConn") -> List[bytes]:
-        if self.rng.random() < 0.1:
-            return [b"HELO"]
-        return [b"HELO " + random_text(self.rng, 60).encode("utf-8")]
-
-    def _join(self, conn: "FuzzConn") -> List[bytes]:
-        return shaped(b"JOIN_CHATROOM", self._room(), [b"0", b"0", self._name()])
-
-    def _leave(self, conn: "FuzzConn") -> List[bytes]:
-        return shaped(b"LEAVE_CHATROOM", self._ref(), [self._join_id(conn), self._name()])
-
-    def _chat(self, conn: "FuzzConn") -> List[bytes]:
-        text_lines = [random_text(self.rng, 200).encode("utf-8")
-                      for _ in range(1 if self.rng.random() < 0.8 else self.rng.randint(2, 5))]
-        text_lines = [line or b"." for line in text_lines]   # an empty line would end it
+    def lines(self, kind: str, conn: "FuzzConn") -> List[bytes]:
+        """A request of `kind` (not GARBAGE or BLANK) as lines: valid but for its values."""
+        rng = self.rng
+        if kind == "HELO":
+            text = b"" if rng.random() < 0.1 else b" " + random_text(rng, 60).encode("utf-8")
+            return [b"HELO" + text]
+        if kind == "JOIN":
+            return shaped(b"JOIN_CHATROOM", self._room(), [b"0", b"0", self._name()])
+        if kind == "LEAVE":
+            return shaped(b"LEAVE_CHATROOM", self._ref(), [self._join_id(conn), self._name()])
+        if kind == "DISCONNECT":
+            return shaped(b"DISCONNECT", b"0", [b"0", self._name()])
+        if kind == "UNKNOWN":
+            return [rng.choice(UNKNOWN_LINES)]
+        text_lines = [random_text(rng, 200).encode("utf-8") or b"."    # empty would end it
+                      for _ in range(1 if rng.random() < 0.8 else rng.randint(2, 5))]
         return (shaped(b"CHAT", self._ref(), [self._join_id(conn), self._name(), text_lines[0]])
                 + text_lines[1:] + [b""])
-
-    def _disconnect(self, conn: "FuzzConn") -> List[bytes]:
-        return shaped(b"DISCONNECT", b"0", [b"0", self._name()])
-
-    def _unknown(self, conn: "FuzzConn") -> List[bytes]:
-        return [self.rng.choice(UNKNOWN_LINES)]
 
     # -- mutations ------------------------------------------------------------------------
 
@@ -1000,16 +993,11 @@ OPTIONS: List[kit.Option] = [
      "hang", 0, None)]
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    return kit.parse_tool_args(
-        "fuzz", __doc__, (DEFAULT_SECONDS, "stop sending after this long"), OPTIONS, argv,
-        (("--allow-kill", "end by sending KILL_SERVICE and checking that the server stops "
-                          "(never sent otherwise)"),))[1]
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return kit.main("fuzz", parse_args, run_fuzz, argv)
-
+TOOL = kit.Tool("fuzz", __doc__, run_fuzz, OPTIONS,
+                (DEFAULT_SECONDS, "stop sending after this long"),
+                switches=(("--allow-kill", "end by sending KILL_SERVICE and checking that the "
+                           "server stops (never sent otherwise)"),))
+parse_args, main = TOOL.parse_args, TOOL.main
 
 if __name__ == "__main__":
     sys.exit(main())

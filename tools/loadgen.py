@@ -4,30 +4,24 @@
     python3 -m tools.loadgen --port 8080 connections --count 2000 --rooms 10
     python3 -m tools.loadgen --spawn churn --clients 20 --seconds 10
 
-It speaks the protocol as a crowd of clients would (protocol.py builds every request and reads
-every reply). Every wait is bounded by --timeout (the whole run) and --stall (a phase without
-progress). The summary is the kit's (tools/kit.py); exit status 0 only if nothing was missing,
-failed or timed out.
+Every request is built and every reply read by protocol.py; every wait is bounded by --timeout
+(the whole run) and --stall (a phase without progress). The summary is the kit's (tools/kit.py);
+exit status 0 only if nothing was missing, failed or timed out.
 
 fanout --rooms R --members M --messages K [--size B]
-    Chat throughput. R rooms of M members join; then every member sends K chats (B bytes of
-    text and a sequence number) as fast as the server takes them, and every member must
-    receive every chat of its room, its own included: R*M*M*K deliveries, counted with
-    ReplyReader.count_chats() (anything else is reported). Meanwhile a probe, alone in a room
-    of its own, posts every PROBE_INTERVAL and times its own echo.
-    expected, delivered, missing, extra   the deliveries owed and counted; missing and extra
-                            (per member, short of or beyond M*K) must both be 0
-    seconds, deliveries_per_s   from the first chat sent to the last delivery; the headline
-    join_seconds            connecting and joining everybody, before that clock starts
-    probe_p50_ms, probe_p99_ms, probe_max_ms, probes, probes_lost, probes_skipped,
-    probe_in_flight_max     the probe's echo times (how long an unrelated client waits while
-                            the server is busy), echoes timed, never echoed (must be 0), ticks
-                            when its last post was still unsent, most posts awaiting an echo
-    loadgen_cpu_s, loadgen_cpu_share   this process's CPU time in the chat phase, and that /
-                            seconds: near 1.0 the generator, not the server, is the limit
+    Throughput. R rooms of M members join; every member sends K chats (B bytes and a sequence
+    number) as fast as the server takes them; every member must receive every chat of its room,
+    its own included: R*M*M*K deliveries, counted with ReplyReader.count_chats(). Meanwhile a
+    probe, alone in a room, posts every PROBE_INTERVAL and times its own echo. Figures:
+    expected, delivered, missing, extra (per member short of or beyond M*K: both must be 0);
+    seconds and deliveries_per_s (first chat sent to last delivery: the headline); join_seconds;
+    probe_p50_ms/_p99_ms/_max_ms (how long an unrelated client waits while the server is busy),
+    probes (echoes timed), probes_lost (never echoed: must be 0), probes_skipped (ticks when
+    its last post was still unsent), probe_in_flight_max; loadgen_cpu_s and loadgen_cpu_share
+    (this process's CPU in the chat phase / seconds: near 1.0 the generator is the limit).
 
 connections --count N [--rooms R]
-    N connections join R rooms (connection i to room i mod R; kit.Crowd, as in tools/many.py);
+    N connections join R rooms (connection i to room i mod R, on a kit.Crowd as tools/many.py);
     then one member of each room posts one chat, which must reach every member exactly once.
     Figures: connect_seconds, join_seconds, announce_seconds (until every join announcement
     arrived: a room of n owes n(n+1)/2), delivery_seconds, connected, joined, delivered,
@@ -36,18 +30,17 @@ connections --count N [--rooms R]
 churn --clients N --seconds T [--rooms R]
     Each client cycles for T seconds: connect, JOIN one of R rooms, post 1 to CHURN_MAX_CHATS
     chats, then LEAVE (and join again on the same connection), DISCONNECT or vanish (RST). Every
-    request must get the replies it is owed within --reply-timeout, checked strictly (a chat of
-    a room the client is not in is a failure). Figures: operations and ops_per_s (by_kind),
-    replies_expected, replies_received, all_replies_received, reply_p50_ms/p99/max,
-    others_messages, loadgen_cpu_s and _share (closed loop: ops_per_s measures generator and
-    server together).
+    request must get the replies it is owed within --reply-timeout, strictly (a chat of a room
+    the client is not in fails). Figures: operations, ops_per_s and by_kind, replies_expected,
+    replies_received, all_replies_received, reply_p50_ms/p99/max, others_messages, loadgen_cpu_s
+    and _share (a closed loop: ops_per_s measures generator and server together).
 
-Caveats: the generator shares the machine with the server; it naps --nap between polls so that
-each read returns many messages and it stays well below one core (see loadgen_cpu_share). Quote
-medians of several runs and ratios between servers measured the same way. The probe posts every
-PROBE_INTERVAL whether or not its last post came back; a server that serves each connection a
-fair share per loop may then let probe posts queue (probe_in_flight_max well above p50/10 ms).
-Rooms are named after the run (lg-PID-TIME-...), so runs do not disturb each other's counts.
+Caveats: the generator shares the machine with the server; it naps --nap between polls, so that
+each read returns many messages and it stays well below one core. Quote medians of several runs
+and ratios between servers measured alike. The probe posts every PROBE_INTERVAL whether or not
+its last post came back: a server that serves each connection a fair share per loop may let
+probe posts queue (probe_in_flight_max well above p50/10 ms). Rooms are named after the run
+(lg-PID-TIME-...), so that runs do not disturb each other's counts.
 """
 import argparse
 import collections
@@ -603,7 +596,7 @@ def run_scenario(args: argparse.Namespace, target: kit.Target, report: kit.Repor
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the scenario the arguments name; print its summary; the exit status."""
-    return kit.main("loadgen", parse_args, run_scenario, argv)
+    return kit.emit(kit.run_tool("loadgen", run_scenario, parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -117,20 +117,16 @@ OPTIONS: List[kit.Option] = [
     ("--window", int, DEFAULT_WINDOW, "connections being set up at once", 1, None)]
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser, args = kit.parse_tool_args(
-        "many", __doc__, (DEFAULT_STEP_SECONDS, "the longest any one step may take"), OPTIONS,
-        argv)
+def check_rooms(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.rooms is None:
         args.rooms = min(DEFAULT_ROOMS, args.connections)
     if args.rooms > args.connections:
         parser.error("--rooms must be at most --connections")
-    return args
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    return kit.main("many", parse_args, run_many, argv)
-
+TOOL = kit.Tool("many", __doc__, run_many, OPTIONS,
+                (DEFAULT_STEP_SECONDS, "the longest any one step may take"), check=check_rooms)
+parse_args, main = TOOL.parse_args, TOOL.main
 
 if __name__ == "__main__":
     sys.exit(main())

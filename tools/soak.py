@@ -492,14 +492,8 @@ OPTIONS: List[kit.Option] = [
     ("--message-bytes", int, DEFAULT_MESSAGE_BYTES, "padding per chat, at most", 0, None)]
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    return kit.parse_tool_args("soak", __doc__, (DEFAULT_SECONDS, "how long they chat"), OPTIONS,
-                               argv)[1]
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return kit.main("soak", parse_args, run_soak, argv)
-
+TOOL = kit.Tool("soak", __doc__, run_soak, OPTIONS, (DEFAULT_SECONDS, "how long they chat"))
+parse_args, main = TOOL.parse_args, TOOL.main
 
 if __name__ == "__main__":
     sys.exit(main())
