@@ -23,7 +23,7 @@ the server's own.
 import argparse
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from tools import kit
 
