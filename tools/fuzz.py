@@ -186,7 +186,7 @@ class RequestMaker:
             return kind, random_bytes(rng, rng.randint(1, 200))
         if kind == "BLANK":
             return kind, rng.choice([b"\n", b"\r\n", b"\n\n\n", b"\r\n\r\n", b" \n"])
-        lines = getattr(self, "_" + kind.lower())(conn)
+        lines = self.lines(kind, conn)
         if rng.random() < P_MUTATE:
             for _ in range(rng.randint(1, 3)):
                 lines = self.mutate(kind, lines)
@@ -202,8 +202,6 @@ class RequestMaker:
         body = "y" * (MAX_REQUEST_BYTES + self.rng.randint(1, 4096))
         return self.rng.choice([helo_request(body), chat_request(0, 1, "x", body),
                                 join_request(body, "x"), body.encode()])    # last: no newline
-
-    # -- valid requests, as lists of lines -------------------------------------------------
 
     def _text(self, choices: List[str], p_random: float, max_len: int) -> bytes:
         """One of `choices`, or with chance `p_random` random text (may be empty: error 3)."""
@@ -233,29 +231,24 @@ class RequestMaker:
         join_id = self.book.join_ids.get(conn.label)
         return self._integer([] if join_id is None else [join_id], 0.5, 100)
 
-    def _helo(self, conn: "FuzzConn") -> List[bytes]:
-        if self.rng.random() < 0.1:
-            return [b"HELO"]
-        return [b"HELO " + random_text(self.rng, 60).encode("utf-8")]
-
-    def _join(self, conn: "FuzzConn") -> List[bytes]:
-        return shaped(b"JOIN_CHATROOM", self._room(), [b"0", b"0", self._name()])
-
-    def _leave(self, conn: "FuzzConn") -> List[bytes]:
-        return shaped(b"LEAVE_CHATROOM", self._ref(), [self._join_id(conn), self._name()])
-
-    def _chat(self, conn: "FuzzConn") -> List[bytes]:
-        text_lines = [random_text(self.rng, 200).encode("utf-8")
-                      for _ in range(1 if self.rng.random() < 0.8 else self.rng.randint(2, 5))]
-        text_lines = [line or b"." for line in text_lines]   # an empty line would end it
+    def lines(self, kind: str, conn: "FuzzConn") -> List[bytes]:
+        """A request of `kind` (not GARBAGE or BLANK) as lines: valid but for its values."""
+        rng = self.rng
+        if kind == "HELO":
+            text = b"" if rng.random() < 0.1 else b" " + random_text(rng, 60).encode("utf-8")
+            return [b"HELO" + text]
+        if kind == "JOIN":
+            return shaped(b"JOIN_CHATROOM", self._room(), [b"0", b"0", self._name()])
+        if kind == "LEAVE":
+            return shaped(b"LEAVE_CHATROOM", self._ref(), [self._join_id(conn), self._name()])
+        if kind == "DISCONNECT":
+            return shaped(b"DISCONNECT", b"0", [b"0", self._name()])
+        if kind == "UNKNOWN":
+            return [rng.choice(UNKNOWN_LINES)]
+        text_lines = [random_text(rng, 200).encode("utf-8") or b"."    # empty would end it
+                      for _ in range(1 if rng.random() < 0.8 else rng.randint(2, 5))]
         return (shaped(b"CHAT", self._ref(), [self._join_id(conn), self._name(), text_lines[0]])
                 + text_lines[1:] + [b""])
-
-    def _disconnect(self, conn: "FuzzConn") -> List[bytes]:
-        return shaped(b"DISCONNECT", b"0", [b"0", self._name()])
-
-    def _unknown(self, conn: "FuzzConn") -> List[bytes]:
-        return [self.rng.choice(UNKNOWN_LINES)]
 
     # -- mutations ------------------------------------------------------------------------
 
@@ -308,6 +301,12 @@ class RequestMaker:
 #   ("HELO", line)  ("JOINED", room)  ("ANNOUNCE_JOIN", room)  ("LEFT", ref, join_id)
 #   ("ANNOUNCE_LEAVE", room)  ("ECHO", room, text)  ("ERROR", code)  ("EOF",)
 Expectation = Tuple
+# What is wrong with a reply that is not the one expected, by the kind of expectation.
+MISMATCHES = {"HELO": "wrong HELO reply", "JOINED": "wrong JOINED_CHATROOM reply",
+              "ANNOUNCE_JOIN": "wrong own join announcement",
+              "ANNOUNCE_LEAVE": "wrong own leave announcement", "ECHO": "wrong echo",
+              "LEFT": "wrong LEFT_CHATROOM reply", "ERROR": "wrong ERROR_CODE",
+              "EOF": "a message after the last leave announcement of a DISCONNECT"}
 
 
 class Probe:
@@ -328,12 +327,16 @@ class Probe:
         self.expect: Deque[Expectation] = collections.deque()
         self.member: Set[str] = set()
         self.in_rooms: Set[int] = set()
-        self.join_id: Optional[int] = None
         self.disconnecting = False
         self.done = False                      # disconnected as predicted, or given up
         self.leaves_seen: Set[Tuple[int, str]] = set()   # (ref, name) of leave announcements
         self.finals_seen: Dict[Tuple[int, str], int] = collections.Counter()
         self.checked = 0                       # replies matched
+
+    @property
+    def join_id(self) -> Optional[int]:
+        """The JOIN_ID the server gave this connection, if any (from the fuzzer's RefBook)."""
+        return self.fuzzer.book.join_ids.get(self.name)
 
     # -- building requests ----------------------------------------------------------------
 
@@ -490,48 +493,33 @@ class Probe:
             self.fail("unexpected reply %r" % (reply,))
             return
         want = self.expect.popleft()
-        problem = self._mismatch(want, reply)
-        if problem:
-            self.fail("expected %r, got %r (%s)" % (want, reply, problem))
+        if not self._matches(want, reply):
+            self.fail("expected %r, got %r (%s)" % (want, reply, MISMATCHES[want[0]]))
             return
         self.checked += 1
+        if want[0] == "ANNOUNCE_JOIN":
+            self.in_rooms.add(reply.ref)
+        elif want[0] == "ANNOUNCE_LEAVE":
+            self.in_rooms.discard(reply.ref)
 
-    def _mismatch(self, want: Expectation, reply) -> str:
-        """Why `reply` is not the expected reply `want` ("" when it is)."""
-        kind = want[0]
-        host, port = self.fuzzer.host, self.fuzzer.port
+    def _matches(self, want: Expectation, reply) -> bool:
+        """Is `reply` the expected reply `want`?"""
+        kind, here = want[0], (self.fuzzer.host, self.fuzzer.port)
         if kind == "HELO":
-            if not (isinstance(reply, HeloReply) and reply.line == want[1]
-                    and reply.ip == host and reply.port == port):
-                return "wrong HELO reply"
-        elif kind == "JOINED":
-            if not (isinstance(reply, JoinedReply) and reply.room == want[1]
-                    and reply.server_ip == host and reply.port == port):
-                return "wrong JOINED_CHATROOM reply"
-            if self.join_id is None:
-                self.join_id = reply.join_id
-            elif reply.join_id != self.join_id:
-                return "JOIN_ID changed from %d" % self.join_id
-        elif kind in ("ANNOUNCE_JOIN", "ANNOUNCE_LEAVE", "ECHO"):
-            text = {"ANNOUNCE_JOIN": JOINED_TEXT % self.name,
-                    "ANNOUNCE_LEAVE": LEFT_TEXT % self.name}.get(kind) or want[2]
-            if reply != ChatMessage(self.fuzzer.refs.get(want[1]), self.name, text):
-                return "wrong own announcement or echo"
-            if kind == "ANNOUNCE_JOIN":
-                self.in_rooms.add(reply.ref)
-            elif kind == "ANNOUNCE_LEAVE":
-                self.in_rooms.discard(reply.ref)
-        elif kind == "LEFT":
-            # the JOIN_ID the server gave this connection; the request's only if it never joined
-            given = self.join_id if self.join_id is not None else want[2]
-            if reply != LeftReply(want[1], given):
-                return "wrong LEFT_CHATROOM reply"
-        elif kind == "ERROR":
-            if not (isinstance(reply, ErrorReply) and reply.code == want[1]):
-                return "wrong reply to a malformed request (want ERROR_CODE %d)" % want[1]
-        elif kind == "EOF":
-            return "a message after the last leave announcement of a DISCONNECT"
-        return ""
+            return (isinstance(reply, HeloReply)
+                    and (reply.line, reply.ip, reply.port) == (want[1],) + here)
+        if kind == "JOINED":        # its JOIN_ID, kept by the connection, the RefBook checks
+            return (isinstance(reply, JoinedReply)
+                    and (reply.room, reply.server_ip, reply.port) == (want[1],) + here)
+        if kind == "LEFT":          # the server's JOIN_ID; the request's only if it never joined
+            return reply == LeftReply(want[1], want[2] if self.join_id is None else self.join_id)
+        if kind == "ERROR":
+            return isinstance(reply, ErrorReply) and reply.code == want[1]
+        if kind == "EOF":
+            return False
+        text = {"ANNOUNCE_JOIN": JOINED_TEXT % self.name,
+                "ANNOUNCE_LEAVE": LEFT_TEXT % self.name}.get(kind) or want[2]
+        return reply == ChatMessage(self.fuzzer.refs.get(want[1]), self.name, text)
 
     def on_closed(self) -> None:
         """The server closed the connection: right only when a DISCONNECT's replies are in."""
@@ -806,15 +794,14 @@ class Fuzzer(kit.Handler):
                 at = len(wire) - terminator + (terminator if split is None else split)
                 how = "whole" if split is None else "split@%d" % split
                 cases.append(((kind, size, ending.decode()), how, wire[:at], wire[at:]))
-        socks = []
-        try:
-            for _case in cases:
-                socks.append(socket.create_connection((self.host, self.port), HELO_TIMEOUT))
-                socks[-1].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            self.report.fail("segmentation", "cannot connect: %s" % exc)
+        socks: List[socket.socket] = []
         outcomes: Dict[tuple, Dict[str, str]] = collections.defaultdict(dict)
-        try:
+        with contextlib.ExitStack() as closing:
+            try:
+                for _case in cases:
+                    socks.append(closing.enter_context(self.connection()))
+            except OSError as exc:
+                self.report.fail("segmentation", "cannot connect: %s" % exc)
             for half in (2, 3):
                 for case, sock in zip(cases, socks):
                     with contextlib.suppress(OSError):
@@ -822,14 +809,17 @@ class Fuzzer(kit.Handler):
                 time.sleep(SPLIT_PAUSE)
             for (key, how, _first, _second), sock in zip(cases, socks):
                 outcomes[key][how] = self._first_reply(sock)
-        finally:
-            for sock in socks:
-                sock.close()
         table = [{"kind": kind, "frame_bytes": size, "ending": ending, "outcomes": by_split}
                  for (kind, size, ending), by_split in outcomes.items()]
         return table, ["%s request of %d bytes ending %r: the answer depends on how it is split:"
                        " %s" % (row["kind"], row["frame_bytes"], row["ending"], row["outcomes"])
                        for row in table if len(set(row["outcomes"].values())) > 1]
+
+    def connection(self) -> socket.socket:
+        """A new blocking connection that sends each send() at once (TCP_NODELAY)."""
+        sock = socket.create_connection((self.host, self.port), HELO_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _first_reply(self, sock: socket.socket) -> str:
         """"accepted", "too long" (ERROR_CODE 8) or what else came back first."""
@@ -878,31 +868,28 @@ class Fuzzer(kit.Handler):
                    % (len(wanted - checker.leaves_seen), sorted(wanted - checker.leaves_seen)[:5]))
         # the checker chats in every room; every probe in a room must get it exactly once
         nonce = self.rng.randint(0, 10 ** 9)
-        finals = {}
+        finals = {self.refs[room]: "%s %d %d" % (FINAL_PREFIX, nonce, self.refs[room])
+                  for room in rooms}
         for room in rooms:
-            finals[self.refs[room]] = "%s %d %d" % (FINAL_PREFIX, nonce, self.refs[room])
             checker.chat(room, finals[self.refs[room]])
         listeners = [p for p in self.probes if not p.done and p is not checker]
 
-        def all_delivered() -> bool:
-            return checker.idle() and all(
-                probe.done or all(probe.finals_seen[(ref, finals[ref])] >= 1
-                                  for ref in probe.in_rooms if ref in finals)
-                for probe in listeners)
-        self.drain(all_delivered, lambda: "the checker's chat had not reached every member")
+        def received() -> List[Tuple[Probe, int, int]]:
+            """(probe, ref, how often it has the checker's chat) for every room of a probe."""
+            return [(probe, ref, probe.finals_seen[(ref, finals[ref])]) for probe in listeners
+                    if not probe.done for ref in probe.in_rooms if ref in finals]
+        self.drain(lambda: checker.idle() and all(got for _probe, _ref, got in received()),
+                   lambda: "the checker's chat had not reached every member")
         self.pump(QUIET * 5)                   # time for duplicates to show
-        for probe in [p for p in listeners if not p.done]:
-            for ref in probe.in_rooms:
-                got = probe.finals_seen[(ref, finals.get(ref))]
-                if ref in finals and got != 1:
-                    self.report.fail("rooms", "probe %s got the checker's chat in room %d %d times"
-                                     % (probe.name, ref, got))
+        for probe, ref, got in received():
+            if got != 1:
+                self.report.fail("rooms", "probe %s got the checker's chat in room %d %d times"
+                                 % (probe.name, ref, got))
         # everybody still here disconnects, checking the leave announcements once more
         for probe in self.probes:
-            if not probe.done and not probe.disconnecting:
-                if not probe.disconnect():
-                    self.end(probe.conn, "close")
-                    probe.done = True
+            if not probe.done and not probe.disconnecting and not probe.disconnect():
+                self.end(probe.conn, "close")
+                probe.done = True
         self.drain(probes_idle, lambda: "DISCONNECT replies still missing")
 
         for conn in list(self.loop.conns):
@@ -913,8 +900,7 @@ class Fuzzer(kit.Handler):
         within a second (the process exits, or nothing accepts connections any more)."""
         started = time.monotonic()
         try:
-            with socket.create_connection((self.host, self.port), timeout=HELO_TIMEOUT) as sock:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.connection() as sock:
                 for byte in b"\r\n" + kill_request()[:-1] + b"\r\n":
                     sock.sendall(bytes([byte]))
         except OSError as exc:
@@ -931,7 +917,6 @@ class Fuzzer(kit.Handler):
             if stopped:
                 return {"sent": True, "stopped_after_s": round(time.monotonic() - started, 3)}
             time.sleep(0.01)
-
         self.report.fail("kill", "KILL_SERVICE: the server was still running 1 s later")
         return {"sent": True, "stopped_after_s": None}
 
@@ -939,12 +924,10 @@ class Fuzzer(kit.Handler):
 
     def run(self) -> Tuple[Dict[str, object], str]:
         args = self.args
-        started = time.monotonic()
+        stop_at = time.monotonic() + args.seconds
         rss_before = self.server.rss_kb() if self.server else None
         alive = self.health()
-        while alive and self.requests_sent() < args.count:
-            if time.monotonic() - started >= args.seconds:
-                break
+        while alive and self.requests_sent() < args.count and time.monotonic() < stop_at:
             self.batch(min(args.batch, args.count - self.requests_sent()))
             alive = self.health()
             self.report.progress(self.progress_line)
@@ -980,7 +963,6 @@ class Fuzzer(kit.Handler):
             "server_rss_kb_peak": self.server.status_kb("VmHWM") if self.server else None,
             "rss_change_percent": (round(100.0 * (rss_after - rss_before) / rss_before, 1)
                                    if rss_before and rss_after else None)}
-
         if kill is not None:
             figures["kill"] = kill
         return figures, ("%d requests in %d batches, %d probe replies checked, %d rooms"
@@ -1011,16 +993,11 @@ OPTIONS: List[kit.Option] = [
      "hang", 0, None)]
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    return kit.parse_tool_args(
-        "fuzz", __doc__, (DEFAULT_SECONDS, "stop sending after this long"), OPTIONS, argv,
-        (("--allow-kill", "end by sending KILL_SERVICE and checking that the server stops "
-                          "(never sent otherwise)"),))[1]
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return kit.main("fuzz", parse_args, run_fuzz, argv)
-
+TOOL = kit.Tool("fuzz", __doc__, run_fuzz, OPTIONS,
+                (DEFAULT_SECONDS, "stop sending after this long"),
+                switches=(("--allow-kill", "end by sending KILL_SERVICE and checking that the "
+                           "server stops (never sent otherwise)"),))
+parse_args, main = TOOL.parse_args, TOOL.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@
       {"tool", "ok", "verdict", "elapsed", "failed", "failures": {kind: count},
        "failure_examples": {kind: [text, ...]}, ...the tool's own figures}
   `ok` is true exactly when `failures` is empty; exit status 0 then, 1 otherwise (2: usage).
-- parse_tool_args / run_tool: --spawn or --host/--port, --seed, --seconds, --quiet and the
+- Tool / run_tool: --spawn or --host/--port, --seed, --seconds, --quiet and the
   tool's own options from a table; with nothing listening at the address, one line of failure
   within CONNECT_CHECK_TIMEOUT.
 - raise_nofile_limit, os_limits: how many connections this process and the machine allow.
@@ -90,9 +90,8 @@ def _proc_fields(path: str, prefix: str) -> Optional[List[str]]:
 
 
 class ServerProcess:
-    """Server.py in a child process on 127.0.0.1 and a port the kernel picked. Its log goes to
-    a temporary file (unless `stderr` says otherwise), which no chatty log can fill and stall;
-    log() reads it back."""
+    """Server.py in a child process on 127.0.0.1 and a port the kernel picked, logging to a
+    temporary file (no chatty log can fill and stall it; log() reads it) unless `stderr`."""
 
     def __init__(self, *options: str, student_id: Optional[str] = None,
                  log_level: str = "warning", env: Optional[Dict[str, str]] = None,
@@ -113,8 +112,7 @@ class ServerProcess:
             raise
 
     def _read_port(self) -> int:
-        """The port of the first line, "listening on 127.0.0.1:PORT" (read a byte at a time, so
-        nothing past it is taken)."""
+        """The port of the first line, "listening on 127.0.0.1:PORT", read a byte at a time."""
         line = b""
         deadline = time.monotonic() + START_TIMEOUT
         with selectors.DefaultSelector() as selector:
@@ -232,8 +230,8 @@ QUEUED, CONNECTING, OPEN, CLOSED = "queued", "connecting", "open", "closed"
 
 
 class Conn:
-    """One client connection: a nonblocking socket, its unsent output, a ReplyReader for what
-    the server sends, and whatever the tool keeps about it (attributes of a subclass)."""
+    """One client connection: a nonblocking socket, its unsent output, a ReplyReader, and what
+    a subclass keeps about it."""
 
     def __init__(self) -> None:
         self.sock: Optional[socket.socket] = None
@@ -458,9 +456,9 @@ class Loop:
     def wait_for(self, is_done: Callable[[], bool], deadline: float,
                  stall: Optional[float] = None, nap: float = 0.0,
                  tick: Optional[Callable[[], None]] = None, wait: float = POLL_WAIT) -> str:
-        """Poll until is_done(): "done"; or until `deadline` (time.monotonic()): "timed out";
-        or until `stall` seconds pass without progress (last_activity): "stalled". A `nap`
-        before each poll lets replies pile up, for fewer and larger reads; tick() after it."""
+        """Poll until is_done() ("done"), `deadline` (time.monotonic(): "timed out") or `stall`
+        seconds without progress ("stalled"). A `nap` before each poll lets replies pile up,
+        for fewer and larger reads; tick() after it."""
         while not is_done():
             now = time.monotonic()
             if now >= deadline:
@@ -476,9 +474,8 @@ class Loop:
 
 
 class RefBook:
-    """What JOINED_CHATROOM replies have said, checked as they come: a room keeps one ROOM_REF
-    and no two rooms share one ("rooms"); a connection keeps one JOIN_ID and no two connections
-    share one ("join_ids")."""
+    """What JOINED_CHATROOM replies said, checked as they come: a room keeps one ROOM_REF, no
+    two share one ("rooms"); a connection keeps one JOIN_ID, no two share one ("join_ids")."""
 
     def __init__(self, report: "Report") -> None:
         self.report = report
@@ -509,11 +506,37 @@ class RefBook:
 Wait = Callable[[str, Callable[[], bool]], bool]
 
 
+class Waiter:
+    """A Wait on `loop`: a step polls as Loop.wait_for does, or as until(is_done, deadline)
+    does, for at most `seconds` (or the call's) and never past `deadline`. A step that does not
+    finish is a failure of its outcome's kind ("timed_out", "stalled"...); `outcome`: the last."""
+
+    def __init__(self, loop: Loop, report: "Report", tick: Optional[Callable[[], None]] = None,
+                 seconds: float = float("inf"), deadline: float = float("inf"),
+                 stall: Optional[float] = None, nap: float = 0.0, wait: float = POLL_WAIT,
+                 until: Optional[Callable[[Callable[[], bool], float], str]] = None) -> None:
+        self.loop, self.report, self.tick = loop, report, tick
+        self.seconds, self.deadline = seconds, deadline
+        self.stall, self.nap, self.wait = stall, nap, wait
+        self.until = until or self._poll
+        self.outcome = "done"
+
+    def __call__(self, step: str, is_done: Callable[[], bool],
+                 seconds: Optional[float] = None) -> bool:
+        seconds = self.seconds if seconds is None else seconds
+        self.outcome = self.until(is_done, min(self.deadline, time.monotonic() + seconds))
+        if self.outcome != "done":
+            self.report.fail(self.outcome.replace(" ", "_"), "%s: %s" % (step, self.outcome))
+        return self.outcome == "done"
+
+    def _poll(self, is_done: Callable[[], bool], deadline: float) -> str:
+        return self.loop.wait_for(is_done, deadline, self.stall, self.nap, self.tick, self.wait)
+
+
 class Crowd(Handler):
     """Members that connect and JOIN their rooms (join()), then perhaps chat (chat_once(),
-    chat()). A room of n members owes n(n+1)/2 join announcements (the k-th joiner's goes to k
-    members) in any order of JOINs; a room keeps one ROOM_REF, no two rooms share one, and no
-    two members get the same JOIN_ID."""
+    chat()). A room of n owes n(n+1)/2 join announcements (the k-th joiner's goes to k
+    members), whatever the order of JOINs; their replies are checked by a RefBook."""
 
     def __init__(self, loop: Loop, members: List[Member], report: "Report") -> None:
         self.loop = loop
@@ -548,7 +571,7 @@ class Crowd(Handler):
 
     def join(self, wait: Wait) -> bool:
         """Connect and JOIN every member; wait for the connects, the JOINED_CHATROOMs and the
-        announcements, a step each. True if all three finished."""
+        announcements, a step each; True if all three finished."""
         self.loop.handler = self
         self.started = time.monotonic()
         for member in self.members:
@@ -607,8 +630,8 @@ class Crowd(Handler):
         return self._wait(wait, "the chats", lambda: self.waiting <= 0)
 
     def tally(self, members: List[Member]) -> Dict[str, int]:
-        """Chats delivered, missing and extra (short of or beyond each member's quota): a
-        failure unless both are 0, as is anything left unread."""
+        """Chats delivered, missing and extra (short of or beyond each member's quota; each a
+        failure, as is anything left unread)."""
         missing = sum(max(0, self.quota - member.got) for member in members)
         extra = sum(max(0, member.got - self.quota) for member in members)
         for member in members:
@@ -727,8 +750,8 @@ class Crowd(Handler):
 # --- The report: failures, progress, verdict, summary ----------------------------------------
 
 class Report:
-    """Failures counted by kind (a few examples of each kept), progress lines, and the summary
-    every tool ends with (see the module docstring for its schema)."""
+    """Failures by kind (a few examples each), progress lines, and the summary every tool ends
+    with (see the module docstring)."""
 
     def __init__(self, tool: str, quiet: bool = False, stream=None) -> None:
         self.tool = tool
@@ -787,8 +810,7 @@ class Report:
 
 
 def emit(summary: Dict[str, object]) -> int:
-    """Print the verdict line (standard error) and the summary (standard output, one line of
-    JSON); return the exit status."""
+    """Print the verdict (standard error) and the summary (one JSON line); the exit status."""
     print("%s: %s" % (summary["tool"], summary["verdict"]), file=sys.stderr, flush=True)
     print(json.dumps(summary, ensure_ascii=False), flush=True)
     return 0 if summary["ok"] else 1
@@ -797,13 +819,12 @@ def emit(summary: Dict[str, object]) -> int:
 # --- The command line ------------------------------------------------------------------------
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Descriptions and epilogs as written (examples on lines of their own), and every option's
-    default shown after its help."""
+    """Descriptions and epilogs as written, and every option's default after its help."""
 
 
 def argument_parser(tool: str, doc: str, **options) -> argparse.ArgumentParser:
-    """The parser of `python3 -m tools.TOOL`: the first paragraph of its docstring, then the
-    examples (the second paragraph) a line each, then each option and its default."""
+    """The parser of `python3 -m tools.TOOL`: its docstring's first paragraph, then the
+    examples (the second), then each option and its default."""
     first, examples = doc.split("\n\n")[:2]
     return argparse.ArgumentParser(prog="python3 -m tools." + tool, formatter_class=HelpFormatter,
                                    description=first + "\n\nexamples:\n" + examples, **options)
@@ -811,21 +832,6 @@ def argument_parser(tool: str, doc: str, **options) -> argparse.ArgumentParser:
 
 # A tool's own option: (flag, type, default, help, least, most); least and most may be None.
 Option = Tuple[str, Callable, object, str, Optional[float], Optional[float]]
-
-
-def parse_tool_args(tool: str, doc: str, seconds: Tuple[float, str], options: List[Option],
-                    argv: Optional[List[str]], switches: Tuple[Tuple[str, str], ...] = ()
-                    ) -> Tuple[argparse.ArgumentParser, argparse.Namespace]:
-    """The command line of a tool: the common arguments, its `options` (each checked against
-    its bounds) and its on/off `switches` (flag, help)."""
-    parser = argument_parser(tool, doc)
-    add_common_arguments(parser, seconds, options=options)
-    for flag, text in switches:
-        parser.add_argument(flag, action="store_true", help=text)
-    args = parser.parse_args(argv)
-    check_common_arguments(parser, args)
-    check_bounds(parser, args, options)
-    return parser, args
 
 
 def check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -838,11 +844,6 @@ def check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace,
             parser.error("%s must be %s" % (flag, " and ".join(
                 text % bound for text, bound in (("at least %s", least), ("at most %s", most))
                 if bound is not None)))
-
-
-def main(tool: str, parse_args: Callable, run: Callable, argv: Optional[List[str]]) -> int:
-    """A tool's whole command line: parse, run on the kit, print; the exit status."""
-    return emit(run_tool(tool, run, parse_args(argv)))
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, seconds: Optional[Tuple[float, str]],
@@ -880,9 +881,38 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         args.seed = random.SystemRandom().randrange(1 << 31)
 
 
+class Tool:
+    """`python3 -m tools.NAME`: run(args, target, report) (see run_tool) with the common
+    arguments (`seconds` as in add_common_arguments), its `options` (each checked against its
+    bounds) and on/off `switches` (flag, help); check(parser, args) may refuse more."""
+
+    def __init__(self, name: str, doc: str, run: Callable, options: List[Option],
+                 seconds: Optional[Tuple[float, str]] = None,
+                 switches: Tuple[Tuple[str, str], ...] = (),
+                 check: Callable[[argparse.ArgumentParser, argparse.Namespace], None]
+                 = lambda parser, args: None) -> None:
+        self.name, self.doc, self.run, self.options = name, doc, run, options
+        self.seconds, self.switches, self.check = seconds, switches, check
+
+    def parse_args(self, argv: Optional[List[str]] = None) -> argparse.Namespace:
+        parser = argument_parser(self.name, self.doc)
+        add_common_arguments(parser, self.seconds, options=self.options)
+        for flag, text in self.switches:
+            parser.add_argument(flag, action="store_true", help=text)
+        args = parser.parse_args(argv)
+        check_common_arguments(parser, args)
+        check_bounds(parser, args, self.options)
+        self.check(parser, args)
+        return args
+
+    def main(self, argv: Optional[List[str]] = None) -> int:
+        """Parse, run, print the verdict and the summary; the exit status."""
+        return emit(run_tool(self.name, self.run, self.parse_args(argv)))
+
+
 class Target:
-    """The server a run talks to: spawned for it (--spawn), or at --host/--port, where
-    something must accept a connection within CONNECT_CHECK_TIMEOUT."""
+    """The server a run talks to: spawned for it (--spawn), or at --host/--port (which must
+    accept a connection within CONNECT_CHECK_TIMEOUT)."""
 
     def __init__(self, args: argparse.Namespace, server_options: Tuple[str, ...] = ()) -> None:
         self.server: Optional[ServerProcess] = None
@@ -933,8 +963,7 @@ def run_tool(tool: str, run: Callable, args: argparse.Namespace,
 # --- Limits of the machine, and figures ------------------------------------------------------
 
 def raise_nofile_limit() -> Tuple[int, int]:
-    """Raise this process's soft RLIMIT_NOFILE as far as allowed (the hard limit); return the
-    soft limit before and after."""
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit if it can; (before, after)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard
     if hard == resource.RLIM_INFINITY:      # macOS: the kernel caps it lower; ask for plenty

@@ -4,30 +4,24 @@
     python3 -m tools.loadgen --port 8080 connections --count 2000 --rooms 10
     python3 -m tools.loadgen --spawn churn --clients 20 --seconds 10
 
-It speaks the protocol as a crowd of clients would (protocol.py builds every request and reads
-every reply). Every wait is bounded by --timeout (the whole run) and --stall (a phase without
-progress). The summary is the kit's (tools/kit.py); exit status 0 only if nothing was missing,
-failed or timed out.
+Every request is built and every reply read by protocol.py; every wait is bounded by --timeout
+(the whole run) and --stall (a phase without progress). The summary is the kit's (tools/kit.py);
+exit status 0 only if nothing was missing, failed or timed out.
 
 fanout --rooms R --members M --messages K [--size B]
-    Chat throughput. R rooms of M members join; then every member sends K chats (B bytes of
-    text and a sequence number) as fast as the server takes them, and every member must
-    receive every chat of its room, its own included: R*M*M*K deliveries, counted with
-    ReplyReader.count_chats() (anything else is reported). Meanwhile a probe, alone in a room
-    of its own, posts every PROBE_INTERVAL and times its own echo.
-    expected, delivered, missing, extra   the deliveries owed and counted; missing and extra
-                            (per member, short of or beyond M*K) must both be 0
-    seconds, deliveries_per_s   from the first chat sent to the last delivery; the headline
-    join_seconds            connecting and joining everybody, before that clock starts
-    probe_p50_ms, probe_p99_ms, probe_max_ms, probes, probes_lost, probes_skipped,
-    probe_in_flight_max     the probe's echo times (how long an unrelated client waits while
-                            the server is busy), echoes timed, never echoed (must be 0), ticks
-                            when its last post was still unsent, most posts awaiting an echo
-    loadgen_cpu_s, loadgen_cpu_share   this process's CPU time in the chat phase, and that /
-                            seconds: near 1.0 the generator, not the server, is the limit
+    Throughput. R rooms of M members join; every member sends K chats (B bytes and a sequence
+    number) as fast as the server takes them; every member must receive every chat of its room,
+    its own included: R*M*M*K deliveries, counted with ReplyReader.count_chats(). Meanwhile a
+    probe, alone in a room, posts every PROBE_INTERVAL and times its own echo. Figures:
+    expected, delivered, missing, extra (per member short of or beyond M*K: both must be 0);
+    seconds and deliveries_per_s (first chat sent to last delivery: the headline); join_seconds;
+    probe_p50_ms/_p99_ms/_max_ms (how long an unrelated client waits while the server is busy),
+    probes (echoes timed), probes_lost (never echoed: must be 0), probes_skipped (ticks when
+    its last post was still unsent), probe_in_flight_max; loadgen_cpu_s and loadgen_cpu_share
+    (this process's CPU in the chat phase / seconds: near 1.0 the generator is the limit).
 
 connections --count N [--rooms R]
-    N connections join R rooms (connection i to room i mod R; kit.Crowd, as in tools/many.py);
+    N connections join R rooms (connection i to room i mod R, on a kit.Crowd as tools/many.py);
     then one member of each room posts one chat, which must reach every member exactly once.
     Figures: connect_seconds, join_seconds, announce_seconds (until every join announcement
     arrived: a room of n owes n(n+1)/2), delivery_seconds, connected, joined, delivered,
@@ -36,18 +30,17 @@ connections --count N [--rooms R]
 churn --clients N --seconds T [--rooms R]
     Each client cycles for T seconds: connect, JOIN one of R rooms, post 1 to CHURN_MAX_CHATS
     chats, then LEAVE (and join again on the same connection), DISCONNECT or vanish (RST). Every
-    request must get the replies it is owed within --reply-timeout, checked strictly (a chat of
-    a room the client is not in is a failure). Figures: operations and ops_per_s (by_kind),
-    replies_expected, replies_received, all_replies_received, reply_p50_ms/p99/max,
-    others_messages, loadgen_cpu_s and _share (closed loop: ops_per_s measures generator and
-    server together).
+    request must get the replies it is owed within --reply-timeout, strictly (a chat of a room
+    the client is not in fails). Figures: operations, ops_per_s and by_kind, replies_expected,
+    replies_received, all_replies_received, reply_p50_ms/p99/max, others_messages, loadgen_cpu_s
+    and _share (a closed loop: ops_per_s measures generator and server together).
 
-Caveats: the generator shares the machine with the server; it naps --nap between polls so that
-each read returns many messages and it stays well below one core (see loadgen_cpu_share). Quote
-medians of several runs and ratios between servers measured the same way. The probe posts every
-PROBE_INTERVAL whether or not its last post came back; a server that serves each connection a
-fair share per loop may then let probe posts queue (probe_in_flight_max well above p50/10 ms).
-Rooms are named after the run (lg-PID-TIME-...), so runs do not disturb each other's counts.
+Caveats: the generator shares the machine with the server; it naps --nap between polls, so that
+each read returns many messages and it stays well below one core. Quote medians of several runs
+and ratios between servers measured alike. The probe posts every PROBE_INTERVAL whether or not
+its last post came back: a server that serves each connection a fair share per loop may let
+probe posts queue (probe_in_flight_max well above p50/10 ms). Rooms are named after the run
+(lg-PID-TIME-...), so that runs do not disturb each other's counts.
 """
 import argparse
 import collections
@@ -85,29 +78,17 @@ def run_tag() -> str:
     return "lg-%d-%d" % (os.getpid(), int(time.time() * 1000) % 10 ** 8)
 
 
-class Waiter:
-    """How loadgen waits for a step of a kit.Crowd: within the run's `deadline`, giving up after
-    --stall seconds without progress, napping --nap between polls. `outcome` is how the last
-    wait ended: "done", "timed out" or "stalled"."""
-
-    def __init__(self, loop: kit.Loop, args: argparse.Namespace, deadline: float,
-                 report: kit.Report, describe: Callable[[], str]) -> None:
-        self.loop, self.args, self.deadline = loop, args, deadline
-        self.tick = lambda: report.progress(describe)
-        self.outcome = "done"
-
-    def __call__(self, step: str, is_done: Callable[[], bool]) -> bool:
-        self.outcome = self.loop.wait_for(is_done, self.deadline, self.args.stall, self.args.nap,
-                                          self.tick)
-        return self.outcome == "done"
+def waiter(loop: kit.Loop, args: argparse.Namespace, deadline: float, report: kit.Report,
+           describe: Callable[[], str], **options) -> kit.Waiter:
+    """How loadgen waits for a step: within the run's `deadline`, giving up after --stall
+    seconds without progress, napping --nap between polls."""
+    return kit.Waiter(loop, report, lambda: report.progress(describe), deadline=deadline,
+                      stall=args.stall, nap=args.nap, **options)
 
 
-def fail_outcome(report: kit.Report, outcome: str, figures: dict) -> None:
-    """Record how a phase ended (figures timed_out and stalled; a failure unless "done")."""
-    figures["timed_out"] = outcome == "timed out"
-    figures["stalled"] = outcome == "stalled"
-    if outcome != "done":
-        report.fail(outcome.replace(" ", "_"), "a phase ended %s" % outcome)
+def outcome_figures(outcome: str) -> Dict[str, bool]:
+    """How the last wait ended, as figures (a failure too, recorded by the kit.Waiter)."""
+    return {"timed_out": outcome == "timed out", "stalled": outcome == "stalled"}
 
 
 def cpu_figures(cpu_before: float, seconds: float) -> Dict[str, float]:
@@ -169,17 +150,11 @@ class Fanout(kit.Crowd):
                    self.delivered / max(1e-9, time.monotonic() - self.chat_started),
                    "-" if p50 is None else "%.1f" % (p50 * 1000)))
 
-    def chat_wait(self, args: argparse.Namespace, deadline: float):
-        """How fanout waits for its chats (a kit.Wait): polling until every member has its
-        deliveries and the probe its echoes, the probe posting every PROBE_INTERVAL. The
-        outcome ("done", "timed out", "stalled" or "connection lost") is left in `outcome`."""
-        def wait(_step: str, is_done: Callable[[], bool]) -> bool:
-            self.outcome = self._chat_phase(args, deadline, is_done)
-            return self.outcome == "done"
-        return wait
-
-    def _chat_phase(self, args: argparse.Namespace, deadline: float,
-                    is_done: Callable[[], bool]) -> str:
+    def chat_phase(self, args: argparse.Namespace, is_done: Callable[[], bool],
+                   deadline: float) -> str:
+        """How fanout waits for its chats: until every member has its deliveries and the probe
+        its echoes, the probe posting every PROBE_INTERVAL; "done", "timed out", "stalled" or
+        "connection lost"."""
         next_probe = time.monotonic()
         with selectors.DefaultSelector() as probe_selector:
             probe_selector.register(self.probe.sock, selectors.EVENT_READ)
@@ -221,20 +196,21 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
                for r in range(rooms) for m in range(members_per_room)]
     loop = kit.Loop(target.address)
     crowd = Fanout(loop, members, kit.Member("%s-probe" % tag, "probe"), report)
-    waiter = Waiter(loop, args, deadline, report, crowd.progress_line)
+    wait = waiter(loop, args, deadline, report, crowd.progress_line)
     try:
-        crowd.join(waiter)
+        crowd.join(wait)
         figures["join_seconds"] = round(time.monotonic() - started, 3)
-        if waiter.outcome != "done" or report.failed:
-            figures.update(delivered=0, missing=expected, extra=0)
-            fail_outcome(report, waiter.outcome, figures)
+        if wait.outcome != "done" or report.failed:
+            figures.update(delivered=0, missing=expected, extra=0, **outcome_figures(wait.outcome))
             return figures, "the joins failed"
         body = "x" * args.size
         sends = {member: b"".join(chat_request(member.ref, member.join_id, member.name,
                                                "%s %d" % (body, i)) for i in range(messages))
                  for member in members}
         cpu_before = time.process_time()
-        crowd.chat(crowd.chat_wait(args, deadline), members_per_room * messages, sends)
+        wait = waiter(loop, args, deadline, report, crowd.progress_line,
+                      until=lambda is_done, end: crowd.chat_phase(args, is_done, end))
+        crowd.chat(wait, members_per_room * messages, sends)
         seconds = max(1e-9, (crowd.finished_at or time.monotonic()) - crowd.chat_started)
         figures.update(cpu_figures(cpu_before, seconds))
     finally:
@@ -247,7 +223,7 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
     figures.update(probes=len(crowd.probe_latencies), probes_lost=len(crowd.probe_sent),
                    probes_skipped=crowd.probe_skipped,
                    probe_in_flight_max=crowd.probe_in_flight_max)
-    fail_outcome(report, crowd.outcome, figures)
+    figures.update(outcome_figures(wait.outcome))
     return figures, ("%d of %d deliveries in %.2f s (%d/s), probe p99 %s ms"
                      % (crowd.delivered, expected, seconds, figures["deliveries_per_s"],
                         figures["probe_p99_ms"]))
@@ -272,23 +248,21 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
     members = [kit.Member("%s-c%d" % (tag, i % rooms), "m%d" % i) for i in range(count)]
     loop = kit.Loop(target.address)
     crowd = kit.Crowd(loop, members, report)
-    waiter = Waiter(loop, args, time.monotonic() + args.timeout, report, crowd.progress_line)
+    wait = waiter(loop, args, time.monotonic() + args.timeout, report, crowd.progress_line)
     try:
-        if crowd.join(waiter):
-            crowd.chat_once(waiter)
+        if crowd.join(wait):
+            crowd.chat_once(wait)
     finally:
         loop.close_all()
-    figures.update(crowd.join_figures())
+    figures.update(crowd.join_figures(), **outcome_figures(wait.outcome))
     if crowd.chat_started is None:
         figures.update(delivered=0, missing=count)
-        fail_outcome(report, waiter.outcome, figures)
         return figures, "%d of %d connected" % (crowd.connected_count, count)
     seconds = time.monotonic() - crowd.started
     figures.update(delivery_seconds=round((crowd.finished_at or time.monotonic())
                                           - crowd.chat_started, 3),
                    seconds=round(seconds, 3), **cpu_figures(cpu_before, seconds))
     figures.update(crowd.tally(members))
-    fail_outcome(report, waiter.outcome, figures)
     return figures, ("%d connections joined in %.2f s, every member reached in %.2f s"
                      % (crowd.joined, figures["announce_seconds"], figures["delivery_seconds"]))
 
@@ -522,10 +496,10 @@ def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
     churn = Churn(loop, args.clients, ["%s-churn-%d" % (tag, k) for k in range(args.rooms)],
                   args.seconds, args.reply_timeout, random.Random(args.seed), report)
     loop.handler = churn
+    wait = kit.Waiter(loop, report, churn.tick, deadline=started + args.timeout)
     try:
         churn.start()
-        outcome = loop.wait_for(lambda: not churn.active(), started + args.timeout,
-                                tick=churn.tick)
+        wait("the churn", lambda: not churn.active())
     finally:
         loop.close_all()
     elapsed = max(1e-9, time.monotonic() - started)
@@ -538,8 +512,7 @@ def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
         replies_received=churn.replies_received,
         all_replies_received=churn.replies_received == churn.replies_expected)
     figures.update(kit.latency_summary("reply", churn.latencies))
-    figures.update(cpu_figures(cpu_before, elapsed))
-    fail_outcome(report, outcome, figures)
+    figures.update(cpu_figures(cpu_before, elapsed), **outcome_figures(wait.outcome))
     if not figures["all_replies_received"] and not report.failed:
         report.fail("replies_missing", "%d replies owed, %d received"
                     % (churn.replies_expected, churn.replies_received))
@@ -623,7 +596,7 @@ def run_scenario(args: argparse.Namespace, target: kit.Target, report: kit.Repor
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the scenario the arguments name; print its summary; the exit status."""
-    return kit.main("loadgen", parse_args, run_scenario, argv)
+    return kit.emit(kit.run_tool("loadgen", run_scenario, parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ the server's own.
 import argparse
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 from tools import kit
 
@@ -48,14 +48,8 @@ class Many:
         self.members = [kit.Member("many-%d" % (i % args.rooms), "m%d" % i)
                         for i in range(args.connections)]
         self.crowd = kit.Crowd(self.loop, self.members, report)
-
-    def wait(self, step: str, done: Callable[[], bool]) -> bool:
-        """Run the loop until done() (True), or for --seconds (False: a timeout)."""
-        if self.loop.run_until(done, self.args.seconds,
-                               lambda: self.report.progress(self.progress_line)):
-            return True
-        self.report.fail("timeout", "%s: not done within %g s" % (step, self.args.seconds))
-        return False
+        self.wait = kit.Waiter(self.loop, report, lambda: report.progress(self.progress_line),
+                               seconds=args.seconds)
 
     def progress_line(self) -> str:
         rss = self.target.rss_kb()
@@ -123,20 +117,16 @@ OPTIONS: List[kit.Option] = [
     ("--window", int, DEFAULT_WINDOW, "connections being set up at once", 1, None)]
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser, args = kit.parse_tool_args(
-        "many", __doc__, (DEFAULT_STEP_SECONDS, "the longest any one step may take"), OPTIONS,
-        argv)
+def check_rooms(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.rooms is None:
         args.rooms = min(DEFAULT_ROOMS, args.connections)
     if args.rooms > args.connections:
         parser.error("--rooms must be at most --connections")
-    return args
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    return kit.main("many", parse_args, run_many, argv)
-
+TOOL = kit.Tool("many", __doc__, run_many, OPTIONS,
+                (DEFAULT_STEP_SECONDS, "the longest any one step may take"), check=check_rooms)
+parse_args, main = TOOL.parse_args, TOOL.main
 
 if __name__ == "__main__":
     sys.exit(main())

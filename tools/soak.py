@@ -6,10 +6,9 @@ the members it should have, once each, in order.
     python3 -m tools.soak --spawn --clients 50 --rooms 10 --seconds 30 --rate 5
     python3 -m tools.soak --port 8080 --seconds 10
 
-The clients, on one loop (tools/kit.py), chat only in rooms whose JOINED_CHATROOM they have
-read and that they have not asked to leave (--rate per second, Poisson), join a room at most
-once and send only valid requests; every chat is "NAME SEQ padding" (one CLIENT_NAME per
-connection):
+The clients, on one kit.Loop, chat (--rate per second, Poisson) only in rooms whose
+JOINED_CHATROOM they have read and that they have not asked to leave, join a room at most once
+and send only valid requests; every chat is "NAME SEQ padding" (one CLIENT_NAME a connection):
 - a *recorder* joins every room before anybody else and never leaves or chats;
 - *stayers* (1 - --churn of the clients) join 1 to --max-rooms rooms and chat to the end;
 - *churners* do the same for a while, then LEAVE some rooms (and go on in the others, or sit
@@ -19,16 +18,15 @@ connection):
 The delivery rule, and why it is sound:
 - The server handles one request at a time and appends each broadcast (chats, join and leave
   announcements) to every present member's output at once. So a room's broadcasts form one
-  history, and a member's stream of the room is its part from its own join announcement to
-  its own leave announcement. The recorder's stream of a room is its whole history, so for a
-  member M of room R:
+  history, and a member's stream of the room is its part from its own join announcement to its
+  own leave announcement; the recorder's stream is the whole history. For a member M of room R:
       expected(M, R) = recorder's stream of R from "M has joined" to "M has left" inclusive
                        (to the end, if M never left)
   and M's stream must equal it exactly: every chat once, in order, nothing outside it.
-- The recorder must have each chat sent exactly once, in per-sender order: a client chats only
+- The recorder must have each chat sent exactly once, in per-sender order (a client chats only
   between reading its JOINED_CHATROOM and sending LEAVE or DISCONNECT, and the server handles a
-  connection's requests in order. Except: a chat of a client that vanished before its echo came
-  back may never have been handled (the RST may beat it): at most once.
+  connection's requests in order); but a chat whose sender vanished before its echo came back
+  may never have been handled (the RST may beat it): at most once.
 - A client that vanished stopped reading at some point: its stream must be a prefix of
   expected(M, R), without the final leave announcement (which goes to the others only).
 - Before the check, a barrier completes every stream: every DISCONNECTing client's close, the
@@ -40,18 +38,16 @@ recorder), delivered, lost, duplicated, reordered (after a later chat of the sam
 outside_window (not expected), stream_mismatches (streams that differ from expected(M, R) in
 any way, announcements included), and the server's RSS over time (with --spawn). Each that is
 not 0 is also a failure of that kind, as is any ERROR_CODE, unexpected close or reply that is
-not the protocol's.
-
-The rule assumes one history per room, as "presently in the room" implies for this server; a
-multi-threaded server could interleave senders differently per member, and then only the
-per-sender checks would be fair.
+not the protocol's. The rule assumes one history per room, as "presently in the room" implies
+for this server; a multi-threaded server could interleave senders differently per member, and
+then only the per-sender checks would be fair.
 """
 import argparse
 import collections
 import random
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, HeloReply, JoinedReply,
                       LeftReply, chat_request, disconnect_request, helo_request, join_request,
@@ -205,6 +201,7 @@ class Soak(kit.Handler):
         self.report = report
         self.target = target
         self.loop = kit.Loop(target.address, self)
+        self.wait = kit.Waiter(self.loop, report, self.sample_rss, wait=TICK)
         self.churn_starts: List[float] = []     # when the churners still to come start
 
         self.rng = random.Random(args.seed)
@@ -272,12 +269,6 @@ class Soak(kit.Handler):
                              % (client.name, client.phase))
         client.phase = "closed"
 
-    def wait_until(self, condition: Callable[[], bool], seconds: float, what: str) -> bool:
-        if self.loop.run_until(condition, seconds, self.sample_rss, wait=TICK):
-            return True
-        self.report.fail("timeout", "timed out after %g s waiting for %s" % (seconds, what))
-        return False
-
     def sample_rss(self) -> None:
         now = time.monotonic()
         kb = self.target.rss_kb() if not self.rss or now - self.rss[-1][0] >= RSS_EVERY else None
@@ -290,14 +281,14 @@ class Soak(kit.Handler):
         args = self.args
         self.sample_rss()
         self.recorder = self.add_client("recorder")
-        if not self.wait_until(lambda: self.recorder.phase == "active", SETUP_TIMEOUT,
-                               "the recorder's joins"):
+        if not self.wait("the recorder's joins", lambda: self.recorder.phase == "active",
+                         SETUP_TIMEOUT):
             return {}
         churners = int(round(args.clients * args.churn))
         for _ in range(args.clients - churners):
             self.add_client("stayer")
-        self.wait_until(lambda: all(c.phase != "joining" for c in self.clients), SETUP_TIMEOUT,
-                        "the stayers' joins")
+        self.wait("the stayers' joins", lambda: all(c.phase != "joining" for c in self.clients),
+                  SETUP_TIMEOUT)
         self.churn_starts = [time.monotonic() + self.rng.uniform(0, 1) for _ in range(churners)]
         self.loop.run_until(lambda: False, args.seconds, self.chat_tick, wait=TICK)
         self.barrier()
@@ -359,19 +350,20 @@ class Soak(kit.Handler):
 
     def barrier(self) -> None:
         """Make every stream complete (see the module docstring)."""
-        self.wait_until(lambda: not [c for c in self.clients if c.phase == "disconnecting"],
-                        DRAIN_TIMEOUT, "DISCONNECTed clients to be closed")
+        self.wait("DISCONNECTed clients to be closed",
+                  lambda: all(c.phase != "disconnecting" for c in self.clients), DRAIN_TIMEOUT)
         owed = {(ref, c.name) for c in self.clients if c.phase == "vanished"
                 for ref in c.vanished_in}
-        self.wait_until(lambda: owed <= self.recorder.leaves_seen, DRAIN_TIMEOUT,
-                        "the recorder to see vanished clients leave")
+        self.wait("the recorder to see vanished clients leave",
+                  lambda: owed <= self.recorder.leaves_seen, DRAIN_TIMEOUT)
         for tag in ("sync1", "sync2"):
             live = self.live()
             for client in live:
                 client.helo_replies = 0
                 client.send(helo_request("%s %s" % (tag, client.name)))
-            self.wait_until(lambda: all(c.helo_replies >= 1 or c.phase == "closed" for c in live),
-                            DRAIN_TIMEOUT, "the %s HELO replies" % tag)
+            self.wait("the %s HELO replies" % tag,
+                      lambda: all(c.helo_replies >= 1 or c.phase == "closed" for c in live),
+                      DRAIN_TIMEOUT)
 
     # -- the check -------------------------------------------------------------------------
 
@@ -496,14 +488,8 @@ OPTIONS: List[kit.Option] = [
     ("--message-bytes", int, DEFAULT_MESSAGE_BYTES, "padding per chat, at most", 0, None)]
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    return kit.parse_tool_args("soak", __doc__, (DEFAULT_SECONDS, "how long they chat"), OPTIONS,
-                               argv)[1]
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return kit.main("soak", parse_args, run_soak, argv)
-
+TOOL = kit.Tool("soak", __doc__, run_soak, OPTIONS, (DEFAULT_SECONDS, "how long they chat"))
+parse_args, main = TOOL.parse_args, TOOL.main
 
 if __name__ == "__main__":
     sys.exit(main())
