@@ -45,3 +45,16 @@ class CompareTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CarryOutTest(unittest.TestCase):
+
+    def test_a_join_naming_a_callback_is_answered_by_the_peers_dispatch(self):
+        from lib.actions import carry_out
+        from protocol import ChatProtocol
+        app = ChatProtocol(port=1, student_id="1")
+        app.connection_made(1, "127.0.0.1", "127.0.0.1")
+        app.data_received(1, b"JOIN_CHATROOM: r\nCLIENT_IP: 10.0.0.9\nPORT: 5000\nCLIENT_NAME: a\n")
+        written = []
+        carry_out(app.maybe_next_actions(1), lambda c, d: written.append(d), None, None)
+        self.assertTrue(written[0].startswith(b"JOINED_CHATROOM: r\n"))
