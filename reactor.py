@@ -9,24 +9,37 @@ ids and never sees a socket. This module imports lib.actions and lib.udp, never 
 One tick of the loop (`run_once`), in the order of Redis's ae.c (aeProcessEvents: file events,
 then time events; handleClientsWithPendingWrites before the next wait), reads before writes:
 
-    1. timeout      how long select() may wait (_next_timeout): not at all while requests are
-                    left over from the last tick; otherwise until the first timer is due (a
-                    lingering connection's deadline, the end of an accept pause, the UDP
-                    endpoint's next timer), and never longer than the caller's bound
+    1. timeout      how long select() may wait (_next_timeout): not at all while work is
+                    left over from the last tick (requests, events, output, departures, drops);
+                    otherwise until the first timer is due (a lingering connection's deadline,
+                    a throttled connection's refill, the end of an accept pause, the UDP
+                    endpoint's next timer, a periodic call), and never longer than the
+                    caller's bound
     2. select()     which sockets are ready
     3. read         accept every pending connection (_on_acceptable); recv() once from each
                     ready connection and give the bytes to the app (_on_readable); up to
                     UDP_READS_PER_TICK datagrams into the UDP endpoint, whose sessions' stream
-                    bytes go to the app the same way (_on_datagrams)
+                    bytes go to the app the same way (_on_datagrams). At most TICK_TARGET / 2:
+                    the sockets left are still ready at the next select()
     4. handle       the Scheduler names the connections whose requests are handled now, and
-                    how many each (see TICK_TARGET); their actions append bytes to output
-                    buffers. When backlogs are being worked through, the replies of the
+                    how many each (see TICK_TARGET, TICK_LIMIT); their actions append bytes to
+                    output queues. When backlogs are being worked through, the replies of the
                     connections without one are flushed first, before the backlogs' turns.
-    5. flush        one send() per connection with new output: everything queued for it this
-                    tick leaves in one system call (a UDP session's goes into its stream);
-                    then the UDP endpoint's datagrams, ACKs included, one sendto() each
-    6. timers       let go of the lingering connections whose time is up; accept again once
-                    an accept pause is over; run the UDP endpoint's timers when due
+    5. flush        tell the app of the connections lost (a bounded number, in one call);
+                    then one send() (sendmsg() for several buffers) per connection with new
+                    output: everything queued for it this tick leaves in one system call (a
+                    UDP session's goes into its stream), for at most TICK_TARGET / 2; then the
+                    UDP endpoint's datagrams, ACKs included, one sendto() each
+    6. drops        close the sockets of dropped connections, for at most TICK_TARGET / 2;
+                    past the memory budget, evict the connections that hold the most
+    7. timers       let go of the lingering connections whose time is up; end throttles;
+                    close idle connections that never completed a request while descriptors
+                    are scarce; accept again once an accept pause is over; run the UDP
+                    endpoint's timers and the periodic calls when due
+
+So no tick is long whatever arrives: every step that could grow with an attacker's numbers (a
+storm of resets, thousands of joins to one room, 2 000 members passing OUTPUT_CAP together)
+stops after its share of the tick and leaves the rest, in order, to the next.
 
 The write path is asyncio's (selector_events.py), with the send moved to the end of the tick as
 Redis does (handleClientsWithPendingWrites): nothing is sent while a request is being handled;
@@ -41,7 +54,17 @@ then our FIN; the connection then reads and drops the peer's input until the pee
 Flow control (asyncio's water marks, Redis's output-buffer limit): a connection whose queued
 output passes HIGH_WATER is not read from until it drains below LOW_WATER; one whose queue passes
 OUTPUT_CAP is disconnected. So a client that never reads costs at most OUTPUT_CAP and slows
-nobody else down.
+nobody else down. Output of SHARE_MIN bytes or more is queued by reference, one object for all
+the members of a broadcast; everything the connections' buffers hold, input included, is one
+figure (Memory) checked each tick against MEMORY_BUDGET, past which the largest holders are
+evicted (Redis's maxmemory-clients).
+
+Flood control (IRC servers' per-client flood control, token buckets): each connection's input
+is metered in bytes and in requests (INPUT_BYTES_PER_SECOND); one whose bucket runs dry is
+neither read from nor given turns until it refills. It is slowed, never cut.
+
+Descriptors: one is kept in reserve, so that with every other taken a new connection can
+still be accepted, the longest-idle connection that never completed a request making way.
 
 UDP (docs/UDP.md): with `udp=True` one datagram socket on the same IP and port carries every
 UDP session; lib/udp.py's ServerEndpoint, a state machine with no socket and no clock, does the
@@ -51,8 +74,9 @@ and OUTPUT_CAP; a Close is a graceful close of the session, and a session that e
 RESET) is a connection lost.
 
 A connection's life is a `State`: OPEN, then either CLOSING (a Close: sending what is queued)
-and LINGERING (our FIN sent: waiting for the peer's), or ABORTING (past OUTPUT_CAP: dropped
-without sending more); CLOSED at the end of every path.
+and LINGERING (our FIN sent: waiting for the peer's), or ABORTING (dropped: past OUTPUT_CAP,
+its socket failed, or evicted; nothing more is read or sent, and its socket is closed when the
+tick has time); CLOSED at the end of every path.
 """
 import collections
 import enum
@@ -569,17 +593,30 @@ class Reactor:
             self.close()
 
     def run_once(self, timeout: Optional[float] = None) -> None:
-        """One tick: wait up to `timeout` (None: as long as it takes) for sockets, read,
-        handle requests, write, run the timers."""
-        timeout = self._next_timeout(timeout)
-        events = self.selector.select(timeout)
-        self._now = started = time.monotonic()
+        """One tick (the module docstring's steps): wait up to `timeout` (None: as long as it
+        takes) for sockets, read, handle requests, flush, close dropped connections, run the
+        timers."""
+        events = self.selector.select(self._next_timeout(timeout))
+        self._now = time.monotonic()
+        self._on_events(events)
+        self._process_input()
+        self._flush()
+        if self._to_abort:
+            self._drop_aborted()
+        if self.memory.total > self.memory.budget:
+            self._evict_for_memory()
+        self._expire_timers(time.monotonic())
+
+    def _on_events(self, events: List[Tuple[selectors.SelectorKey, int]]) -> None:
+        """The read step: act on what select() found, for at most TICK_TARGET / 2 (the rest
+        are still ready at the next select(), which then does not wait)."""
+        started = self._now
         self._events_left = False
         for index, (key, mask) in enumerate(events):
             if (index % EVENTS_BETWEEN_CLOCK_READS == EVENTS_BETWEEN_CLOCK_READS - 1
                     and time.monotonic() - started > TICK_TARGET / 2):
-                self._events_left = True    # the rest are still ready at the next select()
-                break
+                self._events_left = True
+                return
             conn = key.data
             if conn is None:
                 self._on_acceptable()
@@ -593,13 +630,6 @@ class Reactor:
                     self._on_readable(conn)
                 if mask & selectors.EVENT_WRITE:
                     self._want_flush(conn)
-        self._process_input()
-        self._flush()
-        if self._to_abort:
-            self._drop_aborted()
-        if self.memory.total > self.memory.budget:
-            self._evict_for_memory()
-        self._expire_timers(time.monotonic())
 
     def _next_timeout(self, cap: Optional[float]) -> Optional[float]:
         """How long the next select() may wait: not at all while a backlog waits for its turn;
