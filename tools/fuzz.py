@@ -649,28 +649,18 @@ class Fuzzer(kit.Handler):
         self.end(conn, "reset")
 
     def pump(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> bool:
-        """Send what is queued (in random slices) and read everything, until `until()` holds
-        with nothing left to send (or, without `until`, until QUIET seconds pass with nothing
-        sent or received). False if `seconds` ran out first."""
-        deadline = time.monotonic() + seconds
-        quiet_since = None
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return False
-            activity = self.loop.last_activity
-            self.loop.poll(min(QUIET / 2, deadline - now))
-            if any(conn.out or conn.state != kit.OPEN for conn in self.loop.conns):
-                quiet_since = None              # something to send, or a connect under way
-            elif until is not None:
-                if until():
-                    return True
-            elif self.loop.last_activity != activity:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= QUIET:
-                return True
+        """Send what is queued (in random slices) and read everything, until nothing is left to
+        send or connecting and until() holds (without `until`: until QUIET seconds have passed
+        with nothing sent or received). False if `seconds` ran out first."""
+        loop = self.loop
+
+        def quiet() -> bool:
+            return time.monotonic() - max(loop.last_activity, loop.last_sent) >= QUIET
+
+        def done() -> bool:
+            return (not any(conn.out or conn.state != kit.OPEN for conn in loop.conns)
+                    and (until or quiet)())
+        return loop.wait_for(done, time.monotonic() + seconds, wait=QUIET / 2) == "done"
 
     # -- batches ----------------------------------------------------------------------------
 
