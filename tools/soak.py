@@ -17,30 +17,29 @@ and send only valid requests; every chat is "NAME SEQ padding" (one CLIENT_NAME 
 
 The delivery rule, and why it is sound:
 - The server handles one request at a time and appends each broadcast (chats, join and leave
-  announcements) to every present member's output at once. So a room's broadcasts form one
-  history, and a member's stream of the room is its part from its own join announcement to its
-  own leave announcement; the recorder's stream is the whole history. For a member M of room R:
+  announcements) to every present member's output at once, so a room's broadcasts form one
+  history, which the recorder's stream is. For a member M of room R:
       expected(M, R) = recorder's stream of R from "M has joined" to "M has left" inclusive
                        (to the end, if M never left)
   and M's stream must equal it exactly: every chat once, in order, nothing outside it.
 - The recorder must have each chat sent exactly once, in per-sender order (a client chats only
   between reading its JOINED_CHATROOM and sending LEAVE or DISCONNECT, and the server handles a
-  connection's requests in order); but a chat whose sender vanished before its echo came back
-  may never have been handled (the RST may beat it): at most once.
+  connection's requests in order); a chat whose sender vanished before its echo came back may
+  never have been handled (the RST may beat it): at most once.
 - A client that vanished stopped reading at some point: its stream must be a prefix of
   expected(M, R), without the final leave announcement (which goes to the others only).
 - Before the check, a barrier completes every stream: every DISCONNECTing client's close, the
   recorder seeing every vanished client leave each of its rooms, then two rounds of HELO from
   every live client (after the second reply, it has read everything queued for it).
 
-Figures: expected_deliveries (the chats of every expected(M, R), and every sent chat for the
-recorder), delivered, lost, duplicated, reordered (after a later chat of the same sender),
-outside_window (not expected), stream_mismatches (streams that differ from expected(M, R) in
-any way, announcements included), and the server's RSS over time (with --spawn). Each that is
-not 0 is also a failure of that kind, as is any ERROR_CODE, unexpected close or reply that is
-not the protocol's. The rule assumes one history per room, as "presently in the room" implies
-for this server; a multi-threaded server could interleave senders differently per member, and
-then only the per-sender checks would be fair.
+Figures (FIGURES): expected_deliveries (the chats of every expected(M, R), and every sent chat
+for the recorder), delivered, lost, duplicated, reordered (after a later chat of the same
+sender), outside_window (not expected), stream_mismatches (streams that differ from
+expected(M, R) in any way, announcements included), members_checked, and the server's RSS over
+time (with --spawn). Each of lost to stream_mismatches that is not 0 is also a failure, as is
+any ERROR_CODE, unexpected close or reply that is not the protocol's. The rule assumes one
+history per room, as "presently in the room" implies for this server; a multi-threaded server
+could interleave senders differently per member, and then only the per-sender checks are fair.
 """
 import argparse
 import collections
