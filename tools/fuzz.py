@@ -342,8 +342,7 @@ class Probe:
 
     def _send(self, data: bytes) -> None:
         blank = self.rng.choice([b"", b"", b"", b"", b"\n", b"\r\n"])   # between requests
-        self.fuzzer.queue(self.conn, blank + data, guard=False)
-        self.fuzzer.count("probe")
+        self.fuzzer.queue(self.conn, blank + data, "probe", guard=False)
 
     def _send_lines(self, lines: List[str]) -> None:
         ending = line_ending(self.rng)
@@ -571,9 +570,6 @@ class Fuzzer(kit.Handler):
         self.helo_max = 0.0
         self.batches = 0
 
-    def count(self, kind: str) -> None:
-        self.sent_by_kind[kind] += 1
-
     def requests_sent(self) -> int:
         return sum(self.sent_by_kind.values())
 
@@ -590,11 +586,14 @@ class Fuzzer(kit.Handler):
         self.probes.append(probe)
         return probe
 
-    def queue(self, conn: FuzzConn, data: bytes, guard: bool = True) -> None:
-        """Queue bytes for `conn`, never letting KILL_SERVICE through unless allowed. The
-        check looks across the join with what was queued before, since a truncated request
-        makes the server read two requests as one. (Probes need no guard: their requests are
-        well framed and none starts with KILL_SERVICE.)"""
+    def queue(self, conn: FuzzConn, data: bytes, kind: Optional[str] = None,
+              guard: bool = True) -> None:
+        """Queue bytes for `conn` (a request of `kind`, if given, is counted), never letting
+        KILL_SERVICE through unless allowed. The check looks across the join with what was
+        queued before, since a truncated request makes the server read two requests as one.
+        (Probes need no guard: their requests are well framed and none starts with KILL.)"""
+        if kind is not None:
+            self.sent_by_kind[kind] += 1
         if guard and not self.args.allow_kill and b"KILL" in (conn.tail + data).upper():
             data = helo_request("kill-guard")
         conn.tail = (conn.tail + data)[-16:]
@@ -649,28 +648,18 @@ class Fuzzer(kit.Handler):
         self.end(conn, "reset")
 
     def pump(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> bool:
-        """Send what is queued (in random slices) and read everything, until `until()` holds
-        with nothing left to send (or, without `until`, until QUIET seconds pass with nothing
-        sent or received). False if `seconds` ran out first."""
-        deadline = time.monotonic() + seconds
-        quiet_since = None
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return False
-            activity = self.loop.last_activity
-            self.loop.poll(min(QUIET / 2, deadline - now))
-            if any(conn.out or conn.state != kit.OPEN for conn in self.loop.conns):
-                quiet_since = None              # something to send, or a connect under way
-            elif until is not None:
-                if until():
-                    return True
-            elif self.loop.last_activity != activity:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= QUIET:
-                return True
+        """Send what is queued (in random slices) and read everything, until nothing is left to
+        send or connecting and until() holds (without `until`: until QUIET seconds have passed
+        with nothing sent or received). False if `seconds` ran out first."""
+        loop = self.loop
+
+        def quiet() -> bool:
+            return time.monotonic() - max(loop.last_activity, loop.last_sent) >= QUIET
+
+        def done() -> bool:
+            return (not any(conn.out or conn.state != kit.OPEN for conn in loop.conns)
+                    and (until or quiet)())
+        return loop.wait_for(done, time.monotonic() + seconds, wait=QUIET / 2) == "done"
 
     # -- batches ----------------------------------------------------------------------------
 
@@ -678,14 +667,16 @@ class Fuzzer(kit.Handler):
         self.chaos = [conn for conn in self.chaos if conn.state != kit.CLOSED]
         return [conn for conn in self.chaos if not conn.close_when_sent]
 
+    def live_probes(self) -> List[Probe]:
+        return [probe for probe in self.probes if not probe.done and not probe.disconnecting]
+
     def refill(self) -> None:
         """Top the pools of chaos connections and probes up again."""
         self.live_chaos()
         while len(self.chaos) < self.args.pool:
             reading = self.rng.random() >= P_NON_READER
             self.chaos.append(self.open_conn("chaos%d" % (self.serial + 1), reading))
-        live = [probe for probe in self.probes if not probe.done and not probe.disconnecting]
-        for _ in range(self.args.probes - len(live)):
+        for _ in range(self.args.probes - len(self.live_probes())):
             self.new_probe("probe%d" % (self.serial + 1))
 
     def batch(self, size: int) -> None:
@@ -696,7 +687,7 @@ class Fuzzer(kit.Handler):
             size -= self.burst(min(size, rng.randint(10, self.args.burst)))
         if rng.random() < P_FLOOD and size >= 10:
             size -= self.flood(size)
-        live_probes = [p for p in self.probes if not p.done and not p.disconnecting]
+        live_probes = self.live_probes()
         for _ in range(max(0, size)):
             if live_probes and rng.random() < P_PROBE:
                 rng.choice(live_probes).random_request()
@@ -708,16 +699,14 @@ class Fuzzer(kit.Handler):
             roll = rng.random()
             if roll < P_VANISH + P_HALF_CLOSE:
                 _kind, data = self.maker.make(conn)
-                self.queue(conn, data[:rng.randint(0, max(0, len(data) - 1))])
+                self.queue(conn, data[:rng.randint(0, max(0, len(data) - 1))],
+                           "vanish" if roll < P_VANISH else "half-close")
                 self.end(conn, "reset" if roll < P_VANISH else "close", when_sent=True)
-                self.count("vanish" if roll < P_VANISH else "half-close")
             elif roll < P_VANISH + P_HALF_CLOSE + P_OVERSIZE:
-                self.queue(conn, self.maker.oversize())
-                self.count("oversize")
+                self.queue(conn, self.maker.oversize(), "oversize")
             else:
                 kind, data = self.maker.make(conn)
-                self.queue(conn, data)
-                self.count(kind)
+                self.queue(conn, data, kind)
         self.pump(BATCH_TIMEOUT)
         for conn in self.live_chaos():          # now and then a non-reader is let go
             if not conn.reading and rng.random() < 0.1:
@@ -733,8 +722,7 @@ class Fuzzer(kit.Handler):
             kind, data = self.maker.make(conn)
             if self.rng.random() < 0.5:
                 data = join_request(self.rng.choice(ROOM_NAMES[:4]), "b") + data
-            self.queue(conn, data)
-            self.count(kind)
+            self.queue(conn, data, kind)
             self.end(conn, self.rng.choice(["reset", "close", None]), when_sent=True)
             conns.append(conn)
         self.pump(BATCH_TIMEOUT)
@@ -886,8 +874,8 @@ class Fuzzer(kit.Handler):
                 self.report.fail("rooms", "probe %s got the checker's chat in room %d %d times"
                                  % (probe.name, ref, got))
         # everybody still here disconnects, checking the leave announcements once more
-        for probe in self.probes:
-            if not probe.done and not probe.disconnecting and not probe.disconnect():
+        for probe in self.live_probes():
+            if not probe.disconnect():
                 self.end(probe.conn, "close")
                 probe.done = True
         self.drain(probes_idle, lambda: "DISCONNECT replies still missing")

@@ -281,7 +281,8 @@ class Loop:
         received(conn)                  bytes arrived: conn.reader has them
         closed(conn, exc)               the server closed it (exc None) or it broke (closed)
     send() sends at once what the kernel takes (at most send_limit() bytes per send() when set)
-    and queues the rest. last_activity: the last connect made or bytes received.
+    and queues the rest. last_activity: the last connect made or bytes received; last_sent:
+    the last bytes sent.
     """
 
     def __init__(self, address: Tuple[int, tuple], handler=None,
@@ -295,7 +296,7 @@ class Loop:
         self.queued: collections.deque = collections.deque()
         self.connecting = 0
         self.conns: set = set()             # every connection not yet closed
-        self.last_activity = time.monotonic()
+        self.last_activity = self.last_sent = time.monotonic()
         self._starting = False              # in _start_connects (a handler may call connect)
 
     def connect(self, conn: Conn) -> None:
@@ -362,7 +363,9 @@ class Loop:
         except OSError as exc:              # EPIPE, ECONNRESET: the server has gone
             self._lost(conn, exc)
             return
-        del conn.out[:sent]
+        if sent:
+            self.last_sent = time.monotonic()
+            del conn.out[:sent]
         if not conn.out and conn.close_when_sent:
             self.close(conn, reset=conn.close_when_sent == "reset")
         else:

@@ -44,13 +44,14 @@ probe posts queue (probe_in_flight_max well above p50/10 ms). Rooms are named af
 """
 import argparse
 import collections
+import itertools
 import os
 import random
 import resource
 import selectors
 import sys
 import time
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply, LeftReply,
                       chat_request, disconnect_request, join_request, leave_request)
@@ -272,10 +273,11 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
 class ChurnClient:
     """One churning client: a cycle of connect, join, chat, end; then again, until time is up.
 
-    `expect` holds the replies its last request still owes, in order: JoinedReply (the class:
-    the JOINED_CHATROOM of `room`), a LeftReply, the text of its own CHAT in its room (echo or
-    announcement), or None (the server's close). `state`: connecting, replies (owed), resting
-    (its connect failed: it tries again at `reply_deadline`) or done.
+    `script` is what its connection does (Churn.cycle); `expect` holds the replies its last
+    request still owes, in order: JoinedReply (the class: the JOINED_CHATROOM of `room`), a
+    LeftReply, the text of its own CHAT in its room (echo or announcement), or None (the
+    server's close). `state`: connecting, replies (owed), resting (its connect failed: it tries
+    again at `reply_deadline`) or done.
     """
 
     def __init__(self, index: int) -> None:
@@ -284,13 +286,11 @@ class ChurnClient:
         self.name = ""                      # CLIENT_NAME, new for each connection (see below)
         self.conn: Optional[kit.Conn] = None
         self.state = "done"
+        self.script: Iterator[Tuple[bytes, List[object]]] = iter(())
         self.expect: Deque[object] = collections.deque()
-        self.then: Callable[[], None] = lambda: None    # once every owed reply has come
         self.room = ""
         self.ref: Optional[int] = None      # the room it is in, from JOINED to its leave
         self.join_id: Optional[int] = None
-        self.chats_left = 0
-        self.seq = 0
         self.sent_at = 0.0                  # when the request now owed replies was sent
         self.reply_deadline = 0.0
 
@@ -358,61 +358,49 @@ class Churn(kit.Handler):
         client.reply_deadline = time.monotonic() + self.reply_timeout
         self.loop.connect(conn)
 
-    def _request(self, client: ChurnClient, data: bytes, replies: List[object],
-                 then: Callable[[], None]) -> None:
-        """Send `data`, which owes `replies` (see ChurnClient); then() once they have come."""
-        self.loop.send(client.conn, data)
-        client.state, client.expect, client.then = "replies", collections.deque(replies), then
+    def cycle(self, client: ChurnClient) -> Iterator[Tuple[bytes, List[object]]]:
+        """What one connection does, in order: each yield is a request and the replies it owes,
+        and the script goes on once they have all come. JOIN, 1 to CHURN_MAX_CHATS chats, then
+        vanish, DISCONNECT, or LEAVE and JOIN again on the same connection."""
+        name, numbers = client.name, itertools.count(1)
+        while True:
+            client.room = self.rng.choice(self.rooms)
+            yield join_request(client.room, name), [JoinedReply, JOINED_TEXT % name]
+            self.ops["join"] += 1
+            for _ in range(self.rng.randint(1, CHURN_MAX_CHATS)):
+                text = "%s says %d" % (name, next(numbers))
+                yield chat_request(client.ref, client.join_id, name, text), [text]
+                self.ops["chat"] += 1
+            how = self.rng.choice(("leave", "disconnect", "vanish"))
+            if how == "vanish":
+                self.ops["vanish"] += 1
+                self.loop.close(client.conn, reset=True)
+                return
+            if how == "disconnect":
+                yield disconnect_request(name), [LEFT_TEXT % name, None]
+                self.ops["disconnect"] += 1
+                return
+            yield (leave_request(client.ref, client.join_id, name),
+                   [LeftReply(client.ref, client.join_id), LEFT_TEXT % name])
+            self.ops["leave"] += 1
+            if time.monotonic() >= self.stop_at:
+                self.loop.close(client.conn)
+                return
+            self.cycles += 1
+
+    def _next(self, client: ChurnClient) -> None:
+        """Send the script's next request, its replies owed within --reply-timeout; once the
+        script has ended, a new cycle."""
+        step = next(client.script, None)
+        if step is None:
+            self._new_cycle(client)
+            return
+        data, replies = step
+        client.state, client.expect = "replies", collections.deque(replies)
         client.sent_at = time.monotonic()
         client.reply_deadline = client.sent_at + self.reply_timeout
         self.replies_expected += len(replies)
-
-    def _join(self, client: ChurnClient) -> None:
-        client.room = self.rng.choice(self.rooms)
-
-        def joined() -> None:
-            self.ops["join"] += 1
-            client.chats_left = self.rng.randint(1, CHURN_MAX_CHATS)
-            self._chat(client)
-        self._request(client, join_request(client.room, client.name),
-                      [JoinedReply, JOINED_TEXT % client.name], joined)
-
-    def _chat(self, client: ChurnClient) -> None:
-        client.seq += 1
-        text = "%s says %d" % (client.name, client.seq)
-
-        def echoed() -> None:
-            self.ops["chat"] += 1
-            client.chats_left -= 1
-            if client.chats_left:
-                self._chat(client)
-            else:
-                self._end_cycle(client)
-        self._request(client, chat_request(client.ref, client.join_id, client.name, text),
-                      [text], echoed)
-
-    def _end_cycle(self, client: ChurnClient) -> None:
-        how = self.rng.choice(("leave", "disconnect", "vanish"))
-        if how == "leave":
-            self._request(client, leave_request(client.ref, client.join_id, client.name),
-                          [LeftReply(client.ref, client.join_id), LEFT_TEXT % client.name],
-                          lambda: self._left(client))
-        elif how == "disconnect":
-            self._request(client, disconnect_request(client.name),
-                          [LEFT_TEXT % client.name, None], lambda: self._new_cycle(client))
-        else:
-            self.ops["vanish"] += 1
-            self.loop.close(client.conn, reset=True)
-            self._new_cycle(client)
-
-    def _left(self, client: ChurnClient) -> None:
-        self.ops["leave"] += 1
-        if time.monotonic() < self.stop_at:
-            self.cycles += 1
-            self._join(client)          # the connection stays open: use it again
-        else:
-            self.loop.close(client.conn)
-            client.state = "done"
+        self.loop.send(client.conn, data)   # last: a send that fails fails the client
 
     def _fail(self, client: ChurnClient, kind: str, detail: str) -> None:
         """Count a failure, drop the connection with RST, start afresh."""
@@ -430,13 +418,14 @@ class Churn(kit.Handler):
         if client.expect.popleft() == LEFT_TEXT % client.name:
             client.ref = None               # nothing more of that room may arrive
         if not client.expect:
-            client.then()
+            self._next(client)
 
     # -- the loop's handler ----------------------------------------------------------------------
 
     def connected(self, conn: kit.Conn) -> None:
         self.ops["connect"] += 1
-        self._join(conn.client)
+        conn.client.script = self.cycle(conn.client)
+        self._next(conn.client)
 
     def connect_failed(self, conn: kit.Conn, exc: OSError) -> None:
         client = conn.client
@@ -450,7 +439,6 @@ class Churn(kit.Handler):
         if client.conn is not conn:
             return
         if list(client.expect) == [None] and exc is None:
-            self.ops["disconnect"] += 1
             self._replied(client)
         else:
             self._fail(client, "closed_by_server", "%s while waiting for %r (%s)"

@@ -17,30 +17,29 @@ and send only valid requests; every chat is "NAME SEQ padding" (one CLIENT_NAME 
 
 The delivery rule, and why it is sound:
 - The server handles one request at a time and appends each broadcast (chats, join and leave
-  announcements) to every present member's output at once. So a room's broadcasts form one
-  history, and a member's stream of the room is its part from its own join announcement to its
-  own leave announcement; the recorder's stream is the whole history. For a member M of room R:
+  announcements) to every present member's output at once, so a room's broadcasts form one
+  history, which the recorder's stream is. For a member M of room R:
       expected(M, R) = recorder's stream of R from "M has joined" to "M has left" inclusive
                        (to the end, if M never left)
   and M's stream must equal it exactly: every chat once, in order, nothing outside it.
 - The recorder must have each chat sent exactly once, in per-sender order (a client chats only
   between reading its JOINED_CHATROOM and sending LEAVE or DISCONNECT, and the server handles a
-  connection's requests in order); but a chat whose sender vanished before its echo came back
-  may never have been handled (the RST may beat it): at most once.
+  connection's requests in order); a chat whose sender vanished before its echo came back may
+  never have been handled (the RST may beat it): at most once.
 - A client that vanished stopped reading at some point: its stream must be a prefix of
   expected(M, R), without the final leave announcement (which goes to the others only).
 - Before the check, a barrier completes every stream: every DISCONNECTing client's close, the
   recorder seeing every vanished client leave each of its rooms, then two rounds of HELO from
   every live client (after the second reply, it has read everything queued for it).
 
-Figures: expected_deliveries (the chats of every expected(M, R), and every sent chat for the
-recorder), delivered, lost, duplicated, reordered (after a later chat of the same sender),
-outside_window (not expected), stream_mismatches (streams that differ from expected(M, R) in
-any way, announcements included), and the server's RSS over time (with --spawn). Each that is
-not 0 is also a failure of that kind, as is any ERROR_CODE, unexpected close or reply that is
-not the protocol's. The rule assumes one history per room, as "presently in the room" implies
-for this server; a multi-threaded server could interleave senders differently per member, and
-then only the per-sender checks would be fair.
+Figures (FIGURES): expected_deliveries (the chats of every expected(M, R), and every sent chat
+for the recorder), delivered, lost, duplicated, reordered (after a later chat of the same
+sender), outside_window (not expected), stream_mismatches (streams that differ from
+expected(M, R) in any way, announcements included), members_checked, and the server's RSS over
+time (with --spawn). Each of lost to stream_mismatches that is not 0 is also a failure, as is
+any ERROR_CODE, unexpected close or reply that is not the protocol's. The rule assumes one
+history per room, as "presently in the room" implies for this server; a multi-threaded server
+could interleave senders differently per member, and then only the per-sender checks are fair.
 """
 import argparse
 import collections
@@ -69,6 +68,11 @@ TICK = 0.01                        # the longest select() wait while chatting
 PARTIAL_REQUEST = b"CHAT: 0\nJOIN_ID: 0\nCLIENT_NA"     # what a vanishing client may leave
 
 Event = Tuple  # ("join", name) | ("leave", name) | ("chat", name, seq)
+# The figures of the check, and the kind of failure each counts (None: it is no failure).
+FIGURES = {"expected_deliveries": None, "delivered": None, "lost": "lost",
+           "duplicated": "duplicated", "reordered": "reordered",
+           "outside_window": "outside_window", "stream_mismatches": "stream_mismatch",
+           "members_checked": None}
 
 
 def event_of(chat: ChatMessage) -> Optional[Event]:
@@ -213,6 +217,7 @@ class Soak(kit.Handler):
         self.chats_sent = 0
         self.moves: Dict[str, int] = collections.Counter()
         self.rss: List[Tuple[float, int]] = []
+        self.totals: Dict[str, int] = dict.fromkeys(FIGURES, 0)     # the check's (verify())
         self.started = time.monotonic()
 
     def violation(self, client: Client, text: str) -> None:
@@ -369,7 +374,6 @@ class Soak(kit.Handler):
 
     def verify(self) -> Dict[str, object]:
         """Apply the delivery rule of the module docstring to every stream."""
-        totals: Dict[str, int] = collections.Counter()
         history = {ref: self.recorder.streams.get(ref, []) for ref in set(self.book.refs.values())}
         # 1. the recorder against what was sent: each chat must arrive (1), or may (0: its
         # sender vanished before the echo came back)
@@ -379,89 +383,72 @@ class Soak(kit.Handler):
                 certain = client.phase != "vanished" or (ref, seq) not in client.unechoed
                 sent[ref][("chat", client.name, seq)] = 1 if certain else 0
         for ref, events in history.items():
-            self._tally("recorder", ref, sent.get(ref, {}), events, totals)
+            self._tally("recorder", ref, sent.get(ref, {}), events)
         # 2. every member against its part of the room's history
         for client in [c for c in self.clients if c is not self.recorder]:
             for membership in client.rooms.values():
                 if membership.ref is not None:
-                    self._check_member(client, membership, history.get(membership.ref, []),
-                                       totals)
-        return {"expected_deliveries": totals["expected"], "delivered": totals["delivered"],
-                "lost": totals["lost"], "duplicated": totals["duplicated"],
-                "reordered": totals["reordered"], "outside_window": totals["outside_window"],
-                "stream_mismatches": totals["mismatches"], "members_checked": totals["members"]}
+                    self.totals["members_checked"] += 1
+                    self._check_member(client, membership, history.get(membership.ref, []))
+        return dict(self.totals)
 
-    def _tally(self, who: str, ref: int, want: Dict[Event, int], stream: List[Event],
-               totals: Dict[str, int]) -> None:
+    def _fault(self, kind: str, who: str, ref: int, what: str, count: int = 1) -> None:
+        """`count` more of figure `kind` (a failure of that kind, named in FIGURES)."""
+        self.totals[kind] += count
+        self.report.fail(FIGURES[kind], "%s in room %d: %s" % (who, ref, what))
+
+    def _tally(self, who: str, ref: int, want: Dict[Event, int], stream: List[Event]) -> None:
         """Count, and report, the chats of `stream` that `want` (chat -> 1: must arrive, 0:
-        may) lacks, that came more than once, that it does not list, or that came reordered."""
-        got = collections.Counter(e for e in stream if e[0] == "chat")
+        may) lacks, that came more than once, that it does not list, or that came after a
+        later chat of the same sender."""
+        chats = [event for event in stream if event[0] == "chat"]
+        got = collections.Counter(chats)
         for chat, must in want.items():
-            totals["expected"] += must
-            totals["delivered"] += min(got[chat], must)
+            self.totals["expected_deliveries"] += must
+            self.totals["delivered"] += min(got[chat], must)
             if got[chat] < must:
-                totals["lost"] += 1
-                self.report.fail("lost", "%s in room %d lacks %r" % (who, ref, chat))
+                self._fault("lost", who, ref, "lacks %r" % (chat,))
         for chat, n in got.items():
             if n > 1:
-                totals["duplicated"] += n - 1
-                self.report.fail("duplicated", "%s in room %d got %r %d times"
-                                 % (who, ref, chat, n))
+                self._fault("duplicated", who, ref, "got %r %d times" % (chat, n), n - 1)
             if chat not in want:
-                totals["outside_window"] += 1
-                self.report.fail("outside_window", "%s in room %d got %r outside its window"
-                                 % (who, ref, chat))
-        totals["reordered"] += self._reordered(stream, who, ref)
+                self._fault("outside_window", who, ref, "got %r outside its window" % (chat,))
+        last: Dict[str, int] = collections.defaultdict(int)     # sender -> highest seq so far
+        for _chat, name, seq in chats:
+            if seq < last[name]:
+                self._fault("reordered", who, ref, "%s's chat %d after its chat %d"
+                            % (name, seq, last[name]))
+            last[name] = max(seq, last[name])
 
-    def _check_member(self, client: Client, membership: Membership, events: List[Event],
-                      totals: Dict[str, int]) -> None:
-        ref = membership.ref
+    def _check_member(self, client: Client, membership: Membership, events: List[Event]) -> None:
+        ref, name = membership.ref, client.name
         stream = client.streams.get(ref, [])
-        totals["members"] += 1
-
-        def mismatch(text: str) -> None:
-            totals["mismatches"] += 1
-            self.report.fail("stream_mismatch", "%s in room %d: %s" % (client.name, ref, text))
-        joins = [i for i, e in enumerate(events) if e == ("join", client.name)]
-        leaves = [i for i, e in enumerate(events) if e == ("leave", client.name)]
+        joins = [i for i, e in enumerate(events) if e == ("join", name)]
+        leaves = [i for i, e in enumerate(events) if e == ("leave", name)]
         if len(joins) != 1 or len(leaves) > 1:
-            mismatch("the recorder saw its join %d times and its leave %d times"
-                     % (len(joins), len(leaves)))
+            self._fault("stream_mismatches", name, ref, "the recorder saw its join %d times and"
+                        " its leave %d times" % (len(joins), len(leaves)))
             return
         # A client that vanished while in the room read an unknown part of its window (it may
         # lose chats, never gain them); one that read its own leave announcement read it all.
         vanished = client.phase == "vanished" and not membership.left
         if vanished and not leaves:
-            mismatch("it vanished, and its leaving was never announced")
+            self._fault("stream_mismatches", name, ref,
+                        "it vanished, and its leaving was never announced")
         expected = events[joins[0]:leaves[0] + 1] if leaves else events[joins[0]:]
-        self._tally(client.name, ref, {e: 0 if vanished else 1 for e in expected
-                                       if e[0] == "chat"}, stream, totals)
+        self._tally(name, ref, {e: 0 if vanished else 1 for e in expected if e[0] == "chat"},
+                    stream)
         if vanished:                     # a prefix of its window, never its own leave
-            same = stream == expected[:len(stream)] and ("leave", client.name) not in stream
+            same = stream == expected[:len(stream)] and ("leave", name) not in stream
         else:
             same = stream == expected
         if not same:
             first = next((i for i, (a, b) in enumerate(zip(stream, expected)) if a != b),
                          min(len(stream), len(expected)))
-            mismatch("(%s) the stream differs from the room's history at event %d: got %r, "
-                     "expected %r (%d events vs %d)"
-                     % (client.phase, first, stream[first:first + 2], expected[first:first + 2],
-                        len(stream), len(expected)))
-
-    def _reordered(self, stream: List[Event], who: str, ref: int) -> int:
-        """Chats received after a later chat of the same sender."""
-        last: Dict[str, int] = {}
-        count = 0
-        for event in stream:
-            if event[0] != "chat":
-                continue
-            _, name, seq = event
-            if seq < last.get(name, 0):
-                count += 1
-                self.report.fail("reordered", "%s in room %d: %s's chat %d after its chat %d"
-                                 % (who, ref, name, seq, last[name]))
-            last[name] = max(seq, last.get(name, 0))
-        return count
+            self._fault("stream_mismatches", name, ref, "(%s) the stream differs from the room's"
+                        " history at event %d: got %r, expected %r (%d events vs %d)"
+                        % (client.phase, first, stream[first:first + 2],
+                           expected[first:first + 2], len(stream), len(expected)))
 
     def progress_line(self) -> str:
         rss = self.rss[-1][1] if self.rss else None
