@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Deliveries per second over UDP, and bytes sent per byte delivered, against a real Server.py.
 
-    python3 bench/udp_load.py [--members 10] [--messages 1000] [--size 100] [--loss 0.1]
+    python3 -m bench.udp_load [--members 10] [--messages 1000] [--size 100] [--loss 0.1]
                               [--window 20] [--seed 1] [--timeout 120]
+
+(from the repository's top folder)
 
 It starts Server.py on a free port of 127.0.0.1 (flood control off: the transport is measured,
 not the limits), opens MEMBERS UDP sessions (lib.udp.ClientEndpoint on real sockets, all in this
@@ -22,18 +24,15 @@ server: on a small one they may be what limits the rate. Standard library only.
 """
 import argparse
 import json
-import os
 import random
 import select
 import socket
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lib import udp  # noqa: E402
-from protocol import ChatMessage, JoinedReply, ReplyReader, chat_request, join_request  # noqa: E402
-from tools.kit import HOST, ServerProcess  # noqa: E402
+from lib import udp
+from protocol import ChatMessage, JoinedReply, ReplyReader, chat_request, join_request
+from tools.kit import HOST, ServerProcess
 
 MAX_ROUNDS = 10 ** 7        # bound on the select() loop, beyond --timeout
 
