@@ -408,10 +408,10 @@ class TcpLink:
     def send(self, data: bytes) -> None:
         self.out += data                      # sent by flush() at the end of this turn
 
-    def deadline(self) -> Optional[float]:
+    def timeout(self) -> Optional[float]:
         return None                           # TCP's timers are the kernel's
 
-    def on_time(self, now: float) -> None:
+    def on_time(self) -> None:
         pass
 
     def flush(self) -> None:
@@ -509,11 +509,9 @@ class UdpLink:
                     return self.failure
                 if self.endpoint.state == "open":
                     return None
-                deadline = self.endpoint.next_deadline()
-                wait = None if deadline is None else max(0.0, deadline - self.clock())
-                for key, _mask in selector.select(wait):
+                for key, _mask in selector.select(self.timeout()):
                     self.read(key.data)
-                self.on_time(self.clock())
+                self.on_time()
         return "the handshake did not finish"
 
     def start(self, selector: selectors.BaseSelector, received: Received, ended: Ended) -> None:
@@ -545,10 +543,14 @@ class UdpLink:
     def send(self, data: bytes) -> None:
         self.out += data                      # handed to the endpoint by flush()
 
-    def deadline(self) -> Optional[float]:
-        return self.endpoint.next_deadline()
+    def timeout(self) -> Optional[float]:
+        """Seconds until the endpoint's next timer (None: none is set)."""
+        deadline = self.endpoint.next_deadline()
+        return None if deadline is None else max(0.0, deadline - self.clock())
 
-    def on_time(self, now: float) -> None:
+    def on_time(self) -> None:
+        """Run the endpoint's timers if they are due."""
+        now = self.clock()
         deadline = self.endpoint.next_deadline()
         if deadline is not None and now >= deadline:
             self.endpoint.timer(now)
@@ -700,10 +702,10 @@ class Terminal:
                 if self.status is not None:
                     break
                 key.data()
-            now = time.monotonic()
             if self.status is None:
-                self.link.on_time(now)
-            if self.deadline is not None and now >= self.deadline and self.status is None:
+                self.link.on_time()
+            if (self.deadline is not None and time.monotonic() >= self.deadline
+                    and self.status is None):
                 self.apply([PrintError("the server did not close the connection within %g s "
                                        "of DISCONNECT" % self.link.disconnect_timeout), Exit(1)])
             if self.status is None:
@@ -782,10 +784,10 @@ class Terminal:
     def wait_timeout(self) -> Optional[float]:
         """How long the next wait for input may last: until the DISCONNECT deadline or the
         link's next timer, whichever is first; None: no limit."""
-        due = [when for when in (self.deadline, self.link.deadline()) if when is not None]
-        if not due:
-            return None
-        return max(0.0, min(due) - time.monotonic())
+        waits = [wait for wait in (self.link.timeout(), None if self.deadline is None
+                                   else max(0.0, self.deadline - time.monotonic()))
+                 if wait is not None]
+        return min(waits) if waits else None
 
     def show_prompt(self) -> None:
         if self.interactive and not self.prompt_shown and self.client.ready_for_input():
