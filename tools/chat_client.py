@@ -2,6 +2,7 @@
 """A terminal client for the chat server: the reference for speaking the protocol from a client.
 
     python3 -m tools.chat_client HOST PORT --name NAME       (from the repository's top folder)
+    python3 -m tools.chat_client HOST PORT --name NAME --udp [--bind IP:PORT] [--callback IP:PORT]
 
 It reads commands, one per line (COMMANDS below, or --help), and shows everything the server
 sends as it arrives, one readable line per message:
@@ -31,20 +32,31 @@ as U+FFFD and never reach the terminal.
 Exit status: 0 after /quit or end of input, once the server has closed the connection; 1 when
 the server answers ERROR_CODE (printed as "ERROR code: description" on standard error, as the
 protocol asks: "a client should print the error to the console and terminate"), when it closes
-the connection unexpectedly, when it cannot be reached, or when it sends something malformed.
+the connection unexpectedly, when it cannot be reached, or when it sends something malformed;
+over UDP also when it stops answering (lib.udp.IDLE_TIMEOUT, 45 s, with nothing heard).
+
+Two transports, one client. By default a TCP connection. With --udp, a session of the
+server's UDP transport (docs/UDP.md: handshake, reliable ordered stream, callback validation,
+liveness, graceful close), run by lib.udp.ClientEndpoint; the stream carries exactly the bytes
+a TCP connection would. The JOINs' CLIENT_IP and PORT name --callback, the session socket's
+own address by default. A callback that is another address gets a second socket, from which
+the KNOCKs that validate it go out: bound to the callback when that is this host's and free,
+otherwise connected to it (a relay such as tools/relay.py, passing what it gets on to the
+server). DISCONNECT is answered by the server's CLOSE, which ends the session gracefully.
 
 Theory of operation (the server's design, in miniature; see protocol.py and reactor.py):
 
     server bytes --protocol.ReplyReader--> reply --ChatClient.message_received--> actions
     stdin lines  ------------------------------------ChatClient.line_typed-------> actions
-    actions (Send, Print, PrintError, Exit) --Terminal--> socket, stdout, stderr, exit status
+    actions (Send, Print, PrintError, Exit) --Terminal--> link, stdout, stderr, exit status
+    link: TcpLink (a socket) or UdpLink (lib.udp.ClientEndpoint on one or two UDP sockets)
 
     full screen: keys --screen.Screen.key--> edits, Submit(line) --ChatClient.line_typed--> ...
                  Print, PrintError --> screen.Screen.add; each turn: Screen.render --> curses
 
 ChatClient is the whole client state as a function of data and does no I/O, so every decision
-it makes can be tested in memory. Terminal does the I/O: one `selectors` loop over the socket
-and standard input, so that output is never written from two places at once. FullScreen is
+it makes can be tested in memory. Terminal does the I/O: one `selectors` loop over the link's
+sockets and standard input, so that output is never written from two places at once. FullScreen is
 that Terminal with keys for input and a screen.Screen for output, drawn with curses; the
 screen's model (editor, history, scrollback, layout) is as free of I/O as ChatClient.
 
