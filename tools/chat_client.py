@@ -2,6 +2,7 @@
 """A terminal client for the chat server: the reference for speaking the protocol from a client.
 
     python3 -m tools.chat_client HOST PORT --name NAME       (from the repository's top folder)
+    python3 -m tools.chat_client HOST PORT --name NAME --udp [--bind IP:PORT] [--callback IP:PORT]
 
 It reads commands, one per line (COMMANDS below, or --help), and shows everything the server
 sends as it arrives, one readable line per message:
@@ -31,20 +32,31 @@ as U+FFFD and never reach the terminal.
 Exit status: 0 after /quit or end of input, once the server has closed the connection; 1 when
 the server answers ERROR_CODE (printed as "ERROR code: description" on standard error, as the
 protocol asks: "a client should print the error to the console and terminate"), when it closes
-the connection unexpectedly, when it cannot be reached, or when it sends something malformed.
+the connection unexpectedly, when it cannot be reached, or when it sends something malformed;
+over UDP also when it stops answering (lib.udp.IDLE_TIMEOUT, 45 s, with nothing heard).
+
+Two transports, one client. By default a TCP connection. With --udp, a session of the
+server's UDP transport (docs/UDP.md: handshake, reliable ordered stream, callback validation,
+liveness, graceful close), run by lib.udp.ClientEndpoint; the stream carries exactly the bytes
+a TCP connection would. The JOINs' CLIENT_IP and PORT name --callback, the session socket's
+own address by default. A callback that is another address gets a second socket, from which
+the KNOCKs that validate it go out: bound to the callback when that is this host's and free,
+otherwise connected to it (a relay such as tools/relay.py, passing what it gets on to the
+server). DISCONNECT is answered by the server's CLOSE, which ends the session gracefully.
 
 Theory of operation (the server's design, in miniature; see protocol.py and reactor.py):
 
     server bytes --protocol.ReplyReader--> reply --ChatClient.message_received--> actions
     stdin lines  ------------------------------------ChatClient.line_typed-------> actions
-    actions (Send, Print, PrintError, Exit) --Terminal--> socket, stdout, stderr, exit status
+    actions (Send, Print, PrintError, Exit) --Terminal--> link, stdout, stderr, exit status
+    link: TcpLink (a socket) or UdpLink (lib.udp.ClientEndpoint on one or two UDP sockets)
 
     full screen: keys --screen.Screen.key--> edits, Submit(line) --ChatClient.line_typed--> ...
                  Print, PrintError --> screen.Screen.add; each turn: Screen.render --> curses
 
 ChatClient is the whole client state as a function of data and does no I/O, so every decision
-it makes can be tested in memory. Terminal does the I/O: one `selectors` loop over the socket
-and standard input, so that output is never written from two places at once. FullScreen is
+it makes can be tested in memory. Terminal does the I/O: one `selectors` loop over the link's
+sockets and standard input, so that output is never written from two places at once. FullScreen is
 that Terminal with keys for input and a screen.Screen for output, drawn with curses; the
 screen's model (editor, history, scrollback, layout) is as free of I/O as ChatClient.
 
@@ -61,6 +73,7 @@ Simplifications, stated as smallchat states its own:
 """
 import argparse
 import collections
+import ipaddress
 import os
 import selectors
 import signal
@@ -68,7 +81,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Deque, Dict, List, Optional, TextIO, Tuple, Union
+from typing import Callable, Deque, Dict, List, Optional, TextIO, Tuple, Union
 
 try:
     import curses                       # the full-screen mode; without it, the line mode
@@ -76,6 +89,7 @@ except ImportError:                     # (a Python built without _curses)
     curses = None                       # type: ignore
 
 import protocol
+from lib import udp
 from protocol import (MAX_REQUEST_BYTES, REPLY_SHAPES, ChatMessage, ErrorReply, JoinedReply,
                       LeftReply, Unparsed, chat_request, disconnect_request, join_request,
                       leave_request, request_keyword)
@@ -183,9 +197,13 @@ class ChatClient:
     closes; each returns the actions to carry out, in order.
     """
 
-    def __init__(self, name: str, help_text: str = COMMANDS) -> None:
+    def __init__(self, name: str, help_text: str = COMMANDS,
+                 callback: Tuple[str, int] = ("0", 0)) -> None:
         self.name = name
         self.help_text = help_text            # what /help shows
+        self.callback = callback              # JOIN's and DISCONNECT's CLIENT_IP and PORT:
+                                              # "0 for TCP"; over UDP, where the server sends
+                                              # the session's stream (docs/UDP.md, section 6)
         self.join_id: Optional[int] = None    # the server assigns it at our first JOIN
         self.rooms: Dict[str, int] = {}       # rooms we are in, name -> ROOM_REF, in the order
                                               # joined
@@ -265,7 +283,7 @@ class ChatClient:
         if not room:
             return [PrintError("/join needs a room name: /join ROOM")]
         self.awaiting = "JOINED_CHATROOM"
-        return [Send(join_request(room, self.name))]
+        return [Send(join_request(room, self.name, *self.callback))]
 
     def _leave(self, room: str) -> List[Action]:
         ref = self.rooms.get(room)
@@ -308,7 +326,7 @@ class ChatClient:
 
     def _quit(self, _arg: str) -> List[Action]:
         self.quitting = True
-        return [Send(disconnect_request(self.name))]
+        return [Send(disconnect_request(self.name, *self.callback))]
 
     # -- messages from the server --------------------------------------------------------------
 
@@ -353,42 +371,339 @@ class ChatClient:
 
 
 # ---------------------------------------------------------------------------------------------
-# The I/O: one selectors loop over the socket and standard input
+# The links to the server: a TCP connection, or a UDP session (docs/UDP.md)
+# ---------------------------------------------------------------------------------------------
+
+# What a link tells Terminal: stream bytes from the server, in order (`received`), and once,
+# that the server is gone (`ended`): None when the server closed the connection (ChatClient
+# then decides whether that was expected), or the text of a failure (the client exits 1).
+Received = Callable[[bytes], None]
+Ended = Callable[[Optional[str]], None]
+
+
+class TcpLink:
+    """The server over TCP: a connected, nonblocking socket and an output buffer.
+
+    Writes are nonblocking, into `out`, sent by flush() at the end of each turn of the loop
+    (reactor.py's write path), not sendall(). A blocking send would stop the loop, and the
+    server stops reading from a client that does not read its output (its HIGH_WATER): a client
+    stuck in sendall() while a busy room fills its socket would wait for the server, which waits
+    for it. The buffer costs a few lines and cannot deadlock.
+    """
+
+    disconnect_timeout = DISCONNECT_TIMEOUT
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock                     # connected and nonblocking
+        self.out = bytearray()               # requests not yet taken by the kernel
+        self.selector: Optional[selectors.BaseSelector] = None
+        self.received: Received = lambda data: None
+        self.ended: Ended = lambda failure: None
+
+    def start(self, selector: selectors.BaseSelector, received: Received, ended: Ended) -> None:
+        self.selector, self.received, self.ended = selector, received, ended
+        selector.register(self.sock, selectors.EVENT_READ, self.on_readable)
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return                            # not ready after all
+        except OSError as exc:                # ECONNRESET and friends: the server is gone
+            self.ended("connection to the server failed: %s" % exc)
+            return
+        if data:
+            self.received(data)
+        else:
+            self.ended(None)
+
+    def send(self, data: bytes) -> None:
+        self.out += data                      # sent by flush() at the end of this turn
+
+    def timeout(self) -> Optional[float]:
+        return None                           # TCP's timers are the kernel's
+
+    def on_time(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        """Send what the kernel takes now; watch for writability only while some is left."""
+        if self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:                   # EPIPE, ECONNRESET: recv() will report it
+                sent = len(self.out)
+            del self.out[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
+        if self.selector is not None and self.selector.get_key(self.sock).events != events:
+            self.selector.modify(self.sock, events)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# Why a UDP session ended (lib.udp's SessionClosed reasons), as the client says it. A reason
+# missing here is shown as it is. "closed by peer" (the server's CLOSE, after DISCONNECT) and
+# "reset by peer" (its RESET: it stopped, or we broke a limit) are the server closing the
+# connection, as a TCP close: ChatClient.connection_lost decides.
+UDP_END_MESSAGES = {
+    "peer timed out": "the server stopped answering: nothing heard from it over UDP for %g s"
+                      % udp.IDLE_TIMEOUT,
+    "handshake timed out": "no answer to the UDP handshake within %g s" % udp.HANDSHAKE_TIMEOUT,
+    "refused by server": "the server refused a new UDP session (it has too many)",
+    "send buffer over cap": "more than %d bytes of requests unacknowledged by the server"
+                            % udp.SEND_BUFFER_CAP,
+}
+UDP_CLOSES = frozenset(("closed by peer", "reset by peer"))
+# Requests handed to the UDP session at most, not yet acknowledged; the rest wait in the link's
+# own buffer (as a TCP socket's kernel buffer and TcpLink.out). Far below udp.SEND_BUFFER_CAP,
+# past which the session would be reset: a script pasting faster than the server takes it
+# (its flood control slows us) waits instead. 256 KiB is still 3.5 full send windows.
+UDP_SENDING_BYTES = 256 * 1024
+# Datagrams read from one socket in one turn, so that a flood cannot starve standard input.
+UDP_READS_PER_TURN = 256
+# Rounds of one flush: events, the datagrams they and the timers made, the events that sending
+# made (a flush can end the session), and what those made in turn.
+UDP_FLUSH_ROUNDS = 4
+# Seconds to wait, after DISCONNECT, for the server to close the session. The server ends a
+# close with RESET if it is not confirmed within 30 s (docs/UDP.md, "Limits": Closing); over
+# a lossy path the leave announcements and the CLOSE take retransmissions, so TCP's 5 s would
+# give up on a close that is still on its way.
+UDP_DISCONNECT_TIMEOUT = 35.0
+
+
+class UdpLink:
+    """The server over UDP: a lib.udp.ClientEndpoint (the whole transport, sans-IO) on sockets.
+
+    `sock` is the session socket, connected to `server` (the server, or a relay in front of it:
+    the kernel then drops datagrams from anyone else). `callback_sock`, when the JOIN names an
+    address other than `sock`'s, is the socket at that callback: bound to it when it is ours,
+    or connected to it when it is somebody else's (a relay or forwarder passing what it gets
+    on to the server, tools/relay.py). It sends the KNOCKs (docs/UDP.md, section 6), and
+    whatever arrives on it is the server's. Times come from `clock` (tests pass their own).
+    """
+
+    disconnect_timeout = UDP_DISCONNECT_TIMEOUT
+
+    def __init__(self, server: Tuple, sock: socket.socket, callback: Tuple[str, int],
+                 callback_sock: Optional[socket.socket] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.server = server
+        self.sock = sock
+        self.callback = callback             # what JOIN names: ChatClient's callback
+        self.callback_sock = callback_sock
+        self.clock = clock
+        self.endpoint = udp.ClientEndpoint(server, clock())
+        self.out = bytearray()               # requests not yet handed to the endpoint
+        self.events: List[udp.Event] = []    # taken by the handshake, not yet acted on
+        self.failure: Optional[str] = None   # an ICMP error during the handshake
+        self.received: Received = lambda data: None
+        self.ended: Ended = lambda failure: None
+
+    def sockets(self) -> List[socket.socket]:
+        return [self.sock] + ([self.callback_sock] if self.callback_sock else [])
+
+    def wait_open(self) -> Optional[str]:
+        """Run the handshake (docs/UDP.md, section 4) until the session is open: None, or why
+        it could not be (the endpoint gives up after udp.HANDSHAKE_TIMEOUT)."""
+        with selectors.SelectSelector() as selector:
+            for sock in self.sockets():
+                selector.register(sock, selectors.EVENT_READ, sock)
+            for _ in range(100000):           # each turn waits for a datagram or a timer
+                self.send_datagrams()
+                self.events += self.endpoint.events()
+                for event in self.events:
+                    if isinstance(event, udp.SessionClosed):
+                        return UDP_END_MESSAGES.get(event.reason, event.reason)
+                if self.failure is not None:
+                    return self.failure
+                if self.endpoint.state == "open":
+                    return None
+                for key, _mask in selector.select(self.timeout()):
+                    self.read(key.data)
+                self.on_time()
+        return "the handshake did not finish"
+
+    def start(self, selector: selectors.BaseSelector, received: Received, ended: Ended) -> None:
+        self.received, self.ended = received, ended
+        for sock in self.sockets():
+            selector.register(sock, selectors.EVENT_READ, lambda sock=sock: self.read(sock))
+
+    def read(self, sock: socket.socket) -> None:
+        """Datagrams waiting on `sock`, to the endpoint, as the server's: the sockets are
+        connected, so the kernel has let through only the server's (or its relay's)."""
+        for _ in range(UDP_READS_PER_TURN):
+            try:
+                data = sock.recv(udp.MAX_DATAGRAM + 1)   # one byte more: too long is dropped
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._icmp_error(exc)
+                continue
+            self.endpoint.datagram_received(data, self.server, self.clock())
+
+    def _icmp_error(self, exc: OSError) -> None:
+        """An ICMP error for an earlier datagram (a connected UDP socket reports it). During the
+        handshake, "port unreachable" means no UDP server there: give up at once, as TCP's
+        refused connection. Later it is ignored: ICMP is not authenticated (RFC 9000 s14.2.1
+        says as much for QUIC), and the session's own timeout decides that the server is gone."""
+        if self.endpoint.state == "handshake" and isinstance(exc, ConnectionRefusedError):
+            self.failure = str(exc)
+
+    def send(self, data: bytes) -> None:
+        self.out += data                      # handed to the endpoint by flush()
+
+    def timeout(self) -> Optional[float]:
+        """Seconds until the endpoint's next timer (None: none is set)."""
+        deadline = self.endpoint.next_deadline()
+        return None if deadline is None else max(0.0, deadline - self.clock())
+
+    def on_time(self) -> None:
+        """Run the endpoint's timers if they are due."""
+        now = self.clock()
+        deadline = self.endpoint.next_deadline()
+        if deadline is not None and now >= deadline:
+            self.endpoint.timer(now)
+
+    def flush(self) -> None:
+        """Act on the endpoint's events, hand it what it has room for and send its datagrams,
+        until nothing new happens."""
+        for _ in range(UDP_FLUSH_ROUNDS):     # what is left waits for the next turn
+            events, self.events = self.events + self.endpoint.events(), []
+            for event in events:
+                if isinstance(event, udp.StreamData):
+                    self.received(event.data)
+                elif isinstance(event, udp.SessionClosed):
+                    self.ended(None if event.reason in UDP_CLOSES
+                               else UDP_END_MESSAGES.get(event.reason, event.reason))
+            room = UDP_SENDING_BYTES - self.endpoint.buffered_bytes()
+            handed = bool(self.out) and room > 0
+            if handed:
+                self.endpoint.send_stream(bytes(self.out[:room]), self.clock())
+                del self.out[:room]
+            self.send_datagrams()
+            if not events and not handed:
+                break
+
+    def send_datagrams(self) -> None:
+        for data, _addr in self.endpoint.datagrams_to_send(self.clock()):
+            self._send(self.sock, data)
+        for knock in self.endpoint.knocks_to_send():
+            # From the callback address to the server: through the callback socket (to the
+            # server, or to the relay at the callback, which passes it on), or when the callback
+            # is the session socket's own address, from the session socket.
+            self._send(self.callback_sock or self.sock, knock)
+
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        try:
+            sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            pass                              # a full socket buffer: lost, and retransmitted
+        except OSError as exc:                # an ICMP error for an earlier datagram
+            self._icmp_error(exc)
+
+    def close(self) -> None:
+        """Send what is owed (the CLOSE_ACK that answers the server's CLOSE), close the
+        sockets."""
+        self.send_datagrams()
+        for sock in self.sockets():
+            sock.close()
+
+
+def udp_address(text: str) -> Tuple[str, int]:
+    """IP:PORT (an IPv6 address in brackets, [::1]:PORT), for --bind and --callback; "0:0"
+    names no callback. Only literals: the server accepts nothing else in a JOIN."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError("expected IP:PORT, not %r" % text)
+    if host != "0":
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not an IP address (IP:PORT)" % host)
+    return host, int(port)
+
+
+def open_udp(host: str, port: int, bind: Optional[Tuple[str, int]] = None,
+             callback: Optional[Tuple[str, int]] = None,
+             clock: Callable[[], float] = time.monotonic) -> UdpLink:
+    """A UDP session with the server at host:port, open (the handshake done), or OSError.
+
+    `bind` is the session socket's address (any by default). `callback` is what the JOINs name
+    (the session socket's own address by default; "0" or port 0 names none, and the server
+    answers where the session's datagrams come from, which is what a client behind a NAT
+    whose mapping it does not know wants). A callback other than the session socket's gets a
+    socket of its own: bound to it if it is this host's and free, or else (a relay, a forwarder
+    or a NAT in front of us owns it) connected to it.
+    """
+    family, _type, _proto, _name, server = socket.getaddrinfo(
+        host, port, 0, socket.SOCK_DGRAM)[0]
+    server = server[:2]
+    sockets: List[socket.socket] = []
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sockets.append(sock)
+        sock.bind(bind or ("", 0))
+        sock.connect(server)                  # and the kernel names the IP it sends from
+        own = sock.getsockname()[:2]
+        callback = own if callback is None else callback
+        callback_sock = None
+        if callback[0] != "0" and callback[1] != 0 and callback != own:
+            callback_sock = socket.socket(family, socket.SOCK_DGRAM)
+            sockets.append(callback_sock)
+            try:
+                callback_sock.bind(callback)
+                callback_sock.connect(server)
+            except OSError:                   # not ours: someone there forwards to the server
+                callback_sock.connect(callback)
+        for each in sockets:
+            each.setblocking(False)
+        link = UdpLink(server, sock, callback, callback_sock, clock)
+        problem = link.wait_open()
+        if problem is not None:
+            raise OSError(problem)
+        return link
+    except BaseException:
+        for each in sockets:
+            each.close()
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# The I/O: one selectors loop over the link to the server and standard input
 # ---------------------------------------------------------------------------------------------
 
 class Terminal:
-    """Runs a ChatClient: reads the socket and standard input, carries out the actions.
+    """Runs a ChatClient: reads the server's link and standard input, carries out the actions.
 
     One loop serves both inputs (as reactor.py does for the server), so a message arriving
     while the user types is printed whole, between two commands, never in the middle of one.
-
-    Writes to the socket are nonblocking, into an output buffer sent at the end of each turn of
-    the loop (reactor.py's write path), not sendall(). A blocking send would stop the loop, and
-    the server stops reading from a client that does not read its output (its HIGH_WATER): a
-    client stuck in sendall() while a busy room fills its socket would wait for the server,
-    which waits for it. The buffer costs a few lines and cannot deadlock.
+    The link (TcpLink or UdpLink) registers its sockets in the loop's selector, says when its
+    timers are due, and is flushed at the end of each turn.
     """
 
-    def __init__(self, client: ChatClient, sock: socket.socket, stdin_fd: int,
+    def __init__(self, client: ChatClient, link: Union[TcpLink, UdpLink], stdin_fd: int,
                  stdout: TextIO, stderr: TextIO, interactive: bool) -> None:
         self.client = client
-        self.sock = sock                     # connected and nonblocking
+        self.link = link
         self.stdin_fd = stdin_fd
         self.stdout = stdout
         self.stderr = stderr
         self.interactive = interactive       # show a prompt (both ends are a terminal)
         self.reader = protocol.ReplyReader()
-        self.out = bytearray()               # requests not yet taken by the kernel
         self.stdin_buf = bytearray()         # the start of a line not yet ended
         self.status: Optional[int] = None    # set by Exit: the loop ends
         self.prompt_shown = False
         self.deadline: Optional[float] = None   # when to stop waiting after DISCONNECT
         # Not DefaultSelector: on Linux that is epoll, which refuses a regular file, and
         # standard input is one when redirected from a script (< script.txt). select() takes
-        # files, pipes and terminals everywhere, and two descriptors cost it nothing.
+        # files, pipes and terminals everywhere, and three descriptors cost it nothing.
         # Each registration's data is the method that handles it being ready.
         self.selector = selectors.SelectSelector()
-        self.selector.register(sock, selectors.EVENT_READ, self.on_server_readable)
+        link.start(self.selector, self.on_server_data, self.on_server_gone)
         self.selector.register(stdin_fd, selectors.EVENT_READ, self.on_stdin_readable)
 
     def run(self) -> int:
@@ -399,23 +714,18 @@ class Terminal:
                 if self.status is not None:
                     break
                 key.data()
-            if self.deadline is not None and time.monotonic() >= self.deadline:
-                self.apply([PrintError("the server did not close the connection within %g s "
-                                       "of DISCONNECT" % DISCONNECT_TIMEOUT), Exit(1)])
             if self.status is None:
-                self.flush()
+                self.link.on_time()
+            if (self.deadline is not None and time.monotonic() >= self.deadline
+                    and self.status is None):
+                self.apply([PrintError("the server did not close the connection within %g s "
+                                       "of DISCONNECT" % self.link.disconnect_timeout), Exit(1)])
+            if self.status is None:
+                self.link.flush()
         return self.status
 
-    def on_server_readable(self) -> None:
-        try:
-            data = self.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return                            # not ready after all
-        except OSError as exc:                # ECONNRESET and friends: the server is gone
-            self.apply([PrintError("connection to the server failed: %s" % exc), Exit(1)])
-            return
-        if not data:
-            self.apply(self.client.connection_lost())
+    def on_server_data(self, data: bytes) -> None:
+        if self.status is not None:
             return
         self.reader.receive_data(data)
         while self.status is None:
@@ -426,6 +736,14 @@ class Terminal:
                                            % MAX_SERVER_MESSAGE), Exit(1)])
                 return
             self.apply(self.client.message_received(message))
+
+    def on_server_gone(self, failure: Optional[str]) -> None:
+        if self.status is not None:
+            return
+        if failure is None:
+            self.apply(self.client.connection_lost())
+        else:
+            self.apply([PrintError(failure), Exit(1)])
 
     def on_stdin_readable(self) -> None:
         data = os.read(self.stdin_fd, READ_SIZE)
@@ -449,7 +767,7 @@ class Terminal:
         """Carry out ChatClient's actions, in order; nothing after an Exit."""
         for action in actions:
             if isinstance(action, Send):
-                self.out += action.data       # sent by flush() at the end of this turn
+                self.link.send(action.data)   # sent by the link's flush() this turn
             elif isinstance(action, Print):
                 self.write_line(self.stdout, action.text)
             elif isinstance(action, PrintError):
@@ -458,21 +776,7 @@ class Terminal:
                 self.status = action.status
                 return
         if self.client.quitting and self.deadline is None:
-            self.deadline = time.monotonic() + DISCONNECT_TIMEOUT
-
-    def flush(self) -> None:
-        """Send what the kernel takes now; watch for writability only while some is left."""
-        if self.out:
-            try:
-                sent = self.sock.send(self.out)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:                   # EPIPE, ECONNRESET: recv() will report it
-                sent = len(self.out)
-            del self.out[:sent]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
-        if self.selector.get_key(self.sock).events != events:
-            self.selector.modify(self.sock, events)
+            self.deadline = time.monotonic() + self.link.disconnect_timeout
 
     def write_line(self, stream: TextIO, text: str) -> None:
         if self.prompt_shown:
@@ -490,10 +794,12 @@ class Terminal:
         self.show_prompt()
 
     def wait_timeout(self) -> Optional[float]:
-        """How long the next wait for input may last: until the DISCONNECT deadline, if any."""
-        if self.deadline is None:
-            return None
-        return max(0.0, self.deadline - time.monotonic())
+        """How long the next wait for input may last: until the DISCONNECT deadline or the
+        link's next timer, whichever is first; None: no limit."""
+        waits = [wait for wait in (self.link.timeout(), None if self.deadline is None
+                                   else max(0.0, self.deadline - time.monotonic()))
+                 if wait is not None]
+        return min(waits) if waits else None
 
     def show_prompt(self) -> None:
         if self.interactive and not self.prompt_shown and self.client.ready_for_input():
@@ -529,9 +835,9 @@ class FullScreen(Terminal):
     are kept in last_words, for main to print again once the screen is restored.
     """
 
-    def __init__(self, client: ChatClient, sock: socket.socket, window, server: str,
+    def __init__(self, client: ChatClient, link: Union[TcpLink, UdpLink], window, server: str,
                  wakeup_fd: int) -> None:
-        super().__init__(client, sock, sys.stdin.fileno(), sys.stdout, sys.stderr,
+        super().__init__(client, link, sys.stdin.fileno(), sys.stdout, sys.stderr,
                          interactive=False)
         self.window = window
         self.server = server
@@ -662,7 +968,7 @@ def full_screen_problem() -> Optional[str]:
     return None
 
 
-def run_full_screen(client: ChatClient, sock: socket.socket, server: str) -> int:
+def run_full_screen(client: ChatClient, link: Union[TcpLink, UdpLink], server: str) -> int:
     """Run `client` full-screen until it exits; then print its last words on the restored
     terminal (the error that ended it stays readable) and return its exit status."""
     os.environ.setdefault("ESCDELAY", str(ESCAPE_DELAY_MS))   # read by curses at start
@@ -678,7 +984,7 @@ def run_full_screen(client: ChatClient, sock: socket.socket, server: str) -> int
         old_wakeup = signal.set_wakeup_fd(wakeup_w)
         old_handler = signal.signal(signal.SIGWINCH, lambda _signum, _frame: None)
         try:
-            full_screen = FullScreen(client, sock, window, server, wakeup_r)
+            full_screen = FullScreen(client, link, window, server, wakeup_r)
             return full_screen.run()
         finally:
             signal.signal(signal.SIGWINCH, old_handler)
@@ -709,7 +1015,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                     "server as it arrives: '[ROOM] NAME: TEXT' for chat, '* ...' for replies "
                     "to commands. At a terminal it is full-screen (an input line that arriving "
                     "messages leave alone, a status line, readline's keys, history, scrollback; "
-                    "/help lists the keys); piped from a script it reads standard input.",
+                    "/help lists the keys); piped from a script it reads standard input. With "
+                    "--udp it speaks the protocol over the server's UDP transport "
+                    "(docs/UDP.md) instead of TCP, and everything else is the same.",
         epilog=COMMANDS + """
 
 Lines typed while a /join or /leave is unanswered wait for the answer, so a script
@@ -721,15 +1029,36 @@ exit status:
   0  after /quit or end of input, once the server has closed the connection
   1  the server answered ERROR_CODE (shown as "ERROR code: description" on standard
      error; full-screen, once the screen is restored), closed the connection
-     unexpectedly, sent something malformed, or could not be reached""")
+     unexpectedly, sent something malformed, or could not be reached; over UDP
+     also when the server stops answering (nothing heard for %g s)
+
+over UDP (--udp): the JOINs name --callback as CLIENT_IP and PORT, the session
+socket's own address by default. Through relays (tools/relay.py), HOST PORT is the
+relay towards the server and --callback the relay back; behind a NAT, --callback
+is the NAT's public address for the session socket, or 0:0 (name none: the server
+answers where the session's datagrams come from).""" % udp.IDLE_TIMEOUT)
     parser.add_argument("host", help="the server's address, e.g. 127.0.0.1")
-    parser.add_argument("port", type=int, help="the server's TCP port")
+    parser.add_argument("port", type=int,
+                        help="the server's port (TCP, or UDP with --udp: the same number)")
     parser.add_argument("--name", required=True,
                         help="your CLIENT_NAME, shown to the other members of your rooms (at "
                              "most %d characters, printable)" % protocol.MAX_NAME_CHARS)
     parser.add_argument("--plain", action="store_true",
                         help="the line mode even at a terminal (a prompt, no full screen)")
+    parser.add_argument("--udp", action="store_true",
+                        help="speak the protocol over UDP (docs/UDP.md), not TCP")
+    parser.add_argument("--bind", type=udp_address, metavar="IP:PORT",
+                        help="with --udp: the local address of the session's socket (default: "
+                             "any, a port the kernel picks)")
+    parser.add_argument("--callback", type=udp_address, metavar="IP:PORT",
+                        help="with --udp: the address the JOINs name for the server's replies "
+                             "(default: the session socket's own). Another address gets a "
+                             "second socket for the KNOCKs that validate it: bound there if it "
+                             "is this host's and free, else sending to it (a relay); 0:0 names "
+                             "none")
     args = parser.parse_args(argv)
+    if not args.udp and (args.bind or args.callback):
+        parser.error("--bind and --callback are for --udp")
     if not 0 < args.port <= 65535:
         parser.error("PORT must be an integer from 1 to 65535, not %d" % args.port)
     args.name = args.name.strip()
@@ -747,13 +1076,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="replace")
     try:
-        sock = socket.create_connection((args.host, args.port), timeout=CONNECT_TIMEOUT)
+        link = connect(args)
     except OSError as exc:
-        print("cannot connect to %s:%d: %s" % (args.host, args.port, exc), file=sys.stderr)
+        print("cannot connect to %s:%d%s: %s" % (args.host, args.port,
+                                                 " over UDP" if args.udp else "", exc),
+              file=sys.stderr)
         return 1
-    sock.setblocking(False)
-    # Each request leaves in one send(); Nagle would only hold back the second of two quick ones.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except KeyboardInterrupt:                 # Ctrl-C during a slow UDP handshake
+        print(file=sys.stderr)
+        return 130
+    server = "%s:%d%s" % (args.host, args.port, " (UDP)" if args.udp else "")
+    callback = link.callback if isinstance(link, UdpLink) else ("0", 0)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     full_screen = interactive and not args.plain
     if full_screen:
@@ -763,16 +1096,30 @@ def main(argv: Optional[List[str]] = None) -> int:
             full_screen = False
     try:
         if full_screen:
-            client = ChatClient(args.name, help_text=COMMANDS + "\n" + screen.KEYS_HELP)
-            return run_full_screen(client, sock, "%s:%d" % (args.host, args.port))
-        terminal = Terminal(ChatClient(args.name), sock, sys.stdin.fileno(), sys.stdout,
-                            sys.stderr, interactive)
+            client = ChatClient(args.name, help_text=COMMANDS + "\n" + screen.KEYS_HELP,
+                                callback=callback)
+            return run_full_screen(client, link, server)
+        terminal = Terminal(ChatClient(args.name, callback=callback), link, sys.stdin.fileno(),
+                            sys.stdout, sys.stderr, interactive)
         return terminal.run()
-    except KeyboardInterrupt:                 # Ctrl-C: the server sees the connection close
+    except KeyboardInterrupt:
+        # Ctrl-C. Over TCP the server sees the connection close; a UDP session it declares
+        # gone after its idle timeout (docs/UDP.md, "Liveness"), as for a client that vanished.
         print(file=sys.stderr)
         return 130
     finally:
-        sock.close()
+        link.close()
+
+
+def connect(args: argparse.Namespace) -> Union[TcpLink, UdpLink]:
+    """The link to the server the arguments name, connected (OSError if it cannot be)."""
+    if args.udp:
+        return open_udp(args.host, args.port, args.bind, args.callback)
+    sock = socket.create_connection((args.host, args.port), timeout=CONNECT_TIMEOUT)
+    sock.setblocking(False)
+    # Each request leaves in one send(); Nagle would only hold back the second of two quick ones.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return TcpLink(sock)
 
 
 if __name__ == "__main__":

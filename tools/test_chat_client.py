@@ -626,12 +626,12 @@ class PtyClient:
     """chat_client in a pseudo-terminal of rows x cols, and a VirtualTerminal reading it."""
 
     def __init__(self, test: unittest.TestCase, port: int, name: str, rows: int = 24,
-                 cols: int = 80, term: str = "xterm") -> None:
+                 cols: int = 80, term: str = "xterm", args: Tuple[str, ...] = ()) -> None:
         self.test = test
         master, slave = os.openpty()
         set_window_size(slave, rows, cols)
         # A session of its own: the test's terminal and its signals stay out of it.
-        self.proc = subprocess.Popen(CLIENT + ["127.0.0.1", str(port), "--name", name],
+        self.proc = subprocess.Popen(CLIENT + ["127.0.0.1", str(port), "--name", name, *args],
                                      cwd=REPO_ROOT, stdin=slave, stdout=slave, stderr=slave,
                                      env=dict(PTY_ENV, TERM=term), start_new_session=True)
         os.close(slave)
