@@ -368,8 +368,8 @@ class Connection:
     The input buffer lives in the app (its framer); `out` is the output queue.
     """
     __slots__ = ("sock", "conn_id", "peer_ip", "out", "tail", "out_bytes", "in_bytes", "state",
-                 "events", "reads_paused", "peer_closed", "throttled", "credit_bytes", "credit_requests",
-                 "credited_at", "scheduled", "flush_pending", "reported_lost")
+                 "events", "reads_paused", "peer_closed", "throttled", "credit_bytes",
+                 "credit_requests", "credited_at", "scheduled", "flush_pending", "reported_lost")
 
     def __init__(self, sock: socket.socket, conn_id: int) -> None:
         self.sock = sock
