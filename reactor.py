@@ -19,7 +19,7 @@ then time events; handleClientsWithPendingWrites before the next wait), reads be
     3. read         accept every pending connection (_on_acceptable); recv() once from each
                     ready connection and give the bytes to the app (_on_readable); up to
                     UDP_READS_PER_TICK datagrams into the UDP endpoint, whose sessions' stream
-                    bytes go to the app the same way (_on_datagrams). At most TICK_TARGET / 2:
+                    bytes go to the app the same way (_on_datagrams). At most STEP_BUDGET:
                     the sockets left are still ready at the next select()
     4. handle       the Scheduler names the connections whose requests are handled now, and
                     how many each (see TICK_TARGET, TICK_LIMIT); their actions append bytes to
@@ -28,9 +28,9 @@ then time events; handleClientsWithPendingWrites before the next wait), reads be
     5. flush        tell the app of the connections lost (a bounded number, in one call);
                     then one send() (sendmsg() for several buffers) per connection with new
                     output: everything queued for it this tick leaves in one system call (a
-                    UDP session's goes into its stream), for at most TICK_TARGET / 2; then the
+                    UDP session's goes into its stream), for at most STEP_BUDGET; then the
                     UDP endpoint's datagrams, ACKs included, one sendto() each
-    6. drops        close the sockets of dropped connections, for at most TICK_TARGET / 2;
+    6. drops        close the sockets of dropped connections, for at most STEP_BUDGET;
                     past the memory budget, evict the connections that hold the most
     7. timers       let go of the lingering connections whose time is up; end throttles;
                     close idle connections that never completed a request while descriptors
@@ -115,11 +115,14 @@ READ_SIZE = 64 * 1024
 #   worked on, as fq_codel serves new flows before old ones: a client that sends a little now
 #   and then never queues behind its own earlier requests, however many clients are flooding.
 TICK_TARGET = 0.020
-# The read step, and the dropping of connections past OUTPUT_CAP, stop once they have taken
-# TICK_TARGET: what is left waits for the next tick (the selector is level-triggered, so a
-# socket not read from is simply ready again). So 8 000 connections resetting at once, or 2 000
-# stalled members passing the cap together, cost a few short ticks, not one long one (tearing
-# a socket down costs tens of microseconds).
+# The read step, the sends and the teardowns of dropped connections each stop once they have
+# taken STEP_BUDGET: what is left waits for the next tick (the selector is level-triggered, so a
+# socket not read from is simply ready again; a connection not yet sent to stays due). So 8 000
+# connections resetting at once, or 2 000 stalled members passing the cap together, cost a
+# number of short ticks, not one long one (tearing a socket down costs tens of microseconds). A
+# quarter of TICK_TARGET each: in such a storm a tick is then ~25 ms, and a client's request
+# waits for at most a few of them.
+STEP_BUDGET = TICK_TARGET / 4
 EVENTS_BETWEEN_CLOCK_READS = 32
 # A tick's turns stop once they have taken TICK_LIMIT, even if connections without a backlog
 # are still waiting for theirs: they go first in the next tick. Every connection's turn is
@@ -608,13 +611,13 @@ class Reactor:
         self._expire_timers(time.monotonic())
 
     def _on_events(self, events: List[Tuple[selectors.SelectorKey, int]]) -> None:
-        """The read step: act on what select() found, for at most TICK_TARGET / 2 (the rest
+        """The read step: act on what select() found, for at most STEP_BUDGET (the rest
         are still ready at the next select(), which then does not wait)."""
         started = self._now
         self._events_left = False
         for index, (key, mask) in enumerate(events):
             if (index % EVENTS_BETWEEN_CLOCK_READS == EVENTS_BETWEEN_CLOCK_READS - 1
-                    and time.monotonic() - started > TICK_TARGET / 2):
+                    and time.monotonic() - started > STEP_BUDGET):
                 self._events_left = True
                 return
             conn = key.data
@@ -1062,7 +1065,7 @@ class Reactor:
         """Tell the app of connections lost (at most twice LOST_PER_CALL), then send what each
         connection got this tick, one send() each; again while either brings more. Those not
         told of yet are, in the next tick's flush (which does not wait). Sending stops once it
-        has taken TICK_TARGET / 2 (a storm of departures makes thousands of send()s fail): the
+        has taken STEP_BUDGET (a storm of departures makes thousands of send()s fail): the
         rest is sent first thing in the next tick's flush."""
         calls = 0
         started = time.monotonic()
@@ -1073,7 +1076,7 @@ class Reactor:
             batch, self._to_flush = self._to_flush, []
             for index, conn in enumerate(batch):
                 if (index % EVENTS_BETWEEN_CLOCK_READS == EVENTS_BETWEEN_CLOCK_READS - 1
-                        and time.monotonic() - started > TICK_TARGET / 2):
+                        and time.monotonic() - started > STEP_BUDGET):
                     self._to_flush[:0] = batch[index:]      # still flush_pending: next tick
                     return
                 conn.flush_pending = False
@@ -1187,10 +1190,10 @@ class Reactor:
         self._report_lost(conn)
 
     def _drop_aborted(self) -> None:
-        """Tear down the dropped (ABORTING) connections, for at most TICK_TARGET / 2; the rest
+        """Tear down the dropped (ABORTING) connections, for at most STEP_BUDGET; the rest
         wait for the next tick (nothing is read from or sent to them meanwhile)."""
         started = time.monotonic()
-        while self._to_abort and time.monotonic() - started <= TICK_TARGET / 2:
+        while self._to_abort and time.monotonic() - started <= STEP_BUDGET:
             conn, level, reason = self._to_abort.pop()
             self._teardown(conn, level, reason)
 
