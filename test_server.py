@@ -447,6 +447,24 @@ class ProcessTests(unittest.TestCase):
         c.send(b"HELO x\n")
         return c.expect_kind("HELO").reply.student_id
 
+    def test_operators_see_peers_closes_and_a_stats_line(self):
+        server = self.start_server("--stats-interval", "1", log_level="info")
+        c = Client(server.port)
+        c.send(b"JOIN_CHATROOM: ops\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: o\n")
+        c.expect_kind("JOINED_CHATROOM")
+        c.close()
+        deadline = time.monotonic() + 5
+        log = ""
+        while time.monotonic() < deadline:
+            log = server.log()
+            if "stats:" in log and "closed by the peer" in log:
+                break
+            time.sleep(0.05)                # polling a file, bounded by the deadline above
+        self.assertRegex(log, r"conn \d+: open from 127\.0\.0\.1:\d+")
+        self.assertRegex(log, r"conn \d+ \(127\.0\.0\.1\): closed by the peer")
+        self.assertRegex(log, r"stats: \d+ connections, \d+ rooms, \d+ memberships, \d+ "
+                              r"deliveries/s, \d+ bytes of output queued")
+
     def test_student_id_from_environment_when_no_option(self):
         env = dict(os.environ, STUDENT_ID="87654321")
         server = self.start_server(student_id=None, env=env)

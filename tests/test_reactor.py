@@ -785,3 +785,28 @@ class UnprovenConnectionTests(unittest.TestCase):
         for _ in range(10):
             server.run_once(0.01)
         self.assertIn(conn_id, server.conns)
+
+
+class InternalErrorLogTests(unittest.TestCase):
+
+    def test_a_traceback_is_logged_once_per_kind_then_one_line_each(self):
+        app = LineApp()
+        server = reactor.Reactor("127.0.0.1", 0, app)
+        self.addCleanup(server.close)
+        socks = []
+        for _ in range(3):
+            ours, theirs = socket.socketpair()
+            self.addCleanup(ours.close)
+            server.add_connection(theirs, "local")
+            socks.append(ours)
+        with self.assertLogs("reactor", "ERROR") as logs:
+            for sock in socks:
+                sock.sendall(b"boom\n")
+                for _ in range(5):
+                    server.run_once(0.01)
+        errors = [r for r in logs.records if "internal error in" in r.getMessage()]
+        self.assertEqual(len(errors), 3, [r.getMessage() for r in logs.records])
+        self.assertIsNotNone(errors[0].exc_info)                 # the traceback, once
+        self.assertEqual([r.exc_info for r in errors[1:]], [None, None])
+        self.assertIn("RuntimeError", errors[1].getMessage())
+        self.assertEqual(server.conns, {})                       # each was dropped
