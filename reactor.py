@@ -801,15 +801,21 @@ class Reactor:
         if conn.conn_id in self._unproven:
             self._unproven[conn.conn_id] = (self._now, conn)    # idle no longer
             self._unproven.move_to_end(conn.conn_id)
+        self._received(conn, data)
+
+    def _received(self, conn: Connection, data: bytes) -> None:
+        """Give what `conn` sent (read from its socket, or from its UDP session's stream) to
+        the app, give it a turn, and charge its byte bucket (flood control)."""
         self._guarded(conn, self.app.data_received, conn.conn_id, data)
-        if conn.state is _OPEN:             # (the app may have failed and dropped it)
-            self.scheduler.schedule(conn)
-            rate = self.limits.bytes_per_second
-            if rate:
-                self._refill(conn)
-                conn.credit_bytes -= len(data)
-                if conn.credit_bytes < 0:
-                    self._throttle(conn, -conn.credit_bytes / rate)
+        if conn.state is not _OPEN:         # (the app may have failed and dropped it)
+            return
+        self.scheduler.schedule(conn)
+        rate = self.limits.bytes_per_second
+        if rate:
+            self._refill(conn)
+            conn.credit_bytes -= len(data)
+            if conn.credit_bytes < 0:
+                self._throttle(conn, -conn.credit_bytes / rate)
 
     def _count_input(self, conn: Connection) -> None:
         """Bring the memory budget's count of `conn`'s unhandled input up to date."""
@@ -1404,18 +1410,9 @@ class Reactor:
         conn = self._udp_conns.get(event.session_id)
         if conn is None or conn.state is not _OPEN:
             return                          # closing: what it sends now is dropped
-        data = event.data
-        self._guarded(conn, self.app.data_received, conn.conn_id, data)
-        if conn.state is not _OPEN:         # (the app may have failed and dropped it)
-            return
-        self.scheduler.schedule(conn)
-        rate = self.limits.bytes_per_second
-        if rate:
-            self._refill(conn)
-            conn.credit_bytes -= len(data)
-            if conn.credit_bytes < 0:
-                self._throttle(conn, -conn.credit_bytes / rate)
-        self._guarded(conn, self._count_input, conn)
+        self._received(conn, event.data)
+        if conn.state is _OPEN:
+            self._guarded(conn, self._count_input, conn)
 
     def _udp_interest(self, conn: Connection) -> None:
         """Take a session's incoming stream, or have the endpoint discard it for now (the peer
