@@ -765,6 +765,15 @@ class _Session:
             self.closed = reason
             self.reset_due = True
 
+    def queue_or_abort(self, data: bytes) -> bool:
+        """Queue stream bytes; if they would take the unacknowledged bytes past
+        SEND_BUFFER_CAP, abort the session instead (and say False)."""
+        if self.stream.send_buffered() + len(data) > SEND_BUFFER_CAP:
+            self.abort("send buffer over cap")
+            return False
+        self.stream.queue(data)
+        return True
+
 
 # ---------------------------------------------------------------------------------------------
 # The server
@@ -902,11 +911,9 @@ class ServerEndpoint:
         session = self._sessions.get(session_id)
         if session is None or session.closed is not None or session.close_requested:
             return False
-        if session.stream.send_buffered() + len(data) > SEND_BUFFER_CAP:
-            session.abort("send buffer over cap")
+        if not session.queue_or_abort(data):
             self._touch(session)
             return False
-        session.stream.queue(data)
         self._dirty[session] = None
         self._touched[session_id] = None
         return True
@@ -1263,11 +1270,9 @@ class ClientEndpoint:
         session = self._session
         if session.close_requested:
             return False
-        if session.stream.send_buffered() + len(data) > SEND_BUFFER_CAP:
-            session.abort("send buffer over cap")
+        if not session.queue_or_abort(data):
             self._flush_and_check(now)
             return False
-        session.stream.queue(data)
         return True
 
     def close(self, now: float) -> None:
