@@ -25,6 +25,7 @@ from lib import udp
 from lib.udp import ClientEndpoint, SessionClosed, StreamData
 from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ChatProtocol, HeloReply, JoinedReply,
                       ReplyReader, chat_request, disconnect_request, helo_request, join_request)
+from tools import kit
 from tools.kit import REPO_ROOT, ServerProcess
 
 HOST = "127.0.0.1"
@@ -210,21 +211,6 @@ def joined(member, room):
     return found[0] if found else None
 
 
-def read_line(proc, timeout):
-    """The first line of a child's standard output, waited for at most `timeout` seconds."""
-    line = b""
-    end = time.monotonic() + timeout
-    while not line.endswith(b"\n") and len(line) < 500:
-        remaining = end - time.monotonic()
-        if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
-            break
-        byte = os.read(proc.stdout.fileno(), 1)
-        if not byte:
-            break
-        line += byte
-    return line.decode("utf-8", "replace")
-
-
 def stop(proc):
     """End a child this test started, by its pid."""
     if proc.poll() is None:
@@ -242,7 +228,7 @@ class Relay:
             [sys.executable, "-m", "tools.relay", "--listen", "%s:0" % HOST,
              "--to", "%s:%d" % (HOST, to_port), "--seconds", str(RELAY_SECONDS)]
             + list(options), cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        line = read_line(self.proc, 10)
+        line = kit.read_line(self.proc, 10).decode("utf-8", "replace")
         if not line.startswith("relaying %s:" % HOST):
             stop(self.proc)
             raise AssertionError("relay did not start: %r" % line)
@@ -314,7 +300,7 @@ class UdpServerTests(unittest.TestCase):
              str(self.server.port), "victor", "room"],
             cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         self.addCleanup(stop, proc)
-        self.assertEqual(read_line(proc, WAIT).strip(), "joined")
+        self.assertEqual(kit.read_line(proc, WAIT).decode("utf-8", "replace").strip(), "joined")
         self.assertTrue(wait_until([tcp], lambda: ("victor", JOINED_TEXT % "victor")
                                    in chats(tcp, ref)))
         os.kill(proc.pid, signal.SIGKILL)

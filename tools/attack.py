@@ -852,7 +852,6 @@ def scenario_flood(args: argparse.Namespace, target: AttackTarget, report):
                                                      "" if flooding else " (draining)"))
     finally:
         selector.close()
-    elapsed = time.monotonic() - started
     echoed = flooder.next_seq
     figures: Dict[str, object] = {
         "seconds": args.seconds, "read_rate": args.read_rate, "chats_posted": sent_chats,

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -89,6 +90,23 @@ def _proc_fields(path: str, prefix: str) -> Optional[List[str]]:
     return None
 
 
+def read_line(proc: "subprocess.Popen", timeout: float, limit: int = 500) -> bytes:
+    """A child's first line of standard output (with its newline), waited for at most `timeout`
+    seconds; what came before the wait ended, EOF or `limit` bytes otherwise. Read a byte at a
+    time, so nothing after the line is taken from the pipe (select() still sees the rest)."""
+    line = b""
+    deadline = time.monotonic() + timeout
+    while not line.endswith(b"\n") and len(line) < limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
+            break
+        byte = os.read(proc.stdout.fileno(), 1)
+        if not byte:
+            break
+        line += byte
+    return line
+
+
 class ServerProcess:
     """Server.py in a child process on 127.0.0.1 and a port the kernel picked, logging to a
     temporary file (no chatty log can fill and stall it; log() reads it) unless `stderr`."""
@@ -112,21 +130,16 @@ class ServerProcess:
             raise
 
     def _read_port(self) -> int:
-        """The port of the first line, "listening on 127.0.0.1:PORT", read a byte at a time."""
-        line = b""
-        deadline = time.monotonic() + START_TIMEOUT
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            while not line.endswith(b"\n") and len(line) < 200:
-                if not selector.select(max(0.0, deadline - time.monotonic())):
-                    raise ServerError("Server.py printed no listening line within %g s (got %r)"
-                                      % (START_TIMEOUT, line))
-                byte = os.read(self.proc.stdout.fileno(), 1)
-                if not byte:
-                    self.proc.wait(STOP_TIMEOUT)
-                    raise ServerError("Server.py exited (status %s) before listening: %s"
-                                      % (self.proc.returncode, self.log()[-500:]))
-                line += byte
+        """The port of the first line, "listening on 127.0.0.1:PORT"."""
+        line = read_line(self.proc, START_TIMEOUT, limit=200)
+        if not line.endswith(b"\n"):
+            try:
+                self.proc.wait(0.1 if self.proc.poll() is None else STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise ServerError("Server.py printed no listening line within %g s (got %r)"
+                                  % (START_TIMEOUT, line)) from None
+            raise ServerError("Server.py exited (status %s) before listening: %s"
+                              % (self.proc.returncode, self.log()[-500:]))
         prefix = b"listening on %s:" % HOST.encode()
         digits = line[len(prefix):].strip()
         if not line.startswith(prefix) or not digits.isdigit():

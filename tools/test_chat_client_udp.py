@@ -13,13 +13,12 @@ starts is ended by its cleanup, by its pid.
 import io
 import os
 import re
-import select
 import socket
 import subprocess
 import sys
 import time
 import unittest
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 from lib import udp
 from protocol import (ChatMessage, JoinedReply, ReplyReader, chat_request, disconnect_request,
@@ -40,21 +39,6 @@ RELAY_OPTIONS = ("--loss", "0.2", "--dup", "0.05", "--reorder", "0.1", "--delay"
 RELAY_SECONDS = 120             # the relays stop by themselves after this, whatever happens
 JOINED_TEXT = "%s has joined this chatroom."
 LEFT_TEXT = "%s has left this chatroom."
-
-
-def read_line(proc: subprocess.Popen, timeout: float) -> str:
-    """The first line of a child's standard output, waited for at most `timeout` seconds."""
-    line = b""
-    deadline = time.monotonic() + timeout
-    while not line.endswith(b"\n") and len(line) < 500:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
-            break
-        byte = os.read(proc.stdout.fileno(), 1)
-        if not byte:
-            break
-        line += byte
-    return line.decode("utf-8", "replace")
 
 
 def free_udp_port() -> int:
@@ -122,7 +106,7 @@ def start_relay(test: unittest.TestCase, to_port: int, seed: int) -> int:
          "--to", "%s:%d" % (HOST, to_port), "--seconds", str(RELAY_SECONDS), "--seed", str(seed),
          *RELAY_OPTIONS], cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     test.addCleanup(end_process, proc)
-    line = read_line(proc, TIMEOUT)
+    line = kit.read_line(proc, TIMEOUT).decode("utf-8", "replace")
     match = re.match(r"relaying %s:(\d+) " % re.escape(HOST), line)
     test.assertIsNotNone(match, "the relay did not start: %r" % line)
     return int(match.group(1))

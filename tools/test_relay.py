@@ -1,7 +1,6 @@
 """tools/relay.py: the impairments it draws, and the relay itself in a child process on
 127.0.0.1 (both directions, loss, duplication, reordering, stopping by itself). Every wait is
 bounded; the relay is stopped by its pid."""
-import os
 import select
 import socket
 import subprocess
@@ -9,6 +8,7 @@ import sys
 import time
 import unittest
 
+from tools import kit
 from tools.kit import REPO_ROOT
 from tools.relay import Impairment
 
@@ -21,23 +21,9 @@ def start_relay(to_port, *options, seconds=20):
         [sys.executable, "-m", "tools.relay", "--listen", "%s:0" % HOST,
          "--to", "%s:%d" % (HOST, to_port), "--seconds", str(seconds)] + list(options),
         cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    line = read_line(proc)
+    line = kit.read_line(proc, WAIT).decode("utf-8", "replace")
     assert line.startswith("relaying %s:" % HOST), line
     return proc, (HOST, int(line.split()[1].rpartition(":")[2]))
-
-
-def read_line(proc, timeout=WAIT):
-    end = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n") and len(line) < 500:
-        remaining = end - time.monotonic()
-        if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
-            break
-        byte = os.read(proc.stdout.fileno(), 1)     # unbuffered: select() sees the rest
-        if not byte:
-            break
-        line += byte
-    return line.decode()
 
 
 def stop(proc):
@@ -130,7 +116,7 @@ class RelayTests(unittest.TestCase):
         self.client.sendto(b"x", address)
         self.assertEqual(receive(self.server, 1)[0][0], b"x")
         self.assertEqual(proc.wait(WAIT), 0)
-        summary = read_line(proc)
+        summary = kit.read_line(proc, WAIT).decode("utf-8", "replace")
         self.assertIn("received 1, sent 1, dropped 0", summary)
 
     def test_bad_arguments_are_refused(self):
