@@ -101,6 +101,7 @@ class ErrorCode(enum.IntEnum):
     NAME_NOT_PRINTABLE = 12  # a JOIN's room name or CLIENT_NAME holds a control/format character
     CREATING_ROOMS_TOO_FAST = 13  # this connection or its address passed ROOM_CREATION limits
     KILL_NOT_ALLOWED = 14    # KILL_SERVICE from an address --kill-from does not allow
+    BUS_UNAVAILABLE = 15     # --bus: the request needs Redis, which cannot be reached now
 
 
 class RequestError(Exception):
@@ -947,6 +948,16 @@ class ChatProtocol:
     def _on_join(self, conn_id: int, req: Join) -> List[Action]:
         rooms = self.rooms
         ref = rooms.ref_of(req.room)
+        session = self._admit_join(conn_id, req, ref)
+        ref, join_id, newly_joined = rooms.join(conn_id, req.room, req.client_name)
+        if newly_joined:
+            self._count_joined(session.peer_ip)
+        return self._joined(conn_id, req, ref, join_id, newly_joined)
+
+    def _admit_join(self, conn_id: int, req: Join, ref: Optional[int]) -> _Session:
+        """Check the limits a JOIN must pass (the room `ref` is None if it is new here) and
+        count a room creation; raise RequestError if one is passed."""
+        rooms = self.rooms
         if ref is None and rooms.is_full():
             raise RequestError(ErrorCode.TOO_MANY_ROOMS,
                                "the server has its maximum of %d rooms; join an existing one"
@@ -965,16 +976,23 @@ class ChatProtocol:
                                "may be in together; leave one first" % MAX_MEMBERSHIPS_PER_ADDRESS)
         if ref is None:
             self._take_room_creation(session)
-        ref, join_id, newly_joined = rooms.join(conn_id, req.room, req.client_name)
-        if newly_joined:
-            by_address[session.peer_ip] = by_address.get(session.peer_ip, 0) + 1
-        reply = joined_reply(req.room, session.local_ip, self.port, ref, join_id)
+        return session
+
+    def _count_joined(self, peer_ip: str) -> None:
+        by_address = self._memberships_by_address
+        by_address[peer_ip] = by_address.get(peer_ip, 0) + 1
+
+    def _joined(self, conn_id: int, req: Join, ref: int, join_id: int,
+                newly_joined: bool) -> List[Action]:
+        """The actions once `conn_id` is in room `ref`: its reply, then (the first time) the
+        announcement to every member, itself included."""
+        reply = joined_reply(req.room, self._sessions[conn_id].local_ip, self.port, ref, join_id)
         actions: List[Action] = [Send(conn_id, reply)]
         if req.names_a_callback():    # first, so that the reply already goes there
             actions.insert(0, Callback(conn_id, req.client_ip, req.port))
         if newly_joined:      # joining again: the same reply, no second announcement
-            name = rooms.name_in(conn_id, ref)
-            actions.append(Broadcast(rooms.member_ids(ref),
+            name = self.rooms.name_in(conn_id, ref)
+            actions.append(Broadcast(self.rooms.member_ids(ref),
                                      chat_message(ref, name, JOINED_TEXT % name)))
         return actions
 

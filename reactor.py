@@ -73,6 +73,14 @@ a connection to the app like any other: same Scheduler, same flood control, same
 and OUTPUT_CAP; a Close is a graceful close of the session, and a session that ends (timeout,
 RESET) is a connection lost.
 
+Links (`--bus`, lib/shared.py): the app may also need outgoing connections of its own, such as
+its two links to Redis. The reactor opens them when the app wants (lib.actions.Links), in the
+same loop: nonblocking connect, read everything ready at the start of each tick (before any
+client, so that a node busy with clients never falls behind Redis: Redis cuts a pub/sub client
+whose output passes its buffer limit), and send what the app has for them at the end of it. A
+request waiting for Redis's answer makes its connection wait (a Wait action: not read from, no
+turns) until the app's Resume.
+
 A connection's life is a `State`: OPEN, then either CLOSING (a Close: sending what is queued)
 and LINGERING (our FIN sent: waiting for the peer's), or ABORTING (dropped: past OUTPUT_CAP,
 its socket failed, or evicted; nothing more is read or sent, and its socket is closed when the
@@ -94,7 +102,7 @@ import traceback
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from lib import udp as udp_layer
-from lib.actions import Action, App, Broadcast, Callback, Close, Send, Shutdown
+from lib.actions import Action, App, Broadcast, Callback, Close, Links, Resume, Send, Shutdown, Wait
 
 LOGGER = logging.getLogger(__name__)
 
@@ -237,6 +245,11 @@ UDP_OUTPUT_ROUNDS = 8
 # Tries at binding TCP and UDP to the same port when PORT is 0: the kernel picks a free TCP port,
 # whose UDP twin may be taken.
 BIND_TRIES = 16
+# What one tick reads from a link (Redis) at most: READ_SIZE chunks, until the socket is empty or
+# this many. Redis may publish faster than one recv() a tick takes; a subscriber that reads less
+# than is published falls behind until Redis cuts it (client-output-buffer-limit pubsub), so a
+# link is read far more than a client is, but not without end (the tick stays bounded).
+LINK_READS_PER_TICK = 64
 
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -372,7 +385,8 @@ class Connection:
     """
     __slots__ = ("sock", "conn_id", "peer_ip", "out", "tail", "out_bytes", "in_bytes", "state",
                  "events", "reads_paused", "peer_closed", "throttled", "credit_bytes",
-                 "credit_requests", "credited_at", "scheduled", "flush_pending", "reported_lost")
+                 "credit_requests", "credited_at", "scheduled", "flush_pending", "reported_lost",
+                 "waiting")
 
     def __init__(self, sock: socket.socket, conn_id: int) -> None:
         self.sock = sock
@@ -400,6 +414,7 @@ class Connection:
         self.scheduled = False
         self.flush_pending = False      # it is on the reactor's list to flush this tick
         self.reported_lost = False      # the app has been told it is gone (connection_lost)
+        self.waiting = False            # a Wait: neither read from nor given turns until Resume
 
 
 class UdpConnection(Connection):
@@ -415,6 +430,18 @@ class UdpConnection(Connection):
         self.session_id = session_id
         self.endpoint_out = 0
         self.endpoint_in = 0
+
+
+class _Link:
+    """One outgoing connection of the app's (lib.actions.Links), e.g. a link to Redis."""
+    __slots__ = ("name", "sock", "connected", "out", "events")
+
+    def __init__(self, name: str, sock: socket.socket) -> None:
+        self.name = name
+        self.sock = sock
+        self.connected = False              # connect() has completed
+        self.out = bytearray()              # what the kernel has not taken yet
+        self.events = selectors.EVENT_WRITE     # until connected: writable means connected
 
 
 class Scheduler:
@@ -584,6 +611,8 @@ class Reactor:
         self._lingering: Deque[Tuple[float, Connection]] = collections.deque()  # by deadline
         self._accept_paused_until = 0.0           # 0.0: accepting
         self._stopping = False      # stop() was called: handle no more requests, end the loop
+        self.links: Optional[Links] = None        # the app's outgoing links, if it has any
+        self._links: Dict[str, _Link] = {}        # open ones, by name
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -601,6 +630,8 @@ class Reactor:
         timers."""
         events = self.selector.select(self._next_timeout(timeout))
         self._now = time.monotonic()
+        if self._links:
+            self._on_link_events(events)
         self._on_events(events)
         self._process_input()
         self._flush()
@@ -609,6 +640,8 @@ class Reactor:
         if self.memory.total > self.memory.budget:
             self._evict_for_memory()
         self._expire_timers(time.monotonic())
+        if self.links is not None:
+            self._service_links(time.monotonic())
 
     def _on_events(self, events: List[Tuple[selectors.SelectorKey, int]]) -> None:
         """The read step: act on what select() found, for at most STEP_BUDGET (the rest
@@ -627,6 +660,8 @@ class Reactor:
                 self._drain_wakeup()
             elif conn is self.udp_sock:
                 self._on_datagrams(mask)
+            elif conn.__class__ is _Link:
+                continue                    # read first, in _on_link_events
             elif conn.state is not _CLOSED and conn.state is not _ABORTING:
                 # (an earlier event this tick may have closed or dropped it)
                 if mask & selectors.EVENT_READ:
@@ -646,6 +681,10 @@ class Reactor:
         if self._accept_paused_until:
             deadlines.append(self._accept_paused_until)
         deadlines.extend(timer[0] for timer in self._periodic)
+        if self.links is not None:
+            links_due = self.links.links_deadline()
+            if links_due is not None:
+                deadlines.append(links_due)
         if self.udp is not None:
             endpoint_due = self.udp.next_deadline()
             if endpoint_due is not None:
@@ -688,6 +727,8 @@ class Reactor:
         if self.udp is not None and self.udp_sock is not None:
             self._send_datagrams(self.udp.datagrams_to_send(time.monotonic()))   # the RESETs
             self.udp_sock.close()
+        if self.links is not None:
+            self._close_links(goodbye=True)
         for sock in (self.listener, self._wake_r, self._wake_w):
             sock.close()
         if self._reserve_fd is not None:
@@ -784,7 +825,7 @@ class Reactor:
         """Read once from `conn` and hand the bytes to the app (requests are handled later in
         the tick). A connection whose earlier input is not all handled is not read from: its
         data waits in the kernel, whose window then slows the sender down."""
-        if conn.scheduled or conn.throttled:
+        if conn.scheduled or conn.throttled or conn.waiting:
             return
         try:
             data = conn.sock.recv(READ_SIZE)
@@ -841,8 +882,8 @@ class Reactor:
         True if it may have more."""
         if self._stopping:
             return False                    # KILL_SERVICE: what came after it is not served
-        if conn.state is not _OPEN or conn.throttled:
-            return False                    # a throttled one is requeued when it may go on
+        if conn.state is not _OPEN or conn.throttled or conn.waiting:
+            return False                    # requeued when it may go on (throttle end, Resume)
         if conn.reads_paused:               # it is requeued by _send on resuming; what it sent
             self._guarded(conn, self._count_input, conn)    # before the pause counts now
             return False
@@ -869,8 +910,8 @@ class Reactor:
                 break
             handled += 1
             self.apply(actions)
-            if conn.state is not _OPEN or conn.reads_paused or self._stopping:
-                more = conn.state is _OPEN
+            if conn.state is not _OPEN or conn.reads_paused or conn.waiting or self._stopping:
+                more = conn.state is _OPEN and not conn.waiting
                 break
         if rate:
             conn.credit_requests -= handled
@@ -954,8 +995,21 @@ class Reactor:
                 self.stop()
             elif kind is Callback:
                 self._set_callback(action)
+            elif kind is Wait or kind is Resume:
+                self._wait(action.conn_id, kind is Wait)
             else:
                 raise TypeError("unknown action %r" % (action,))
+
+    def _wait(self, conn_id: int, waiting: bool) -> None:
+        """A Wait (`waiting`) or a Resume: stop or start reading from and serving `conn_id`."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.waiting is waiting:
+            return
+        conn.waiting = waiting
+        if conn.state is _OPEN:
+            self._update_interest(conn)
+            if not waiting:
+                self.scheduler.requeue(conn)    # it may hold requests read before the Wait
 
     def write_many(self, conn_ids: Sequence[int], data: bytes) -> None:
         """Queue the same `data` for each connection; it is sent at the end of this tick.
@@ -1166,7 +1220,7 @@ class Reactor:
         if conn.sock is None:
             self._udp_interest(conn)
             return
-        reading = not (conn.reads_paused or conn.peer_closed or conn.throttled)
+        reading = not (conn.reads_paused or conn.peer_closed or conn.throttled or conn.waiting)
         events = selectors.EVENT_READ if reading else 0
         if conn.out_bytes:
             events |= selectors.EVENT_WRITE
@@ -1553,3 +1607,120 @@ class Reactor:
         conn.out_bytes -= conn.endpoint_out
         conn.endpoint_out = conn.endpoint_in = 0
         self.udp.abort_session(conn.session_id, reason, self._now)
+
+    # -- links (lib.actions.Links) -------------------------------------------------------------
+
+    def _on_link_events(self, events: List[Tuple[selectors.SelectorKey, int]]) -> None:
+        """The read step for the app's links, before any client's: in the app's order of links
+        (the subscriber first), read everything ready, up to LINK_READS_PER_TICK each."""
+        ready = {key.data.name: mask for key, mask in events if key.data.__class__ is _Link}
+        for name in self.links.links if ready else ():
+            link = self._links.get(name)
+            if link is not None and name in ready:
+                self._on_link_ready(link, ready[name])
+
+    def _on_link_ready(self, link: _Link, mask: int) -> None:
+        links = self.links
+        if not link.connected:
+            error = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                self._link_failed(link, "connect failed: %s" % os.strerror(error))
+                return
+            link.connected = True
+            self._guarded(None, links.link_up, link.name, self._now)
+            self._after_link_calls()
+            return
+        if mask & selectors.EVENT_WRITE:
+            self._send_link(link)
+        if not mask & selectors.EVENT_READ:
+            return
+        for _ in range(LINK_READS_PER_TICK):
+            try:
+                data = link.sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._link_failed(link, "recv failed: %s" % exc)
+                return
+            if not data:
+                self._link_failed(link, "closed by the other side")
+                return
+            self._guarded(None, links.link_data, link.name, data, self._now)
+            if self._links.get(link.name) is not link:
+                break                       # the app reset its links meanwhile
+        self._after_link_calls()
+
+    def _service_links(self, now: float) -> None:
+        """The links' part of the timers step: open them when the app wants, run its timer when
+        due, and send what it has for them (the commands this tick's requests made)."""
+        links = self.links
+        for name in links.links_wanted(now):
+            if name not in self._links:
+                self._open_link(name, now)
+        due = links.links_deadline()
+        if due is not None and now >= due:
+            self._guarded(None, links.links_timer, now)
+        self._after_link_calls()
+
+    def _after_link_calls(self) -> None:
+        """After the app handled link input or time: carry out its actions, close the links if
+        it asked for that, send what it has for them."""
+        actions = self._guarded(None, self.links.link_actions)
+        if actions:
+            self.apply(actions)
+        for name in self.links.links_to_close():
+            self._close_link(name)
+        for link in list(self._links.values()):
+            if link.connected:
+                self._send_link(link)
+
+    def _open_link(self, name: str, now: float) -> None:
+        host, port = self.links.bus_address
+        self.links.link_opening(name, now)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = self._links[name] = _Link(name, sock)
+        self.selector.register(sock, link.events, link)
+        error = sock.connect_ex((host, port))
+        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self._link_failed(link, "connect failed: %s" % os.strerror(error))
+
+    def _send_link(self, link: _Link) -> None:
+        link.out += self.links.link_output(link.name)
+        if link.out:
+            try:
+                sent = link.sock.send(link.out)
+                del link.out[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self._link_failed(link, "send failed: %s" % exc)
+                return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.out else 0)
+        if events != link.events:
+            self.selector.modify(link.sock, events, link)
+            link.events = events
+
+    def _link_failed(self, link: _Link, why: str) -> None:
+        self._close_link(link.name)
+        self._guarded(None, self.links.link_failed, link.name, why, self._now)
+        self._after_link_calls()
+
+    def _close_link(self, name: str) -> None:
+        link = self._links.pop(name, None)
+        if link is not None:
+            self.selector.unregister(link.sock)
+            link.sock.close()
+
+    def _close_links(self, goodbye: bool = False) -> None:
+        """Close every link (and first, with `goodbye`, send the app's last words, best
+        effort: the loop is ending)."""
+        if goodbye and "cmd" in self._links and self._links["cmd"].connected:
+            try:
+                self._links["cmd"].sock.send(self.links.links_goodbye())
+            except OSError:
+                pass
+        for name in list(self._links):
+            self._close_link(name)

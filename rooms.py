@@ -16,7 +16,7 @@ The rules it keeps (docs/PROTOCOL.md, "Identity"):
 - a connection is in a room at most once, under the CLIENT_NAME it gave when it joined that room.
 """
 import collections
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 # A room costs a few hundred bytes plus its name (at most protocol.MAX_NAME_CHARS). An endless
 # stream of JOINs with fresh names must stop somewhere, so the table holds at most this many
@@ -104,21 +104,26 @@ class Rooms:
 
     # -- membership ----------------------------------------------------------------------------
 
-    def join(self, conn_id: int, room_name: str, client_name: str) -> Tuple[int, int, bool]:
+    def join(self, conn_id: int, room_name: str, client_name: str, given_ref: Optional[int] = None,
+             given_join_id: Optional[int] = None) -> Tuple[int, int, bool]:
         """Put `conn_id` in the room called `room_name`, creating the room if needed (and
         forgetting the longest-empty room if the table is full).
 
         Returns (ROOM_REF, JOIN_ID, newly_joined). A connection already in the room stays in it
         under its first name and newly_joined is False. The caller checks is_full() before
         joining a room that does not exist yet, and count_rooms_of() before a new membership.
+        With the shared bus (lib/shared.py) Redis gives the ref and the JOIN_ID: `given_ref` and
+        `given_join_id`, which this table then keeps.
         """
         ref = self._ref_by_name.get(room_name)
         if ref is None:
-            ref = self._create(room_name)
+            ref = self._create(room_name, given_ref)
         join_id = self._join_ids.get(conn_id)
         if join_id is None:
-            join_id = self._join_ids[conn_id] = self._next_join_id
-            self._next_join_id += 1
+            if given_join_id is None:
+                given_join_id = self._next_join_id
+                self._next_join_id += 1
+            join_id = self._join_ids[conn_id] = given_join_id
         members = self._members[ref]
         if conn_id in members:
             return ref, join_id, False
@@ -128,13 +133,14 @@ class Rooms:
         self._refs_of[conn_id] = self._refs_of.get(conn_id, ()) + (ref,)
         return ref, join_id, True
 
-    def _create(self, room_name: str) -> int:
+    def _create(self, room_name: str, ref: Optional[int] = None) -> int:
         if len(self._names) >= self.max_rooms:
             forgotten, _ = self._empty.popitem(last=False)      # the longest-empty room
             del self._ref_by_name[self._names.pop(forgotten)]
             del self._members[forgotten]
-        ref = self._next_ref
-        self._next_ref += 1
+        if ref is None:
+            ref = self._next_ref
+        self._next_ref = max(self._next_ref, ref + 1)
         self._ref_by_name[room_name] = ref
         self._names[ref] = room_name
         self._members[ref] = {}
@@ -182,6 +188,13 @@ class Rooms:
                 self._empty[ref] = None
         self._join_ids.pop(conn_id, None)
         return left
+
+    def memberships(self) -> Iterator[Tuple[int, int, int, str]]:
+        """Every membership as (ref, conn_id, its JOIN_ID, its name there), for the shared bus's
+        record of this node's members (O(memberships))."""
+        for ref, members in self._members.items():
+            for conn_id, name in members.items():
+                yield ref, conn_id, self._join_ids[conn_id], name
 
     def refs_of(self, conn_id: int) -> List[int]:
         """The rooms `conn_id` is in, in ascending ROOM_REF order (the order DISCONNECT uses)."""

@@ -52,13 +52,27 @@ class Callback:
                                 # it. Given before the JOINED_CHATROOM reply it concerns.
 
 
-Action = Union[Send, Broadcast, Close, Shutdown, Callback]
+@dataclass
+class Wait:
+    __slots__ = ("conn_id",)
+    conn_id: int                # handle no more of its requests (and read no more from it)
+                                # until a Resume: its last one waits for a reply from elsewhere
+                                # (the shared bus, lib/shared.py)
+
+
+@dataclass
+class Resume:
+    __slots__ = ("conn_id",)
+    conn_id: int                # the reply it waited for came: handle its requests again
+
+
+Action = Union[Send, Broadcast, Close, Shutdown, Callback, Wait, Resume]
 
 
 def carry_out(actions: List[Action], write: Callable[[int, bytes], None],
               close: Callable[[int], None], stop: Callable[[], None]) -> None:
     """Carry out `actions` in order with three callables: write(conn_id, data) (a Broadcast
-    is one write per member), close(conn_id), stop(); a Callback is ignored. For simple
+    is one write per member), close(conn_id), stop(); Callback, Wait and Resume are ignored. For simple
     drivers of an app over TCP (the comparison peers in bench/); the reactor has its own, with
     the per-member loop inlined."""
     for action in actions:
@@ -72,7 +86,7 @@ def carry_out(actions: List[Action], write: Callable[[int, bytes], None],
             close(action.conn_id)
         elif kind is Shutdown:
             stop()
-        elif kind is not Callback:          # (a stream transport has no callback address)
+        elif kind not in (Callback, Wait, Resume):  # (no callbacks, no bus for these drivers)
             raise TypeError("unknown action %r" % (action,))
 
 
@@ -107,3 +121,46 @@ class App(Protocol):
         """These connections are gone (closed by either side, or dropped); each is named once,
         in one call with every other connection lost in the same tick. The actions returned
         (e.g. telling their rooms) are carried out at once."""
+
+
+class Links(Protocol):
+    """What the reactor needs of an app that has outgoing connections of its own ("links": the
+    shared bus's two links to Redis, lib/shared.py). The reactor opens the ones links_wanted()
+    names, reads and writes them in its loop, and after each call of the link_* and
+    links_timer methods carries out link_actions() and closes the links links_to_close() names.
+    Times are time.monotonic() seconds."""
+    bus_address: Tuple[str, int]    # where every link connects to (an IP address, not a name)
+    links: Tuple[str, ...]          # their names, in the order they are read each tick
+
+    def links_wanted(self, now: float) -> List[str]:
+        """The links (closed now) to open now."""
+
+    def link_opening(self, name: str, now: float) -> None:
+        """The reactor is opening link `name` now."""
+
+    def link_up(self, name: str, now: float) -> None:
+        """Link `name` is connected."""
+
+    def link_failed(self, name: str, why: str, now: float) -> None:
+        """Link `name` could not connect, or broke; the reactor has closed it."""
+
+    def link_data(self, name: str, data: bytes, now: float) -> None:
+        """Bytes read from link `name`."""
+
+    def link_output(self, name: str) -> bytes:
+        """Bytes to write to link `name` now (b"" if none)."""
+
+    def links_to_close(self) -> List[str]:
+        """The links the app wants closed now (it has counted them as failed itself)."""
+
+    def links_deadline(self) -> Optional[float]:
+        """When links_timer() is next due, or None."""
+
+    def links_timer(self, now: float) -> None:
+        """The time has come (links_deadline)."""
+
+    def links_goodbye(self) -> bytes:
+        """The last bytes for the link named "cmd" as the server stops (b"" if none)."""
+
+    def link_actions(self) -> List[Action]:
+        """What to carry out for what the links brought since the last call."""
