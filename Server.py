@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Entry point: parse the command line, wire the protocol to the reactor, run.
 
-    python3 Server.py [IP] [PORT] [--student-id ID] [--no-udp] [--log-level LEVEL]
+    python3 Server.py [IP] [PORT] [--student-id ID] [--no-udp] [--bus redis://HOST:PORT[/DB]]
+                      [--log-level LEVEL]
 
 The module name is the one the course fixes (the one exception to PEP 8 here). All behaviour
 lives in protocol.py (what to answer), rooms.py (who is where) and reactor.py (sockets).
@@ -9,8 +10,12 @@ lives in protocol.py (what to answer), rooms.py (who is where) and reactor.py (s
 import argparse
 import logging
 import os
+import secrets
 import select
+import socket
 import sys
+import time
+import urllib.parse
 
 from lib import udp
 from protocol import KILL_FROM_CHOICES, ChatProtocol
@@ -21,6 +26,8 @@ DEFAULT_PORT = 8080
 # HELO's StudentID when neither --student-id nor STUDENT_ID is given: a placeholder that says
 # plainly that nobody set it.
 DEFAULT_STUDENT_ID = "00000000"
+# With --bus, how long to wait for Redis before announcing 'listening on' anyway.
+BUS_START_WAIT = 10.0
 
 
 def parse_args(argv):
@@ -62,6 +69,14 @@ def parse_args(argv):
                         default=udp.IDLE_TIMEOUT,
                         help="a UDP peer silent this long is gone, as a broken TCP connection "
                              "(default %(default)g; its keepalive PINGs scale with it)")
+    parser.add_argument("--bus", metavar="redis://HOST:PORT[/DB]", default=None,
+                        help="share rooms with every other server started with the same --bus "
+                             "and --bus-prefix, through this Redis (see README.md, 'Running "
+                             "several servers'; default: none, this process alone)")
+    parser.add_argument("--bus-prefix", metavar="NAME", default="chat",
+                        help="the Redis keys and channel of this group of servers start with "
+                             "NAME: (default %(default)s). Redis's pub/sub ignores /DB, so two "
+                             "groups on one Redis need two prefixes")
     parser.add_argument("--stats-interval", type=_non_negative, metavar="SECONDS", default=0,
                         help="log a line of statistics every SECONDS (default 0: never)")
     parser.add_argument("--log-level", default="info",
@@ -70,7 +85,31 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.ip, args.port = _address(parser, args.ip, args.port)
     args.student_id = _student_id(parser, args.student_id)
+    if args.bus is not None:
+        args.bus = _bus_address(parser, args.bus)
+    if not args.bus_prefix or not all(c.isalnum() or c in "-_.:" for c in args.bus_prefix):
+        parser.error("--bus-prefix must be letters, digits and -_.: only, not %r"
+                     % args.bus_prefix)
     return args
+
+
+def _bus_address(parser, url):
+    """(IP, PORT, DB) of --bus redis://HOST:PORT[/DB]. The host is looked up once, here: the
+    reactor connects to an address without blocking, which a name lookup cannot do."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or 6379
+        db = int(parts.path.strip("/") or "0")
+    except ValueError:
+        port = db = -1
+    if parts.scheme != "redis" or not parts.hostname or db < 0 or parts.query or parts.username:
+        parser.error("--bus must look like redis://HOST:PORT or redis://HOST:PORT/DB, not %r"
+                     % url)
+    try:
+        ip = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError as exc:
+        parser.error("--bus: cannot find %s: %s" % (parts.hostname, exc))
+    return ip, port, db
 
 
 def _non_negative(text):
@@ -167,12 +206,15 @@ class Statistics:
         now = (server.deliveries, server.evictions, server.throttles)
         deliveries, evictions, throttles = (a - b for a, b in zip(now, self.last))
         self.last = now
+        bus = getattr(self.app, "bus", None)
         logging.info("stats: %d connections, %d rooms, %d memberships, %.0f deliveries/s, "
                      "%d bytes of output queued, buffers %d of a %d-byte budget, "
-                     "%d evictions, %d throttled", len(server.conns),
+                     "%d evictions, %d throttled%s", len(server.conns),
                      self.app.rooms.count_rooms(), self.app.rooms.count_memberships(),
                      deliveries / self.interval, server.memory.output, server.memory.total,
-                     server.memory.budget, evictions, throttles)
+                     server.memory.budget, evictions, throttles,
+                     "" if bus is None else "; bus %s, %d outages, %d events read back, %d lost"
+                     % ("up" if bus.up else "DOWN", bus.outages, bus.repaired, bus.lost))
 
 
 def raise_file_limit() -> None:
@@ -206,8 +248,17 @@ def main(argv=None) -> int:
         logging.error("cannot listen on %s:%s: %s", args.ip, args.port, exc)
         return 1
     ip, port = server.address
-    app = server.app = ChatProtocol(port=port, student_id=args.student_id,
-                                    kill_from=args.kill_from)
+    if args.bus is None:
+        app = server.app = ChatProtocol(port=port, student_id=args.student_id,
+                                        kill_from=args.kill_from)
+    else:
+        from lib.shared import SharedChatProtocol     # (only --bus needs it)
+        bus_ip, bus_port, db = args.bus
+        app = server.app = server.links = SharedChatProtocol(
+            port=port, student_id=args.student_id, kill_from=args.kill_from,
+            bus_address=(bus_ip, bus_port), prefix=args.bus_prefix, db=db,
+            node=secrets.token_hex(4))
+        _wait_for_bus(server, app)
     server.stop_on_signals()
     if args.stats_interval:
         server.call_every(args.stats_interval, Statistics(server, app, args.stats_interval).log)
@@ -217,6 +268,20 @@ def main(argv=None) -> int:
     server.run_forever()
     logging.info("stopped")
     return 0
+
+
+def _wait_for_bus(server, app) -> None:
+    """Run the loop until the bus is up (BUS_START_WAIT at most), so that 'listening on' means
+    ready; past that, go on: JOINs get ERROR_CODE BUS_UNAVAILABLE until Redis answers."""
+    deadline = time.monotonic() + BUS_START_WAIT
+    while not app.bus.up and time.monotonic() < deadline:
+        server.run_once(0.05)
+    if app.bus.up:
+        logging.info("bus: redis %s:%d, prefix %r, node %s", *app.bus_address, app.bus.prefix,
+                     app.bus.node)
+    else:
+        logging.warning("bus: no answer from redis %s:%d within %g s; serving, and retrying",
+                        *app.bus_address, BUS_START_WAIT)
 
 
 if __name__ == "__main__":

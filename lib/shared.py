@@ -1,0 +1,422 @@
+"""The chat protocol over the shared bus: `--bus redis://...` (several nodes, one chat server).
+
+Boundary: like protocol.py, this module does no I/O. It is protocol.ChatProtocol with the four
+requests that touch rooms (JOIN, CHAT, LEAVE, DISCONNECT) and lost connections sent through
+lib/bus.py instead of answered at once; everything else (framing, parsing, HELO, KILL, the
+limits) is ChatProtocol's own.
+
+How a request goes, while the bus is up:
+
+    JOIN/CHAT/LEAVE --> Bus.join/chat/leave (a script in Redis) and a Wait(conn) action: the
+        connection's next requests wait, so that its replies keep their order
+    ... Redis publishes the room's event; every node's Bus hands it out in the room's order:
+    Joined  --> (our joiner) JOINED_CHATROOM, then the announcement to this node's members
+    Said    --> the CHAT to this node's members
+    Left    --> (our leaver) LEFT_CHATROOM, then the announcement to this node's members
+    ... and, for our own request's event, Resume(conn): its next request may go.
+
+So a node delivers its own members' chats when Redis hands them back, as it delivers
+everybody else's: one order per room, the same for every member on every node.
+
+While the bus is down (Redis unreachable, or the links being set up again): a JOIN gets
+ERROR_CODE BUS_UNAVAILABLE; a CHAT to a room whose members are all on this node is delivered
+here at once, and to any other room gets BUS_UNAVAILABLE; LEAVE, DISCONNECT and lost connections
+are done here at once (leaving always works) and kept in `departed`, and the bus announces them
+to the other nodes once it is back (Bus's sync script).
+"""
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from lib.actions import Action, Broadcast, Close, Resume, Send, Wait
+from lib.bus import (LINKS, MAX_SHARED_ROOMS, Bus, Done, Joined, Left, LocalState, Said, Skipped,
+                     StateChanged)
+from protocol import (JOINED_TEXT, LEFT_TEXT, Chat, ChatProtocol, Disconnect, ErrorCode, Join,
+                      Leave, RequestError, _quote, chat_message, error_reply, left_reply)
+
+LOGGER = logging.getLogger(__name__)
+
+
+class _JoinWait:
+    __slots__ = ("conn_id", "req", "lost")
+
+    def __init__(self, conn_id: int, req: Join) -> None:
+        self.conn_id, self.req, self.lost = conn_id, req, False
+
+
+class _ChatWait:
+    __slots__ = ("conn_id", "ref", "seq")
+
+    def __init__(self, conn_id: int, ref: int) -> None:
+        self.conn_id, self.ref, self.seq = conn_id, ref, None
+
+
+class _LeaveWait:
+    """A LEAVE (reply: its LEFT_CHATROOM), or one room of a DISCONNECT (`disconnect`: the rooms
+    it has still to leave), or lost connections leaving one room (conn_id None)."""
+    __slots__ = ("conn_id", "ref", "leavers", "reply", "disconnect", "seq")
+
+    def __init__(self, conn_id: Optional[int], ref: int, leavers: List[Tuple[int, str]],
+                 reply: Optional[bytes] = None, disconnect: Optional[Set[int]] = None) -> None:
+        self.conn_id, self.ref, self.leavers = conn_id, ref, leavers
+        self.reply, self.disconnect, self.seq = reply, disconnect, None
+
+
+def _unavailable(what: str) -> RequestError:
+    return RequestError(ErrorCode.BUS_UNAVAILABLE,
+                        "%s needs the shared bus (Redis), which this server cannot reach now; "
+                        "try again in a few seconds" % what)
+
+
+class SharedChatProtocol(ChatProtocol):
+    """ChatProtocol for one node of several sharing rooms over Redis (see the module docstring).
+
+    Besides lib.actions.App, the reactor drives its two Redis links through the `link_*`
+    methods (lib.actions.Links) and carries out what link_actions() returns after each."""
+
+    def __init__(self, port: int, student_id: str, bus_address: Tuple[str, int], prefix: str,
+                 node: str, db: int = 0, **kwargs: Any) -> None:
+        super().__init__(port, student_id, **kwargs)
+        self.bus_address = bus_address
+        self.bus = Bus(prefix, node, self._local_state, db=db)
+        self.links = LINKS
+        self._actions: List[Action] = []
+        self._waits: Dict[int, Any] = {}                # conn_id -> what it waits for
+        self._remote: Dict[int, int] = {}               # ref -> members on other nodes
+        self.departed: List[Tuple[int, int, str]] = []  # leaves made while the bus was down
+        self._departed_sent = 0
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _on_join(self, conn_id: int, req: Join) -> List[Action]:
+        ref = self.rooms.ref_of(req.room)
+        if ref is not None and self.rooms.name_in(conn_id, ref) is not None:
+            return super()._on_join(conn_id, req)      # joining again: answered here
+        if not self.bus.up:
+            raise _unavailable("joining a room")
+        self._admit_join(conn_id, req, self.bus.room_refs.get(req.room))
+        wait = self._waits[conn_id] = _JoinWait(conn_id, req)
+        self.bus.join(wait, conn_id, req.room, req.client_name,
+                      self.rooms.join_id_of(conn_id) or 0, self._clock())
+        return [Wait(conn_id)]
+
+    def _on_chat(self, conn_id: int, req: Chat) -> List[Action]:
+        members = self.rooms.maybe_members(req.ref)
+        name = None if members is None else members.get(conn_id)
+        if name is None:
+            if not self._exists(req.ref):
+                raise self._unknown_room(req.ref)
+            room = self.bus.room_names.get(req.ref)
+            raise RequestError(ErrorCode.NOT_A_MEMBER, "not a member of room %d: %s first"
+                               % (req.ref, "JOIN_CHATROOM " + _quote(room) if room else "join it"))
+        if self.bus.up:
+            self._waits[conn_id] = _ChatWait(conn_id, req.ref)
+            self.bus.chat(self._waits[conn_id], conn_id, req.ref, name, req.message,
+                          self._clock())
+            return [Wait(conn_id)]
+        if self._remote.get(req.ref, 0):
+            raise _unavailable("a chat to a room with members on other servers")
+        return super()._on_chat(conn_id, req)          # every member is here
+
+    def _on_leave(self, conn_id: int, req: Leave) -> List[Action]:
+        if not self._exists(req.ref):
+            raise self._unknown_room(req.ref)
+        name = self.rooms.name_in(conn_id, req.ref)
+        join_id = self.rooms.join_id_of(conn_id)
+        reply = left_reply(req.ref, req.join_id if join_id is None else join_id)
+        if name is None:
+            return [Send(conn_id, reply)]               # left already, or never joined
+        if not self.bus.up:
+            self.departed.append((req.ref, conn_id, name))
+            return super()._on_leave(conn_id, req)     # done here; told to the others later
+        wait = self._waits[conn_id] = _LeaveWait(conn_id, req.ref, [(conn_id, name)], reply)
+        self.bus.leave(wait, req.ref, wait.leavers, self._clock())
+        return [Wait(conn_id)]
+
+    def _on_disconnect(self, conn_id: int, req: Disconnect) -> List[Action]:
+        refs = self.rooms.refs_of(conn_id)
+        if not refs or not self.bus.up:
+            self.departed += [(ref, conn_id, self.rooms.name_in(conn_id, ref)) for ref in refs]
+            return super()._on_disconnect(conn_id, req)
+        self._sessions[conn_id].closing = True
+        remaining = set(refs)
+        self._waits[conn_id] = remaining
+        now = self._clock()
+        for ref in refs:                                # ascending, as on one node
+            leavers = [(conn_id, self.rooms.name_in(conn_id, ref))]
+            self.bus.leave(_LeaveWait(conn_id, ref, leavers, None, remaining), ref, leavers, now)
+        return [Wait(conn_id)]
+
+    def connections_lost(self, conn_ids: Sequence[int]) -> List[Action]:
+        if not self.bus.up:
+            for conn_id in conn_ids:
+                self.departed += [(ref, conn_id, self.rooms.name_in(conn_id, ref))
+                                  for ref in self.rooms.refs_of(conn_id)]
+            return super().connections_lost(conn_ids)
+        leaving: Dict[int, List[Tuple[int, str]]] = {}  # ref -> lost members leaving it
+        for conn_id in conn_ids:
+            session = self._sessions.pop(conn_id, None)
+            wait = self._waits.pop(conn_id, None)
+            if isinstance(wait, _JoinWait):
+                wait.lost = True                        # its Done leaves the room again
+            busy: Set[int] = set()                      # rooms a request of its is leaving
+            if isinstance(wait, _LeaveWait):
+                busy = {wait.ref}
+            elif isinstance(wait, set):
+                busy = wait
+            refs = self.rooms.refs_of(conn_id)
+            if session is not None:
+                self._count_left(session.peer_ip, len(refs))
+            if not refs:
+                self.rooms.forget(conn_id)
+            for ref in refs:
+                if ref not in busy:
+                    leaving.setdefault(ref, []).append((conn_id, self.rooms.name_in(conn_id, ref)))
+        now = self._clock()
+        for ref, leavers in leaving.items():            # one event per room, as on one node
+            self.bus.leave(_LeaveWait(None, ref, leavers), ref, leavers, now)
+        return []
+
+    # -- the links, for the reactor ------------------------------------------------------------
+
+    def links_wanted(self, now: float) -> List[str]:
+        return self.bus.wants_links(now)
+
+    def link_opening(self, name: str, now: float) -> None:
+        self.bus.connecting(name, now)
+
+    def link_up(self, name: str, now: float) -> None:
+        self.bus.link_up(name, now)
+
+    def link_failed(self, name: str, why: str, now: float) -> None:
+        self.bus.link_failed(name, why, now)
+
+    def link_data(self, name: str, data: bytes, now: float) -> None:
+        self.bus.receive(name, data, now)
+
+    def link_output(self, name: str) -> bytes:
+        return self.bus.data_to_send(name)
+
+    def links_to_close(self) -> List[str]:
+        return self.bus.links_to_close()
+
+    def links_deadline(self) -> Optional[float]:
+        return self.bus.next_deadline()
+
+    def links_timer(self, now: float) -> None:
+        self.bus.timer(now)
+
+    def links_goodbye(self) -> bytes:
+        return self.bus.goodbye()
+
+    def link_actions(self) -> List[Action]:
+        """The actions for everything the bus has handed out since the last call."""
+        while True:
+            events = self.bus.take_events()     # (handling a Done may hand out more)
+            if not events:
+                break
+            for event in events:
+                self._on_bus_event(event)
+        self.bus.forget_early()
+        actions, self._actions = self._actions, []
+        return actions
+
+    def _on_bus_event(self, event: Any) -> None:
+        kind = type(event)
+        if kind is Said:
+            self._on_said(event)
+        elif kind is Joined:
+            self._on_joined(event)
+        elif kind is Left:
+            self._on_left(event)
+        elif kind is Done:
+            self._on_done(event)
+        elif kind is Skipped:
+            self._on_skipped(event)
+        elif kind is StateChanged:
+            self._on_state(event)
+
+    # -- events of the rooms -------------------------------------------------------------------
+
+    def _on_said(self, event: Said) -> None:
+        members = self.rooms.member_ids(event.ref)
+        if members:
+            self._actions.append(Broadcast(members, chat_message(event.ref, event.name,
+                                                                 event.message)))
+        wait = self._waits.get(event.conn) if event.node == self.bus.node else None
+        if isinstance(wait, _ChatWait) and wait.ref == event.ref:
+            self._resume(event.conn)
+
+    def _on_joined(self, event: Joined) -> None:
+        if event.node != self.bus.node:
+            self._remote[event.ref] = self._remote.get(event.ref, 0) + 1
+            self._announce(event.ref, [event.name], JOINED_TEXT)
+            return
+        wait = self._waits.get(event.conn)
+        if not isinstance(wait, _JoinWait) or wait.req.room != event.room or event.settled:
+            return              # restored (nobody here saw it leave), or a join given up
+        self._join_here(wait, event.ref, event.join_id)
+
+    def _join_here(self, wait: _JoinWait, ref: int, join_id: int) -> None:
+        conn_id, req = wait.conn_id, wait.req
+        del self._waits[conn_id]
+        self.rooms.join(conn_id, req.room, req.client_name, ref, join_id)
+        self._count_joined(self._sessions[conn_id].peer_ip)
+        self._actions += self._joined(conn_id, req, ref, join_id, True)
+        self._actions.append(Resume(conn_id))
+
+    def _on_left(self, event: Left) -> None:
+        ref = event.ref
+        if event.node != self.bus.node:
+            self._remote[ref] = max(0, self._remote.get(ref, 0) - len(event.leavers))
+            self._announce(ref, [name for _conn, name in event.leavers], LEFT_TEXT)
+        elif not event.settled:
+            for conn_id, _name in event.leavers:
+                wait = self._waits.get(conn_id)
+                if isinstance(wait, _LeaveWait) and wait.ref == ref:
+                    self._leave_here(wait)
+                elif isinstance(wait, set) and ref in wait:
+                    self._leave_here(_LeaveWait(conn_id, ref, [], None, wait))
+                elif self.rooms.name_in(conn_id, ref) is not None:
+                    self._leave_here(_LeaveWait(None, ref, [(conn_id, _name)]))
+        self._maybe_unfollow(ref)
+
+    def _leave_here(self, wait: _LeaveWait) -> None:
+        """Carry out a leave on this node: the leaver's reply (LEAVE), then the announcement to
+        the room's members here (the leaver too, unless it is gone)."""
+        ref = wait.ref
+        if not self._still_waiting(wait):
+            return
+        members = self.rooms.member_ids(ref)
+        names = []
+        for conn_id, _name in wait.leavers or [(wait.conn_id, "")]:
+            name = self.rooms.leave(conn_id, ref)
+            if name is None:
+                continue
+            names.append(name)
+            session = self._sessions.get(conn_id)
+            if session is not None:
+                self._count_left(session.peer_ip, 1)
+            elif not self.rooms.count_rooms_of(conn_id):
+                self.rooms.forget(conn_id)              # gone, and in no room any more
+        told = members if wait.conn_id is not None and wait.conn_id in self._sessions else \
+            tuple(m for m in members if self.rooms.name_in(m, ref) is not None)
+        if wait.reply is not None:
+            self._actions.append(Send(wait.conn_id, wait.reply))
+        if names and told:
+            self._actions.append(Broadcast(told, b"".join(
+                chat_message(ref, name, LEFT_TEXT % name) for name in names)))
+        if wait.disconnect is not None:
+            wait.disconnect.discard(ref)
+            if not wait.disconnect and self._waits.get(wait.conn_id) is wait.disconnect:
+                del self._waits[wait.conn_id]
+                self._actions.append(Close(wait.conn_id))
+        elif wait.conn_id is not None and self._waits.get(wait.conn_id) is wait:
+            self._resume(wait.conn_id)
+        self._maybe_unfollow(ref)
+
+    def _still_waiting(self, wait: _LeaveWait) -> bool:
+        """False for a request's leave already carried out (its event came before a failure),
+        or whose connection is gone (then its membership is left as a lost one's)."""
+        if wait.conn_id is None:
+            return True
+        if wait.disconnect is not None:
+            return wait.ref in wait.disconnect and self._waits.get(wait.conn_id) is wait.disconnect
+        return self._waits.get(wait.conn_id) is wait
+
+    def _announce(self, ref: int, names: List[str], text: str) -> None:
+        members = self.rooms.member_ids(ref)
+        if members and names:
+            self._actions.append(Broadcast(members, b"".join(
+                chat_message(ref, name, text % name) for name in names)))
+
+    # -- replies and the bus's state -----------------------------------------------------------
+
+    def _on_done(self, event: Done) -> None:
+        wait, value = event.token, event.value
+        if isinstance(wait, _JoinWait):
+            self._join_done(wait, event)
+        elif isinstance(wait, _ChatWait):
+            if event.failed and self._waits.get(wait.conn_id) is wait:
+                self._actions.append(Send(wait.conn_id, error_reply(
+                    ErrorCode.BUS_UNAVAILABLE, "the shared bus (Redis) failed (%s): your chat "
+                    "may not have reached every member" % event.failed)))
+                self._resume(wait.conn_id)
+            elif not event.failed:
+                wait.seq = value
+        elif isinstance(wait, _LeaveWait):
+            # Who Redis did not count as members is not announced by it: do it here.
+            removed = set() if event.failed else set(value[1:])
+            if event.failed:
+                self.departed += [(wait.ref, c, n) for c, n in wait.leavers]
+            else:
+                wait.seq = value[0]
+            here = [(c, n) for c, n in wait.leavers if c not in removed]
+            if wait.conn_id is not None and here and self._still_waiting(wait):
+                self._leave_here(wait)                  # LEAVE / DISCONNECT, done here
+            elif here:                                  # lost members: gone here too
+                self._leave_here(_LeaveWait(None, wait.ref, here))
+
+    def _join_done(self, wait: _JoinWait, event: Done) -> None:
+        conn_id = wait.conn_id
+        if event.failed or event.value[0] < 0:
+            if not wait.lost and self._waits.get(conn_id) is wait:
+                del self._waits[conn_id]
+                error = _unavailable("joining a room") if event.failed else RequestError(
+                    ErrorCode.TOO_MANY_ROOMS, "the shared servers have their maximum of %d "
+                    "rooms; join an existing one" % MAX_SHARED_ROOMS)
+                self._actions += [Send(conn_id, error_reply(error.code, error.description)),
+                                  Resume(conn_id)]
+            return
+        ref, _join_id, seq, others = event.value
+        if wait.lost:           # gone before Redis answered: take it out again
+            self.bus.leave(_LeaveWait(None, ref, []), ref, [(conn_id, wait.req.client_name)],
+                           self._clock())
+            return
+        if not self.bus.follows(ref):
+            self._remote[ref] = others
+        self.bus.follow(ref, seq, self._clock())
+
+    def _on_skipped(self, event: Skipped) -> None:
+        """Events of a room this node can no longer read: our own requests among them are done
+        as far as this node can tell."""
+        for conn_id, wait in list(self._waits.items()):
+            if isinstance(wait, _ChatWait) and wait.ref == event.ref and wait.seq is not None \
+                    and wait.seq <= event.upto:
+                self._resume(conn_id)
+            elif isinstance(wait, _LeaveWait) and wait.ref == event.ref \
+                    and wait.seq is not None and wait.seq <= event.upto:
+                self._leave_here(wait)
+        LOGGER.warning("bus: room %d: events up to %d could not be read back (lost here; %d "
+                       "so far)", event.ref, event.upto, self.bus.lost)
+
+    def _on_state(self, event: StateChanged) -> None:
+        if event.up:
+            del self.departed[:self._departed_sent]
+            self._departed_sent = 0
+            LOGGER.info("bus: up (node %s): %s", self.bus.node, event.why)
+        else:
+            LOGGER.warning("bus: down (%s); rooms with every member here keep working, other "
+                           "requests get ERROR_CODE %d until it is back", event.why,
+                           ErrorCode.BUS_UNAVAILABLE)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _resume(self, conn_id: int) -> None:
+        self._waits.pop(conn_id, None)
+        self._actions.append(Resume(conn_id))
+
+    def _exists(self, ref: int) -> bool:
+        """True if room `ref` was ever given, on any node (as far as this one has heard)."""
+        return self.rooms.was_given(ref) or 0 <= ref < self.bus.next_ref
+
+    def _maybe_unfollow(self, ref: int) -> None:
+        if not self.rooms.member_ids(ref):
+            self.bus.unfollow(ref)
+            self._remote.pop(ref, None)
+
+    def _local_state(self) -> LocalState:
+        self._departed_sent = len(self.departed)
+        names = dict(self.bus.room_names)
+        for ref, _conn, _jid, _name in self.rooms.memberships():
+            names.setdefault(ref, self.rooms.name_of_room(ref))
+        return LocalState(list(self.rooms.memberships()), list(self.departed), names)

@@ -1,0 +1,359 @@
+"""End to end: several Server.py processes sharing rooms through a real, throw-away Redis.
+
+Each test class starts `redis-server --port FREE --save '' --appendonly no` (nothing on disk)
+and ends it by its pid; each test runs its nodes under a prefix of its own, so tests do not see
+each other's rooms. Without redis-server on this machine these tests are skipped, with the
+reason; `.ci/run` installs it, so CI always runs them.
+
+The nodes are real processes on ephemeral ports; clients are test_server.Client (every wait
+bounded). Where "nothing more arrives" is checked, it is after a synchronisation point (a HELO
+whose reply must come next), as in test_server.py.
+"""
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import unittest
+from typing import List, Optional
+
+from lib.resp import RespReader, NEED_DATA, encode_command
+from tools.kit import ServerProcess
+from test_server import STUDENT_ID, Client, joined_announcement, left_announcement, left_reply, wire_chat
+
+REDIS_SERVER = shutil.which("redis-server")
+HOST = "127.0.0.1"
+REDIS_START_TIMEOUT = 10.0
+DEAD_NODE_DEADLINE = 15.0      # the issue's bound: a killed node's leaves announced within it
+BUS_BACK_TIMEOUT = 20.0        # a restarted Redis: the nodes reconnect (backoff <= 5 s) and sync
+_prefixes = itertools.count(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+class RedisProcess:
+    """redis-server on 127.0.0.1:`port` (a free one if 0), in memory only, ended by its pid."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port or _free_port()
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", HOST, "--save", "",
+             "--appendonly", "no", "--protected-mode", "no"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while True:
+            try:
+                if self.command("PING") == "PONG":
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("redis-server did not start on port %d" % self.port)
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return "redis://%s:%d" % (HOST, self.port)
+
+    def command(self, *args):
+        """One command on a fresh connection; its reply (bounded wait)."""
+        with socket.create_connection((HOST, self.port), timeout=2.0) as sock:
+            sock.sendall(encode_command(*args))
+            reader = RespReader()
+            while True:
+                reply = reader.maybe_next()
+                if reply is not NEED_DATA:
+                    return reply
+                data = sock.recv(65536)
+                if not data:
+                    raise OSError("redis closed the connection")
+                reader.feed(data)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
+
+@unittest.skipUnless(REDIS_SERVER, "redis-server is not installed here (.ci/run installs it "
+                                   "with apt-get; so would `apt-get install redis-server`)")
+class BusTestCase(unittest.TestCase):
+    """A Redis for the class; nodes and clients for each test, all ended at its end."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.redis = RedisProcess()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.redis.stop()
+
+    def setUp(self) -> None:
+        self.prefix = "test%d-%d" % (os.getpid(), next(_prefixes))
+        self.nodes: List[ServerProcess] = []
+        self.clients: List[Client] = []
+
+    def tearDown(self) -> None:
+        for client in self.clients:
+            client.close()
+        for node in self.nodes:
+            node.stop()
+
+    def node(self, *options: str) -> ServerProcess:
+        node = ServerProcess("--bus", self.redis.url, "--bus-prefix", self.prefix, *options,
+                             student_id=STUDENT_ID, log_level="info")
+        self.nodes.append(node)
+        return node
+
+    def client(self, node: ServerProcess, label: str) -> Client:
+        client = Client(node.port, label)
+        self.clients.append(client)
+        return client
+
+    @staticmethod
+    def join(client: Client, room: str, name: str):
+        """JOIN; the reply and the joiner's own announcement. Returns (ref, join_id)."""
+        client.send(b"JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: %s\n"
+                    % (room.encode(), name.encode()))
+        reply = client.expect_kind("JOINED_CHATROOM").reply
+        client.expect_message(joined_announcement(reply.ref, name))
+        return reply.ref, reply.join_id
+
+
+class SharedRoomsTests(BusTestCase):
+
+    def test_two_nodes_share_refs_and_deliver_every_chat_once_in_order(self):
+        one, two = self.node(), self.node()
+        alice, bob = self.client(one, "alice@1"), self.client(two, "bob@2")
+        ref, alice_id = self.join(alice, "lobby", "alice")
+        self.assertEqual(ref, 0)
+        bob_ref, bob_id = self.join(bob, "lobby", "bob")
+        self.assertEqual(bob_ref, ref, "one room name, one ROOM_REF on every node")
+        self.assertNotEqual(bob_id, alice_id, "JOIN_IDs are distinct across nodes")
+        alice.expect_message(joined_announcement(ref, "bob"))
+        for i in range(200):
+            alice.chat(ref, "a%d" % i, alice_id, "alice")
+            bob.chat(ref, "b%d" % i, bob_id, "bob")
+        for client in (alice, bob):
+            got = client.read_until(400, timeout=10)
+            texts = [m.reply.message for m in got]
+            for who in "ab":
+                mine = [t for t in texts if t.startswith(who)]
+                self.assertEqual(mine, ["%s%d" % (who, i) for i in range(200)],
+                                 "%s: one sender's chats, each once, in the order sent"
+                                 % client.label)
+            client.sync()
+        # One order per room: both saw the same interleaving.
+        self.assertEqual(texts, [m.reply.message for m in got])
+
+    def test_every_member_sees_one_order_per_room(self):
+        nodes = [self.node() for _ in range(3)]
+        members = [self.client(node, "m%d" % i) for i, node in enumerate(nodes)]
+        ids = []
+        for i, member in enumerate(members):
+            ref, join_id = self.join(member, "order", "m%d" % i)
+            ids.append(join_id)
+            for earlier in members[:i]:
+                earlier.expect_message(joined_announcement(ref, "m%d" % i))
+        for round_ in range(50):
+            for i, member in enumerate(members):
+                member.chat(ref, "%d-%d" % (i, round_), ids[i], "m%d" % i)
+        seen = [[m.reply.message for m in member.read_until(150, timeout=10)] for member in members]
+        self.assertEqual(seen[0], seen[1])
+        self.assertEqual(seen[1], seen[2])
+
+    def test_rooms_created_at_once_on_three_nodes_get_dense_refs(self):
+        nodes = [self.node() for _ in range(3)]
+        clients = [self.client(node, "c%d" % i) for i, node in enumerate(nodes) for _ in range(2)]
+        names = ["room%02d" % i for i in range(20)]
+        for client in clients:          # every client asks for every room, all at once
+            for room in names:
+                client.send(b"JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: x\n"
+                            % room.encode())
+        refs_by_name = {}
+        for client in clients:
+            got = client.read_until(lambda m, c=client: False if m.kind != "JOINED_CHATROOM"
+                                    or m.reply.room != names[-1] else True, timeout=20)
+            for message in got:
+                if message.kind == "JOINED_CHATROOM":
+                    refs_by_name.setdefault(message.reply.room, set()).add(message.reply.ref)
+        self.assertEqual(sorted(refs_by_name), names)
+        for room, refs in refs_by_name.items():
+            self.assertEqual(len(refs), 1, "%s got refs %s on different nodes" % (room, refs))
+        self.assertEqual(sorted(r for refs in refs_by_name.values() for r in refs),
+                         list(range(20)), "refs are dense from 0, with no gap")
+
+    def test_leave_disconnect_and_abrupt_close_across_nodes(self):
+        one, two = self.node(), self.node()
+        alice, bob, carol = (self.client(one, "alice@1"), self.client(two, "bob@2"),
+                             self.client(two, "carol@2"))
+        ref, _ = self.join(alice, "hall", "alice")
+        _, bob_id = self.join(bob, "hall", "bob")
+        alice.expect_message(joined_announcement(ref, "bob"))
+        self.join(carol, "hall", "carol")
+        for member in (alice, bob):
+            member.expect_message(joined_announcement(ref, "carol"))
+        # LEAVE: the leaver gets its LEFT, then its announcement, then nothing of the room.
+        bob.leave(ref, bob_id, "bob")
+        bob.expect_message(left_reply(ref, bob_id))
+        bob.expect_message(left_announcement(ref, "bob"))
+        for member in (alice, carol):
+            member.expect_message(left_announcement(ref, "bob"))
+        bob.leave(ref, bob_id, "bob")                   # again: the same reply, nothing else
+        bob.expect_message(left_reply(ref, bob_id))
+        alice.chat(ref, "after bob left", 0, "alice")
+        for member in (alice, carol):
+            member.expect_message(wire_chat(ref, "alice", "after bob left"))
+        bob.sync()
+        bob.expect_silence()
+        # DISCONNECT on node 2: everyone is told, then its connection closes.
+        carol.send(b"DISCONNECT: 0\nPORT: 0\nCLIENT_NAME: carol\n")
+        carol.expect_message(left_announcement(ref, "carol"))
+        carol.expect_closed()
+        alice.expect_message(left_announcement(ref, "carol"))
+        # An abrupt close on node 1 is told on node 2.
+        self.join(bob, "hall", "bob")
+        alice.expect_message(joined_announcement(ref, "bob"))
+        alice.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        alice.close()                                   # a reset
+        bob.expect_message(left_announcement(ref, "alice"))
+        bob.sync()
+        bob.expect_silence()
+
+    def test_a_killed_node_has_its_members_announced_as_left_within_15s_once(self):
+        one, two = self.node(), self.node()
+        alice, bob = self.client(one, "alice@1"), self.client(two, "bob@2")
+        ref, _ = self.join(alice, "watch", "alice")
+        self.join(bob, "watch", "bob")
+        alice.expect_message(joined_announcement(ref, "bob"))
+        killed_at = time.monotonic()
+        os.kill(two.pid, signal.SIGKILL)
+        two.proc.wait(5)
+        alice.expect_message(left_announcement(ref, "bob"), timeout=DEAD_NODE_DEADLINE)
+        took = time.monotonic() - killed_at
+        self.assertLess(took, DEAD_NODE_DEADLINE)
+        alice.sync()
+        alice.expect_silence(0.5)
+        # A third node sees a room without bob.
+        carol = self.client(self.node(), "carol@3")
+        self.join(carol, "watch", "carol")
+        alice.expect_message(joined_announcement(ref, "carol"))
+
+    def test_a_killed_subscription_loses_no_message(self):
+        one, two = self.node(), self.node()
+        alice, bob = self.client(one, "alice@1"), self.client(two, "bob@2")
+        ref, alice_id = self.join(alice, "flood", "alice")
+        self.join(bob, "flood", "bob")
+        alice.expect_message(joined_announcement(ref, "bob"))
+        count = 3000
+        for i in range(count):
+            alice.chat(ref, "m%d" % i, alice_id, "alice")
+            if i == count // 3:
+                killed = self.redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+                self.assertGreaterEqual(killed, 2)
+        got = [m.reply.message for m in bob.read_until(count, timeout=30)]
+        self.assertEqual(got, ["m%d" % i for i in range(count)])
+        bob.sync()
+        got = [m.reply.message for m in alice.read_until(count, timeout=30)]
+        self.assertEqual(got, ["m%d" % i for i in range(count)])
+
+    def test_a_stopped_node_catches_up_without_being_cut(self):
+        one, two = self.node(), self.node()
+        alice, bob = self.client(one, "alice@1"), self.client(two, "bob@2")
+        ref, alice_id = self.join(alice, "slow", "alice")
+        self.join(bob, "slow", "bob")
+        alice.expect_message(joined_announcement(ref, "bob"))
+        os.kill(two.pid, signal.SIGSTOP)        # node 2 does nothing for a while
+        try:
+            text = "x" * 250
+            for i in range(2000):               # ~0.6 MB published while it sleeps (bob's
+                                                # queue on node 2 then stays under OUTPUT_CAP)
+                alice.chat(ref, "%d %s" % (i, text), alice_id, "alice")
+            alice.read_until(2000, timeout=20)
+        finally:
+            os.kill(two.pid, signal.SIGCONT)
+        got = [m.reply.message.split(" ")[0] for m in bob.read_until(2000, timeout=20)]
+        self.assertEqual(got, [str(i) for i in range(2000)])
+        self.assertNotIn("bus: down", two.log(), "node 2 kept its link to Redis")
+
+
+class RedisOutageTests(BusTestCase):
+    """Redis itself goes away and comes back (empty: it keeps nothing on disk)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        if self.redis.proc.poll() is not None:          # a previous test stopped it
+            type(self).redis = RedisProcess(self.redis.port)
+
+    def test_outage_then_restart(self):
+        one, two = self.node(), self.node()
+        alice, bob = self.client(one, "alice@1"), self.client(two, "bob@2")
+        shared, alice_id = self.join(alice, "shared", "alice")
+        self.join(bob, "shared", "bob")
+        alice.expect_message(joined_announcement(shared, "bob"))
+        alone, _ = self.join(alice, "alone", "alice")
+        dave = self.client(one, "dave@1")
+        _, dave_id = self.join(dave, "alone", "dave")
+        alice.expect_message(joined_announcement(alone, "dave"))
+        self.redis.stop()
+        # Requests that need Redis get ERROR_CODE 15 (once the node has noticed)...
+        deadline = time.monotonic() + 10
+        while True:
+            alice.chat(shared, "during", alice_id, "alice")
+            message = alice.next_message()
+            if message.kind == "ERROR_CODE":
+                self.assertEqual(message.reply.code, 15)
+                break
+            self.assertLess(time.monotonic(), deadline, "the outage was never noticed")
+            bob.next_message()          # (delivered before the node noticed)
+        alice.send(b"JOIN_CHATROOM: new\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: alice\n")
+        alice.expect_error(15)
+        # ... rooms whose members are all here keep working ...
+        dave.chat(alone, "still here", dave_id, "dave")
+        for member in (alice, dave):
+            member.expect_message(wire_chat(alone, "dave", "still here"))
+        # ... and leaving always works.
+        dave.leave(alone, dave_id, "dave")
+        dave.expect_message(left_reply(alone, dave_id))
+        dave.expect_message(left_announcement(alone, "dave"))
+        alice.expect_message(left_announcement(alone, "dave"))
+        self.assertIn("bus: down", one.log())
+        # Redis comes back with nothing in it: the nodes put back what they know.
+        type(self).redis = RedisProcess(self.redis.port)
+        deadline = time.monotonic() + BUS_BACK_TIMEOUT
+        while True:
+            carol = self.client(two, "carol@2")
+            carol.send(b"JOIN_CHATROOM: later\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: carol\n")
+            message = carol.next_message(timeout=5)
+            if message.kind == "JOINED_CHATROOM":
+                break
+            self.assertEqual(message.reply.code, 15)
+            self.assertLess(time.monotonic(), deadline, "the bus did not come back")
+            carol.close()
+            time.sleep(0.2)
+        self.assertGreater(message.reply.ref, alone, "refs go on; they are never given twice")
+        carol.expect_message(joined_announcement(message.reply.ref, "carol"))
+        # The shared room works across nodes again (node 1 may need a moment more).
+        deadline = time.monotonic() + BUS_BACK_TIMEOUT
+        while True:
+            alice.chat(shared, "back", alice_id, "alice")
+            message = alice.next_message()
+            if message.kind != "ERROR_CODE":
+                break
+            self.assertLess(time.monotonic(), deadline, "node 1's bus did not come back")
+            time.sleep(0.2)
+        self.assertEqual(message.raw, wire_chat(shared, "alice", "back"))
+        got = bob.read_until(lambda m: m.raw == wire_chat(shared, "alice", "back"), timeout=5)
+        self.assertNotIn("has left", " ".join(m.reply.message for m in got),
+                         "a Redis restart is not a leave")
+
+
+if __name__ == "__main__":
+    unittest.main()
