@@ -118,11 +118,12 @@ class SpecTestCase(unittest.TestCase):
     def setUp(self):
         self.sessions = []      # every UDP session of the test, kept running by each other
 
-    def udp(self):
+    def udp(self, window=WINDOW):
         client = UdpClient(ADDRESS)
         self.addCleanup(client.close_sockets)
         self.sessions.append(client)
         client.companions = self.sessions
+        client.advertised_window = window   # in every datagram from the first PING on
         client.connect(timeout=WAIT)
         return client
 
@@ -146,9 +147,9 @@ class SpecTestCase(unittest.TestCase):
                 break
         return got
 
-    def in_room(self, room, udp_name, tcp_name):
+    def in_room(self, room, udp_name, tcp_name, window=WINDOW):
         """A UDP session and a TCP connection both in `room`; (udp, tcp, ref, udp join id)."""
-        udp = self.udp()
+        udp = self.udp(window)
         udp.send(join(room, udp_name, *udp.address))  # the callback: the session's own socket
         got = udp.read_until(b"MESSAGE: %s has joined" % udp_name.encode(), WAIT)
         ref, join_id = field(got, "ROOM_REF"), field(got, "JOIN_ID")
@@ -258,13 +259,11 @@ class ChatTests(SpecTestCase):
 
 
     def test_a_window_of_one_gets_one_segment_at_a_time(self):
-        udp, tcp, ref, _ = self.in_room("spec-window", "mini", "tina")
-        udp.advertised_window = 1           # section 11's minimal client
-        start = len(udp.wire)
+        udp, tcp, ref, _ = self.in_room("spec-window", "mini", "tina", window=1)  # section 11
         tcp.send(chat(ref, 0, "tina", "w" * 10000))
         udp.read_until(relayed(ref, "tina", "w" * 10000), WAIT)
-        acked = udp.rcv_next
-        for way, _, datagram in udp.wire[start:]:
+        acked = 0
+        for way, _, datagram in udp.wire:
             if way == "out" and datagram.type in (ACK, DATA):
                 acked = datagram.ack
             elif way == "in" and datagram.type == DATA:
@@ -360,6 +359,18 @@ class OffPathTests(SpecTestCase):
         udp.send(chat(ref, join_id, "ulla", "genuine"))
         tcp.read_until(relayed(ref, "ulla", "genuine"))
         self.assertNotIn(b"forged", bytes(tcp.received))
+
+    def test_a_datagram_from_elsewhere_is_taken_but_answered_at_the_source_address(self):
+        udp = self.udp()
+        elsewhere = self.raw_socket()
+        before = len(udp.wire)
+        elsewhere.sendto(encode(DATA, udp.token, 0, 0, WINDOW, b"HELO from elsewhere\n"),
+                         ADDRESS)
+        udp.next_seq = 1                    # that segment was ours, sent from another socket
+        udp.read_until(b"HELO from elsewhere\nIP:", WAIT)
+        self.assertEqual(self.answers(elsewhere, quiet=0.1), [])
+        self.assertTrue([d for way, _, d in udp.wire[before:] if way == "in" and d.ack == 1])
+        udp.reset()
 
     def test_receive_window_sack_ranges_and_acks_as_in_section_5(self):
         udp = self.udp()                    # a session used for nothing else: its stream is junk
