@@ -89,6 +89,9 @@ MAX_SHARED_ROOMS = 100_000
 # held event is dropped; it is still in the room's log, and the repair reads it back.
 MAX_HELD_BYTES = 8 * 1024 * 1024
 
+# Events kept for a room this node is joining, before the join's reply says from where to deliver.
+EARLY_EVENTS = 64
+
 LINKS = ("sub", "cmd")       # the reactor reads them in this order: the subscriber first
 
 
@@ -702,9 +705,11 @@ class Bus:
             self._offer(log, event, now)
         elif event.node == self.node or ref in self._early:
             # Our own join, ahead of the script's reply (the subscriber link is read first):
-            # keep it, and what follows in that room, for follow().
+            # keep it, and what follows in that room, for follow(). Bounded: past it, follow()
+            # reads the rest back from the log.
             early = self._early.setdefault(ref, [])
-            if len(early) < REPAIR_BATCH:
+            size = 200 + (len(event.message) if isinstance(event, Said) else 0)
+            if len(early) < EARLY_EVENTS and self._held_bytes + size <= MAX_HELD_BYTES:
                 early.append(event)
 
     def _offer(self, log: _RoomLog, event: RoomEvent, now: float) -> None:

@@ -276,8 +276,11 @@ class SharedChatProtocol(ChatProtocol):
                     self._leave_here(wait)
                 elif isinstance(wait, set) and ref in wait:
                     self._leave_here(_LeaveWait(conn_id, ref, [], None, wait))
-                elif self.rooms.name_in(conn_id, ref) is not None:
-                    self._leave_here(_LeaveWait(None, ref, [(conn_id, _name)]))
+                elif (self.rooms.name_in(conn_id, ref) is not None
+                      and conn_id not in self._sessions):
+                    self._leave_here(_LeaveWait(None, ref, [(conn_id, _name)]))   # a lost one
+                # (a member still here whose leave another node announced: this node was
+                # reaped while it could not heartbeat; its sync puts the member back)
         self._maybe_unfollow(ref)
 
     def _leave_here(self, wait: _LeaveWait) -> None:
