@@ -84,6 +84,9 @@ class SharedChatProtocol(ChatProtocol):
         self._remote: Dict[int, int] = {}               # ref -> members on other nodes
         self.departed: List[Tuple[int, int, str]] = []  # leaves made while the bus was down
         self._departed_sent = 0
+        self._on_bus_event = {Said: self._on_said, Joined: self._on_joined, Left: self._on_left,
+                              Done: self._on_done, Skipped: self._on_skipped,
+                              StateChanged: self._on_state}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -215,25 +218,10 @@ class SharedChatProtocol(ChatProtocol):
             if not events:
                 break
             for event in events:
-                self._on_bus_event(event)
+                self._on_bus_event[type(event)](event)
         self.bus.forget_early()
         actions, self._actions = self._actions, []
         return actions
-
-    def _on_bus_event(self, event: Any) -> None:
-        kind = type(event)
-        if kind is Said:
-            self._on_said(event)
-        elif kind is Joined:
-            self._on_joined(event)
-        elif kind is Left:
-            self._on_left(event)
-        elif kind is Done:
-            self._on_done(event)
-        elif kind is Skipped:
-            self._on_skipped(event)
-        elif kind is StateChanged:
-            self._on_state(event)
 
     # -- events of the rooms -------------------------------------------------------------------
 
