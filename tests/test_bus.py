@@ -355,5 +355,32 @@ class RedisOutageTests(BusTestCase):
                          "a Redis restart is not a leave")
 
 
+class SameContractTests(BusTestCase):
+    """With --bus, one node keeps the whole contract: test_server.py's end-to-end suite, run
+    again with every server it starts given --bus (a prefix each), must pass unchanged."""
+
+    def test_the_end_to_end_suite_passes_on_a_node_with_the_bus(self):
+        original = ServerProcess.__init__
+        prefixes = itertools.count()
+        redis_url, prefix = self.redis.url, self.prefix
+
+        def with_bus(process, *options, **kwargs):
+            original(process, *options, "--bus", redis_url, "--bus-prefix",
+                     "%s-e2e%d" % (prefix, next(prefixes)), **kwargs)
+
+        ServerProcess.__init__ = with_bus
+        try:
+            suite = unittest.defaultTestLoader.loadTestsFromName("test_server")
+            result = unittest.TestResult()
+            suite.run(result)
+        finally:
+            ServerProcess.__init__ = original
+        problems = ["%s: %s" % (test.id(), text.strip().splitlines()[-1])
+                    for test, text in result.failures + result.errors]
+        self.assertEqual(problems, [])
+        self.assertGreater(result.testsRun, 50)
+        self.assertGreater(next(prefixes), 10, "the servers were started with --bus")
+
+
 if __name__ == "__main__":
     unittest.main()
