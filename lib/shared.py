@@ -84,6 +84,7 @@ class SharedChatProtocol(ChatProtocol):
         self._remote: Dict[int, int] = {}               # ref -> members on other nodes
         self.departed: List[Tuple[int, int, str]] = []  # leaves made while the bus was down
         self._departed_sent = 0
+        self.refused = 0                                # requests refused: ERROR_CODE 15
         self._on_bus_event = {Said: self._on_said, Joined: self._on_joined, Left: self._on_left,
                               Done: self._on_done, Skipped: self._on_skipped,
                               StateChanged: self._on_state}
@@ -95,7 +96,7 @@ class SharedChatProtocol(ChatProtocol):
         if ref is not None and self.rooms.name_in(conn_id, ref) is not None:
             return super()._on_join(conn_id, req)      # joining again: answered here
         if not self.bus.up:
-            raise _unavailable("joining a room")
+            raise self._refuse("joining a room")
         self._admit_join(conn_id, req, self.bus.room_refs.get(req.room))
         wait = self._waits[conn_id] = _JoinWait(conn_id, req)
         self.bus.join(wait, conn_id, req.room, req.client_name,
@@ -117,7 +118,7 @@ class SharedChatProtocol(ChatProtocol):
                           self._clock())
             return [Wait(conn_id)]
         if self._remote.get(req.ref, 0):
-            raise _unavailable("a chat to a room with members on other servers")
+            raise self._refuse("a chat to a room with members on other servers")
         return super()._on_chat(conn_id, req)          # every member is here
 
     def _on_leave(self, conn_id: int, req: Leave) -> List[Action]:
@@ -328,6 +329,7 @@ class SharedChatProtocol(ChatProtocol):
             self._join_done(wait, event)
         elif isinstance(wait, _ChatWait):
             if event.failed and self._waits.get(wait.conn_id) is wait:
+                self.refused += 1
                 self._actions.append(Send(wait.conn_id, error_reply(
                     ErrorCode.BUS_UNAVAILABLE, "the shared bus (Redis) failed (%s): your chat "
                     "may not have reached every member" % event.failed)))
@@ -352,7 +354,7 @@ class SharedChatProtocol(ChatProtocol):
         if event.failed or event.value[0] < 0:
             if not wait.lost and self._waits.get(conn_id) is wait:
                 del self._waits[conn_id]
-                error = _unavailable("joining a room") if event.failed else RequestError(
+                error = self._refuse("joining a room") if event.failed else RequestError(
                     ErrorCode.TOO_MANY_ROOMS, "the shared servers have their maximum of %d "
                     "rooms; join an existing one" % MAX_SHARED_ROOMS)
                 self._actions += [Send(conn_id, error_reply(error.code, error.description)),
@@ -384,13 +386,20 @@ class SharedChatProtocol(ChatProtocol):
         if event.up:
             del self.departed[:self._departed_sent]
             self._departed_sent = 0
-            LOGGER.info("bus: up (node %s): %s", self.bus.node, event.why)
+            LOGGER.info("bus: up (node %s): %s; so far %d outages, %d requests refused with "
+                        "ERROR_CODE %d, %d events read back, %d lost", self.bus.node, event.why,
+                        self.bus.outages, self.refused, ErrorCode.BUS_UNAVAILABLE,
+                        self.bus.repaired, self.bus.lost)
         else:
             LOGGER.warning("bus: down (%s); rooms with every member here keep working, other "
                            "requests get ERROR_CODE %d until it is back", event.why,
                            ErrorCode.BUS_UNAVAILABLE)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _refuse(self, what: str) -> RequestError:
+        self.refused += 1
+        return _unavailable(what)
 
     def _resume(self, conn_id: int) -> None:
         self._waits.pop(conn_id, None)

@@ -325,6 +325,7 @@ class RedisOutageTests(BusTestCase):
         dave.expect_message(left_announcement(alone, "dave"))
         alice.expect_message(left_announcement(alone, "dave"))
         self.assertIn("bus: down", one.log())
+        self.assertIn("bus: up", one.log())     # (at start)
         # Redis comes back with nothing in it: the nodes put back what they know.
         type(self).redis = RedisProcess(self.redis.port)
         deadline = time.monotonic() + BUS_BACK_TIMEOUT
@@ -351,6 +352,9 @@ class RedisOutageTests(BusTestCase):
             time.sleep(0.2)
         self.assertEqual(message.raw, wire_chat(shared, "alice", "back"))
         got = bob.read_until(lambda m: m.raw == wire_chat(shared, "alice", "back"), timeout=5)
+        back = one.log().rsplit("bus: up", 1)[1]
+        self.assertRegex(back, r"1 outages, [1-9][0-9]* requests refused with ERROR_CODE 15",
+                         "the outage and what it refused are counted in the log")
         self.assertNotIn("has left", " ".join(m.reply.message for m in got),
                          "a Redis restart is not a leave")
 
