@@ -735,6 +735,50 @@ class TimerTests(unittest.TestCase):
         self.assertAlmostEqual(stream.srtt, 0.1)
         self.assertEqual(stream.backoff, 0)
 
+    def test_no_rtt_sample_from_a_segment_acknowledged_after_a_later_one(self):
+        # RFC 9002 s5.1: segment 0 arrived at once but its ACK was lost; segment 1's ACK said
+        # only "1" (SACK). The ACK that finally covers 0, seconds later, says nothing about the
+        # path's RTT: timed from 0's send it would be 2 s, and the RTO would grow with it.
+        stream = stream_with_segments(2)
+        stream.on_ack(0, 64, [(1, 2)], 0.01)
+        self.assertAlmostEqual(stream.srtt, 0.01)
+        stream.on_ack(2, 64, (), 2.0)
+        self.assertAlmostEqual(stream.srtt, 0.01)
+        self.assertEqual(stream.rto, udp.MIN_RTO)
+
+    def test_no_rtt_sample_from_a_segment_a_timeout_left_unsent(self):
+        # Three segments at 0, all taken as lost at the timeout (1 s); the window lets only 0
+        # and 1 go again. Then one ACK covers all three: 2 arrived the first time, 1 s ago.
+        # The ACK answers the retransmissions, so it gives no sample at all (Karn), and 2's
+        # "RTT" of 1.01 s must not become the estimate.
+        stream = stream_with_segments(3)
+        self.assertTrue(stream.on_timer(1.0))
+        self.assertEqual([seg.seq for seg in stream.poll(1.0)], [0, 1])
+        stream.on_ack(3, 64, (), 1.01)
+        self.assertIsNone(stream.srtt)
+        stream.queue(b"x")
+        stream.poll(1.5)
+        stream.on_ack(4, 64, (), 1.52)                   # a segment sent once: the sample
+        self.assertAlmostEqual(stream.srtt, 0.02)
+
+    def test_rtt_estimate_stays_near_the_path_at_ten_percent_loss(self):
+        # A 10 ms path losing 10 % each way, 300 KB in bulk. Timing segments whose ACK came
+        # late (after a timeout's retransmission) fed timeouts into the estimate: with seed 6
+        # SRTT climbed to 2.6 s, the RTO to its 10 s cap, and the transfer took 89 s.
+        for seed in range(1, 13):
+            sim = Sim(seed, loss=0.1, delay=0.005)
+            sid = sim.open()
+            started = sim.now
+            sim.server.send_stream(sid, b"y" * 300000, sim.now)
+            highest = [0.0]
+
+            def delivered():
+                highest[0] = max(highest[0], sim.server.session_stats(sid)["srtt"] or 0.0)
+                return len(sim.client_got) == 300000
+            self.assertTrue(sim.run_until(delivered, 60.0), seed)
+            self.assertLess(highest[0], 0.05, seed)          # five times the path's RTT
+            self.assertLess(sim.now - started, 10.0, seed)
+
     def test_no_retransmission_on_duplicate_ack(self):
         stream = stream_with_segments(6)
         stream.on_ack(0, 64, [(1, 2)], 0.1)                       # seg 0 missing, 1 acked
