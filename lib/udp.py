@@ -262,11 +262,12 @@ class Datagram(NamedTuple):
 
 def decode(data: bytes) -> Optional[Datagram]:
     """The datagram in `data`, or None if it is not one of ours (wrong version, too short, too
-    long, or a body length past its end). Padding after the body is ignored."""
+    long, a body length past its end, or a DATA with no stream bytes: docs/UDP.md section 2).
+    Padding after the body is ignored."""
     if not HEADER_SIZE <= len(data) <= MAX_DATAGRAM or data[0] != VERSION:
         return None
     _, kind, flags, sacks, token, seq, ack, window, length = HEADER.unpack_from(data)
-    if HEADER_SIZE + length > len(data):
+    if HEADER_SIZE + length > len(data) or (kind == DATA and not length):
         return None
     return Datagram(kind, flags, sacks, token, seq, ack, window,
                     bytes(data[HEADER_SIZE:HEADER_SIZE + length]))
@@ -878,8 +879,8 @@ class ServerEndpoint:
             self.dropped += 1
             return
         _, kind, _, sacks, token, seq, ack, window, length = HEADER.unpack_from(data)
-        if HEADER_SIZE + length > size:
-            self.dropped += 1
+        if HEADER_SIZE + length > size or (kind == DATA and not length):
+            self.dropped += 1               # (decode()'s rules, inline: this is the hot path)
             return
         body = data[HEADER_SIZE:HEADER_SIZE + length]
         if token == ZERO_TOKEN:

@@ -232,6 +232,22 @@ class WireTests(unittest.TestCase):
         self.assertIsNone(udp.decode(good[:31]))                            # short
         self.assertIsNone(udp.decode(good[:30] + b"\x00\x05"))              # body past end
         self.assertIsNone(udp.decode(good + bytes(udp.MAX_DATAGRAM)))       # too long
+        self.assertIsNone(udp.decode(udp.encode(DATA, bytes(range(16)))))   # DATA, no bytes
+
+    def test_an_empty_data_is_dropped_without_an_ack_or_keeping_the_session_alive(self):
+        server = udp.ServerEndpoint(idle_timeout=10.0)
+        (sid,) = open_sessions(server, 1, 100.0)
+        token = server._sessions[sid].token
+        addr = ("10.3.0.0", 3000)
+        for t in range(1, 30):              # an empty DATA every 0.5 s, past the idle timeout
+            now = 100.0 + t * 0.5
+            server.datagram_received(udp.encode(DATA, token, window=64), addr, now)
+            self.assertEqual([d for d in server.datagrams_to_send(now)
+                              if udp.decode(d[0]).kind == udp.ACK], [], "no ACK for it")
+            server.timer(now)
+            server.datagrams_to_send(now)
+        closed = [e for e in server.events() if isinstance(e, SessionClosed)]
+        self.assertEqual([e.session_id for e in closed], [sid], "it did not keep the session")
 
     def test_callback_address_from_join_fields(self):
         self.assertIsNone(udp.callback_address("0", "0"))
