@@ -1440,8 +1440,9 @@ class Reactor:
         self.conns[conn.conn_id] = conn
         self._udp_conns[event.session_id] = conn
         addr = event.source_addr
+        conn.peer_ip = sys.intern(addr[0])     # (for the log lines about it)
         self._guarded(conn, self.app.connection_made, conn.conn_id,
-                      self._udp_local_ip(addr), sys.intern(addr[0]))
+                      self._udp_local_ip(addr), conn.peer_ip)
         self.log_budget.log(logging.INFO, "conn %d: UDP session from %s:%d", conn.conn_id,
                             addr[0], addr[1])
 
