@@ -205,5 +205,31 @@ class LinkTests(unittest.TestCase):
         self.assertTrue(self.h.events()[0].failed)
 
 
+class BackPressureTests(unittest.TestCase):
+
+    def test_chats_past_the_unanswered_bytes_are_refused_until_redis_answers(self):
+        h = BusHarness(self)
+        message = "x" * 60000
+        sent = 0
+        while True:                 # Redis is stalled: nothing is answered
+            h.bus.chat(sent, 4, 0, "me", message, h.now)
+            events = h.events()
+            if events:
+                break
+            sent += 1
+            self.assertLess(sent, 1000, "the bytes held for Redis are never bounded")
+        self.assertEqual(sent, bus.MAX_UNANSWERED_BYTES // 60000)
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0].token, sent)
+        self.assertIn("Redis is behind", events[0].failed)
+        self.assertEqual(h.bus.behind, 1)
+        self.assertLessEqual(len(h.take_sent()["cmd"]), bus.MAX_UNANSWERED_BYTES + 1000 * sent)
+        h.reply(*range(1, sent + 1))            # Redis catches up
+        self.assertEqual(len(h.events()), sent)
+        h.bus.chat("again", 4, 0, "me", message, h.now)
+        self.assertEqual(h.events(), [], "sent, not refused")
+        self.assertIn(message.encode(), h.take_sent()["cmd"])
+
+
 if __name__ == "__main__":
     unittest.main()
