@@ -1678,8 +1678,14 @@ class Reactor:
     def _open_link(self, name: str, now: float) -> None:
         host, port = self.links.bus_address
         self.links.link_opening(name, now)
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                             socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+        except OSError as exc:
+            # Every descriptor is taken (clients took the ones a dropped link let go): the app
+            # retries later, with its backoff, as for a refused connection.
+            self._guarded(None, self.links.link_failed, name, "no socket: %s" % exc, now)
+            return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link = self._links[name] = _Link(name, sock)

@@ -82,6 +82,7 @@ class SharedChatProtocol(ChatProtocol):
         self._actions: List[Action] = []
         self._waits: Dict[int, Any] = {}                # conn_id -> what it waits for
         self._remote: Dict[int, int] = {}               # ref -> members on other nodes
+        self._given_up: Dict[int, Dict[int, str]] = {}  # ref -> {conn: name}: see _give_up
         self.departed: List[Tuple[int, int, str]] = []  # leaves made while the bus was down
         self._departed_sent = 0
         self.refused = 0                                # requests refused: ERROR_CODE 15
@@ -240,10 +241,25 @@ class SharedChatProtocol(ChatProtocol):
             self._remote[event.ref] = self._remote.get(event.ref, 0) + 1
             self._announce(event.ref, [event.name], JOINED_TEXT)
             return
+        if event.settled:
+            return              # restored: nobody here saw it leave
         wait = self._waits.get(event.conn)
-        if not isinstance(wait, _JoinWait) or wait.req.room != event.room or event.settled:
-            return              # restored (nobody here saw it leave), or a join given up
+        if not isinstance(wait, _JoinWait) or wait.req.room != event.room:
+            self._give_up(event)
+            return
         self._join_here(wait, event.ref, event.join_id)
+
+    def _give_up(self, event: Joined) -> None:
+        """Our join that Redis ran although this node gave it up: the link dropped before its
+        reply (the joiner got ERROR_CODE 15), or the joiner's connection is gone. The other
+        nodes announce it, so this node's members are told too (one sequence for every member),
+        and it is taken out again: by this leave, or by the sync after the link is back
+        (whichever Redis runs first announces it; see _on_left)."""
+        ref = event.ref
+        self._announce(ref, [event.name], JOINED_TEXT)
+        self._given_up.setdefault(ref, {})[event.conn] = event.name
+        leavers = [(event.conn, event.name)]
+        self.bus.leave(_LeaveWait(None, ref, []), ref, leavers, self._clock())
 
     def _join_here(self, wait: _JoinWait, ref: int, join_id: int) -> None:
         conn_id, req = wait.conn_id, wait.req
@@ -258,8 +274,11 @@ class SharedChatProtocol(ChatProtocol):
         if event.node != self.bus.node:
             self._remote[ref] = max(0, self._remote.get(ref, 0) - len(event.leavers))
             self._announce(ref, [name for _conn, name in event.leavers], LEFT_TEXT)
-        elif not event.settled:
-            for conn_id, _name in event.leavers:
+        else:
+            given_up = self._given_up.get(ref, {})      # (settled or not: see _give_up)
+            self._announce(ref, [name for conn_id, name in event.leavers
+                                 if given_up.pop(conn_id, None) is not None], LEFT_TEXT)
+            for conn_id, _name in event.leavers if not event.settled else ():
                 wait = self._waits.get(conn_id)
                 if isinstance(wait, _LeaveWait) and wait.ref == ref:
                     self._leave_here(wait)
@@ -413,6 +432,7 @@ class SharedChatProtocol(ChatProtocol):
         if not self.rooms.member_ids(ref):
             self.bus.unfollow(ref)
             self._remote.pop(ref, None)
+            self._given_up.pop(ref, None)       # their leaves are no longer handed out here
 
     def _local_state(self) -> LocalState:
         self._departed_sent = len(self.departed)

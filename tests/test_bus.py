@@ -11,16 +11,18 @@ whose reply must come next), as in test_server.py.
 """
 import itertools
 import os
+import resource
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import unittest
 from typing import List, Optional
 
 from lib.resp import RespReader, NEED_DATA, encode_command
-from tools.kit import ServerProcess
+from tools.kit import REPO_ROOT, SERVER_SCRIPT, ServerProcess, read_line
 from test_server import STUDENT_ID, Client, joined_announcement, left_announcement, left_reply, wire_chat
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -282,6 +284,58 @@ class SharedRoomsTests(BusTestCase):
         got = [m.reply.message.split(" ")[0] for m in bob.read_until(2000, timeout=20)]
         self.assertEqual(got, [str(i) for i in range(2000)])
         self.assertNotIn("bus: down", two.log(), "node 2 kept its link to Redis")
+
+
+class DescriptorTests(BusTestCase):
+
+    FILE_LIMIT = 48     # a node this small runs out of descriptors after a few dozen clients
+
+    def test_a_link_reopened_with_every_descriptor_taken_does_not_crash_the_node(self):
+        proc = subprocess.Popen(
+            [sys.executable, SERVER_SCRIPT, HOST, "0", "--student-id", STUDENT_ID, "--bus",
+             self.redis.url, "--bus-prefix", self.prefix], cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                  (self.FILE_LIMIT, self.FILE_LIMIT)))
+        try:
+            port = int(read_line(proc, 10).rsplit(b":", 1)[1])
+            members = []
+            for _ in range(self.FILE_LIMIT):    # each one HELO'd: none is evicted for another
+                member = Client(port, "m%d" % len(members))
+                self.clients.append(member)
+                try:
+                    member.sync()
+                except AssertionError:
+                    break                       # refused: every descriptor is taken
+                members.append(member)
+            self.assertLess(len(members), self.FILE_LIMIT, "the descriptors never ran out")
+            # Redis drops both links; two clients take their descriptors before the node
+            # reconnects (its first retry is at least RECONNECT_MIN / 2 later). (First, the
+            # node's pause in accepting after the refusal ends: ACCEPT_RETRY_DELAY, 0.1 s.)
+            time.sleep(0.3)
+            self.redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+            self.redis.command("CLIENT", "KILL", "TYPE", "normal")
+            for _ in range(2):
+                members.append(Client(port, "taker"))
+                self.clients.append(members[-1])
+            time.sleep(1.0)             # several retries, each with no descriptor to use
+            self.assertIsNone(proc.poll(), "the node died")
+            members[0].sync()
+            for member in members[-6:]:
+                member.close()          # descriptors again: the bus comes back
+            deadline = time.monotonic() + BUS_BACK_TIMEOUT
+            while True:
+                members[0].send(b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: m\n")
+                message = members[0].next_message()
+                if message.kind == "JOINED_CHATROOM":
+                    break
+                self.assertEqual(message.reply.code, 15)
+                self.assertLess(time.monotonic(), deadline, "the bus did not come back")
+                time.sleep(0.2)
+        finally:
+            proc.kill()
+            proc.wait(5)
+            proc.stdout.close()
 
 
 class RedisOutageTests(BusTestCase):

@@ -7,7 +7,9 @@ a room's log, the two links failing on their own, backoff.
 import unittest
 
 from lib import bus
+from lib.actions import Broadcast, Send
 from lib.bus import Bus, Done, Joined, Left, LocalState, Said, Skipped, StateChanged, decode_event
+from lib.shared import SharedChatProtocol
 
 
 def resp(value) -> bytes:
@@ -203,6 +205,115 @@ class LinkTests(unittest.TestCase):
         bus_.timer(self.h.now + bus.REPLY_TIMEOUT)
         self.assertEqual(bus_.links_to_close(), ["cmd"])
         self.assertTrue(self.h.events()[0].failed)
+
+
+class BackPressureTests(unittest.TestCase):
+
+    def test_chats_past_the_unanswered_bytes_are_refused_until_redis_answers(self):
+        h = BusHarness(self)
+        message = "x" * 60000
+        sent = 0
+        while True:                 # Redis is stalled: nothing is answered
+            h.bus.chat(sent, 4, 0, "me", message, h.now)
+            events = h.events()
+            if events:
+                break
+            sent += 1
+            self.assertLess(sent, 1000, "the bytes held for Redis are never bounded")
+        self.assertEqual(sent, bus.MAX_UNANSWERED_BYTES // 60000)
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0].token, sent)
+        self.assertIn("Redis is behind", events[0].failed)
+        self.assertEqual(h.bus.behind, 1)
+        self.assertLessEqual(len(h.take_sent()["cmd"]), bus.MAX_UNANSWERED_BYTES + 1000 * sent)
+        h.reply(*range(1, sent + 1))            # Redis catches up
+        self.assertEqual(len(h.events()), sent)
+        h.bus.chat("again", 4, 0, "me", message, h.now)
+        self.assertEqual(h.events(), [], "sent, not refused")
+        self.assertIn(message.encode(), h.take_sent()["cmd"])
+
+
+class SharedHarness:
+    """A SharedChatProtocol whose links are up and in step, Redis played by hand as above;
+    what each connection is sent is gathered in `got`."""
+
+    def __init__(self, test: unittest.TestCase) -> None:
+        self.now = 100.0
+        self.proto = SharedChatProtocol(9999, "1", ("127.0.0.1", 1), "p", "me",
+                                        clock=lambda: self.now)
+        self.got = {}
+        self.link_up()
+        self.proto.link_data("sub", resp([b"subscribe", b"p:events", 1]), self.now)
+        test.assertTrue(self.proto.bus.up)
+        self.actions()
+
+    def link_up(self) -> None:
+        """Open the command link (again) and answer its setting up, as a Redis that kept its
+        data: the scripts, the epoch, the sync, the first heartbeat."""
+        for name in bus.LINKS if not self.proto.bus.subscribed else ("cmd",):
+            self.proto.link_opening(name, self.now)
+            self.proto.link_up(name, self.now)
+        self.reply(*["ok-sha"] * len(bus.SCRIPTS), [b"epoch1", 0, 0], [0, 0], [1, 0])
+
+    def reply(self, *values) -> None:
+        self.proto.link_data("cmd", b"".join(resp(v) for v in values), self.now)
+
+    def publish(self, *events: bytes) -> None:
+        self.proto.link_data("sub", b"".join(pushed(e) for e in events), self.now)
+        self.actions()
+
+    def actions(self) -> None:
+        for action in self.proto.link_actions():
+            for conn_id in getattr(action, "conn_ids", ()) or (getattr(action, "conn_id", None),):
+                if isinstance(action, (Send, Broadcast)):
+                    self.got.setdefault(conn_id, []).append(action.data)
+        self.proto.link_output("cmd")
+        self.proto.link_output("sub")
+
+    def request(self, conn_id: int, data: bytes) -> None:
+        if conn_id not in self.proto._sessions:
+            self.proto.connection_made(conn_id, "127.0.0.1", "127.0.0.1")
+        self.proto.data_received(conn_id, data)
+        for action in self.proto.maybe_next_actions(conn_id) or ():
+            if isinstance(action, Send):
+                self.got.setdefault(conn_id, []).append(action.data)
+        self.actions()
+
+    def texts(self, conn_id: int) -> list:
+        return [data.decode().split("MESSAGE: ", 1)[1].strip() for data in self.got.pop(conn_id, ())
+                if data.startswith(b"CHAT:")]
+
+
+class GivenUpJoinTests(unittest.TestCase):
+    """A JOIN whose reply is lost with the link (the joiner gets ERROR_CODE 15) may still have
+    been run by Redis, which then announces it to the other nodes."""
+
+    def test_a_join_redis_ran_after_the_link_dropped_is_told_here_too_and_taken_out(self):
+        h = SharedHarness(self)
+        h.request(1, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: carol\n")
+        h.publish(b"J 0 1 me 1 1 0\nr\ncarol")
+        h.reply([0, 1, 1, 0])
+        h.actions()
+        self.assertEqual(h.texts(1), ["carol has joined this chatroom."])
+        h.request(2, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: alice\n")
+        with self.assertLogs("lib.shared", "WARNING"):      # "bus: down"
+            h.proto.link_failed("cmd", "Redis did not answer", h.now)
+            h.actions()
+        self.assertIn(b"ERROR_CODE: 15", b"".join(h.got.pop(2)))
+        # Redis ran alice's join anyway: every other node announces it, and so must this one.
+        h.publish(b"J 0 2 me 2 2 0\nr\nalice")
+        self.assertEqual(h.texts(1), ["alice has joined this chatroom."])
+        # The sync, once the link is back, takes her out of Redis (settled: it was this node's
+        # own doing), and every node announces that too.
+        h.link_up()
+        h.actions()
+        self.assertTrue(h.proto.bus.up)
+        h.publish(b"L 0 3 me 1\n2 alice")
+        self.assertEqual(h.texts(1), ["alice has left this chatroom."])
+        self.assertEqual(h.texts(2), [], "alice was never a member")
+        h.publish(b"C 0 4 other 5\nbob\nhello")
+        self.assertEqual(h.texts(1), ["hello"])
+        self.assertEqual(h.texts(2), [])
 
 
 if __name__ == "__main__":
