@@ -1725,8 +1725,9 @@ class Reactor:
         """Close every link (and first, with `goodbye`, send the app's last words, best
         effort: the loop is ending)."""
         if goodbye and "cmd" in self._links and self._links["cmd"].connected:
-            try:
-                self._links["cmd"].sock.send(self.links.links_goodbye())
+            link = self._links["cmd"]
+            try:        # what the kernel has not taken yet first: Redis reads one byte stream
+                link.sock.send(bytes(link.out) + self.links.links_goodbye())
             except OSError:
                 pass
         for name in list(self._links):

@@ -248,6 +248,19 @@ class SharedRoomsTests(BusTestCase):
         self.join(carol, "watch", "carol")
         alice.expect_message(joined_announcement(ref, "carol"))
 
+    def test_kill_service_stops_one_node_and_its_leaves_are_announced_at_once(self):
+        one, two = self.node(), self.node()
+        alice, bob = self.client(one, "alice@1"), self.client(two, "bob@2")
+        ref, _ = self.join(alice, "bye", "alice")
+        self.join(bob, "bye", "bob")
+        alice.expect_message(joined_announcement(ref, "bob"))
+        bob.send(b"KILL_SERVICE\n")
+        two.proc.wait(5)
+        # At once (its last words to Redis), not after the 9 s a dead node takes to be noticed.
+        alice.expect_message(left_announcement(ref, "bob"), timeout=2.0)
+        alice.sync()
+        alice.expect_silence()
+
     def test_a_killed_subscription_loses_no_message(self):
         one, two = self.node(), self.node()
         alice, bob = self.client(one, "alice@1"), self.client(two, "bob@2")
