@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.parse
 
-from lib import udp
+from lib import bus as bus_defaults, udp
 from protocol import KILL_FROM_CHOICES, ChatProtocol
 import reactor
 
@@ -77,6 +77,10 @@ def parse_args(argv):
                         help="the Redis keys and channel of this group of servers start with "
                              "NAME: (default %(default)s). Redis's pub/sub ignores /DB, so two "
                              "groups on one Redis need two prefixes")
+    parser.add_argument("--bus-max-rooms", type=_positive, metavar="N",
+                        default=bus_defaults.MAX_SHARED_ROOMS,
+                        help="the most rooms the group keeps; past it the room empty longest "
+                             "is forgotten (default %(default)s)")
     parser.add_argument("--stats-interval", type=_non_negative, metavar="SECONDS", default=0,
                         help="log a line of statistics every SECONDS (default 0: never)")
     parser.add_argument("--log-level", default="info",
@@ -258,7 +262,7 @@ def main(argv=None) -> int:
         app = server.app = server.links = SharedChatProtocol(
             port=port, student_id=args.student_id, kill_from=args.kill_from,
             bus_address=(bus_ip, bus_port), prefix=args.bus_prefix, db=db,
-            node=secrets.token_hex(4))
+            max_rooms=args.bus_max_rooms, node=secrets.token_hex(4))
         _wait_for_bus(server, app)
     server.stop_on_signals()
     if args.stats_interval:

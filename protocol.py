@@ -954,9 +954,11 @@ class ChatProtocol:
             self._count_joined(session.peer_ip)
         return self._joined(conn_id, req, ref, join_id, newly_joined)
 
-    def _admit_join(self, conn_id: int, req: Join, ref: Optional[int]) -> _Session:
+    def _admit_join(self, conn_id: int, req: Join, ref: Optional[int],
+                    count_creation: bool = True) -> _Session:
         """Check the limits a JOIN must pass (the room `ref` is None if it is new here) and
-        count a room creation; raise RequestError if one is passed."""
+        count a room creation (unless not `count_creation`: the shared bus counts it once
+        Redis says the room was new); raise RequestError if one is passed."""
         rooms = self.rooms
         if ref is None and rooms.is_full():
             raise RequestError(ErrorCode.TOO_MANY_ROOMS,
@@ -974,7 +976,7 @@ class ChatProtocol:
             raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
                                "connections from your address are in %d rooms, the most they "
                                "may be in together; leave one first" % MAX_MEMBERSHIPS_PER_ADDRESS)
-        if ref is None:
+        if ref is None and count_creation:
             self._take_room_creation(session)
         return session
 
@@ -1018,6 +1020,21 @@ class ChatProtocol:
     def _take_room_creation(self, session: _Session) -> None:
         """Count one room created by `session`, or refuse it if that passes the limits for the
         connection or for its address (ROOM_CREATION_BURST_PER_CONNECTION)."""
+        refusal = self._room_creation_refusal(session)
+        if refusal is not None:
+            raise refusal
+        self._spend_room_creation(session)
+
+    def _spend_room_creation(self, session: _Session) -> None:
+        """Count one room created by `session` (checked before: _room_creation_refusal)."""
+        session.creations.tokens -= 1
+        address = self._creations_by_address.get(session.peer_ip)
+        if address is not None:
+            address.tokens -= 1
+
+    def _room_creation_refusal(self, session: _Session) -> Optional[RequestError]:
+        """None if `session` may create a room now, else the error saying which limit it
+        would pass. Takes nothing."""
         now = self._clock()
         if session.creations is None:
             session.creations = _Bucket(ROOM_CREATION_BURST_PER_CONNECTION,
@@ -1033,12 +1050,11 @@ class ChatProtocol:
         for bucket, whose in ((session.creations.refill(now), "this connection"),
                               (address.refill(now), "your address")):
             if bucket.tokens < 1:
-                raise RequestError(ErrorCode.CREATING_ROOMS_TOO_FAST,
-                                   "%s creates rooms too fast (at most %d at once, then %g a "
-                                   "second); join an existing room, or wait"
-                                   % (whose, bucket.burst, bucket.rate))
-        session.creations.tokens -= 1
-        address.tokens -= 1
+                return RequestError(ErrorCode.CREATING_ROOMS_TOO_FAST,
+                                    "%s creates rooms too fast (at most %d at once, then %g a "
+                                    "second); join an existing room, or wait"
+                                    % (whose, bucket.burst, bucket.rate))
+        return None
 
     def _on_kill(self, conn_id: int, req: Kill) -> List[Action]:
         peer = self._sessions[conn_id].peer_ip

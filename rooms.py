@@ -116,6 +116,10 @@ class Rooms:
         `given_join_id`, which this table then keeps.
         """
         ref = self._ref_by_name.get(room_name)
+        if ref is not None and given_ref is not None and ref != given_ref \
+                and not self._members[ref]:
+            self._forget_room(ref)      # the shared table forgot it; the name has a new ref
+            ref = None
         if ref is None:
             ref = self._create(room_name, given_ref)
         join_id = self._join_ids.get(conn_id)
@@ -135,9 +139,7 @@ class Rooms:
 
     def _create(self, room_name: str, ref: Optional[int] = None) -> int:
         if len(self._names) >= self.max_rooms:
-            forgotten, _ = self._empty.popitem(last=False)      # the longest-empty room
-            del self._ref_by_name[self._names.pop(forgotten)]
-            del self._members[forgotten]
+            self._forget_room(next(iter(self._empty)))          # the longest-empty room
         if ref is None:
             ref = self._next_ref
         self._next_ref = max(self._next_ref, ref + 1)
@@ -146,6 +148,12 @@ class Rooms:
         self._members[ref] = {}
         self._empty[ref] = None
         return ref
+
+    def _forget_room(self, ref: int) -> None:
+        """Take an empty room out of the table (its ref is never given again)."""
+        del self._empty[ref]
+        del self._ref_by_name[self._names.pop(ref)]
+        del self._members[ref]
 
     def leave(self, conn_id: int, ref: int) -> Optional[str]:
         """Take `conn_id` out of room `ref`. Returns the name it had there, or None if it was

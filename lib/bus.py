@@ -41,6 +41,7 @@ Redis keys and the channel (P is --bus-prefix):
     P:log:REF           the room's last LOG_LENGTH events (a stream, ids "N-1"), kept LOG_TTL s
     P:occ:REF           hash node -> how many of the room's members are on that node
     P:members:NODE      hash "REF CONN" -> CLIENT_NAME: a node's members (for its clean-up)
+    P:empty             sorted set REF -> when it emptied: what a full table forgets first
     P:nodes             sorted set node -> its last heartbeat (Redis's clock, ms)
     P:events            the one channel every event is published on
 """
@@ -81,9 +82,9 @@ RECONNECT_MAX = 5.0
 # REPLY_TIMEOUT, means Redis is unreachable or stuck: both links are dropped and retried.
 CONNECT_TIMEOUT = 3.0
 REPLY_TIMEOUT = 5.0
-# The most rooms the shared table holds. Unlike one node's table, it never forgets a name (every
-# node must keep giving the same ref), so this bounds what Redis keeps: a JOIN for a new room
-# past it gets ERROR_CODE TOO_MANY_ROOMS.
+# The most rooms the shared table holds, as one server's (rooms.MAX_ROOMS): when it is full, a
+# JOIN naming a new room makes the room empty longest (on every node) be forgotten; only when
+# every room has members does it get ERROR_CODE TOO_MANY_ROOMS. `--bus-max-rooms` sets it.
 MAX_SHARED_ROOMS = 100_000
 # Events of a room held while an earlier one is missing, in bytes, over all rooms. Past it a
 # held event is dropped; it is still in the room's log, and the repair reads it back.
@@ -176,6 +177,7 @@ def decode_event(data: bytes) -> RoomEvent:
 # declared and in one hash slot.)
 
 _PRELUDE = """
+if redis.replicate_commands then redis.replicate_commands() end   -- Redis 5: TIME, then writes
 local p = ARGV[1]
 local function emit(kind, ref, rest, body)
   local seq = redis.call('INCR', p .. ':seq:' .. ref)
@@ -205,21 +207,41 @@ local function leave(node, ref, settled, lines)
   -- take these "CONN NAME" lines of `node` out of room `ref` and announce them as one event
   local occ = p .. ':occ:' .. ref
   if redis.call('HINCRBY', occ, node, -#lines) <= 0 then redis.call('HDEL', occ, node) end
+  if redis.call('EXISTS', occ) == 0 then            -- empty now: it may be forgotten
+    redis.call('ZADD', p .. ':empty', now_ms(), ref)
+  end
   return emit('L', ref, node .. ' ' .. settled, table.concat(lines, '\\n'))
 end
 """
 
-# ARGV: p, node, conn, room name, client name, JOIN_ID (0: give one), MAX_SHARED_ROOMS.
-# Returns {ref, join_id, seq, members on other nodes}, or {-1} when the table is full.
+# ARGV: p, node, conn, room name, client name, JOIN_ID (0: give one), the most rooms, and
+# whether this connection may create a room now (1/0: its node's creation limits).
+# Returns {ref, join_id, seq, members on other nodes, 1 if the room was created}, or {-1} when
+# the table is full of rooms with members, {-2} when the room is new and may not be created.
+# A full table forgets the room that has been empty longest, as one server's table does
+# (rooms.py); its ref is never given again.
 JOIN_SCRIPT = """
 local node, conn, room, name = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local jid = tonumber(ARGV[6])
 local ref = redis.call('HGET', p .. ':refs', room)
+local created = 0
 if not ref then
-  if redis.call('HLEN', p .. ':refs') >= tonumber(ARGV[7]) then return {-1} end
+  if ARGV[8] ~= '1' then return {-2} end
+  if redis.call('HLEN', p .. ':refs') >= tonumber(ARGV[7]) then
+    local oldest = redis.call('ZPOPMIN', p .. ':empty')
+    if #oldest == 0 then return {-1} end
+    local gone = oldest[1]
+    local gone_name = redis.call('HGET', p .. ':names', gone)
+    if gone_name then redis.call('HDEL', p .. ':refs', gone_name) end
+    redis.call('HDEL', p .. ':names', gone)
+    redis.call('DEL', p .. ':seq:' .. gone, p .. ':log:' .. gone, p .. ':occ:' .. gone)
+  end
   ref = redis.call('INCR', p .. ':nextref') - 1
   redis.call('HSET', p .. ':refs', room, ref)
   redis.call('HSET', p .. ':names', ref, room)
+  created = 1
+else
+  redis.call('ZREM', p .. ':empty', ref)
 end
 ref = tonumber(ref)
 if jid == 0 then jid = redis.call('INCR', p .. ':joinid') end
@@ -230,7 +252,7 @@ local others, occ = 0, redis.call('HGETALL', p .. ':occ:' .. ref)
 for i = 1, #occ, 2 do
   if occ[i] ~= node then others = others + tonumber(occ[i + 1]) end
 end
-return {ref, jid, seq, others}
+return {ref, jid, seq, others, created}
 """
 
 # ARGV: p, node, conn, ref, client name, message. Returns the event's number.
@@ -321,6 +343,7 @@ for i = 5, 4 + 4 * count, 4 do
   if not have[field] then
     redis.call('HSET', members, field, name)
     redis.call('HINCRBY', p .. ':occ:' .. ref, node, 1)
+    redis.call('ZREM', p .. ':empty', ref)
     if announce then
       local room = redis.call('HGET', p .. ':names', ref) or ''
       emit('J', ref, node .. ' ' .. conn .. ' ' .. jid .. ' 1', room .. '\\n' .. name)
@@ -453,9 +476,11 @@ class Bus:
     """
 
     def __init__(self, prefix: str, node: str, local_state: Callable[[], LocalState],
-                 db: int = 0, rng: Optional[random.Random] = None) -> None:
+                 db: int = 0, rng: Optional[random.Random] = None,
+                 max_rooms: int = MAX_SHARED_ROOMS) -> None:
         self.prefix = prefix
         self.db = db
+        self.max_rooms = max_rooms
         self.node = node
         self._local_state = local_state
         self._rng = rng or random.Random()
@@ -626,9 +651,10 @@ class Bus:
 
     # -- requests from the owner ---------------------------------------------------------------
 
-    def join(self, token: Any, conn: int, room: str, name: str, join_id: int, now: float) -> None:
+    def join(self, token: Any, conn: int, room: str, name: str, join_id: int, may_create: bool,
+             now: float) -> None:
         self._command("request", token, now, *self._script_args(
-            "join", self.node, conn, room, name, join_id, MAX_SHARED_ROOMS))
+            "join", self.node, conn, room, name, join_id, self.max_rooms, int(may_create)))
 
     def chat(self, token: Any, conn: int, ref: int, name: str, message: str, now: float) -> None:
         if self._unanswered + len(message) > MAX_UNANSWERED_BYTES:

@@ -74,10 +74,11 @@ class SharedChatProtocol(ChatProtocol):
     methods (lib.actions.Links) and carries out what link_actions() returns after each."""
 
     def __init__(self, port: int, student_id: str, bus_address: Tuple[str, int], prefix: str,
-                 node: str, db: int = 0, **kwargs: Any) -> None:
+                 node: str, db: int = 0, max_rooms: int = MAX_SHARED_ROOMS,
+                 **kwargs: Any) -> None:
         super().__init__(port, student_id, **kwargs)
         self.bus_address = bus_address
-        self.bus = Bus(prefix, node, self._local_state, db=db)
+        self.bus = Bus(prefix, node, self._local_state, db=db, max_rooms=max_rooms)
         self.links = LINKS
         self._actions: List[Action] = []
         self._waits: Dict[int, Any] = {}                # conn_id -> what it waits for
@@ -98,10 +99,14 @@ class SharedChatProtocol(ChatProtocol):
             return super()._on_join(conn_id, req)      # joining again: answered here
         if not self.bus.up:
             raise self._refuse("joining a room")
-        self._admit_join(conn_id, req, self.bus.room_refs.get(req.room))
+        # The room-creation limits: whether the room is new only Redis knows, so the script is
+        # told whether this connection may create one, and the creation is counted once it says
+        # it did (_join_done).
+        session = self._admit_join(conn_id, req, ref, count_creation=False)
+        may_create = self._room_creation_refusal(session) is None
         wait = self._waits[conn_id] = _JoinWait(conn_id, req)
         self.bus.join(wait, conn_id, req.room, req.client_name,
-                      self.rooms.join_id_of(conn_id) or 0, self._clock())
+                      self.rooms.join_id_of(conn_id) or 0, may_create, self._clock())
         return [Wait(conn_id)]
 
     def _on_chat(self, conn_id: int, req: Chat) -> List[Action]:
@@ -373,13 +378,23 @@ class SharedChatProtocol(ChatProtocol):
         if event.failed or event.value[0] < 0:
             if not wait.lost and self._waits.get(conn_id) is wait:
                 del self._waits[conn_id]
-                error = self._refuse("joining a room") if event.failed else RequestError(
-                    ErrorCode.TOO_MANY_ROOMS, "the shared servers have their maximum of %d "
-                    "rooms; join an existing one" % MAX_SHARED_ROOMS)
+                session = self._sessions[conn_id]
+                if event.failed:
+                    error = self._refuse("joining a room")
+                elif event.value[0] == -2:
+                    error = self._room_creation_refusal(session) or RequestError(
+                        ErrorCode.CREATING_ROOMS_TOO_FAST, "rooms are being created too fast "
+                        "from here; join an existing room, or wait")
+                else:
+                    error = RequestError(ErrorCode.TOO_MANY_ROOMS, "the shared servers have "
+                                         "their maximum of %d rooms, each with members; join "
+                                         "an existing one" % self.bus.max_rooms)
                 self._actions += [Send(conn_id, error_reply(error.code, error.description)),
                                   Resume(conn_id)]
             return
-        ref, _join_id, seq, others = event.value
+        ref, _join_id, seq, others, created = event.value
+        if created and not wait.lost:
+            self._spend_room_creation(self._sessions[conn_id])
         if wait.lost:           # gone before Redis answered: take it out again
             self.bus.leave(_LeaveWait(None, ref, []), ref, [(conn_id, wait.req.client_name)],
                            self._clock())

@@ -192,6 +192,36 @@ class SharedRoomsTests(BusTestCase):
         self.assertEqual(sorted(r for refs in refs_by_name.values() for r in refs),
                          list(range(20)), "refs are dense from 0, with no gap")
 
+    def test_a_full_shared_table_forgets_the_room_empty_longest(self):
+        one, two = self.node("--bus-max-rooms", "3"), self.node("--bus-max-rooms", "3")
+        alice, bob = self.client(one, "alice@1"), self.client(two, "bob@2")
+        refs = {room: self.join(alice, room, "alice") for room in ("a", "b", "c")}
+        self.assertEqual([ref for ref, _ in refs.values()], [0, 1, 2])
+        for room in ("a", "b"):                         # a is empty first, then b
+            ref, join_id = refs[room]
+            alice.leave(ref, join_id, "alice")
+            alice.expect_message(left_reply(ref, join_id))
+            alice.expect_message(left_announcement(ref, "alice"))
+        self.assertEqual(self.join(bob, "d", "bob")[0], 3, "a was forgotten to make room")
+        self.assertEqual(self.join(bob, "a", "bob")[0], 4, "a forgotten name gets a new ref")
+        self.assertEqual(self.join(bob, "c", "bob")[0], 2, "a room with members is kept")
+        alice.expect_message(joined_announcement(2, "bob"))
+        bob.send(b"JOIN_CHATROOM: e\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: bob\n")
+        bob.expect_error(9)                             # every room has members
+
+    def test_room_creation_limits_hold_across_the_bus(self):
+        one, two = self.node(), self.node()
+        self.join(self.client(two, "olga@2"), "open", "olga")
+        mallory = self.client(one, "mallory@1")
+        burst = 50                          # protocol.ROOM_CREATION_BURST_PER_CONNECTION
+        for i in range(burst + 5):
+            mallory.send(b"JOIN_CHATROOM: flood%d\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: m\n" % i)
+        kinds = [m.kind for m in mallory.read_until(2 * burst + 5, timeout=20)]
+        self.assertEqual(kinds.count("JOINED_CHATROOM"), burst)
+        self.assertEqual(kinds[-5:], ["ERROR_CODE"] * 5)
+        mallory.send(b"JOIN_CHATROOM: open\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: m\n")
+        mallory.expect_kind("JOINED_CHATROOM")          # a room that exists: never refused
+
     def test_leave_disconnect_and_abrupt_close_across_nodes(self):
         one, two = self.node(), self.node()
         alice, bob, carol = (self.client(one, "alice@1"), self.client(two, "bob@2"),

@@ -162,7 +162,7 @@ class LinkTests(unittest.TestCase):
 
     def test_a_dropped_command_link_fails_what_waits_and_takes_the_bus_down(self):
         bus_ = self.h.bus
-        bus_.join("j", 4, "room", "me", 0, self.h.now)
+        bus_.join("j", 4, "room", "me", 0, True, self.h.now)
         bus_.link_failed("cmd", "reset", self.h.now)
         events = self.h.events()
         self.assertEqual(events[0].token, "j")
@@ -292,7 +292,7 @@ class GivenUpJoinTests(unittest.TestCase):
         h = SharedHarness(self)
         h.request(1, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: carol\n")
         h.publish(b"J 0 1 me 1 1 0\nr\ncarol")
-        h.reply([0, 1, 1, 0])
+        h.reply([0, 1, 1, 0, 1])
         h.actions()
         self.assertEqual(h.texts(1), ["carol has joined this chatroom."])
         h.request(2, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: alice\n")
