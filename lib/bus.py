@@ -434,7 +434,14 @@ class StateChanged:
     why: str
 
 
-Event = Union[Joined, Said, Left, Done, Skipped, StateChanged]
+@dataclass(frozen=True)
+class Revived:
+    """This node was declared dead by the others (no heartbeat for NODE_DEAD_AFTER: stopped,
+    or cut off from Redis) while it was alive; its members are being put back."""
+    members: int
+
+
+Event = Union[Joined, Said, Left, Done, Skipped, StateChanged, Revived]
 
 
 class _RoomLog:
@@ -832,6 +839,7 @@ class Bus:
             self._heartbeat_pending = False
             if value[0] == 0 and self.up:
                 self._start_sync(now, announce=True)    # reaped while alive: come back
+                self._events.append(Revived(len(self._local_state().members)))
         elif kind == "repair":
             self._on_repaired(token, value, now)
 

@@ -28,8 +28,8 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from lib.actions import Action, Broadcast, Close, Resume, Send, Wait
-from lib.bus import (LINKS, MAX_SHARED_ROOMS, Bus, Done, Joined, Left, LocalState, Said, Skipped,
-                     StateChanged)
+from lib.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Done, Joined, Left, LocalState, Revived, Said,
+                     Skipped, StateChanged)
 from protocol import (JOINED_TEXT, LEFT_TEXT, Chat, ChatProtocol, Disconnect, ErrorCode, Join,
                       Leave, RequestError, _quote, chat_message, error_reply, left_reply)
 
@@ -89,7 +89,7 @@ class SharedChatProtocol(ChatProtocol):
         self.refused = 0                                # requests refused: ERROR_CODE 15
         self._on_bus_event = {Said: self._on_said, Joined: self._on_joined, Left: self._on_left,
                               Done: self._on_done, Skipped: self._on_skipped,
-                              StateChanged: self._on_state}
+                              StateChanged: self._on_state, Revived: self._on_revived}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -415,6 +415,12 @@ class SharedChatProtocol(ChatProtocol):
                 self._leave_here(wait)
         LOGGER.warning("bus: room %d: events up to %d could not be read back (lost here; %d "
                        "so far)", event.ref, event.upto, self.bus.lost)
+
+    @staticmethod
+    def _on_revived(event: Revived) -> None:
+        LOGGER.warning("bus: the other nodes had declared this one dead (no heartbeat for %g s) "
+                       "and announced its members' leaves; announcing its %d members as joined "
+                       "again", NODE_DEAD_AFTER, event.members)
 
     def _on_state(self, event: StateChanged) -> None:
         if event.up:

@@ -291,6 +291,24 @@ class SharedRoomsTests(BusTestCase):
         alice.sync()
         alice.expect_silence()
 
+    def test_a_node_stalled_past_the_heartbeat_comes_back_with_its_members(self):
+        one, two = self.node(), self.node()
+        alice, bob = self.client(one, "alice@1"), self.client(two, "bob@2")
+        ref, _ = self.join(alice, "stall", "alice")
+        _, bob_id = self.join(bob, "stall", "bob")
+        alice.expect_message(joined_announcement(ref, "bob"))
+        os.kill(two.pid, signal.SIGSTOP)
+        try:        # the survivors declare it dead: bob's leave is announced
+            alice.expect_message(left_announcement(ref, "bob"), timeout=DEAD_NODE_DEADLINE)
+        finally:
+            os.kill(two.pid, signal.SIGCONT)
+        # Back: it finds it was declared dead and puts its member back, announced as joined.
+        alice.expect_message(joined_announcement(ref, "bob"), timeout=10)
+        bob.chat(ref, "still here", bob_id, "bob")
+        for member in (alice, bob):
+            member.expect_message(wire_chat(ref, "bob", "still here"))
+        self.assertIn("declared this one dead", two.log())
+
     def test_a_killed_subscription_loses_no_message(self):
         one, two = self.node(), self.node()
         alice, bob = self.client(one, "alice@1"), self.client(two, "bob@2")
