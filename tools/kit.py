@@ -12,7 +12,8 @@
 - Tool / run_tool: --spawn or --host/--port, --seed, --seconds, --quiet and the
   tool's own options from a table; with nothing listening at the address, one line of failure
   within CONNECT_CHECK_TIMEOUT.
-- raise_nofile_limit, os_limits: how many connections this process and the machine allow.
+- raise_nofile_limit, os_limits, enough_files: how many connections this process and the
+  machine allow.
 
 Run tools from the repository's top folder: `python3 -m tools.NAME --help`.
 """
@@ -62,6 +63,7 @@ MAX_EXAMPLE_CHARS = 300         # an example is cut to this: a whole 64 KiB repl
 # stops waiting for them after this many quiet seconds instead.
 SETTLE = 0.5
 JOINED_SUFFIX = JOINED_TEXT % ""    # " has joined this chatroom."
+SPARE_FILES = 64                    # descriptors a tool needs beyond one per connection
 
 
 def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
@@ -1008,6 +1010,18 @@ def os_limits() -> Dict[str, object]:
             "tcp_max_syn_backlog": _read_proc("/proc/sys/net/ipv4/tcp_max_syn_backlog"),
             "ip_local_port_range": _read_proc("/proc/sys/net/ipv4/ip_local_port_range"),
             "file_max": _read_proc("/proc/sys/fs/file-max")}
+
+
+def enough_files(report: Report, connections: int) -> Dict[str, object]:
+    """os_limits(), then raise_nofile_limit() ("nofile_soft_raised_to"); an "fd_limit" failure
+    unless `connections` and SPARE_FILES more descriptors fit under the limit now."""
+    limits = os_limits()
+    limits["nofile_soft_raised_to"] = soft = raise_nofile_limit()[1]
+    if soft < connections + SPARE_FILES:
+        report.fail("fd_limit", "%d connections need %d open files, and the limit is %d (hard "
+                    "%s): raise it (ulimit -n) or ask for fewer"
+                    % (connections, connections + SPARE_FILES, soft, limits["nofile_hard"]))
+    return limits
 
 
 def percentile(sorted_values: List[float], fraction: float) -> Optional[float]:

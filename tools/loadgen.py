@@ -21,11 +21,9 @@ fanout --rooms R --members M --messages K [--size B]
     (this process's CPU in the chat phase / seconds: near 1.0 the generator is the limit).
 
 connections --count N [--rooms R]
-    N connections join R rooms (connection i to room i mod R, on a kit.Crowd as tools/many.py);
-    then one member of each room posts one chat, which must reach every member exactly once.
-    Figures: connect_seconds, join_seconds, announce_seconds (until every join announcement
-    arrived: a room of n owes n(n+1)/2), delivery_seconds, connected, joined, delivered,
-    missing, extra, seconds, loadgen_cpu_s, loadgen_cpu_share.
+    tools/many.py's run (connection i joins room i mod R; one chat in each room must reach
+    every member exactly once; then a HELO after all close), with its figures (delivery_seconds
+    for its chat_seconds), seconds (first connect to last delivery), loadgen_cpu_s and _share.
 
 churn --clients N --seconds T [--rooms R]
     Each client cycles for T seconds: connect, JOIN one of R rooms, post 1 to CHURN_MAX_CHATS
@@ -47,7 +45,6 @@ import collections
 import itertools
 import os
 import random
-import resource
 import selectors
 import sys
 import time
@@ -55,7 +52,7 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply, LeftReply,
                       chat_request, disconnect_request, join_request, leave_request)
-from tools import kit
+from tools import kit, many
 
 DEFAULT_TIMEOUT = 60.0          # seconds for the whole run
 # A phase that sees no progress at all for this long gives up instead of waiting for the whole
@@ -67,7 +64,6 @@ DEFAULT_STALL = 10.0
 DEFAULT_NAP = 0.005
 DEFAULT_REPLY_TIMEOUT = 5.0     # churn: the longest any reply may take
 PROBE_INTERVAL = 0.010          # fanout: the probe posts every 10 ms
-FD_MARGIN = 32                  # descriptors kept free beyond our connections (stdio, epoll...)
 CHURN_MAX_CHATS = 3             # churn: chats per cycle, 1 to this
 # churn: a client whose connect failed waits this long before it tries again, so that a server
 # that is down costs a few failures a second, not a busy loop.
@@ -186,10 +182,10 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
     expected = rooms * members_per_room * members_per_room * messages
     figures: dict = {"scenario": "fanout", "rooms": rooms, "members": members_per_room,
                      "messages": messages, "size": args.size, "expected": expected}
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if rooms * members_per_room + 1 + FD_MARGIN > soft:
-        before, after = kit.raise_nofile_limit()
-        report.note("raised the soft RLIMIT_NOFILE from %d to %d" % (before, after))
+    kit.enough_files(report, rooms * members_per_room + 1)
+    if report.failed:
+        figures.update(delivered=0, missing=expected, extra=0)
+        return figures, "too few file descriptors"
     started = time.monotonic()
     deadline = started + args.timeout
     tag = run_tag()
@@ -233,39 +229,23 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
 # --- connections -----------------------------------------------------------------------------
 
 def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Report):
-    count, rooms = args.count, args.rooms
-    before, after = kit.raise_nofile_limit()
-    report.note("the soft RLIMIT_NOFILE is %d (it was %d)" % (after, before))
-    figures: dict = {"scenario": "connections", "count": count, "rooms": rooms,
-                     "nofile_soft_before": before, "nofile_soft": after}
-    if count + FD_MARGIN > after:
-        report.fail("fd_limit", "%d connections need about %d file descriptors; the limit is %d"
-                    % (count, count + FD_MARGIN, after))
-        figures.update(connected=0, joined=0, delivered=0, missing=count)
+    """tools/many.py's run, its steps bounded as loadgen bounds them."""
+    limits = kit.enough_files(report, args.count)
+    figures: dict = {"scenario": "connections", "count": args.count, "rooms": args.rooms,
+                     "nofile_soft_before": limits["nofile_soft"],
+                     "nofile_soft": limits["nofile_soft_raised_to"]}
+    if report.failed:
+        figures.update(connected=0, joined=0, delivered=0, missing=args.count)
         return figures, "too few file descriptors"
-
     cpu_before = time.process_time()
-    tag = run_tag()
-    members = [kit.Member("%s-c%d" % (tag, i % rooms), "m%d" % i) for i in range(count)]
-    loop = kit.Loop(target.address)
-    crowd = kit.Crowd(loop, members, report)
-    wait = waiter(loop, args, time.monotonic() + args.timeout, report, crowd.progress_line)
-    try:
-        if crowd.join(wait):
-            crowd.chat_once(wait)
-    finally:
-        loop.close_all()
-    figures.update(crowd.join_figures(), **outcome_figures(wait.outcome))
-    if crowd.chat_started is None:
-        figures.update(delivered=0, missing=count)
-        return figures, "%d of %d connected" % (crowd.connected_count, count)
-    seconds = time.monotonic() - crowd.started
-    figures.update(delivery_seconds=round((crowd.finished_at or time.monotonic())
-                                          - crowd.chat_started, 3),
-                   seconds=round(seconds, 3), **cpu_figures(cpu_before, seconds))
-    figures.update(crowd.tally(members))
-    return figures, ("%d connections joined in %.2f s, every member reached in %.2f s"
-                     % (crowd.joined, figures["announce_seconds"], figures["delivery_seconds"]))
+    run = many.Many(target, report, args.count, args.rooms, prefix=run_tag() + "-c",
+                    deadline=time.monotonic() + args.timeout, stall=args.stall, nap=args.nap)
+    figures.update(run.run(args.stall), **outcome_figures(run.wait.outcome))
+    headline = run.headline(figures)
+    seconds = (run.crowd.finished_at or time.monotonic()) - run.crowd.started
+    figures.update(delivery_seconds=figures.pop("chat_seconds"), seconds=round(seconds, 3),
+                   **cpu_figures(cpu_before, seconds))
+    return figures, headline
 
 
 # --- churn -----------------------------------------------------------------------------------
