@@ -43,7 +43,7 @@ import random
 import socket
 import sys
 import time
-from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES,
                       ChatMessage, ErrorCode, ErrorReply, HeloReply, JoinedReply, LeftReply,
@@ -297,26 +297,10 @@ class RequestMaker:
 
 # --- Probes: connections whose every reply is predicted --------------------------------------
 
-# What a probe expects next, one of:
-#   ("HELO", line)  ("JOINED", room)  ("ANNOUNCE_JOIN", room)  ("LEFT", ref, join_id)
-#   ("ANNOUNCE_LEAVE", room)  ("ECHO", room, text)  ("ERROR", code)  ("EOF",)
-Expectation = Tuple
-# What is wrong with a reply that is not the one expected, by the kind of expectation.
-MISMATCHES = {"HELO": "wrong HELO reply", "JOINED": "wrong JOINED_CHATROOM reply",
-              "ANNOUNCE_JOIN": "wrong own join announcement",
-              "ANNOUNCE_LEAVE": "wrong own leave announcement", "ECHO": "wrong echo",
-              "LEFT": "wrong LEFT_CHATROOM reply", "ERROR": "wrong ERROR_CODE",
-              "EOF": "a message after the last leave announcement of a DISCONNECT"}
-
-
 class Probe:
-    """A connection that sends only requests whose replies it can predict, and checks them.
-
-    `member` is the set of rooms the server will have it in once it has handled everything
-    sent so far (only this connection's own requests change that); `in_rooms` is the set of
-    ROOM_REFs it is in as far as the replies read so far go (between its own join and leave
-    announcements): a chat of any other room is a failure.
-    """
+    """A connection that sends only requests whose replies it can predict, and checks them
+    (kit.Owed). `member` is the set of rooms the server will have it in once it has handled
+    everything sent so far (only this connection's own requests change that)."""
 
     def __init__(self, fuzzer: "Fuzzer", name: str, conn: FuzzConn):
         self.fuzzer = fuzzer
@@ -324,19 +308,23 @@ class Probe:
         self.name = name
         self.conn = conn
         conn.probe = self
-        self.expect: Deque[Expectation] = collections.deque()
+        self.owed = kit.Owed(name)
+        self.expect = self.owed.queue
         self.member: Set[str] = set()
-        self.in_rooms: Set[int] = set()
         self.disconnecting = False
         self.done = False                      # disconnected as predicted, or given up
         self.leaves_seen: Set[Tuple[int, str]] = set()   # (ref, name) of leave announcements
         self.finals_seen: Dict[Tuple[int, str], int] = collections.Counter()
-        self.checked = 0                       # replies matched
 
     @property
     def join_id(self) -> Optional[int]:
         """The JOIN_ID the server gave this connection, if any (from the fuzzer's RefBook)."""
         return self.fuzzer.book.join_ids.get(self.name)
+
+    def own(self, room: str, text: str) -> kit.Like:
+        """Its own chat or announcement `text` in `room` (whose ref may come later)."""
+        return kit.Like(ChatMessage, ref=lambda: self.fuzzer.refs.get(room),
+                        client_name=self.name, message=text)
 
     # -- building requests ----------------------------------------------------------------
 
@@ -351,14 +339,17 @@ class Probe:
     def helo(self) -> None:
         text = "%s %s" % (self.name, random_text(self.rng, 30).strip() or "x")
         self._send(helo_request(text)[:-1] + line_ending(self.rng))
-        self.expect.append(("HELO", "HELO " + text))
+        self.expect.append(kit.Like(HeloReply, line="HELO " + text, ip=self.fuzzer.host,
+                                    port=self.fuzzer.port))
 
     def join(self, room: str) -> None:
         self._send(restyle(self.rng, join_request(room, self.name)))
-        self.expect.append(("JOINED", room))
+        # its JOIN_ID, kept by the connection, the RefBook checks
+        self.expect.append(kit.Like(JoinedReply, room=room, server_ip=self.fuzzer.host,
+                                    port=self.fuzzer.port))
         if room not in self.member:
             self.member.add(room)
-            self.expect.append(("ANNOUNCE_JOIN", room))
+            self.expect.append(self.own(room, JOINED_TEXT % self.name))
 
     def leave(self, room: str) -> None:
         ref = self.fuzzer.refs[room]
@@ -366,10 +357,12 @@ class Probe:
         if self.rng.random() < 0.1:
             join_id = self.rng.randint(0, 99)    # a wrong one: the reply has the right one
         self._send(restyle(self.rng, leave_request(ref, join_id, self.name)))
-        self.expect.append(("LEFT", ref, join_id))
+        # the server's JOIN_ID; the request's only if it never joined
+        self.expect.append(kit.Like(LeftReply, ref=ref, join_id=lambda: join_id
+                                    if self.join_id is None else self.join_id))
         if room in self.member:
             self.member.discard(room)
-            self.expect.append(("ANNOUNCE_LEAVE", room))
+            self.expect.append(self.own(room, LEFT_TEXT % self.name))
 
     def chat(self, room: str, text: Optional[str] = None) -> None:
         """CHAT to `room` (whose ref must be known): echoed if a member, else error 6."""
@@ -377,10 +370,8 @@ class Probe:
             text = "\n".join(self._chat_line() for _ in range(1 if self.rng.random() < 0.8 else 3))
         name = self.name if self.rng.random() < 0.8 else "someone-else"   # not trusted anyway
         self._send(restyle(self.rng, chat_request(self.fuzzer.refs[room], 7, name, text)))
-        if room in self.member:
-            self.expect.append(("ECHO", room, text))
-        else:
-            self.expect.append(("ERROR", ErrorCode.NOT_A_MEMBER))
+        self.expect.append(self.own(room, text) if room in self.member
+                           else kit.Like(ErrorReply, code=ErrorCode.NOT_A_MEMBER))
 
     def _chat_line(self) -> str:
         """A line of text that trims to itself (it starts and ends with a letter): usually
@@ -398,9 +389,9 @@ class Probe:
             return False                       # a JOINED is outstanding: its ref is unknown
         self._send(restyle(self.rng, disconnect_request(self.name)))
         for room in sorted(self.member, key=refs.get):
-            self.expect.append(("ANNOUNCE_LEAVE", room))
+            self.expect.append(self.own(room, LEFT_TEXT % self.name))
         self.member.clear()
-        self.expect.append(("EOF",))
+        self.expect.append(kit.CLOSE)
         self.disconnecting = True
         return True
 
@@ -436,12 +427,12 @@ class Probe:
         if rng.random() < 0.15:                 # invalid UTF-8 in a HELO or in a message
             raw_cases = [b"HELO caf\xe9", b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: n\nMESSAGE: \xff\n"]
             self._send(rng.choice(raw_cases) + b"\n")
-            self.expect.append(("ERROR", ErrorCode.INVALID_UTF8))
+            self.expect.append(kit.Like(ErrorReply, code=ErrorCode.INVALID_UTF8))
             return
         template, code = rng.choice(cases)
         self._send_lines([line.format(room="room1", name=name, bad=bad, unknown=unknown, ref=ref,
                                       unprintable=unprintable) for line in template.split("|")])
-        self.expect.append(("ERROR", code))
+        self.expect.append(kit.Like(ErrorReply, code=code))
 
     def unknown(self) -> None:
         self._send_lines([self.rng.choice(["WHATEVER", "PING %s" % self.name, "NOT_A_COMMAND: 1",
@@ -479,58 +470,20 @@ class Probe:
     def on_reply(self, reply) -> None:
         if self.done:
             return
-        if isinstance(reply, ChatMessage) and reply.client_name != self.name:
-            if reply.ref not in self.in_rooms:
-                self.fail("got a chat of room %d, which it is not in: %r" % (reply.ref, reply))
-                return
+        problem = self.owed.take(reply)
+        if problem is not None:
+            self.fail(problem)
+        elif isinstance(reply, ChatMessage) and reply.client_name != self.name:
             if reply.message.startswith(FINAL_PREFIX):
                 self.finals_seen[(reply.ref, reply.message)] += 1
             if reply.message == LEFT_TEXT % reply.client_name:
                 self.leaves_seen.add((reply.ref, reply.client_name))
-            return
-        if not self.expect:
-            self.fail("unexpected reply %r" % (reply,))
-            return
-        want = self.expect.popleft()
-        if not self._matches(want, reply):
-            self.fail("expected %r, got %r (%s)" % (want, reply, MISMATCHES[want[0]]))
-            return
-        self.checked += 1
-        if want[0] == "ANNOUNCE_JOIN":
-            self.in_rooms.add(reply.ref)
-        elif want[0] == "ANNOUNCE_LEAVE":
-            self.in_rooms.discard(reply.ref)
-
-    def _matches(self, want: Expectation, reply) -> bool:
-        """Is `reply` the expected reply `want`?"""
-        kind, here = want[0], (self.fuzzer.host, self.fuzzer.port)
-        if kind == "HELO":
-            return (isinstance(reply, HeloReply)
-                    and (reply.line, reply.ip, reply.port) == (want[1],) + here)
-        if kind == "JOINED":        # its JOIN_ID, kept by the connection, the RefBook checks
-            return (isinstance(reply, JoinedReply)
-                    and (reply.room, reply.server_ip, reply.port) == (want[1],) + here)
-        if kind == "LEFT":          # the server's JOIN_ID; the request's only if it never joined
-            return reply == LeftReply(want[1], want[2] if self.join_id is None else self.join_id)
-        if kind == "ERROR":
-            return isinstance(reply, ErrorReply) and reply.code == want[1]
-        if kind == "EOF":
-            return False
-        text = {"ANNOUNCE_JOIN": JOINED_TEXT % self.name,
-                "ANNOUNCE_LEAVE": LEFT_TEXT % self.name}.get(kind) or want[2]
-        return reply == ChatMessage(self.fuzzer.refs.get(want[1]), self.name, text)
 
     def on_closed(self) -> None:
         """The server closed the connection: right only when a DISCONNECT's replies are in."""
-        if self.done:
-            return
-        if list(self.expect) == [("EOF",)]:
-            self.expect.clear()
-            self.checked += 1
-        else:
-            self.fuzzer.report.fail("probe", "%s: the server closed the connection with %d "
-                                    "replies outstanding: %r"
-                                    % (self.name, len(self.expect), list(self.expect)[:3]))
+        problem = None if self.done else self.owed.closed()
+        if problem is not None:
+            self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
         self.done = True
 
     def fail(self, problem: str) -> None:
@@ -865,7 +818,7 @@ class Fuzzer(kit.Handler):
         def received() -> List[Tuple[Probe, int, int]]:
             """(probe, ref, how often it has the checker's chat) for every room of a probe."""
             return [(probe, ref, probe.finals_seen[(ref, finals[ref])]) for probe in listeners
-                    if not probe.done for ref in probe.in_rooms if ref in finals]
+                    if not probe.done for ref in probe.owed.rooms if ref in finals]
         self.drain(lambda: checker.idle() and all(got for _probe, _ref, got in received()),
                    lambda: "the checker's chat had not reached every member")
         self.pump(QUIET * 5)                   # time for duplicates to show
@@ -944,7 +897,7 @@ class Fuzzer(kit.Handler):
             "errors_by_code": {str(code): n for code, n in sorted(self.errors_by_code.items())},
             "disconnects": self.server_closed, "vanished": self.vanished,
             "closed_by_fuzzer": self.closed_by_us,
-            "probe_replies_checked": sum(probe.checked for probe in self.probes),
+            "probe_replies_checked": sum(probe.owed.checked for probe in self.probes),
             "rooms_known": len(self.refs), "slowest_health_check_s": round(self.helo_max, 3),
             "segmentation": segmentation,
             "server_rss_kb_before": rss_before, "server_rss_kb_after": rss_after,

@@ -3,6 +3,7 @@
 - ServerProcess: Server.py in a child process on 127.0.0.1 and a port the kernel picks.
 - Loop and Conn: many nonblocking client connections on one selector, each read with
   protocol.ReplyReader; requests are built with protocol's builders.
+- Owed, Like: the replies a connection is owed, checked in order (fuzz's probes, churn).
 - Crowd: members that connect and join their rooms, then chat in them (many, loadgen).
 - Report: failures counted by kind with a few examples each, progress lines, and at the end a
   one-line verdict (standard error) and a one-line JSON summary (standard output), in every tool
@@ -33,10 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 import protocol
-from protocol import JOINED_TEXT, ChatMessage, HeloReply, chat_request, helo_request, join_request
+from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, HeloReply, chat_request, helo_request,
+                      join_request)
 
 HOST = "127.0.0.1"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +74,68 @@ def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
     while reply is not None:
         yield reply
         reply = reader.maybe_next_reply()
+
+
+# --- Replies owed to a connection, checked in order -------------------------------------------
+
+CLOSE = "the server's close"        # owed last, after a DISCONNECT's leave announcements
+
+
+class Like:
+    """A reply of type `kind` with these `fields`, compared with == (either way round); a field
+    given as a function is asked at that moment (a room's ref, unknown when the JOIN is sent)."""
+
+    def __init__(self, kind: type, **fields) -> None:
+        self.kind, self.fields = kind, fields
+
+    def values(self) -> Dict[str, object]:
+        return {key: value() if callable(value) else value for key, value in self.fields.items()}
+
+    def __eq__(self, reply) -> bool:
+        return isinstance(reply, self.kind) and all(
+            getattr(reply, key) == value for key, value in self.values().items())
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (self.kind.__name__,
+                           ", ".join("%s=%r" % item for item in self.values().items()))
+
+
+class Owed:
+    """What the server owes the connection of client `name`, in order (`queue`: replies, Likes,
+    CLOSE), and the ROOM_REFs it is in (`rooms`: from its own join announcement to its own leave
+    announcement). Another client's chat is owed to nobody: right only in one of `rooms`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queue: Deque[object] = collections.deque()
+        self.rooms: Set[int] = set()
+        self.checked = 0                    # owed replies that came
+
+    def take(self, reply: protocol.Reply) -> Optional[str]:
+        """Check the next reply read: None if it is right, else what is wrong."""
+        if isinstance(reply, ChatMessage) and reply.client_name != self.name:
+            return (None if reply.ref in self.rooms
+                    else "a chat of room %d, which it is not in: %r" % (reply.ref, reply))
+        if not self.queue:
+            return "unexpected %r" % (reply,)
+        want = self.queue.popleft()
+        if want is CLOSE or reply != want:
+            return "expected %r, got %r" % (want, reply)
+        self.checked += 1
+        if isinstance(reply, ChatMessage) and reply.message == JOINED_TEXT % self.name:
+            self.rooms.add(reply.ref)
+        elif isinstance(reply, ChatMessage) and reply.message == LEFT_TEXT % self.name:
+            self.rooms.discard(reply.ref)
+        return None
+
+    def closed(self) -> Optional[str]:
+        """The server closed the connection: None if that is all it still owed."""
+        if list(self.queue) == [CLOSE]:
+            self.queue.clear()
+            self.checked += 1
+            return None
+        return ("the server closed the connection with %d replies owed: %r"
+                % (len(self.queue), list(self.queue)[:3]))
 
 
 # --- The server under test -------------------------------------------------------------------
@@ -867,8 +931,8 @@ def check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace,
 def add_common_arguments(parser: argparse.ArgumentParser, seconds: Optional[Tuple[float, str]],
                          suppress: bool = False, options: List[Option] = ()) -> None:
     """--spawn | --host/--port, --seed, --seconds (when `seconds` gives its default and help),
-    --quiet, and `options` (a default of None is a required option). With `suppress`, they get
-    no defaults here: a subcommand's copy then never overrides a value given before its name."""
+    --quiet, and `options`. With `suppress`, they get no defaults here: a subcommand's copy
+    then never overrides a value given before its name."""
     def default(value):
         return argparse.SUPPRESS if suppress else value
     parser.add_argument("--spawn", action="store_true", default=default(False),
@@ -902,24 +966,53 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
 class Tool:
     """`python3 -m tools.NAME`: run(args, target, report) (see run_tool) with the common
     arguments (`seconds` as in add_common_arguments), its `options` (each checked against its
-    bounds) and on/off `switches` (flag, help); check(parser, args) may refuse more."""
+    bounds) and on/off `switches` (flag, help); check(parser, args) may refuse more. With
+    `scenarios` ({name: (run, a line of help, its own options)}), the first word names one:
+    its options follow it (a default of None makes one required), the common ones go either
+    side of it, and its run is the tool's."""
 
-    def __init__(self, name: str, doc: str, run: Callable, options: List[Option],
+    def __init__(self, name: str, doc: str, run: Optional[Callable], options: List[Option],
                  seconds: Optional[Tuple[float, str]] = None,
                  switches: Tuple[Tuple[str, str], ...] = (),
                  check: Callable[[argparse.ArgumentParser, argparse.Namespace], None]
-                 = lambda parser, args: None) -> None:
+                 = lambda parser, args: None,
+                 scenarios: Optional[Dict[str, Tuple[Callable, str, List[Option]]]] = None,
+                 epilog: str = "") -> None:
         self.name, self.doc, self.run, self.options = name, doc, run, options
         self.seconds, self.switches, self.check = seconds, switches, check
+        self.scenarios, self.epilog = scenarios or {}, epilog
+        if scenarios:
+            self.run = lambda args, target, report: scenarios[args.scenario][0](args, target,
+                                                                               report)
+
+    def scenario_help(self) -> str:
+        lines = ["scenario options (after the scenario's name):"]
+        for name, (_run, summary, options) in self.scenarios.items():
+            lines.append("  %s: %s" % (name, summary))
+            for flag, _type, default, text, _least, _most in options:
+                lines.append("    %-18s %s (%s)" % (flag, text, "required" if default is None
+                                                   else "default: %s" % default))
+        return "\n".join(lines + [self.epilog])
 
     def parse_args(self, argv: Optional[List[str]] = None) -> argparse.Namespace:
-        parser = argument_parser(self.name, self.doc)
+        parser = argument_parser(self.name, self.doc, epilog=self.scenario_help()
+                                 if self.scenarios else self.epilog or None)
         add_common_arguments(parser, self.seconds, options=self.options)
         for flag, text in self.switches:
             parser.add_argument(flag, action="store_true", help=text)
+        if self.scenarios:
+            subparsers = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
+            subparsers.required = True
+        for name, (_run, summary, options) in self.scenarios.items():
+            sub = subparsers.add_parser(name, help=summary, formatter_class=HelpFormatter)
+            add_common_arguments(sub, self.seconds, suppress=True, options=self.options)
+            for flag, kind, default, text, _least, _most in options:
+                sub.add_argument(flag, type=kind, default=default, required=default is None,
+                                 help=text)
         args = parser.parse_args(argv)
         check_common_arguments(parser, args)
-        check_bounds(parser, args, self.options)
+        check_bounds(parser, args, self.options + (self.scenarios[args.scenario][2]
+                                                   if self.scenarios else []))
         self.check(parser, args)
         return args
 

@@ -48,7 +48,7 @@ import random
 import selectors
 import sys
 import time
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply, LeftReply,
                       chat_request, disconnect_request, join_request, leave_request)
@@ -253,11 +253,9 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
 class ChurnClient:
     """One churning client: a cycle of connect, join, chat, end; then again, until time is up.
 
-    `script` is what its connection does (Churn.cycle); `expect` holds the replies its last
-    request still owes, in order: JoinedReply (the class: the JOINED_CHATROOM of `room`), a
-    LeftReply, the text of its own CHAT in its room (echo or announcement), or None (the
-    server's close). `state`: connecting, replies (owed), resting (its connect failed: it tries
-    again at `reply_deadline`) or done.
+    `script` is what its connection does (Churn.cycle); `owed` (kit.Owed) the replies its
+    last request still owes. `state`: connecting, replies (owed), resting (its connect failed:
+    it tries again at `reply_deadline`) or done.
     """
 
     def __init__(self, index: int) -> None:
@@ -267,9 +265,9 @@ class ChurnClient:
         self.conn: Optional[kit.Conn] = None
         self.state = "done"
         self.script: Iterator[Tuple[bytes, List[object]]] = iter(())
-        self.expect: Deque[object] = collections.deque()
+        self.owed = kit.Owed("")
         self.room = ""
-        self.ref: Optional[int] = None      # the room it is in, from JOINED to its leave
+        self.ref: Optional[int] = None      # the room it last joined, from its JOINED on
         self.join_id: Optional[int] = None
         self.sent_at = 0.0                  # when the request now owed replies was sent
         self.reply_deadline = 0.0
@@ -313,7 +311,7 @@ class Churn(kit.Handler):
                 self._new_cycle(client)
             else:
                 self._fail(client, "timeout", "%s: no %r within %.1f s" % (
-                    client.name, client.expect[0] if client.expect else client.state,
+                    client.name, client.owed.queue[0] if client.owed.queue else client.state,
                     self.reply_timeout))
         self.report.progress(self.progress_line)
 
@@ -321,7 +319,6 @@ class Churn(kit.Handler):
         """Connect again, or stop if time is up."""
         client.conn = None
         client.ref = client.join_id = None
-        client.expect.clear()
         if time.monotonic() >= self.stop_at:
             client.state = "done"
             return
@@ -331,6 +328,7 @@ class Churn(kit.Handler):
         # announcement must not look like a reply to the new one.
         client.connections += 1
         client.name = "c%d-%d" % (client.index, client.connections)
+        client.owed = kit.Owed(client.name)
         conn = kit.Conn()
         conn.client = client
         client.conn = conn
@@ -343,13 +341,18 @@ class Churn(kit.Handler):
         and the script goes on once they have all come. JOIN, 1 to CHURN_MAX_CHATS chats, then
         vanish, DISCONNECT, or LEAVE and JOIN again on the same connection."""
         name, numbers = client.name, itertools.count(1)
+
+        def own(text: str) -> kit.Like:
+            """Its own chat or announcement in the room it joined last."""
+            return kit.Like(ChatMessage, ref=lambda: client.ref, client_name=name, message=text)
         while True:
             client.room = self.rng.choice(self.rooms)
-            yield join_request(client.room, name), [JoinedReply, JOINED_TEXT % name]
+            yield (join_request(client.room, name),
+                   [kit.Like(JoinedReply, room=client.room), own(JOINED_TEXT % name)])
             self.ops["join"] += 1
             for _ in range(self.rng.randint(1, CHURN_MAX_CHATS)):
                 text = "%s says %d" % (name, next(numbers))
-                yield chat_request(client.ref, client.join_id, name, text), [text]
+                yield chat_request(client.ref, client.join_id, name, text), [own(text)]
                 self.ops["chat"] += 1
             how = self.rng.choice(("leave", "disconnect", "vanish"))
             if how == "vanish":
@@ -357,11 +360,11 @@ class Churn(kit.Handler):
                 self.loop.close(client.conn, reset=True)
                 return
             if how == "disconnect":
-                yield disconnect_request(name), [LEFT_TEXT % name, None]
+                yield disconnect_request(name), [own(LEFT_TEXT % name), kit.CLOSE]
                 self.ops["disconnect"] += 1
                 return
             yield (leave_request(client.ref, client.join_id, name),
-                   [LeftReply(client.ref, client.join_id), LEFT_TEXT % name])
+                   [LeftReply(client.ref, client.join_id), own(LEFT_TEXT % name)])
             self.ops["leave"] += 1
             if time.monotonic() >= self.stop_at:
                 self.loop.close(client.conn)
@@ -376,7 +379,8 @@ class Churn(kit.Handler):
             self._new_cycle(client)
             return
         data, replies = step
-        client.state, client.expect = "replies", collections.deque(replies)
+        client.state = "replies"
+        client.owed.queue.extend(replies)
         client.sent_at = time.monotonic()
         client.reply_deadline = client.sent_at + self.reply_timeout
         self.replies_expected += len(replies)
@@ -395,9 +399,7 @@ class Churn(kit.Handler):
         self.replies_received += 1
         self.latencies.append(now - client.sent_at)
         client.reply_deadline = now + self.reply_timeout
-        if client.expect.popleft() == LEFT_TEXT % client.name:
-            client.ref = None               # nothing more of that room may arrive
-        if not client.expect:
+        if not client.owed.queue:
             self._next(client)
 
     # -- the loop's handler ----------------------------------------------------------------------
@@ -418,12 +420,12 @@ class Churn(kit.Handler):
         client = conn.client
         if client.conn is not conn:
             return
-        if list(client.expect) == [None] and exc is None:
+        problem = client.owed.closed() if exc is None else "%s, owed %r" % (
+            exc, list(client.owed.queue)[:1])
+        if problem is None:
             self._replied(client)
         else:
-            self._fail(client, "closed_by_server", "%s while waiting for %r (%s)"
-                       % (client.name, client.expect[0] if client.expect else client.state,
-                          exc or "closed"))
+            self._fail(client, "closed_by_server", "%s: %s" % (client.name, problem))
 
     def received(self, conn: kit.Conn) -> None:
         client = conn.client
@@ -431,21 +433,16 @@ class Churn(kit.Handler):
             reply = conn.reader.maybe_next_reply()
             if reply is None:
                 return
-            if (isinstance(reply, ChatMessage) and client.ref is not None
-                    and reply.ref == client.ref and reply.client_name != client.name):
-                self.background += 1        # another client's chat or announcement
-                continue
-            want = client.expect[0] if client.expect else "nothing"
-            if want is JoinedReply and isinstance(reply, JoinedReply) and reply.room == client.room:
-                client.ref, client.join_id = reply.ref, reply.join_id
-                self._replied(client)
-            elif reply == want or (isinstance(want, str) and client.ref is not None
-                                   and reply == ChatMessage(client.ref, client.name, want)):
-                self._replied(client)
-            else:
+            problem = client.owed.take(reply)
+            if problem is not None:
                 self._fail(client, "error_reply" if isinstance(reply, ErrorReply)
-                           else "unexpected_message", "%s got %r while waiting for %r"
-                           % (client.name, reply, want))
+                           else "unexpected_message", "%s: %s" % (client.name, problem))
+            elif isinstance(reply, ChatMessage) and reply.client_name != client.name:
+                self.background += 1        # another client's chat or announcement
+            else:
+                if isinstance(reply, JoinedReply):
+                    client.ref, client.join_id = reply.ref, reply.join_id
+                self._replied(client)
 
     def progress_line(self) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
@@ -517,55 +514,23 @@ SCENARIOS = {
         ("--reply-timeout", positive_float, DEFAULT_REPLY_TIMEOUT, "seconds any reply may take",
          None, None)]),
 }
-# The options of every scenario, before its name or after it (see kit.add_common_arguments).
+# The options of every scenario, before its name or after it (see kit.Tool).
 COMMON_OPTIONS: List[kit.Option] = [
     ("--timeout", positive_float, DEFAULT_TIMEOUT, "seconds the whole run may take", None, None),
     ("--stall", positive_float, DEFAULT_STALL,
      "give up a phase after this many seconds without progress", None, None)]
 
 
-def scenario_help() -> str:
-    lines = ["scenario options (after the scenario's name):"]
-    for name, (_run, summary, options) in SCENARIOS.items():
-        lines.append("  %s: %s" % (name, summary))
-        for option, _type, default, text, _least, _most in options:
-            lines.append("    %-18s %s (%s)" % (option, text, "required" if default is REQUIRED
-                                                 else "default: %s" % default))
-    return "\n".join(lines)
-
-
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = kit.argument_parser(
-        "loadgen", __doc__,
-        epilog=scenario_help() + "\n\npython3 -m pydoc tools.loadgen says what each figure means.")
-    kit.add_common_arguments(parser, None, options=COMMON_OPTIONS)
-    subparsers = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
-    subparsers.required = True
-    for name, (_run, summary, options) in SCENARIOS.items():
-        sub = subparsers.add_parser(name, help=summary, formatter_class=kit.HelpFormatter)
-        kit.add_common_arguments(sub, None, suppress=True, options=COMMON_OPTIONS)
-        for option, kind, default, text, _least, _most in options:
-            if default is REQUIRED:
-                sub.add_argument(option, type=kind, required=True, help=text)
-            else:
-                sub.add_argument(option, type=kind, default=default, help=text)
-    args = parser.parse_args(argv)
-    kit.check_common_arguments(parser, args)
-    kit.check_bounds(parser, args, SCENARIOS[args.scenario][2])
+def check_churn(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.scenario == "churn" and args.seconds + args.reply_timeout >= args.timeout:
         parser.error("--seconds plus --reply-timeout must be less than --timeout (%g)"
                      % args.timeout)
-    return args
 
 
-def run_scenario(args: argparse.Namespace, target: kit.Target, report: kit.Report):
-    return SCENARIOS[args.scenario][0](args, target, report)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run the scenario the arguments name; print its summary; the exit status."""
-    return kit.emit(kit.run_tool("loadgen", run_scenario, parse_args(argv)))
-
+TOOL = kit.Tool("loadgen", __doc__, None, COMMON_OPTIONS, check=check_churn,
+                scenarios=SCENARIOS,
+                epilog="\npython3 -m pydoc tools.loadgen says what each figure means.")
+parse_args, main = TOOL.parse_args, TOOL.main
 
 if __name__ == "__main__":
     try:
