@@ -45,10 +45,9 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from protocol import (JOINED_TEXT, LEFT_TEXT, MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES,
-                      ChatMessage, ErrorCode, ErrorReply, HeloReply, JoinedReply, LeftReply,
-                      Unparsed, chat_request, disconnect_request, helo_request,
-                      join_request, kill_request, leave_request)
+from protocol import (LEFT_TEXT, MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES, ChatMessage,
+                      ErrorCode, ErrorReply, HeloReply, JoinedReply, Unparsed, chat_request,
+                      helo_request, join_request, kill_request)
 from tools import kit
 
 # --- settings (each a default for a command-line option, or a bound on a wait) ----------------
@@ -297,34 +296,22 @@ class RequestMaker:
 
 # --- Probes: connections whose every reply is predicted --------------------------------------
 
-class Probe:
-    """A connection that sends only requests whose replies it can predict, and checks them
-    (kit.Owed). `member` is the set of rooms the server will have it in once it has handled
-    everything sent so far (only this connection's own requests change that)."""
+class Probe(kit.Prober):
+    """A kit.Prober on a fuzz connection: its requests restyled (and split at random, by the
+    loop), with now and then a wrong JOIN_ID or CLIENT_NAME; also HELOs, malformed requests and
+    unknown lines, whose answers are known too."""
 
     def __init__(self, fuzzer: "Fuzzer", name: str, conn: FuzzConn):
+        super().__init__(name, lambda data: self._send(restyle(self.rng, data)), fuzzer.refs,
+                         (fuzzer.host, fuzzer.port))
         self.fuzzer = fuzzer
         self.rng = fuzzer.rng
-        self.name = name
         self.conn = conn
         conn.probe = self
-        self.owed = kit.Owed(name)
-        self.expect = self.owed.queue
-        self.member: Set[str] = set()
         self.disconnecting = False
         self.done = False                      # disconnected as predicted, or given up
         self.leaves_seen: Set[Tuple[int, str]] = set()   # (ref, name) of leave announcements
         self.finals_seen: Dict[Tuple[int, str], int] = collections.Counter()
-
-    @property
-    def join_id(self) -> Optional[int]:
-        """The JOIN_ID the server gave this connection, if any (from the fuzzer's RefBook)."""
-        return self.fuzzer.book.join_ids.get(self.name)
-
-    def own(self, room: str, text: str) -> kit.Like:
-        """Its own chat or announcement `text` in `room` (whose ref may come later)."""
-        return kit.Like(ChatMessage, ref=lambda: self.fuzzer.refs.get(room),
-                        client_name=self.name, message=text)
 
     # -- building requests ----------------------------------------------------------------
 
@@ -339,39 +326,21 @@ class Probe:
     def helo(self) -> None:
         text = "%s %s" % (self.name, random_text(self.rng, 30).strip() or "x")
         self._send(helo_request(text)[:-1] + line_ending(self.rng))
-        self.expect.append(kit.Like(HeloReply, line="HELO " + text, ip=self.fuzzer.host,
-                                    port=self.fuzzer.port))
+        self.owed.append(kit.Like(HeloReply, line="HELO " + text, ip=self.fuzzer.host,
+                                  port=self.fuzzer.port))
 
-    def join(self, room: str) -> None:
-        self._send(restyle(self.rng, join_request(room, self.name)))
-        # its JOIN_ID, kept by the connection, the RefBook checks
-        self.expect.append(kit.Like(JoinedReply, room=room, server_ip=self.fuzzer.host,
-                                    port=self.fuzzer.port))
-        if room not in self.member:
-            self.member.add(room)
-            self.expect.append(self.own(room, JOINED_TEXT % self.name))
+    def leave(self, room: str, join_id: Optional[int] = None) -> None:
+        """LEAVE `room`, with a wrong JOIN_ID now and then: the reply has the right one."""
+        wrong = self.join_id is None or self.rng.random() < 0.1
+        super().leave(room, self.rng.randint(0, 99) if wrong else join_id)
 
-    def leave(self, room: str) -> None:
-        ref = self.fuzzer.refs[room]
-        join_id = self.join_id if self.join_id is not None else self.rng.randint(0, 99)
-        if self.rng.random() < 0.1:
-            join_id = self.rng.randint(0, 99)    # a wrong one: the reply has the right one
-        self._send(restyle(self.rng, leave_request(ref, join_id, self.name)))
-        # the server's JOIN_ID; the request's only if it never joined
-        self.expect.append(kit.Like(LeftReply, ref=ref, join_id=lambda: join_id
-                                    if self.join_id is None else self.join_id))
-        if room in self.member:
-            self.member.discard(room)
-            self.expect.append(self.own(room, LEFT_TEXT % self.name))
-
-    def chat(self, room: str, text: Optional[str] = None) -> None:
-        """CHAT to `room` (whose ref must be known): echoed if a member, else error 6."""
+    def chat(self, room: str, text: Optional[str] = None, join_id: Optional[int] = None,
+             name: Optional[str] = None) -> None:
+        """CHAT to `room` (whose ref must be known), random text unless given."""
         if text is None:
             text = "\n".join(self._chat_line() for _ in range(1 if self.rng.random() < 0.8 else 3))
         name = self.name if self.rng.random() < 0.8 else "someone-else"   # not trusted anyway
-        self._send(restyle(self.rng, chat_request(self.fuzzer.refs[room], 7, name, text)))
-        self.expect.append(self.own(room, text) if room in self.member
-                           else kit.Like(ErrorReply, code=ErrorCode.NOT_A_MEMBER))
+        super().chat(room, text, 7, name)
 
     def _chat_line(self) -> str:
         """A line of text that trims to itself (it starts and ends with a letter): usually
@@ -383,17 +352,8 @@ class Probe:
         return "a" + piece + "z"
 
     def disconnect(self) -> bool:
-        """DISCONNECT, if the order of its leave announcements can be predicted now."""
-        refs = self.fuzzer.refs
-        if any(room not in refs for room in self.member):
-            return False                       # a JOINED is outstanding: its ref is unknown
-        self._send(restyle(self.rng, disconnect_request(self.name)))
-        for room in sorted(self.member, key=refs.get):
-            self.expect.append(self.own(room, LEFT_TEXT % self.name))
-        self.member.clear()
-        self.expect.append(kit.CLOSE)
-        self.disconnecting = True
-        return True
+        self.disconnecting = self.disconnecting or super().disconnect()
+        return self.disconnecting
 
     def malformed(self) -> None:
         """A well-framed request with a known fault, and the error code it must get."""
@@ -427,12 +387,12 @@ class Probe:
         if rng.random() < 0.15:                 # invalid UTF-8 in a HELO or in a message
             raw_cases = [b"HELO caf\xe9", b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: n\nMESSAGE: \xff\n"]
             self._send(rng.choice(raw_cases) + b"\n")
-            self.expect.append(kit.Like(ErrorReply, code=ErrorCode.INVALID_UTF8))
+            self.owed.append(kit.Like(ErrorReply, code=ErrorCode.INVALID_UTF8))
             return
         template, code = rng.choice(cases)
         self._send_lines([line.format(room="room1", name=name, bad=bad, unknown=unknown, ref=ref,
                                       unprintable=unprintable) for line in template.split("|")])
-        self.expect.append(kit.Like(ErrorReply, code=code))
+        self.owed.append(kit.Like(ErrorReply, code=code))
 
     def unknown(self) -> None:
         self._send_lines([self.rng.choice(["WHATEVER", "PING %s" % self.name, "NOT_A_COMMAND: 1",
@@ -470,7 +430,7 @@ class Probe:
     def on_reply(self, reply) -> None:
         if self.done:
             return
-        problem = self.owed.take(reply)
+        problem = self.take(reply)
         if problem is not None:
             self.fail(problem)
         elif isinstance(reply, ChatMessage) and reply.client_name != self.name:
@@ -481,7 +441,7 @@ class Probe:
 
     def on_closed(self) -> None:
         """The server closed the connection: right only when a DISCONNECT's replies are in."""
-        problem = None if self.done else self.owed.closed()
+        problem = None if self.done else self.closed()
         if problem is not None:
             self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
         self.done = True
@@ -493,7 +453,7 @@ class Probe:
         self.fuzzer.end(self.conn, "reset")
 
     def idle(self) -> bool:
-        return self.done or not self.expect
+        return self.done or not self.owed
 
 
 # --- The fuzzer ------------------------------------------------------------------------------
@@ -781,7 +741,7 @@ class Fuzzer(kit.Handler):
         """The end-of-run consistency check (see the module docstring)."""
         probes_idle = lambda: all(probe.idle() for probe in self.probes)  # noqa: E731
         self.drain(probes_idle, lambda: "probes still waiting for %d replies"
-                   % sum(len(p.expect) for p in self.probes if not p.done))
+                   % sum(len(p.owed) for p in self.probes if not p.done))
         for conn in self.live_chaos():
             self.end(conn, self.rng.choice(["reset", "close"]))
         rooms = [room for room in sorted(self.refs, key=self.refs.get)
@@ -818,7 +778,7 @@ class Fuzzer(kit.Handler):
         def received() -> List[Tuple[Probe, int, int]]:
             """(probe, ref, how often it has the checker's chat) for every room of a probe."""
             return [(probe, ref, probe.finals_seen[(ref, finals[ref])]) for probe in listeners
-                    if not probe.done for ref in probe.owed.rooms if ref in finals]
+                    if not probe.done for ref in probe.rooms if ref in finals]
         self.drain(lambda: checker.idle() and all(got for _probe, _ref, got in received()),
                    lambda: "the checker's chat had not reached every member")
         self.pump(QUIET * 5)                   # time for duplicates to show
@@ -897,7 +857,7 @@ class Fuzzer(kit.Handler):
             "errors_by_code": {str(code): n for code, n in sorted(self.errors_by_code.items())},
             "disconnects": self.server_closed, "vanished": self.vanished,
             "closed_by_fuzzer": self.closed_by_us,
-            "probe_replies_checked": sum(probe.owed.checked for probe in self.probes),
+            "probe_replies_checked": sum(probe.checked for probe in self.probes),
             "rooms_known": len(self.refs), "slowest_health_check_s": round(self.helo_max, 3),
             "segmentation": segmentation,
             "server_rss_kb_before": rss_before, "server_rss_kb_after": rss_after,

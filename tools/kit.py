@@ -3,7 +3,7 @@
 - ServerProcess: Server.py in a child process on 127.0.0.1 and a port the kernel picks.
 - Loop and Conn: many nonblocking client connections on one selector, each read with
   protocol.ReplyReader; requests are built with protocol's builders.
-- Owed, Like: the replies a connection is owed, checked in order (fuzz's probes, churn).
+- Prober, Like: a client whose replies are predicted and checked in order (fuzz, churn).
 - Crowd: members that connect and join their rooms, then chat in them (many, loadgen).
 - Report: failures counted by kind with a few examples each, progress lines, and at the end a
   one-line verdict (standard error) and a one-line JSON summary (standard output), in every tool
@@ -37,8 +37,8 @@ import time
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 import protocol
-from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, HeloReply, chat_request, helo_request,
-                      join_request)
+from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, HeloReply, chat_request,
+                      disconnect_request, helo_request, join_request, leave_request)
 
 HOST = "127.0.0.1"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +76,7 @@ def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
         reply = reader.maybe_next_reply()
 
 
-# --- Replies owed to a connection, checked in order -------------------------------------------
+# --- Clients whose replies are predicted -----------------------------------------------------
 
 CLOSE = "the server's close"        # owed last, after a DISCONNECT's leave announcements
 
@@ -100,29 +100,88 @@ class Like:
                            ", ".join("%s=%r" % item for item in self.values().items()))
 
 
-class Owed:
-    """What the server owes the connection of client `name`, in order (`queue`: replies, Likes,
-    CLOSE), and the ROOM_REFs it is in (`rooms`: from its own join announcement to its own leave
-    announcement). Another client's chat is owed to nobody: right only in one of `rooms`."""
+class Prober:
+    """Client `name`, whose every request's replies are predicted and then checked in order.
+    Requests go out through send(bytes); `refs` (room -> ROOM_REF as far as known: its own, or
+    shared) addresses rooms and names their chats; `here` (ip, port), if given, is what a
+    JOINED_CHATROOM must name. It keeps:
+        owed     what the server owes it, in order: replies, Likes, CLOSE (after a DISCONNECT)
+        member   the rooms the server will have it in once it has handled all sent so far
+        rooms    the ROOM_REFs it is in as far as the replies read go (from its own join
+                 announcement to its own leave announcement): another client's chat is right
+                 only in one of these
+        join_id  the JOIN_ID of its JOINED_CHATROOM replies (None before the first)
+    """
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.queue: Deque[object] = collections.deque()
+    def __init__(self, name: str, send: Callable[[bytes], None], refs: Dict[str, int],
+                 here: Optional[Tuple[str, int]] = None) -> None:
+        self.name, self.send, self.refs = name, send, refs
+        self.here = {} if here is None else {"server_ip": here[0], "port": here[1]}
+        self.owed: Deque[object] = collections.deque()
+        self.member: Set[str] = set()
         self.rooms: Set[int] = set()
+        self.join_id: Optional[int] = None
         self.checked = 0                    # owed replies that came
+
+    def own(self, room: str, text: str) -> Like:
+        """Its own chat or announcement `text` in `room` (whose ref may come later)."""
+        return Like(ChatMessage, ref=lambda: self.refs.get(room), client_name=self.name,
+                    message=text)
+
+    def join(self, room: str) -> None:
+        self.send(join_request(room, self.name))
+        self.owed.append(Like(protocol.JoinedReply, room=room, **self.here))
+        if room not in self.member:
+            self.member.add(room)
+            self.owed.append(self.own(room, JOINED_TEXT % self.name))
+
+    def leave(self, room: str, join_id: Optional[int] = None) -> None:
+        """LEAVE_CHATROOM of `room` (its ref known) with `join_id` (None: its own)."""
+        ref, join_id = self.refs[room], self.join_id if join_id is None else join_id
+        self.send(leave_request(ref, join_id, self.name))
+        # the server's JOIN_ID; the request's only if it never joined
+        self.owed.append(Like(protocol.LeftReply, ref=ref, join_id=lambda: join_id
+                              if self.join_id is None else self.join_id))
+        if room in self.member:
+            self.member.discard(room)
+            self.owed.append(self.own(room, LEFT_TEXT % self.name))
+
+    def chat(self, room: str, text: str, join_id: Optional[int] = None,
+             name: Optional[str] = None) -> None:
+        """CHAT `text` to `room` (its ref known), the request naming `join_id` and `name` (None:
+        its own; the server uses neither): echoed if a member, else ERROR_CODE 6."""
+        self.send(chat_request(self.refs[room], self.join_id if join_id is None else join_id,
+                               name or self.name, text))
+        self.owed.append(self.own(room, text) if room in self.member else
+                         Like(protocol.ErrorReply, code=protocol.ErrorCode.NOT_A_MEMBER))
+
+    def disconnect(self) -> bool:
+        """DISCONNECT, if the order of its leave announcements can be predicted now (every
+        room's ref is known)."""
+        if any(room not in self.refs for room in self.member):
+            return False
+        self.send(disconnect_request(self.name))
+        for room in sorted(self.member, key=self.refs.get):
+            self.owed.append(self.own(room, LEFT_TEXT % self.name))
+        self.member.clear()
+        self.owed.append(CLOSE)
+        return True
 
     def take(self, reply: protocol.Reply) -> Optional[str]:
         """Check the next reply read: None if it is right, else what is wrong."""
         if isinstance(reply, ChatMessage) and reply.client_name != self.name:
             return (None if reply.ref in self.rooms
                     else "a chat of room %d, which it is not in: %r" % (reply.ref, reply))
-        if not self.queue:
+        if not self.owed:
             return "unexpected %r" % (reply,)
-        want = self.queue.popleft()
+        want = self.owed.popleft()
         if want is CLOSE or reply != want:
             return "expected %r, got %r" % (want, reply)
         self.checked += 1
-        if isinstance(reply, ChatMessage) and reply.message == JOINED_TEXT % self.name:
+        if isinstance(reply, protocol.JoinedReply):
+            self.join_id = reply.join_id
+            self.refs.setdefault(reply.room, reply.ref)
+        elif isinstance(reply, ChatMessage) and reply.message == JOINED_TEXT % self.name:
             self.rooms.add(reply.ref)
         elif isinstance(reply, ChatMessage) and reply.message == LEFT_TEXT % self.name:
             self.rooms.discard(reply.ref)
@@ -130,12 +189,12 @@ class Owed:
 
     def closed(self) -> Optional[str]:
         """The server closed the connection: None if that is all it still owed."""
-        if list(self.queue) == [CLOSE]:
-            self.queue.clear()
+        if list(self.owed) == [CLOSE]:
+            self.owed.clear()
             self.checked += 1
             return None
         return ("the server closed the connection with %d replies owed: %r"
-                % (len(self.queue), list(self.queue)[:3]))
+                % (len(self.owed), list(self.owed)[:3]))
 
 
 # --- The server under test -------------------------------------------------------------------

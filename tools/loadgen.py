@@ -48,10 +48,9 @@ import random
 import selectors
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional
 
-from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply, LeftReply,
-                      chat_request, disconnect_request, join_request, leave_request)
+from protocol import ChatMessage, ErrorReply, chat_request
 from tools import kit, many
 
 DEFAULT_TIMEOUT = 60.0          # seconds for the whole run
@@ -253,22 +252,22 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
 class ChurnClient:
     """One churning client: a cycle of connect, join, chat, end; then again, until time is up.
 
-    `script` is what its connection does (Churn.cycle); `owed` (kit.Owed) the replies its
-    last request still owes. `state`: connecting, replies (owed), resting (its connect failed:
-    it tries again at `reply_deadline`) or done.
+    Each connection is a kit.Prober of its own (`prober`), with a CLIENT_NAME of its own: after
+    a vanish the server may announce that the old connection left after the new one has joined
+    the same room, and that must not look like a reply to the new one. `script` is what the
+    connection does (Churn.cycle), `step` the request whose replies are owed. `state`:
+    connecting, replies (owed), resting (its connect failed: it tries again at
+    `reply_deadline`) or done.
     """
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.connections = 0
-        self.name = ""                      # CLIENT_NAME, new for each connection (see below)
         self.conn: Optional[kit.Conn] = None
+        self.prober: Optional[kit.Prober] = None
         self.state = "done"
-        self.script: Iterator[Tuple[bytes, List[object]]] = iter(())
-        self.owed = kit.Owed("")
-        self.room = ""
-        self.ref: Optional[int] = None      # the room it last joined, from its JOINED on
-        self.join_id: Optional[int] = None
+        self.script: Iterator[str] = iter(())
+        self.step: Optional[str] = None
         self.sent_at = 0.0                  # when the request now owed replies was sent
         self.reply_deadline = 0.0
 
@@ -310,85 +309,76 @@ class Churn(kit.Handler):
             if client.state == "resting":
                 self._new_cycle(client)
             else:
-                self._fail(client, "timeout", "%s: no %r within %.1f s" % (
-                    client.name, client.owed.queue[0] if client.owed.queue else client.state,
-                    self.reply_timeout))
+                self._fail(client, "timeout", "no %r within %.1f s"
+                           % (self.owed_first(client), self.reply_timeout))
         self.report.progress(self.progress_line)
+
+    def owed_first(self, client: ChurnClient) -> object:
+        return client.prober.owed[0] if client.prober.owed else client.state
 
     def _new_cycle(self, client: ChurnClient) -> None:
         """Connect again, or stop if time is up."""
         client.conn = None
-        client.ref = client.join_id = None
         if time.monotonic() >= self.stop_at:
             client.state = "done"
             return
         self.cycles += 1
-        # Each connection has a name of its own: after a vanish the server may announce that
-        # the old connection left after the new one has joined the same room, and that
-        # announcement must not look like a reply to the new one.
         client.connections += 1
-        client.name = "c%d-%d" % (client.index, client.connections)
-        client.owed = kit.Owed(client.name)
-        conn = kit.Conn()
+        conn = client.conn = kit.Conn()
         conn.client = client
-        client.conn = conn
+        # requests are only queued here; _next sends them
+        client.prober = kit.Prober("c%d-%d" % (client.index, client.connections),
+                                   conn.out.extend, {})
         client.state = "connecting"
         client.reply_deadline = time.monotonic() + self.reply_timeout
         self.loop.connect(conn)
 
-    def cycle(self, client: ChurnClient) -> Iterator[Tuple[bytes, List[object]]]:
-        """What one connection does, in order: each yield is a request and the replies it owes,
-        and the script goes on once they have all come. JOIN, 1 to CHURN_MAX_CHATS chats, then
+    def cycle(self, client: ChurnClient) -> Iterator[str]:
+        """What one connection does, in order: each yield names the request just made, and the
+        script goes on once its replies have all come. JOIN, 1 to CHURN_MAX_CHATS chats, then
         vanish, DISCONNECT, or LEAVE and JOIN again on the same connection."""
-        name, numbers = client.name, itertools.count(1)
-
-        def own(text: str) -> kit.Like:
-            """Its own chat or announcement in the room it joined last."""
-            return kit.Like(ChatMessage, ref=lambda: client.ref, client_name=name, message=text)
+        prober, numbers = client.prober, itertools.count(1)
         while True:
-            client.room = self.rng.choice(self.rooms)
-            yield (join_request(client.room, name),
-                   [kit.Like(JoinedReply, room=client.room), own(JOINED_TEXT % name)])
-            self.ops["join"] += 1
+            room = self.rng.choice(self.rooms)
+            prober.join(room)
+            yield "join"
             for _ in range(self.rng.randint(1, CHURN_MAX_CHATS)):
-                text = "%s says %d" % (name, next(numbers))
-                yield chat_request(client.ref, client.join_id, name, text), [own(text)]
-                self.ops["chat"] += 1
+                prober.chat(room, "%s says %d" % (prober.name, next(numbers)))
+                yield "chat"
             how = self.rng.choice(("leave", "disconnect", "vanish"))
             if how == "vanish":
                 self.ops["vanish"] += 1
                 self.loop.close(client.conn, reset=True)
                 return
             if how == "disconnect":
-                yield disconnect_request(name), [own(LEFT_TEXT % name), kit.CLOSE]
-                self.ops["disconnect"] += 1
+                prober.disconnect()
+                yield "disconnect"
                 return
-            yield (leave_request(client.ref, client.join_id, name),
-                   [LeftReply(client.ref, client.join_id), own(LEFT_TEXT % name)])
-            self.ops["leave"] += 1
+            prober.leave(room)
+            yield "leave"
             if time.monotonic() >= self.stop_at:
                 self.loop.close(client.conn)
                 return
             self.cycles += 1
 
     def _next(self, client: ChurnClient) -> None:
-        """Send the script's next request, its replies owed within --reply-timeout; once the
-        script has ended, a new cycle."""
-        step = next(client.script, None)
-        if step is None:
+        """The last step's replies have all come (it counts): the script's next request, its
+        replies owed within --reply-timeout; once the script has ended, a new cycle."""
+        if client.step is not None:
+            self.ops[client.step] += 1
+        client.step = next(client.script, None)
+        if client.step is None:
             self._new_cycle(client)
             return
-        data, replies = step
         client.state = "replies"
-        client.owed.queue.extend(replies)
         client.sent_at = time.monotonic()
         client.reply_deadline = client.sent_at + self.reply_timeout
-        self.replies_expected += len(replies)
-        self.loop.send(client.conn, data)   # last: a send that fails fails the client
+        self.replies_expected += len(client.prober.owed)
+        self.loop.send(client.conn, b"")    # last: a send that fails fails the client
 
     def _fail(self, client: ChurnClient, kind: str, detail: str) -> None:
         """Count a failure, drop the connection with RST, start afresh."""
-        self.report.fail(kind, detail)
+        self.report.fail(kind, "%s: %s" % (client.prober.name, detail))
         if client.conn is not None:
             self.loop.close(client.conn, reset=True)
         self._new_cycle(client)
@@ -399,19 +389,19 @@ class Churn(kit.Handler):
         self.replies_received += 1
         self.latencies.append(now - client.sent_at)
         client.reply_deadline = now + self.reply_timeout
-        if not client.owed.queue:
+        if not client.prober.owed:
             self._next(client)
 
     # -- the loop's handler ----------------------------------------------------------------------
 
     def connected(self, conn: kit.Conn) -> None:
         self.ops["connect"] += 1
-        conn.client.script = self.cycle(conn.client)
+        conn.client.script, conn.client.step = self.cycle(conn.client), None
         self._next(conn.client)
 
     def connect_failed(self, conn: kit.Conn, exc: OSError) -> None:
         client = conn.client
-        self.report.fail("connect_failed", "%s: %s" % (client.name, exc))
+        self.report.fail("connect_failed", "%s: %s" % (client.prober.name, exc))
         client.conn = None
         client.state = "resting"
         client.reply_deadline = time.monotonic() + CHURN_RETRY_DELAY
@@ -420,12 +410,12 @@ class Churn(kit.Handler):
         client = conn.client
         if client.conn is not conn:
             return
-        problem = client.owed.closed() if exc is None else "%s, owed %r" % (
-            exc, list(client.owed.queue)[:1])
+        problem = (client.prober.closed() if exc is None
+                   else "%s, owed %r" % (exc, self.owed_first(client)))
         if problem is None:
             self._replied(client)
         else:
-            self._fail(client, "closed_by_server", "%s: %s" % (client.name, problem))
+            self._fail(client, "closed_by_server", problem)
 
     def received(self, conn: kit.Conn) -> None:
         client = conn.client
@@ -433,15 +423,13 @@ class Churn(kit.Handler):
             reply = conn.reader.maybe_next_reply()
             if reply is None:
                 return
-            problem = client.owed.take(reply)
+            problem = client.prober.take(reply)
             if problem is not None:
                 self._fail(client, "error_reply" if isinstance(reply, ErrorReply)
-                           else "unexpected_message", "%s: %s" % (client.name, problem))
-            elif isinstance(reply, ChatMessage) and reply.client_name != client.name:
+                           else "unexpected_message", problem)
+            elif isinstance(reply, ChatMessage) and reply.client_name != client.prober.name:
                 self.background += 1        # another client's chat or announcement
             else:
-                if isinstance(reply, JoinedReply):
-                    client.ref, client.join_id = reply.ref, reply.join_id
                 self._replied(client)
 
     def progress_line(self) -> str:
