@@ -161,7 +161,6 @@ class FuzzConn(kit.Conn):
         super().__init__()
         self.label = label
         self.reading = reading
-        self.probe: Optional["Probe"] = None
         self.tail = b""                       # the last bytes queued (for the KILL guard)
 
 
@@ -296,18 +295,17 @@ class RequestMaker:
 
 # --- Probes: connections whose every reply is predicted --------------------------------------
 
-class Probe(kit.Prober):
-    """A kit.Prober on a fuzz connection: its requests restyled (and split at random, by the
-    loop), with now and then a wrong JOIN_ID or CLIENT_NAME; also HELOs, malformed requests and
-    unknown lines, whose answers are known too."""
+class Probe(FuzzConn, kit.Prober):
+    """A fuzz connection that is a kit.Prober: its requests restyled (and split at random, by
+    the loop), with now and then a wrong JOIN_ID or CLIENT_NAME; also HELOs, malformed requests
+    and unknown lines, whose answers are known too."""
 
-    def __init__(self, fuzzer: "Fuzzer", name: str, conn: FuzzConn):
-        super().__init__(name, lambda data: self._send(restyle(self.rng, data)), fuzzer.refs,
-                         (fuzzer.host, fuzzer.port))
+    def __init__(self, fuzzer: "Fuzzer", name: str):
+        FuzzConn.__init__(self, name)
+        kit.Prober.__init__(self, name, lambda data: self._send(restyle(self.rng, data)),
+                            fuzzer.refs, (fuzzer.host, fuzzer.port))
         self.fuzzer = fuzzer
         self.rng = fuzzer.rng
-        self.conn = conn
-        conn.probe = self
         self.disconnecting = False
         self.done = False                      # disconnected as predicted, or given up
         self.leaves_seen: Set[Tuple[int, str]] = set()   # (ref, name) of leave announcements
@@ -317,7 +315,7 @@ class Probe(kit.Prober):
 
     def _send(self, data: bytes) -> None:
         blank = self.rng.choice([b"", b"", b"", b"", b"\n", b"\r\n"])   # between requests
-        self.fuzzer.queue(self.conn, blank + data, "probe", guard=False)
+        self.fuzzer.queue(self, blank + data, "probe", guard=False)
 
     def _send_lines(self, lines: List[str]) -> None:
         ending = line_ending(self.rng)
@@ -450,7 +448,7 @@ class Probe(kit.Prober):
         """Record a failed check and give up this probe (its expectations are now out of step)."""
         self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
         self.done = True
-        self.fuzzer.end(self.conn, "reset")
+        self.fuzzer.end(self, "reset")
 
     def idle(self) -> bool:
         return self.done or not self.owed
@@ -495,8 +493,10 @@ class Fuzzer(kit.Handler):
         return conn
 
     def new_probe(self, name: str) -> Probe:
-        probe = Probe(self, name, self.open_conn(name))
+        self.serial += 1
+        probe = Probe(self, name)
         self.probes.append(probe)
+        self.loop.connect(probe)
         return probe
 
     def queue(self, conn: FuzzConn, data: bytes, kind: Optional[str] = None,
@@ -528,13 +528,13 @@ class Fuzzer(kit.Handler):
 
     def connect_failed(self, conn: FuzzConn, exc: OSError) -> None:
         self.report.fail("connect_failed", "%s: %s" % (conn.label, exc))
-        if conn.probe is not None:
-            conn.probe.done = True
+        if isinstance(conn, Probe):
+            conn.done = True
 
     def closed(self, conn: FuzzConn, exc: Optional[OSError]) -> None:
         self.server_closed += 1
-        if conn.probe is not None:
-            conn.probe.on_closed()
+        if isinstance(conn, Probe):
+            conn.on_closed()
 
     def received(self, conn: FuzzConn) -> None:
         while conn.state == kit.OPEN:
@@ -551,13 +551,13 @@ class Fuzzer(kit.Handler):
                 self.errors_by_code[reply.code] += 1
             elif isinstance(reply, JoinedReply):
                 self.book.learn(reply, conn.label)
-            if conn.probe is not None:
-                conn.probe.on_reply(reply)
+            if isinstance(conn, Probe):
+                conn.on_reply(reply)
 
     def violation(self, conn: FuzzConn, text: str) -> None:
         self.report.fail("protocol_violation", "conn %s: %s" % (conn.label, text))
-        if conn.probe is not None:
-            conn.probe.done = True
+        if isinstance(conn, Probe):
+            conn.done = True
         self.end(conn, "reset")
 
     def pump(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> bool:
@@ -759,8 +759,8 @@ class Fuzzer(kit.Handler):
         for room in rooms:
             observers[0].leave(room)
         observers[1].disconnect()
-        self.queue(observers[2].conn, b"CHAT: 0\nJOIN_ID: 1\nCLIEN")
-        self.end(observers[2].conn, "reset", when_sent=True)
+        self.queue(observers[2], b"CHAT: 0\nJOIN_ID: 1\nCLIEN")
+        self.end(observers[2], "reset", when_sent=True)
         observers[2].done = True
         wanted = {(self.refs[room], o.name) for room in rooms for o in observers}
         self.drain(lambda: observers[0].idle() and observers[1].idle()
@@ -789,7 +789,7 @@ class Fuzzer(kit.Handler):
         # everybody still here disconnects, checking the leave announcements once more
         for probe in self.live_probes():
             if not probe.disconnect():
-                self.end(probe.conn, "close")
+                self.end(probe, "close")
                 probe.done = True
         self.drain(probes_idle, lambda: "DISCONNECT replies still missing")
 

@@ -128,6 +128,10 @@ class Prober:
         return Like(ChatMessage, ref=lambda: self.refs.get(room), client_name=self.name,
                     message=text)
 
+    def helo(self, text: str) -> None:
+        self.send(helo_request(text))
+        self.owed.append(Like(HeloReply, line="HELO " + text))
+
     def join(self, room: str) -> None:
         self.send(join_request(room, self.name))
         self.owed.append(Like(protocol.JoinedReply, room=room, **self.here))

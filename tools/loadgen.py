@@ -214,12 +214,12 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
     figures.update(crowd.tally(members))
     if crowd.probe_sent:
         report.fail("probes_lost", "%d probe messages never came back" % len(crowd.probe_sent))
-    figures.update(seconds=round(seconds, 3), deliveries_per_s=round(crowd.delivered / seconds))
-    figures.update(kit.latency_summary("probe", crowd.probe_latencies))
-    figures.update(probes=len(crowd.probe_latencies), probes_lost=len(crowd.probe_sent),
+    figures.update(kit.latency_summary("probe", crowd.probe_latencies),
+                   **outcome_figures(wait.outcome), seconds=round(seconds, 3),
+                   deliveries_per_s=round(crowd.delivered / seconds),
+                   probes=len(crowd.probe_latencies), probes_lost=len(crowd.probe_sent),
                    probes_skipped=crowd.probe_skipped,
                    probe_in_flight_max=crowd.probe_in_flight_max)
-    figures.update(outcome_figures(wait.outcome))
     return figures, ("%d of %d deliveries in %.2f s (%d/s), probe p99 %s ms"
                      % (crowd.delivered, expected, seconds, figures["deliveries_per_s"],
                         figures["probe_p99_ms"]))
