@@ -43,11 +43,11 @@ import random
 import socket
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
-from protocol import (LEFT_TEXT, MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES, ChatMessage,
-                      ErrorCode, ErrorReply, HeloReply, JoinedReply, Unparsed, chat_request,
-                      helo_request, join_request, kill_request)
+from protocol import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES, ChatMessage, ErrorCode,
+                      ErrorReply, HeloReply, JoinedReply, Unparsed, chat_request, helo_request,
+                      join_request, kill_request)
 from tools import kit
 
 # --- settings (each a default for a command-line option, or a bound on a wait) ----------------
@@ -308,7 +308,6 @@ class Probe(FuzzConn, kit.Prober):
         self.rng = fuzzer.rng
         self.disconnecting = False
         self.done = False                      # disconnected as predicted, or given up
-        self.leaves_seen: Set[Tuple[int, str]] = set()   # (ref, name) of leave announcements
         self.finals_seen: Dict[Tuple[int, str], int] = collections.Counter()
 
     # -- building requests ----------------------------------------------------------------
@@ -431,11 +430,8 @@ class Probe(FuzzConn, kit.Prober):
         problem = self.take(reply)
         if problem is not None:
             self.fail(problem)
-        elif isinstance(reply, ChatMessage) and reply.client_name != self.name:
-            if reply.message.startswith(FINAL_PREFIX):
-                self.finals_seen[(reply.ref, reply.message)] += 1
-            if reply.message == LEFT_TEXT % reply.client_name:
-                self.leaves_seen.add((reply.ref, reply.client_name))
+        elif isinstance(reply, ChatMessage) and reply.message.startswith(FINAL_PREFIX):
+            self.finals_seen[(reply.ref, reply.message)] += 1
 
     def on_closed(self) -> None:
         """The server closed the connection: right only when a DISCONNECT's replies are in."""

@@ -111,6 +111,7 @@ class Prober:
                  announcement to its own leave announcement): another client's chat is right
                  only in one of these
         join_id  the JOIN_ID of its JOINED_CHATROOM replies (None before the first)
+        leaves_seen  (ref, name) of every other client's leave announcement it has read
     """
 
     def __init__(self, name: str, send: Callable[[bytes], None], refs: Dict[str, int],
@@ -121,6 +122,7 @@ class Prober:
         self.member: Set[str] = set()
         self.rooms: Set[int] = set()
         self.join_id: Optional[int] = None
+        self.leaves_seen: Set[Tuple[int, str]] = set()
         self.checked = 0                    # owed replies that came
 
     def own(self, room: str, text: str) -> Like:
@@ -174,8 +176,11 @@ class Prober:
     def take(self, reply: protocol.Reply) -> Optional[str]:
         """Check the next reply read: None if it is right, else what is wrong."""
         if isinstance(reply, ChatMessage) and reply.client_name != self.name:
-            return (None if reply.ref in self.rooms
-                    else "a chat of room %d, which it is not in: %r" % (reply.ref, reply))
+            if reply.ref not in self.rooms:
+                return "a chat of room %d, which it is not in: %r" % (reply.ref, reply)
+            if reply.message == LEFT_TEXT % reply.client_name:
+                self.leaves_seen.add((reply.ref, reply.client_name))
+            return None
         if not self.owed:
             return "unexpected %r" % (reply,)
         want = self.owed.popleft()

@@ -108,7 +108,6 @@ class Client(kit.Conn, kit.Prober):
         self.next_chat = 0.0
         self.next_move = 0.0                            # churners: when to leave/go
         self.vanished_in: List[int] = []                # refs it was in when it vanished
-        self.leaves_seen: Set[Tuple[int, str]] = set()  # (ref, name) of leave announcements
 
     def chat_rooms(self) -> List[str]:
         """Where it may chat: rooms whose JOINED it has read, and that it has not left."""
@@ -162,8 +161,6 @@ class Client(kit.Conn, kit.Prober):
                 self.soak.violation(self, "a chat this soak did not send: %r" % (reply,))
                 return
             self.streams[reply.ref].append(event)
-            if event[0] == "leave":
-                self.leaves_seen.add((reply.ref, reply.client_name))
             if event[0] == "chat" and reply.client_name == self.name:
                 self.unechoed.discard((reply.ref, event[2]))
         elif isinstance(reply, JoinedReply):
