@@ -17,7 +17,7 @@ It checks that:
   spawned server still runs ("server_exited");
 - everything the server sends parses (protocol.ReplyReader); a room name keeps one ROOM_REF
   and a ROOM_REF one name; a connection keeps one JOIN_ID and no two share one;
-- "probe" connections, whose requests (protocol's builders, restyled and split at random) have
+- "probe" connections (kit.Probers), whose requests (restyled and split at random) have
   known answers, get exactly the predicted replies in order: JOINED with the right ref and id,
   own announcements, own chats echoed once, the documented ERROR_CODE for each malformed request
   (12 for a control or format character in a name), nothing for an unknown line, LEFT_CHATROOM
