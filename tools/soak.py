@@ -152,9 +152,8 @@ class Client(kit.Conn, kit.Prober):
     def on_reply(self, reply) -> None:
         problem = self.take(reply)
         if problem is not None:
-            if isinstance(reply, ErrorReply):
-                self.soak.report.fail("error_reply", "%s got %r" % (self.name, reply))
-            self.soak.violation(self, problem)
+            self.soak.violation(self, problem, "error_reply" if isinstance(reply, ErrorReply)
+                                else "protocol_violation")
         elif isinstance(reply, ChatMessage):
             event = event_of(reply)
             if event is None:
@@ -193,8 +192,9 @@ class Soak(kit.Handler):
         self.totals: Dict[str, int] = dict.fromkeys(FIGURES, 0)     # the check's (verify())
         self.started = time.monotonic()
 
-    def violation(self, client: Client, text: str) -> None:
-        self.report.fail("protocol_violation", "%s: %s" % (client.name, text))
+    def violation(self, client: Client, text: str, kind: str = "protocol_violation") -> None:
+        """A failure of `kind`; the client goes (with RST): what it expects is out of step."""
+        self.report.fail(kind, "%s: %s" % (client.name, text))
         client.phase = "closed"
         self.loop.close(client, reset=True)
 
