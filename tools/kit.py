@@ -972,72 +972,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Descriptions and epilogs as written, and every option's default after its help."""
 
 
-def argument_parser(tool: str, doc: str, **options) -> argparse.ArgumentParser:
-    """The parser of `python3 -m tools.TOOL`: its docstring's first paragraph, then the
-    examples (the second), then each option and its default."""
-    first, examples = doc.split("\n\n")[:2]
-    return argparse.ArgumentParser(prog="python3 -m tools." + tool, formatter_class=HelpFormatter,
-                                   description=first + "\n\nexamples:\n" + examples, **options)
-
-
 # A tool's own option: (flag, type, default, help, least, most); least and most may be None.
 Option = Tuple[str, Callable, object, str, Optional[float], Optional[float]]
 
 
-def check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                 options: List[Option]) -> None:
-    """A usage error unless every option's value lies within its least and most."""
-    for flag, _kind, _default, _text, least, most in options:
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None and ((least is not None and value < least)
-                                  or (most is not None and value > most)):
-            parser.error("%s must be %s" % (flag, " and ".join(
-                text % bound for text, bound in (("at least %s", least), ("at most %s", most))
-                if bound is not None)))
-
-
-def add_common_arguments(parser: argparse.ArgumentParser, seconds: Optional[Tuple[float, str]],
-                         suppress: bool = False, options: List[Option] = ()) -> None:
-    """--spawn | --host/--port, --seed, --seconds (when `seconds` gives its default and help),
-    --quiet, and `options`. With `suppress`, they get no defaults here: a subcommand's copy
-    then never overrides a value given before its name."""
-    def default(value):
-        return argparse.SUPPRESS if suppress else value
-    parser.add_argument("--spawn", action="store_true", default=default(False),
-                        help="start Server.py on %s and a free port for this run, and stop it "
-                             "after (instead of --port)" % HOST)
-    parser.add_argument("--host", default=default(HOST), help="the server's address")
-    parser.add_argument("--port", type=int, default=default(None),
-                        help="the port of a server already running (instead of --spawn)")
-    parser.add_argument("--seed", type=int, default=default(None),
-                        help="random seed (None: a fresh one, reported in the summary)")
-    if seconds is not None:
-        parser.add_argument("--seconds", type=float, default=default(seconds[0]),
-                            help=seconds[1])
-    parser.add_argument("--quiet", action="store_true", default=default(False),
-                        help="no progress lines")
-    for flag, kind, value, text, _least, _most in options:
-        parser.add_argument(flag, type=kind, default=default(value), help=text)
-
-
-def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.spawn == (args.port is not None):
-        parser.error("give exactly one of --spawn and --port")
-    if args.port is not None and not 0 < args.port < 65536:
-        parser.error("--port must be from 1 to 65535")
-    if getattr(args, "seconds", 0) is not None and getattr(args, "seconds", 0) < 0:
-        parser.error("--seconds must not be negative")
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(1 << 31)
-
-
 class Tool:
     """`python3 -m tools.NAME`: run(args, target, report) (see run_tool) with the common
-    arguments (`seconds` as in add_common_arguments), its `options` (each checked against its
-    bounds) and on/off `switches` (flag, help); check(parser, args) may refuse more. With
-    `scenarios` ({name: (run, a line of help, its own options)}), the first word names one:
-    its options follow it (a default of None makes one required), the common ones go either
-    side of it, and its run is the tool's."""
+    arguments (--spawn | --host/--port, --seed, --quiet, and --seconds when `seconds` gives its
+    default and help), its `options` (each checked against its bounds) and on/off `switches`
+    (flag, help); check(parser, args) may refuse more. With `scenarios` ({name: (run, a line of
+    help, its own options)}), the first word names one: its options follow it (a default of None
+    makes one required), the common ones go either side of it, and its run is the tool's."""
 
     def __init__(self, name: str, doc: str, run: Optional[Callable], options: List[Option],
                  seconds: Optional[Tuple[float, str]] = None,
@@ -1053,19 +998,21 @@ class Tool:
             self.run = lambda args, target, report: scenarios[args.scenario][0](args, target,
                                                                                report)
 
-    def scenario_help(self) -> str:
-        lines = ["scenario options (after the scenario's name):"]
+    def parser(self) -> argparse.ArgumentParser:
+        """The parser: the docstring's first paragraph, then the examples (the second), then
+        each option and its default, and each scenario's options."""
+        first, examples = self.doc.split("\n\n")[:2]
+        lines = ["scenario options (after the scenario's name):"] if self.scenarios else []
         for name, (_run, summary, options) in self.scenarios.items():
             lines.append("  %s: %s" % (name, summary))
             for flag, _type, default, text, _least, _most in options:
                 lines.append("    %-18s %s (%s)" % (flag, text, "required" if default is None
                                                    else "default: %s" % default))
-        return "\n".join(lines + [self.epilog])
-
-    def parse_args(self, argv: Optional[List[str]] = None) -> argparse.Namespace:
-        parser = argument_parser(self.name, self.doc, epilog=self.scenario_help()
-                                 if self.scenarios else self.epilog or None)
-        add_common_arguments(parser, self.seconds, options=self.options)
+        parser = argparse.ArgumentParser(
+            prog="python3 -m tools." + self.name, formatter_class=HelpFormatter,
+            description=first + "\n\nexamples:\n" + examples,
+            epilog="\n".join(lines + [self.epilog]) or None)
+        self.add_common(parser)
         for flag, text in self.switches:
             parser.add_argument(flag, action="store_true", help=text)
         if self.scenarios:
@@ -1073,15 +1020,58 @@ class Tool:
             subparsers.required = True
         for name, (_run, summary, options) in self.scenarios.items():
             sub = subparsers.add_parser(name, help=summary, formatter_class=HelpFormatter)
-            add_common_arguments(sub, self.seconds, suppress=True, options=self.options)
+            self.add_common(sub, suppress=True)
             for flag, kind, default, text, _least, _most in options:
                 sub.add_argument(flag, type=kind, default=default, required=default is None,
                                  help=text)
-        args = parser.parse_args(argv)
-        check_common_arguments(parser, args)
-        check_bounds(parser, args, self.options + (self.scenarios[args.scenario][2]
-                                                   if self.scenarios else []))
+        return parser
+
+    def add_common(self, parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+        """The common arguments and the tool's options. With `suppress`, they get no defaults
+        here: a subcommand's copy then never overrides a value given before its name."""
+        def default(value):
+            return argparse.SUPPRESS if suppress else value
+        parser.add_argument("--spawn", action="store_true", default=default(False),
+                            help="start Server.py on %s and a free port for this run, and stop "
+                                 "it after (instead of --port)" % HOST)
+        parser.add_argument("--host", default=default(HOST), help="the server's address")
+        parser.add_argument("--port", type=int, default=default(None),
+                            help="the port of a server already running (instead of --spawn)")
+        parser.add_argument("--seed", type=int, default=default(None),
+                            help="random seed (None: a fresh one, reported in the summary)")
+        if self.seconds is not None:
+            parser.add_argument("--seconds", type=float, default=default(self.seconds[0]),
+                                help=self.seconds[1])
+        parser.add_argument("--quiet", action="store_true", default=default(False),
+                            help="no progress lines")
+        for flag, kind, value, text, _least, _most in self.options:
+            parser.add_argument(flag, type=kind, default=default(value), help=text)
+
+    def check_args(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        """A usage error for a bad common argument, or an option outside its least and most,
+        or what check() refuses; a fresh seed unless --seed gave one."""
+        if args.spawn == (args.port is not None):
+            parser.error("give exactly one of --spawn and --port")
+        if args.port is not None and not 0 < args.port < 65536:
+            parser.error("--port must be from 1 to 65535")
+        if getattr(args, "seconds", 0) is not None and getattr(args, "seconds", 0) < 0:
+            parser.error("--seconds must not be negative")
+        if args.seed is None:
+            args.seed = random.SystemRandom().randrange(1 << 31)
+        scenario = self.scenarios[args.scenario][2] if self.scenarios else []
+        for flag, _kind, _default, _text, least, most in self.options + scenario:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            if value is not None and ((least is not None and value < least)
+                                      or (most is not None and value > most)):
+                parser.error("%s must be %s" % (flag, " and ".join(
+                    text % bound for text, bound in (("at least %s", least), ("at most %s", most))
+                    if bound is not None)))
         self.check(parser, args)
+
+    def parse_args(self, argv: Optional[List[str]] = None) -> argparse.Namespace:
+        parser = self.parser()
+        args = parser.parse_args(argv)
+        self.check_args(parser, args)
         return args
 
     def main(self, argv: Optional[List[str]] = None) -> int:
