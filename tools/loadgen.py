@@ -249,31 +249,29 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
 
 # --- churn -----------------------------------------------------------------------------------
 
-class ChurnClient:
-    """One churning client: a cycle of connect, join, chat, end; then again, until time is up.
-
-    Each connection is a kit.Prober of its own (`prober`), with a CLIENT_NAME of its own: after
-    a vanish the server may announce that the old connection left after the new one has joined
-    the same room, and that must not look like a reply to the new one. `script` is what the
-    connection does (Churn.cycle), `step` the request whose replies are owed. `state`:
-    connecting, replies (owed), resting (its connect failed: it tries again at
-    `reply_deadline`) or done.
+class ChurnConn(kit.Conn, kit.Prober):
+    """One connection of churning client `index`: a kit.Prober with a CLIENT_NAME of its own
+    (after a vanish the server may announce that the old connection left after the new one has
+    joined the same room, and that must not look like a reply to the new one). Its requests are
+    queued; Churn._next sends them. `script` is what it does (Churn.cycle), `step` the request
+    whose replies are owed. `phase`: connecting, replies (owed), resting (its connect failed:
+    the client tries again at `deadline`) or done.
     """
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, serial: int) -> None:
+        kit.Conn.__init__(self)
+        kit.Prober.__init__(self, "c%d-%d" % (index, serial), self.out.extend, {})
         self.index = index
-        self.connections = 0
-        self.conn: Optional[kit.Conn] = None
-        self.prober: Optional[kit.Prober] = None
-        self.state = "done"
+        self.phase = "connecting"
         self.script: Iterator[str] = iter(())
         self.step: Optional[str] = None
         self.sent_at = 0.0                  # when the request now owed replies was sent
-        self.reply_deadline = 0.0
+        self.deadline = 0.0                 # for the next reply (resting: for the next try)
 
 
 class Churn(kit.Handler):
-    """Runs every ChurnClient on one loop; see the module docstring for the rules."""
+    """Runs every churning client on one loop, `clients` their connections now; see the module
+    docstring for the rules."""
 
     def __init__(self, loop: kit.Loop, clients: int, rooms: List[str], seconds: float,
                  reply_timeout: float, rng: random.Random, report: kit.Report) -> None:
@@ -282,7 +280,7 @@ class Churn(kit.Handler):
         self.reply_timeout = reply_timeout
         self.rng = rng
         self.report = report
-        self.clients = [ChurnClient(i) for i in range(clients)]
+        self.clients: List[ChurnConn] = [ChurnConn(i, 0) for i in range(clients)]
         self.started = time.monotonic()
         self.stop_at = self.started + seconds
         self.ops: Dict[str, int] = collections.Counter()
@@ -293,144 +291,128 @@ class Churn(kit.Handler):
         self.background = 0                 # other clients' chats and announcements
 
     def start(self) -> None:
-        for client in self.clients:
-            self._new_cycle(client)
+        for index in range(len(self.clients)):
+            self._new_cycle(index)
 
     def active(self) -> int:
-        return sum(1 for c in self.clients if c.state != "done")
+        return sum(1 for conn in self.clients if conn.phase != "done")
 
     def tick(self) -> None:
         """After every poll: fail the clients whose reply is late, wake the resting ones that
         are due, and show progress."""
         now = time.monotonic()
-        for client in self.clients:
-            if client.state == "done" or now <= client.reply_deadline:
+        for conn in list(self.clients):
+            if conn.phase == "done" or now <= conn.deadline:
                 continue
-            if client.state == "resting":
-                self._new_cycle(client)
+            if conn.phase == "resting":
+                self._new_cycle(conn.index)
             else:
-                self._fail(client, "timeout", "no %r within %.1f s"
-                           % (self.owed_first(client), self.reply_timeout))
+                self._fail(conn, "timeout", "no %r within %.1f s"
+                           % (self.owed_first(conn), self.reply_timeout))
         self.report.progress(self.progress_line)
 
-    def owed_first(self, client: ChurnClient) -> object:
-        return client.prober.owed[0] if client.prober.owed else client.state
+    def owed_first(self, conn: ChurnConn) -> object:
+        return conn.owed[0] if conn.owed else conn.phase
 
-    def _new_cycle(self, client: ChurnClient) -> None:
-        """Connect again, or stop if time is up."""
-        client.conn = None
+    def _new_cycle(self, index: int) -> None:
+        """Client `index` connects again, or stops if time is up."""
         if time.monotonic() >= self.stop_at:
-            client.state = "done"
+            self.clients[index].phase = "done"
             return
         self.cycles += 1
-        client.connections += 1
-        conn = client.conn = kit.Conn()
-        conn.client = client
-        # requests are only queued here; _next sends them
-        client.prober = kit.Prober("c%d-%d" % (client.index, client.connections),
-                                   conn.out.extend, {})
-        client.state = "connecting"
-        client.reply_deadline = time.monotonic() + self.reply_timeout
+        conn = self.clients[index] = ChurnConn(index, self.cycles)
+        conn.deadline = time.monotonic() + self.reply_timeout
         self.loop.connect(conn)
 
-    def cycle(self, client: ChurnClient) -> Iterator[str]:
+    def cycle(self, conn: ChurnConn) -> Iterator[str]:
         """What one connection does, in order: each yield names the request just made, and the
         script goes on once its replies have all come. JOIN, 1 to CHURN_MAX_CHATS chats, then
         vanish, DISCONNECT, or LEAVE and JOIN again on the same connection."""
-        prober, numbers = client.prober, itertools.count(1)
+        numbers = itertools.count(1)
         while True:
             room = self.rng.choice(self.rooms)
-            prober.join(room)
+            conn.join(room)
             yield "join"
             for _ in range(self.rng.randint(1, CHURN_MAX_CHATS)):
-                prober.chat(room, "%s says %d" % (prober.name, next(numbers)))
+                conn.chat(room, "%s says %d" % (conn.name, next(numbers)))
                 yield "chat"
             how = self.rng.choice(("leave", "disconnect", "vanish"))
             if how == "vanish":
                 self.ops["vanish"] += 1
-                self.loop.close(client.conn, reset=True)
+                self.loop.close(conn, reset=True)
                 return
             if how == "disconnect":
-                prober.disconnect()
+                conn.disconnect()
                 yield "disconnect"
                 return
-            prober.leave(room)
+            conn.leave(room)
             yield "leave"
             if time.monotonic() >= self.stop_at:
-                self.loop.close(client.conn)
+                self.loop.close(conn)
                 return
             self.cycles += 1
 
-    def _next(self, client: ChurnClient) -> None:
+    def _next(self, conn: ChurnConn) -> None:
         """The last step's replies have all come (it counts): the script's next request, its
         replies owed within --reply-timeout; once the script has ended, a new cycle."""
-        if client.step is not None:
-            self.ops[client.step] += 1
-        client.step = next(client.script, None)
-        if client.step is None:
-            self._new_cycle(client)
+        if conn.step is not None:
+            self.ops[conn.step] += 1
+        conn.step = next(conn.script, None)
+        if conn.step is None:
+            self._new_cycle(conn.index)
             return
-        client.state = "replies"
-        client.sent_at = time.monotonic()
-        client.reply_deadline = client.sent_at + self.reply_timeout
-        self.replies_expected += len(client.prober.owed)
-        self.loop.send(client.conn, b"")    # last: a send that fails fails the client
+        conn.phase = "replies"
+        conn.sent_at = time.monotonic()
+        conn.deadline = conn.sent_at + self.reply_timeout
+        self.replies_expected += len(conn.owed)
+        self.loop.send(conn, b"")           # last: a send that fails fails the client
 
-    def _fail(self, client: ChurnClient, kind: str, detail: str) -> None:
+    def _fail(self, conn: ChurnConn, kind: str, detail: str) -> None:
         """Count a failure, drop the connection with RST, start afresh."""
-        self.report.fail(kind, "%s: %s" % (client.prober.name, detail))
-        if client.conn is not None:
-            self.loop.close(client.conn, reset=True)
-        self._new_cycle(client)
+        self.report.fail(kind, "%s: %s" % (conn.name, detail))
+        self.loop.close(conn, reset=True)
+        self._new_cycle(conn.index)
 
-    def _replied(self, client: ChurnClient) -> None:
+    def _replied(self, conn: ChurnConn) -> None:
         """The reply owed first has come: the next is owed within --reply-timeout."""
         now = time.monotonic()
         self.replies_received += 1
-        self.latencies.append(now - client.sent_at)
-        client.reply_deadline = now + self.reply_timeout
-        if not client.prober.owed:
-            self._next(client)
+        self.latencies.append(now - conn.sent_at)
+        conn.deadline = now + self.reply_timeout
+        if not conn.owed:
+            self._next(conn)
 
     # -- the loop's handler ----------------------------------------------------------------------
 
-    def connected(self, conn: kit.Conn) -> None:
+    def connected(self, conn: ChurnConn) -> None:
         self.ops["connect"] += 1
-        conn.client.script, conn.client.step = self.cycle(conn.client), None
-        self._next(conn.client)
+        conn.script, conn.step = self.cycle(conn), None
+        self._next(conn)
 
-    def connect_failed(self, conn: kit.Conn, exc: OSError) -> None:
-        client = conn.client
-        self.report.fail("connect_failed", "%s: %s" % (client.prober.name, exc))
-        client.conn = None
-        client.state = "resting"
-        client.reply_deadline = time.monotonic() + CHURN_RETRY_DELAY
+    def connect_failed(self, conn: ChurnConn, exc: OSError) -> None:
+        self.report.fail("connect_failed", "%s: %s" % (conn.name, exc))
+        conn.phase = "resting"
+        conn.deadline = time.monotonic() + CHURN_RETRY_DELAY
 
-    def closed(self, conn: kit.Conn, exc: Optional[OSError]) -> None:
-        client = conn.client
-        if client.conn is not conn:
-            return
-        problem = (client.prober.closed() if exc is None
-                   else "%s, owed %r" % (exc, self.owed_first(client)))
+    def closed(self, conn: ChurnConn, exc: Optional[OSError]) -> None:
+        problem = conn.closed() if exc is None else "%s, owed %r" % (exc, self.owed_first(conn))
         if problem is None:
-            self._replied(client)
+            self._replied(conn)
         else:
-            self._fail(client, "closed_by_server", problem)
+            self._fail(conn, "closed_by_server", problem)
 
-    def received(self, conn: kit.Conn) -> None:
-        client = conn.client
-        while client.conn is conn:          # until an earlier reply failed the client
-            reply = conn.reader.maybe_next_reply()
-            if reply is None:
-                return
-            problem = client.prober.take(reply)
+    def received(self, conn: ChurnConn) -> None:
+        for reply in kit.replies(conn.reader):
+            problem = conn.take(reply)
             if problem is not None:
-                self._fail(client, "error_reply" if isinstance(reply, ErrorReply)
+                self._fail(conn, "error_reply" if isinstance(reply, ErrorReply)
                            else "unexpected_message", problem)
-            elif isinstance(reply, ChatMessage) and reply.client_name != client.prober.name:
+            elif isinstance(reply, ChatMessage) and reply.client_name != conn.name:
                 self.background += 1        # another client's chat or announcement
             else:
-                self._replied(client)
+                self._replied(conn)
+            if conn.state != kit.OPEN:      # failed, or its script closed it
+                return
 
     def progress_line(self) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
