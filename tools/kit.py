@@ -13,7 +13,7 @@
 - Tool / run_tool: --spawn or --host/--port, --seed, --seconds, --quiet and the
   tool's own options from a table; with nothing listening at the address, one line of failure
   within CONNECT_CHECK_TIMEOUT.
-- raise_nofile_limit, os_limits, enough_files: how many connections this process and the
+- raise_nofile_limit, enough_files: how many connections this process and the
   machine allow.
 
 Run tools from the repository's top folder: `python3 -m tools.NAME --help`.
@@ -444,19 +444,13 @@ class Loop:
         self.connecting = 0
         self.conns: set = set()             # every connection not yet closed
         self.last_activity = self.last_sent = time.monotonic()
-        self._starting = False              # in _start_connects (a handler may call connect)
 
     def connect(self, conn: Conn) -> None:
-        """Make `conn` connect as soon as fewer than `concurrency` are connecting."""
+        """Make `conn` connect at the next poll() at which fewer than `concurrency` are
+        connecting."""
         conn.state = QUEUED
         self.conns.add(conn)
         self.queued.append(conn)
-        if not self._starting:
-            self._starting = True
-            try:
-                self._start_queued_connects()
-            finally:
-                self._starting = False
 
     def _start_queued_connects(self) -> None:
         while self.queued and self.connecting < self.concurrency:
@@ -1148,30 +1142,26 @@ def raise_nofile_limit() -> Tuple[int, int]:
     return soft, soft
 
 
-def _read_proc(path: str) -> Optional[str]:
-    fields = _proc_fields(path, "")
-    return None if fields is None else " ".join(fields)     # "32768\t60999" -> "32768 60999"
-
-
-def os_limits() -> Dict[str, object]:
-    """What decides how many connections this machine lets one process make at once."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return {"nofile_soft": soft, "nofile_hard": hard,
-            "somaxconn": _read_proc("/proc/sys/net/core/somaxconn"),
-            "tcp_max_syn_backlog": _read_proc("/proc/sys/net/ipv4/tcp_max_syn_backlog"),
-            "ip_local_port_range": _read_proc("/proc/sys/net/ipv4/ip_local_port_range"),
-            "file_max": _read_proc("/proc/sys/fs/file-max")}
+# What else decides how many connections this machine lets one process make at once.
+PROC_LIMITS = {"somaxconn": "/proc/sys/net/core/somaxconn",
+               "tcp_max_syn_backlog": "/proc/sys/net/ipv4/tcp_max_syn_backlog",
+               "ip_local_port_range": "/proc/sys/net/ipv4/ip_local_port_range",
+               "file_max": "/proc/sys/fs/file-max"}
 
 
 def enough_files(report: Report, connections: int) -> Dict[str, object]:
-    """os_limits(), then raise_nofile_limit() ("nofile_soft_raised_to"); an "fd_limit" failure
-    unless `connections` and SPARE_FILES more descriptors fit under the limit now."""
-    limits = os_limits()
+    """The open-file limits ("nofile_soft", "nofile_hard") and PROC_LIMITS (as "32768 60999"),
+    then raise_nofile_limit() ("nofile_soft_raised_to"); an "fd_limit" failure unless
+    `connections` and SPARE_FILES more descriptors fit under the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limits: Dict[str, object] = {"nofile_soft": soft, "nofile_hard": hard}
+    for key, path in PROC_LIMITS.items():
+        limits[key] = " ".join(_proc_fields(path, "") or ()) or None
     limits["nofile_soft_raised_to"] = soft = raise_nofile_limit()[1]
     if soft < connections + SPARE_FILES:
         report.fail("fd_limit", "%d connections need %d open files, and the limit is %d (hard "
                     "%s): raise it (ulimit -n) or ask for fewer"
-                    % (connections, connections + SPARE_FILES, soft, limits["nofile_hard"]))
+                    % (connections, connections + SPARE_FILES, soft, hard))
     return limits
 
 
