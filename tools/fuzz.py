@@ -4,22 +4,20 @@ still answers, and still keeps its rooms straight.
     python3 -m tools.fuzz --spawn --count 100000 --seed 1
     python3 -m tools.fuzz --host 127.0.0.1 --port 8080 --seconds 60
 
-It sends batches of --batch requests over a pool of connections in one loop (tools/kit.py):
-every request kind (KILL_SERVICE only with --allow-kill, once, at the very end), unknown lines,
-random bytes; mutated (fields dropped, duplicated, swapped or misnamed, bad or enormous
-integers, empty names, NUL bytes, invalid UTF-8, stray blank lines, CR/LF variants, requests
-cut short, values past protocol.MAX_REQUEST_BYTES); each send() a random 1 byte to 64 KiB;
-part of a request and then RST or FIN; bursts of up to --burst one-request connections;
-connections that never read; floods of large chats into one room.
-
-It checks that:
+It sends batches of --batch requests over a pool of connections in one kit.Loop: every request
+kind (KILL_SERVICE only with --allow-kill, once, at the very end), unknown lines, random bytes;
+mutated (fields dropped, duplicated, swapped or misnamed, bad or enormous integers, empty names,
+NUL bytes, invalid UTF-8, stray blank lines, CR/LF variants, requests cut short, values past
+protocol.MAX_REQUEST_BYTES); each send() a random 1 byte to 64 KiB; part of a request and then
+RST or FIN; bursts of up to --burst one-request connections; connections that never read;
+floods of large chats into one room. It checks that:
 - after every batch a fresh connection gets a HELO reply within --helo-timeout ("hang"), and a
   spawned server still runs ("server_exited");
 - everything the server sends parses (protocol.ReplyReader); a room name keeps one ROOM_REF
   and a ROOM_REF one name; a connection keeps one JOIN_ID and no two share one;
-- "probe" connections (kit.Probers), whose requests (restyled and split at random) have
-  known answers, get exactly the predicted replies in order: JOINED with the right ref and id,
-  own announcements, own chats echoed once, the documented ERROR_CODE for each malformed request
+- "probe" connections (kit.Probers), whose requests (restyled and split at random) have known
+  answers, get exactly the predicted replies in order: JOINED with the right ref and id, own
+  announcements, own chats echoed once, the documented ERROR_CODE for each malformed request
   (12 for a control or format character in a name), nothing for an unknown line, LEFT_CHATROOM
   with the server's JOIN_ID, leave announcements and the close after DISCONNECT, and no chat of
   a room it is not in;
@@ -28,12 +26,10 @@ It checks that:
   them all, then one LEAVEs them all, one DISCONNECTs, one vanishes (RST): the checker must see
   all three leave every room; then it chats in every room, and every probe in one must get that
   chat exactly once.
-
-The summary is the kit's: failures by kind (hang, server_exited, protocol_violation, probe,
-segmentation, rooms, ...) and figures: requests by kind (counted when queued), ERROR_CODEs by
-code, disconnects, the segmentation table, the server's RSS before and after (with --spawn).
-Rooms are known only from JOINED_CHATROOM replies read; only the probes' replies are predicted,
-of the rest the form is checked.
+The summary's figures: requests by kind (counted when queued), ERROR_CODEs by code, disconnects,
+the segmentation table, the server's RSS before and after (with --spawn). Rooms are known only
+from JOINED_CHATROOM replies read; only the probes' replies are predicted, of the rest the form
+is checked.
 """
 import argparse
 import collections
@@ -162,6 +158,7 @@ class FuzzConn(kit.Conn):
         self.label = label
         self.reading = reading
         self.tail = b""                       # the last bytes queued (for the KILL guard)
+        self.done = False                     # a probe: disconnected as predicted, or given up
 
 
 # --- Chaos traffic: random requests, valid and not -------------------------------------------
@@ -216,9 +213,6 @@ class RequestMaker:
             return str(self.rng.randint(0, most)).encode()
         return self.rng.choice(BAD_INTEGERS).encode("utf-8")
 
-    def _room(self) -> bytes:
-        return self._text(self.rooms, 0.02, 40)
-
     def _name(self) -> bytes:
         return self._text(CLIENT_NAMES, 0.2, 30)
 
@@ -236,7 +230,7 @@ class RequestMaker:
             text = b"" if rng.random() < 0.1 else b" " + random_text(rng, 60).encode("utf-8")
             return [b"HELO" + text]
         if kind == "JOIN":
-            return shaped(b"JOIN_CHATROOM", self._room(), [b"0", b"0", self._name()])
+            return shaped(b"JOIN_CHATROOM", self._text(self.rooms, 0.02, 40), [b"0", b"0", self._name()])
         if kind == "LEAVE":
             return shaped(b"LEAVE_CHATROOM", self._ref(), [self._join_id(conn), self._name()])
         if kind == "DISCONNECT":
@@ -306,8 +300,6 @@ class Probe(FuzzConn, kit.Prober):
                             fuzzer.refs, (fuzzer.host, fuzzer.port))
         self.fuzzer = fuzzer
         self.rng = fuzzer.rng
-        self.disconnecting = False
-        self.done = False                      # disconnected as predicted, or given up
         self.finals_seen: Dict[Tuple[int, str], int] = collections.Counter()
 
     # -- building requests ----------------------------------------------------------------
@@ -347,10 +339,6 @@ class Probe(FuzzConn, kit.Prober):
             piece += " "
             piece *= self.rng.randint(1, max(1, PROBE_LINE_BYTES // len(piece.encode("utf-8"))))
         return "a" + piece + "z"
-
-    def disconnect(self) -> bool:
-        self.disconnecting = self.disconnecting or super().disconnect()
-        return self.disconnecting
 
     def malformed(self) -> None:
         """A well-framed request with a known fault, and the error code it must get."""
@@ -397,7 +385,7 @@ class Probe(FuzzConn, kit.Prober):
 
     def random_request(self) -> None:
         """One random request (or none, once DISCONNECT has been sent)."""
-        if self.disconnecting or self.done:
+        if self.done or kit.CLOSE in self.owed:
             return
         rng = self.rng
         refs = self.fuzzer.refs
@@ -524,8 +512,7 @@ class Fuzzer(kit.Handler):
 
     def connect_failed(self, conn: FuzzConn, exc: OSError) -> None:
         self.report.fail("connect_failed", "%s: %s" % (conn.label, exc))
-        if isinstance(conn, Probe):
-            conn.done = True
+        conn.done = True
 
     def closed(self, conn: FuzzConn, exc: Optional[OSError]) -> None:
         self.server_closed += 1
@@ -552,8 +539,7 @@ class Fuzzer(kit.Handler):
 
     def violation(self, conn: FuzzConn, text: str) -> None:
         self.report.fail("protocol_violation", "conn %s: %s" % (conn.label, text))
-        if isinstance(conn, Probe):
-            conn.done = True
+        conn.done = True
         self.end(conn, "reset")
 
     def pump(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> bool:
@@ -577,7 +563,7 @@ class Fuzzer(kit.Handler):
         return [conn for conn in self.chaos if not conn.close_when_sent]
 
     def live_probes(self) -> List[Probe]:
-        return [probe for probe in self.probes if not probe.done and not probe.disconnecting]
+        return [probe for probe in self.probes if not probe.done and kit.CLOSE not in probe.owed]
 
     def refill(self) -> None:
         """Top the pools of chaos connections and probes up again."""

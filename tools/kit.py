@@ -1,20 +1,17 @@
 """What every live-server tool shares (fuzz, soak, many, loadgen) and the end-to-end tests use.
 
 - ServerProcess: Server.py in a child process on 127.0.0.1 and a port the kernel picks.
-- Loop and Conn: many nonblocking client connections on one selector, each read with
-  protocol.ReplyReader; requests are built with protocol's builders.
-- Prober, Like: a client whose replies are predicted and checked in order (fuzz, churn).
+- Loop, Conn: nonblocking client connections on one selector, read by protocol.ReplyReader.
+- Prober, Like: a client whose replies are predicted and checked in order (fuzz, soak, churn).
 - Crowd: members that connect and join their rooms, then chat in them (many, loadgen).
-- Report: failures counted by kind with a few examples each, progress lines, and at the end a
-  one-line verdict (standard error) and a one-line JSON summary (standard output), in every tool
+- Report: failures by kind with a few examples each, progress lines, and at the end a one-line
+  verdict (standard error) and a one-line JSON summary (standard output), in every tool
       {"tool", "ok", "verdict", "elapsed", "failed", "failures": {kind: count},
        "failure_examples": {kind: [text, ...]}, ...the tool's own figures}
   `ok` is true exactly when `failures` is empty; exit status 0 then, 1 otherwise (2: usage).
-- Tool / run_tool: --spawn or --host/--port, --seed, --seconds, --quiet and the
-  tool's own options from a table; with nothing listening at the address, one line of failure
-  within CONNECT_CHECK_TIMEOUT.
-- raise_nofile_limit, enough_files: how many connections this process and the
-  machine allow.
+- Tool, run_tool: the command line (--spawn or --host/--port, --seed, --seconds, --quiet, the
+  tool's options from a table); with nothing listening there, one line of failure within
+  CONNECT_CHECK_TIMEOUT. raise_nofile_limit, enough_files: how many connections fit.
 
 Run tools from the repository's top folder: `python3 -m tools.NAME --help`.
 """
@@ -103,13 +100,11 @@ class Like:
 class Prober:
     """Client `name`, whose every request's replies are predicted and then checked in order.
     Requests go out through send(bytes); `refs` (room -> ROOM_REF as far as known: its own, or
-    shared) addresses rooms and names their chats; `here` (ip, port), if given, is what a
-    JOINED_CHATROOM must name. It keeps:
-        owed     what the server owes it, in order: replies, Likes, CLOSE (after a DISCONNECT)
+    shared) addresses rooms; `here` (ip, port), if given, is what a JOINED_CHATROOM must name.
+        owed     what the server owes it, in order: Likes, and CLOSE after a DISCONNECT
         member   the rooms the server will have it in once it has handled all sent so far
-        rooms    the ROOM_REFs it is in as far as the replies read go (from its own join
-                 announcement to its own leave announcement): another client's chat is right
-                 only in one of these
+        rooms    the ROOM_REFs it is in as the replies read go (from its own join announcement
+                 to its own leave announcement): only there may another client's chat come
         join_id  the JOIN_ID of its JOINED_CHATROOM replies (None before the first)
         leaves_seen  (ref, name) of every other client's leave announcement it has read
     """

@@ -4,9 +4,8 @@
     python3 -m tools.loadgen --port 8080 connections --count 2000 --rooms 10
     python3 -m tools.loadgen --spawn churn --clients 20 --seconds 10
 
-Every request is built and every reply read by protocol.py; every wait is bounded by --timeout
-(the whole run) and --stall (a phase without progress). The summary is the kit's (tools/kit.py);
-exit status 0 only if nothing was missing, failed or timed out.
+Every wait is bounded by --timeout (the whole run) and --stall (a phase without progress); the
+summary is the kit's, exit status 0 only if nothing was missing, failed or timed out.
 
 fanout --rooms R --members M --messages K [--size B]
     Throughput. R rooms of M members join; every member sends K chats (B bytes and a sequence
@@ -19,12 +18,10 @@ fanout --rooms R --members M --messages K [--size B]
     probes (echoes timed), probes_lost (never echoed: must be 0), probes_skipped (ticks when
     its last post was still unsent), probe_in_flight_max; loadgen_cpu_s and loadgen_cpu_share
     (this process's CPU in the chat phase / seconds: near 1.0 the generator is the limit).
-
 connections --count N [--rooms R]
     tools/many.py's run (connection i joins room i mod R; one chat in each room must reach
     every member exactly once; then a HELO after all close), with its figures (delivery_seconds
     for its chat_seconds), seconds (first connect to last delivery), loadgen_cpu_s and _share.
-
 churn --clients N --seconds T [--rooms R]
     Each client cycles for T seconds: connect, JOIN one of R rooms, post 1 to CHURN_MAX_CHATS
     chats, then LEAVE (and join again on the same connection), DISCONNECT or vanish (RST). Every
