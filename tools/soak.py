@@ -49,7 +49,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Set, Tuple
 
-from protocol import JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, HeloReply, JoinedReply
+from protocol import JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply
 from tools import kit
 
 DEFAULT_CLIENTS = 50
@@ -96,7 +96,6 @@ class Client(kit.Conn, kit.Prober):
         kit.Prober.__init__(self, "rec" if role == "recorder" else "c%d" % cid,
                             lambda data: soak.loop.send(self, data), {})
         self.soak = soak
-        self.id = cid
         self.role = role                    # "recorder", "stayer" or "churner"
         self.wanted = rooms                 # the rooms it joins once connected
         self.streams: Dict[int, List[Event]] = collections.defaultdict(list)
@@ -104,7 +103,6 @@ class Client(kit.Conn, kit.Prober):
         self.seq = 0
         self.sent: List[Tuple[int, int]] = []          # (ref, seq) of every chat sent
         self.unechoed: Set[Tuple[int, int]] = set()
-        self.helo_replies = 0
         self.next_chat = 0.0
         self.next_move = 0.0                            # churners: when to leave/go
         self.vanished_in: List[int] = []                # refs it was in when it vanished
@@ -167,8 +165,6 @@ class Client(kit.Conn, kit.Prober):
             if self.phase == "joining" and all(room in self.refs for room in self.wanted):
                 self.phase = "active"
                 self.soak.on_active(self)
-        elif isinstance(reply, HeloReply):
-            self.helo_replies += 1
 
 
 class Soak(kit.Handler):
@@ -289,11 +285,9 @@ class Soak(kit.Handler):
     def chat_tick(self) -> None:
         """While they chat, after every poll: churners due start, clients due chat or move."""
         now = time.monotonic()
-        due = [start for start in self.churn_starts if start <= now]
-        self.churn_starts = [start for start in self.churn_starts if start > now]
-        for _ in due:
+        for start in [start for start in self.churn_starts if start <= now]:
+            self.churn_starts.remove(start)
             self.add_client("churner")
-
         for client in list(self.clients):
             if client.phase == "active" and client.next_chat <= now and self.args.rate:
                 client.post(self.rng)
@@ -339,11 +333,9 @@ class Soak(kit.Handler):
         for tag in ("sync1", "sync2"):
             live = self.live()
             for client in live:
-                client.helo_replies = 0
                 client.helo("%s %s" % (tag, client.name))
             self.wait("the %s HELO replies" % tag,
-                      lambda: all(c.helo_replies >= 1 or c.phase == "closed" for c in live),
-                      DRAIN_TIMEOUT)
+                      lambda: all(not c.owed or c.phase == "closed" for c in live), DRAIN_TIMEOUT)
 
     # -- the check -------------------------------------------------------------------------
 
