@@ -230,7 +230,8 @@ class RequestMaker:
             text = b"" if rng.random() < 0.1 else b" " + random_text(rng, 60).encode("utf-8")
             return [b"HELO" + text]
         if kind == "JOIN":
-            return shaped(b"JOIN_CHATROOM", self._text(self.rooms, 0.02, 40), [b"0", b"0", self._name()])
+            room = self._text(self.rooms, 0.02, 40)
+            return shaped(b"JOIN_CHATROOM", room, [b"0", b"0", self._name()])
         if kind == "LEAVE":
             return shaped(b"LEAVE_CHATROOM", self._ref(), [self._join_id(conn), self._name()])
         if kind == "DISCONNECT":
@@ -470,18 +471,13 @@ class Fuzzer(kit.Handler):
 
     # -- connections ----------------------------------------------------------------------
 
-    def open_conn(self, label: str, reading: bool = True) -> FuzzConn:
+    def open(self, conn: FuzzConn) -> FuzzConn:
+        """Connect `conn`; a Probe joins the probes."""
         self.serial += 1
-        conn = FuzzConn(label, reading)
+        if isinstance(conn, Probe):
+            self.probes.append(conn)
         self.loop.connect(conn)
         return conn
-
-    def new_probe(self, name: str) -> Probe:
-        self.serial += 1
-        probe = Probe(self, name)
-        self.probes.append(probe)
-        self.loop.connect(probe)
-        return probe
 
     def queue(self, conn: FuzzConn, data: bytes, kind: Optional[str] = None,
               guard: bool = True) -> None:
@@ -570,9 +566,9 @@ class Fuzzer(kit.Handler):
         self.live_chaos()
         while len(self.chaos) < self.args.pool:
             reading = self.rng.random() >= P_NON_READER
-            self.chaos.append(self.open_conn("chaos%d" % (self.serial + 1), reading))
+            self.chaos.append(self.open(FuzzConn("chaos%d" % (self.serial + 1), reading)))
         for _ in range(self.args.probes - len(self.live_probes())):
-            self.new_probe("probe%d" % (self.serial + 1))
+            self.open(Probe(self, "probe%d" % (self.serial + 1)))
 
     def batch(self, size: int) -> None:
         """Queue `size` requests (and now and then a burst or a flood), then pump."""
@@ -613,7 +609,7 @@ class Fuzzer(kit.Handler):
         when its request is sent, or at the end of the batch)."""
         conns = []
         for _ in range(count):
-            conn = self.open_conn("burst%d" % (self.serial + 1))
+            conn = self.open(FuzzConn("burst%d" % (self.serial + 1)))
             kind, data = self.maker.make(conn)
             if self.rng.random() < 0.5:
                 data = join_request(self.rng.choice(ROOM_NAMES[:4]), "b") + data
@@ -728,8 +724,8 @@ class Fuzzer(kit.Handler):
             self.end(conn, self.rng.choice(["reset", "close"]))
         rooms = [room for room in sorted(self.refs, key=self.refs.get)
                  if len(room.encode("utf-8")) < MAX_REQUEST_BYTES - 200]
-        checker = self.new_probe("checker")
-        observers = [self.new_probe("observer%d" % i) for i in range(3)]
+        checker = self.open(Probe(self, "checker"))
+        observers = [self.open(Probe(self, "observer%d" % i)) for i in range(3)]
         for room in rooms:
             checker.join(room)
         self.pump(DRAIN_TIMEOUT, until=checker.idle)

@@ -372,8 +372,7 @@ QUEUED, CONNECTING, OPEN, CLOSED = "queued", "connecting", "open", "closed"
 
 
 class Conn:
-    """One client connection: a nonblocking socket, its unsent output, a ReplyReader, and what
-    a subclass keeps about it."""
+    """One client connection: a nonblocking socket, its unsent output, a ReplyReader."""
 
     def __init__(self) -> None:
         self.sock: Optional[socket.socket] = None
@@ -400,32 +399,26 @@ class Member(Conn):
 
 
 class Handler:
-    """What a Loop tells its handler (see Loop); a handler overrides what it cares about."""
+    """What a Loop tells its handler; a handler overrides what it cares about."""
 
     def connected(self, conn: Conn) -> None:
-        pass
+        """The connection is up."""
 
     def connect_failed(self, conn: Conn, exc: OSError) -> None:
-        pass
+        """It could not be made (it is closed)."""
 
     def received(self, conn: Conn) -> None:
-        pass
+        """Bytes arrived: conn.reader has them."""
 
     def closed(self, conn: Conn, exc: Optional[OSError]) -> None:
-        pass
+        """The server closed it (exc None) or it broke; it is closed."""
 
 
 class Loop:
     """Every client connection of a run, on one selector, connected without blocking (at most
-    `concurrency` at a time). The `handler` is told what happens:
-        connected(conn)                 the connection is up
-        connect_failed(conn, exc)       it could not be made (it is closed)
-        received(conn)                  bytes arrived: conn.reader has them
-        closed(conn, exc)               the server closed it (exc None) or it broke (closed)
-    send() sends at once what the kernel takes (at most send_limit() bytes per send() when set)
-    and queues the rest. last_activity: the last connect made or bytes received; last_sent:
-    the last bytes sent.
-    """
+    `concurrency` at a time); the `handler` is told what happens (see Handler). send() sends at
+    once what the kernel takes (at most send_limit() bytes per send() when set) and queues the
+    rest. last_activity: the last connect made or bytes received; last_sent: the last sent."""
 
     def __init__(self, address: Tuple[int, tuple], handler=None,
                  send_limit: Optional[Callable[[], int]] = None,
@@ -836,7 +829,12 @@ class Crowd(Handler):
     def _join_reply(self, member: Member, reply: protocol.Reply) -> None:
         if member.ref is None:
             if isinstance(reply, protocol.JoinedReply) and reply.room == member.room:
-                self._joined(member, reply)
+                member.ref, member.join_id = reply.ref, reply.join_id
+                self.joined += 1
+                self.last_joined_at = time.monotonic()
+                self.room_sizes[member.room] += 1
+                self.announcements_owed += self.room_sizes[member.room]
+                self.book.learn(reply, member.name)
                 return
             kind = ("error_reply" if isinstance(reply, protocol.ErrorReply)
                     else "unexpected_message")
@@ -853,14 +851,6 @@ class Crowd(Handler):
         else:
             self.report.fail("unexpected_message", "%s got %r while joining"
                              % (member.name, reply))
-
-    def _joined(self, member: Member, reply: protocol.JoinedReply) -> None:
-        member.ref, member.join_id = reply.ref, reply.join_id
-        self.joined += 1
-        self.last_joined_at = time.monotonic()
-        self.room_sizes[member.room] += 1
-        self.announcements_owed += self.room_sizes[member.room]
-        self.book.learn(reply, member.name)
 
     def _chat_received(self, member: Member) -> None:
         reader = member.reader

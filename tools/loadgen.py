@@ -42,7 +42,7 @@ import collections
 import itertools
 import os
 import random
-import selectors
+import select
 import sys
 import time
 from typing import Callable, Dict, Iterator, List, Optional
@@ -149,27 +149,25 @@ class Fanout(kit.Crowd):
         its echoes, the probe posting every PROBE_INTERVAL; "done", "timed out", "stalled" or
         "connection lost"."""
         next_probe = time.monotonic()
-        with selectors.DefaultSelector() as probe_selector:
-            probe_selector.register(self.probe.sock, selectors.EVENT_READ)
-            while not is_done() or self.probe_sent:
-                now = time.monotonic()
-                if now >= deadline:
-                    return "timed out"
-                # progress is a delivery; once all are in, any input (the probe's last echoes)
-                if now - (self.loop.last_activity if is_done() else self.last_delivery_at) \
-                        > args.stall:
-                    return "stalled"
-                if self.lost_after_join:
-                    return "connection lost"
-                if not is_done() and now >= next_probe:
-                    self.send_probe(now)
-                    next_probe = max(next_probe + PROBE_INTERVAL, now)
-                # The nap, cut short by the probe's echo so that the echo is timed when it comes.
-                wait = args.nap if is_done() else min(args.nap, next_probe - now)
-                if wait > 0 and probe_selector.select(wait):
-                    self.loop.read(self.probe)
-                self.loop.poll(0)
-                self.report.progress(self.progress_line)
+        while not is_done() or self.probe_sent:
+            now = time.monotonic()
+            if now >= deadline:
+                return "timed out"
+            # progress is a delivery; once all are in, any input (the probe's last echoes)
+            last = self.loop.last_activity if is_done() else self.last_delivery_at
+            if now - last > args.stall:
+                return "stalled"
+            if self.lost_after_join:
+                return "connection lost"
+            if not is_done() and now >= next_probe:
+                self.send_probe(now)
+                next_probe = max(next_probe + PROBE_INTERVAL, now)
+            # The nap, cut short by the probe's echo so that the echo is timed when it comes.
+            wait = args.nap if is_done() else min(args.nap, next_probe - now)
+            if wait > 0 and select.select([self.probe.sock], [], [], wait)[0]:
+                self.loop.read(self.probe)
+            self.loop.poll(0)
+            self.report.progress(self.progress_line)
         return "done"
 
 
@@ -177,10 +175,10 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
     rooms, members_per_room, messages = args.rooms, args.members, args.messages
     expected = rooms * members_per_room * members_per_room * messages
     figures: dict = {"scenario": "fanout", "rooms": rooms, "members": members_per_room,
-                     "messages": messages, "size": args.size, "expected": expected}
+                     "messages": messages, "size": args.size, "expected": expected,
+                     "delivered": 0, "missing": expected, "extra": 0}     # until counted
     kit.enough_files(report, rooms * members_per_room + 1)
     if report.failed:
-        figures.update(delivered=0, missing=expected, extra=0)
         return figures, "too few file descriptors"
     started = time.monotonic()
     deadline = started + args.timeout
@@ -194,8 +192,7 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
         crowd.join(wait)
         figures["join_seconds"] = round(time.monotonic() - started, 3)
         if wait.outcome != "done" or report.failed:
-            figures.update(delivered=0, missing=expected, extra=0, **outcome_figures(wait.outcome))
-            return figures, "the joins failed"
+            return dict(figures, **outcome_figures(wait.outcome)), "the joins failed"
         body = "x" * args.size
         sends = {member: b"".join(chat_request(member.ref, member.join_id, member.name,
                                                "%s %d" % (body, i)) for i in range(messages))
@@ -229,9 +226,9 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
     limits = kit.enough_files(report, args.count)
     figures: dict = {"scenario": "connections", "count": args.count, "rooms": args.rooms,
                      "nofile_soft_before": limits["nofile_soft"],
-                     "nofile_soft": limits["nofile_soft_raised_to"]}
+                     "nofile_soft": limits["nofile_soft_raised_to"], "connected": 0,
+                     "joined": 0, "delivered": 0, "missing": args.count}    # until counted
     if report.failed:
-        figures.update(connected=0, joined=0, delivered=0, missing=args.count)
         return figures, "too few file descriptors"
     cpu_before = time.process_time()
     run = many.Many(target, report, args.count, args.rooms, prefix=run_tag() + "-c",
