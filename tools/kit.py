@@ -67,10 +67,7 @@ SPARE_FILES = 64                    # descriptors a tool needs beyond one per co
 
 def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
     """Every whole reply `reader` holds, one at a time (stop early: the rest stay for later)."""
-    reply = reader.maybe_next_reply()
-    while reply is not None:
-        yield reply
-        reply = reader.maybe_next_reply()
+    return iter(reader.maybe_next_reply, None)
 
 
 # --- Clients whose replies are predicted -----------------------------------------------------
@@ -719,11 +716,10 @@ class Crowd(Handler):
         return done
 
     def all_announced(self) -> bool:
-        if self.unresolved:
-            return False
-        if self.announcements >= self.announcements_owed:
-            return True
-        return self.lost_after_join and time.monotonic() - self.loop.last_activity > SETTLE
+        """Every member has its own announcement or failed, and all that are owed have come
+        (or, with a member lost, the announcements have been quiet for SETTLE seconds)."""
+        return not self.unresolved and (self.announcements >= self.announcements_owed or (
+            self.lost_after_join and time.monotonic() - self.loop.last_activity > SETTLE))
 
     def join_figures(self) -> Dict[str, object]:
         """How many connected and joined, and the seconds each of join()'s steps took."""

@@ -145,27 +145,6 @@ class Client(kit.Conn, kit.Prober):
         self.phase = "vanished"
         self.soak.loop.close(self, reset=True)
 
-    # -- replies ---------------------------------------------------------------------------
-
-    def on_reply(self, reply) -> None:
-        problem = self.take(reply)
-        if problem is not None:
-            self.soak.violation(self, problem, "error_reply" if isinstance(reply, ErrorReply)
-                                else "protocol_violation")
-        elif isinstance(reply, ChatMessage):
-            event = event_of(reply)
-            if event is None:
-                self.soak.violation(self, "a chat this soak did not send: %r" % (reply,))
-                return
-            self.streams[reply.ref].append(event)
-            if event[0] == "chat" and reply.client_name == self.name:
-                self.unechoed.discard((reply.ref, event[2]))
-        elif isinstance(reply, JoinedReply):
-            self.soak.book.learn(reply, self.name)
-            if self.phase == "joining" and all(room in self.refs for room in self.wanted):
-                self.phase = "active"
-                self.soak.on_active(self)
-
 
 class Soak(kit.Handler):
     def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
@@ -232,8 +211,24 @@ class Soak(kit.Handler):
         client.phase = "closed"
 
     def received(self, client: Client) -> None:
+        """Check each reply (kit.Prober.take), and keep each chat in the client's streams."""
         for reply in kit.replies(client.reader):
-            client.on_reply(reply)
+            problem = client.take(reply)
+            event = event_of(reply) if isinstance(reply, ChatMessage) else None
+            if problem is not None:
+                self.violation(client, problem, "error_reply" if isinstance(reply, ErrorReply)
+                               else "protocol_violation")
+            elif isinstance(reply, ChatMessage) and event is None:
+                self.violation(client, "a chat this soak did not send: %r" % (reply,))
+            elif event is not None:
+                client.streams[reply.ref].append(event)
+                if event[0] == "chat" and reply.client_name == client.name:
+                    client.unechoed.discard((reply.ref, event[2]))
+            elif isinstance(reply, JoinedReply):
+                self.book.learn(reply, client.name)
+                if client.phase == "joining" and set(client.wanted) <= client.refs.keys():
+                    client.phase = "active"
+                    self.on_active(client)
             if client.phase in ("closed", "vanished"):
                 return
 
