@@ -414,11 +414,14 @@ class Probe(FuzzConn, kit.Prober):
     # -- checking replies ----------------------------------------------------------------
 
     def on_reply(self, reply) -> None:
+        """Check a reply; a wrong one gives this probe up (its expectations are out of step)."""
         if self.done:
             return
         problem = self.take(reply)
         if problem is not None:
-            self.fail(problem)
+            self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
+            self.done = True
+            self.fuzzer.end(self, "reset")
         elif isinstance(reply, ChatMessage) and reply.message.startswith(FINAL_PREFIX):
             self.finals_seen[(reply.ref, reply.message)] += 1
 
@@ -428,12 +431,6 @@ class Probe(FuzzConn, kit.Prober):
         if problem is not None:
             self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
         self.done = True
-
-    def fail(self, problem: str) -> None:
-        """Record a failed check and give up this probe (its expectations are now out of step)."""
-        self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
-        self.done = True
-        self.fuzzer.end(self, "reset")
 
     def idle(self) -> bool:
         return self.done or not self.owed

@@ -264,19 +264,18 @@ class ChurnConn(kit.Conn, kit.Prober):
 
 
 class Churn(kit.Handler):
-    """Runs every churning client on one loop, `clients` their connections now; see the module
-    docstring for the rules."""
+    """Runs every churning client (`clients`: their connections now) on one loop, as the
+    arguments say; see the module docstring for the rules."""
 
-    def __init__(self, loop: kit.Loop, clients: int, rooms: List[str], seconds: float,
-                 reply_timeout: float, rng: random.Random, report: kit.Report) -> None:
-        self.loop = loop
-        self.rooms = rooms
-        self.reply_timeout = reply_timeout
-        self.rng = rng
+    def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
+        self.loop = kit.Loop(target.address, self)
+        self.rooms = ["%s-churn-%d" % (run_tag(), k) for k in range(args.rooms)]
+        self.reply_timeout = args.reply_timeout
+        self.rng = random.Random(args.seed)
         self.report = report
-        self.clients: List[ChurnConn] = [ChurnConn(i, 0) for i in range(clients)]
+        self.clients: List[ChurnConn] = [ChurnConn(i, 0) for i in range(args.clients)]
         self.started = time.monotonic()
-        self.stop_at = self.started + seconds
+        self.stop_at = self.started + args.seconds
         self.ops: Dict[str, int] = collections.Counter()
         self.replies_expected = 0
         self.replies_received = 0
@@ -420,17 +419,13 @@ def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
                      "seconds": args.seconds, "reply_timeout": args.reply_timeout}
     started = time.monotonic()
     cpu_before = time.process_time()
-    tag = run_tag()
-    loop = kit.Loop(target.address)
-    churn = Churn(loop, args.clients, ["%s-churn-%d" % (tag, k) for k in range(args.rooms)],
-                  args.seconds, args.reply_timeout, random.Random(args.seed), report)
-    loop.handler = churn
-    wait = kit.Waiter(loop, report, churn.tick, deadline=started + args.timeout)
+    churn = Churn(args, target, report)
+    wait = kit.Waiter(churn.loop, report, churn.tick, deadline=started + args.timeout)
     try:
         churn.start()
         wait("the churn", lambda: not churn.active())
     finally:
-        loop.close_all()
+        churn.loop.close_all()
     elapsed = max(1e-9, time.monotonic() - started)
     operations = sum(churn.ops.values())
     figures.update(
