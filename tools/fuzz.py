@@ -723,13 +723,10 @@ class Fuzzer(kit.Handler):
                  if len(room.encode("utf-8")) < MAX_REQUEST_BYTES - 200]
         checker = self.open(Probe(self, "checker"))
         observers = [self.open(Probe(self, "observer%d" % i)) for i in range(3)]
-        for room in rooms:
-            checker.join(room)
-        self.pump(DRAIN_TIMEOUT, until=checker.idle)
-        for observer in observers:
-            for room in rooms:
-                observer.join(room)
-        self.pump(DRAIN_TIMEOUT, until=lambda: all(o.idle() for o in observers))
+        for joiners in ([checker], observers):     # the checker first: it sees the others join
+            for probe, room in itertools.product(joiners, rooms):
+                probe.join(room)
+            self.pump(DRAIN_TIMEOUT, until=lambda: all(p.idle() for p in joiners))  # noqa: B023
         # one leaves every room, one disconnects, one vanishes in the middle of a request
         for room in rooms:
             observers[0].leave(room)

@@ -631,23 +631,19 @@ class RefBook:
 
 # --- A crowd of members: connect, join, chat -------------------------------------------------
 
-# How a Crowd runs the loop for a step: wait(step name, is_done) is True if the step finished.
-Wait = Callable[[str, Callable[[], bool]], bool]
-
-
 class Waiter:
-    """A Wait on `loop`: a step polls as Loop.wait_for does, or as until(is_done, deadline)
-    does, for at most `seconds` (or the call's) and never past `deadline`. A step that does not
-    finish is a failure of its outcome's kind ("timed_out", "stalled"...); `outcome`: the last."""
+    """How a tool runs `loop` for a step: wait(step name, is_done) polls as Loop.wait_for does
+    (or as until(is_done, deadline) does) for at most `seconds` (or the call's) and never past
+    `deadline`; True if the step finished. One that does not is a failure of its outcome's kind
+    ("timed_out", "stalled"...); `outcome`: the last."""
 
     def __init__(self, loop: Loop, report: "Report", tick: Optional[Callable[[], None]] = None,
                  seconds: float = float("inf"), deadline: float = float("inf"),
                  stall: Optional[float] = None, nap: float = 0.0, wait: float = POLL_WAIT,
                  until: Optional[Callable[[Callable[[], bool], float], str]] = None) -> None:
-        self.loop, self.report, self.tick = loop, report, tick
-        self.seconds, self.deadline = seconds, deadline
-        self.stall, self.nap, self.wait = stall, nap, wait
-        self.until = until or self._poll
+        self.report, self.seconds, self.deadline = report, seconds, deadline
+        self.until = until or (lambda is_done, end: loop.wait_for(is_done, end, stall, nap,
+                                                                  tick, wait))
         self.outcome = "done"
 
     def __call__(self, step: str, is_done: Callable[[], bool],
@@ -657,9 +653,6 @@ class Waiter:
         if self.outcome != "done":
             self.report.fail(self.outcome.replace(" ", "_"), "%s: %s" % (step, self.outcome))
         return self.outcome == "done"
-
-    def _poll(self, is_done: Callable[[], bool], deadline: float) -> str:
-        return self.loop.wait_for(is_done, deadline, self.stall, self.nap, self.tick, self.wait)
 
 
 class Crowd(Handler):
@@ -694,11 +687,11 @@ class Crowd(Handler):
         self.last_delivery_at: Optional[float] = None
         self.finished_at: Optional[float] = None    # when the last owed member had its quota
 
-    def _wait(self, wait: Wait, step: str, is_done: Callable[[], bool]) -> bool:
+    def _wait(self, wait: Waiter, step: str, is_done: Callable[[], bool]) -> bool:
         self.step = step
         return wait(step, is_done)
 
-    def join(self, wait: Wait) -> bool:
+    def join(self, wait: Waiter) -> bool:
         """Connect and JOIN every member; wait for the connects, the JOINED_CHATROOMs and the
         announcements, a step each; True if all three finished."""
         self.loop.handler = self
@@ -729,7 +722,7 @@ class Crowd(Handler):
                 "join_seconds": round((self.last_joined_at or end) - self.started, 3),
                 "announce_seconds": round(end - self.started, 3)}
 
-    def chat_once(self, wait: Wait) -> bool:
+    def chat_once(self, wait: Waiter) -> bool:
         """The first member of each room to have joined sends one chat (see chat())."""
         senders: Dict[str, Member] = {}
         for member in self.members:
@@ -741,7 +734,7 @@ class Crowd(Handler):
                                                         expected[room].message)
                                    for room, sender in senders.items()}, expected)
 
-    def chat(self, wait: Wait, quota: int, sends: Dict[Member, bytes],
+    def chat(self, wait: Waiter, quota: int, sends: Dict[Member, bytes],
              expected: Optional[Dict[str, ChatMessage]] = None) -> bool:
         """Send each member in `sends` its chats; wait until every member of those rooms has
         `quota` chats of its room (True) or the wait gives up (False). With `expected` (room ->
