@@ -85,8 +85,7 @@ def outcome_figures(outcome: str) -> Dict[str, bool]:
 
 
 def cpu_figures(cpu_before: float, seconds: float) -> Dict[str, float]:
-    """This process's CPU time (user and system) since `cpu_before`, and its share of
-    `seconds`."""
+    """This process's CPU time (user and system) since `cpu_before`, and its share of `seconds`."""
     cpu = time.process_time() - cpu_before
     return {"loadgen_cpu_s": round(cpu, 3), "loadgen_cpu_share": round(cpu / seconds, 2)}
 
@@ -282,9 +281,7 @@ class Churn(kit.Handler):
         self.latencies: List[float] = []
         self.cycles = 0
         self.background = 0                 # other clients' chats and announcements
-
-    def start(self) -> None:
-        for index in range(len(self.clients)):
+        for index in range(args.clients):   # queued: the loop's first poll starts them
             self._new_cycle(index)
 
     def active(self) -> int:
@@ -422,7 +419,6 @@ def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
     churn = Churn(args, target, report)
     wait = kit.Waiter(churn.loop, report, churn.tick, deadline=started + args.timeout)
     try:
-        churn.start()
         wait("the churn", lambda: not churn.active())
     finally:
         churn.loop.close_all()

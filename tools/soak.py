@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Soak a live chat server: many clients chat in many rooms for a while, some joining,
 leaving, disconnecting and vanishing as they go; then check that every chat reached exactly
 the members it should have, once each, in order.
@@ -160,7 +159,6 @@ class Soak(kit.Handler):
         self.book = kit.RefBook(report)
         self.clients: List[Client] = []
         self.recorder: Optional[Client] = None
-        self.next_id = 0
         self.chats_sent = 0
         self.moves: Dict[str, int] = collections.Counter()
         self.rss: List[Tuple[float, int]] = []
@@ -177,13 +175,12 @@ class Soak(kit.Handler):
 
     def add_client(self, role: str) -> Client:
         """Connect a new client; it sends its JOINs once connected."""
-        self.next_id += 1
         if role == "recorder":
             rooms = self.rooms
         else:
             rooms = self.rng.sample(self.rooms, self.rng.randint(1, min(self.args.max_rooms,
                                                                         len(self.rooms))))
-        client = Client(self, self.next_id, role, rooms)
+        client = Client(self, len(self.clients) + 1, role, rooms)
         self.clients.append(client)
         self.loop.connect(client)
         return client
@@ -268,7 +265,7 @@ class Soak(kit.Handler):
         self.loop.close_all()
         figures.update({
             "clients": args.clients, "rooms": args.rooms, "rate": args.rate,
-            "chat_seconds": round(args.seconds, 2), "connections": self.next_id,
+            "chat_seconds": round(args.seconds, 2), "connections": len(self.clients),
             "chats_sent": self.chats_sent, "moves": dict(self.moves)})
         if self.rss:
             figures["server_rss_kb"] = {
@@ -414,7 +411,7 @@ class Soak(kit.Handler):
     def progress_line(self) -> str:
         rss = self.rss[-1][1] if self.rss else None
         return ("%d chats sent, %d clients live, %d connections so far%s"
-                % (self.chats_sent, len(self.live()), self.next_id,
+                % (self.chats_sent, len(self.live()), len(self.clients),
                    ", server RSS %d kB" % rss if rss else ""))
 
 
