@@ -863,13 +863,13 @@ OPTIONS: List[kit.Option] = [
     ("--burst", int, DEFAULT_BURST, "most connections opened at once in a burst", 10, None),
     ("--fresh-rooms", int, DEFAULT_FRESH_ROOMS, "room names used beyond the fixed list", 0, None),
     ("--helo-timeout", float, HELO_TIMEOUT, "a health check slower than this many seconds is a "
-     "hang", 0, None)]
+     "hang", 0, None),
+    ("--allow-kill", bool, False, "end by sending KILL_SERVICE and checking that the server "
+     "stops (never sent otherwise)", None, None)]
 
 
 TOOL = kit.Tool("fuzz", __doc__, run_fuzz, OPTIONS,
-                (DEFAULT_SECONDS, "stop sending after this long"),
-                switches=(("--allow-kill", "end by sending KILL_SERVICE and checking that the "
-                           "server stops (never sent otherwise)"),))
+                (DEFAULT_SECONDS, "stop sending after this long"))
 parse_args, main = TOOL.parse_args, TOOL.main
 
 if __name__ == "__main__":

@@ -941,30 +941,27 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 # A tool's own option: (flag, type, default, help, least, most); least and most may be None.
+# A type of bool makes an on/off switch.
 Option = Tuple[str, Callable, object, str, Optional[float], Optional[float]]
 
 
 class Tool:
     """`python3 -m tools.NAME`: run(args, target, report) (see run_tool) with the common
     arguments (--spawn | --host/--port, --seed, --quiet, and --seconds when `seconds` gives its
-    default and help), its `options` (each checked against its bounds) and on/off `switches`
-    (flag, help); check(parser, args) may refuse more. With `scenarios` ({name: (run, a line of
-    help, its own options)}), the first word names one: its options follow it (a default of None
-    makes one required), the common ones go either side of it, and its run is the tool's."""
+    default and help) and its `options` (each checked against its bounds); check(parser, args)
+    may refuse more. With `scenarios` ({name: (run, a line of help, its own options)}), the
+    first word names one: its options follow it (a default of None makes one required), the
+    common ones go either side of it, and its run is the tool's."""
 
     def __init__(self, name: str, doc: str, run: Optional[Callable], options: List[Option],
                  seconds: Optional[Tuple[float, str]] = None,
-                 switches: Tuple[Tuple[str, str], ...] = (),
                  check: Callable[[argparse.ArgumentParser, argparse.Namespace], None]
                  = lambda parser, args: None,
                  scenarios: Optional[Dict[str, Tuple[Callable, str, List[Option]]]] = None,
                  epilog: str = "") -> None:
         self.name, self.doc, self.run, self.options = name, doc, run, options
-        self.seconds, self.switches, self.check = seconds, switches, check
+        self.seconds, self.check = seconds, check
         self.scenarios, self.epilog = scenarios or {}, epilog
-        if scenarios:
-            self.run = lambda args, target, report: scenarios[args.scenario][0](args, target,
-                                                                               report)
 
     def parser(self) -> argparse.ArgumentParser:
         """The parser: the docstring's first paragraph, then the examples (the second), then
@@ -981,8 +978,6 @@ class Tool:
             description=first + "\n\nexamples:\n" + examples,
             epilog="\n".join(lines + [self.epilog]) or None)
         self.add_common(parser)
-        for flag, text in self.switches:
-            parser.add_argument(flag, action="store_true", help=text)
         if self.scenarios:
             subparsers = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
             subparsers.required = True
@@ -1013,7 +1008,10 @@ class Tool:
         parser.add_argument("--quiet", action="store_true", default=default(False),
                             help="no progress lines")
         for flag, kind, value, text, _least, _most in self.options:
-            parser.add_argument(flag, type=kind, default=default(value), help=text)
+            if kind is bool:
+                parser.add_argument(flag, action="store_true", default=default(value), help=text)
+            else:
+                parser.add_argument(flag, type=kind, default=default(value), help=text)
 
     def check_args(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         """A usage error for a bad common argument, or an option outside its least and most,
@@ -1044,7 +1042,9 @@ class Tool:
 
     def main(self, argv: Optional[List[str]] = None) -> int:
         """Parse, run, print the verdict and the summary; the exit status."""
-        return emit(run_tool(self.name, self.run, self.parse_args(argv)))
+        args = self.parse_args(argv)
+        run = self.scenarios[args.scenario][0] if self.scenarios else self.run
+        return emit(run_tool(self.name, run, args))
 
 
 class Target:
