@@ -656,8 +656,7 @@ class Waiter:
 
 
 class Crowd(Handler):
-    """Members that connect and JOIN their rooms (join()), then perhaps chat (chat_once(),
-    chat()). A room of n owes n(n+1)/2 join announcements (the k-th joiner's goes to k
+    """Members that connect and JOIN their rooms (join()), then perhaps chat (chat()). A room of n owes n(n+1)/2 join announcements (the k-th joiner's goes to k
     members), whatever the order of JOINs; their replies are checked by a RefBook."""
 
     def __init__(self, loop: Loop, members: List[Member], report: "Report") -> None:
@@ -721,18 +720,6 @@ class Crowd(Handler):
                 "connect_seconds": round((self.connects_done_at or end) - self.started, 3),
                 "join_seconds": round((self.last_joined_at or end) - self.started, 3),
                 "announce_seconds": round(end - self.started, 3)}
-
-    def chat_once(self, wait: Waiter) -> bool:
-        """The first member of each room to have joined sends one chat (see chat())."""
-        senders: Dict[str, Member] = {}
-        for member in self.members:
-            if member.ref is not None and not member.failed:
-                senders.setdefault(member.room, member)
-        expected = {room: ChatMessage(sender.ref, sender.name, "hello %s from %s"
-                                      % (room, sender.name)) for room, sender in senders.items()}
-        return self.chat(wait, 1, {sender: chat_request(sender.ref, sender.join_id, sender.name,
-                                                        expected[room].message)
-                                   for room, sender in senders.items()}, expected)
 
     def chat(self, wait: Waiter, quota: int, sends: Dict[Member, bytes],
              expected: Optional[Dict[str, ChatMessage]] = None) -> bool:

@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Dict, List
 
+from protocol import ChatMessage, chat_request
 from tools import kit
 
 DEFAULT_CONNECTIONS = 10000
@@ -67,10 +68,14 @@ class Many:
                        missing=len(self.members), extra=0)
         rss["after_joins"] = target.rss_kb()
 
-        # 2. one chat in every room, from its first member
+        # 2. one chat in every room, from its first member (member r is the first of room r)
         if joined:
+            senders = [m for m in self.members[:self.rooms] if m.ref is not None and not m.failed]
+            texts = {m: "hello %s from %s" % (m.room, m.name) for m in senders}
+            sends = {m: chat_request(m.ref, m.join_id, m.name, text) for m, text in texts.items()}
+            expected = {m.room: ChatMessage(m.ref, m.name, text) for m, text in texts.items()}
             started = time.monotonic()
-            if crowd.chat_once(self.wait):
+            if crowd.chat(self.wait, 1, sends, expected):
                 figures["chat_seconds"] = round(time.monotonic() - started, 3)
             end = time.monotonic() + DUPLICATE_WAIT
             self.wait("a last look for duplicates", lambda: time.monotonic() >= end)
