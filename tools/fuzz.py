@@ -117,10 +117,6 @@ def random_text(rng: random.Random, max_len: int) -> str:
     return "".join(rng.choice(alphabet) for alphabet in alphabets)
 
 
-def random_bytes(rng: random.Random, length: int) -> bytes:
-    return rng.getrandbits(8 * length).to_bytes(length, "little") if length else b""
-
-
 def segment_size(rng: random.Random) -> int:
     """How many bytes the next send() may take: 1 byte to 64 KiB, small sizes often."""
     low, high = rng.choices(SEGMENT_SIZES, SEGMENT_WEIGHTS)[0]
@@ -178,7 +174,8 @@ class RequestMaker:
         rng = self.rng
         kind = rng.choices(self.KINDS, self.WEIGHTS)[0]
         if kind == "GARBAGE":
-            return kind, random_bytes(rng, rng.randint(1, 200))
+            length = rng.randint(1, 200)
+            return kind, rng.getrandbits(8 * length).to_bytes(length, "little")
         if kind == "BLANK":
             return kind, rng.choice([b"\n", b"\r\n", b"\n\n\n", b"\r\n\r\n", b" \n"])
         lines = self.lines(kind, conn)
@@ -645,9 +642,7 @@ class Fuzzer(kit.Handler):
         ok, seconds, problem = kit.helo_check(self.host, self.port, self.args.helo_timeout,
                                               "health-%d" % self.batches)
         self.helo_max = max(self.helo_max, seconds)
-        if not ok:
-            if self.server is not None and not self.server.alive():
-                return False
+        if not ok and (self.server is None or self.server.alive()):
             self.report.fail("hang", "health check after batch %d: %s" % (self.batches, problem))
         return ok
 

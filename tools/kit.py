@@ -1126,18 +1126,12 @@ def enough_files(report: Report, connections: int) -> Dict[str, object]:
     return limits
 
 
-def percentile(sorted_values: List[float], fraction: float) -> Optional[float]:
-    """The value below which `fraction` of `sorted_values` lie (nearest rank), or None."""
-    if not sorted_values:
-        return None
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
-
-
 def latency_summary(prefix: str, latencies: List[float]) -> Dict[str, Optional[float]]:
-    """PREFIX_p50_ms, PREFIX_p99_ms and PREFIX_max_ms of a list of seconds."""
+    """PREFIX_p50_ms, PREFIX_p99_ms and PREFIX_max_ms of a list of seconds: the value below
+    which that fraction of them lie (nearest rank), None if there are none."""
     values = sorted(latencies)
-    def ms(seconds: Optional[float]) -> Optional[float]:
-        return None if seconds is None else round(seconds * 1000, 2)
-    return {prefix + "_p50_ms": ms(percentile(values, 0.50)),
-            prefix + "_p99_ms": ms(percentile(values, 0.99)),
-            prefix + "_max_ms": ms(values[-1] if values else None)}
+    summary: Dict[str, Optional[float]] = {}
+    for name, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+        rank = min(len(values) - 1, int(len(values) * fraction))
+        summary["%s_%s_ms" % (prefix, name)] = round(values[rank] * 1000, 2) if values else None
+    return summary

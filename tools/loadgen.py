@@ -136,11 +136,11 @@ class Fanout(kit.Crowd):
         if self.quota is None:
             return super().progress_line()
         expected = self.quota * len(self.owed)
-        p50 = kit.percentile(sorted(self.probe_latencies[-100:]), 0.5)
+        p50 = kit.latency_summary("probe", self.probe_latencies[-100:])["probe_p50_ms"]
         return ("fanout: %d/%d deliveries (%.0f%%), %.0f/s, probe p50 %s ms"
                 % (self.delivered, expected, 100.0 * self.delivered / max(1, expected),
                    self.delivered / max(1e-9, time.monotonic() - self.chat_started),
-                   "-" if p50 is None else "%.1f" % (p50 * 1000)))
+                   "-" if p50 is None else "%.1f" % p50))
 
     def chat_phase(self, args: argparse.Namespace, is_done: Callable[[], bool],
                    deadline: float) -> str:
