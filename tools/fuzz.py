@@ -160,15 +160,11 @@ class FuzzConn(kit.Conn):
 # --- Chaos traffic: random requests, valid and not -------------------------------------------
 
 class RequestMaker:
-    """Random requests as bytes. `book` is what the fuzzer has learnt of rooms and JOIN_IDs."""
+    """Random requests as bytes: the Fuzzer's part that uses its `rng`, its `book` (what it has
+    learnt of rooms and JOIN_IDs) and its `rooms` (the names it joins)."""
 
     KINDS = ["HELO", "JOIN", "LEAVE", "CHAT", "DISCONNECT", "UNKNOWN", "GARBAGE", "BLANK"]
     WEIGHTS = [8, 22, 14, 34, 3, 9, 6, 4]
-
-    def __init__(self, rng: random.Random, book: kit.RefBook, fresh_rooms: List[str]):
-        self.rng = rng
-        self.book = book
-        self.rooms = ROOM_NAMES + fresh_rooms
 
     def make(self, conn: "FuzzConn") -> Tuple[str, bytes]:
         rng = self.rng
@@ -436,7 +432,7 @@ class Probe(FuzzConn, kit.Prober):
 # --- The fuzzer ------------------------------------------------------------------------------
 
 
-class Fuzzer(kit.Handler):
+class Fuzzer(RequestMaker, kit.Handler):
     """One run against `target` (kit.Target: spawned for the run, or given)."""
 
     def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
@@ -447,8 +443,7 @@ class Fuzzer(kit.Handler):
         self.loop = kit.Loop(target.address, self, send_limit=lambda: segment_size(self.rng))
         self.book = kit.RefBook(report)        # rooms and JOIN_IDs, from JOINED replies
         self.refs = self.book.refs             # room name -> ROOM_REF
-        fresh = ["fz%d-%d" % (args.seed, i) for i in range(args.fresh_rooms)]
-        self.maker = RequestMaker(self.rng, self.book, fresh)
+        self.rooms = ROOM_NAMES + ["fz%d-%d" % (args.seed, i) for i in range(args.fresh_rooms)]
         self.chaos: List[FuzzConn] = []
         self.probes: List[Probe] = []
         self.serial = 0
@@ -583,14 +578,14 @@ class Fuzzer(kit.Handler):
             conn = rng.choice(conns)
             roll = rng.random()
             if roll < P_VANISH + P_HALF_CLOSE:
-                _kind, data = self.maker.make(conn)
+                _kind, data = self.make(conn)
                 self.queue(conn, data[:rng.randint(0, max(0, len(data) - 1))],
                            "vanish" if roll < P_VANISH else "half-close")
                 self.end(conn, "reset" if roll < P_VANISH else "close", when_sent=True)
             elif roll < P_VANISH + P_HALF_CLOSE + P_OVERSIZE:
-                self.queue(conn, self.maker.oversize(), "oversize")
+                self.queue(conn, self.oversize(), "oversize")
             else:
-                kind, data = self.maker.make(conn)
+                kind, data = self.make(conn)
                 self.queue(conn, data, kind)
         self.pump(BATCH_TIMEOUT)
         for conn in self.live_chaos():          # now and then a non-reader is let go
@@ -601,19 +596,17 @@ class Fuzzer(kit.Handler):
     def burst(self, count: int) -> int:
         """Open `count` connections at once; each sends one request and then goes (RST or FIN
         when its request is sent, or at the end of the batch)."""
-        conns = []
-        for _ in range(count):
-            conn = self.open(FuzzConn("burst%d" % (self.serial + 1)))
-            kind, data = self.maker.make(conn)
+        conns = [self.open(FuzzConn("burst%d" % (self.serial + 1))) for _ in range(count)]
+        for conn in conns:
+            kind, data = self.make(conn)
             if self.rng.random() < 0.5:
                 data = join_request(self.rng.choice(ROOM_NAMES[:4]), "b") + data
             self.queue(conn, data, kind)
             self.end(conn, self.rng.choice(["reset", "close", None]), when_sent=True)
-            conns.append(conn)
         self.pump(BATCH_TIMEOUT)
         for conn in conns:
             self.end(conn, self.rng.choice(["reset", "close"]))
-        return len(conns)
+        return count
 
     def flood(self, most: int) -> int:
         """One chaos connection joins a room and pipelines many large chats into it (at most

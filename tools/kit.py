@@ -17,6 +17,7 @@ Run tools from the repository's top folder: `python3 -m tools.NAME --help`.
 """
 import argparse
 import collections
+import contextlib
 import errno
 import json
 import os
@@ -208,12 +209,9 @@ def _proc_fields(path: str, prefix: str) -> Optional[List[str]]:
     """The words of the first line of /proc file `path` that starts with `prefix`, or None."""
     try:
         with open(path) as lines:
-            for line in lines:
-                if line.startswith(prefix):
-                    return line.split()
+            return next((line.split() for line in lines if line.startswith(prefix)), None)
     except OSError:
-        pass
-    return None
+        return None
 
 
 def read_line(proc: "subprocess.Popen", timeout: float, limit: int = 500) -> bytes:
@@ -549,10 +547,8 @@ class Loop:
         """Close `conn` (idempotent). With reset, the kernel sends RST instead of FIN: the
         client vanishes without a goodbye."""
         if reset and conn.sock is not None and conn.state in (CONNECTING, OPEN):
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
         self._forget(conn)
 
     def _lost(self, conn: Conn, exc: Optional[OSError]) -> None:
