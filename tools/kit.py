@@ -950,26 +950,25 @@ class Tool:
         """The parser: the docstring's first paragraph, then the examples (the second), then
         each option and its default, and each scenario's options."""
         first, examples = self.doc.split("\n\n")[:2]
-        lines = ["scenario options (after the scenario's name):"] if self.scenarios else []
-        for name, (_run, summary, options) in self.scenarios.items():
-            lines.append("  %s: %s" % (name, summary))
-            for flag, _type, default, text, _least, _most in options:
-                lines.append("    %-18s %s (%s)" % (flag, text, "required" if default is None
-                                                   else "default: %s" % default))
-        parser = argparse.ArgumentParser(
-            prog="python3 -m tools." + self.name, formatter_class=HelpFormatter,
-            description=first + "\n\nexamples:\n" + examples,
-            epilog="\n".join(lines + [self.epilog]) or None)
+        parser = argparse.ArgumentParser(prog="python3 -m tools." + self.name,
+                                         formatter_class=HelpFormatter,
+                                         description=first + "\n\nexamples:\n" + examples)
         self.add_common(parser)
+        lines = []                          # the epilog's help of each scenario's options
         if self.scenarios:
             subparsers = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
             subparsers.required = True
+            lines.append("scenario options (after the scenario's name):")
         for name, (_run, summary, options) in self.scenarios.items():
             sub = subparsers.add_parser(name, help=summary, formatter_class=HelpFormatter)
             self.add_common(sub, suppress=True)
+            lines.append("  %s: %s" % (name, summary))
             for flag, kind, default, text, _least, _most in options:
                 sub.add_argument(flag, type=kind, default=default, required=default is None,
                                  help=text)
+                lines.append("    %-18s %s (%s)" % (flag, text, "required" if default is None
+                                                   else "default: %s" % default))
+        parser.epilog = "\n".join(lines + [self.epilog]) or None
         return parser
 
     def add_common(self, parser: argparse.ArgumentParser, suppress: bool = False) -> None:
