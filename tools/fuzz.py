@@ -178,7 +178,8 @@ class RequestMaker:
         if rng.random() < P_MUTATE:
             for _ in range(rng.randint(1, 3)):
                 lines = self.mutate(kind, lines)
-        data = self.join_lines(lines)
+        endings = rng.choices(LINE_ENDINGS, LINE_ENDING_WEIGHTS)[0]
+        data = b"".join(line + rng.choice(endings) for line in lines)
         if rng.random() < 0.03:               # cut short: the stream runs into the next request
             data = data[:rng.randint(0, len(data))]
         if rng.random() < 0.05:
@@ -275,10 +276,6 @@ class RequestMaker:
             space = rng.choice([b" ", b"\t", b"  ", b"\x1c", b"\x0b", b"\xc2\xa0", b"\xc2\x85"])
             lines[index] = space + lines[index] + rng.choice([b" \t", space])
         return lines
-
-    def join_lines(self, lines: List[bytes]) -> bytes:
-        endings = self.rng.choices(LINE_ENDINGS, LINE_ENDING_WEIGHTS)[0]
-        return b"".join(line + self.rng.choice(endings) for line in lines)
 
 
 # --- Probes: connections whose every reply is predicted --------------------------------------
@@ -418,13 +415,6 @@ class Probe(FuzzConn, kit.Prober):
         elif isinstance(reply, ChatMessage) and reply.message.startswith(FINAL_PREFIX):
             self.finals_seen[(reply.ref, reply.message)] += 1
 
-    def on_closed(self) -> None:
-        """The server closed the connection: right only when a DISCONNECT's replies are in."""
-        problem = None if self.done else self.closed()
-        if problem is not None:
-            self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
-        self.done = True
-
     def idle(self) -> bool:
         return self.done or not self.owed
 
@@ -501,8 +491,11 @@ class Fuzzer(RequestMaker, kit.Handler):
 
     def closed(self, conn: FuzzConn, exc: Optional[OSError]) -> None:
         self.server_closed += 1
-        if isinstance(conn, Probe):
-            conn.on_closed()
+        # right for a probe only when a DISCONNECT's replies are in (kit.Prober.closed)
+        problem = None if conn.done or not isinstance(conn, Probe) else conn.closed()
+        if problem is not None:
+            self.report.fail("probe", "%s: %s" % (conn.label, problem))
+        conn.done = True
 
     def received(self, conn: FuzzConn) -> None:
         while conn.state == kit.OPEN:
