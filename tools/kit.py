@@ -652,8 +652,9 @@ class Waiter:
 
 
 class Crowd(Handler):
-    """Members that connect and JOIN their rooms (join()), then perhaps chat (chat()). A room of n owes n(n+1)/2 join announcements (the k-th joiner's goes to k
-    members), whatever the order of JOINs; their replies are checked by a RefBook."""
+    """Members that connect and JOIN their rooms (join()), then perhaps chat (chat()). A room
+    of n owes n(n+1)/2 join announcements (the k-th joiner's goes to k members), whatever the
+    order of JOINs; their replies are checked by a RefBook."""
 
     def __init__(self, loop: Loop, members: List[Member], report: "Report") -> None:
         self.loop = loop
@@ -1033,10 +1034,10 @@ class Target:
     """The server a run talks to: spawned for it (--spawn), or at --host/--port (which must
     accept a connection within CONNECT_CHECK_TIMEOUT)."""
 
-    def __init__(self, args: argparse.Namespace, server_options: Tuple[str, ...] = ()) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.server: Optional[ServerProcess] = None
         if args.spawn:
-            self.server = ServerProcess(*server_options)
+            self.server = ServerProcess()
             self.host, self.port = self.server.host, self.server.port
         else:
             self.host, self.port = args.host, args.port
@@ -1056,14 +1057,13 @@ class Target:
             self.server.stop()
 
 
-def run_tool(tool: str, run: Callable, args: argparse.Namespace,
-             server_options: Tuple[str, ...] = ()) -> Dict[str, object]:
+def run_tool(tool: str, run: Callable, args: argparse.Namespace) -> Dict[str, object]:
     """Run `run(args, target, report)`, which returns (figures, headline), against the target
     the arguments name; return the summary. A spawned server that has died by the end is a
     failure ("server_exited", with the end of its log)."""
     report = Report(tool, quiet=getattr(args, "quiet", False))
     try:
-        target = Target(args, server_options)
+        target = Target(args)
     except ServerError as exc:
         report.fail("no_server", str(exc))
         return report.summary({"seed": getattr(args, "seed", None)}, "")

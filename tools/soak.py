@@ -46,7 +46,7 @@ import collections
 import random
 import sys
 import time
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from protocol import JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply
 from tools import kit
@@ -101,7 +101,6 @@ class Client(kit.Conn, kit.Prober):
         self.phase = "joining"   # joining, active, idle, disconnecting, closed, vanished
         self.seq = 0
         self.sent: List[Tuple[int, int]] = []          # (ref, seq) of every chat sent
-        self.unechoed: Set[Tuple[int, int]] = set()
         self.next_chat = 0.0
         self.next_move = 0.0                            # churners: when to leave/go
         self.vanished_in: List[int] = []                # refs it was in when it vanished
@@ -128,7 +127,6 @@ class Client(kit.Conn, kit.Prober):
             text += "\nsecond line"
         self.chat(room, text)
         self.sent.append((self.refs[room], self.seq))
-        self.unechoed.add((self.refs[room], self.seq))
         self.soak.chats_sent += 1
 
     def disconnect(self) -> bool:
@@ -219,8 +217,6 @@ class Soak(kit.Handler):
                 self.violation(client, "a chat this soak did not send: %r" % (reply,))
             elif event is not None:
                 client.streams[reply.ref].append(event)
-                if event[0] == "chat" and reply.client_name == client.name:
-                    client.unechoed.discard((reply.ref, event[2]))
             elif isinstance(reply, JoinedReply):
                 self.book.learn(reply, client.name)
                 if client.phase == "joining" and set(client.wanted) <= client.refs.keys():
@@ -284,8 +280,7 @@ class Soak(kit.Handler):
             if client.phase == "active" and client.next_chat <= now and self.args.rate:
                 client.post(self.rng)
                 client.next_chat += self.rng.expovariate(self.args.rate)
-                if client.next_chat < now:          # behind: do not try to catch up
-                    client.next_chat = now
+                client.next_chat = max(now, client.next_chat)   # behind: do not catch up
             if (client.role == "churner" and client.phase in ("active", "idle")
                     and client.next_move <= now and self.move(client)):
                 self.churn_starts.append(now + self.rng.uniform(0, 0.5))
@@ -339,8 +334,9 @@ class Soak(kit.Handler):
         sent: Dict[int, Dict[Event, int]] = collections.defaultdict(dict)
         for client in self.clients:
             for ref, seq in client.sent:
-                certain = client.phase != "vanished" or (ref, seq) not in client.unechoed
-                sent[ref][("chat", client.name, seq)] = 1 if certain else 0
+                event = ("chat", client.name, seq)      # its echo, in its own stream
+                certain = client.phase != "vanished" or event in client.streams.get(ref, ())
+                sent[ref][event] = 1 if certain else 0
         for ref, events in history.items():
             self._tally("recorder", ref, sent.get(ref, {}), events)
         # 2. every member against its part of the room's history
