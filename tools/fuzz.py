@@ -763,11 +763,9 @@ class Fuzzer(RequestMaker, kit.Handler):
             if self.server is not None:
                 stopped = not self.server.alive()
             else:
-                try:
-                    socket.create_connection((self.host, self.port), timeout=0.5).close()
-                    stopped = False
-                except OSError:
-                    stopped = True
+                with socket.socket(self.loop.family) as sock:
+                    sock.settimeout(0.5)
+                    stopped = sock.connect_ex(self.loop.sockaddr) != 0
             if stopped:
                 return {"sent": True, "stopped_after_s": round(time.monotonic() - started, 3)}
             time.sleep(0.01)
