@@ -841,10 +841,9 @@ OPTIONS: List[kit.Option] = [
     ("--probes", int, DEFAULT_PROBES, "probe connections kept open", 0, None),
     ("--burst", int, DEFAULT_BURST, "most connections opened at once in a burst", 10, None),
     ("--fresh-rooms", int, DEFAULT_FRESH_ROOMS, "room names used beyond the fixed list", 0, None),
-    ("--helo-timeout", float, HELO_TIMEOUT, "a health check slower than this many seconds is a "
-     "hang", 0, None),
-    ("--allow-kill", bool, False, "end by sending KILL_SERVICE and checking that the server "
-     "stops (never sent otherwise)", None, None)]
+    ("--helo-timeout", float, HELO_TIMEOUT, "a slower health check is a hang (seconds)", 0, None),
+    ("--allow-kill", bool, False, "end with KILL_SERVICE: the server must stop (else never sent)",
+     None, None)]
 
 
 TOOL = kit.Tool("fuzz", __doc__, run_fuzz, OPTIONS,

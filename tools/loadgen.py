@@ -472,8 +472,8 @@ SCENARIOS = {
 # The options of every scenario, before its name or after it (see kit.Tool).
 COMMON_OPTIONS: List[kit.Option] = [
     ("--timeout", positive_float, DEFAULT_TIMEOUT, "seconds the whole run may take", None, None),
-    ("--stall", positive_float, DEFAULT_STALL,
-     "give up a phase after this many seconds without progress", None, None)]
+    ("--stall", positive_float, DEFAULT_STALL, "seconds a phase may go without progress", None,
+     None)]
 
 
 def check_churn(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

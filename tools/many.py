@@ -117,8 +117,7 @@ def run_many(args: argparse.Namespace, target: kit.Target, report: kit.Report):
 
 OPTIONS: List[kit.Option] = [
     ("--connections", int, DEFAULT_CONNECTIONS, "clients", 1, None),
-    ("--rooms", int, None, "rooms, the clients spread evenly (None: %d, or one per client if "
-     "there are fewer)" % DEFAULT_ROOMS, 1, None),
+    ("--rooms", int, None, "rooms (None: %d, at most one per client)" % DEFAULT_ROOMS, 1, None),
     ("--window", int, DEFAULT_WINDOW, "connections being set up at once", 1, None)]
 
 

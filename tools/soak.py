@@ -423,8 +423,7 @@ OPTIONS: List[kit.Option] = [
     ("--clients", int, DEFAULT_CLIENTS, "clients at any one time, besides the recorder", 1, None),
     ("--rooms", int, DEFAULT_ROOMS, "rooms", 1, None),
     ("--rate", float, DEFAULT_RATE, "chats per second per client", 0, None),
-    ("--churn", float, DEFAULT_CHURN, "share of clients that join, leave, disconnect and vanish "
-     "as they go", 0, 1),
+    ("--churn", float, DEFAULT_CHURN, "share of clients that leave, disconnect or vanish", 0, 1),
     ("--max-rooms", int, DEFAULT_MAX_ROOMS, "rooms per client, at most", 1, None),
     ("--message-bytes", int, DEFAULT_MESSAGE_BYTES, "padding per chat, at most", 0, None)]
 
