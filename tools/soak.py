@@ -99,8 +99,7 @@ class Client(kit.Conn, kit.Prober):
         self.wanted = rooms                 # the rooms it joins once connected
         self.streams: Dict[int, List[Event]] = collections.defaultdict(list)
         self.phase = "joining"   # joining, active, idle, disconnecting, closed, vanished
-        self.seq = 0
-        self.sent: List[Tuple[int, int]] = []          # (ref, seq) of every chat sent
+        self.sent: List[Tuple[int, int]] = []          # (ref, seq) of every chat: seq 1, 2...
         self.next_chat = 0.0
         self.next_move = 0.0                            # churners: when to leave/go
         self.vanished_in: List[int] = []                # refs it was in when it vanished
@@ -119,14 +118,13 @@ class Client(kit.Conn, kit.Prober):
         rooms = self.chat_rooms()
         if not rooms:
             return
-        room = rng.choice(rooms)
-        self.seq += 1
+        room, seq = rng.choice(rooms), len(self.sent) + 1
         padding = "x" * rng.randint(0, self.soak.args.message_bytes)
-        text = "%s %d p%s" % (self.name, self.seq, padding)
+        text = "%s %d p%s" % (self.name, seq, padding)
         if rng.random() < 0.1:
             text += "\nsecond line"
         self.chat(room, text)
-        self.sent.append((self.refs[room], self.seq))
+        self.sent.append((self.refs[room], seq))
         self.soak.chats_sent += 1
 
     def disconnect(self) -> bool:
@@ -151,7 +149,6 @@ class Soak(kit.Handler):
         self.loop = kit.Loop(target.address, self)
         self.wait = kit.Waiter(self.loop, report, self.sample_rss, wait=TICK)
         self.churn_starts: List[float] = []     # when the churners still to come start
-
         self.rng = random.Random(args.seed)
         self.rooms = ["soak-room-%d" % i for i in range(args.rooms)]
         self.book = kit.RefBook(report)
@@ -173,11 +170,9 @@ class Soak(kit.Handler):
 
     def add_client(self, role: str) -> Client:
         """Connect a new client; it sends its JOINs once connected."""
-        if role == "recorder":
-            rooms = self.rooms
-        else:
-            rooms = self.rng.sample(self.rooms, self.rng.randint(1, min(self.args.max_rooms,
-                                                                        len(self.rooms))))
+        most = min(self.args.max_rooms, len(self.rooms))
+        rooms = (self.rooms if role == "recorder"
+                 else self.rng.sample(self.rooms, self.rng.randint(1, most)))
         client = Client(self, len(self.clients) + 1, role, rooms)
         self.clients.append(client)
         self.loop.connect(client)
