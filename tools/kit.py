@@ -628,10 +628,9 @@ class RefBook:
 # --- A crowd of members: connect, join, chat -------------------------------------------------
 
 class Waiter:
-    """How a tool runs `loop` for a step: wait(step name, is_done) polls as Loop.wait_for does
-    (or as until(is_done, deadline) does) for at most `seconds` (or the call's) and never past
-    `deadline`; True if the step finished. One that does not is a failure of its outcome's kind
-    ("timed_out", "stalled"...); `outcome`: the last."""
+    """How a tool runs `loop` for a step: wait(step, is_done) polls as Loop.wait_for (or until(
+    is_done, deadline)) does, for at most `seconds` (or the call's), never past `deadline`: True
+    if the step finished, else a failure of the kind of its `outcome` ("timed_out"...)."""
 
     def __init__(self, loop: Loop, report: "Report", tick: Optional[Callable[[], None]] = None,
                  seconds: float = float("inf"), deadline: float = float("inf"),
@@ -852,8 +851,7 @@ class Crowd(Handler):
 # --- The report: failures, progress, verdict, summary ----------------------------------------
 
 class Report:
-    """Failures by kind (a few examples each), progress lines, and the summary every tool ends
-    with (see the module docstring)."""
+    """Failures by kind (a few examples each), progress lines, and the summary a tool ends with."""
 
     def __init__(self, tool: str, quiet: bool = False, stream=None) -> None:
         self.tool = tool
@@ -1058,9 +1056,8 @@ class Target:
 
 
 def run_tool(tool: str, run: Callable, args: argparse.Namespace) -> Dict[str, object]:
-    """Run `run(args, target, report)`, which returns (figures, headline), against the target
-    the arguments name; return the summary. A spawned server that has died by the end is a
-    failure ("server_exited", with the end of its log)."""
+    """The summary of run(args, target, report) -> (figures, headline) against the arguments'
+    target; a spawned server dead by the end is a failure ("server_exited", with its log)."""
     report = Report(tool, quiet=getattr(args, "quiet", False))
     try:
         target = Target(args)
