@@ -119,8 +119,7 @@ def random_text(rng: random.Random, max_len: int) -> str:
 
 def segment_size(rng: random.Random) -> int:
     """How many bytes the next send() may take: 1 byte to 64 KiB, small sizes often."""
-    low, high = rng.choices(SEGMENT_SIZES, SEGMENT_WEIGHTS)[0]
-    return rng.randint(low, high)
+    return rng.randint(*rng.choices(SEGMENT_SIZES, SEGMENT_WEIGHTS)[0])
 
 
 def line_ending(rng: random.Random) -> bytes:

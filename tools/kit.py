@@ -1081,9 +1081,8 @@ def run_tool(tool: str, run: Callable, args: argparse.Namespace) -> Dict[str, ob
 def raise_nofile_limit() -> Tuple[int, int]:
     """Raise this process's soft RLIMIT_NOFILE to the hard limit if it can; (before, after)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if hard == resource.RLIM_INFINITY:      # macOS: the kernel caps it lower; ask for plenty
-        target = max(soft, 1 << 20)
+    # RLIM_INFINITY (macOS): the kernel caps it lower; ask for plenty
+    target = max(soft, 1 << 20) if hard == resource.RLIM_INFINITY else hard
     for attempt in (target, 1 << 16, 10240):
         if attempt <= soft:
             break
