@@ -785,18 +785,23 @@ class Crowd(Handler):
         member.failed = True
 
     def received(self, member: Member) -> None:
-        if self.quota is not None:
-            self._chat_received(member)
-            return
+        """Joining (no quota yet): replies to the JOIN and announcements; then chats."""
         reader = member.reader
         while True:
-            if member.announced and not member.failed:
+            if self.quota is None and member.announced and not member.failed:
                 # in a room of n, up to n more announcements follow: counted at C speed
                 self.announcements += reader.count_chats(member.ref, JOINED_SUFFIX)
+            elif self.quota is not None and not self.expected:
+                self._count(member, reader.count_chats(member.ref))
             reply = reader.maybe_next_reply()
             if reply is None:
                 return
-            self._join_reply(member, reply)
+            if self.quota is None:
+                self._join_reply(member, reply)
+            elif reply == self.expected.get(member.room):
+                self._count(member, 1)
+            else:
+                self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
 
     def _join_reply(self, member: Member, reply: protocol.Reply) -> None:
         if member.ref is None:
@@ -823,19 +828,6 @@ class Crowd(Handler):
         else:
             self.report.fail("unexpected_message", "%s got %r while joining"
                              % (member.name, reply))
-
-    def _chat_received(self, member: Member) -> None:
-        reader = member.reader
-        while True:
-            if not self.expected:
-                self._count(member, reader.count_chats(member.ref))
-            reply = reader.maybe_next_reply()
-            if reply is None:
-                return
-            if reply == self.expected.get(member.room):
-                self._count(member, 1)
-            else:
-                self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
 
     def _count(self, member: Member, chats: int) -> None:
         if chats:
