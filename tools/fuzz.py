@@ -369,10 +369,6 @@ class Probe(FuzzConn, kit.Prober):
                                       unprintable=unprintable) for line in template.split("|")])
         self.owed.append(kit.Like(ErrorReply, code=code))
 
-    def unknown(self) -> None:
-        self._send_lines([self.rng.choice(["WHATEVER", "PING %s" % self.name, "NOT_A_COMMAND: 1",
-                                           "QUIT"])])     # answered by nothing at all
-
     def random_request(self) -> None:
         """One random request (or none, once DISCONNECT has been sent)."""
         if self.done or kit.CLOSE in self.owed:
@@ -394,7 +390,8 @@ class Probe(FuzzConn, kit.Prober):
             room = rng.choice(joined) if joined and rng.random() < 0.9 else rng.choice(list(refs))
             self.chat(room)
         elif roll < 0.87:
-            self.unknown()
+            self._send_lines([rng.choice(["WHATEVER", "PING %s" % self.name, "NOT_A_COMMAND: 1",
+                                          "QUIT"])])     # an unknown line: answered by nothing
         elif roll < 0.985:
             self.malformed()
         elif not self.disconnect():

@@ -387,11 +387,8 @@ class Soak(kit.Handler):
         expected = events[joins[0]:leaves[0] + 1] if leaves else events[joins[0]:]
         self._tally(name, ref, {e: 0 if vanished else 1 for e in expected if e[0] == "chat"},
                     stream)
-        if vanished:                     # a prefix of its window, never its own leave
-            same = stream == expected[:len(stream)] and ("leave", name) not in stream
-        else:
-            same = stream == expected
-        if not same:
+        prefix = stream == expected[:len(stream)] and ("leave", name) not in stream
+        if not (prefix if vanished else stream == expected):    # vanished: a prefix, no leave
             first = next((i for i, (a, b) in enumerate(zip(stream, expected)) if a != b),
                          min(len(stream), len(expected)))
             self._fault("stream_mismatches", name, ref, "(%s) the stream differs from the room's"
