@@ -914,9 +914,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Descriptions and epilogs as written, and every option's default after its help."""
 
 
-# A tool's own option: (flag, type, default, help, least, most); least and most may be None.
-# A type of bool makes an on/off switch.
+# An option: (flag, type, default, help, least, most); least and most may be None. A type of
+# bool makes an on/off switch.
 Option = Tuple[str, Callable, object, str, Optional[float], Optional[float]]
+# The options of every tool; Tool puts --seconds after --seed, for a tool that has it.
+COMMON: List[Option] = [
+    ("--spawn", bool, False, "start Server.py on %s and a free port for this run, and stop it "
+     "after (instead of --port)" % HOST, None, None),
+    ("--host", str, HOST, "the server's address", None, None),
+    ("--port", int, None, "the port of a server already running (instead of --spawn)", 1, 65535),
+    ("--seed", int, None, "random seed (None: a fresh one, reported in the summary)", None, None),
+    ("--quiet", bool, False, "no progress lines", None, None)]
 
 
 class Tool:
@@ -962,43 +970,30 @@ class Tool:
         parser.epilog = "\n".join(lines + [self.epilog]) or None
         return parser
 
+    def common(self) -> List[Option]:
+        """COMMON (with --seconds, if the tool has it) and the tool's own options."""
+        seconds = [("--seconds", float) + self.seconds + (0, None)] if self.seconds else []
+        return COMMON[:4] + seconds + COMMON[4:] + self.options
+
     def add_common(self, parser: argparse.ArgumentParser, suppress: bool = False) -> None:
-        """The common arguments and the tool's options. With `suppress`, they get no defaults
-        here: a subcommand's copy then never overrides a value given before its name."""
-        def default(value):
-            return argparse.SUPPRESS if suppress else value
-        parser.add_argument("--spawn", action="store_true", default=default(False),
-                            help="start Server.py on %s and a free port for this run, and stop "
-                                 "it after (instead of --port)" % HOST)
-        parser.add_argument("--host", default=default(HOST), help="the server's address")
-        parser.add_argument("--port", type=int, default=default(None),
-                            help="the port of a server already running (instead of --spawn)")
-        parser.add_argument("--seed", type=int, default=default(None),
-                            help="random seed (None: a fresh one, reported in the summary)")
-        if self.seconds is not None:
-            parser.add_argument("--seconds", type=float, default=default(self.seconds[0]),
-                                help=self.seconds[1])
-        parser.add_argument("--quiet", action="store_true", default=default(False),
-                            help="no progress lines")
-        for flag, kind, value, text, _least, _most in self.options:
+        """The common() options. With `suppress`, they get no defaults here: a subcommand's
+        copy then never overrides a value given before its name."""
+        for flag, kind, value, text, _least, _most in self.common():
+            default = argparse.SUPPRESS if suppress else value
             if kind is bool:
-                parser.add_argument(flag, action="store_true", default=default(value), help=text)
+                parser.add_argument(flag, action="store_true", default=default, help=text)
             else:
-                parser.add_argument(flag, type=kind, default=default(value), help=text)
+                parser.add_argument(flag, type=kind, default=default, help=text)
 
     def check_args(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-        """A usage error for a bad common argument, or an option outside its least and most,
-        or what check() refuses; a fresh seed unless --seed gave one."""
+        """A usage error unless exactly one of --spawn and --port is given, and every option lies
+        within its least and most; then what check() refuses. A fresh seed unless given one."""
         if args.spawn == (args.port is not None):
             parser.error("give exactly one of --spawn and --port")
-        if args.port is not None and not 0 < args.port < 65536:
-            parser.error("--port must be from 1 to 65535")
-        if getattr(args, "seconds", 0) is not None and getattr(args, "seconds", 0) < 0:
-            parser.error("--seconds must not be negative")
         if args.seed is None:
             args.seed = random.SystemRandom().randrange(1 << 31)
         scenario = self.scenarios[args.scenario][2] if self.scenarios else []
-        for flag, _kind, _default, _text, least, most in self.options + scenario:
+        for flag, _kind, _default, _text, least, most in self.common() + scenario:
             value = getattr(args, flag[2:].replace("-", "_"))
             if value is not None and ((least is not None and value < least)
                                       or (most is not None and value > most)):
