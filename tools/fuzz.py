@@ -522,13 +522,12 @@ class Fuzzer(RequestMaker, kit.Handler):
         with nothing sent or received). False if `seconds` ran out first."""
         loop = self.loop
 
-        def quiet() -> bool:
-            return time.monotonic() - max(loop.last_activity, loop.last_sent) >= QUIET
-
         def done() -> bool:
-            return (not any(conn.out or conn.state != kit.OPEN for conn in loop.conns)
-                    and (until or quiet)())
-        return loop.wait_for(done, time.monotonic() + seconds, wait=QUIET / 2) == "done"
+            if any(conn.out or conn.state != kit.OPEN for conn in loop.conns):
+                return False
+            quiet = time.monotonic() - max(loop.last_activity, loop.last_sent) >= QUIET
+            return until() if until else quiet
+        return loop.run_until(done, seconds, wait=QUIET / 2)
 
     # -- batches ----------------------------------------------------------------------------
 

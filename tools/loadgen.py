@@ -71,14 +71,6 @@ def run_tag() -> str:
     return "lg-%d-%d" % (os.getpid(), int(time.time() * 1000) % 10 ** 8)
 
 
-def waiter(loop: kit.Loop, args: argparse.Namespace, deadline: float, report: kit.Report,
-           describe: Callable[[], str], **options) -> kit.Waiter:
-    """How loadgen waits for a step: within the run's `deadline`, giving up after --stall
-    seconds without progress, napping --nap between polls."""
-    return kit.Waiter(loop, report, lambda: report.progress(describe), deadline=deadline,
-                      stall=args.stall, nap=args.nap, **options)
-
-
 def outcome_figures(outcome: str) -> Dict[str, bool]:
     """How the last wait ended, as figures (a failure too, recorded by the kit.Waiter)."""
     return {"timed_out": outcome == "timed out", "stalled": outcome == "stalled"}
@@ -186,7 +178,8 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
                for r in range(rooms) for m in range(members_per_room)]
     loop = kit.Loop(target.address)
     crowd = Fanout(loop, members, kit.Member("%s-probe" % tag, "probe"), report)
-    wait = waiter(loop, args, deadline, report, crowd.progress_line)
+    wait = kit.Waiter(loop, report, lambda: report.progress(crowd.progress_line),
+                      deadline=deadline, stall=args.stall, nap=args.nap)
     try:
         crowd.join(wait)
         figures["join_seconds"] = round(time.monotonic() - started, 3)
@@ -197,8 +190,8 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
                                                "%s %d" % (body, i)) for i in range(messages))
                  for member in members}
         cpu_before = time.process_time()
-        wait = waiter(loop, args, deadline, report, crowd.progress_line,
-                      until=lambda is_done, end: crowd.chat_phase(args, is_done, end))
+        wait = kit.Waiter(loop, report, deadline=deadline,
+                          until=lambda is_done, end: crowd.chat_phase(args, is_done, end))
         crowd.chat(wait, members_per_room * messages, sends)
         seconds = max(1e-9, (crowd.finished_at or time.monotonic()) - crowd.chat_started)
         figures.update(cpu_figures(cpu_before, seconds))
