@@ -417,7 +417,6 @@ class Probe(FuzzConn, kit.Prober):
 
 # --- The fuzzer ------------------------------------------------------------------------------
 
-
 class Fuzzer(RequestMaker, kit.Handler):
     """One run against `target` (kit.Target: spawned for the run, or given)."""
 
@@ -740,7 +739,6 @@ class Fuzzer(RequestMaker, kit.Handler):
                 self.end(probe, "close")
                 probe.done = True
         self.drain(probes_idle, lambda: "DISCONNECT replies still missing")
-
         for conn in list(self.loop.conns):
             self.end(conn, "close")
 

@@ -100,7 +100,7 @@ class Client(kit.Conn, kit.Prober):
         self.streams: Dict[int, List[Event]] = collections.defaultdict(list)
         self.phase = "joining"   # joining, active, idle, disconnecting, closed, vanished
         self.sent: List[Tuple[int, int]] = []          # (ref, seq) of every chat: seq 1, 2...
-        self.next_chat = 0.0
+        self.next_chat = float("inf")                   # the recorder never chats
         self.next_move = 0.0                            # churners: when to leave/go
         self.vanished_in: List[int] = []                # refs it was in when it vanished
 
@@ -111,8 +111,6 @@ class Client(kit.Conn, kit.Prober):
     def left(self, ref: int) -> bool:
         """Has it read its own leave announcement in room `ref`?"""
         return ("leave", self.name) in self.streams.get(ref, ())
-
-    # -- requests --------------------------------------------------------------------------
 
     def post(self, rng: random.Random) -> None:
         rooms = self.chat_rooms()
@@ -178,15 +176,6 @@ class Soak(kit.Handler):
         self.loop.connect(client)
         return client
 
-    def on_active(self, client: Client) -> None:
-        now = time.monotonic()
-        if client.role == "recorder" or not self.args.rate:
-            client.next_chat = float("inf")            # the recorder only listens
-        else:
-            client.next_chat = now + self.rng.expovariate(self.args.rate)
-        if client.role == "churner":
-            client.next_move = now + self.rng.uniform(*CHURN_LIFE)
-
     def live(self) -> List[Client]:
         return [c for c in self.clients if c.phase not in ("closed", "vanished", "disconnecting")]
 
@@ -215,8 +204,11 @@ class Soak(kit.Handler):
             elif isinstance(reply, JoinedReply):
                 self.book.learn(reply, client.name)
                 if client.phase == "joining" and set(client.wanted) <= client.refs.keys():
-                    client.phase = "active"
-                    self.on_active(client)
+                    client.phase, now = "active", time.monotonic()   # its first chat and move:
+                    if client.role != "recorder" and self.args.rate:
+                        client.next_chat = now + self.rng.expovariate(self.args.rate)
+                    if client.role == "churner":
+                        client.next_move = now + self.rng.uniform(*CHURN_LIFE)
             if client.phase in ("closed", "vanished"):
                 return
 
