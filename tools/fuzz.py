@@ -150,8 +150,7 @@ class FuzzConn(kit.Conn):
 
     def __init__(self, label: str, reading: bool = True) -> None:
         super().__init__()
-        self.label = label
-        self.reading = reading
+        self.label, self.reading = label, reading
         self.tail = b""                       # the last bytes queued (for the KILL guard)
         self.done = False                     # a probe: disconnected as predicted, or given up
 
@@ -421,8 +420,7 @@ class Fuzzer(RequestMaker, kit.Handler):
     """One run against `target` (kit.Target: spawned for the run, or given)."""
 
     def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
-        self.args = args
-        self.report = report
+        self.args, self.report = args, report
         self.host, self.port, self.server = target.host, target.port, target.server
         self.rng = random.Random(args.seed)
         self.loop = kit.Loop(target.address, self, send_limit=lambda: segment_size(self.rng))

@@ -384,8 +384,7 @@ class Member(Conn):
 
     def __init__(self, room: str, name: str) -> None:
         super().__init__()
-        self.room = room
-        self.name = name
+        self.room, self.name = room, name
         self.ref: Optional[int] = None
         self.join_id: Optional[int] = None
         self.announced = False          # its own join announcement has arrived
@@ -419,9 +418,7 @@ class Loop:
                  send_limit: Optional[Callable[[], int]] = None,
                  concurrency: int = CONNECT_CONCURRENCY) -> None:
         self.family, self.sockaddr = address
-        self.handler = handler
-        self.send_limit = send_limit
-        self.concurrency = concurrency
+        self.handler, self.send_limit, self.concurrency = handler, send_limit, concurrency
         self.selector = selectors.DefaultSelector()
         self.queued: collections.deque = collections.deque()
         self.connecting = 0
@@ -656,9 +653,7 @@ class Crowd(Handler):
     order of JOINs; their replies are checked by a RefBook."""
 
     def __init__(self, loop: Loop, members: List[Member], report: "Report") -> None:
-        self.loop = loop
-        self.members = members
-        self.report = report
+        self.loop, self.members, self.report = loop, members, report
         self.step = "the joins"
         self.started = time.monotonic()
         self.connected_count = 0
@@ -846,8 +841,7 @@ class Report:
     """Failures by kind (a few examples each), progress lines, and the summary a tool ends with."""
 
     def __init__(self, tool: str, quiet: bool = False, stream=None) -> None:
-        self.tool = tool
-        self.quiet = quiet
+        self.tool, self.quiet = tool, quiet
         self.stream = stream if stream is not None else sys.stderr
         self.started = time.monotonic()
         self.next_progress = self.started + PROGRESS_INTERVAL

@@ -44,9 +44,7 @@ class Many:
 
     def __init__(self, target: kit.Target, report: kit.Report, connections: int, rooms: int,
                  window: int = kit.CONNECT_CONCURRENCY, prefix: str = "many", **wait) -> None:
-        self.target = target
-        self.report = report
-        self.rooms = rooms
+        self.target, self.report, self.rooms = target, report, rooms
         self.loop = kit.Loop(target.address, concurrency=window)
         self.members = [kit.Member("%s-%d" % (prefix, i % rooms), "m%d" % i)
                         for i in range(connections)]

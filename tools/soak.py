@@ -141,9 +141,7 @@ class Client(kit.Conn, kit.Prober):
 
 class Soak(kit.Handler):
     def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
-        self.args = args
-        self.report = report
-        self.target = target
+        self.args, self.report, self.target = args, report, target
         self.loop = kit.Loop(target.address, self)
         self.wait = kit.Waiter(self.loop, report, self.sample_rss, wait=TICK)
         self.churn_starts: List[float] = []     # when the churners still to come start
