@@ -435,8 +435,7 @@ class Fuzzer(RequestMaker, kit.Handler):
         self.server_closed = 0                 # connections the server closed or reset
         self.vanished = 0                      # connections we reset
         self.closed_by_us = 0                  # connections we closed normally
-        self.helo_max = 0.0
-        self.batches = 0
+        self.helo_max, self.batches = 0.0, 0
 
     def requests_sent(self) -> int:
         return sum(self.sent_by_kind.values())

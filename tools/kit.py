@@ -245,8 +245,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(command + list(options), cwd=REPO_ROOT,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self._log if stderr is None else stderr, env=env)
-        self.pid = self.proc.pid
-        self.host = HOST
+        self.pid, self.host = self.proc.pid, HOST
         try:
             self.port = self._read_port()
         except BaseException:
@@ -656,13 +655,11 @@ class Crowd(Handler):
         self.loop, self.members, self.report = loop, members, report
         self.step = "the joins"
         self.started = time.monotonic()
-        self.connected_count = 0
-        self.joined = 0
+        self.connected_count = self.joined = 0
         self.unjoined_failed = 0            # members that failed before their JOINED came
         self.unresolved = len(members)      # neither joined-and-announced nor failed
         self.room_sizes: Dict[str, int] = collections.Counter()
-        self.announcements_owed = 0
-        self.announcements = 0
+        self.announcements_owed = self.announcements = 0
         self.lost_after_join = False
         self.connects_done_at: Optional[float] = None
         self.last_joined_at: Optional[float] = None
@@ -886,13 +883,12 @@ class Report:
                                                                    examples[0])
             if headline:
                 verdict += "; " + headline
-        result: Dict[str, object] = {
+        return dict({
             "tool": self.tool, "ok": ok, "verdict": verdict.replace("\n", " "),
             "elapsed": round(time.monotonic() - self.started, 3), "failed": self.failed,
             "failures": dict(sorted(self.counts.items())),
-            "failure_examples": {kind: self.examples[kind] for kind in sorted(self.examples)}}
-        result.update(figures)
-        return result
+            "failure_examples": {kind: self.examples[kind] for kind in sorted(self.examples)}},
+            **figures)
 
 
 def emit(summary: Dict[str, object]) -> int:

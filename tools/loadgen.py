@@ -95,8 +95,7 @@ class Fanout(kit.Crowd):
         self.probe_seq = 0
         self.probe_sent: Dict[int, float] = {}
         self.probe_latencies: List[float] = []
-        self.probe_skipped = 0
-        self.probe_in_flight_max = 0
+        self.probe_skipped = self.probe_in_flight_max = 0
 
     def received(self, member: kit.Member) -> None:
         if member is not self.probe or self.quota is None:
@@ -238,11 +237,10 @@ def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Re
 class ChurnConn(kit.Conn, kit.Prober):
     """One connection of churning client `index`: a kit.Prober with a CLIENT_NAME of its own
     (after a vanish the server may announce that the old connection left after the new one has
-    joined the same room, and that must not look like a reply to the new one). Its requests are
-    queued; Churn._next sends them. `script` is what it does (Churn.cycle), `step` the request
-    whose replies are owed. `phase`: connecting, replies (owed), resting (its connect failed:
-    the client tries again at `deadline`) or done.
-    """
+    joined the same room, and that must not look like a reply to the new one), its requests
+    queued for Churn._next to send. `script`: what it does (Churn.cycle); `step`: the request
+    whose replies are owed; `phase`: connecting, replies (owed), resting (its connect failed:
+    the client tries again at `deadline`) or done."""
 
     def __init__(self, index: int, serial: int) -> None:
         kit.Conn.__init__(self)
@@ -269,8 +267,7 @@ class Churn(kit.Handler):
         self.started = time.monotonic()
         self.stop_at = self.started + args.seconds
         self.ops: Dict[str, int] = collections.Counter()
-        self.replies_expected = 0
-        self.replies_received = 0
+        self.replies_expected = self.replies_received = 0
         self.latencies: List[float] = []
         self.cycles = 0
         self.background = 0                 # other clients' chats and announcements
