@@ -16,9 +16,8 @@ connects, at most --window at once, so that the server's listen backlog never ov
    last look (DUPLICATE_WAIT) for duplicates: every member must have it exactly once;
 4. everyone closes; a HELO must still be answered; the server's RSS once more.
 
-Open files: each side needs N + a few descriptors. This process raises its soft RLIMIT_NOFILE
-to the hard limit, as Server.py does; the summary reports the limits found and, with --spawn,
-the server's own.
+Open files: each side needs N + a few; this process raises its soft RLIMIT_NOFILE to the hard
+limit (as Server.py does), and the summary reports the limits (with --spawn, the server's too).
 """
 import argparse
 import sys
