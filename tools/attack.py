@@ -1487,9 +1487,9 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = kit.argument_parser(TOOL, __doc__, epilog=__doc__.split("\n\n", 2)[2])
+    tool = kit.Tool(TOOL, __doc__, None, [], epilog=__doc__.split("\n\n", 2)[2])
+    parser = tool.parser()
     parser.add_argument("scenario", choices=SCENARIOS + ("all",), help="what to attack with")
-    kit.add_common_arguments(parser, None)
     add = parser.add_argument
     add("--seconds", type=float, default=None,
         help="how long to flood (stalled, flood, blank), or the longest a step may take "
@@ -1526,7 +1526,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     add("--rss-limit-mib", type=int, default=DEFAULT_RSS_LIMIT_MIB,
         help="with --spawn: kill the server past this RSS")
     args = parser.parse_args(argv)
-    kit.check_common_arguments(parser, args)
+    tool.check_args(parser, args)
     for option in ("members", "count", "connections", "rooms", "nofile", "hold", "read_rate"):
         value = getattr(args, option)
         if value is not None and value < 1:

@@ -4,22 +4,20 @@ still answers, and still keeps its rooms straight.
     python3 -m tools.fuzz --spawn --count 100000 --seed 1
     python3 -m tools.fuzz --host 127.0.0.1 --port 8080 --seconds 60
 
-It sends batches of --batch requests over a pool of connections in one loop (tools/kit.py):
-every request kind (KILL_SERVICE only with --allow-kill, once, at the very end), unknown lines,
-random bytes; mutated (fields dropped, duplicated, swapped or misnamed, bad or enormous
-integers, empty names, NUL bytes, invalid UTF-8, stray blank lines, CR/LF variants, requests
-cut short, values past protocol.MAX_REQUEST_BYTES); each send() a random 1 byte to 64 KiB;
-part of a request and then RST or FIN; bursts of up to --burst one-request connections;
-connections that never read; floods of large chats into one room.
-
-It checks that:
+It sends batches of --batch requests over a pool of connections in one kit.Loop: every request
+kind (KILL_SERVICE only with --allow-kill, once, at the very end), unknown lines, random bytes;
+mutated (fields dropped, duplicated, swapped or misnamed, bad or enormous integers, empty names,
+NUL bytes, invalid UTF-8, stray blank lines, CR/LF variants, requests cut short, values past
+protocol.MAX_REQUEST_BYTES); each send() a random 1 byte to 64 KiB; part of a request and then
+RST or FIN; bursts of up to --burst one-request connections; connections that never read;
+floods of large chats into one room. It checks that:
 - after every batch a fresh connection gets a HELO reply within --helo-timeout ("hang"), and a
   spawned server still runs ("server_exited");
 - everything the server sends parses (protocol.ReplyReader); a room name keeps one ROOM_REF
   and a ROOM_REF one name; a connection keeps one JOIN_ID and no two share one;
-- "probe" connections, whose requests (protocol's builders, restyled and split at random) have
-  known answers, get exactly the predicted replies in order: JOINED with the right ref and id,
-  own announcements, own chats echoed once, the documented ERROR_CODE for each malformed request
+- "probe" connections (kit.Probers), whose requests (restyled and split at random) have known
+  answers, get exactly the predicted replies in order: JOINED with the right ref and id, own
+  announcements, own chats echoed once, the documented ERROR_CODE for each malformed request
   (12 for a control or format character in a name), nothing for an unknown line, LEFT_CHATROOM
   with the server's JOIN_ID, leave announcements and the close after DISCONNECT, and no chat of
   a room it is not in;
@@ -28,12 +26,10 @@ It checks that:
   them all, then one LEAVEs them all, one DISCONNECTs, one vanishes (RST): the checker must see
   all three leave every room; then it chats in every room, and every probe in one must get that
   chat exactly once.
-
-The summary is the kit's: failures by kind (hang, server_exited, protocol_violation, probe,
-segmentation, rooms, ...) and figures: requests by kind (counted when queued), ERROR_CODEs by
-code, disconnects, the segmentation table, the server's RSS before and after (with --spawn).
-Rooms are known only from JOINED_CHATROOM replies read; only the probes' replies are predicted,
-of the rest the form is checked.
+The summary's figures: requests by kind (counted when queued), ERROR_CODEs by code, disconnects,
+the segmentation table, the server's RSS before and after (with --spawn). Rooms are known only
+from JOINED_CHATROOM replies read; only the probes' replies are predicted, of the rest the form
+is checked.
 """
 import argparse
 import collections
@@ -43,12 +39,11 @@ import random
 import socket
 import sys
 import time
-from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
-from protocol import (JOINED_TEXT, LEFT_TEXT, MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES,
-                      ChatMessage, ErrorCode, ErrorReply, HeloReply, JoinedReply, LeftReply,
-                      Unparsed, chat_request, disconnect_request, helo_request,
-                      join_request, kill_request, leave_request)
+from protocol import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES, ChatMessage, ErrorCode,
+                      ErrorReply, HeloReply, JoinedReply, Unparsed, chat_request, helo_request,
+                      join_request, kill_request)
 from tools import kit
 
 # --- settings (each a default for a command-line option, or a bound on a wait) ----------------
@@ -122,14 +117,9 @@ def random_text(rng: random.Random, max_len: int) -> str:
     return "".join(rng.choice(alphabet) for alphabet in alphabets)
 
 
-def random_bytes(rng: random.Random, length: int) -> bytes:
-    return rng.getrandbits(8 * length).to_bytes(length, "little") if length else b""
-
-
 def segment_size(rng: random.Random) -> int:
     """How many bytes the next send() may take: 1 byte to 64 KiB, small sizes often."""
-    low, high = rng.choices(SEGMENT_SIZES, SEGMENT_WEIGHTS)[0]
-    return rng.randint(low, high)
+    return rng.randint(*rng.choices(SEGMENT_SIZES, SEGMENT_WEIGHTS)[0])
 
 
 def line_ending(rng: random.Random) -> bytes:
@@ -160,37 +150,34 @@ class FuzzConn(kit.Conn):
 
     def __init__(self, label: str, reading: bool = True) -> None:
         super().__init__()
-        self.label = label
-        self.reading = reading
-        self.probe: Optional["Probe"] = None
+        self.label, self.reading = label, reading
         self.tail = b""                       # the last bytes queued (for the KILL guard)
+        self.done = False                     # a probe: disconnected as predicted, or given up
 
 
 # --- Chaos traffic: random requests, valid and not -------------------------------------------
 
 class RequestMaker:
-    """Random requests as bytes. `book` is what the fuzzer has learnt of rooms and JOIN_IDs."""
+    """Random requests as bytes: the Fuzzer's part that uses its `rng`, its `book` (what it has
+    learnt of rooms and JOIN_IDs) and its `rooms` (the names it joins)."""
 
     KINDS = ["HELO", "JOIN", "LEAVE", "CHAT", "DISCONNECT", "UNKNOWN", "GARBAGE", "BLANK"]
     WEIGHTS = [8, 22, 14, 34, 3, 9, 6, 4]
-
-    def __init__(self, rng: random.Random, book: kit.RefBook, fresh_rooms: List[str]):
-        self.rng = rng
-        self.book = book
-        self.rooms = ROOM_NAMES + fresh_rooms
 
     def make(self, conn: "FuzzConn") -> Tuple[str, bytes]:
         rng = self.rng
         kind = rng.choices(self.KINDS, self.WEIGHTS)[0]
         if kind == "GARBAGE":
-            return kind, random_bytes(rng, rng.randint(1, 200))
+            length = rng.randint(1, 200)
+            return kind, rng.getrandbits(8 * length).to_bytes(length, "little")
         if kind == "BLANK":
             return kind, rng.choice([b"\n", b"\r\n", b"\n\n\n", b"\r\n\r\n", b" \n"])
         lines = self.lines(kind, conn)
         if rng.random() < P_MUTATE:
             for _ in range(rng.randint(1, 3)):
                 lines = self.mutate(kind, lines)
-        data = self.join_lines(lines)
+        endings = rng.choices(LINE_ENDINGS, LINE_ENDING_WEIGHTS)[0]
+        data = b"".join(line + rng.choice(endings) for line in lines)
         if rng.random() < 0.03:               # cut short: the stream runs into the next request
             data = data[:rng.randint(0, len(data))]
         if rng.random() < 0.05:
@@ -218,9 +205,6 @@ class RequestMaker:
             return str(self.rng.randint(0, most)).encode()
         return self.rng.choice(BAD_INTEGERS).encode("utf-8")
 
-    def _room(self) -> bytes:
-        return self._text(self.rooms, 0.02, 40)
-
     def _name(self) -> bytes:
         return self._text(CLIENT_NAMES, 0.2, 30)
 
@@ -238,7 +222,8 @@ class RequestMaker:
             text = b"" if rng.random() < 0.1 else b" " + random_text(rng, 60).encode("utf-8")
             return [b"HELO" + text]
         if kind == "JOIN":
-            return shaped(b"JOIN_CHATROOM", self._room(), [b"0", b"0", self._name()])
+            room = self._text(self.rooms, 0.02, 40)
+            return shaped(b"JOIN_CHATROOM", room, [b"0", b"0", self._name()])
         if kind == "LEAVE":
             return shaped(b"LEAVE_CHATROOM", self._ref(), [self._join_id(conn), self._name()])
         if kind == "DISCONNECT":
@@ -290,59 +275,27 @@ class RequestMaker:
             lines[index] = space + lines[index] + rng.choice([b" \t", space])
         return lines
 
-    def join_lines(self, lines: List[bytes]) -> bytes:
-        endings = self.rng.choices(LINE_ENDINGS, LINE_ENDING_WEIGHTS)[0]
-        return b"".join(line + self.rng.choice(endings) for line in lines)
-
 
 # --- Probes: connections whose every reply is predicted --------------------------------------
 
-# What a probe expects next, one of:
-#   ("HELO", line)  ("JOINED", room)  ("ANNOUNCE_JOIN", room)  ("LEFT", ref, join_id)
-#   ("ANNOUNCE_LEAVE", room)  ("ECHO", room, text)  ("ERROR", code)  ("EOF",)
-Expectation = Tuple
-# What is wrong with a reply that is not the one expected, by the kind of expectation.
-MISMATCHES = {"HELO": "wrong HELO reply", "JOINED": "wrong JOINED_CHATROOM reply",
-              "ANNOUNCE_JOIN": "wrong own join announcement",
-              "ANNOUNCE_LEAVE": "wrong own leave announcement", "ECHO": "wrong echo",
-              "LEFT": "wrong LEFT_CHATROOM reply", "ERROR": "wrong ERROR_CODE",
-              "EOF": "a message after the last leave announcement of a DISCONNECT"}
+class Probe(FuzzConn, kit.Prober):
+    """A fuzz connection that is a kit.Prober: its requests restyled (and split at random, by
+    the loop), with now and then a wrong JOIN_ID or CLIENT_NAME; also HELOs, malformed requests
+    and unknown lines, whose answers are known too."""
 
-
-class Probe:
-    """A connection that sends only requests whose replies it can predict, and checks them.
-
-    `member` is the set of rooms the server will have it in once it has handled everything
-    sent so far (only this connection's own requests change that); `in_rooms` is the set of
-    ROOM_REFs it is in as far as the replies read so far go (between its own join and leave
-    announcements): a chat of any other room is a failure.
-    """
-
-    def __init__(self, fuzzer: "Fuzzer", name: str, conn: FuzzConn):
+    def __init__(self, fuzzer: "Fuzzer", name: str):
+        FuzzConn.__init__(self, name)
+        kit.Prober.__init__(self, name, lambda data: self._send(restyle(self.rng, data)),
+                            fuzzer.refs, (fuzzer.host, fuzzer.port))
         self.fuzzer = fuzzer
         self.rng = fuzzer.rng
-        self.name = name
-        self.conn = conn
-        conn.probe = self
-        self.expect: Deque[Expectation] = collections.deque()
-        self.member: Set[str] = set()
-        self.in_rooms: Set[int] = set()
-        self.disconnecting = False
-        self.done = False                      # disconnected as predicted, or given up
-        self.leaves_seen: Set[Tuple[int, str]] = set()   # (ref, name) of leave announcements
         self.finals_seen: Dict[Tuple[int, str], int] = collections.Counter()
-        self.checked = 0                       # replies matched
-
-    @property
-    def join_id(self) -> Optional[int]:
-        """The JOIN_ID the server gave this connection, if any (from the fuzzer's RefBook)."""
-        return self.fuzzer.book.join_ids.get(self.name)
 
     # -- building requests ----------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
         blank = self.rng.choice([b"", b"", b"", b"", b"\n", b"\r\n"])   # between requests
-        self.fuzzer.queue(self.conn, blank + data, "probe", guard=False)
+        self.fuzzer.queue(self, blank + data, "probe", guard=False)
 
     def _send_lines(self, lines: List[str]) -> None:
         ending = line_ending(self.rng)
@@ -351,36 +304,21 @@ class Probe:
     def helo(self) -> None:
         text = "%s %s" % (self.name, random_text(self.rng, 30).strip() or "x")
         self._send(helo_request(text)[:-1] + line_ending(self.rng))
-        self.expect.append(("HELO", "HELO " + text))
+        self.owed.append(kit.Like(HeloReply, line="HELO " + text, ip=self.fuzzer.host,
+                                  port=self.fuzzer.port))
 
-    def join(self, room: str) -> None:
-        self._send(restyle(self.rng, join_request(room, self.name)))
-        self.expect.append(("JOINED", room))
-        if room not in self.member:
-            self.member.add(room)
-            self.expect.append(("ANNOUNCE_JOIN", room))
+    def leave(self, room: str, join_id: Optional[int] = None) -> None:
+        """LEAVE `room`, with a wrong JOIN_ID now and then: the reply has the right one."""
+        wrong = self.join_id is None or self.rng.random() < 0.1
+        super().leave(room, self.rng.randint(0, 99) if wrong else join_id)
 
-    def leave(self, room: str) -> None:
-        ref = self.fuzzer.refs[room]
-        join_id = self.join_id if self.join_id is not None else self.rng.randint(0, 99)
-        if self.rng.random() < 0.1:
-            join_id = self.rng.randint(0, 99)    # a wrong one: the reply has the right one
-        self._send(restyle(self.rng, leave_request(ref, join_id, self.name)))
-        self.expect.append(("LEFT", ref, join_id))
-        if room in self.member:
-            self.member.discard(room)
-            self.expect.append(("ANNOUNCE_LEAVE", room))
-
-    def chat(self, room: str, text: Optional[str] = None) -> None:
-        """CHAT to `room` (whose ref must be known): echoed if a member, else error 6."""
+    def chat(self, room: str, text: Optional[str] = None, join_id: Optional[int] = None,
+             name: Optional[str] = None) -> None:
+        """CHAT to `room` (whose ref must be known), random text unless given."""
         if text is None:
             text = "\n".join(self._chat_line() for _ in range(1 if self.rng.random() < 0.8 else 3))
         name = self.name if self.rng.random() < 0.8 else "someone-else"   # not trusted anyway
-        self._send(restyle(self.rng, chat_request(self.fuzzer.refs[room], 7, name, text)))
-        if room in self.member:
-            self.expect.append(("ECHO", room, text))
-        else:
-            self.expect.append(("ERROR", ErrorCode.NOT_A_MEMBER))
+        super().chat(room, text, 7, name)
 
     def _chat_line(self) -> str:
         """A line of text that trims to itself (it starts and ends with a letter): usually
@@ -390,19 +328,6 @@ class Probe:
             piece += " "
             piece *= self.rng.randint(1, max(1, PROBE_LINE_BYTES // len(piece.encode("utf-8"))))
         return "a" + piece + "z"
-
-    def disconnect(self) -> bool:
-        """DISCONNECT, if the order of its leave announcements can be predicted now."""
-        refs = self.fuzzer.refs
-        if any(room not in refs for room in self.member):
-            return False                       # a JOINED is outstanding: its ref is unknown
-        self._send(restyle(self.rng, disconnect_request(self.name)))
-        for room in sorted(self.member, key=refs.get):
-            self.expect.append(("ANNOUNCE_LEAVE", room))
-        self.member.clear()
-        self.expect.append(("EOF",))
-        self.disconnecting = True
-        return True
 
     def malformed(self) -> None:
         """A well-framed request with a known fault, and the error code it must get."""
@@ -436,20 +361,16 @@ class Probe:
         if rng.random() < 0.15:                 # invalid UTF-8 in a HELO or in a message
             raw_cases = [b"HELO caf\xe9", b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: n\nMESSAGE: \xff\n"]
             self._send(rng.choice(raw_cases) + b"\n")
-            self.expect.append(("ERROR", ErrorCode.INVALID_UTF8))
+            self.owed.append(kit.Like(ErrorReply, code=ErrorCode.INVALID_UTF8))
             return
         template, code = rng.choice(cases)
         self._send_lines([line.format(room="room1", name=name, bad=bad, unknown=unknown, ref=ref,
                                       unprintable=unprintable) for line in template.split("|")])
-        self.expect.append(("ERROR", code))
-
-    def unknown(self) -> None:
-        self._send_lines([self.rng.choice(["WHATEVER", "PING %s" % self.name, "NOT_A_COMMAND: 1",
-                                           "QUIT"])])     # answered by nothing at all
+        self.owed.append(kit.Like(ErrorReply, code=code))
 
     def random_request(self) -> None:
         """One random request (or none, once DISCONNECT has been sent)."""
-        if self.disconnecting or self.done:
+        if self.done or kit.CLOSE in self.owed:
             return
         rng = self.rng
         refs = self.fuzzer.refs
@@ -468,7 +389,8 @@ class Probe:
             room = rng.choice(joined) if joined and rng.random() < 0.9 else rng.choice(list(refs))
             self.chat(room)
         elif roll < 0.87:
-            self.unknown()
+            self._send_lines([rng.choice(["WHATEVER", "PING %s" % self.name, "NOT_A_COMMAND: 1",
+                                          "QUIT"])])     # an unknown line: answered by nothing
         elif roll < 0.985:
             self.malformed()
         elif not self.disconnect():
@@ -477,88 +399,34 @@ class Probe:
     # -- checking replies ----------------------------------------------------------------
 
     def on_reply(self, reply) -> None:
+        """Check a reply; a wrong one gives this probe up (its expectations are out of step)."""
         if self.done:
             return
-        if isinstance(reply, ChatMessage) and reply.client_name != self.name:
-            if reply.ref not in self.in_rooms:
-                self.fail("got a chat of room %d, which it is not in: %r" % (reply.ref, reply))
-                return
-            if reply.message.startswith(FINAL_PREFIX):
-                self.finals_seen[(reply.ref, reply.message)] += 1
-            if reply.message == LEFT_TEXT % reply.client_name:
-                self.leaves_seen.add((reply.ref, reply.client_name))
-            return
-        if not self.expect:
-            self.fail("unexpected reply %r" % (reply,))
-            return
-        want = self.expect.popleft()
-        if not self._matches(want, reply):
-            self.fail("expected %r, got %r (%s)" % (want, reply, MISMATCHES[want[0]]))
-            return
-        self.checked += 1
-        if want[0] == "ANNOUNCE_JOIN":
-            self.in_rooms.add(reply.ref)
-        elif want[0] == "ANNOUNCE_LEAVE":
-            self.in_rooms.discard(reply.ref)
-
-    def _matches(self, want: Expectation, reply) -> bool:
-        """Is `reply` the expected reply `want`?"""
-        kind, here = want[0], (self.fuzzer.host, self.fuzzer.port)
-        if kind == "HELO":
-            return (isinstance(reply, HeloReply)
-                    and (reply.line, reply.ip, reply.port) == (want[1],) + here)
-        if kind == "JOINED":        # its JOIN_ID, kept by the connection, the RefBook checks
-            return (isinstance(reply, JoinedReply)
-                    and (reply.room, reply.server_ip, reply.port) == (want[1],) + here)
-        if kind == "LEFT":          # the server's JOIN_ID; the request's only if it never joined
-            return reply == LeftReply(want[1], want[2] if self.join_id is None else self.join_id)
-        if kind == "ERROR":
-            return isinstance(reply, ErrorReply) and reply.code == want[1]
-        if kind == "EOF":
-            return False
-        text = {"ANNOUNCE_JOIN": JOINED_TEXT % self.name,
-                "ANNOUNCE_LEAVE": LEFT_TEXT % self.name}.get(kind) or want[2]
-        return reply == ChatMessage(self.fuzzer.refs.get(want[1]), self.name, text)
-
-    def on_closed(self) -> None:
-        """The server closed the connection: right only when a DISCONNECT's replies are in."""
-        if self.done:
-            return
-        if list(self.expect) == [("EOF",)]:
-            self.expect.clear()
-            self.checked += 1
-        else:
-            self.fuzzer.report.fail("probe", "%s: the server closed the connection with %d "
-                                    "replies outstanding: %r"
-                                    % (self.name, len(self.expect), list(self.expect)[:3]))
-        self.done = True
-
-    def fail(self, problem: str) -> None:
-        """Record a failed check and give up this probe (its expectations are now out of step)."""
-        self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
-        self.done = True
-        self.fuzzer.end(self.conn, "reset")
+        problem = self.take(reply)
+        if problem is not None:
+            self.fuzzer.report.fail("probe", "%s: %s" % (self.name, problem))
+            self.done = True
+            self.fuzzer.end(self, "reset")
+        elif isinstance(reply, ChatMessage) and reply.message.startswith(FINAL_PREFIX):
+            self.finals_seen[(reply.ref, reply.message)] += 1
 
     def idle(self) -> bool:
-        return self.done or not self.expect
+        return self.done or not self.owed
 
 
 # --- The fuzzer ------------------------------------------------------------------------------
 
-
-class Fuzzer(kit.Handler):
+class Fuzzer(RequestMaker, kit.Handler):
     """One run against `target` (kit.Target: spawned for the run, or given)."""
 
     def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
-        self.args = args
-        self.report = report
+        self.args, self.report = args, report
         self.host, self.port, self.server = target.host, target.port, target.server
         self.rng = random.Random(args.seed)
         self.loop = kit.Loop(target.address, self, send_limit=lambda: segment_size(self.rng))
         self.book = kit.RefBook(report)        # rooms and JOIN_IDs, from JOINED replies
         self.refs = self.book.refs             # room name -> ROOM_REF
-        fresh = ["fz%d-%d" % (args.seed, i) for i in range(args.fresh_rooms)]
-        self.maker = RequestMaker(self.rng, self.book, fresh)
+        self.rooms = ROOM_NAMES + ["fz%d-%d" % (args.seed, i) for i in range(args.fresh_rooms)]
         self.chaos: List[FuzzConn] = []
         self.probes: List[Probe] = []
         self.serial = 0
@@ -567,24 +435,20 @@ class Fuzzer(kit.Handler):
         self.server_closed = 0                 # connections the server closed or reset
         self.vanished = 0                      # connections we reset
         self.closed_by_us = 0                  # connections we closed normally
-        self.helo_max = 0.0
-        self.batches = 0
+        self.helo_max, self.batches = 0.0, 0
 
     def requests_sent(self) -> int:
         return sum(self.sent_by_kind.values())
 
     # -- connections ----------------------------------------------------------------------
 
-    def open_conn(self, label: str, reading: bool = True) -> FuzzConn:
+    def open(self, conn: FuzzConn) -> FuzzConn:
+        """Connect `conn`; a Probe joins the probes."""
         self.serial += 1
-        conn = FuzzConn(label, reading)
+        if isinstance(conn, Probe):
+            self.probes.append(conn)
         self.loop.connect(conn)
         return conn
-
-    def new_probe(self, name: str) -> Probe:
-        probe = Probe(self, name, self.open_conn(name))
-        self.probes.append(probe)
-        return probe
 
     def queue(self, conn: FuzzConn, data: bytes, kind: Optional[str] = None,
               guard: bool = True) -> None:
@@ -615,13 +479,15 @@ class Fuzzer(kit.Handler):
 
     def connect_failed(self, conn: FuzzConn, exc: OSError) -> None:
         self.report.fail("connect_failed", "%s: %s" % (conn.label, exc))
-        if conn.probe is not None:
-            conn.probe.done = True
+        conn.done = True
 
     def closed(self, conn: FuzzConn, exc: Optional[OSError]) -> None:
         self.server_closed += 1
-        if conn.probe is not None:
-            conn.probe.on_closed()
+        # right for a probe only when a DISCONNECT's replies are in (kit.Prober.closed)
+        problem = None if conn.done or not isinstance(conn, Probe) else conn.closed()
+        if problem is not None:
+            self.report.fail("probe", "%s: %s" % (conn.label, problem))
+        conn.done = True
 
     def received(self, conn: FuzzConn) -> None:
         while conn.state == kit.OPEN:
@@ -638,13 +504,12 @@ class Fuzzer(kit.Handler):
                 self.errors_by_code[reply.code] += 1
             elif isinstance(reply, JoinedReply):
                 self.book.learn(reply, conn.label)
-            if conn.probe is not None:
-                conn.probe.on_reply(reply)
+            if isinstance(conn, Probe):
+                conn.on_reply(reply)
 
     def violation(self, conn: FuzzConn, text: str) -> None:
         self.report.fail("protocol_violation", "conn %s: %s" % (conn.label, text))
-        if conn.probe is not None:
-            conn.probe.done = True
+        conn.done = True
         self.end(conn, "reset")
 
     def pump(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> bool:
@@ -653,13 +518,12 @@ class Fuzzer(kit.Handler):
         with nothing sent or received). False if `seconds` ran out first."""
         loop = self.loop
 
-        def quiet() -> bool:
-            return time.monotonic() - max(loop.last_activity, loop.last_sent) >= QUIET
-
         def done() -> bool:
-            return (not any(conn.out or conn.state != kit.OPEN for conn in loop.conns)
-                    and (until or quiet)())
-        return loop.wait_for(done, time.monotonic() + seconds, wait=QUIET / 2) == "done"
+            if any(conn.out or conn.state != kit.OPEN for conn in loop.conns):
+                return False
+            quiet = time.monotonic() - max(loop.last_activity, loop.last_sent) >= QUIET
+            return until() if until else quiet
+        return loop.run_until(done, seconds, wait=QUIET / 2)
 
     # -- batches ----------------------------------------------------------------------------
 
@@ -668,16 +532,16 @@ class Fuzzer(kit.Handler):
         return [conn for conn in self.chaos if not conn.close_when_sent]
 
     def live_probes(self) -> List[Probe]:
-        return [probe for probe in self.probes if not probe.done and not probe.disconnecting]
+        return [probe for probe in self.probes if not probe.done and kit.CLOSE not in probe.owed]
 
     def refill(self) -> None:
         """Top the pools of chaos connections and probes up again."""
         self.live_chaos()
         while len(self.chaos) < self.args.pool:
             reading = self.rng.random() >= P_NON_READER
-            self.chaos.append(self.open_conn("chaos%d" % (self.serial + 1), reading))
+            self.chaos.append(self.open(FuzzConn("chaos%d" % (self.serial + 1), reading)))
         for _ in range(self.args.probes - len(self.live_probes())):
-            self.new_probe("probe%d" % (self.serial + 1))
+            self.open(Probe(self, "probe%d" % (self.serial + 1)))
 
     def batch(self, size: int) -> None:
         """Queue `size` requests (and now and then a burst or a flood), then pump."""
@@ -698,14 +562,14 @@ class Fuzzer(kit.Handler):
             conn = rng.choice(conns)
             roll = rng.random()
             if roll < P_VANISH + P_HALF_CLOSE:
-                _kind, data = self.maker.make(conn)
+                _kind, data = self.make(conn)
                 self.queue(conn, data[:rng.randint(0, max(0, len(data) - 1))],
                            "vanish" if roll < P_VANISH else "half-close")
                 self.end(conn, "reset" if roll < P_VANISH else "close", when_sent=True)
             elif roll < P_VANISH + P_HALF_CLOSE + P_OVERSIZE:
-                self.queue(conn, self.maker.oversize(), "oversize")
+                self.queue(conn, self.oversize(), "oversize")
             else:
-                kind, data = self.maker.make(conn)
+                kind, data = self.make(conn)
                 self.queue(conn, data, kind)
         self.pump(BATCH_TIMEOUT)
         for conn in self.live_chaos():          # now and then a non-reader is let go
@@ -716,19 +580,17 @@ class Fuzzer(kit.Handler):
     def burst(self, count: int) -> int:
         """Open `count` connections at once; each sends one request and then goes (RST or FIN
         when its request is sent, or at the end of the batch)."""
-        conns = []
-        for _ in range(count):
-            conn = self.open_conn("burst%d" % (self.serial + 1))
-            kind, data = self.maker.make(conn)
+        conns = [self.open(FuzzConn("burst%d" % (self.serial + 1))) for _ in range(count)]
+        for conn in conns:
+            kind, data = self.make(conn)
             if self.rng.random() < 0.5:
                 data = join_request(self.rng.choice(ROOM_NAMES[:4]), "b") + data
             self.queue(conn, data, kind)
             self.end(conn, self.rng.choice(["reset", "close", None]), when_sent=True)
-            conns.append(conn)
         self.pump(BATCH_TIMEOUT)
         for conn in conns:
             self.end(conn, self.rng.choice(["reset", "close"]))
-        return len(conns)
+        return count
 
     def flood(self, most: int) -> int:
         """One chaos connection joins a room and pipelines many large chats into it (at most
@@ -757,9 +619,7 @@ class Fuzzer(kit.Handler):
         ok, seconds, problem = kit.helo_check(self.host, self.port, self.args.helo_timeout,
                                               "health-%d" % self.batches)
         self.helo_max = max(self.helo_max, seconds)
-        if not ok:
-            if self.server is not None and not self.server.alive():
-                return False
+        if not ok and (self.server is None or self.server.alive()):
             self.report.fail("hang", "health check after batch %d: %s" % (self.batches, problem))
         return ok
 
@@ -828,26 +688,23 @@ class Fuzzer(kit.Handler):
         """The end-of-run consistency check (see the module docstring)."""
         probes_idle = lambda: all(probe.idle() for probe in self.probes)  # noqa: E731
         self.drain(probes_idle, lambda: "probes still waiting for %d replies"
-                   % sum(len(p.expect) for p in self.probes if not p.done))
+                   % sum(len(p.owed) for p in self.probes if not p.done))
         for conn in self.live_chaos():
             self.end(conn, self.rng.choice(["reset", "close"]))
         rooms = [room for room in sorted(self.refs, key=self.refs.get)
                  if len(room.encode("utf-8")) < MAX_REQUEST_BYTES - 200]
-        checker = self.new_probe("checker")
-        observers = [self.new_probe("observer%d" % i) for i in range(3)]
-        for room in rooms:
-            checker.join(room)
-        self.pump(DRAIN_TIMEOUT, until=checker.idle)
-        for observer in observers:
-            for room in rooms:
-                observer.join(room)
-        self.pump(DRAIN_TIMEOUT, until=lambda: all(o.idle() for o in observers))
+        checker = self.open(Probe(self, "checker"))
+        observers = [self.open(Probe(self, "observer%d" % i)) for i in range(3)]
+        for joiners in ([checker], observers):     # the checker first: it sees the others join
+            for probe, room in itertools.product(joiners, rooms):
+                probe.join(room)
+            self.pump(DRAIN_TIMEOUT, until=lambda: all(p.idle() for p in joiners))  # noqa: B023
         # one leaves every room, one disconnects, one vanishes in the middle of a request
         for room in rooms:
             observers[0].leave(room)
         observers[1].disconnect()
-        self.queue(observers[2].conn, b"CHAT: 0\nJOIN_ID: 1\nCLIEN")
-        self.end(observers[2].conn, "reset", when_sent=True)
+        self.queue(observers[2], b"CHAT: 0\nJOIN_ID: 1\nCLIEN")
+        self.end(observers[2], "reset", when_sent=True)
         observers[2].done = True
         wanted = {(self.refs[room], o.name) for room in rooms for o in observers}
         self.drain(lambda: observers[0].idle() and observers[1].idle()
@@ -865,7 +722,7 @@ class Fuzzer(kit.Handler):
         def received() -> List[Tuple[Probe, int, int]]:
             """(probe, ref, how often it has the checker's chat) for every room of a probe."""
             return [(probe, ref, probe.finals_seen[(ref, finals[ref])]) for probe in listeners
-                    if not probe.done for ref in probe.in_rooms if ref in finals]
+                    if not probe.done for ref in probe.rooms if ref in finals]
         self.drain(lambda: checker.idle() and all(got for _probe, _ref, got in received()),
                    lambda: "the checker's chat had not reached every member")
         self.pump(QUIET * 5)                   # time for duplicates to show
@@ -876,10 +733,9 @@ class Fuzzer(kit.Handler):
         # everybody still here disconnects, checking the leave announcements once more
         for probe in self.live_probes():
             if not probe.disconnect():
-                self.end(probe.conn, "close")
+                self.end(probe, "close")
                 probe.done = True
         self.drain(probes_idle, lambda: "DISCONNECT replies still missing")
-
         for conn in list(self.loop.conns):
             self.end(conn, "close")
 
@@ -897,11 +753,9 @@ class Fuzzer(kit.Handler):
             if self.server is not None:
                 stopped = not self.server.alive()
             else:
-                try:
-                    socket.create_connection((self.host, self.port), timeout=0.5).close()
-                    stopped = False
-                except OSError:
-                    stopped = True
+                with socket.socket(self.loop.family) as sock:
+                    sock.settimeout(0.5)
+                    stopped = sock.connect_ex(self.loop.sockaddr) != 0
             if stopped:
                 return {"sent": True, "stopped_after_s": round(time.monotonic() - started, 3)}
             time.sleep(0.01)
@@ -977,14 +831,13 @@ OPTIONS: List[kit.Option] = [
     ("--probes", int, DEFAULT_PROBES, "probe connections kept open", 0, None),
     ("--burst", int, DEFAULT_BURST, "most connections opened at once in a burst", 10, None),
     ("--fresh-rooms", int, DEFAULT_FRESH_ROOMS, "room names used beyond the fixed list", 0, None),
-    ("--helo-timeout", float, HELO_TIMEOUT, "a health check slower than this many seconds is a "
-     "hang", 0, None)]
+    ("--helo-timeout", float, HELO_TIMEOUT, "a slower health check is a hang (seconds)", 0, None),
+    ("--allow-kill", bool, False, "end with KILL_SERVICE: the server must stop (else never sent)",
+     None, None)]
 
 
 TOOL = kit.Tool("fuzz", __doc__, run_fuzz, OPTIONS,
-                (DEFAULT_SECONDS, "stop sending after this long"),
-                switches=(("--allow-kill", "end by sending KILL_SERVICE and checking that the "
-                           "server stops (never sent otherwise)"),))
+                (DEFAULT_SECONDS, "stop sending after this long"))
 parse_args, main = TOOL.parse_args, TOOL.main
 
 if __name__ == "__main__":

@@ -1,23 +1,23 @@
 """What every live-server tool shares (fuzz, soak, many, loadgen) and the end-to-end tests use.
 
 - ServerProcess: Server.py in a child process on 127.0.0.1 and a port the kernel picks.
-- Loop and Conn: many nonblocking client connections on one selector, each read with
-  protocol.ReplyReader; requests are built with protocol's builders.
+- Loop, Conn: nonblocking client connections on one selector, read by protocol.ReplyReader.
+- Prober, Like: a client whose replies are predicted and checked in order (fuzz, soak, churn).
 - Crowd: members that connect and join their rooms, then chat in them (many, loadgen).
-- Report: failures counted by kind with a few examples each, progress lines, and at the end a
-  one-line verdict (standard error) and a one-line JSON summary (standard output), in every tool
+- Report: failures by kind with a few examples each, progress lines, and at the end a one-line
+  verdict (standard error) and a one-line JSON summary (standard output), in every tool
       {"tool", "ok", "verdict", "elapsed", "failed", "failures": {kind: count},
        "failure_examples": {kind: [text, ...]}, ...the tool's own figures}
   `ok` is true exactly when `failures` is empty; exit status 0 then, 1 otherwise (2: usage).
-- Tool / run_tool: --spawn or --host/--port, --seed, --seconds, --quiet and the
-  tool's own options from a table; with nothing listening at the address, one line of failure
-  within CONNECT_CHECK_TIMEOUT.
-- raise_nofile_limit, os_limits: how many connections this process and the machine allow.
+- Tool, run_tool: the command line (--spawn or --host/--port, --seed, --seconds, --quiet, the
+  tool's options from a table); with nothing listening there, one line of failure within
+  CONNECT_CHECK_TIMEOUT. raise_nofile_limit, enough_files: how many connections fit.
 
 Run tools from the repository's top folder: `python3 -m tools.NAME --help`.
 """
 import argparse
 import collections
+import contextlib
 import errno
 import json
 import os
@@ -32,10 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 import protocol
-from protocol import JOINED_TEXT, ChatMessage, HeloReply, chat_request, helo_request, join_request
+from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, HeloReply, chat_request,
+                      disconnect_request, helo_request, join_request, leave_request)
 
 HOST = "127.0.0.1"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,14 +63,140 @@ MAX_EXAMPLE_CHARS = 300         # an example is cut to this: a whole 64 KiB repl
 # stops waiting for them after this many quiet seconds instead.
 SETTLE = 0.5
 JOINED_SUFFIX = JOINED_TEXT % ""    # " has joined this chatroom."
+SPARE_FILES = 64                    # descriptors a tool needs beyond one per connection
 
 
 def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
     """Every whole reply `reader` holds, one at a time (stop early: the rest stay for later)."""
-    reply = reader.maybe_next_reply()
-    while reply is not None:
-        yield reply
-        reply = reader.maybe_next_reply()
+    return iter(reader.maybe_next_reply, None)
+
+
+# --- Clients whose replies are predicted -----------------------------------------------------
+
+CLOSE = "the server's close"        # owed last, after a DISCONNECT's leave announcements
+
+
+class Like:
+    """A reply of type `kind` with these `fields`, compared with == (either way round); a field
+    given as a function is asked at that moment (a room's ref, unknown when the JOIN is sent)."""
+
+    def __init__(self, kind: type, **fields) -> None:
+        self.kind, self.fields = kind, fields
+
+    def values(self) -> Dict[str, object]:
+        return {key: value() if callable(value) else value for key, value in self.fields.items()}
+
+    def __eq__(self, reply) -> bool:
+        return isinstance(reply, self.kind) and all(
+            getattr(reply, key) == value for key, value in self.values().items())
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (self.kind.__name__,
+                           ", ".join("%s=%r" % item for item in self.values().items()))
+
+
+class Prober:
+    """Client `name`, whose every request's replies are predicted and then checked in order.
+    Requests go out through send(bytes); `refs` (room -> ROOM_REF as far as known: its own, or
+    shared) addresses rooms; `here` (ip, port), if given, is what a JOINED_CHATROOM must name.
+        owed     what the server owes it, in order: Likes, and CLOSE after a DISCONNECT
+        member   the rooms the server will have it in once it has handled all sent so far
+        rooms    the ROOM_REFs it is in as the replies read go (from its own join announcement
+                 to its own leave announcement): only there may another client's chat come
+        join_id  the JOIN_ID of its JOINED_CHATROOM replies (None before the first)
+        leaves_seen  (ref, name) of every other client's leave announcement it has read
+    """
+
+    def __init__(self, name: str, send: Callable[[bytes], None], refs: Dict[str, int],
+                 here: Optional[Tuple[str, int]] = None) -> None:
+        self.name, self.send, self.refs = name, send, refs
+        self.here = {} if here is None else {"server_ip": here[0], "port": here[1]}
+        self.owed: Deque[object] = collections.deque()
+        self.member: Set[str] = set()
+        self.rooms: Set[int] = set()
+        self.join_id: Optional[int] = None
+        self.leaves_seen: Set[Tuple[int, str]] = set()
+        self.checked = 0                    # owed replies that came
+
+    def own(self, room: str, text: str) -> Like:
+        """Its own chat or announcement `text` in `room` (whose ref may come later)."""
+        return Like(ChatMessage, ref=lambda: self.refs.get(room), client_name=self.name,
+                    message=text)
+
+    def helo(self, text: str) -> None:
+        self.send(helo_request(text))
+        self.owed.append(Like(HeloReply, line="HELO " + text))
+
+    def join(self, room: str) -> None:
+        self.send(join_request(room, self.name))
+        self.owed.append(Like(protocol.JoinedReply, room=room, **self.here))
+        if room not in self.member:
+            self.member.add(room)
+            self.owed.append(self.own(room, JOINED_TEXT % self.name))
+
+    def leave(self, room: str, join_id: Optional[int] = None) -> None:
+        """LEAVE_CHATROOM of `room` (its ref known) with `join_id` (None: its own)."""
+        ref, join_id = self.refs[room], self.join_id if join_id is None else join_id
+        self.send(leave_request(ref, join_id, self.name))
+        # the server's JOIN_ID; the request's only if it never joined
+        self.owed.append(Like(protocol.LeftReply, ref=ref, join_id=lambda: join_id
+                              if self.join_id is None else self.join_id))
+        if room in self.member:
+            self.member.discard(room)
+            self.owed.append(self.own(room, LEFT_TEXT % self.name))
+
+    def chat(self, room: str, text: str, join_id: Optional[int] = None,
+             name: Optional[str] = None) -> None:
+        """CHAT `text` to `room` (its ref known), the request naming `join_id` and `name` (None:
+        its own; the server uses neither): echoed if a member, else ERROR_CODE 6."""
+        self.send(chat_request(self.refs[room], self.join_id if join_id is None else join_id,
+                               name or self.name, text))
+        self.owed.append(self.own(room, text) if room in self.member else
+                         Like(protocol.ErrorReply, code=protocol.ErrorCode.NOT_A_MEMBER))
+
+    def disconnect(self) -> bool:
+        """DISCONNECT, if the order of its leave announcements can be predicted now (every
+        room's ref is known)."""
+        if any(room not in self.refs for room in self.member):
+            return False
+        self.send(disconnect_request(self.name))
+        for room in sorted(self.member, key=self.refs.get):
+            self.owed.append(self.own(room, LEFT_TEXT % self.name))
+        self.member.clear()
+        self.owed.append(CLOSE)
+        return True
+
+    def take(self, reply: protocol.Reply) -> Optional[str]:
+        """Check the next reply read: None if it is right, else what is wrong."""
+        if isinstance(reply, ChatMessage) and reply.client_name != self.name:
+            if reply.ref not in self.rooms:
+                return "a chat of room %d, which it is not in: %r" % (reply.ref, reply)
+            if reply.message == LEFT_TEXT % reply.client_name:
+                self.leaves_seen.add((reply.ref, reply.client_name))
+            return None
+        if not self.owed:
+            return "unexpected %r" % (reply,)
+        want = self.owed.popleft()
+        if want is CLOSE or reply != want:
+            return "expected %r, got %r" % (want, reply)
+        self.checked += 1
+        if isinstance(reply, protocol.JoinedReply):
+            self.join_id = reply.join_id
+            self.refs.setdefault(reply.room, reply.ref)
+        elif isinstance(reply, ChatMessage) and reply.message == JOINED_TEXT % self.name:
+            self.rooms.add(reply.ref)
+        elif isinstance(reply, ChatMessage) and reply.message == LEFT_TEXT % self.name:
+            self.rooms.discard(reply.ref)
+        return None
+
+    def closed(self) -> Optional[str]:
+        """The server closed the connection: None if that is all it still owed."""
+        if list(self.owed) == [CLOSE]:
+            self.owed.clear()
+            self.checked += 1
+            return None
+        return ("the server closed the connection with %d replies owed: %r"
+                % (len(self.owed), list(self.owed)[:3]))
 
 
 # --- The server under test -------------------------------------------------------------------
@@ -82,12 +209,9 @@ def _proc_fields(path: str, prefix: str) -> Optional[List[str]]:
     """The words of the first line of /proc file `path` that starts with `prefix`, or None."""
     try:
         with open(path) as lines:
-            for line in lines:
-                if line.startswith(prefix):
-                    return line.split()
+            return next((line.split() for line in lines if line.startswith(prefix)), None)
     except OSError:
-        pass
-    return None
+        return None
 
 
 def read_line(proc: "subprocess.Popen", timeout: float, limit: int = 500) -> bytes:
@@ -121,8 +245,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(command + list(options), cwd=REPO_ROOT,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self._log if stderr is None else stderr, env=env)
-        self.pid = self.proc.pid
-        self.host = HOST
+        self.pid, self.host = self.proc.pid, HOST
         try:
             self.port = self._read_port()
         except BaseException:
@@ -243,8 +366,7 @@ QUEUED, CONNECTING, OPEN, CLOSED = "queued", "connecting", "open", "closed"
 
 
 class Conn:
-    """One client connection: a nonblocking socket, its unsent output, a ReplyReader, and what
-    a subclass keeps about it."""
+    """One client connection: a nonblocking socket, its unsent output, a ReplyReader."""
 
     def __init__(self) -> None:
         self.sock: Optional[socket.socket] = None
@@ -261,8 +383,7 @@ class Member(Conn):
 
     def __init__(self, room: str, name: str) -> None:
         super().__init__()
-        self.room = room
-        self.name = name
+        self.room, self.name = room, name
         self.ref: Optional[int] = None
         self.join_id: Optional[int] = None
         self.announced = False          # its own join announcement has arrived
@@ -271,58 +392,44 @@ class Member(Conn):
 
 
 class Handler:
-    """What a Loop tells its handler (see Loop); a handler overrides what it cares about."""
+    """What a Loop tells its handler; a handler overrides what it cares about."""
 
     def connected(self, conn: Conn) -> None:
-        pass
+        """The connection is up."""
 
     def connect_failed(self, conn: Conn, exc: OSError) -> None:
-        pass
+        """It could not be made (it is closed)."""
 
     def received(self, conn: Conn) -> None:
-        pass
+        """Bytes arrived: conn.reader has them."""
 
     def closed(self, conn: Conn, exc: Optional[OSError]) -> None:
-        pass
+        """The server closed it (exc None) or it broke; it is closed."""
 
 
 class Loop:
     """Every client connection of a run, on one selector, connected without blocking (at most
-    `concurrency` at a time). The `handler` is told what happens:
-        connected(conn)                 the connection is up
-        connect_failed(conn, exc)       it could not be made (it is closed)
-        received(conn)                  bytes arrived: conn.reader has them
-        closed(conn, exc)               the server closed it (exc None) or it broke (closed)
-    send() sends at once what the kernel takes (at most send_limit() bytes per send() when set)
-    and queues the rest. last_activity: the last connect made or bytes received; last_sent:
-    the last bytes sent.
-    """
+    `concurrency` at a time); the `handler` is told what happens (see Handler). send() sends at
+    once what the kernel takes (at most send_limit() bytes per send() when set) and queues the
+    rest. last_activity: the last connect made or bytes received; last_sent: the last sent."""
 
     def __init__(self, address: Tuple[int, tuple], handler=None,
                  send_limit: Optional[Callable[[], int]] = None,
                  concurrency: int = CONNECT_CONCURRENCY) -> None:
         self.family, self.sockaddr = address
-        self.handler = handler
-        self.send_limit = send_limit
-        self.concurrency = concurrency
+        self.handler, self.send_limit, self.concurrency = handler, send_limit, concurrency
         self.selector = selectors.DefaultSelector()
         self.queued: collections.deque = collections.deque()
         self.connecting = 0
         self.conns: set = set()             # every connection not yet closed
         self.last_activity = self.last_sent = time.monotonic()
-        self._starting = False              # in _start_connects (a handler may call connect)
 
     def connect(self, conn: Conn) -> None:
-        """Make `conn` connect as soon as fewer than `concurrency` are connecting."""
+        """Make `conn` connect at the next poll() at which fewer than `concurrency` are
+        connecting."""
         conn.state = QUEUED
         self.conns.add(conn)
         self.queued.append(conn)
-        if not self._starting:
-            self._starting = True
-            try:
-                self._start_queued_connects()
-            finally:
-                self._starting = False
 
     def _start_queued_connects(self) -> None:
         while self.queued and self.connecting < self.concurrency:
@@ -436,10 +543,8 @@ class Loop:
         """Close `conn` (idempotent). With reset, the kernel sends RST instead of FIN: the
         client vanishes without a goodbye."""
         if reset and conn.sock is not None and conn.state in (CONNECTING, OPEN):
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
         self._forget(conn)
 
     def _lost(self, conn: Conn, exc: Optional[OSError]) -> None:
@@ -518,23 +623,18 @@ class RefBook:
 
 # --- A crowd of members: connect, join, chat -------------------------------------------------
 
-# How a Crowd runs the loop for a step: wait(step name, is_done) is True if the step finished.
-Wait = Callable[[str, Callable[[], bool]], bool]
-
-
 class Waiter:
-    """A Wait on `loop`: a step polls as Loop.wait_for does, or as until(is_done, deadline)
-    does, for at most `seconds` (or the call's) and never past `deadline`. A step that does not
-    finish is a failure of its outcome's kind ("timed_out", "stalled"...); `outcome`: the last."""
+    """How a tool runs `loop` for a step: wait(step, is_done) polls as Loop.wait_for (or until(
+    is_done, deadline)) does, for at most `seconds` (or the call's), never past `deadline`: True
+    if the step finished, else a failure of the kind of its `outcome` ("timed_out"...)."""
 
     def __init__(self, loop: Loop, report: "Report", tick: Optional[Callable[[], None]] = None,
                  seconds: float = float("inf"), deadline: float = float("inf"),
                  stall: Optional[float] = None, nap: float = 0.0, wait: float = POLL_WAIT,
                  until: Optional[Callable[[Callable[[], bool], float], str]] = None) -> None:
-        self.loop, self.report, self.tick = loop, report, tick
-        self.seconds, self.deadline = seconds, deadline
-        self.stall, self.nap, self.wait = stall, nap, wait
-        self.until = until or self._poll
+        self.report, self.seconds, self.deadline = report, seconds, deadline
+        self.until = until or (lambda is_done, end: loop.wait_for(is_done, end, stall, nap,
+                                                                  tick, wait))
         self.outcome = "done"
 
     def __call__(self, step: str, is_done: Callable[[], bool],
@@ -545,28 +645,21 @@ class Waiter:
             self.report.fail(self.outcome.replace(" ", "_"), "%s: %s" % (step, self.outcome))
         return self.outcome == "done"
 
-    def _poll(self, is_done: Callable[[], bool], deadline: float) -> str:
-        return self.loop.wait_for(is_done, deadline, self.stall, self.nap, self.tick, self.wait)
-
 
 class Crowd(Handler):
-    """Members that connect and JOIN their rooms (join()), then perhaps chat (chat_once(),
-    chat()). A room of n owes n(n+1)/2 join announcements (the k-th joiner's goes to k
-    members), whatever the order of JOINs; their replies are checked by a RefBook."""
+    """Members that connect and JOIN their rooms (join()), then perhaps chat (chat()). A room
+    of n owes n(n+1)/2 join announcements (the k-th joiner's goes to k members), whatever the
+    order of JOINs; their replies are checked by a RefBook."""
 
     def __init__(self, loop: Loop, members: List[Member], report: "Report") -> None:
-        self.loop = loop
-        self.members = members
-        self.report = report
+        self.loop, self.members, self.report = loop, members, report
         self.step = "the joins"
         self.started = time.monotonic()
-        self.connected_count = 0
-        self.joined = 0
+        self.connected_count = self.joined = 0
         self.unjoined_failed = 0            # members that failed before their JOINED came
         self.unresolved = len(members)      # neither joined-and-announced nor failed
         self.room_sizes: Dict[str, int] = collections.Counter()
-        self.announcements_owed = 0
-        self.announcements = 0
+        self.announcements_owed = self.announcements = 0
         self.lost_after_join = False
         self.connects_done_at: Optional[float] = None
         self.last_joined_at: Optional[float] = None
@@ -581,11 +674,11 @@ class Crowd(Handler):
         self.last_delivery_at: Optional[float] = None
         self.finished_at: Optional[float] = None    # when the last owed member had its quota
 
-    def _wait(self, wait: Wait, step: str, is_done: Callable[[], bool]) -> bool:
+    def _wait(self, wait: Waiter, step: str, is_done: Callable[[], bool]) -> bool:
         self.step = step
         return wait(step, is_done)
 
-    def join(self, wait: Wait) -> bool:
+    def join(self, wait: Waiter) -> bool:
         """Connect and JOIN every member; wait for the connects, the JOINED_CHATROOMs and the
         announcements, a step each; True if all three finished."""
         self.loop.handler = self
@@ -603,11 +696,10 @@ class Crowd(Handler):
         return done
 
     def all_announced(self) -> bool:
-        if self.unresolved:
-            return False
-        if self.announcements >= self.announcements_owed:
-            return True
-        return self.lost_after_join and time.monotonic() - self.loop.last_activity > SETTLE
+        """Every member has its own announcement or failed, and all that are owed have come
+        (or, with a member lost, the announcements have been quiet for SETTLE seconds)."""
+        return not self.unresolved and (self.announcements >= self.announcements_owed or (
+            self.lost_after_join and time.monotonic() - self.loop.last_activity > SETTLE))
 
     def join_figures(self) -> Dict[str, object]:
         """How many connected and joined, and the seconds each of join()'s steps took."""
@@ -617,19 +709,7 @@ class Crowd(Handler):
                 "join_seconds": round((self.last_joined_at or end) - self.started, 3),
                 "announce_seconds": round(end - self.started, 3)}
 
-    def chat_once(self, wait: Wait) -> bool:
-        """The first member of each room to have joined sends one chat (see chat())."""
-        senders: Dict[str, Member] = {}
-        for member in self.members:
-            if member.ref is not None and not member.failed:
-                senders.setdefault(member.room, member)
-        expected = {room: ChatMessage(sender.ref, sender.name, "hello %s from %s"
-                                      % (room, sender.name)) for room, sender in senders.items()}
-        return self.chat(wait, 1, {sender: chat_request(sender.ref, sender.join_id, sender.name,
-                                                        expected[room].message)
-                                   for room, sender in senders.items()}, expected)
-
-    def chat(self, wait: Wait, quota: int, sends: Dict[Member, bytes],
+    def chat(self, wait: Waiter, quota: int, sends: Dict[Member, bytes],
              expected: Optional[Dict[str, ChatMessage]] = None) -> bool:
         """Send each member in `sends` its chats; wait until every member of those rooms has
         `quota` chats of its room (True) or the wait gives up (False). With `expected` (room ->
@@ -697,23 +777,33 @@ class Crowd(Handler):
         member.failed = True
 
     def received(self, member: Member) -> None:
-        if self.quota is not None:
-            self._chat_received(member)
-            return
+        """Joining (no quota yet): replies to the JOIN and announcements; then chats."""
         reader = member.reader
         while True:
-            if member.announced and not member.failed:
+            if self.quota is None and member.announced and not member.failed:
                 # in a room of n, up to n more announcements follow: counted at C speed
                 self.announcements += reader.count_chats(member.ref, JOINED_SUFFIX)
+            elif self.quota is not None and not self.expected:
+                self._count(member, reader.count_chats(member.ref))
             reply = reader.maybe_next_reply()
             if reply is None:
                 return
-            self._join_reply(member, reply)
+            if self.quota is None:
+                self._join_reply(member, reply)
+            elif reply == self.expected.get(member.room):
+                self._count(member, 1)
+            else:
+                self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
 
     def _join_reply(self, member: Member, reply: protocol.Reply) -> None:
         if member.ref is None:
             if isinstance(reply, protocol.JoinedReply) and reply.room == member.room:
-                self._joined(member, reply)
+                member.ref, member.join_id = reply.ref, reply.join_id
+                self.joined += 1
+                self.last_joined_at = time.monotonic()
+                self.room_sizes[member.room] += 1
+                self.announcements_owed += self.room_sizes[member.room]
+                self.book.learn(reply, member.name)
                 return
             kind = ("error_reply" if isinstance(reply, protocol.ErrorReply)
                     else "unexpected_message")
@@ -731,27 +821,6 @@ class Crowd(Handler):
             self.report.fail("unexpected_message", "%s got %r while joining"
                              % (member.name, reply))
 
-    def _joined(self, member: Member, reply: protocol.JoinedReply) -> None:
-        member.ref, member.join_id = reply.ref, reply.join_id
-        self.joined += 1
-        self.last_joined_at = time.monotonic()
-        self.room_sizes[member.room] += 1
-        self.announcements_owed += self.room_sizes[member.room]
-        self.book.learn(reply, member.name)
-
-    def _chat_received(self, member: Member) -> None:
-        reader = member.reader
-        while True:
-            if not self.expected:
-                self._count(member, reader.count_chats(member.ref))
-            reply = reader.maybe_next_reply()
-            if reply is None:
-                return
-            if reply == self.expected.get(member.room):
-                self._count(member, 1)
-            else:
-                self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
-
     def _count(self, member: Member, chats: int) -> None:
         if chats:
             self.delivered += chats
@@ -766,12 +835,10 @@ class Crowd(Handler):
 # --- The report: failures, progress, verdict, summary ----------------------------------------
 
 class Report:
-    """Failures by kind (a few examples each), progress lines, and the summary every tool ends
-    with (see the module docstring)."""
+    """Failures by kind (a few examples each), progress lines, and the summary a tool ends with."""
 
     def __init__(self, tool: str, quiet: bool = False, stream=None) -> None:
-        self.tool = tool
-        self.quiet = quiet
+        self.tool, self.quiet = tool, quiet
         self.stream = stream if stream is not None else sys.stderr
         self.started = time.monotonic()
         self.next_progress = self.started + PROGRESS_INTERVAL
@@ -816,13 +883,12 @@ class Report:
                                                                    examples[0])
             if headline:
                 verdict += "; " + headline
-        result: Dict[str, object] = {
+        return dict({
             "tool": self.tool, "ok": ok, "verdict": verdict.replace("\n", " "),
             "elapsed": round(time.monotonic() - self.started, 3), "failed": self.failed,
             "failures": dict(sorted(self.counts.items())),
-            "failure_examples": {kind: self.examples[kind] for kind in sorted(self.examples)}}
-        result.update(figures)
-        return result
+            "failure_examples": {kind: self.examples[kind] for kind in sorted(self.examples)}},
+            **figures)
 
 
 def emit(summary: Dict[str, object]) -> int:
@@ -838,102 +904,115 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Descriptions and epilogs as written, and every option's default after its help."""
 
 
-def argument_parser(tool: str, doc: str, **options) -> argparse.ArgumentParser:
-    """The parser of `python3 -m tools.TOOL`: its docstring's first paragraph, then the
-    examples (the second), then each option and its default."""
-    first, examples = doc.split("\n\n")[:2]
-    return argparse.ArgumentParser(prog="python3 -m tools." + tool, formatter_class=HelpFormatter,
-                                   description=first + "\n\nexamples:\n" + examples, **options)
-
-
-# A tool's own option: (flag, type, default, help, least, most); least and most may be None.
+# An option: (flag, type, default, help, least, most); least and most may be None. A type of
+# bool makes an on/off switch.
 Option = Tuple[str, Callable, object, str, Optional[float], Optional[float]]
-
-
-def check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                 options: List[Option]) -> None:
-    """A usage error unless every option's value lies within its least and most."""
-    for flag, _kind, _default, _text, least, most in options:
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None and ((least is not None and value < least)
-                                  or (most is not None and value > most)):
-            parser.error("%s must be %s" % (flag, " and ".join(
-                text % bound for text, bound in (("at least %s", least), ("at most %s", most))
-                if bound is not None)))
-
-
-def add_common_arguments(parser: argparse.ArgumentParser, seconds: Optional[Tuple[float, str]],
-                         suppress: bool = False, options: List[Option] = ()) -> None:
-    """--spawn | --host/--port, --seed, --seconds (when `seconds` gives its default and help),
-    --quiet, and `options` (a default of None is a required option). With `suppress`, they get
-    no defaults here: a subcommand's copy then never overrides a value given before its name."""
-    def default(value):
-        return argparse.SUPPRESS if suppress else value
-    parser.add_argument("--spawn", action="store_true", default=default(False),
-                        help="start Server.py on %s and a free port for this run, and stop it "
-                             "after (instead of --port)" % HOST)
-    parser.add_argument("--host", default=default(HOST), help="the server's address")
-    parser.add_argument("--port", type=int, default=default(None),
-                        help="the port of a server already running (instead of --spawn)")
-    parser.add_argument("--seed", type=int, default=default(None),
-                        help="random seed (None: a fresh one, reported in the summary)")
-    if seconds is not None:
-        parser.add_argument("--seconds", type=float, default=default(seconds[0]),
-                            help=seconds[1])
-    parser.add_argument("--quiet", action="store_true", default=default(False),
-                        help="no progress lines")
-    for flag, kind, value, text, _least, _most in options:
-        parser.add_argument(flag, type=kind, default=default(value), help=text)
-
-
-def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.spawn == (args.port is not None):
-        parser.error("give exactly one of --spawn and --port")
-    if args.port is not None and not 0 < args.port < 65536:
-        parser.error("--port must be from 1 to 65535")
-    if getattr(args, "seconds", 0) is not None and getattr(args, "seconds", 0) < 0:
-        parser.error("--seconds must not be negative")
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(1 << 31)
+# The options of every tool; Tool puts --seconds after --seed, for a tool that has it.
+COMMON: List[Option] = [
+    ("--spawn", bool, False, "start Server.py on %s and a free port for this run, and stop it "
+     "after (instead of --port)" % HOST, None, None),
+    ("--host", str, HOST, "the server's address", None, None),
+    ("--port", int, None, "the port of a server already running (instead of --spawn)", 1, 65535),
+    ("--seed", int, None, "random seed (None: a fresh one, reported in the summary)", None, None),
+    ("--quiet", bool, False, "no progress lines", None, None)]
 
 
 class Tool:
     """`python3 -m tools.NAME`: run(args, target, report) (see run_tool) with the common
-    arguments (`seconds` as in add_common_arguments), its `options` (each checked against its
-    bounds) and on/off `switches` (flag, help); check(parser, args) may refuse more."""
+    arguments (--spawn | --host/--port, --seed, --quiet, and --seconds when `seconds` gives its
+    default and help) and its `options` (each checked against its bounds); check(parser, args)
+    may refuse more. With `scenarios` ({name: (run, a line of help, its own options)}), the
+    first word names one: its options follow it (a default of None makes one required), the
+    common ones go either side of it, and its run is the tool's."""
 
-    def __init__(self, name: str, doc: str, run: Callable, options: List[Option],
+    def __init__(self, name: str, doc: str, run: Optional[Callable], options: List[Option],
                  seconds: Optional[Tuple[float, str]] = None,
-                 switches: Tuple[Tuple[str, str], ...] = (),
                  check: Callable[[argparse.ArgumentParser, argparse.Namespace], None]
-                 = lambda parser, args: None) -> None:
+                 = lambda parser, args: None,
+                 scenarios: Optional[Dict[str, Tuple[Callable, str, List[Option]]]] = None,
+                 epilog: str = "") -> None:
         self.name, self.doc, self.run, self.options = name, doc, run, options
-        self.seconds, self.switches, self.check = seconds, switches, check
+        self.seconds, self.check = seconds, check
+        self.scenarios, self.epilog = scenarios or {}, epilog
+
+    def parser(self) -> argparse.ArgumentParser:
+        """The parser: the docstring's first paragraph, then the examples (the second), then
+        each option and its default, and each scenario's options."""
+        first, examples = self.doc.split("\n\n")[:2]
+        parser = argparse.ArgumentParser(prog="python3 -m tools." + self.name,
+                                         formatter_class=HelpFormatter,
+                                         description=first + "\n\nexamples:\n" + examples)
+        self.add_common(parser)
+        lines = []                          # the epilog's help of each scenario's options
+        if self.scenarios:
+            subparsers = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
+            subparsers.required = True
+            lines.append("scenario options (after the scenario's name):")
+        for name, (_run, summary, options) in self.scenarios.items():
+            sub = subparsers.add_parser(name, help=summary, formatter_class=HelpFormatter)
+            self.add_common(sub, suppress=True)
+            lines.append("  %s: %s" % (name, summary))
+            for flag, kind, default, text, _least, _most in options:
+                sub.add_argument(flag, type=kind, default=default, required=default is None,
+                                 help=text)
+                lines.append("    %-18s %s (%s)" % (flag, text, "required" if default is None
+                                                   else "default: %s" % default))
+        parser.epilog = "\n".join(lines + [self.epilog]) or None
+        return parser
+
+    def common(self) -> List[Option]:
+        """COMMON (with --seconds, if the tool has it) and the tool's own options."""
+        seconds = [("--seconds", float) + self.seconds + (0, None)] if self.seconds else []
+        return COMMON[:4] + seconds + COMMON[4:] + self.options
+
+    def add_common(self, parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+        """The common() options. With `suppress`, they get no defaults here: a subcommand's
+        copy then never overrides a value given before its name."""
+        for flag, kind, value, text, _least, _most in self.common():
+            default = argparse.SUPPRESS if suppress else value
+            if kind is bool:
+                parser.add_argument(flag, action="store_true", default=default, help=text)
+            else:
+                parser.add_argument(flag, type=kind, default=default, help=text)
+
+    def check_args(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        """A usage error unless exactly one of --spawn and --port is given, and every option lies
+        within its least and most; then what check() refuses. A fresh seed unless given one."""
+        if args.spawn == (args.port is not None):
+            parser.error("give exactly one of --spawn and --port")
+        if args.seed is None:
+            args.seed = random.SystemRandom().randrange(1 << 31)
+        scenario = self.scenarios[args.scenario][2] if self.scenarios else []
+        for flag, _kind, _default, _text, least, most in self.common() + scenario:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            if value is not None and ((least is not None and value < least)
+                                      or (most is not None and value > most)):
+                parser.error("%s must be %s" % (flag, " and ".join(
+                    text % bound for text, bound in (("at least %s", least), ("at most %s", most))
+                    if bound is not None)))
+        self.check(parser, args)
 
     def parse_args(self, argv: Optional[List[str]] = None) -> argparse.Namespace:
-        parser = argument_parser(self.name, self.doc)
-        add_common_arguments(parser, self.seconds, options=self.options)
-        for flag, text in self.switches:
-            parser.add_argument(flag, action="store_true", help=text)
+        parser = self.parser()
         args = parser.parse_args(argv)
-        check_common_arguments(parser, args)
-        check_bounds(parser, args, self.options)
-        self.check(parser, args)
+        self.check_args(parser, args)
         return args
 
     def main(self, argv: Optional[List[str]] = None) -> int:
         """Parse, run, print the verdict and the summary; the exit status."""
-        return emit(run_tool(self.name, self.run, self.parse_args(argv)))
+        args = self.parse_args(argv)
+        run = self.scenarios[args.scenario][0] if self.scenarios else self.run
+        return emit(run_tool(self.name, run, args))
 
 
 class Target:
     """The server a run talks to: spawned for it (--spawn), or at --host/--port (which must
     accept a connection within CONNECT_CHECK_TIMEOUT)."""
 
-    def __init__(self, args: argparse.Namespace, server_options: Tuple[str, ...] = ()) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.server: Optional[ServerProcess] = None
         if args.spawn:
-            self.server = ServerProcess(*server_options)
+            self.server = ServerProcess()
             self.host, self.port = self.server.host, self.server.port
         else:
             self.host, self.port = args.host, args.port
@@ -953,14 +1032,12 @@ class Target:
             self.server.stop()
 
 
-def run_tool(tool: str, run: Callable, args: argparse.Namespace,
-             server_options: Tuple[str, ...] = ()) -> Dict[str, object]:
-    """Run `run(args, target, report)`, which returns (figures, headline), against the target
-    the arguments name; return the summary. A spawned server that has died by the end is a
-    failure ("server_exited", with the end of its log)."""
+def run_tool(tool: str, run: Callable, args: argparse.Namespace) -> Dict[str, object]:
+    """The summary of run(args, target, report) -> (figures, headline) against the arguments'
+    target; a spawned server dead by the end is a failure ("server_exited", with its log)."""
     report = Report(tool, quiet=getattr(args, "quiet", False))
     try:
-        target = Target(args, server_options)
+        target = Target(args)
     except ServerError as exc:
         report.fail("no_server", str(exc))
         return report.summary({"seed": getattr(args, "seed", None)}, "")
@@ -981,9 +1058,8 @@ def run_tool(tool: str, run: Callable, args: argparse.Namespace,
 def raise_nofile_limit() -> Tuple[int, int]:
     """Raise this process's soft RLIMIT_NOFILE to the hard limit if it can; (before, after)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if hard == resource.RLIM_INFINITY:      # macOS: the kernel caps it lower; ask for plenty
-        target = max(soft, 1 << 20)
+    # RLIM_INFINITY (macOS): the kernel caps it lower; ask for plenty
+    target = max(soft, 1 << 20) if hard == resource.RLIM_INFINITY else hard
     for attempt in (target, 1 << 16, 10240):
         if attempt <= soft:
             break
@@ -995,33 +1071,35 @@ def raise_nofile_limit() -> Tuple[int, int]:
     return soft, soft
 
 
-def _read_proc(path: str) -> Optional[str]:
-    fields = _proc_fields(path, "")
-    return None if fields is None else " ".join(fields)     # "32768\t60999" -> "32768 60999"
+# What else decides how many connections this machine lets one process make at once.
+PROC_LIMITS = {"somaxconn": "/proc/sys/net/core/somaxconn",
+               "tcp_max_syn_backlog": "/proc/sys/net/ipv4/tcp_max_syn_backlog",
+               "ip_local_port_range": "/proc/sys/net/ipv4/ip_local_port_range",
+               "file_max": "/proc/sys/fs/file-max"}
 
 
-def os_limits() -> Dict[str, object]:
-    """What decides how many connections this machine lets one process make at once."""
+def enough_files(report: Report, connections: int) -> Dict[str, object]:
+    """The open-file limits ("nofile_soft", "nofile_hard") and PROC_LIMITS (as "32768 60999"),
+    then raise_nofile_limit() ("nofile_soft_raised_to"); an "fd_limit" failure unless
+    `connections` and SPARE_FILES more descriptors fit under the limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return {"nofile_soft": soft, "nofile_hard": hard,
-            "somaxconn": _read_proc("/proc/sys/net/core/somaxconn"),
-            "tcp_max_syn_backlog": _read_proc("/proc/sys/net/ipv4/tcp_max_syn_backlog"),
-            "ip_local_port_range": _read_proc("/proc/sys/net/ipv4/ip_local_port_range"),
-            "file_max": _read_proc("/proc/sys/fs/file-max")}
-
-
-def percentile(sorted_values: List[float], fraction: float) -> Optional[float]:
-    """The value below which `fraction` of `sorted_values` lie (nearest rank), or None."""
-    if not sorted_values:
-        return None
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
+    limits: Dict[str, object] = {"nofile_soft": soft, "nofile_hard": hard}
+    for key, path in PROC_LIMITS.items():
+        limits[key] = " ".join(_proc_fields(path, "") or ()) or None
+    limits["nofile_soft_raised_to"] = soft = raise_nofile_limit()[1]
+    if soft < connections + SPARE_FILES:
+        report.fail("fd_limit", "%d connections need %d open files, and the limit is %d (hard "
+                    "%s): raise it (ulimit -n) or ask for fewer"
+                    % (connections, connections + SPARE_FILES, soft, hard))
+    return limits
 
 
 def latency_summary(prefix: str, latencies: List[float]) -> Dict[str, Optional[float]]:
-    """PREFIX_p50_ms, PREFIX_p99_ms and PREFIX_max_ms of a list of seconds."""
+    """PREFIX_p50_ms, PREFIX_p99_ms and PREFIX_max_ms of a list of seconds: the value below
+    which that fraction of them lie (nearest rank), None if there are none."""
     values = sorted(latencies)
-    def ms(seconds: Optional[float]) -> Optional[float]:
-        return None if seconds is None else round(seconds * 1000, 2)
-    return {prefix + "_p50_ms": ms(percentile(values, 0.50)),
-            prefix + "_p99_ms": ms(percentile(values, 0.99)),
-            prefix + "_max_ms": ms(values[-1] if values else None)}
+    summary: Dict[str, Optional[float]] = {}
+    for name, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+        rank = min(len(values) - 1, int(len(values) * fraction))
+        summary["%s_%s_ms" % (prefix, name)] = round(values[rank] * 1000, 2) if values else None
+    return summary

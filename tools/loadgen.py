@@ -4,9 +4,8 @@
     python3 -m tools.loadgen --port 8080 connections --count 2000 --rooms 10
     python3 -m tools.loadgen --spawn churn --clients 20 --seconds 10
 
-Every request is built and every reply read by protocol.py; every wait is bounded by --timeout
-(the whole run) and --stall (a phase without progress). The summary is the kit's (tools/kit.py);
-exit status 0 only if nothing was missing, failed or timed out.
+Every wait is bounded by --timeout (the whole run) and --stall (a phase without progress); the
+summary is the kit's, exit status 0 only if nothing was missing, failed or timed out.
 
 fanout --rooms R --members M --messages K [--size B]
     Throughput. R rooms of M members join; every member sends K chats (B bytes and a sequence
@@ -19,14 +18,10 @@ fanout --rooms R --members M --messages K [--size B]
     probes (echoes timed), probes_lost (never echoed: must be 0), probes_skipped (ticks when
     its last post was still unsent), probe_in_flight_max; loadgen_cpu_s and loadgen_cpu_share
     (this process's CPU in the chat phase / seconds: near 1.0 the generator is the limit).
-
 connections --count N [--rooms R]
-    N connections join R rooms (connection i to room i mod R, on a kit.Crowd as tools/many.py);
-    then one member of each room posts one chat, which must reach every member exactly once.
-    Figures: connect_seconds, join_seconds, announce_seconds (until every join announcement
-    arrived: a room of n owes n(n+1)/2), delivery_seconds, connected, joined, delivered,
-    missing, extra, seconds, loadgen_cpu_s, loadgen_cpu_share.
-
+    tools/many.py's run (connection i joins room i mod R; one chat in each room must reach
+    every member exactly once; then a HELO after all close), with its figures (delivery_seconds
+    for its chat_seconds), seconds (first connect to last delivery), loadgen_cpu_s and _share.
 churn --clients N --seconds T [--rooms R]
     Each client cycles for T seconds: connect, JOIN one of R rooms, post 1 to CHURN_MAX_CHATS
     chats, then LEAVE (and join again on the same connection), DISCONNECT or vanish (RST). Every
@@ -47,15 +42,13 @@ import collections
 import itertools
 import os
 import random
-import resource
-import selectors
+import select
 import sys
 import time
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional
 
-from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply, LeftReply,
-                      chat_request, disconnect_request, join_request, leave_request)
-from tools import kit
+from protocol import ChatMessage, ErrorReply, chat_request
+from tools import kit, many
 
 DEFAULT_TIMEOUT = 60.0          # seconds for the whole run
 # A phase that sees no progress at all for this long gives up instead of waiting for the whole
@@ -67,7 +60,6 @@ DEFAULT_STALL = 10.0
 DEFAULT_NAP = 0.005
 DEFAULT_REPLY_TIMEOUT = 5.0     # churn: the longest any reply may take
 PROBE_INTERVAL = 0.010          # fanout: the probe posts every 10 ms
-FD_MARGIN = 32                  # descriptors kept free beyond our connections (stdio, epoll...)
 CHURN_MAX_CHATS = 3             # churn: chats per cycle, 1 to this
 # churn: a client whose connect failed waits this long before it tries again, so that a server
 # that is down costs a few failures a second, not a busy loop.
@@ -79,22 +71,13 @@ def run_tag() -> str:
     return "lg-%d-%d" % (os.getpid(), int(time.time() * 1000) % 10 ** 8)
 
 
-def waiter(loop: kit.Loop, args: argparse.Namespace, deadline: float, report: kit.Report,
-           describe: Callable[[], str], **options) -> kit.Waiter:
-    """How loadgen waits for a step: within the run's `deadline`, giving up after --stall
-    seconds without progress, napping --nap between polls."""
-    return kit.Waiter(loop, report, lambda: report.progress(describe), deadline=deadline,
-                      stall=args.stall, nap=args.nap, **options)
-
-
 def outcome_figures(outcome: str) -> Dict[str, bool]:
     """How the last wait ended, as figures (a failure too, recorded by the kit.Waiter)."""
     return {"timed_out": outcome == "timed out", "stalled": outcome == "stalled"}
 
 
 def cpu_figures(cpu_before: float, seconds: float) -> Dict[str, float]:
-    """This process's CPU time (user and system) since `cpu_before`, and its share of
-    `seconds`."""
+    """This process's CPU time (user and system) since `cpu_before`, and its share of `seconds`."""
     cpu = time.process_time() - cpu_before
     return {"loadgen_cpu_s": round(cpu, 3), "loadgen_cpu_share": round(cpu / seconds, 2)}
 
@@ -112,8 +95,7 @@ class Fanout(kit.Crowd):
         self.probe_seq = 0
         self.probe_sent: Dict[int, float] = {}
         self.probe_latencies: List[float] = []
-        self.probe_skipped = 0
-        self.probe_in_flight_max = 0
+        self.probe_skipped = self.probe_in_flight_max = 0
 
     def received(self, member: kit.Member) -> None:
         if member is not self.probe or self.quota is None:
@@ -145,11 +127,11 @@ class Fanout(kit.Crowd):
         if self.quota is None:
             return super().progress_line()
         expected = self.quota * len(self.owed)
-        p50 = kit.percentile(sorted(self.probe_latencies[-100:]), 0.5)
+        p50 = kit.latency_summary("probe", self.probe_latencies[-100:])["probe_p50_ms"]
         return ("fanout: %d/%d deliveries (%.0f%%), %.0f/s, probe p50 %s ms"
                 % (self.delivered, expected, 100.0 * self.delivered / max(1, expected),
                    self.delivered / max(1e-9, time.monotonic() - self.chat_started),
-                   "-" if p50 is None else "%.1f" % (p50 * 1000)))
+                   "-" if p50 is None else "%.1f" % p50))
 
     def chat_phase(self, args: argparse.Namespace, is_done: Callable[[], bool],
                    deadline: float) -> str:
@@ -157,27 +139,25 @@ class Fanout(kit.Crowd):
         its echoes, the probe posting every PROBE_INTERVAL; "done", "timed out", "stalled" or
         "connection lost"."""
         next_probe = time.monotonic()
-        with selectors.DefaultSelector() as probe_selector:
-            probe_selector.register(self.probe.sock, selectors.EVENT_READ)
-            while not is_done() or self.probe_sent:
-                now = time.monotonic()
-                if now >= deadline:
-                    return "timed out"
-                # progress is a delivery; once all are in, any input (the probe's last echoes)
-                if now - (self.loop.last_activity if is_done() else self.last_delivery_at) \
-                        > args.stall:
-                    return "stalled"
-                if self.lost_after_join:
-                    return "connection lost"
-                if not is_done() and now >= next_probe:
-                    self.send_probe(now)
-                    next_probe = max(next_probe + PROBE_INTERVAL, now)
-                # The nap, cut short by the probe's echo so that the echo is timed when it comes.
-                wait = args.nap if is_done() else min(args.nap, next_probe - now)
-                if wait > 0 and probe_selector.select(wait):
-                    self.loop.read(self.probe)
-                self.loop.poll(0)
-                self.report.progress(self.progress_line)
+        while not is_done() or self.probe_sent:
+            now = time.monotonic()
+            if now >= deadline:
+                return "timed out"
+            # progress is a delivery; once all are in, any input (the probe's last echoes)
+            last = self.loop.last_activity if is_done() else self.last_delivery_at
+            if now - last > args.stall:
+                return "stalled"
+            if self.lost_after_join:
+                return "connection lost"
+            if not is_done() and now >= next_probe:
+                self.send_probe(now)
+                next_probe = max(next_probe + PROBE_INTERVAL, now)
+            # The nap, cut short by the probe's echo so that the echo is timed when it comes.
+            wait = args.nap if is_done() else min(args.nap, next_probe - now)
+            if wait > 0 and select.select([self.probe.sock], [], [], wait)[0]:
+                self.loop.read(self.probe)
+            self.loop.poll(0)
+            self.report.progress(self.progress_line)
         return "done"
 
 
@@ -185,11 +165,11 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
     rooms, members_per_room, messages = args.rooms, args.members, args.messages
     expected = rooms * members_per_room * members_per_room * messages
     figures: dict = {"scenario": "fanout", "rooms": rooms, "members": members_per_room,
-                     "messages": messages, "size": args.size, "expected": expected}
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if rooms * members_per_room + 1 + FD_MARGIN > soft:
-        before, after = kit.raise_nofile_limit()
-        report.note("raised the soft RLIMIT_NOFILE from %d to %d" % (before, after))
+                     "messages": messages, "size": args.size, "expected": expected,
+                     "delivered": 0, "missing": expected, "extra": 0}     # until counted
+    kit.enough_files(report, rooms * members_per_room + 1)
+    if report.failed:
+        return figures, "too few file descriptors"
     started = time.monotonic()
     deadline = started + args.timeout
     tag = run_tag()
@@ -197,20 +177,20 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
                for r in range(rooms) for m in range(members_per_room)]
     loop = kit.Loop(target.address)
     crowd = Fanout(loop, members, kit.Member("%s-probe" % tag, "probe"), report)
-    wait = waiter(loop, args, deadline, report, crowd.progress_line)
+    wait = kit.Waiter(loop, report, lambda: report.progress(crowd.progress_line),
+                      deadline=deadline, stall=args.stall, nap=args.nap)
     try:
         crowd.join(wait)
         figures["join_seconds"] = round(time.monotonic() - started, 3)
         if wait.outcome != "done" or report.failed:
-            figures.update(delivered=0, missing=expected, extra=0, **outcome_figures(wait.outcome))
-            return figures, "the joins failed"
+            return dict(figures, **outcome_figures(wait.outcome)), "the joins failed"
         body = "x" * args.size
         sends = {member: b"".join(chat_request(member.ref, member.join_id, member.name,
                                                "%s %d" % (body, i)) for i in range(messages))
                  for member in members}
         cpu_before = time.process_time()
-        wait = waiter(loop, args, deadline, report, crowd.progress_line,
-                      until=lambda is_done, end: crowd.chat_phase(args, is_done, end))
+        wait = kit.Waiter(loop, report, deadline=deadline,
+                          until=lambda is_done, end: crowd.chat_phase(args, is_done, end))
         crowd.chat(wait, members_per_room * messages, sends)
         seconds = max(1e-9, (crowd.finished_at or time.monotonic()) - crowd.chat_started)
         figures.update(cpu_figures(cpu_before, seconds))
@@ -219,12 +199,12 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
     figures.update(crowd.tally(members))
     if crowd.probe_sent:
         report.fail("probes_lost", "%d probe messages never came back" % len(crowd.probe_sent))
-    figures.update(seconds=round(seconds, 3), deliveries_per_s=round(crowd.delivered / seconds))
-    figures.update(kit.latency_summary("probe", crowd.probe_latencies))
-    figures.update(probes=len(crowd.probe_latencies), probes_lost=len(crowd.probe_sent),
+    figures.update(kit.latency_summary("probe", crowd.probe_latencies),
+                   **outcome_figures(wait.outcome), seconds=round(seconds, 3),
+                   deliveries_per_s=round(crowd.delivered / seconds),
+                   probes=len(crowd.probe_latencies), probes_lost=len(crowd.probe_sent),
                    probes_skipped=crowd.probe_skipped,
                    probe_in_flight_max=crowd.probe_in_flight_max)
-    figures.update(outcome_figures(wait.outcome))
     return figures, ("%d of %d deliveries in %.2f s (%d/s), probe p99 %s ms"
                      % (crowd.delivered, expected, seconds, figures["deliveries_per_s"],
                         figures["probe_p99_ms"]))
@@ -233,239 +213,186 @@ def run_fanout(args: argparse.Namespace, target: kit.Target, report: kit.Report)
 # --- connections -----------------------------------------------------------------------------
 
 def run_connections(args: argparse.Namespace, target: kit.Target, report: kit.Report):
-    count, rooms = args.count, args.rooms
-    before, after = kit.raise_nofile_limit()
-    report.note("the soft RLIMIT_NOFILE is %d (it was %d)" % (after, before))
-    figures: dict = {"scenario": "connections", "count": count, "rooms": rooms,
-                     "nofile_soft_before": before, "nofile_soft": after}
-    if count + FD_MARGIN > after:
-        report.fail("fd_limit", "%d connections need about %d file descriptors; the limit is %d"
-                    % (count, count + FD_MARGIN, after))
-        figures.update(connected=0, joined=0, delivered=0, missing=count)
+    """tools/many.py's run, its steps bounded as loadgen bounds them."""
+    limits = kit.enough_files(report, args.count)
+    figures: dict = {"scenario": "connections", "count": args.count, "rooms": args.rooms,
+                     "nofile_soft_before": limits["nofile_soft"],
+                     "nofile_soft": limits["nofile_soft_raised_to"], "connected": 0,
+                     "joined": 0, "delivered": 0, "missing": args.count}    # until counted
+    if report.failed:
         return figures, "too few file descriptors"
-
     cpu_before = time.process_time()
-    tag = run_tag()
-    members = [kit.Member("%s-c%d" % (tag, i % rooms), "m%d" % i) for i in range(count)]
-    loop = kit.Loop(target.address)
-    crowd = kit.Crowd(loop, members, report)
-    wait = waiter(loop, args, time.monotonic() + args.timeout, report, crowd.progress_line)
-    try:
-        if crowd.join(wait):
-            crowd.chat_once(wait)
-    finally:
-        loop.close_all()
-    figures.update(crowd.join_figures(), **outcome_figures(wait.outcome))
-    if crowd.chat_started is None:
-        figures.update(delivered=0, missing=count)
-        return figures, "%d of %d connected" % (crowd.connected_count, count)
-    seconds = time.monotonic() - crowd.started
-    figures.update(delivery_seconds=round((crowd.finished_at or time.monotonic())
-                                          - crowd.chat_started, 3),
-                   seconds=round(seconds, 3), **cpu_figures(cpu_before, seconds))
-    figures.update(crowd.tally(members))
-    return figures, ("%d connections joined in %.2f s, every member reached in %.2f s"
-                     % (crowd.joined, figures["announce_seconds"], figures["delivery_seconds"]))
+    run = many.Many(target, report, args.count, args.rooms, prefix=run_tag() + "-c",
+                    deadline=time.monotonic() + args.timeout, stall=args.stall, nap=args.nap)
+    figures.update(run.run(args.stall), **outcome_figures(run.wait.outcome))
+    headline = run.headline(figures)
+    seconds = (run.crowd.finished_at or time.monotonic()) - run.crowd.started
+    figures.update(delivery_seconds=figures.pop("chat_seconds"), seconds=round(seconds, 3),
+                   **cpu_figures(cpu_before, seconds))
+    return figures, headline
 
 
 # --- churn -----------------------------------------------------------------------------------
 
-class ChurnClient:
-    """One churning client: a cycle of connect, join, chat, end; then again, until time is up.
+class ChurnConn(kit.Conn, kit.Prober):
+    """One connection of churning client `index`: a kit.Prober with a CLIENT_NAME of its own
+    (after a vanish the server may announce that the old connection left after the new one has
+    joined the same room, and that must not look like a reply to the new one), its requests
+    queued for Churn._next to send. `script`: what it does (Churn.cycle); `step`: the request
+    whose replies are owed; `phase`: connecting, replies (owed), resting (its connect failed:
+    the client tries again at `deadline`) or done."""
 
-    `script` is what its connection does (Churn.cycle); `expect` holds the replies its last
-    request still owes, in order: JoinedReply (the class: the JOINED_CHATROOM of `room`), a
-    LeftReply, the text of its own CHAT in its room (echo or announcement), or None (the
-    server's close). `state`: connecting, replies (owed), resting (its connect failed: it tries
-    again at `reply_deadline`) or done.
-    """
-
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, serial: int) -> None:
+        kit.Conn.__init__(self)
+        kit.Prober.__init__(self, "c%d-%d" % (index, serial), self.out.extend, {})
         self.index = index
-        self.connections = 0
-        self.name = ""                      # CLIENT_NAME, new for each connection (see below)
-        self.conn: Optional[kit.Conn] = None
-        self.state = "done"
-        self.script: Iterator[Tuple[bytes, List[object]]] = iter(())
-        self.expect: Deque[object] = collections.deque()
-        self.room = ""
-        self.ref: Optional[int] = None      # the room it is in, from JOINED to its leave
-        self.join_id: Optional[int] = None
+        self.phase = "connecting"
+        self.script: Iterator[str] = iter(())
+        self.step: Optional[str] = None
         self.sent_at = 0.0                  # when the request now owed replies was sent
-        self.reply_deadline = 0.0
+        self.deadline = 0.0                 # for the next reply (resting: for the next try)
 
 
 class Churn(kit.Handler):
-    """Runs every ChurnClient on one loop; see the module docstring for the rules."""
+    """Runs every churning client (`clients`: their connections now) on one loop, as the
+    arguments say; see the module docstring for the rules."""
 
-    def __init__(self, loop: kit.Loop, clients: int, rooms: List[str], seconds: float,
-                 reply_timeout: float, rng: random.Random, report: kit.Report) -> None:
-        self.loop = loop
-        self.rooms = rooms
-        self.reply_timeout = reply_timeout
-        self.rng = rng
+    def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
+        self.loop = kit.Loop(target.address, self)
+        self.rooms = ["%s-churn-%d" % (run_tag(), k) for k in range(args.rooms)]
+        self.reply_timeout = args.reply_timeout
+        self.rng = random.Random(args.seed)
         self.report = report
-        self.clients = [ChurnClient(i) for i in range(clients)]
+        self.clients: List[ChurnConn] = [ChurnConn(i, 0) for i in range(args.clients)]
         self.started = time.monotonic()
-        self.stop_at = self.started + seconds
+        self.stop_at = self.started + args.seconds
         self.ops: Dict[str, int] = collections.Counter()
-        self.replies_expected = 0
-        self.replies_received = 0
+        self.replies_expected = self.replies_received = 0
         self.latencies: List[float] = []
         self.cycles = 0
         self.background = 0                 # other clients' chats and announcements
-
-    def start(self) -> None:
-        for client in self.clients:
-            self._new_cycle(client)
+        for index in range(args.clients):   # queued: the loop's first poll starts them
+            self._new_cycle(index)
 
     def active(self) -> int:
-        return sum(1 for c in self.clients if c.state != "done")
+        return sum(1 for conn in self.clients if conn.phase != "done")
 
     def tick(self) -> None:
         """After every poll: fail the clients whose reply is late, wake the resting ones that
         are due, and show progress."""
         now = time.monotonic()
-        for client in self.clients:
-            if client.state == "done" or now <= client.reply_deadline:
+        for conn in list(self.clients):
+            if conn.phase == "done" or now <= conn.deadline:
                 continue
-            if client.state == "resting":
-                self._new_cycle(client)
+            if conn.phase == "resting":
+                self._new_cycle(conn.index)
             else:
-                self._fail(client, "timeout", "%s: no %r within %.1f s" % (
-                    client.name, client.expect[0] if client.expect else client.state,
-                    self.reply_timeout))
+                self._fail(conn, "timeout", "no %r within %.1f s"
+                           % (self.owed_first(conn), self.reply_timeout))
         self.report.progress(self.progress_line)
 
-    def _new_cycle(self, client: ChurnClient) -> None:
-        """Connect again, or stop if time is up."""
-        client.conn = None
-        client.ref = client.join_id = None
-        client.expect.clear()
+    def owed_first(self, conn: ChurnConn) -> object:
+        return conn.owed[0] if conn.owed else conn.phase
+
+    def _new_cycle(self, index: int) -> None:
+        """Client `index` connects again, or stops if time is up."""
         if time.monotonic() >= self.stop_at:
-            client.state = "done"
+            self.clients[index].phase = "done"
             return
         self.cycles += 1
-        # Each connection has a name of its own: after a vanish the server may announce that
-        # the old connection left after the new one has joined the same room, and that
-        # announcement must not look like a reply to the new one.
-        client.connections += 1
-        client.name = "c%d-%d" % (client.index, client.connections)
-        conn = kit.Conn()
-        conn.client = client
-        client.conn = conn
-        client.state = "connecting"
-        client.reply_deadline = time.monotonic() + self.reply_timeout
+        conn = self.clients[index] = ChurnConn(index, self.cycles)
+        conn.deadline = time.monotonic() + self.reply_timeout
         self.loop.connect(conn)
 
-    def cycle(self, client: ChurnClient) -> Iterator[Tuple[bytes, List[object]]]:
-        """What one connection does, in order: each yield is a request and the replies it owes,
-        and the script goes on once they have all come. JOIN, 1 to CHURN_MAX_CHATS chats, then
+    def cycle(self, conn: ChurnConn) -> Iterator[str]:
+        """What one connection does, in order: each yield names the request just made, and the
+        script goes on once its replies have all come. JOIN, 1 to CHURN_MAX_CHATS chats, then
         vanish, DISCONNECT, or LEAVE and JOIN again on the same connection."""
-        name, numbers = client.name, itertools.count(1)
+        numbers = itertools.count(1)
         while True:
-            client.room = self.rng.choice(self.rooms)
-            yield join_request(client.room, name), [JoinedReply, JOINED_TEXT % name]
-            self.ops["join"] += 1
+            room = self.rng.choice(self.rooms)
+            conn.join(room)
+            yield "join"
             for _ in range(self.rng.randint(1, CHURN_MAX_CHATS)):
-                text = "%s says %d" % (name, next(numbers))
-                yield chat_request(client.ref, client.join_id, name, text), [text]
-                self.ops["chat"] += 1
+                conn.chat(room, "%s says %d" % (conn.name, next(numbers)))
+                yield "chat"
             how = self.rng.choice(("leave", "disconnect", "vanish"))
             if how == "vanish":
                 self.ops["vanish"] += 1
-                self.loop.close(client.conn, reset=True)
+                self.loop.close(conn, reset=True)
                 return
             if how == "disconnect":
-                yield disconnect_request(name), [LEFT_TEXT % name, None]
-                self.ops["disconnect"] += 1
+                conn.disconnect()
+                yield "disconnect"
                 return
-            yield (leave_request(client.ref, client.join_id, name),
-                   [LeftReply(client.ref, client.join_id), LEFT_TEXT % name])
-            self.ops["leave"] += 1
+            conn.leave(room)
+            yield "leave"
             if time.monotonic() >= self.stop_at:
-                self.loop.close(client.conn)
+                self.loop.close(conn)
                 return
             self.cycles += 1
 
-    def _next(self, client: ChurnClient) -> None:
-        """Send the script's next request, its replies owed within --reply-timeout; once the
-        script has ended, a new cycle."""
-        step = next(client.script, None)
-        if step is None:
-            self._new_cycle(client)
+    def _next(self, conn: ChurnConn) -> None:
+        """The last step's replies have all come (it counts): the script's next request, its
+        replies owed within --reply-timeout; once the script has ended, a new cycle."""
+        if conn.step is not None:
+            self.ops[conn.step] += 1
+        conn.step = next(conn.script, None)
+        if conn.step is None:
+            self._new_cycle(conn.index)
             return
-        data, replies = step
-        client.state, client.expect = "replies", collections.deque(replies)
-        client.sent_at = time.monotonic()
-        client.reply_deadline = client.sent_at + self.reply_timeout
-        self.replies_expected += len(replies)
-        self.loop.send(client.conn, data)   # last: a send that fails fails the client
+        conn.phase = "replies"
+        conn.sent_at = time.monotonic()
+        conn.deadline = conn.sent_at + self.reply_timeout
+        self.replies_expected += len(conn.owed)
+        self.loop.send(conn, b"")           # last: a send that fails fails the client
 
-    def _fail(self, client: ChurnClient, kind: str, detail: str) -> None:
+    def _fail(self, conn: ChurnConn, kind: str, detail: str) -> None:
         """Count a failure, drop the connection with RST, start afresh."""
-        self.report.fail(kind, detail)
-        if client.conn is not None:
-            self.loop.close(client.conn, reset=True)
-        self._new_cycle(client)
+        self.report.fail(kind, "%s: %s" % (conn.name, detail))
+        self.loop.close(conn, reset=True)
+        self._new_cycle(conn.index)
 
-    def _replied(self, client: ChurnClient) -> None:
+    def _replied(self, conn: ChurnConn) -> None:
         """The reply owed first has come: the next is owed within --reply-timeout."""
         now = time.monotonic()
         self.replies_received += 1
-        self.latencies.append(now - client.sent_at)
-        client.reply_deadline = now + self.reply_timeout
-        if client.expect.popleft() == LEFT_TEXT % client.name:
-            client.ref = None               # nothing more of that room may arrive
-        if not client.expect:
-            self._next(client)
+        self.latencies.append(now - conn.sent_at)
+        conn.deadline = now + self.reply_timeout
+        if not conn.owed:
+            self._next(conn)
 
     # -- the loop's handler ----------------------------------------------------------------------
 
-    def connected(self, conn: kit.Conn) -> None:
+    def connected(self, conn: ChurnConn) -> None:
         self.ops["connect"] += 1
-        conn.client.script = self.cycle(conn.client)
-        self._next(conn.client)
+        conn.script, conn.step = self.cycle(conn), None
+        self._next(conn)
 
-    def connect_failed(self, conn: kit.Conn, exc: OSError) -> None:
-        client = conn.client
-        self.report.fail("connect_failed", "%s: %s" % (client.name, exc))
-        client.conn = None
-        client.state = "resting"
-        client.reply_deadline = time.monotonic() + CHURN_RETRY_DELAY
+    def connect_failed(self, conn: ChurnConn, exc: OSError) -> None:
+        self.report.fail("connect_failed", "%s: %s" % (conn.name, exc))
+        conn.phase = "resting"
+        conn.deadline = time.monotonic() + CHURN_RETRY_DELAY
 
-    def closed(self, conn: kit.Conn, exc: Optional[OSError]) -> None:
-        client = conn.client
-        if client.conn is not conn:
-            return
-        if list(client.expect) == [None] and exc is None:
-            self._replied(client)
+    def closed(self, conn: ChurnConn, exc: Optional[OSError]) -> None:
+        problem = conn.closed() if exc is None else "%s, owed %r" % (exc, self.owed_first(conn))
+        if problem is None:
+            self._replied(conn)
         else:
-            self._fail(client, "closed_by_server", "%s while waiting for %r (%s)"
-                       % (client.name, client.expect[0] if client.expect else client.state,
-                          exc or "closed"))
+            self._fail(conn, "closed_by_server", problem)
 
-    def received(self, conn: kit.Conn) -> None:
-        client = conn.client
-        while client.conn is conn:          # until an earlier reply failed the client
-            reply = conn.reader.maybe_next_reply()
-            if reply is None:
-                return
-            if (isinstance(reply, ChatMessage) and client.ref is not None
-                    and reply.ref == client.ref and reply.client_name != client.name):
+    def received(self, conn: ChurnConn) -> None:
+        for reply in kit.replies(conn.reader):
+            problem = conn.take(reply)
+            if problem is not None:
+                self._fail(conn, "error_reply" if isinstance(reply, ErrorReply)
+                           else "unexpected_message", problem)
+            elif isinstance(reply, ChatMessage) and reply.client_name != conn.name:
                 self.background += 1        # another client's chat or announcement
-                continue
-            want = client.expect[0] if client.expect else "nothing"
-            if want is JoinedReply and isinstance(reply, JoinedReply) and reply.room == client.room:
-                client.ref, client.join_id = reply.ref, reply.join_id
-                self._replied(client)
-            elif reply == want or (isinstance(want, str) and client.ref is not None
-                                   and reply == ChatMessage(client.ref, client.name, want)):
-                self._replied(client)
             else:
-                self._fail(client, "error_reply" if isinstance(reply, ErrorReply)
-                           else "unexpected_message", "%s got %r while waiting for %r"
-                           % (client.name, reply, want))
+                self._replied(conn)
+            if conn.state != kit.OPEN:      # failed, or its script closed it
+                return
 
     def progress_line(self) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
@@ -479,17 +406,12 @@ def run_churn(args: argparse.Namespace, target: kit.Target, report: kit.Report):
                      "seconds": args.seconds, "reply_timeout": args.reply_timeout}
     started = time.monotonic()
     cpu_before = time.process_time()
-    tag = run_tag()
-    loop = kit.Loop(target.address)
-    churn = Churn(loop, args.clients, ["%s-churn-%d" % (tag, k) for k in range(args.rooms)],
-                  args.seconds, args.reply_timeout, random.Random(args.seed), report)
-    loop.handler = churn
-    wait = kit.Waiter(loop, report, churn.tick, deadline=started + args.timeout)
+    churn = Churn(args, target, report)
+    wait = kit.Waiter(churn.loop, report, churn.tick, deadline=started + args.timeout)
     try:
-        churn.start()
         wait("the churn", lambda: not churn.active())
     finally:
-        loop.close_all()
+        churn.loop.close_all()
     elapsed = max(1e-9, time.monotonic() - started)
     operations = sum(churn.ops.values())
     figures.update(
@@ -537,55 +459,23 @@ SCENARIOS = {
         ("--reply-timeout", positive_float, DEFAULT_REPLY_TIMEOUT, "seconds any reply may take",
          None, None)]),
 }
-# The options of every scenario, before its name or after it (see kit.add_common_arguments).
+# The options of every scenario, before its name or after it (see kit.Tool).
 COMMON_OPTIONS: List[kit.Option] = [
     ("--timeout", positive_float, DEFAULT_TIMEOUT, "seconds the whole run may take", None, None),
-    ("--stall", positive_float, DEFAULT_STALL,
-     "give up a phase after this many seconds without progress", None, None)]
+    ("--stall", positive_float, DEFAULT_STALL, "seconds a phase may go without progress", None,
+     None)]
 
 
-def scenario_help() -> str:
-    lines = ["scenario options (after the scenario's name):"]
-    for name, (_run, summary, options) in SCENARIOS.items():
-        lines.append("  %s: %s" % (name, summary))
-        for option, _type, default, text, _least, _most in options:
-            lines.append("    %-18s %s (%s)" % (option, text, "required" if default is REQUIRED
-                                                 else "default: %s" % default))
-    return "\n".join(lines)
-
-
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = kit.argument_parser(
-        "loadgen", __doc__,
-        epilog=scenario_help() + "\n\npython3 -m pydoc tools.loadgen says what each figure means.")
-    kit.add_common_arguments(parser, None, options=COMMON_OPTIONS)
-    subparsers = parser.add_subparsers(dest="scenario", metavar="SCENARIO")
-    subparsers.required = True
-    for name, (_run, summary, options) in SCENARIOS.items():
-        sub = subparsers.add_parser(name, help=summary, formatter_class=kit.HelpFormatter)
-        kit.add_common_arguments(sub, None, suppress=True, options=COMMON_OPTIONS)
-        for option, kind, default, text, _least, _most in options:
-            if default is REQUIRED:
-                sub.add_argument(option, type=kind, required=True, help=text)
-            else:
-                sub.add_argument(option, type=kind, default=default, help=text)
-    args = parser.parse_args(argv)
-    kit.check_common_arguments(parser, args)
-    kit.check_bounds(parser, args, SCENARIOS[args.scenario][2])
+def check_churn(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.scenario == "churn" and args.seconds + args.reply_timeout >= args.timeout:
         parser.error("--seconds plus --reply-timeout must be less than --timeout (%g)"
                      % args.timeout)
-    return args
 
 
-def run_scenario(args: argparse.Namespace, target: kit.Target, report: kit.Report):
-    return SCENARIOS[args.scenario][0](args, target, report)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run the scenario the arguments name; print its summary; the exit status."""
-    return kit.emit(kit.run_tool("loadgen", run_scenario, parse_args(argv)))
-
+TOOL = kit.Tool("loadgen", __doc__, None, COMMON_OPTIONS, check=check_churn,
+                scenarios=SCENARIOS,
+                epilog="\npython3 -m pydoc tools.loadgen says what each figure means.")
+parse_args, main = TOOL.parse_args, TOOL.main
 
 if __name__ == "__main__":
     try:

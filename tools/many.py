@@ -16,15 +16,15 @@ connects, at most --window at once, so that the server's listen backlog never ov
    last look (DUPLICATE_WAIT) for duplicates: every member must have it exactly once;
 4. everyone closes; a HELO must still be answered; the server's RSS once more.
 
-Open files: each side needs N + a few descriptors. This process raises its soft RLIMIT_NOFILE
-to the hard limit, as Server.py does; the summary reports the limits found and, with --spawn,
-the server's own.
+Open files: each side needs N + a few; this process raises its soft RLIMIT_NOFILE to the hard
+limit (as Server.py does), and the summary reports the limits (with --spawn, the server's too).
 """
 import argparse
 import sys
 import time
 from typing import Dict, List
 
+from protocol import ChatMessage, chat_request
 from tools import kit
 
 DEFAULT_CONNECTIONS = 10000
@@ -34,48 +34,54 @@ DEFAULT_ROOMS = 100                # or one room per connection, for fewer conne
 DEFAULT_WINDOW = 1000
 DEFAULT_STEP_SECONDS = 120.0       # the longest any one step may take
 DUPLICATE_WAIT = 0.5               # after the last chat arrived: time for a duplicate to show
-SPARE_FILES = 64                   # descriptors needed beyond one per connection
 
 
 class Many:
-    """One run: the members, their kit.Crowd, and the steps of the module docstring."""
+    """One run: `connections` members in `rooms` rooms ("PREFIX-<i % R>") on one kit.Crowd,
+    and the steps of the module docstring; `wait` is how kit.Waiter bounds each step (loadgen's
+    connections scenario brings its own)."""
 
-    def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
-        self.args = args
-        self.target = target
-        self.report = report
-        self.loop = kit.Loop(target.address, concurrency=args.window)
-        self.members = [kit.Member("many-%d" % (i % args.rooms), "m%d" % i)
-                        for i in range(args.connections)]
+    def __init__(self, target: kit.Target, report: kit.Report, connections: int, rooms: int,
+                 window: int = kit.CONNECT_CONCURRENCY, prefix: str = "many", **wait) -> None:
+        self.target, self.report, self.rooms = target, report, rooms
+        self.loop = kit.Loop(target.address, concurrency=window)
+        self.members = [kit.Member("%s-%d" % (prefix, i % rooms), "m%d" % i)
+                        for i in range(connections)]
         self.crowd = kit.Crowd(self.loop, self.members, report)
         self.wait = kit.Waiter(self.loop, report, lambda: report.progress(self.progress_line),
-                               seconds=args.seconds)
+                               **wait)
 
     def progress_line(self) -> str:
         rss = self.target.rss_kb()
         return self.crowd.progress_line() + (", server RSS %d kB" % rss if rss else "")
 
-    def run(self) -> Dict[str, object]:
-        args, crowd, target = self.args, self.crowd, self.target
+    def run(self, helo_timeout: float) -> Dict[str, object]:
+        crowd, target = self.crowd, self.target
         rss = {"before": target.rss_kb()}
         # 1. connect and join
-        crowd.join(self.wait)
-        figures: Dict[str, object] = {"connections": len(self.members), "rooms": args.rooms}
-        figures.update(crowd.join_figures())
+        joined = crowd.join(self.wait)
+        figures: Dict[str, object] = {"connections": len(self.members), "rooms": self.rooms}
+        figures.update(crowd.join_figures(), chat_seconds=None, delivered=0,
+                       missing=len(self.members), extra=0)
         rss["after_joins"] = target.rss_kb()
 
-        # 2. one chat in every room, from its first member
-        started = time.monotonic()
-        chatted = crowd.chat_once(self.wait)
-        figures["chat_seconds"] = round(time.monotonic() - started, 3) if chatted else None
-        end = time.monotonic() + DUPLICATE_WAIT
-        self.wait("a last look for duplicates", lambda: time.monotonic() >= end)
-        figures.update(crowd.tally(self.members))
-        rss["after_chat"] = target.rss_kb()
+        # 2. one chat in every room, from its first member (member r is the first of room r)
+        if joined:
+            senders = [m for m in self.members[:self.rooms] if m.ref is not None and not m.failed]
+            texts = {m: "hello %s from %s" % (m.room, m.name) for m in senders}
+            sends = {m: chat_request(m.ref, m.join_id, m.name, text) for m, text in texts.items()}
+            expected = {m.room: ChatMessage(m.ref, m.name, text) for m, text in texts.items()}
+            started = time.monotonic()
+            if crowd.chat(self.wait, 1, sends, expected):
+                figures["chat_seconds"] = round(time.monotonic() - started, 3)
+            end = time.monotonic() + DUPLICATE_WAIT
+            self.wait("a last look for duplicates", lambda: time.monotonic() >= end)
+            figures.update(crowd.tally(self.members))
+            rss["after_chat"] = target.rss_kb()
 
         # 3. everyone goes; the server must still answer
         self.loop.close_all()
-        ok, _seconds, problem = kit.helo_check(target.host, target.port, args.seconds)
+        ok, _seconds, problem = kit.helo_check(target.host, target.port, helo_timeout)
         if not ok:
             self.report.fail("no_helo_after_close", problem)
         time.sleep(0.2)                     # let the server finish closing everything
@@ -88,32 +94,27 @@ class Many:
         figures["server_rss_kb"] = rss
         return figures
 
+    def headline(self, figures: Dict[str, object]) -> str:
+        per_connection = figures.get("server_rss_bytes_per_connection")
+        return ("%d connections joined in %s s, every member reached in %s s%s"
+                % (figures["joined"], figures["announce_seconds"], figures["chat_seconds"],
+                   ", %s bytes of server RSS each" % per_connection if per_connection else ""))
+
 
 def run_many(args: argparse.Namespace, target: kit.Target, report: kit.Report):
-    limits = kit.os_limits()
-    _before, soft = kit.raise_nofile_limit()
-    limits["nofile_soft_raised_to"] = soft
+    limits = kit.enough_files(report, args.connections)
     if target.server is not None:
         limits["server_open_files_soft_hard"] = target.server.open_file_limit()
-    if soft < args.connections + SPARE_FILES:
-        report.fail("fd_limit", "%d connections need %d open files, and the limit is %d (hard "
-                    "%s): raise it (ulimit -n) or ask for fewer"
-                    % (args.connections, args.connections + SPARE_FILES, soft,
-                       limits["nofile_hard"]))
+    if report.failed:
         return {"limits": limits}, ""
-    figures = Many(args, target, report).run()
-    figures["limits"] = limits
-    per_connection = figures.get("server_rss_bytes_per_connection")
-    return figures, ("%d connections joined in %s s, every member reached in %s s%s"
-                     % (figures["joined"], figures["announce_seconds"], figures["chat_seconds"],
-                        ", %s bytes of server RSS each" % per_connection
-                        if per_connection else ""))
+    many = Many(target, report, args.connections, args.rooms, args.window, seconds=args.seconds)
+    figures = dict(many.run(args.seconds), limits=limits)
+    return figures, many.headline(figures)
 
 
 OPTIONS: List[kit.Option] = [
     ("--connections", int, DEFAULT_CONNECTIONS, "clients", 1, None),
-    ("--rooms", int, None, "rooms, the clients spread evenly (None: %d, or one per client if "
-     "there are fewer)" % DEFAULT_ROOMS, 1, None),
+    ("--rooms", int, None, "rooms (None: %d, at most one per client)" % DEFAULT_ROOMS, 1, None),
     ("--window", int, DEFAULT_WINDOW, "connections being set up at once", 1, None)]
 
 

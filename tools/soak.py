@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Soak a live chat server: many clients chat in many rooms for a while, some joining,
 leaving, disconnecting and vanishing as they go; then check that every chat reached exactly
 the members it should have, once each, in order.
@@ -37,7 +36,8 @@ for the recorder), delivered, lost, duplicated, reordered (after a later chat of
 sender), outside_window (not expected), stream_mismatches (streams that differ from
 expected(M, R) in any way, announcements included), members_checked, and the server's RSS over
 time (with --spawn). Each of lost to stream_mismatches that is not 0 is also a failure, as is
-any ERROR_CODE, unexpected close or reply that is not the protocol's. The rule assumes one
+any ERROR_CODE, unexpected close, or reply other than those each client (a kit.Prober)
+predicts for its own requests, in order, and others' chats in its rooms. The rule assumes one
 history per room, as "presently in the room" implies for this server; a multi-threaded server
 could interleave senders differently per member, and then only the per-sender checks are fair.
 """
@@ -46,11 +46,9 @@ import collections
 import random
 import sys
 import time
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, HeloReply, JoinedReply,
-                      LeftReply, chat_request, disconnect_request, helo_request, join_request,
-                      leave_request)
+from protocol import JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply
 from tools import kit
 
 DEFAULT_CLIENTS = 50
@@ -88,140 +86,79 @@ def event_of(chat: ChatMessage) -> Optional[Event]:
     return None
 
 
-class Membership:
-    """One client in one room."""
-    __slots__ = ("room", "ref", "leave_sent", "left")
-
-    def __init__(self, room: str) -> None:
-        self.room = room
-        self.ref: Optional[int] = None      # set by JOINED_CHATROOM
-        self.leave_sent = False             # LEAVE or DISCONNECT sent: chat no more here
-        self.left = False                   # own leave announcement read
-
-    def can_chat(self) -> bool:
-        return self.ref is not None and not self.leave_sent
-
-
-class Client(kit.Conn):
-    """One connection of the soak, and everything it sent and received."""
+class Client(kit.Conn, kit.Prober):
+    """One connection of the soak: a kit.Prober (the replies to its own requests are predicted
+    and checked as they come), and everything it sent and received."""
 
     def __init__(self, soak: "Soak", cid: int, role: str, rooms: List[str]) -> None:
-        super().__init__()
+        kit.Conn.__init__(self)
+        kit.Prober.__init__(self, "rec" if role == "recorder" else "c%d" % cid,
+                            lambda data: soak.loop.send(self, data), {})
         self.soak = soak
-        self.id = cid
-        self.name = "rec" if role == "recorder" else "c%d" % cid
         self.role = role                    # "recorder", "stayer" or "churner"
-        self.rooms: Dict[str, Membership] = {room: Membership(room) for room in rooms}
+        self.wanted = rooms                 # the rooms it joins once connected
         self.streams: Dict[int, List[Event]] = collections.defaultdict(list)
         self.phase = "joining"   # joining, active, idle, disconnecting, closed, vanished
-        self.join_id = 0
-        self.seq = 0
-        self.sent: List[Tuple[int, int]] = []          # (ref, seq) of every chat sent
-        self.unechoed: Set[Tuple[int, int]] = set()
-        self.helo_replies = 0
-        self.next_chat = 0.0
+        self.sent: List[Tuple[int, int]] = []          # (ref, seq) of every chat: seq 1, 2...
+        self.next_chat = float("inf")                   # the recorder never chats
         self.next_move = 0.0                            # churners: when to leave/go
         self.vanished_in: List[int] = []                # refs it was in when it vanished
-        self.leaves_seen: Set[Tuple[int, str]] = set()  # (ref, name) of leave announcements
 
-    def send(self, data: bytes) -> None:
-        self.soak.loop.send(self, data)
+    def chat_rooms(self) -> List[str]:
+        """Where it may chat: rooms whose JOINED it has read, and that it has not left."""
+        return [room for room in self.wanted if room in self.refs and room in self.member]
 
-    # -- requests --------------------------------------------------------------------------
+    def left(self, ref: int) -> bool:
+        """Has it read its own leave announcement in room `ref`?"""
+        return ("leave", self.name) in self.streams.get(ref, ())
 
-    def chat(self, rng: random.Random) -> None:
-        rooms = [m for m in self.rooms.values() if m.can_chat()]
+    def post(self, rng: random.Random) -> None:
+        rooms = self.chat_rooms()
         if not rooms:
             return
-        membership = rng.choice(rooms)
-        self.seq += 1
+        room, seq = rng.choice(rooms), len(self.sent) + 1
         padding = "x" * rng.randint(0, self.soak.args.message_bytes)
-        text = "%s %d p%s" % (self.name, self.seq, padding)
+        text = "%s %d p%s" % (self.name, seq, padding)
         if rng.random() < 0.1:
             text += "\nsecond line"
-        self.send(chat_request(membership.ref, self.join_id, self.name, text))
-        self.sent.append((membership.ref, self.seq))
-        self.unechoed.add((membership.ref, self.seq))
+        self.chat(room, text)
+        self.sent.append((self.refs[room], seq))
         self.soak.chats_sent += 1
 
-    def leave(self, membership: Membership) -> None:
-        membership.leave_sent = True
-        self.send(leave_request(membership.ref, self.join_id, self.name))
-
-    def disconnect(self) -> None:
-        for membership in self.rooms.values():
-            membership.leave_sent = True
-        self.send(disconnect_request(self.name))
+    def disconnect(self) -> bool:
         self.phase = "disconnecting"
+        return kit.Prober.disconnect(self)
 
     def vanish(self, rng: random.Random) -> None:
         """RST now, perhaps in the middle of a request. The rooms it has not seen its own leave
         announcement in must announce its leaving to the others."""
-        self.vanished_in = [m.ref for m in self.rooms.values() if m.ref is not None and not m.left]
+        self.vanished_in = [ref for ref in self.refs.values() if not self.left(ref)]
         if rng.random() < 0.5 and not self.out:
-            self.send(PARTIAL_REQUEST)
+            self.soak.loop.send(self, PARTIAL_REQUEST)
         self.phase = "vanished"
         self.soak.loop.close(self, reset=True)
-
-    # -- replies ---------------------------------------------------------------------------
-
-    def on_reply(self, reply) -> None:
-        if isinstance(reply, ChatMessage):
-            event = event_of(reply)
-            if event is None:
-                self.soak.violation(self, "a chat this soak did not send: %r" % (reply,))
-                return
-            self.streams[reply.ref].append(event)
-            if event[0] == "leave":
-                self.leaves_seen.add((reply.ref, reply.client_name))
-            if reply.client_name == self.name:
-                if event[0] == "chat":
-                    self.unechoed.discard((reply.ref, event[2]))
-                elif event[0] == "leave":
-                    for membership in self.rooms.values():
-                        if membership.ref == reply.ref:
-                            membership.left = True
-        elif isinstance(reply, JoinedReply):
-            membership = self.rooms.get(reply.room)
-            if membership is None or membership.ref is not None:
-                self.soak.violation(self, "unexpected %r" % (reply,))
-                return
-            membership.ref, self.join_id = reply.ref, reply.join_id
-            self.soak.book.learn(reply, self.name)
-            if self.phase == "joining" and all(m.ref is not None for m in self.rooms.values()):
-                self.phase = "active"
-                self.soak.on_active(self)
-        elif isinstance(reply, HeloReply):
-            self.helo_replies += 1
-        elif isinstance(reply, ErrorReply):
-            self.soak.report.fail("error_reply", "%s got %r" % (self.name, reply))
-        elif not isinstance(reply, LeftReply):   # LEFT needs nothing: the announcement does
-            self.soak.violation(self, "not a reply of the protocol: %r" % (reply,))
 
 
 class Soak(kit.Handler):
     def __init__(self, args: argparse.Namespace, target: kit.Target, report: kit.Report) -> None:
-        self.args = args
-        self.report = report
-        self.target = target
+        self.args, self.report, self.target = args, report, target
         self.loop = kit.Loop(target.address, self)
         self.wait = kit.Waiter(self.loop, report, self.sample_rss, wait=TICK)
         self.churn_starts: List[float] = []     # when the churners still to come start
-
         self.rng = random.Random(args.seed)
         self.rooms = ["soak-room-%d" % i for i in range(args.rooms)]
         self.book = kit.RefBook(report)
         self.clients: List[Client] = []
         self.recorder: Optional[Client] = None
-        self.next_id = 0
         self.chats_sent = 0
         self.moves: Dict[str, int] = collections.Counter()
         self.rss: List[Tuple[float, int]] = []
         self.totals: Dict[str, int] = dict.fromkeys(FIGURES, 0)     # the check's (verify())
         self.started = time.monotonic()
 
-    def violation(self, client: Client, text: str) -> None:
-        self.report.fail("protocol_violation", "%s: %s" % (client.name, text))
+    def violation(self, client: Client, text: str, kind: str = "protocol_violation") -> None:
+        """A failure of `kind`; the client goes (with RST): what it expects is out of step."""
+        self.report.fail(kind, "%s: %s" % (client.name, text))
         client.phase = "closed"
         self.loop.close(client, reset=True)
 
@@ -229,25 +166,13 @@ class Soak(kit.Handler):
 
     def add_client(self, role: str) -> Client:
         """Connect a new client; it sends its JOINs once connected."""
-        self.next_id += 1
-        if role == "recorder":
-            rooms = self.rooms
-        else:
-            rooms = self.rng.sample(self.rooms, self.rng.randint(1, min(self.args.max_rooms,
-                                                                        len(self.rooms))))
-        client = Client(self, self.next_id, role, rooms)
+        most = min(self.args.max_rooms, len(self.rooms))
+        rooms = (self.rooms if role == "recorder"
+                 else self.rng.sample(self.rooms, self.rng.randint(1, most)))
+        client = Client(self, len(self.clients) + 1, role, rooms)
         self.clients.append(client)
         self.loop.connect(client)
         return client
-
-    def on_active(self, client: Client) -> None:
-        now = time.monotonic()
-        if client.role == "recorder" or not self.args.rate:
-            client.next_chat = float("inf")            # the recorder only listens
-        else:
-            client.next_chat = now + self.rng.expovariate(self.args.rate)
-        if client.role == "churner":
-            client.next_move = now + self.rng.uniform(*CHURN_LIFE)
 
     def live(self) -> List[Client]:
         return [c for c in self.clients if c.phase not in ("closed", "vanished", "disconnecting")]
@@ -255,23 +180,42 @@ class Soak(kit.Handler):
     # -- the loop's handler ----------------------------------------------------------------
 
     def connected(self, client: Client) -> None:
-        for room in client.rooms:
-            client.send(join_request(room, client.name))
+        for room in client.wanted:
+            client.join(room)
 
     def connect_failed(self, client: Client, exc: OSError) -> None:
         self.report.fail("connect_failed", "%s could not connect: %s" % (client.name, exc))
         client.phase = "closed"
 
     def received(self, client: Client) -> None:
+        """Check each reply (kit.Prober.take), and keep each chat in the client's streams."""
         for reply in kit.replies(client.reader):
-            client.on_reply(reply)
+            problem = client.take(reply)
+            event = event_of(reply) if isinstance(reply, ChatMessage) else None
+            if problem is not None:
+                self.violation(client, problem, "error_reply" if isinstance(reply, ErrorReply)
+                               else "protocol_violation")
+            elif isinstance(reply, ChatMessage) and event is None:
+                self.violation(client, "a chat this soak did not send: %r" % (reply,))
+            elif event is not None:
+                client.streams[reply.ref].append(event)
+            elif isinstance(reply, JoinedReply):
+                self.book.learn(reply, client.name)
+                if client.phase == "joining" and set(client.wanted) <= client.refs.keys():
+                    client.phase, now = "active", time.monotonic()   # its first chat and move:
+                    if client.role != "recorder" and self.args.rate:
+                        client.next_chat = now + self.rng.expovariate(self.args.rate)
+                    if client.role == "churner":
+                        client.next_move = now + self.rng.uniform(*CHURN_LIFE)
             if client.phase in ("closed", "vanished"):
                 return
 
     def closed(self, client: Client, exc: Optional[OSError]) -> None:
-        if client.phase != "disconnecting":
-            self.report.fail("closed_by_server", "the server closed %s's connection (state %s)"
-                             % (client.name, client.phase))
+        problem = (client.closed() if client.phase == "disconnecting" and exc is None
+                   else "the server closed the connection (%s; state %s)"
+                   % (exc or "closed", client.phase))
+        if problem is not None:
+            self.report.fail("closed_by_server", "%s: %s" % (client.name, problem))
         client.phase = "closed"
 
     def sample_rss(self) -> None:
@@ -302,7 +246,7 @@ class Soak(kit.Handler):
         self.loop.close_all()
         figures.update({
             "clients": args.clients, "rooms": args.rooms, "rate": args.rate,
-            "chat_seconds": round(args.seconds, 2), "connections": self.next_id,
+            "chat_seconds": round(args.seconds, 2), "connections": len(self.clients),
             "chats_sent": self.chats_sent, "moves": dict(self.moves)})
         if self.rss:
             figures["server_rss_kb"] = {
@@ -314,17 +258,14 @@ class Soak(kit.Handler):
     def chat_tick(self) -> None:
         """While they chat, after every poll: churners due start, clients due chat or move."""
         now = time.monotonic()
-        due = [start for start in self.churn_starts if start <= now]
-        self.churn_starts = [start for start in self.churn_starts if start > now]
-        for _ in due:
+        for start in [start for start in self.churn_starts if start <= now]:
+            self.churn_starts.remove(start)
             self.add_client("churner")
-
         for client in list(self.clients):
             if client.phase == "active" and client.next_chat <= now and self.args.rate:
-                client.chat(self.rng)
+                client.post(self.rng)
                 client.next_chat += self.rng.expovariate(self.args.rate)
-                if client.next_chat < now:          # behind: do not try to catch up
-                    client.next_chat = now
+                client.next_chat = max(now, client.next_chat)   # behind: do not catch up
             if (client.role == "churner" and client.phase in ("active", "idle")
                     and client.next_move <= now and self.move(client)):
                 self.churn_starts.append(now + self.rng.uniform(0, 0.5))
@@ -334,16 +275,16 @@ class Soak(kit.Handler):
     def move(self, client: Client) -> bool:
         """A churner's next move. True if it is gone (and should be replaced)."""
         rng = self.rng
-        active = [m for m in client.rooms.values() if m.can_chat()]
+        active = client.chat_rooms()
         if client.phase == "idle" or not active:
             how = rng.choice(["disconnect", "vanish"])
         else:
             how = rng.choice(["leave", "disconnect", "vanish"])
         self.moves[how] += 1
         if how == "leave":
-            for membership in rng.sample(active, rng.randint(1, len(active))):
-                client.leave(membership)
-            if not any(m.can_chat() for m in client.rooms.values()):
+            for room in rng.sample(active, rng.randint(1, len(active))):
+                client.leave(room)
+            if not client.chat_rooms():
                 client.phase = "idle"          # in no room: must now receive nothing
             client.next_move = time.monotonic() + rng.uniform(*CHURN_LIFE)
             return False
@@ -364,11 +305,9 @@ class Soak(kit.Handler):
         for tag in ("sync1", "sync2"):
             live = self.live()
             for client in live:
-                client.helo_replies = 0
-                client.send(helo_request("%s %s" % (tag, client.name)))
+                client.helo("%s %s" % (tag, client.name))
             self.wait("the %s HELO replies" % tag,
-                      lambda: all(c.helo_replies >= 1 or c.phase == "closed" for c in live),
-                      DRAIN_TIMEOUT)
+                      lambda: all(not c.owed or c.phase == "closed" for c in live), DRAIN_TIMEOUT)
 
     # -- the check -------------------------------------------------------------------------
 
@@ -380,16 +319,16 @@ class Soak(kit.Handler):
         sent: Dict[int, Dict[Event, int]] = collections.defaultdict(dict)
         for client in self.clients:
             for ref, seq in client.sent:
-                certain = client.phase != "vanished" or (ref, seq) not in client.unechoed
-                sent[ref][("chat", client.name, seq)] = 1 if certain else 0
+                event = ("chat", client.name, seq)      # its echo, in its own stream
+                certain = client.phase != "vanished" or event in client.streams.get(ref, ())
+                sent[ref][event] = 1 if certain else 0
         for ref, events in history.items():
             self._tally("recorder", ref, sent.get(ref, {}), events)
         # 2. every member against its part of the room's history
         for client in [c for c in self.clients if c is not self.recorder]:
-            for membership in client.rooms.values():
-                if membership.ref is not None:
-                    self.totals["members_checked"] += 1
-                    self._check_member(client, membership, history.get(membership.ref, []))
+            for ref in client.refs.values():
+                self.totals["members_checked"] += 1
+                self._check_member(client, ref, history.get(ref, []))
         return dict(self.totals)
 
     def _fault(self, kind: str, who: str, ref: int, what: str, count: int = 1) -> None:
@@ -420,8 +359,8 @@ class Soak(kit.Handler):
                             % (name, seq, last[name]))
             last[name] = max(seq, last[name])
 
-    def _check_member(self, client: Client, membership: Membership, events: List[Event]) -> None:
-        ref, name = membership.ref, client.name
+    def _check_member(self, client: Client, ref: int, events: List[Event]) -> None:
+        name = client.name
         stream = client.streams.get(ref, [])
         joins = [i for i, e in enumerate(events) if e == ("join", name)]
         leaves = [i for i, e in enumerate(events) if e == ("leave", name)]
@@ -431,18 +370,15 @@ class Soak(kit.Handler):
             return
         # A client that vanished while in the room read an unknown part of its window (it may
         # lose chats, never gain them); one that read its own leave announcement read it all.
-        vanished = client.phase == "vanished" and not membership.left
+        vanished = client.phase == "vanished" and not client.left(ref)
         if vanished and not leaves:
             self._fault("stream_mismatches", name, ref,
                         "it vanished, and its leaving was never announced")
         expected = events[joins[0]:leaves[0] + 1] if leaves else events[joins[0]:]
         self._tally(name, ref, {e: 0 if vanished else 1 for e in expected if e[0] == "chat"},
                     stream)
-        if vanished:                     # a prefix of its window, never its own leave
-            same = stream == expected[:len(stream)] and ("leave", name) not in stream
-        else:
-            same = stream == expected
-        if not same:
+        prefix = stream == expected[:len(stream)] and ("leave", name) not in stream
+        if not (prefix if vanished else stream == expected):    # vanished: a prefix, no leave
             first = next((i for i, (a, b) in enumerate(zip(stream, expected)) if a != b),
                          min(len(stream), len(expected)))
             self._fault("stream_mismatches", name, ref, "(%s) the stream differs from the room's"
@@ -453,7 +389,7 @@ class Soak(kit.Handler):
     def progress_line(self) -> str:
         rss = self.rss[-1][1] if self.rss else None
         return ("%d chats sent, %d clients live, %d connections so far%s"
-                % (self.chats_sent, len(self.live()), self.next_id,
+                % (self.chats_sent, len(self.live()), len(self.clients),
                    ", server RSS %d kB" % rss if rss else ""))
 
 
@@ -469,8 +405,7 @@ OPTIONS: List[kit.Option] = [
     ("--clients", int, DEFAULT_CLIENTS, "clients at any one time, besides the recorder", 1, None),
     ("--rooms", int, DEFAULT_ROOMS, "rooms", 1, None),
     ("--rate", float, DEFAULT_RATE, "chats per second per client", 0, None),
-    ("--churn", float, DEFAULT_CHURN, "share of clients that join, leave, disconnect and vanish "
-     "as they go", 0, 1),
+    ("--churn", float, DEFAULT_CHURN, "share of clients that leave, disconnect or vanish", 0, 1),
     ("--max-rooms", int, DEFAULT_MAX_ROOMS, "rooms per client, at most", 1, None),
     ("--message-bytes", int, DEFAULT_MESSAGE_BYTES, "padding per chat, at most", 0, None)]
 
