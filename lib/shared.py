@@ -28,8 +28,8 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from lib.actions import Action, Broadcast, Close, Resume, Send, Wait
-from lib.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Done, Joined, Left, LocalState, Revived, Said,
-                     Skipped, StateChanged)
+from lib.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Done, Joined, Left,
+                     LocalState, Revived, Said, Skipped, StateChanged)
 from protocol import (JOINED_TEXT, LEFT_TEXT, Chat, ChatProtocol, Disconnect, ErrorCode, Join,
                       Leave, RequestError, _quote, chat_message, error_reply, left_reply)
 

@@ -23,7 +23,8 @@ from typing import List, Optional
 
 from lib.resp import RespReader, NEED_DATA, encode_command
 from tools.kit import REPO_ROOT, SERVER_SCRIPT, ServerProcess, read_line
-from test_server import STUDENT_ID, Client, joined_announcement, left_announcement, left_reply, wire_chat
+from test_server import (STUDENT_ID, Client, joined_announcement, left_announcement, left_reply,
+                         wire_chat)
 
 REDIS_SERVER = shutil.which("redis-server")
 HOST = "127.0.0.1"
