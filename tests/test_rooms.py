@@ -101,6 +101,23 @@ class RoomsTests(unittest.TestCase):
         self.assertEqual(rooms.ref_of("a"), 0)
         self.assertIsNone(rooms.ref_of("b"))
 
+    def test_a_given_ref_and_join_id_are_kept(self):
+        # (the shared bus: Redis gives them)
+        rooms = Rooms()
+        self.assertEqual(rooms.join(1, "r", "ann", given_ref=7, given_join_id=40), (7, 40, True))
+        self.assertTrue(rooms.was_given(6), "refs below a given one exist somewhere")
+        self.assertEqual(rooms.join(2, "s", "bob")[0], 8, "and refs go on above it")
+
+    def test_an_empty_room_whose_name_was_given_a_new_ref_moves_to_it(self):
+        # (the shared table forgot the room, empty everywhere; its name came back as a new one)
+        rooms = Rooms()
+        ref, join_id, _ = rooms.join(1, "r", "ann", given_ref=3, given_join_id=9)
+        rooms.leave(1, ref)
+        self.assertEqual(rooms.join(1, "r", "ann", given_ref=5, given_join_id=9), (5, 9, True))
+        self.assertEqual(rooms.ref_of("r"), 5)
+        self.assertFalse(rooms.exists(3))
+        self.assertEqual(rooms.member_ids(5), (1,))
+
     def test_after_100000_rooms_are_emptied_new_rooms_can_be_created(self):
         rooms = Rooms()
         for index in range(rooms.max_rooms):
