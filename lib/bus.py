@@ -507,6 +507,7 @@ class Bus:
         self._events: List[Event] = []
         self._rooms: Dict[int, _RoomLog] = {}           # the rooms this node delivers
         self._early: Dict[int, List[RoomEvent]] = {}    # own events ahead of their reply
+        self._handed_out: Dict[int, int] = {}           # unfollowed ref -> its next event then
         self.seen: Dict[int, int] = {}                  # every room's highest event number
         self.room_names: Dict[int, str] = {}            # ref -> name, of every join heard
         self.room_refs: Dict[str, int] = {}             # and back
@@ -684,7 +685,10 @@ class Bus:
         gap is read back from the log."""
         if ref in self._rooms:
             return
-        log = self._rooms[ref] = _RoomLog(from_seq)
+        # Never from before what was handed out already: an unfollow may have come while later
+        # events of the room were on their way to the owner (the last member's leave and a new
+        # member's join handed out together), and that join's reply comes after.
+        log = self._rooms[ref] = _RoomLog(max(from_seq, self._handed_out.pop(ref, 0)))
         for event in self._early.pop(ref, ()):
             self._offer(log, event, now)
         if self.seen.get(ref, 0) >= log.next_seq and not log.repairing:
@@ -695,6 +699,7 @@ class Bus:
         log = self._rooms.pop(ref, None)
         if log is not None:
             self._held_bytes -= sum(size for _event, size in log.held.values())
+            self._handed_out[ref] = log.next_seq
 
     def follows(self, ref: int) -> bool:
         return ref in self._rooms

@@ -125,6 +125,18 @@ class OrderTests(unittest.TestCase):
         self.assertEqual(self.h.bus.seen[5], 1)
         self.assertEqual(self.h.bus.next_ref, 6, "refs heard of exist")
 
+    def test_following_again_never_hands_out_an_event_twice(self):
+        # The last member's leave and a new member's join handed out together: the owner
+        # unfollows on the leave, then follows again on the join's reply, which names the join.
+        self.h.publish(b"L 0 1 me 0\n4 ann", b"J 0 2 me 5 9 0\nroom\nbob")
+        self.assertEqual([type(e) for e in self.h.events()], [Left, Joined])
+        self.h.bus.unfollow(0)
+        self.h.bus.follow(0, 2, self.h.now)
+        self.assertEqual(self.h.events(), [], "the join is not handed out again")
+        self.assertEqual(self.h.take_sent()["cmd"], b"", "nor read back from the log")
+        self.h.publish(said(0, 3, "next"))
+        self.assertEqual(self.h.texts(), ["next"])
+
     def test_own_join_ahead_of_its_reply_is_kept_for_follow(self):
         own = b"J 9 4 me 3 17 0\nlater\nme"
         self.h.publish(own, said(9, 5, "after", node="other"))
