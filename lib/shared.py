@@ -252,7 +252,7 @@ class SharedChatProtocol(ChatProtocol):
         if not isinstance(wait, _JoinWait) or wait.req.room != event.room:
             self._give_up(event)
             return
-        self._join_here(wait, event.ref, event.join_id)
+        self._join_here(wait, event)
 
     def _give_up(self, event: Joined) -> None:
         """Our join that Redis ran although this node gave it up: the link dropped before its
@@ -266,9 +266,16 @@ class SharedChatProtocol(ChatProtocol):
         leavers = [(event.conn, event.name)]
         self.bus.leave(_LeaveWait(None, ref, []), ref, leavers, self._clock())
 
-    def _join_here(self, wait: _JoinWait, ref: int, join_id: int) -> None:
-        conn_id, req = wait.conn_id, wait.req
+    def _join_here(self, wait: _JoinWait, event: Joined) -> None:
+        conn_id, req, ref, join_id = wait.conn_id, wait.req, event.ref, event.join_id
         del self._waits[conn_id]
+        if not self.bus.follows(ref):
+            # The room's last member here left in an event handed out with this one, and the
+            # room was let go (_maybe_unfollow): follow it again from the next event. How many
+            # members other nodes have is not known now; taking "some" only refuses chats to
+            # it while the bus is down, where taking "none" could leave them out.
+            self.bus.follow(ref, event.seq + 1, self._clock())
+            self._remote[ref] = max(1, self._remote.get(ref, 0))
         self.rooms.join(conn_id, req.room, req.client_name, ref, join_id)
         self._count_joined(self._sessions[conn_id].peer_ip)
         self._actions += self._joined(conn_id, req, ref, join_id, True)
