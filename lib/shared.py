@@ -84,6 +84,10 @@ class SharedChatProtocol(ChatProtocol):
         self._waits: Dict[int, Any] = {}                # conn_id -> what it waits for
         self._remote: Dict[int, int] = {}               # ref -> members on other nodes
         self._given_up: Dict[int, Dict[int, str]] = {}  # ref -> {conn: name}: see _give_up
+        # Joins Redis has answered whose event is not handed out yet: ref -> {conn: (seq,
+        # join_id)}. The room stays followed for them, or their event would not come.
+        self._joins_due: Dict[int, Dict[int, Tuple[int, int]]] = {}
+        self._maybe_idle: Set[int] = set()              # rooms to let go if nobody is left
         self.departed: List[Tuple[int, int, str]] = []  # leaves made while the bus was down
         self._departed_sent = 0
         self.refused = 0                                # requests refused: ERROR_CODE 15
@@ -227,6 +231,7 @@ class SharedChatProtocol(ChatProtocol):
             for event in events:
                 self._on_bus_event[type(event)](event)
         self.bus.forget_early()
+        self._let_go_of_idle_rooms()
         actions, self._actions = self._actions, []
         return actions
 
@@ -248,11 +253,14 @@ class SharedChatProtocol(ChatProtocol):
             return
         if event.settled:
             return              # restored: nobody here saw it leave
+        due = self._joins_due.get(event.ref)
+        if due is not None and due.pop(event.conn, None) is not None and not due:
+            del self._joins_due[event.ref]
         wait = self._waits.get(event.conn)
         if not isinstance(wait, _JoinWait) or wait.req.room != event.room:
             self._give_up(event)
             return
-        self._join_here(wait, event)
+        self._join_here(wait, event.ref, event.join_id)
 
     def _give_up(self, event: Joined) -> None:
         """Our join that Redis ran although this node gave it up: the link dropped before its
@@ -266,16 +274,9 @@ class SharedChatProtocol(ChatProtocol):
         leavers = [(event.conn, event.name)]
         self.bus.leave(_LeaveWait(None, ref, []), ref, leavers, self._clock())
 
-    def _join_here(self, wait: _JoinWait, event: Joined) -> None:
-        conn_id, req, ref, join_id = wait.conn_id, wait.req, event.ref, event.join_id
+    def _join_here(self, wait: _JoinWait, ref: int, join_id: int) -> None:
+        conn_id, req = wait.conn_id, wait.req
         del self._waits[conn_id]
-        if not self.bus.follows(ref):
-            # The room's last member here left in an event handed out with this one, and the
-            # room was let go (_maybe_unfollow): follow it again from the next event. How many
-            # members other nodes have is not known now; taking "some" only refuses chats to
-            # it while the bus is down, where taking "none" could leave them out.
-            self.bus.follow(ref, event.seq + 1, self._clock())
-            self._remote[ref] = max(1, self._remote.get(ref, 0))
         self.rooms.join(conn_id, req.room, req.client_name, ref, join_id)
         self._count_joined(self._sessions[conn_id].peer_ip)
         self._actions += self._joined(conn_id, req, ref, join_id, True)
@@ -399,7 +400,7 @@ class SharedChatProtocol(ChatProtocol):
                 self._actions += [Send(conn_id, error_reply(error.code, error.description)),
                                   Resume(conn_id)]
             return
-        ref, _join_id, seq, others, created = event.value
+        ref, join_id, seq, others, created = event.value
         if created and not wait.lost:
             self._spend_room_creation(self._sessions[conn_id])
         if wait.lost:           # gone before Redis answered: take it out again
@@ -408,6 +409,8 @@ class SharedChatProtocol(ChatProtocol):
             return
         if not self.bus.follows(ref):
             self._remote[ref] = others
+        if self._waits.get(conn_id) is wait:           # (its event may have come first)
+            self._joins_due.setdefault(ref, {})[conn_id] = (seq, join_id)
         self.bus.follow(ref, seq, self._clock())
 
     def _on_skipped(self, event: Skipped) -> None:
@@ -420,6 +423,15 @@ class SharedChatProtocol(ChatProtocol):
             elif isinstance(wait, _LeaveWait) and wait.ref == event.ref \
                     and wait.seq is not None and wait.seq <= event.upto:
                 self._leave_here(wait)
+        due = self._joins_due.get(event.ref, {})
+        for conn_id, (seq, join_id) in list(due.items()):
+            if seq <= event.upto:           # its own event is lost: joined all the same
+                del due[conn_id]
+                wait = self._waits.get(conn_id)
+                if isinstance(wait, _JoinWait):
+                    self._join_here(wait, event.ref, join_id)
+        if not due:
+            self._joins_due.pop(event.ref, None)
         LOGGER.warning("bus: room %d: events up to %d could not be read back (lost here; %d "
                        "so far)", event.ref, event.upto, self.bus.lost)
 
@@ -457,10 +469,17 @@ class SharedChatProtocol(ChatProtocol):
         return self.rooms.was_given(ref) or 0 <= ref < self.bus.next_ref
 
     def _maybe_unfollow(self, ref: int) -> None:
-        if not self.rooms.member_ids(ref):
-            self.bus.unfollow(ref)
-            self._remote.pop(ref, None)
-            self._given_up.pop(ref, None)       # their leaves are no longer handed out here
+        """Room `ref` may have no member here any more: let it go once every event handed out
+        with this one is handled (a join among them may put a member back)."""
+        self._maybe_idle.add(ref)
+
+    def _let_go_of_idle_rooms(self) -> None:
+        for ref in self._maybe_idle:
+            if not self.rooms.member_ids(ref) and ref not in self._joins_due:
+                self.bus.unfollow(ref)
+                self._remote.pop(ref, None)
+                self._given_up.pop(ref, None)   # their leaves are no longer handed out here
+        self._maybe_idle.clear()
 
     def _local_state(self) -> LocalState:
         self._departed_sent = len(self.departed)

@@ -321,6 +321,24 @@ class LastLeaveAndJoinTogetherTests(unittest.TestCase):
         self.assertNotIn(2, h.proto._waits, "and its chat is done")
 
 
+    def test_a_join_answered_before_the_last_leave_keeps_the_room_until_its_event(self):
+        h = SharedHarness(self)
+        h.request(1, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: ann\n")
+        h.publish(b"J 0 1 me 1 1 0\nr\nann")
+        h.reply([0, 1, 1, 0, 1])
+        h.actions()
+        h.request(1, b"LEAVE_CHATROOM: 0\nJOIN_ID: 1\nCLIENT_NAME: ann\n")
+        h.request(2, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: bob\n")
+        h.reply([2, 1], [0, 2, 3, 0, 0])    # both answered; then the events, one at a time
+        h.actions()
+        h.publish(b"L 0 2 me 0\n1 ann")      # nobody here now, but bob's join is on its way
+        h.publish(b"J 0 3 me 2 2 0\nr\nbob")
+        self.assertEqual(h.texts(2), ["bob has joined this chatroom."])
+        h.request(2, b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: bob\nMESSAGE: hi\n\n")
+        h.publish(b"C 0 4 me 2\nbob\nhi")
+        self.assertEqual(h.texts(2), ["hi"])
+
+
 class GivenUpJoinTests(unittest.TestCase):
     """A JOIN whose reply is lost with the link (the joiner gets ERROR_CODE 15) may still have
     been run by Redis, which then announces it to the other nodes."""
