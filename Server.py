@@ -217,9 +217,10 @@ class Statistics:
                      self.app.rooms.count_rooms(), self.app.rooms.count_memberships(),
                      deliveries / self.interval, server.memory.output, server.memory.total,
                      server.memory.budget, evictions, throttles,
-                     "" if bus is None else "; bus %s, %d outages, %d refused, %d events read "
-                     "back, %d lost" % ("up" if bus.up else "DOWN", bus.outages,
-                                        self.app.refused, bus.repaired, bus.lost))
+                     "" if bus is None else "; bus %s, %d outages, %d resubscribed, %d refused, "
+                     "%d events read back, %d lost, %d not events" % (
+                         "up" if bus.up else "DOWN", bus.outages, bus.resubscribed,
+                         self.app.refused, bus.repaired, bus.lost, bus.bad_events))
 
 
 def raise_file_limit() -> None:

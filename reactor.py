@@ -435,6 +435,9 @@ class UdpConnection(Connection):
 class _Link:
     """One outgoing connection of the app's (lib.actions.Links), e.g. a link to Redis."""
     __slots__ = ("name", "sock", "connected", "out", "events")
+    # To the clients' read step (_on_events) a link is never OPEN, so it passes it by at no
+    # cost: links are read before it, in _on_link_events.
+    state = State.CLOSED
 
     def __init__(self, name: str, sock: socket.socket) -> None:
         self.name = name
@@ -660,8 +663,6 @@ class Reactor:
                 self._drain_wakeup()
             elif conn is self.udp_sock:
                 self._on_datagrams(mask)
-            elif conn.__class__ is _Link:
-                continue                    # read first, in _on_link_events
             elif conn.state is not _CLOSED and conn.state is not _ABORTING:
                 # (an earlier event this tick may have closed or dropped it)
                 if mask & selectors.EVENT_READ:
@@ -1615,10 +1616,9 @@ class Reactor:
         """The read step for the app's links, before any client's: in the app's order of links
         (the subscriber first), read everything ready, up to LINK_READS_PER_TICK each."""
         ready = {key.data.name: mask for key, mask in events if key.data.__class__ is _Link}
-        for name in self.links.links if ready else ():
-            link = self._links.get(name)
-            if link is not None and name in ready:
-                self._on_link_ready(link, ready[name])
+        for name in self.links.links:
+            if name in ready and name in self._links:
+                self._on_link_ready(self._links[name], ready[name])
 
     def _on_link_ready(self, link: _Link, mask: int) -> None:
         links = self.links

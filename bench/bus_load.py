@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
-    from tests.test_bus import REDIS_SERVER, RedisProcess     # the throw-away Redis of the tests
+    from tests.redis_server import REDIS_SERVER, RedisProcess     # the tests' throw-away Redis
     if not REDIS_SERVER:
         print("bus_load: redis-server is not installed here", file=sys.stderr)
         return 2

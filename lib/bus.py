@@ -50,7 +50,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
-from lib.resp import (NEED_DATA, Message, RedisConnection, Reply, RespError, RespProtocolError,
+from lib.resp import (NEED_DATA, Message, RedisConnection, RespError, RespProtocolError,
                       Subscribed)
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +510,6 @@ class Bus:
         self._handed_out: Dict[int, int] = {}           # unfollowed ref -> its next event then
         self.seen: Dict[int, int] = {}                  # every room's highest event number
         self.room_names: Dict[int, str] = {}            # ref -> name, of every join heard
-        self.room_refs: Dict[str, int] = {}             # and back
         self.next_ref = 0                               # refs below it exist somewhere
         self.last_join_id = 0
         self.epoch: Optional[str] = None                # P:epoch as last read
@@ -610,9 +609,6 @@ class Bus:
             return b""
         self._out[name] = []
         return b"".join(out)
-
-    def wants_output(self, name: str) -> bool:
-        return bool(self._out[name]) and self._connected[name]
 
     def _setting_up(self, name: str) -> bool:
         """Link `name` is open but not yet in use (connecting, subscribing, syncing)."""
@@ -755,7 +751,6 @@ class Bus:
             self.last_join_id = max(self.last_join_id, event.join_id)
             if ref not in self.room_names and event.room:
                 self.room_names[ref] = event.room
-                self.room_refs[event.room] = ref
         log = self._rooms.get(ref)
         if log is not None:
             self._offer(log, event, now)

@@ -12,81 +12,25 @@ whose reply must come next), as in test_server.py.
 import itertools
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import unittest
-from typing import List, Optional
+from typing import List
 
-from lib.resp import RespReader, NEED_DATA, encode_command
+from tests.redis_server import HOST, REDIS_SERVER, SKIP_REASON, RedisProcess
 from tools.kit import REPO_ROOT, SERVER_SCRIPT, ServerProcess, read_line
 from test_server import (STUDENT_ID, Client, joined_announcement, left_announcement, left_reply,
                          wire_chat)
 
-REDIS_SERVER = shutil.which("redis-server")
-HOST = "127.0.0.1"
-REDIS_START_TIMEOUT = 10.0
 DEAD_NODE_DEADLINE = 15.0      # the issue's bound: a killed node's leaves announced within it
 BUS_BACK_TIMEOUT = 20.0        # a restarted Redis: the nodes reconnect (backoff <= 5 s) and sync
 _prefixes = itertools.count(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-class RedisProcess:
-    """redis-server on 127.0.0.1:`port` (a free one if 0), in memory only, ended by its pid."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.port = port or _free_port()
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", HOST, "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + REDIS_START_TIMEOUT
-        while True:
-            try:
-                if self.command("PING") == "PONG":
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("redis-server did not start on port %d" % self.port)
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return "redis://%s:%d" % (HOST, self.port)
-
-    def command(self, *args):
-        """One command on a fresh connection; its reply (bounded wait)."""
-        with socket.create_connection((HOST, self.port), timeout=2.0) as sock:
-            sock.sendall(encode_command(*args))
-            reader = RespReader()
-            while True:
-                reply = reader.maybe_next()
-                if reply is not NEED_DATA:
-                    return reply
-                data = sock.recv(65536)
-                if not data:
-                    raise OSError("redis closed the connection")
-                reader.feed(data)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
-
-
-@unittest.skipUnless(REDIS_SERVER, "redis-server is not installed here (.ci/run installs it "
-                                   "with apt-get; so would `apt-get install redis-server`)")
+@unittest.skipUnless(REDIS_SERVER, SKIP_REASON)
 class BusTestCase(unittest.TestCase):
     """A Redis for the class; nodes and clients for each test, all ended at its end."""
 

@@ -3,14 +3,12 @@ then one end-to-end class against a throw-away redis-server, when this machine h
 import os
 import random
 import selectors
-import shutil
 import socket
-import subprocess
-import tempfile
 import time
 import unittest
 
 from lib import resp
+from tests.redis_server import REDIS_SERVER, SKIP_REASON, RedisProcess
 from lib.resp import (NEED_DATA, Message, PMessage, RedisConnection, Reply, RespError,
                       RespProtocolError, RespReader, Subscribed, encode_command)
 
@@ -567,17 +565,9 @@ class ConnectionTests(unittest.TestCase):
 # 4. End to end, against a real redis-server (skipped where there is none)
 # ---------------------------------------------------------------------------------------------
 
-REDIS_SERVER = shutil.which("redis-server")
-# Bounds for the end-to-end waits: a local redis-server starts in milliseconds and answers in
-# microseconds; these only stop a broken run from hanging the suite.
-START_TIMEOUT = 10.0
+# A bound for the end-to-end waits: a local redis-server answers in microseconds; this only
+# stops a broken run from hanging the suite. (tests/redis_server.py starts and ends it.)
 REPLY_TIMEOUT = 5.0
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Client:
@@ -637,54 +627,17 @@ class Client:
         return event.value
 
 
-@unittest.skipUnless(REDIS_SERVER, "redis-server is not on PATH (apt-get install redis-server)")
+@unittest.skipUnless(REDIS_SERVER, SKIP_REASON)
 class RedisServerTests(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.port = free_port()
-        cls.dir = tempfile.mkdtemp()
-        cls.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(cls.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", cls.dir, "--loglevel", "notice"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            cls.wait_until_ready()
-        except BaseException:
-            cls.stop_server()
-            raise
-
-    @classmethod
-    def wait_until_ready(cls):
-        # Read its log until it says it listens: no guessing how long a start takes.
-        deadline = time.monotonic() + START_TIMEOUT
-        log = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(cls.proc.stdout, selectors.EVENT_READ)
-            while b"Ready to accept connections" not in log:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise AssertionError("redis-server not ready in %ss: %r"
-                                         % (START_TIMEOUT, log))
-                chunk = os.read(cls.proc.stdout.fileno(), 65536)
-                if not chunk:
-                    raise AssertionError("redis-server exited: %r" % log)
-                log += chunk
-
-    @classmethod
-    def stop_server(cls):
-        cls.proc.terminate()                       # SIGTERM to the pid we started
-        try:
-            cls.proc.wait(timeout=START_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            cls.proc.kill()
-            cls.proc.wait(timeout=START_TIMEOUT)
-        cls.proc.stdout.close()
-        shutil.rmtree(cls.dir, ignore_errors=True)
+        cls.redis = RedisProcess()
+        cls.port = cls.redis.port
 
     @classmethod
     def tearDownClass(cls):
-        cls.stop_server()
+        cls.redis.stop()
 
     def client(self):
         client = Client(self.port)
