@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.parse
 
-from lib import bus as bus_defaults, udp
+from sansio import bus as bus_defaults, udp
 from protocol import KILL_FROM_CHOICES, ChatProtocol
 import reactor
 
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
         app = server.app = ChatProtocol(port=port, student_id=args.student_id,
                                         kill_from=args.kill_from)
     else:
-        from lib.shared import SharedChatProtocol     # (only --bus needs it)
+        from cluster.shared import SharedChatProtocol     # (only --bus needs it)
         bus_ip, bus_port, db = args.bus
         app = server.app = server.links = SharedChatProtocol(
             port=port, student_id=args.student_id, kill_from=args.kill_from,

@@ -22,7 +22,7 @@ ReplyReader, the sans-IO reader of the server's output that clients, tools and t
           JoinedReply, LeftReply, ErrorReply, ChatMessage; Unparsed for anything else)
 
 In this file, top to bottom: limits; errors; the wire format (shapes and builders); framing;
-requests; the reply reader; the state machine (its actions are lib/actions.py's).
+requests; the reply reader; the state machine (its actions are sansio/actions.py's).
 
 Rules of this file:
 - Framing is decided by the first line's keyword alone (docs/PROTOCOL.md, "Framing").
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 # The actions are the reactor's contract as much as ours; they live with it and are re-exported.
-from lib.actions import Action, Broadcast, Callback, Close, Send, Shutdown  # noqa: F401
+from sansio.actions import Action, Broadcast, Callback, Close, Send, Shutdown  # noqa: F401
 from rooms import Rooms
 
 LOGGER = logging.getLogger(__name__)
@@ -370,7 +370,7 @@ class Framer:
 # ---------------------------------------------------------------------------------------------
 # Requests: frames -> requests (nouns, as the client names them)
 # ---------------------------------------------------------------------------------------------
-# Requests (and the actions in lib/actions.py) are small dataclasses with __slots__, built once and
+# Requests (and the actions in sansio/actions.py) are small dataclasses with __slots__, built once and
 # never changed. They are not frozen=True: a frozen dataclass sets each field through
 # object.__setattr__, which made building one several times slower (README, "Performance"), and
 # every chat message builds two (a Chat and a Broadcast). Treat them as immutable all the same.
@@ -836,7 +836,7 @@ class _Session:
 class ChatProtocol:
     """The whole server's protocol state: every connection's session and every room.
 
-    The reactor drives it as a lib.actions.App: connection_made / data_received /
+    The reactor drives it as a sansio.actions.App: connection_made / data_received /
     maybe_next_actions / pending_input / connections_lost; tests can also call handle() with a
     request directly.
     """

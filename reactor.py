@@ -1,10 +1,10 @@
 """A single-threaded event loop over `selectors`: sockets in, bytes to an app, actions out.
 
 Boundary: this module knows nothing of chat commands. It accepts connections, reads bytes and
-hands them to an *app* (any object with the methods of lib.actions.App; the server's is
+hands them to an *app* (any object with the methods of sansio.actions.App; the server's is
 protocol.ChatProtocol), asks the app for the actions of each complete request, and carries the
 actions out: queue bytes for a connection, close it, stop. The app names connections by integer
-ids and never sees a socket. This module imports lib.actions and lib.udp, never protocol.
+ids and never sees a socket. This module imports sansio.actions and sansio.udp, never protocol.
 
 One tick of the loop (`run_once`), in the order of Redis's ae.c (aeProcessEvents: file events,
 then time events; handleClientsWithPendingWrites before the next wait), reads before writes:
@@ -67,14 +67,14 @@ Descriptors: one is kept in reserve, so that with every other taken a new connec
 still be accepted, the longest-idle connection that never completed a request making way.
 
 UDP (docs/UDP.md): with `udp=True` one datagram socket on the same IP and port carries every
-UDP session; lib/udp.py's ServerEndpoint, a state machine with no socket and no clock, does the
+UDP session; sansio/udp.py's ServerEndpoint, a state machine with no socket and no clock, does the
 reliability, and this module feeds it datagrams and the time. Each session is a UdpConnection,
 a connection to the app like any other: same Scheduler, same flood control, same memory budget
 and OUTPUT_CAP; a Close is a graceful close of the session, and a session that ends (timeout,
 RESET) is a connection lost.
 
-Links (`--bus`, lib/shared.py): the app may also need outgoing connections of its own, such as
-its two links to Redis. The reactor opens them when the app wants (lib.actions.Links), in the
+Links (`--bus`, cluster/shared.py): the app may also need outgoing connections of its own, such as
+its two links to Redis. The reactor opens them when the app wants (sansio.actions.Links), in the
 same loop: nonblocking connect, read everything ready at the start of each tick (before any
 client, so that a node busy with clients never falls behind Redis: Redis cuts a pub/sub client
 whose output passes its buffer limit), and send what the app has for them at the end of it. A
@@ -101,8 +101,8 @@ import time
 import traceback
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from lib import udp as udp_layer
-from lib.actions import Action, App, Broadcast, Callback, Close, Links, Resume, Send, Shutdown, Wait
+from sansio import udp as udp_layer
+from sansio.actions import Action, App, Broadcast, Callback, Close, Links, Resume, Send, Shutdown, Wait
 
 LOGGER = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ LINGER_TIMEOUT = 2.0
 # The longest select() wait: only bounds how long stop() from a signal can go unnoticed.
 MAX_WAIT = 1.0
 
-# --- UDP (docs/UDP.md): lib/udp.py is the reliability layer; this module owns its socket and
+# --- UDP (docs/UDP.md): sansio/udp.py is the reliability layer; this module owns its socket and
 # its clock, and makes each of its sessions a connection to the app like a TCP one.
 # Datagrams read per tick at most, so that a flood of them cannot make a tick long (TCP reads
 # are bounded the same way: one recv() per connection per tick). 256 x 1 200 bytes = 300 KB.
@@ -433,7 +433,7 @@ class UdpConnection(Connection):
 
 
 class _Link:
-    """One outgoing connection of the app's (lib.actions.Links), e.g. a link to Redis."""
+    """One outgoing connection of the app's (sansio.actions.Links), e.g. a link to Redis."""
     __slots__ = ("name", "sock", "connected", "out", "events")
     # To the clients' read step (_on_events) a link is never OPEN, so it passes it by at no
     # cost: links are read before it, in _on_link_events.
@@ -568,7 +568,7 @@ class Reactor:
         self.listener.setblocking(False)
         self.address: Tuple[str, int] = self.listener.getsockname()[:2]
         self.selector.register(self.listener, selectors.EVENT_READ, None)
-        # UDP: the endpoint (lib/udp.py), its sessions as connections, and datagrams the
+        # UDP: the endpoint (sansio/udp.py), its sessions as connections, and datagrams the
         # kernel would not take yet (UDP_SEND_BACKLOG).
         self.udp: Optional[udp_layer.ServerEndpoint] = None
         self._udp_conns: Dict[int, UdpConnection] = {}    # by session id
@@ -1390,7 +1390,7 @@ class Reactor:
             pass
 
     # -- UDP sessions (docs/UDP.md) -------------------------------------------------------------
-    # The endpoint (lib/udp.py) is a state machine: datagrams and the time go in; datagrams to
+    # The endpoint (sansio/udp.py) is a state machine: datagrams and the time go in; datagrams to
     # send, stream bytes and events come out. Here a session becomes a UdpConnection: its stream
     # bytes go to the app as a TCP connection's would, and through the same Scheduler and flood
     # control; what the app queues for it goes into its stream (_send_udp); its end is a
@@ -1610,7 +1610,7 @@ class Reactor:
         conn.endpoint_out = conn.endpoint_in = 0
         self.udp.abort_session(conn.session_id, reason, self._now)
 
-    # -- links (lib.actions.Links) -------------------------------------------------------------
+    # -- links (sansio.actions.Links) -------------------------------------------------------------
 
     def _on_link_events(self, events: List[Tuple[selectors.SelectorKey, int]]) -> None:
         """The read step for the app's links, before any client's: in the app's order of links

@@ -112,7 +112,7 @@ class Rooms:
         Returns (ROOM_REF, JOIN_ID, newly_joined). A connection already in the room stays in it
         under its first name and newly_joined is False. The caller checks is_full() before
         joining a room that does not exist yet, and count_rooms_of() before a new membership.
-        With the shared bus (lib/shared.py) Redis gives the ref and the JOIN_ID: `given_ref` and
+        With the shared bus (cluster/shared.py) Redis gives the ref and the JOIN_ID: `given_ref` and
         `given_join_id`, which this table then keeps.
         """
         ref = self._ref_by_name.get(room_name)

@@ -6,7 +6,7 @@
 
 The wire format is not written a second time: every connection's bytes go to the project's own
 sans-IO state machine, protocol.ChatProtocol, and the actions it returns (Send, Broadcast,
-Close, Shutdown) are carried out (lib.actions.carry_out) with transport.write(), transport.close() and loop.stop().
+Close, Shutdown) are carried out (sansio.actions.carry_out) with transport.write(), transport.close() and loop.stop().
 Framing, parsing, rooms and replies are therefore byte for byte the project's, and what a
 comparison with the project's server measures is only what differs: asyncio's event loop and
 its write path against reactor.py's.
@@ -25,7 +25,7 @@ import signal
 import sys
 from typing import Dict, List
 
-from lib.actions import Action, carry_out
+from sansio.actions import Action, carry_out
 from protocol import ChatProtocol
 
 HOST = "127.0.0.1"

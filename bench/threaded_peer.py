@@ -23,7 +23,7 @@ import sys
 import threading
 from typing import Dict, List
 
-from lib.actions import Action, carry_out
+from sansio.actions import Action, carry_out
 from protocol import ChatProtocol
 
 HOST = "127.0.0.1"

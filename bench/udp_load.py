@@ -7,7 +7,7 @@
 (from the repository's top folder)
 
 It starts Server.py on a free port of 127.0.0.1 (flood control off: the transport is measured,
-not the limits), opens MEMBERS UDP sessions (lib.udp.ClientEndpoint on real sockets, all in this
+not the limits), opens MEMBERS UDP sessions (sansio.udp.ClientEndpoint on real sockets, all in this
 process), joins them to one room, then has each send MESSAGES chats of SIZE characters, keeping
 at most WINDOW of its own on their way (sent, and not yet back to it from the room): a closed
 loop, as people chat, rather than everybody's whole backlog at once, which would measure the
@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 
-from lib import udp
+from sansio import udp
 from protocol import ChatMessage, JoinedReply, ReplyReader, chat_request, join_request
 from tools.kit import HOST, ServerProcess
 

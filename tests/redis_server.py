@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 
-from lib.resp import NEED_DATA, RespReader, encode_command
+from sansio.resp import NEED_DATA, RespReader, encode_command
 
 REDIS_SERVER = shutil.which("redis-server")
 SKIP_REASON = ("redis-server is not installed here (.ci/run installs it with apt-get; so would "

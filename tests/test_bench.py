@@ -50,7 +50,7 @@ if __name__ == "__main__":
 class CarryOutTest(unittest.TestCase):
 
     def test_a_join_naming_a_callback_is_answered_by_the_peers_dispatch(self):
-        from lib.actions import carry_out
+        from sansio.actions import carry_out
         from protocol import ChatProtocol
         app = ChatProtocol(port=1, student_id="1")
         app.connection_made(1, "127.0.0.1", "127.0.0.1")

@@ -1,4 +1,4 @@
-"""lib/bus.py without Redis: the Bus state machine fed hand-written RESP bytes and the time.
+"""sansio/bus.py without Redis: the Bus state machine fed hand-written RESP bytes and the time.
 
 What Redis itself does (the Lua scripts) is tested against a real redis-server in
 tests/test_bus.py; here, what a node does with what comes back: event order, repair of gaps from
@@ -6,14 +6,14 @@ a room's log, the two links failing on their own, backoff.
 """
 import unittest
 
-from lib import bus
-from lib.actions import Broadcast, Send
-from lib.bus import Bus, Done, Joined, Left, LocalState, Said, Skipped, StateChanged, decode_event
-from lib.shared import SharedChatProtocol
+from sansio import bus
+from sansio.actions import Broadcast, Send
+from sansio.bus import Bus, Done, Joined, Left, LocalState, Said, Skipped, StateChanged, decode_event
+from cluster.shared import SharedChatProtocol
 
 
 def resp(value) -> bytes:
-    """A RESP2 reply, written independently of lib/resp.py."""
+    """A RESP2 reply, written independently of sansio/resp.py."""
     if value is None:
         return b"$-1\r\n"
     if isinstance(value, int):
@@ -351,7 +351,7 @@ class GivenUpJoinTests(unittest.TestCase):
         h.actions()
         self.assertEqual(h.texts(1), ["carol has joined this chatroom."])
         h.request(2, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: alice\n")
-        with self.assertLogs("lib.shared", "WARNING"):      # "bus: down"
+        with self.assertLogs("cluster.shared", "WARNING"):      # "bus: down"
             h.proto.link_failed("cmd", "Redis did not answer", h.now)
             h.actions()
         self.assertIn(b"ERROR_CODE: 15", b"".join(h.got.pop(2)))

@@ -2,7 +2,7 @@
 app, ticked by hand; and its fairness policy (reactor.Scheduler) on its own, with fake
 connections and a fake clock.
 
-The fake app is not the chat protocol: the reactor runs any app (lib.actions.App), and these
+The fake app is not the chat protocol: the reactor runs any app (sansio.actions.App), and these
 tests never import protocol."""
 import os
 import socket
@@ -14,7 +14,7 @@ import unittest
 from types import SimpleNamespace
 
 import reactor
-from lib.actions import Broadcast, Close, Send, Shutdown
+from sansio.actions import Broadcast, Close, Send, Shutdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -370,7 +370,7 @@ class ReactorTests(unittest.TestCase):
         self.assertEqual(self.pump(other, 6), b"alive\n")
 
     def test_the_reactor_does_not_need_the_chat_protocol(self):
-        # The reactor's contract is lib.actions; neither it nor these tests (whose LineApp it
+        # The reactor's contract is sansio.actions; neither it nor these tests (whose LineApp it
         # runs) may drag the chat protocol in.
         code = "import sys, reactor, tests.test_reactor; print('protocol' in sys.modules)"
         result = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=30,

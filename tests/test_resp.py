@@ -1,4 +1,4 @@
-"""lib/resp.py: the RESP2 encoder, the reply reader and the sans-IO Redis connection, in memory;
+"""sansio/resp.py: the RESP2 encoder, the reply reader and the sans-IO Redis connection, in memory;
 then one end-to-end class against a throw-away redis-server, when this machine has one."""
 import os
 import random
@@ -7,9 +7,9 @@ import socket
 import time
 import unittest
 
-from lib import resp
+from sansio import resp
 from tests.redis_server import REDIS_SERVER, SKIP_REASON, RedisProcess
-from lib.resp import (NEED_DATA, Message, PMessage, RedisConnection, Reply, RespError,
+from sansio.resp import (NEED_DATA, Message, PMessage, RedisConnection, Reply, RespError,
                       RespProtocolError, RespReader, Subscribed, encode_command)
 
 # A bound on every "call until NEED_DATA" loop: far more replies than any test produces.

@@ -1,4 +1,4 @@
-"""The UDP transport (lib/udp.py): the wire, the handshake, callback validation, delivery over a
+"""The UDP transport (sansio/udp.py): the wire, the handshake, callback validation, delivery over a
 seeded lossy link with a simulated clock, timers and limits; and one smoke test on real sockets.
 
 Everything but the last test runs in memory: a `Net` carries datagrams between a ClientEndpoint
@@ -14,8 +14,8 @@ import time
 import unittest
 from collections import defaultdict
 
-from lib import udp
-from lib.udp import (ACCEPT, ACK, CLOSE, DATA, ECHO, HELLO, KNOCK, PING, PROBE, RESET, RETRY,
+from sansio import udp
+from sansio.udp import (ACCEPT, ACK, CLOSE, DATA, ECHO, HELLO, KNOCK, PING, PROBE, RESET, RETRY,
                      REJECT, CallbackFailed, CallbackValidated, ClientEndpoint, ReliableStream,
                      ServerEndpoint, SessionClosed, SessionOpened, StreamData)
 

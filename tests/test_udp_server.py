@@ -1,6 +1,6 @@
 """End to end over UDP: the real Server.py, with UDP members and TCP members in the same rooms.
 
-A UDP member here is a small client: lib.udp.ClientEndpoint on real sockets, sending the same
+A UDP member here is a small client: sansio.udp.ClientEndpoint on real sockets, sending the same
 text requests as a TCP client (protocol's builders) and reading replies with ReplyReader; its
 JOIN names a callback address (docs/UDP.md, "Callback addresses"). Between it and the server
 there may be two lossy relays (tools/relay.py), one per direction, as docs/UDP.md describes:
@@ -21,8 +21,8 @@ import time
 import unittest
 
 import reactor
-from lib import udp
-from lib.udp import ClientEndpoint, SessionClosed, StreamData
+from sansio import udp
+from sansio.udp import ClientEndpoint, SessionClosed, StreamData
 from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ChatProtocol, HeloReply, JoinedReply,
                       ReplyReader, chat_request, disconnect_request, helo_request, join_request)
 from tools import kit

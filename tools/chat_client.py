@@ -33,11 +33,11 @@ Exit status: 0 after /quit or end of input, once the server has closed the conne
 the server answers ERROR_CODE (printed as "ERROR code: description" on standard error, as the
 protocol asks: "a client should print the error to the console and terminate"), when it closes
 the connection unexpectedly, when it cannot be reached, or when it sends something malformed;
-over UDP also when it stops answering (lib.udp.IDLE_TIMEOUT, 45 s, with nothing heard).
+over UDP also when it stops answering (sansio.udp.IDLE_TIMEOUT, 45 s, with nothing heard).
 
 Two transports, one client. By default a TCP connection. With --udp, a session of the
 server's UDP transport (docs/UDP.md: handshake, reliable ordered stream, callback validation,
-liveness, graceful close), run by lib.udp.ClientEndpoint; the stream carries exactly the bytes
+liveness, graceful close), run by sansio.udp.ClientEndpoint; the stream carries exactly the bytes
 a TCP connection would. The JOINs' CLIENT_IP and PORT name --callback, the session socket's
 own address by default. A callback that is another address gets a second socket, from which
 the KNOCKs that validate it go out: bound to the callback when that is this host's and free,
@@ -49,7 +49,7 @@ Theory of operation (the server's design, in miniature; see protocol.py and reac
     server bytes --protocol.ReplyReader--> reply --ChatClient.message_received--> actions
     stdin lines  ------------------------------------ChatClient.line_typed-------> actions
     actions (Send, Print, PrintError, Exit) --Terminal--> link, stdout, stderr, exit status
-    link: TcpLink (a socket) or UdpLink (lib.udp.ClientEndpoint on one or two UDP sockets)
+    link: TcpLink (a socket) or UdpLink (sansio.udp.ClientEndpoint on one or two UDP sockets)
 
     full screen: keys --screen.Screen.key--> edits, Submit(line) --ChatClient.line_typed--> ...
                  Print, PrintError --> screen.Screen.add; each turn: Screen.render --> curses
@@ -89,7 +89,7 @@ except ImportError:                     # (a Python built without _curses)
     curses = None                       # type: ignore
 
 import protocol
-from lib import udp
+from sansio import udp
 from protocol import (MAX_REQUEST_BYTES, REPLY_SHAPES, ChatMessage, ErrorReply, JoinedReply,
                       LeftReply, Unparsed, chat_request, disconnect_request, join_request,
                       leave_request, request_keyword)
@@ -444,7 +444,7 @@ class TcpLink:
         self.sock.close()
 
 
-# Why a UDP session ended (lib.udp's SessionClosed reasons), as the client says it. A reason
+# Why a UDP session ended (sansio.udp's SessionClosed reasons), as the client says it. A reason
 # missing here is shown as it is. "closed by peer" (the server's CLOSE, after DISCONNECT) and
 # "reset by peer" (its RESET: it stopped, or we broke a limit) are the server closing the
 # connection, as a TCP close: ChatClient.connection_lost decides.
@@ -475,7 +475,7 @@ UDP_DISCONNECT_TIMEOUT = 35.0
 
 
 class UdpLink:
-    """The server over UDP: a lib.udp.ClientEndpoint (the whole transport, sans-IO) on sockets.
+    """The server over UDP: a sansio.udp.ClientEndpoint (the whole transport, sans-IO) on sockets.
 
     `sock` is the session socket, connected to `server` (the server, or a relay in front of it:
     the kernel then drops datagrams from anyone else). `callback_sock`, when the JOIN names an

@@ -20,7 +20,7 @@ import time
 import unittest
 from typing import Callable, List, Tuple
 
-from lib import udp
+from sansio import udp
 from protocol import (ChatMessage, JoinedReply, ReplyReader, chat_request, disconnect_request,
                       join_request)
 from tools import chat_client, kit

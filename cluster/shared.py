@@ -2,7 +2,7 @@
 
 Boundary: like protocol.py, this module does no I/O. It is protocol.ChatProtocol with the four
 requests that touch rooms (JOIN, CHAT, LEAVE, DISCONNECT) and lost connections sent through
-lib/bus.py instead of answered at once; everything else (framing, parsing, HELO, KILL, the
+sansio/bus.py instead of answered at once; everything else (framing, parsing, HELO, KILL, the
 limits) is ChatProtocol's own.
 
 How a request goes, while the bus is up:
@@ -27,8 +27,8 @@ to the other nodes once it is back (Bus's sync script).
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from lib.actions import Action, Broadcast, Close, Resume, Send, Wait
-from lib.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Done, Joined, Left,
+from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
+from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Done, Joined, Left,
                      LocalState, Revived, Said, Skipped, StateChanged)
 from protocol import (JOINED_TEXT, LEFT_TEXT, Chat, ChatProtocol, Disconnect, ErrorCode, Join,
                       Leave, RequestError, _quote, chat_message, error_reply, left_reply)
@@ -70,8 +70,8 @@ def _unavailable(what: str) -> RequestError:
 class SharedChatProtocol(ChatProtocol):
     """ChatProtocol for one node of several sharing rooms over Redis (see the module docstring).
 
-    Besides lib.actions.App, the reactor drives its two Redis links through the `link_*`
-    methods (lib.actions.Links) and carries out what link_actions() returns after each."""
+    Besides sansio.actions.App, the reactor drives its two Redis links through the `link_*`
+    methods (sansio.actions.Links) and carries out what link_actions() returns after each."""
 
     def __init__(self, port: int, student_id: str, bus_address: Tuple[str, int], prefix: str,
                  node: str, db: int = 0, max_rooms: int = MAX_SHARED_ROOMS,

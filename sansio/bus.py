@@ -1,9 +1,9 @@
 """The shared bus: several server processes ("nodes") behave as one chat server over Redis.
 
-Boundary: sans-IO, like lib/resp.py and lib/udp.py. This module knows Redis commands and the
+Boundary: sans-IO, like sansio/resp.py and sansio/udp.py. This module knows Redis commands and the
 bus's own rules (keys, scripts, event order, heartbeats, catch-up), but no socket, no clock and
 no chat wire format: the reactor moves the bytes of its two Redis links ("cmd" and "sub") and
-passes the time in; lib/shared.py turns what comes out into chat actions.
+passes the time in; cluster/shared.py turns what comes out into chat actions.
 
 Theory of operation, following one CHAT across two nodes:
 
@@ -50,7 +50,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
-from lib.resp import (NEED_DATA, Message, RedisConnection, RespError, RespProtocolError,
+from sansio.resp import (NEED_DATA, Message, RedisConnection, RespError, RespProtocolError,
                       Subscribed)
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +473,7 @@ class Bus:
     while it is down the bus stays up, requests go on, and their events are read back from the
     rooms' logs once it is subscribed again (so a dropped subscription loses nothing).
 
-    Driving it (the reactor, through lib/shared.py):
+    Driving it (the reactor, through cluster/shared.py):
     - wants_links(now): the links to open now; then link_up(name, now) for each as it
       connects, or link_failed(name, why, now).
     - receive(name, data, now) for bytes read; data_to_send(name) for bytes to write.

@@ -57,7 +57,7 @@ class Wait:
     __slots__ = ("conn_id",)
     conn_id: int                # handle no more of its requests (and read no more from it)
                                 # until a Resume: its last one waits for a reply from elsewhere
-                                # (the shared bus, lib/shared.py)
+                                # (the shared bus, cluster/shared.py)
 
 
 @dataclass
@@ -125,7 +125,7 @@ class App(Protocol):
 
 class Links(Protocol):
     """What the reactor needs of an app that has outgoing connections of its own ("links": the
-    shared bus's two links to Redis, lib/shared.py). The reactor opens the ones links_wanted()
+    shared bus's two links to Redis, cluster/shared.py). The reactor opens the ones links_wanted()
     names, reads and writes them in its loop, and after each call of the link_* and
     links_timer methods carries out link_actions() and closes the links links_to_close() names.
     Times are time.monotonic() seconds."""

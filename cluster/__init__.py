@@ -1,0 +1,1 @@
+"""The cluster: rooms shared by several servers over Redis, above the protocol."""
