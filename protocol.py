@@ -43,6 +43,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 # The actions are the reactor's contract as much as ours; they live with it and are re-exported.
 from sansio.actions import Action, Broadcast, Callback, Close, Send, Shutdown  # noqa: F401
+from policy.bucket import TokenBucket
 from rooms import Rooms
 
 LOGGER = logging.getLogger(__name__)
@@ -805,22 +806,6 @@ def handle_other_message(conn_id: int, line: str) -> List[Action]:
 # The state machine: requests -> actions
 # ---------------------------------------------------------------------------------------------
 
-class _Bucket:
-    """A token bucket: up to `burst` at once, refilled at `rate` a second."""
-    __slots__ = ("tokens", "at", "burst", "rate")
-
-    def __init__(self, burst: float, rate: float, now: float) -> None:
-        self.tokens = float(burst)
-        self.at = now
-        self.burst = burst
-        self.rate = rate
-
-    def refill(self, now: float) -> "_Bucket":
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        return self
-
-
 class _Session:
     """What the protocol remembers about one open connection."""
     __slots__ = ("framer", "local_ip", "peer_ip", "closing", "creations")
@@ -830,7 +815,7 @@ class _Session:
         self.local_ip = local_ip      # our side of this connection, for HELO and JOINED
         self.peer_ip = peer_ip        # its side, for KILL_SERVICE's policy ("" if unknown)
         self.closing = False          # DISCONNECT or a fatal error: handle nothing more
-        self.creations: Optional[_Bucket] = None  # rooms it may create; made at its first
+        self.creations: Optional[TokenBucket] = None  # rooms it may create; made at its first
 
 
 class ChatProtocol:
@@ -854,7 +839,7 @@ class ChatProtocol:
         self.kill_from = kill_from
         self._clock = clock               # only for the room-creation limits
         self._sessions: Dict[int, _Session] = {}
-        self._creations_by_address: Dict[str, _Bucket] = {}
+        self._creations_by_address: Dict[str, TokenBucket] = {}
         self._memberships_by_address: Dict[str, int] = {}
         self._handlers: Dict[type, Callable[[int, Request], List[Action]]] = {
             Chat: self._on_chat, Join: self._on_join, Leave: self._on_leave,
@@ -1037,7 +1022,7 @@ class ChatProtocol:
         would pass. Takes nothing."""
         now = self._clock()
         if session.creations is None:
-            session.creations = _Bucket(ROOM_CREATION_BURST_PER_CONNECTION,
+            session.creations = TokenBucket(ROOM_CREATION_BURST_PER_CONNECTION,
                                         ROOM_CREATIONS_PER_SECOND_PER_CONNECTION, now)
         by_address = self._creations_by_address
         address = by_address.get(session.peer_ip)
@@ -1045,7 +1030,7 @@ class ChatProtocol:
             if len(by_address) >= ADDRESSES_REMEMBERED:     # forget the idle ones
                 for ip in [ip for ip, b in by_address.items() if b.refill(now).tokens >= b.burst]:
                     del by_address[ip]
-            address = by_address[session.peer_ip] = _Bucket(
+            address = by_address[session.peer_ip] = TokenBucket(
                 ROOM_CREATION_BURST_PER_ADDRESS, ROOM_CREATIONS_PER_SECOND_PER_ADDRESS, now)
         for bucket, whose in ((session.creations.refill(now), "this connection"),
                               (address.refill(now), "your address")):

@@ -68,7 +68,7 @@ Plugging it into a reactor (one UDP socket bound to the TCP address and port):
                   session); sleep at most until next_deadline().
     budget:       buffered_bytes() counts toward the global memory bound.
 
-Module layout: wire constants and encoding; TokenBucket; ReliableStream (one session's
+Module layout: wire constants and encoding; ReliableStream (one session's
 sequence numbers, acks, windows and timers, shared by both ends); _Session (liveness and
 teardown around a stream); ServerEndpoint; ClientEndpoint.
 """
@@ -80,6 +80,8 @@ import ipaddress
 import secrets
 import struct
 from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
+
+from policy.bucket import TokenBucket
 
 Address = Tuple  # what the socket layer gives: (host, port) or (host, port, flowinfo, scope)
 
@@ -323,28 +325,6 @@ class CallbackFailed(NamedTuple):
 
 
 Event = Union[SessionOpened, StreamData, SessionClosed, CallbackValidated, CallbackFailed]
-
-
-# ---------------------------------------------------------------------------------------------
-# Rate limiting
-# ---------------------------------------------------------------------------------------------
-
-class TokenBucket:
-    """`capacity` tokens, refilled at `rate` per second; take() spends one if there is one."""
-
-    __slots__ = ("capacity", "rate", "tokens", "stamp")
-
-    def __init__(self, capacity: float, rate: float, now: float) -> None:
-        self.capacity, self.rate, self.tokens, self.stamp = capacity, rate, capacity, now
-
-    def take(self, now: float) -> bool:
-        elapsed = max(0.0, now - self.stamp)
-        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
