@@ -18,7 +18,7 @@ The rules it keeps (docs/PROTOCOL.md, "Identity"):
 import collections
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
-# A room costs a few hundred bytes plus its name (at most protocol.MAX_NAME_CHARS). An endless
+# A room costs a few hundred bytes plus its name (at most sansio.wire.MAX_NAME_CHARS). An endless
 # stream of JOINs with fresh names must stop somewhere, so the table holds at most this many
 # rooms; past it, empty rooms are forgotten (oldest-emptied first) and a JOIN gets ERROR_CODE
 # TOO_MANY_ROOMS only when every room in the table has members. 100 000 rooms is far above any

@@ -22,9 +22,10 @@ import time
 import unittest
 from typing import Tuple
 
-import protocol
 import reactor
-from protocol import ErrorCode
+from sansio.replies import (ChatMessage, ErrorReply, HeloReply, JoinedReply, LeftReply,
+                            ReplyReader, Unparsed)
+from sansio.wire import MAX_REQUEST_BYTES, ErrorCode
 from tools.kit import ServerProcess
 
 # ---------------------------------------------------------------------------------------------
@@ -113,9 +114,9 @@ def left_announcement(ref, name) -> bytes:
 # expected bytes above are not, so assertions compare the raw bytes of each reply with them and
 # a wrong builder or reader cannot vouch for itself.
 
-_KINDS = {protocol.HeloReply: "HELO", protocol.JoinedReply: "JOINED_CHATROOM",
-          protocol.LeftReply: "LEFT_CHATROOM", protocol.ErrorReply: "ERROR_CODE",
-          protocol.ChatMessage: "CHAT"}
+_KINDS = {HeloReply: "HELO", JoinedReply: "JOINED_CHATROOM",
+          LeftReply: "LEFT_CHATROOM", ErrorReply: "ERROR_CODE",
+          ChatMessage: "CHAT"}
 
 
 class Message:
@@ -140,7 +141,7 @@ class ServerSpokeGarbage(AssertionError):
     pass
 
 
-def take_messages(reader: protocol.ReplyReader) -> list:
+def take_messages(reader: ReplyReader) -> list:
     """Every whole reply the reader holds, each with the bytes it was made of."""
     out = []
     pending = reader.pending()
@@ -151,7 +152,7 @@ def take_messages(reader: protocol.ReplyReader) -> list:
         rest = reader.pending()
         raw = pending[:len(pending) - len(rest)]
         pending = rest
-        if isinstance(reply, protocol.Unparsed):
+        if isinstance(reply, Unparsed):
             raise ServerSpokeGarbage("the server sent something no reply looks like (%s): %r"
                                      % (reply.reason, raw[:200]))
         out.append(Message(reply, raw))
@@ -179,7 +180,7 @@ class Client:
         if nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
-        self._reader = protocol.ReplyReader()
+        self._reader = ReplyReader()
         self._pending = collections.deque()           # parsed, not yet consumed
         self._history = collections.deque(maxlen=8)   # recently consumed, for error messages
         self.eof = False
@@ -1047,12 +1048,12 @@ class ErrorTests(ServerTestCase):
 
     def test_request_longer_than_limit_is_error_8_then_closed(self):
         c = self.client()
-        c.send(b"HELO " + b"x" * protocol.MAX_REQUEST_BYTES + b"\n")
+        c.send(b"HELO " + b"x" * MAX_REQUEST_BYTES + b"\n")
         c.expect_error(ErrorCode.REQUEST_TOO_LONG)
         c.expect_closed()
         # the same for a request with no line end at all, and a CHAT whose text never ends
-        for request in (b"y" * (protocol.MAX_REQUEST_BYTES + 1),
-                        chat_request(0, 0, "m", "z" * protocol.MAX_REQUEST_BYTES)[:-2]):
+        for request in (b"y" * (MAX_REQUEST_BYTES + 1),
+                        chat_request(0, 0, "m", "z" * MAX_REQUEST_BYTES)[:-2]):
             with self.subTest(length=len(request)):
                 c = self.client()
                 c.send(request)
@@ -1065,7 +1066,7 @@ class ErrorTests(ServerTestCase):
         watcher = self.client("watcher")
         watcher.join(self.room("room"), "w")
         big.expect_message(joined_announcement(ref, "w"))
-        big.send(b"y" * (protocol.MAX_REQUEST_BYTES + 1))
+        big.send(b"y" * (MAX_REQUEST_BYTES + 1))
         big.expect_error(ErrorCode.REQUEST_TOO_LONG)
         big.expect_closed()
         watcher.expect_message(left_announcement(ref, "big"))
@@ -1073,7 +1074,7 @@ class ErrorTests(ServerTestCase):
 
     def test_request_just_under_the_limit_is_served(self):
         c = self.client()
-        text = "x" * (protocol.MAX_REQUEST_BYTES - len("HELO ") - 1)
+        text = "x" * (MAX_REQUEST_BYTES - len("HELO ") - 1)
         c.send(b"HELO %s\n" % _b(text))
         c.expect_message(helo_reply(text, self.port))
 
@@ -1097,7 +1098,7 @@ class ErrorTests(ServerTestCase):
             self.assertTrue(msg.reply.description.strip(), msg.raw)
             codes[what] = msg.reply.code
         big = self.client("big")
-        big.send(b"y" * (protocol.MAX_REQUEST_BYTES + 1))
+        big.send(b"y" * (MAX_REQUEST_BYTES + 1))
         codes["too long"] = big.expect_kind("ERROR_CODE").reply.code
         self.assertEqual(len(set(codes.values())), len(codes), codes)
         c.sync()

@@ -30,7 +30,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from protocol import ChatMessage, JoinedReply, ReplyReader, chat_request, join_request
+from sansio.replies import ChatMessage, JoinedReply, ReplyReader
+from sansio.wire import chat_request, join_request
 from tools.kit import HOST, ServerProcess
 
 PROBE_EVERY = 0.02           # seconds between the probe's chats

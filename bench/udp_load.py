@@ -31,7 +31,8 @@ import sys
 import time
 
 from sansio import udp
-from protocol import ChatMessage, JoinedReply, ReplyReader, chat_request, join_request
+from sansio.replies import ChatMessage, JoinedReply, ReplyReader
+from sansio.wire import chat_request, join_request
 from tools.kit import HOST, ServerProcess
 
 MAX_ROUNDS = 10 ** 7        # bound on the select() loop, beyond --timeout

@@ -30,8 +30,9 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
 from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Done, Joined, Left,
                      LocalState, Revived, Said, Skipped, StateChanged)
-from protocol import (JOINED_TEXT, LEFT_TEXT, Chat, ChatProtocol, Disconnect, ErrorCode, Join,
-                      Leave, RequestError, _quote, chat_message, error_reply, left_reply)
+from protocol import ChatProtocol
+from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, Disconnect, ErrorCode, Join, Leave,
+                         RequestError, chat_message, error_reply, left_reply, quote)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class SharedChatProtocol(ChatProtocol):
                 raise self._unknown_room(req.ref)
             room = self.bus.room_names.get(req.ref)
             raise RequestError(ErrorCode.NOT_A_MEMBER, "not a member of room %d: %s first"
-                               % (req.ref, "JOIN_CHATROOM " + _quote(room) if room else "join it"))
+                               % (req.ref, "JOIN_CHATROOM " + quote(room) if room else "join it"))
         if self.bus.up:
             self._waits[conn_id] = _ChatWait(conn_id, req.ref)
             self.bus.chat(self._waits[conn_id], conn_id, req.ref, name, req.message,

@@ -111,7 +111,7 @@ LINKS = ("sub", "cmd")       # the reactor reads them in this order: the subscri
 #   J REF SEQ NODE CONN JOIN_ID SETTLED \n ROOM_NAME \n CLIENT_NAME     a join
 #   C REF SEQ NODE CONN \n CLIENT_NAME \n MESSAGE                        a chat (MESSAGE: any lines)
 #   L REF SEQ NODE SETTLED \n CONN CLIENT_NAME [\n CONN CLIENT_NAME ...] leaves, in one event
-# Names never hold a line break (protocol.py refuses unprintable names). SETTLED 1: the node
+# Names never hold a line break (sansio/wire.py refuses unprintable names). SETTLED 1: the node
 # that made it has already told its own members (a join restored or leaves made while the bus
 # was down), so it delivers it to nobody; other nodes do.
 

@@ -8,12 +8,15 @@ from unittest import mock
 import protocol
 import reactor
 import rooms
-from protocol import ChatProtocol, Join
+from protocol import ChatProtocol
+from sansio.replies import ChatMessage, ReplyReader
+from sansio.wire import (LEFT_TEXT, MAX_NAME_CHARS, Join, chat_message, disconnect_request,
+                         join_request)
 
 
 def widest_name(index: int) -> str:
     """A name of MAX_NAME_CHARS characters of 4 bytes each, different for each index."""
-    return chr(0x1F600 + index % 64) * (protocol.MAX_NAME_CHARS - 4) + "%04d" % index
+    return chr(0x1F600 + index % 64) * (MAX_NAME_CHARS - 4) + "%04d" % index
 
 
 class LimitsAgreeTests(unittest.TestCase):
@@ -23,7 +26,7 @@ class LimitsAgreeTests(unittest.TestCase):
         # replies then add at most this, and must not reach OUTPUT_CAP.
         name = widest_name(0)
         longest_ref = 10 ** 18 - 1
-        announcement = protocol.chat_message(longest_ref, name, protocol.LEFT_TEXT % name)
+        announcement = chat_message(longest_ref, name, LEFT_TEXT % name)
         worst = rooms.MAX_ROOMS_PER_CONNECTION * len(announcement)
         self.assertLess(reactor.HIGH_WATER + worst, reactor.OUTPUT_CAP)
 
@@ -37,9 +40,9 @@ class LimitsAgreeTests(unittest.TestCase):
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)   # a slow reader
         server.add_connection(theirs, "127.0.0.1", "127.0.0.1")
         count = rooms.MAX_ROOMS_PER_CONNECTION
-        outgoing = b"".join(protocol.join_request(widest_name(i), widest_name(i))
-                            for i in range(count)) + protocol.disconnect_request("x")
-        reader = protocol.ReplyReader()
+        outgoing = b"".join(join_request(widest_name(i), widest_name(i))
+                            for i in range(count)) + disconnect_request("x")
+        reader = ReplyReader()
         ours.setblocking(False)
         replies = []
         for _ in range(20000):                  # bounded: a few hundred ticks are enough
@@ -62,7 +65,7 @@ class LimitsAgreeTests(unittest.TestCase):
                 reply = reader.maybe_next_reply()
         kinds = [type(r).__name__ for r in replies]
         self.assertEqual(kinds.count("JoinedReply"), count)
-        left = [r for r in replies if isinstance(r, protocol.ChatMessage)
+        left = [r for r in replies if isinstance(r, ChatMessage)
                 and r.message.endswith(" has left this chatroom.")]
         self.assertEqual([r.ref for r in left], list(range(count)))   # all, in ref order
         self.assertEqual(server.evictions, 0)

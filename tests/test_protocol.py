@@ -2,9 +2,11 @@
 reading of docs/PROTOCOL.md and every error."""
 import unittest
 
-import protocol
-from protocol import (Broadcast, Chat, ChatProtocol, Close, Disconnect, ErrorCode, Helo,
-                      Join, Kill, Leave, RequestError, Send, Shutdown, chat_message)
+from protocol import (ROOM_CREATIONS_PER_SECOND_PER_CONNECTION, ROOM_CREATION_BURST_PER_ADDRESS,
+                      ROOM_CREATION_BURST_PER_CONNECTION, ChatProtocol)
+from sansio.actions import Broadcast, Close, Send, Shutdown
+from sansio.wire import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, Chat, Disconnect, ErrorCode, Helo,
+                         Join, Kill, Leave, RequestError, chat_message, error_reply)
 from rooms import Rooms
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(len(self.feed(1, b"HELO still here\n")), 1)
 
     def test_request_too_long_is_answered_then_closed(self):
-        actions = self.feed(1, b"x" * (protocol.MAX_REQUEST_BYTES + 1))
+        actions = self.feed(1, b"x" * (MAX_REQUEST_BYTES + 1))
         self.assertErrorReply(actions[:1], 1, ErrorCode.REQUEST_TOO_LONG)
         self.assertEqual(actions[1:], [Close(1)])
         self.assertEqual(self.feed(1, b"\nHELO x\n"), [])
@@ -181,7 +183,7 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(len(proto.handle(1, Join("a", "x"))), 1)   # an existing room still works
 
     def test_names_longer_than_the_limit_are_refused(self):
-        longest = b"\xc3\xa9" * protocol.MAX_NAME_CHARS     # characters, not bytes
+        longest = b"\xc3\xa9" * MAX_NAME_CHARS     # characters, not bytes
         join = b"JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: %s\n"
         self.assertEqual(len(self.feed(1, join % (longest, longest))), 2)
         self.assertErrorReply(self.feed(1, join % (longest + b"r", b"a")), 1, ErrorCode.NAME_TOO_LONG)
@@ -199,7 +201,7 @@ class ProtocolTests(unittest.TestCase):
 
     def test_error_descriptions_are_one_line(self):
         err = RequestError(ErrorCode.MALFORMED_REQUEST, "two\nlines")
-        self.assertEqual(protocol.error_reply(err.code, err.description), b"ERROR_CODE: 1\nERROR_DESCRIPTION: two lines\n")
+        self.assertEqual(error_reply(err.code, err.description), b"ERROR_CODE: 1\nERROR_DESCRIPTION: two lines\n")
 
 
 class SettledReadingsTests(unittest.TestCase):
@@ -343,18 +345,18 @@ class RoomCreationLimitTests(unittest.TestCase):
 
     def test_one_connection_creating_rooms_too_fast_is_refused_then_may_again(self):
         self.proto.connection_made(1, "10.0.0.1", "192.0.2.1")
-        burst = protocol.ROOM_CREATION_BURST_PER_CONNECTION
+        burst = ROOM_CREATION_BURST_PER_CONNECTION
         for index in range(burst):
             self.assertTrue(self.join(1, "r%d" % index).startswith(b"JOINED_CHATROOM"))
             self.proto.handle(1, Leave(index, "1", "n"))          # memberships stay low
         self.assertTrue(self.join(1, "one too many").startswith(b"ERROR_CODE: 13\n"))
         self.assertTrue(self.join(1, "r0").startswith(b"JOINED_CHATROOM"))   # existing: fine
-        self.now += 1.0 / protocol.ROOM_CREATIONS_PER_SECOND_PER_CONNECTION
+        self.now += 1.0 / ROOM_CREATIONS_PER_SECOND_PER_CONNECTION
         self.assertTrue(self.join(1, "one too many").startswith(b"JOINED_CHATROOM"))
 
     def test_the_limit_per_address_covers_all_its_connections(self):
-        burst = protocol.ROOM_CREATION_BURST_PER_ADDRESS
-        per_conn = protocol.ROOM_CREATION_BURST_PER_CONNECTION
+        burst = ROOM_CREATION_BURST_PER_ADDRESS
+        per_conn = ROOM_CREATION_BURST_PER_CONNECTION
         conns = burst // per_conn + 1
         created = 0
         for conn in range(conns):
@@ -386,3 +388,4 @@ class KillFromTests(unittest.TestCase):
     def test_none_refuses_everybody(self):
         refused = self.kill("none", "127.0.0.1")
         self.assertTrue(refused[0].data.startswith(b"ERROR_CODE: 14\n"), refused)
+

@@ -23,8 +23,10 @@ import unittest
 import reactor
 from sansio import udp
 from sansio.udp import ClientEndpoint, SessionClosed, StreamData
-from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ChatProtocol, HeloReply, JoinedReply,
-                      ReplyReader, chat_request, disconnect_request, helo_request, join_request)
+from protocol import ChatProtocol
+from sansio.replies import ChatMessage, HeloReply, JoinedReply, ReplyReader
+from sansio.wire import (JOINED_TEXT, LEFT_TEXT, chat_request, disconnect_request, helo_request,
+                         join_request)
 from tools import kit
 from tools.kit import REPO_ROOT, ServerProcess
 

@@ -1,10 +1,16 @@
-"""Layer 1: bytes -> frames -> requests (Framer, parse_request), in memory."""
+"""Layer 1, the codec (sansio/wire.py, sansio/replies.py): bytes -> frames -> requests (Framer,
+parse_request), the builders, and the server's output read back (ReplyReader), in memory."""
 import random
 import unittest
 
-import protocol
-from protocol import (Chat, Disconnect, ErrorCode, Framer, Helo,
-                      Join, Kill, Leave, Other, RequestError, parse_request)
+from sansio import wire
+from sansio.replies import (ChatMessage, ErrorReply, HeloReply, JoinedReply, LeftReply,
+                            ReplyReader, Unparsed)
+from sansio.wire import (Chat, Disconnect, ErrorCode, Framer, Helo, Join, Kill, Leave, Other,
+                         RequestError, chat_message, chat_request, disconnect_request,
+                         error_reply, helo_reply, helo_request, join_request, joined_reply,
+                         kill_request, leave_request, left_reply, parse_request,
+                         parse_request_in_general)
 
 # ---------------------------------------------------------------------------------------------
 # 1. Framing and parsing
@@ -149,7 +155,7 @@ class FramerTests(unittest.TestCase):
         stream = b"\x1cCHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: a\nMESSAGE: m\n\n"
         self.assertEqual(frame_all(stream)[0], b"\x1cCHAT: 0")
         self.assertEqual(parse_request(b"\x1cCHAT: 0"), Other("\x1cCHAT: 0"))
-        self.assertEqual(set(protocol._FRAME_LINES), set(protocol._PARSERS))
+        self.assertEqual(set(wire._FRAME_LINES), set(wire._PARSERS))
 
     def test_kill_service_is_only_the_ascii_keyword(self):
         self.assertEqual(parse_request("\u00a0KILL_SERVICE".encode()), Other("\u00a0KILL_SERVICE"))
@@ -276,7 +282,7 @@ class ParseTests(unittest.TestCase):
             frame = "\n".join(lines[:4 if rng.random() < .95 else rng.choice([1, 2, 3])])
             frame = frame.encode("utf-8", "surrogateescape")
             outcomes = []
-            for parse in (parse_request, protocol.parse_request_in_general):
+            for parse in (parse_request, parse_request_in_general):
                 try:
                     outcomes.append(parse(frame))
                 except RequestError as err:
@@ -309,43 +315,43 @@ class BuilderTests(unittest.TestCase):
     itself through the reader)."""
 
     def test_requests(self):
-        self.assertEqual(protocol.helo_request("hi there"), b"HELO hi there\n")
-        self.assertEqual(protocol.kill_request(), b"KILL_SERVICE\n")
-        self.assertEqual(protocol.join_request("room 1", "alice"),
+        self.assertEqual(helo_request("hi there"), b"HELO hi there\n")
+        self.assertEqual(kill_request(), b"KILL_SERVICE\n")
+        self.assertEqual(join_request("room 1", "alice"),
                          b"JOIN_CHATROOM: room 1\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: alice\n")
-        self.assertEqual(protocol.join_request("r", "a", "10.1.2.3", 5000),
+        self.assertEqual(join_request("r", "a", "10.1.2.3", 5000),
                          b"JOIN_CHATROOM: r\nCLIENT_IP: 10.1.2.3\nPORT: 5000\nCLIENT_NAME: a\n")
-        self.assertEqual(protocol.leave_request(3, 7, "bob"),
+        self.assertEqual(leave_request(3, 7, "bob"),
                          b"LEAVE_CHATROOM: 3\nJOIN_ID: 7\nCLIENT_NAME: bob\n")
-        self.assertEqual(protocol.chat_request(0, 1, "al", "two\nlines"),
+        self.assertEqual(chat_request(0, 1, "al", "two\nlines"),
                          b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: al\nMESSAGE: two\nlines\n\n")
-        self.assertEqual(protocol.disconnect_request("al"),
+        self.assertEqual(disconnect_request("al"),
                          b"DISCONNECT: 0\nPORT: 0\nCLIENT_NAME: al\n")
-        self.assertEqual(protocol.join_request("\u65e5", "\u00e9"),
+        self.assertEqual(join_request("\u65e5", "\u00e9"),
                          "JOIN_CHATROOM: \u65e5\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: \u00e9\n"
                          .encode("utf-8"))
 
     def test_replies(self):
-        self.assertEqual(protocol.helo_reply("HELO x", "10.0.0.1", 8080, "12345678"),
+        self.assertEqual(helo_reply("HELO x", "10.0.0.1", 8080, "12345678"),
                          b"HELO x\nIP:10.0.0.1\nPort:8080\nStudentID:12345678\n")
-        self.assertEqual(protocol.joined_reply("r", "10.0.0.1", 8080, 2, 5),
+        self.assertEqual(joined_reply("r", "10.0.0.1", 8080, 2, 5),
                          b"JOINED_CHATROOM: r\nSERVER_IP: 10.0.0.1\nPORT: 8080\nROOM_REF: 2\n"
                          b"JOIN_ID: 5\n")
-        self.assertEqual(protocol.left_reply(2, 5), b"LEFT_CHATROOM: 2\nJOIN_ID: 5\n")
-        self.assertEqual(protocol.left_reply(2, "007"), b"LEFT_CHATROOM: 2\nJOIN_ID: 007\n")
-        self.assertEqual(protocol.error_reply(5, "no\nroom"),
+        self.assertEqual(left_reply(2, 5), b"LEFT_CHATROOM: 2\nJOIN_ID: 5\n")
+        self.assertEqual(left_reply(2, "007"), b"LEFT_CHATROOM: 2\nJOIN_ID: 007\n")
+        self.assertEqual(error_reply(5, "no\nroom"),
                          b"ERROR_CODE: 5\nERROR_DESCRIPTION: no room\n")
-        self.assertEqual(protocol.chat_message(1, "bob", "hi"),
+        self.assertEqual(chat_message(1, "bob", "hi"),
                          b"CHAT: 1\nCLIENT_NAME: bob\nMESSAGE: hi\n\n")
 
     def test_every_request_builder_is_parsed_back_by_the_server(self):
-        self.assertEqual(parse_request(protocol.helo_request("x")[:-1]), Helo("HELO x"))
-        self.assertEqual(parse_request(protocol.kill_request()[:-1]), Kill())
-        self.assertEqual(parse_request(protocol.join_request("r", "a")[:-1]), Join("r", "a"))
-        self.assertEqual(parse_request(protocol.leave_request(1, 2, "a")[:-1]), Leave(1, "2", "a"))
-        self.assertEqual(parse_request(protocol.chat_request(1, 2, "a", "m")[:-2]),
+        self.assertEqual(parse_request(helo_request("x")[:-1]), Helo("HELO x"))
+        self.assertEqual(parse_request(kill_request()[:-1]), Kill())
+        self.assertEqual(parse_request(join_request("r", "a")[:-1]), Join("r", "a"))
+        self.assertEqual(parse_request(leave_request(1, 2, "a")[:-1]), Leave(1, "2", "a"))
+        self.assertEqual(parse_request(chat_request(1, 2, "a", "m")[:-2]),
                          Chat(1, "2", "a", "m"))
-        self.assertEqual(parse_request(protocol.disconnect_request("a")[:-1]), Disconnect("a"))
+        self.assertEqual(parse_request(disconnect_request("a")[:-1]), Disconnect("a"))
 
 
 class ReplyReaderTests(unittest.TestCase):
@@ -358,12 +364,12 @@ class ReplyReaderTests(unittest.TestCase):
               b"ERROR_CODE: 5\nERROR_DESCRIPTION: no room has ROOM_REF '7'\n"
               b"LEFT_CHATROOM: 0\nJOIN_ID: 1\n")
     REPLIES = [
-        protocol.HeloReply("HELO x y", "10.0.0.1", 8080, "12345678"),
-        protocol.JoinedReply("room 1", "10.0.0.1", 8080, 0, 1),
-        protocol.ChatMessage(0, "alice", "alice has joined this chatroom."),
-        protocol.ChatMessage(0, "bob", "two\nlines"),
-        protocol.ErrorReply(5, "no room has ROOM_REF '7'"),
-        protocol.LeftReply(0, 1),
+        HeloReply("HELO x y", "10.0.0.1", 8080, "12345678"),
+        JoinedReply("room 1", "10.0.0.1", 8080, 0, 1),
+        ChatMessage(0, "alice", "alice has joined this chatroom."),
+        ChatMessage(0, "bob", "two\nlines"),
+        ErrorReply(5, "no room has ROOM_REF '7'"),
+        LeftReply(0, 1),
     ]
 
     @staticmethod
@@ -376,14 +382,14 @@ class ReplyReaderTests(unittest.TestCase):
             replies.append(reply)
 
     def test_every_kind_of_reply(self):
-        reader = protocol.ReplyReader()
+        reader = ReplyReader()
         reader.receive_data(self.STREAM)
         self.assertEqual(self.read_all(reader), self.REPLIES)
         self.assertEqual(reader.pending(), b"")
 
     def test_split_at_every_byte_gives_the_same_replies(self):
         for cut in range(len(self.STREAM) + 1):
-            reader = protocol.ReplyReader()
+            reader = ReplyReader()
             reader.receive_data(self.STREAM[:cut])
             first = self.read_all(reader)
             reader.receive_data(self.STREAM[cut:])
@@ -394,38 +400,38 @@ class ReplyReaderTests(unittest.TestCase):
             self.REPLIES[1].ref = 9
 
     def test_what_the_server_never_sends_is_unparsed_not_lost(self):
-        reader = protocol.ReplyReader()
+        reader = ReplyReader()
         reader.receive_data(b"WHAT\nLEFT_CHATROOM: x\nJOIN_ID: 1\nJOINED_CHATROOM: r\nPORT: 1\n"
                             b"SERVER_IP: a\nROOM_REF: 0\nJOIN_ID: 1\nLEFT_CHATROOM: 3\nJOIN_ID: 4\n")
         replies = self.read_all(reader)
         self.assertEqual([type(r).__name__ for r in replies],
                          ["Unparsed", "Unparsed", "Unparsed", "LeftReply"])
         self.assertEqual(replies[0].text, "WHAT")
-        self.assertEqual(replies[3], protocol.LeftReply(3, 4))
+        self.assertEqual(replies[3], LeftReply(3, 4))
 
     def test_count_chats_takes_whole_runs_and_stops_before_anything_else(self):
-        chats = b"".join(protocol.chat_message(4, "n%d" % i, "m%d" % i) for i in range(50))
-        other = protocol.chat_message(5, "x", "y") + protocol.error_reply(6, "e")
+        chats = b"".join(chat_message(4, "n%d" % i, "m%d" % i) for i in range(50))
+        other = chat_message(5, "x", "y") + error_reply(6, "e")
         for tail in (b"", b"CHAT: 4\nCLIENT_NAME: a"):
-            reader = protocol.ReplyReader()
+            reader = ReplyReader()
             reader.receive_data(chats + tail)
             self.assertEqual(reader.count_chats(4), 50)
             self.assertEqual(reader.count_chats(4), 0)
             self.assertEqual(reader.pending(), tail)
-        reader = protocol.ReplyReader()
+        reader = ReplyReader()
         reader.receive_data(chats + other + chats)
         self.assertEqual(reader.count_chats(4), 50)
-        self.assertEqual(reader.maybe_next_reply(), protocol.ChatMessage(5, "x", "y"))
+        self.assertEqual(reader.maybe_next_reply(), ChatMessage(5, "x", "y"))
         self.assertEqual(reader.count_chats(4), 0)
-        self.assertEqual(reader.maybe_next_reply(), protocol.ErrorReply(6, "e"))
+        self.assertEqual(reader.maybe_next_reply(), ErrorReply(6, "e"))
         self.assertEqual(reader.count_chats(4), 50)
 
     def test_count_chats_with_a_suffix_counts_only_matching_texts(self):
-        reader = protocol.ReplyReader()
-        reader.receive_data(protocol.chat_message(0, "a", "a has joined this chatroom.")
-                            + protocol.chat_message(0, "a", "hello"))
+        reader = ReplyReader()
+        reader.receive_data(chat_message(0, "a", "a has joined this chatroom.")
+                            + chat_message(0, "a", "hello"))
         self.assertEqual(reader.count_chats(0, " has joined this chatroom."), 1)
-        self.assertEqual(reader.maybe_next_reply(), protocol.ChatMessage(0, "a", "hello"))
+        self.assertEqual(reader.maybe_next_reply(), ChatMessage(0, "a", "hello"))
 
 
 class ReplyReaderLongStreamTests(unittest.TestCase):
@@ -433,16 +439,16 @@ class ReplyReaderLongStreamTests(unittest.TestCase):
     def test_replies_stay_whole_after_the_consumed_head_is_dropped(self):
         # the reader drops what it has consumed once that passes 64 KiB: every reply before
         # and after that point must come out whole
-        reader = protocol.ReplyReader()
-        messages = [protocol.chat_message(i, "n%d" % i, "m" * 1000) for i in range(300)]
+        reader = ReplyReader()
+        messages = [chat_message(i, "n%d" % i, "m" * 1000) for i in range(300)]
         for message in messages:
             reader.receive_data(message)
         for index in range(300):
             self.assertEqual(reader.maybe_next_reply(),
-                             protocol.ChatMessage(index, "n%d" % index, "m" * 1000), index)
+                             ChatMessage(index, "n%d" % index, "m" * 1000), index)
 
     def test_a_join_id_too_long_for_int_is_kept_as_its_digits(self):
-        reader = protocol.ReplyReader()
-        reader.receive_data(protocol.left_reply(0, "7" * 5000) + protocol.left_reply(1, "x"))
-        self.assertEqual(reader.maybe_next_reply(), protocol.LeftReply(0, "7" * 5000))
-        self.assertIsInstance(reader.maybe_next_reply(), protocol.Unparsed)
+        reader = ReplyReader()
+        reader.receive_data(left_reply(0, "7" * 5000) + left_reply(1, "x"))
+        self.assertEqual(reader.maybe_next_reply(), LeftReply(0, "7" * 5000))
+        self.assertIsInstance(reader.maybe_next_reply(), Unparsed)

@@ -71,9 +71,9 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply, LeftReply,
-                      ReplyReader, chat_request, disconnect_request, join_request, kill_request,
-                      leave_request)
+from sansio.replies import ChatMessage, ErrorReply, JoinedReply, LeftReply, ReplyReader
+from sansio.wire import (JOINED_TEXT, LEFT_TEXT, chat_request, disconnect_request, join_request,
+                         kill_request, leave_request)
 from tools import kit
 
 TOOL = "attack"

@@ -46,7 +46,7 @@ server). DISCONNECT is answered by the server's CLOSE, which ends the session gr
 
 Theory of operation (the server's design, in miniature; see protocol.py and reactor.py):
 
-    server bytes --protocol.ReplyReader--> reply --ChatClient.message_received--> actions
+    server bytes --ReplyReader--> reply --ChatClient.message_received--> actions
     stdin lines  ------------------------------------ChatClient.line_typed-------> actions
     actions (Send, Print, PrintError, Exit) --Terminal--> link, stdout, stderr, exit status
     link: TcpLink (a socket) or UdpLink (sansio.udp.ClientEndpoint on one or two UDP sockets)
@@ -88,11 +88,11 @@ try:
 except ImportError:                     # (a Python built without _curses)
     curses = None                       # type: ignore
 
-import protocol
 from sansio import udp
-from protocol import (MAX_REQUEST_BYTES, REPLY_SHAPES, ChatMessage, ErrorReply, JoinedReply,
-                      LeftReply, Unparsed, chat_request, disconnect_request, join_request,
-                      leave_request, request_keyword)
+from sansio.replies import (ChatMessage, ErrorReply, JoinedReply, LeftReply, Reply, ReplyReader,
+                            Unparsed)
+from sansio.wire import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, REPLY_SHAPES, chat_request,
+                         disconnect_request, join_request, leave_request, request_keyword)
 from tools import screen
 from tools.screen import name_problem, sanitize
 
@@ -236,8 +236,8 @@ class ChatClient:
         """True when a line typed now would be acted on at once (Terminal shows its prompt)."""
         return not self._queue and self.awaiting is None and not self.quitting
 
-    def message_received(self, message: protocol.Reply) -> List[Action]:
-        """One reply from the server, as protocol.ReplyReader read it."""
+    def message_received(self, message: Reply) -> List[Action]:
+        """One reply from the server, as ReplyReader read it."""
         if isinstance(message, Unparsed) and is_known_kind(message):
             # a field missing, a ref that is not an integer
             return [PrintError("the server sent a malformed message: %r" % message.text),
@@ -359,7 +359,7 @@ class ChatClient:
         return [PrintError("ERROR %d: %s" % (message.code, printable(message.description))),
                 Exit(1)]
 
-    def _on_other(self, message: protocol.Reply) -> List[Action]:
+    def _on_other(self, message: Reply) -> List[Action]:
         """A reply this client does not act on (a HELO reply, or a line no reply has)."""
         text = message.text if isinstance(message, Unparsed) else repr(message)
         return [Print("* the server says: %s" % printable(text))]
@@ -693,7 +693,7 @@ class Terminal:
         self.stdout = stdout
         self.stderr = stderr
         self.interactive = interactive       # show a prompt (both ends are a terminal)
-        self.reader = protocol.ReplyReader()
+        self.reader = ReplyReader()
         self.stdin_buf = bytearray()         # the start of a line not yet ended
         self.status: Optional[int] = None    # set by Exit: the loop ends
         self.prompt_shown = False
@@ -1042,7 +1042,7 @@ answers where the session's datagrams come from).""" % udp.IDLE_TIMEOUT)
                         help="the server's port (TCP, or UDP with --udp: the same number)")
     parser.add_argument("--name", required=True,
                         help="your CLIENT_NAME, shown to the other members of your rooms (at "
-                             "most %d characters, printable)" % protocol.MAX_NAME_CHARS)
+                             "most %d characters, printable)" % MAX_NAME_CHARS)
     parser.add_argument("--plain", action="store_true",
                         help="the line mode even at a terminal (a prompt, no full screen)")
     parser.add_argument("--udp", action="store_true",

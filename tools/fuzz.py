@@ -8,12 +8,12 @@ It sends batches of --batch requests over a pool of connections in one kit.Loop:
 kind (KILL_SERVICE only with --allow-kill, once, at the very end), unknown lines, random bytes;
 mutated (fields dropped, duplicated, swapped or misnamed, bad or enormous integers, empty names,
 NUL bytes, invalid UTF-8, stray blank lines, CR/LF variants, requests cut short, values past
-protocol.MAX_REQUEST_BYTES); each send() a random 1 byte to 64 KiB; part of a request and then
+MAX_REQUEST_BYTES); each send() a random 1 byte to 64 KiB; part of a request and then
 RST or FIN; bursts of up to --burst one-request connections; connections that never read;
 floods of large chats into one room. It checks that:
 - after every batch a fresh connection gets a HELO reply within --helo-timeout ("hang"), and a
   spawned server still runs ("server_exited");
-- everything the server sends parses (protocol.ReplyReader); a room name keeps one ROOM_REF
+- everything the server sends parses (ReplyReader); a room name keeps one ROOM_REF
   and a ROOM_REF one name; a connection keeps one JOIN_ID and no two share one;
 - "probe" connections (kit.Probers), whose requests (restyled and split at random) have known
   answers, get exactly the predicted replies in order: JOINED with the right ref and id, own
@@ -41,9 +41,9 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from protocol import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES, ChatMessage, ErrorCode,
-                      ErrorReply, HeloReply, JoinedReply, Unparsed, chat_request, helo_request,
-                      join_request, kill_request)
+from sansio.replies import ChatMessage, ErrorReply, HeloReply, JoinedReply, ReplyReader, Unparsed
+from sansio.wire import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, REQUEST_SHAPES, ErrorCode,
+                         chat_request, helo_request, join_request, kill_request)
 from tools import kit
 
 # --- settings (each a default for a command-line option, or a bound on a wait) ----------------
@@ -127,7 +127,7 @@ def line_ending(rng: random.Random) -> bytes:
 
 
 def shaped(keyword: bytes, first: bytes, values: List[bytes]) -> List[bytes]:
-    """The lines of a request of kind `keyword`, its keys from protocol.REQUEST_SHAPES."""
+    """The lines of a request of kind `keyword`, its keys from REQUEST_SHAPES."""
     return [keyword + b": " + first] + [key.encode() + b": " + value for key, value
                                         in zip(REQUEST_SHAPES[keyword], values)]
 

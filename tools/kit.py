@@ -1,7 +1,7 @@
 """What every live-server tool shares (fuzz, soak, many, loadgen) and the end-to-end tests use.
 
 - ServerProcess: Server.py in a child process on 127.0.0.1 and a port the kernel picks.
-- Loop, Conn: nonblocking client connections on one selector, read by protocol.ReplyReader.
+- Loop, Conn: nonblocking client connections on one selector, read by ReplyReader.
 - Prober, Like: a client whose replies are predicted and checked in order (fuzz, soak, churn).
 - Crowd: members that connect and join their rooms, then chat in them (many, loadgen).
 - Report: failures by kind with a few examples each, progress lines, and at the end a one-line
@@ -34,9 +34,10 @@ import tempfile
 import time
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Union
 
-import protocol
-from protocol import (JOINED_TEXT, LEFT_TEXT, ChatMessage, HeloReply, chat_request,
-                      disconnect_request, helo_request, join_request, leave_request)
+from sansio.replies import (ChatMessage, ErrorReply, HeloReply, JoinedReply, LeftReply, Reply,
+                            ReplyReader)
+from sansio.wire import (JOINED_TEXT, LEFT_TEXT, ErrorCode, chat_request, disconnect_request,
+                         helo_request, join_request, leave_request)
 
 HOST = "127.0.0.1"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +67,7 @@ JOINED_SUFFIX = JOINED_TEXT % ""    # " has joined this chatroom."
 SPARE_FILES = 64                    # descriptors a tool needs beyond one per connection
 
 
-def replies(reader: protocol.ReplyReader) -> Iterator[protocol.Reply]:
+def replies(reader: ReplyReader) -> Iterator[Reply]:
     """Every whole reply `reader` holds, one at a time (stop early: the rest stay for later)."""
     return iter(reader.maybe_next_reply, None)
 
@@ -129,7 +130,7 @@ class Prober:
 
     def join(self, room: str) -> None:
         self.send(join_request(room, self.name))
-        self.owed.append(Like(protocol.JoinedReply, room=room, **self.here))
+        self.owed.append(Like(JoinedReply, room=room, **self.here))
         if room not in self.member:
             self.member.add(room)
             self.owed.append(self.own(room, JOINED_TEXT % self.name))
@@ -139,7 +140,7 @@ class Prober:
         ref, join_id = self.refs[room], self.join_id if join_id is None else join_id
         self.send(leave_request(ref, join_id, self.name))
         # the server's JOIN_ID; the request's only if it never joined
-        self.owed.append(Like(protocol.LeftReply, ref=ref, join_id=lambda: join_id
+        self.owed.append(Like(LeftReply, ref=ref, join_id=lambda: join_id
                               if self.join_id is None else self.join_id))
         if room in self.member:
             self.member.discard(room)
@@ -152,7 +153,7 @@ class Prober:
         self.send(chat_request(self.refs[room], self.join_id if join_id is None else join_id,
                                name or self.name, text))
         self.owed.append(self.own(room, text) if room in self.member else
-                         Like(protocol.ErrorReply, code=protocol.ErrorCode.NOT_A_MEMBER))
+                         Like(ErrorReply, code=ErrorCode.NOT_A_MEMBER))
 
     def disconnect(self) -> bool:
         """DISCONNECT, if the order of its leave announcements can be predicted now (every
@@ -166,7 +167,7 @@ class Prober:
         self.owed.append(CLOSE)
         return True
 
-    def take(self, reply: protocol.Reply) -> Optional[str]:
+    def take(self, reply: Reply) -> Optional[str]:
         """Check the next reply read: None if it is right, else what is wrong."""
         if isinstance(reply, ChatMessage) and reply.client_name != self.name:
             if reply.ref not in self.rooms:
@@ -180,7 +181,7 @@ class Prober:
         if want is CLOSE or reply != want:
             return "expected %r, got %r" % (want, reply)
         self.checked += 1
-        if isinstance(reply, protocol.JoinedReply):
+        if isinstance(reply, JoinedReply):
             self.join_id = reply.join_id
             self.refs.setdefault(reply.room, reply.ref)
         elif isinstance(reply, ChatMessage) and reply.message == JOINED_TEXT % self.name:
@@ -324,11 +325,11 @@ def check_listening(host: str, port: int) -> None:
         raise ServerError("no server at %s:%s: %s" % (host, port, exc)) from None
 
 
-def first_reply(sock: socket.socket, deadline: float) -> Union[protocol.Reply, str]:
+def first_reply(sock: socket.socket, deadline: float) -> Union[Reply, str]:
     """The first reply a blocking `sock` reads before `deadline` (time.monotonic()), or what
     happened instead: "closed", "no reply within N s", or the error."""
     called = time.monotonic()
-    reader = protocol.ReplyReader()
+    reader = ReplyReader()
     try:
         while True:
             reply = reader.maybe_next_reply()
@@ -373,7 +374,7 @@ class Conn:
         self.state = QUEUED
         self.out = bytearray()
         self.events = 0
-        self.reader = protocol.ReplyReader()
+        self.reader = ReplyReader()
         self.reading = True                 # False: a client that never reads
         self.close_when_sent: Optional[str] = None   # "close" or "reset" once `out` is sent
 
@@ -605,7 +606,7 @@ class RefBook:
         self.join_ids: Dict[str, int] = {}          # connection's name -> JOIN_ID
         self.owners: Dict[int, str] = {}            # JOIN_ID -> connection's name
 
-    def learn(self, reply: protocol.JoinedReply, who: str) -> None:
+    def learn(self, reply: JoinedReply, who: str) -> None:
         """Check `reply`, read by the connection named `who`, and learn from it."""
         room, ref, join_id = reply.room, reply.ref, reply.join_id
         if self.refs.setdefault(room, ref) != ref:
@@ -795,9 +796,9 @@ class Crowd(Handler):
             else:
                 self.report.fail("unexpected_message", "%s got %r" % (member.name, reply))
 
-    def _join_reply(self, member: Member, reply: protocol.Reply) -> None:
+    def _join_reply(self, member: Member, reply: Reply) -> None:
         if member.ref is None:
-            if isinstance(reply, protocol.JoinedReply) and reply.room == member.room:
+            if isinstance(reply, JoinedReply) and reply.room == member.room:
                 member.ref, member.join_id = reply.ref, reply.join_id
                 self.joined += 1
                 self.last_joined_at = time.monotonic()
@@ -805,7 +806,7 @@ class Crowd(Handler):
                 self.announcements_owed += self.room_sizes[member.room]
                 self.book.learn(reply, member.name)
                 return
-            kind = ("error_reply" if isinstance(reply, protocol.ErrorReply)
+            kind = ("error_reply" if isinstance(reply, ErrorReply)
                     else "unexpected_message")
             self.report.fail(kind, "%s got %r instead of JOINED_CHATROOM" % (member.name, reply))
             self._fail(member)

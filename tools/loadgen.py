@@ -47,7 +47,8 @@ import sys
 import time
 from typing import Callable, Dict, Iterator, List, Optional
 
-from protocol import ChatMessage, ErrorReply, chat_request
+from sansio.replies import ChatMessage, ErrorReply
+from sansio.wire import chat_request
 from tools import kit, many
 
 DEFAULT_TIMEOUT = 60.0          # seconds for the whole run

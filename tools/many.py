@@ -24,7 +24,8 @@ import sys
 import time
 from typing import Dict, List
 
-from protocol import ChatMessage, chat_request
+from sansio.replies import ChatMessage
+from sansio.wire import chat_request
 from tools import kit
 
 DEFAULT_CONNECTIONS = 10000

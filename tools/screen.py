@@ -16,7 +16,7 @@ Key bindings are GNU readline's emacs bindings, the ones a shell user already kn
 Safe rendering: everything shown passes through sanitize(). Text from the network can hold
 control characters (an escape sequence recolours or retitles the terminal), bidi overrides
 (U+202E shows "exe.txt" as "txt.exe"), zero-width characters and line or paragraph separators;
-each is shown as PLACEHOLDER and never reaches the terminal. protocol.py refuses the same
+each is shown as PLACEHOLDER and never reaches the terminal. sansio/wire.py refuses the same
 categories in names; message text is relayed as sent, so clients must do this themselves.
 """
 import unicodedata
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Deque, List, Optional, Tuple, Union
 
-from protocol import MAX_NAME_CHARS
+from sansio.wire import MAX_NAME_CHARS, MAX_REQUEST_BYTES
 
 # --- limits and settings ------------------------------------------------------------------------
 # Shown instead of every character that must not reach the terminal: U+FFFD REPLACEMENT
@@ -33,7 +33,7 @@ from protocol import MAX_NAME_CHARS
 PLACEHOLDER = "\ufffd"
 # Unicode categories never written to the terminal: controls (Cc: C0, DEL, C1), format
 # characters (Cf: bidi overrides and isolates, zero-width spaces and joiners, soft hyphen) and
-# the line and paragraph separators (Zl, Zp). The categories protocol.py refuses in names.
+# the line and paragraph separators (Zl, Zp). The categories sansio/wire.py refuses in names.
 UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp"))
 # Lines typed and sent, kept for Up/Down: a long session's worth, a few hundred kB at most.
 HISTORY_SIZE = 500
@@ -41,7 +41,7 @@ HISTORY_SIZE = 500
 # what a flooding room can make us hold; an evening of busy chat fits.
 SCROLLBACK_LINES = 5000
 # The longest input line, in characters. A chat request holds the text plus the names; at up to
-# 4 bytes per character this stays far below protocol.MAX_REQUEST_BYTES, past which the server
+# 4 bytes per character this stays far below MAX_REQUEST_BYTES, past which the server
 # would answer ERROR_CODE and the client would have to exit. Longer is a paste gone wrong.
 MAX_INPUT_CHARS = 8000
 # An escape sequence the terminal sends for a key is a few bytes; one longer than this is not

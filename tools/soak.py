@@ -48,7 +48,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-from protocol import JOINED_TEXT, LEFT_TEXT, ChatMessage, ErrorReply, JoinedReply
+from sansio.replies import ChatMessage, ErrorReply, JoinedReply
+from sansio.wire import JOINED_TEXT, LEFT_TEXT
 from tools import kit
 
 DEFAULT_CLIENTS = 50

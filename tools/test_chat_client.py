@@ -33,8 +33,8 @@ import unicodedata
 import unittest
 from typing import Callable, List, Optional, Tuple
 
-import protocol
-from protocol import Framer
+from sansio.replies import ChatMessage, ErrorReply, JoinedReply, LeftReply, ReplyReader, Unparsed
+from sansio.wire import Framer, chat_request, join_request
 from tools import chat_client, kit
 from tools.chat_client import ChatClient, Print, Send
 
@@ -809,7 +809,7 @@ class ChatClientCoreTest(unittest.TestCase):
                   b"JOIN_ID: 9\n" + chat(3, "bob", "two\nlines").encode()
                   + b"LEFT_CHATROOM: 3\nJOIN_ID: 9\nERROR_CODE: 6\nERROR_DESCRIPTION: no: really\n"
                   + b"SOMETHING_NEW\n")
-        reader = protocol.ReplyReader()
+        reader = ReplyReader()
         messages = []
         for i in range(len(stream)):
             reader.receive_data(stream[i:i + 1])
@@ -818,12 +818,12 @@ class ChatClientCoreTest(unittest.TestCase):
                 messages.append(message)
                 message = reader.maybe_next_reply()
         self.assertEqual(messages[:4], [
-            protocol.JoinedReply("my room", "10.0.0.1", 80, 3, 9),
-            protocol.ChatMessage(3, "bob", "two\nlines"),
-            protocol.LeftReply(3, 9),
-            protocol.ErrorReply(6, "no: really"),
+            JoinedReply("my room", "10.0.0.1", 80, 3, 9),
+            ChatMessage(3, "bob", "two\nlines"),
+            LeftReply(3, 9),
+            ErrorReply(6, "no: really"),
         ])
-        self.assertIsInstance(messages[4], protocol.Unparsed)
+        self.assertIsInstance(messages[4], Unparsed)
         self.assertEqual(messages[4].text, "SOMETHING_NEW")
         self.assertEqual(ChatClient("alice").message_received(messages[4]),
                          [Print("* the server says: SOMETHING_NEW")])
@@ -831,19 +831,19 @@ class ChatClientCoreTest(unittest.TestCase):
     def test_lines_typed_during_a_join_wait_for_its_reply(self) -> None:
         client = ChatClient("alice")
         self.assertEqual(client.line_typed("/join a"),
-                         [Send(protocol.join_request("a", "alice"))])
+                         [Send(join_request("a", "alice"))])
         self.assertEqual(client.line_typed("hello"), [])
         self.assertFalse(client.ready_for_input())
-        reply = protocol.ReplyReader()
+        reply = ReplyReader()
         reply.receive_data(joined("a", 80, 7, 4).encode())
         actions = client.message_received(reply.maybe_next_reply())
-        self.assertEqual(actions[1:], [Send(protocol.chat_request(7, 4, "alice", "hello"))])
+        self.assertEqual(actions[1:], [Send(chat_request(7, 4, "alice", "hello"))])
         self.assertIsInstance(actions[0], Print)
         self.assertTrue(client.ready_for_input())
 
     def test_malformed_reply_exits_1(self) -> None:
         client = ChatClient("alice")
-        reader = protocol.ReplyReader()
+        reader = ReplyReader()
         reader.receive_data(b"CHAT: zero\nCLIENT_NAME: bob\nMESSAGE: hi\n\n")
         actions = client.message_received(reader.maybe_next_reply())
         self.assertEqual(actions[-1], chat_client.Exit(1))
@@ -852,13 +852,13 @@ class ChatClientCoreTest(unittest.TestCase):
     def test_room_and_tab_change_where_plain_lines_go(self) -> None:
         client = ChatClient("alice")
         for room, ref in (("a", 0), ("b", 1), ("c", 2)):
-            reply = protocol.ReplyReader()
+            reply = ReplyReader()
             reply.receive_data(joined(room, 80, ref, 4).encode())
             client.message_received(reply.maybe_next_reply())
         self.assertEqual(client.current, "c")           # the room joined last
         self.assertEqual(client.line_typed("/room a"), [Print("* plain lines go to [a]")])
         self.assertEqual(client.line_typed("hi"),
-                         [Send(protocol.chat_request(0, 4, "alice", "hi"))])
+                         [Send(chat_request(0, 4, "alice", "hi"))])
         self.assertEqual(client.line_typed("/room nowhere"), [chat_client.PrintError(
             "/room: you are not in [nowhere]; /rooms lists your rooms")])
         client.cycle_room(1)
@@ -869,7 +869,7 @@ class ChatClientCoreTest(unittest.TestCase):
 
     def test_leaving_the_current_room_goes_back_to_the_room_joined_last(self) -> None:
         client = ChatClient("alice")
-        reply = protocol.ReplyReader()
+        reply = ReplyReader()
         reply.receive_data((joined("a", 80, 0, 4) + joined("b", 80, 1, 4) + joined("c", 80, 2, 4)
                             + "LEFT_CHATROOM: 0\nJOIN_ID: 4\n" + "LEFT_CHATROOM: 2\nJOIN_ID: 4\n"
                             ).encode())

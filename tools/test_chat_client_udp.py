@@ -2,7 +2,7 @@
 
 Against the real server (Server.py, a subprocess on an ephemeral port of 127.0.0.1), the client
 runs as a subprocess, piped or in a pseudo-terminal, and a TCP member ("bob", a plain socket
-read with protocol.ReplyReader) chats with it in the same room. The lossy path is two
+read with sansio.replies.ReplyReader) chats with it in the same room. The lossy path is two
 tools/relay.py subprocesses, one per direction, as docs/UDP.md describes: the client's session
 goes through relay A, and its --callback names relay B. One test runs the client's UDP link in
 this process with a clock of its own, to see the peer-gone timeout without waiting 45 s.
@@ -21,8 +21,8 @@ import unittest
 from typing import Callable, List, Tuple
 
 from sansio import udp
-from protocol import (ChatMessage, JoinedReply, ReplyReader, chat_request, disconnect_request,
-                      join_request)
+from sansio.replies import ChatMessage, JoinedReply, ReplyReader
+from sansio.wire import chat_request, disconnect_request, join_request
 from tools import chat_client, kit
 from tools.chat_client import ChatClient, Send
 from tools.test_chat_client import (CHILD_ENV, CLIENT, REPO_ROOT, STAMP, TIMEOUT, PtyClient,

@@ -1,6 +1,6 @@
 """Tests of tools/loadgen.py: that the tool counts right, not how fast anything is.
 
-The argument tests run in memory. (Reading the server's output is protocol.ReplyReader's job,
+The argument tests run in memory. (Reading the server's output is sansio.replies.ReplyReader's job,
 tested in tests/test_wire.py.) The scenario tests run each scenario tiny, in this process,
 against the real server (Server.py as a subprocess on an ephemeral port of 127.0.0.1), and check
 the JSON summary and the exit status. Two tests use a stand-in server that loses messages or

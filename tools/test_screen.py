@@ -7,7 +7,7 @@ import unicodedata
 import unittest
 from typing import List
 
-import protocol
+from sansio.wire import MAX_NAME_CHARS, RequestError, join_request, parse_request
 from tools import screen
 from tools.screen import (PLACEHOLDER, CycleRoom, History, LineEditor, Quit, Repaint, Screen,
                           Status, Submit, cells, name_problem, sanitize, wrap)
@@ -62,16 +62,16 @@ class SanitizeTest(unittest.TestCase):
 class NameTest(unittest.TestCase):
 
     def server_refuses(self, name: str) -> bool:
-        frame = protocol.join_request("room", name).rstrip(b"\n")
+        frame = join_request("room", name).rstrip(b"\n")
         try:
-            protocol.parse_request(frame)
-        except protocol.RequestError:
+            parse_request(frame)
+        except RequestError:
             return True
         return False
 
     def test_the_client_refuses_exactly_what_the_server_would(self) -> None:
-        names = ["alice", "Zoë K", "x" * protocol.MAX_NAME_CHARS,
-                 "x" * (protocol.MAX_NAME_CHARS + 1)] + ["a%sb" % c for c in HOSTILE]
+        names = ["alice", "Zoë K", "x" * MAX_NAME_CHARS,
+                 "x" * (MAX_NAME_CHARS + 1)] + ["a%sb" % c for c in HOSTILE]
         for name in names:
             with self.subTest(name=name[:20]):
                 self.assertEqual(name_problem(name) is not None, self.server_refuses(name))
