@@ -210,7 +210,8 @@ class Statistics:
         now = (server.deliveries, server.evictions, server.throttles)
         deliveries, evictions, throttles = (a - b for a, b in zip(now, self.last))
         self.last = now
-        bus = getattr(self.app, "bus", None)
+        service = self.app.service                  # (SharedRooms with --bus)
+        bus = getattr(service, "bus", None)
         logging.info("stats: %d connections, %d rooms, %d memberships, %.0f deliveries/s, "
                      "%d bytes of output queued, buffers %d of a %d-byte budget, "
                      "%d evictions, %d throttled%s", len(server.conns),
@@ -220,7 +221,7 @@ class Statistics:
                      "" if bus is None else "; bus %s, %d outages, %d resubscribed, %d refused, "
                      "%d events read back, %d lost, %d not events" % (
                          "up" if bus.up else "DOWN", bus.outages, bus.resubscribed,
-                         self.app.refused, bus.repaired, bus.lost, bus.bad_events))
+                         service.refused, bus.repaired, bus.lost, bus.bad_events))
 
 
 def raise_file_limit() -> None:
@@ -258,13 +259,14 @@ def main(argv=None) -> int:
         app = server.app = ChatProtocol(port=port, student_id=args.student_id,
                                         kill_from=args.kill_from)
     else:
-        from cluster.shared import SharedChatProtocol     # (only --bus needs it)
+        from cluster.shared import SharedRooms     # (only --bus needs it)
         bus_ip, bus_port, db = args.bus
-        app = server.app = server.links = SharedChatProtocol(
-            port=port, student_id=args.student_id, kill_from=args.kill_from,
+        shared = server.links = SharedRooms(
             bus_address=(bus_ip, bus_port), prefix=args.bus_prefix, db=db,
             max_rooms=args.bus_max_rooms, node=secrets.token_hex(4))
-        _wait_for_bus(server, app)
+        app = server.app = ChatProtocol(port=port, student_id=args.student_id,
+                                        kill_from=args.kill_from, service=shared)
+        _wait_for_bus(server, shared)
     server.stop_on_signals()
     if args.stats_interval:
         server.call_every(args.stats_interval, Statistics(server, app, args.stats_interval).log)

@@ -1,10 +1,16 @@
-"""Room state: room names <-> ROOM_REFs, who is in which room, and JOIN_IDs.
+"""Room state and the one-server room service.
 
-Boundary: this module knows nothing of bytes, sockets or the wire format. A connection is an
-integer id handed to us by the caller; a room is a ROOM_REF (an int) with a name (a str).
-Everything here is plain dictionaries, so it is cheap to test and cheap to run.
+Two layers in this module:
+- `Rooms`, the table: room names <-> ROOM_REFs, who is in which room, and JOIN_IDs. It knows
+  nothing of bytes, sockets or the wire format; a connection is an integer id handed to us by
+  the caller; a room is a ROOM_REF (an int) with a name (a str). Plain dictionaries, so it is
+  cheap to test and cheap to run.
+- `LocalRooms`, the room service of one server (protocol.RoomService): a JOIN, CHAT, LEAVE,
+  DISCONNECT or lost connection in, actions out, answered at once from the table, with the
+  limits a JOIN must pass. protocol.ChatProtocol hands it those requests; cluster/shared.py is
+  the other room service (rooms shared over Redis), and uses this one for what it does here.
 
-The rules it keeps (docs/PROTOCOL.md, "Identity"):
+The rules the table keeps (docs/PROTOCOL.md, "Identity"):
 - a ROOM_REF is given to a room name the first time anybody joins it and stays its ref while
   the room is in the table, empty or not (the course's test client leaves room1, joins it again
   and expects the same ref); refs count up from 0 and are never given to another name;
@@ -16,7 +22,14 @@ The rules it keeps (docs/PROTOCOL.md, "Identity"):
 - a connection is in a room at most once, under the CLIENT_NAME it gave when it joined that room.
 """
 import collections
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+import time
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from policy.creations import RoomCreations
+from sansio.actions import Action, Broadcast, Callback, Close, Send
+from sansio.wire import (JOINED_TEXT, LEFT_TEXT, ErrorCode, Join, Chat, Leave, RequestError,
+                         chat_message, joined_reply, left_reply, quote)
+
 
 # A room costs a few hundred bytes plus its name (at most sansio.wire.MAX_NAME_CHARS). An endless
 # stream of JOINs with fresh names must stop somewhere, so the table holds at most this many
@@ -31,6 +44,11 @@ MAX_ROOMS = 100_000
 # replies stay under OUTPUT_CAP; tests/test_limits.py checks the sum), and so that one
 # connection's memberships cost at most ~300 KB.
 MAX_ROOMS_PER_CONNECTION = 256
+# The memberships all connections from one address may hold together (each keeps a name of up
+# to MAX_NAME_CHARS): with MAX_ROOMS_PER_CONNECTION alone, one host with 20 000 connections
+# could hold 5 million. Past it: ERROR_CODE TOO_MANY_MEMBERSHIPS. Twice what the
+# 10 000-connection test (python3 -m tools.many) needs from one address.
+MAX_MEMBERSHIPS_PER_ADDRESS = 20_000
 
 
 class Rooms:
@@ -221,3 +239,207 @@ class Rooms:
             if not members:
                 self._empty[ref] = None
         self._join_ids.pop(conn_id, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The room service of one server
+# ---------------------------------------------------------------------------------------------
+
+class Peer:
+    """What the room service knows of one connection: our address on it, for JOINED_CHATROOM's
+    SERVER_IP and PORT, and the peer's address, for the limits per address ("" if unknown)."""
+    __slots__ = ("local_ip", "port", "peer_ip")
+
+    def __init__(self, local_ip: str, port: int, peer_ip: str) -> None:
+        self.local_ip, self.port, self.peer_ip = local_ip, port, peer_ip
+
+
+def unknown_room(ref: int) -> RequestError:
+    """The error for a request naming a ROOM_REF no room was ever given."""
+    return RequestError(ErrorCode.UNKNOWN_ROOM,
+                        "no room has ROOM_REF %s; JOINED_CHATROOM tells you a room's ref"
+                        % quote(str(ref)))
+
+
+class LocalRooms:
+    """The room service of one server (protocol.RoomService): every request answered at once
+    from `rooms`, the table. Besides the table it keeps the limits a JOIN must pass (rooms
+    created per connection and per address, memberships per address) and, from a connection's
+    first JOIN until it is lost, its Peer.
+
+    Its public helpers (admit, joined, count_joined, ...) are the steps of a JOIN and a leave,
+    for cluster/shared.py, which does those steps itself once Redis has answered."""
+
+    def __init__(self, rooms: Optional[Rooms] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rooms = rooms if rooms is not None else Rooms()
+        self.clock = clock                # only for the room-creation limits
+        self.creations = RoomCreations()
+        self._peers: Dict[int, Peer] = {}
+        self._memberships_by_address: Dict[str, int] = {}
+
+    # -- the service ---------------------------------------------------------------------------
+
+    def join(self, conn_id: int, req: Join, peer: Peer) -> List[Action]:
+        """JOIN_CHATROOM: its reply and (the first time) the announcement to the room."""
+        rooms = self.rooms
+        self.admit(conn_id, peer, rooms.ref_of(req.room))
+        ref, join_id, newly_joined = rooms.join(conn_id, req.room, req.client_name)
+        if newly_joined:
+            self.count_joined(conn_id, peer)
+        return self.joined(conn_id, req, peer, ref, join_id, newly_joined)
+
+    def chat(self, conn_id: int, req: Chat) -> List[Action]:
+        """CHAT: the message to every member, the sender too. The hot path: one lookup."""
+        members = self.rooms.maybe_members(req.ref)
+        if members is None:
+            raise unknown_room(req.ref)
+        # Identity is the connection: req.join_id and req.client_name are not trusted.
+        name = members.get(conn_id)
+        if name is None:
+            raise RequestError(ErrorCode.NOT_A_MEMBER,
+                               "not a member of room %d: JOIN_CHATROOM %s first"
+                               % (req.ref, quote(self.rooms.name_of_room(req.ref))))
+        return [Broadcast(tuple(members), chat_message(req.ref, name, req.message))]
+
+    def leave(self, conn_id: int, req: Leave) -> List[Action]:
+        """LEAVE_CHATROOM: its reply (repeated for a room already left), then the announcement
+        to the room, the leaver included."""
+        ref = req.ref
+        if not self.rooms.was_given(ref):       # a forgotten room is still answered
+            raise unknown_room(ref)
+        # Who leaves is the connection, whatever JOIN_ID it quotes (nobody can leave for
+        # somebody else), and the JOIN_ID in the reply is the one the server gave it; a
+        # connection that never joined gets its request's back.
+        join_id = self.rooms.join_id_of(conn_id)
+        reply = left_reply(ref, req.join_id if join_id is None else join_id)
+        return [Send(conn_id, reply)] + self.leave_here(conn_id, ref)
+
+    def disconnect(self, conn_id: int) -> List[Action]:
+        """DISCONNECT: leave every room, in ascending ROOM_REF order, each told (the leaver
+        too), then close."""
+        actions: List[Action] = []
+        left = self.rooms.leave_all(conn_id)
+        for ref, name, members in left:             # ascending ROOM_REF
+            if members:
+                actions.append(Broadcast(members, chat_message(ref, name, LEFT_TEXT % name)))
+        self.count_left(conn_id, len(left))
+        return actions + [Close(conn_id)]
+
+    def lost(self, conn_ids: Sequence[int]) -> List[Action]:
+        """These connections are gone. Each room they were in is told they left, in the order
+        they are named and, for each, in ascending ROOM_REF order.
+
+        All of them leave before anything is announced, so the announcements go only to the
+        members that remain, and a room's announcements go out as one message: a room of 8 000
+        whose members all reset at once costs 8 000 leaves, not 8 000 x 8 000 deliveries."""
+        left: Dict[int, List[bytes]] = {}          # ROOM_REF -> its announcements, in order
+        for conn_id in conn_ids:
+            rooms_left = self.rooms.drop(conn_id)
+            for ref, name in rooms_left:
+                left.setdefault(ref, []).append(chat_message(ref, name, LEFT_TEXT % name))
+            self.forget_peer(conn_id, len(rooms_left))
+        actions: List[Action] = []
+        for ref, announcements in left.items():
+            remaining = self.rooms.member_ids(ref)
+            if remaining:
+                actions.append(Broadcast(remaining, b"".join(announcements)))
+        return actions
+
+    # -- the steps of a JOIN -------------------------------------------------------------------
+
+    def admit(self, conn_id: int, peer: Peer, ref: Optional[int],
+              count_creation: bool = True) -> None:
+        """Check the limits a JOIN must pass (the room `ref` is None if it is new here) and
+        count a room creation (unless not `count_creation`: the shared bus counts it once
+        Redis says the room was new); raise RequestError if one is passed."""
+        rooms = self.rooms
+        if ref is None and rooms.is_full():
+            raise RequestError(ErrorCode.TOO_MANY_ROOMS,
+                               "the server has its maximum of %d rooms; join an existing one"
+                               % rooms.max_rooms)
+        new_membership = ref is None or rooms.name_in(conn_id, ref) is None
+        if new_membership and rooms.count_rooms_of(conn_id) >= rooms.max_rooms_per_connection:
+            raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
+                               "you are in %d rooms, the most one connection may be in; "
+                               "leave one first" % rooms.max_rooms_per_connection)
+        if (new_membership and self._memberships_by_address.get(peer.peer_ip, 0)
+                >= MAX_MEMBERSHIPS_PER_ADDRESS):
+            raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
+                               "connections from your address are in %d rooms, the most they "
+                               "may be in together; leave one first" % MAX_MEMBERSHIPS_PER_ADDRESS)
+        if ref is None and count_creation:
+            refusal = self.maybe_creation_refusal(conn_id, peer)
+            if refusal is not None:
+                raise refusal
+            self.creations.spend(conn_id, peer.peer_ip)
+
+    def maybe_creation_refusal(self, conn_id: int, peer: Peer) -> Optional[RequestError]:
+        """None if `conn_id` may create a room now, else the error saying which limit it would
+        pass (policy/creations.py). Takes nothing."""
+        refusal = self.creations.maybe_refusal(conn_id, peer.peer_ip, self.clock())
+        if refusal is None:
+            return None
+        return RequestError(ErrorCode.CREATING_ROOMS_TOO_FAST,
+                            "%s creates rooms too fast (at most %d at once, then %g a second); "
+                            "join an existing room, or wait"
+                            % ("this connection" if refusal.whose == "connection"
+                               else "your address", refusal.burst, refusal.rate))
+
+    def spend_creation(self, conn_id: int, peer: Peer) -> None:
+        """Count one room created by `conn_id` (asked before: maybe_creation_refusal)."""
+        self.creations.spend(conn_id, peer.peer_ip)
+
+    def count_joined(self, conn_id: int, peer: Peer) -> None:
+        """`conn_id` holds one more membership (MAX_MEMBERSHIPS_PER_ADDRESS); keep its Peer."""
+        self._peers[conn_id] = peer
+        by_address = self._memberships_by_address
+        by_address[peer.peer_ip] = by_address.get(peer.peer_ip, 0) + 1
+
+    def joined(self, conn_id: int, req: Join, peer: Peer, ref: int, join_id: int,
+               newly_joined: bool) -> List[Action]:
+        """The actions once `conn_id` is in room `ref`: its reply, then (the first time) the
+        announcement to every member, itself included; before them, the callback address the
+        JOIN names (so that the reply already goes there), if it names one."""
+        reply = joined_reply(req.room, peer.local_ip, peer.port, ref, join_id)
+        actions: List[Action] = [Send(conn_id, reply)]
+        if req.names_a_callback():
+            actions.insert(0, Callback(conn_id, req.client_ip, req.port))
+        if newly_joined:      # joining again: the same reply, no second announcement
+            name = self.rooms.name_in(conn_id, ref)
+            actions.append(Broadcast(self.rooms.member_ids(ref),
+                                     chat_message(ref, name, JOINED_TEXT % name)))
+        return actions
+
+    # -- the steps of a leave ------------------------------------------------------------------
+
+    def leave_here(self, conn_id: int, ref: int) -> List[Action]:
+        """Take `conn_id` out of room `ref` and announce it to the members, itself included."""
+        members = self.rooms.member_ids(ref)      # before it leaves: it is told too
+        name = self.rooms.leave(conn_id, ref)
+        if name is None:
+            return []
+        self.count_left(conn_id, 1)
+        return [Broadcast(members, chat_message(ref, name, LEFT_TEXT % name))]
+
+    def peer_of(self, conn_id: int) -> Optional[Peer]:
+        """The Peer of a connection that has joined and is not lost, else None."""
+        return self._peers.get(conn_id)
+
+    def count_left(self, conn_id: int, memberships: int) -> None:
+        """`conn_id` (not lost) holds `memberships` fewer (MAX_MEMBERSHIPS_PER_ADDRESS)."""
+        if memberships:
+            peer_ip = self._peers[conn_id].peer_ip
+            held = self._memberships_by_address[peer_ip] - memberships
+            if held:
+                self._memberships_by_address[peer_ip] = held
+            else:
+                del self._memberships_by_address[peer_ip]
+
+    def forget_peer(self, conn_id: int, memberships: int) -> None:
+        """`conn_id` is lost: its `memberships` no longer count for its address (whether or not
+        the table has let them go yet), and its Peer and room creations are forgotten."""
+        if conn_id in self._peers:
+            self.count_left(conn_id, memberships)
+            del self._peers[conn_id]
+        self.creations.forget(conn_id)

@@ -1,9 +1,11 @@
-"""The chat protocol over the shared bus: `--bus redis://...` (several nodes, one chat server).
+"""The rooms shared over the bus: `--bus redis://...` (several nodes, one chat server).
 
-Boundary: like protocol.py, this module does no I/O. It is protocol.ChatProtocol with the four
-requests that touch rooms (JOIN, CHAT, LEAVE, DISCONNECT) and lost connections sent through
-sansio/bus.py instead of answered at once; everything else (framing, parsing, HELO, KILL, the
-limits) is ChatProtocol's own.
+Boundary: like protocol.py, this module does no I/O. SharedRooms is a room service
+(protocol.RoomService): protocol.ChatProtocol hands it the four requests that touch rooms (JOIN,
+CHAT, LEAVE, DISCONNECT) and lost connections, and it sends them through sansio/bus.py instead
+of answering at once; everything else (framing, parsing, HELO, KILL) stays ChatProtocol's. What
+is done on this node (the rooms table, the limits a JOIN must pass, the replies) is
+rooms.LocalRooms's, which SharedRooms holds and calls through its public methods.
 
 How a request goes, while the bus is up:
 
@@ -30,18 +32,18 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
 from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Done, Joined, Left,
                      LocalState, Revived, Said, Skipped, StateChanged)
-from protocol import ChatProtocol
-from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, Disconnect, ErrorCode, Join, Leave,
-                         RequestError, chat_message, error_reply, left_reply, quote)
+from rooms import LocalRooms, Peer, unknown_room
+from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, ErrorCode, Join, Leave, RequestError,
+                         chat_message, error_reply, left_reply, quote)
 
 LOGGER = logging.getLogger(__name__)
 
 
 class _JoinWait:
-    __slots__ = ("conn_id", "req", "lost")
+    __slots__ = ("conn_id", "req", "peer", "lost")
 
-    def __init__(self, conn_id: int, req: Join) -> None:
-        self.conn_id, self.req, self.lost = conn_id, req, False
+    def __init__(self, conn_id: int, req: Join, peer: Peer) -> None:
+        self.conn_id, self.req, self.peer, self.lost = conn_id, req, peer, False
 
 
 class _ChatWait:
@@ -68,130 +70,14 @@ def _unavailable(what: str) -> RequestError:
                         "try again in a few seconds" % what)
 
 
-class SharedChatProtocol(ChatProtocol):
-    """ChatProtocol for one node of several sharing rooms over Redis (see the module docstring).
+class BusLinks:
+    """The Redis links' half of SharedRooms (sansio.actions.Links): what the reactor calls for the
+    two links, handed to the Bus as it comes, as asyncio's transports share _FlowControlMixin.
+    SharedRooms adds link_actions(), the one call that needs the rooms."""
 
-    Besides sansio.actions.App, the reactor drives its two Redis links through the `link_*`
-    methods (sansio.actions.Links) and carries out what link_actions() returns after each."""
-
-    def __init__(self, port: int, student_id: str, bus_address: Tuple[str, int], prefix: str,
-                 node: str, db: int = 0, max_rooms: int = MAX_SHARED_ROOMS,
-                 **kwargs: Any) -> None:
-        super().__init__(port, student_id, **kwargs)
-        self.bus_address = bus_address
-        self.bus = Bus(prefix, node, self._local_state, db=db, max_rooms=max_rooms)
-        self.links = LINKS
-        self._actions: List[Action] = []
-        self._waits: Dict[int, Any] = {}                # conn_id -> what it waits for
-        self._remote: Dict[int, int] = {}               # ref -> members on other nodes
-        self._given_up: Dict[int, Dict[int, str]] = {}  # ref -> {conn: name}: see _give_up
-        # Joins Redis has answered whose event is not handed out yet: ref -> {conn: (seq,
-        # join_id)}. The room stays followed for them, or their event would not come.
-        self._joins_due: Dict[int, Dict[int, Tuple[int, int]]] = {}
-        self._maybe_idle: Set[int] = set()              # rooms to let go if nobody is left
-        self.departed: List[Tuple[int, int, str]] = []  # leaves made while the bus was down
-        self._departed_sent = 0
-        self.refused = 0                                # requests refused: ERROR_CODE 15
-        self._on_bus_event = {Said: self._on_said, Joined: self._on_joined, Left: self._on_left,
-                              Done: self._on_done, Skipped: self._on_skipped,
-                              StateChanged: self._on_state, Revived: self._on_revived}
-
-    # -- requests ------------------------------------------------------------------------------
-
-    def _on_join(self, conn_id: int, req: Join) -> List[Action]:
-        ref = self.rooms.ref_of(req.room)
-        if ref is not None and self.rooms.name_in(conn_id, ref) is not None:
-            return super()._on_join(conn_id, req)      # joining again: answered here
-        if not self.bus.up:
-            raise self._refuse("joining a room")
-        # The room-creation limits: whether the room is new only Redis knows, so the script is
-        # told whether this connection may create one, and the creation is counted once it says
-        # it did (_join_done).
-        session = self._admit_join(conn_id, req, ref, count_creation=False)
-        may_create = self._room_creation_refusal(session) is None
-        wait = self._waits[conn_id] = _JoinWait(conn_id, req)
-        self.bus.join(wait, conn_id, req.room, req.client_name,
-                      self.rooms.join_id_of(conn_id) or 0, may_create, self._clock())
-        return [Wait(conn_id)]
-
-    def _on_chat(self, conn_id: int, req: Chat) -> List[Action]:
-        members = self.rooms.maybe_members(req.ref)
-        name = None if members is None else members.get(conn_id)
-        if name is None:
-            if not self._exists(req.ref):
-                raise self._unknown_room(req.ref)
-            room = self.bus.room_names.get(req.ref)
-            raise RequestError(ErrorCode.NOT_A_MEMBER, "not a member of room %d: %s first"
-                               % (req.ref, "JOIN_CHATROOM " + quote(room) if room else "join it"))
-        if self.bus.up:
-            self._waits[conn_id] = _ChatWait(conn_id, req.ref)
-            self.bus.chat(self._waits[conn_id], conn_id, req.ref, name, req.message,
-                          self._clock())
-            return [Wait(conn_id)]
-        if self._remote.get(req.ref, 0):
-            raise self._refuse("a chat to a room with members on other servers")
-        return super()._on_chat(conn_id, req)          # every member is here
-
-    def _on_leave(self, conn_id: int, req: Leave) -> List[Action]:
-        if not self._exists(req.ref):
-            raise self._unknown_room(req.ref)
-        name = self.rooms.name_in(conn_id, req.ref)
-        join_id = self.rooms.join_id_of(conn_id)
-        reply = left_reply(req.ref, req.join_id if join_id is None else join_id)
-        if name is None:
-            return [Send(conn_id, reply)]               # left already, or never joined
-        if not self.bus.up:
-            self.departed.append((req.ref, conn_id, name))
-            return super()._on_leave(conn_id, req)     # done here; told to the others later
-        wait = self._waits[conn_id] = _LeaveWait(conn_id, req.ref, [(conn_id, name)], reply)
-        self.bus.leave(wait, req.ref, wait.leavers, self._clock())
-        return [Wait(conn_id)]
-
-    def _on_disconnect(self, conn_id: int, req: Disconnect) -> List[Action]:
-        refs = self.rooms.refs_of(conn_id)
-        if not refs or not self.bus.up:
-            self.departed += [(ref, conn_id, self.rooms.name_in(conn_id, ref)) for ref in refs]
-            return super()._on_disconnect(conn_id, req)
-        self._sessions[conn_id].closing = True
-        remaining = set(refs)
-        self._waits[conn_id] = remaining
-        now = self._clock()
-        for ref in refs:                                # ascending, as on one node
-            leavers = [(conn_id, self.rooms.name_in(conn_id, ref))]
-            self.bus.leave(_LeaveWait(conn_id, ref, leavers, None, remaining), ref, leavers, now)
-        return [Wait(conn_id)]
-
-    def connections_lost(self, conn_ids: Sequence[int]) -> List[Action]:
-        if not self.bus.up:
-            for conn_id in conn_ids:
-                self.departed += [(ref, conn_id, self.rooms.name_in(conn_id, ref))
-                                  for ref in self.rooms.refs_of(conn_id)]
-            return super().connections_lost(conn_ids)
-        leaving: Dict[int, List[Tuple[int, str]]] = {}  # ref -> lost members leaving it
-        for conn_id in conn_ids:
-            session = self._sessions.pop(conn_id, None)
-            wait = self._waits.pop(conn_id, None)
-            if isinstance(wait, _JoinWait):
-                wait.lost = True                        # its Done leaves the room again
-            busy: Set[int] = set()                      # rooms a request of its is leaving
-            if isinstance(wait, _LeaveWait):
-                busy = {wait.ref}
-            elif isinstance(wait, set):
-                busy = wait
-            refs = self.rooms.refs_of(conn_id)
-            if session is not None:
-                self._count_left(session.peer_ip, len(refs))
-            if not refs:
-                self.rooms.forget(conn_id)
-            for ref in refs:
-                if ref not in busy:
-                    leaving.setdefault(ref, []).append((conn_id, self.rooms.name_in(conn_id, ref)))
-        now = self._clock()
-        for ref, leavers in leaving.items():            # one event per room, as on one node
-            self.bus.leave(_LeaveWait(None, ref, leavers), ref, leavers, now)
-        return []
-
-    # -- the links, for the reactor ------------------------------------------------------------
+    bus: Bus
+    bus_address: Tuple[str, int]    # where every link connects to (an IP address, not a name)
+    links: Tuple[str, ...]          # their names, in the order they are read each tick
 
     def links_wanted(self, now: float) -> List[str]:
         return self.bus.wants_links(now)
@@ -222,6 +108,133 @@ class SharedChatProtocol(ChatProtocol):
 
     def links_goodbye(self) -> bytes:
         return self.bus.goodbye()
+
+
+class SharedRooms(BusLinks):
+    """The room service of one node of several sharing rooms over Redis (see the module
+    docstring); give it to protocol.ChatProtocol as its `service`.
+
+    Besides the room service, the reactor drives its two Redis links through the `link_*`
+    methods (sansio.actions.Links) and carries out what link_actions() returns after each."""
+
+    def __init__(self, bus_address: Tuple[str, int], prefix: str, node: str, db: int = 0,
+                 max_rooms: int = MAX_SHARED_ROOMS, local: Optional[LocalRooms] = None) -> None:
+        """`local` holds this node's rooms and limits (a LocalRooms with its defaults if not
+        given; its clock is the one the bus's requests are stamped with)."""
+        self.local = local if local is not None else LocalRooms()
+        self.rooms = self.local.rooms
+        self._clock = self.local.clock
+        self.bus_address = bus_address
+        self.bus = Bus(prefix, node, self._local_state, db=db, max_rooms=max_rooms)
+        self.links = LINKS
+        self._actions: List[Action] = []
+        self._waits: Dict[int, Any] = {}                # conn_id -> what it waits for
+        self._remote: Dict[int, int] = {}               # ref -> members on other nodes
+        self._given_up: Dict[int, Dict[int, str]] = {}  # ref -> {conn: name}: see _give_up
+        # Joins Redis has answered whose event is not handed out yet: ref -> {conn: (seq,
+        # join_id)}. The room stays followed for them, or their event would not come.
+        self._joins_due: Dict[int, Dict[int, Tuple[int, int]]] = {}
+        self._maybe_idle: Set[int] = set()              # rooms to let go if nobody is left
+        self.departed: List[Tuple[int, int, str]] = []  # leaves made while the bus was down
+        self._departed_sent = 0
+        self.refused = 0                                # requests refused: ERROR_CODE 15
+        self._on_bus_event = {Said: self._on_said, Joined: self._on_joined, Left: self._on_left,
+                              Done: self._on_done, Skipped: self._on_skipped,
+                              StateChanged: self._on_state, Revived: self._on_revived}
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def join(self, conn_id: int, req: Join, peer: Peer) -> List[Action]:
+        ref = self.rooms.ref_of(req.room)
+        if ref is not None and self.rooms.name_in(conn_id, ref) is not None:
+            return self.local.join(conn_id, req, peer)  # joining again: answered here
+        if not self.bus.up:
+            raise self._refuse("joining a room")
+        # The room-creation limits: whether the room is new only Redis knows, so the script is
+        # told whether this connection may create one, and the creation is counted once it says
+        # it did (_join_done).
+        self.local.admit(conn_id, peer, ref, count_creation=False)
+        may_create = self.local.maybe_creation_refusal(conn_id, peer) is None
+        wait = self._waits[conn_id] = _JoinWait(conn_id, req, peer)
+        self.bus.join(wait, conn_id, req.room, req.client_name,
+                      self.rooms.join_id_of(conn_id) or 0, may_create, self._clock())
+        return [Wait(conn_id)]
+
+    def chat(self, conn_id: int, req: Chat) -> List[Action]:
+        members = self.rooms.maybe_members(req.ref)
+        name = None if members is None else members.get(conn_id)
+        if name is None:
+            if not self._exists(req.ref):
+                raise unknown_room(req.ref)
+            room = self.bus.room_names.get(req.ref)
+            raise RequestError(ErrorCode.NOT_A_MEMBER, "not a member of room %d: %s first"
+                               % (req.ref, "JOIN_CHATROOM " + quote(room) if room else "join it"))
+        if self.bus.up:
+            self._waits[conn_id] = _ChatWait(conn_id, req.ref)
+            self.bus.chat(self._waits[conn_id], conn_id, req.ref, name, req.message,
+                          self._clock())
+            return [Wait(conn_id)]
+        if self._remote.get(req.ref, 0):
+            raise self._refuse("a chat to a room with members on other servers")
+        return self.local.chat(conn_id, req)            # every member is here
+
+    def leave(self, conn_id: int, req: Leave) -> List[Action]:
+        if not self._exists(req.ref):
+            raise unknown_room(req.ref)
+        name = self.rooms.name_in(conn_id, req.ref)
+        join_id = self.rooms.join_id_of(conn_id)
+        reply = left_reply(req.ref, req.join_id if join_id is None else join_id)
+        if name is None:
+            return [Send(conn_id, reply)]               # left already, or never joined
+        if not self.bus.up:
+            self.departed.append((req.ref, conn_id, name))
+            return self.local.leave(conn_id, req)      # done here; told to the others later
+        wait = self._waits[conn_id] = _LeaveWait(conn_id, req.ref, [(conn_id, name)], reply)
+        self.bus.leave(wait, req.ref, wait.leavers, self._clock())
+        return [Wait(conn_id)]
+
+    def disconnect(self, conn_id: int) -> List[Action]:
+        refs = self.rooms.refs_of(conn_id)
+        if not refs or not self.bus.up:
+            self.departed += [(ref, conn_id, self.rooms.name_in(conn_id, ref)) for ref in refs]
+            return self.local.disconnect(conn_id)
+        remaining = set(refs)
+        self._waits[conn_id] = remaining
+        now = self._clock()
+        for ref in refs:                                # ascending, as on one node
+            leavers = [(conn_id, self.rooms.name_in(conn_id, ref))]
+            self.bus.leave(_LeaveWait(conn_id, ref, leavers, None, remaining), ref, leavers, now)
+        return [Wait(conn_id)]
+
+    def lost(self, conn_ids: Sequence[int]) -> List[Action]:
+        if not self.bus.up:
+            for conn_id in conn_ids:
+                self.departed += [(ref, conn_id, self.rooms.name_in(conn_id, ref))
+                                  for ref in self.rooms.refs_of(conn_id)]
+            return self.local.lost(conn_ids)
+        leaving: Dict[int, List[Tuple[int, str]]] = {}  # ref -> lost members leaving it
+        for conn_id in conn_ids:
+            wait = self._waits.pop(conn_id, None)
+            if isinstance(wait, _JoinWait):
+                wait.lost = True                        # its Done leaves the room again
+            busy: Set[int] = set()                      # rooms a request of its is leaving
+            if isinstance(wait, _LeaveWait):
+                busy = {wait.ref}
+            elif isinstance(wait, set):
+                busy = wait
+            refs = self.rooms.refs_of(conn_id)
+            self.local.forget_peer(conn_id, len(refs))  # (they leave once Redis says so)
+            if not refs:
+                self.rooms.forget(conn_id)
+            for ref in refs:
+                if ref not in busy:
+                    leaving.setdefault(ref, []).append((conn_id, self.rooms.name_in(conn_id, ref)))
+        now = self._clock()
+        for ref, leavers in leaving.items():            # one event per room, as on one node
+            self.bus.leave(_LeaveWait(None, ref, leavers), ref, leavers, now)
+        return []
+
+    # -- the links, for the reactor (the rest is BusLinks's) ---------------------------------
 
     def link_actions(self) -> List[Action]:
         """The actions for everything the bus has handed out since the last call."""
@@ -279,8 +292,8 @@ class SharedChatProtocol(ChatProtocol):
         conn_id, req = wait.conn_id, wait.req
         del self._waits[conn_id]
         self.rooms.join(conn_id, req.room, req.client_name, ref, join_id)
-        self._count_joined(self._sessions[conn_id].peer_ip)
-        self._actions += self._joined(conn_id, req, ref, join_id, True)
+        self.local.count_joined(conn_id, wait.peer)
+        self._actions += self.local.joined(conn_id, req, wait.peer, ref, join_id, True)
         self._actions.append(Resume(conn_id))
 
     def _on_left(self, event: Left) -> None:
@@ -299,7 +312,7 @@ class SharedChatProtocol(ChatProtocol):
                 elif isinstance(wait, set) and ref in wait:
                     self._leave_here(_LeaveWait(conn_id, ref, [], None, wait))
                 elif (self.rooms.name_in(conn_id, ref) is not None
-                      and conn_id not in self._sessions):
+                      and self.local.peer_of(conn_id) is None):
                     self._leave_here(_LeaveWait(None, ref, [(conn_id, _name)]))   # a lost one
                 # (a member still here whose leave another node announced: this node was
                 # reaped while it could not heartbeat; its sync puts the member back)
@@ -318,12 +331,12 @@ class SharedChatProtocol(ChatProtocol):
             if name is None:
                 continue
             names.append(name)
-            session = self._sessions.get(conn_id)
-            if session is not None:
-                self._count_left(session.peer_ip, 1)
+            if self.local.peer_of(conn_id) is not None:
+                self.local.count_left(conn_id, 1)
             elif not self.rooms.count_rooms_of(conn_id):
                 self.rooms.forget(conn_id)              # gone, and in no room any more
-        told = members if wait.conn_id is not None and wait.conn_id in self._sessions else \
+        leaver_here = wait.conn_id is not None and self.local.peer_of(wait.conn_id) is not None
+        told = members if leaver_here else \
             tuple(m for m in members if self.rooms.name_in(m, ref) is not None)
         if wait.reply is not None:
             self._actions.append(Send(wait.conn_id, wait.reply))
@@ -387,11 +400,10 @@ class SharedChatProtocol(ChatProtocol):
         if event.failed or event.value[0] < 0:
             if not wait.lost and self._waits.get(conn_id) is wait:
                 del self._waits[conn_id]
-                session = self._sessions[conn_id]
                 if event.failed:
                     error = self._refuse("joining a room")
                 elif event.value[0] == -2:
-                    error = self._room_creation_refusal(session) or RequestError(
+                    error = self.local.maybe_creation_refusal(conn_id, wait.peer) or RequestError(
                         ErrorCode.CREATING_ROOMS_TOO_FAST, "rooms are being created too fast "
                         "from here; join an existing room, or wait")
                 else:
@@ -403,7 +415,7 @@ class SharedChatProtocol(ChatProtocol):
             return
         ref, join_id, seq, others, created = event.value
         if created and not wait.lost:
-            self._spend_room_creation(self._sessions[conn_id])
+            self.local.spend_creation(conn_id, wait.peer)
         if wait.lost:           # gone before Redis answered: take it out again
             self.bus.leave(_LeaveWait(None, ref, []), ref, [(conn_id, wait.req.client_name)],
                            self._clock())

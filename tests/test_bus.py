@@ -158,7 +158,7 @@ class SharedRoomsTests(BusTestCase):
         one, two = self.node(), self.node()
         self.join(self.client(two, "olga@2"), "open", "olga")
         mallory = self.client(one, "mallory@1")
-        burst = 50                          # protocol.ROOM_CREATION_BURST_PER_CONNECTION
+        burst = 50                          # policy.creations.ROOM_CREATION_BURST_PER_CONNECTION
         for i in range(burst + 5):
             mallory.send(b"JOIN_CHATROOM: flood%d\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: m\n" % i)
         kinds = [m.kind for m in mallory.read_until(2 * burst + 5, timeout=20)]

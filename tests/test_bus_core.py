@@ -9,7 +9,9 @@ import unittest
 from sansio import bus
 from sansio.actions import Broadcast, Send
 from sansio.bus import Bus, Done, Joined, Left, LocalState, Said, Skipped, StateChanged, decode_event
-from cluster.shared import SharedChatProtocol
+from cluster.shared import SharedRooms
+from protocol import ChatProtocol
+from rooms import LocalRooms
 
 
 def resp(value) -> bytes:
@@ -246,44 +248,47 @@ class BackPressureTests(unittest.TestCase):
 
 
 class SharedHarness:
-    """A SharedChatProtocol whose links are up and in step, Redis played by hand as above;
-    what each connection is sent is gathered in `got`."""
+    """A ChatProtocol whose room service is a SharedRooms (`shared`) with links up and in step,
+    Redis played by hand as above; what each connection is sent is gathered in `got`."""
 
     def __init__(self, test: unittest.TestCase) -> None:
         self.now = 100.0
-        self.proto = SharedChatProtocol(9999, "1", ("127.0.0.1", 1), "p", "me",
-                                        clock=lambda: self.now)
+        self.shared = SharedRooms(("127.0.0.1", 1), "p", "me",
+                                  local=LocalRooms(clock=lambda: self.now))
+        self.proto = ChatProtocol(9999, "1", service=self.shared)
+        self.made = set()
         self.got = {}
         self.link_up()
-        self.proto.link_data("sub", resp([b"subscribe", b"p:events", 1]), self.now)
-        test.assertTrue(self.proto.bus.up)
+        self.shared.link_data("sub", resp([b"subscribe", b"p:events", 1]), self.now)
+        test.assertTrue(self.shared.bus.up)
         self.actions()
 
     def link_up(self) -> None:
         """Open the command link (again) and answer its setting up, as a Redis that kept its
         data: the scripts, the epoch, the sync, the first heartbeat."""
-        for name in bus.LINKS if not self.proto.bus.subscribed else ("cmd",):
-            self.proto.link_opening(name, self.now)
-            self.proto.link_up(name, self.now)
+        for name in bus.LINKS if not self.shared.bus.subscribed else ("cmd",):
+            self.shared.link_opening(name, self.now)
+            self.shared.link_up(name, self.now)
         self.reply(*["ok-sha"] * len(bus.SCRIPTS), [b"epoch1", 0, 0], [0, 0], [1, 0])
 
     def reply(self, *values) -> None:
-        self.proto.link_data("cmd", b"".join(resp(v) for v in values), self.now)
+        self.shared.link_data("cmd", b"".join(resp(v) for v in values), self.now)
 
     def publish(self, *events: bytes) -> None:
-        self.proto.link_data("sub", b"".join(pushed(e) for e in events), self.now)
+        self.shared.link_data("sub", b"".join(pushed(e) for e in events), self.now)
         self.actions()
 
     def actions(self) -> None:
-        for action in self.proto.link_actions():
+        for action in self.shared.link_actions():
             for conn_id in getattr(action, "conn_ids", ()) or (getattr(action, "conn_id", None),):
                 if isinstance(action, (Send, Broadcast)):
                     self.got.setdefault(conn_id, []).append(action.data)
-        self.proto.link_output("cmd")
-        self.proto.link_output("sub")
+        self.shared.link_output("cmd")
+        self.shared.link_output("sub")
 
     def request(self, conn_id: int, data: bytes) -> None:
-        if conn_id not in self.proto._sessions:
+        if conn_id not in self.made:
+            self.made.add(conn_id)
             self.proto.connection_made(conn_id, "127.0.0.1", "127.0.0.1")
         self.proto.data_received(conn_id, data)
         for action in self.proto.maybe_next_actions(conn_id) or ():
@@ -318,7 +323,7 @@ class LastLeaveAndJoinTogetherTests(unittest.TestCase):
         h.reply(4)
         h.actions()
         self.assertEqual(h.texts(2), ["hi"], "the room's events still reach its member here")
-        self.assertNotIn(2, h.proto._waits, "and its chat is done")
+        self.assertNotIn(2, h.shared._waits, "and its chat is done")
 
 
     def test_a_join_answered_before_the_last_leave_keeps_the_room_until_its_event(self):
@@ -352,7 +357,7 @@ class GivenUpJoinTests(unittest.TestCase):
         self.assertEqual(h.texts(1), ["carol has joined this chatroom."])
         h.request(2, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: alice\n")
         with self.assertLogs("cluster.shared", "WARNING"):      # "bus: down"
-            h.proto.link_failed("cmd", "Redis did not answer", h.now)
+            h.shared.link_failed("cmd", "Redis did not answer", h.now)
             h.actions()
         self.assertIn(b"ERROR_CODE: 15", b"".join(h.got.pop(2)))
         # Redis ran alice's join anyway: every other node announces it, and so must this one.
@@ -362,7 +367,7 @@ class GivenUpJoinTests(unittest.TestCase):
         # own doing), and every node announces that too.
         h.link_up()
         h.actions()
-        self.assertTrue(h.proto.bus.up)
+        self.assertTrue(h.shared.bus.up)
         h.publish(b"L 0 3 me 1\n2 alice")
         self.assertEqual(h.texts(1), ["alice has left this chatroom."])
         self.assertEqual(h.texts(2), [], "alice was never a member")

@@ -5,7 +5,6 @@ import socket
 import unittest
 from unittest import mock
 
-import protocol
 import reactor
 import rooms
 from protocol import ChatProtocol
@@ -72,7 +71,7 @@ class LimitsAgreeTests(unittest.TestCase):
 
     def test_memberships_from_one_address_are_bounded_together(self):
         app = ChatProtocol(port=1, student_id="1", clock=itertools.count(0, 10.0).__next__)
-        with mock.patch.object(protocol, "MAX_MEMBERSHIPS_PER_ADDRESS", 5):
+        with mock.patch.object(rooms, "MAX_MEMBERSHIPS_PER_ADDRESS", 5):
             for conn in range(6):
                 app.connection_made(conn, "10.0.0.1", "192.0.2.9")
             replies = [app.handle(conn, Join("r", "n%d" % conn))[0].data for conn in range(6)]

@@ -2,8 +2,9 @@
 reading of docs/PROTOCOL.md and every error."""
 import unittest
 
-from protocol import (ROOM_CREATIONS_PER_SECOND_PER_CONNECTION, ROOM_CREATION_BURST_PER_ADDRESS,
-                      ROOM_CREATION_BURST_PER_CONNECTION, ChatProtocol)
+from policy.creations import (ROOM_CREATIONS_PER_SECOND_PER_CONNECTION,
+                              ROOM_CREATION_BURST_PER_ADDRESS, ROOM_CREATION_BURST_PER_CONNECTION)
+from protocol import ChatProtocol
 from sansio.actions import Broadcast, Close, Send, Shutdown
 from sansio.wire import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, Chat, Disconnect, ErrorCode, Helo,
                          Join, Kill, Leave, RequestError, chat_message, error_reply)
