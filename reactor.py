@@ -1587,7 +1587,7 @@ class Reactor:
         if type(conn) is not UdpConnection or conn.state is not _OPEN:
             return
         try:
-            addr = udp_layer.callback_address(action.client_ip, action.port)
+            addr = action.address
             if addr is not None:
                 version = 6 if self.udp_sock.family == socket.AF_INET6 else 4
                 if ipaddress.ip_address(addr[0]).version != version:
@@ -1595,8 +1595,8 @@ class Reactor:
                 if version == 6:
                     addr = (addr[0], addr[1], 0, 0)   # as recvfrom() names IPv6 peers
         except ValueError as exc:
-            self.log_budget.log(logging.DEBUG, "conn %d: callback %s:%s ignored: %s",
-                                conn.conn_id, action.client_ip, action.port, exc)
+            self.log_budget.log(logging.DEBUG, "conn %d: callback %s ignored: %s",
+                                conn.conn_id, action.address, exc)
             return
         self.udp.set_callback(conn.session_id, addr, self._now)
 

@@ -22,14 +22,16 @@ The rules the table keeps (docs/PROTOCOL.md, "Identity"):
 - a connection is in a room at most once, under the CLIENT_NAME it gave when it joined that room.
 """
 import collections
+import logging
 import time
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from policy.creations import RoomCreations
 from sansio.actions import Action, Broadcast, Callback, Close, Send
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, ErrorCode, Join, Chat, Leave, RequestError,
-                         chat_message, joined_reply, left_reply, quote)
+                         chat_message, joined_reply, left_reply, maybe_callback_address, quote)
 
+LOGGER = logging.getLogger(__name__)
 
 # A room costs a few hundred bytes plus its name (at most sansio.wire.MAX_NAME_CHARS). An endless
 # stream of JOINs with fresh names must stop somewhere, so the table holds at most this many
@@ -400,11 +402,16 @@ class LocalRooms:
                newly_joined: bool) -> List[Action]:
         """The actions once `conn_id` is in room `ref`: its reply, then (the first time) the
         announcement to every member, itself included; before them, the callback address the
-        JOIN names (so that the reply already goes there), if it names one."""
+        JOIN names (so that the reply already goes there), if it names one that parses."""
         reply = joined_reply(req.room, peer.local_ip, peer.port, ref, join_id)
         actions: List[Action] = [Send(conn_id, reply)]
         if req.names_a_callback():
-            actions.insert(0, Callback(conn_id, req.client_ip, req.port))
+            try:
+                actions.insert(0, Callback(conn_id, maybe_callback_address(req.client_ip,
+                                                                           req.port)))
+            except ValueError as exc:
+                LOGGER.debug("conn %d: callback %s:%s ignored: %s", conn_id,
+                             quote(req.client_ip), quote(req.port), exc)
         if newly_joined:      # joining again: the same reply, no second announcement
             name = self.rooms.name_in(conn_id, ref)
             actions.append(Broadcast(self.rooms.member_ids(ref),

@@ -44,12 +44,14 @@ class Shutdown:
 
 @dataclass
 class Callback:
-    __slots__ = ("conn_id", "client_ip", "port")
+    __slots__ = ("conn_id", "address")
     conn_id: int
-    client_ip: str              # JOIN_CHATROOM's CLIENT_IP and PORT, as the client sent them:
-    port: str                   # where a datagram transport sends this connection's stream
-                                # (docs/UDP.md, "Callback addresses"); a TCP connection ignores
-                                # it. Given before the JOINED_CHATROOM reply it concerns.
+    address: Optional[Tuple[str, int]]  # the (IP literal, port) a JOIN_CHATROOM's CLIENT_IP
+                                # and PORT name, parsed by the codec (sansio/wire.py), or None
+                                # for "back to the source address": where a datagram transport
+                                # sends this connection's stream (docs/UDP.md, "Callback
+                                # addresses"); a TCP connection ignores it. Given before the
+                                # JOINED_CHATROOM reply it concerns.
 
 
 @dataclass

@@ -14,7 +14,7 @@ Theory of operation, following one request in (the sans-IO design of h11, the HT
 and a reply out: a builder (joined_reply, chat_message, error_reply, ...) gives its bytes.
 
 In this file, top to bottom: limits; errors; the wire format (shapes and builders); framing;
-requests and their parser.
+requests and their parser; a JOIN's callback address.
 
 Rules of this file:
 - Framing is decided by the first line's keyword alone (docs/PROTOCOL.md, "Framing").
@@ -22,6 +22,7 @@ Rules of this file:
   one table (`ErrorCode`); the protocol turns it into an ERROR_CODE reply with `error_reply`.
 """
 import enum
+import ipaddress
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -549,3 +550,20 @@ _PARSERS: Dict[bytes, Callable[[str, str], Request]] = {
     b"DISCONNECT": _parse_disconnect,
     b"CHAT": _parse_chat,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# A JOIN's callback address
+# ---------------------------------------------------------------------------------------------
+
+def maybe_callback_address(client_ip: str, port: str) -> Optional[Tuple[str, int]]:
+    """The callback address a JOIN_CHATROOM names (docs/UDP.md, "Callback addresses"): None
+    when it means "my source address" (CLIENT_IP 0 or PORT 0, as the protocol's "0 for TCP").
+    Raises ValueError for anything that is not an IP literal and a port 0..65535 (no host
+    names: resolving one would block the loop and let a JOIN aim us anywhere)."""
+    client_ip, port = client_ip.strip(), port.strip()
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError("PORT must be an integer 0..65535")
+    if client_ip == "0" or int(port) == 0:
+        return None
+    return (str(ipaddress.ip_address(client_ip)), int(port))

@@ -5,7 +5,7 @@ import unittest
 from policy.creations import (ROOM_CREATIONS_PER_SECOND_PER_CONNECTION,
                               ROOM_CREATION_BURST_PER_ADDRESS, ROOM_CREATION_BURST_PER_CONNECTION)
 from protocol import ChatProtocol
-from sansio.actions import Broadcast, Close, Send, Shutdown
+from sansio.actions import Broadcast, Callback, Close, Send, Shutdown
 from sansio.wire import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, Chat, Disconnect, ErrorCode, Helo,
                          Join, Kill, Leave, RequestError, chat_message, error_reply)
 from rooms import Rooms
@@ -390,3 +390,30 @@ class KillFromTests(unittest.TestCase):
         refused = self.kill("none", "127.0.0.1")
         self.assertTrue(refused[0].data.startswith(b"ERROR_CODE: 14\n"), refused)
 
+
+class CallbackTests(unittest.TestCase):
+    """A JOIN naming CLIENT_IP and PORT: the address, parsed, goes before the reply it concerns
+    (docs/UDP.md, "Callback addresses"); the transport decides what it means for its kind."""
+
+    def setUp(self):
+        self.proto = ChatProtocol(PORT, "1")
+        self.proto.connection_made(1, "10.0.0.1", "192.0.2.1")
+
+    def join(self, client_ip, port):
+        return self.proto.handle(1, Join("r", "n", client_ip, port))
+
+    def test_an_address_named_comes_parsed_before_the_reply(self):
+        actions = self.join("10.1.2.3", "5000")
+        self.assertEqual(actions[0], Callback(1, ("10.1.2.3", 5000)))
+        self.assertTrue(actions[1].data.startswith(b"JOINED_CHATROOM"))
+
+    def test_the_tcp_zeros_name_no_callback(self):
+        for client_ip, port in (("0", "0"), ("10.1.2.3", "0"), ("0", "5000"), ("1.2.3.4", "000")):
+            actions = self.join(client_ip, port)
+            self.assertNotIn(Callback, [type(a) for a in actions], (client_ip, port))
+
+    def test_an_address_that_does_not_parse_sends_no_callback_and_the_join_goes_on(self):
+        with self.assertLogs("rooms", "DEBUG") as logged:
+            actions = self.join("example.com", "5000")
+        self.assertEqual([type(a) for a in actions], [Send, Broadcast])
+        self.assertIn("callback", logged.output[0])

@@ -289,6 +289,16 @@ class ParseTests(unittest.TestCase):
                     outcomes.append(err.code)
             self.assertEqual(outcomes[0], outcomes[1], frame)
 
+    def test_a_joins_callback_address_is_an_ip_literal_and_a_port(self):
+        self.assertIsNone(wire.maybe_callback_address("0", "0"))        # "back to the source"
+        self.assertIsNone(wire.maybe_callback_address("10.1.2.3", "0"))
+        self.assertEqual(wire.maybe_callback_address(" 10.1.2.3 ", "5000 "), ("10.1.2.3", 5000))
+        self.assertEqual(wire.maybe_callback_address("::1", "7"), ("::1", 7))
+        for ip, port in (("example.com", "1"), ("10.1.2.3", "65536"), ("10.1.2.3", "-1"),
+                         ("10.1.2.3", "x")):
+            with self.assertRaises(ValueError):
+                wire.maybe_callback_address(ip, port)
+
     def test_error_codes_are_distinct(self):
         codes = [int(code) for code in ErrorCode]
         self.assertEqual(len(codes), len(set(codes)))
