@@ -208,6 +208,14 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(parse_request(b"CHAT: 3 \nJOIN_ID: 7\nCLIENT_NAME: a\nMESSAGE:  hi\n there  "),
                          Chat(3, "7", "a", "hi\n there"))
 
+    def test_a_multi_line_message_is_trimmed_as_a_whole_not_line_by_line(self):
+        # docs/PROTOCOL.md, "Chat": white space (tabs, line breaks and Unicode spaces too) goes
+        # only at the very start and end of the message; each line inside keeps its own.
+        frame = ("CHAT: 3\nJOIN_ID: 7\nCLIENT_NAME: a\nMESSAGE: \t\n  one  \n\ttwo\t\n"
+                 "  three \u3000").encode()
+        for parse in (parse_request, parse_request_in_general):     # shortcut and general way
+            self.assertEqual(parse(frame).message, "one  \n\ttwo\t\n  three", parse)
+
     def test_disconnect(self):
         self.assertEqual(parse_request(DISCONNECT[:-1]), Disconnect("alice"))
 
