@@ -31,8 +31,8 @@ from typing import Callable, Dict, List, Optional, Protocol, Sequence
 from rooms import LocalRooms, Peer, Rooms
 from sansio.actions import Action, Close, Send, Shutdown
 from sansio.wire import (Chat, Disconnect, ErrorCode, Framer, Helo, Join, Kill, Leave, Other,
-                         Request, RequestError, error_reply, helo_reply, parse_request_in_general,
-                         maybe_parse_plain_chat, quote)
+                         Request, RequestError, error_reply, helo_reply, maybe_parse_plain_chat,
+                         parse_request_in_general, quote)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class RoomService(Protocol):
         """LEAVE_CHATROOM from `conn_id`."""
 
     def disconnect(self, conn_id: int) -> List[Action]:
-        """DISCONNECT from `conn_id`: leave every room; the actions end with its Close (now, or
+        """DISCONNECT from `conn_id`: leave every room, then its Close (in these actions, or
         after a Wait, once every room is left)."""
 
     def lost(self, conn_ids: Sequence[int]) -> List[Action]:

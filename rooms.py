@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 
 from policy.creations import RoomCreations
 from sansio.actions import Action, Broadcast, Callback, Close, Send
-from sansio.wire import (JOINED_TEXT, LEFT_TEXT, ErrorCode, Join, Chat, Leave, RequestError,
+from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, ErrorCode, Join, Leave, RequestError,
                          chat_message, joined_reply, left_reply, maybe_callback_address, quote)
 
 LOGGER = logging.getLogger(__name__)
