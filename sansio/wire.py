@@ -352,7 +352,7 @@ class Join:
     room: str
     client_name: str
     client_ip: str         # CLIENT_IP and PORT as sent (trimmed): "0 for TCP"; over UDP they
-    port: str              # name the callback address (docs/UDP.md), checked by the transport
+    port: str              # name the callback address (docs/UDP.md): maybe_callback_address
 
     # Written out for the defaults: a dataclass field with a default would be a class attribute,
     # which __slots__ forbids.
@@ -493,7 +493,8 @@ def parse_request_in_general(frame: bytes) -> Request:
 
 def _parse_join(text: str, room: str) -> Join:
     # CLIENT_IP and PORT are "0 for TCP": any value is accepted here. Over UDP they name the
-    # callback address, which the transport checks (a value it cannot use is ignored there).
+    # callback address, parsed as the JOIN is answered (maybe_callback_address: a value that
+    # does not parse sends no callback) and checked by the transport that carries it out.
     ip, port, name = _fields(text.split("\n"), REQUEST_SHAPES[b"JOIN_CHATROOM"],
                              "JOIN_CHATROOM")
     return Join(_name(_non_empty(room, ErrorCode.EMPTY_ROOM_NAME, "the room name"), "room name"),
