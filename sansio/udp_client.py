@@ -110,7 +110,9 @@ class ClientEndpoint:
         if dgram is None:
             return
         if dgram.kind in (RETRY, ACCEPT, REJECT, PROBE):
-            self._on_unsessioned(dgram, now)
+            # docs/UDP.md section 2: ACCEPT alone carries a token (the new one), the rest zero.
+            if (dgram.token == ZERO_TOKEN) != (dgram.kind == ACCEPT):
+                self._on_unsessioned(dgram, now)
             return
         session = self._session
         if session is None or dgram.token != session.token or dgram.kind not in SESSION_TYPES:
@@ -222,7 +224,7 @@ class ClientEndpoint:
             self._cookie = dgram.body[NONCE_SIZE:]
             self._hello_sends = 0
             self._send_hello(now)
-        elif dgram.kind == ACCEPT and dgram.token != ZERO_TOKEN:
+        elif dgram.kind == ACCEPT:
             session = self._session = Session(dgram.token, now)
             if self._hello_sends == 1:          # Karn: only an unrepeated HELLO gives an RTT
                 session.stream.rtt_sample(now - self._hello_sent_at)

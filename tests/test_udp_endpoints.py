@@ -138,6 +138,76 @@ class HandshakeTests(unittest.TestCase):
         self.assertIn(REJECT, [kind for _, _, _, kind in sim.log])
 
 
+    # docs/UDP.md section 2 and 4: what a client takes, by hand (a ClientEndpoint alone).
+
+    def client_and_nonce(self):
+        """A new client, and the nonce of its first HELLO."""
+        client = ClientEndpoint(SERVER, 0.0)
+        (hello, _), = client.datagrams_to_send(0.0)
+        return client, udp_wire.decode(hello).body[:8]
+
+    def test_client_takes_the_new_token_from_accept_and_zero_tokens_elsewhere(self):
+        client, nonce = self.client_and_nonce()
+        token = bytes(range(1, 17))
+        client.datagram_received(udp_wire.encode(RETRY, token, body=nonce + bytes(20)), SERVER, 0.1)
+        client.datagram_received(udp_wire.encode(REJECT, token, body=nonce), SERVER, 0.1)
+        client.datagram_received(udp_wire.encode(ACCEPT, body=nonce), SERVER, 0.1)
+        self.assertEqual((client.state, client.datagrams_to_send(0.1), client.events()),
+                         ("handshake", [], []), "a token where zero belongs, or none in ACCEPT")
+        client.datagram_received(udp_wire.encode(ACCEPT, token, body=nonce), SERVER, 0.2)
+        self.assertEqual(client.events(), [SessionOpened(0, SERVER)])
+        (ping, _), = client.datagrams_to_send(0.2)
+        self.assertEqual(udp_wire.decode(ping)[:4:3], (PING, token))
+        challenge = bytes(range(16))
+        client.datagram_received(udp_wire.encode(PROBE, token, body=challenge), SERVER, 0.3)
+        self.assertEqual(client.datagrams_to_send(0.3), [], "a PROBE with a token")
+        client.datagram_received(udp_wire.encode(PROBE, body=challenge), SERVER, 0.3)
+        (echo, _), = client.datagrams_to_send(0.3)
+        self.assertEqual(udp_wire.decode(echo)[:4:3] + (udp_wire.decode(echo).body,),
+                         (ECHO, token, challenge))
+
+    def test_client_follows_three_retries_then_keeps_the_third_cookie_until_it_gives_up(self):
+        client, nonce = self.client_and_nonce()
+        cookies = [bytes([i]) * 20 for i in range(1, 5)]
+        answered = []
+        for i, cookie in enumerate(cookies):
+            client.datagram_received(udp_wire.encode(RETRY, body=nonce + cookie), SERVER, 1.0 + i)
+            answered.append([udp_wire.decode(d).body[8:] for d, _ in
+                             client.datagrams_to_send(1.0 + i)])
+        self.assertEqual(answered, [[cookies[0]], [cookies[1]], [cookies[2]], []])
+        hellos = []
+        while client.state == "handshake":
+            now = client.next_deadline()
+            client.timer(now)
+            hellos += [(now, udp_wire.decode(d).body[8:]) for d, _ in
+                       client.datagrams_to_send(now)]
+        self.assertEqual([t for t, _ in hellos], [4.0, 6.0] + list(range(8, 30, 2)))
+        self.assertEqual({cookie for _, cookie in hellos}, {cookies[2]})
+        self.assertEqual(client.events(), [SessionClosed(0, "handshake timed out")])
+        self.assertEqual(now, udp_client.HANDSHAKE_TIMEOUT)
+
+    def test_a_second_accept_does_not_stop_the_confirming_pings(self):
+        client, nonce = self.client_and_nonce()
+        token = bytes(range(1, 17))
+        accept = udp_wire.encode(ACCEPT, token, body=nonce)
+
+        def pings_until(end):
+            sent = []
+            while client.next_deadline() <= end:
+                now = client.next_deadline()
+                client.timer(now)
+                sent += [now for d, _ in client.datagrams_to_send(now) if d[1] == PING]
+            return sent
+
+        client.datagram_received(accept, SERVER, 0.1)
+        self.assertEqual([d[1] for d, _ in client.datagrams_to_send(0.1)], [PING])
+        client.datagram_received(accept, SERVER, 0.2)        # the answer to a repeated HELLO
+        self.assertEqual(client.datagrams_to_send(0.2), [])
+        self.assertEqual(client.events(), [SessionOpened(0, SERVER)])     # one session
+        self.assertEqual(len(pings_until(0.45)), 1, "still confirming after the second ACCEPT")
+        client.datagram_received(udp_wire.encode(ACK, token, window=64), SERVER, 0.5)
+        self.assertEqual(pings_until(10.0), [], "confirmed by a datagram with the token")
+
 # ---------------------------------------------------------------------------------------------
 # The token is the identity
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +259,34 @@ def join_sets_callback(addr):
             sim.server.send_stream(event.session_id, b"JOINED_CHATROOM: r\n", sim.now)
     return hook
 
+
+def spy_server(sim):
+    """Record every (datagram, address) the server sends in `sim` from now on."""
+    sent = []
+    server_sends = sim._server_sends
+
+    def spy(data, addr):
+        sent.append((data, addr))
+        server_sends(data, addr)
+    sim._server_sends = spy
+    return sent
+
+
+def drop_client_datagrams(sim, kind, count):
+    """Lose the next `count` datagrams of `kind` the client sends in `sim`; return them. The
+    original sender stays reachable as `sim.client_sends.passed_on`."""
+    dropped = []
+    client_sends = sim.client_sends
+
+    def lossy(data, src=CLIENT):
+        if data[1] == kind and len(dropped) < count:
+            dropped.append(data)
+            sim.log.append((sim.now, src, SERVER, kind))
+            return
+        client_sends(data, src)
+    lossy.passed_on = client_sends
+    sim.client_sends = lossy
+    return dropped
 
 class CallbackTests(unittest.TestCase):
 
@@ -314,6 +412,84 @@ class CallbackTests(unittest.TestCase):
         sim.server.send_stream(sid, b"JOINED_CHATROOM: r\n", sim.now)
         sim.run_until(lambda: sim.client_got == b"JOINED_CHATROOM: r\n", 5.0)
 
+
+    def test_the_server_answers_a_join_with_a_flagged_ack_and_an_echo_with_data_then_ack(self):
+        sim = Sim()
+        sim.on_server_event = join_sets_callback(CALLBACK)
+        sim.open()
+        sent = spy_server(sim)
+        sim.client.send_stream(b"JOIN_CHATROOM: r\n", sim.now)
+        sim.run_until(lambda: b"JOINED" in sim.client_got, 10.0)
+        flag = udp_wire.FLAG_CALLBACK_PENDING
+        self.assertEqual([(addr, data[1], data[2]) for data, addr in sent],
+                         [(CLIENT, ACK, flag),          # the JOIN's ACK; its reply waits
+                          (CALLBACK, PROBE, 0),         # for the KNOCK
+                          (CALLBACK, DATA, 0),          # the ECHO released the reply
+                          (CLIENT, ACK, 0)])            # and is acknowledged after it
+
+    def test_a_lost_echo_is_made_good_by_the_next_knock_with_the_same_challenge(self):
+        sim = Sim()
+        sim.on_server_event = join_sets_callback(CALLBACK)
+        sid = sim.open()
+        sent = spy_server(sim)
+        echoes = drop_client_datagrams(sim, ECHO, count=1)
+        sim.client.send_stream(b"JOIN_CHATROOM: r\n", sim.now)
+        self.assertTrue(sim.run_until(lambda: b"JOINED" in sim.client_got, 10.0))
+        self.assertIn(CallbackValidated(sid, CALLBACK), [e for _, e in sim.server_events])
+        probes = [data[32:] for data, _ in sent if data[1] == PROBE]
+        self.assertEqual(len(probes), 2)
+        self.assertEqual(probes[0], probes[1])                  # one challenge per callback
+        self.assertEqual([data[32:] for data in echoes], probes[:1])
+        knocks = [t for t, _, _, kind in sim.log if kind == KNOCK]
+        self.assertEqual([t - knocks[0] for t in knocks], [0.0, udp_wire.KNOCK_INTERVAL])
+
+    def test_ten_knocks_per_callback_and_a_new_callback_gets_ten_more(self):
+        sim = Sim()
+        sim.on_server_event = join_sets_callback(CALLBACK)
+        sid = sim.open()
+        knocks = drop_client_datagrams(sim, KNOCK, count=1000)
+        sim.client.send_stream(b"JOIN_CHATROOM: r\n", sim.now)
+        self.assertTrue(sim.run_until(lambda: b"JOINED" in sim.client_got, 15.0))
+        self.assertIn(CallbackFailed(sid, CALLBACK, "not validated in time"),
+                      [e for _, e in sim.server_events])
+        self.assertEqual(len(knocks), udp_client.MAX_KNOCKS)
+        del knocks[:]
+        sim.client_sends = sim.client_sends.passed_on        # KNOCKs go through again
+        sim.client.send_stream(b"JOIN_CHATROOM: r\n", sim.now)
+        self.assertTrue(sim.run_until(
+            lambda: CallbackValidated(sid, CALLBACK) in [e for _, e in sim.server_events], 5.0))
+
+    def test_the_first_join_naming_a_callback_starts_its_ten_seconds(self):
+        server = ServerEndpoint()
+        (sid,) = open_sessions(server, 1, 100.0)
+        other = ("10.9.9.8", 53)
+
+        def failures_at(now):
+            server.timer(now)
+            server.datagrams_to_send(now)
+            return [e for e in server.events() if isinstance(e, CallbackFailed)]
+
+        server.set_callback(sid, VICTIM, 100.0)
+        server.set_callback(sid, VICTIM, 105.0)      # the same callback again: no new 10 s
+        self.assertEqual(failures_at(109.9), [])
+        self.assertEqual(failures_at(110.0), [CallbackFailed(sid, VICTIM, "not validated in time")])
+        server.set_callback(sid, other, 111.0)
+        server.set_callback(sid, VICTIM, 112.0)      # another callback replaces it: its own 10 s
+        self.assertEqual(failures_at(121.9), [])
+        self.assertEqual(failures_at(122.0), [CallbackFailed(sid, VICTIM, "not validated in time")])
+        self.assertEqual(server.pending_callback_count, 0)
+
+    def test_zero_brings_the_stream_back_from_a_validated_callback_to_the_source(self):
+        sim = Sim()
+        sim.on_server_event = join_sets_callback(CALLBACK)
+        sid = sim.open()
+        sim.client.send_stream(b"JOIN_CHATROOM: r\n", sim.now)
+        sim.run_until(lambda: b"JOINED" in sim.client_got, 10.0)
+        self.assertEqual(sim.server.session_stats(sid)["dest"], CALLBACK)
+        sim.server.set_callback(sid, None, sim.now)         # a JOIN with CLIENT_IP 0, PORT 0
+        sim.server.send_stream(sid, b"JOINED_CHATROOM: s\n", sim.now)
+        sim.flush()
+        self.assertEqual([dst for _, _, dst, kind in sim.log if kind == DATA][-1], CLIENT)
 
 # ---------------------------------------------------------------------------------------------
 # Limits under a flood

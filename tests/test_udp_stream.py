@@ -6,8 +6,8 @@ import unittest
 
 from sansio import udp_stream, udp_wire
 from sansio.udp_stream import ReliableStream, SessionClosed
-from sansio.udp_wire import DATA, PING
-from tests.udp_sim import SERVER, Sim, exchange
+from sansio.udp_wire import CLOSE, CLOSE_ACK, DATA, PING
+from tests.udp_sim import CLIENT, SERVER, Sim, exchange
 
 # ---------------------------------------------------------------------------------------------
 # Delivery: exactly once, in order, both ways, over a bad link
@@ -89,6 +89,30 @@ class DeliveryTests(unittest.TestCase):
                          [SessionClosed(sid, "closed by peer")])
         self.assertEqual(sim.closed_events(sim.client_events), [SessionClosed(0, "closed")])
 
+
+    def test_the_closer_waits_one_more_doubled_rto_after_its_fourth_close_then_ends(self):
+        sim = Sim()
+        sid = sim.open()
+        closes_acked = []
+        client_sends = sim.client_sends
+
+        def lose_close_ack(data, src=CLIENT):
+            if data[1] == CLOSE_ACK:
+                closes_acked.append(sim.now)      # lost: the server never hears it
+                return
+            client_sends(data, src)
+        sim.client_sends = lose_close_ack
+        sim.server.close_session(sid, sim.now)
+        sim.run_until(lambda: sim.closed_events(sim.server_events), 60.0)
+        closes = [t for t, src, _, kind in sim.log if kind == CLOSE]
+        self.assertEqual(len(closes_acked), 1, "CLOSE_ACK once: the client then forgot the token")
+        self.assertEqual(sim.closed_events(sim.client_events), [SessionClosed(0, "closed by peer")])
+        ended = [t for t, e in sim.server_events if isinstance(e, SessionClosed)][0]
+        rto = udp_stream.INITIAL_RTO            # the server has no RTT sample: it sent no DATA
+        self.assertEqual([round(t - closes[0], 6) for t in closes + [ended]],
+                         [0.0, rto, 3 * rto, 7 * rto, 15 * rto])
+        self.assertEqual(sim.closed_events(sim.server_events),
+                         [SessionClosed(sid, "close unconfirmed")])
 
 # ---------------------------------------------------------------------------------------------
 # Timers: RTO, Karn, fast retransmit, window
@@ -252,6 +276,36 @@ class TimerTests(unittest.TestCase):
         self.assertEqual((stats["cwnd_cuts"], stats["retransmissions"]), (0, 0))
         self.assertGreater(stats["cwnd"], 20)
 
+
+    def test_an_ack_of_every_segment_sent_is_taken_and_one_above_it_is_ignored(self):
+        stream = stream_with_segments(3)
+        stream.on_ack(4, 64, [(4, 5)], 0.1)       # above the 3 segments sent: ignored
+        self.assertEqual((len(stream.unacked), stream.peer_ack, stream.srtt), (3, 0, None))
+        stream.on_ack(3, 64, (), 0.1)             # the last segment's number + 1: all of them
+        self.assertEqual((len(stream.unacked), stream.peer_ack, stream.in_flight), (0, 3, 0))
+        self.assertTrue(stream.all_acked())
+
+    def test_fast_retransmit_counts_later_segments_newly_acknowledged_over_several_acks(self):
+        stream = stream_with_segments(6)
+        for end, retransmits in ((2, 0), (3, 0), (3, 0), (4, 1)):   # (3, 0) again: a duplicate
+            stream.on_ack(0, 64, [(1, end)], 0.1)                  # one later segment each
+            self.assertEqual(stream.fast_retransmits, retransmits, end)
+        self.assertEqual([seg.seq for seg in stream.poll(0.1)], [0])
+        stream.on_ack(0, 64, [(1, 6)], 0.1)       # sent before the resend: they do not count
+        self.assertEqual(stream.fast_retransmits, 1)
+
+    def test_time_threshold_before_any_rtt_sample_is_nine_eighths_of_the_initial_rto(self):
+        stream = stream_with_segments(2)
+        self.assertTrue(stream.on_timer(1.0))                  # both lost, both sent again
+        self.assertEqual([seg.seq for seg in stream.poll(1.0)], [0, 1])
+        stream.on_ack(0, 64, [(1, 2)], 1.2)       # a resent segment: no RTT sample (Karn)
+        self.assertIsNone(stream.srtt)
+        self.assertAlmostEqual(stream.loss_deadline, 1.0 + 9 / 8 * udp_stream.INITIAL_RTO)
+        stream.on_timer(2.1)
+        self.assertEqual(stream.poll(2.1), [])
+        self.assertFalse(stream.on_timer(2.125))              # not the RTO: the time threshold
+        self.assertEqual([seg.seq for seg in stream.poll(2.125)], [0])
+        self.assertEqual((stream.fast_retransmits, stream.rto_timeouts), (1, 1))
 
 # ---------------------------------------------------------------------------------------------
 # Liveness
