@@ -66,12 +66,13 @@ MAX_SESSIONS = 10000
 # Sessions accepted but not yet confirmed (no datagram with their token seen yet), and how long
 # after the last ACCEPT they may stay so. Only a client that passed the cookie check gets here,
 # but it could still open sessions it never uses. A valid HELLO finding the table full gets no
-# answer (it is retried), unlike one finding MAX_SESSIONS (REJECT). 30 s = HANDSHAKE_TIMEOUT: a
-# client still trying to confirm is never forgotten under it.
+# answer (it is retried), unlike one finding MAX_SESSIONS (REJECT). 30 s = the client's
+# HANDSHAKE_TIMEOUT (sansio/udp_client.py): a client still trying to confirm is never forgotten
+# under it.
 MAX_UNCONFIRMED_SESSIONS = 256
 UNCONFIRMED_TIMEOUT = 30.0
 # Callbacks waiting for validation, and how long one may wait before the session gives up on it
-# and keeps its stream on its source address.
+# and keeps its stream where it went before.
 MAX_PENDING_CALLBACKS = 1024
 CALLBACK_TIMEOUT = 10.0
 # Anti-amplification (RFC 9000 s8): to an address not yet validated, at most this many times
