@@ -374,8 +374,8 @@ class ReliableStream:
 
     def receive(self, seq: int, payload: bytes) -> bytes:
         """Take one segment; return the stream bytes it makes deliverable (b"" if none).
-        Duplicates and segments beyond the window are dropped, but still acknowledged; so is
-        every segment while `receiving` is False."""
+        Segments already received and segments beyond the window are dropped, but still
+        acknowledged; so is every segment while `receiving` is False."""
         self.ack_pending = True
         if not self.receiving:
             return b""
