@@ -1,7 +1,7 @@
 """The shared bus: several server processes ("nodes") behave as one chat server over Redis.
 
-Boundary: sans-IO, like sansio/resp.py and sansio/udp.py. This module knows Redis commands and the
-bus's own rules (keys, scripts, event order, heartbeats, catch-up), but no socket, no clock and
+Boundary: sans-IO, like sansio/resp.py and sansio/udp_*.py. This module knows Redis commands and
+the bus's own rules (keys, scripts, event order, heartbeats, catch-up), but no socket, no clock and
 no chat wire format: the reactor moves the bytes of its two Redis links ("cmd" and "sub") and
 passes the time in; cluster/shared.py turns what comes out into chat actions.
 

@@ -33,23 +33,23 @@ Exit status: 0 after /quit or end of input, once the server has closed the conne
 the server answers ERROR_CODE (printed as "ERROR code: description" on standard error, as the
 protocol asks: "a client should print the error to the console and terminate"), when it closes
 the connection unexpectedly, when it cannot be reached, or when it sends something malformed;
-over UDP also when it stops answering (sansio.udp.IDLE_TIMEOUT, 45 s, with nothing heard).
+over UDP also when it stops answering (sansio.udp_stream.IDLE_TIMEOUT, 45 s, with nothing heard).
 
-Two transports, one client. By default a TCP connection. With --udp, a session of the
-server's UDP transport (docs/UDP.md: handshake, reliable ordered stream, callback validation,
-liveness, graceful close), run by sansio.udp.ClientEndpoint; the stream carries exactly the bytes
-a TCP connection would. The JOINs' CLIENT_IP and PORT name --callback, the session socket's
-own address by default. A callback that is another address gets a second socket, from which
-the KNOCKs that validate it go out: bound to the callback when that is this host's and free,
-otherwise connected to it (a relay such as tools/relay.py, passing what it gets on to the
-server). DISCONNECT is answered by the server's CLOSE, which ends the session gracefully.
+Two transports, one client. By default a TCP connection. With --udp, a session of the server's UDP
+transport (docs/UDP.md: handshake, reliable ordered stream, callback validation, liveness, graceful
+close), run by sansio.udp_client.ClientEndpoint; the stream carries exactly the bytes a TCP
+connection would. The JOINs' CLIENT_IP and PORT name --callback, the session socket's own address
+by default. A callback that is another address gets a second socket, from which the KNOCKs that
+validate it go out: bound to the callback when that is this host's and free, otherwise connected to
+it (a relay such as tools/relay.py, passing what it gets on to the server). DISCONNECT is answered
+by the server's CLOSE, which ends the session gracefully.
 
 Theory of operation (the server's design, in miniature; see protocol.py and reactor.py):
 
     server bytes --ReplyReader--> reply --ChatClient.message_received--> actions
     stdin lines  ------------------------------------ChatClient.line_typed-------> actions
     actions (Send, Print, PrintError, Exit) --Terminal--> link, stdout, stderr, exit status
-    link: TcpLink (a socket) or UdpLink (sansio.udp.ClientEndpoint on one or two UDP sockets)
+    link: TcpLink (a socket) or UdpLink (sansio.udp_client.ClientEndpoint on one or two UDP sockets)
 
     full screen: keys --screen.Screen.key--> edits, Submit(line) --ChatClient.line_typed--> ...
                  Print, PrintError --> screen.Screen.add; each turn: Screen.render --> curses
@@ -88,7 +88,7 @@ try:
 except ImportError:                     # (a Python built without _curses)
     curses = None                       # type: ignore
 
-from sansio import udp
+from sansio import udp_client, udp_stream, udp_wire
 from sansio.replies import (ChatMessage, ErrorReply, JoinedReply, LeftReply, Reply, ReplyReader,
                             Unparsed)
 from sansio.wire import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, REPLY_SHAPES, chat_request,
@@ -444,23 +444,25 @@ class TcpLink:
         self.sock.close()
 
 
-# Why a UDP session ended (sansio.udp's SessionClosed reasons), as the client says it. A reason
-# missing here is shown as it is. "closed by peer" (the server's CLOSE, after DISCONNECT) and
-# "reset by peer" (its RESET: it stopped, or we broke a limit) are the server closing the
+# Why a UDP session ended (sansio.udp_stream's SessionClosed reasons), as the client says it. A
+# reason missing here is shown as it is. "closed by peer" (the server's CLOSE, after DISCONNECT)
+# and "reset by peer" (its RESET: it stopped, or we broke a limit) are the server closing the
 # connection, as a TCP close: ChatClient.connection_lost decides.
 UDP_END_MESSAGES = {
     "peer timed out": "the server stopped answering: nothing heard from it over UDP for %g s"
-                      % udp.IDLE_TIMEOUT,
-    "handshake timed out": "no answer to the UDP handshake within %g s" % udp.HANDSHAKE_TIMEOUT,
+                      % udp_stream.IDLE_TIMEOUT,
+    "handshake timed out": "no answer to the UDP handshake within %g s"
+                           % udp_client.HANDSHAKE_TIMEOUT,
     "refused by server": "the server refused a new UDP session (it has too many)",
     "send buffer over cap": "more than %d bytes of requests unacknowledged by the server"
-                            % udp.SEND_BUFFER_CAP,
+                            % udp_stream.SEND_BUFFER_CAP,
 }
 UDP_CLOSES = frozenset(("closed by peer", "reset by peer"))
 # Requests handed to the UDP session at most, not yet acknowledged; the rest wait in the link's
-# own buffer (as a TCP socket's kernel buffer and TcpLink.out). Far below udp.SEND_BUFFER_CAP,
-# past which the session would be reset: a script pasting faster than the server takes it
-# (its flood control slows us) waits instead. 256 KiB is still 3.5 full send windows.
+# own buffer (as a TCP socket's kernel buffer and TcpLink.out). Far below
+# udp_stream.SEND_BUFFER_CAP, past which the session would be reset: a script pasting faster than
+# the server takes it (its flood control slows us) waits instead. 256 KiB is still 3.5 full send
+# windows.
 UDP_SENDING_BYTES = 256 * 1024
 # Datagrams read from one socket in one turn, so that a flood cannot starve standard input.
 UDP_READS_PER_TURN = 256
@@ -475,7 +477,8 @@ UDP_DISCONNECT_TIMEOUT = 35.0
 
 
 class UdpLink:
-    """The server over UDP: a sansio.udp.ClientEndpoint (the whole transport, sans-IO) on sockets.
+    """The server over UDP: a sansio.udp_client.ClientEndpoint (the whole transport, sans-IO)
+    on sockets.
 
     `sock` is the session socket, connected to `server` (the server, or a relay in front of it:
     the kernel then drops datagrams from anyone else). `callback_sock`, when the JOIN names an
@@ -495,9 +498,10 @@ class UdpLink:
         self.callback = callback             # what JOIN names: ChatClient's callback
         self.callback_sock = callback_sock
         self.clock = clock
-        self.endpoint = udp.ClientEndpoint(server, clock())
+        self.endpoint = udp_client.ClientEndpoint(server, clock())
         self.out = bytearray()               # requests not yet handed to the endpoint
-        self.events: List[udp.Event] = []    # taken by the handshake, not yet acted on
+        # taken by the handshake, not yet acted on
+        self.events: List[udp_stream.SessionEvent] = []
         self.failure: Optional[str] = None   # an ICMP error during the handshake
         self.received: Received = lambda data: None
         self.ended: Ended = lambda failure: None
@@ -507,7 +511,7 @@ class UdpLink:
 
     def wait_open(self) -> Optional[str]:
         """Run the handshake (docs/UDP.md, section 4) until the session is open: None, or why
-        it could not be (the endpoint gives up after udp.HANDSHAKE_TIMEOUT)."""
+        it could not be (the endpoint gives up after udp_client.HANDSHAKE_TIMEOUT)."""
         with selectors.SelectSelector() as selector:
             for sock in self.sockets():
                 selector.register(sock, selectors.EVENT_READ, sock)
@@ -515,7 +519,7 @@ class UdpLink:
                 self.send_datagrams()
                 self.events += self.endpoint.events()
                 for event in self.events:
-                    if isinstance(event, udp.SessionClosed):
+                    if isinstance(event, udp_stream.SessionClosed):
                         return UDP_END_MESSAGES.get(event.reason, event.reason)
                 if self.failure is not None:
                     return self.failure
@@ -536,7 +540,7 @@ class UdpLink:
         connected, so the kernel has let through only the server's (or its relay's)."""
         for _ in range(UDP_READS_PER_TURN):
             try:
-                data = sock.recv(udp.MAX_DATAGRAM + 1)   # one byte more: too long is dropped
+                data = sock.recv(udp_wire.MAX_DATAGRAM + 1)   # one byte more: too long is dropped
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -573,9 +577,9 @@ class UdpLink:
         for _ in range(UDP_FLUSH_ROUNDS):     # what is left waits for the next turn
             events, self.events = self.events + self.endpoint.events(), []
             for event in events:
-                if isinstance(event, udp.StreamData):
+                if isinstance(event, udp_stream.StreamData):
                     self.received(event.data)
-                elif isinstance(event, udp.SessionClosed):
+                elif isinstance(event, udp_stream.SessionClosed):
                     self.ended(None if event.reason in UDP_CLOSES
                                else UDP_END_MESSAGES.get(event.reason, event.reason))
             room = UDP_SENDING_BYTES - self.endpoint.buffered_bytes()
@@ -1036,7 +1040,7 @@ over UDP (--udp): the JOINs name --callback as CLIENT_IP and PORT, the session
 socket's own address by default. Through relays (tools/relay.py), HOST PORT is the
 relay towards the server and --callback the relay back; behind a NAT, --callback
 is the NAT's public address for the session socket, or 0:0 (name none: the server
-answers where the session's datagrams come from).""" % udp.IDLE_TIMEOUT)
+answers where the session's datagrams come from).""" % udp_stream.IDLE_TIMEOUT)
     parser.add_argument("host", help="the server's address, e.g. 127.0.0.1")
     parser.add_argument("port", type=int,
                         help="the server's port (TCP, or UDP with --udp: the same number)")
