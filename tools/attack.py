@@ -66,6 +66,8 @@ import signal
 import socket
 import subprocess
 import sys
+if not __package__:   # run as a script (python3 tools/X.py) from any folder: find the project
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tempfile
 import threading
 import time

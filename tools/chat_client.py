@@ -79,6 +79,8 @@ import selectors
 import signal
 import socket
 import sys
+if not __package__:   # run as a script (python3 tools/X.py) from any folder: find the project
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import time
 from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, TextIO, Tuple, Union
