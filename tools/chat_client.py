@@ -129,17 +129,24 @@ ERASE_LINE = "\r\x1b[K"
 
 COMMANDS = """\
 commands, one per line:
-  /join ROOM        join ROOM (a room name may contain spaces)
-  /leave ROOM       leave ROOM
-  /rooms            list the rooms you are in, with their ROOM_REFs
-  /msg ROOM TEXT    post TEXT to ROOM, one of your rooms. When the names of several of
-                    your rooms start the line, the longest wins: in rooms "my" and
-                    "my room", "/msg my room hi" posts "hi" to "my room"
-  /room ROOM        plain lines go to ROOM, one of your rooms, from now on
-  TEXT              a line without a leading "/" posts TEXT to the current room: the
-                    room joined last, or the one chosen with /room
-  /help             show this list
-  /quit             leave every room, disconnect and exit; end of input does the same"""
+  /join ROOM      join ROOM (a name may hold spaces)
+  /leave ROOM     leave ROOM
+  /rooms          list your rooms and their ROOM_REFs
+  /msg ROOM TEXT  post TEXT to ROOM, one of your
+                  rooms; when the names of several
+                  of your rooms start the line,
+                  the longest wins: in rooms "my"
+                  and "my room", "/msg my room hi"
+                  posts "hi" to "my room"
+  /room ROOM      plain lines go to ROOM, one of your
+                  rooms, from now on
+  TEXT            a line without a leading "/" posts
+                  TEXT to the current room: the room
+                  joined last, or the one chosen with
+                  /room
+  /help           show this list
+  /quit           leave every room, disconnect and
+                  exit; end of input does the same"""
 
 
 # Requests are protocol's builders (join_request, leave_request, chat_request,
