@@ -412,6 +412,26 @@ def check_probe(report, figures: Dict[str, object], probe: Probe,
                         % (key, value, target))
 
 
+class Feeder:
+    """Keeps connections supplied with the same bytes, as fast as the server takes them: one
+    more copy of `data` for each open one whose queue is shorter than kit.SEND_SIZE, and a
+    count of what has left for the kernel."""
+
+    def __init__(self, loop: kit.Loop, conns: List[kit.Conn], data: bytes) -> None:
+        self.loop, self.conns, self.data = loop, conns, data
+        self.copies = 0                     # copies of `data` queued so far
+
+    def top_up(self) -> None:
+        for conn in self.conns:
+            if conn.state == kit.OPEN and len(conn.out) < kit.SEND_SIZE:
+                self.loop.send(conn, self.data)
+                self.copies += 1
+
+    def sent(self) -> int:
+        """Bytes handed to the kernel so far."""
+        return self.copies * len(self.data) - sum(len(conn.out) for conn in self.conns)
+
+
 # ---------------------------------------------------------------------------------------------
 # A crowd: members of one room on a kit.Loop, joined with their announcements counted
 # ---------------------------------------------------------------------------------------------
@@ -545,21 +565,17 @@ def scenario_stalled(args: argparse.Namespace, target: AttackTarget, report):
     hwm_before = server.status_kb("VmHWM") if server else None
     if target.monitor:
         target.monitor.reset()
-    chat = flood_chat(flooder.ref, flooder.join_id, flooder.name)
-    queued = [0]
+    feeder = Feeder(crowd.loop, [flooder], flood_chat(flooder.ref, flooder.join_id,
+                                                       flooder.name))
+    posted_bytes = feeder.sent
     started = time.monotonic()
 
     def top_up() -> None:
-        if flooder.state == kit.OPEN and len(flooder.out) < kit.SEND_SIZE:
-            crowd.loop.send(flooder, chat)
-            queued[0] += 1
+        feeder.top_up()
         report.progress(lambda: "flooding: %.1f MB posted, flooder has %d echoes, server RSS "
                         "%s MiB, probe p99 %s ms"
                         % (posted_bytes() / 1e6, flooder.counted, mib(target.rss_kb()),
                            probe.figures(started).get("probe_p99_ms")))
-
-    def posted_bytes() -> int:
-        return queued[0] * len(chat) - len(flooder.out)
     crowd.loop.run_until(lambda: flooder.lost or (target.monitor is not None and
                                                   target.monitor.killed_at_kb is not None),
                          args.seconds, top_up, wait=LOOP_WAIT)
@@ -1121,19 +1137,13 @@ def scenario_blank(args: argparse.Namespace, target: AttackTarget, report):
         blank.loop.connect(conn)
     blank.loop.run_until(lambda: blank.up >= len(conns), 30.0, wait=0.02)
     probe = start_probe(target, report, tag)
-    newlines = b"\n" * kit.SEND_SIZE
-    queued = [0]
+    feeder = Feeder(blank.loop, conns, b"\n" * kit.SEND_SIZE)
+    sent = feeder.sent
 
     def top_up() -> None:
-        for conn in conns:
-            if conn.state == kit.OPEN and len(conn.out) < kit.SEND_SIZE:
-                blank.loop.send(conn, newlines)
-                queued[0] += len(newlines)
+        feeder.top_up()
         report.progress(lambda: "blank lines: %.0f MB sent, probe p99 %s ms"
                         % (sent() / 1e6, probe.figures(started).get("probe_p99_ms")))
-
-    def sent() -> int:
-        return queued[0] - sum(len(c.out) for c in conns)
     started = time.monotonic()
     blank.loop.run_until(lambda: False, args.seconds, top_up, wait=LOOP_WAIT)
     elapsed = time.monotonic() - started

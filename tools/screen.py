@@ -24,7 +24,7 @@ import unicodedata
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Deque, List, Optional, Tuple, Union
+from typing import Callable, Deque, List, Optional, Tuple, Union
 
 from protocol import MAX_NAME_CHARS
 
@@ -221,19 +221,19 @@ class LineEditor:
         self._kill(self.cursor, len(self.text))
 
     def kill_word_before(self) -> None:            # Ctrl-W (unix-word-rubout): to white space
-        start = self.cursor
-        while start and self.text[start - 1].isspace():
-            start -= 1
-        while start and not self.text[start - 1].isspace():
-            start -= 1
-        self._kill(start, self.cursor)
+        self._kill(self._back_to_word_start(lambda char: not char.isspace()), self.cursor)
 
     def word_start(self) -> int:
         """Where Alt-B goes: the start of this or the previous word (letters and digits)."""
+        return self._back_to_word_start(str.isalnum)
+
+    def _back_to_word_start(self, in_word: Callable[[str], bool]) -> int:
+        """Back from the cursor over what is not a word, then over a word: where that word
+        starts. `in_word` says which characters make words (readline has two kinds)."""
         at = self.cursor
-        while at and not self.text[at - 1].isalnum():
+        while at and not in_word(self.text[at - 1]):
             at -= 1
-        while at and self.text[at - 1].isalnum():
+        while at and in_word(self.text[at - 1]):
             at -= 1
         return at
 
