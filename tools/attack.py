@@ -691,7 +691,7 @@ def scenario_departure(args: argparse.Namespace, target: AttackTarget, report):
         if not told:
             report.fail("storm_timeout", "not every remaining member had every leave "
                         "within %g s" % args.seconds)
-        crowd.loop.run_until(lambda: False, AFTER_STORM, wait=LOOP_WAIT)  # duplicates show
+        crowd.loop.run_until(lambda: False, AFTER_STORM, wait=LOOP_WAIT)  # a twice-told leave
         missing = sum(sum(1 for n in names if m.lefts.get(n, 0) == 0) for m in stayers)
         doubled = sum(sum(c - 1 for c in m.lefts.values() if c > 1) for m in stayers)
         strangers = sum(sum(1 for n in m.lefts if not n.startswith("go")) for m in stayers)

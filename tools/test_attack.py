@@ -111,7 +111,7 @@ class ArgumentsTest(unittest.TestCase):
             attack.parse_args(["--help"])
         text = out.getvalue()
         for name in ("STALLED_RCVBUF", "CHAT_BYTES", "ROOM_RETRY_SECONDS", "HELO_DEADLINE",
-                     "DIGITS", "MONITOR_INTERVAL", "PROBE_INTERVAL", "issue"):
+                     "DIGITS", "MONITOR_INTERVAL", "PROBE_INTERVAL"):
             self.assertNotIn(name, text)
         for value in ("SO_RCVBUF of %d" % attack.STALLED_RCVBUF,
                       "%d-byte chats" % attack.CHAT_BYTES,
