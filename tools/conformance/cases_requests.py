@@ -108,8 +108,7 @@ def chat_relay(ctx):
     join(ctx, c, room, (a, b))
     join(ctx, out, ctx.room("elsewhere"))
     texts = ["first", "second", "third"]
-    for text in texts:
-        a.send(chat_request(ref, id_a, "alice", text))
+    a.send_apart(*(chat_request(ref, id_a, "alice", text) for text in texts))
     for member in (a, b, c):
         for text in texts:
             member.expect(chat_message(ref, "alice", text), "alice's chat %r" % text, Q_CHAT)
@@ -269,8 +268,7 @@ def errors_rooms(ctx):
       "message is the reply to the next request.")
 def other_silent(ctx):
     a = ctx.client("alice")
-    a.send(b"WHAT_IS_THIS: an unknown message\n")
-    a.send(b"HELO after unknown\n")
+    a.send_apart(b"WHAT_IS_THIS: an unknown message\n", b"HELO after unknown\n")
     if not a.peek("the HELO reply").startswith(b"HELO after unknown\n"):
         raise Fail("expected nothing for the unknown message, then the HELO reply; got %s" %
                    show_inline(a.next_message("the HELO reply")), Q_OTHER)
