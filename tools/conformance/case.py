@@ -40,6 +40,7 @@ class Case:
     title: str                  # one sentence: what a PASS proves
     run: Callable[["Ctx"], None]
     kill: bool = False          # stops the server: only with --allow-kill, and last
+    hint: str = ""              # the usual cause of a FAIL, for the student who reads it
 
     @property
     def section(self) -> str:
@@ -49,11 +50,11 @@ class Case:
 CASES: List[Case] = []
 
 
-def case(case_id: str, title: str, kill: bool = False):
+def case(case_id: str, title: str, kill: bool = False, hint: str = ""):
     """Register the decorated function as the case `case_id`, in the order of definition."""
     def register(run: Callable[["Ctx"], None]) -> Callable[["Ctx"], None]:
         assert case_id.split(".")[0] in SECTION_TITLES, case_id
-        CASES.append(Case(case_id, title, run, kill))
+        CASES.append(Case(case_id, title, run, kill, hint))
         return run
     return register
 

@@ -62,7 +62,9 @@ def join_ids(ctx):
 
 
 @case("join.first", "A joiner reads JOINED_CHATROOM before any chat of the room, even while a "
-      "member posts, and its own announcement before any later chat.")
+      "member posts, and its own announcement before any later chat.",
+      hint="the join is announced to the room before the JOINED_CHATROOM reply is sent, or "
+      "the reply is sent from another thread than the room's chat")
 def join_first(ctx):
     a, b = ctx.client("alice"), ctx.client("bob")
     room = ctx.room("busy")
@@ -99,7 +101,9 @@ def join_again(ctx):
 
 
 @case("chat.relay", "A CHAT reaches every member, the sender included, exactly once, in the "
-      "order sent, and no one outside the room.")
+      "order sent, and no one outside the room.",
+      hint="the member list is read while another thread changes it, or the sender is left "
+      "out of its own broadcast")
 def chat_relay(ctx):
     a, b, c, out = (ctx.client(n) for n in ("alice", "bob", "carol", "dave"))
     room = ctx.room("relay")
@@ -162,7 +166,9 @@ def leave_repeat(ctx):
 
 
 @case("leave.cuts", "After LEFT_CHATROOM and its announcement, the leaver receives no chat of "
-      "that room, and keeps its connection.")
+      "that room, and keeps its connection.",
+      hint="the leaver is taken off the room's list after its reply is sent, or a chat is "
+      "built from a list read before the leave")
 def leave_cuts(ctx):
     a, b = ctx.client("alice"), ctx.client("bob")
     room = ctx.room("cut")
@@ -209,7 +215,9 @@ def rooms_several(ctx):
 
 
 @case("disconnect.closes", "DISCONNECT sends the client its leave announcements, in ascending "
-      "ROOM_REF order, to it and the members, then closes the connection.")
+      "ROOM_REF order, to it and the members, then closes the connection.",
+      hint="the socket is closed as soon as DISCONNECT is read, before the leave "
+      "announcements queued for the client are sent")
 def disconnect_closes(ctx):
     a, b = ctx.client("alice"), ctx.client("bob")
     refs = []
@@ -239,7 +247,8 @@ MALFORMED = [
 
 
 @case("errors.malformed", "Each malformed request of a known kind gets ERROR_CODE and "
-      "ERROR_DESCRIPTION, and the connection stays usable.")
+      "ERROR_DESCRIPTION, and the connection stays usable.",
+      hint="a parsing exception closes the connection, or kills the thread that serves it")
 def errors_malformed(ctx):
     a = ctx.client("alice")
     for what, request in MALFORMED:
@@ -265,7 +274,9 @@ def errors_rooms(ctx):
 
 
 @case("other.silent", "A one-line message of no known kind gets no reply at all: the next "
-      "message is the reply to the next request.")
+      "message is the reply to the next request.",
+      hint="an unknown command answered with ERROR_CODE: the grader then reads the error "
+      "where it expects its next reply")
 def other_silent(ctx):
     a = ctx.client("alice")
     a.send_apart(b"WHAT_IS_THIS: an unknown message\n", b"HELO after unknown\n")

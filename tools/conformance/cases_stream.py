@@ -46,7 +46,8 @@ def send_in_pieces(client: Client, data: bytes, size: int) -> None:
 
 
 @case("framing.bytes", "Requests sent one byte per segment are put together and answered as "
-      "if sent whole.")
+      "if sent whole.",
+      hint="one recv() taken as one whole request: TCP may cut a request anywhere")
 def framing_bytes(ctx):
     a, b = ctx.client("alice"), ctx.client("bob")
     room = ctx.room("bytes")
@@ -64,7 +65,9 @@ def framing_bytes(ctx):
         member.expect(chat_message(ref, "bob", "in\nthree\nlines"), "bob's chat", Q_FRAMING)
 
 
-@case("framing.coalesced", "Three requests in one segment are each answered, in order.")
+@case("framing.coalesced", "Three requests in one segment are each answered, in order.",
+      hint="one recv() taken as one whole request: only the first of several requests in it "
+      "is answered")
 def framing_coalesced(ctx):
     a = ctx.client("alice")
     room = ctx.room("coalesced")
@@ -84,7 +87,8 @@ def framing_coalesced(ctx):
 
 
 @case("framing.crlf", "Requests whose lines end in \\r\\n are answered as with \\n, and no \\r "
-      "reaches a reply or a relayed message.")
+      "reaches a reply or a relayed message.",
+      hint="lines split on \\n only, leaving the \\r in every value")
 def framing_crlf(ctx):
     a, b = ctx.client("alice"), ctx.client("bob")
     room = ctx.room("crlf")
@@ -105,7 +109,8 @@ def framing_crlf(ctx):
 
 
 @case("identity.chat", "A CHAT quoting a member's JOIN_ID and name from a connection that is "
-      "not in the room is refused, and no member receives it.")
+      "not in the room is refused, and no member receives it.",
+      hint="the JOIN_ID or CLIENT_NAME of the request trusted to say who is speaking")
 def identity_chat(ctx):
     a, b, m = ctx.client("alice"), ctx.client("bob"), ctx.client("mallory")
     room = ctx.room("guarded")
@@ -119,7 +124,8 @@ def identity_chat(ctx):
 
 
 @case("identity.leave", "A LEAVE quoting another member's JOIN_ID and name removes only the "
-      "connection it arrives on.")
+      "connection it arrives on.",
+      hint="the JOIN_ID of the request trusted to say who leaves")
 def identity_leave(ctx):
     a, b = ctx.client("alice"), ctx.client("bob")
     room = ctx.room("own-leave")
@@ -200,9 +206,13 @@ def _concurrent_round(ctx, clients: List[Client], room: str) -> None:
 
 
 @case("concurrency.joins", "Clients joining one room at once each get JOINED_CHATROOM first and "
-      "every later joiner's announcement exactly once, all in one order.")
+      "every later joiner's announcement exactly once, all in one order.",
+      hint="the member list and the announcement are not updated together (no lock, or a "
+      "batch of announcements sent twice)")
 def concurrency_joins(ctx):
     clients = [ctx.client("c%02d" % i) for i in range(CONCURRENT_CLIENTS)]
+    ctx.transcript.note("c00 to c%02d connected; each sends its JOIN at once, %d times, in "
+                        "rooms of their own" % (CONCURRENT_CLIENTS - 1, CONCURRENT_ROUNDS))
     for round_ in range(CONCURRENT_ROUNDS):
         _concurrent_round(ctx, clients, ctx.room("crowd%d" % round_))
 
@@ -227,6 +237,8 @@ def _post_in_turn(ctx, senders: List[Client], refs: Dict[str, int], ids: Dict[st
         if sum(echoed.values()) > last_total:
             last_progress, last_total = time.monotonic(), sum(echoed.values())
         elif time.monotonic() - last_progress > ctx.timeout:
+            ctx.transcript.note("%d of the %d chats came back to their senders; then none for "
+                                "%g s" % (last_total, SLOW_CHATS * len(senders), ctx.timeout))
             raise Fail("the room stalled: no member's chat came back for %g s while one member "
                        "was not reading (%d of %d chats delivered)" % (
                            ctx.timeout, sum(echoed.values()), SLOW_CHATS * len(senders)),
@@ -234,25 +246,31 @@ def _post_in_turn(ctx, senders: List[Client], refs: Dict[str, int], ids: Dict[st
 
 
 @case("slow.reader", "A member that stops reading does not hold up the room: the others go on "
-      "posting and receiving about 4 MB of chat.")
+      "posting and receiving about 4 MB of chat.",
+      hint="a blocking send() to each member in turn: one member who does not read fills its "
+      "socket buffer and everyone waits")
 def slow_reader(ctx):
     slow = ctx.client("slow", rcvbuf=SLOW_RCVBUF)
     room = ctx.room("slow")
     join(ctx, slow, room)
     slow.paused = True
     senders, refs, ids = [], {}, {}
+    ctx.transcript.muted = True
     for i in range(SLOW_SENDERS):
         sender = ctx.client("s%d" % i)
         refs[sender.name], ids[sender.name] = join(ctx, sender, room, tuple(senders))
         senders.append(sender)
-    ctx.transcript.add("", "", b"(each of s0 to s%d now posts %d chats of %d bytes, the next "
-                       b"once the last came back; slow reads nothing)" % (
-                           SLOW_SENDERS - 1, SLOW_CHATS, SLOW_TEXT_BYTES))
+    ctx.transcript.muted = False
+    ctx.transcript.note("slow stops reading; s0 to s%d join the room as slow did, then each "
+                        "posts %d chats of %d bytes, the next once the last came back" % (
+                            SLOW_SENDERS - 1, SLOW_CHATS, SLOW_TEXT_BYTES))
     _post_in_turn(ctx, senders, refs, ids)
 
 
 @case("limits.long", "A 40 000-byte message, far longer than one recv() of a small buffer, is "
-      "relayed whole.")
+      "relayed whole.",
+      hint="a request read with one recv() of a fixed buffer (4096 bytes, say), cutting long "
+      "messages")
 def limits_long(ctx):
     a, b = ctx.client("alice"), ctx.client("bob")
     room = ctx.room("long")
@@ -266,7 +284,9 @@ def limits_long(ctx):
 
 @case("grader.sequence", "The course grader's sequence as the contract records it: HELO, two "
       "clients in two rooms, trailing spaces, another's JOIN_ID, an unknown message, leave and "
-      "join again, DISCONNECT read to the end.")
+      "join again, DISCONNECT read to the end.",
+      hint="see the first case above that fails too: the grader's sequence uses the same "
+      "requests")
 def grader_sequence(ctx):
     one, two = ctx.client("client1"), ctx.client("client2")
     room1, room2 = ctx.room("room1"), ctx.room("room2")

@@ -33,7 +33,7 @@ def run_case(case: Case, addr, udp: bool, timeout: float, strict: bool) -> Resul
     transcript = Transcript()
     net = Net(addr, udp, timeout, transcript)
     ctx = Ctx(net, addr[0], addr[1], timeout, udp)
-    result = Result(case.id, case.section, case.title, "PASS")
+    result = Result(case.id, case.section, case.title, "PASS", hint=case.hint)
     started = time.monotonic()
     try:
         case.run(ctx)

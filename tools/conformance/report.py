@@ -19,6 +19,7 @@ class Result:
     verdict: str                    # PASS, FAIL or WARN
     message: str = ""               # what differed (FAIL, WARN)
     contract: str = ""              # the contract's words on it
+    hint: str = ""                  # FAIL: the usual cause
     ours: str = ""                  # WARN: the reading docs/PROTOCOL.md settles on
     theirs: str = ""                # WARN: the reading the server took
     seconds: float = 0.0
@@ -54,6 +55,8 @@ def text_report(results: List[Result], target: str, show_transcripts: bool = Tru
                 out.append("        our reading: %s; this server's: %s" % (r.ours, r.theirs))
             if r.contract:
                 out.append("        the contract: \"%s\"" % r.contract)
+            if r.hint and r.verdict == "FAIL":
+                out.append("        usual cause: %s" % r.hint)
             if r.verdict == "FAIL" and show_transcripts and r.transcript:
                 out.append("        transcript (> sent, < received):")
                 out.extend("          %-8s %s %s" % line for line in r.transcript)
@@ -73,7 +76,10 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em;
   border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; width: 100%; }
+table { border-collapse: collapse; width: 100%; table-layout: fixed; }
+col.v { width: 4.5em; } col.id { width: 11.5em; } col.s { width: 4.5em; }
+td.s { white-space: nowrap; text-align: right; color: #777; }
+ul.first li { margin: .3em 0; }
 td, th { padding: .3em .6em; text-align: left; vertical-align: top; }
 tr.case { border-top: 1px solid #eee; }
 .v { font-weight: bold; color: #fff; border-radius: 3px; padding: .1em .5em; }
@@ -83,7 +89,8 @@ tr.case { border-top: 1px solid #eee; }
 .why { margin: .3em 0; } .contract { margin: .3em 0; padding: .3em .8em; background: #f4f4f4;
   border-left: 4px solid #888; font-style: italic; }
 pre { background: #1e1e1e; color: #ddd; padding: .6em; overflow-x: auto; font-size: .85em; }
-.sent { color: #9cdcfe; } .recv { color: #ce9178; }
+pre { white-space: pre-wrap; }
+.sent { color: #9cdcfe; } .recv { color: #ce9178; } .note { color: #b5cea8; }
 .legend { color: #555; font-size: .9em; }
 """
 
@@ -101,15 +108,28 @@ def _case_html(r: Result) -> str:
     if r.contract:
         parts.append('<div class="contract">The contract says: &ldquo;%s&rdquo;</div>'
                      % e(r.contract))
+    if r.hint and r.verdict == "FAIL":
+        parts.append('<div class="why"><b>Usual cause:</b> %s</div>' % e(r.hint))
     if r.transcript:
         lines = ['<span class="%s">%-8s %s %s</span>' % (
-            "sent" if way == ">" else "recv", e(who), e(way), e(text))
+            {">": "sent", "<": "recv"}.get(way, "note"), e(who), e(way), e(text))
             for who, way, text in r.transcript]
         parts.append('<details%s><summary>Wire transcript (%d lines; &gt; sent by the tester, '
                      '&lt; received from the server)</summary><pre>%s</pre></details>' % (
                          "" if r.verdict == "PASS" else " open", len(lines), "\n".join(lines)))
-    parts.append('</td><td>%.2f s</td></tr>' % r.seconds)
+    parts.append('</td><td class="s">%.2f s</td></tr>' % r.seconds)
     return "".join(parts)
+
+
+def _first_html(results: List[Result]) -> List[str]:
+    """The cases to look at first, FAILs then WARNs, each linked to its details."""
+    e = html.escape
+    items = ['<li><span class="v %s">%s</span> <a href="#%s">%s</a>: %s</li>' % (
+        r.verdict, r.verdict, e(r.id), e(r.id), e(r.message.split("\n")[0]))
+        for verdict in ("FAIL", "WARN") for r in results if r.verdict == verdict]
+    if not items:
+        return []
+    return ["<h2>To look at first</h2>", '<ul class="first">'] + items + ["</ul>"]
 
 
 def html_report(results: List[Result], target: str, transport: str,
@@ -126,8 +146,10 @@ def html_report(results: List[Result], target: str, transport: str,
             'WARN: the course\'s text can be read two ways and this server took the other '
             'reading; both are named.%s</p>' % (
                 " Command: <code>%s</code>" % e(command) if command else "")]
+    body.extend(_first_html(results))
     for key, section in by_section(results):
-        body.append("<h2>%s</h2><table>" % e(SECTION_TITLES[key]))
+        body.append('<h2>%s</h2><table><colgroup><col class="v"><col class="id"><col>'
+                    '<col class="s"></colgroup>' % e(SECTION_TITLES[key]))
         body.extend(_case_html(r) for r in section)
         body.append("</table>")
     body.append("<p><b>%s</b></p>" % e(closing_line(results)))

@@ -56,8 +56,15 @@ class Transcript:
     def __init__(self) -> None:
         self.entries: List[Tuple[str, str, bytes]] = []
         self.dropped = 0
+        self.muted = False          # a case's routine set-up, summed up by a note instead
+
+    def note(self, text: str) -> None:
+        """A line of the case's own between the bytes: what it did without recording it."""
+        self.entries.append(("", "", ("(%s)" % text).encode()))
 
     def add(self, who: str, way: str, data: bytes) -> None:
+        if self.muted:
+            return
         last = self.entries[-1] if self.entries else None
         if last is not None and last[0] == who and last[1] == way \
                 and len(last[2]) < TRANSCRIPT_CHUNK:
