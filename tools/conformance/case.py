@@ -188,6 +188,15 @@ def join(ctx: Ctx, client: Client, room: str, members: Tuple[Client, ...] = (),
     return ref, join_id
 
 
+def two_in_a_room(ctx: Ctx, tag: str) -> Tuple[Client, Client, int, int, int]:
+    """alice, then bob, join the room `tag` of this case: (alice, bob, its ROOM_REF, alice's
+    JOIN_ID, bob's JOIN_ID)."""
+    a, b = ctx.client("alice"), ctx.client("bob")
+    ref, id_a = join(ctx, a, ctx.room(tag))
+    _, id_b = join(ctx, b, ctx.room(tag), (a,))
+    return a, b, ref, id_a, id_b
+
+
 def leave(client: Client, ref: int, join_id: int, members: Tuple[Client, ...] = ()) -> None:
     """`client` leaves room `ref`: LEFT_CHATROOM, then the leave announcement to it and to
     every one of `members`."""

@@ -4,7 +4,7 @@ from tools.conformance.case import (
     Q_CHAT, Q_DISCONNECT, Q_HELO, Q_JOIN_ANNOUNCE, Q_JOINED, Q_LEFT, Q_LEFT_CUT, Q_MULTILINE,
     Q_OTHER, Q_REPEAT_LEAVE, case, chat, chat_message, chat_request, disconnect_request,
     expect_error, expect_helo, fail_unless, join, join_request, leave, leave_request,
-    left_reply, left_text)
+    left_reply, left_text, two_in_a_room)
 from tools.conformance.wire import Fail, Warn, show_inline
 
 
@@ -86,13 +86,10 @@ def join_first(ctx):
 @case("join.again", "Joining a room one is in again answers JOINED_CHATROOM with the same "
       "ROOM_REF and JOIN_ID and announces nothing.")
 def join_again(ctx):
-    a, b = ctx.client("alice"), ctx.client("bob")
-    room = ctx.room("again")
-    ref, id_a = join(ctx, a, room)
-    join(ctx, b, room, (a,))
-    a.send(join_request(room, "alice"))
+    a, b, ref, id_a, id_b = two_in_a_room(ctx, "again")
+    a.send(join_request(ctx.room("again"), "alice"))
     a.expect(b"JOINED_CHATROOM: %s\nSERVER_IP: %s\nPORT: %d\nROOM_REF: %d\nJOIN_ID: %d\n" % (
-        room.encode(), ctx.ip.encode(), ctx.port, ref, id_a), "the same JOINED_CHATROOM",
+        ctx.room("again").encode(), ctx.ip.encode(), ctx.port, ref, id_a), "the same JOINED_CHATROOM",
         "Joining again a room the connection is already in answers JOINED_CHATROOM again with "
         "the same ROOM_REF and JOIN_ID; there is no second membership and no second "
         "announcement.")
@@ -123,10 +120,7 @@ def chat_relay(ctx):
 @case("chat.multiline", "A MESSAGE of several lines, ended by its blank line, is relayed with "
       "its inner line breaks intact.")
 def chat_multiline(ctx):
-    a, b = ctx.client("alice"), ctx.client("bob")
-    room = ctx.room("lines")
-    ref, id_a = join(ctx, a, room)
-    join(ctx, b, room, (a,))
+    a, b, ref, id_a, id_b = two_in_a_room(ctx, "lines")
     text = "line one\nline two\n  indented three"
     a.send(chat_request(ref, id_a, "alice", text))
     for member in (a, b):
@@ -136,10 +130,7 @@ def chat_multiline(ctx):
 @case("leave.reply", "LEAVE_CHATROOM is answered with LEFT_CHATROOM and the server's JOIN_ID, "
       "then the leave announcement to the leaver and every member.")
 def leave_reply(ctx):
-    a, b = ctx.client("alice"), ctx.client("bob")
-    room = ctx.room("leave")
-    ref, id_a = join(ctx, a, room)
-    join(ctx, b, room, (a,))
+    a, b, ref, id_a, id_b = two_in_a_room(ctx, "leave")
     leave(a, ref, id_a, (b,))
     b.expect_nothing("one leave announcement", Q_LEFT)
 
@@ -147,10 +138,7 @@ def leave_reply(ctx):
 @case("leave.repeat", "A repeated LEAVE gets the same LEFT_CHATROOM reply and announces nothing "
       "(WARN if it announces the leave again).")
 def leave_repeat(ctx):
-    a, b = ctx.client("alice"), ctx.client("bob")
-    room = ctx.room("repeat")
-    ref, id_a = join(ctx, a, room)
-    join(ctx, b, room, (a,))
+    a, b, ref, id_a, id_b = two_in_a_room(ctx, "repeat")
     leave(a, ref, id_a, (b,))
     a.send(leave_request(ref, id_a, "alice"))
     a.expect(left_reply(ref, id_a), "the same LEFT_CHATROOM again", Q_REPEAT_LEAVE)
@@ -170,12 +158,9 @@ def leave_repeat(ctx):
       hint="the leaver is taken off the room's list after its reply is sent, or a chat is "
       "built from a list read before the leave")
 def leave_cuts(ctx):
-    a, b = ctx.client("alice"), ctx.client("bob")
-    room = ctx.room("cut")
-    ref, id_a = join(ctx, a, room)
-    ref_b, id_b = join(ctx, b, room, (a,))
+    a, b, ref, id_a, id_b = two_in_a_room(ctx, "cut")
     leave(a, ref, id_a, (b,))
-    chat(b, ref_b, id_b, "after alice left")
+    chat(b, ref, id_b, "after alice left")
     a.expect_nothing("no chat of a room it has left", Q_LEFT_CUT)
 
 

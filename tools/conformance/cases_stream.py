@@ -6,9 +6,9 @@ import time
 from typing import Dict, List
 
 from tools.conformance.case import (
-    Q_CHAT, Q_IDENTITY, Q_JOIN_ANNOUNCE, Q_LEFT, Q_MULTILINE, case, chat,
-    chat_message, chat_request, disconnect_request, expect_error, expect_helo, fail_unless,
-    join, join_request, leave, leave_request, left_reply, left_text)
+    Q_CHAT, Q_IDENTITY, Q_JOIN_ANNOUNCE, Q_LEFT, Q_MULTILINE, case, chat, chat_message,
+    chat_request, disconnect_request, expect_error, expect_helo, fail_unless, join,
+    join_request, leave, leave_request, left_reply, left_text, two_in_a_room)
 from tools.conformance.wire import Client, Fail, Warn, show_inline
 
 Q_FRAMING = ("TCP is a byte stream. A request may arrive split across any number of segments, "
@@ -127,10 +127,7 @@ def identity_chat(ctx):
       "connection it arrives on.",
       hint="the JOIN_ID of the request trusted to say who leaves")
 def identity_leave(ctx):
-    a, b = ctx.client("alice"), ctx.client("bob")
-    room = ctx.room("own-leave")
-    ref, id_a = join(ctx, a, room)
-    _, id_b = join(ctx, b, room, (a,))
+    a, b, ref, id_a, id_b = two_in_a_room(ctx, "own-leave")
     b.send(leave_request(ref, id_a, "alice"))
     got = b.next_message("LEFT_CHATROOM")
     fail_unless(got in (left_reply(ref, id_b), left_reply(ref, id_a)),
@@ -144,10 +141,7 @@ def identity_leave(ctx):
 @case("identity.name", "A chat goes out under the name its connection joined with, not the "
       "CLIENT_NAME the CHAT carries (WARN if the request's name is relayed).")
 def identity_name(ctx):
-    a, b = ctx.client("alice"), ctx.client("bob")
-    room = ctx.room("names")
-    ref, _ = join(ctx, a, room)
-    _, id_b = join(ctx, b, room, (a,))
+    a, b, ref, id_a, id_b = two_in_a_room(ctx, "names")
     b.send(chat_request(ref, id_b, "somebody else", "who am I"))
     got = a.next_message("bob's chat")
     if got == chat_message(ref, "somebody else", "who am I"):
@@ -272,10 +266,7 @@ def slow_reader(ctx):
       hint="a request read with one recv() of a fixed buffer (4096 bytes, say), cutting long "
       "messages")
 def limits_long(ctx):
-    a, b = ctx.client("alice"), ctx.client("bob")
-    room = ctx.room("long")
-    ref, id_a = join(ctx, a, room)
-    join(ctx, b, room, (a,))
+    a, b, ref, id_a, id_b = two_in_a_room(ctx, "long")
     text = " ".join("%05d" % i for i in range(LONG_TEXT_BYTES // 6))
     a.send(chat_request(ref, id_a, "alice", text))
     for member in (a, b):

@@ -7,7 +7,7 @@ import traceback
 from typing import Callable, List, Optional, TextIO
 
 from tools.conformance import cases_requests, cases_stream  # noqa: F401 (they register)
-from tools.conformance.case import CASES, SECTION_TITLES, SECTIONS, Case, Ctx
+from tools.conformance.case import CASES, SECTIONS, Case, Ctx
 from tools.conformance.report import (Result, closing_line, html_report, json_report,
                                       text_report)
 from tools.conformance.wire import Fail, Net, Transcript, Warn
@@ -150,4 +150,3 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout,
     return 0 if all(r.verdict != "FAIL" for r in results) else 1
 
 
-__all__ = ["main", "run", "select_cases", "SECTION_TITLES"]

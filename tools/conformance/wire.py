@@ -100,7 +100,27 @@ def show(data: bytes) -> str:
 
 # --- Links -------------------------------------------------------------------------------------
 
-class TcpLink:
+class Link:
+    """What both links share: `inbox` (stream bytes received), `outbox` (not yet handed on),
+    `closed` (why the stream ended, once it has) and one socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbox, self.outbox = bytearray(), bytearray()
+        self.closed: Optional[str] = None
+
+    def sockets(self) -> List[socket.socket]:
+        return [self.sock]
+
+    def send(self, data: bytes) -> None:
+        self.outbox += data
+        self.flush()
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+
+class TcpLink(Link):
     """A nonblocking TCP connection; what it receives goes to `inbox`."""
 
     def __init__(self, addr: Tuple[str, int], timeout: float, rcvbuf: int = 0) -> None:
@@ -115,15 +135,7 @@ class TcpLink:
             raise Fail("cannot connect to %s:%d: %s" % (addr[0], addr[1], exc))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
-        self.inbox, self.outbox = bytearray(), bytearray()
-        self.closed: Optional[str] = None           # why the stream ended, once it has
-
-    def sockets(self) -> List[socket.socket]:
-        return [self.sock]
-
-    def send(self, data: bytes) -> None:
-        self.outbox += data
-        self.flush()
+        super().__init__(self.sock)
 
     def flush(self) -> None:
         while self.outbox and self.closed is None:
@@ -169,7 +181,7 @@ def udp_client_endpoint():
     return ClientEndpoint
 
 
-class UdpLink:
+class UdpLink(Link):
     """A session of the UDP transport (docs/UDP.md) on a UDP socket connected to the server;
     the stream it delivers goes to `inbox`. JOINs name no callback ("0"/"0"), so the stream
     stays on this socket."""
@@ -181,17 +193,9 @@ class UdpLink:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.connect(addr)
         self.sock.setblocking(False)
+        super().__init__(self.sock)
         self.addr = self.sock.getpeername()[:2]
         self.endpoint = udp_client_endpoint()(self.addr, time.monotonic())
-        self.inbox, self.outbox = bytearray(), bytearray()
-        self.closed: Optional[str] = None
-
-    def sockets(self) -> List[socket.socket]:
-        return [self.sock]
-
-    def send(self, data: bytes) -> None:
-        self.outbox += data
-        self.flush()
 
     def wants_write(self) -> bool:
         return False
@@ -309,8 +313,9 @@ class Net:
         links = [c.link for c in self.clients]
         for link in links:
             for sock in link.sockets():
-                paused = any(c.paused for c in self.clients if c.link is link)
-                events = 0 if paused else selectors.EVENT_READ
+                # a link at its end would be readable (EOF) at every turn: no more reads
+                reading = not self._paused(link) and link.closed is None
+                events = selectors.EVENT_READ if reading else 0
                 events |= selectors.EVENT_WRITE if link.wants_write() else 0
                 self._interest(sock, link, events)
         timers = [t for t in (link.timeout() for link in links
