@@ -11,8 +11,12 @@ picks. Each subclass changes one method, so that it differs from the contract in
     DoubleAnnounce       announces a join again when another joins in the same loop turn
     StallsOnSlowReader   sends with a blocking sendall(), so one full reader stops them all
 
+and OtherReadings, which differs from the contract only where the course's text can be read
+two ways (each a WARN of the tester's).
+
 Test code only: the server's own loop is reactor.py.
 """
+import re
 import selectors
 import signal
 import socket
@@ -255,8 +259,56 @@ class StallsOnSlowReader(ChatServer):
                 sock.setblocking(False)
 
 
+class OtherReadings(ChatServer):
+    """Correct by the course's text, but reading its four open points otherwise than
+    docs/PROTOCOL.md settles them: HELO's text with its white space normalised, LEFT_CHATROOM
+    echoing the JOIN_ID the LEAVE quoted, a repeated LEAVE announced again (to the leaver), and
+    a chat relayed under the CLIENT_NAME its request carries. (It reads its requests back out
+    of each recv() with regular expressions: enough for the tester, which sends one request
+    per segment in those cases.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: Dict[int, bytes] = {}           # the name each connection joined with
+        self.quoted: Dict[int, Dict[bytes, bytes]] = {}
+
+    def received(self, conn_id: int, data: bytes) -> None:
+        data = re.sub(rb"(?m)^HELO[ \t]+([^\n]*)$",
+                      lambda m: b"HELO " + b" ".join(m.group(1).split()), data)
+        leave = re.search(rb"LEAVE_CHATROOM:[^\n]*\nJOIN_ID: *(\d+)", data)
+        chat = re.search(rb"\nJOIN_ID:[^\n]*\nCLIENT_NAME: *([^\r\n]*?)[ \t\r]*\nMESSAGE:", data)
+        self.quoted[conn_id] = {b"JOIN_ID": leave.group(1) if leave else b"",
+                                b"CLIENT_NAME": chat.group(1) if chat else b""}
+        super().received(conn_id, data)
+
+    def carry_out(self, conn_id: int, actions: List[Action]) -> None:
+        quoted = self.quoted.get(conn_id, {})
+        changed = []
+        for action in actions:
+            data = getattr(action, "data", b"")
+            if isinstance(action, Broadcast) and data.endswith(b" has joined this chatroom.\n\n"):
+                self.names[conn_id] = data.split(b"\n")[1][len(b"CLIENT_NAME: "):]
+            elif data.startswith(b"LEFT_CHATROOM: ") and quoted.get(b"JOIN_ID"):
+                ref = data.split(b"\n")[0][len(b"LEFT_CHATROOM: "):]
+                action = Send(action.conn_id, b"LEFT_CHATROOM: %s\nJOIN_ID: %s\n" % (
+                    ref, quoted[b"JOIN_ID"]))
+                if len(actions) == 1:               # a repeated LEAVE: announced again
+                    name = self.names.get(conn_id, b"")
+                    changed.append(action)
+                    action = Send(conn_id, b"CHAT: %s\nCLIENT_NAME: %s\nMESSAGE: %s has left "
+                                           b"this chatroom.\n\n" % (ref, name, name))
+            elif isinstance(action, Broadcast) and quoted.get(b"CLIENT_NAME") and \
+                    not data.endswith(b" chatroom.\n\n"):
+                lines = data.split(b"\n")
+                lines[1] = b"CLIENT_NAME: " + quoted[b"CLIENT_NAME"]
+                action = Broadcast(action.conn_ids, b"\n".join(lines))
+            changed.append(action)
+        super().carry_out(conn_id, changed)
+
+
 SERVERS = {cls.__name__: cls for cls in (ChatServer, RepliesToUnknown, OneRecvOneRequest,
-                                         LeftAfterChat, DoubleAnnounce, StallsOnSlowReader)}
+                                         LeftAfterChat, DoubleAnnounce, StallsOnSlowReader,
+                                         OtherReadings)}
 
 
 def main(argv: List[str]) -> int:

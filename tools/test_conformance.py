@@ -230,6 +230,20 @@ class BrokenServerTests(unittest.TestCase):
     def test_a_server_stalled_by_a_slow_reader(self):
         self.assert_fails("StallsOnSlowReader", ["slow.reader"])
 
+    def test_the_other_readings_of_the_text_are_warnings_and_strict_fails_them(self):
+        warned = ["helo.verbatim", "leave.repeat", "leave.join_id", "identity.name"]
+        child = Child("-m", "tools.broken_servers", "OtherReadings")
+        self.addCleanup(child.stop)
+        results = cli.run("127.0.0.1", child.port)
+        self.assertEqual(failed(results), warned, explain(results))
+        self.assertEqual({r.verdict for r in results if r.id in warned}, {"WARN"})
+        self.assertTrue(all(r.ours and r.theirs for r in results if r.id in warned))
+        out = Text()
+        status = cli.main(["127.0.0.1", str(child.port), "--only", ",".join(warned),
+                           "--strict", "--quiet"], out, Text())
+        self.assertEqual(status, 1)
+        self.assertTrue(out.text.endswith("0 passed, 4 failed, 0 warnings\n"), out.text)
+
 
 if __name__ == "__main__":
     unittest.main()

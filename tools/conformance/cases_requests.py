@@ -146,9 +146,12 @@ def leave_repeat(ctx):
     extra_a, extra_b = a.sync(), b.sync()
     if extra_a or extra_b:
         if set(extra_a + extra_b) == {again}:
+            told = " and ".join(n for n, extra in (("the leaver", extra_a), ("the room", extra_b))
+                                if extra)
             raise Warn("the repeated LEAVE announced alice's leave again",
                        ours="a LEAVE of a room the connection is not in announces nothing",
-                       theirs="every LEAVE posts \"has left\" to the room", quote=Q_REPEAT_LEAVE)
+                       theirs="every LEAVE announces \"has left\" (here to %s)" % told,
+                       quote=Q_REPEAT_LEAVE)
         raise Fail("after the repeated LEAVE: %s" %
                    " then ".join(show_inline(m) for m in extra_a + extra_b), Q_REPEAT_LEAVE)
 
