@@ -158,28 +158,26 @@ def left_reply(ref: int, join_id: int) -> bytes:
     return b"LEFT_CHATROOM: %d\nJOIN_ID: %d\n" % (ref, join_id)
 
 
-def helo_reply(ctx: Ctx, line: bytes) -> bytes:
-    """The reply to the HELO request line `line` (no \\n), but for the StudentID."""
-    return line + b"\nIP:%s\nPort:%d\nStudentID:" % (b(ctx.ip), ctx.port)
-
-
-def expect_helo(ctx: Ctx, client: Client, line: bytes) -> bytes:
-    """The next message must be the reply to HELO `line`, with any StudentID."""
-    pattern = re.escape(helo_reply(ctx, line)) + rb"[^\n]*\n"
+def expect_helo(ctx: Ctx, client: Client, line: bytes, exact: bool = False) -> bytes:
+    """The next message must be the reply to HELO `line` in its literal shape, with any
+    StudentID; with `exact`, naming the address and port connected to (other cases take any,
+    so that a wrong address fails helo.reply alone, not every case that says HELO)."""
+    ip, port = (re.escape(b(ctx.ip)), b"%d" % ctx.port) if exact else (rb"[^\n]*", rb"\d+")
+    pattern = re.escape(line) + rb"\nIP:" + ip + rb"\nPort:" + port + rb"\nStudentID:[^\n]*\n"
     return client.expect_shape(pattern, "the HELO reply %r" % line.decode("utf-8", "replace"),
                                Q_HELO).group(0)
 
 
 def join(ctx: Ctx, client: Client, room: str, members: Tuple[Client, ...] = (),
-         name: Optional[str] = None) -> Tuple[int, int]:
+         name: Optional[str] = None, exact: bool = False) -> Tuple[int, int]:
     """`client` joins `room` as `name` (its own name by default): JOINED_CHATROOM in its
-    literal shape, then its own announcement, which every one of `members` receives too.
-    Returns (ROOM_REF, JOIN_ID)."""
+    literal shape (with `exact`, naming the address and port connected to), then its own
+    announcement, which every one of `members` receives too. Returns (ROOM_REF, JOIN_ID)."""
     name = client.name if name is None else name
     client.send(join_request(room, name))
-    pattern = (rb"JOINED_CHATROOM: " + re.escape(b(room)) + rb"\nSERVER_IP: " +
-               re.escape(b(ctx.ip)) + rb"\nPORT: %d\nROOM_REF: (\d+)\nJOIN_ID: (\d+)\n"
-               % ctx.port)
+    ip, port = (re.escape(b(ctx.ip)), b"%d" % ctx.port) if exact else (rb"[^\n]*", rb"\d+")
+    pattern = (rb"JOINED_CHATROOM: " + re.escape(b(room)) + rb"\nSERVER_IP: " + ip +
+               rb"\nPORT: " + port + rb"\nROOM_REF: (\d+)\nJOIN_ID: (\d+)\n")
     match = client.expect_shape(pattern, "JOINED_CHATROOM for %r" % room, Q_JOINED)
     ref, join_id = int(match.group(1)), int(match.group(2))
     announcement = chat_message(ref, name, joined_text(name))

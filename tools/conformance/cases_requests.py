@@ -13,7 +13,7 @@ from tools.conformance.wire import Fail, Warn, show_inline
 def helo_reply_case(ctx):
     c = ctx.client("alice")
     c.send(b"HELO conformance\n")
-    expect_helo(ctx, c, b"HELO conformance")
+    expect_helo(ctx, c, b"HELO conformance", exact=True)
 
 
 @case("helo.verbatim", "The HELO reply's first line is the request's line byte for byte, "
@@ -40,7 +40,7 @@ def helo_verbatim(ctx):
       "joiner's own join announcement, before anything else.")
 def join_reply(ctx):
     c = ctx.client("alice")
-    join(ctx, c, ctx.room("lobby"))
+    join(ctx, c, ctx.room("lobby"), exact=True)
     c.expect_nothing("after JOINED_CHATROOM and the join announcement", Q_JOIN_ANNOUNCE)
 
 

@@ -279,6 +279,12 @@ def limits_long(ctx):
       hint="see the first case above that fails too: the grader's sequence uses the same "
       "requests")
 def grader_sequence(ctx):
+    """Modelled on what docs/PROTOCOL.md records of the course's test client (its source is
+    not public): it says HELO, joins room1 and room2 (on a fresh server, refs 0 and 1), sends
+    `CHAT: 0 ` with trailing spaces, quotes another client's JOIN_ID, sends an unknown message
+    and then reads the next reply it expects, leaves room1 and joins it again (the same ref),
+    and reads its own leave announcements after DISCONNECT. Refs are not required to be 0 and
+    1: the server under test need not be fresh."""
     one, two = ctx.client("client1"), ctx.client("client2")
     room1, room2 = ctx.room("room1"), ctx.room("room2")
     one.send(b"HELO BASE_TEST\n")

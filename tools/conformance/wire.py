@@ -408,6 +408,11 @@ class Client:
         timeout = self.net.timeout if timeout is None else timeout
         if not self.net.wait(lambda: bool(self.messages) or self.link.closed is not None,
                              timeout):
+            if self.link.inbox:             # a start that never ended as the contract's shapes do
+                self.net.transcript.add(self.name, "<", bytes(self.link.inbox))
+                raise Fail("%s: no whole reply in %g s (waiting for %s); only the start of one "
+                           "came: %s" % (self.name, timeout, what, show_inline(
+                               bytes(self.link.inbox))))
             raise Fail("%s: no reply in %g s (waiting for %s)" % (self.name, timeout, what))
         if not self.messages:
             rest = bytes(self.link.inbox)
