@@ -141,7 +141,7 @@ def identity_leave(ctx):
 @case("identity.name", "A chat goes out under the name its connection joined with, not the "
       "CLIENT_NAME the CHAT carries (WARN if the request's name is relayed).")
 def identity_name(ctx):
-    a, b, ref, id_a, id_b = two_in_a_room(ctx, "names")
+    a, b, ref, _, id_b = two_in_a_room(ctx, "names")
     b.send(chat_request(ref, id_b, "somebody else", "who am I"))
     got = a.next_message("bob's chat")
     if got == chat_message(ref, "somebody else", "who am I"):
@@ -266,7 +266,7 @@ def slow_reader(ctx):
       hint="a request read with one recv() of a fixed buffer (4096 bytes, say), cutting long "
       "messages")
 def limits_long(ctx):
-    a, b, ref, id_a, id_b = two_in_a_room(ctx, "long")
+    a, b, ref, id_a, _ = two_in_a_room(ctx, "long")
     text = " ".join("%05d" % i for i in range(LONG_TEXT_BYTES // 6))
     a.send(chat_request(ref, id_a, "alice", text))
     for member in (a, b):

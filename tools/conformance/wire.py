@@ -321,8 +321,7 @@ class Net:
         timers = [t for t in (link.timeout() for link in links
                               if not self._paused(link)) if t is not None]
         wait = min([timeout] + timers)
-        ready = self.selector.select(max(0.0, wait)) if self.selector.get_map() else []
-        for key, mask in ready:
+        for key, mask in self.selector.select(max(0.0, wait)):
             link, sock = key.data
             if mask & selectors.EVENT_READ:
                 link.on_readable(sock)
