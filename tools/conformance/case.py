@@ -9,7 +9,7 @@ read an ambiguous point of the course's text otherwise than docs/PROTOCOL.md set
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from tools.conformance.wire import Client, Fail, Net, Transcript
 
@@ -224,6 +224,3 @@ def fail_unless(condition: bool, message: str, quote: str = "") -> None:
     if not condition:
         raise Fail(message, quote)
 
-
-def by_id() -> Dict[str, Case]:
-    return {c.id: c for c in CASES}

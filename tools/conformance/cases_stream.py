@@ -180,8 +180,11 @@ def _concurrent_round(ctx, clients: List[Client], room: str) -> None:
                 "Distinct names have distinct refs, and a room keeps its ref.")
     ref, owed = refs.pop(), len(clients) * (len(clients) + 1) // 2
     ctx.net.wait(lambda: sum(len(c.messages) for c in clients) >= owed, ctx.timeout)
-    for c in clients:
-        c.messages.extend(c.sync())
+    for c in clients:           # what came, then anything more up to a HELO's reply
+        early = [c.note_received(m) for m in c.messages]
+        c.messages.clear()
+        later = c.sync()
+        c.messages[:0] = early + later
     orders: Dict[str, List[str]] = {c.name: _joined_order(c, ref, names) for c in clients}
     longest = max(orders.values(), key=len)
     for name, order in orders.items():

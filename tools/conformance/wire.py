@@ -421,11 +421,6 @@ class Client:
                        % (self.name, self.link.closed, what))
         return self.messages[0]
 
-    def maybe_message(self) -> Optional[bytes]:
-        """A message already received, or None."""
-        self.net.pump(0)
-        return self.note_received(self.messages.pop(0)) if self.messages else None
-
     def expect(self, expected: bytes, what: str, quote: str) -> bytes:
         """The next message must be exactly `expected`."""
         got = self.next_message(what)
