@@ -168,6 +168,10 @@ def _joined_order(client: Client, ref: int, names: List[str]) -> List[str]:
 
 def _concurrent_round(ctx, clients: List[Client], room: str) -> None:
     names = [c.name for c in clients]
+    ctx.transcript.note("%s to %s send JOIN_CHATROOM: %s at once; each must read its "
+                        "JOINED_CHATROOM first (not shown), then these announcements" % (
+                            names[0], names[-1], room))
+    ctx.transcript.muted = True
     for c in clients:
         c.send(join_request(room, c.name))
     refs = set()
@@ -178,6 +182,7 @@ def _concurrent_round(ctx, clients: List[Client], room: str) -> None:
         refs.add(int(match.group(1)))
     fail_unless(len(refs) == 1, "one room got several ROOM_REFs: %s" % sorted(refs),
                 "Distinct names have distinct refs, and a room keeps its ref.")
+    ctx.transcript.muted = False
     ref, owed = refs.pop(), len(clients) * (len(clients) + 1) // 2
     ctx.net.wait(lambda: sum(len(c.messages) for c in clients) >= owed, ctx.timeout)
     for c in clients:           # what came, then anything more up to a HELO's reply
@@ -208,8 +213,6 @@ def _concurrent_round(ctx, clients: List[Client], room: str) -> None:
       "batch of announcements sent twice)")
 def concurrency_joins(ctx):
     clients = [ctx.client("c%02d" % i) for i in range(CONCURRENT_CLIENTS)]
-    ctx.transcript.note("c00 to c%02d connected; each sends its JOIN at once, %d times, in "
-                        "rooms of their own" % (CONCURRENT_CLIENTS - 1, CONCURRENT_ROUNDS))
     for round_ in range(CONCURRENT_ROUNDS):
         _concurrent_round(ctx, clients, ctx.room("crowd%d" % round_))
 
