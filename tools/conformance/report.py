@@ -77,7 +77,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; co
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em;
   border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; width: 100%; table-layout: fixed; }
-col.v { width: 4.5em; } col.id { width: 11.5em; } col.s { width: 4.5em; }
+col.v { width: 5.5em; } col.id { width: 11.5em; } col.s { width: 4.5em; }
 td.s { white-space: nowrap; text-align: right; color: #777; }
 ul.first li { margin: .3em 0; }
 td, th { padding: .3em .6em; text-align: left; vertical-align: top; }
