@@ -177,7 +177,7 @@ class TcpLink(Link):
 def udp_client_endpoint():
     """The project's UDP client endpoint class (docs/UDP.md), the one thing the tester takes
     from the project, and only with --udp: the transport beneath the chat text, not the chat."""
-    from sansio.udp import ClientEndpoint
+    from sansio.udp_client import ClientEndpoint
     return ClientEndpoint
 
 
