@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import Any, List, Optional, Tuple
 
-from policy.reserve import UNPROVEN_TIMEOUT
+from policy import reserve
 from reactor import EVENT_READ, EVENT_WRITE
 from transport.conn import ABORTING, CLOSED, CLOSING, LINGERING, OPEN, Connection
 
@@ -341,14 +341,14 @@ class TcpListener:
         return conn.conn_id
 
     def _close_idle_unproven(self) -> None:
-        """Descriptors are scarce: close the connections idle for UNPROVEN_TIMEOUT that never
-        completed a request (longest idle first)."""
+        """Descriptors are scarce: close the connections that never completed a request and
+        have been idle for UNPROVEN_TIMEOUT (longest idle first)."""
         hub = self.hub
         if not hub.unproven:
             return
         for conn in hub.unproven.idle_too_long(hub.loop.now, len(hub.conns)):
             hub.teardown(conn, logging.WARNING, "closed: idle for %g s without completing a "
-                         "request while descriptors are scarce" % UNPROVEN_TIMEOUT)
+                         "request while descriptors are scarce" % reserve.UNPROVEN_TIMEOUT)
 
     def close(self) -> None:
         self.hub.loop.unregister(self.sock)
