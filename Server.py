@@ -76,6 +76,21 @@ def parse_args(argv):
                         default=udp.IDLE_TIMEOUT,
                         help="a UDP peer silent this long is gone, as a broken TCP connection "
                              "(default %(default)g; its keepalive PINGs scale with it)")
+    _add_bus_options(parser)
+    _add_numbers(parser, (("--stats-interval", _non_negative, "SECONDS", 0,
+                           "log a line of statistics every SECONDS (default 0: never)"),))
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="what to log on standard error (default info)")
+    args = parser.parse_args(argv)
+    args.ip, args.port = _address(parser, args.ip, args.port)
+    args.student_id = _student_id(parser, args.student_id)
+    _check_bus_options(parser, args)
+    return args
+
+
+def _add_bus_options(parser):
+    """The options of --bus: sharing rooms with other servers through Redis."""
     parser.add_argument("--bus", metavar="redis://HOST:PORT[/DB]", default=None,
                         help="share rooms with every other server started with the same --bus "
                              "and --bus-prefix, through this Redis (see README.md, 'Running "
@@ -87,21 +102,16 @@ def parse_args(argv):
     _add_numbers(parser, (
         ("--bus-max-rooms", _positive, "N", bus_defaults.MAX_SHARED_ROOMS,
          "the most rooms the group keeps; past it the room empty longest is forgotten "
-         "(default %(default)s)"),
-        ("--stats-interval", _non_negative, "SECONDS", 0,
-         "log a line of statistics every SECONDS (default 0: never)")))
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="what to log on standard error (default info)")
-    args = parser.parse_args(argv)
-    args.ip, args.port = _address(parser, args.ip, args.port)
-    args.student_id = _student_id(parser, args.student_id)
+         "(default %(default)s)"),))
+
+
+def _check_bus_options(parser, args):
+    """--bus becomes (IP, PORT, DB); a --bus-prefix Redis keys cannot carry is refused."""
     if args.bus is not None:
         args.bus = _bus_address(parser, args.bus)
     if not args.bus_prefix or not all(c.isalnum() or c in "-_.:" for c in args.bus_prefix):
         parser.error("--bus-prefix must be letters, digits and -_.: only, not %r"
                      % args.bus_prefix)
-    return args
 
 
 def _add_numbers(parser, options):

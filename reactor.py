@@ -25,12 +25,7 @@ import selectors
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
-
-try:
-    from typing import Protocol
-except ImportError:                         # Python 3.7 has no typing.Protocol
-    Protocol = object                       # type: ignore[assignment,misc]
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE

@@ -171,7 +171,7 @@ class SharedOutputTests(ServerCase):
                 break
         self.assertEqual(self.server.hub.conns, {})
         self.assertEqual((self.server.hub.memory.output, self.server.hub.memory.input), (0, 0))
-        self.assertEqual(self.server.hub._shared, {})
+        self.assertEqual(self.server.hub.shared.held, {})
 
 
 RESERVE_SERVER = r"""

@@ -22,7 +22,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from policy.flood import InputLimits, Meter
-from policy.logbudget import LogBudget
+from policy.logbudget import TRACEBACK_INTERVAL, LogBudget
 from policy.memory import MEMORY_BUDGET, Memory
 from policy.reserve import Unproven
 from policy.scheduler import STEP_BUDGET, Scheduler
@@ -30,7 +30,7 @@ from policy.watermarks import HIGH_WATER
 from reactor import Loop
 from sansio import udp as udp_layer
 from sansio.actions import Action, App, Broadcast, Callback, Close, Resume, Send, Shutdown, Wait
-from transport.conn import ABORTING, CLOSED, OPEN, Connection
+from transport.conn import CLOSED, OPEN, Connection, SharedOutput
 
 LOGGER = logging.getLogger(__name__)
 
@@ -49,9 +49,6 @@ SENDS_BETWEEN_CLOCK_READS = 32
 # events)" per tick: an event (a session over) can bring output (its rooms told), which can end
 # another session (over its cap).
 FLUSH_ROUNDS = 8
-# An internal error's traceback is logged once per kind (exception type and where it was raised)
-# in this many seconds; repeats in between get one line, through the log budget.
-TRACEBACK_INTERVAL = 60.0
 
 
 class Hub:
@@ -76,10 +73,8 @@ class Hub:
         # ABORTING, to be torn down as time allows (drop_aborted): (conn, log level, why).
         self._to_abort: List[Tuple[Connection, int, str]] = []
         self._lost: List[Connection] = []         # gone; the app is told in the flush
-        # Shared output (see SHARE_MIN): id(bytes) -> [the bytes, how many queues hold it].
-        self._shared: Dict[int, List[Any]] = {}
+        self.shared = SharedOutput(self.memory)   # output queued by reference (SHARE_MIN)
         self._flushers: List[Callable[[], bool]] = []
-        self._tracebacks: Dict[Tuple[str, str, int], float] = {}   # kind -> when last logged
         self.deliveries = 0                       # messages queued for connections, ever
         self.evictions = 0                        # connections dropped for the memory budget
         self.throttles = 0                        # how often a connection was throttled
@@ -224,10 +219,7 @@ class Hub:
             where = getattr(func, "__qualname__", func)
             then = "" if conn is None else "; dropping the connection"
             frame = traceback.extract_tb(exc.__traceback__)[-1]
-            kind = (type(exc).__name__, frame.filename, frame.lineno)
-            now = self.loop.now
-            if now - self._tracebacks.get(kind, -TRACEBACK_INTERVAL) >= TRACEBACK_INTERVAL:
-                self._tracebacks[kind] = now
+            if self.log_budget.traceback_due((type(exc).__name__, frame.filename, frame.lineno)):
                 LOGGER.exception("%s in %s%s", who, where, then)
             else:
                 self.log_budget.log(LOGGER, logging.ERROR, "%s in %s (%s: %s, as logged with "
@@ -329,33 +321,7 @@ class Hub:
                 conn.over_high_water()
         if holders:
             self.deliveries += holders
-            entry = self._shared.get(id(data))
-            if entry is None:
-                self._shared[id(data)] = [data, holders]
-                self.memory.output += len(data)
-            else:
-                entry[1] += holders
-
-    def release(self, chunk: Any) -> None:
-        """One holder is done with a shared object (or a memoryview of one)."""
-        data = chunk.obj if type(chunk) is memoryview else chunk
-        entry = self._shared[id(data)]
-        entry[1] -= 1
-        if not entry[1]:
-            del self._shared[id(data)]
-            self.memory.output -= len(data)
-
-    def drop_output(self, conn: Connection) -> None:
-        """Forget everything queued for `conn` (it is closed, aborted, or handed on)."""
-        memory = self.memory
-        for chunk in conn.out:
-            if type(chunk) is bytearray:
-                memory.output -= len(chunk)
-            else:
-                self.release(chunk)
-        conn.out.clear()
-        conn.tail = None
-        conn.out_bytes = 0
+            self.shared.hold(data, holders)
 
     def close_connection(self, conn_id: int) -> None:
         """Close a connection once its queued output is sent (idempotent)."""
@@ -407,17 +373,9 @@ class Hub:
 
     # -- departures ----------------------------------------------------------------------------
 
-    def drop(self, conn: Connection, level: int, reason: str) -> None:
-        """Drop `conn`: from now on it is neither read from, written to nor sent to
-        (ABORTING), the app is told it is gone (in this tick's flush), and it is torn down
-        when the tick has time for it (drop_aborted). Tearing a socket down costs tens of
-        microseconds: thousands at once (a storm of resets, 2 000 stalled members passing the
-        cap together) must not make one long tick. Safe in the middle of a broadcast."""
-        if conn.state is ABORTING or conn.state is CLOSED:
-            return
-        conn.state = ABORTING
-        conn.stale = True
-        conn.stop_events()
+    def aborted(self, conn: Connection, level: int, reason: str) -> None:
+        """`conn` was just aborted (Connection.abort): tear it down when the tick has time for
+        it (drop_aborted), and tell the app in this tick's flush."""
         self._to_abort.append((conn, level, reason))
         self.report_lost(conn)
 
@@ -442,7 +400,7 @@ class Hub:
         self.memory.input -= conn.in_bytes
         conn.in_bytes = 0
         conn.release(reason)
-        self.drop_output(conn)
+        self.shared.drop_queue(conn)
         self.unproven.pop(conn.conn_id, None)
         self.log_budget.log(LOGGER, level, "conn %d (%s): %s", conn.conn_id,
                             conn.peer_ip or "local", reason)

@@ -14,15 +14,10 @@ import errno
 import logging
 import os
 import socket
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from reactor import EVENT_READ, EVENT_WRITE, Loop, Timer
 from sansio.actions import Action
-
-try:
-    from typing import Protocol
-except ImportError:                         # Python 3.7 has no typing.Protocol
-    Protocol = object                       # type: ignore[assignment,misc]
 
 LOGGER = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, List, Optional, Tuple
 
 from policy import reserve
 from reactor import EVENT_READ, EVENT_WRITE
-from transport.conn import ABORTING, CLOSED, CLOSING, LINGERING, OPEN, Connection
+from transport.conn import CLOSING, LINGERING, OPEN, Connection
 
 LOGGER = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class TcpConnection(Connection):
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:             # ECONNRESET and friends: the peer is gone
-            self.hub.drop(self, logging.INFO, "recv failed: %s" % exc)
+            self.abort(logging.INFO, "recv failed: %s" % exc)
             return
         if not data:
             self._on_peer_closed()
@@ -124,7 +124,7 @@ class TcpConnection(Connection):
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:          # EPIPE, ECONNRESET: the peer is gone
-                self.hub.drop(self, logging.INFO, "send failed: %s" % exc)
+                self.abort(logging.INFO, "send failed: %s" % exc)
                 return
             if sent:
                 self._consume(sent)
@@ -165,7 +165,7 @@ class TcpConnection(Connection):
                 if head is self.tail:
                     self.tail = None
             else:
-                self.hub.release(head)
+                self.hub.shared.release(head)
         del out[:done]
 
     def update_interest(self) -> None:

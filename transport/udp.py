@@ -16,7 +16,7 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 from policy.watermarks import HIGH_WATER, OUTPUT_CAP, WaterMarks
 from reactor import EVENT_READ, EVENT_WRITE, Timer
 from sansio import udp as udp_layer
-from transport.conn import CLOSED, CLOSING, LINGERING, OPEN, Connection
+from transport.conn import CLOSING, LINGERING, OPEN, Connection
 from transport.tcp import READ_SIZE, listening_socket
 
 LOGGER = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class UdpSession(Connection):
         endpoint, now, hub = self.udp.endpoint, self.hub.loop.now, self.hub
         for chunk in self.out:              # bytearrays of copied output, shared bytes
             endpoint.send_stream(self.session_id, chunk, now)
-        hub.drop_output(self)
+        hub.shared.drop_queue(self)
         self.out_bytes = self.endpoint_out
         self.count_buffers()
         if self.state is CLOSING:
