@@ -165,6 +165,7 @@ class UdpSession(Connection):
         self.endpoint_out = self.endpoint_in = 0
         self.hub.loop.cancel(self.close_timer)
         udp.endpoint.abort_session(self.session_id, reason, self.hub.loop.now)
+        udp.rearm()                         # (teardowns may come after this tick's flush)
 
     def callback(self, address: Optional[Tuple[str, int]]) -> None:
         """Its stream goes to `address` once validated (docs/UDP.md, "Callback addresses"),
@@ -179,6 +180,7 @@ class UdpSession(Connection):
             if version == 6:
                 address = (address[0], address[1], 0, 0)  # as recvfrom() names IPv6 peers
         self.udp.endpoint.set_callback(self.session_id, address, self.hub.loop.now)
+        self.udp.rearm()
 
 
 class UdpTransport:
@@ -234,10 +236,10 @@ class UdpTransport:
         events = endpoint.events()
         if events:
             self._on_events(events)
-        self._rearm()
+        self.rearm()
         return hub.has_output()
 
-    def _rearm(self) -> None:
+    def rearm(self) -> None:
         """One loop timer, at the endpoint's next deadline (aioquic's get_timer())."""
         due = self.endpoint.next_deadline()
         if due != self._timer_due:
