@@ -29,8 +29,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tupl
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
-# The longest select() wait: it only bounds how long a stop() from another thread can go
-# unnoticed (a signal wakes select() at once through the wake-up socket).
+# The longest select() wait in run_forever(): a safety bound only. stop(), from a signal
+# handler or another thread, wakes select() at once through the wake-up socket.
 MAX_WAIT = 1.0
 # How long the read step may take before it leaves the rest of the ready sockets to the next
 # tick (the selector is level-triggered: a socket not read from is simply ready again). A
