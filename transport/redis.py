@@ -112,6 +112,7 @@ class RedisLinks:
         self._timer: Optional[Timer] = None
         self._timer_due: Optional[float] = None
         loop.at_end_of_tick(self._service)
+        self._rearm()
 
     def on_link_writable(self, link: _Link) -> None:
         if link.connected:
@@ -155,8 +156,12 @@ class RedisLinks:
         if due is not None and now >= due:
             self._guarded(None, links.links_timer, now)
         self._after_calls()
-        due = links.links_deadline()
-        if due != self._timer_due:          # a wake-up at the deadline (the work is above)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """One loop timer at links_deadline(), to wake the loop: _service does the work."""
+        due = self.links.links_deadline()
+        if due != self._timer_due:
             self.loop.cancel(self._timer)
             self._timer = None if due is None else self.loop.call_at(due, self._woken)
             self._timer_due = due
