@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Entry point: parse the command line, wire the protocol to the reactor, run.
+"""Entry point: parse the command line, wire the parts together, run.
 
     python3 Server.py [IP] [PORT] [--student-id ID] [--no-udp] [--bus redis://HOST:PORT[/DB]]
                       [--log-level LEVEL]
 
 The module name is the one the course fixes (the one exception to PEP 8 here). All behaviour
-lives in protocol.py (what to answer), rooms.py (who is where) and reactor.py (sockets).
+lives in protocol.py (what to answer), rooms.py (who is where), transport/ (sockets, the
+connection table) and reactor.py (the loop); docs/ARCHITECTURE.md has the map.
 """
 import argparse
 import logging
@@ -16,10 +17,18 @@ import socket
 import sys
 import time
 import urllib.parse
+from typing import Optional
 
-from sansio import bus as bus_defaults, udp_stream
-from protocol import KILL_FROM_CHOICES, ChatProtocol
 import reactor
+from policy.flood import INPUT_BYTES_PER_SECOND, REQUESTS_PER_SECOND, InputLimits
+from policy.memory import MEMORY_BUDGET
+from policy.scheduler import STEP_BUDGET
+from protocol import KILL_FROM_CHOICES, ChatProtocol
+from sansio import bus as bus_defaults, udp_stream
+from transport.hub import Hub
+from transport.redis import RedisLinks
+from transport.tcp import TcpListener, listening_socket, open_file_limit
+from transport.udp import UdpTransport, bind_tcp_and_udp
 
 DEFAULT_IP = "0.0.0.0"          # every interface
 DEFAULT_PORT = 8080
@@ -28,6 +37,7 @@ DEFAULT_PORT = 8080
 DEFAULT_STUDENT_ID = "00000000"
 # With --bus, how long to wait for Redis before announcing 'listening on' anyway.
 BUS_START_WAIT = 10.0
+MIB = 1024 * 1024
 
 
 def parse_args(argv):
@@ -46,19 +56,16 @@ def parse_args(argv):
     parser.add_argument("--student-id", default=None,
                         help="StudentID reported by HELO (default: the STUDENT_ID environment "
                              "variable if set and not empty, else %s)" % DEFAULT_STUDENT_ID)
-    parser.add_argument("--memory-budget", type=_positive, metavar="MIB",
-                        default=reactor.MEMORY_BUDGET // (1024 * 1024),
-                        help="what all connections' buffers may hold together, in MiB; past it "
-                             "the connections holding the most are dropped (default %(default)s)")
-    parser.add_argument("--input-rate", type=_non_negative, metavar="BYTES",
-                        default=reactor.INPUT_BYTES_PER_SECOND,
-                        help="bytes per second one connection may send, in bursts of as much; "
-                             "a faster one is slowed down, not cut (default %(default)s; "
-                             "0: no limit)")
-    parser.add_argument("--request-rate", type=_non_negative, metavar="N",
-                        default=reactor.REQUESTS_PER_SECOND,
-                        help="requests per second one connection may send, in bursts of twice "
-                             "as many (default %(default)s; 0: no limit)")
+    _add_numbers(parser, (
+        ("--memory-budget", _positive, "MIB", MEMORY_BUDGET // MIB,
+         "what all connections' buffers may hold together, in MiB; past it the connections "
+         "holding the most are dropped (default %(default)s)"),
+        ("--input-rate", _non_negative, "BYTES", INPUT_BYTES_PER_SECOND,
+         "bytes per second one connection may send, in bursts of as much; a faster one is "
+         "slowed down, not cut (default %(default)s; 0: no limit)"),
+        ("--request-rate", _non_negative, "N", REQUESTS_PER_SECOND,
+         "requests per second one connection may send, in bursts of twice as many (default "
+         "%(default)s; 0: no limit)")))
     parser.add_argument("--kill-from", choices=KILL_FROM_CHOICES, default="any",
                         help="who may stop the server with KILL_SERVICE: anyone, as the "
                              "protocol says (default), only this machine, or nobody")
@@ -69,6 +76,21 @@ def parse_args(argv):
                         default=udp_stream.IDLE_TIMEOUT,
                         help="a UDP peer silent this long is gone, as a broken TCP connection "
                              "(default %(default)g; its keepalive PINGs scale with it)")
+    _add_bus_options(parser)
+    _add_numbers(parser, (("--stats-interval", _non_negative, "SECONDS", 0,
+                           "log a line of statistics every SECONDS (default 0: never)"),))
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="what to log on standard error (default info)")
+    args = parser.parse_args(argv)
+    args.ip, args.port = _address(parser, args.ip, args.port)
+    args.student_id = _student_id(parser, args.student_id)
+    _check_bus_options(parser, args)
+    return args
+
+
+def _add_bus_options(parser):
+    """The options of --bus: sharing rooms with other servers through Redis."""
     parser.add_argument("--bus", metavar="redis://HOST:PORT[/DB]", default=None,
                         help="share rooms with every other server started with the same --bus "
                              "and --bus-prefix, through this Redis (see README.md, 'Running "
@@ -77,24 +99,25 @@ def parse_args(argv):
                         help="the Redis keys and channel of this group of servers start with "
                              "NAME: (default %(default)s). Redis's pub/sub ignores /DB, so two "
                              "groups on one Redis need two prefixes")
-    parser.add_argument("--bus-max-rooms", type=_positive, metavar="N",
-                        default=bus_defaults.MAX_SHARED_ROOMS,
-                        help="the most rooms the group keeps; past it the room empty longest "
-                             "is forgotten (default %(default)s)")
-    parser.add_argument("--stats-interval", type=_non_negative, metavar="SECONDS", default=0,
-                        help="log a line of statistics every SECONDS (default 0: never)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="what to log on standard error (default info)")
-    args = parser.parse_args(argv)
-    args.ip, args.port = _address(parser, args.ip, args.port)
-    args.student_id = _student_id(parser, args.student_id)
+    _add_numbers(parser, (
+        ("--bus-max-rooms", _positive, "N", bus_defaults.MAX_SHARED_ROOMS,
+         "the most rooms the group keeps; past it the room empty longest is forgotten "
+         "(default %(default)s)"),))
+
+
+def _check_bus_options(parser, args):
+    """--bus becomes (IP, PORT, DB); a --bus-prefix Redis keys cannot carry is refused."""
     if args.bus is not None:
         args.bus = _bus_address(parser, args.bus)
     if not args.bus_prefix or not all(c.isalnum() or c in "-_.:" for c in args.bus_prefix):
         parser.error("--bus-prefix must be letters, digits and -_.: only, not %r"
                      % args.bus_prefix)
-    return args
+
+
+def _add_numbers(parser, options):
+    """Add options whose value is a number: (flag, parse, metavar, default, help) each."""
+    for flag, parse, metavar, default, text in options:
+        parser.add_argument(flag, type=parse, metavar=metavar, default=default, help=text)
 
 
 def _bus_address(parser, url):
@@ -197,27 +220,80 @@ class NeverBlockingHandler(logging.Handler):
             self.handleError(record)
 
 
+class Wiring:
+    """One server's parts, wired: the loop, the hub (the app is given once the port is known:
+    `wiring.hub.app = ...`), the TCP listener, with `udp` the UDP transport on the same IP and
+    port, and with add_links() the Redis links."""
+
+    def __init__(self, ip: str, port: int, memory_budget: int = MEMORY_BUDGET,
+                 limits: Optional[InputLimits] = None, udp: bool = True,
+                 udp_idle_timeout: float = udp_stream.IDLE_TIMEOUT) -> None:
+        self.loop = reactor.Loop(step_budget=STEP_BUDGET)
+        self.hub = Hub(self.loop, memory_budget=memory_budget, limits=limits,
+                       open_file_limit=open_file_limit())
+        udp_sock = None
+        if udp:
+            tcp_sock, udp_sock = bind_tcp_and_udp(ip, port)
+        else:
+            tcp_sock = listening_socket(ip, port)
+        self.tcp = TcpListener(self.hub, tcp_sock)
+        self.udp = None if udp_sock is None else UdpTransport(self.hub, udp_sock,
+                                                              udp_idle_timeout)
+        self.links = None
+        self.address = self.tcp.address
+        self._closed = False
+
+    def add_links(self, links, address) -> None:
+        """Open, read and write the Redis links `links` asks for, to `address`."""
+        self.links = RedisLinks(self.loop, links, address, self.hub.apply, self.hub.guarded)
+
+    def run_once(self, timeout=None) -> None:
+        self.loop.run_once(timeout)
+
+    def run_forever(self) -> None:
+        """Run until stopped, then close everything."""
+        try:
+            self.loop.run_forever()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close every connection (sending what the kernel takes at once), the UDP sessions
+        (RESET), the links (their last words), the listener and the loop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.hub.close()
+        for part in (self.udp, self.links, self.tcp, self.loop):
+            if part is not None:
+                part.close()
+
+
+def _mib(size: int) -> str:
+    return "%g MiB" % (size / MIB)
+
+
 class Statistics:
     """The line --stats-interval logs: connections, rooms, memberships, deliveries a second,
     queued output, and how often connections were evicted or throttled since the last line."""
 
-    def __init__(self, server: "reactor.Reactor", app: ChatProtocol, interval: float) -> None:
-        self.server, self.app, self.interval = server, app, interval
+    def __init__(self, hub: Hub, app: ChatProtocol, interval: float) -> None:
+        self.hub, self.app, self.interval = hub, app, interval
         self.last = (0, 0, 0)                       # deliveries, evictions, throttles
 
     def log(self) -> None:
-        server = self.server
-        now = (server.deliveries, server.evictions, server.throttles)
+        hub = self.hub
+        now = (hub.deliveries, hub.evictions, hub.throttles)
         deliveries, evictions, throttles = (a - b for a, b in zip(now, self.last))
         self.last = now
         service = self.app.service                  # (SharedRooms with --bus)
         bus = getattr(service, "bus", None)
         logging.info("stats: %d connections, %d rooms, %d memberships, %.0f deliveries/s, "
-                     "%d bytes of output queued, buffers %d of a %d-byte budget, "
-                     "%d evictions, %d throttled%s", len(server.conns),
+                     "%d bytes of output queued, buffers %d bytes of a %s budget, "
+                     "%d evictions, %d throttled%s", len(hub.conns),
                      self.app.rooms.count_rooms(), self.app.rooms.count_memberships(),
-                     deliveries / self.interval, server.memory.output, server.memory.total,
-                     server.memory.budget, evictions, throttles,
+                     deliveries / self.interval, hub.memory.output, hub.memory.total,
+                     _mib(hub.memory.budget), evictions, throttles,
                      "" if bus is None else "; bus %s, %d outages, %d resubscribed, %d refused, "
                      "%d events read back, %d lost, %d not events" % (
                          "up" if bus.up else "DOWN", bus.outages, bus.resubscribed,
@@ -246,50 +322,56 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     raise_file_limit()
     try:
-        server = reactor.Reactor(
-            args.ip, args.port, memory_budget=args.memory_budget * 1024 * 1024,
-            limits=reactor.InputLimits(args.input_rate, args.input_rate, args.request_rate,
-                                       2 * args.request_rate),
-            udp=args.udp, udp_idle_timeout=args.udp_idle_timeout)
+        server = Wiring(args.ip, args.port, memory_budget=args.memory_budget * MIB,
+                        limits=InputLimits(args.input_rate, args.input_rate, args.request_rate,
+                                           2 * args.request_rate),
+                        udp=args.udp, udp_idle_timeout=args.udp_idle_timeout)
     except OSError as exc:
         logging.error("cannot listen on %s:%s: %s", args.ip, args.port, exc)
         return 1
     ip, port = server.address
     if args.bus is None:
-        app = server.app = ChatProtocol(port=port, student_id=args.student_id,
-                                        kill_from=args.kill_from)
+        app = server.hub.app = ChatProtocol(port=port, student_id=args.student_id,
+                                            kill_from=args.kill_from)
     else:
         from cluster.shared import SharedRooms     # (only --bus needs it)
         bus_ip, bus_port, db = args.bus
-        shared = server.links = SharedRooms(
-            bus_address=(bus_ip, bus_port), prefix=args.bus_prefix, db=db,
-            max_rooms=args.bus_max_rooms, node=secrets.token_hex(4))
-        app = server.app = ChatProtocol(port=port, student_id=args.student_id,
-                                        kill_from=args.kill_from, service=shared)
-        _wait_for_bus(server, shared)
-    server.stop_on_signals()
+        shared = SharedRooms(
+            prefix=args.bus_prefix, db=db, max_rooms=args.bus_max_rooms,
+            node=secrets.token_hex(4), bus_address=(bus_ip, bus_port))
+        app = server.hub.app = ChatProtocol(port=port, student_id=args.student_id,
+                                            kill_from=args.kill_from, service=shared)
+        server.add_links(shared, (bus_ip, bus_port))
+        _wait_for_bus(server, shared, (bus_ip, bus_port))
+    server.loop.stop_on_signals()
     if args.stats_interval:
-        server.call_every(args.stats_interval, Statistics(server, app, args.stats_interval).log)
+        stats = Statistics(server.hub, app, args.stats_interval)
+        server.loop.call_every(args.stats_interval, lambda: server.hub.guarded(None, stats.log))
     print("listening on %s:%d" % (ip, port), flush=True)
     logging.info("listening on %s:%d, %s (StudentID %s)", ip, port,
                  "TCP and UDP" if args.udp else "TCP only", args.student_id)
     server.run_forever()
-    logging.info("stopped")
+    logging.info("stopped by %s", STOPPED_BY.get(server.loop.stopped_by, server.loop.stopped_by))
     return 0
 
 
-def _wait_for_bus(server, app) -> None:
+# What stopped the server, for the last log line (reactor.Loop.stopped_by -> words).
+STOPPED_BY = {"SIGINT": "SIGINT (Ctrl-C)", "SIGTERM": "SIGTERM",
+              "the app's Shutdown": "KILL_SERVICE (its sender is logged above)"}
+
+
+def _wait_for_bus(server, app, address) -> None:
     """Run the loop until the bus is up (BUS_START_WAIT at most), so that 'listening on' means
     ready; past that, go on: JOINs get ERROR_CODE BUS_UNAVAILABLE until Redis answers."""
     deadline = time.monotonic() + BUS_START_WAIT
     while not app.bus.up and time.monotonic() < deadline:
         server.run_once(0.05)
     if app.bus.up:
-        logging.info("bus: redis %s:%d, prefix %r, node %s", *app.bus_address, app.bus.prefix,
+        logging.info("bus: redis %s:%d, prefix %r, node %s", *address, app.bus.prefix,
                      app.bus.node)
     else:
         logging.warning("bus: no answer from redis %s:%d within %g s; serving, and retrying",
-                        *app.bus_address, BUS_START_WAIT)
+                        *address, BUS_START_WAIT)
 
 
 if __name__ == "__main__":

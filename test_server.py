@@ -3,7 +3,7 @@
 
 The layers below it are tested on their own in tests/:
 tests/test_wire.py (Framer, parse_request), tests/test_rooms.py (the room table),
-tests/test_protocol.py (requests in, actions out) and tests/test_reactor.py (real sockets, a fake
+tests/test_protocol.py (requests in, actions out) and tests/test_hub.py (real sockets, a fake
 app, ticked by hand).
 
 Run the whole suite from the repository's top folder with `python3 -m unittest -v`. Every wait
@@ -22,7 +22,7 @@ import time
 import unittest
 from typing import Tuple
 
-import reactor
+from policy.watermarks import OUTPUT_CAP
 from sansio.replies import (ChatMessage, ErrorReply, HeloReply, JoinedReply, LeftReply,
                             ReplyReader, Unparsed)
 from sansio.wire import MAX_REQUEST_BYTES, ErrorCode
@@ -1174,7 +1174,7 @@ def _kernel_send_buffer_max() -> int:
 
 class LoadTests(ServerTestCase):
     # The sender floods as fast as it can: without flood control, so that what is measured is
-    # the stalled member's cut, not the sender being slowed down (tests/test_reactor.py).
+    # the stalled member's cut, not the sender being slowed down (tests/test_hub.py).
     server_arguments = ("--input-rate", "0", "--request-rate", "0")
 
     def test_client_that_never_reads_does_not_stall_the_room(self):
@@ -1188,7 +1188,7 @@ class LoadTests(ServerTestCase):
         # Enough traffic that the stalled member's backlog surely passes OUTPUT_CAP, whatever
         # the kernel buffers (its receive window is small; the server's send buffer is not).
         size = 1000
-        count = (reactor.OUTPUT_CAP + _kernel_send_buffer_max() + (1 << 20)) // size + 1
+        count = (OUTPUT_CAP + _kernel_send_buffer_max() + (1 << 20)) // size + 1
         texts = ["%06d %s" % (i, "x" * (size - 7)) for i in range(count)]
         payload = b"".join(chat_request(ref, js, "sender", t) for t in texts)
         sender_error = []

@@ -71,7 +71,7 @@ def _unavailable(what: str) -> RequestError:
 
 
 class BusLinks:
-    """The Redis links' half of SharedRooms (sansio.actions.Links): what the reactor calls for the
+    """The Redis links' half of SharedRooms (transport/redis.py, Links): what the reactor calls for the
     two links, handed to the Bus as it comes, as asyncio's transports share _FlowControlMixin.
     SharedRooms adds link_actions(), the one call that needs the rooms."""
 
@@ -115,7 +115,7 @@ class SharedRooms(BusLinks):
     docstring); give it to protocol.ChatProtocol as its `service`.
 
     Besides the room service, the reactor drives its two Redis links through the `link_*`
-    methods (sansio.actions.Links) and carries out what link_actions() returns after each."""
+    methods (transport/redis.py, Links) and carries out what link_actions() returns after each."""
 
     def __init__(self, bus_address: Tuple[str, int], prefix: str, node: str, db: int = 0,
                  max_rooms: int = MAX_SHARED_ROOMS, local: Optional[LocalRooms] = None) -> None:

@@ -1,9 +1,10 @@
 """The contract between the reactor and the app it runs, and nothing else.
 
-The reactor (reactor.py) owns the sockets; an app (protocol.ChatProtocol, or a test's fake one)
-decides what to answer. They meet here: the reactor calls the methods of `App`, naming each
-connection by an integer id, and carries out the `Action`s the app returns. Neither imports the
-other, so the reactor can run any app and the app can be tested without a socket.
+The transports own the sockets (transport/, driven by the loop in reactor.py); an app
+(protocol.ChatProtocol, or a test's fake one) decides what to answer. They meet here: the hub
+(transport/hub.py) calls the methods of `App`, naming each connection by an integer id, and
+carries out the `Action`s the app returns. Neither imports the other, so the hub can run any
+app and the app can be tested without a socket.
 """
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Protocol, Sequence, Tuple, Union
@@ -124,45 +125,3 @@ class App(Protocol):
         in one call with every other connection lost in the same tick. The actions returned
         (e.g. telling their rooms) are carried out at once."""
 
-
-class Links(Protocol):
-    """What the reactor needs of an app that has outgoing connections of its own ("links": the
-    shared bus's two links to Redis, cluster/shared.py). The reactor opens the ones links_wanted()
-    names, reads and writes them in its loop, and after each call of the link_* and
-    links_timer methods carries out link_actions() and closes the links links_to_close() names.
-    Times are time.monotonic() seconds."""
-    bus_address: Tuple[str, int]    # where every link connects to (an IP address, not a name)
-    links: Tuple[str, ...]          # their names, in the order they are read each tick
-
-    def links_wanted(self, now: float) -> List[str]:
-        """The links (closed now) to open now."""
-
-    def link_opening(self, name: str, now: float) -> None:
-        """The reactor is opening link `name` now."""
-
-    def link_up(self, name: str, now: float) -> None:
-        """Link `name` is connected."""
-
-    def link_failed(self, name: str, why: str, now: float) -> None:
-        """Link `name` could not connect, or broke; the reactor has closed it."""
-
-    def link_data(self, name: str, data: bytes, now: float) -> None:
-        """Bytes read from link `name`."""
-
-    def link_output(self, name: str) -> bytes:
-        """Bytes to write to link `name` now (b"" if none)."""
-
-    def links_to_close(self) -> List[str]:
-        """The links the app wants closed now (it has counted them as failed itself)."""
-
-    def links_deadline(self) -> Optional[float]:
-        """When links_timer() is next due, or None."""
-
-    def links_timer(self, now: float) -> None:
-        """The time has come (links_deadline)."""
-
-    def links_goodbye(self) -> bytes:
-        """The last bytes for the link named "cmd" as the server stops (b"" if none)."""
-
-    def link_actions(self) -> List[Action]:
-        """What to carry out for what the links brought since the last call."""

@@ -5,12 +5,13 @@ import socket
 import unittest
 from unittest import mock
 
-import reactor
 import rooms
+from policy.watermarks import HIGH_WATER, OUTPUT_CAP
 from protocol import ChatProtocol
 from sansio.replies import ChatMessage, ReplyReader
 from sansio.wire import (LEFT_TEXT, MAX_NAME_CHARS, Join, chat_message, disconnect_request,
                          join_request)
+from Server import Wiring
 
 
 def widest_name(index: int) -> str:
@@ -27,17 +28,18 @@ class LimitsAgreeTests(unittest.TestCase):
         longest_ref = 10 ** 18 - 1
         announcement = chat_message(longest_ref, name, LEFT_TEXT % name)
         worst = rooms.MAX_ROOMS_PER_CONNECTION * len(announcement)
-        self.assertLess(reactor.HIGH_WATER + worst, reactor.OUTPUT_CAP)
+        self.assertLess(HIGH_WATER + worst, OUTPUT_CAP)
 
     def test_disconnect_in_the_most_rooms_with_the_widest_names_delivers_every_announcement(self):
         clock = itertools.count(0, 10.0)        # no room-creation limit gets in the way
         app = ChatProtocol(port=1, student_id="1", clock=lambda: next(clock))
-        server = reactor.Reactor("127.0.0.1", 0, app)
+        server = Wiring("127.0.0.1", 0, udp=False)
+        server.hub.app = app
         self.addCleanup(server.close)
         ours, theirs = socket.socketpair()
         self.addCleanup(ours.close)
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)   # a slow reader
-        server.add_connection(theirs, "127.0.0.1", "127.0.0.1")
+        server.tcp.add_connection(theirs, "127.0.0.1", "127.0.0.1")
         count = rooms.MAX_ROOMS_PER_CONNECTION
         outgoing = b"".join(join_request(widest_name(i), widest_name(i))
                             for i in range(count)) + disconnect_request("x")
@@ -67,7 +69,7 @@ class LimitsAgreeTests(unittest.TestCase):
         left = [r for r in replies if isinstance(r, ChatMessage)
                 and r.message.endswith(" has left this chatroom.")]
         self.assertEqual([r.ref for r in left], list(range(count)))   # all, in ref order
-        self.assertEqual(server.evictions, 0)
+        self.assertEqual(server.hub.evictions, 0)
 
     def test_memberships_from_one_address_are_bounded_together(self):
         app = ChatProtocol(port=1, student_id="1", clock=itertools.count(0, 10.0).__next__)

@@ -20,7 +20,8 @@ import sys
 import time
 import unittest
 
-import reactor
+from policy.flood import InputLimits
+from policy.watermarks import HIGH_WATER
 from sansio import udp_wire
 from sansio.udp_client import ClientEndpoint
 from sansio.udp_stream import SessionClosed, StreamData
@@ -29,6 +30,7 @@ from sansio.replies import ChatMessage, HeloReply, JoinedReply, ReplyReader
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, chat_request, disconnect_request, helo_request,
                          join_request)
 from tools import kit
+from Server import Wiring
 from tools.kit import REPO_ROOT, ServerProcess
 
 HOST = "127.0.0.1"
@@ -355,14 +357,16 @@ class UdpServerTests(unittest.TestCase):
                 sock.bind((HOST, self.server.port))  # the default server holds it
 
 
-class InProcessReactor:
-    """A Reactor with UDP and the chat protocol in this process, run a tick at a time from
-    wait_until() as if it were one more member (so its counters can be looked at)."""
+class InProcessServer:
+    """The server's parts (Server.Wiring) with UDP and the chat protocol in this process, run a
+    tick at a time from wait_until() as if it were one more member (so its counters can be
+    looked at)."""
 
     def __init__(self, **options):
-        self.reactor = reactor.Reactor(HOST, 0, udp=True, **options)
-        self.reactor.app = ChatProtocol(port=self.reactor.address[1], student_id="1")
-        self.address = (HOST, self.reactor.address[1])
+        self.wiring = Wiring(HOST, 0, udp=True, **options)
+        self.hub = self.wiring.hub
+        self.hub.app = ChatProtocol(port=self.wiring.address[1], student_id="1")
+        self.address = (HOST, self.wiring.address[1])
 
     def sockets(self):
         return []
@@ -371,21 +375,21 @@ class InProcessReactor:
         pass
 
     def on_timer(self, now):
-        self.reactor.run_once(0)
+        self.wiring.run_once(0)
 
     def deadline(self):
         return time.monotonic() + 0.002
 
     def close(self):
-        self.reactor.close()
+        self.wiring.close()
 
 
 class ReactorUdpTests(unittest.TestCase):
-    """The reactor's side of UDP sessions, looked at from inside: the memory budget, OUTPUT_CAP,
+    """The server's side of UDP sessions, looked at from inside: the memory budget, OUTPUT_CAP,
     flood control."""
 
     def start(self, **options):
-        server = InProcessReactor(**options)
+        server = InProcessServer(**options)
         self.addCleanup(server.close)
         return server
 
@@ -397,7 +401,7 @@ class ReactorUdpTests(unittest.TestCase):
         return member
 
     def test_a_session_that_never_acknowledges_is_dropped_at_output_cap_and_frees_its_memory(self):
-        server = self.start(limits=reactor.InputLimits(0, 0, 0, 0))
+        server = self.start(limits=InputLimits(0, 0, 0, 0))
         mute = self.joined_member(server, "mute")
         talker = self.joined_member(server, "talker")
         ref = joined(talker, "r").ref
@@ -407,24 +411,24 @@ class ReactorUdpTests(unittest.TestCase):
         peak = []
 
         def sent():
-            peak.append(server.reactor.memory.output)
+            peak.append(server.hub.memory.output)
             return talker.endpoint.buffered_bytes() < 100000
-        with self.assertLogs("reactor", "WARNING") as logs:
+        with self.assertLogs("transport", "WARNING") as logs:
             for _ in range(20):             # 1.2 MB for mute: past OUTPUT_CAP (1 MiB)
                 talker.send(chat_request(ref, 0, "talker", text))
                 self.assertTrue(wait_until(members, sent, 30))  # (the client's cap is 1 MiB)
             self.assertTrue(wait_until(members, lambda: left in chats(talker, ref), 30))
         self.assertIn("passed OUTPUT_CAP", logs.output[0])
         # What mute was owed counted against the budget while it was held.
-        self.assertGreater(max(peak), reactor.HIGH_WATER)
-        self.assertEqual(len(server.reactor.conns), 1)
+        self.assertGreater(max(peak), HIGH_WATER)
+        self.assertEqual(len(server.hub.conns), 1)
         self.assertTrue(wait_until(members, lambda: len(chats(talker, ref)) >= 1 + 20 + 1, 60))
         # Everything delivered and acknowledged: nothing is held any more.
-        self.assertTrue(wait_until(members, lambda: server.reactor.memory.total == 0, 10))
+        self.assertTrue(wait_until(members, lambda: server.hub.memory.total == 0, 10))
         mute.close()
 
     def test_flood_control_slows_a_udp_session_without_losing_a_request(self):
-        server = self.start(limits=reactor.InputLimits(0, 0, 20, 2))     # 20 requests/s
+        server = self.start(limits=InputLimits(0, 0, 20, 2))     # 20 requests/s
         member = self.joined_member(server, "flooder")
         ref = joined(member, "r").ref
         started = time.monotonic()
@@ -433,7 +437,7 @@ class ReactorUdpTests(unittest.TestCase):
         self.assertTrue(wait_until([server, member], lambda: len(chats(member, ref)) >= 31, 60))
         self.assertGreater(time.monotonic() - started, 1.0)     # 30 at 20/s, 2 at once
         self.assertEqual(chats(member, ref)[1:], [("flooder", "m%d" % i) for i in range(30)])
-        self.assertGreater(server.reactor.throttles, 0)
+        self.assertGreater(server.hub.throttles, 0)
 
     def test_a_callback_is_ignored_for_tcp(self):
         server = self.start()

@@ -1,0 +1,46 @@
+"""The memory budget: what all connections' buffers may hold together, and who is evicted past
+it (Redis's maxmemory-clients). No sockets, no clock.
+"""
+import heapq
+from typing import Any, Iterable, List
+
+# What all connections' buffers together may hold (Memory), input and output. Past it, the
+# connections that hold the most are dropped, largest first, until the total is under it again:
+# so no number of connections, each within its own limits, can make the server's memory grow
+# past this plus a fixed cost per connection (README, "Limits"). 128 MiB is a thousand times a
+# busy room's traffic per tick. Server.py's --memory-budget sets it.
+MEMORY_BUDGET = 128 * 1024 * 1024
+# The most connections evicted for the budget in one tick (each eviction frees what that
+# connection held; the next tick goes on if the total is still over).
+EVICTIONS_PER_TICK = 64
+
+
+def bytes_held(conn: Any) -> int:
+    """What a connection holds: its output queue and its input not yet handled."""
+    return conn.out_bytes + conn.in_bytes
+
+
+class Memory:
+    """What every connection's buffers hold, in bytes: the one figure the budget is checked
+    against. `output` counts copied output once per copy and shared output once per object;
+    `input` is what the app holds of requests not yet handled (its framers' buffers)."""
+    __slots__ = ("output", "input", "budget")
+
+    def __init__(self, budget: int = MEMORY_BUDGET) -> None:
+        self.output = 0
+        self.input = 0
+        self.budget = budget
+
+    @property
+    def total(self) -> int:
+        return self.output + self.input
+
+    @property
+    def over_budget(self) -> bool:
+        return self.output + self.input > self.budget
+
+    def eviction_candidates(self, conns: Iterable[Any]) -> List[Any]:
+        """Who is evicted first while the total is over the budget: the connections that hold
+        the most, largest first (at most EVICTIONS_PER_TICK). The caller evicts them in this
+        order while over_budget, since shared output is freed only with its last holder."""
+        return heapq.nlargest(EVICTIONS_PER_TICK, conns, key=bytes_held)

@@ -1,0 +1,123 @@
+"""Fairness: whose requests are handled in a tick, in what order, and how many each.
+
+Requests are handled in ticks, and what a tick's requests produce is sent at its end, so a reply
+waits about as long as a tick takes: one flooding client must never own a tick. No sockets, no
+clock of its own (it is given one); it knows connections only by their `scheduled` flag.
+"""
+from typing import Any, Callable, Iterator, List, Tuple
+
+# - Connections with a backlog (requests left over from earlier ticks) get a *share* of requests
+#   per tick, which adapts: halved after a tick whose request handling took longer than
+#   TICK_TARGET, a quarter larger after one that took under half of it while some backlog used
+#   its whole share (growing slowly and shrinking fast, as TCP's window does, keeps ticks near
+#   the target instead of swinging to twice it).
+# - Connections without a backlog go first, get up to MAX_REQUESTS_PER_TICK each (the share,
+#   once the tick is TICK_TARGET old), and what they produce is sent before the backlogs are
+#   worked on, as fq_codel serves new flows before old ones: a client that sends a little now
+#   and then never queues behind its own earlier requests, however many clients are flooding.
+TICK_TARGET = 0.020
+# The read step, the sends and the teardowns of dropped connections each stop once they have
+# taken STEP_BUDGET: what is left waits for the next tick (the selector is level-triggered, so a
+# socket not read from is simply ready again; a connection not yet sent to stays due). So 8 000
+# connections resetting at once, or 2 000 stalled members passing the cap together, cost a
+# number of short ticks, not one long one (tearing a socket down costs tens of microseconds). A
+# quarter of TICK_TARGET each: in such a storm a tick is then ~25 ms, and a client's request
+# waits for at most a few of them.
+STEP_BUDGET = TICK_TARGET / 4
+# A tick's turns stop once they have taken TICK_LIMIT, even if connections without a backlog
+# are still waiting for theirs: they go first in the next tick. Every connection's turn is
+# cheap, but a thousand joins to a room of 8 000 are not (each announces to every member).
+TICK_LIMIT = 2 * TICK_TARGET
+MIN_REQUESTS_PER_TICK = 1
+MAX_REQUESTS_PER_TICK = 64
+# The share a backlog starts with, before any tick has been measured. Start small and let it
+# grow (a quarter per quick tick: about 15 ticks to the maximum): a start too large would make
+# the first backlogged ticks overshoot TICK_TARGET, and every client would wait for them.
+INITIAL_REQUESTS_PER_TICK = 4
+
+
+class Scheduler:
+    """The fairness policy (see TICK_TARGET): whose requests are handled in a tick, in what
+    order, and how many each. It knows connections only by their `scheduled` flag.
+
+        schedule(conn)      it has new input: a turn next tick, among the fresh ones
+        requeue(conn)       it may still hold requests: a turn next tick, in the backlog
+        has_backlog         some connection is requeued (the next select() must not wait)
+        turns(after_fresh)  this tick's turns: (conn, how many requests it may handle now)
+        tick_took(s, used)  adapt the backlog's share to how long a tick's turns took
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._fresh: List[Any] = []         # read this tick, nothing left from before
+        self._backlog: List[Any] = []       # requests may be left over from last tick
+        self._deferred: List[Any] = []      # fresh ones a full tick had no time for
+        self.requests_per_tick = INITIAL_REQUESTS_PER_TICK   # a backlog's share; adapts
+
+    def schedule(self, conn: Any) -> None:
+        """`conn` was just read from: give it a turn as a connection without a backlog."""
+        if not conn.scheduled:
+            conn.scheduled = True
+            self._fresh.append(conn)
+
+    def requeue(self, conn: Any) -> None:
+        """`conn` may still hold requests: give it a turn in the next tick's backlog."""
+        if not conn.scheduled:
+            conn.scheduled = True
+            self._backlog.append(conn)
+
+    @property
+    def has_backlog(self) -> bool:
+        """Some connection waits for a turn with requests left over, or for a turn a full
+        tick could not give it: select() must not wait."""
+        return bool(self._backlog or self._deferred)
+
+    def turns(self, after_fresh: Callable[[], None]) -> Iterator[Tuple[Any, int]]:
+        """This tick's turns, as (connection, how many of its requests to handle now).
+
+        First every fresh connection, with MAX_REQUESTS_PER_TICK while the tick is younger
+        than TICK_TARGET and the share after that; then, if backlogs follow, `after_fresh()`
+        once (the hub sends the fresh connections' replies there); then every backlog
+        connection with the share. A connection is unscheduled when its turn comes: the
+        caller requeues it during its turn if it may have more. Turns requeued or scheduled
+        during this tick come in the next one. Once the turns have taken TICK_LIMIT, the
+        connections still waiting keep their place for the next tick, first in line. At the
+        end the share adapts (tick_took).
+        """
+        fresh, backlog = self._deferred + self._fresh, self._backlog
+        if not fresh and not backlog:
+            return
+        self._fresh, self._backlog, self._deferred = [], [], []
+        clock = self._clock
+        started = clock()
+        share = self.requests_per_tick
+        for index, conn in enumerate(fresh):
+            elapsed = clock() - started
+            if elapsed > TICK_LIMIT:
+                self._deferred = fresh[index:]          # still scheduled: first next tick
+                self._backlog[:0] = backlog
+                self.tick_took(elapsed, True)
+                return
+            conn.scheduled = False
+            yield conn, (MAX_REQUESTS_PER_TICK if elapsed < TICK_TARGET else share)
+        if fresh and backlog:
+            after_fresh()
+        share_used_up = False
+        for index, conn in enumerate(backlog):
+            if clock() - started > TICK_LIMIT:
+                self._backlog[:0] = backlog[index:]
+                share_used_up = True
+                break
+            conn.scheduled = False
+            yield conn, share
+            share_used_up |= conn.scheduled     # requeued: it had more than its share
+        self.tick_took(clock() - started, share_used_up)
+
+    def tick_took(self, seconds: float, share_used_up: bool) -> None:
+        """Adapt the share to a tick whose turns took `seconds`; `share_used_up`: some backlog
+        connection handled its whole share and may have more."""
+        share = self.requests_per_tick
+        if seconds > TICK_TARGET:
+            self.requests_per_tick = max(MIN_REQUESTS_PER_TICK, share // 2)
+        elif share_used_up and seconds < TICK_TARGET / 2:
+            self.requests_per_tick = min(MAX_REQUESTS_PER_TICK, share + max(1, share // 4))

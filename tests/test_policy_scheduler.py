@@ -1,0 +1,138 @@
+"""The fairness policy (policy/scheduler.py) on its own, with fake connections and a fake
+clock."""
+import unittest
+from types import SimpleNamespace
+
+from policy.scheduler import (INITIAL_REQUESTS_PER_TICK, MAX_REQUESTS_PER_TICK,
+                              MIN_REQUESTS_PER_TICK, TICK_LIMIT, TICK_TARGET, Scheduler)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def fake_conn(name):
+    """All the Scheduler touches of a connection is its `scheduled` flag."""
+    return SimpleNamespace(name=name, scheduled=False)
+
+
+class SchedulerTests(unittest.TestCase):
+
+    def setUp(self):
+        self.clock = FakeClock()
+        self.scheduler = Scheduler(clock=self.clock)
+        self.share = INITIAL_REQUESTS_PER_TICK
+        self.a, self.b, self.c, self.d = map(fake_conn, "abcd")
+
+    def tick(self, requeue=(), cost=0.0):
+        """Run one tick's turns. Each turn takes `cost` seconds of the fake clock; the
+        connections in `requeue` are requeued during their turn (they have more). Returns the
+        turns as (name, limit), with "flush" where after_fresh was called."""
+        seen = []
+        for conn, limit in self.scheduler.turns(after_fresh=lambda: seen.append("flush")):
+            seen.append((conn.name, limit))
+            self.clock.now += cost
+            if conn in requeue:
+                self.scheduler.requeue(conn)
+        return seen
+
+    def test_fresh_go_first_with_the_full_limit_then_a_flush_then_backlogs_with_the_share(self):
+        self.scheduler.requeue(self.a)
+        self.scheduler.requeue(self.b)
+        self.scheduler.schedule(self.c)
+        self.scheduler.schedule(self.d)
+        full = MAX_REQUESTS_PER_TICK
+        self.assertEqual(self.tick(), [("c", full), ("d", full), "flush",
+                                       ("a", self.share), ("b", self.share)])
+
+    def test_no_flush_between_unless_both_kinds_have_turns(self):
+        self.scheduler.schedule(self.a)
+        self.assertEqual(self.tick(), [("a", MAX_REQUESTS_PER_TICK)])
+        self.scheduler.requeue(self.b)
+        self.assertEqual(self.tick(), [("b", self.share)])
+
+    def test_once_the_tick_is_target_old_fresh_connections_get_the_share(self):
+        for conn in (self.a, self.b, self.c):
+            self.scheduler.schedule(conn)
+        turns = self.tick(cost=TICK_TARGET * 0.6)
+        self.assertEqual(turns, [("a", MAX_REQUESTS_PER_TICK),
+                                 ("b", MAX_REQUESTS_PER_TICK), ("c", self.share)])
+
+    def test_past_the_tick_limit_the_waiting_keep_their_place_for_the_next_tick(self):
+        self.scheduler.requeue(self.a)
+        for conn in (self.b, self.c, self.d):
+            self.scheduler.schedule(conn)
+        # each turn costs 60% of the limit: b and c fit, d and the backlog's a wait
+        turns = self.tick(cost=TICK_LIMIT * 0.6)
+        self.assertEqual([t[0] for t in turns], ["b", "c"])
+        self.assertTrue(self.d.scheduled and self.a.scheduled)
+        self.assertTrue(self.scheduler.has_backlog)        # select() must not wait
+        self.scheduler.schedule(self.b)                    # new input arrives meanwhile
+        turns = self.tick()
+        self.assertEqual([t if t == "flush" else t[0] for t in turns], ["d", "b", "flush", "a"])
+        self.assertFalse(self.scheduler.has_backlog)
+
+    def test_a_connection_requeued_in_its_turn_comes_back_next_tick_in_the_backlog(self):
+        self.scheduler.schedule(self.a)
+        self.assertFalse(self.scheduler.has_backlog)
+        self.tick(requeue=[self.a])
+        self.assertTrue(self.scheduler.has_backlog)
+        self.assertTrue(self.a.scheduled)
+        self.assertEqual(self.tick(), [("a", self.share)])
+        self.assertFalse(self.a.scheduled)
+        self.assertFalse(self.scheduler.has_backlog)
+        self.assertEqual(self.tick(), [])
+
+    def test_a_scheduled_connection_has_one_turn_however_often_it_is_scheduled(self):
+        self.scheduler.schedule(self.a)
+        self.scheduler.schedule(self.a)
+        self.scheduler.requeue(self.a)
+        self.assertEqual(self.tick(), [("a", MAX_REQUESTS_PER_TICK)])
+
+    def test_the_share_halves_after_a_slow_tick_down_to_the_minimum(self):
+        shares = []
+        for _ in range(5):
+            self.scheduler.requeue(self.a)
+            self.tick(requeue=[self.a], cost=TICK_TARGET * 2)
+            shares.append(self.scheduler.requests_per_tick)
+            self.tick()                 # (a's requeued turn; quick, not counted below)
+        self.assertEqual(shares[:2], [self.share // 2, self.share // 4])
+        self.assertEqual(shares[-1], MIN_REQUESTS_PER_TICK)
+
+    def test_the_share_grows_by_a_quarter_after_quick_ticks_that_used_it_up(self):
+        self.scheduler.requeue(self.a)
+        shares = []
+        for _ in range(100):
+            self.tick(requeue=[self.a])
+            shares.append(self.scheduler.requests_per_tick)
+        self.assertEqual(shares[:5], [5, 6, 7, 8, 10])   # at least one more, else a quarter
+        self.assertEqual(shares[-1], MAX_REQUESTS_PER_TICK)
+
+    def test_the_share_stays_unless_a_backlog_used_it_up_in_a_quick_tick(self):
+        self.scheduler.requeue(self.a)
+        self.tick()                                    # a had fewer requests than its share
+        self.scheduler.schedule(self.b)
+        self.tick(requeue=[self.b])                    # a fresh one with more does not count
+        self.tick(requeue=[self.b], cost=TICK_TARGET * 0.75)   # not quick enough
+        self.assertEqual(self.scheduler.requests_per_tick, self.share)
+
+    def test_a_tick_without_turns_changes_nothing(self):
+        self.clock.now += 1000
+        self.assertEqual(self.tick(), [])
+        self.assertEqual(self.scheduler.requests_per_tick, self.share)
+
+    def test_tick_took_with_explicit_durations(self):
+        self.scheduler.tick_took(TICK_TARGET * 1.01, share_used_up=True)
+        self.assertEqual(self.scheduler.requests_per_tick, self.share // 2)
+        self.scheduler.tick_took(0.0, share_used_up=False)
+        self.assertEqual(self.scheduler.requests_per_tick, self.share // 2)
+        self.scheduler.tick_took(TICK_TARGET / 2 * 0.99, share_used_up=True)
+        self.assertEqual(self.scheduler.requests_per_tick, self.share // 2 + 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

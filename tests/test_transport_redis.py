@@ -1,0 +1,159 @@
+"""The Redis links transport (transport/redis.py) with a fake links object and a plain TCP
+listener on 127.0.0.1 standing in for Redis: links opened when wanted, bytes carried both
+ways, what link_actions() returns handed to the hub's apply, the timer, failures, goodbye.
+(tests/test_bus.py runs the real bus against a real redis-server.)"""
+import socket
+import time
+import unittest
+
+import reactor
+from sansio.actions import Send
+from transport.redis import GOODBYE_LINK, RedisLinks
+
+
+class FakeLinks:
+    """A links object that wants its two links once and records every call."""
+    links = ("sub", "cmd")
+
+    def __init__(self):
+        self.calls = []
+        self.output = {"sub": b"", "cmd": b""}
+        self.actions = []
+        self.deadline = None
+        self.opened = set()
+
+    def links_wanted(self, now):
+        return [name for name in self.links if name not in self.opened]
+
+    def link_opening(self, name, now):
+        self.opened.add(name)
+        self.calls.append(("opening", name))
+
+    def link_up(self, name, now):
+        self.calls.append(("up", name))
+
+    def link_failed(self, name, why, now):
+        self.calls.append(("failed", name))
+
+    def link_data(self, name, data, now):
+        self.calls.append(("data", name, data))
+        self.actions.append(Send(1, data))
+
+    def link_output(self, name):
+        data, self.output[name] = self.output[name], b""
+        return data
+
+    def links_to_close(self):
+        return []
+
+    def links_deadline(self):
+        return self.deadline
+
+    def links_timer(self, now):
+        self.calls.append(("timer",))
+        self.deadline = None
+
+    def links_goodbye(self):
+        return b"BYE\r\n"
+
+    def link_actions(self):
+        actions, self.actions = self.actions, []
+        return actions
+
+
+def guarded(_conn, func, *args):
+    return func(*args)
+
+
+class RedisLinksTests(unittest.TestCase):
+
+    def setUp(self):
+        self.loop = reactor.Loop()
+        self.addCleanup(self.loop.close)
+        self.redis = socket.socket()
+        self.addCleanup(self.redis.close)
+        self.redis.bind(("127.0.0.1", 0))
+        self.redis.listen(8)
+        self.redis.settimeout(5)
+        self.fake = FakeLinks()
+        self.applied = []
+        self.links = RedisLinks(self.loop, self.fake, self.redis.getsockname(),
+                                self.applied.extend, guarded)
+        self.addCleanup(self.links.close)
+
+    def tick_until(self, condition, max_ticks=500):
+        for _ in range(max_ticks):
+            if condition():
+                return
+            self.loop.run_once(0.01)
+        self.fail("condition not reached in %d ticks" % max_ticks)
+
+    def accept_both(self):
+        """Tick until both links are up; our ends of them, in the order they connected."""
+        self.tick_until(lambda: sum(c[0] == "up" for c in self.fake.calls) == 2)
+        ends = []
+        for _ in range(2):
+            end, _addr = self.redis.accept()
+            end.settimeout(5)
+            self.addCleanup(end.close)
+            ends.append(end)
+        return ends
+
+    def test_wanted_links_are_opened_and_what_they_owe_is_sent(self):
+        self.fake.output["cmd"] = b"PING\r\n"
+        ends = self.accept_both()
+        self.assertEqual(sorted(c for c in self.fake.calls if c[0] == "opening"),
+                         [("opening", "cmd"), ("opening", "sub")])
+        received = []
+
+        def read_some():
+            for end in ends:
+                end.setblocking(False)
+                try:
+                    received.append(end.recv(100))
+                except BlockingIOError:
+                    pass
+            return received
+        self.tick_until(read_some)
+        self.assertEqual(received, [b"PING\r\n"])
+
+    def test_what_a_link_reads_goes_to_the_links_object_and_its_actions_to_apply(self):
+        ends = self.accept_both()
+        for end in ends:
+            end.sendall(b"+PONG\r\n")
+        self.tick_until(lambda: len(self.applied) == 2)
+        data = [c for c in self.fake.calls if c[0] == "data"]
+        self.assertEqual(sorted(c[1] for c in data), ["cmd", "sub"])
+        self.assertEqual(self.applied, [Send(1, b"+PONG\r\n")] * 2)
+
+    def test_the_timer_runs_when_the_deadline_comes(self):
+        self.fake.deadline = time.monotonic() + 0.05
+        self.loop.run_once(0)           # (a deadline changes only in a call into the links)
+        started = time.monotonic()
+        for _ in range(5):
+            self.loop.run_once(30)      # the wait ends at the deadline
+            if ("timer",) in self.fake.calls:
+                break
+        self.assertIn(("timer",), self.fake.calls)
+        self.assertLess(time.monotonic() - started, 10)
+
+    def test_a_link_closed_by_the_other_side_is_reported_failed(self):
+        ends = self.accept_both()
+        for end in ends:
+            end.close()
+        self.tick_until(lambda: sum(c[0] == "failed" for c in self.fake.calls) == 2)
+
+    def test_closing_sends_the_last_words_to_the_command_link(self):
+        ends = self.accept_both()
+        self.links.close()
+        got = []
+        for end in ends:
+            data = end.recv(100)
+            if data:
+                got.append(data)
+        self.assertEqual(got, [b"BYE\r\n"])
+        self.assertEqual(GOODBYE_LINK, "cmd")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,447 @@
+"""The hub: the connection table, and the one place the app (sansio.actions.App) is driven.
+
+Boundary: it knows connections (transport/conn.py) by their integer ids and verbs, never which
+transport carries one; it knows the app by the App contract, never chat. Transports hand it what
+they read (received), and it gives each connection its turns (policy/scheduler.py), carries out
+the app's actions, and at the end of each tick flushes: the departures in one call, then each
+connection's new output in one send. Its end_of_tick() is the loop's end-of-tick hook.
+
+The write path is asyncio's (selector_events.py), with the send moved to the end of the tick as
+Redis does (handleClientsWithPendingWrites): nothing is sent while a request is being handled;
+at the end of the tick each connection with output is sent to at once; only a remainder the
+kernel would not take stays queued (transport/tcp.py). Output of SHARE_MIN bytes or more is
+queued by reference, one object for all the members of a broadcast, and counted once.
+
+The one catch-all (guarded): an exception from the app, or from our own code on behalf of one
+connection, is our bug: it is logged with its traceback and drops that connection, never the
+server.
+"""
+import logging
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from policy.flood import InputLimits, Meter
+from policy.logbudget import TRACEBACK_INTERVAL, LogBudget
+from policy.memory import MEMORY_BUDGET, Memory
+from policy.reserve import Unproven
+from policy.scheduler import STEP_BUDGET, Scheduler
+from policy.watermarks import HIGH_WATER
+from reactor import Loop
+from sansio.actions import Action, App, Broadcast, Callback, Close, Resume, Send, Shutdown, Wait
+from transport.conn import CLOSED, OPEN, Connection, SharedOutput
+
+LOGGER = logging.getLogger(__name__)
+
+# Output of at least this many bytes is queued by reference: every member of a broadcast holds
+# the same bytes object, and sendmsg() gathers a connection's queue in one system call. Smaller
+# output (nearly every chat) is copied onto the end of the member's own buffer, which costs less
+# than a reference would when it is sent. So a 64 KiB chat to 2 000 members costs 64 KiB, not
+# 128 MB, and a departure announced to a whole room is one object, however large the room.
+SHARE_MIN = 2048
+# The most lost connections the app is told of in one call: each costs it ~20 us (leaving its
+# rooms), so 8 000 at once would be one long tick; the rest are told in the next ticks.
+LOST_PER_CALL = 250
+# The flush reads the clock once per this many connections.
+SENDS_BETWEEN_CLOCK_READS = 32
+# Rounds of "flush the connections, then the flushers (the UDP endpoint's datagrams and
+# events)" per tick: an event (a session over) can bring output (its rooms told), which can end
+# another session (over its cap).
+FLUSH_ROUNDS = 8
+
+
+class Hub:
+    """The connections of one server and the app that answers them.
+
+    `app` may be given after construction (as Server.py does, once the listener's port is
+    known). `open_file_limit` sizes the descriptor reserve's notion of crowded."""
+
+    def __init__(self, loop: Loop, app: Optional[App] = None,
+                 memory_budget: int = MEMORY_BUDGET, limits: Optional[InputLimits] = None,
+                 open_file_limit: int = 1024) -> None:
+        self.loop = loop
+        self.app = app
+        self.conns: Dict[int, Connection] = {}
+        self._next_conn_id = 1
+        self.scheduler = Scheduler(time.monotonic)
+        self.limits = limits if limits is not None else InputLimits()
+        self.memory = Memory(memory_budget)
+        self.unproven = Unproven(open_file_limit)
+        self.log_budget = LogBudget(time.monotonic)
+        self._to_flush: List[Connection] = []     # got output this tick
+        # ABORTING, to be torn down as time allows (drop_aborted): (conn, log level, why).
+        self._to_abort: List[Tuple[Connection, int, str]] = []
+        self._lost: List[Connection] = []         # gone; the app is told in the flush
+        self.shared = SharedOutput(self.memory)   # output queued by reference (SHARE_MIN)
+        self._flushers: List[Callable[[], bool]] = []
+        self.deliveries = 0                       # messages queued for connections, ever
+        self.evictions = 0                        # connections dropped for the memory budget
+        self.throttles = 0                        # how often a connection was throttled
+        loop.at_end_of_tick(self.end_of_tick, busy=self.busy)
+
+    # -- connections come and go ---------------------------------------------------------------
+
+    def new_conn_id(self) -> int:
+        conn_id = self._next_conn_id
+        self._next_conn_id += 1
+        return conn_id
+
+    def add(self, conn: Connection, local_ip: str, unproven: bool = True) -> None:
+        """Serve `conn` (its transport made it): the app is told (connection_made)."""
+        now = self.loop.now
+        conn.meter = Meter(self.limits, now)
+        self.conns[conn.conn_id] = conn
+        if unproven:
+            self.unproven.add(conn, now)
+        self.guarded(conn, self.app.connection_made, conn.conn_id, local_ip, conn.peer_ip)
+
+    def add_flusher(self, flusher: Callable[[], bool]) -> None:
+        """Call flusher() after each round of the flush (the UDP endpoint sends its datagrams
+        there); it says whether it gave connections more to flush or report."""
+        self._flushers.append(flusher)
+
+    def received(self, conn: Connection, data: bytes) -> None:
+        """What `conn` sent: to the app; a turn for it; its byte bucket charged."""
+        self.guarded(conn, self.app.data_received, conn.conn_id, data)
+        if conn.state is not OPEN:          # (the app may have failed and dropped it)
+            return
+        self.scheduler.schedule(conn)
+        wait = conn.meter.charge_bytes(len(data), self.loop.now)
+        if wait:
+            self.throttle(conn, wait)
+
+    def count_input(self, conn: Connection) -> None:
+        """Bring the memory budget's count of `conn`'s unhandled input up to date."""
+        held = self.app.pending_input(conn.conn_id)
+        self.memory.input += held - conn.in_bytes
+        conn.in_bytes = held
+        conn.input_counted()
+
+    # -- the tick ------------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        """Work is left for the next tick: the loop's select() must not wait."""
+        return bool(self.scheduler.has_backlog or self._lost or self._to_abort or self._to_flush)
+
+    def has_output(self) -> bool:
+        """Connections have output to flush, or departures to report."""
+        return bool(self._to_flush or self._lost)
+
+    def end_of_tick(self) -> None:
+        """The hub's part of a tick: the turns, the flush, the teardowns of dropped connections
+        (for at most STEP_BUDGET), and evictions past the memory budget."""
+        scheduler = self.scheduler
+        for conn, limit in scheduler.turns(after_fresh=self.flush):
+            if self._take_turn(conn, limit):
+                scheduler.requeue(conn)     # the next select() will not wait
+        self.flush()
+        if self._to_abort:
+            self.drop_aborted()
+        if self.memory.over_budget:
+            self._evict_for_memory()
+
+    def _take_turn(self, conn: Connection, limit: int) -> bool:
+        """One turn of `conn`: handle up to `limit` of its requests, unless none may be handled
+        now (we are stopping, it is no longer OPEN, its reads are paused, it is throttled).
+        True if it may have more."""
+        if self.loop.stopping:
+            return False                    # KILL_SERVICE: what came after it is not served
+        if conn.state is not OPEN or conn.throttled or conn.waiting:
+            return False                    # requeued when it may go on (throttle end, Resume)
+        if conn.reads_paused:               # requeued on resuming; what it sent before the
+            self.guarded(conn, self.count_input, conn)      # pause counts now
+            return False
+        return bool(self.guarded(conn, self._handle_requests, conn, limit))
+
+    def _handle_requests(self, conn: Connection, limit: int) -> bool:
+        """Handle up to `limit` of `conn`'s requests; True if it may have more."""
+        meter = conn.meter
+        allowed = meter.requests_allowed(self.loop.now)
+        if allowed is not None:
+            if allowed < 1:                 # its bucket is dry: come back when it is not
+                self.throttle(conn, meter.wait_for_a_request())
+                return False
+            limit = min(limit, allowed)
+        next_actions = self.app.maybe_next_actions
+        apply = self.apply
+        loop = self.loop
+        conn_id = conn.conn_id
+        more = True
+        handled = 0
+        while handled < limit:
+            actions = next_actions(conn_id)
+            if actions is None:
+                more = False
+                break
+            handled += 1
+            apply(actions)
+            if conn.state is not OPEN or conn.reads_paused or conn.waiting or loop.stopping:
+                more = conn.state is OPEN and not conn.waiting
+                break
+        meter.charge_requests(handled)
+        if handled and self.unproven:
+            self.unproven.pop(conn_id, None)            # it has completed a request
+        if conn.state is not CLOSED:
+            self.count_input(conn)          # what it holds now counts against the budget
+        return more
+
+    # -- flood control -------------------------------------------------------------------------
+
+    def throttle(self, conn: Connection, seconds: float) -> None:
+        """Neither read from `conn` nor give it turns for `seconds` (its bucket refills)."""
+        if not conn.throttled:
+            conn.throttled = True
+            self.throttles += 1
+            self.loop.call_at(self.loop.now + seconds, self._end_throttle, conn)
+            conn.update_interest()
+
+    def _end_throttle(self, conn: Connection) -> None:
+        if conn.state is CLOSED:
+            return
+        conn.throttled = False
+        conn.update_interest()
+        self.scheduler.requeue(conn)        # it may hold requests it was not given a turn for
+
+    # -- the one catch-all ---------------------------------------------------------------------
+
+    def guarded(self, conn: Optional[Connection], func: Callable[..., Any], *args: Any) -> Any:
+        """Call func(*args) on behalf of `conn` (None: of connections already gone) and return
+        what it returns (None if it raised).
+
+        This is the server's one catch-all. An exception here is our own bug (in the app or in
+        the server), never the peer's fault, which the app answers with an error reply: log it
+        with its traceback and drop that one connection; the server goes on."""
+        try:
+            return func(*args)
+        except Exception as exc:
+            who = "internal error" if conn is None else "conn %d: internal error" % conn.conn_id
+            where = getattr(func, "__qualname__", func)
+            then = "" if conn is None else "; dropping the connection"
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            if self.log_budget.traceback_due((type(exc).__name__, frame.filename, frame.lineno)):
+                LOGGER.exception("%s in %s%s", who, where, then)
+            else:
+                self.log_budget.log(LOGGER, logging.ERROR, "%s in %s (%s: %s, as logged with "
+                                    "its traceback within %.0f s)%s", who, where,
+                                    type(exc).__name__, exc, TRACEBACK_INTERVAL, then)
+            if conn is not None:
+                self.teardown(conn, logging.ERROR, "dropped after an internal error")
+            return None
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def apply(self, actions: List[Action]) -> None:
+        """Carry out the app's actions, in order."""
+        for action in actions:
+            kind = type(action)
+            if kind is Broadcast:
+                self.write_many(action.conn_ids, action.data)
+            elif kind is Send:
+                self.write_many((action.conn_id,), action.data)
+            elif kind is Close:
+                self.close_connection(action.conn_id)
+            elif kind is Shutdown:
+                self.loop.stop("the app's Shutdown")
+            elif kind is Callback:
+                self._callback(action)
+            elif kind is Wait or kind is Resume:
+                self._wait(action.conn_id, kind is Wait)
+            else:
+                raise TypeError("unknown action %r" % (action,))
+
+    def _wait(self, conn_id: int, waiting: bool) -> None:
+        """A Wait (`waiting`) or a Resume: stop or start reading from and serving `conn_id`."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.waiting is waiting:
+            return
+        conn.waiting = waiting
+        if conn.state is OPEN:
+            conn.update_interest()
+            if not waiting:
+                self.scheduler.requeue(conn)    # it may hold requests read before the Wait
+
+    def _callback(self, action: Callback) -> None:
+        conn = self.conns.get(action.conn_id)
+        if conn is None or conn.state is not OPEN:
+            return
+        conn.callback(action.address)
+
+    def write_many(self, conn_ids: Sequence[int], data: bytes) -> None:
+        """Queue the same `data` for each connection; it is sent at the end of this tick.
+
+        Small data is copied onto the end of each connection's own buffer (`tail`); data of
+        SHARE_MIN bytes or more is queued by reference, the same object for every connection
+        (_write_shared). This loop runs once per delivered message, so it is written for speed:
+        no method call per connection, and locals for everything it touches.
+        """
+        size = len(data)
+        if size >= SHARE_MIN:
+            self._write_shared(conn_ids, data)
+            return
+        conns = self.conns
+        to_flush = self._to_flush
+        skipped = 0
+        for conn_id in conn_ids:
+            conn = conns.get(conn_id)
+            if conn is None or conn.state is not OPEN:
+                skipped += 1                # it has gone, or is closing: nothing more for it
+                continue
+            if not conn.flush_pending:
+                conn.flush_pending = True
+                to_flush.append(conn)
+            tail = conn.tail
+            if tail is None:
+                tail = conn.tail = bytearray()
+                conn.out.append(tail)
+            tail += data
+            queued = conn.out_bytes + size
+            conn.out_bytes = queued
+            if queued > HIGH_WATER:         # (the lowest high mark of any transport)
+                conn.over_high_water()
+        queued = len(conn_ids) - skipped
+        self.deliveries += queued
+        self.memory.output += size * queued
+
+    def _write_shared(self, conn_ids: Sequence[int], data: bytes) -> None:
+        """write_many() for large data: every connection queues the same object."""
+        holders = 0
+        for conn_id in conn_ids:
+            conn = self.conns.get(conn_id)
+            if conn is None or conn.state is not OPEN:
+                continue
+            self.want_flush(conn)
+            conn.out.append(data)
+            conn.tail = None
+            conn.out_bytes += len(data)
+            holders += 1
+            if conn.out_bytes > HIGH_WATER:
+                conn.over_high_water()
+        if holders:
+            self.deliveries += holders
+            self.shared.hold(data, holders)
+
+    def close_connection(self, conn_id: int) -> None:
+        """Close a connection once its queued output is sent (idempotent)."""
+        conn = self.conns.get(conn_id)
+        if conn is not None:
+            conn.close()
+
+    # -- the flush -----------------------------------------------------------------------------
+
+    def want_flush(self, conn: Connection) -> None:
+        """Flush `conn` at the end of this tick (write_many does the same, inline)."""
+        if not conn.flush_pending:
+            conn.flush_pending = True
+            self._to_flush.append(conn)
+
+    def flush(self) -> None:
+        """Tell the app of connections lost and flush what each connection got this tick
+        (_flush_connections), then the flushers (the UDP endpoint's datagrams and events),
+        which may bring more of both (a session over: its rooms are told)."""
+        self._flush_connections()
+        for _ in range(FLUSH_ROUNDS):
+            more = False
+            for flusher in self._flushers:
+                more |= flusher()
+            if not more:
+                break
+            self._flush_connections()
+
+    def _flush_connections(self) -> None:
+        """Tell the app of connections lost (at most twice LOST_PER_CALL), then flush each
+        connection with new output, one send each; again while either brings more. Those not
+        told of yet are, in the next tick's flush (which does not wait). Sending stops once it
+        has taken STEP_BUDGET (a storm of departures makes thousands of send()s fail): the
+        rest is sent first thing in the next tick's flush."""
+        calls = 0
+        started = time.monotonic()
+        while self._to_flush or (self._lost and calls < 2):
+            if self._lost and calls < 2:        # at most 2 * LOST_PER_CALL in one flush
+                self._tell_app_lost()
+                calls += 1
+            batch, self._to_flush = self._to_flush, []
+            for index, conn in enumerate(batch):
+                if (index % SENDS_BETWEEN_CLOCK_READS == SENDS_BETWEEN_CLOCK_READS - 1
+                        and time.monotonic() - started > STEP_BUDGET):
+                    self._to_flush[:0] = batch[index:]      # still flush_pending: next tick
+                    return
+                conn.flush_pending = False
+                conn.flush()
+
+    # -- departures ----------------------------------------------------------------------------
+
+    def aborted(self, conn: Connection, level: int, reason: str) -> None:
+        """`conn` was just aborted (Connection.abort): tear it down when the tick has time for
+        it (drop_aborted), and tell the app in this tick's flush."""
+        self._to_abort.append((conn, level, reason))
+        self.report_lost(conn)
+
+    def drop_aborted(self) -> None:
+        """Tear down the dropped (ABORTING) connections, for at most STEP_BUDGET; the rest
+        wait for the next tick (nothing is read from or sent to them meanwhile)."""
+        started = time.monotonic()
+        while self._to_abort and time.monotonic() - started <= STEP_BUDGET:
+            conn, level, reason = self._to_abort.pop()
+            self.teardown(conn, level, reason)
+
+    def teardown(self, conn: Connection, level: int = logging.INFO, reason: str = "closed",
+                 tell_app: bool = True) -> None:
+        """Forget a connection, once: its transport lets go of it, its buffers leave the
+        budget, why is logged (within the log budget), and the app is told if it has not been
+        yet (it announces the leaves to the rooms). Later events for it are ignored."""
+        if conn.state is CLOSED:
+            return
+        conn.state = CLOSED
+        conn.stale = True
+        del self.conns[conn.conn_id]
+        self.memory.input -= conn.in_bytes
+        conn.in_bytes = 0
+        conn.release(reason)
+        self.shared.drop_queue(conn)
+        self.unproven.pop(conn.conn_id, None)
+        self.log_budget.log(LOGGER, level, "conn %d (%s): %s", conn.conn_id,
+                            conn.peer_ip or "local", reason)
+        if tell_app:
+            self.report_lost(conn)
+
+    def report_lost(self, conn: Connection) -> None:
+        """Note, once, that `conn` is gone. The app is told in this tick's flush, together
+        with every other connection lost meanwhile (_tell_app_lost)."""
+        if not conn.reported_lost:
+            conn.reported_lost = True
+            self._lost.append(conn)
+
+    def _tell_app_lost(self) -> None:
+        """Tell the app which connections are gone, up to LOST_PER_CALL in one call, and carry
+        out its answer.
+
+        One call for a storm of departures: the app takes every one of them out of its rooms
+        before it announces any, so nothing is built for members that are themselves gone, and
+        a room's announcements can go out as one shared message. Telling it one by one made
+        8 000 members resetting at once cost 8 000 announcements to 8 000 members."""
+        lost, self._lost = self._lost[:LOST_PER_CALL], self._lost[LOST_PER_CALL:]
+        actions = self.guarded(None, self.app.connections_lost, [c.conn_id for c in lost])
+        if actions:
+            self.apply(actions)
+
+    def _evict_for_memory(self) -> None:
+        """The connections' buffers hold more than the budget: drop the connections that hold
+        the most, largest first, until they do not (policy/memory.py)."""
+        memory = self.memory
+        for conn in memory.eviction_candidates(self.conns.values()):
+            if not memory.over_budget:
+                break
+            self.evictions += 1
+            self.teardown(conn, logging.WARNING, "evicted for the memory budget: buffers hold "
+                          "%d bytes, the budget is %d, and it held the most (%d of output, %d "
+                          "of input)" % (memory.total, memory.budget, conn.out_bytes,
+                                         conn.in_bytes))
+        self.flush()                        # the evicted connections' rooms are told now
+
+    def close(self) -> None:
+        """The server stops: every connection sends what the kernel takes at once, and goes
+        (the app is not told: it stops too)."""
+        for conn in list(self.conns.values()):
+            if conn.out_bytes:
+                conn.send_last()
+            self.teardown(conn, reason="closed: the server is stopping", tell_app=False)

@@ -1,0 +1,242 @@
+"""The Redis links (--bus): outgoing connections the object behind the bus asks for (today
+cluster/shared.py's SharedChatProtocol), as a transport of their own.
+
+The links object decides (the `Links` contract below: which links to open, what to write, when
+its timer is due); this module only carries bytes and time, as the UDP driver does for its
+endpoint: nonblocking connect, every ready link read before any client in a tick (so that a
+node busy with clients never falls behind Redis, which cuts a pub/sub client whose output passes
+its buffer limit), what the links object has for them sent at the end of the tick, and one loop
+timer re-armed from links_deadline(). After each call into the links object, what
+link_actions() returns goes to the `apply` callable given (the hub's), so a request waiting
+for Redis's answer gets it in the same tick.
+"""
+import errno
+import logging
+import os
+import socket
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+
+from reactor import EVENT_READ, EVENT_WRITE, Loop, Timer
+from sansio.actions import Action
+
+LOGGER = logging.getLogger(__name__)
+
+# Bytes asked of recv() at once, as for a client.
+READ_SIZE = 64 * 1024
+# What one tick reads from a link at most: READ_SIZE chunks, until the socket is empty or this
+# many. Redis may publish faster than one recv() a tick takes; a subscriber that reads less than
+# is published falls behind until Redis cuts it (client-output-buffer-limit pubsub), so a link
+# is read far more than a client is, but not without end (the tick stays bounded).
+LINK_READS_PER_TICK = 64
+# The link the links object's last words (links_goodbye) go to as the server stops: the bus's
+# command link (sansio/bus.py LINKS).
+GOODBYE_LINK = "cmd"
+
+
+class Links(Protocol):
+    """What this transport needs of an object with outgoing links of its own (the shared bus's
+    two links to Redis, cluster/shared.py). It opens the ones links_wanted() names, reads and
+    writes them, and after each call of the link_* and links_timer methods hands link_actions()
+    to the hub and closes the links links_to_close() names. Times are time.monotonic() seconds."""
+    links: Tuple[str, ...]          # their names, in the order they are read each tick
+
+    def links_wanted(self, now: float) -> List[str]:
+        """The links (closed now) to open now."""
+
+    def link_opening(self, name: str, now: float) -> None:
+        """The transport is opening link `name` now."""
+
+    def link_up(self, name: str, now: float) -> None:
+        """Link `name` is connected."""
+
+    def link_failed(self, name: str, why: str, now: float) -> None:
+        """Link `name` could not connect, or broke; the transport has closed it."""
+
+    def link_data(self, name: str, data: bytes, now: float) -> None:
+        """Bytes read from link `name`."""
+
+    def link_output(self, name: str) -> bytes:
+        """Bytes to write to link `name` now (b"" if none)."""
+
+    def links_to_close(self) -> List[str]:
+        """The links the object wants closed now (it has counted them as failed itself)."""
+
+    def links_deadline(self) -> Optional[float]:
+        """When links_timer() is next due, or None."""
+
+    def links_timer(self, now: float) -> None:
+        """The time has come (links_deadline)."""
+
+    def links_goodbye(self) -> bytes:
+        """The last bytes for the link named "cmd" as the server stops (b"" if none)."""
+
+    def link_actions(self) -> List[Action]:
+        """What to carry out for what the links brought since the last call."""
+
+
+class _Link:
+    """One open link: its socket and what the kernel has not taken yet."""
+    __slots__ = ("owner", "name", "sock", "connected", "out", "events", "stale")
+
+    def __init__(self, owner: "RedisLinks", name: str, sock: socket.socket) -> None:
+        self.owner = owner
+        self.name = name
+        self.sock = sock
+        self.connected = False              # connect() has completed
+        self.out = bytearray()              # what the kernel has not taken yet
+        self.events = EVENT_WRITE           # until connected: writable means connected
+        self.stale = False                  # closed: its events this tick are ignored
+
+    def on_readable(self) -> None:
+        self.owner.on_link_readable(self)
+
+    def on_writable(self) -> None:
+        self.owner.on_link_writable(self)
+
+
+class RedisLinks:
+    """The links of one `Links` object to Redis at `address` (an IP address, not a name).
+
+    `apply` carries out actions (the hub's apply); `guarded(None, func, *args)` calls into the
+    links object inside the hub's one catch-all."""
+
+    def __init__(self, loop: Loop, links: Links, address: Tuple[str, int],
+                 apply: Callable[[List[Action]], None],
+                 guarded: Callable[..., Any]) -> None:
+        self.loop = loop
+        self.links = links
+        self.address = address
+        self._apply = apply
+        self._guarded = guarded
+        self._open: Dict[str, _Link] = {}     # open ones, by name
+        self._timer: Optional[Timer] = None
+        self._timer_due: Optional[float] = None
+        loop.at_end_of_tick(self._service)
+        self._rearm()
+
+    def on_link_writable(self, link: _Link) -> None:
+        if link.connected:
+            self._send(link)
+            return
+        error = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._failed(link, "connect failed: %s" % os.strerror(error))
+            return
+        link.connected = True
+        self._guarded(None, self.links.link_up, link.name, self.loop.now)
+        self._after_calls()
+
+    def on_link_readable(self, link: _Link) -> None:
+        """Read everything ready, up to LINK_READS_PER_TICK chunks."""
+        links = self.links
+        for _ in range(LINK_READS_PER_TICK):
+            try:
+                data = link.sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._failed(link, "recv failed: %s" % exc)
+                return
+            if not data:
+                self._failed(link, "closed by the other side")
+                return
+            self._guarded(None, links.link_data, link.name, data, self.loop.now)
+            if self._open.get(link.name) is not link:
+                break                       # the links were reset meanwhile
+        self._after_calls()
+
+    def _service(self) -> None:
+        """The end-of-tick hook: open the links wanted, run the timer when due, send what the
+        links object has for them (the commands this tick's requests made), re-arm."""
+        links, now = self.links, self.loop.time()
+        for name in links.links_wanted(now):
+            if name not in self._open:
+                self._connect(name, now)
+        due = links.links_deadline()
+        if due is not None and now >= due:
+            self._guarded(None, links.links_timer, now)
+        self._after_calls()
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """One loop timer at links_deadline(), to wake the loop: _service does the work."""
+        due = self.links.links_deadline()
+        if due != self._timer_due:
+            self.loop.cancel(self._timer)
+            self._timer = None if due is None else self.loop.call_at(due, self._woken)
+            self._timer_due = due
+
+    def _woken(self) -> None:
+        self._timer = self._timer_due = None
+
+    def _after_calls(self) -> None:
+        """After each call into the links object: hand what it has to carry out to the hub,
+        close the links it asked to close, send what it has for the others."""
+        actions = self._guarded(None, self.links.link_actions)
+        if actions:
+            self._apply(actions)
+        for name in self.links.links_to_close():
+            self._close(name)
+        for link in list(self._open.values()):
+            if link.connected:
+                self._send(link)
+
+    def _connect(self, name: str, now: float) -> None:
+        host, port = self.address
+        self.links.link_opening(name, now)
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+        except OSError as exc:
+            # Every descriptor is taken (clients took the ones a dropped link let go): the
+            # links object retries later, with its backoff, as for a refused connection.
+            self._guarded(None, self.links.link_failed, name, "no socket: %s" % exc, now)
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = self._open[name] = _Link(self, name, sock)
+        rank = self.links.links.index(name) if name in self.links.links else None
+        self.loop.register(sock, link.events, link, rank=rank)
+        error = sock.connect_ex((host, port))
+        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self._failed(link, "connect failed: %s" % os.strerror(error))
+
+    def _send(self, link: _Link) -> None:
+        link.out += self.links.link_output(link.name)
+        if link.out:
+            try:
+                sent = link.sock.send(link.out)
+                del link.out[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self._failed(link, "send failed: %s" % exc)
+                return
+        events = EVENT_READ | (EVENT_WRITE if link.out else 0)
+        if events != link.events:
+            self.loop.modify(link.sock, events, link)
+            link.events = events
+
+    def _failed(self, link: _Link, why: str) -> None:
+        self._close(link.name)
+        self._guarded(None, self.links.link_failed, link.name, why, self.loop.now)
+        self._after_calls()
+
+    def _close(self, name: str) -> None:
+        link = self._open.pop(name, None)
+        if link is not None:
+            link.stale = True
+            self.loop.unregister(link.sock)
+            link.sock.close()
+
+    def close(self) -> None:
+        """Close every link, first sending the links object's last words to GOODBYE_LINK (best
+        effort: the loop is ending)."""
+        link = self._open.get(GOODBYE_LINK)
+        if link is not None and link.connected:
+            try:        # what the kernel has not taken yet first: Redis reads one byte stream
+                link.sock.send(bytes(link.out) + self.links.links_goodbye())
+            except OSError:
+                pass
+        for name in list(self._open):
+            self._close(name)
