@@ -40,7 +40,7 @@ The bus is three modules, each read on its own:
 """
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from sansio.bus_links import LINKS, MAX_UNANSWERED_BYTES, Links
 from sansio.bus_scripts import (SCRIPT_SHAS, SCRIPT_TEXTS, Joined, Left, RoomEvent, Said,
@@ -84,9 +84,11 @@ EARLY_EVENTS = 64
 # ---------------------------------------------------------------------------------------------
 # What the bus tells its owner, besides room events
 # ---------------------------------------------------------------------------------------------
+# Named tuples, as the room events are (sansio/bus_scripts.py): immutable, compared field by
+# field; compare them with events, not with plain tuples. Done is written as a class for its
+# one default.
 
-@dataclass(frozen=True)
-class Done:
+class Done(NamedTuple):
     """The reply to one of the owner's requests (join, chat, leave), matched by `token`.
     `value` is the script's reply: see each script. `failed` is a reason when there will be no
     reply (the links dropped, or Redis answered with an error); then `value` is None."""
@@ -95,27 +97,14 @@ class Done:
     failed: str = ""
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """Events ref's numbers up to `upto` that can no longer be read back (the room's log no
-    longer has them): they are lost for this node, and counted in Bus.lost."""
-    ref: int
-    upto: int
-
-
-@dataclass(frozen=True)
-class StateChanged:
-    """The bus went up (every request may use it) or down (only what is local works)."""
-    up: bool
-    why: str
-
-
-@dataclass(frozen=True)
-class Revived:
-    """This node was declared dead by the others (no heartbeat for NODE_DEAD_AFTER: stopped,
-    or cut off from Redis) while it was alive; its members are being put back."""
-    members: int
-
+# Events of room `ref` numbered up to `upto` that can no longer be read back (the room's log no
+# longer has them): they are lost for this node, and counted in Bus.lost.
+Skipped = NamedTuple("Skipped", [("ref", int), ("upto", int)])
+# The bus went up (every request may use it) or down (only what is local works), and why.
+StateChanged = NamedTuple("StateChanged", [("up", bool), ("why", str)])
+# This node was declared dead by the others (no heartbeat for NODE_DEAD_AFTER: stopped, or cut
+# off from Redis) while it was alive; its `members` are being put back.
+Revived = NamedTuple("Revived", [("members", int)])
 
 Event = Union[Joined, Said, Left, Done, Skipped, StateChanged, Revived]
 

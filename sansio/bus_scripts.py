@@ -19,8 +19,7 @@ Redis keys and the channel (P is --bus-prefix):
     P:events            the one channel every event is published on
 """
 import hashlib
-from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import NamedTuple, Tuple, Union
 
 # What a room's log keeps, for filling gaps: its last LOG_LENGTH events ("~": Redis trims in
 # whole blocks, so a few more), for LOG_TTL seconds after its last event. A subscriber link that
@@ -41,37 +40,18 @@ LOG_TTL = 300
 # Names never hold a line break (sansio/wire.py refuses unprintable names). SETTLED 1: the node
 # that made it has already told its own members (a join restored or leaves made while the bus
 # was down), so it delivers it to nobody; other nodes do.
+#
+# decode_event() gives each kind as a named tuple with those fields: immutable, and cheap to
+# build, which matters here (every node builds one per event of the whole cluster). Being a
+# tuple, an event also equals a plain tuple of the same values: compare events with events.
 
-@dataclass(frozen=True)
-class Joined:
-    ref: int
-    seq: int
-    node: str
-    conn: int
-    join_id: int
-    settled: bool
-    room: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Said:
-    ref: int
-    seq: int
-    node: str
-    conn: int
-    name: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Left:
-    ref: int
-    seq: int
-    node: str
-    settled: bool
-    leavers: Tuple[Tuple[int, str], ...]       # (conn, CLIENT_NAME), in the order they left
-
+Joined = NamedTuple("Joined", [("ref", int), ("seq", int), ("node", str), ("conn", int),
+                               ("join_id", int), ("settled", bool), ("room", str), ("name", str)])
+Said = NamedTuple("Said", [("ref", int), ("seq", int), ("node", str), ("conn", int),
+                           ("name", str), ("message", str)])
+# `leavers`: (conn, CLIENT_NAME) of each, in the order they left.
+Left = NamedTuple("Left", [("ref", int), ("seq", int), ("node", str), ("settled", bool),
+                           ("leavers", Tuple[Tuple[int, str], ...])])
 
 RoomEvent = Union[Joined, Said, Left]
 
