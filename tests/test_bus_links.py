@@ -100,7 +100,8 @@ class BackPressureTests(unittest.TestCase):
         self.assertEqual(events[0].token, sent)
         self.assertIn("Redis is behind", events[0].failed)
         self.assertEqual(h.bus.behind, 1)
-        self.assertLessEqual(len(h.take_sent()["cmd"]), bus_links.MAX_UNANSWERED_BYTES + 1000 * sent)
+        self.assertLessEqual(len(h.take_sent()["cmd"]),
+                             bus_links.MAX_UNANSWERED_BYTES + 1000 * sent)
         h.reply(*range(1, sent + 1))            # Redis catches up
         self.assertEqual(len(h.events()), sent)
         h.bus.chat("again", 4, 0, "me", message, h.now)
