@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.parse
 
-from sansio import bus as bus_defaults, udp
+from sansio import bus as bus_defaults, udp_stream
 from protocol import KILL_FROM_CHOICES, ChatProtocol
 import reactor
 
@@ -66,7 +66,7 @@ def parse_args(argv):
                         help="serve TCP only (by default the protocol is also served over UDP, "
                              "docs/UDP.md, on the same IP and port number)")
     parser.add_argument("--udp-idle-timeout", type=_positive_seconds, metavar="SECONDS",
-                        default=udp.IDLE_TIMEOUT,
+                        default=udp_stream.IDLE_TIMEOUT,
                         help="a UDP peer silent this long is gone, as a broken TCP connection "
                              "(default %(default)g; its keepalive PINGs scale with it)")
     parser.add_argument("--bus", metavar="redis://HOST:PORT[/DB]", default=None,

@@ -101,7 +101,7 @@ import time
 import traceback
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from sansio import udp as udp_layer
+from sansio import udp_server, udp_stream, udp_wire
 from sansio.actions import Action, App, Broadcast, Callback, Close, Links, Resume, Send, Shutdown, Wait
 
 LOGGER = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ UDP_SOCKET_BUFFER = 1024 * 1024
 # connection's queue, including what the endpoint holds unacknowledged. Up to a whole receive
 # window of it (64 x 1 168 bytes) is in flight for a session that keeps up, so its reads pause
 # above HIGH_WATER plus that window, and resume below a quarter of it.
-UDP_HIGH_WATER = HIGH_WATER + udp_layer.RECV_WINDOW * udp_layer.MAX_PAYLOAD
+UDP_HIGH_WATER = HIGH_WATER + udp_stream.RECV_WINDOW * udp_wire.MAX_PAYLOAD
 UDP_LOW_WATER = UDP_HIGH_WATER // 4
 # A UDP session's input held by the app, not yet handled, above which its stream is not taken
 # for now (the peer sends it again later): a TCP connection's unhandled input is bounded by
@@ -546,7 +546,7 @@ class Reactor:
     def __init__(self, host: str, port: int, app: Optional[App] = None,
                  backlog: int = BACKLOG, memory_budget: int = MEMORY_BUDGET,
                  limits: Optional[InputLimits] = None, udp: bool = False,
-                 udp_idle_timeout: float = udp_layer.IDLE_TIMEOUT) -> None:
+                 udp_idle_timeout: float = udp_stream.IDLE_TIMEOUT) -> None:
         self.app = app
         self.selector = selectors.DefaultSelector()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -570,14 +570,14 @@ class Reactor:
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         # UDP: the endpoint (sansio/udp.py), its sessions as connections, and datagrams the
         # kernel would not take yet (UDP_SEND_BACKLOG).
-        self.udp: Optional[udp_layer.ServerEndpoint] = None
+        self.udp: Optional[udp_server.ServerEndpoint] = None
         self._udp_conns: Dict[int, UdpConnection] = {}    # by session id
         self._udp_backlog: Deque[Tuple[bytes, Any]] = collections.deque()
         self._udp_events = selectors.EVENT_READ
         self._udp_closing: Deque[Tuple[float, UdpConnection]] = collections.deque()  # by deadline
         self.udp_dropped = 0                      # datagrams not sent (backlog full, errors)
         if self.udp_sock is not None:
-            self.udp = udp_layer.ServerEndpoint(idle_timeout=udp_idle_timeout)
+            self.udp = udp_server.ServerEndpoint(idle_timeout=udp_idle_timeout)
             self.selector.register(self.udp_sock, selectors.EVENT_READ, self.udp_sock)
         # A socket pair to wake select() from a signal handler (asyncio's self-pipe).
         self._wake_r, self._wake_w = socket.socketpair()
@@ -1408,7 +1408,7 @@ class Reactor:
             try:
                 # One byte more than the largest datagram: a longer one arrives cut, at 1 201
                 # bytes, and the endpoint drops it as too long.
-                data, addr = sock.recvfrom(udp_layer.MAX_DATAGRAM + 1)
+                data, addr = sock.recvfrom(udp_wire.MAX_DATAGRAM + 1)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:          # an ICMP error some systems report: one datagram
@@ -1420,18 +1420,18 @@ class Reactor:
     def _on_udp_events(self, events: List[Any]) -> None:
         for event in events:
             kind = type(event)
-            if kind is udp_layer.StreamData:
+            if kind is udp_stream.StreamData:
                 self._on_stream_data(event)
-            elif kind is udp_layer.SessionOpened:
+            elif kind is udp_stream.SessionOpened:
                 self._open_session(event)
-            elif kind is udp_layer.SessionClosed:
+            elif kind is udp_stream.SessionClosed:
                 conn = self._udp_conns.get(event.session_id)
                 if conn is not None:
                     self._teardown(conn, reason="UDP session over: %s" % event.reason)
             else:                           # CallbackValidated, CallbackFailed
                 LOGGER.debug("udp: %r", event)
 
-    def _open_session(self, event: udp_layer.SessionOpened) -> None:
+    def _open_session(self, event: udp_stream.SessionOpened) -> None:
         """A UDP session is confirmed: serve it as a new connection."""
         conn = UdpConnection(self._next_conn_id, event.session_id)
         self._next_conn_id += 1
@@ -1461,7 +1461,7 @@ class Reactor:
         except OSError:
             return sys.intern(bound)
 
-    def _on_stream_data(self, event: udp_layer.StreamData) -> None:
+    def _on_stream_data(self, event: udp_stream.StreamData) -> None:
         """Stream bytes of a session, in order: as _on_readable's bytes of a TCP connection."""
         conn = self._udp_conns.get(event.session_id)
         if conn is None or conn.state is not _OPEN:

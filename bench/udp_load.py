@@ -6,13 +6,13 @@
 
 (from the repository's top folder)
 
-It starts Server.py on a free port of 127.0.0.1 (flood control off: the transport is measured,
-not the limits), opens MEMBERS UDP sessions (sansio.udp.ClientEndpoint on real sockets, all in this
-process), joins them to one room, then has each send MESSAGES chats of SIZE characters, keeping
-at most WINDOW of its own on their way (sent, and not yet back to it from the room): a closed
-loop, as people chat, rather than everybody's whole backlog at once, which would measure the
-server's flow control instead. Each member receives every chat, so deliveries = MEMBERS x
-MEMBERS x MESSAGES. With --loss,
+It starts Server.py on a free port of 127.0.0.1 (flood control off: the transport is measured, not
+the limits), opens MEMBERS UDP sessions (sansio.udp_client.ClientEndpoint on real sockets, all in
+this process), joins them to one room, then has each send MESSAGES chats of SIZE characters,
+keeping at most WINDOW of its own on their way (sent, and not yet back to it from the room): a
+closed loop, as people chat, rather than everybody's whole backlog at once, which would measure the
+server's flow control instead. Each member receives every chat, so deliveries = MEMBERS x MEMBERS x
+MESSAGES. With --loss,
 every datagram either way is dropped with that probability in this process, drawn from a
 seeded generator: a lossy link in both directions, without a relay's cost.
 
@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 
-from sansio import udp
+from sansio import udp_client, udp_stream, udp_wire
 from sansio.replies import ChatMessage, JoinedReply, ReplyReader
 from sansio.wire import chat_request, join_request
 from tools.kit import HOST, ServerProcess
@@ -45,7 +45,7 @@ class Member:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((HOST, 0))
         self.sock.setblocking(False)
-        self.endpoint = udp.ClientEndpoint(server, time.monotonic())
+        self.endpoint = udp_client.ClientEndpoint(server, time.monotonic())
         self.server = server
         self.lossy = lossy
         self.counters = counters
@@ -66,7 +66,7 @@ class Member:
     def readable(self, now):
         for _ in range(256):
             try:
-                data, src = self.sock.recvfrom(udp.MAX_DATAGRAM + 1)
+                data, src = self.sock.recvfrom(udp_wire.MAX_DATAGRAM + 1)
             except (BlockingIOError, InterruptedError):
                 break
             self.counters["down_bytes"] += len(data)
@@ -88,7 +88,7 @@ class Member:
                 continue
             self.sock.sendto(data, addr)
         for event in self.endpoint.events():
-            if isinstance(event, udp.StreamData):
+            if isinstance(event, udp_stream.StreamData):
                 self.counters["down_stream"] += len(event.data)
                 self.reader.receive_data(event.data)
                 while True:
@@ -100,7 +100,7 @@ class Member:
                     elif isinstance(reply, ChatMessage) and reply.message.startswith("m "):
                         self.chats += 1
                         self.own += reply.client_name == self.name
-            elif isinstance(event, udp.SessionClosed):
+            elif isinstance(event, udp_stream.SessionClosed):
                 raise SystemExit("a session ended: %s" % event.reason)
 
 

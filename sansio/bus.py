@@ -1,10 +1,10 @@
 """The shared bus: several server processes ("nodes") behave as one chat server over Redis.
 
-Boundary: sans-IO, like sansio/resp.py and sansio/udp.py. The bus (this module and the two it
-is built on, listed below) knows Redis commands and its own rules (keys, scripts, event order,
-heartbeats, catch-up), but no socket, no clock and no chat wire format: the reactor moves the
-bytes of its two Redis links ("cmd" and "sub") and passes the time in; cluster/shared.py turns
-what comes out into chat actions.
+Boundary: sans-IO, like sansio/resp.py and sansio/udp_*.py. The bus (this module and the two
+it is built on, listed below) knows Redis commands and its own rules (keys, scripts, event
+order, heartbeats, catch-up), but no socket, no clock and no chat wire format: the reactor
+moves the bytes of its two Redis links ("cmd" and "sub") and passes the time in;
+cluster/shared.py turns what comes out into chat actions.
 
 Theory of operation, following one CHAT across two nodes:
 

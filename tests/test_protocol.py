@@ -375,7 +375,11 @@ class KillFromTests(unittest.TestCase):
     def kill(self, kill_from, peer_ip):
         proto = ChatProtocol(PORT, "1", kill_from=kill_from)
         proto.connection_made(1, "127.0.0.1", peer_ip)
-        return proto.handle(1, Kill())
+        # the log says who sent it, taken or refused (and stays off the test runner's output)
+        with self.assertLogs(level="INFO") as logs:
+            actions = proto.handle(1, Kill())
+        self.assertIn("KILL_SERVICE from %s" % peer_ip, "\n".join(logs.output))
+        return actions
 
     def test_any_is_the_protocols_behaviour(self):
         self.assertEqual(self.kill("any", "203.0.113.5"), [Shutdown()])

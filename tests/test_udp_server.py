@@ -1,11 +1,11 @@
 """End to end over UDP: the real Server.py, with UDP members and TCP members in the same rooms.
 
-A UDP member here is a small client: sansio.udp.ClientEndpoint on real sockets, sending the same
-text requests as a TCP client (protocol's builders) and reading replies with ReplyReader; its
-JOIN names a callback address (docs/UDP.md, "Callback addresses"). Between it and the server
-there may be two lossy relays (tools/relay.py), one per direction, as docs/UDP.md describes:
-its session goes through relay A, and it advertises relay B as its callback. Every wait is
-bounded; the server and the relays are child processes, stopped by their pids.
+A UDP member here is a small client: sansio.udp_client.ClientEndpoint on real sockets, sending the
+same text requests as a TCP client (protocol's builders) and reading replies with ReplyReader; its
+JOIN names a callback address (docs/UDP.md, "Callback addresses"). Between it and the server there
+may be two lossy relays (tools/relay.py), one per direction, as docs/UDP.md describes: its session
+goes through relay A, and it advertises relay B as its callback. Every wait is bounded; the server
+and the relays are child processes, stopped by their pids.
 
 Run as `python3 -m tests.test_udp_server member HOST PORT NAME ROOM`, this module is a UDP
 member in a process of its own (joins, prints "joined", then keeps its session alive for at
@@ -21,8 +21,9 @@ import time
 import unittest
 
 import reactor
-from sansio import udp
-from sansio.udp import ClientEndpoint, SessionClosed, StreamData
+from sansio import udp_wire
+from sansio.udp_client import ClientEndpoint
+from sansio.udp_stream import SessionClosed, StreamData
 from protocol import ChatProtocol
 from sansio.replies import ChatMessage, HeloReply, JoinedReply, ReplyReader
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, chat_request, disconnect_request, helo_request,
@@ -95,13 +96,13 @@ class UdpMember:
     def on_readable(self, sock, now):
         for _ in range(256):
             try:
-                data, src = sock.recvfrom(udp.MAX_DATAGRAM + 1)
+                data, src = sock.recvfrom(udp_wire.MAX_DATAGRAM + 1)
             except (BlockingIOError, InterruptedError):
                 break
             if sock is self.cb_sock:
                 if src != self.knock_to:
                     continue
-                if data[1:2] == bytes([udp.DATA]):
+                if data[1:2] == bytes([udp_wire.DATA]):
                     self.data_at_callback += 1
                 src = self.server
             self.endpoint.datagram_received(data, src, now)

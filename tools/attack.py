@@ -10,9 +10,9 @@ measuring what that case measures and judging it against the case's target.
     python3 -m tools.attack all --spawn --quick
     python3 -m tools.attack stalled --spawn --server-dir /path/to/another/checkout
 
-Scenarios (defaults are the sizes the issue measured; --quick makes each small):
-  stalled      N members (--members, 2000) in one room that never read (SO_RCVBUF of
-               STALLED_RCVBUF) while one member floods CHAT_BYTES chats as fast as it can for
+Scenarios (defaults are the sizes docs/ROBUSTNESS.md reports; --quick makes each small):
+  stalled      N members (--members, 2000) in one room that never read (SO_RCVBUF of 4096
+               bytes) while one member floods 64000-byte chats as fast as it can for
                --seconds (10). Figures: the server's RSS growth (peak minus RSS when the flood
                starts, from /proc: needs --spawn), what was posted, members cut, and an
                unrelated probe's echo latency in its own room. Target: growth <= 256 MiB.
@@ -22,22 +22,22 @@ Scenarios (defaults are the sizes the issue measured; --quick makes each small):
                had every leave, and that each got each leave exactly once. --then kill sends
                KILL_SERVICE and --then sigterm sends SIGTERM (needs --spawn) as the storm
                starts, and times how long the server takes to end (target <= 1 s).
-  flood        one member floods CHAT_BYTES chats for --seconds (20); a member reading
+  flood        one member floods 64000-byte chats for --seconds (20); a member reading
                --read-rate bytes/s (1 MB/s, token-bucket paced reads) and one reading as fast as
                it can must both stay (never closed) and receive every chat the server accepted,
                in order.
   rooms        --count (100000) JOINs with fresh names from --connections (100) connections,
                each leaving every room it joined; then a new room must be creatable (ERROR_CODE
-               9 fails; 13, the room-creation limit, is waited out for ROOM_RETRY_SECONDS).
+               9 fails; 13, the room-creation limit, is waited out for up to 10 s).
                Figures: rooms created per second, every ERROR_CODE seen, the server's RSS.
   descriptors  every descriptor of the server held by idle connections that never send a byte
                (its open-file limit plus --extra more, queued in its backlog); a new client must
-               then get its HELO reply within HELO_DEADLINE. With --spawn the server is started
+               then get its HELO reply within 2 s. With --spawn the server is started
                with an open-file limit of --nofile (1024); with --port, give --hold.
   blank        --connections (100) connections sending only newlines as fast as they can for
                --seconds (10); target: the probe's p99 <= 100 ms.
   digits       --connections (4) threads each send --count (200) requests whose ROOM_REF or
-               JOIN_ID has DIGITS digits (leading zeros too): every one must get an ERROR_CODE
+               JOIN_ID has 5001 digits (leading zeros too): every one must get an ERROR_CODE
                or a LEFT_CHATROOM, the connection must stay, and (with --spawn, logging at
                info) the log must hold no traceback. Figure: log bytes per connection.
   disconnect   one connection joins --rooms (256) rooms with the widest names (256 four-byte
@@ -53,10 +53,10 @@ Flood control: the server meters each connection's input (its --input-rate and -
 With --spawn, --input-rate and --request-rate here are passed on to it (0: no limit), as is
 --memory-budget; a server started without them uses its defaults. The server of --server-dir
 (another checkout) is started the same way; options it does not know make it fail to start.
-Safety: with --spawn, the server's RSS is watched every MONITOR_INTERVAL and the server is
+Safety: with --spawn, the server's RSS is watched every 0.1 s and the server is
 killed (by its pid) if it passes --rss-limit-mib; the run then fails with "rss_limit".
 The probe is a process of its own (so this one's work does not delay it): one chat in flight
-at a time, one every PROBE_INTERVAL, in a room of its own.
+at a time, one every 20 ms, in a room of its own; an echo later than 5 s counts as lost.
 """
 import argparse
 import collections
@@ -66,6 +66,8 @@ import signal
 import socket
 import subprocess
 import sys
+if not __package__:   # run as a script (python3 tools/X.py) from any folder: find the project
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tempfile
 import threading
 import time
@@ -90,7 +92,7 @@ STALLED_RCVBUF = 4096
 # PROBE_TIMEOUT counts as lost (and as PROBE_TIMEOUT of latency).
 PROBE_INTERVAL = 0.020
 PROBE_TIMEOUT = 5.0
-# Targets of the issue.
+# The targets each scenario is judged against (docs/ROBUSTNESS.md).
 STALLED_GROWTH_TARGET_MIB = 256
 PROBE_P99_TARGET_MS = 100.0
 PROBE_MAX_TARGET_MS = 200.0
@@ -102,7 +104,7 @@ CREATING_ROOMS_TOO_FAST_CODE = 13
 # rooms: how long the last check waits out ERROR_CODE 13 (the room-creation limits refill).
 ROOM_RETRY_SECONDS = 10.0
 ROOM_RETRY_DELAY = 0.25
-# digits: this many digits, one past the 5000 of the issue.
+# digits: this many digits, past the 4300 at which int() refuses a string (Python 3.11 on).
 DIGITS = 5001
 # disconnect: names of 256 four-byte characters (emoticons, U+1F600 to U+1F64F).
 WIDE_NAME_CHARS = 256
@@ -410,6 +412,26 @@ def check_probe(report, figures: Dict[str, object], probe: Probe,
                         % (key, value, target))
 
 
+class Feeder:
+    """Keeps connections supplied with the same bytes, as fast as the server takes them: one
+    more copy of `data` for each open one whose queue is shorter than kit.SEND_SIZE, and a
+    count of what has left for the kernel."""
+
+    def __init__(self, loop: kit.Loop, conns: List[kit.Conn], data: bytes) -> None:
+        self.loop, self.conns, self.data = loop, conns, data
+        self.copies = 0                     # copies of `data` queued so far
+
+    def top_up(self) -> None:
+        for conn in self.conns:
+            if conn.state == kit.OPEN and len(conn.out) < kit.SEND_SIZE:
+                self.loop.send(conn, self.data)
+                self.copies += 1
+
+    def sent(self) -> int:
+        """Bytes handed to the kernel so far."""
+        return self.copies * len(self.data) - sum(len(conn.out) for conn in self.conns)
+
+
 # ---------------------------------------------------------------------------------------------
 # A crowd: members of one room on a kit.Loop, joined with their announcements counted
 # ---------------------------------------------------------------------------------------------
@@ -543,21 +565,17 @@ def scenario_stalled(args: argparse.Namespace, target: AttackTarget, report):
     hwm_before = server.status_kb("VmHWM") if server else None
     if target.monitor:
         target.monitor.reset()
-    chat = flood_chat(flooder.ref, flooder.join_id, flooder.name)
-    queued = [0]
+    feeder = Feeder(crowd.loop, [flooder], flood_chat(flooder.ref, flooder.join_id,
+                                                       flooder.name))
+    posted_bytes = feeder.sent
     started = time.monotonic()
 
     def top_up() -> None:
-        if flooder.state == kit.OPEN and len(flooder.out) < kit.SEND_SIZE:
-            crowd.loop.send(flooder, chat)
-            queued[0] += 1
+        feeder.top_up()
         report.progress(lambda: "flooding: %.1f MB posted, flooder has %d echoes, server RSS "
                         "%s MiB, probe p99 %s ms"
                         % (posted_bytes() / 1e6, flooder.counted, mib(target.rss_kb()),
                            probe.figures(started).get("probe_p99_ms")))
-
-    def posted_bytes() -> int:
-        return queued[0] * len(chat) - len(flooder.out)
     crowd.loop.run_until(lambda: flooder.lost or (target.monitor is not None and
                                                   target.monitor.killed_at_kb is not None),
                          args.seconds, top_up, wait=LOOP_WAIT)
@@ -673,7 +691,7 @@ def scenario_departure(args: argparse.Namespace, target: AttackTarget, report):
         if not told:
             report.fail("storm_timeout", "not every remaining member had every leave "
                         "within %g s" % args.seconds)
-        crowd.loop.run_until(lambda: False, AFTER_STORM, wait=LOOP_WAIT)  # duplicates show
+        crowd.loop.run_until(lambda: False, AFTER_STORM, wait=LOOP_WAIT)  # a twice-told leave
         missing = sum(sum(1 for n in names if m.lefts.get(n, 0) == 0) for m in stayers)
         doubled = sum(sum(c - 1 for c in m.lefts.values() if c > 1) for m in stayers)
         strangers = sum(sum(1 for n in m.lefts if not n.startswith("go")) for m in stayers)
@@ -1119,19 +1137,13 @@ def scenario_blank(args: argparse.Namespace, target: AttackTarget, report):
         blank.loop.connect(conn)
     blank.loop.run_until(lambda: blank.up >= len(conns), 30.0, wait=0.02)
     probe = start_probe(target, report, tag)
-    newlines = b"\n" * kit.SEND_SIZE
-    queued = [0]
+    feeder = Feeder(blank.loop, conns, b"\n" * kit.SEND_SIZE)
+    sent = feeder.sent
 
     def top_up() -> None:
-        for conn in conns:
-            if conn.state == kit.OPEN and len(conn.out) < kit.SEND_SIZE:
-                blank.loop.send(conn, newlines)
-                queued[0] += len(newlines)
+        feeder.top_up()
         report.progress(lambda: "blank lines: %.0f MB sent, probe p99 %s ms"
                         % (sent() / 1e6, probe.figures(started).get("probe_p99_ms")))
-
-    def sent() -> int:
-        return queued[0] - sum(len(c.out) for c in conns)
     started = time.monotonic()
     blank.loop.run_until(lambda: False, args.seconds, top_up, wait=LOOP_WAIT)
     elapsed = time.monotonic() - started
@@ -1512,8 +1524,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "beyond the server's open-file limit (waiting in its backlog)")
     add("--hold", type=int, default=None, help="descriptors with --port: idle connections to "
         "open")
-    add("--server-dir", default=kit.REPO_ROOT, help="with --spawn: the checkout whose "
-        "Server.py is started")
+    add("--server-dir", default=None, help="with --spawn: the checkout whose Server.py is "
+        "started (None: this one)")
     add("--server-log-level", default=None, choices=("debug", "info", "warning", "error"),
         help="with --spawn: the server's --log-level "
         "(None: info for digits, which measures the log, else warning)")
@@ -1538,6 +1550,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         parser.error("--seconds must be more than 0")
     if args.then == "sigterm" and not args.spawn:
         parser.error("--then sigterm needs --spawn (a signal goes only to a server we started)")
+    args.server_dir = args.server_dir or kit.REPO_ROOT
     if not os.path.isfile(os.path.join(args.server_dir, "Server.py")):
         parser.error("--server-dir %s holds no Server.py" % args.server_dir)
     return args

@@ -33,23 +33,27 @@ Exit status: 0 after /quit or end of input, once the server has closed the conne
 the server answers ERROR_CODE (printed as "ERROR code: description" on standard error, as the
 protocol asks: "a client should print the error to the console and terminate"), when it closes
 the connection unexpectedly, when it cannot be reached, or when it sends something malformed;
-over UDP also when it stops answering (sansio.udp.IDLE_TIMEOUT, 45 s, with nothing heard).
+over UDP also when it stops answering (sansio.udp_stream.IDLE_TIMEOUT, 45 s, with nothing heard).
+Two ERROR_CODEs are printed and the session goes on (TEMPORARY_ERRORS): 13, rooms created too
+fast, and 15, the servers' shared Redis out of reach; both refuse one request for a while, not
+the session. A chat message too long for one request (ERROR_CODE 8, after which the server
+closes the connection) is refused here, before it is sent, and the session goes on.
 
-Two transports, one client. By default a TCP connection. With --udp, a session of the
-server's UDP transport (docs/UDP.md: handshake, reliable ordered stream, callback validation,
-liveness, graceful close), run by sansio.udp.ClientEndpoint; the stream carries exactly the bytes
-a TCP connection would. The JOINs' CLIENT_IP and PORT name --callback, the session socket's
-own address by default. A callback that is another address gets a second socket, from which
-the KNOCKs that validate it go out: bound to the callback when that is this host's and free,
-otherwise connected to it (a relay such as tools/relay.py, passing what it gets on to the
-server). DISCONNECT is answered by the server's CLOSE, which ends the session gracefully.
+Two transports, one client. By default a TCP connection. With --udp, a session of the server's UDP
+transport (docs/UDP.md: handshake, reliable ordered stream, callback validation, liveness, graceful
+close), run by sansio.udp_client.ClientEndpoint; the stream carries exactly the bytes a TCP
+connection would. The JOINs' CLIENT_IP and PORT name --callback, the session socket's own address
+by default. A callback that is another address gets a second socket, from which the KNOCKs that
+validate it go out: bound to the callback when that is this host's and free, otherwise connected to
+it (a relay such as tools/relay.py, passing what it gets on to the server). DISCONNECT is answered
+by the server's CLOSE, which ends the session gracefully.
 
 Theory of operation (the server's design, in miniature; see protocol.py and reactor.py):
 
     server bytes --ReplyReader--> reply --ChatClient.message_received--> actions
     stdin lines  ------------------------------------ChatClient.line_typed-------> actions
     actions (Send, Print, PrintError, Exit) --Terminal--> link, stdout, stderr, exit status
-    link: TcpLink (a socket) or UdpLink (sansio.udp.ClientEndpoint on one or two UDP sockets)
+    link: TcpLink (a socket) or UdpLink (sansio.udp_client.ClientEndpoint on one or two UDP sockets)
 
     full screen: keys --screen.Screen.key--> edits, Submit(line) --ChatClient.line_typed--> ...
                  Print, PrintError --> screen.Screen.add; each turn: Screen.render --> curses
@@ -79,6 +83,8 @@ import selectors
 import signal
 import socket
 import sys
+if not __package__:   # run as a script (python3 tools/X.py) from any folder: find the project
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import time
 from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, TextIO, Tuple, Union
@@ -88,10 +94,10 @@ try:
 except ImportError:                     # (a Python built without _curses)
     curses = None                       # type: ignore
 
-from sansio import udp
+from sansio import udp_client, udp_stream, udp_wire
 from sansio.replies import (ChatMessage, ErrorReply, JoinedReply, LeftReply, Reply, ReplyReader,
                             Unparsed)
-from sansio.wire import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, REPLY_SHAPES, chat_request,
+from sansio.wire import (MAX_NAME_CHARS, MAX_REQUEST_BYTES, REPLY_SHAPES, ErrorCode, chat_request,
                          disconnect_request, join_request, leave_request, request_keyword)
 from tools import screen
 from tools.screen import name_problem, sanitize
@@ -108,6 +114,11 @@ CONNECT_TIMEOUT = 10.0
 # Seconds to wait, after DISCONNECT, for the server to close the connection. It closes as soon
 # as it has sent our leave announcements, so this only ends the wait for a server that is stuck.
 DISCONNECT_TIMEOUT = 5.0
+# The ERROR_CODEs that refuse one request for a reason that passes, not because this session is
+# wrong: the client prints them and goes on (every other one ends it, as the protocol asks). 13:
+# rooms created too fast, "wait"; 15: the servers' shared Redis is out of reach, "try again in a
+# few seconds" (docs/PROTOCOL.md, section 4).
+TEMPORARY_ERRORS = frozenset({ErrorCode.CREATING_ROOMS_TOO_FAST, ErrorCode.BUS_UNAVAILABLE})
 # Continuation lines of a multi-line chat message are indented by this much.
 CONTINUATION_INDENT = "    "
 # Shown when standard input and output are a terminal and the client is ready for a command.
@@ -117,17 +128,24 @@ ERASE_LINE = "\r\x1b[K"
 
 COMMANDS = """\
 commands, one per line:
-  /join ROOM        join ROOM (a room name may contain spaces)
-  /leave ROOM       leave ROOM
-  /rooms            list the rooms you are in, with their ROOM_REFs
-  /msg ROOM TEXT    post TEXT to ROOM, one of your rooms. When the names of several of
-                    your rooms start the line, the longest wins: in rooms "my" and
-                    "my room", "/msg my room hi" posts "hi" to "my room"
-  /room ROOM        plain lines go to ROOM, one of your rooms, from now on
-  TEXT              a line without a leading "/" posts TEXT to the current room: the
-                    room joined last, or the one chosen with /room
-  /help             show this list
-  /quit             leave every room, disconnect and exit; end of input does the same"""
+  /join ROOM      join ROOM (a name may hold spaces)
+  /leave ROOM     leave ROOM
+  /rooms          list your rooms and their ROOM_REFs
+  /msg ROOM TEXT  post TEXT to ROOM, one of your
+                  rooms; when the names of several
+                  of your rooms start the line,
+                  the longest wins: in rooms "my"
+                  and "my room", "/msg my room hi"
+                  posts "hi" to "my room"
+  /room ROOM      plain lines go to ROOM, one of your
+                  rooms, from now on
+  TEXT            a line without a leading "/" posts
+                  TEXT to the current room: the room
+                  joined last, or the one chosen with
+                  /room
+  /help           show this list
+  /quit           leave every room, disconnect and
+                  exit; end of input does the same"""
 
 
 # Requests are protocol's builders (join_request, leave_request, chat_request,
@@ -319,7 +337,14 @@ class ChatClient:
     def _post(self, room: Optional[str], text: str) -> List[Action]:
         if room is None:
             return [PrintError("join a room first (/join ROOM), then type to post to it")]
-        return [Send(chat_request(self.rooms[room], self.join_id, self.name, text))]
+        request = chat_request(self.rooms[room], self.join_id, self.name, text)
+        if len(request) > MAX_REQUEST_BYTES:
+            # The server would answer ERROR_CODE 8 and close the connection: refuse it here.
+            room_for_text = MAX_REQUEST_BYTES - (len(request) - len(text.encode("utf-8")))
+            return [PrintError("not sent: the message is %d bytes of UTF-8, and a request may "
+                               "be at most %d bytes (%d of them for your text here)"
+                               % (len(text.encode("utf-8")), MAX_REQUEST_BYTES, room_for_text))]
+        return [Send(request)]
 
     def _help(self, _arg: str) -> List[Action]:
         return [Print(self.help_text)]
@@ -356,8 +381,16 @@ class ChatClient:
         return [note] + self._reply_arrived("LEFT_CHATROOM")
 
     def _on_error(self, message: ErrorReply) -> List[Action]:
-        return [PrintError("ERROR %d: %s" % (message.code, printable(message.description))),
-                Exit(1)]
+        """Print the error; end the session unless it is one of TEMPORARY_ERRORS.
+
+        Simplification: a temporary error while a JOIN is unanswered is taken as that JOIN's
+        answer (a JOIN is the request it refuses most), so the lines waiting behind the JOIN go
+        on. Were it a CHAT sent before the JOIN, the JOIN's own reply still arrives and is
+        shown; only the lines behind it would have gone to the room joined before."""
+        report = PrintError("ERROR %d: %s" % (message.code, printable(message.description)))
+        if message.code not in TEMPORARY_ERRORS:
+            return [report, Exit(1)]
+        return [report] + self._reply_arrived("JOINED_CHATROOM")
 
     def _on_other(self, message: Reply) -> List[Action]:
         """A reply this client does not act on (a HELO reply, or a line no reply has)."""
@@ -444,23 +477,25 @@ class TcpLink:
         self.sock.close()
 
 
-# Why a UDP session ended (sansio.udp's SessionClosed reasons), as the client says it. A reason
-# missing here is shown as it is. "closed by peer" (the server's CLOSE, after DISCONNECT) and
-# "reset by peer" (its RESET: it stopped, or we broke a limit) are the server closing the
+# Why a UDP session ended (sansio.udp_stream's SessionClosed reasons), as the client says it. A
+# reason missing here is shown as it is. "closed by peer" (the server's CLOSE, after DISCONNECT)
+# and "reset by peer" (its RESET: it stopped, or we broke a limit) are the server closing the
 # connection, as a TCP close: ChatClient.connection_lost decides.
 UDP_END_MESSAGES = {
     "peer timed out": "the server stopped answering: nothing heard from it over UDP for %g s"
-                      % udp.IDLE_TIMEOUT,
-    "handshake timed out": "no answer to the UDP handshake within %g s" % udp.HANDSHAKE_TIMEOUT,
+                      % udp_stream.IDLE_TIMEOUT,
+    "handshake timed out": "no answer to the UDP handshake within %g s"
+                           % udp_client.HANDSHAKE_TIMEOUT,
     "refused by server": "the server refused a new UDP session (it has too many)",
     "send buffer over cap": "more than %d bytes of requests unacknowledged by the server"
-                            % udp.SEND_BUFFER_CAP,
+                            % udp_stream.SEND_BUFFER_CAP,
 }
 UDP_CLOSES = frozenset(("closed by peer", "reset by peer"))
 # Requests handed to the UDP session at most, not yet acknowledged; the rest wait in the link's
-# own buffer (as a TCP socket's kernel buffer and TcpLink.out). Far below udp.SEND_BUFFER_CAP,
-# past which the session would be reset: a script pasting faster than the server takes it
-# (its flood control slows us) waits instead. 256 KiB is still 3.5 full send windows.
+# own buffer (as a TCP socket's kernel buffer and TcpLink.out). Far below
+# udp_stream.SEND_BUFFER_CAP, past which the session would be reset: a script pasting faster than
+# the server takes it (its flood control slows us) waits instead. 256 KiB is still 3.5 full send
+# windows.
 UDP_SENDING_BYTES = 256 * 1024
 # Datagrams read from one socket in one turn, so that a flood cannot starve standard input.
 UDP_READS_PER_TURN = 256
@@ -475,7 +510,8 @@ UDP_DISCONNECT_TIMEOUT = 35.0
 
 
 class UdpLink:
-    """The server over UDP: a sansio.udp.ClientEndpoint (the whole transport, sans-IO) on sockets.
+    """The server over UDP: a sansio.udp_client.ClientEndpoint (the whole transport, sans-IO)
+    on sockets.
 
     `sock` is the session socket, connected to `server` (the server, or a relay in front of it:
     the kernel then drops datagrams from anyone else). `callback_sock`, when the JOIN names an
@@ -495,9 +531,10 @@ class UdpLink:
         self.callback = callback             # what JOIN names: ChatClient's callback
         self.callback_sock = callback_sock
         self.clock = clock
-        self.endpoint = udp.ClientEndpoint(server, clock())
+        self.endpoint = udp_client.ClientEndpoint(server, clock())
         self.out = bytearray()               # requests not yet handed to the endpoint
-        self.events: List[udp.Event] = []    # taken by the handshake, not yet acted on
+        # taken by the handshake, not yet acted on
+        self.events: List[udp_stream.SessionEvent] = []
         self.failure: Optional[str] = None   # an ICMP error during the handshake
         self.received: Received = lambda data: None
         self.ended: Ended = lambda failure: None
@@ -507,7 +544,7 @@ class UdpLink:
 
     def wait_open(self) -> Optional[str]:
         """Run the handshake (docs/UDP.md, section 4) until the session is open: None, or why
-        it could not be (the endpoint gives up after udp.HANDSHAKE_TIMEOUT)."""
+        it could not be (the endpoint gives up after udp_client.HANDSHAKE_TIMEOUT)."""
         with selectors.SelectSelector() as selector:
             for sock in self.sockets():
                 selector.register(sock, selectors.EVENT_READ, sock)
@@ -515,7 +552,7 @@ class UdpLink:
                 self.send_datagrams()
                 self.events += self.endpoint.events()
                 for event in self.events:
-                    if isinstance(event, udp.SessionClosed):
+                    if isinstance(event, udp_stream.SessionClosed):
                         return UDP_END_MESSAGES.get(event.reason, event.reason)
                 if self.failure is not None:
                     return self.failure
@@ -536,7 +573,7 @@ class UdpLink:
         connected, so the kernel has let through only the server's (or its relay's)."""
         for _ in range(UDP_READS_PER_TURN):
             try:
-                data = sock.recv(udp.MAX_DATAGRAM + 1)   # one byte more: too long is dropped
+                data = sock.recv(udp_wire.MAX_DATAGRAM + 1)   # one byte more: too long is dropped
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -573,9 +610,9 @@ class UdpLink:
         for _ in range(UDP_FLUSH_ROUNDS):     # what is left waits for the next turn
             events, self.events = self.events + self.endpoint.events(), []
             for event in events:
-                if isinstance(event, udp.StreamData):
+                if isinstance(event, udp_stream.StreamData):
                     self.received(event.data)
-                elif isinstance(event, udp.SessionClosed):
+                elif isinstance(event, udp_stream.SessionClosed):
                     self.ended(None if event.reason in UDP_CLOSES
                                else UDP_END_MESSAGES.get(event.reason, event.reason))
             room = UDP_SENDING_BYTES - self.endpoint.buffered_bytes()
@@ -1025,18 +1062,25 @@ may send "/join a" and "hello" together: hello goes to a. Mistakes (posting befo
 joining, leaving a room you are not in, an unknown command) are explained on
 standard error and nothing is sent.
 
+errors from the server are shown as "ERROR code: description" on standard error.
+Two of them refuse one request for a while and the client goes on: 13 (rooms
+created too fast: wait, or join an existing room) and 15 (servers sharing rooms
+cannot reach their Redis: try again in a few seconds). Every other ERROR_CODE
+ends the client. A message longer than a request may be (%d bytes) is refused
+before it is sent, and the client goes on.
+
 exit status:
   0  after /quit or end of input, once the server has closed the connection
-  1  the server answered ERROR_CODE (shown as "ERROR code: description" on standard
-     error; full-screen, once the screen is restored), closed the connection
-     unexpectedly, sent something malformed, or could not be reached; over UDP
-     also when the server stops answering (nothing heard for %g s)
+  1  the server answered an ERROR_CODE other than 13 or 15 (full-screen, shown
+     once the screen is restored), closed the connection unexpectedly, sent
+     something malformed, or could not be reached; over UDP also when the
+     server stops answering (nothing heard for %g s)
 
 over UDP (--udp): the JOINs name --callback as CLIENT_IP and PORT, the session
 socket's own address by default. Through relays (tools/relay.py), HOST PORT is the
 relay towards the server and --callback the relay back; behind a NAT, --callback
 is the NAT's public address for the session socket, or 0:0 (name none: the server
-answers where the session's datagrams come from).""" % udp.IDLE_TIMEOUT)
+answers where the session's datagrams come from).""" % (MAX_REQUEST_BYTES, udp_stream.IDLE_TIMEOUT))
     parser.add_argument("host", help="the server's address, e.g. 127.0.0.1")
     parser.add_argument("port", type=int,
                         help="the server's port (TCP, or UDP with --udp: the same number)")

@@ -35,9 +35,12 @@ import argparse
 import collections
 import contextlib
 import itertools
+import os
 import random
 import socket
 import sys
+if not __package__:   # run as a script (python3 tools/X.py) from any folder: find the project
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 

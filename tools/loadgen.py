@@ -44,6 +44,8 @@ import os
 import random
 import select
 import sys
+if not __package__:   # run as a script (python3 tools/X.py) from any folder: find the project
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import time
 from typing import Callable, Dict, Iterator, List, Optional
 

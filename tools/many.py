@@ -20,7 +20,10 @@ Open files: each side needs N + a few; this process raises its soft RLIMIT_NOFIL
 limit (as Server.py does), and the summary reports the limits (with --spawn, the server's too).
 """
 import argparse
+import os
 import sys
+if not __package__:   # run as a script (python3 tools/X.py) from any folder: find the project
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import time
 from typing import Dict, List
 

@@ -19,11 +19,12 @@ control characters (an escape sequence recolours or retitles the terminal), bidi
 each is shown as PLACEHOLDER and never reaches the terminal. sansio/wire.py refuses the same
 categories in names; message text is relayed as sent, so clients must do this themselves.
 """
+import re
 import unicodedata
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Deque, List, Optional, Tuple, Union
+from typing import Callable, Deque, List, Optional, Tuple, Union
 
 from sansio.wire import MAX_NAME_CHARS, MAX_REQUEST_BYTES
 
@@ -139,7 +140,7 @@ def wrap(text: str, width: int, indent: str = WRAP_INDENT) -> List[str]:
     if cells(text) <= width:
         return [text]
     if cells(indent) * 2 > width:       # a narrow window: indenting would leave no room
-        indent = ""
+        indent = WRAP_INDENT if cells(WRAP_INDENT) * 2 <= width else ""
     rows: List[str] = []
     rest, prefix = text, ""
     while rest:
@@ -220,19 +221,19 @@ class LineEditor:
         self._kill(self.cursor, len(self.text))
 
     def kill_word_before(self) -> None:            # Ctrl-W (unix-word-rubout): to white space
-        start = self.cursor
-        while start and self.text[start - 1].isspace():
-            start -= 1
-        while start and not self.text[start - 1].isspace():
-            start -= 1
-        self._kill(start, self.cursor)
+        self._kill(self._back_to_word_start(lambda char: not char.isspace()), self.cursor)
 
     def word_start(self) -> int:
         """Where Alt-B goes: the start of this or the previous word (letters and digits)."""
+        return self._back_to_word_start(str.isalnum)
+
+    def _back_to_word_start(self, in_word: Callable[[str], bool]) -> int:
+        """Back from the cursor over what is not a word, then over a word: where that word
+        starts. `in_word` says which characters make words (readline has two kinds)."""
         at = self.cursor
-        while at and not self.text[at - 1].isalnum():
+        while at and not in_word(self.text[at - 1]):
             at -= 1
-        while at and self.text[at - 1].isalnum():
+        while at and in_word(self.text[at - 1]):
             at -= 1
         return at
 
@@ -312,15 +313,32 @@ class Line:
     style: str                  # "chat", "note" (the client's own "* " lines) or "error"
 
 
+# An indented line whose text continues after two spaces or more is a row of a two-column table
+# (/help's "  /join ROOM        join ROOM"): its wrapped rows start under the second column.
+_TABLE_ROW = re.compile(r"( +\S+(?: \S+)*  +)\S")
+
+
+def hanging_indent(part: str) -> str:
+    """Where the rows of a wrapped line start: under the second column of a table
+    row, under the text of an indented line, else WRAP_INDENT. A narrow window gets the
+    hanging indent only while it leaves half the width (wrap() drops one that does not)."""
+    row = _TABLE_ROW.match(part)
+    if row:
+        return " " * cells(row.group(1))
+    text = part.lstrip(" ")
+    return " " * (len(part) - len(text)) if text and part[0] == " " else WRAP_INDENT
+
+
 @lru_cache(maxsize=2 * SCROLLBACK_LINES)
 def line_rows(line: Line, width: int) -> Tuple[str, ...]:
     """`line` as rows of at most `width` cells: the stamp on the first, every row after it
-    indented by the stamp's width. Cached: each line is wrapped once per width, not per frame."""
+    indented by the stamp's width and then by hanging_indent. Cached: each line
+    is wrapped once per width, not per frame."""
     lead = line.stamp + " " if line.stamp else ""
     pad = " " * cells(lead)
     rows: List[str] = []
     for part in line.text.split("\n"):
-        for row in wrap(part, max(1, width - len(pad))):
+        for row in wrap(part, max(1, width - len(pad)), hanging_indent(part)):
             rows.append((lead if not rows else pad) + row)
     return tuple(rows)
 
@@ -378,13 +396,19 @@ ESCAPE_KEYS = {"[A": "KEY_UP", "[B": "KEY_DOWN", "[C": "KEY_RIGHT", "[D": "KEY_L
 
 KEYS_HELP = """\
 keys (as in a shell's readline):
-  Left Right Ctrl-B Ctrl-F   move a character    Alt-B Alt-F Ctrl-Left Ctrl-Right  a word
-  Home End Ctrl-A Ctrl-E     start or end of line
-  Backspace Delete Ctrl-D    delete a character  Ctrl-W Alt-Backspace  the word before
-  Ctrl-U Ctrl-K              delete to the start or to the end   Ctrl-Y  put it back
-  Up Down Ctrl-P Ctrl-N      lines sent before   PgUp PgDn  scroll the chat
-  Tab Shift-Tab              the next or previous of your rooms gets plain lines
-  Ctrl-L                     redraw    Ctrl-D on an empty line: /quit"""
+  Left/Right Ctrl-B/F   move a character
+  Ctrl-Left/Right       move a word (also Alt-B/F)
+  Home/End Ctrl-A/E     start or end of the line
+  Backspace/Delete      delete a character (or Ctrl-D)
+  Ctrl-W Alt-Backspace  delete the word before
+  Ctrl-U / Ctrl-K       delete to the start / the end
+  Ctrl-Y                put back what was deleted
+  Up/Down Ctrl-P/N      lines sent before
+  PgUp/PgDn             scroll the chat
+  Tab/Shift-Tab         the next/previous room gets
+                        plain lines
+  Ctrl-L                redraw
+  Ctrl-D, empty line    /quit"""
 
 
 class Screen:

@@ -43,8 +43,11 @@ could interleave senders differently per member, and then only the per-sender ch
 """
 import argparse
 import collections
+import os
 import random
 import sys
+if not __package__:   # run as a script (python3 tools/X.py) from any folder: find the project
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import time
 from typing import Dict, List, Optional, Tuple
 

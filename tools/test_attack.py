@@ -1,5 +1,5 @@
 """Tests of tools/attack.py: every scenario, at its --quick size, against a server this test
-spawns (Server.py on 127.0.0.1 and a port the kernel picks), must pass the issue's targets;
+spawns (Server.py on 127.0.0.1 and a port the kernel picks), must pass its targets;
 and the command line refuses what it cannot do.
 
 Each scenario run is bounded by the tool's own limits (its floods last a second, its waits are
@@ -26,7 +26,7 @@ def run_attack(*argv: str) -> Tuple[int, dict, str]:
 
 
 class QuickScenariosTest(unittest.TestCase):
-    """The unit slice: each case of the issue, small, against this checkout's server."""
+    """The unit slice: each scenario, small, against this checkout's server."""
 
     def check(self, scenario: str, *options: str) -> dict:
         status, summary, err = run_attack(scenario, "--spawn", "--quick", "--quiet", *options)
@@ -96,7 +96,7 @@ class ArgumentsTest(unittest.TestCase):
         self.assertIn("needs --spawn",
                       self.usage_error(["departure", "--port", "9", "--then", "sigterm"]))
 
-    def test_sizes_default_to_the_issue_and_quick_makes_them_small(self):
+    def test_sizes_default_to_the_measured_ones_and_quick_makes_them_small(self):
         full = attack.sized(attack.parse_args(["stalled", "--port", "9"]), "stalled", False)
         quick = attack.sized(attack.parse_args(["stalled", "--port", "9"]), "stalled", True)
         given = attack.sized(attack.parse_args(["stalled", "--port", "9", "--members", "7"]),
@@ -104,6 +104,23 @@ class ArgumentsTest(unittest.TestCase):
         self.assertEqual((full.members, full.seconds), (2000, 10.0))
         self.assertLess(quick.members, full.members)
         self.assertEqual(given.members, 7)
+
+    def test_help_says_the_values_not_the_names_of_constants(self):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
+            attack.parse_args(["--help"])
+        text = out.getvalue()
+        for name in ("STALLED_RCVBUF", "CHAT_BYTES", "ROOM_RETRY_SECONDS", "HELO_DEADLINE",
+                     "DIGITS", "MONITOR_INTERVAL", "PROBE_INTERVAL"):
+            self.assertNotIn(name, text)
+        for value in ("SO_RCVBUF of %d" % attack.STALLED_RCVBUF,
+                      "%d-byte chats" % attack.CHAT_BYTES,
+                      "up to %g s" % attack.ROOM_RETRY_SECONDS,
+                      "within %g s" % attack.HELO_DEADLINE, "%d digits" % attack.DIGITS,
+                      "every %g s" % attack.MONITOR_INTERVAL,
+                      "every %g ms" % (attack.PROBE_INTERVAL * 1000),
+                      "later than %g s" % attack.PROBE_TIMEOUT):
+            self.assertIn(value, " ".join(text.split()))
 
     def test_nothing_listening_fails_with_one_line(self):
         status, summary, _err = run_attack("names", "--port", "1", "--quiet")

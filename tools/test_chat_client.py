@@ -34,7 +34,7 @@ import unittest
 from typing import Callable, List, Optional, Tuple
 
 from sansio.replies import ChatMessage, ErrorReply, JoinedReply, LeftReply, ReplyReader, Unparsed
-from sansio.wire import Framer, chat_request, join_request
+from sansio.wire import MAX_REQUEST_BYTES, Framer, chat_request, join_request
 from tools import chat_client, kit
 from tools.chat_client import ChatClient, Print, Send
 
@@ -353,6 +353,38 @@ class ChatClientWithServerTest(ClientTestCase):
                    + left_note(0, "Zoë K"))
         self.assertIn("[salle café] Zoë K: ça va ?\n", out)
 
+    def test_a_temporary_error_is_shown_and_the_session_goes_on(self) -> None:
+        # More new rooms at once than one connection may create (50, then 5 a second): some
+        # JOINs get ERROR_CODE 13, which says "wait", and the client carries on.
+        bob = self.bob
+        bob.join("a", ref=0, join_id=1)
+        alice = self.start_client(self.port)
+        joins = "".join("/join new%d\n" % i for i in range(80))
+
+        status, out, err = self.finish(alice, joins + "/join a\nstill here\n")
+
+        self.assertEqual(status, 0, err)
+        self.assertIn("ERROR 13: ", err)
+        self.assertEqual([line for line in err.splitlines() if not line.startswith("ERROR 13: ")],
+                         [])
+        bob.expect(joined_note(0, "alice") + chat(0, "alice", "still here"))
+        self.assert_lines_in_order(out, ["[a] alice: still here", "* disconnected"])
+
+    def test_a_message_too_long_for_a_request_is_refused_before_sending(self) -> None:
+        bob = self.bob
+        bob.join("a", ref=0, join_id=1)
+        alice = self.start_client(self.port)
+
+        status, out, err = self.finish(alice, "/join a\n" + "x" * MAX_REQUEST_BYTES
+                                       + "\nshort one\n")
+
+        self.assertEqual(status, 0)
+        self.assertTrue(err.startswith("not sent: the message is 65536 bytes of UTF-8, and a "
+                                       "request may be at most 65536 bytes"), err)
+        # bob reads exactly these, in a row: the long one never reached the server.
+        bob.expect(joined_note(0, "alice") + chat(0, "alice", "short one")
+                   + left_note(0, "alice"))
+
 
 # -- against a stub server, to make the server fail -------------------------------------------
 
@@ -403,7 +435,8 @@ class ChatClientFailureTest(ClientTestCase):
         for words in ("host", "port", "--name", "--plain", "/join ROOM", "/leave ROOM", "/rooms",
                       "/room ROOM",
                       "/msg ROOM TEXT", "the longest wins", "/quit", "end of input",
-                      "exit status", "ERROR code: description"):
+                      "exit status", "ERROR code: description", "13 (rooms",
+                      "15 (servers"):
             self.assertIn(words, text)
 
 
@@ -840,6 +873,38 @@ class ChatClientCoreTest(unittest.TestCase):
         self.assertEqual(actions[1:], [Send(chat_request(7, 4, "alice", "hello"))])
         self.assertIsInstance(actions[0], Print)
         self.assertTrue(client.ready_for_input())
+
+    def test_temporary_errors_go_on_and_the_others_end_the_client(self) -> None:
+        client = ChatClient("alice")
+        client.line_typed("/join a")
+        self.assertEqual(client.line_typed("hello"), [])        # waits for the JOIN's answer
+        reader = ReplyReader()
+        reader.receive_data(b"ERROR_CODE: 15\nERROR_DESCRIPTION: try again\n"
+                            b"ERROR_CODE: 13\nERROR_DESCRIPTION: wait\n"
+                            b"ERROR_CODE: 6\nERROR_DESCRIPTION: not a member\n")
+        # the JOIN is refused for now: the line behind it runs (no room yet, so it is explained)
+        self.assertEqual(client.message_received(reader.maybe_next_reply()), [
+            chat_client.PrintError("ERROR 15: try again"),
+            chat_client.PrintError("join a room first (/join ROOM), then type to post to it")])
+        self.assertTrue(client.ready_for_input())
+        self.assertEqual(client.message_received(reader.maybe_next_reply()),
+                         [chat_client.PrintError("ERROR 13: wait")])
+        self.assertEqual(client.message_received(reader.maybe_next_reply()),
+                         [chat_client.PrintError("ERROR 6: not a member"), chat_client.Exit(1)])
+
+    def test_a_message_too_long_is_refused_and_one_that_fits_is_sent(self) -> None:
+        client = ChatClient("alice")
+        reply = ReplyReader()
+        reply.receive_data(joined("a", 80, 0, 1).encode())
+        client.message_received(reply.maybe_next_reply())
+        overhead = len(chat_request(0, 1, "alice", ""))
+        fits = "\u00e9" * ((MAX_REQUEST_BYTES - overhead) // 2)   # 2 bytes each
+        self.assertEqual(client.line_typed(fits),
+                         [Send(chat_request(0, 1, "alice", fits))])
+        [refused] = client.line_typed(fits + "\u00e9")
+        self.assertIsInstance(refused, chat_client.PrintError)
+        self.assertIn("%d of them for your text" % (MAX_REQUEST_BYTES - overhead),
+                      refused.text)
 
     def test_malformed_reply_exits_1(self) -> None:
         client = ChatClient("alice")

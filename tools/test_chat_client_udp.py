@@ -20,7 +20,7 @@ import time
 import unittest
 from typing import Callable, List, Tuple
 
-from sansio import udp
+from sansio import udp_server, udp_stream
 from sansio.replies import ChatMessage, JoinedReply, ReplyReader
 from sansio.wire import chat_request, disconnect_request, join_request
 from tools import chat_client, kit
@@ -181,8 +181,8 @@ class PipedOverUdpTest(UdpClientTestCase):
                                          "%s:%d" % (HOST, self.port),
                                          "[room1] alice: via my callback", "* disconnected"])
         # The server's replies went to the callback once it was validated (KNOCK, PROBE, ECHO),
-        # not after the udp.CALLBACK_TIMEOUT it waits before giving up on one.
-        self.assertLess(time.monotonic() - started, udp.CALLBACK_TIMEOUT)
+        # not after the udp_server.CALLBACK_TIMEOUT it waits before giving up on one.
+        self.assertLess(time.monotonic() - started, udp_server.CALLBACK_TIMEOUT)
         self.bob.wait_for("alice's chat", lambda: ("alice", "via my callback")
                           in self.bob.chats())
 
@@ -270,10 +270,10 @@ class UdpFailureTest(unittest.TestCase):
         # What it sent before (the ACK of our first PING) is in the socket already (loopback
         # delivers at once): take it now, so that it is not heard after the clock jumps.
         link.read(link.sock)
-        skew[0] = udp.IDLE_TIMEOUT + 1.0
+        skew[0] = udp_stream.IDLE_TIMEOUT + 1.0
         self.assertEqual(terminal.run(), 1)
         self.assertEqual(err.getvalue(), "the server stopped answering: nothing heard from it "
-                                         "over UDP for %g s\n" % udp.IDLE_TIMEOUT)
+                                         "over UDP for %g s\n" % udp_stream.IDLE_TIMEOUT)
 
     def test_bind_and_callback_need_udp_and_an_ip_address(self) -> None:
         for args, problem in ((["--bind", "127.0.0.1:0"], "--bind and --callback are for --udp"),

@@ -5,9 +5,11 @@ Every wait is bounded (TIMEOUT); the only server started is stopped by its pid.
 """
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -15,6 +17,7 @@ from tools import kit
 
 TIMEOUT = 10.0
 TOOLS = ("fuzz", "soak", "many", "loadgen")
+RUNNABLE = TOOLS + ("chat_client", "attack", "relay")     # every tool with a command line
 COMMON_KEYS = ["tool", "ok", "verdict", "elapsed", "failed", "failures", "failure_examples"]
 
 
@@ -46,6 +49,21 @@ class NoServerTest(unittest.TestCase):
                 self.assertEqual(list(summary)[:len(COMMON_KEYS)], COMMON_KEYS)
                 self.assertEqual((summary["tool"], summary["ok"], summary["failures"]),
                                  (tool, False, {"no_server": 1}))
+
+
+class RunAsScriptTest(unittest.TestCase):
+
+    def test_every_runnable_tool_runs_as_a_script_from_another_folder(self):
+        # How people run a script: python3 path/to/tools/NAME.py, from wherever they are.
+        with tempfile.TemporaryDirectory() as elsewhere:
+            for tool in RUNNABLE:
+                with self.subTest(tool=tool):
+                    script = os.path.join(kit.REPO_ROOT, "tools", tool + ".py")
+                    done = subprocess.run([sys.executable, script, "--help"], cwd=elsewhere,
+                                          stdin=subprocess.DEVNULL, capture_output=True,
+                                          timeout=TIMEOUT)
+                    self.assertEqual((done.returncode, done.stderr), (0, b""))
+                    self.assertIn(b"usage:", done.stdout)
 
 
 class ReportTest(unittest.TestCase):

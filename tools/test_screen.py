@@ -310,6 +310,34 @@ class RenderTest(unittest.TestCase):
             for text, _ in scr.render(rows_, cols).rows:
                 self.assertLessEqual(cells(text), cols)
 
+    def test_help_keeps_its_two_columns_at_60_columns_and_wider(self) -> None:
+        from tools.chat_client import COMMANDS      # what /help shows, with KEYS_HELP
+        for cols in (60, 80, 100):
+            scr = self.screen_with(0)
+            scr.add(COMMANDS + "\n" + screen.KEYS_HELP, stamp="12:00")
+            rows = [text for text, _ in scr.render(60, cols).rows[:-2] if text]
+            for table, first in (("commands", "/join ROOM"), ("keys", "Left/Right")):
+                # a table: its first row's second column, then rows until the next heading
+                start = next(i for i, text in enumerate(rows) if first in text)
+                column = len(rows[start]) - len(rows[start][rows[start].index(first):]
+                                                .split("  ", 1)[1].lstrip(" "))
+                for text in rows[start:]:
+                    if not text.startswith("      " + "  "):     # the stamp's width, then 2
+                        break                                   # the next heading
+                    with self.subTest(cols=cols, table=table, row=text):
+                        self.assertLessEqual(cells(text), cols)
+                        # a key and its text, or more text: either way, the text at the column
+                        self.assertEqual(text[column - 2:column], "  ")
+                        self.assertNotEqual(text[column], " ")
+
+    def test_a_wrapped_table_row_continues_under_its_second_column(self) -> None:
+        scr = self.screen_with(0)
+        scr.add("  /msg ROOM TEXT  post TEXT to ROOM, one of your rooms, and more", stamp="")
+        rows = [text for text, _ in scr.render(8, 40).rows[:-2] if text]
+        self.assertEqual(rows, ["  /msg ROOM TEXT  post TEXT to ROOM,",
+                                "                  one of your rooms,",
+                                "                  and more"])
+
     def test_a_tiny_window_says_so(self) -> None:
         frame = self.screen_with(3).render(2, 40)
         self.assertEqual(frame.rows[0][0], "window too small")

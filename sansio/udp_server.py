@@ -1,0 +1,521 @@
+"""The server side of the UDP transport: one UDP socket, any number of sessions, as a pure state
+machine (docs/UDP.md sections 4, 6 and 9).
+
+Boundary: this module opens no socket and reads no clock (the h11 "sans-IO" design). Whoever
+drives it hands in datagrams with their source address and the current time, and takes out
+datagrams to send with their destination, stream bytes delivered in order, events, and the time
+at which `timer()` wants to be called next.
+
+    datagram_received(data, addr, now) --> sessions --> events(): SessionOpened, StreamData,
+    send_stream(session_id, data, now) -->             SessionClosed, CallbackValidated, ...
+    timer(now)                         -->          datagrams_to_send(): [(bytes, addr), ...]
+                                                    next_deadline(): when to call timer()
+
+What this module adds to the sessions of sansio/udp_stream.py, in the order a session meets it:
+
+1. Handshake (stateless cookie; QUIC Retry, RFC 9000 s8.1; DTLS HelloVerifyRequest). The
+   client sends HELLO, padded to 1 200 bytes. The server answers RETRY carrying a cookie
+   (sansio/udp_wire.py, make_cookie) and keeps nothing for that address. The client repeats
+   HELLO with the cookie; a cookie that checks out proves the client receives at its source
+   address, and only then does the server create a session and answer ACCEPT with a 128-bit
+   random token. The token, not the source address, names the session in every later datagram:
+   someone off the path who knows a JOIN_ID and a callback address cannot act for the session.
+
+2. Callback validation (anti-reflection; RFC 9000 s8.2 path validation, s8 amplification
+   limit). JOIN_CHATROOM's CLIENT_IP/PORT may name another address for the session's stream;
+   the chat layer passes it to `set_callback()`. No stream byte goes there until that address
+   has shown it wants them. While validation is pending, the server sets a flag in the
+   session's datagrams; the client then sends KNOCK from the callback address, the server
+   answers with a PROBE holding a random challenge sent to the callback address, and the
+   session holder ECHOes the challenge (from anywhere). Until an address is validated the
+   server sends it at most 3x the bytes it received from it (so a silent victim receives
+   nothing at all), PROBEs are rate-limited per address and globally, and pending callbacks are
+   capped. Meanwhile new stream data waits (at most CALLBACK_TIMEOUT), then the session's
+   stream carries on to its validated source address.
+
+Plugging it into a reactor (one UDP socket bound to the TCP address and port):
+
+    on readable:  for each recvfrom(): endpoint.datagram_received(data, addr, now)
+    on a tick:    endpoint.timer(now) once next_deadline() has passed
+    then:         for each event: SessionOpened -> a new connection (connection_made);
+                  StreamData -> the Framer (data_received); SessionClosed -> connection_lost.
+                  The chat layer's actions: Send -> send_stream(); Close -> close_session();
+                  Callback(conn_id, address) -> set_callback(address), BEFORE the
+                  JOINED_CHATROOM reply it comes with is queued.
+    finally:      sendto() every datagrams_to_send(); take events() again (a flush can end a
+                  session); sleep at most until next_deadline().
+    budget:       buffered_bytes() counts toward the global memory bound.
+"""
+import heapq
+import hmac
+import secrets
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
+
+from policy.bucket import TokenBucket
+from sansio.udp_stream import IDLE_TIMEOUT, Session, SessionClosed, SessionOpened, StreamData
+from sansio.udp_wire import (ACCEPT, CHALLENGE_SIZE, COOKIE_SIZE, DATA, ECHO, FLAG_CALLBACK_PENDING,
+                             HEADER, HEADER_SIZE, HELLO, HELLO_SIZE, KNOCK, KNOCK_INTERVAL,
+                             MAX_DATAGRAM, NONCE_SIZE, PROBE, REJECT, RETRY, SESSION_TYPES,
+                             TOKEN_SIZE, VERSION, ZERO_TOKEN, Address, cookie_ok, encode,
+                             make_cookie)
+
+# --- limits (docs/UDP.md, "Limits") ----------------------------------------------------------
+# Sessions per server endpoint. Each costs at most ~1.1 MB (send cap + receive window) and a
+# few hundred bytes when idle; 10 000 matches the TCP side's descriptor budget.
+MAX_SESSIONS = 10000
+# Sessions accepted but not yet confirmed (no datagram with their token seen yet), and how long
+# after the last ACCEPT they may stay so. Only a client that passed the cookie check gets here,
+# but it could still open sessions it never uses. A valid HELLO finding the table full gets no
+# answer (it is retried), unlike one finding MAX_SESSIONS (REJECT). 30 s = the client's
+# HANDSHAKE_TIMEOUT (sansio/udp_client.py): a client still trying to confirm is never forgotten
+# under it.
+MAX_UNCONFIRMED_SESSIONS = 256
+UNCONFIRMED_TIMEOUT = 30.0
+# Callbacks waiting for validation, and how long one may wait before the session gives up on it
+# and keeps its stream where it went before.
+MAX_PENDING_CALLBACKS = 1024
+CALLBACK_TIMEOUT = 10.0
+# Anti-amplification (RFC 9000 s8): to an address not yet validated, at most this many times
+# the bytes received from it.
+AMPLIFICATION_FACTOR = 3
+# PROBEs per address: a burst of 3, then one per 2 s; and for the whole endpoint 200 per second.
+# So even spoofed KNOCKs make one address receive a few small datagrams, and the endpoint as a
+# whole reflects at most ~10 KB/s of PROBEs.
+PROBE_BURST = 3
+PROBE_RATE = 0.5
+PROBE_GLOBAL_BURST = 200
+PROBE_GLOBAL_RATE = 200.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Events (besides SessionOpened, StreamData and SessionClosed, sansio/udp_stream.py)
+# ---------------------------------------------------------------------------------------------
+
+class CallbackValidated(NamedTuple):
+    """The session's stream now goes to `addr`."""
+    session_id: int
+    addr: Address
+
+
+class CallbackFailed(NamedTuple):
+    """`addr` was not validated (timed out, or too many pending); the stream stays where it was."""
+    session_id: int
+    addr: Address
+    reason: str
+
+
+Event = Union[SessionOpened, StreamData, SessionClosed, CallbackValidated, CallbackFailed]
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------------
+
+class _PendingCallback:
+    """A callback address named by the chat layer, not yet validated for this session."""
+
+    __slots__ = ("addr", "challenge", "deadline", "nudge_at")
+
+    def __init__(self, addr: Address, challenge: bytes, now: float) -> None:
+        self.addr, self.challenge = addr, challenge
+        self.deadline = now + CALLBACK_TIMEOUT
+        # Until validated, the session's source gets a (flagged) ACK every KNOCK_INTERVAL, so
+        # a client that missed the flag still learns it should knock.
+        self.nudge_at = now + KNOCK_INTERVAL
+
+
+class _UnvalidatedAddress:
+    """What the server knows of one address some session wants as its callback: bytes in and
+    out (the 3x budget), its PROBE rate limit, and the sessions waiting on it."""
+
+    __slots__ = ("received", "sent", "bucket", "sessions")
+
+    def __init__(self, now: float) -> None:
+        self.received = 0
+        self.sent = 0
+        self.bucket = TokenBucket(PROBE_BURST, PROBE_RATE, now)
+        self.sessions: Dict["_ServerSession", None] = {}   # an ordered set
+
+
+class _ServerSession(Session):
+    def __init__(self, session_id: int, token: bytes, source: Address, nonce: bytes,
+                 now: float, idle_timeout: float) -> None:
+        super().__init__(token, now, idle_timeout)
+        self.session_id = session_id
+        self.source = source            # validated by the cookie; ACKs and control go here
+        self.dest = source              # where the stream goes: source or a validated callback
+        self.validated: Set = {source}
+        self.pending: Optional[_PendingCallback] = None
+        self.nonce = nonce
+        self.confirmed = False          # a datagram with the token has arrived
+        self.accepted_at = now      # the last ACCEPT sent
+        self.registered = float("inf")  # the deadline we have an entry for in the timer heap
+
+    def deadline(self) -> float:
+        when = super().deadline()
+        if not self.confirmed:
+            when = min(when, self.accepted_at + UNCONFIRMED_TIMEOUT)
+        if self.pending is not None:
+            when = min(when, self.pending.deadline, self.pending.nudge_at)
+        return when
+
+
+class ServerEndpoint:
+    """The server side of one UDP socket: any number of sessions (up to MAX_SESSIONS).
+
+    Feed it `datagram_received(data, addr, now)` and `timer(now)` (at `next_deadline()`);
+    give it stream bytes with `send_stream(session_id, data, now)`; after each batch of calls,
+    send what `datagrams_to_send()` returns and handle what `events()` returns.
+    """
+
+    def __init__(self, cookie_key: Optional[bytes] = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        # A fresh random key per process: cookies from before a restart are worthless.
+        self._cookie_key = cookie_key or secrets.token_bytes(32)
+        self.idle_timeout = idle_timeout    # a peer silent this long is gone (IDLE_TIMEOUT)
+        self._sessions: Dict[int, _ServerSession] = {}
+        self._by_token: Dict[bytes, _ServerSession] = {}
+        self._by_hello: Dict[Tuple, _ServerSession] = {}   # (addr, nonce): repeat ACCEPT
+        self._unconfirmed = 0
+        self._unvalidated: Dict[Address, _UnvalidatedAddress] = {}
+        self._pending_count = 0
+        self._probe_bucket: Optional[TokenBucket] = None
+        self._next_id = 1
+        self._now = 0.0
+        # Sessions with something to flush: a dict as an ordered set, so that the order of
+        # datagrams_to_send() is reproducible.
+        self._dirty: Dict[_ServerSession, None] = {}
+        self._heap: List[Tuple[float, int]] = []
+        self._out: List[Tuple[bytes, Address]] = []
+        self._events: List[Event] = []
+        # Sessions whose buffers may have changed size since touched_sessions() was last
+        # called (a datagram or stream bytes for them), for the reactor's memory accounting.
+        self._touched: Dict[int, None] = {}
+        self.dropped = 0                # datagrams ignored (malformed, unknown token, ...)
+
+    # --- the interface ---------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
+        """One datagram from `addr`. Anything malformed or unknown is dropped silently."""
+        self._now = now
+        size = len(data)
+        unvalidated = self._unvalidated.get(addr)
+        if unvalidated is not None:
+            unvalidated.received += size
+        if not HEADER_SIZE <= size <= MAX_DATAGRAM or data[0] != VERSION:
+            self.dropped += 1
+            return
+        _, kind, _, sacks, token, seq, ack, window, length = HEADER.unpack_from(data)
+        if HEADER_SIZE + length > size or (kind == DATA and not length):
+            self.dropped += 1               # (decode()'s rules, inline: this is the hot path)
+            return
+        body = data[HEADER_SIZE:HEADER_SIZE + length]
+        if token == ZERO_TOKEN:
+            if kind == HELLO:
+                self._on_hello(data, body, addr, now)
+            elif kind == KNOCK and unvalidated is not None:
+                self._send_probes(unvalidated, now)
+            else:
+                self.dropped += 1
+            return
+        session = self._by_token.get(token)
+        if session is None or kind not in SESSION_TYPES:
+            self.dropped += 1               # a forged or stale token: no answer at all
+            return
+        if not session.confirmed:
+            session.confirmed = True
+            self._unconfirmed -= 1
+            self._events.append(SessionOpened(session.session_id, session.source))
+        if kind == ECHO:
+            self._on_echo(session, body)
+        session.handle(kind, sacks, seq, ack, window, body, now)
+        self._touched[session.session_id] = None
+        if session.delivered:
+            sid = session.session_id
+            self._events.extend(StreamData(sid, chunk) for chunk in session.delivered)
+            session.delivered.clear()
+        self._touch(session)
+
+    def send_stream(self, session_id: int, data: bytes, now: float) -> bool:
+        """Queue stream bytes for a session. False if there is no such open session; a session
+        whose unacknowledged bytes would pass SEND_BUFFER_CAP is reset and closed instead."""
+        self._now = now
+        session = self._sessions.get(session_id)
+        if session is None or session.closed is not None or session.close_requested:
+            return False
+        if not session.queue_or_abort(data):
+            self._touch(session)
+            return False
+        self._dirty[session] = None
+        self._touched[session_id] = None
+        return True
+
+    def set_receiving(self, session_id: int, receiving: bool) -> None:
+        """Take the session's incoming stream (True, the default) or discard it, so that the
+        peer retransmits it later (False: the app is not taking this session's input now)."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.stream.receiving = receiving
+
+    def set_callback(self, session_id: int, addr: Optional[Address], now: float) -> None:
+        """The chat layer parsed a JOIN naming `addr` (None: "my source address", see
+        sansio.wire.maybe_callback_address). Call it before queueing the JOIN's reply. The
+        stream moves there once the address is validated; until then new stream data waits."""
+        self._now = now
+        session = self._sessions.get(session_id)
+        if session is None or session.closed is not None:
+            return
+        if session.pending is not None and session.pending.addr == addr:
+            return
+        self._drop_pending(session)
+        if addr is None or addr in session.validated:
+            session.dest = session.source if addr is None else addr
+        elif self._pending_count >= MAX_PENDING_CALLBACKS:
+            self._events.append(CallbackFailed(session_id, addr, "too many pending callbacks"))
+        else:
+            session.pending = _PendingCallback(addr, secrets.token_bytes(CHALLENGE_SIZE), now)
+            self._pending_count += 1
+            state = self._unvalidated.get(addr)
+            if state is None:
+                state = self._unvalidated[addr] = _UnvalidatedAddress(now)
+            state.sessions[session] = None
+            session.stream.ack_pending = True    # tell the client now (FLAG_CALLBACK_PENDING)
+        self._touch(session)
+
+    def close_session(self, session_id: int, now: float) -> None:
+        """Close after everything queued has been delivered and acknowledged (DISCONNECT)."""
+        self._now = now
+        session = self._sessions.get(session_id)
+        if session is not None and session.closed is None:
+            session.close_requested = True
+            self._touch(session)
+
+    def abort_session(self, session_id: int, reason: str, now: float) -> None:
+        """Close now, discarding what is queued; the peer gets RESET."""
+        self._now = now
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.abort(reason)
+            self._touch(session)
+
+    def timer(self, now: float) -> None:
+        """Run every timer that is due (retransmission, keepalive, timeouts)."""
+        self._now = now
+        heap = self._heap
+        due = []
+        while heap and heap[0][0] <= now:       # take the due entries first: handling them
+            due.append(heapq.heappop(heap))     # pushes new ones, never run in this call
+        for when, sid in due:
+            session = self._sessions.get(sid)
+            if session is None or session.registered != when:
+                continue                    # stale entry
+            session.registered = float("inf")
+            if not session.confirmed and now >= session.accepted_at + UNCONFIRMED_TIMEOUT:
+                self._remove(session)       # never opened: nothing to report
+                continue
+            pending = session.pending
+            if pending is not None and now >= pending.deadline:
+                self._drop_pending(session)
+                self._events.append(CallbackFailed(sid, pending.addr, "not validated in time"))
+            elif pending is not None and now >= pending.nudge_at:
+                pending.nudge_at = now + KNOCK_INTERVAL
+                session.stream.ack_pending = True
+            session.on_timer(now)
+            self._touch(session)
+
+    def next_deadline(self) -> Optional[float]:
+        """The time at which `timer()` should next be called, or None if never."""
+        heap = self._heap
+        while heap:
+            when, sid = heap[0]
+            session = self._sessions.get(sid)
+            if session is not None and session.registered == when:
+                return when
+            heapq.heappop(heap)
+        return None
+
+    def datagrams_to_send(self, now: Optional[float] = None) -> List[Tuple[bytes, Address]]:
+        """Every datagram owed now, each with its destination, in order."""
+        if now is not None:
+            self._now = now
+        now = self._now
+        out = self._out
+        dirty, self._dirty = self._dirty, {}
+        for session in dirty:
+            if session.session_id not in self._sessions:
+                continue
+            pending = session.pending
+            session.flush(now, out, session.dest, session.source,
+                          FLAG_CALLBACK_PENDING if pending is not None else 0,
+                          hold_new=pending is not None)
+            if session.closed is not None:
+                self._finish(session)
+            else:
+                self._schedule(session)
+        self._out = []
+        return out
+
+    def events(self) -> List[Event]:
+        """Events since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def buffered_bytes(self, session_id: Optional[int] = None) -> int:
+        """Bytes held for one session (or all): unacknowledged output plus out-of-order input.
+        For the reactor's global memory budget."""
+        if session_id is not None:
+            session = self._sessions.get(session_id)
+            return 0 if session is None else (session.stream.send_buffered()
+                                              + session.stream.held_bytes)
+        return sum(s.stream.send_buffered() + s.stream.held_bytes
+                   for s in self._sessions.values())
+
+    def session_buffers(self, session_id: int) -> Tuple[int, int]:
+        """(unacknowledged output, out-of-order input held) of one session, in bytes; (0, 0)
+        if there is no such session."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return 0, 0
+        return session.stream.send_buffered(), session.stream.held_bytes
+
+    def touched_sessions(self) -> List[int]:
+        """The sessions whose buffers may have changed size since the last call."""
+        touched, self._touched = self._touched, {}
+        return list(touched)
+
+    def session_ids(self) -> List[int]:
+        return list(self._sessions)
+
+    def session_stats(self, session_id: int) -> Dict[str, object]:
+        """A session's numbers (window, RTT, retransmissions), for tests and logs."""
+        session = self._sessions[session_id]
+        return session.stats(dest=session.dest, source=session.source,
+                      callback_pending=session.pending is not None)
+
+    @property
+    def unconfirmed_count(self) -> int:
+        return self._unconfirmed
+
+    @property
+    def pending_callback_count(self) -> int:
+        return self._pending_count
+
+    # --- handshake -------------------------------------------------------------------------
+
+    def _on_hello(self, data: bytes, body: bytes, addr: Address, now: float) -> None:
+        if len(data) != HELLO_SIZE or len(body) not in (NONCE_SIZE, NONCE_SIZE + COOKIE_SIZE):
+            self.dropped += 1
+            return
+        nonce = bytes(body[:NONCE_SIZE])
+        session = self._by_hello.get((addr, nonce))
+        if session is not None:                     # our ACCEPT was lost: say it again
+            if not session.confirmed:
+                session.accepted_at = now
+            self._out.append((encode(ACCEPT, session.token, body=nonce), addr))
+            return
+        cookie = bytes(body[NONCE_SIZE:])
+        if not cookie or not cookie_ok(self._cookie_key, cookie, addr, nonce, now):
+            # Stateless: whatever HELLO this is, the answer is a fresh cookie, 60 bytes for
+            # 1 200 received, and nothing is remembered.
+            fresh = make_cookie(self._cookie_key, addr, nonce, int(now))
+            self._out.append((encode(RETRY, body=nonce + fresh), addr))
+            return
+        if len(self._sessions) >= MAX_SESSIONS:
+            self._out.append((encode(REJECT, body=nonce), addr))
+            return
+        if self._unconfirmed >= MAX_UNCONFIRMED_SESSIONS:
+            # A burst of handshakes, not a full server: no answer, the client's next HELLO
+            # (in 1 to 2 s) will find room.
+            self.dropped += 1
+            return
+        token = secrets.token_bytes(TOKEN_SIZE)
+        while token in self._by_token or token == ZERO_TOKEN:   # 2**-128: never, but cheap
+            token = secrets.token_bytes(TOKEN_SIZE)
+        session = _ServerSession(self._next_id, token, addr, nonce, now, self.idle_timeout)
+        self._next_id += 1
+        self._sessions[session.session_id] = session
+        self._by_token[token] = session
+        self._by_hello[(addr, nonce)] = session
+        self._unconfirmed += 1
+        self._out.append((encode(ACCEPT, token, body=nonce), addr))
+        self._schedule(session)
+
+    # --- callback validation ---------------------------------------------------------------
+
+    def _send_probes(self, state: _UnvalidatedAddress, now: float) -> None:
+        """A KNOCK from an address sessions are waiting on: PROBE it for each of them, within
+        the 3x budget and both rate limits."""
+        if self._probe_bucket is None:
+            self._probe_bucket = TokenBucket(PROBE_GLOBAL_BURST, PROBE_GLOBAL_RATE, now)
+        for session in list(state.sessions):
+            probe = encode(PROBE, body=session.pending.challenge)
+            if state.sent + len(probe) > AMPLIFICATION_FACTOR * state.received:
+                return
+            if not state.bucket.take(now) or not self._probe_bucket.take(now):
+                return
+            state.sent += len(probe)
+            self._out.append((probe, session.pending.addr))
+
+    def _on_echo(self, session: _ServerSession, body: bytes) -> None:
+        pending = session.pending
+        if pending is None or not hmac.compare_digest(bytes(body[:CHALLENGE_SIZE]),
+                                                      pending.challenge):
+            return
+        self._drop_pending(session)
+        session.validated.add(pending.addr)
+        session.dest = pending.addr
+        self._events.append(CallbackValidated(session.session_id, pending.addr))
+
+    def _drop_pending(self, session: _ServerSession) -> None:
+        pending = session.pending
+        if pending is None:
+            return
+        session.pending = None
+        self._pending_count -= 1
+        state = self._unvalidated.get(pending.addr)
+        if state is not None:
+            state.sessions.pop(session, None)
+            if not state.sessions:
+                del self._unvalidated[pending.addr]
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def _touch(self, session: _ServerSession) -> None:
+        """After any change to a session: finish it if it is over (its last datagram, RESET or
+        CLOSE_ACK, is queued at once), or mark it for the next flush."""
+        if session.closed is not None:
+            self._finish(session)
+        else:
+            self._dirty[session] = None
+            self._schedule(session)
+
+    def _schedule(self, session: _ServerSession) -> None:
+        """Make sure the timer heap has an entry no later than the session's deadline. Later
+        deadlines need no new entry: the old one fires early and reschedules (lazy)."""
+        when = session.deadline()
+        if when < session.registered:
+            session.registered = when
+            heapq.heappush(self._heap, (when, session.session_id))
+            if len(self._heap) > 4 * len(self._sessions) + 64:
+                self._heap = [(s.registered, s.session_id) for s in self._sessions.values()
+                              if s.registered != float("inf")]
+                heapq.heapify(self._heap)
+
+    def _finish(self, session: _ServerSession) -> None:
+        """The session is over: send its last words, forget it, tell the chat layer."""
+        if session.reset_due or session.close_ack_due:
+            session.flush(self._now, self._out, session.dest, session.source)
+        if session.confirmed:
+            self._events.append(SessionClosed(session.session_id, session.closed or "closed"))
+        self._remove(session)
+
+    def _remove(self, session: _ServerSession) -> None:
+        self._drop_pending(session)
+        if self._sessions.pop(session.session_id, None) is None:
+            return
+        del self._by_token[session.token]
+        self._by_hello.pop((session.source, session.nonce), None)
+        if not session.confirmed:
+            self._unconfirmed -= 1
+        self._dirty.pop(session, None)
+

@@ -1,0 +1,571 @@
+"""One UDP session's reliable, ordered byte stream, and the session around it (liveness and
+teardown), the same at both ends (docs/UDP.md sections 5, 7 and 8).
+
+Boundary: no socket, no clock, no addresses of its own; the endpoints (sansio/udp_server.py,
+sansio/udp_client.py) hand in datagrams and the time and take out datagrams to send. What a
+session gives the chat protocol is what a TCP connection gives it: the same text messages, as a
+byte stream, every byte exactly once and in order.
+
+1. Delivery (ideas from KCP and TCP; RFC 6298, RFC 9002). The stream is cut into segments of at
+   most MAX_PAYLOAD bytes, numbered 0, 1, 2... Each DATA datagram is one segment. The receiver
+   delivers segments in order, holds out-of-order ones (at most RECV_WINDOW of them), and
+   acknowledges with a cumulative ACK (the next segment it needs) plus SACK ranges of what it
+   holds beyond that. The sender keeps at most `cwnd` segments in flight (a congestion window
+   counted in datagrams), and retransmits a segment when its retransmission timer (RTO,
+   RFC 6298) expires, when three segments sent after it have been acknowledged while it was
+   not (KCP's fast retransmit), or when one sent after it was acknowledged 9/8 of an RTT after
+   it was sent (RFC 9002's time threshold). A duplicate ACK, carrying nothing new, never causes
+   a retransmission (TFTP's Sorcerer's Apprentice bug, RFC 1350 / RFC 1123 s4.2.3.1).
+
+2. Liveness. A session that has heard nothing from its peer for KEEPALIVE_IDLE sends PING
+   (which the peer answers with ACK) every PING_INTERVAL; one that has heard nothing for
+   IDLE_TIMEOUT is over: SessionClosed, which the chat layer treats like a broken TCP
+   connection.
+
+3. Teardown. A close sends everything queued first; once the peer has acknowledged every byte,
+   CLOSE goes out and the session ends at CLOSE_ACK (or after MAX_CLOSE_SENDS tries). RESET
+   ends a session at once (a send buffer over its cap, for instance).
+
+Layout: the limits; the events both endpoints report; ReliableStream (sequence numbers, acks,
+windows, RTO, RTT); Session (a stream plus liveness and teardown).
+"""
+import bisect
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+
+from sansio.udp_wire import (ACK, CLOSE, CLOSE_ACK, DATA, ECHO, HEADER, MAX_PAYLOAD, PING, RESET,
+                             SACK_RANGE, VERSION, Address, encode)
+
+# --- limits (docs/UDP.md, "Limits") ----------------------------------------------------------
+# Segments the receiver holds beyond the next one it needs, and so the most a sender may have
+# outstanding. 64 x 1 168 bytes = 73 KiB: a whole 64 KiB chat message (protocol.py,
+# MAX_REQUEST_BYTES) fits in one window, and out-of-order data per session is bounded by it.
+RECV_WINDOW = 64
+# Congestion window, in datagrams (RFC 9002 s7.2): start at 4 (RFC 9002 allows 10; chat
+# messages are small and a new session should not burst), never below 2 (kMinimumWindow),
+# never above the receive window.
+INITIAL_CWND = 4
+MIN_CWND = 2
+MAX_CWND = RECV_WINDOW
+# Retransmit a segment once this many segments sent after it are acknowledged while it is not
+# (TCP's three duplicate ACKs, RFC 5681; RFC 9002's kPacketThreshold = 3; KCP's "resend").
+FAST_RETRANSMIT_SKIPS = 3
+# ... or once a segment sent after it has been acknowledged and this many RTTs have passed since
+# it was sent (RFC 9002 s6.1.2, kTimeThreshold = 9/8 of max(SRTT, latest RTT)). With a window
+# too small for three later segments, as after any loss or in chat traffic, the packet
+# threshold alone leaves every loss to the RTO. Measured (bench/udp_load.py, ten members, 10 %
+# loss, four seeds): 6.7 s median with it, 32 s without.
+LOSS_TIME_THRESHOLD = 9.0 / 8.0
+# Retransmission timeout (RFC 6298). Initial RTO 1 s (RFC 6298 s2.1), not RFC 9002's 333 ms
+# initial RTT: a chat does not need the first round trip to be fast, and being conservative
+# before any RTT is measured costs nothing but avoids spurious retransmissions on slow mobile
+# paths. The floor is 50 ms: RFC 6298's 1 s is known to be far too conservative (s2.4 lets us
+# choose), and Linux TCP's 200 ms covers delayed ACKs, which neither end here does (an ACK goes
+# out with its batch: one server tick, 20 ms as a rule); RFC 9002's probe timeout has no floor
+# but the peer's max_ack_delay (25 ms by default) on top of the RTT estimate. With 200 ms, every
+# lost chat segment cost 200 ms, and ten members chatting at 10 % loss got 1 200 deliveries/s
+# instead of 7 000 to 14 000 (bench/udp_load.py). The cap 10 s (RFC 6298 allows 60 s, but a
+# peer silent for IDLE_TIMEOUT is given up anyway, and a lower cap means more tries in that
+# time).
+INITIAL_RTO = 1.0
+MIN_RTO = 0.05
+MAX_RTO = 10.0
+CLOCK_GRANULARITY = 0.001   # G in RFC 6298 s2: we are given float seconds
+# Keepalive (docs/UDP.md, "Liveness"): after KEEPALIVE_IDLE seconds without hearing from the
+# peer, PING every PING_INTERVAL; after IDLE_TIMEOUT of silence the peer is gone. A vanished
+# peer is noticed in 45 s (< 60 s), and an idle session costs one PING and one ACK per 15 s.
+KEEPALIVE_IDLE = 15.0
+PING_INTERVAL = 5.0
+IDLE_TIMEOUT = 45.0
+# A server may be given a shorter idle timeout (tests: a killed client noticed in seconds); its
+# keepalive timers keep these proportions (15 s and 5 s of 45 s), so a live but quiet client is
+# still pinged, and answers, well before the timeout.
+KEEPALIVE_FRACTION = KEEPALIVE_IDLE / IDLE_TIMEOUT
+PING_FRACTION = PING_INTERVAL / IDLE_TIMEOUT
+# CLOSE is sent at most this many times (RTO, doubling) before the session ends unconfirmed.
+MAX_CLOSE_SENDS = 4
+# Queued and unacknowledged stream bytes per session. Passing it ends the session with RESET,
+# as reactor.OUTPUT_CAP does for a TCP connection: 1 MiB is ~15 000 chat messages, a reader
+# that far behind is stalled, not slow.
+SEND_BUFFER_CAP = 1024 * 1024
+# SACK ranges per ACK: 16 x 8 bytes. The lowest ranges are the ones fast retransmit needs.
+MAX_SACK_RANGES = 16
+# Segment numbers are 32 bits and never wrap: a session that would need more (4 TiB) ends.
+MAX_SEQ = 2 ** 32 - 1 - RECV_WINDOW
+
+
+# ---------------------------------------------------------------------------------------------
+# Events, at either end (the server adds its own, sansio/udp_server.py)
+# ---------------------------------------------------------------------------------------------
+
+class SessionOpened(NamedTuple):
+    """A client completed the handshake and sent its first datagram: a new 'connection'."""
+    session_id: int
+    source_addr: Address
+
+
+class StreamData(NamedTuple):
+    """Stream bytes, in order, exactly once: give them to the Framer."""
+    session_id: int
+    data: bytes
+
+
+class SessionClosed(NamedTuple):
+    """The session is over (`reason` says why); the chat layer treats it as a closed TCP
+    connection. Every SessionOpened is followed by exactly one SessionClosed."""
+    session_id: int
+    reason: str
+
+
+# What either endpoint reports (the server adds CallbackValidated and CallbackFailed: its Event).
+SessionEvent = Union[SessionOpened, StreamData, SessionClosed]
+
+
+# ---------------------------------------------------------------------------------------------
+# The reliable stream: segments, acks, windows, RTO
+# ---------------------------------------------------------------------------------------------
+
+class _Segment:
+    """One numbered piece of the outgoing stream, kept until the peer acknowledges it."""
+
+    __slots__ = ("seq", "data", "sent_at", "sends", "skips", "in_flight", "order")
+
+    def __init__(self, seq: int, data: bytes) -> None:
+        self.seq = seq
+        self.data = data
+        self.sent_at = 0.0
+        self.sends = 0          # how many times sent; Karn: sample the RTT only when 1
+        self.skips = 0          # later segments acked since it was last sent (fast retransmit)
+        self.in_flight = False  # sent and believed to be in the network (not acked, not lost)
+        self.order = 0          # the stream's transmission count when it was last sent
+
+
+class ReliableStream:
+    """Both directions of one session's stream, with no addresses and no clock of its own.
+
+    Sending: `queue()` appends bytes; `poll(now)` returns the segments to (re)send now, as the
+    windows allow; `on_ack()` takes the peer's cumulative ack and SACK ranges; `on_timer(now)`
+    runs the retransmission timer. Receiving: `receive()` takes one segment and returns the
+    bytes that are now in order; `ack_pending` says an ACK is owed.
+    """
+
+    def __init__(self) -> None:
+        # --- sending
+        self.send_buffer = bytearray()      # not yet cut into segments
+        self.unacked: Dict[int, _Segment] = {}   # by seq, ascending (inserted in order)
+        self.unacked_bytes = 0
+        self.next_seq = 0                   # seq of the next new segment
+        self.peer_ack = 0                   # the peer's cumulative ack: it has all below
+        self.peer_window = RECV_WINDOW
+        self.in_flight = 0                  # segments with in_flight set
+        self.cwnd = float(INITIAL_CWND)
+        self.ssthresh = float(MAX_CWND)
+        self.recovery_until = 0             # cut cwnd at most once per window of data
+        self.srtt: Optional[float] = None
+        self.rttvar = 0.0
+        self.rto = INITIAL_RTO
+        self.backoff = 0                    # RTO doublings since the last RTT sample
+        self.rto_deadline: Optional[float] = None
+        self.transmissions = 0              # every (re)send numbered, like QUIC packet numbers
+        self.largest_acked_order = 0        # the latest transmission the peer acknowledged
+        self.latest_rtt: Optional[float] = None
+        self.loss_deadline: Optional[float] = None  # when a segment passes the time threshold
+        # --- receiving
+        self.recv_next = 0                  # the next segment we need
+        self.held: Dict[int, bytes] = {}    # out of order, within RECV_WINDOW
+        self.held_bytes = 0
+        self.ack_pending = False
+        # False while the app is not taking this session's input (its flood control or a
+        # backlog): DATA is then discarded, unacknowledged, and the peer's retransmission
+        # timer brings it again later, as a full TCP receive window slows a sender.
+        self.receiving = True
+        # --- counters, for tests and logs
+        self.retransmissions = 0
+        self.fast_retransmits = 0
+        self.rto_timeouts = 0
+        self.cwnd_cuts = 0
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def queue(self, data: bytes) -> None:
+        self.send_buffer += data
+
+    def send_buffered(self) -> int:
+        """Bytes the peer has not acknowledged yet (queued or in segments)."""
+        return len(self.send_buffer) + self.unacked_bytes
+
+    def all_acked(self) -> bool:
+        return not self.send_buffer and not self.unacked
+
+    def current_rto(self) -> float:
+        return min(self.rto * (1 << self.backoff), MAX_RTO)
+
+    def poll(self, now: float, hold_new: bool = False) -> List[_Segment]:
+        """The segments to send now: lost ones first (lowest seq first), then new ones, as long
+        as fewer than `cwnd` are in flight and new ones stay inside the peer's window.
+        Retransmissions count against the window like new data (no retransmission storms)."""
+        budget = int(self.cwnd) - self.in_flight
+        out: List[_Segment] = []
+        if budget <= 0:
+            return out
+        if self.in_flight < len(self.unacked):          # some are marked lost
+            for seg in self.unacked.values():
+                if not seg.in_flight:
+                    self._transmit(seg, now)
+                    self.retransmissions += 1
+                    out.append(seg)
+                    budget -= 1
+                    if not budget:
+                        break
+        limit = self.peer_ack + min(self.peer_window, RECV_WINDOW)
+        while budget > 0 and self.send_buffer and not hold_new and self.next_seq < limit:
+            data = bytes(self.send_buffer[:MAX_PAYLOAD])
+            del self.send_buffer[:MAX_PAYLOAD]      # O(1): bytearray trims from the front
+            seg = _Segment(self.next_seq, data)
+            self.next_seq += 1
+            self.unacked[seg.seq] = seg
+            self.unacked_bytes += len(data)
+            self._transmit(seg, now)
+            out.append(seg)
+            budget -= 1
+        if out and self.rto_deadline is None:
+            self.rto_deadline = now + self.current_rto()
+        return out
+
+    def _transmit(self, seg: _Segment, now: float) -> None:
+        seg.in_flight = True
+        seg.sends += 1
+        seg.sent_at = now
+        seg.skips = 0
+        self.transmissions += 1
+        seg.order = self.transmissions
+        self.in_flight += 1
+
+    def on_ack(self, ack: int, window: int, ranges, now: float) -> None:
+        """The peer has every segment below `ack`, and those in the [start, end) `ranges`.
+        Only newly acknowledged segments have any effect: a duplicate ACK changes nothing and
+        so can never trigger a retransmission (the Sorcerer's Apprentice lesson)."""
+        if ack > self.next_seq or ack < self.peer_ack:
+            return                          # acks what we never sent, or older than we know
+        self.peer_window = window
+        newly = self._take_acked(ack, ranges)
+        if not newly:
+            return
+        latest = newly[0]                   # the most recent transmission this ACK covers
+        for seg in newly:
+            self.unacked_bytes -= len(seg.data)
+            if seg.in_flight:
+                self.in_flight -= 1
+            if seg.order > latest.order:
+                latest = seg
+            # Window growth (RFC 9002 s7.3): slow start below ssthresh, then additive increase
+            # of one datagram per window acknowledged.
+            if self.cwnd < self.ssthresh:
+                self.cwnd += 1.0
+            else:
+                self.cwnd += 1.0 / self.cwnd
+        if self.cwnd > MAX_CWND:
+            self.cwnd = float(MAX_CWND)
+        # One RTT sample per ACK, from the most recent transmission it newly acknowledges, and
+        # only if that is the most recent the peer has acknowledged at all (RFC 9002 s5.1) and
+        # was sent once (Karn's rule, RFC 6298 s3: which send was acknowledged is unknowable).
+        # Any older segment this ACK covers may have arrived long ago, its own ACK lost: timed
+        # from its send, it would count a retransmission timeout or two into the RTT, the RTO
+        # would grow from it, the next timeout wait longer and give a still larger sample, up
+        # to MAX_RTO (measured: a 10 ms path at 10 % loss reached SRTT 2.6 s and RTO 10 s).
+        if latest.order > self.largest_acked_order:
+            self.largest_acked_order = latest.order
+            if latest.sends == 1:
+                self.rtt_sample(now - latest.sent_at)
+                self.backoff = 0            # Karn: keep the backed-off RTO until a sample
+        self._detect_losses(newly, now)
+        # RFC 6298 s5.3: restart the timer when new data is acknowledged.
+        self.rto_deadline = now + self.current_rto() if self.in_flight else None
+
+    def _take_acked(self, ack: int, ranges) -> List[_Segment]:
+        """Remove from `unacked` and return the segments this ACK newly acknowledges: those
+        below `ack` (which becomes `peer_ack`), then those in its SACK ranges."""
+        newly: List[_Segment] = []
+        pop = self.unacked.pop
+        if ack > self.peer_ack:
+            for seq in range(self.peer_ack, ack):
+                seg = pop(seq, None)
+                if seg is not None:
+                    newly.append(seg)
+            self.peer_ack = ack
+        for start, end in ranges:
+            for seq in range(max(start, ack), min(end, self.next_seq)):
+                seg = pop(seq, None)
+                if seg is not None:
+                    newly.append(seg)
+        return newly
+
+    def _detect_losses(self, newly: List[_Segment], now: float) -> None:
+        """KCP's fast retransmit: a segment still missing after FAST_RETRANSMIT_SKIPS segments
+        sent after it were acknowledged is taken as lost and sent again at once; so is one
+        sent LOSS_TIME_THRESHOLD RTTs before a segment sent after it that was acknowledged
+        (RFC 9002 s6.1.2), and `loss_deadline` says when the next one would be. "After" counts
+        transmissions, not sequence numbers (RFC 9002 s6.1.1 counts packet numbers, which a
+        retransmission renews): segments acked that were sent before a retransmission say
+        nothing about whether the retransmission arrived. `newly` may be empty (the loss
+        timer)."""
+        self.loss_deadline = None
+        if not self.unacked:
+            return
+        acked = sorted(seg.order for seg in newly)
+        rtt = max(self.srtt, self.latest_rtt or 0.0) if self.srtt is not None else INITIAL_RTO
+        threshold = max(LOSS_TIME_THRESHOLD * rtt, CLOCK_GRANULARITY)
+        for seg in self.unacked.values():
+            if not seg.in_flight or seg.order >= self.largest_acked_order:
+                continue
+            if acked:
+                seg.skips += len(acked) - bisect.bisect_right(acked, seg.order)
+            lost_at = seg.sent_at + threshold
+            if seg.skips < FAST_RETRANSMIT_SKIPS and now < lost_at:
+                if self.loss_deadline is None or lost_at < self.loss_deadline:
+                    self.loss_deadline = lost_at
+                continue
+            seg.in_flight = False           # lost: poll() sends it again first
+            seg.skips = 0
+            self.in_flight -= 1
+            self.fast_retransmits += 1
+            if seg.seq >= self.recovery_until:
+                # One cut per window of data (RFC 6582's recovery point): halve, as TCP's fast
+                # recovery and RFC 9002 s7.3.2 do.
+                self.ssthresh = max(self.cwnd / 2.0, float(MIN_CWND))
+                self.cwnd = self.ssthresh
+                self.recovery_until = self.next_seq
+                self.cwnd_cuts += 1
+
+    def rtt_sample(self, rtt: float) -> None:
+        """RFC 6298 s2: SRTT and RTTVAR with alpha = 1/8, beta = 1/4; RTO = SRTT + 4 RTTVAR."""
+        rtt = max(rtt, 0.0)
+        self.latest_rtt = rtt
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2.0
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.rto = min(max(self.srtt + max(CLOCK_GRANULARITY, 4.0 * self.rttvar), MIN_RTO),
+                       MAX_RTO)
+
+    def on_timer(self, now: float) -> bool:
+        """Run the retransmission timer; True if it expired. On expiry (RFC 6298 s5.4-5.6):
+        double the RTO (up to MAX_RTO), take every segment in flight as lost, and drop the
+        window to MIN_CWND (RFC 9002 s7.6), so the resend is a trickle, not a burst."""
+        if self.loss_deadline is not None and now >= self.loss_deadline:
+            self._detect_losses([], now)    # not a timeout: the window is not collapsed
+        if self.rto_deadline is None or now < self.rto_deadline:
+            return False
+        self.rto_timeouts += 1
+        if self.rto * (1 << self.backoff) < MAX_RTO:
+            self.backoff += 1
+        self.ssthresh = max(self.cwnd / 2.0, float(MIN_CWND))
+        self.cwnd = float(MIN_CWND)
+        self.recovery_until = self.next_seq
+        self.cwnd_cuts += 1
+        for seg in self.unacked.values():
+            seg.in_flight = False
+            seg.skips = 0
+        self.in_flight = 0
+        self.rto_deadline = None
+        return True
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def receive(self, seq: int, payload: bytes) -> bytes:
+        """Take one segment; return the stream bytes it makes deliverable (b"" if none).
+        Segments already received and segments beyond the window are dropped, but still
+        acknowledged; so is every segment while `receiving` is False."""
+        self.ack_pending = True
+        if not self.receiving:
+            return b""
+        held = self.held
+        if seq == self.recv_next:
+            nxt = seq + 1
+            if not held or nxt not in held:
+                self.recv_next = nxt
+                return payload
+            parts = [payload]
+            while nxt in held:
+                part = held.pop(nxt)
+                self.held_bytes -= len(part)
+                parts.append(part)
+                nxt += 1
+            self.recv_next = nxt
+            return b"".join(parts)
+        if self.recv_next < seq < self.recv_next + RECV_WINDOW and seq not in held:
+            held[seq] = payload
+            self.held_bytes += len(payload)
+        return b""
+
+    def sack_ranges(self) -> List[Tuple[int, int]]:
+        """Up to MAX_SACK_RANGES [start, end) ranges of held segments, lowest first."""
+        if not self.held:
+            return []
+        ranges: List[Tuple[int, int]] = []
+        keys = sorted(self.held)
+        start = prev = keys[0]
+        for seq in keys[1:]:
+            if seq != prev + 1:
+                ranges.append((start, prev + 1))
+                if len(ranges) == MAX_SACK_RANGES:
+                    return ranges
+                start = seq
+            prev = seq
+        ranges.append((start, prev + 1))
+        return ranges
+
+
+def parse_sacks(body: bytes, count: int) -> List[Tuple[int, int]]:
+    count = min(count, MAX_SACK_RANGES, len(body) // SACK_RANGE.size)
+    return [SACK_RANGE.unpack_from(body, i * SACK_RANGE.size) for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A session: a stream plus liveness and teardown (shared by both ends)
+# ---------------------------------------------------------------------------------------------
+
+class Session:
+    """One session's state at either end, around its ReliableStream. `handle()` takes one
+    datagram carrying its token; `flush()` writes what is owed; `on_timer()` runs the timers;
+    `closed` becomes the reason once the session is over."""
+
+    def __init__(self, token: bytes, now: float, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.token = token
+        self.stream = ReliableStream()
+        self.idle_timeout = idle_timeout
+        self.keepalive_idle = idle_timeout * KEEPALIVE_FRACTION
+        self.ping_interval = idle_timeout * PING_FRACTION
+        self.last_recv = now
+        self.last_ping = now - self.ping_interval
+        self.ping_due = False
+        self.close_requested = False
+        self.close_sends = 0
+        self.close_deadline: Optional[float] = None
+        self.close_ack_due = False
+        self.reset_due = False
+        self.closed: Optional[str] = None
+        self.delivered: List[bytes] = []     # stream bytes for the endpoint's events
+
+    def handle(self, kind: int, sacks: int, seq: int, ack: int, window: int, body: bytes,
+               now: float) -> None:
+        self.last_recv = now
+        stream = self.stream
+        if kind == DATA:
+            stream.on_ack(ack, window, (), now)
+            if body:
+                data = stream.receive(seq, body)
+                if data and not self.close_requested:
+                    self.delivered.append(data)
+        elif kind == ACK:
+            stream.on_ack(ack, window, parse_sacks(body, sacks) if sacks else (), now)
+        elif kind in (PING, ECHO):
+            stream.on_ack(ack, window, (), now)
+            stream.ack_pending = True        # PING and ECHO are answered with an ACK
+        elif kind == CLOSE:
+            if seq == stream.recv_next:      # we have every segment the peer sent
+                self.close_ack_due = True
+                self.closed = "closed by peer"
+        elif kind == CLOSE_ACK:
+            if self.close_sends:
+                self.closed = "closed"
+        elif kind == RESET:
+            self.closed = "reset by peer"
+
+    def deadline(self) -> float:
+        """When on_timer() next has something to do (it may be called earlier or later)."""
+        when = min(self.last_recv + self.idle_timeout,
+                   max(self.last_recv + self.keepalive_idle, self.last_ping + self.ping_interval))
+        if self.stream.rto_deadline is not None and self.stream.rto_deadline < when:
+            when = self.stream.rto_deadline
+        if self.stream.loss_deadline is not None and self.stream.loss_deadline < when:
+            when = self.stream.loss_deadline
+        if self.close_deadline is not None and self.close_deadline < when:
+            when = self.close_deadline
+        return when
+
+    def on_timer(self, now: float) -> None:
+        # Each test is written exactly as deadline() computes it: with floats, "now - last >=
+        # T" can be false at now == last + T, and the timer would fire for ever.
+        if now >= self.last_recv + self.idle_timeout:
+            self.closed = "peer timed out"
+            return
+        self.stream.on_timer(now)
+        if self.close_deadline is not None and now >= self.close_deadline:
+            self.close_deadline = None
+            if self.close_sends >= MAX_CLOSE_SENDS:
+                self.closed = "close unconfirmed"
+                return
+            self.close_sends = -self.close_sends     # negative: due to be sent again
+        if (now >= self.last_recv + self.keepalive_idle
+                and now >= self.last_ping + self.ping_interval):
+            self.ping_due = True
+            self.last_ping = now
+
+    def flush(self, now: float, out: list, data_addr: Address, ack_addr: Address,
+              flags: int = 0, hold_new: bool = False) -> None:
+        """Append to `out` every datagram owed now: DATA to `data_addr`, the rest (ACK, PING,
+        CLOSE, CLOSE_ACK, RESET) to `ack_addr`."""
+        token, stream = self.token, self.stream
+        if self.reset_due:
+            out.append((encode(RESET, token, flags=flags), ack_addr))
+            self.reset_due = False
+            return
+        if self.close_ack_due:
+            out.append((encode(CLOSE_ACK, token, flags=flags), ack_addr))
+            self.close_ack_due = False
+        if self.closed is not None:
+            return
+        ack = stream.recv_next
+        piggybacked = False
+        if stream.next_seq >= MAX_SEQ:
+            self.abort("sequence space exhausted")
+            out.append((encode(RESET, token, flags=flags), ack_addr))
+            self.reset_due = False
+            return
+        for seg in stream.poll(now, hold_new):
+            out.append((HEADER.pack(VERSION, DATA, flags, 0, token, seg.seq, ack, RECV_WINDOW,
+                                    len(seg.data)) + seg.data, data_addr))
+            piggybacked = piggybacked or data_addr == ack_addr
+        if stream.ack_pending:
+            ranges = stream.sack_ranges()
+            if ranges or not piggybacked:
+                body = b"".join(SACK_RANGE.pack(start, end) for start, end in ranges)
+                out.append((encode(ACK, token, 0, ack, RECV_WINDOW, body, flags, len(ranges)),
+                            ack_addr))
+            stream.ack_pending = False
+        if self.ping_due:
+            out.append((encode(PING, token, 0, ack, RECV_WINDOW, flags=flags), ack_addr))
+            self.ping_due = False
+        if self.close_requested and stream.all_acked() and self.close_sends <= 0:
+            out.append((encode(CLOSE, token, stream.next_seq, flags=flags), ack_addr))
+            self.close_sends = -self.close_sends + 1
+            self.close_deadline = now + min(stream.current_rto() * (1 << self.close_sends - 1),
+                                            MAX_RTO)
+
+    def abort(self, reason: str) -> None:
+        """End now; the next flush() sends RESET."""
+        if self.closed is None:
+            self.closed = reason
+            self.reset_due = True
+
+    def queue_or_abort(self, data: bytes) -> bool:
+        """Queue stream bytes; if they would take the unacknowledged bytes past
+        SEND_BUFFER_CAP, abort the session instead (and say False)."""
+        if self.stream.send_buffered() + len(data) > SEND_BUFFER_CAP:
+            self.abort("send buffer over cap")
+            return False
+        self.stream.queue(data)
+        return True
+
+    def stats(self, **extra) -> Dict[str, object]:
+        """The session's numbers (window, RTT, retransmissions) and `extra`, for tests and logs."""
+        stream = self.stream
+        stats = {"cwnd": stream.cwnd, "ssthresh": stream.ssthresh, "srtt": stream.srtt,
+                 "rto": stream.current_rto(), "in_flight": stream.in_flight,
+                 "retransmissions": stream.retransmissions,
+                 "fast_retransmits": stream.fast_retransmits, "rto_timeouts": stream.rto_timeouts,
+                 "cwnd_cuts": stream.cwnd_cuts, "send_buffered": stream.send_buffered(),
+                 "held_bytes": stream.held_bytes}
+        stats.update(extra)
+        return stats
