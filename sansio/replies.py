@@ -6,61 +6,31 @@ direction, built on its shapes (REPLY_SHAPES) and its keyword rule (request_keyw
     bytes --ReplyReader.receive_data--> buffer --maybe_next_reply--> a reply (HeloReply,
           JoinedReply, LeftReply, ErrorReply, ChatMessage; Unparsed for anything else)
 """
-from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 from sansio.wire import REPLY_SHAPES, request_keyword
 
 # The mirror of Framer + parse_request, for the other direction. ReplyReader is sans-IO too:
 # receive_data() only buffers, maybe_next_reply() returns the next whole reply or None. Replies
-# are frozen dataclasses (few are built, so the cost of frozen=True does not matter here).
+# are named tuples, one per kind, with the reply's fields in the order the protocol sends them:
+# immutable and cheap to build. Being tuples, they also equal a plain tuple (or a reply of another
+# kind) with the same values: where that could hide a wrong kind, check the kind too.
 
-@dataclass(frozen=True)
-class HeloReply:
-    line: str                   # the request's "HELO text" line, echoed
-    ip: str
-    port: int
-    student_id: str
-
-
-@dataclass(frozen=True)
-class JoinedReply:
-    room: str
-    server_ip: str
-    port: int
-    ref: int
-    join_id: int
-
-
-@dataclass(frozen=True)
-class LeftReply:
-    ref: int
-    # An int; the digits as sent when there are more than int() takes (4 300: only an echo, to
-    # a connection that never joined, of a JOIN_ID that long).
-    join_id: Union[int, str]
-
-
-@dataclass(frozen=True)
-class ErrorReply:
-    code: int
-    description: str
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    """A chat, or a join or leave announcement (JOINED_TEXT, LEFT_TEXT), in room `ref`."""
-    ref: int
-    client_name: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Unparsed:
-    """Server output that is none of the above, or a known kind with wrong fields: never sent
-    by this server, so a client should treat it as the server's fault."""
-    text: str                   # the message as received (one line for an unknown first line)
-    reason: str
-
+# `line` is the request's "HELO text" line, echoed.
+HeloReply = NamedTuple("HeloReply", [("line", str), ("ip", str), ("port", int),
+                                     ("student_id", str)])
+JoinedReply = NamedTuple("JoinedReply", [("room", str), ("server_ip", str), ("port", int),
+                                         ("ref", int), ("join_id", int)])
+# `join_id` is an int; the digits as sent when there are more than int() takes (4 300: only an
+# echo, to a connection that never joined, of a JOIN_ID that long).
+LeftReply = NamedTuple("LeftReply", [("ref", int), ("join_id", Union[int, str])])
+ErrorReply = NamedTuple("ErrorReply", [("code", int), ("description", str)])
+# A chat, or a join or leave announcement (JOINED_TEXT, LEFT_TEXT), in room `ref`.
+ChatMessage = NamedTuple("ChatMessage", [("ref", int), ("client_name", str), ("message", str)])
+# Server output that is none of the above, or a known kind with wrong fields: never sent by this
+# server, so a client should treat it as the server's fault. `text` is the message as received
+# (one line for an unknown first line).
+Unparsed = NamedTuple("Unparsed", [("text", str), ("reason", str)])
 
 Reply = Union[HeloReply, JoinedReply, LeftReply, ErrorReply, ChatMessage, Unparsed]
 

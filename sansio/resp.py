@@ -41,7 +41,7 @@ SUBSCRIBE inside MULTI/EXEC.
 import collections
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, List, NoReturn, Optional, Set, Union
+from typing import Any, Callable, Deque, List, NamedTuple, NoReturn, Optional, Set, Union
 
 __all__ = [
     "NEED_DATA", "RespError", "RespProtocolError", "RespReader", "encode_command",
@@ -338,37 +338,22 @@ def _parse_length(text: bytes, limit: int, what: str, limit_name: str) -> int:
 # The connection: replies matched to commands, pub/sub pushes turned into events
 # ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Reply:
-    """The reply to the oldest command still waiting."""
-    value: Any
+# The events are named tuples: immutable, compared field by field, and cheap to build (one per
+# reply and per message published). Being tuples, they also equal a plain tuple of the same
+# values: compare events with events.
 
-
-@dataclass(frozen=True)
-class Message:
-    """A message published on a channel this connection subscribed to."""
-    channel: bytes
-    data: bytes
-
-
-@dataclass(frozen=True)
-class PMessage:
-    """A message published on `channel`, which matched the subscribed `pattern`."""
-    pattern: bytes
-    channel: bytes
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Subscribed:
-    """The server's confirmation of one channel or pattern in a (P)SUBSCRIBE or (P)UNSUBSCRIBE.
-    `kind` is "subscribe", "unsubscribe", "psubscribe" or "punsubscribe"; `count` is how many
-    channels and patterns the connection is subscribed to now (0: it has left subscribe mode).
-    `channel` is None for an UNSUBSCRIBE of everything when there was nothing to leave."""
-    kind: str
-    channel: Optional[bytes]
-    count: int
-
+# The reply to the oldest command still waiting.
+Reply = NamedTuple("Reply", [("value", Any)])
+# A message published on a channel this connection subscribed to.
+Message = NamedTuple("Message", [("channel", bytes), ("data", bytes)])
+# A message published on `channel`, which matched the subscribed `pattern`.
+PMessage = NamedTuple("PMessage", [("pattern", bytes), ("channel", bytes), ("data", bytes)])
+# The server's confirmation of one channel or pattern in a (P)SUBSCRIBE or (P)UNSUBSCRIBE.
+# `kind` is "subscribe", "unsubscribe", "psubscribe" or "punsubscribe"; `count` is how many
+# channels and patterns the connection is subscribed to now (0: it has left subscribe mode).
+# `channel` is None for an UNSUBSCRIBE of everything when there was nothing to leave.
+Subscribed = NamedTuple("Subscribed", [("kind", str), ("channel", Optional[bytes]),
+                                       ("count", int)])
 
 Event = Union[Reply, Message, PMessage, Subscribed]
 

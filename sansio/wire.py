@@ -330,8 +330,8 @@ class Framer:
 # ---------------------------------------------------------------------------------------------
 # Requests: frames -> requests (nouns, as the client names them)
 # ---------------------------------------------------------------------------------------------
-# Requests (and the actions in sansio/actions.py) are small dataclasses with __slots__, built once and
-# never changed. They are not frozen=True: a frozen dataclass sets each field through
+# Requests (and the actions in sansio/actions.py) are small dataclasses with __slots__, built
+# once and never changed. They are not frozen=True: a frozen dataclass sets each field through
 # object.__setattr__, which made building one several times slower (README, "Performance"), and
 # every chat message builds two (a Chat and a Broadcast). Treat them as immutable all the same.
 

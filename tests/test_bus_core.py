@@ -2,94 +2,18 @@
 
 What Redis itself does (the Lua scripts) is tested against a real redis-server in
 tests/test_bus.py; here, what a node does with what comes back: event order, repair of gaps from
-a room's log, the two links failing on their own, backoff.
+a room's log. The links failing and backoff are in tests/test_bus_links.py, the event format in
+tests/test_bus_scripts.py.
 """
 import unittest
 
-from sansio import bus
+from sansio import bus_links, bus_scripts
 from sansio.actions import Broadcast, Send
-from sansio.bus import Bus, Done, Joined, Left, LocalState, Said, Skipped, StateChanged, decode_event
+from sansio.bus import Joined, Left, Said, Skipped
 from cluster.shared import SharedRooms
 from protocol import ChatProtocol
 from rooms import LocalRooms
-
-
-def resp(value) -> bytes:
-    """A RESP2 reply, written independently of sansio/resp.py."""
-    if value is None:
-        return b"$-1\r\n"
-    if isinstance(value, int):
-        return b":%d\r\n" % value
-    if isinstance(value, str):
-        return b"+%s\r\n" % value.encode()
-    if isinstance(value, bytes):
-        return b"$%d\r\n%s\r\n" % (len(value), value)
-    return b"*%d\r\n" % len(value) + b"".join(resp(item) for item in value)
-
-
-def said(ref, seq, text, node="other", conn=7, name="ann") -> bytes:
-    return ("C %d %d %s %d\n%s\n%s" % (ref, seq, node, conn, name, text)).encode()
-
-
-def pushed(event: bytes) -> bytes:
-    return resp([b"message", b"p:events", event])
-
-
-class BusHarness:
-    """A Bus with both links up and in step, and helpers to play Redis's part."""
-
-    def __init__(self, test: unittest.TestCase) -> None:
-        self.test = test
-        self.now = 100.0
-        self.bus = Bus("p", "me", lambda: LocalState([], [], {}))
-        for name in bus.LINKS:
-            self.bus.connecting(name, self.now)
-            self.bus.link_up(name, self.now)
-        self.sent = {name: b"" for name in bus.LINKS}
-        self.take_sent()
-        self.reply(*["ok-sha"] * len(bus.SCRIPTS))                 # SCRIPT LOAD, each
-        self.reply([b"epoch1", 0, 0])                              # the epoch script
-        self.reply(1)                                              # the sync script
-        self.reply([1, 0])                  # the first heartbeat (sent as soon as in step)
-        self.bus.receive("sub", resp([b"subscribe", b"p:events", 1]), self.now)
-        test.assertTrue(self.bus.up)
-        test.assertTrue(self.bus.subscribed)
-        self.events()
-        self.take_sent()
-
-    def reply(self, *values) -> None:
-        self.bus.receive("cmd", b"".join(resp(v) for v in values), self.now)
-
-    def publish(self, *events: bytes) -> None:
-        self.bus.receive("sub", b"".join(pushed(e) for e in events), self.now)
-
-    def take_sent(self) -> dict:
-        for name in bus.LINKS:
-            self.sent[name] += self.bus.data_to_send(name)
-        sent, self.sent = self.sent, {name: b"" for name in bus.LINKS}
-        return sent
-
-    def events(self) -> list:
-        return self.bus.take_events()
-
-    def texts(self) -> list:
-        return [e.message for e in self.events() if isinstance(e, Said)]
-
-
-class EventFormatTests(unittest.TestCase):
-
-    def test_each_kind_decodes(self):
-        self.assertEqual(decode_event(b"J 3 9 n1 12 40 0\nroom one\nbo b"),
-                         Joined(3, 9, "n1", 12, 40, False, "room one", "bo b"))
-        self.assertEqual(decode_event(b"C 3 10 n1 12\nbo b\nline 1\nline 2"),
-                         Said(3, 10, "n1", 12, "bo b", "line 1\nline 2"))
-        self.assertEqual(decode_event(b"L 3 11 n1 1\n12 bo b\n13 al"),
-                         Left(3, 11, "n1", True, ((12, "bo b"), (13, "al"))))
-
-    def test_anything_else_is_refused(self):
-        for data in (b"", b"X 1 2 n", b"C 1 two n 3\nx\ny", b"J 1 2 n 3\nr\nx", b"\xff"):
-            with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
-                decode_event(data)
+from tests.bus_harness import BusHarness, pushed, resp, said
 
 
 class OrderTests(unittest.TestCase):
@@ -148,104 +72,6 @@ class OrderTests(unittest.TestCase):
         self.assertEqual(self.h.take_sent()["cmd"], b"", "nothing to read back")
 
 
-class LinkTests(unittest.TestCase):
-
-    def setUp(self) -> None:
-        self.h = BusHarness(self)
-        self.h.bus.follow(0, 1, self.h.now)
-
-    def test_a_dropped_subscription_keeps_the_bus_up_and_catches_up(self):
-        bus_ = self.h.bus
-        bus_.link_failed("sub", "killed", self.h.now)
-        self.assertEqual(bus_.links_to_close(), ["sub"])
-        self.assertTrue(bus_.up, "requests still go to Redis")
-        bus_.chat("token", 4, 0, "me", "while away", self.h.now)
-        self.assertIn(b"while away", self.h.take_sent()["cmd"])
-        self.h.reply(1)
-        self.assertEqual(self.h.events(), [Done("token", 1)])
-        due = bus_.next_deadline()
-        self.assertLessEqual(due - self.h.now, bus.RECONNECT_MIN)
-        self.assertEqual(bus_.wants_links(due), ["sub"])
-        bus_.connecting("sub", due)
-        bus_.link_up("sub", due)
-        self.assertIn(b"SUBSCRIBE", self.h.take_sent()["sub"])
-        bus_.receive("sub", resp([b"subscribe", b"p:events", 1]), due)
-        self.assertIn(b"XRANGE", self.h.take_sent()["cmd"], "what was published meanwhile")
-        self.h.reply([[b"1-1", [b"e", said(0, 1, "while away", node="me", conn=4)]]])
-        self.assertEqual(self.h.texts(), ["while away"])
-
-    def test_a_dropped_command_link_fails_what_waits_and_takes_the_bus_down(self):
-        bus_ = self.h.bus
-        bus_.join("j", 4, "room", "me", 0, True, self.h.now)
-        bus_.link_failed("cmd", "reset", self.h.now)
-        events = self.h.events()
-        self.assertEqual(events[0].token, "j")
-        self.assertTrue(events[0].failed)
-        self.assertEqual(events[1], StateChanged(False, "reset"))
-        self.assertFalse(bus_.up)
-        self.assertEqual(bus_.outages, 1)
-
-    def test_reconnecting_backs_off_with_jitter_up_to_a_cap(self):
-        bus_ = self.h.bus
-        now = self.h.now
-        delays = []
-        for _ in range(10):
-            bus_.link_failed("cmd", "refused", now)
-            due = bus_.next_deadline()
-            self.assertEqual(bus_.wants_links(due - 0.001), [])
-            self.assertEqual(bus_.wants_links(due), ["cmd"])
-            delays.append(due - now)
-            bus_.connecting("cmd", due)
-            now = due
-        for attempt, delay in enumerate(delays):
-            full = min(bus.RECONNECT_MAX, bus.RECONNECT_MIN * 2 ** attempt)
-            self.assertTrue(full / 2 <= delay <= full, (attempt, delay))
-        self.assertGreater(delays[-1], bus.RECONNECT_MAX / 2 - 0.001)
-
-    def test_a_link_not_set_up_in_time_is_given_up(self):
-        bus_ = self.h.bus
-        bus_.link_failed("cmd", "reset", self.h.now)
-        self.h.events()
-        bus_.links_to_close()
-        start = bus_.next_deadline()
-        bus_.connecting("cmd", start)
-        self.assertEqual(bus_.next_deadline(), start + bus.CONNECT_TIMEOUT)
-        bus_.timer(start + bus.CONNECT_TIMEOUT)
-        self.assertEqual(bus_.links_to_close(), ["cmd"])
-
-    def test_an_unanswered_command_resets_the_link(self):
-        bus_ = self.h.bus
-        bus_.chat("c", 4, 0, "me", "x", self.h.now)
-        bus_.timer(self.h.now + bus.REPLY_TIMEOUT)
-        self.assertEqual(bus_.links_to_close(), ["cmd"])
-        self.assertTrue(self.h.events()[0].failed)
-
-
-class BackPressureTests(unittest.TestCase):
-
-    def test_chats_past_the_unanswered_bytes_are_refused_until_redis_answers(self):
-        h = BusHarness(self)
-        message = "x" * 60000
-        sent = 0
-        while True:                 # Redis is stalled: nothing is answered
-            h.bus.chat(sent, 4, 0, "me", message, h.now)
-            events = h.events()
-            if events:
-                break
-            sent += 1
-            self.assertLess(sent, 1000, "the bytes held for Redis are never bounded")
-        self.assertEqual(sent, bus.MAX_UNANSWERED_BYTES // 60000)
-        self.assertEqual(len(events), 1)
-        self.assertEqual(events[0].token, sent)
-        self.assertIn("Redis is behind", events[0].failed)
-        self.assertEqual(h.bus.behind, 1)
-        self.assertLessEqual(len(h.take_sent()["cmd"]), bus.MAX_UNANSWERED_BYTES + 1000 * sent)
-        h.reply(*range(1, sent + 1))            # Redis catches up
-        self.assertEqual(len(h.events()), sent)
-        h.bus.chat("again", 4, 0, "me", message, h.now)
-        self.assertEqual(h.events(), [], "sent, not refused")
-        self.assertIn(message.encode(), h.take_sent()["cmd"])
-
 
 class SharedHarness:
     """A ChatProtocol whose room service is a SharedRooms (`shared`) with links up and in step,
@@ -266,10 +92,10 @@ class SharedHarness:
     def link_up(self) -> None:
         """Open the command link (again) and answer its setting up, as a Redis that kept its
         data: the scripts, the epoch, the sync, the first heartbeat."""
-        for name in bus.LINKS if not self.shared.bus.subscribed else ("cmd",):
+        for name in bus_links.LINKS if not self.shared.bus.subscribed else ("cmd",):
             self.shared.link_opening(name, self.now)
             self.shared.link_up(name, self.now)
-        self.reply(*["ok-sha"] * len(bus.SCRIPTS), [b"epoch1", 0, 0], [0, 0], [1, 0])
+        self.reply(*["ok-sha"] * len(bus_scripts.SCRIPTS), [b"epoch1", 0, 0], [0, 0], [1, 0])
 
     def reply(self, *values) -> None:
         self.shared.link_data("cmd", b"".join(resp(v) for v in values), self.now)
@@ -378,3 +204,4 @@ class GivenUpJoinTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+

@@ -468,5 +468,7 @@ class ReplyReaderLongStreamTests(unittest.TestCase):
     def test_a_join_id_too_long_for_int_is_kept_as_its_digits(self):
         reader = ReplyReader()
         reader.receive_data(left_reply(0, "7" * 5000) + left_reply(1, "x"))
-        self.assertEqual(reader.maybe_next_reply(), LeftReply(0, "7" * 5000))
+        reply = reader.maybe_next_reply()
+        self.assertIsInstance(reply, LeftReply)     # (an ErrorReply(0, "77...") is an equal tuple)
+        self.assertEqual(reply, LeftReply(0, "7" * 5000))
         self.assertIsInstance(reader.maybe_next_reply(), Unparsed)

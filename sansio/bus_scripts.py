@@ -1,0 +1,309 @@
+"""What the bus keeps in Redis: the key layout, the events the nodes publish, and the Lua
+scripts that change both, atomically.
+
+Boundary: sans-IO and stateless, like the rest of sansio/. Nothing here talks to Redis: the
+scripts are text that sansio/bus.py loads and calls (EVALSHA), and decode_event() reads what
+they publish. Read this module for what Redis holds; sansio/bus.py for what a node does with it.
+
+Redis keys and the channel (P is --bus-prefix):
+    P:epoch             a random value set by the first node; a new one means Redis lost its data
+    P:refs, P:names     hashes room name -> ROOM_REF and ROOM_REF -> room name
+    P:nextref           the next ROOM_REF to give (refs are dense from 0)
+    P:joinid            the last JOIN_ID given
+    P:seq:REF           the room's last event number
+    P:log:REF           the room's last LOG_LENGTH events (a stream, ids "N-1"), kept LOG_TTL s
+    P:occ:REF           hash node -> how many of the room's members are on that node
+    P:members:NODE      hash "REF CONN" -> CLIENT_NAME: a node's members (for its clean-up)
+    P:empty             sorted set REF -> when it emptied: what a full table forgets first
+    P:nodes             sorted set node -> its last heartbeat (Redis's clock, ms)
+    P:events            the one channel every event is published on
+"""
+import hashlib
+from typing import NamedTuple, Tuple, Union
+
+# What a room's log keeps, for filling gaps: its last LOG_LENGTH events ("~": Redis trims in
+# whole blocks, so a few more), for LOG_TTL seconds after its last event. A subscriber link that
+# is back within that time and that many events loses nothing; past it the missed events are
+# counted as lost (`lost`) and logged. The log costs Redis at most LOG_LENGTH events per active
+# room.
+LOG_LENGTH = 1000
+LOG_TTL = 300
+
+
+# ---------------------------------------------------------------------------------------------
+# Events, as the nodes publish them
+# ---------------------------------------------------------------------------------------------
+# One event is UTF-8 text: a header line "KIND REF SEQ NODE ...", then the body.
+#   J REF SEQ NODE CONN JOIN_ID SETTLED \n ROOM_NAME \n CLIENT_NAME     a join
+#   C REF SEQ NODE CONN \n CLIENT_NAME \n MESSAGE                        a chat (MESSAGE: any lines)
+#   L REF SEQ NODE SETTLED \n CONN CLIENT_NAME [\n CONN CLIENT_NAME ...] leaves, in one event
+# Names never hold a line break (sansio/wire.py refuses unprintable names). SETTLED 1: the node
+# that made it has already told its own members (a join restored or leaves made while the bus
+# was down), so it delivers it to nobody; other nodes do.
+#
+# decode_event() gives each kind as a named tuple with those fields: immutable, and cheap to
+# build, which matters here (every node builds one per event of the whole cluster). Being a
+# tuple, an event also equals a plain tuple of the same values: compare events with events.
+
+Joined = NamedTuple("Joined", [("ref", int), ("seq", int), ("node", str), ("conn", int),
+                               ("join_id", int), ("settled", bool), ("room", str), ("name", str)])
+Said = NamedTuple("Said", [("ref", int), ("seq", int), ("node", str), ("conn", int),
+                           ("name", str), ("message", str)])
+# `leavers`: (conn, CLIENT_NAME) of each, in the order they left.
+Left = NamedTuple("Left", [("ref", int), ("seq", int), ("node", str), ("settled", bool),
+                           ("leavers", Tuple[Tuple[int, str], ...])])
+
+RoomEvent = Union[Joined, Said, Left]
+
+
+def decode_event(data: bytes) -> RoomEvent:
+    """The event published as `data`. Raises ValueError for anything else."""
+    head, _, body = data.decode("utf-8").partition("\n")
+    fields = head.split(" ")
+    kind, ref, seq, node = fields[0], int(fields[1]), int(fields[2]), fields[3]
+    if kind == "J" and len(fields) == 7:
+        room, _, name = body.partition("\n")
+        return Joined(ref, seq, node, int(fields[4]), int(fields[5]), fields[6] == "1", room, name)
+    if kind == "C" and len(fields) == 5:
+        name, _, message = body.partition("\n")
+        return Said(ref, seq, node, int(fields[4]), name, message)
+    if kind == "L" and len(fields) == 5:
+        leavers = []
+        for line in body.split("\n"):
+            conn, _, name = line.partition(" ")
+            leavers.append((int(conn), name))
+        return Left(ref, seq, node, fields[4] == "1", tuple(leavers))
+    raise ValueError("not a bus event: %r" % data[:80])
+
+
+# ---------------------------------------------------------------------------------------------
+# The scripts: each runs atomically in Redis, so two nodes never see half of one
+# ---------------------------------------------------------------------------------------------
+# Every script gets the prefix as ARGV[1] and builds its key names from it. (Keys not declared
+# in KEYS work on a single Redis, which is what this supports; a Redis Cluster would need them
+# declared and in one hash slot.)
+
+_PRELUDE = """
+if redis.replicate_commands then redis.replicate_commands() end   -- Redis 5: TIME, then writes
+local p = ARGV[1]
+local function emit(kind, ref, rest, body)
+  local seq = redis.call('INCR', p .. ':seq:' .. ref)
+  local event = kind .. ' ' .. ref .. ' ' .. seq .. ' ' .. rest .. '\\n' .. body
+  local log = p .. ':log:' .. ref
+  redis.pcall('XADD', log, 'MAXLEN', '~', @LOG_LENGTH@, seq .. '-1', 'e', event)
+  redis.call('EXPIRE', log, @LOG_TTL@)
+  redis.call('PUBLISH', p .. ':events', event)
+  return seq
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function by_room(fields)
+  -- {"REF CONN" -> name, ...} as a flat list -> refs in ascending order, and ref -> lines
+  local rooms, order = {}, {}
+  for i = 1, #fields, 2 do
+    local ref, conn = string.match(fields[i], '^(%d+) (%d+)$')
+    if not rooms[ref] then rooms[ref] = {}; order[#order + 1] = ref end
+    table.insert(rooms[ref], conn .. ' ' .. fields[i + 1])
+  end
+  table.sort(order, function(a, b) return tonumber(a) < tonumber(b) end)
+  return order, rooms
+end
+local function leave(node, ref, settled, lines)
+  -- take these "CONN NAME" lines of `node` out of room `ref` and announce them as one event
+  local occ = p .. ':occ:' .. ref
+  if redis.call('HINCRBY', occ, node, -#lines) <= 0 then redis.call('HDEL', occ, node) end
+  if redis.call('EXISTS', occ) == 0 then            -- empty now: it may be forgotten
+    redis.call('ZADD', p .. ':empty', now_ms(), ref)
+  end
+  return emit('L', ref, node .. ' ' .. settled, table.concat(lines, '\\n'))
+end
+"""
+
+# ARGV: p, node, conn, room name, client name, JOIN_ID (0: give one), the most rooms, and
+# whether this connection may create a room now (1/0: its node's creation limits).
+# Returns {ref, join_id, seq, members on other nodes, 1 if the room was created}, or {-1} when
+# the table is full of rooms with members, {-2} when the room is new and may not be created.
+# A full table forgets the room that has been empty longest, as one server's table does
+# (rooms.py); its ref is never given again.
+JOIN_SCRIPT = """
+local node, conn, room, name = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local jid = tonumber(ARGV[6])
+local ref = redis.call('HGET', p .. ':refs', room)
+local created = 0
+if not ref then
+  if ARGV[8] ~= '1' then return {-2} end
+  if redis.call('HLEN', p .. ':refs') >= tonumber(ARGV[7]) then
+    local oldest = redis.call('ZPOPMIN', p .. ':empty')
+    if #oldest == 0 then return {-1} end
+    local gone = oldest[1]
+    local gone_name = redis.call('HGET', p .. ':names', gone)
+    if gone_name then redis.call('HDEL', p .. ':refs', gone_name) end
+    redis.call('HDEL', p .. ':names', gone)
+    redis.call('DEL', p .. ':seq:' .. gone, p .. ':log:' .. gone, p .. ':occ:' .. gone)
+  end
+  ref = redis.call('INCR', p .. ':nextref') - 1
+  redis.call('HSET', p .. ':refs', room, ref)
+  redis.call('HSET', p .. ':names', ref, room)
+  created = 1
+else
+  redis.call('ZREM', p .. ':empty', ref)
+end
+ref = tonumber(ref)
+if jid == 0 then jid = redis.call('INCR', p .. ':joinid') end
+redis.call('HSET', p .. ':members:' .. node, ref .. ' ' .. conn, name)
+redis.call('HINCRBY', p .. ':occ:' .. ref, node, 1)
+local seq = emit('J', ref, node .. ' ' .. conn .. ' ' .. jid .. ' 0', room .. '\\n' .. name)
+local others, occ = 0, redis.call('HGETALL', p .. ':occ:' .. ref)
+for i = 1, #occ, 2 do
+  if occ[i] ~= node then others = others + tonumber(occ[i + 1]) end
+end
+return {ref, jid, seq, others, created}
+"""
+
+# ARGV: p, node, conn, ref, client name, message. Returns the event's number.
+CHAT_SCRIPT = """
+return emit('C', ARGV[4], ARGV[2] .. ' ' .. ARGV[3], ARGV[5] .. '\\n' .. ARGV[6])
+"""
+
+# ARGV: p, node, ref, then CONN, NAME pairs. Only those Redis still counts as members leave
+# (a node reaped while it was cut off has already been announced). Returns {seq or 0, conns...}.
+LEAVE_SCRIPT = """
+local node, ref = ARGV[2], ARGV[3]
+local members = p .. ':members:' .. node
+local lines, conns = {}, {}
+for i = 4, #ARGV, 2 do
+  if redis.call('HDEL', members, ref .. ' ' .. ARGV[i]) == 1 then
+    lines[#lines + 1] = ARGV[i] .. ' ' .. ARGV[i + 1]
+    conns[#conns + 1] = tonumber(ARGV[i])
+  end
+end
+if #lines == 0 then return {0} end
+local seq = leave(node, ref, '0', lines)
+table.insert(conns, 1, seq)
+return conns
+"""
+
+# ARGV: p, node, NODE_DEAD_AFTER in ms. Records this node's heartbeat; announces and deletes
+# every node whose last heartbeat is older. Returns {1 if this node was known, 0 if not (Redis
+# lost its data, or it was reaped while cut off), members reaped}.
+HEARTBEAT_SCRIPT = """
+local nodes, now = p .. ':nodes', now_ms()
+local known = redis.call('ZSCORE', nodes, ARGV[2])
+redis.call('ZADD', nodes, now, ARGV[2])
+local reaped = 0
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now - tonumber(ARGV[3]))) do
+  local members = p .. ':members:' .. dead
+  local order, rooms = by_room(redis.call('HGETALL', members))
+  for _, ref in ipairs(order) do
+    leave(dead, ref, '0', rooms[ref])
+    reaped = reaped + #rooms[ref]
+  end
+  redis.call('DEL', members)
+  redis.call('ZREM', nodes, dead)
+end
+return {known and 1 or 0, reaped}
+"""
+
+# ARGV: p, a fresh epoch value. Returns {the epoch, the next ROOM_REF, the last JOIN_ID}.
+EPOCH_SCRIPT = """
+redis.call('SET', p .. ':epoch', ARGV[2], 'NX')
+return {redis.call('GET', p .. ':epoch'), tonumber(redis.call('GET', p .. ':nextref') or '0'),
+        tonumber(redis.call('GET', p .. ':joinid') or '0')}
+"""
+
+# After Redis lost its data. ARGV: p, next ROOM_REF, last JOIN_ID, then REF, NAME, SEQ triples
+# (NAME "" when this node does not know it). Counters only ever go up.
+RESTORE_SCRIPT = """
+local function raise(key, value)
+  if tonumber(redis.call('GET', key) or '0') < value then redis.call('SET', key, value) end
+end
+raise(p .. ':nextref', tonumber(ARGV[2]))
+raise(p .. ':joinid', tonumber(ARGV[3]))
+for i = 4, #ARGV, 3 do
+  if ARGV[i + 1] ~= '' then
+    redis.call('HSETNX', p .. ':refs', ARGV[i + 1], ARGV[i])
+    redis.call('HSETNX', p .. ':names', ARGV[i], ARGV[i + 1])
+  end
+  raise(p .. ':seq:' .. ARGV[i], tonumber(ARGV[i + 2]))
+end
+return 1
+"""
+
+# ARGV: p, node, announce (1/0), how many REF CONN NAME triples of members follow, those, then
+# REF CONN NAME triples of leaves this node made while the bus was down, with the join ids of
+# the members in between: REF CONN JOIN_ID NAME for members. Makes Redis's record of this node's
+# members what the node has: adds the missing ones (announcing them, settled, when `announce`:
+# the others saw them leave when this node was reaped) and removes the others (announcing their
+# leaves, settled: this node told its own members already). Returns {added, removed}.
+SYNC_SCRIPT = """
+local node, announce, count = ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
+local members = p .. ':members:' .. node
+local have, flat = {}, redis.call('HGETALL', members)
+for i = 1, #flat, 2 do have[flat[i]] = flat[i + 1] end
+local mine, added = {}, 0
+for i = 5, 4 + 4 * count, 4 do
+  local ref, conn, jid, name = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local field = ref .. ' ' .. conn
+  mine[field] = true
+  if not have[field] then
+    redis.call('HSET', members, field, name)
+    redis.call('HINCRBY', p .. ':occ:' .. ref, node, 1)
+    redis.call('ZREM', p .. ':empty', ref)
+    if announce then
+      local room = redis.call('HGET', p .. ':names', ref) or ''
+      emit('J', ref, node .. ' ' .. conn .. ' ' .. jid .. ' 1', room .. '\\n' .. name)
+    end
+    added = added + 1
+  end
+end
+local gone = {}
+for field, name in pairs(have) do
+  if not mine[field] then gone[#gone + 1] = field; gone[#gone + 1] = name end
+end
+for i = 5 + 4 * count, #ARGV, 3 do
+  local field = ARGV[i] .. ' ' .. ARGV[i + 1]
+  if not announce and not have[field] and not mine[field] then
+    -- a leave made while Redis had no record of it (it restarted): the others still count it
+    gone[#gone + 1] = field; gone[#gone + 1] = ARGV[i + 2]
+    redis.call('HINCRBY', p .. ':occ:' .. ARGV[i], node, 1)
+  end
+end
+local order, rooms = by_room(gone)
+for _, ref in ipairs(order) do
+  for _, line in ipairs(rooms[ref]) do
+    redis.call('HDEL', members, ref .. ' ' .. string.match(line, '^(%d+)'))
+  end
+  leave(node, ref, '1', rooms[ref])
+end
+redis.call('ZADD', p .. ':nodes', now_ms(), node)
+return {added, #gone / 2}
+"""
+
+# ARGV: p, node. A node that stops cleanly announces its own members' leaves at once.
+GOODBYE_SCRIPT = """
+local members = p .. ':members:' .. ARGV[2]
+local order, rooms = by_room(redis.call('HGETALL', members))
+for _, ref in ipairs(order) do leave(ARGV[2], ref, '0', rooms[ref]) end
+redis.call('DEL', members)
+redis.call('ZREM', p .. ':nodes', ARGV[2])
+return #order
+"""
+
+SCRIPTS = {
+    "join": JOIN_SCRIPT, "chat": CHAT_SCRIPT, "leave": LEAVE_SCRIPT,
+    "heartbeat": HEARTBEAT_SCRIPT, "epoch": EPOCH_SCRIPT, "restore": RESTORE_SCRIPT,
+    "sync": SYNC_SCRIPT, "goodbye": GOODBYE_SCRIPT,
+}
+
+
+def _script_text(body: str) -> str:
+    return (_PRELUDE.replace("@LOG_LENGTH@", str(LOG_LENGTH)).replace("@LOG_TTL@", str(LOG_TTL))
+            + body)
+
+
+# What the bus loads (SCRIPT LOAD) and calls (EVALSHA), by name.
+SCRIPT_TEXTS = {name: _script_text(body) for name, body in SCRIPTS.items()}
+SCRIPT_SHAS = {name: hashlib.sha1(text.encode("utf-8")).hexdigest()
+               for name, text in SCRIPT_TEXTS.items()}

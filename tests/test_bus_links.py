@@ -1,0 +1,114 @@
+"""sansio/bus_links.py through the Bus that drives it: the two links failing on their own,
+backoff, timeouts, and the bound on what waits for Redis. Redis is played by hand
+(tests/bus_harness.py).
+"""
+import unittest
+
+from sansio import bus_links
+from sansio.bus import Done, StateChanged
+from tests.bus_harness import BusHarness, resp, said
+
+
+class LinkTests(unittest.TestCase):
+
+    def setUp(self) -> None:
+        self.h = BusHarness(self)
+        self.h.bus.follow(0, 1, self.h.now)
+
+    def test_a_dropped_subscription_keeps_the_bus_up_and_catches_up(self):
+        bus_ = self.h.bus
+        bus_.link_failed("sub", "killed", self.h.now)
+        self.assertEqual(bus_.links_to_close(), ["sub"])
+        self.assertTrue(bus_.up, "requests still go to Redis")
+        bus_.chat("token", 4, 0, "me", "while away", self.h.now)
+        self.assertIn(b"while away", self.h.take_sent()["cmd"])
+        self.h.reply(1)
+        self.assertEqual(self.h.events(), [Done("token", 1)])
+        due = bus_.next_deadline()
+        self.assertLessEqual(due - self.h.now, bus_links.RECONNECT_MIN)
+        self.assertEqual(bus_.wants_links(due), ["sub"])
+        bus_.connecting("sub", due)
+        bus_.link_up("sub", due)
+        self.assertIn(b"SUBSCRIBE", self.h.take_sent()["sub"])
+        bus_.receive("sub", resp([b"subscribe", b"p:events", 1]), due)
+        self.assertIn(b"XRANGE", self.h.take_sent()["cmd"], "what was published meanwhile")
+        self.h.reply([[b"1-1", [b"e", said(0, 1, "while away", node="me", conn=4)]]])
+        self.assertEqual(self.h.texts(), ["while away"])
+
+    def test_a_dropped_command_link_fails_what_waits_and_takes_the_bus_down(self):
+        bus_ = self.h.bus
+        bus_.join("j", 4, "room", "me", 0, True, self.h.now)
+        bus_.link_failed("cmd", "reset", self.h.now)
+        events = self.h.events()
+        self.assertEqual(events[0].token, "j")
+        self.assertTrue(events[0].failed)
+        self.assertEqual(events[1], StateChanged(False, "reset"))
+        self.assertFalse(bus_.up)
+        self.assertEqual(bus_.outages, 1)
+
+    def test_reconnecting_backs_off_with_jitter_up_to_a_cap(self):
+        bus_ = self.h.bus
+        now = self.h.now
+        delays = []
+        for _ in range(10):
+            bus_.link_failed("cmd", "refused", now)
+            due = bus_.next_deadline()
+            self.assertEqual(bus_.wants_links(due - 0.001), [])
+            self.assertEqual(bus_.wants_links(due), ["cmd"])
+            delays.append(due - now)
+            bus_.connecting("cmd", due)
+            now = due
+        for attempt, delay in enumerate(delays):
+            full = min(bus_links.RECONNECT_MAX, bus_links.RECONNECT_MIN * 2 ** attempt)
+            self.assertTrue(full / 2 <= delay <= full, (attempt, delay))
+        self.assertGreater(delays[-1], bus_links.RECONNECT_MAX / 2 - 0.001)
+
+    def test_a_link_not_set_up_in_time_is_given_up(self):
+        bus_ = self.h.bus
+        bus_.link_failed("cmd", "reset", self.h.now)
+        self.h.events()
+        bus_.links_to_close()
+        start = bus_.next_deadline()
+        bus_.connecting("cmd", start)
+        self.assertEqual(bus_.next_deadline(), start + bus_links.CONNECT_TIMEOUT)
+        bus_.timer(start + bus_links.CONNECT_TIMEOUT)
+        self.assertEqual(bus_.links_to_close(), ["cmd"])
+
+    def test_an_unanswered_command_resets_the_link(self):
+        bus_ = self.h.bus
+        bus_.chat("c", 4, 0, "me", "x", self.h.now)
+        bus_.timer(self.h.now + bus_links.REPLY_TIMEOUT)
+        self.assertEqual(bus_.links_to_close(), ["cmd"])
+        self.assertTrue(self.h.events()[0].failed)
+
+
+class BackPressureTests(unittest.TestCase):
+
+    def test_chats_past_the_unanswered_bytes_are_refused_until_redis_answers(self):
+        h = BusHarness(self)
+        message = "x" * 60000
+        sent = 0
+        while True:                 # Redis is stalled: nothing is answered
+            h.bus.chat(sent, 4, 0, "me", message, h.now)
+            events = h.events()
+            if events:
+                break
+            sent += 1
+            self.assertLess(sent, 1000, "the bytes held for Redis are never bounded")
+        self.assertEqual(sent, bus_links.MAX_UNANSWERED_BYTES // 60000)
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0].token, sent)
+        self.assertIn("Redis is behind", events[0].failed)
+        self.assertEqual(h.bus.behind, 1)
+        self.assertLessEqual(len(h.take_sent()["cmd"]),
+                             bus_links.MAX_UNANSWERED_BYTES + 1000 * sent)
+        h.reply(*range(1, sent + 1))            # Redis catches up
+        self.assertEqual(len(h.events()), sent)
+        h.bus.chat("again", 4, 0, "me", message, h.now)
+        self.assertEqual(h.events(), [], "sent, not refused")
+        self.assertIn(message.encode(), h.take_sent()["cmd"])
+
+
+
+if __name__ == "__main__":
+    unittest.main()
