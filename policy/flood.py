@@ -70,3 +70,9 @@ class Meter:
     def charge_requests(self, handled: int) -> None:
         if self.requests is not None:
             self.requests.tokens -= handled
+
+    def last_heard(self) -> float:
+        """When it was last charged (or made), the bucket's own record: how long it has been
+        idle, for the descriptor reserve (policy/reserve.py). -inf if nothing meters it."""
+        bucket = self.bytes or self.requests
+        return float("-inf") if bucket is None else bucket.at

@@ -4,11 +4,11 @@ import unittest
 from types import SimpleNamespace
 
 from policy import reserve
-from policy.reserve import Unproven
+from policy.reserve import Holders, Unproven
 
 
-def conn(conn_id):
-    return SimpleNamespace(conn_id=conn_id)
+def conn(conn_id, peer_ip=""):
+    return SimpleNamespace(conn_id=conn_id, peer_ip=peer_ip)
 
 
 class UnprovenTests(unittest.TestCase):
@@ -39,6 +39,53 @@ class UnprovenTests(unittest.TestCase):
         self.unproven.pop(self.a.conn_id)
         self.assertNotIn(self.a.conn_id, self.unproven)
         self.assertIs(self.unproven.maybe_make_way(), self.b)
+
+
+class HoldersTests(unittest.TestCase):
+
+    def setUp(self):
+        self.holders = Holders()
+        self.heard = {}
+
+    def hold(self, conn_id, address, heard_at):
+        c = conn(conn_id, address)
+        self.heard[conn_id] = heard_at
+        self.holders.add(c)
+        return c
+
+    def make_way(self):
+        return self.holders.maybe_make_way(lambda c: self.heard[c.conn_id])
+
+    def test_nobody_held_nobody_makes_way(self):
+        self.assertIsNone(self.make_way())
+
+    def test_the_address_holding_the_most_makes_way_with_its_longest_idle(self):
+        lone = self.hold(1, "10.0.0.1", heard_at=0.0)       # idle longest, but alone
+        self.hold(2, "10.0.0.2", heard_at=5.0)
+        quiet = self.hold(3, "10.0.0.2", heard_at=3.0)
+        self.hold(4, "10.0.0.2", heard_at=9.0)
+        self.assertIs(self.make_way(), quiet)
+        self.holders.remove(quiet)
+        self.holders.remove(self.holders.maybe_make_way(lambda c: self.heard[c.conn_id]))
+        self.assertEqual(self.holders.held_by("10.0.0.2"), 1)
+        self.assertIn(self.make_way().conn_id, (1, 4))      # one each now: either address
+        self.holders.remove(conn(4, "10.0.0.2"))
+        self.assertIs(self.make_way(), lone)
+
+    def test_remove_is_idempotent_and_counts_follow(self):
+        a = self.hold(1, "10.0.0.1", 0.0)
+        self.holders.remove(a)
+        self.holders.remove(a)
+        self.assertEqual(len(self.holders), 0)
+        self.assertIsNone(self.make_way())
+        self.hold(2, "10.0.0.3", 1.0)
+        self.assertEqual(self.make_way().conn_id, 2)
+
+    def test_only_a_sample_of_a_crowded_address_is_looked_at(self):
+        for index in range(reserve.MAKE_WAY_SAMPLE + 10):   # the last ones idle longest...
+            self.hold(index, "10.0.0.9", heard_at=1000.0 - index)
+        chosen = self.make_way()                            # ...but only the oldest are read
+        self.assertEqual(chosen.conn_id, reserve.MAKE_WAY_SAMPLE - 1)
 
 
 if __name__ == "__main__":

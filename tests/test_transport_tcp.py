@@ -258,5 +258,46 @@ class UnprovenConnectionTests(unittest.TestCase):
         self.assertIn(conn_id, server.hub.conns)
 
 
+class MakeWayTests(unittest.TestCase):
+    """Who makes way when every descriptor is taken (TcpListener._make_way; accept() failing
+    with EMFILE is what calls it)."""
+
+    def serve(self, server, peer_ip, line=None):
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        conn_id = server.listener.add_connection(theirs, "local", peer_ip)
+        if line is not None:
+            ours.sendall(line)
+        return conn_id
+
+    def test_proven_idlers_of_the_address_holding_the_most_make_way(self):
+        app = LineApp()
+        server = LineServer(app)
+        self.addCleanup(server.close)
+        lone = self.serve(server, "10.0.0.1", b"echo hi\n")
+        crowd = [self.serve(server, "10.0.0.2", b"echo hi\n") for _ in range(3)]
+        deadline = time.monotonic() + 3
+        while server.hub.unproven and time.monotonic() < deadline:
+            server.run_once(0.01)
+        self.assertEqual(len(server.hub.unproven), 0)       # every one completed a request
+        with self.assertLogs("transport", "WARNING") as logs:
+            self.assertTrue(server.listener._make_way())
+        self.assertIn("held the most connections (3)", "\n".join(logs.output))
+        self.assertIn(lone, server.hub.conns)
+        self.assertEqual(len([c for c in crowd if c in server.hub.conns]), 2)
+
+    def test_a_connection_that_never_completed_a_request_makes_way_first(self):
+        server = LineServer(LineApp())
+        self.addCleanup(server.close)
+        crowd = [self.serve(server, "10.0.0.2", b"echo hi\n") for _ in range(3)]
+        for _ in range(5):
+            server.run_once(0.01)
+        silent = self.serve(server, "10.0.0.1")
+        with self.assertLogs("transport", "WARNING"):
+            self.assertTrue(server.listener._make_way())
+        self.assertNotIn(silent, server.hub.conns)
+        self.assertEqual([c for c in crowd if c in server.hub.conns], crowd)
+
+
 if __name__ == "__main__":
     unittest.main()

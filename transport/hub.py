@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from policy.flood import InputLimits, Meter
 from policy.logbudget import TRACEBACK_INTERVAL, LogBudget
 from policy.memory import MEMORY_BUDGET, Memory
-from policy.reserve import Unproven
+from policy.reserve import Holders, Unproven
 from policy.scheduler import STEP_BUDGET, Scheduler
 from policy.watermarks import HIGH_WATER
 from reactor import Loop
@@ -67,6 +67,7 @@ class Hub:
         self.limits = limits if limits is not None else InputLimits()
         self.memory = Memory(memory_budget)
         self.unproven = Unproven(open_file_limit)
+        self.holders = Holders()            # connections holding a descriptor (transport/tcp.py)
         self.log_budget = LogBudget(time.monotonic)
         self._to_flush: List[Connection] = []     # got output this tick
         # ABORTING, to be torn down as time allows (drop_aborted): (conn, log level, why).

@@ -227,6 +227,7 @@ class TcpConnection(Connection):
     def release(self, reason: str) -> None:
         self.hub.loop.unregister(self.sock)
         self.sock.close()
+        self.hub.holders.remove(self)
 
     def send_last(self) -> None:
         try:
@@ -292,9 +293,9 @@ class TcpListener:
 
     def _accept_with_the_reserve(self) -> Optional[Tuple[socket.socket, Any]]:
         """Every descriptor is taken: free the reserve, accept one connection with it, and
-        make room for it by closing the connection that makes way (or, if there is none,
-        close the new one at once: it learns it cannot be served instead of hanging). Then
-        take the reserve again. None if this cannot help."""
+        make room for it by closing the connection that makes way (_make_way; if there is
+        none, close the new one at once: it learns it cannot be served instead of hanging).
+        Then take the reserve again. None if this cannot help."""
         if self._reserve_fd is None:
             return None
         os.close(self._reserve_fd)
@@ -304,18 +305,31 @@ class TcpListener:
         except OSError:
             self._reserve_fd = _open_reserve()
             return None
-        idle = self.hub.unproven.maybe_make_way()
-        if idle is not None:
-            self.hub.teardown(idle, logging.WARNING, "evicted: every descriptor is taken, and "
-                              "it was the longest idle of those that never completed a request")
-            self._reserve_fd = _open_reserve()
+        made_way = self._make_way()
+        self._reserve_fd = _open_reserve()
+        if made_way:
             return sock, addr
         sock.close()
         self.hub.log_budget.log(LOGGER, logging.WARNING, "refused a connection from %s: every "
-                                "descriptor is held by connections that have completed "
-                                "requests", addr[0])
-        self._reserve_fd = _open_reserve()
+                                "descriptor is taken, and by no client connection", addr[0])
         return None
+
+    def _make_way(self) -> bool:
+        """Close the connection that makes way for a new one (policy/reserve.py): the longest
+        idle that never completed a request, else the one heard from longest ago of the address
+        holding the most. False if there is none."""
+        hub = self.hub
+        conn = hub.unproven.maybe_make_way()
+        if conn is not None:
+            why = "it was the longest idle of those that never completed a request"
+        else:
+            conn = hub.holders.maybe_make_way(lambda held: held.meter.last_heard())
+            if conn is None:
+                return False
+            why = ("its address held the most connections (%d), and it was heard from longest "
+                   "ago of them" % hub.holders.held_by(conn.peer_ip))
+        hub.teardown(conn, logging.WARNING, "evicted: every descriptor is taken, and " + why)
+        return True
 
     def _serve_accepted(self, sock: socket.socket, addr: Any) -> None:
         try:
@@ -337,6 +351,7 @@ class TcpListener:
         hub = self.hub
         conn = TcpConnection(hub, sock, hub.new_conn_id(), peer_ip)
         hub.loop.register(sock, EVENT_READ, conn)
+        hub.holders.add(conn)
         hub.add(conn, local_ip)
         return conn.conn_id
 
