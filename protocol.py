@@ -176,6 +176,11 @@ class ChatProtocol:
             self._sessions.pop(conn_id, None)
         return self.service.lost(conn_ids)
 
+    def departure_cost(self, conn_id: int) -> int:
+        """What telling of `conn_id`'s loss costs (the reactor's unit of departure work): one,
+        plus one leave announcement per room it is in."""
+        return 1 + self.rooms.count_rooms_of(conn_id)
+
     def connection_lost(self, conn_id: int) -> List[Action]:
         """connections_lost() for one connection, for drivers that learn of each loss on its
         own (such as asyncio's Protocol.connection_lost)."""

@@ -120,6 +120,12 @@ class App(Protocol):
         """How many bytes of `conn_id`'s input the app holds, not yet handled (they count
         against the reactor's memory budget)."""
 
+    def departure_cost(self, conn_id: int) -> int:
+        """How much work telling of `conn_id`'s loss will cause, in units of about a
+        microsecond (for the chat: 1, plus 1 per room it is in, each a leave announcement).
+        The reactor tells the app of lost connections in calls of bounded work. Optional: an
+        app without it is taken to cost 1 per connection."""
+
     def connections_lost(self, conn_ids: Sequence[int]) -> List[Action]:
         """These connections are gone (closed by either side, or dropped); each is named once,
         in one call with every other connection lost in the same tick. The actions returned

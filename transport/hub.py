@@ -16,10 +16,11 @@ The one catch-all (guarded): an exception from the app, or from our own code on 
 connection, is our bug: it is logged with its traceback and drops that connection, never the
 server.
 """
+import collections
 import logging
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from policy.flood import InputLimits, Meter
 from policy.logbudget import TRACEBACK_INTERVAL, LogBudget
@@ -42,6 +43,12 @@ SHARE_MIN = 2048
 # The most lost connections the app is told of in one call: each costs it ~20 us (leaving its
 # rooms), so 8 000 at once would be one long tick; the rest are told in the next ticks.
 LOST_PER_CALL = 250
+# The most work one such call may carry, in the app's units (App.departure_cost; for the chat,
+# one per connection and one per room it was in, each a leave built and delivered): what a
+# departure costs is its memberships, not the connection. 250 connections in 256 rooms each were
+# 64 000 leaves in one call, 128 000 in one flush (300 ms to 8 s of one tick); 2 048 cost
+# ~10 ms. A connection costing more than this alone is told of alone.
+LOST_WORK_PER_CALL = 2048
 # The flush reads the clock once per this many connections.
 SENDS_BETWEEN_CLOCK_READS = 32
 # Rounds of "flush the connections, then the flushers (the UDP endpoint's datagrams and
@@ -72,7 +79,7 @@ class Hub:
         self._to_flush: List[Connection] = []     # got output this tick
         # ABORTING, to be torn down as time allows (drop_aborted): (conn, log level, why).
         self._to_abort: List[Tuple[Connection, int, str]] = []
-        self._lost: List[Connection] = []         # gone; the app is told in the flush
+        self._lost: Deque[Connection] = collections.deque()     # gone; told in the flush
         self.shared = SharedOutput(self.memory)   # output queued by reference (SHARE_MIN)
         self._flushers: List[Callable[[], bool]] = []
         self.deliveries = 0                       # messages queued for connections, ever
@@ -349,7 +356,7 @@ class Hub:
             self._flush_connections()
 
     def _flush_connections(self) -> None:
-        """Tell the app of connections lost (at most twice LOST_PER_CALL), then flush each
+        """Tell the app of connections lost (in at most two calls), then flush each
         connection with new output, one send each; again while either brings more. Those not
         told of yet are, in the next tick's flush (which does not wait). Sending stops once it
         has taken STEP_BUDGET (a storm of departures makes thousands of send()s fail): the
@@ -357,7 +364,7 @@ class Hub:
         calls = 0
         started = time.monotonic()
         while self._to_flush or (self._lost and calls < 2):
-            if self._lost and calls < 2:        # at most 2 * LOST_PER_CALL in one flush
+            if self._lost and calls < 2:        # at most twice LOST_WORK_PER_CALL in one flush
                 self._tell_app_lost()
                 calls += 1
             batch, self._to_flush = self._to_flush, []
@@ -413,15 +420,22 @@ class Hub:
             self._lost.append(conn)
 
     def _tell_app_lost(self) -> None:
-        """Tell the app which connections are gone, up to LOST_PER_CALL in one call, and carry
-        out its answer.
+        """Tell the app which connections are gone, up to LOST_PER_CALL of them and
+        LOST_WORK_PER_CALL of work in one call (at least one), and carry out its answer.
 
         One call for a storm of departures: the app takes every one of them out of its rooms
         before it announces any, so nothing is built for members that are themselves gone, and
         a room's announcements can go out as one shared message. Telling it one by one made
         8 000 members resetting at once cost 8 000 announcements to 8 000 members."""
-        lost, self._lost = self._lost[:LOST_PER_CALL], self._lost[LOST_PER_CALL:]
-        actions = self.guarded(None, self.app.connections_lost, [c.conn_id for c in lost])
+        cost = getattr(self.app, "departure_cost", None)     # (apps without it: 1 each)
+        pending = self._lost
+        lost: List[int] = []
+        work = 0
+        while pending and len(lost) < LOST_PER_CALL and work < LOST_WORK_PER_CALL:
+            conn_id = pending.popleft().conn_id
+            lost.append(conn_id)
+            work += 1 if cost is None else cost(conn_id)
+        actions = self.guarded(None, self.app.connections_lost, lost)
         if actions:
             self.apply(actions)
 
