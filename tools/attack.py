@@ -46,6 +46,17 @@ Scenarios (defaults are the sizes docs/ROBUSTNESS.md reports; --quick makes each
   names        JOINs whose room name or CLIENT_NAME carries a terminal escape sequence, a bidi
                override, a zero-width character, DEL, a C1 control...: each must get
                ERROR_CODE 12, and a plain name must still be joined.
+  idlers       every descriptor of the server held by connections that each got their HELO
+               reply (so they have completed a request), then idle, from --addresses (16)
+               source addresses (127.0.0.2 onwards); with --spawn, --nofile (1024) plus --extra
+               (16) of them. Then 5 new clients, one after the other, must each get their HELO
+               reply within 2 s.
+  departures   --addresses (20) source addresses, --connections (48) connections each, each
+               connection in --rooms (256) rooms shared with 7 others (rooms of 8, as the
+               per-address limits allow); then every one of them resets at once (SO_LINGER 0).
+               A stayer per group of 8, in its 256 rooms, must hear every leave. Targets:
+               the probe's p99 <= 100 ms while they join, its max <= 200 ms during the
+               resets, and the server's RSS grows <= 256 MiB from the resets (needs --spawn).
   all          each scenario at its --quick size, one after the other (a fresh server each with
                --spawn; descriptors is left out with --port unless --hold is given).
 
@@ -60,10 +71,12 @@ at a time, one every 20 ms, in a room of its own; an echo later than 5 s counts 
 """
 import argparse
 import collections
+import contextlib
 import os
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 if not __package__:   # run as a script (python3 tools/X.py) from any folder: find the project
@@ -74,13 +87,13 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from sansio.replies import ChatMessage, ErrorReply, JoinedReply, LeftReply, ReplyReader
-from sansio.wire import (JOINED_TEXT, LEFT_TEXT, chat_request, disconnect_request, join_request,
-                         kill_request, leave_request)
+from sansio.wire import (JOINED_TEXT, LEFT_TEXT, chat_request, disconnect_request, helo_request,
+                         join_request, kill_request, leave_request)
 from tools import kit
 
 TOOL = "attack"
 SCENARIOS = ("stalled", "departure", "flood", "rooms", "descriptors", "blank", "digits",
-             "disconnect", "names")
+             "disconnect", "names", "idlers", "departures")
 # The text of a flood chat: 64 000 bytes, as large as a request may be (64 KiB with its header)
 # less some room; it ends with FLOOD_MARK, so that flood chats are counted at C speed.
 CHAT_BYTES = 64000
@@ -137,6 +150,9 @@ SIZES: Dict[str, Dict[str, Tuple[float, float]]] = {
     "digits": {"connections": (4, 2), "count": (200, 5)},
     "disconnect": {"rooms": (256, 32)},
     "names": {},
+    "idlers": {"nofile": (1024, 128), "extra": (16, 8), "addresses": (16, 4)},
+    "departures": {"addresses": (20, 2), "connections": (48, 16), "rooms": (256, 32),
+                   "seconds": (300.0, 60.0)},
 }
 
 
@@ -1417,6 +1433,265 @@ def scenario_names(args: argparse.Namespace, target: AttackTarget, report):
 
 
 # ---------------------------------------------------------------------------------------------
+# 10. idlers and 11. departures: many source addresses (127.0.0.2, 127.0.0.3, ...)
+# ---------------------------------------------------------------------------------------------
+
+# departures: connections join their rooms in groups of this many, so a room has this many
+# attacking members (the filed measurement had ~7.6 per room)
+GROUP = 8
+SWARM_TAIL = 64                         # bytes kept between reads, so no marker is cut in two
+SWARM_CONNECT_TIMEOUT = 5.0
+STAYERS_PER_ADDRESS = 64                # (within the memberships an address may hold)
+NEWCOMERS = 5                           # idlers: new clients that must each be served
+HELO_MARK = b"HELO "
+JOINED_MARK = b"JOINED_CHATROOM:"
+ERROR_MARK = b"ERROR_CODE:"
+LEFT_MARK = (LEFT_TEXT % "").encode()
+
+
+def source_address(index: int) -> str:
+    """The index-th attacking source address: 127.0.0.2 onwards (127.0.0.1 is the probe's)."""
+    index += 2
+    return "127.%d.%d.%d" % (index >> 16 & 255, index >> 8 & 255, index & 255)
+
+
+class SwarmConn:
+    __slots__ = ("sock", "source", "counts", "tail", "closed")
+
+    def __init__(self, sock: socket.socket, source: str) -> None:
+        self.sock, self.source = sock, source
+        self.counts: Dict[bytes, int] = collections.Counter()
+        self.tail = b""
+        self.closed = False
+
+
+class Swarm:
+    """Raw connections from chosen source addresses on one selector. Each is given its requests
+    as it connects; what it receives is not parsed, only the markers in `marks` counted (at C
+    speed: bytes.count), so a swarm of thousands keeps up with the server."""
+
+    def __init__(self, target: AttackTarget, marks: Tuple[bytes, ...]) -> None:
+        self.address = (target.host, target.port)
+        self.marks = marks
+        self.selector = selectors.DefaultSelector()
+        self.conns: List[SwarmConn] = []
+        self.failed: Dict[str, int] = collections.Counter()
+
+    def open(self, source: str, requests: bytes) -> Optional[SwarmConn]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((source, 0))
+            sock.settimeout(SWARM_CONNECT_TIMEOUT)
+            sock.connect(self.address)
+            sock.sendall(requests)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            self.failed[type(exc).__name__] += 1
+            return None
+        conn = SwarmConn(sock, source)
+        self.conns.append(conn)
+        self.selector.register(sock, selectors.EVENT_READ, conn)
+        return conn
+
+    def poll(self, timeout: float) -> None:
+        for key, _mask in self.selector.select(timeout):
+            conn = key.data
+            try:
+                data = conn.sock.recv(kit.RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._forget(conn)
+                continue
+            data = conn.tail + data
+            for mark in self.marks:
+                conn.counts[mark] += data.count(mark) - conn.tail.count(mark)
+            conn.tail = data[-SWARM_TAIL:]
+
+    def run_until(self, done: Callable[[], bool], seconds: float,
+                  progress: Optional[Callable[[], None]] = None) -> bool:
+        deadline = time.monotonic() + seconds
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            self.poll(LOOP_WAIT)
+            if progress is not None:
+                progress()
+        return True
+
+    def total(self, mark: bytes) -> int:
+        return sum(conn.counts[mark] for conn in self.conns)
+
+    def _forget(self, conn: SwarmConn) -> None:
+        if not conn.closed:
+            conn.closed = True
+            self.selector.unregister(conn.sock)
+            conn.sock.close()
+
+    def close_all(self, reset: bool = False) -> None:
+        """Close every connection (with reset: SO_LINGER 0, each sends RST, all at once)."""
+        for conn in self.conns:
+            if reset and not conn.closed:
+                with contextlib.suppress(OSError):
+                    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                         struct.pack("ii", 1, 0))
+            self._forget(conn)
+        self.selector.close()
+
+
+def scenario_idlers(args: argparse.Namespace, target: AttackTarget, report):
+    """Case 7: every descriptor held by connections that each got a HELO reply (proven), then
+    idle, from --addresses addresses; NEWCOMERS new clients must each be served in 2 s."""
+    figures: Dict[str, object] = {}
+    if target.server is None and not args.hold:
+        report.fail("usage", "idlers with --port needs --hold (the server's open-file limit "
+                    "plus a few)")
+        return figures, ""
+    hold = args.hold or args.nofile + args.extra
+    kit.raise_nofile_limit()
+    swarm = Swarm(target, (HELO_MARK,))
+    for index in range(hold):
+        swarm.open(source_address(index % args.addresses), helo_request("idle %d" % index))
+    swarm.run_until(lambda: swarm.total(HELO_MARK) + sum(c.closed for c in swarm.conns)
+                    >= len(swarm.conns), HOLD_CONNECT_SECONDS)
+    proven = swarm.total(HELO_MARK)
+    served = []
+    for index in range(NEWCOMERS):
+        ok, seconds, problem = kit.helo_check(target.host, target.port, HELO_DEADLINE, "new")
+        served.append(round(seconds, 3) if ok else None)
+        if not ok:
+            report.fail("newcomer_not_served", "newcomer %d of %d: %s" % (index + 1, NEWCOMERS,
+                                                                          problem))
+        swarm.poll(0)
+    figures.update(hold=hold, addresses=args.addresses, held_connected=len(swarm.conns),
+                   held_proven=proven, connect_failures=dict(swarm.failed),
+                   held_closed_by_server=sum(c.closed for c in swarm.conns),
+                   newcomers=NEWCOMERS, newcomers_served=sum(s is not None for s in served),
+                   newcomer_seconds=served)
+    swarm.close_all()
+    return figures, ("%d proven idlers from %d addresses (%d answered HELO): %d of %d "
+                     "newcomers served within %g s" % (len(swarm.conns), args.addresses,
+                                                        proven, figures["newcomers_served"],
+                                                        NEWCOMERS, HELO_DEADLINE))
+
+
+def group_joins(tag: str, group: int, member: int, rooms: int, share: bool) -> bytes:
+    """The JOINs of member `member` of `group` in the group's `rooms` rooms: its own share of
+    them (`share`: joined first, creating them, so the group's creations are spread over its
+    members, each within its per-connection burst), or the others (once those exist)."""
+    first, end = member * rooms // GROUP, (member + 1) * rooms // GROUP
+    chosen = [i for i in range(rooms) if (first <= i < end) == share]
+    return b"".join(join_request("dep-%s-%d-%d" % (tag, group, i), "g%dm%d" % (group, member))
+                    for i in chosen)
+
+
+def scenario_departures(args: argparse.Namespace, target: AttackTarget, report):
+    """Case 8: --addresses addresses, --connections each, every one in --rooms rooms shared
+    with its group of GROUP; then every attacking connection resets at once. A stayer per
+    group (in the group's rooms) must hear every leave."""
+    tag = run_tag()
+    kit.raise_nofile_limit()
+    swarm = Swarm(target, (JOINED_MARK, ERROR_MARK, LEFT_MARK))
+    figures: Dict[str, object] = {"addresses": args.addresses, "per_address": args.connections,
+                                  "rooms_each": args.rooms}
+    probe = start_probe(target, report, tag)
+    rss_before = target.rss_kb()
+    started = time.monotonic()
+    groups = args.connections // GROUP
+    members = [(address * groups + group, member) for address in range(args.addresses)
+               for group in range(groups) for member in range(GROUP)]
+    for group, member in members:                       # their shares: the rooms created
+        swarm.open(source_address(group // groups), group_joins(tag, group, member,
+                                                                args.rooms, True))
+    wanted = len(members) * args.rooms // GROUP
+
+    def answered() -> bool:
+        return swarm.total(JOINED_MARK) + swarm.total(ERROR_MARK) >= wanted
+
+    def progress() -> None:
+        report.progress(lambda: "joining: %d/%d joined, server RSS %s MiB"
+                        % (swarm.total(JOINED_MARK), wanted, mib(target.rss_kb())))
+    joined = swarm.run_until(answered, args.seconds, progress)
+    for conn, (group, member) in zip(list(swarm.conns), members):     # the rest of the rooms
+        conn.sock.settimeout(SWARM_CONNECT_TIMEOUT)
+        conn.sock.sendall(group_joins(tag, group, member, args.rooms, False))
+        conn.sock.setblocking(False)
+    # A stayer per group (no share: it creates no room), STAYERS_PER_ADDRESS to an address
+    stayers = [swarm.open(source_address(args.addresses + group // STAYERS_PER_ADDRESS),
+                          group_joins(tag, group, GROUP, args.rooms, False))
+               for group in range(args.addresses * groups)]
+    wanted = (len(members) + len(stayers)) * args.rooms
+    joined = joined and swarm.run_until(answered, args.seconds, progress)
+    built = time.monotonic()
+    figures.update(probe.figures(started, built))
+    figures = {("build_" + k if k.startswith("probe_") else k): v for k, v in figures.items()}
+    figures.update(connections=len(swarm.conns) - len(stayers),
+                   memberships=(len(swarm.conns) - len(stayers)) * args.rooms,
+                   joined=swarm.total(JOINED_MARK), join_errors=swarm.total(ERROR_MARK),
+                   build_seconds=round(built - started, 3), connect_failures=dict(swarm.failed),
+                   server_rss_built_mib=mib(target.rss_kb()),
+                   server_rss_build_growth_mib=mib((target.rss_kb() or 0) - (rss_before or 0)))
+    if not joined:
+        report.fail("join_timeout", "%d of %d joins answered after %g s"
+                    % (swarm.total(JOINED_MARK), wanted, args.seconds))
+    build_p99 = figures["build_probe_p99_ms"]
+    if build_p99 is not None and build_p99 > PROBE_P99_TARGET_MS:
+        report.fail("build_probe_p99_over_target", "probe_p99_ms %.1f ms while they joined, "
+                    "target <= %g ms" % (build_p99, PROBE_P99_TARGET_MS))
+    return _reset_swarm(args, target, report, swarm, stayers, probe, figures)
+
+
+def _reset_swarm(args, target, report, swarm: Swarm, stayers: List[Optional[SwarmConn]],
+                 probe: Probe, figures: Dict[str, object]):
+    """departures, second half: every attacking connection resets at once; the figures of the
+    storm (the probe's latency, the server's RSS growth, how long until the stayers are told)."""
+    if target.monitor:
+        target.monitor.reset()
+    rss_before = target.rss_kb()
+    owed = GROUP * args.rooms
+    goers = [conn for conn in swarm.conns if conn not in stayers]
+    started = time.monotonic()
+    for conn in goers:
+        with contextlib.suppress(OSError):
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        swarm._forget(conn)
+    told = swarm.run_until(lambda: all(s is None or s.closed or s.counts[LEFT_MARK] >= owed
+                                       for s in stayers), args.seconds, lambda: report.progress(
+        lambda: "storm: stayers told %d/%d leaves" % (
+            sum(s.counts[LEFT_MARK] for s in stayers if s), owed * len(stayers))))
+    storm_end = time.monotonic()
+    swarm.run_until(lambda: False, AFTER_STORM)
+    probe.stop()
+    storm = probe.figures(started, storm_end + AFTER_STORM)
+    worst = max((took, posted) for posted, took in probe.samples if posted >= started)
+    storm["probe_max_posted_s"] = round(worst[1] - started, 3)    # after the resets began
+    figures.update(storm, storm_seconds=round(storm_end - started, 3),
+                   leaves_told=sum(s.counts[LEFT_MARK] for s in stayers if s),
+                   leaves_owed=owed * len(stayers))
+    if not told:
+        report.fail("storm_timeout", "the stayers had %d of %d leaves after %g s"
+                    % (figures["leaves_told"], figures["leaves_owed"], args.seconds))
+    check_probe(report, storm, probe, None, PROBE_MAX_TARGET_MS)
+    if target.server is not None:
+        peak = max(target.monitor.peak_kb, target.rss_kb() or 0)
+        figures.update(server_rss_storm_peak_mib=mib(peak),
+                       server_rss_storm_growth_mib=mib(peak - (rss_before or 0)))
+        if figures["server_rss_storm_growth_mib"] > STALLED_GROWTH_TARGET_MIB:
+            report.fail("rss_growth_over_target", "server RSS grew %s MiB in the storm, target "
+                        "<= %d MiB" % (figures["server_rss_storm_growth_mib"],
+                                       STALLED_GROWTH_TARGET_MIB))
+    swarm.close_all()
+    return figures, ("%d connections from %d addresses, %d memberships: build-up probe p99 %s "
+                     "ms; reset: stayers told in %s s, probe max %s ms, server RSS +%s MiB"
+                     % (figures["connections"], args.addresses, figures["memberships"],
+                        figures.get("build_probe_p99_ms"), figures["storm_seconds"],
+                        figures.get("probe_max_ms"), figures.get("server_rss_storm_growth_mib")))
+
+
+# ---------------------------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------------------------
 
@@ -1424,7 +1699,8 @@ RUNNERS = {"stalled": scenario_stalled, "departure": scenario_departure,
            "flood": scenario_flood, "rooms": scenario_rooms,
            "descriptors": scenario_descriptors, "blank": scenario_blank,
            "digits": scenario_digits, "disconnect": scenario_disconnect,
-           "names": scenario_names}
+           "names": scenario_names, "idlers": scenario_idlers,
+           "departures": scenario_departures}
 
 
 def sized(args: argparse.Namespace, scenario: str, quick: bool) -> argparse.Namespace:
@@ -1437,7 +1713,8 @@ def sized(args: argparse.Namespace, scenario: str, quick: bool) -> argparse.Name
             value = small if quick else full
             setattr(chosen, option, type(full)(value))
     for option, default in (("members", 0), ("remain", 0), ("count", 0), ("connections", 0),
-                            ("rooms", 0), ("nofile", 0), ("extra", 0), ("seconds", 10.0)):
+                            ("rooms", 0), ("nofile", 0), ("extra", 0), ("seconds", 10.0),
+                            ("addresses", 1)):
         if getattr(chosen, option) is None:
             setattr(chosen, option, default)
     return chosen
@@ -1446,7 +1723,7 @@ def sized(args: argparse.Namespace, scenario: str, quick: bool) -> argparse.Name
 def run_scenario(scenario: str, args: argparse.Namespace, report) -> Dict[str, object]:
     """One scenario against its target (spawned for it, or --host/--port): its figures."""
     log_level = "info" if scenario == "digits" else "warning"
-    nofile = args.nofile if scenario == "descriptors" and args.spawn else None
+    nofile = args.nofile if scenario in ("descriptors", "idlers") and args.spawn else None
     try:
         target = AttackTarget(args, log_level, nofile)
     except kit.ServerError as exc:
@@ -1479,7 +1756,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         return report.summary(dict({"seed": args.seed}, **figures), headline)
     results: Dict[str, object] = {}
     for scenario in SCENARIOS:
-        if scenario == "descriptors" and not args.spawn and not args.hold:
+        if scenario in ("descriptors", "idlers") and not args.spawn and not args.hold:
             results[scenario] = "left out: with --port it needs --hold"
             continue
         chosen = sized(args, scenario, True)
@@ -1515,15 +1792,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         help="departure: as the storm starts, stop the server and time it")
     add("--count", type=int, default=None, help="rooms: JOINs; digits: requests per attacker")
     add("--connections", type=int, default=None, help="rooms, blank: connections; digits: "
-        "attacking threads")
-    add("--rooms", type=int, default=None, help="disconnect: rooms to be in")
+        "attacking threads; departures: connections per address (a multiple of %d)" % GROUP)
+    add("--rooms", type=int, default=None, help="disconnect: rooms to be in; departures: "
+        "rooms each connection joins")
+    add("--addresses", type=int, default=None, help="idlers, departures: source addresses "
+        "to attack from (127.0.0.2 onwards)")
     add("--read-rate", type=int, default=1000000, help="flood: bytes/s of the paced reader")
-    add("--nofile", type=int, default=None, help="descriptors with --spawn: the server's "
-        "open-file limit")
-    add("--extra", type=int, default=None, help="descriptors with --spawn: idle connections "
-        "beyond the server's open-file limit (waiting in its backlog)")
-    add("--hold", type=int, default=None, help="descriptors with --port: idle connections to "
-        "open")
+    add("--nofile", type=int, default=None, help="descriptors, idlers with --spawn: the "
+        "server's open-file limit")
+    add("--extra", type=int, default=None, help="descriptors, idlers with --spawn: idle "
+        "connections beyond the server's open-file limit (waiting in its backlog)")
+    add("--hold", type=int, default=None, help="descriptors, idlers with --port: idle "
+        "connections to open")
     add("--server-dir", default=None, help="with --spawn: the checkout whose Server.py is "
         "started (None: this one)")
     add("--server-log-level", default=None, choices=("debug", "info", "warning", "error"),
@@ -1539,7 +1819,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         help="with --spawn: kill the server past this RSS")
     args = parser.parse_args(argv)
     tool.check_args(parser, args)
-    for option in ("members", "count", "connections", "rooms", "nofile", "hold", "read_rate"):
+    for option in ("members", "count", "connections", "rooms", "nofile", "hold", "read_rate",
+                   "addresses"):
         value = getattr(args, option)
         if value is not None and value < 1:
             parser.error("--%s must be at least 1" % option.replace("_", "-"))
