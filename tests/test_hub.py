@@ -11,6 +11,7 @@ import unittest
 from policy.flood import InputLimits
 from policy.scheduler import MAX_REQUESTS_PER_TICK, MIN_REQUESTS_PER_TICK, TICK_TARGET
 from tests.line_app import REPO, LineApp, LineServer, ServerCase
+from transport.hub import LOST_WORK_PER_CALL
 
 
 class HubTests(ServerCase):
@@ -209,6 +210,26 @@ class MemoryTests(ServerCase):
                 break
         self.assertEqual(sorted(self.app.lost), list(range(1, 21)))
         self.assertEqual(len(calls), 1, calls)
+
+    def test_departures_are_told_in_calls_bounded_by_their_work_not_their_number(self):
+        calls = []
+        app_lost = self.app.connections_lost
+
+        def recording(conn_ids):
+            calls.append(list(conn_ids))
+            return app_lost(conn_ids)
+        self.app.connections_lost = recording
+        heavy = LOST_WORK_PER_CALL // 4          # as if each were in that many rooms
+        self.app.departure_cost = lambda conn_id: heavy
+        socks = [self.pair()[1] for _ in range(10)]
+        for sock in socks:
+            sock.close()
+        deadline = time.monotonic() + 5
+        while len(self.app.lost) < 10 and time.monotonic() < deadline:
+            self.server.run_once(0.01)
+        self.assertEqual(sorted(self.app.lost), list(range(1, 11)))
+        self.assertLessEqual(max(len(c) for c in calls), 4, calls)   # 4 x heavy fill a call
+        self.assertGreaterEqual(len(calls), 3, calls)
 
 
 class FloodControlTests(unittest.TestCase):
