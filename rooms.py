@@ -51,6 +51,16 @@ MAX_ROOMS_PER_CONNECTION = 256
 # could hold 5 million. Past it: ERROR_CODE TOO_MANY_MEMBERSHIPS. Twice what the
 # 10 000-connection test (python3 -m tools.many) needs from one address.
 MAX_MEMBERSHIPS_PER_ADDRESS = 20_000
+# The memberships of all connections together. Per address alone there is no bound: 59 addresses
+# at their limit held 760 000 (+357 MiB). A membership costs ~200 bytes with short names and
+# ~1.3 KB with the longest (its CLIENT_NAME of 256 four-byte characters, its share of the room),
+# so the table stays below ~100 MiB with short names and ~650 MiB at worst. Past it: ERROR_CODE
+# TOO_MANY_MEMBERSHIPS. It takes 25 addresses at their own limit to fill it.
+MAX_MEMBERSHIPS = 500_000
+# From this many memberships on, only an address holding at most MAX_ROOMS_PER_CONNECTION (one
+# connection's worth) may take more: the last tenth is kept for newcomers, so the addresses that
+# filled the table cannot lock everybody else out of it.
+MEMBERSHIPS_CROWDED = 450_000
 
 
 class Rooms:
@@ -279,6 +289,7 @@ class LocalRooms:
         self.creations = RoomCreations()
         self._peers: Dict[int, Peer] = {}
         self._memberships_by_address: Dict[str, int] = {}
+        self.memberships = 0              # of this server's connections (MAX_MEMBERSHIPS)
 
     # -- the service ---------------------------------------------------------------------------
 
@@ -360,21 +371,33 @@ class LocalRooms:
             raise RequestError(ErrorCode.TOO_MANY_ROOMS,
                                "the server has its maximum of %d rooms; join an existing one"
                                % rooms.max_rooms)
-        new_membership = ref is None or rooms.name_in(conn_id, ref) is None
-        if new_membership and rooms.count_rooms_of(conn_id) >= rooms.max_rooms_per_connection:
-            raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
-                               "you are in %d rooms, the most one connection may be in; "
-                               "leave one first" % rooms.max_rooms_per_connection)
-        if (new_membership and self._memberships_by_address.get(peer.peer_ip, 0)
-                >= MAX_MEMBERSHIPS_PER_ADDRESS):
-            raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
-                               "connections from your address are in %d rooms, the most they "
-                               "may be in together; leave one first" % MAX_MEMBERSHIPS_PER_ADDRESS)
+        if ref is None or rooms.name_in(conn_id, ref) is None:     # a new membership
+            self._check_memberships(conn_id, peer)
         if ref is None and count_creation:
             refusal = self.maybe_creation_refusal(conn_id, peer)
             if refusal is not None:
                 raise refusal
             self.creations.spend(conn_id, peer.peer_ip)
+
+    def _check_memberships(self, conn_id: int, peer: Peer) -> None:
+        """Raise TOO_MANY_MEMBERSHIPS if `conn_id` may not hold one more membership: past its
+        own limit, its address's, or the server's (MAX_MEMBERSHIPS, MEMBERSHIPS_CROWDED)."""
+        per_connection = self.rooms.max_rooms_per_connection
+        if self.rooms.count_rooms_of(conn_id) >= per_connection:
+            raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
+                               "you are in %d rooms, the most one connection may be in; "
+                               "leave one first" % per_connection)
+        held = self._memberships_by_address.get(peer.peer_ip, 0)
+        if held >= MAX_MEMBERSHIPS_PER_ADDRESS:
+            raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
+                               "connections from your address are in %d rooms, the most they "
+                               "may be in together; leave one first" % MAX_MEMBERSHIPS_PER_ADDRESS)
+        if self.memberships >= MAX_MEMBERSHIPS or (self.memberships >= MEMBERSHIPS_CROWDED
+                                                   and held >= per_connection):
+            raise RequestError(ErrorCode.TOO_MANY_MEMBERSHIPS,
+                               "the server holds %d memberships, near the most it may hold "
+                               "(%d); leave a room first, or try later"
+                               % (self.memberships, MAX_MEMBERSHIPS))
 
     def maybe_creation_refusal(self, conn_id: int, peer: Peer) -> Optional[RequestError]:
         """None if `conn_id` may create a room now, else the error saying which limit it would
@@ -395,6 +418,7 @@ class LocalRooms:
     def count_joined(self, conn_id: int, peer: Peer) -> None:
         """`conn_id` holds one more membership (MAX_MEMBERSHIPS_PER_ADDRESS); keep its Peer."""
         self._peers[conn_id] = peer
+        self.memberships += 1
         by_address = self._memberships_by_address
         by_address[peer.peer_ip] = by_address.get(peer.peer_ip, 0) + 1
 
@@ -436,6 +460,7 @@ class LocalRooms:
     def count_left(self, conn_id: int, memberships: int) -> None:
         """`conn_id` (not lost) holds `memberships` fewer (MAX_MEMBERSHIPS_PER_ADDRESS)."""
         if memberships:
+            self.memberships -= memberships
             peer_ip = self._peers[conn_id].peer_ip
             held = self._memberships_by_address[peer_ip] - memberships
             if held:

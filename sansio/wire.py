@@ -58,7 +58,8 @@ class ErrorCode(enum.IntEnum):
     REQUEST_TOO_LONG = 8     # longer than MAX_REQUEST_BYTES; the connection is then closed
     TOO_MANY_ROOMS = 9       # creating one more room would pass rooms.MAX_ROOMS
     NAME_TOO_LONG = 10       # a JOIN's room name or CLIENT_NAME is over MAX_NAME_CHARS
-    TOO_MANY_MEMBERSHIPS = 11  # this connection is in rooms.MAX_ROOMS_PER_CONNECTION rooms
+    TOO_MANY_MEMBERSHIPS = 11  # one more membership would pass a limit of rooms.py: this
+                               # connection's, its address's, or the server's (MAX_MEMBERSHIPS)
     NAME_NOT_PRINTABLE = 12  # a JOIN's room name or CLIENT_NAME holds a control/format character
     CREATING_ROOMS_TOO_FAST = 13  # this connection or its address passed ROOM_CREATION limits
     KILL_NOT_ALLOWED = 14    # KILL_SERVICE from an address --kill-from does not allow

@@ -83,3 +83,27 @@ class LimitsAgreeTests(unittest.TestCase):
             self.assertTrue(app.handle(5, Join("r", "n5"))[0].data.startswith(b"JOINED"))
             app.connection_made(9, "10.0.0.1", "198.51.100.9")      # another address
             self.assertTrue(app.handle(9, Join("r", "other"))[0].data.startswith(b"JOINED"))
+
+    def test_memberships_of_the_whole_server_are_bounded_and_newcomers_keep_a_share(self):
+        app = ChatProtocol(port=1, student_id="1", clock=itertools.count(0, 10.0).__next__)
+
+        def join(conn, room):
+            return app.handle(conn, Join(room, "n%d" % conn))[0].data
+        crowd_rooms = rooms.MAX_ROOMS_PER_CONNECTION + 1
+        with mock.patch.object(rooms, "MAX_MEMBERSHIPS", crowd_rooms + 2), \
+                mock.patch.object(rooms, "MEMBERSHIPS_CROWDED", crowd_rooms):
+            for conn in range(2):                       # one address, two connections
+                app.connection_made(conn, "10.0.0.1", "192.0.2.9")
+            replies = [join(0, "r%d" % i) for i in range(rooms.MAX_ROOMS_PER_CONNECTION)]
+            replies.append(join(1, "r0"))
+            self.assertTrue(all(r.startswith(b"JOINED_CHATROOM") for r in replies))
+            refused = join(1, "r1")                     # crowded: that address holds plenty
+            self.assertTrue(refused.startswith(b"ERROR_CODE: 11\n"), refused)
+            self.assertIn(b"the server holds", refused)
+            app.connection_made(2, "10.0.0.1", "198.51.100.9")      # a newcomer's address
+            self.assertTrue(join(2, "r0").startswith(b"JOINED"))
+            self.assertTrue(join(2, "r1").startswith(b"JOINED"))   # now at MAX_MEMBERSHIPS
+            self.assertTrue(join(2, "r2").startswith(b"ERROR_CODE: 11\n"))
+            app.connections_lost([0])                   # 256 memberships let go
+            self.assertEqual(app.service.memberships, 3)
+            self.assertTrue(join(1, "r1").startswith(b"JOINED"))

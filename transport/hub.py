@@ -57,6 +57,19 @@ SENDS_BETWEEN_CLOCK_READS = 32
 FLUSH_ROUNDS = 8
 
 
+def next_departures(pending: Deque[Connection], cost: Optional[Callable[[int], int]]) -> List[int]:
+    """Take the ids of the next lost connections to tell the app of in one call, from the
+    front of `pending`: at least one, at most LOST_PER_CALL, and no more once their cost (the
+    app's departure_cost; 1 each without it) reaches LOST_WORK_PER_CALL."""
+    lost: List[int] = []
+    work = 0
+    while pending and len(lost) < LOST_PER_CALL and work < LOST_WORK_PER_CALL:
+        conn_id = pending.popleft().conn_id
+        lost.append(conn_id)
+        work += 1 if cost is None else cost(conn_id)
+    return lost
+
+
 class Hub:
     """The connections of one server and the app that answers them.
 
@@ -427,14 +440,7 @@ class Hub:
         before it announces any, so nothing is built for members that are themselves gone, and
         a room's announcements can go out as one shared message. Telling it one by one made
         8 000 members resetting at once cost 8 000 announcements to 8 000 members."""
-        cost = getattr(self.app, "departure_cost", None)     # (apps without it: 1 each)
-        pending = self._lost
-        lost: List[int] = []
-        work = 0
-        while pending and len(lost) < LOST_PER_CALL and work < LOST_WORK_PER_CALL:
-            conn_id = pending.popleft().conn_id
-            lost.append(conn_id)
-            work += 1 if cost is None else cost(conn_id)
+        lost = next_departures(self._lost, getattr(self.app, "departure_cost", None))
         actions = self.guarded(None, self.app.connections_lost, lost)
         if actions:
             self.apply(actions)
