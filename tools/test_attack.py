@@ -79,6 +79,17 @@ class QuickScenariosTest(unittest.TestCase):
         summary = self.check("names")
         self.assertEqual(summary["refused_with_12"], summary["joins"])
 
+    def test_newcomers_are_served_when_proven_idlers_hold_every_descriptor(self):
+        summary = self.check("idlers")
+        self.assertGreater(summary["held_proven"], 100)     # of a limit of 128 descriptors
+        self.assertEqual(summary["newcomers_served"], attack.NEWCOMERS)
+
+    def test_many_addresses_resetting_at_once_are_announced_in_bounded_steps(self):
+        summary = self.check("departures")
+        self.assertEqual(summary["join_errors"], 0)
+        self.assertEqual(summary["leaves_told"], summary["leaves_owed"])
+        self.assertLessEqual(summary["probe_max_ms"], attack.PROBE_MAX_TARGET_MS)
+
 
 class ArgumentsTest(unittest.TestCase):
 
