@@ -42,6 +42,10 @@ ACCEPT_RETRY_DELAY = 0.1
 LINGER_TIMEOUT = 2.0
 
 _ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# What _accept_with_the_reserve returns when no connection was waiting after all: accept() says
+# EMFILE when the descriptor table is full whether or not one waits, and that is no reason to
+# stop accepting for ACCEPT_RETRY_DELAY.
+NOTHING_PENDING = "nothing pending"
 
 if hasattr(socket.socket, "sendmsg"):
     def _sendmsg(sock: socket.socket, buffers: List[Any]) -> int:
@@ -271,6 +275,8 @@ class TcpListener:
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
                     accepted = self._accept_with_the_reserve()
+                    if accepted is NOTHING_PENDING:
+                        return              # (Linux says EMFILE before it looks at the queue)
                     if accepted is not None:
                         self._serve_accepted(*accepted)
                         continue
@@ -291,17 +297,21 @@ class TcpListener:
         if self.sock.fileno() != -1:
             self.hub.loop.register(self.sock, EVENT_READ, self)
 
-    def _accept_with_the_reserve(self) -> Optional[Tuple[socket.socket, Any]]:
+    def _accept_with_the_reserve(self) -> Any:
         """Every descriptor is taken: free the reserve, accept one connection with it, and
         make room for it by closing the connection that makes way (_make_way; if there is
         none, close the new one at once: it learns it cannot be served instead of hanging).
-        Then take the reserve again. None if this cannot help."""
+        Then take the reserve again. Returns (socket, address); NOTHING_PENDING if no
+        connection was waiting; None if this cannot help."""
         if self._reserve_fd is None:
             return None
         os.close(self._reserve_fd)
         self._reserve_fd = None
         try:
             sock, addr = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            self._reserve_fd = _open_reserve()
+            return NOTHING_PENDING
         except OSError:
             self._reserve_fd = _open_reserve()
             return None
