@@ -53,14 +53,14 @@ MAX_ROOMS_PER_CONNECTION = 256
 MAX_MEMBERSHIPS_PER_ADDRESS = 20_000
 # The memberships of all connections together. Per address alone there is no bound: 59 addresses
 # at their limit held 760 000 (+357 MiB). A membership costs ~200 bytes with short names and
-# ~1.3 KB with the longest (its CLIENT_NAME of 256 four-byte characters, its share of the room),
-# so the table stays below ~100 MiB with short names and ~650 MiB at worst. Past it: ERROR_CODE
-# TOO_MANY_MEMBERSHIPS. It takes 25 addresses at their own limit to fill it.
-MAX_MEMBERSHIPS = 500_000
-# From this many memberships on, only an address holding at most MAX_ROOMS_PER_CONNECTION (one
-# connection's worth) may take more: the last tenth is kept for newcomers, so the addresses that
-# filled the table cannot lock everybody else out of it.
-MEMBERSHIPS_CROWDED = 450_000
+# ~1.4 KB with the widest (a CLIENT_NAME of 256 four-byte characters), so memberships stay under
+# ~60 MB with short names and ~420 MB at worst. Past it: ERROR_CODE TOO_MANY_MEMBERSHIPS. It
+# takes 15 addresses at their own limit to fill it (30 times what tools.many needs).
+MAX_MEMBERSHIPS = 300_000
+# From this many memberships on, only an address holding fewer than MAX_ROOMS_PER_CONNECTION
+# (one connection's worth) may take more: the last tenth is kept for newcomers, so the addresses
+# that filled the table cannot lock everybody else out of it.
+MEMBERSHIPS_CROWDED = 270_000
 
 
 class Rooms:

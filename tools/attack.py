@@ -51,7 +51,7 @@ Scenarios (defaults are the sizes docs/ROBUSTNESS.md reports; --quick makes each
                source addresses (127.0.0.2 onwards); with --spawn, --nofile (1024) plus --extra
                (16) of them. Then 5 new clients, one after the other, must each get their HELO
                reply within 2 s.
-  departures   --addresses (20) source addresses, --connections (48) connections each, each
+  departures   --addresses (20) source addresses, --connections (40) connections each, each
                connection in --rooms (256) rooms shared with 7 others (rooms of 8, as the
                per-address limits allow); then every one of them resets at once (SO_LINGER 0).
                A stayer per group of 8, in its 256 rooms, must hear every leave. Targets:
@@ -151,7 +151,7 @@ SIZES: Dict[str, Dict[str, Tuple[float, float]]] = {
     "disconnect": {"rooms": (256, 32)},
     "names": {},
     "idlers": {"nofile": (1024, 128), "extra": (16, 8), "addresses": (16, 4)},
-    "departures": {"addresses": (20, 2), "connections": (48, 16), "rooms": (256, 32),
+    "departures": {"addresses": (20, 2), "connections": (40, 16), "rooms": (256, 32),
                    "seconds": (300.0, 60.0)},
 }
 
