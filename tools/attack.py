@@ -1442,6 +1442,7 @@ GROUP = 8
 SWARM_TAIL = 64                         # bytes kept between reads, so no marker is cut in two
 SWARM_CONNECT_TIMEOUT = 5.0
 STAYERS_PER_ADDRESS = 64                # (within the memberships an address may hold)
+STORM_QUIET = 1.0                       # departures, when JOINs were refused: the storm is over
 NEWCOMERS = 5                           # idlers: new clients that must each be served
 HELO_MARK = b"HELO "
 JOINED_MARK = b"JOINED_CHATROOM:"
@@ -1658,11 +1659,20 @@ def _reset_swarm(args, target, report, swarm: Swarm, stayers: List[Optional[Swar
         with contextlib.suppress(OSError):
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         swarm._forget(conn)
-    told = swarm.run_until(lambda: all(s is None or s.closed or s.counts[LEFT_MARK] >= owed
-                                       for s in stayers), args.seconds, lambda: report.progress(
-        lambda: "storm: stayers told %d/%d leaves" % (
-            sum(s.counts[LEFT_MARK] for s in stayers if s), owed * len(stayers))))
-    storm_end = time.monotonic()
+    heard = [0, started]                # leaves the stayers had, and since when
+
+    def done() -> bool:
+        """Every stayer has every leave; or, when JOINs were refused (so what is owed is not
+        known), the stayers have heard nothing new for STORM_QUIET seconds."""
+        told = sum(s.counts[LEFT_MARK] for s in stayers if s)
+        if told != heard[0]:
+            heard[:] = [told, time.monotonic()]
+        if figures["join_errors"] and time.monotonic() - heard[1] > STORM_QUIET:
+            return True
+        return all(s is None or s.closed or s.counts[LEFT_MARK] >= owed for s in stayers)
+    told = swarm.run_until(done, args.seconds, lambda: report.progress(
+        lambda: "storm: stayers told %d/%d leaves" % (heard[0], owed * len(stayers))))
+    storm_end = heard[1] if figures["join_errors"] else time.monotonic()
     swarm.run_until(lambda: False, AFTER_STORM)
     probe.stop()
     storm = probe.figures(started, storm_end + AFTER_STORM)
@@ -1671,9 +1681,11 @@ def _reset_swarm(args, target, report, swarm: Swarm, stayers: List[Optional[Swar
     figures.update(storm, storm_seconds=round(storm_end - started, 3),
                    leaves_told=sum(s.counts[LEFT_MARK] for s in stayers if s),
                    leaves_owed=owed * len(stayers))
-    if not told:
-        report.fail("storm_timeout", "the stayers had %d of %d leaves after %g s"
-                    % (figures["leaves_told"], figures["leaves_owed"], args.seconds))
+    if not told or (figures["join_errors"] and not args.allow_refusals):
+        report.fail("storm_timeout" if not told else "joins_refused", "%d JOINs refused; "
+                    "the stayers had %d of %d leaves after %g s"
+                    % (figures["join_errors"], figures["leaves_told"], figures["leaves_owed"],
+                       time.monotonic() - started))
     check_probe(report, storm, probe, None, PROBE_MAX_TARGET_MS)
     if target.server is not None:
         peak = max(target.monitor.peak_kb, target.rss_kb() or 0)
@@ -1795,6 +1807,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "attacking threads; departures: connections per address (a multiple of %d)" % GROUP)
     add("--rooms", type=int, default=None, help="disconnect: rooms to be in; departures: "
         "rooms each connection joins")
+    add("--allow-refusals", action="store_true", help="departures: JOINs refused (past the "
+        "server's membership limits) are expected, not a failure")
     add("--addresses", type=int, default=None, help="idlers, departures: source addresses "
         "to attack from (127.0.0.2 onwards)")
     add("--read-rate", type=int, default=1000000, help="flood: bytes/s of the paced reader")
