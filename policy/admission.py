@@ -1,0 +1,68 @@
+"""Who may open a UDP session, and who makes way when the table is full (docs/UDP.md, Limits).
+
+The UDP endpoint (sansio/udp_server.py) asks `refusal(host)` before it makes a session for a
+handshake that passed the cookie check, and `maybe_victim()` when its table is full: a newcomer
+takes the place of a session of the address that holds the most, so an address that floods the
+table pays for every newcomer, and an address holding one session keeps it while any other
+holds more. No sockets, no clock, nothing of the wire: sessions are any hashable objects, named
+with their address (host) by the caller. Imports nothing of the project but policy/shares.py.
+"""
+from typing import Callable, Generic, Hashable, Optional, TypeVar
+
+from policy.shares import Shares
+
+Session = TypeVar("Session", bound=Hashable)
+
+# What refusal() answers.
+REFUSE = "refuse"   # the address holds its cap: tell the client no (REJECT)
+WAIT = "wait"       # too many handshakes in flight: no answer, the client's next HELLO retries
+
+
+class Admission(Generic[Session]):
+    """The sessions and the unconfirmed sessions of every address, and their caps."""
+
+    __slots__ = ("per_address", "unconfirmed_cap", "unconfirmed_per_address", "hosts",
+                 "unconfirmed_hosts", "unconfirmed")
+
+    def __init__(self, per_address: int, unconfirmed_cap: int,
+                 unconfirmed_per_address: int) -> None:
+        self.per_address = per_address
+        self.unconfirmed_cap = unconfirmed_cap
+        self.unconfirmed_per_address = unconfirmed_per_address
+        self.hosts: Shares[str, Session] = Shares()
+        self.unconfirmed_hosts: Shares[str, Session] = Shares()
+        self.unconfirmed = 0
+
+    def refusal(self, host: str) -> Optional[str]:
+        """Why no session may be made for `host` now, whatever room the table has: REFUSE or
+        WAIT (above); None if it may."""
+        if self.hosts.count(host) >= self.per_address:
+            return REFUSE
+        if self.unconfirmed >= self.unconfirmed_cap \
+                or self.unconfirmed_hosts.count(host) >= self.unconfirmed_per_address:
+            return WAIT
+        return None
+
+    def added(self, host: str, session: Session) -> None:
+        """A new session, unconfirmed until `confirmed()`."""
+        self.hosts.add(host, session)
+        self.unconfirmed_hosts.add(host, session)
+        self.unconfirmed += 1
+
+    def confirmed(self, host: str, session: Session) -> None:
+        self.unconfirmed_hosts.remove(host, session)
+        self.unconfirmed -= 1
+
+    def removed(self, host: str, session: Session, was_confirmed: bool) -> None:
+        self.hosts.remove(host, session)
+        if not was_confirmed:
+            self.confirmed(host, session)
+
+    def maybe_victim(self, rank: Callable[[Session], object]) -> Optional[Session]:
+        """The session to end for a newcomer when the table is full: of the address holding the
+        most, the one with the lowest `rank` (the first added on a tie). None if there is no
+        session at all. Costs one pass over that address's sessions (at most `per_address`)."""
+        host = self.hosts.busiest()
+        if host is None:
+            return None
+        return min(self.hosts.held(host), key=rank)
