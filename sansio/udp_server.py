@@ -33,6 +33,13 @@ What this module adds to the sessions of sansio/udp_stream.py, in the order a se
    capped. Meanwhile new stream data waits (at most CALLBACK_TIMEOUT), then the session's
    stream carries on to its validated source address.
 
+3. Many sessions, many addresses (docs/UDP.md sections 4, 7 and 9). Sessions, handshakes and
+   pending callbacks are capped per IP (policy/admission.py); a full table makes room for a
+   newcomer by ending what the IP holding the most holds (never proven or idle longest; the
+   oldest pending callback), so a newcomer from another address is always served. Liveness
+   is refreshed only by datagrams from the session's own address that advance it (something
+   new, or the answer to our PING): captured datagrams replayed cannot keep a session alive.
+
 Plugging it into a reactor (one UDP socket bound to the TCP address and port):
 
     on readable:  for each recvfrom(): endpoint.datagram_received(data, addr, now)
