@@ -82,8 +82,10 @@ class Server:
         self.proc.stdout.close()
 
 
-def udp_socket(ip: str) -> socket.socket:
+def udp_socket(pump: "Pump", ip: str) -> socket.socket:
+    """A nonblocking UDP socket on `ip` and a port the kernel picks, closed by pump.close()."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pump.owned.append(sock)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     sock.bind((ip, 0))
     sock.setblocking(False)
@@ -97,6 +99,11 @@ class Pump:
     def __init__(self) -> None:
         self.readers: Dict[socket.socket, Callable[[bytes, tuple], None]] = {}
         self.ticks: List[Callable[[float], None]] = []
+        self.owned: List[socket.socket] = []        # every socket of the case, to close
+
+    def close(self) -> None:
+        for sock in self.owned:
+            sock.close()
 
     def run(self, done: Callable[[], bool], seconds: float) -> bool:
         """Until done() or `seconds` pass; says done()."""
@@ -128,8 +135,8 @@ class Peer:
     def __init__(self, pump: Pump, server: tuple, ip: str, callback_ip: Optional[str] = None):
         self.server, self.pump = server, pump
         self.endpoint = ClientEndpoint(server, time.monotonic())
-        self.sock = udp_socket(ip)
-        self.callback = udp_socket(callback_ip) if callback_ip else None
+        self.sock = udp_socket(pump, ip)
+        self.callback = udp_socket(pump, callback_ip) if callback_ip else None
         self.sent: List[bytes] = []
         self.stream = bytearray()
         self.data_at: Dict[str, int] = {"source": 0, "callback": 0}   # DATA datagrams received
@@ -199,7 +206,7 @@ class Swarm:
     def __init__(self, pump: Pump, server: tuple, ips: List[str],
                  first_data: Optional[Callable[[int], bytes]] = None) -> None:
         self.server, self.first_data = server, first_data
-        self.socks = [udp_socket(ip) for ip in ips]
+        self.socks = [udp_socket(pump, ip) for ip in ips]
         self.handshakes: Dict[Tuple[int, bytes], _Handshake] = {}    # by (socket, nonce)
         self.in_flight = [0] * len(ips)                              # handshakes per socket
         self.sessions: Dict[bytes, _RawSession] = {}                 # by token
@@ -305,6 +312,7 @@ class TcpMember:
 
     def __init__(self, pump: Pump, port: int, room: str, name: str) -> None:
         self.sock = socket.create_connection((HOST, port), timeout=5.0)
+        pump.owned.append(self.sock)
         self.sock.setblocking(False)
         self.reader = ReplyReader()
         self.replies: List[object] = []
@@ -327,8 +335,8 @@ class TcpMember:
 # The cases
 # ---------------------------------------------------------------------------------------------
 
-def case_lockout(args, port: int, say: Callable[[str], None]) -> Tuple[bool, str]:
-    pump, server = Pump(), (HOST, port)
+def case_lockout(args, pump: Pump, port: int, say: Callable[[str], None]) -> Tuple[bool, str]:
+    server = (HOST, port)
     swarm = Swarm(pump, server, ["127.0.0.%d" % (2 + i) for i in range(args.addresses)])
     swarm.open(args.sessions)
     started = time.monotonic()
@@ -353,8 +361,8 @@ def case_lockout(args, port: int, say: Callable[[str], None]) -> Tuple[bool, str
         served, len(newcomers))
 
 
-def case_replay(args, port: int, say: Callable[[str], None]) -> Tuple[bool, str]:
-    pump, server = Pump(), (HOST, port)
+def case_replay(args, pump: Pump, port: int, say: Callable[[str], None]) -> Tuple[bool, str]:
+    server = (HOST, port)
     room = "attack-udp-replay"
     watcher = TcpMember(pump, port, room, "watcher")
     victim = Peer(pump, server, HOST)
@@ -371,7 +379,7 @@ def case_replay(args, port: int, say: Callable[[str], None]) -> Tuple[bool, str]
     victim.vanish()
     silent = time.monotonic()
     left = LEFT_TEXT % "victim"
-    replayer = udp_socket("127.0.0.66")
+    replayer = udp_socket(pump, "127.0.0.66")
     sends = [0]
 
     def replay(now: float) -> None:
@@ -381,7 +389,6 @@ def case_replay(args, port: int, say: Callable[[str], None]) -> Tuple[bool, str]
     pump.ticks.append(replay)
     limit = args.idle_timeout * 1.2 + 2.0
     pump.run(lambda: watcher.saw(left), min(args.seconds, args.replay_seconds + limit + 5))
-    replayer.close()
     if not watcher.saw(left):
         return False, "no leave seen (replays for %.0f s, %d datagrams)" % (
             args.replay_seconds, sends[0])
@@ -391,8 +398,8 @@ def case_replay(args, port: int, say: Callable[[str], None]) -> Tuple[bool, str]
     return took <= limit, "leave announced after %.1f s, limit %.1f s" % (took, limit)
 
 
-def case_callbacks(args, port: int, say: Callable[[str], None]) -> Tuple[bool, str]:
-    pump, server = Pump(), (HOST, port)
+def case_callbacks(args, pump: Pump, port: int, say: Callable[[str], None]) -> Tuple[bool, str]:
+    server = (HOST, port)
     room = "attack-udp-callbacks"
 
     def join(i: int) -> bytes:
@@ -458,9 +465,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         options = ["--udp-idle-timeout", str(args.idle_timeout)] if args.case == "replay" else []
         server = Server(args.server_dir, options)
     port = args.port if server is None else server.port
+    pump = Pump()
     try:
-        ok, summary = CASES[args.case](args, port, lambda line: print(line, flush=True))
+        ok, summary = CASES[args.case](args, pump, port, lambda line: print(line, flush=True))
     finally:
+        pump.close()
         if server is not None:
             server.stop()
     print("%s %s: %s" % ("PASS" if ok else "FAIL", args.case, summary), flush=True)
