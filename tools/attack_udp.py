@@ -26,10 +26,10 @@ on PASS, 1 on FAIL, 2 on a usage error.
 import argparse
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -54,32 +54,23 @@ TICK = 0.02                     # the longest select() wait
 RECV_BATCH = 2000               # datagrams read from one socket per round
 
 
-class Server:
-    """Server.py of `server_dir` in a child process on 127.0.0.1, a port the kernel picks."""
+class Server(kit.ServerProcess):
+    """kit.ServerProcess, but Server.py of `server_dir` (another checkout, to measure "before")."""
 
     def __init__(self, server_dir: str, options: List[str]) -> None:
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        # Not super().__init__(), which starts this checkout's Server.py; the rest is its own.
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")     # leave that checkout as it is
         command = [sys.executable, os.path.join(server_dir, "Server.py"), HOST, "0",
-                   "--log-level", "error"] + options
+                   "--log-level", "warning"] + options
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(command, cwd=server_dir, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-        line = kit.read_line(self.proc, kit.START_TIMEOUT, limit=200)
-        digits = line.rsplit(b":", 1)[-1].strip()
-        if not digits.isdigit():
+                                     stdout=subprocess.PIPE, stderr=self._log, env=env)
+        self.pid, self.host = self.proc.pid, HOST
+        try:
+            self.port = self._read_port()
+        except BaseException:
             self.stop()
-            raise kit.ServerError("no listening line from Server.py: %r" % line)
-        self.port = int(digits)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after kit.STOP_TIMEOUT; this child only, by its pid."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(kit.STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(kit.STOP_TIMEOUT)
-        self.proc.stdout.close()
+            raise
 
 
 def udp_socket(pump: "Pump", ip: str) -> socket.socket:
