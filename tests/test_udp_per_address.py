@@ -226,6 +226,21 @@ class LivenessTests(unittest.TestCase):
         sim.server.set_receiving(sid, True)
         self.assertTrue(sim.run_until(lambda: len(sim.server_got[sid]) == 500, 30.0))
 
+    def test_a_client_whose_address_changes_is_not_followed_and_times_out(self):
+        sim = Sim()
+        sid = sim.open()
+        moved = ("10.0.0.2", 40999)                 # a NAT rebinding: same host, new port
+        sent = sim.client_sends
+        sim.client_sends = lambda data, src=CLIENT: sent(data, moved)
+        sim.client.send_stream(b"HELO after the move\n", sim.now)
+        start = sim.now
+        sim.run_until(lambda: closed(e for _, e in sim.server_events), 120.0)
+        (at, event), = [(t, e) for t, e in sim.server_events if isinstance(e, SessionClosed)]
+        self.assertEqual((event.session_id, event.reason), (sid, "peer timed out"))
+        self.assertLessEqual(at - start, udp_stream.IDLE_TIMEOUT + 1.0)
+        self.assertEqual(bytes(sim.server_got[sid]), b"HELO after the move\n")   # still taken
+        self.assertNotIn(moved, sim.sent_to)        # and nothing went to the new address
+
     def test_datagrams_from_elsewhere_are_still_taken(self):
         sim = Sim()
         sid = sim.open()
