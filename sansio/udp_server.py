@@ -116,8 +116,8 @@ class CallbackValidated(NamedTuple):
 
 
 class CallbackFailed(NamedTuple):
-    """`addr` was not validated (timed out, too many pending, or reclaimed for a newcomer's);
-    the stream stays where it was."""
+    """`addr` was not validated (timed out, too many pending, or given up to make room for
+    another session's); the stream stays where it was."""
     session_id: int
     addr: Address
     reason: str

@@ -20,7 +20,9 @@ byte stream, every byte exactly once and in order.
 2. Liveness. A session that has heard nothing from its peer for KEEPALIVE_IDLE sends PING
    (which the peer answers with ACK) every PING_INTERVAL; one that has heard nothing for
    IDLE_TIMEOUT is over: SessionClosed, which the chat layer treats like a broken TCP
-   connection.
+   connection. What counts as hearing from it is the endpoint's call (`heard()`): the client
+   takes any datagram with its token, the server only those that advance the session
+   (`handle()` says which) from the session's own address.
 
 3. Teardown. A close sends everything queued first; once the peer has acknowledged every byte,
    CLOSE goes out and the session ends at CLOSE_ACK (or after MAX_CLOSE_SENDS tries). RESET
