@@ -7,7 +7,7 @@ table pays for every newcomer, and an address holding one session keeps it while
 holds more. No sockets, no clock, nothing of the wire: sessions are any hashable objects, named
 with their address (host) by the caller. Imports nothing of the project but policy/shares.py.
 """
-from typing import Callable, Generic, Hashable, Optional, TypeVar
+from typing import Generic, Hashable, Optional, TypeVar
 
 from policy.shares import Shares
 
@@ -19,10 +19,12 @@ WAIT = "wait"       # too many handshakes in flight: no answer, the client's nex
 
 
 class Admission(Generic[Session]):
-    """The sessions and the unconfirmed sessions of every address, and their caps."""
+    """The sessions and the unconfirmed sessions of every address, their caps, and each
+    address's sessions in the order they would make way: never proven (no request delivered
+    yet) first, oldest first; then proven, heard from longest ago first. Every call is O(1)."""
 
     __slots__ = ("per_address", "unconfirmed_cap", "unconfirmed_per_address", "hosts",
-                 "unconfirmed_hosts", "unconfirmed")
+                 "unconfirmed_hosts", "unconfirmed", "unproven", "proven")
 
     def __init__(self, per_address: int, unconfirmed_cap: int,
                  unconfirmed_per_address: int) -> None:
@@ -32,6 +34,8 @@ class Admission(Generic[Session]):
         self.hosts: Shares[str, Session] = Shares()
         self.unconfirmed_hosts: Shares[str, Session] = Shares()
         self.unconfirmed = 0
+        self.unproven: Shares[str, Session] = Shares()     # in the order they came
+        self.proven: Shares[str, Session] = Shares()       # in the order last heard from
 
     def refusal(self, host: str) -> Optional[str]:
         """Why no session may be made for `host` now, whatever room the table has: REFUSE or
@@ -44,25 +48,42 @@ class Admission(Generic[Session]):
         return None
 
     def added(self, host: str, session: Session) -> None:
-        """A new session, unconfirmed until `confirmed()`."""
+        """A new session, unconfirmed until `confirmed()`, unproven until `proved()`."""
         self.hosts.add(host, session)
         self.unconfirmed_hosts.add(host, session)
         self.unconfirmed += 1
+        self.unproven.add(host, session)
 
     def confirmed(self, host: str, session: Session) -> None:
         self.unconfirmed_hosts.remove(host, session)
         self.unconfirmed -= 1
 
+    def proved(self, host: str, session: Session) -> None:
+        """The session delivered a request: from now on it makes way only by being idle."""
+        self.unproven.remove(host, session)
+        self.proven.remove(host, session)
+        self.proven.add(host, session)
+
+    def heard(self, host: str, session: Session) -> None:
+        """The peer of a proven session was heard from (an unproven one keeps its place)."""
+        if self.proven.holds(host, session):
+            self.proven.remove(host, session)
+            self.proven.add(host, session)
+
     def removed(self, host: str, session: Session, was_confirmed: bool) -> None:
         self.hosts.remove(host, session)
+        self.unproven.remove(host, session)
+        self.proven.remove(host, session)
         if not was_confirmed:
             self.confirmed(host, session)
 
-    def maybe_victim(self, rank: Callable[[Session], object]) -> Optional[Session]:
+    def maybe_victim(self) -> Optional[Session]:
         """The session to end for a newcomer when the table is full: of the address holding the
-        most, the one with the lowest `rank` (the first added on a tie). None if there is no
-        session at all. Costs one pass over that address's sessions (at most `per_address`)."""
+        most, the first in the order above. None if there is no session at all."""
         host = self.hosts.busiest()
         if host is None:
             return None
-        return min(self.hosts.held(host), key=rank)
+        for order in (self.unproven, self.proven):
+            for session in order.held(host):
+                return session
+        return None

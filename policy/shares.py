@@ -54,6 +54,9 @@ class Shares(Generic[Key, Item]):
     def count(self, key: Key) -> int:
         return len(self._held.get(key, ()))
 
+    def holds(self, key: Key, item: Item) -> bool:
+        return item in self._held.get(key, ())
+
     def busiest(self) -> Optional[Key]:
         """The key holding the most (the longest-held such key on a tie), or None if none."""
         if not self._most:

@@ -33,12 +33,10 @@ What this module adds to the sessions of sansio/udp_stream.py, in the order a se
    capped. Meanwhile new stream data waits (at most CALLBACK_TIMEOUT), then the session's
    stream carries on to its validated source address.
 
-3. Many sessions, many addresses (docs/UDP.md sections 4, 7 and 9). Sessions, handshakes and
-   pending callbacks are capped per IP (policy/admission.py); a full table makes room for a
-   newcomer by ending what the IP holding the most holds (never proven or idle longest; the
-   oldest pending callback), so a newcomer from another address is always served. Liveness
-   is refreshed only by datagrams from the session's own address that advance it (something
-   new, or the answer to our PING): captured datagrams replayed cannot keep a session alive.
+3. Many addresses (docs/UDP.md sections 4, 7, 9). Sessions, handshakes and pending callbacks
+   are capped per IP (policy/admission.py); a full table makes room for a newcomer at the cost
+   of the IP holding the most. Only datagrams from the session's own address that advance it
+   keep it alive, so replayed datagrams cannot.
 
 Plugging it into a reactor (one UDP socket bound to the TCP address and port):
 
@@ -184,6 +182,18 @@ class _ServerSession(Session):
         self.accepted_at = now      # the last ACCEPT sent
         self.registered = float("inf")  # the deadline we have an entry for in the timer heap
 
+    def maybe_heard(self, addr: Address, kind: int, advanced: bool, now: float) -> bool:
+        """Liveness (docs/UDP.md section 7): a datagram from `addr` that `advanced` the session
+        or not. Only the session's own addresses count, and only what a replay cannot bring:
+        something new, or the one answer to our PING. True if the peer was heard from."""
+        if addr != self.source and addr != self.dest:
+            return False
+        if not advanced and not (kind == ACK and self.ping_unanswered):
+            return False
+        self.heard(now)
+        self.ping_unanswered = False
+        return True
+
     def deadline(self) -> float:
         when = super().deadline()
         if not self.confirmed:
@@ -268,15 +278,13 @@ class ServerEndpoint:
         if kind == ECHO:
             advanced = self._on_echo(session, body) or advanced
         advanced = session.handle(kind, sacks, seq, ack, window, body, now) or advanced
-        # Liveness (docs/UDP.md section 7): only from the session's own addresses, and only
-        # what a replay cannot bring: something new, or the one answer to our PING.
-        if addr == session.source or addr == session.dest:
-            if advanced or (kind == ACK and session.ping_unanswered):
-                session.heard(now)
-                session.ping_unanswered = False
+        if session.maybe_heard(addr, kind, advanced, now):
+            self._admission.heard(session.source[0], session)
         self._touched[session.session_id] = None
         if session.delivered:
-            session.proven = True
+            if not session.proven:
+                session.proven = True
+                self._admission.proved(session.source[0], session)
             sid = session.session_id
             self._events.extend(StreamData(sid, chunk) for chunk in session.delivered)
             session.delivered.clear()
@@ -526,9 +534,9 @@ class ServerEndpoint:
 
     def _reclaim_session(self) -> bool:
         """End one session to make way for a new one: of the address holding the most, the one
-        never proven (no stream data delivered; the oldest of those), else the one idle
-        longest. RESET goes to it; the chat layer sees it closed. False if there is none."""
-        victim = self._admission.maybe_victim(lambda s: (s.proven, s.last_recv))
+        never proven (no stream data delivered; the oldest of those), else the one heard from
+        longest ago. RESET goes to it; the chat layer sees it closed. False if there is none."""
+        victim = self._admission.maybe_victim()
         if victim is None:
             return False
         victim.abort("reclaimed for a newcomer")

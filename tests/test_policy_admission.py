@@ -69,13 +69,21 @@ class AdmissionTests(unittest.TestCase):
         admission.added("b", "b1")
         self.assertEqual(admission.refusal("c"), WAIT)
 
-    def test_the_victim_is_the_lowest_ranked_of_the_address_holding_the_most(self):
+    def test_the_victim_is_of_the_address_holding_most_unproven_first_then_idlest(self):
         admission = Admission(per_address=9, unconfirmed_cap=9, unconfirmed_per_address=9)
-        self.assertIsNone(admission.maybe_victim(len))
-        for host, session in (("a", "a-long"), ("b", "b-longest"), ("b", "b1"), ("c", "c")):
+        self.assertIsNone(admission.maybe_victim())
+        for host, session in (("a", "a1"), ("b", "b1"), ("b", "b2"), ("b", "b3"), ("c", "c1")):
             admission.added(host, session)
-        self.assertEqual(admission.maybe_victim(len), "b1")    # b holds two; b1 ranks lowest
-        self.assertEqual(admission.maybe_victim(lambda s: 0), "b-longest")    # tie: oldest
+        admission.proved("b", "b1")
+        admission.proved("b", "b2")
+        admission.heard("b", "b1")                    # b2 is now the one heard from longest ago
+        admission.heard("b", "b3")                    # unproven: keeps its place
+        self.assertEqual(admission.maybe_victim(), "b3")
+        admission.removed("b", "b3", was_confirmed=False)
+        self.assertEqual(admission.maybe_victim(), "b2")
+        admission.removed("b", "b2", was_confirmed=False)
+        self.assertEqual(admission.maybe_victim(), "a1")     # one each: the address first there
+        self.assertEqual(admission.unconfirmed, 3)
 
 
 if __name__ == "__main__":
