@@ -12,7 +12,10 @@ Only when no connection holds a descriptor (they are all Redis links, say) is th
 at once, rather than left to hang.
 """
 import collections
-from typing import Any, Callable, Dict, Iterator, Optional, Set
+import itertools
+from typing import Any, Callable, Iterator, Optional
+
+from policy.shares import Shares
 
 # While descriptors are scarce (connections hold CROWDED of the open-file limit), connections
 # that never completed a request are closed after UNPROVEN_TIMEOUT seconds idle; otherwise they
@@ -62,58 +65,27 @@ class Unproven(collections.OrderedDict):
 
 class Holders:
     """The connections that hold a descriptor, by address, with the address holding the most
-    found at once (addresses are kept in buckets by how many they hold, as an LFU cache keeps
-    its keys). add() and remove() are O(1); maybe_make_way() is O(MAKE_WAY_SAMPLE)."""
+    found at once (policy/shares.py). add() and remove() are O(1); maybe_make_way() is
+    O(MAKE_WAY_SAMPLE)."""
 
     def __init__(self) -> None:
-        self._by_address: Dict[str, Dict[int, Any]] = {}   # address -> {conn_id: conn}, oldest first
-        self._by_count: Dict[int, Set[str]] = {}           # n -> the addresses holding n
-        self._most = 0
-
-    def __len__(self) -> int:
-        return sum(len(conns) for conns in self._by_address.values())
+        self._shares: Shares[str, Any] = Shares()
 
     def held_by(self, address: str) -> int:
-        return len(self._by_address.get(address, ()))
+        return self._shares.count(address)
 
     def add(self, conn: Any) -> None:
-        conns = self._by_address.setdefault(conn.peer_ip, {})
-        self._move(conn.peer_ip, len(conns), len(conns) + 1)
-        conns[conn.conn_id] = conn
+        self._shares.add(conn.peer_ip, conn)
 
     def remove(self, conn: Any) -> None:
         """Forget `conn` (idempotent)."""
-        conns = self._by_address.get(conn.peer_ip)
-        if conns is None or conns.pop(conn.conn_id, None) is None:
-            return
-        self._move(conn.peer_ip, len(conns) + 1, len(conns))
-        if not conns:
-            del self._by_address[conn.peer_ip]
-
-    def _move(self, address: str, was: int, now: int) -> None:
-        if was:
-            bucket = self._by_count[was]
-            bucket.discard(address)
-            if not bucket:
-                del self._by_count[was]
-                if self._most == was and now < was:
-                    self._most = now
-        if now:
-            self._by_count.setdefault(now, set()).add(address)
-            self._most = max(self._most, now)
+        self._shares.remove(conn.peer_ip, conn)
 
     def maybe_make_way(self, heard_at: Callable[[Any], float]) -> Optional[Any]:
         """The connection that makes way (it stays here until the caller tears it down): of
         the address holding the most, the one heard_at() says was heard from longest ago,
         among its MAKE_WAY_SAMPLE oldest. None if no connection is held."""
-        if not self._most:
+        address = self._shares.busiest()
+        if address is None:
             return None
-        address = next(iter(self._by_count[self._most]))
-        chosen, chosen_at = None, 0.0
-        for count, conn in enumerate(self._by_address[address].values()):
-            if count == MAKE_WAY_SAMPLE:
-                break
-            at = heard_at(conn)
-            if chosen is None or at < chosen_at:
-                chosen, chosen_at = conn, at
-        return chosen
+        return min(itertools.islice(self._shares.held(address), MAKE_WAY_SAMPLE), key=heard_at)
