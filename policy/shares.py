@@ -3,7 +3,8 @@ in constant time (an "LFU bucket" table: addresses filed by their count).
 
 The UDP endpoint (sansio/udp_server.py) keeps one of these for its sessions, one for its
 unconfirmed sessions and one for its pending callbacks: a per-address cap reads `count()`, and
-reclaiming room for a newcomer reads `busiest()` and picks its victim from `held()`.
+reclaiming room for a newcomer reads `busiest()` and picks its victim from `held()`. The
+descriptor reserve (policy/reserve.py) keeps one for the TCP connections, for the same reason.
 No sockets, no clock, nothing of the wire; imports nothing of the project.
 """
 from typing import Dict, Generic, Hashable, Iterable, Optional, TypeVar
