@@ -31,8 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
 from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Done, Joined, Left,
-                     LocalState, Revived, Said, Skipped, StateChanged)
-from rooms import LocalRooms, Peer, unknown_room
+                        LocalState, Reaped, Revived, Said, Skipped, StateChanged)
+from rooms import LocalRooms, Peer, Rooms, unknown_room
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, ErrorCode, Join, Leave, RequestError,
                          chat_message, error_reply, left_reply, quote)
 
@@ -119,9 +119,11 @@ class SharedRooms(BusLinks):
 
     def __init__(self, bus_address: Tuple[str, int], prefix: str, node: str, db: int = 0,
                  max_rooms: int = MAX_SHARED_ROOMS, local: Optional[LocalRooms] = None) -> None:
-        """`local` holds this node's rooms and limits (a LocalRooms with its defaults if not
-        given; its clock is the one the bus's requests are stamped with)."""
-        self.local = local if local is not None else LocalRooms()
+        """`local` holds this node's rooms and limits (if not given, a LocalRooms whose table
+        holds at most `max_rooms`, as the shared one: empty rooms past it are forgotten here
+        too, so that a node's memory does not grow with every room the group ever had; its
+        clock is the one the bus's requests are stamped with)."""
+        self.local = local if local is not None else LocalRooms(Rooms(max_rooms=max_rooms))
         self.rooms = self.local.rooms
         self._clock = self.local.clock
         self.bus_address = bus_address
@@ -140,7 +142,8 @@ class SharedRooms(BusLinks):
         self.refused = 0                                # requests refused: ERROR_CODE 15
         self._on_bus_event = {Said: self._on_said, Joined: self._on_joined, Left: self._on_left,
                               Done: self._on_done, Skipped: self._on_skipped,
-                              StateChanged: self._on_state, Revived: self._on_revived}
+                              StateChanged: self._on_state, Reaped: self._on_reaped,
+                              Revived: self._on_revived}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -453,6 +456,13 @@ class SharedRooms(BusLinks):
             self._joins_due.pop(event.ref, None)
         LOGGER.warning("bus: room %d: events up to %d could not be read back (lost here; %d "
                        "so far)", event.ref, event.upto, self.bus.lost)
+
+    @staticmethod
+    def _on_reaped(event: Reaped) -> None:
+        LOGGER.warning("bus: declared node%s %s dead (no heartbeat reached Redis for %g s while "
+                       "it served the others) and announced the leaves of its %d members",
+                       "s" if len(event.nodes) > 1 else "", ", ".join(event.nodes),
+                       NODE_DEAD_AFTER, event.members)
 
     @staticmethod
     def _on_revived(event: Revived) -> None:
