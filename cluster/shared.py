@@ -70,6 +70,19 @@ def _unavailable(what: str) -> RequestError:
                         "try again in a few seconds" % what)
 
 
+def _log_reaped(event: Reaped) -> None:
+    LOGGER.warning("bus: declared node%s %s dead (no heartbeat reached Redis for %g s while it "
+                   "served the others) and announced the leaves of its %d members",
+                   "s" if len(event.nodes) > 1 else "", ", ".join(event.nodes), NODE_DEAD_AFTER,
+                   event.members)
+
+
+def _log_revived(event: Revived) -> None:
+    LOGGER.warning("bus: the other nodes had declared this one dead (no heartbeat for %g s) and "
+                   "announced its members' leaves; announcing its %d members as joined again",
+                   NODE_DEAD_AFTER, event.members)
+
+
 class BusLinks:
     """The Redis links' half of SharedRooms (transport/redis.py, Links): what the reactor calls for the
     two links, handed to the Bus as it comes, as asyncio's transports share _FlowControlMixin.
@@ -142,8 +155,8 @@ class SharedRooms(BusLinks):
         self.refused = 0                                # requests refused: ERROR_CODE 15
         self._on_bus_event = {Said: self._on_said, Joined: self._on_joined, Left: self._on_left,
                               Done: self._on_done, Skipped: self._on_skipped,
-                              StateChanged: self._on_state, Reaped: self._on_reaped,
-                              Revived: self._on_revived}
+                              StateChanged: self._on_state, Reaped: _log_reaped,
+                              Revived: _log_revived}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -456,19 +469,6 @@ class SharedRooms(BusLinks):
             self._joins_due.pop(event.ref, None)
         LOGGER.warning("bus: room %d: events up to %d could not be read back (lost here; %d "
                        "so far)", event.ref, event.upto, self.bus.lost)
-
-    @staticmethod
-    def _on_reaped(event: Reaped) -> None:
-        LOGGER.warning("bus: declared node%s %s dead (no heartbeat reached Redis for %g s while "
-                       "it served the others) and announced the leaves of its %d members",
-                       "s" if len(event.nodes) > 1 else "", ", ".join(event.nodes),
-                       NODE_DEAD_AFTER, event.members)
-
-    @staticmethod
-    def _on_revived(event: Revived) -> None:
-        LOGGER.warning("bus: the other nodes had declared this one dead (no heartbeat for %g s) "
-                       "and announced its members' leaves; announcing its %d members as joined "
-                       "again", NODE_DEAD_AFTER, event.members)
 
     def _on_state(self, event: StateChanged) -> None:
         if event.up:
