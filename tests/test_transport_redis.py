@@ -141,7 +141,10 @@ class RedisLinksTests(unittest.TestCase):
         ends = self.accept_both()
         for end in ends:
             end.close()
-        self.tick_until(lambda: sum(c[0] == "failed" for c in self.fake.calls) == 2)
+        with self.assertLogs("transport.redis", "WARNING") as logs:
+            self.tick_until(lambda: sum(c[0] == "failed" for c in self.fake.calls) == 2)
+        self.assertEqual(len(logs.output), 2)
+        self.assertIn("closed by the other side", logs.output[0])
 
     def test_a_refused_link_is_logged_at_once_and_once_while_it_is_retried(self):
         refused = socket.socket()
