@@ -145,6 +145,26 @@ class SharedHarness:
                 if data.startswith(b"CHAT:")]
 
 
+class LostMembersTests(unittest.TestCase):
+
+    def test_lost_members_named_in_one_event_are_told_to_the_room_in_one_message(self):
+        h = SharedHarness(self)
+        for conn_id in range(1, 6):
+            h.request(conn_id, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: m%d\n"
+                      % conn_id)
+            h.publish(b"J 0 %d me %d %d 0\nr\nm%d" % (conn_id, conn_id, conn_id, conn_id))
+            h.reply([0, conn_id, conn_id, 0, int(conn_id == 1)])
+            h.actions()
+        h.got.clear()
+        h.proto.connections_lost([1, 2, 3, 4])              # four reset at once
+        h.reply([6, 1, 2, 3, 4])
+        h.publish(b"L 0 6 me 0\n1 m1\n2 m2\n3 m3\n4 m4")
+        self.assertEqual(len(h.got[5]), 1, "one message for the four leaves")
+        for i in range(1, 5):
+            self.assertIn(b"MESSAGE: m%d has left this chatroom." % i, h.got[5][0])
+        self.assertEqual(h.shared.rooms.member_ids(0), (5,))
+
+
 class LastLeaveAndJoinTogetherTests(unittest.TestCase):
 
     def test_a_member_who_joins_as_the_last_one_leaves_still_gets_the_room(self):
