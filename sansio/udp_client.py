@@ -123,8 +123,11 @@ class ClientEndpoint:
         if pending and not self.callback_pending:
             self._knocks_sent = 0               # a new callback to validate
         self.callback_pending = pending
+        # The client hears only from the server's address (checked above) and takes any
+        # datagram with its token as a sign of life; the server is stricter (section 7).
         session.handle(dgram.kind, dgram.sack_count, dgram.seq, dgram.ack, dgram.window,
                        dgram.body, now)
+        session.heard(now)
         self._maybe_knock(now)
         self._deliver()
         if session.closed is not None:

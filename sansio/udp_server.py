@@ -33,6 +33,11 @@ What this module adds to the sessions of sansio/udp_stream.py, in the order a se
    capped. Meanwhile new stream data waits (at most CALLBACK_TIMEOUT), then the session's
    stream carries on to its validated source address.
 
+3. Many addresses (docs/UDP.md sections 4, 7, 9). Sessions, handshakes and pending callbacks
+   are capped per IP (policy/admission.py); a full table makes room for a newcomer at the cost
+   of the IP holding the most. Only datagrams from the session's own address that advance it
+   keep it alive, so replayed datagrams cannot.
+
 Plugging it into a reactor (one UDP socket bound to the TCP address and port):
 
     on readable:  for each recvfrom(): endpoint.datagram_received(data, addr, now)
@@ -51,13 +56,15 @@ import hmac
 import secrets
 from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
 
+from policy.admission import REFUSE, WAIT, Admission
 from policy.bucket import TokenBucket
+from policy.shares import Shares
 from sansio.udp_stream import IDLE_TIMEOUT, Session, SessionClosed, SessionOpened, StreamData
-from sansio.udp_wire import (ACCEPT, CHALLENGE_SIZE, COOKIE_SIZE, DATA, ECHO, FLAG_CALLBACK_PENDING,
-                             HEADER, HEADER_SIZE, HELLO, HELLO_SIZE, KNOCK, KNOCK_INTERVAL,
-                             MAX_DATAGRAM, NONCE_SIZE, PROBE, REJECT, RETRY, SESSION_TYPES,
-                             TOKEN_SIZE, VERSION, ZERO_TOKEN, Address, cookie_ok, encode,
-                             make_cookie)
+from sansio.udp_wire import (ACCEPT, ACK, CHALLENGE_SIZE, COOKIE_SIZE, DATA, ECHO,
+                             FLAG_CALLBACK_PENDING, HEADER, HEADER_SIZE, HELLO, HELLO_SIZE, KNOCK,
+                             KNOCK_INTERVAL, MAX_DATAGRAM, NONCE_SIZE, PROBE, REJECT, RETRY,
+                             SESSION_TYPES, TOKEN_SIZE, VERSION, ZERO_TOKEN, Address, cookie_ok,
+                             encode, make_cookie)
 
 # --- limits (docs/UDP.md, "Limits") ----------------------------------------------------------
 # Sessions per server endpoint. Each costs at most ~1.1 MB (send cap + receive window) and a
@@ -75,6 +82,15 @@ UNCONFIRMED_TIMEOUT = 30.0
 # and keeps its stream where it went before.
 MAX_PENDING_CALLBACKS = 1024
 CALLBACK_TIMEOUT = 10.0
+# Per address (the IP alone: ports cost an attacker nothing), so one host cannot take a whole
+# table. Sessions: above the few thousand the project's tools and benchmarks open from one
+# address, yet three addresses are needed to fill MAX_SESSIONS (reclaiming does the rest); past
+# it, REJECT. Unconfirmed: a quarter of the table (a client confirms within a round trip);
+# past it, no answer. Pending callbacks: an eighth (a validation takes a round trip, 128 at
+# once is a crowd behind one NAT); past it, the callback fails.
+MAX_SESSIONS_PER_ADDRESS = 4096
+MAX_UNCONFIRMED_PER_ADDRESS = 64
+MAX_PENDING_CALLBACKS_PER_ADDRESS = 128
 # Anti-amplification (RFC 9000 s8): to an address not yet validated, at most this many times
 # the bytes received from it.
 AMPLIFICATION_FACTOR = 3
@@ -98,7 +114,8 @@ class CallbackValidated(NamedTuple):
 
 
 class CallbackFailed(NamedTuple):
-    """`addr` was not validated (timed out, or too many pending); the stream stays where it was."""
+    """`addr` was not validated (timed out, too many pending, or given up to make room for
+    another session's); the stream stays where it was."""
     session_id: int
     addr: Address
     reason: str
@@ -136,6 +153,18 @@ class _UnvalidatedAddress:
         self.bucket = TokenBucket(PROBE_BURST, PROBE_RATE, now)
         self.sessions: Dict["_ServerSession", None] = {}   # an ordered set
 
+    def send_probes(self, global_bucket: TokenBucket, now: float, out: list) -> None:
+        """A KNOCK from this address: PROBE it for each session waiting on it, within the 3x
+        budget and both rate limits (this address's and `global_bucket`)."""
+        for session in list(self.sessions):
+            probe = encode(PROBE, body=session.pending.challenge)
+            if self.sent + len(probe) > AMPLIFICATION_FACTOR * self.received:
+                return
+            if not self.bucket.take(now) or not global_bucket.take(now):
+                return
+            self.sent += len(probe)
+            out.append((probe, session.pending.addr))
+
 
 class _ServerSession(Session):
     def __init__(self, session_id: int, token: bytes, source: Address, nonce: bytes,
@@ -148,8 +177,22 @@ class _ServerSession(Session):
         self.pending: Optional[_PendingCallback] = None
         self.nonce = nonce
         self.confirmed = False          # a datagram with the token has arrived
+        self.proven = False             # it has delivered stream data (a request)
+        self.ping_unanswered = False    # our keepalive PING went out; its answer advances us
         self.accepted_at = now      # the last ACCEPT sent
         self.registered = float("inf")  # the deadline we have an entry for in the timer heap
+
+    def maybe_heard(self, addr: Address, kind: int, advanced: bool, now: float) -> bool:
+        """Liveness (docs/UDP.md section 7): a datagram from `addr` that `advanced` the session
+        or not. Only the session's own addresses count, and only what a replay cannot bring:
+        something new, or the one answer to our PING. True if the peer was heard from."""
+        if addr != self.source and addr != self.dest:
+            return False
+        if not advanced and not (kind == ACK and self.ping_unanswered):
+            return False
+        self.heard(now)
+        self.ping_unanswered = False
+        return True
 
     def deadline(self) -> float:
         when = super().deadline()
@@ -176,10 +219,14 @@ class ServerEndpoint:
         self._sessions: Dict[int, _ServerSession] = {}
         self._by_token: Dict[bytes, _ServerSession] = {}
         self._by_hello: Dict[Tuple, _ServerSession] = {}   # (addr, nonce): repeat ACCEPT
-        self._unconfirmed = 0
+        self._admission: Admission[_ServerSession] = Admission(
+            MAX_SESSIONS_PER_ADDRESS, MAX_UNCONFIRMED_SESSIONS, MAX_UNCONFIRMED_PER_ADDRESS)
+        # Pending callbacks per address (IP) of the sessions waiting on them.
+        self._pending_hosts: Shares[str, _ServerSession] = Shares()
         self._unvalidated: Dict[Address, _UnvalidatedAddress] = {}
         self._pending_count = 0
-        self._probe_bucket: Optional[TokenBucket] = None
+        # Made full; its clock starts at the first KNOCK (a bucket full already gains nothing).
+        self._probe_bucket = TokenBucket(PROBE_GLOBAL_BURST, PROBE_GLOBAL_RATE, 0.0)
         self._next_id = 1
         self._now = 0.0
         # Sessions with something to flush: a dict as an ordered set, so that the order of
@@ -192,6 +239,7 @@ class ServerEndpoint:
         # called (a datagram or stream bytes for them), for the reactor's memory accounting.
         self._touched: Dict[int, None] = {}
         self.dropped = 0                # datagrams ignored (malformed, unknown token, ...)
+        self.reclaimed = 0              # sessions and callbacks ended to make way for others
 
     # --- the interface ---------------------------------------------------------------------
 
@@ -214,7 +262,7 @@ class ServerEndpoint:
             if kind == HELLO:
                 self._on_hello(data, body, addr, now)
             elif kind == KNOCK and unvalidated is not None:
-                self._send_probes(unvalidated, now)
+                unvalidated.send_probes(self._probe_bucket, now, self._out)
             else:
                 self.dropped += 1
             return
@@ -222,15 +270,21 @@ class ServerEndpoint:
         if session is None or kind not in SESSION_TYPES:
             self.dropped += 1               # a forged or stale token: no answer at all
             return
-        if not session.confirmed:
+        advanced = not session.confirmed
+        if advanced:
             session.confirmed = True
-            self._unconfirmed -= 1
+            self._admission.confirmed(session.source[0], session)
             self._events.append(SessionOpened(session.session_id, session.source))
         if kind == ECHO:
-            self._on_echo(session, body)
-        session.handle(kind, sacks, seq, ack, window, body, now)
+            advanced = self._on_echo(session, body) or advanced
+        advanced = session.handle(kind, sacks, seq, ack, window, body, now) or advanced
+        if session.maybe_heard(addr, kind, advanced, now):
+            self._admission.heard(session.source[0], session)
         self._touched[session.session_id] = None
         if session.delivered:
+            if not session.proven:
+                session.proven = True
+                self._admission.proved(session.source[0], session)
             sid = session.session_id
             self._events.extend(StreamData(sid, chunk) for chunk in session.delivered)
             session.delivered.clear()
@@ -268,13 +322,18 @@ class ServerEndpoint:
         if session.pending is not None and session.pending.addr == addr:
             return
         self._drop_pending(session)
+        host = session.source[0]
         if addr is None or addr in session.validated:
             session.dest = session.source if addr is None else addr
-        elif self._pending_count >= MAX_PENDING_CALLBACKS:
+        elif self._pending_hosts.count(host) >= MAX_PENDING_CALLBACKS_PER_ADDRESS:
+            self._events.append(CallbackFailed(session_id, addr,
+                                               "too many pending callbacks from this address"))
+        elif self._pending_count >= MAX_PENDING_CALLBACKS and not self._reclaim_callback():
             self._events.append(CallbackFailed(session_id, addr, "too many pending callbacks"))
         else:
             session.pending = _PendingCallback(addr, secrets.token_bytes(CHALLENGE_SIZE), now)
             self._pending_count += 1
+            self._pending_hosts.add(host, session)
             state = self._unvalidated.get(addr)
             if state is None:
                 state = self._unvalidated[addr] = _UnvalidatedAddress(now)
@@ -344,6 +403,8 @@ class ServerEndpoint:
         for session in dirty:
             if session.session_id not in self._sessions:
                 continue
+            if session.ping_due:
+                session.ping_unanswered = True
             pending = session.pending
             session.flush(now, out, session.dest, session.source,
                           FLAG_CALLBACK_PENDING if pending is not None else 0,
@@ -364,9 +425,7 @@ class ServerEndpoint:
         """Bytes held for one session (or all): unacknowledged output plus out-of-order input.
         For the reactor's global memory budget."""
         if session_id is not None:
-            session = self._sessions.get(session_id)
-            return 0 if session is None else (session.stream.send_buffered()
-                                              + session.stream.held_bytes)
+            return sum(self.session_buffers(session_id))
         return sum(s.stream.send_buffered() + s.stream.held_bytes
                    for s in self._sessions.values())
 
@@ -374,9 +433,8 @@ class ServerEndpoint:
         """(unacknowledged output, out-of-order input held) of one session, in bytes; (0, 0)
         if there is no such session."""
         session = self._sessions.get(session_id)
-        if session is None:
-            return 0, 0
-        return session.stream.send_buffered(), session.stream.held_bytes
+        return (0, 0) if session is None else (session.stream.send_buffered(),
+                                               session.stream.held_bytes)
 
     def touched_sessions(self) -> List[int]:
         """The sessions whose buffers may have changed size since the last call."""
@@ -394,7 +452,7 @@ class ServerEndpoint:
 
     @property
     def unconfirmed_count(self) -> int:
-        return self._unconfirmed
+        return self._admission.unconfirmed
 
     @property
     def pending_callback_count(self) -> int:
@@ -420,13 +478,15 @@ class ServerEndpoint:
             fresh = make_cookie(self._cookie_key, addr, nonce, int(now))
             self._out.append((encode(RETRY, body=nonce + fresh), addr))
             return
-        if len(self._sessions) >= MAX_SESSIONS:
-            self._out.append((encode(REJECT, body=nonce), addr))
-            return
-        if self._unconfirmed >= MAX_UNCONFIRMED_SESSIONS:
-            # A burst of handshakes, not a full server: no answer, the client's next HELLO
-            # (in 1 to 2 s) will find room.
-            self.dropped += 1
+        refusal = self._admission.refusal(addr[0])
+        if refusal is None and len(self._sessions) >= MAX_SESSIONS \
+                and not self._reclaim_session():
+            refusal = REFUSE
+        if refusal is not None:
+            if refusal == WAIT:             # a burst of handshakes: the next HELLO retries
+                self.dropped += 1
+            else:
+                self._out.append((encode(REJECT, body=nonce), addr))
             return
         token = secrets.token_bytes(TOKEN_SIZE)
         while token in self._by_token or token == ZERO_TOKEN:   # 2**-128: never, but cheap
@@ -436,35 +496,23 @@ class ServerEndpoint:
         self._sessions[session.session_id] = session
         self._by_token[token] = session
         self._by_hello[(addr, nonce)] = session
-        self._unconfirmed += 1
+        self._admission.added(addr[0], session)
         self._out.append((encode(ACCEPT, token, body=nonce), addr))
         self._schedule(session)
 
     # --- callback validation ---------------------------------------------------------------
 
-    def _send_probes(self, state: _UnvalidatedAddress, now: float) -> None:
-        """A KNOCK from an address sessions are waiting on: PROBE it for each of them, within
-        the 3x budget and both rate limits."""
-        if self._probe_bucket is None:
-            self._probe_bucket = TokenBucket(PROBE_GLOBAL_BURST, PROBE_GLOBAL_RATE, now)
-        for session in list(state.sessions):
-            probe = encode(PROBE, body=session.pending.challenge)
-            if state.sent + len(probe) > AMPLIFICATION_FACTOR * state.received:
-                return
-            if not state.bucket.take(now) or not self._probe_bucket.take(now):
-                return
-            state.sent += len(probe)
-            self._out.append((probe, session.pending.addr))
-
-    def _on_echo(self, session: _ServerSession, body: bytes) -> None:
+    def _on_echo(self, session: _ServerSession, body: bytes) -> bool:
+        """An ECHO: True if its challenge validated the session's pending callback."""
         pending = session.pending
         if pending is None or not hmac.compare_digest(bytes(body[:CHALLENGE_SIZE]),
                                                       pending.challenge):
-            return
+            return False
         self._drop_pending(session)
         session.validated.add(pending.addr)
         session.dest = pending.addr
         self._events.append(CallbackValidated(session.session_id, pending.addr))
+        return True
 
     def _drop_pending(self, session: _ServerSession) -> None:
         pending = session.pending
@@ -472,11 +520,43 @@ class ServerEndpoint:
             return
         session.pending = None
         self._pending_count -= 1
+        self._pending_hosts.remove(session.source[0], session)
         state = self._unvalidated.get(pending.addr)
         if state is not None:
             state.sessions.pop(session, None)
             if not state.sessions:
                 del self._unvalidated[pending.addr]
+
+    # --- reclaiming ------------------------------------------------------------------------
+    # A full table must not lock out everybody else: a newcomer takes the place of something
+    # held by the address that holds the most (so an address flooding the table pays for its
+    # newcomers, and an address with one session keeps it while any other holds more).
+
+    def _reclaim_session(self) -> bool:
+        """End one session to make way for a new one: of the address holding the most, the one
+        never proven (no stream data delivered; the oldest of those), else the one heard from
+        longest ago. RESET goes to it; the chat layer sees it closed. False if there is none."""
+        victim = self._admission.maybe_victim()
+        if victim is None:
+            return False
+        victim.abort("reclaimed for a newcomer")
+        self.reclaimed += 1
+        self._finish(victim)
+        return True
+
+    def _reclaim_callback(self) -> bool:
+        """Give up the oldest pending callback of the address holding the most (CallbackFailed
+        for it; its stream stays where it was). False if none is pending."""
+        host = self._pending_hosts.busiest()
+        if host is None:
+            return False
+        victim = next(iter(self._pending_hosts.held(host)))
+        addr = victim.pending.addr
+        self._drop_pending(victim)
+        self.reclaimed += 1
+        self._events.append(CallbackFailed(victim.session_id, addr, "reclaimed for a newcomer"))
+        self._touch(victim)
+        return True
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -515,7 +595,6 @@ class ServerEndpoint:
             return
         del self._by_token[session.token]
         self._by_hello.pop((session.source, session.nonce), None)
-        if not session.confirmed:
-            self._unconfirmed -= 1
+        self._admission.removed(session.source[0], session, session.confirmed)
         self._dirty.pop(session, None)
 

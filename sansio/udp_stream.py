@@ -20,7 +20,9 @@ byte stream, every byte exactly once and in order.
 2. Liveness. A session that has heard nothing from its peer for KEEPALIVE_IDLE sends PING
    (which the peer answers with ACK) every PING_INTERVAL; one that has heard nothing for
    IDLE_TIMEOUT is over: SessionClosed, which the chat layer treats like a broken TCP
-   connection.
+   connection. What counts as hearing from it is the endpoint's call (`heard()`): the client
+   takes any datagram with its token, the server only those that advance the session
+   (`handle()` says which) from the session's own address.
 
 3. Teardown. A close sends everything queued first; once the peer has acknowledged every byte,
    CLOSE goes out and the session ends at CLOSE_ACK (or after MAX_CLOSE_SENDS tries). RESET
@@ -240,16 +242,17 @@ class ReliableStream:
         seg.order = self.transmissions
         self.in_flight += 1
 
-    def on_ack(self, ack: int, window: int, ranges, now: float) -> None:
+    def on_ack(self, ack: int, window: int, ranges, now: float) -> int:
         """The peer has every segment below `ack`, and those in the [start, end) `ranges`.
         Only newly acknowledged segments have any effect: a duplicate ACK changes nothing and
-        so can never trigger a retransmission (the Sorcerer's Apprentice lesson)."""
+        so can never trigger a retransmission (the Sorcerer's Apprentice lesson). Returns how
+        many segments it newly acknowledged."""
         if ack > self.next_seq or ack < self.peer_ack:
-            return                          # acks what we never sent, or older than we know
+            return 0                        # acks what we never sent, or older than we know
         self.peer_window = window
         newly = self._take_acked(ack, ranges)
         if not newly:
-            return
+            return 0
         latest = newly[0]                   # the most recent transmission this ACK covers
         for seg in newly:
             self.unacked_bytes -= len(seg.data)
@@ -280,6 +283,7 @@ class ReliableStream:
         self._detect_losses(newly, now)
         # RFC 6298 s5.3: restart the timer when new data is acknowledged.
         self.rto_deadline = now + self.current_rto() if self.in_flight else None
+        return len(newly)
 
     def _take_acked(self, ack: int, ranges) -> List[_Segment]:
         """Remove from `unacked` and return the segments this ACK newly acknowledges: those
@@ -372,6 +376,11 @@ class ReliableStream:
 
     # --- receiving -------------------------------------------------------------------------
 
+    def is_new(self, seq: int) -> bool:
+        """True if segment `seq` is inside the receive window and neither delivered nor held:
+        a segment this end has not received before (docs/UDP.md section 7, "advances")."""
+        return self.recv_next <= seq < self.recv_next + RECV_WINDOW and seq not in self.held
+
     def receive(self, seq: int, payload: bytes) -> bytes:
         """Take one segment; return the stream bytes it makes deliverable (b"" if none).
         Segments already received and segments beyond the window are dropped, but still
@@ -448,21 +457,27 @@ class Session:
         self.delivered: List[bytes] = []     # stream bytes for the endpoint's events
 
     def handle(self, kind: int, sacks: int, seq: int, ack: int, window: int, body: bytes,
-               now: float) -> None:
-        self.last_recv = now
+               now: float) -> bool:
+        """Take one datagram carrying the session's token. Returns whether it *advances* the
+        session: a new segment in the window, an ack of segments not acknowledged before, or a
+        PING (docs/UDP.md section 7). It does not touch `last_recv`: the endpoint decides, with
+        the datagram's address, whether to call `heard()`."""
         stream = self.stream
         if kind == DATA:
-            stream.on_ack(ack, window, (), now)
+            advanced = stream.is_new(seq) if body else False
+            advanced = stream.on_ack(ack, window, (), now) > 0 or advanced
             if body:
                 data = stream.receive(seq, body)
                 if data and not self.close_requested:
                     self.delivered.append(data)
-        elif kind == ACK:
-            stream.on_ack(ack, window, parse_sacks(body, sacks) if sacks else (), now)
-        elif kind in (PING, ECHO):
-            stream.on_ack(ack, window, (), now)
+            return advanced
+        if kind == ACK:
+            return stream.on_ack(ack, window, parse_sacks(body, sacks) if sacks else (),
+                                 now) > 0
+        if kind in (PING, ECHO):
             stream.ack_pending = True        # PING and ECHO are answered with an ACK
-        elif kind == CLOSE:
+            return stream.on_ack(ack, window, (), now) > 0 or kind == PING
+        if kind == CLOSE:
             if seq == stream.recv_next:      # we have every segment the peer sent
                 self.close_ack_due = True
                 self.closed = "closed by peer"
@@ -471,6 +486,11 @@ class Session:
                 self.closed = "closed"
         elif kind == RESET:
             self.closed = "reset by peer"
+        return False
+
+    def heard(self, now: float) -> None:
+        """The peer is alive: the idle and keepalive timers start again from `now`."""
+        self.last_recv = now
 
     def deadline(self) -> float:
         """When on_timer() next has something to do (it may be called earlier or later)."""

@@ -8,6 +8,7 @@ replays from its seed. Helpers only: no tests here.
 import heapq
 import random
 from collections import defaultdict
+from typing import NamedTuple
 
 from sansio import udp_server, udp_wire
 from sansio.udp_client import ClientEndpoint
@@ -197,6 +198,35 @@ def open_sessions(server, count, now):
         (opened,) = server.events()
         sids.append(opened.session_id)
     return sids
+
+
+class Handshake(NamedTuple):
+    kind: object        # the answer to the HELLO with the cookie (ACCEPT, REJECT), None if none
+    sid: object         # the session's id once confirmed, else None
+    token: object
+    events: list        # every event the server reported meanwhile
+    sent: list          # every datagram the server sent meanwhile, to anyone: (bytes, addr)
+
+
+def open_from(server, addr, now, nonce=b"N" * 8, confirm=True):
+    """A handshake from `addr` by hand, confirmed with a PING unless `confirm` is False."""
+    server.datagram_received(udp_wire.encode(HELLO, body=nonce, pad_to=1200), addr, now)
+    sent = server.datagrams_to_send(now)
+    cookie = [udp_wire.decode(d) for d, to in sent if to == addr][-1].body[8:]
+    server.datagram_received(udp_wire.encode(HELLO, body=nonce + cookie, pad_to=1200), addr, now)
+    sent += server.datagrams_to_send(now)
+    answers = [udp_wire.decode(d) for d, to in sent if to == addr][1:]
+    kind = answers[-1].kind if answers else None
+    token = answers[-1].token if kind == ACCEPT else None
+    sid = None
+    if token is not None and confirm:
+        server.datagram_received(udp_wire.encode(PING, token, window=64), addr, now)
+        sent += server.datagrams_to_send(now)
+    events = server.events()
+    opened = [e.session_id for e in events if isinstance(e, SessionOpened)]
+    if opened and confirm:
+        sid = opened[-1]
+    return Handshake(kind, sid, token, events, sent)
 
 
 def random_bytes(rng, size):

@@ -11,7 +11,7 @@ import tempfile
 import time
 import unittest
 import unittest.mock
-from typing import List
+from typing import List, Tuple
 
 from tools import kit
 from tools.conformance import cli
@@ -204,11 +204,14 @@ class PeerTests(unittest.TestCase):
 class BrokenServerTests(unittest.TestCase):
     """Servers with one defect each fail exactly the cases meant to catch it."""
 
-    def assert_fails(self, name: str, expected: List[str]) -> None:
+    def assert_fails(self, name: str, expected: List[str], may_also: Tuple[str, ...] = ()) -> None:
+        """`name` fails exactly `expected`, and perhaps some of `may_also`: cases whose catch of
+        this defect depends on timing the tester does not control."""
         child = Child("-m", "tools.broken_servers", name)
         self.addCleanup(child.stop)
         results = cli.run("127.0.0.1", child.port)
-        self.assertEqual(failed(results), expected, explain(results))
+        self.assertEqual([r for r in failed(results) if r not in may_also], expected,
+                         explain(results))
 
     def test_the_correct_one_passes_every_case(self):
         self.assert_fails("ChatServer", [])
@@ -218,8 +221,12 @@ class BrokenServerTests(unittest.TestCase):
         self.assert_fails("RepliesToUnknown", ["other.silent", "grader.sequence"])
 
     def test_one_recv_taken_as_one_request(self):
+        # join.first has alice send a CHAT and, soon after, a HELO to mark the end: when the
+        # server is slow enough that one recv() gets both (now and then on a loaded machine), it
+        # loses the HELO and the case fails too, rightly; otherwise the case cannot see it.
         self.assert_fails("OneRecvOneRequest",
-                          ["framing.bytes", "framing.coalesced", "limits.long"])
+                          ["framing.bytes", "framing.coalesced", "limits.long"],
+                          may_also=("join.first",))
 
     def test_a_leaver_sent_the_rooms_next_chat(self):
         self.assert_fails("LeftAfterChat", ["leave.cuts"])
