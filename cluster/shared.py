@@ -358,8 +358,7 @@ class SharedRooms(BusLinks):
             elif not self.rooms.count_rooms_of(conn_id):
                 self.rooms.forget(conn_id)              # gone, and in no room any more
         leaver_here = wait.conn_id is not None and self.local.peer_of(wait.conn_id) is not None
-        told = members if leaver_here else \
-            tuple(m for m in members if self.rooms.name_in(m, ref) is not None)
+        told = members if leaver_here else self.rooms.member_ids(ref)     # (who remains)
         if wait.reply is not None:
             self._actions.append(Send(wait.conn_id, wait.reply))
         if names and told:
