@@ -168,8 +168,10 @@ class Rooms:
         return ref, join_id, True
 
     def _create(self, room_name: str, ref: Optional[int] = None) -> int:
-        if len(self._names) >= self.max_rooms:
-            self._forget_room(next(iter(self._empty)))          # the longest-empty room
+        if len(self._names) >= self.max_rooms and self._empty:
+            # The longest-empty room. (None empty: only with the shared bus, whose Redis gave
+            # the room; this node's table then holds one room more than its maximum for now.)
+            self._forget_room(next(iter(self._empty)))
         if ref is None:
             ref = self._next_ref
         self._next_ref = max(self._next_ref, ref + 1)

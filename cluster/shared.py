@@ -31,8 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
 from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Done, Joined, Left,
-                     LocalState, Revived, Said, Skipped, StateChanged)
-from rooms import LocalRooms, Peer, unknown_room
+                        LocalState, Reaped, Revived, Said, Skipped, StateChanged)
+from rooms import LocalRooms, Peer, Rooms, unknown_room
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, ErrorCode, Join, Leave, RequestError,
                          chat_message, error_reply, left_reply, quote)
 
@@ -68,6 +68,19 @@ def _unavailable(what: str) -> RequestError:
     return RequestError(ErrorCode.BUS_UNAVAILABLE,
                         "%s needs the shared bus (Redis), which this server cannot reach now; "
                         "try again in a few seconds" % what)
+
+
+def _log_reaped(event: Reaped) -> None:
+    LOGGER.warning("bus: declared node%s %s dead (no heartbeat reached Redis for %g s while it "
+                   "served the others) and announced the leaves of its %d members",
+                   "s" if len(event.nodes) > 1 else "", ", ".join(event.nodes), NODE_DEAD_AFTER,
+                   event.members)
+
+
+def _log_revived(event: Revived) -> None:
+    LOGGER.warning("bus: the other nodes had declared this one dead (no heartbeat for %g s) and "
+                   "announced its members' leaves; announcing its %d members as joined again",
+                   NODE_DEAD_AFTER, event.members)
 
 
 class BusLinks:
@@ -119,9 +132,11 @@ class SharedRooms(BusLinks):
 
     def __init__(self, bus_address: Tuple[str, int], prefix: str, node: str, db: int = 0,
                  max_rooms: int = MAX_SHARED_ROOMS, local: Optional[LocalRooms] = None) -> None:
-        """`local` holds this node's rooms and limits (a LocalRooms with its defaults if not
-        given; its clock is the one the bus's requests are stamped with)."""
-        self.local = local if local is not None else LocalRooms()
+        """`local` holds this node's rooms and limits (if not given, a LocalRooms whose table
+        holds at most `max_rooms`, as the shared one: empty rooms past it are forgotten here
+        too, so that a node's memory does not grow with every room the group ever had; its
+        clock is the one the bus's requests are stamped with)."""
+        self.local = local if local is not None else LocalRooms(Rooms(max_rooms=max_rooms))
         self.rooms = self.local.rooms
         self._clock = self.local.clock
         self.bus_address = bus_address
@@ -140,7 +155,8 @@ class SharedRooms(BusLinks):
         self.refused = 0                                # requests refused: ERROR_CODE 15
         self._on_bus_event = {Said: self._on_said, Joined: self._on_joined, Left: self._on_left,
                               Done: self._on_done, Skipped: self._on_skipped,
-                              StateChanged: self._on_state, Revived: self._on_revived}
+                              StateChanged: self._on_state, Reaped: _log_reaped,
+                              Revived: _log_revived}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -305,7 +321,8 @@ class SharedRooms(BusLinks):
             given_up = self._given_up.get(ref, {})      # (settled or not: see _give_up)
             self._announce(ref, [name for conn_id, name in event.leavers
                                  if given_up.pop(conn_id, None) is not None], LEFT_TEXT)
-            for conn_id, _name in event.leavers if not event.settled else ():
+            lost = []                                   # lost connections: left together
+            for conn_id, name in event.leavers if not event.settled else ():
                 wait = self._waits.get(conn_id)
                 if isinstance(wait, _LeaveWait) and wait.ref == ref:
                     self._leave_here(wait)
@@ -313,9 +330,14 @@ class SharedRooms(BusLinks):
                     self._leave_here(_LeaveWait(conn_id, ref, [], None, wait))
                 elif (self.rooms.name_in(conn_id, ref) is not None
                       and self.local.peer_of(conn_id) is None):
-                    self._leave_here(_LeaveWait(None, ref, [(conn_id, _name)]))   # a lost one
+                    lost.append((conn_id, name))
                 # (a member still here whose leave another node announced: this node was
                 # reaped while it could not heartbeat; its sync puts the member back)
+            if lost:
+                # One leave for all of them, as on one server (LocalRooms.lost): the room's
+                # members are listed once and told in one message. One by one, 4 000 members
+                # resetting at once cost 4 000 lists of the room: seconds of one tick.
+                self._leave_here(_LeaveWait(None, ref, lost))
         self._maybe_unfollow(ref)
 
     def _leave_here(self, wait: _LeaveWait) -> None:
@@ -336,8 +358,7 @@ class SharedRooms(BusLinks):
             elif not self.rooms.count_rooms_of(conn_id):
                 self.rooms.forget(conn_id)              # gone, and in no room any more
         leaver_here = wait.conn_id is not None and self.local.peer_of(wait.conn_id) is not None
-        told = members if leaver_here else \
-            tuple(m for m in members if self.rooms.name_in(m, ref) is not None)
+        told = members if leaver_here else self.rooms.member_ids(ref)     # (who remains)
         if wait.reply is not None:
             self._actions.append(Send(wait.conn_id, wait.reply))
         if names and told:
@@ -447,12 +468,6 @@ class SharedRooms(BusLinks):
             self._joins_due.pop(event.ref, None)
         LOGGER.warning("bus: room %d: events up to %d could not be read back (lost here; %d "
                        "so far)", event.ref, event.upto, self.bus.lost)
-
-    @staticmethod
-    def _on_revived(event: Revived) -> None:
-        LOGGER.warning("bus: the other nodes had declared this one dead (no heartbeat for %g s) "
-                       "and announced its members' leaves; announcing its %d members as joined "
-                       "again", NODE_DEAD_AFTER, event.members)
 
     def _on_state(self, event: StateChanged) -> None:
         if event.up:

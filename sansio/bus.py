@@ -52,7 +52,7 @@ from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 # plan with. LINKS is sansio/bus_links.py's and the room events are sansio/bus_scripts.py's; they
 # are offered here too, so that a user of the bus imports it from one place.
 __all__ = [
-    "Bus", "LocalState", "Event", "Done", "Skipped", "StateChanged", "Revived",
+    "Bus", "LocalState", "Event", "Done", "Skipped", "StateChanged", "Reaped", "Revived",
     "RoomEvent", "Joined", "Said", "Left", "decode_event",
     "LINKS", "HEARTBEAT_EVERY", "NODE_DEAD_AFTER", "MAX_SHARED_ROOMS",
 ]
@@ -68,6 +68,13 @@ __all__ = [
 # storm of connections) is not declared dead by mistake.
 HEARTBEAT_EVERY = 2.0
 NODE_DEAD_AFTER = 9.0
+# Those 9 s are on the group's clock (sansio/bus_scripts.py, HEARTBEAT_SCRIPT): the time between
+# two heartbeats of any node counts for at most MAX_CLOCK_STEP. A lone survivor's heartbeats,
+# 2 s apart and up to 1 s late on a busy node, count in full; a Redis that stalls (serves no
+# one) for 11 s or 60 s counts for 3 s, so the first heartbeat after the stall does not declare
+# dead every node whose heartbeat the stall held up. The nodes are back within a few seconds
+# of the stall (their links' backoff), well within the 9 - 2 - 3 s left.
+MAX_CLOCK_STEP = 3.0
 # How many events one repair read asks for (XRANGE ... COUNT).
 REPAIR_BATCH = 500
 # The most rooms the shared table holds, as one server's (rooms.MAX_ROOMS): when it is full, a
@@ -103,11 +110,14 @@ class Done(NamedTuple):
 Skipped = NamedTuple("Skipped", [("ref", int), ("upto", int)])
 # The bus went up (every request may use it) or down (only what is local works), and why.
 StateChanged = NamedTuple("StateChanged", [("up", bool), ("why", str)])
+# This node's heartbeat declared other nodes dead (their heartbeats stopped reaching Redis for
+# NODE_DEAD_AFTER, Redis serving meanwhile) and announced their `members`' leaves.
+Reaped = NamedTuple("Reaped", [("nodes", Tuple[str, ...]), ("members", int)])
 # This node was declared dead by the others (no heartbeat for NODE_DEAD_AFTER: stopped, or cut
 # off from Redis) while it was alive; its `members` are being put back.
 Revived = NamedTuple("Revived", [("members", int)])
 
-Event = Union[Joined, Said, Left, Done, Skipped, StateChanged, Revived]
+Event = Union[Joined, Said, Left, Done, Skipped, StateChanged, Reaped, Revived]
 
 
 class _RoomLog:
@@ -165,8 +175,10 @@ class Bus:
         self._rooms: Dict[int, _RoomLog] = {}           # the rooms this node delivers
         self._early: Dict[int, List[RoomEvent]] = {}    # own events ahead of their reply
         self._handed_out: Dict[int, int] = {}           # unfollowed ref -> its next event then
-        self.seen: Dict[int, int] = {}                  # every room's highest event number
-        self.room_names: Dict[int, str] = {}            # ref -> name, of every join heard
+        # Every room's highest event number, and ref -> name of every join heard: of the
+        # `max_rooms` rooms heard of last, and the followed ones (_forget_rooms_heard_of_least).
+        self.seen: Dict[int, int] = {}
+        self.room_names: Dict[int, str] = {}
         self.next_ref = 0                               # refs below it exist somewhere
         self.last_join_id = 0
         self.epoch: Optional[str] = None                # P:epoch as last read
@@ -260,7 +272,7 @@ class Bus:
             self._heartbeat_pending = True
             self._heartbeat_at = now + HEARTBEAT_EVERY
             self._command("heartbeat", None, now, *self._script_args(
-                "heartbeat", self.node, int(NODE_DEAD_AFTER * 1000)))
+                "heartbeat", self.node, int(NODE_DEAD_AFTER * 1000), int(MAX_CLOCK_STEP * 1000)))
 
     def goodbye(self) -> bytes:
         """The bytes that announce this node's members' leaves at once (for a clean stop): to
@@ -316,6 +328,9 @@ class Bus:
         if log is not None:
             self._held_bytes -= sum(size for _event, size in log.held.values())
             self._handed_out[ref] = log.next_seq
+            if ref not in self.seen:            # (bounded with `seen`: see _forget_rooms...)
+                self.seen[ref] = log.next_seq - 1
+                self._forget_rooms_heard_of_least()
 
     def follows(self, ref: int) -> bool:
         return ref in self._rooms
@@ -352,8 +367,11 @@ class Bus:
             self.bad_events += 1
             return
         ref = event.ref
-        if event.seq > self.seen.get(ref, 0):
-            self.seen[ref] = event.seq
+        seen = self.seen
+        last = seen.pop(ref, 0)     # (put back last: `seen` is in the order rooms were heard of)
+        seen[ref] = max(last, event.seq)
+        if not last and len(seen) > self.max_rooms:
+            self._forget_rooms_heard_of_least()
         if ref >= self.next_ref:
             self.next_ref = ref + 1
         if isinstance(event, Joined):
@@ -371,6 +389,23 @@ class Bus:
             size = 200 + (len(event.message) if isinstance(event, Said) else 0)
             if len(early) < EARLY_EVENTS and self._held_bytes + size <= MAX_HELD_BYTES:
                 early.append(event)
+
+    def _forget_rooms_heard_of_least(self) -> None:
+        """What this node knows of rooms it does not follow (their last number, name, where it
+        stopped) is kept for at most `max_rooms` of them, the ones heard of last: the group
+        itself keeps no more rooms than that (past it Redis forgets the room empty longest).
+        Without a bound a node's memory grew with every room the group ever had (2 KB each)."""
+        seen = self.seen
+        for _ in range(len(seen)):
+            if len(seen) <= self.max_rooms:
+                return
+            ref = next(iter(seen))
+            last = seen.pop(ref)
+            if ref in self._rooms or ref in self._early:
+                seen[ref] = last                # followed, or about to be: kept (and moved on)
+                continue
+            self.room_names.pop(ref, None)
+            self._handed_out.pop(ref, None)
 
     def _offer(self, log: _RoomLog, event: RoomEvent, now: float) -> None:
         """One event of a followed room, from the subscription or from the log."""
@@ -449,11 +484,14 @@ class Bus:
             if value[0] == 0 and self.up:
                 self._start_sync(now, announce=True)    # reaped while alive: come back
                 self._events.append(Revived(len(self._local_state().members)))
+            if len(value) > 2:
+                self._events.append(Reaped(tuple(_text(node) for node in value[2:]),
+                                           int(value[1])))
         elif kind == "repair":
             self._on_repaired(token, value, now)
 
     def _on_epoch(self, value: Any, now: float) -> None:
-        epoch = value[0].decode() if isinstance(value[0], bytes) else str(value[0])
+        epoch = _text(value[0])
         restarted = self.epoch is not None and epoch != self.epoch
         self.epoch = epoch
         self.next_ref = max(self.next_ref, int(value[1]))
@@ -499,3 +537,8 @@ class Bus:
         for ref, log in self._rooms.items():
             if not log.repairing:
                 self._repair(ref, log, now)
+
+
+def _text(value: Any) -> str:
+    """A RESP bulk string (bytes) or integer as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -15,7 +15,9 @@ Redis keys and the channel (P is --bus-prefix):
     P:occ:REF           hash node -> how many of the room's members are on that node
     P:members:NODE      hash "REF CONN" -> CLIENT_NAME: a node's members (for its clean-up)
     P:empty             sorted set REF -> when it emptied: what a full table forgets first
-    P:nodes             sorted set node -> its last heartbeat (Redis's clock, ms)
+    P:nodes             sorted set node -> its last heartbeat (on P:clock, ms)
+    P:clock             hash: the group's clock ("group", ms) and Redis's time it was last moved
+                        on ("redis"): see HEARTBEAT_SCRIPT
     P:events            the one channel every event is published on
 """
 import hashlib
@@ -98,6 +100,12 @@ end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function group_clock()
+  -- The group's clock (P:clock): what the heartbeats judge death by. See HEARTBEAT_SCRIPT.
+  local clock = redis.call('HMGET', p .. ':clock', 'redis', 'group')
+  if not clock[1] then return nil, nil end
+  return tonumber(clock[1]), tonumber(clock[2])
 end
 local function by_room(fields)
   -- {"REF CONN" -> name, ...} as a flat list -> refs in ascending order, and ref -> lines
@@ -185,14 +193,27 @@ table.insert(conns, 1, seq)
 return conns
 """
 
-# ARGV: p, node, NODE_DEAD_AFTER in ms. Records this node's heartbeat; announces and deletes
-# every node whose last heartbeat is older. Returns {1 if this node was known, 0 if not (Redis
-# lost its data, or it was reaped while cut off), members reaped}.
+# ARGV: p, node, NODE_DEAD_AFTER in ms, MAX_CLOCK_STEP in ms. Records this node's heartbeat;
+# announces and deletes every node whose last heartbeat is older. Returns {1 if this node was
+# known, 0 if not (Redis lost its data, or it was reaped while cut off), members reaped, then the
+# ids of the nodes reaped}.
+#
+# Death is judged by the group's clock (P:clock), not by Redis's own: each heartbeat moves it on
+# by the time since the previous heartbeat of any node, but by at most MAX_CLOCK_STEP. While the
+# nodes heartbeat, that is Redis's time. Time in which no heartbeat ran at all (Redis stalled:
+# a long command, DEBUG SLEEP, its machine frozen; or every node cut off from it) counts for one
+# step only: nobody could be heard then, so nobody missed a heartbeat Redis could receive. A node
+# is dead once the heartbeats of others, which Redis did receive, moved the clock NODE_DEAD_AFTER
+# past its own last one. The scores in P:nodes are on that clock.
 HEARTBEAT_SCRIPT = """
-local nodes, now = p .. ':nodes', now_ms()
+local nodes, real = p .. ':nodes', now_ms()
+local last_real, last = group_clock()
+local now = real
+if last_real then now = last + math.max(0, math.min(real - last_real, tonumber(ARGV[4]))) end
+redis.call('HSET', p .. ':clock', 'redis', real, 'group', now)
 local known = redis.call('ZSCORE', nodes, ARGV[2])
 redis.call('ZADD', nodes, now, ARGV[2])
-local reaped = 0
+local reaped, dead_nodes = 0, {}
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now - tonumber(ARGV[3]))) do
   local members = p .. ':members:' .. dead
   local order, rooms = by_room(redis.call('HGETALL', members))
@@ -202,8 +223,11 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now - tonumber(
   end
   redis.call('DEL', members)
   redis.call('ZREM', nodes, dead)
+  dead_nodes[#dead_nodes + 1] = dead
 end
-return {known and 1 or 0, reaped}
+local result = {known and 1 or 0, reaped}
+for _, dead in ipairs(dead_nodes) do result[#result + 1] = dead end
+return result
 """
 
 # ARGV: p, a fresh epoch value. Returns {the epoch, the next ROOM_REF, the last JOIN_ID}.
@@ -277,7 +301,8 @@ for _, ref in ipairs(order) do
   end
   leave(node, ref, '1', rooms[ref])
 end
-redis.call('ZADD', p .. ':nodes', now_ms(), node)
+local _, clock = group_clock()                     -- (its heartbeat follows at once)
+redis.call('ZADD', p .. ':nodes', clock or now_ms(), node)
 return {added, #gone / 2}
 """
 

@@ -10,7 +10,7 @@ import unittest
 
 import reactor
 from policy.scheduler import STEP_BUDGET
-from sansio.actions import Broadcast, Close, Send, Shutdown
+from sansio.actions import Broadcast, Close, Send, Shutdown, Wait
 from transport.hub import Hub
 from transport.tcp import TcpListener, listening_socket
 
@@ -20,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class LineApp:
     """A fake app for the hub: one request per line.
     `echo X` -> X back; `big N` -> N bytes back; `all X` -> X to every connection;
-    `close`, `stop`, `boom` (raises: a bug in the app)."""
+    `close`, `stop`, `boom` (raises: a bug in the app), `wait` (Wait: nothing more is handled
+    until the test applies a Resume or a Close, as the shared bus's answer would)."""
 
     def __init__(self):
         self.buffers = {}
@@ -50,6 +51,8 @@ class LineApp:
             return [Broadcast(tuple(self.buffers), arg + b"\n")]
         if verb == b"close":
             return [Close(conn_id)]
+        if verb == b"wait":
+            return [Wait(conn_id)]
         if verb == b"stop":
             return [Shutdown()]
         if verb == b"boom":

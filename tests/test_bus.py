@@ -11,6 +11,7 @@ whose reply must come next), as in test_server.py.
 """
 import itertools
 import os
+import re
 import resource
 import signal
 import socket
@@ -58,6 +59,13 @@ class BusTestCase(unittest.TestCase):
                              student_id=STUDENT_ID, log_level="info")
         self.nodes.append(node)
         return node
+
+    @staticmethod
+    def node_id(node: ServerProcess) -> str:
+        """The id a node took (it logs it once its bus is up)."""
+        match = re.search(r"bus: redis \S+, prefix '[^']*', node (\w+)", node.log())
+        assert match, "the node did not log its id"
+        return match.group(1)
 
     def client(self, node: ServerProcess, label: str) -> Client:
         client = Client(node.port, label)
@@ -218,6 +226,7 @@ class SharedRoomsTests(BusTestCase):
         self.assertLess(took, DEAD_NODE_DEADLINE)
         alice.sync()
         alice.expect_silence(0.5)
+        self.assertIn("declared node %s dead" % self.node_id(two), one.log())
         # A third node sees a room without bob.
         carol = self.client(self.node(), "carol@3")
         self.join(carol, "watch", "carol")

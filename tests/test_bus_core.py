@@ -7,7 +7,7 @@ tests/test_bus_scripts.py.
 """
 import unittest
 
-from sansio import bus_links, bus_scripts
+from sansio import bus, bus_links, bus_scripts
 from sansio.actions import Broadcast, Send
 from sansio.bus import Joined, Left, Said, Skipped
 from cluster.shared import SharedRooms
@@ -62,6 +62,24 @@ class OrderTests(unittest.TestCase):
         self.assertEqual(self.h.take_sent()["cmd"], b"", "nor read back from the log")
         self.h.publish(said(0, 3, "next"))
         self.assertEqual(self.h.texts(), ["next"])
+
+    def test_what_is_kept_of_rooms_not_followed_is_bounded_by_the_groups_rooms(self):
+        self.h.bus.max_rooms = 3                # (--bus-max-rooms: what the group keeps)
+        self.h.publish(said(0, 1, "in the followed room"))
+        self.h.publish(*[b"J %d 1 other 7 %d 0\nroom %d\nann" % (ref, ref, ref)
+                         for ref in range(1, 11)])
+        self.assertEqual(sorted(self.h.bus.seen), [0, 9, 10], "the followed one and the last")
+        self.assertEqual(sorted(self.h.bus.room_names), [9, 10])
+        self.assertEqual(self.h.bus.next_ref, 11, "refs heard of exist still")
+        self.h.publish(said(0, 2, "still followed"))
+        self.assertEqual(self.h.texts(), ["in the followed room", "still followed"])
+
+    def test_a_heartbeat_that_declared_nodes_dead_says_so(self):
+        self.h.now += bus.HEARTBEAT_EVERY
+        self.h.bus.timer(self.h.now)
+        self.assertIn(b"EVALSHA", self.h.take_sent()["cmd"])
+        self.h.reply([1, 3, b"n2", b"n3"])
+        self.assertEqual(self.h.events(), [bus.Reaped(("n2", "n3"), 3)])
 
     def test_own_join_ahead_of_its_reply_is_kept_for_follow(self):
         own = b"J 9 4 me 3 17 0\nlater\nme"
@@ -125,6 +143,26 @@ class SharedHarness:
     def texts(self, conn_id: int) -> list:
         return [data.decode().split("MESSAGE: ", 1)[1].strip() for data in self.got.pop(conn_id, ())
                 if data.startswith(b"CHAT:")]
+
+
+class LostMembersTests(unittest.TestCase):
+
+    def test_lost_members_named_in_one_event_are_told_to_the_room_in_one_message(self):
+        h = SharedHarness(self)
+        for conn_id in range(1, 6):
+            h.request(conn_id, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: m%d\n"
+                      % conn_id)
+            h.publish(b"J 0 %d me %d %d 0\nr\nm%d" % (conn_id, conn_id, conn_id, conn_id))
+            h.reply([0, conn_id, conn_id, 0, int(conn_id == 1)])
+            h.actions()
+        h.got.clear()
+        h.proto.connections_lost([1, 2, 3, 4])              # four reset at once
+        h.reply([6, 1, 2, 3, 4])
+        h.publish(b"L 0 6 me 0\n1 m1\n2 m2\n3 m3\n4 m4")
+        self.assertEqual(len(h.got[5]), 1, "one message for the four leaves")
+        for i in range(1, 5):
+            self.assertIn(b"MESSAGE: m%d has left this chatroom." % i, h.got[5][0])
+        self.assertEqual(h.shared.rooms.member_ids(0), (5,))
 
 
 class LastLeaveAndJoinTogetherTests(unittest.TestCase):

@@ -1,10 +1,15 @@
-"""sansio/bus_scripts.py without Redis: the events the nodes publish, read back.
+"""sansio/bus_scripts.py: the events the nodes publish, read back (without Redis); and the
+heartbeat script's clock, against a throw-away redis-server (skipped without one).
 
-What the scripts themselves do is tested against a real redis-server in tests/test_bus.py.
+What the other scripts do is tested end to end in tests/test_bus.py.
 """
+import os
+import signal
+import time
 import unittest
 
-from sansio.bus_scripts import Joined, Left, Said, decode_event
+from sansio.bus_scripts import SCRIPT_TEXTS, Joined, Left, Said, decode_event
+from tests.redis_server import REDIS_SERVER, SKIP_REASON, RedisProcess
 
 
 class EventFormatTests(unittest.TestCase):
@@ -21,6 +26,47 @@ class EventFormatTests(unittest.TestCase):
         for data in (b"", b"X 1 2 n", b"C 1 two n 3\nx\ny", b"J 1 2 n 3\nr\nx", b"\xff"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_event(data)
+
+
+@unittest.skipUnless(REDIS_SERVER, SKIP_REASON)
+class HeartbeatClockTests(unittest.TestCase):
+    """The heartbeat script with short times (DEAD_MS, STEP_MS) in place of 9 s and 3 s."""
+    DEAD_MS, STEP_MS = 600, 200
+
+    def setUp(self) -> None:
+        self.redis = RedisProcess()
+        self.addCleanup(self.redis.stop)
+
+    def beat(self, node: str) -> list:
+        return self.redis.command("EVAL", SCRIPT_TEXTS["heartbeat"], 0, "hb", node,
+                                  self.DEAD_MS, self.STEP_MS)
+
+    def beat_for(self, node: str, seconds: float) -> list:
+        """`node` alone beats every STEP_MS / 2 for `seconds`; the nodes it reaped."""
+        reaped = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            reaped += self.beat(node)[2:]
+            time.sleep(self.STEP_MS / 2000)
+        return reaped
+
+    def test_a_node_whose_heartbeats_stop_is_reaped_by_a_survivor(self):
+        self.beat("a"), self.beat("b")
+        reaped = self.beat_for("a", 2 * self.DEAD_MS / 1000)
+        self.assertEqual(reaped, [b"b"])
+
+    def test_a_stall_of_redis_longer_than_the_dead_time_reaps_nobody(self):
+        self.beat("a"), self.beat("b")
+        os.kill(self.redis.proc.pid, signal.SIGSTOP)    # Redis serves nobody, as DEBUG SLEEP
+        try:
+            time.sleep(3 * self.DEAD_MS / 1000)
+        finally:
+            os.kill(self.redis.proc.pid, signal.SIGCONT)
+        self.assertEqual(self.beat("a"), [1, 0])        # (Redis's clock says b is long dead)
+        self.assertIsNotNone(self.redis.command("ZSCORE", "hb:nodes", "b"), "b was reaped")
+        self.assertEqual(self.beat("b"), [1, 0])
+        # ... and past the stall, heartbeats missed while Redis served still count.
+        self.assertEqual(self.beat_for("a", 2 * self.DEAD_MS / 1000), [b"b"])
 
 
 if __name__ == "__main__":

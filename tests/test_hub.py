@@ -10,6 +10,7 @@ import unittest
 
 from policy.flood import InputLimits
 from policy.scheduler import MAX_REQUESTS_PER_TICK, MIN_REQUESTS_PER_TICK, TICK_TARGET
+from sansio.actions import Close, Send
 from tests.line_app import REPO, LineApp, LineServer, ServerCase
 from transport.hub import LOST_WORK_PER_CALL
 
@@ -104,6 +105,25 @@ class HubTests(ServerCase):
         self.assertEqual(self.app.lost, [1])
         other.sendall(b"echo alive\n")
         self.assertEqual(self.pump(other, 6), b"alive\n")
+
+    def test_a_close_while_waiting_on_the_app_ends_when_the_peer_closes(self):
+        # A DISCONNECT on a bus node: the app says Wait, then Close once Redis has answered
+        # (no Resume). The peer's FIN that answers ours must be read: the connection ends
+        # "closed by the peer" at once, not after LINGER_TIMEOUT.
+        conn_id, ours = self.pair()
+        ours.sendall(b"wait\n")
+        self.pump(ours, 0, max_ticks=5)
+        self.assertTrue(self.server.hub.conns[conn_id].waiting)
+        self.server.hub.apply([Send(conn_id, b"bye\n"), Close(conn_id)])
+        self.assertEqual(self.pump(ours, None), b"bye\n")      # our FIN came
+        ours.close()
+        started = time.monotonic()
+        with self.assertLogs("transport.hub", "INFO") as logs:
+            while conn_id in self.server.hub.conns and time.monotonic() - started < 1.5:
+                self.server.run_once(0.05)
+        self.assertNotIn(conn_id, self.server.hub.conns, "the close waited for LINGER_TIMEOUT")
+        self.assertIn("the peer", logs.output[-1])
+        self.assertNotIn("had not closed", logs.output[-1])
 
     def test_writes_to_unknown_connections_are_ignored(self):
         self.server.hub.write_many([999], b"nobody")

@@ -141,7 +141,27 @@ class RedisLinksTests(unittest.TestCase):
         ends = self.accept_both()
         for end in ends:
             end.close()
-        self.tick_until(lambda: sum(c[0] == "failed" for c in self.fake.calls) == 2)
+        with self.assertLogs("transport.redis", "WARNING") as logs:
+            self.tick_until(lambda: sum(c[0] == "failed" for c in self.fake.calls) == 2)
+        self.assertEqual(len(logs.output), 2)
+        self.assertIn("closed by the other side", logs.output[0])
+
+    def test_a_refused_link_is_logged_at_once_and_once_while_it_is_retried(self):
+        refused = socket.socket()
+        refused.bind(("127.0.0.1", 0))
+        address = refused.getsockname()
+        refused.close()                 # nothing listens there: every connect is refused
+        fake = FakeLinks()
+        fake.link_failed = lambda name, why, now: (fake.calls.append(("failed", name)),
+                                                   fake.opened.discard(name))  # retried at once
+        with self.assertLogs("transport.redis", "WARNING") as logs:
+            links = RedisLinks(self.loop, fake, address, self.applied.extend, guarded)
+            self.addCleanup(links.close)
+            self.tick_until(lambda: sum(c == ("failed", "cmd") for c in fake.calls) >= 3)
+        refusals = [line for line in logs.output if "cmd link" in line]
+        self.assertEqual(len(refusals), 1, logs.output)
+        self.assertIn("refused", refusals[0])
+        self.assertIn("%s:%d" % address, refusals[0])
 
     def test_closing_sends_the_last_words_to_the_command_link(self):
         ends = self.accept_both()

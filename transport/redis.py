@@ -111,6 +111,9 @@ class RedisLinks:
         self._open: Dict[str, _Link] = {}     # open ones, by name
         self._timer: Optional[Timer] = None
         self._timer_due: Optional[float] = None
+        # Why each link last failed, as logged: a link that keeps failing for the same reason
+        # (Redis refusing every connection) is logged once, not at every retry.
+        self._logged_failure: Dict[str, str] = {}
         loop.at_end_of_tick(self._service)
         self._rearm()
 
@@ -123,6 +126,8 @@ class RedisLinks:
             self._failed(link, "connect failed: %s" % os.strerror(error))
             return
         link.connected = True
+        if self._logged_failure.pop(link.name, None) is not None:
+            LOGGER.info("bus: %s link to redis %s:%d connected", link.name, *self.address[:2])
         self._guarded(None, self.links.link_up, link.name, self.loop.now)
         self._after_calls()
 
@@ -190,6 +195,7 @@ class RedisLinks:
         except OSError as exc:
             # Every descriptor is taken (clients took the ones a dropped link let go): the
             # links object retries later, with its backoff, as for a refused connection.
+            self._log_failure(name, "no socket: %s" % exc)
             self._guarded(None, self.links.link_failed, name, "no socket: %s" % exc, now)
             return
         sock.setblocking(False)
@@ -218,9 +224,18 @@ class RedisLinks:
             link.events = events
 
     def _failed(self, link: _Link, why: str) -> None:
+        self._log_failure(link.name, why)
         self._close(link.name)
         self._guarded(None, self.links.link_failed, link.name, why, self.loop.now)
         self._after_calls()
+
+    def _log_failure(self, name: str, why: str) -> None:
+        """Say at once what became of link `name` (Redis refused it, closed it, ...), once per
+        reason until it connects again; the links object retries it, with its backoff."""
+        if self._logged_failure.get(name) != why:
+            self._logged_failure[name] = why
+            LOGGER.warning("bus: %s link to redis %s:%d: %s; retrying until it connects", name,
+                           *self.address[:2], why)
 
     def _close(self, name: str) -> None:
         link = self._open.pop(name, None)
