@@ -342,11 +342,9 @@ class Hub:
             self.shared.hold(data, holders)
 
     def close_connection(self, conn_id: int) -> None:
-        """Close a connection once its queued output is sent (idempotent).
-
-        A connection that waits for the app (a Wait with no Resume: a DISCONNECT whose leaves
-        were waiting on the shared bus) waits no more: a closing connection is read from to its
-        end, or its peer's FIN would go unread and the close would linger its full time."""
+        """Close a connection once its queued output is sent (idempotent). One that waits for
+        the app (a DISCONNECT's leaves on the bus: a Wait with no Resume) waits no more, or its
+        peer's FIN would go unread and the close would linger its full time."""
         conn = self.conns.get(conn_id)
         if conn is not None:
             conn.waiting = False
