@@ -21,17 +21,11 @@ What this module adds to the sessions of sansio/udp_stream.py, in the order a se
    random token. The token, not the source address, names the session in every later datagram:
    someone off the path who knows a JOIN_ID and a callback address cannot act for the session.
 
-2. Callback validation (anti-reflection; RFC 9000 s8.2 path validation, s8 amplification
-   limit). JOIN_CHATROOM's CLIENT_IP/PORT may name another address for the session's stream;
-   the chat layer passes it to `set_callback()`. No stream byte goes there until that address
-   has shown it wants them. While validation is pending, the server sets a flag in the
-   session's datagrams; the client then sends KNOCK from the callback address, the server
-   answers with a PROBE holding a random challenge sent to the callback address, and the
-   session holder ECHOes the challenge (from anywhere). Until an address is validated the
-   server sends it at most 3x the bytes it received from it (so a silent victim receives
-   nothing at all), PROBEs are rate-limited per address and globally, and pending callbacks are
-   capped. Meanwhile new stream data waits (at most CALLBACK_TIMEOUT), then the session's
-   stream carries on to its validated source address.
+2. Callback validation (anti-reflection; sansio/udp_callbacks.py). JOIN_CHATROOM's
+   CLIENT_IP/PORT may name another address for the session's stream; the chat layer passes it
+   to `set_callback()`. No stream byte goes there until that address has shown it wants them
+   (KNOCK, PROBE, ECHO). Meanwhile new stream data waits (at most CALLBACK_TIMEOUT), then the
+   session's stream carries on to its validated source address.
 
 3. Many addresses (docs/UDP.md sections 4, 7, 9). Sessions, handshakes and pending callbacks
    are capped per IP (policy/admission.py); a full table makes room for a newcomer at the cost
@@ -52,19 +46,17 @@ Plugging it into a reactor (one UDP socket bound to the TCP address and port):
     budget:       buffered_bytes() counts toward the global memory bound.
 """
 import heapq
-import hmac
 import secrets
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 from policy.admission import REFUSE, WAIT, Admission
-from policy.bucket import TokenBucket
-from policy.shares import Shares
+from sansio.udp_callbacks import (CallbackFailed, CallbackValidated, Callbacks,
+                                  PendingCallback)
 from sansio.udp_stream import IDLE_TIMEOUT, Session, SessionClosed, SessionOpened, StreamData
-from sansio.udp_wire import (ACCEPT, ACK, CHALLENGE_SIZE, COOKIE_SIZE, DATA, ECHO,
-                             FLAG_CALLBACK_PENDING, HEADER, HEADER_SIZE, HELLO, HELLO_SIZE, KNOCK,
-                             KNOCK_INTERVAL, MAX_DATAGRAM, NONCE_SIZE, PROBE, REJECT, RETRY,
-                             SESSION_TYPES, TOKEN_SIZE, VERSION, ZERO_TOKEN, Address, cookie_ok,
-                             encode, make_cookie)
+from sansio.udp_wire import (ACCEPT, ACK, COOKIE_SIZE, DATA, ECHO, FLAG_CALLBACK_PENDING,
+                             HEADER, HEADER_SIZE, HELLO, HELLO_SIZE, KNOCK, KNOCK_INTERVAL,
+                             MAX_DATAGRAM, NONCE_SIZE, REJECT, RETRY, SESSION_TYPES, TOKEN_SIZE,
+                             VERSION, ZERO_TOKEN, Address, cookie_ok, encode, make_cookie)
 
 # --- limits (docs/UDP.md, "Limits") ----------------------------------------------------------
 # Sessions per server endpoint. Each costs at most ~1.1 MB (send cap + receive window) and a
@@ -78,47 +70,13 @@ MAX_SESSIONS = 10000
 # under it.
 MAX_UNCONFIRMED_SESSIONS = 256
 UNCONFIRMED_TIMEOUT = 30.0
-# Callbacks waiting for validation, and how long one may wait before the session gives up on it
-# and keeps its stream where it went before.
-MAX_PENDING_CALLBACKS = 1024
-CALLBACK_TIMEOUT = 10.0
 # Per address (the IP alone: ports cost an attacker nothing), so one host cannot take a whole
 # table. Sessions: above the few thousand the project's tools and benchmarks open from one
 # address, yet three addresses are needed to fill MAX_SESSIONS (reclaiming does the rest); past
 # it, REJECT. Unconfirmed: a quarter of the table (a client confirms within a round trip);
-# past it, no answer. Pending callbacks: an eighth (a validation takes a round trip, 128 at
-# once is a crowd behind one NAT); past it, the callback fails.
+# past it, no answer. (Pending callbacks: sansio/udp_callbacks.py.)
 MAX_SESSIONS_PER_ADDRESS = 4096
 MAX_UNCONFIRMED_PER_ADDRESS = 64
-MAX_PENDING_CALLBACKS_PER_ADDRESS = 128
-# Anti-amplification (RFC 9000 s8): to an address not yet validated, at most this many times
-# the bytes received from it.
-AMPLIFICATION_FACTOR = 3
-# PROBEs per address: a burst of 3, then one per 2 s; and for the whole endpoint 200 per second.
-# So even spoofed KNOCKs make one address receive a few small datagrams, and the endpoint as a
-# whole reflects at most ~10 KB/s of PROBEs.
-PROBE_BURST = 3
-PROBE_RATE = 0.5
-PROBE_GLOBAL_BURST = 200
-PROBE_GLOBAL_RATE = 200.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Events (besides SessionOpened, StreamData and SessionClosed, sansio/udp_stream.py)
-# ---------------------------------------------------------------------------------------------
-
-class CallbackValidated(NamedTuple):
-    """The session's stream now goes to `addr`."""
-    session_id: int
-    addr: Address
-
-
-class CallbackFailed(NamedTuple):
-    """`addr` was not validated (timed out, too many pending, or given up to make room for
-    another session's); the stream stays where it was."""
-    session_id: int
-    addr: Address
-    reason: str
 
 
 Event = Union[SessionOpened, StreamData, SessionClosed, CallbackValidated, CallbackFailed]
@@ -128,44 +86,6 @@ Event = Union[SessionOpened, StreamData, SessionClosed, CallbackValidated, Callb
 # The server
 # ---------------------------------------------------------------------------------------------
 
-class _PendingCallback:
-    """A callback address named by the chat layer, not yet validated for this session."""
-
-    __slots__ = ("addr", "challenge", "deadline", "nudge_at")
-
-    def __init__(self, addr: Address, challenge: bytes, now: float) -> None:
-        self.addr, self.challenge = addr, challenge
-        self.deadline = now + CALLBACK_TIMEOUT
-        # Until validated, the session's source gets a (flagged) ACK every KNOCK_INTERVAL, so
-        # a client that missed the flag still learns it should knock.
-        self.nudge_at = now + KNOCK_INTERVAL
-
-
-class _UnvalidatedAddress:
-    """What the server knows of one address some session wants as its callback: bytes in and
-    out (the 3x budget), its PROBE rate limit, and the sessions waiting on it."""
-
-    __slots__ = ("received", "sent", "bucket", "sessions")
-
-    def __init__(self, now: float) -> None:
-        self.received = 0
-        self.sent = 0
-        self.bucket = TokenBucket(PROBE_BURST, PROBE_RATE, now)
-        self.sessions: Dict["_ServerSession", None] = {}   # an ordered set
-
-    def send_probes(self, global_bucket: TokenBucket, now: float, out: list) -> None:
-        """A KNOCK from this address: PROBE it for each session waiting on it, within the 3x
-        budget and both rate limits (this address's and `global_bucket`)."""
-        for session in list(self.sessions):
-            probe = encode(PROBE, body=session.pending.challenge)
-            if self.sent + len(probe) > AMPLIFICATION_FACTOR * self.received:
-                return
-            if not self.bucket.take(now) or not global_bucket.take(now):
-                return
-            self.sent += len(probe)
-            out.append((probe, session.pending.addr))
-
-
 class _ServerSession(Session):
     def __init__(self, session_id: int, token: bytes, source: Address, nonce: bytes,
                  now: float, idle_timeout: float) -> None:
@@ -174,7 +94,7 @@ class _ServerSession(Session):
         self.source = source            # validated by the cookie; ACKs and control go here
         self.dest = source              # where the stream goes: source or a validated callback
         self.validated: Set = {source}
-        self.pending: Optional[_PendingCallback] = None
+        self.pending: Optional[PendingCallback] = None
         self.nonce = nonce
         self.confirmed = False          # a datagram with the token has arrived
         self.proven = False             # it has delivered stream data (a request)
@@ -221,12 +141,7 @@ class ServerEndpoint:
         self._by_hello: Dict[Tuple, _ServerSession] = {}   # (addr, nonce): repeat ACCEPT
         self._admission: Admission[_ServerSession] = Admission(
             MAX_SESSIONS_PER_ADDRESS, MAX_UNCONFIRMED_SESSIONS, MAX_UNCONFIRMED_PER_ADDRESS)
-        # Pending callbacks per address (IP) of the sessions waiting on them.
-        self._pending_hosts: Shares[str, _ServerSession] = Shares()
-        self._unvalidated: Dict[Address, _UnvalidatedAddress] = {}
-        self._pending_count = 0
-        # Made full; its clock starts at the first KNOCK (a bucket full already gains nothing).
-        self._probe_bucket = TokenBucket(PROBE_GLOBAL_BURST, PROBE_GLOBAL_RATE, 0.0)
+        self.callbacks = Callbacks()
         self._next_id = 1
         self._now = 0.0
         # Sessions with something to flush: a dict as an ordered set, so that the order of
@@ -247,9 +162,7 @@ class ServerEndpoint:
         """One datagram from `addr`. Anything malformed or unknown is dropped silently."""
         self._now = now
         size = len(data)
-        unvalidated = self._unvalidated.get(addr)
-        if unvalidated is not None:
-            unvalidated.received += size
+        unvalidated = self.callbacks.maybe_received(addr, size)
         if not HEADER_SIZE <= size <= MAX_DATAGRAM or data[0] != VERSION:
             self.dropped += 1
             return
@@ -262,7 +175,7 @@ class ServerEndpoint:
             if kind == HELLO:
                 self._on_hello(data, body, addr, now)
             elif kind == KNOCK and unvalidated is not None:
-                unvalidated.send_probes(self._probe_bucket, now, self._out)
+                unvalidated.send_probes(self.callbacks.probe_bucket, now, self._out)
             else:
                 self.dropped += 1
             return
@@ -321,23 +234,19 @@ class ServerEndpoint:
             return
         if session.pending is not None and session.pending.addr == addr:
             return
-        self._drop_pending(session)
-        host = session.source[0]
+        callbacks = self.callbacks
+        callbacks.drop(session)
         if addr is None or addr in session.validated:
             session.dest = session.source if addr is None else addr
-        elif self._pending_hosts.count(host) >= MAX_PENDING_CALLBACKS_PER_ADDRESS:
-            self._events.append(CallbackFailed(session_id, addr,
-                                               "too many pending callbacks from this address"))
-        elif self._pending_count >= MAX_PENDING_CALLBACKS and not self._reclaim_callback():
-            self._events.append(CallbackFailed(session_id, addr, "too many pending callbacks"))
+            self._touch(session)
+            return
+        refusal = callbacks.maybe_refusal(session.source[0])
+        if refusal is None and callbacks.full and not self._reclaim_callback():
+            refusal = "too many pending callbacks"
+        if refusal is not None:
+            self._events.append(CallbackFailed(session_id, addr, refusal))
         else:
-            session.pending = _PendingCallback(addr, secrets.token_bytes(CHALLENGE_SIZE), now)
-            self._pending_count += 1
-            self._pending_hosts.add(host, session)
-            state = self._unvalidated.get(addr)
-            if state is None:
-                state = self._unvalidated[addr] = _UnvalidatedAddress(now)
-            state.sessions[session] = None
+            callbacks.add(session, addr, now)
             session.stream.ack_pending = True    # tell the client now (FLAG_CALLBACK_PENDING)
         self._touch(session)
 
@@ -374,7 +283,7 @@ class ServerEndpoint:
                 continue
             pending = session.pending
             if pending is not None and now >= pending.deadline:
-                self._drop_pending(session)
+                self.callbacks.drop(session)
                 self._events.append(CallbackFailed(sid, pending.addr, "not validated in time"))
             elif pending is not None and now >= pending.nudge_at:
                 pending.nudge_at = now + KNOCK_INTERVAL
@@ -456,7 +365,7 @@ class ServerEndpoint:
 
     @property
     def pending_callback_count(self) -> int:
-        return self._pending_count
+        return self.callbacks.count
 
     # --- handshake -------------------------------------------------------------------------
 
@@ -505,27 +414,13 @@ class ServerEndpoint:
     def _on_echo(self, session: _ServerSession, body: bytes) -> bool:
         """An ECHO: True if its challenge validated the session's pending callback."""
         pending = session.pending
-        if pending is None or not hmac.compare_digest(bytes(body[:CHALLENGE_SIZE]),
-                                                      pending.challenge):
+        if not self.callbacks.echo_ok(session, body):
             return False
-        self._drop_pending(session)
+        self.callbacks.drop(session)
         session.validated.add(pending.addr)
         session.dest = pending.addr
         self._events.append(CallbackValidated(session.session_id, pending.addr))
         return True
-
-    def _drop_pending(self, session: _ServerSession) -> None:
-        pending = session.pending
-        if pending is None:
-            return
-        session.pending = None
-        self._pending_count -= 1
-        self._pending_hosts.remove(session.source[0], session)
-        state = self._unvalidated.get(pending.addr)
-        if state is not None:
-            state.sessions.pop(session, None)
-            if not state.sessions:
-                del self._unvalidated[pending.addr]
 
     # --- reclaiming ------------------------------------------------------------------------
     # A full table must not lock out everybody else: a newcomer takes the place of something
@@ -547,12 +442,11 @@ class ServerEndpoint:
     def _reclaim_callback(self) -> bool:
         """Give up the oldest pending callback of the address holding the most (CallbackFailed
         for it; its stream stays where it was). False if none is pending."""
-        host = self._pending_hosts.busiest()
-        if host is None:
+        victim = self.callbacks.maybe_victim()
+        if victim is None:
             return False
-        victim = next(iter(self._pending_hosts.held(host)))
         addr = victim.pending.addr
-        self._drop_pending(victim)
+        self.callbacks.drop(victim)
         self.reclaimed += 1
         self._events.append(CallbackFailed(victim.session_id, addr, "reclaimed for a newcomer"))
         self._touch(victim)
@@ -590,7 +484,7 @@ class ServerEndpoint:
         self._remove(session)
 
     def _remove(self, session: _ServerSession) -> None:
-        self._drop_pending(session)
+        self.callbacks.drop(session)
         if self._sessions.pop(session.session_id, None) is None:
             return
         del self._by_token[session.token]

@@ -8,7 +8,7 @@ import socket
 import time
 import unittest
 
-from sansio import udp_client, udp_server, udp_stream, udp_wire
+from sansio import udp_callbacks, udp_client, udp_server, udp_stream, udp_wire
 from sansio.udp_client import ClientEndpoint
 from sansio.udp_server import CallbackFailed, CallbackValidated, ServerEndpoint
 from sansio.udp_stream import SessionClosed, SessionOpened, StreamData
@@ -54,7 +54,7 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(len(replies), 500)
         self.assertTrue(all(len(d) <= 60 for d, _ in replies))    # 60 bytes for 1 200
         self.assertEqual(server.session_ids(), [])
-        self.assertEqual((server._by_hello, server._by_token, server._unvalidated,
+        self.assertEqual((server._by_hello, server._by_token, server.callbacks.unvalidated,
                           server._heap), ({}, {}, {}, []))
 
     def test_short_or_odd_hello_gets_no_answer(self):
@@ -356,7 +356,7 @@ class CallbackTests(unittest.TestCase):
             sim.flush()
         seconds = sim.now - start
         self.assertEqual(sim.over_budget, [])
-        limit = udp_server.PROBE_BURST + udp_server.PROBE_RATE * seconds + 1
+        limit = udp_callbacks.PROBE_BURST + udp_callbacks.PROBE_RATE * seconds + 1
         self.assertLessEqual(sim.datagrams_to[VICTIM], limit)
         self.assertGreater(sim.datagrams_to[VICTIM], 0)
         self.assertLessEqual(sim.sent_to[VICTIM], sim.datagrams_to[VICTIM] * 48)
@@ -376,7 +376,7 @@ class CallbackTests(unittest.TestCase):
             sim.deliver(VICTIM, SERVER, tiny)
         sim.flush()
         self.assertEqual(sim.over_budget, [])
-        self.assertEqual(sim.datagrams_to[VICTIM] - sent_before, 1 + udp_server.PROBE_BURST)
+        self.assertEqual(sim.datagrams_to[VICTIM] - sent_before, 1 + udp_callbacks.PROBE_BURST)
         self.assertLessEqual(sim.sent_to[VICTIM], 3 * sim.received_from[VICTIM])
 
     def test_one_knock_buys_at_most_three_times_its_size(self):
@@ -393,12 +393,12 @@ class CallbackTests(unittest.TestCase):
     def test_pending_callbacks_are_capped(self):
         sim = Sim()
         sid = sim.open()
-        old = udp_server.MAX_PENDING_CALLBACKS
-        udp_server.MAX_PENDING_CALLBACKS = 0
+        old = udp_callbacks.MAX_PENDING_CALLBACKS
+        udp_callbacks.MAX_PENDING_CALLBACKS = 0
         try:
             sim.server.set_callback(sid, VICTIM, sim.now)
         finally:
-            udp_server.MAX_PENDING_CALLBACKS = old
+            udp_callbacks.MAX_PENDING_CALLBACKS = old
         self.assertEqual(sim.server.events(),
                          [CallbackFailed(sid, VICTIM, "too many pending callbacks")])
         self.assertEqual(sim.server.pending_callback_count, 0)
@@ -542,7 +542,7 @@ class FloodTests(unittest.TestCase):
         self.assertEqual([e for e in sim.server.events()], [])
         self.assertEqual(sim.server.session_ids(), [sid])
         self.assertTrue(all(len(d) <= 60 for d, _ in replies))      # RETRYs at most
-        self.assertEqual(sim.server._unvalidated, {})
+        self.assertEqual(sim.server.callbacks.unvalidated, {})
 
 
 # ---------------------------------------------------------------------------------------------
