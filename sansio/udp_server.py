@@ -52,7 +52,8 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 from policy.admission import REFUSE, WAIT, Admission
 from sansio.udp_callbacks import (CallbackFailed, CallbackValidated, Callbacks,
                                   PendingCallback)
-from sansio.udp_stream import IDLE_TIMEOUT, Session, SessionClosed, SessionOpened, StreamData
+from sansio.udp_session import Session
+from sansio.udp_stream import IDLE_TIMEOUT, SessionClosed, SessionOpened, StreamData
 from sansio.udp_wire import (ACCEPT, ACK, COOKIE_SIZE, DATA, ECHO, FLAG_CALLBACK_PENDING,
                              HEADER, HEADER_SIZE, HELLO, HELLO_SIZE, KNOCK, KNOCK_INTERVAL,
                              MAX_DATAGRAM, NONCE_SIZE, REJECT, RETRY, SESSION_TYPES, TOKEN_SIZE,
@@ -344,6 +345,16 @@ class ServerEndpoint:
         session = self._sessions.get(session_id)
         return (0, 0) if session is None else (session.stream.send_buffered(),
                                                session.stream.held_bytes)
+
+    def session_counts(self, session_id: int) -> Optional[Tuple[int, int]]:
+        """(stream bytes the peer acknowledged without a gap, out-of-order input held) of one
+        session, in bytes; None if there is no such session. What a session holds of its
+        output is what was queued less the first: the reactor's memory accounting."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        stream = session.stream
+        return stream.acked_offset(), stream.held_cost()
 
     def touched_sessions(self) -> List[int]:
         """The sessions whose buffers may have changed size since the last call."""
