@@ -47,15 +47,27 @@ class HandshakeTests(unittest.TestCase):
 
     def test_server_keeps_no_state_before_the_cookie(self):
         server = ServerEndpoint()
+        replies = []
         for i in range(500):
             addr = ("10.1.%d.%d" % (i // 250, i % 250), 1000 + i)
             server.datagram_received(self.hello(nonce=b"%08d" % i), addr, 5.0)
-        replies = server.datagrams_to_send(5.0)
+            if i % 100 == 99:               # a tick's flush answers HANDSHAKES_PER_FLUSH
+                replies += server.datagrams_to_send(5.0)
         self.assertEqual(len(replies), 500)
         self.assertTrue(all(len(d) <= 60 for d, _ in replies))    # 60 bytes for 1 200
         self.assertEqual(server.session_ids(), [])
         self.assertEqual((server._by_hello, server._by_token, server.callbacks.unvalidated,
                           server._heap), ({}, {}, {}, []))
+
+    def test_a_flush_answers_a_bounded_number_of_hellos_one_address_at_a_time(self):
+        server = ServerEndpoint()
+        for i in range(1000):
+            server.datagram_received(self.hello(nonce=b"%08d" % i), ("10.9.9.9", 1000), 5.0)
+        server.datagram_received(self.hello(nonce=b"newcomer"), CLIENT, 5.0)
+        replies = server.datagrams_to_send(5.0)
+        self.assertEqual(len(replies), udp_server.HANDSHAKES_PER_FLUSH)
+        self.assertIn(CLIENT, [addr for _, addr in replies])     # not behind the 1 000
+        self.assertEqual(server.datagrams_to_send(5.0), [])      # the rest: dropped, resent
 
     def test_short_or_odd_hello_gets_no_answer(self):
         server = ServerEndpoint()
