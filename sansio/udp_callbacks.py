@@ -104,14 +104,6 @@ class Callbacks:
         # Made full; its clock starts at the first KNOCK (a bucket full already gains nothing).
         self.probe_bucket = TokenBucket(PROBE_GLOBAL_BURST, PROBE_GLOBAL_RATE, 0.0)
 
-    def maybe_received(self, addr: Address, size: int) -> Optional[UnvalidatedAddress]:
-        """A datagram of `size` bytes from `addr`: if some session awaits that address, it
-        counts towards what may be sent there; returns that address's state (else None)."""
-        state = self.unvalidated.get(addr)
-        if state is not None:
-            state.received += size
-        return state
-
     def maybe_refusal(self, host: str) -> Optional[str]:
         """Why a session from `host` may not have another pending callback (None: it may,
         once there is room, see `full`)."""

@@ -50,6 +50,7 @@ import secrets
 from typing import Dict, List, Optional, Set, Tuple, Union
 
 from policy.admission import REFUSE, WAIT, Admission
+from policy.bucket import TokenBucket
 from policy.fairqueue import FairQueue
 from sansio.udp_callbacks import (CallbackFailed, CallbackValidated, Callbacks,
                                   PendingCallback)
@@ -79,13 +80,18 @@ UNCONFIRMED_TIMEOUT = 30.0
 # past it, no answer. (Pending callbacks: sansio/udp_callbacks.py.)
 MAX_SESSIONS_PER_ADDRESS = 4096
 MAX_UNCONFIRMED_PER_ADDRESS = 64
-# HELLOs answered per flush (the driver flushes once a tick), taken fairly: one per address per
-# round (policy/fairqueue.py), so 60 addresses sending 146 000 HELLOs/s between them cannot
-# crowd out a newcomer's, and established sessions' datagrams, handled as they are read, never
-# wait behind a handshake. An answer costs ~10 us (a cookie's HMAC, or a session), so 128 is at
-# most ~1.5 ms of a tick; the queue holds what one tick's reads can bring, the rest is dropped
-# unread (the client sends HELLO again).
-HANDSHAKES_PER_FLUSH = 128
+# HELLOs are answered at the flush (the driver flushes once a tick), not as they are read, so
+# established sessions' datagrams never wait behind a handshake; they are taken fairly, one per
+# address per round, and addresses left out go first at the next flush (policy/fairqueue.py),
+# so 60 addresses sending 146 000 HELLOs/s between them cannot crowd out a newcomer's. An
+# answer costs ~10 us and its sendto() as much: at most HANDSHAKE_RATE a second (a fiftieth
+# of a core, 1 000 sessions opened a second), in bursts of HANDSHAKE_BURST (a client opening
+# a thousand sessions at once is served at once), at most HANDSHAKES_PER_FLUSH in one flush
+# (~5 ms). The queue holds what one tick's reads can bring (transport/udp.py,
+# UDP_READS_PER_TICK); a HELLO past any of these is dropped (the client sends it again).
+HANDSHAKE_RATE = 2000.0
+HANDSHAKE_BURST = 2048
+HANDSHAKES_PER_FLUSH = 256
 HELLO_QUEUE = 1024
 
 
@@ -151,6 +157,7 @@ class ServerEndpoint:
         self._by_hello: Dict[Tuple, _ServerSession] = {}   # (addr, nonce): repeat ACCEPT
         self._hellos: FairQueue[str, Tuple[bytes, bytes, Address]] = FairQueue(
             HELLO_QUEUE, HANDSHAKES_PER_FLUSH)
+        self._handshakes = TokenBucket(HANDSHAKE_BURST, HANDSHAKE_RATE, 0.0)
         self._admission: Admission[_ServerSession] = Admission(
             MAX_SESSIONS_PER_ADDRESS, MAX_UNCONFIRMED_SESSIONS, MAX_UNCONFIRMED_PER_ADDRESS)
         self.callbacks = Callbacks()
@@ -174,7 +181,9 @@ class ServerEndpoint:
         """One datagram from `addr`. Anything malformed or unknown is dropped silently."""
         self._now = now
         size = len(data)
-        unvalidated = self.callbacks.maybe_received(addr, size)
+        unvalidated = self.callbacks.unvalidated.get(addr)      # (inline: the hot path)
+        if unvalidated is not None:
+            unvalidated.received += size
         if not HEADER_SIZE <= size <= MAX_DATAGRAM or data[0] != VERSION:
             self.dropped += 1
             return
@@ -320,7 +329,10 @@ class ServerEndpoint:
             self._now = now
         now = self._now
         if self._hellos.size:
-            for data, body, addr in self._hellos.take(HANDSHAKES_PER_FLUSH):
+            bucket = self._handshakes.refill(now)
+            hellos = self._hellos.take(min(HANDSHAKES_PER_FLUSH, int(bucket.tokens)))
+            bucket.tokens -= len(hellos)
+            for data, body, addr in hellos:
                 self._on_hello(data, body, addr, now)
         out = self._out
         dirty, self._dirty = self._dirty, {}

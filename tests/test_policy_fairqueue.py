@@ -15,6 +15,18 @@ class FairQueueTests(unittest.TestCase):
         queue.offer("two", "c")
         self.assertEqual(queue.take(5), [0, "a", "b", 1, "c"])
 
+    def test_keys_left_out_keep_their_newest_and_go_first_next_time(self):
+        queue = FairQueue(100, 10)
+        for key in "abcde":
+            queue.offer(key, key + "1")
+            queue.offer(key, key + "2")
+        self.assertEqual(queue.take(2), ["a1", "b1"])
+        queue.offer("f", "f1")
+        queue.offer("a", "a3")
+        self.assertEqual(queue.take(3), ["c2", "d2", "e2"])
+        self.assertEqual(queue.take(3), ["f1", "a3"])
+        self.assertEqual((queue.size, queue.dropped), (0, 3))
+
     def test_take_empties_the_queue_and_counts_what_it_forgot(self):
         queue = FairQueue(100, 10)
         for i in range(6):

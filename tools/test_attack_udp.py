@@ -45,7 +45,7 @@ class QuickCasesTest(unittest.TestCase):
 
     def test_a_bad_case_is_a_usage_error(self):
         with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit) as caught:
-            attack_udp.main(["flood"])
+            attack_udp.main(["no-such-case"])
         self.assertEqual(caught.exception.code, 2)
 
 

@@ -22,15 +22,20 @@ from transport.tcp import READ_SIZE, listening_socket
 LOGGER = logging.getLogger(__name__)
 
 # Datagrams read per tick at most, so that a flood of them cannot make a tick long (TCP reads
-# are bounded the same way: one recv() per connection per tick). 256 x 1 200 bytes = 300 KB.
-UDP_READS_PER_TICK = 256
+# are bounded the same way: one recv() per connection per tick). Reading one costs ~3 us when it
+# is dropped or queued (a HELLO: answered at the flush, sansio/udp_server.py), so 1 024 are ~3 ms:
+# enough to drain what the kernel holds between two ticks under a flood of 100 000/s and more,
+# for what the kernel drops when its buffer is full falls on every sender alike, established
+# sessions too. (256 a tick, with every HELLO answered as it was read: 20 000 reads/s under a
+# HELLO flood, and a session's round trip p99 of seconds.)
+UDP_READS_PER_TICK = 1024
 # Datagrams kept for the next tick when the kernel's send buffer is full (EAGAIN). Past it the
 # newest are dropped, as a congested network would: the reliability layer takes them as lost
 # and sends them again, so a full send buffer costs a retransmission, never unbounded memory.
 UDP_SEND_BACKLOG = 4096
 # The kernel buffers asked for the UDP socket (it may give less): one socket carries every
 # session, so it should absorb a burst from many of them between two ticks.
-UDP_SOCKET_BUFFER = 1024 * 1024
+UDP_SOCKET_BUFFER = 4 * 1024 * 1024
 # A UDP session's output counts against its water marks, OUTPUT_CAP and the memory budget like a
 # TCP connection's queue, including what the endpoint holds unacknowledged. Up to a whole receive
 # window of it (64 x 1 168 bytes) is in flight for a session that keeps up, so its reads pause
