@@ -28,8 +28,9 @@ Cases (CASE):
              stream whose segment 0 never comes (held out of order), past a server started
              with --memory-budget; 200 idle TCP members are in a room. PASS: no idle TCP member
              is evicted (each sees a chat posted after the attack).
-  flood      --flooders processes send HELLOs (--kind hello) or garbage (--kind garbage) as fast
-             as they can from --addresses addresses for --flood-seconds, while an established
+  flood      --flooders processes send HELLOs (--kind hello) or garbage (--kind garbage), --rate
+             a second each or as fast as they can, from --addresses addresses for
+             --flood-seconds, while an established
              UDP member chats with itself and newcomers from other addresses open sessions.
              PASS: the member's round trip p99 is at most 100 ms and every newcomer's HELO is
              answered within 1 s.
@@ -635,7 +636,7 @@ def start_flooders(args, port: int) -> List[subprocess.Popen]:
     for n in range(args.flooders):
         ips = ["127.0.2.%d" % (1 + i) for i in range(args.addresses) if i % args.flooders == n]
         command = [sys.executable, "-m", "tools.attack_udp", "_flood", args.kind, str(port),
-                   str(args.flood_seconds)] + ips
+                   str(args.flood_seconds), str(args.rate)] + ips
         procs.append(subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                       stdin=subprocess.DEVNULL))
     return procs
@@ -654,9 +655,9 @@ def stop_flooders(procs: List[subprocess.Popen]) -> int:
     return sent
 
 
-def flood_main(kind: str, port: int, seconds: float, ips: List[str]) -> int:
-    """One flooding process: datagrams to 127.0.0.1:port from `ips`, as fast as it can, for
-    `seconds`; prints how many it sent."""
+def flood_main(kind: str, port: int, seconds: float, rate: float, ips: List[str]) -> int:
+    """One flooding process: datagrams to 127.0.0.1:port from `ips`, `rate` a second (0: as
+    fast as it can), for `seconds`; prints how many it sent."""
     socks = []
     for ip in ips:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -667,10 +668,14 @@ def flood_main(kind: str, port: int, seconds: float, ips: List[str]) -> int:
     else:
         data = os.urandom(200)
     target, sent = (HOST, port), 0
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
     try:
         while time.monotonic() < deadline:
-            for _ in range(64):
+            if rate and sent > (time.monotonic() - started) * rate:
+                time.sleep(0.001)
+                continue
+            for _ in range(16):
                 for sock in socks:
                     try:
                         sock.sendto(data, target)
@@ -718,6 +723,8 @@ def parse(argv: List[str]) -> argparse.Namespace:
                         "(default 2)")
     parser.add_argument("--flood-seconds", type=float, default=10.0, help="flood: how long "
                         "(default 10)")
+    parser.add_argument("--rate", type=float, default=0.0, help="flood: datagrams a second "
+                        "per process (default 0: as fast as it can)")
     parser.add_argument("--seconds", type=float, default=240.0, help="bound on the whole run")
     args = parser.parse_args(argv)
     sessions, addresses = DEFAULTS[args.case]
@@ -732,7 +739,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_flood"]:                  # one of case flood's sending processes
-        return flood_main(argv[1], int(argv[2]), float(argv[3]), argv[4:])
+        return flood_main(argv[1], int(argv[2]), float(argv[3]), float(argv[4]), argv[5:])
     args = parse(argv)
     kit.raise_nofile_limit()
     server = None
