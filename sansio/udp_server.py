@@ -46,6 +46,7 @@ Plugging it into a reactor (one UDP socket bound to the TCP address and port):
     budget:       buffered_bytes() counts toward the global memory bound.
 """
 import heapq
+import itertools
 import secrets
 from typing import Dict, List, Optional, Set, Tuple, Union
 
@@ -323,8 +324,10 @@ class ServerEndpoint:
             heapq.heappop(heap)
         return None
 
-    def datagrams_to_send(self, now: Optional[float] = None) -> List[Tuple[bytes, Address]]:
-        """Every datagram owed now, each with its destination, in order."""
+    def datagrams_to_send(self, now: Optional[float] = None,
+                          limit: Optional[int] = None) -> List[Tuple[bytes, Address]]:
+        """Every datagram owed now, each with its destination, in order; with `limit`, those
+        of at most that many sessions (the rest come first next time: `flush_pending`)."""
         if now is not None:
             self._now = now
         now = self._now
@@ -335,7 +338,13 @@ class ServerEndpoint:
             for data, body, addr in hellos:
                 self._on_hello(data, body, addr, now)
         out = self._out
-        dirty, self._dirty = self._dirty, {}
+        dirty = self._dirty
+        if limit is None or len(dirty) <= limit:
+            self._dirty = {}
+        else:                               # the first `limit`; the rest keep their places
+            dirty = dict.fromkeys(itertools.islice(dirty, limit))
+            for session in dirty:
+                del self._dirty[session]
         for session in dirty:
             if session.session_id not in self._sessions:
                 continue
@@ -352,6 +361,12 @@ class ServerEndpoint:
         self._out = []
         return out
 
+    @property
+    def flush_pending(self) -> bool:
+        """Datagrams are owed now that the last datagrams_to_send() left for the next (its
+        `limit`, HANDSHAKES_PER_FLUSH, HANDSHAKE_RATE)."""
+        return bool(self._dirty or self._hellos.size)
+
     def events(self) -> List[Event]:
         """Events since the last call, in order."""
         events, self._events = self._events, []
@@ -360,17 +375,9 @@ class ServerEndpoint:
     def buffered_bytes(self, session_id: Optional[int] = None) -> int:
         """Bytes held for one session (or all): unacknowledged output plus out-of-order input.
         For the reactor's global memory budget."""
-        if session_id is not None:
-            return sum(self.session_buffers(session_id))
-        return sum(s.stream.send_buffered() + s.stream.held_bytes
-                   for s in self._sessions.values())
-
-    def session_buffers(self, session_id: int) -> Tuple[int, int]:
-        """(unacknowledged output, out-of-order input held) of one session, in bytes; (0, 0)
-        if there is no such session."""
-        session = self._sessions.get(session_id)
-        return (0, 0) if session is None else (session.stream.send_buffered(),
-                                               session.stream.held_bytes)
+        sessions = self._sessions.values() if session_id is None else \
+            [self._sessions[session_id]] if session_id in self._sessions else []
+        return sum(s.stream.send_buffered() + s.stream.held_bytes for s in sessions)
 
     def session_counts(self, session_id: int) -> Optional[Tuple[int, int]]:
         """(stream bytes the peer acknowledged without a gap, out-of-order input held) of one

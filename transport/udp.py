@@ -29,6 +29,11 @@ LOGGER = logging.getLogger(__name__)
 # sessions too. (256 a tick, with every HELLO answered as it was read: 20 000 reads/s under a
 # HELLO flood, and a session's round trip p99 of seconds.)
 UDP_READS_PER_TICK = 1024
+# Sessions whose datagrams are sent in one flush (the endpoint's datagrams_to_send), so that
+# a broadcast to thousands of UDP members is spread over ticks, as the hub spreads the
+# flushing of TCP connections (STEP_BUDGET): a session's flush costs ~10 us, so 256 are ~3 ms.
+# The rest go first next tick, which comes at once (the timer is armed for now).
+UDP_FLUSHES_PER_TICK = 256
 # Datagrams kept for the next tick when the kernel's send buffer is full (EAGAIN). Past it the
 # newest are dropped, as a congested network would: the reliability layer takes them as lost
 # and sends them again, so a full send buffer costs a retransmission, never unbounded memory.
@@ -276,7 +281,7 @@ class UdpTransport:
         sessions they concern, act on its events, and re-arm the timer. True if that gave
         connections something to flush or report."""
         endpoint, hub = self.endpoint, self.hub
-        self._send_datagrams(endpoint.datagrams_to_send(hub.loop.now))
+        self._send_datagrams(endpoint.datagrams_to_send(hub.loop.now, UDP_FLUSHES_PER_TICK))
         sessions = self.sessions
         for session_id in endpoint.touched_sessions():
             conn = sessions.get(session_id)
@@ -289,8 +294,10 @@ class UdpTransport:
         return hub.has_output()
 
     def rearm(self) -> None:
-        """One loop timer, at the endpoint's next deadline (aioquic's get_timer())."""
-        due = self.endpoint.next_deadline()
+        """One loop timer, at the endpoint's next deadline (aioquic's get_timer()), or now if
+        a flush left datagrams for the next tick."""
+        endpoint = self.endpoint
+        due = self.hub.loop.now if endpoint.flush_pending else endpoint.next_deadline()
         if due != self._timer_due:
             loop = self.hub.loop
             loop.cancel(self._timer)
