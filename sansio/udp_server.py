@@ -235,8 +235,7 @@ class ServerEndpoint:
         if not session.queue_or_abort(data):
             self._touch(session)
             return False
-        self._dirty[session] = None
-        self._touched[session_id] = None
+        self._dirty[session] = None         # (not touched: the caller knows what it queued)
         return True
 
     def set_receiving(self, session_id: int, receiving: bool) -> None:

@@ -33,7 +33,7 @@ UDP_READS_PER_TICK = 1024
 # a broadcast to thousands of UDP members is spread over ticks, as the hub spreads the
 # flushing of TCP connections (STEP_BUDGET): a session's flush costs ~10 us, so 256 are ~3 ms.
 # The rest go first next tick, which comes at once (the timer is armed for now).
-UDP_FLUSHES_PER_TICK = 256
+UDP_FLUSHES_PER_TICK = 128
 # Datagrams kept for the next tick when the kernel's send buffer is full (EAGAIN). Past it the
 # newest are dropped, as a congested network would: the reliability layer takes them as lost
 # and sends them again, so a full send buffer costs a retransmission, never unbounded memory.
