@@ -587,10 +587,10 @@ def case_held(args, pump: Pump, port: int, say: Callable[[str], None]) -> Tuple[
     poster.send(chat_request(ref, 0, "poster", "still here?"))
     pump.run(lambda: all(b"still here?" in m.stream for m in idle), 10.0)
     kept = sum(1 for m in idle if b"still here?" in m.stream)
-    say("attack: %d sessions from %d addresses, each holding 63 segments out of order "
+    opened = len(swarm.sessions) + swarm.reset
+    say("attack: %d sessions from %d addresses, each sending 63 segments out of order "
         "(%.0f MiB in all); UDP sessions reset: %d" % (
-            len(swarm.sessions), args.addresses,
-            len(swarm.sessions) * 63 * MAX_PAYLOAD / MIB, swarm.reset))
+            opened, args.addresses, opened * 63 * MAX_PAYLOAD / MIB, swarm.reset))
     say("idle TCP members still served: %d of %d" % (kept, len(idle)))
     return kept == len(idle), "%d of %d idle TCP members evicted" % (len(idle) - kept, len(idle))
 
