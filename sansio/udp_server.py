@@ -287,12 +287,14 @@ class ServerEndpoint:
             session.abort(reason)
             self._touch(session)
 
-    def timer(self, now: float) -> None:
-        """Run every timer that is due (retransmission, keepalive, timeouts)."""
+    def timer(self, now: float, limit: Optional[int] = None) -> None:
+        """Run every timer that is due (retransmission, keepalive, timeouts), or with `limit`,
+        at most that many (the rest stay due: next_deadline() says so)."""
         self._now = now
         heap = self._heap
-        due = []
-        while heap and heap[0][0] <= now:       # take the due entries first: handling them
+        due: List[Tuple[float, int]] = []
+        limit = len(heap) if limit is None else limit
+        while heap and heap[0][0] <= now and len(due) < limit:   # due ones first: handling them
             due.append(heapq.heappop(heap))     # pushes new ones, never run in this call
         for when, sid in due:
             session = self._sessions.get(sid)

@@ -34,6 +34,10 @@ UDP_READS_PER_TICK = 1024
 # flushing of TCP connections (STEP_BUDGET): a session's flush costs ~10 us, so 256 are ~3 ms.
 # The rest go first next tick, which comes at once (the timer is armed for now).
 UDP_FLUSHES_PER_TICK = 128
+# Session timers run per tick (the endpoint's timer()), for the same reason: 2 000 stalled
+# sessions sent the same broadcast time out together; ~5 us each. The rest stay due, so the
+# loop's timer fires again at once.
+UDP_TIMERS_PER_TICK = 256
 # Datagrams kept for the next tick when the kernel's send buffer is full (EAGAIN). Past it the
 # newest are dropped, as a congested network would: the reliability layer takes them as lost
 # and sends them again, so a full send buffer costs a retransmission, never unbounded memory.
@@ -308,7 +312,7 @@ class UdpTransport:
         """The endpoint's timers (retransmission, keepalive, timeouts): what they send goes in
         this tick's flush."""
         self._timer = self._timer_due = None
-        self.endpoint.timer(self.hub.loop.now)
+        self.endpoint.timer(self.hub.loop.now, UDP_TIMERS_PER_TICK)
 
     def _on_events(self, events: List[Any]) -> None:
         for event in events:
