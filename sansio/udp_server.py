@@ -293,9 +293,8 @@ class ServerEndpoint:
         self._now = now
         heap = self._heap
         due: List[Tuple[float, int]] = []
-        limit = len(heap) if limit is None else limit
-        while heap and heap[0][0] <= now and len(due) < limit:   # due ones first: handling them
-            due.append(heapq.heappop(heap))     # pushes new ones, never run in this call
+        while heap and heap[0][0] <= now and (limit is None or len(due) < limit):
+            due.append(heapq.heappop(heap))     # due ones first: the new ones they push wait
         for when, sid in due:
             session = self._sessions.get(sid)
             if session is None or session.registered != when:
@@ -315,15 +314,20 @@ class ServerEndpoint:
             self._touch(session)
 
     def next_deadline(self) -> Optional[float]:
-        """The time at which `timer()` should next be called, or None if never."""
-        heap = self._heap
+        """The time at which `timer()` should next be called, or None if never; with HELLOs
+        waiting, no later than HANDSHAKE_RATE lets the next be answered (at the flush)."""
+        heap, when = self._heap, None      # type: List[Tuple[float, int]], Optional[float]
         while heap:
-            when, sid = heap[0]
+            first, sid = heap[0]
             session = self._sessions.get(sid)
-            if session is not None and session.registered == when:
-                return when
+            if session is not None and session.registered == first:
+                when = first
+                break
             heapq.heappop(heap)
-        return None
+        if self._hellos.size:
+            ready = self._handshakes.at + self._handshakes.seconds_until(1.0)
+            when = ready if when is None else min(when, ready)
+        return when
 
     def datagrams_to_send(self, now: Optional[float] = None,
                           limit: Optional[int] = None) -> List[Tuple[bytes, Address]]:
@@ -364,9 +368,9 @@ class ServerEndpoint:
 
     @property
     def flush_pending(self) -> bool:
-        """Datagrams are owed now that the last datagrams_to_send() left for the next (its
-        `limit`, HANDSHAKES_PER_FLUSH, HANDSHAKE_RATE)."""
-        return bool(self._dirty or self._hellos.size)
+        """Sessions owe datagrams now that the last datagrams_to_send() left for the next (its
+        `limit`). (HELLOs left waiting are next_deadline()'s.)"""
+        return bool(self._dirty)
 
     def events(self) -> List[Event]:
         """Events since the last call, in order."""

@@ -154,8 +154,8 @@ class ReliableStream:
 
     Sending: `queue()` appends bytes, by reference (a bytes object queued in many streams is
     held once, and each segment of it is a memoryview of it); `poll(now)` returns the segments
-    to (re)send now, as the windows allow; `on_ack()` takes the peer's cumulative ack and SACK ranges; `on_timer(now)`
-    runs the retransmission timer. Receiving: `receive()` takes one segment and returns the
+    to (re)send now, as the windows allow; `on_ack()` takes the peer's cumulative ack and SACK
+    ranges; `on_timer(now)` runs the retransmission timer. Receiving: `receive()` takes one segment and returns the
     bytes that are now in order; `ack_pending` says an ACK is owed.
     """
 
