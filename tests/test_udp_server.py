@@ -445,6 +445,28 @@ class ReactorUdpTests(unittest.TestCase):
         for mute in mutes:
             mute.close()
 
+    def test_segments_held_out_of_order_are_in_their_sessions_share_and_it_goes_first(self):
+        server = self.start(memory_budget=32 * 1024)   # less than 63 held segments
+        tcp = TcpMember(server.address)
+        self.addCleanup(tcp.close)
+        tcp.send(join_request("r", "idle"))
+        holder = self.joined_member(server, "holder")
+        self.assertTrue(wait_until([server, tcp], lambda: joined(tcp, "r")))
+        session = holder.endpoint._session          # its token, to send what its stream would not
+        start = session.stream.next_seq
+        for seq in range(start + 1, start + 64):    # segment `start` never comes
+            holder.sock.sendto(udp_wire.encode(udp_wire.DATA, session.token, seq, 0, 64,
+                                               b"h" * udp_wire.MAX_PAYLOAD), server.address)
+        members = [server, tcp]
+        with self.assertLogs("transport", "WARNING") as logs:
+            self.assertTrue(wait_until(members, lambda: len(server.hub.conns) == 1, 10))
+        self.assertIn("evicted for the memory budget", logs.output[0])
+        self.assertNotIn("(0 of output, 0 of input)", logs.output[0])
+        self.assertEqual(server.hub.conns[min(server.hub.conns)].peer_ip, HOST)
+        tcp.send(chat_request(joined(tcp, "r").ref, 0, "idle", "still here"))
+        self.assertTrue(wait_until(members, lambda: ("idle", "still here") in chats(
+            tcp, joined(tcp, "r").ref)))
+
     def test_flood_control_slows_a_udp_session_without_losing_a_request(self):
         server = self.start(limits=InputLimits(0, 0, 20, 2))     # 20 requests/s
         member = self.joined_member(server, "flooder")
