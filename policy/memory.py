@@ -16,8 +16,10 @@ EVICTIONS_PER_TICK = 64
 
 
 def bytes_held(conn: Any) -> int:
-    """What a connection holds: its output queue and its input not yet handled."""
-    return conn.out_bytes + conn.in_bytes
+    """What a connection holds, its share of the total: its output queue (shared output
+    counted in full, as if it were its alone), its input the app has not handled, and its input
+    its transport holds for it (a UDP session's out-of-order segments, `transport_in`)."""
+    return conn.out_bytes + conn.in_bytes + conn.transport_in
 
 
 class Memory:
@@ -41,6 +43,8 @@ class Memory:
 
     def eviction_candidates(self, conns: Iterable[Any]) -> List[Any]:
         """Who is evicted first while the total is over the budget: the connections that hold
-        the most, largest first (at most EVICTIONS_PER_TICK). The caller evicts them in this
-        order while over_budget, since shared output is freed only with its last holder."""
-        return heapq.nlargest(EVICTIONS_PER_TICK, conns, key=bytes_held)
+        the most, largest first (at most EVICTIONS_PER_TICK), never one that holds nothing
+        (evicting it frees nothing). The caller evicts them in this order while over_budget,
+        since shared output is freed only with its last holder."""
+        largest = heapq.nlargest(EVICTIONS_PER_TICK, conns, key=bytes_held)
+        return [conn for conn in largest if bytes_held(conn)]

@@ -15,7 +15,8 @@ pending (at most MAX_KNOCKS per callback); ECHO every PROBE's challenge through 
 import secrets
 from typing import Dict, List, Optional, Tuple
 
-from sansio.udp_stream import (INITIAL_RTO, RECV_WINDOW, SEND_BUFFER_CAP, Session, SessionClosed,
+from sansio.udp_session import Session
+from sansio.udp_stream import (INITIAL_RTO, RECV_WINDOW, SEND_BUFFER_CAP, SessionClosed,
                                SessionEvent, SessionOpened, StreamData)
 from sansio.udp_wire import (ACCEPT, CHALLENGE_SIZE, COOKIE_SIZE, ECHO, FLAG_CALLBACK_PENDING,
                              HELLO, HELLO_SIZE, KNOCK, KNOCK_INTERVAL, NONCE_SIZE, PROBE, REJECT,
@@ -89,7 +90,7 @@ class ClientEndpoint:
         session = self._session
         if session.close_requested:
             return False
-        if not session.queue_or_abort(data):
+        if not session.queue_or_abort(bytes(data)):   # (held, not copied: ours alone)
             self._flush_and_check(now)
             return False
         return True

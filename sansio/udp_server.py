@@ -21,17 +21,11 @@ What this module adds to the sessions of sansio/udp_stream.py, in the order a se
    random token. The token, not the source address, names the session in every later datagram:
    someone off the path who knows a JOIN_ID and a callback address cannot act for the session.
 
-2. Callback validation (anti-reflection; RFC 9000 s8.2 path validation, s8 amplification
-   limit). JOIN_CHATROOM's CLIENT_IP/PORT may name another address for the session's stream;
-   the chat layer passes it to `set_callback()`. No stream byte goes there until that address
-   has shown it wants them. While validation is pending, the server sets a flag in the
-   session's datagrams; the client then sends KNOCK from the callback address, the server
-   answers with a PROBE holding a random challenge sent to the callback address, and the
-   session holder ECHOes the challenge (from anywhere). Until an address is validated the
-   server sends it at most 3x the bytes it received from it (so a silent victim receives
-   nothing at all), PROBEs are rate-limited per address and globally, and pending callbacks are
-   capped. Meanwhile new stream data waits (at most CALLBACK_TIMEOUT), then the session's
-   stream carries on to its validated source address.
+2. Callback validation (anti-reflection; sansio/udp_callbacks.py). JOIN_CHATROOM's
+   CLIENT_IP/PORT may name another address for the session's stream; the chat layer passes it
+   to `set_callback()`. No stream byte goes there until that address has shown it wants them
+   (KNOCK, PROBE, ECHO). Meanwhile new stream data waits (at most CALLBACK_TIMEOUT), then the
+   session's stream carries on to its validated source address.
 
 3. Many addresses (docs/UDP.md sections 4, 7, 9). Sessions, handshakes and pending callbacks
    are capped per IP (policy/admission.py); a full table makes room for a newcomer at the cost
@@ -52,19 +46,21 @@ Plugging it into a reactor (one UDP socket bound to the TCP address and port):
     budget:       buffered_bytes() counts toward the global memory bound.
 """
 import heapq
-import hmac
+import itertools
 import secrets
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 from policy.admission import REFUSE, WAIT, Admission
 from policy.bucket import TokenBucket
-from policy.shares import Shares
-from sansio.udp_stream import IDLE_TIMEOUT, Session, SessionClosed, SessionOpened, StreamData
-from sansio.udp_wire import (ACCEPT, ACK, CHALLENGE_SIZE, COOKIE_SIZE, DATA, ECHO,
-                             FLAG_CALLBACK_PENDING, HEADER, HEADER_SIZE, HELLO, HELLO_SIZE, KNOCK,
-                             KNOCK_INTERVAL, MAX_DATAGRAM, NONCE_SIZE, PROBE, REJECT, RETRY,
-                             SESSION_TYPES, TOKEN_SIZE, VERSION, ZERO_TOKEN, Address, cookie_ok,
-                             encode, make_cookie)
+from policy.fairqueue import FairQueue
+from sansio.udp_callbacks import (CallbackFailed, CallbackValidated, Callbacks,
+                                  PendingCallback)
+from sansio.udp_session import Session
+from sansio.udp_stream import IDLE_TIMEOUT, SessionClosed, SessionOpened, StreamData
+from sansio.udp_wire import (ACCEPT, ACK, COOKIE_SIZE, DATA, ECHO, FLAG_CALLBACK_PENDING,
+                             HEADER, HEADER_SIZE, HELLO, HELLO_SIZE, KNOCK, KNOCK_INTERVAL,
+                             MAX_DATAGRAM, NONCE_SIZE, REJECT, RETRY, SESSION_TYPES, TOKEN_SIZE,
+                             VERSION, ZERO_TOKEN, Address, cookie_ok, encode, make_cookie)
 
 # --- limits (docs/UDP.md, "Limits") ----------------------------------------------------------
 # Sessions per server endpoint. Each costs at most ~1.1 MB (send cap + receive window) and a
@@ -78,47 +74,26 @@ MAX_SESSIONS = 10000
 # under it.
 MAX_UNCONFIRMED_SESSIONS = 256
 UNCONFIRMED_TIMEOUT = 30.0
-# Callbacks waiting for validation, and how long one may wait before the session gives up on it
-# and keeps its stream where it went before.
-MAX_PENDING_CALLBACKS = 1024
-CALLBACK_TIMEOUT = 10.0
 # Per address (the IP alone: ports cost an attacker nothing), so one host cannot take a whole
 # table. Sessions: above the few thousand the project's tools and benchmarks open from one
 # address, yet three addresses are needed to fill MAX_SESSIONS (reclaiming does the rest); past
 # it, REJECT. Unconfirmed: a quarter of the table (a client confirms within a round trip);
-# past it, no answer. Pending callbacks: an eighth (a validation takes a round trip, 128 at
-# once is a crowd behind one NAT); past it, the callback fails.
+# past it, no answer. (Pending callbacks: sansio/udp_callbacks.py.)
 MAX_SESSIONS_PER_ADDRESS = 4096
 MAX_UNCONFIRMED_PER_ADDRESS = 64
-MAX_PENDING_CALLBACKS_PER_ADDRESS = 128
-# Anti-amplification (RFC 9000 s8): to an address not yet validated, at most this many times
-# the bytes received from it.
-AMPLIFICATION_FACTOR = 3
-# PROBEs per address: a burst of 3, then one per 2 s; and for the whole endpoint 200 per second.
-# So even spoofed KNOCKs make one address receive a few small datagrams, and the endpoint as a
-# whole reflects at most ~10 KB/s of PROBEs.
-PROBE_BURST = 3
-PROBE_RATE = 0.5
-PROBE_GLOBAL_BURST = 200
-PROBE_GLOBAL_RATE = 200.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Events (besides SessionOpened, StreamData and SessionClosed, sansio/udp_stream.py)
-# ---------------------------------------------------------------------------------------------
-
-class CallbackValidated(NamedTuple):
-    """The session's stream now goes to `addr`."""
-    session_id: int
-    addr: Address
-
-
-class CallbackFailed(NamedTuple):
-    """`addr` was not validated (timed out, too many pending, or given up to make room for
-    another session's); the stream stays where it was."""
-    session_id: int
-    addr: Address
-    reason: str
+# HELLOs are answered at the flush (the driver flushes once a tick), not as they are read, so
+# established sessions' datagrams never wait behind a handshake; they are taken fairly, one per
+# address per round, and addresses left out go first at the next flush (policy/fairqueue.py),
+# so 60 addresses sending 146 000 HELLOs/s between them cannot crowd out a newcomer's. An
+# answer costs ~10 us and its sendto() as much: at most HANDSHAKE_RATE a second (a fiftieth
+# of a core, 1 000 sessions opened a second), in bursts of HANDSHAKE_BURST (a client opening
+# a thousand sessions at once is served at once), at most HANDSHAKES_PER_FLUSH in one flush
+# (~5 ms). The queue holds what one tick's reads can bring (transport/udp.py,
+# UDP_READS_PER_TICK); a HELLO past any of these is dropped (the client sends it again).
+HANDSHAKE_RATE = 2000.0
+HANDSHAKE_BURST = 2048
+HANDSHAKES_PER_FLUSH = 256
+HELLO_QUEUE = 1024
 
 
 Event = Union[SessionOpened, StreamData, SessionClosed, CallbackValidated, CallbackFailed]
@@ -128,44 +103,6 @@ Event = Union[SessionOpened, StreamData, SessionClosed, CallbackValidated, Callb
 # The server
 # ---------------------------------------------------------------------------------------------
 
-class _PendingCallback:
-    """A callback address named by the chat layer, not yet validated for this session."""
-
-    __slots__ = ("addr", "challenge", "deadline", "nudge_at")
-
-    def __init__(self, addr: Address, challenge: bytes, now: float) -> None:
-        self.addr, self.challenge = addr, challenge
-        self.deadline = now + CALLBACK_TIMEOUT
-        # Until validated, the session's source gets a (flagged) ACK every KNOCK_INTERVAL, so
-        # a client that missed the flag still learns it should knock.
-        self.nudge_at = now + KNOCK_INTERVAL
-
-
-class _UnvalidatedAddress:
-    """What the server knows of one address some session wants as its callback: bytes in and
-    out (the 3x budget), its PROBE rate limit, and the sessions waiting on it."""
-
-    __slots__ = ("received", "sent", "bucket", "sessions")
-
-    def __init__(self, now: float) -> None:
-        self.received = 0
-        self.sent = 0
-        self.bucket = TokenBucket(PROBE_BURST, PROBE_RATE, now)
-        self.sessions: Dict["_ServerSession", None] = {}   # an ordered set
-
-    def send_probes(self, global_bucket: TokenBucket, now: float, out: list) -> None:
-        """A KNOCK from this address: PROBE it for each session waiting on it, within the 3x
-        budget and both rate limits (this address's and `global_bucket`)."""
-        for session in list(self.sessions):
-            probe = encode(PROBE, body=session.pending.challenge)
-            if self.sent + len(probe) > AMPLIFICATION_FACTOR * self.received:
-                return
-            if not self.bucket.take(now) or not global_bucket.take(now):
-                return
-            self.sent += len(probe)
-            out.append((probe, session.pending.addr))
-
-
 class _ServerSession(Session):
     def __init__(self, session_id: int, token: bytes, source: Address, nonce: bytes,
                  now: float, idle_timeout: float) -> None:
@@ -174,7 +111,7 @@ class _ServerSession(Session):
         self.source = source            # validated by the cookie; ACKs and control go here
         self.dest = source              # where the stream goes: source or a validated callback
         self.validated: Set = {source}
-        self.pending: Optional[_PendingCallback] = None
+        self.pending: Optional[PendingCallback] = None
         self.nonce = nonce
         self.confirmed = False          # a datagram with the token has arrived
         self.proven = False             # it has delivered stream data (a request)
@@ -219,14 +156,12 @@ class ServerEndpoint:
         self._sessions: Dict[int, _ServerSession] = {}
         self._by_token: Dict[bytes, _ServerSession] = {}
         self._by_hello: Dict[Tuple, _ServerSession] = {}   # (addr, nonce): repeat ACCEPT
+        self._hellos: FairQueue[str, Tuple[bytes, bytes, Address]] = FairQueue(
+            HELLO_QUEUE, HANDSHAKES_PER_FLUSH)
+        self._handshakes = TokenBucket(HANDSHAKE_BURST, HANDSHAKE_RATE, 0.0)
         self._admission: Admission[_ServerSession] = Admission(
             MAX_SESSIONS_PER_ADDRESS, MAX_UNCONFIRMED_SESSIONS, MAX_UNCONFIRMED_PER_ADDRESS)
-        # Pending callbacks per address (IP) of the sessions waiting on them.
-        self._pending_hosts: Shares[str, _ServerSession] = Shares()
-        self._unvalidated: Dict[Address, _UnvalidatedAddress] = {}
-        self._pending_count = 0
-        # Made full; its clock starts at the first KNOCK (a bucket full already gains nothing).
-        self._probe_bucket = TokenBucket(PROBE_GLOBAL_BURST, PROBE_GLOBAL_RATE, 0.0)
+        self.callbacks = Callbacks()
         self._next_id = 1
         self._now = 0.0
         # Sessions with something to flush: a dict as an ordered set, so that the order of
@@ -247,7 +182,7 @@ class ServerEndpoint:
         """One datagram from `addr`. Anything malformed or unknown is dropped silently."""
         self._now = now
         size = len(data)
-        unvalidated = self._unvalidated.get(addr)
+        unvalidated = self.callbacks.unvalidated.get(addr)      # (inline: the hot path)
         if unvalidated is not None:
             unvalidated.received += size
         if not HEADER_SIZE <= size <= MAX_DATAGRAM or data[0] != VERSION:
@@ -260,9 +195,9 @@ class ServerEndpoint:
         body = data[HEADER_SIZE:HEADER_SIZE + length]
         if token == ZERO_TOKEN:
             if kind == HELLO:
-                self._on_hello(data, body, addr, now)
+                self._hellos.offer(addr[0], (data, body, addr))     # answered at the flush
             elif kind == KNOCK and unvalidated is not None:
-                unvalidated.send_probes(self._probe_bucket, now, self._out)
+                unvalidated.send_probes(self.callbacks.probe_bucket, now, self._out)
             else:
                 self.dropped += 1
             return
@@ -300,8 +235,7 @@ class ServerEndpoint:
         if not session.queue_or_abort(data):
             self._touch(session)
             return False
-        self._dirty[session] = None
-        self._touched[session_id] = None
+        self._dirty[session] = None         # (not touched: the caller knows what it queued)
         return True
 
     def set_receiving(self, session_id: int, receiving: bool) -> None:
@@ -321,23 +255,19 @@ class ServerEndpoint:
             return
         if session.pending is not None and session.pending.addr == addr:
             return
-        self._drop_pending(session)
-        host = session.source[0]
+        callbacks = self.callbacks
+        callbacks.drop(session)
         if addr is None or addr in session.validated:
             session.dest = session.source if addr is None else addr
-        elif self._pending_hosts.count(host) >= MAX_PENDING_CALLBACKS_PER_ADDRESS:
-            self._events.append(CallbackFailed(session_id, addr,
-                                               "too many pending callbacks from this address"))
-        elif self._pending_count >= MAX_PENDING_CALLBACKS and not self._reclaim_callback():
-            self._events.append(CallbackFailed(session_id, addr, "too many pending callbacks"))
+            self._touch(session)
+            return
+        refusal = callbacks.maybe_refusal(session.source[0])
+        if refusal is None and callbacks.full and not self._reclaim_callback():
+            refusal = "too many pending callbacks"
+        if refusal is not None:
+            self._events.append(CallbackFailed(session_id, addr, refusal))
         else:
-            session.pending = _PendingCallback(addr, secrets.token_bytes(CHALLENGE_SIZE), now)
-            self._pending_count += 1
-            self._pending_hosts.add(host, session)
-            state = self._unvalidated.get(addr)
-            if state is None:
-                state = self._unvalidated[addr] = _UnvalidatedAddress(now)
-            state.sessions[session] = None
+            callbacks.add(session, addr, now)
             session.stream.ack_pending = True    # tell the client now (FLAG_CALLBACK_PENDING)
         self._touch(session)
 
@@ -357,13 +287,14 @@ class ServerEndpoint:
             session.abort(reason)
             self._touch(session)
 
-    def timer(self, now: float) -> None:
-        """Run every timer that is due (retransmission, keepalive, timeouts)."""
+    def timer(self, now: float, limit: Optional[int] = None) -> None:
+        """Run every timer that is due (retransmission, keepalive, timeouts), or with `limit`,
+        at most that many (the rest stay due: next_deadline() says so)."""
         self._now = now
         heap = self._heap
-        due = []
-        while heap and heap[0][0] <= now:       # take the due entries first: handling them
-            due.append(heapq.heappop(heap))     # pushes new ones, never run in this call
+        due: List[Tuple[float, int]] = []
+        while heap and heap[0][0] <= now and (limit is None or len(due) < limit):
+            due.append(heapq.heappop(heap))     # due ones first: the new ones they push wait
         for when, sid in due:
             session = self._sessions.get(sid)
             if session is None or session.registered != when:
@@ -374,7 +305,7 @@ class ServerEndpoint:
                 continue
             pending = session.pending
             if pending is not None and now >= pending.deadline:
-                self._drop_pending(session)
+                self.callbacks.drop(session)
                 self._events.append(CallbackFailed(sid, pending.addr, "not validated in time"))
             elif pending is not None and now >= pending.nudge_at:
                 pending.nudge_at = now + KNOCK_INTERVAL
@@ -383,23 +314,42 @@ class ServerEndpoint:
             self._touch(session)
 
     def next_deadline(self) -> Optional[float]:
-        """The time at which `timer()` should next be called, or None if never."""
-        heap = self._heap
+        """The time at which `timer()` should next be called, or None if never; with HELLOs
+        waiting, no later than HANDSHAKE_RATE lets the next be answered (at the flush)."""
+        heap, when = self._heap, None      # type: List[Tuple[float, int]], Optional[float]
         while heap:
-            when, sid = heap[0]
+            first, sid = heap[0]
             session = self._sessions.get(sid)
-            if session is not None and session.registered == when:
-                return when
+            if session is not None and session.registered == first:
+                when = first
+                break
             heapq.heappop(heap)
-        return None
+        if self._hellos.size:
+            ready = self._handshakes.at + self._handshakes.seconds_until(1.0)
+            when = ready if when is None else min(when, ready)
+        return when
 
-    def datagrams_to_send(self, now: Optional[float] = None) -> List[Tuple[bytes, Address]]:
-        """Every datagram owed now, each with its destination, in order."""
+    def datagrams_to_send(self, now: Optional[float] = None,
+                          limit: Optional[int] = None) -> List[Tuple[bytes, Address]]:
+        """Every datagram owed now, each with its destination, in order; with `limit`, those
+        of at most that many sessions (the rest come first next time: `flush_pending`)."""
         if now is not None:
             self._now = now
         now = self._now
+        if self._hellos.size:
+            bucket = self._handshakes.refill(now)
+            hellos = self._hellos.take(min(HANDSHAKES_PER_FLUSH, int(bucket.tokens)))
+            bucket.tokens -= len(hellos)
+            for data, body, addr in hellos:
+                self._on_hello(data, body, addr, now)
         out = self._out
-        dirty, self._dirty = self._dirty, {}
+        dirty = self._dirty
+        if limit is None or len(dirty) <= limit:
+            self._dirty = {}
+        else:                               # the first `limit`; the rest keep their places
+            dirty = dict.fromkeys(itertools.islice(dirty, limit))
+            for session in dirty:
+                del self._dirty[session]
         for session in dirty:
             if session.session_id not in self._sessions:
                 continue
@@ -416,6 +366,12 @@ class ServerEndpoint:
         self._out = []
         return out
 
+    @property
+    def flush_pending(self) -> bool:
+        """Sessions owe datagrams now that the last datagrams_to_send() left for the next (its
+        `limit`). (HELLOs left waiting are next_deadline()'s.)"""
+        return bool(self._dirty)
+
     def events(self) -> List[Event]:
         """Events since the last call, in order."""
         events, self._events = self._events, []
@@ -424,17 +380,19 @@ class ServerEndpoint:
     def buffered_bytes(self, session_id: Optional[int] = None) -> int:
         """Bytes held for one session (or all): unacknowledged output plus out-of-order input.
         For the reactor's global memory budget."""
-        if session_id is not None:
-            return sum(self.session_buffers(session_id))
-        return sum(s.stream.send_buffered() + s.stream.held_bytes
-                   for s in self._sessions.values())
+        sessions = self._sessions.values() if session_id is None else \
+            [self._sessions[session_id]] if session_id in self._sessions else []
+        return sum(s.stream.send_buffered() + s.stream.held_bytes for s in sessions)
 
-    def session_buffers(self, session_id: int) -> Tuple[int, int]:
-        """(unacknowledged output, out-of-order input held) of one session, in bytes; (0, 0)
-        if there is no such session."""
+    def session_counts(self, session_id: int) -> Optional[Tuple[int, int]]:
+        """(stream bytes the peer acknowledged without a gap, out-of-order input held) of one
+        session, in bytes; None if there is no such session. What a session holds of its
+        output is what was queued less the first: the reactor's memory accounting."""
         session = self._sessions.get(session_id)
-        return (0, 0) if session is None else (session.stream.send_buffered(),
-                                               session.stream.held_bytes)
+        if session is None:
+            return None
+        stream = session.stream
+        return stream.acked_offset(), stream.held_cost()
 
     def touched_sessions(self) -> List[int]:
         """The sessions whose buffers may have changed size since the last call."""
@@ -456,7 +414,7 @@ class ServerEndpoint:
 
     @property
     def pending_callback_count(self) -> int:
-        return self._pending_count
+        return self.callbacks.count
 
     # --- handshake -------------------------------------------------------------------------
 
@@ -505,27 +463,13 @@ class ServerEndpoint:
     def _on_echo(self, session: _ServerSession, body: bytes) -> bool:
         """An ECHO: True if its challenge validated the session's pending callback."""
         pending = session.pending
-        if pending is None or not hmac.compare_digest(bytes(body[:CHALLENGE_SIZE]),
-                                                      pending.challenge):
+        if not self.callbacks.echo_ok(session, body):
             return False
-        self._drop_pending(session)
+        self.callbacks.drop(session)
         session.validated.add(pending.addr)
         session.dest = pending.addr
         self._events.append(CallbackValidated(session.session_id, pending.addr))
         return True
-
-    def _drop_pending(self, session: _ServerSession) -> None:
-        pending = session.pending
-        if pending is None:
-            return
-        session.pending = None
-        self._pending_count -= 1
-        self._pending_hosts.remove(session.source[0], session)
-        state = self._unvalidated.get(pending.addr)
-        if state is not None:
-            state.sessions.pop(session, None)
-            if not state.sessions:
-                del self._unvalidated[pending.addr]
 
     # --- reclaiming ------------------------------------------------------------------------
     # A full table must not lock out everybody else: a newcomer takes the place of something
@@ -547,12 +491,11 @@ class ServerEndpoint:
     def _reclaim_callback(self) -> bool:
         """Give up the oldest pending callback of the address holding the most (CallbackFailed
         for it; its stream stays where it was). False if none is pending."""
-        host = self._pending_hosts.busiest()
-        if host is None:
+        victim = self.callbacks.maybe_victim()
+        if victim is None:
             return False
-        victim = next(iter(self._pending_hosts.held(host)))
         addr = victim.pending.addr
-        self._drop_pending(victim)
+        self.callbacks.drop(victim)
         self.reclaimed += 1
         self._events.append(CallbackFailed(victim.session_id, addr, "reclaimed for a newcomer"))
         self._touch(victim)
@@ -590,7 +533,7 @@ class ServerEndpoint:
         self._remove(session)
 
     def _remove(self, session: _ServerSession) -> None:
-        self._drop_pending(session)
+        self.callbacks.drop(session)
         if self._sessions.pop(session.session_id, None) is None:
             return
         del self._by_token[session.token]

@@ -1,5 +1,6 @@
-"""One UDP session's reliable, ordered byte stream, and the session around it (liveness and
-teardown), the same at both ends (docs/UDP.md sections 5, 7 and 8).
+"""One UDP session's reliable, ordered byte stream, the same at both ends, and the limits and
+events of the session around it (sansio/udp_session.py: liveness and teardown) (docs/UDP.md
+sections 5, 7 and 8).
 
 Boundary: no socket, no clock, no addresses of its own; the endpoints (sansio/udp_server.py,
 sansio/udp_client.py) hand in datagrams and the time and take out datagrams to send. What a
@@ -29,13 +30,13 @@ byte stream, every byte exactly once and in order.
    ends a session at once (a send buffer over its cap, for instance).
 
 Layout: the limits; the events both endpoints report; ReliableStream (sequence numbers, acks,
-windows, RTO, RTT); Session (a stream plus liveness and teardown).
+windows, RTO, RTT). Session (a stream plus liveness and teardown) is sansio/udp_session.py.
 """
 import bisect
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+import collections
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple, Union
 
-from sansio.udp_wire import (ACK, CLOSE, CLOSE_ACK, DATA, ECHO, HEADER, MAX_PAYLOAD, PING, RESET,
-                             SACK_RANGE, VERSION, Address, encode)
+from sansio.udp_wire import MAX_PAYLOAD, SACK_RANGE, Address
 
 # --- limits (docs/UDP.md, "Limits") ----------------------------------------------------------
 # Segments the receiver holds beyond the next one it needs, and so the most a sender may have
@@ -89,6 +90,10 @@ MAX_CLOSE_SENDS = 4
 # as reactor.OUTPUT_CAP does for a TCP connection: 1 MiB is ~15 000 chat messages, a reader
 # that far behind is stalled, not slow.
 SEND_BUFFER_CAP = 1024 * 1024
+# What a held out-of-order segment costs besides its payload: its bytes object's header (33
+# bytes) and its entry in the dict that holds it (measured with tracemalloc, Python 3.11: 1 236
+# bytes per held 1 168-byte segment). The memory budget counts it (held_cost()).
+HELD_SEGMENT_OVERHEAD = 72
 # SACK ranges per ACK: 16 x 8 bytes. The lowest ranges are the ones fast retransmit needs.
 MAX_SACK_RANGES = 16
 # Segment numbers are 32 bits and never wrap: a session that would need more (4 TiB) ends.
@@ -127,13 +132,16 @@ SessionEvent = Union[SessionOpened, StreamData, SessionClosed]
 # ---------------------------------------------------------------------------------------------
 
 class _Segment:
-    """One numbered piece of the outgoing stream, kept until the peer acknowledges it."""
+    """One numbered piece of the outgoing stream, kept until the peer acknowledges it: `data`
+    is its bytes, or a memoryview of the bytes object queued (shared, never copied); `start`
+    is where it begins in the stream."""
 
-    __slots__ = ("seq", "data", "sent_at", "sends", "skips", "in_flight", "order")
+    __slots__ = ("seq", "data", "start", "sent_at", "sends", "skips", "in_flight", "order")
 
-    def __init__(self, seq: int, data: bytes) -> None:
+    def __init__(self, seq: int, data: Any, start: int) -> None:
         self.seq = seq
         self.data = data
+        self.start = start
         self.sent_at = 0.0
         self.sends = 0          # how many times sent; Karn: sample the RTT only when 1
         self.skips = 0          # later segments acked since it was last sent (fast retransmit)
@@ -144,15 +152,21 @@ class _Segment:
 class ReliableStream:
     """Both directions of one session's stream, with no addresses and no clock of its own.
 
-    Sending: `queue()` appends bytes; `poll(now)` returns the segments to (re)send now, as the
-    windows allow; `on_ack()` takes the peer's cumulative ack and SACK ranges; `on_timer(now)`
-    runs the retransmission timer. Receiving: `receive()` takes one segment and returns the
+    Sending: `queue()` appends bytes, by reference (a bytes object queued in many streams is
+    held once, and each segment of it is a memoryview of it); `poll(now)` returns the segments
+    to (re)send now, as the windows allow; `on_ack()` takes the peer's cumulative ack and SACK
+    ranges; `on_timer(now)` runs the retransmission timer. Receiving: `receive()` takes one segment and returns the
     bytes that are now in order; `ack_pending` says an ACK is owed.
     """
 
     def __init__(self) -> None:
         # --- sending
-        self.send_buffer = bytearray()      # not yet cut into segments
+        # Queued, not yet cut into segments: the objects queue() was given, the first from
+        # `send_head` on; `send_pending` bytes in all; `cut` bytes of the stream were cut.
+        self.send_chunks: Deque[Any] = collections.deque()
+        self.send_head = 0
+        self.send_pending = 0
+        self.cut = 0
         self.unacked: Dict[int, _Segment] = {}   # by seq, ascending (inserted in order)
         self.unacked_bytes = 0
         self.next_seq = 0                   # seq of the next new segment
@@ -188,15 +202,58 @@ class ReliableStream:
 
     # --- sending ---------------------------------------------------------------------------
 
-    def queue(self, data: bytes) -> None:
-        self.send_buffer += data
+    def queue(self, data: Any) -> None:
+        """Append `data` (bytes, or a bytearray nobody changes any more) to the stream; it is
+        held, not copied."""
+        if data:
+            self.send_chunks.append(data)
+            self.send_pending += len(data)
 
     def send_buffered(self) -> int:
         """Bytes the peer has not acknowledged yet (queued or in segments)."""
-        return len(self.send_buffer) + self.unacked_bytes
+        return self.send_pending + self.unacked_bytes
+
+    def acked_offset(self) -> int:
+        """How many bytes from the stream's start the peer has acknowledged without a gap: what
+        lies before is held by no segment any more."""
+        for seg in self.unacked.values():   # (the lowest seq first)
+            return seg.start
+        return self.cut
 
     def all_acked(self) -> bool:
-        return not self.send_buffer and not self.unacked
+        return not self.send_pending and not self.unacked
+
+    def _cut(self) -> Any:
+        """The next segment's bytes, taken from the queue: a memoryview of a queued bytes
+        object when the segment lies inside one (a broadcast's bytes stay one object however
+        many streams hold them), else a copy joined from the chunks."""
+        chunks, head = self.send_chunks, self.send_head
+        first = chunks[0]
+        if type(first) is bytes and len(first) - head >= MAX_PAYLOAD:
+            if len(first) == MAX_PAYLOAD:
+                data: Any = chunks.popleft()
+            else:
+                data = memoryview(first)[head:head + MAX_PAYLOAD]
+                head += MAX_PAYLOAD
+                if head == len(first):
+                    chunks.popleft()
+                    head = 0
+        else:
+            parts = []
+            want = MAX_PAYLOAD
+            while want and chunks:
+                first = chunks[0]
+                part = first[head:head + want]
+                parts.append(part)
+                want -= len(part)
+                head += len(part)
+                if head == len(first):
+                    chunks.popleft()
+                    head = 0
+            data = b"".join(parts)
+        self.send_head = head
+        self.send_pending -= len(data)
+        return data
 
     def current_rto(self) -> float:
         return min(self.rto * (1 << self.backoff), MAX_RTO)
@@ -219,10 +276,10 @@ class ReliableStream:
                     if not budget:
                         break
         limit = self.peer_ack + min(self.peer_window, RECV_WINDOW)
-        while budget > 0 and self.send_buffer and not hold_new and self.next_seq < limit:
-            data = bytes(self.send_buffer[:MAX_PAYLOAD])
-            del self.send_buffer[:MAX_PAYLOAD]      # O(1): bytearray trims from the front
-            seg = _Segment(self.next_seq, data)
+        while budget > 0 and self.send_pending and not hold_new and self.next_seq < limit:
+            data = self._cut()
+            seg = _Segment(self.next_seq, data, self.cut)
+            self.cut += len(data)
             self.next_seq += 1
             self.unacked[seg.seq] = seg
             self.unacked_bytes += len(data)
@@ -407,6 +464,10 @@ class ReliableStream:
             self.held_bytes += len(payload)
         return b""
 
+    def held_cost(self) -> int:
+        """What the segments held out of order cost in memory, in bytes."""
+        return self.held_bytes + len(self.held) * HELD_SEGMENT_OVERHEAD
+
     def sack_ranges(self) -> List[Tuple[int, int]]:
         """Up to MAX_SACK_RANGES [start, end) ranges of held segments, lowest first."""
         if not self.held:
@@ -428,164 +489,3 @@ class ReliableStream:
 def parse_sacks(body: bytes, count: int) -> List[Tuple[int, int]]:
     count = min(count, MAX_SACK_RANGES, len(body) // SACK_RANGE.size)
     return [SACK_RANGE.unpack_from(body, i * SACK_RANGE.size) for i in range(count)]
-
-
-# ---------------------------------------------------------------------------------------------
-# A session: a stream plus liveness and teardown (shared by both ends)
-# ---------------------------------------------------------------------------------------------
-
-class Session:
-    """One session's state at either end, around its ReliableStream. `handle()` takes one
-    datagram carrying its token; `flush()` writes what is owed; `on_timer()` runs the timers;
-    `closed` becomes the reason once the session is over."""
-
-    def __init__(self, token: bytes, now: float, idle_timeout: float = IDLE_TIMEOUT) -> None:
-        self.token = token
-        self.stream = ReliableStream()
-        self.idle_timeout = idle_timeout
-        self.keepalive_idle = idle_timeout * KEEPALIVE_FRACTION
-        self.ping_interval = idle_timeout * PING_FRACTION
-        self.last_recv = now
-        self.last_ping = now - self.ping_interval
-        self.ping_due = False
-        self.close_requested = False
-        self.close_sends = 0
-        self.close_deadline: Optional[float] = None
-        self.close_ack_due = False
-        self.reset_due = False
-        self.closed: Optional[str] = None
-        self.delivered: List[bytes] = []     # stream bytes for the endpoint's events
-
-    def handle(self, kind: int, sacks: int, seq: int, ack: int, window: int, body: bytes,
-               now: float) -> bool:
-        """Take one datagram carrying the session's token. Returns whether it *advances* the
-        session: a new segment in the window, an ack of segments not acknowledged before, or a
-        PING (docs/UDP.md section 7). It does not touch `last_recv`: the endpoint decides, with
-        the datagram's address, whether to call `heard()`."""
-        stream = self.stream
-        if kind == DATA:
-            advanced = stream.is_new(seq) if body else False
-            advanced = stream.on_ack(ack, window, (), now) > 0 or advanced
-            if body:
-                data = stream.receive(seq, body)
-                if data and not self.close_requested:
-                    self.delivered.append(data)
-            return advanced
-        if kind == ACK:
-            return stream.on_ack(ack, window, parse_sacks(body, sacks) if sacks else (),
-                                 now) > 0
-        if kind in (PING, ECHO):
-            stream.ack_pending = True        # PING and ECHO are answered with an ACK
-            return stream.on_ack(ack, window, (), now) > 0 or kind == PING
-        if kind == CLOSE:
-            if seq == stream.recv_next:      # we have every segment the peer sent
-                self.close_ack_due = True
-                self.closed = "closed by peer"
-        elif kind == CLOSE_ACK:
-            if self.close_sends:
-                self.closed = "closed"
-        elif kind == RESET:
-            self.closed = "reset by peer"
-        return False
-
-    def heard(self, now: float) -> None:
-        """The peer is alive: the idle and keepalive timers start again from `now`."""
-        self.last_recv = now
-
-    def deadline(self) -> float:
-        """When on_timer() next has something to do (it may be called earlier or later)."""
-        when = min(self.last_recv + self.idle_timeout,
-                   max(self.last_recv + self.keepalive_idle, self.last_ping + self.ping_interval))
-        if self.stream.rto_deadline is not None and self.stream.rto_deadline < when:
-            when = self.stream.rto_deadline
-        if self.stream.loss_deadline is not None and self.stream.loss_deadline < when:
-            when = self.stream.loss_deadline
-        if self.close_deadline is not None and self.close_deadline < when:
-            when = self.close_deadline
-        return when
-
-    def on_timer(self, now: float) -> None:
-        # Each test is written exactly as deadline() computes it: with floats, "now - last >=
-        # T" can be false at now == last + T, and the timer would fire for ever.
-        if now >= self.last_recv + self.idle_timeout:
-            self.closed = "peer timed out"
-            return
-        self.stream.on_timer(now)
-        if self.close_deadline is not None and now >= self.close_deadline:
-            self.close_deadline = None
-            if self.close_sends >= MAX_CLOSE_SENDS:
-                self.closed = "close unconfirmed"
-                return
-            self.close_sends = -self.close_sends     # negative: due to be sent again
-        if (now >= self.last_recv + self.keepalive_idle
-                and now >= self.last_ping + self.ping_interval):
-            self.ping_due = True
-            self.last_ping = now
-
-    def flush(self, now: float, out: list, data_addr: Address, ack_addr: Address,
-              flags: int = 0, hold_new: bool = False) -> None:
-        """Append to `out` every datagram owed now: DATA to `data_addr`, the rest (ACK, PING,
-        CLOSE, CLOSE_ACK, RESET) to `ack_addr`."""
-        token, stream = self.token, self.stream
-        if self.reset_due:
-            out.append((encode(RESET, token, flags=flags), ack_addr))
-            self.reset_due = False
-            return
-        if self.close_ack_due:
-            out.append((encode(CLOSE_ACK, token, flags=flags), ack_addr))
-            self.close_ack_due = False
-        if self.closed is not None:
-            return
-        ack = stream.recv_next
-        piggybacked = False
-        if stream.next_seq >= MAX_SEQ:
-            self.abort("sequence space exhausted")
-            out.append((encode(RESET, token, flags=flags), ack_addr))
-            self.reset_due = False
-            return
-        for seg in stream.poll(now, hold_new):
-            out.append((HEADER.pack(VERSION, DATA, flags, 0, token, seg.seq, ack, RECV_WINDOW,
-                                    len(seg.data)) + seg.data, data_addr))
-            piggybacked = piggybacked or data_addr == ack_addr
-        if stream.ack_pending:
-            ranges = stream.sack_ranges()
-            if ranges or not piggybacked:
-                body = b"".join(SACK_RANGE.pack(start, end) for start, end in ranges)
-                out.append((encode(ACK, token, 0, ack, RECV_WINDOW, body, flags, len(ranges)),
-                            ack_addr))
-            stream.ack_pending = False
-        if self.ping_due:
-            out.append((encode(PING, token, 0, ack, RECV_WINDOW, flags=flags), ack_addr))
-            self.ping_due = False
-        if self.close_requested and stream.all_acked() and self.close_sends <= 0:
-            out.append((encode(CLOSE, token, stream.next_seq, flags=flags), ack_addr))
-            self.close_sends = -self.close_sends + 1
-            self.close_deadline = now + min(stream.current_rto() * (1 << self.close_sends - 1),
-                                            MAX_RTO)
-
-    def abort(self, reason: str) -> None:
-        """End now; the next flush() sends RESET."""
-        if self.closed is None:
-            self.closed = reason
-            self.reset_due = True
-
-    def queue_or_abort(self, data: bytes) -> bool:
-        """Queue stream bytes; if they would take the unacknowledged bytes past
-        SEND_BUFFER_CAP, abort the session instead (and say False)."""
-        if self.stream.send_buffered() + len(data) > SEND_BUFFER_CAP:
-            self.abort("send buffer over cap")
-            return False
-        self.stream.queue(data)
-        return True
-
-    def stats(self, **extra) -> Dict[str, object]:
-        """The session's numbers (window, RTT, retransmissions) and `extra`, for tests and logs."""
-        stream = self.stream
-        stats = {"cwnd": stream.cwnd, "ssthresh": stream.ssthresh, "srtt": stream.srtt,
-                 "rto": stream.current_rto(), "in_flight": stream.in_flight,
-                 "retransmissions": stream.retransmissions,
-                 "fast_retransmits": stream.fast_retransmits, "rto_timeouts": stream.rto_timeouts,
-                 "cwnd_cuts": stream.cwnd_cuts, "send_buffered": stream.send_buffered(),
-                 "held_bytes": stream.held_bytes}
-        stats.update(extra)
-        return stats

@@ -8,7 +8,7 @@ import socket
 import time
 import unittest
 
-from sansio import udp_client, udp_server, udp_stream, udp_wire
+from sansio import udp_callbacks, udp_client, udp_server, udp_stream, udp_wire
 from sansio.udp_client import ClientEndpoint
 from sansio.udp_server import CallbackFailed, CallbackValidated, ServerEndpoint
 from sansio.udp_stream import SessionClosed, SessionOpened, StreamData
@@ -47,15 +47,27 @@ class HandshakeTests(unittest.TestCase):
 
     def test_server_keeps_no_state_before_the_cookie(self):
         server = ServerEndpoint()
+        replies = []
         for i in range(500):
             addr = ("10.1.%d.%d" % (i // 250, i % 250), 1000 + i)
             server.datagram_received(self.hello(nonce=b"%08d" % i), addr, 5.0)
-        replies = server.datagrams_to_send(5.0)
+            if i % 100 == 99:               # a tick's flush answers HANDSHAKES_PER_FLUSH
+                replies += server.datagrams_to_send(5.0)
         self.assertEqual(len(replies), 500)
         self.assertTrue(all(len(d) <= 60 for d, _ in replies))    # 60 bytes for 1 200
         self.assertEqual(server.session_ids(), [])
-        self.assertEqual((server._by_hello, server._by_token, server._unvalidated,
+        self.assertEqual((server._by_hello, server._by_token, server.callbacks.unvalidated,
                           server._heap), ({}, {}, {}, []))
+
+    def test_a_flush_answers_a_bounded_number_of_hellos_one_address_at_a_time(self):
+        server = ServerEndpoint()
+        for i in range(1000):
+            server.datagram_received(self.hello(nonce=b"%08d" % i), ("10.9.9.9", 1000), 5.0)
+        server.datagram_received(self.hello(nonce=b"newcomer"), CLIENT, 5.0)
+        replies = server.datagrams_to_send(5.0)
+        self.assertEqual(len(replies), udp_server.HANDSHAKES_PER_FLUSH)
+        self.assertIn(CLIENT, [addr for _, addr in replies])     # not behind the 1 000
+        self.assertEqual(server.datagrams_to_send(5.0), [])      # the rest: dropped, resent
 
     def test_short_or_odd_hello_gets_no_answer(self):
         server = ServerEndpoint()
@@ -356,7 +368,7 @@ class CallbackTests(unittest.TestCase):
             sim.flush()
         seconds = sim.now - start
         self.assertEqual(sim.over_budget, [])
-        limit = udp_server.PROBE_BURST + udp_server.PROBE_RATE * seconds + 1
+        limit = udp_callbacks.PROBE_BURST + udp_callbacks.PROBE_RATE * seconds + 1
         self.assertLessEqual(sim.datagrams_to[VICTIM], limit)
         self.assertGreater(sim.datagrams_to[VICTIM], 0)
         self.assertLessEqual(sim.sent_to[VICTIM], sim.datagrams_to[VICTIM] * 48)
@@ -376,7 +388,7 @@ class CallbackTests(unittest.TestCase):
             sim.deliver(VICTIM, SERVER, tiny)
         sim.flush()
         self.assertEqual(sim.over_budget, [])
-        self.assertEqual(sim.datagrams_to[VICTIM] - sent_before, 1 + udp_server.PROBE_BURST)
+        self.assertEqual(sim.datagrams_to[VICTIM] - sent_before, 1 + udp_callbacks.PROBE_BURST)
         self.assertLessEqual(sim.sent_to[VICTIM], 3 * sim.received_from[VICTIM])
 
     def test_one_knock_buys_at_most_three_times_its_size(self):
@@ -393,12 +405,12 @@ class CallbackTests(unittest.TestCase):
     def test_pending_callbacks_are_capped(self):
         sim = Sim()
         sid = sim.open()
-        old = udp_server.MAX_PENDING_CALLBACKS
-        udp_server.MAX_PENDING_CALLBACKS = 0
+        old = udp_callbacks.MAX_PENDING_CALLBACKS
+        udp_callbacks.MAX_PENDING_CALLBACKS = 0
         try:
             sim.server.set_callback(sid, VICTIM, sim.now)
         finally:
-            udp_server.MAX_PENDING_CALLBACKS = old
+            udp_callbacks.MAX_PENDING_CALLBACKS = old
         self.assertEqual(sim.server.events(),
                          [CallbackFailed(sid, VICTIM, "too many pending callbacks")])
         self.assertEqual(sim.server.pending_callback_count, 0)
@@ -542,7 +554,7 @@ class FloodTests(unittest.TestCase):
         self.assertEqual([e for e in sim.server.events()], [])
         self.assertEqual(sim.server.session_ids(), [sid])
         self.assertTrue(all(len(d) <= 60 for d, _ in replies))      # RETRYs at most
-        self.assertEqual(sim.server._unvalidated, {})
+        self.assertEqual(sim.server.callbacks.unvalidated, {})
 
 
 # ---------------------------------------------------------------------------------------------

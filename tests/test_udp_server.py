@@ -21,6 +21,7 @@ import time
 import unittest
 
 from policy.flood import InputLimits
+from policy.memory import bytes_held
 from policy.watermarks import HIGH_WATER
 from sansio import udp_wire
 from sansio.udp_client import ClientEndpoint
@@ -426,6 +427,45 @@ class ReactorUdpTests(unittest.TestCase):
         # Everything delivered and acknowledged: nothing is held any more.
         self.assertTrue(wait_until(members, lambda: server.hub.memory.total == 0, 10))
         mute.close()
+
+    def test_a_large_broadcast_to_stalled_sessions_is_held_once_and_in_each_share(self):
+        server = self.start()
+        mutes = [self.joined_member(server, "mute%d" % i) for i in range(4)]
+        talker = self.joined_member(server, "talker")
+        ref = joined(talker, "r").ref
+        mute_conns = sorted(server.hub.conns)[:4]
+        members = [server, talker]          # the mutes' sockets are no longer read
+        text = "x" * 60000
+        talker.send(chat_request(ref, 0, "talker", text))
+        self.assertTrue(wait_until(members, lambda: ("talker", text) in chats(talker, ref), 30))
+        for conn_id in mute_conns:          # each mute's share: the whole message
+            self.assertGreater(bytes_held(server.hub.conns[conn_id]), 60000)
+        # The budget's total: the one object, not a copy per mute (4 x 60 000).
+        self.assertLess(server.hub.memory.output, 2 * 60000)
+        for mute in mutes:
+            mute.close()
+
+    def test_segments_held_out_of_order_are_in_their_sessions_share_and_it_goes_first(self):
+        server = self.start(memory_budget=32 * 1024)   # less than 63 held segments
+        tcp = TcpMember(server.address)
+        self.addCleanup(tcp.close)
+        tcp.send(join_request("r", "idle"))
+        holder = self.joined_member(server, "holder")
+        self.assertTrue(wait_until([server, tcp], lambda: joined(tcp, "r")))
+        session = holder.endpoint._session          # its token, to send what its stream would not
+        start = session.stream.next_seq
+        for seq in range(start + 1, start + 64):    # segment `start` never comes
+            holder.sock.sendto(udp_wire.encode(udp_wire.DATA, session.token, seq, 0, 64,
+                                               b"h" * udp_wire.MAX_PAYLOAD), server.address)
+        members = [server, tcp]
+        with self.assertLogs("transport", "WARNING") as logs:
+            self.assertTrue(wait_until(members, lambda: len(server.hub.conns) == 1, 10))
+        self.assertIn("evicted for the memory budget", logs.output[0])
+        self.assertNotIn("(0 of output, 0 of input)", logs.output[0])
+        self.assertEqual(server.hub.conns[min(server.hub.conns)].peer_ip, HOST)
+        tcp.send(chat_request(joined(tcp, "r").ref, 0, "idle", "still here"))
+        self.assertTrue(wait_until(members, lambda: ("idle", "still here") in chats(
+            tcp, joined(tcp, "r").ref)))
 
     def test_flood_control_slows_a_udp_session_without_losing_a_request(self):
         server = self.start(limits=InputLimits(0, 0, 20, 2))     # 20 requests/s

@@ -127,6 +127,40 @@ def stream_with_segments(count, now=0.0):
     return stream
 
 
+class SendQueueTests(unittest.TestCase):
+    """What a stream holds of what it was given: by reference, and until acknowledged."""
+
+    def test_a_large_bytes_object_is_sent_as_views_of_itself_never_copied(self):
+        stream = ReliableStream()
+        stream.cwnd = 64.0
+        big = bytes(range(256)) * 20                # 5 120 bytes: four full segments and more
+        stream.queue(big)
+        stream.queue(bytearray(b"tail"))
+        segments = stream.poll(0.0)
+        self.assertEqual(b"".join(bytes(seg.data) for seg in segments), big + b"tail")
+        for seg in segments[:4]:
+            self.assertIs(seg.data.obj, big)
+        self.assertEqual(stream.send_buffered(), len(big) + 4)
+
+    def test_the_acknowledged_offset_stops_at_the_first_gap(self):
+        stream = ReliableStream()
+        stream.cwnd = 64.0
+        stream.queue(b"x" * (3 * udp_wire.MAX_PAYLOAD))
+        stream.poll(0.0)
+        self.assertEqual(stream.acked_offset(), 0)
+        stream.on_ack(0, 64, [(1, 3)], 0.1)          # 1 and 2 arrived, 0 did not
+        self.assertEqual(stream.acked_offset(), 0)
+        stream.on_ack(3, 64, [], 0.2)
+        self.assertEqual(stream.acked_offset(), 3 * udp_wire.MAX_PAYLOAD)
+
+    def test_held_segments_cost_their_payload_and_an_overhead_each(self):
+        stream = ReliableStream()
+        for seq in range(1, 64):                    # segment 0 never comes
+            stream.receive(seq, b"h" * udp_wire.MAX_PAYLOAD)
+        self.assertEqual(stream.held_cost(),
+                         63 * (udp_wire.MAX_PAYLOAD + udp_stream.HELD_SEGMENT_OVERHEAD))
+
+
 class TimerTests(unittest.TestCase):
 
     def test_rfc6298_numbers(self):

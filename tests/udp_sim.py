@@ -10,7 +10,7 @@ import random
 from collections import defaultdict
 from typing import NamedTuple
 
-from sansio import udp_server, udp_wire
+from sansio import udp_callbacks, udp_wire
 from sansio.udp_client import ClientEndpoint
 from sansio.udp_server import CallbackValidated, ServerEndpoint
 from sansio.udp_stream import SessionClosed, SessionOpened, StreamData
@@ -87,7 +87,7 @@ class Sim:
         self.sent_to[addr] += len(data)
         self.datagrams_to[addr] += 1
         if addr not in self.validated and \
-                self.sent_to[addr] > udp_server.AMPLIFICATION_FACTOR * self.received_from[addr]:
+                self.sent_to[addr] > udp_callbacks.AMPLIFICATION_FACTOR * self.received_from[addr]:
             self.over_budget.append((addr, self.sent_to[addr], self.received_from[addr]))
         self.log.append((self.now, SERVER, addr, kind))
         self.net.send(self.now, SERVER, addr, data)

@@ -20,6 +20,21 @@ Cases (CASE):
              address JOINs naming its own callback and knocks. PASS: the JOIN's reply reaches it
              at its callback (the callback was validated, not refused).
 
+  stalled    --sessions UDP sessions from --addresses addresses join a room and then stop
+             acknowledging, while a TCP member posts --chats chats of 60 000 characters there;
+             a TCP probe chats in another room meanwhile. PASS: the server's memory (RSS, its
+             peak) grows by at most 256 MiB and the probe's round trip p99 is at most 100 ms.
+  held       --sessions UDP sessions from --addresses addresses each send segments 1..63 of a
+             stream whose segment 0 never comes (held out of order), past a server started
+             with --memory-budget; 200 idle TCP members are in a room. PASS: no idle TCP member
+             is evicted (each sees a chat posted after the attack).
+  flood      --flooders processes send HELLOs (--kind hello) or garbage (--kind garbage), --rate
+             a second each or as fast as they can, from --addresses addresses for
+             --flood-seconds, while an established
+             UDP member chats with itself and newcomers from other addresses open sessions.
+             PASS: the member's round trip p99 is at most 100 ms and every newcomer's HELO is
+             answered within 1 s.
+
 Output: one line of figures per step, then "PASS CASE: ..." or "FAIL CASE: ..."; exit status 0
 on PASS, 1 on FAIL, 2 on a usage error.
 """
@@ -32,6 +47,8 @@ import sys
 import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Tuple
+
+from sansio.udp_wire import MAX_PAYLOAD
 
 from sansio.replies import ChatMessage, JoinedReply, ReplyReader
 from sansio.udp_client import ClientEndpoint
@@ -52,6 +69,12 @@ MAX_SENDS = 6                   # ... at most this many times
 STALL = 3.0                     # seconds without a new session: the attack has got what it can
 TICK = 0.02                     # the longest select() wait
 RECV_BATCH = 2000               # datagrams read from one socket per round
+MIB = 1024 * 1024
+RSS_GROWTH_LIMIT = 256 * MIB    # stalled: what the server's memory may grow by
+P99_LIMIT = 0.100               # stalled, flood: the round trip a user may wait, 99 % of the time
+HANDSHAKE_LIMIT = 1.0           # flood: a newcomer's HELO answered within this
+BIG_CHAT = 60000                # characters of a stalled case's chat (a request under 64 KiB)
+IDLE_MEMBERS = 200              # held: idle TCP members that must not be evicted
 
 
 class Server(kit.ServerProcess):
@@ -132,6 +155,7 @@ class Peer:
         self.stream = bytearray()
         self.data_at: Dict[str, int] = {"source": 0, "callback": 0}   # DATA datagrams received
         self.closed: Optional[str] = None
+        self.answered_at: Optional[float] = None    # when its stream first brought something
         pump.readers[self.sock] = lambda data, addr: self._got(data, addr, "source")
         if self.callback is not None:
             pump.readers[self.callback] = lambda data, addr: self._got(data, addr, "callback")
@@ -158,6 +182,7 @@ class Peer:
         for event in self.endpoint.events():
             if isinstance(event, StreamData):
                 self.stream += event.data
+                self.answered_at = self.answered_at or now
             elif isinstance(event, SessionClosed):
                 self.closed = event.reason
 
@@ -195,8 +220,11 @@ class Swarm:
     and optionally one DATA each (`first_data(i)`) resent until acknowledged."""
 
     def __init__(self, pump: Pump, server: tuple, ips: List[str],
-                 first_data: Optional[Callable[[int], bytes]] = None) -> None:
+                 first_data: Optional[Callable[[int], bytes]] = None,
+                 held_segments: int = 0) -> None:
         self.server, self.first_data = server, first_data
+        self.held_segments = held_segments      # sent out of order (1..N) once accepted
+        self.stalled = False                    # True: acknowledge nothing any more
         self.socks = [udp_socket(pump, ip) for ip in ips]
         self.handshakes: Dict[Tuple[int, bytes], _Handshake] = {}    # by (socket, nonce)
         self.in_flight = [0] * len(ips)                              # handshakes per socket
@@ -281,10 +309,13 @@ class Swarm:
         self.socks[index].sendto(encode(PING, token, 0, 0, 64), self.server)   # confirm it
         if first is not None:
             self._send_data(token, session, now)
+        payload = b"h" * MAX_PAYLOAD
+        for seq in range(1, 1 + self.held_segments):    # segment 0 never comes
+            self.socks[index].sendto(encode(DATA, token, seq, 0, 64, payload), self.server)
 
     def _in_session(self, dgram) -> None:
         session = self.sessions.get(dgram.token)
-        if session is None:
+        if session is None or self.stalled:
             return
         if dgram.kind == RESET:                 # reclaimed for somebody else
             self.reset += 1
@@ -320,6 +351,88 @@ class TcpMember:
 
     def saw(self, text: str) -> bool:
         return any(isinstance(r, ChatMessage) and r.message == text for r in self.replies)
+
+
+class RoundTrips:
+    """A member chatting with itself in a room of its own, one chat at a time every `every`
+    seconds: the round trip of each (sent to seen), as a user would feel it. `send` queues
+    bytes for the server; `stream` is what has come back."""
+
+    def __init__(self, pump: Pump, send: Callable[[bytes], None],
+                 stream: Callable[[], bytes], every: float = 0.02) -> None:
+        self.send, self.stream, self.every = send, stream, every
+        self.reader = ReplyReader()
+        self.seen = 0                           # bytes of stream() read
+        self.joined: Optional[JoinedReply] = None
+        self.sent_at: Optional[float] = None
+        self.next_at = 0.0
+        self.count = 0
+        self.times: List[float] = []
+        self.on = False                         # measuring: chats go out
+        pump.ticks.append(self.tick)
+
+    def tick(self, now: float) -> None:
+        data = self.stream()
+        if len(data) > self.seen:
+            self.reader.receive_data(bytes(data[self.seen:]))
+            self.seen = len(data)
+            for reply in kit.replies(self.reader):
+                if isinstance(reply, JoinedReply):
+                    self.joined = reply
+                elif isinstance(reply, ChatMessage) and self.sent_at is not None \
+                        and reply.message == "rt%d" % self.count:
+                    self.times.append(now - self.sent_at)
+                    self.sent_at = None
+        if self.on and self.joined is not None and self.sent_at is None and now >= self.next_at:
+            self.count += 1
+            self.sent_at, self.next_at = now, now + self.every
+            self.send(chat_request(self.joined.ref, self.joined.join_id, "rt", "rt%d" % self.count))
+
+    def p99(self) -> float:
+        """The 99th percentile round trip; one still unanswered counts as its time so far."""
+        times = sorted(self.times + ([time.monotonic() - self.sent_at] if self.sent_at else []))
+        return times[min(len(times) - 1, int(len(times) * 0.99))] if times else float("inf")
+
+
+class TcpStream:
+    """A TCP connection whose bytes read are kept in `stream`, read whenever the pump runs."""
+
+    def __init__(self, pump: Pump, port: int) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=5.0)
+        pump.owned.append(self.sock)
+        self.sock.setblocking(False)
+        self.stream = bytearray()
+        pump.ticks.append(self.tick)
+
+    def tick(self, now: float) -> None:
+        try:
+            self.stream += self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:                         # reset: the server dropped it
+            self.stream += b"\0RESET"
+
+    def send(self, data: bytes) -> None:
+        """All of `data`, waiting for the kernel to take it (at most 5 s)."""
+        self.sock.settimeout(5.0)
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.setblocking(False)
+
+
+def tcp_round_trips(pump: Pump, port: int, room: str) -> RoundTrips:
+    """RoundTrips over TCP, joined to `room`."""
+    conn = TcpStream(pump, port)
+    conn.send(join_request(room, "rt"))
+    return RoundTrips(pump, conn.send, lambda: conn.stream)
+
+
+def udp_round_trips(pump: Pump, server: tuple, ip: str, room: str) -> RoundTrips:
+    """RoundTrips over UDP (a Peer from `ip`), joined to `room`."""
+    peer = Peer(pump, server, ip)
+    peer.send(join_request(room, "rt"))
+    return RoundTrips(pump, peer.send, lambda: peer.stream)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,8 +528,171 @@ def case_callbacks(args, pump: Pump, port: int, say: Callable[[str], None]) -> T
     return ok, "the newcomer's callback was %s" % ("validated" if ok else "not used")
 
 
-CASES = {"lockout": case_lockout, "replay": case_replay, "callbacks": case_callbacks}
-DEFAULTS = {"lockout": (10000, 1), "callbacks": (1100, 10), "replay": (0, 0)}
+def case_stalled(args, pump: Pump, port: int, say: Callable[[str], None]) -> Tuple[bool, str]:
+    server = (HOST, port)
+    room = "attack-udp-stalled"
+
+    def join(i: int) -> bytes:
+        return join_request(room, "stall%d" % i)
+    swarm = Swarm(pump, server, ["127.0.0.%d" % (2 + i) for i in range(args.addresses)], join)
+    swarm.open(args.sessions)
+    pump.run(lambda: swarm.settled() and swarm.all_acked(), 30.0)
+    probe = tcp_round_trips(pump, port, "attack-udp-probe")
+    poster = TcpStream(pump, port)
+    poster.send(join_request(room, "poster"))
+    pump.run(lambda: b"JOINED_CHATROOM" in poster.stream and probe.joined is not None, 10.0)
+    if probe.joined is None:
+        return False, "the probe could not join"
+    ref = int(poster.stream.split(b"ROOM_REF: ")[1].split(b"\n")[0])
+    swarm.stalled = True
+    rss_before = args.server.rss_kb() if args.server else None
+    probe.on = True
+    text = "x" * BIG_CHAT
+    for i in range(args.chats):
+        poster.send(chat_request(ref, 0, "poster", text))
+        pump.run(lambda: False, 0.1)
+    pump.run(lambda: False, 2.0)
+    probe.on = False
+    peak = args.server.status_kb("VmHWM") if args.server else None
+    growth = (peak - rss_before) * 1024 if peak and rss_before else None
+    say("attack: %d sessions from %d addresses joined and stalled; %d chats of %d characters "
+        "posted" % (len(swarm.sessions), args.addresses, args.chats, BIG_CHAT))
+    say("server: RSS %s, peak %s, growth %s; probe: %d round trips, p99 %.1f ms"
+        % (_mib(rss_before and rss_before * 1024), _mib(peak and peak * 1024), _mib(growth),
+           len(probe.times), probe.p99() * 1000))
+    ok = growth is not None and growth <= RSS_GROWTH_LIMIT and probe.p99() <= P99_LIMIT
+    return ok, "memory grew by %s (limit %s), probe p99 %.1f ms (limit %.0f ms)" % (
+        _mib(growth), _mib(RSS_GROWTH_LIMIT), probe.p99() * 1000, P99_LIMIT * 1000)
+
+
+def _mib(size: Optional[int]) -> str:
+    return "n/a" if size is None else "%.0f MiB" % (size / MIB)
+
+
+def case_held(args, pump: Pump, port: int, say: Callable[[str], None]) -> Tuple[bool, str]:
+    server = (HOST, port)
+    room = "attack-udp-held"
+    idle = [TcpStream(pump, port) for _ in range(IDLE_MEMBERS)]
+    for i, member in enumerate(idle):
+        member.send(join_request(room, "idle%d" % i))
+    poster = TcpStream(pump, port)
+    poster.send(join_request(room, "poster"))
+    pump.run(lambda: all(b"JOINED_CHATROOM" in m.stream for m in idle + [poster]), 20.0)
+    swarm = Swarm(pump, server, ["127.0.0.%d" % (2 + i) for i in range(args.addresses)],
+                  held_segments=63)
+    swarm.open(args.sessions)
+    pump.run(swarm.settled, 30.0)
+    pump.run(lambda: False, 2.0)                # the server holds their segments, and evicts
+    ref = int(poster.stream.split(b"ROOM_REF: ")[1].split(b"\n")[0])
+    poster.send(chat_request(ref, 0, "poster", "still here?"))
+    pump.run(lambda: all(b"still here?" in m.stream for m in idle), 10.0)
+    kept = sum(1 for m in idle if b"still here?" in m.stream)
+    opened = len(swarm.sessions) + swarm.reset
+    say("attack: %d sessions from %d addresses, each sending 63 segments out of order "
+        "(%.0f MiB in all); UDP sessions reset: %d" % (
+            opened, args.addresses, opened * 63 * MAX_PAYLOAD / MIB, swarm.reset))
+    say("idle TCP members still served: %d of %d" % (kept, len(idle)))
+    return kept == len(idle), "%d of %d idle TCP members evicted" % (len(idle) - kept, len(idle))
+
+
+def case_flood(args, pump: Pump, port: int, say: Callable[[str], None]) -> Tuple[bool, str]:
+    server = (HOST, port)
+    member = udp_round_trips(pump, server, HOST, "attack-udp-flood")
+    pump.run(lambda: member.joined is not None, 10.0)
+    if member.joined is None:
+        return False, "the member could not join over UDP"
+    flooders = start_flooders(args, port)
+    try:
+        member.on = True
+        newcomers: List[Tuple[float, Peer]] = []
+        started = time.monotonic()
+        while time.monotonic() - started < args.flood_seconds:
+            peer = Peer(pump, server, "127.0.1.%d" % (1 + len(newcomers)))
+            peer.send(helo_request("newcomer%d" % len(newcomers)))
+            newcomers.append((time.monotonic(), peer))
+            pump.run(lambda: False, min(1.0, args.flood_seconds / 4))
+        member.on = False
+        pump.run(lambda: all(p.stream for _, p in newcomers), HANDSHAKE_LIMIT * 2)
+    finally:
+        sent = stop_flooders(flooders)
+    took = [_answered_after(at, peer) for at, peer in newcomers]
+    say("flood: %d %s datagrams in %.0f s from %d addresses (%.0f/s)" % (
+        sent, args.kind, args.flood_seconds, args.addresses, sent / args.flood_seconds))
+    say("member: %d round trips, p99 %.1f ms; newcomers: %s s" % (
+        len(member.times), member.p99() * 1000, ", ".join("%.2f" % t for t in took)))
+    worst = max(took) if took else float("inf")
+    ok = member.p99() <= P99_LIMIT and worst <= HANDSHAKE_LIMIT
+    return ok, "member p99 %.1f ms (limit %.0f ms), slowest newcomer %.2f s (limit %.0f s)" % (
+        member.p99() * 1000, P99_LIMIT * 1000, worst, HANDSHAKE_LIMIT)
+
+
+def _answered_after(asked: float, peer: Peer) -> float:
+    return peer.answered_at - asked if peer.answered_at else float("inf")
+
+
+def start_flooders(args, port: int) -> List[subprocess.Popen]:
+    """--flooders processes, each sending from its share of --addresses for --flood-seconds."""
+    procs = []
+    for n in range(args.flooders):
+        ips = ["127.0.2.%d" % (1 + i) for i in range(args.addresses) if i % args.flooders == n]
+        command = [sys.executable, "-m", "tools.attack_udp", "_flood", args.kind, str(port),
+                   str(args.flood_seconds), str(args.rate)] + ips
+        procs.append(subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL))
+    return procs
+
+
+def stop_flooders(procs: List[subprocess.Popen]) -> int:
+    """Wait for each (they stop by themselves), killing one that does not; datagrams sent."""
+    sent = 0
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=10.0)
+            sent += int(out.strip() or 0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    return sent
+
+
+def flood_main(kind: str, port: int, seconds: float, rate: float, ips: List[str]) -> int:
+    """One flooding process: datagrams to 127.0.0.1:port from `ips`, `rate` a second (0: as
+    fast as it can), for `seconds`; prints how many it sent."""
+    socks = []
+    for ip in ips:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((ip, 0))
+        socks.append(sock)
+    if kind == "hello":
+        data = encode(HELLO, body=b"floodnon", pad_to=HELLO_SIZE)
+    else:
+        data = os.urandom(200)
+    target, sent = (HOST, port), 0
+    started = time.monotonic()
+    deadline = started + seconds
+    try:
+        while time.monotonic() < deadline:
+            if rate and sent > (time.monotonic() - started) * rate:
+                time.sleep(0.001)
+                continue
+            for _ in range(16):
+                for sock in socks:
+                    try:
+                        sock.sendto(data, target)
+                        sent += 1
+                    except OSError:
+                        pass
+    finally:
+        for sock in socks:
+            sock.close()
+    print(sent, flush=True)
+    return 0
+
+
+CASES = {"lockout": case_lockout, "replay": case_replay, "callbacks": case_callbacks,
+         "stalled": case_stalled, "held": case_held, "flood": case_flood}
+DEFAULTS = {"lockout": (10000, 1), "callbacks": (1100, 10), "replay": (0, 0),
+            "stalled": (2000, 10), "held": (2000, 10), "flood": (0, 60)}
 
 
 def parse(argv: List[str]) -> argparse.Namespace:
@@ -437,6 +713,18 @@ def parse(argv: List[str]) -> argparse.Namespace:
                         "UDP idle timeout (a started server is given it; default 45)")
     parser.add_argument("--replay-seconds", type=float, help="replay: how long the replays go "
                         "on (default twice the idle timeout)")
+    parser.add_argument("--chats", type=int, default=40, help="stalled: chats posted "
+                        "(default 40)")
+    parser.add_argument("--memory-budget", type=int, help="held: the started server's budget "
+                        "in MiB (default its own, 128)")
+    parser.add_argument("--kind", choices=("hello", "garbage"), default="hello",
+                        help="flood: what is sent (default hello)")
+    parser.add_argument("--flooders", type=int, default=2, help="flood: sending processes "
+                        "(default 2)")
+    parser.add_argument("--flood-seconds", type=float, default=10.0, help="flood: how long "
+                        "(default 10)")
+    parser.add_argument("--rate", type=float, default=0.0, help="flood: datagrams a second "
+                        "per process (default 0: as fast as it can)")
     parser.add_argument("--seconds", type=float, default=240.0, help="bound on the whole run")
     args = parser.parse_args(argv)
     sessions, addresses = DEFAULTS[args.case]
@@ -449,12 +737,18 @@ def parse(argv: List[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_flood"]:                  # one of case flood's sending processes
+        return flood_main(argv[1], int(argv[2]), float(argv[3]), float(argv[4]), argv[5:])
+    args = parse(argv)
     kit.raise_nofile_limit()
     server = None
     if args.port is None:
         options = ["--udp-idle-timeout", str(args.idle_timeout)] if args.case == "replay" else []
+        if args.memory_budget:
+            options += ["--memory-budget", str(args.memory_budget)]
         server = Server(args.server_dir, options)
+    args.server = server
     port = args.port if server is None else server.port
     pump = Pump()
     try:

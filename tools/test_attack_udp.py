@@ -43,9 +43,24 @@ class QuickCasesTest(unittest.TestCase):
         lines = self.check("callbacks", "--sessions", "1100", "--addresses", "10")
         self.assertIn("1100 JOINs", lines[0])
 
+    def test_a_broadcast_to_stalled_members_is_held_once(self):
+        lines = self.check("stalled", "--sessions", "300", "--addresses", "3", "--chats", "10")
+        self.assertIn("300 sessions", lines[0])
+        growth = int(re.search(r"growth (\d+) MiB", lines[1]).group(1))
+        self.assertLess(growth, 48)                 # a copy each of 600 KB: 180 MB
+
+    def test_held_segments_make_their_holders_go_not_idle_members(self):
+        lines = self.check("held", "--sessions", "200", "--addresses", "2",
+                           "--memory-budget", "8")
+        self.assertGreater(int(re.search(r"UDP sessions reset: (\d+)", lines[0]).group(1)), 0)
+
+    def test_a_hello_flood_leaves_sessions_and_newcomers_served(self):
+        self.check("flood", "--kind", "hello", "--flooders", "1", "--rate", "20000",
+                   "--flood-seconds", "3")
+
     def test_a_bad_case_is_a_usage_error(self):
         with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit) as caught:
-            attack_udp.main(["flood"])
+            attack_udp.main(["no-such-case"])
         self.assertEqual(caught.exception.code, 2)
 
 

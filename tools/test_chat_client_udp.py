@@ -20,7 +20,7 @@ import time
 import unittest
 from typing import Callable, List, Tuple
 
-from sansio import udp_server, udp_stream
+from sansio import udp_callbacks, udp_stream
 from sansio.replies import ChatMessage, JoinedReply, ReplyReader
 from sansio.wire import chat_request, disconnect_request, join_request
 from tools import chat_client, kit
@@ -181,8 +181,8 @@ class PipedOverUdpTest(UdpClientTestCase):
                                          "%s:%d" % (HOST, self.port),
                                          "[room1] alice: via my callback", "* disconnected"])
         # The server's replies went to the callback once it was validated (KNOCK, PROBE, ECHO),
-        # not after the udp_server.CALLBACK_TIMEOUT it waits before giving up on one.
-        self.assertLess(time.monotonic() - started, udp_server.CALLBACK_TIMEOUT)
+        # not after the udp_callbacks.CALLBACK_TIMEOUT it waits before giving up on one.
+        self.assertLess(time.monotonic() - started, udp_callbacks.CALLBACK_TIMEOUT)
         self.bob.wait_for("alice's chat", lambda: ("alice", "via my callback")
                           in self.bob.chats())
 

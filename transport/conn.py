@@ -41,6 +41,10 @@ class Connection:
                  "stale", "reads_paused", "throttled", "waiting", "scheduled", "flush_pending",
                  "reported_lost", "meter")
     marks: WaterMarks = TCP_MARKS       # its water marks (policy/watermarks.py)
+    # Its input its transport holds, not yet given to the app: a UDP session's out-of-order
+    # segments (a slot there); nothing for TCP, whose kernel holds that. Its share of the
+    # memory budget counts it (policy/memory.py, bytes_held).
+    transport_in = 0
 
     def __init__(self, hub: Any, conn_id: int, peer_ip: str) -> None:
         self.hub = hub

@@ -459,7 +459,7 @@ class Hub:
             self.teardown(conn, logging.WARNING, "evicted for the memory budget: buffers hold "
                           "%d bytes, the budget is %d, and it held the most (%d of output, %d "
                           "of input)" % (memory.total, memory.budget, conn.out_bytes,
-                                         conn.in_bytes))
+                                         conn.in_bytes + conn.transport_in))
         self.flush()                        # the evicted connections' rooms are told now
 
     def close(self) -> None:

@@ -22,15 +22,29 @@ from transport.tcp import READ_SIZE, listening_socket
 LOGGER = logging.getLogger(__name__)
 
 # Datagrams read per tick at most, so that a flood of them cannot make a tick long (TCP reads
-# are bounded the same way: one recv() per connection per tick). 256 x 1 200 bytes = 300 KB.
-UDP_READS_PER_TICK = 256
+# are bounded the same way: one recv() per connection per tick). Reading one costs ~3 us when it
+# is dropped or queued (a HELLO: answered at the flush, sansio/udp_server.py), so 1 024 are ~3 ms:
+# enough to drain what the kernel holds between two ticks under a flood of 100 000/s and more,
+# for what the kernel drops when its buffer is full falls on every sender alike, established
+# sessions too. (256 a tick, with every HELLO answered as it was read: 20 000 reads/s under a
+# HELLO flood, and a session's round trip p99 of seconds.)
+UDP_READS_PER_TICK = 1024
+# Sessions whose datagrams are sent in one flush (the endpoint's datagrams_to_send), so that
+# a broadcast to thousands of UDP members is spread over ticks, as the hub spreads the
+# flushing of TCP connections (STEP_BUDGET): a session's flush costs ~10 us, so 256 are ~3 ms.
+# The rest go first next tick, which comes at once (the timer is armed for now).
+UDP_FLUSHES_PER_TICK = 128
+# Session timers run per tick (the endpoint's timer()), for the same reason: 2 000 stalled
+# sessions sent the same broadcast time out together; ~5 us each. The rest stay due, so the
+# loop's timer fires again at once.
+UDP_TIMERS_PER_TICK = 256
 # Datagrams kept for the next tick when the kernel's send buffer is full (EAGAIN). Past it the
 # newest are dropped, as a congested network would: the reliability layer takes them as lost
 # and sends them again, so a full send buffer costs a retransmission, never unbounded memory.
 UDP_SEND_BACKLOG = 4096
 # The kernel buffers asked for the UDP socket (it may give less): one socket carries every
 # session, so it should absorb a burst from many of them between two ticks.
-UDP_SOCKET_BUFFER = 1024 * 1024
+UDP_SOCKET_BUFFER = 4 * 1024 * 1024
 # A UDP session's output counts against its water marks, OUTPUT_CAP and the memory budget like a
 # TCP connection's queue, including what the endpoint holds unacknowledged. Up to a whole receive
 # window of it (64 x 1 168 bytes) is in flight for a session that keeps up, so its reads pause
@@ -86,10 +100,17 @@ def bind_tcp_and_udp(host: str, port: int) -> Tuple[socket.socket, socket.socket
 
 class UdpSession(Connection):
     """A UDP session as the hub sees it: what is queued for it goes into its stream at the end
-    of the tick; `out_bytes` also counts what the endpoint holds for it unacknowledged
-    (`endpoint_out`), so that its water marks, OUTPUT_CAP and the memory budget treat it as a
-    TCP connection's queue; `endpoint_in` is its out-of-order input the endpoint holds."""
-    __slots__ = ("udp", "session_id", "endpoint_out", "endpoint_in", "close_timer")
+    of the tick, by reference (a broadcast's shared bytes stay one object in every stream);
+    `out_bytes` also counts what the endpoint holds for it unacknowledged (`endpoint_out`), so
+    that its water marks, OUTPUT_CAP and its share of the memory budget treat it as a TCP
+    connection's queue; `transport_in` is its out-of-order input the endpoint holds, counted in
+    its share too (policy/memory.py, bytes_held).
+
+    The budget's total counts each shared object once, as the hub does for TCP: the session
+    keeps its hold on one (hub.shared) until the peer has acknowledged all of it, and counts
+    only its copied output itself (`endpoint_copied`)."""
+    __slots__ = ("udp", "session_id", "endpoint_out", "transport_in", "endpoint_copied",
+                 "queued", "shared_held", "shared_bytes", "close_timer")
     marks = UDP_MARKS
 
     def __init__(self, udp: "UdpTransport", conn_id: int, session_id: int, peer_ip: str) -> None:
@@ -97,7 +118,13 @@ class UdpSession(Connection):
         self.udp = udp
         self.session_id = session_id
         self.endpoint_out = 0
-        self.endpoint_in = 0
+        self.transport_in = 0
+        self.endpoint_copied = 0            # what of endpoint_out the budget counts for it alone
+        self.queued = 0                     # stream bytes given to the endpoint, ever
+        # The shared objects in its stream not yet acknowledged, each with where it ends in
+        # the stream; shared_bytes is their size.
+        self.shared_held: Deque[Tuple[int, bytes]] = collections.deque()
+        self.shared_bytes = 0
         self.close_timer: Optional[Timer] = None
 
     def pause_reading(self) -> None:
@@ -125,17 +152,37 @@ class UdpSession(Connection):
         it is gone now, as for TCP once our FIN is sent."""
         if self.state is not OPEN and self.state is not CLOSING:
             return
-        endpoint, now, hub = self.udp.endpoint, self.hub.loop.now, self.hub
-        for chunk in self.out:              # bytearrays of copied output, shared bytes
-            endpoint.send_stream(self.session_id, chunk, now)
-        hub.shared.drop_queue(self)
-        self.out_bytes = self.endpoint_out
+        hub = self.hub
+        if self.out:
+            self._to_stream()
         self.count_buffers()
         if self.state is CLOSING:
-            endpoint.close_session(self.session_id, now)
+            self.udp.endpoint.close_session(self.session_id, hub.loop.now)
             self.state = LINGERING
             self.close_timer = hub.loop.call_later(UDP_CLOSE_TIMEOUT, self._close_over)
             hub.report_lost(self)
+
+    def _to_stream(self) -> None:
+        """Hand its queue to its stream: copied output (bytearrays) leaves the budget's output
+        until count_buffers() counts it as the stream's; shared bytes keep their hold."""
+        endpoint, now, hub = self.udp.endpoint, self.hub.loop.now, self.hub
+        memory, shared, sid = hub.memory, hub.shared, self.session_id
+        queued = self.queued
+        for chunk in self.out:              # bytearrays of copied output, shared bytes
+            copied = type(chunk) is bytearray
+            if copied:
+                memory.output -= len(chunk)
+            if endpoint.send_stream(sid, chunk, now):
+                queued += len(chunk)
+                if not copied:
+                    self.shared_held.append((queued, chunk))
+                    self.shared_bytes += len(chunk)
+            elif not copied:
+                shared.release(chunk)
+        self.queued = queued
+        self.out.clear()
+        self.tail = None
+        self.out_bytes = self.endpoint_out
 
     def _close_over(self) -> None:
         self.hub.teardown(self, reason="UDP close not confirmed in %g s" % UDP_CLOSE_TIMEOUT)
@@ -143,14 +190,23 @@ class UdpSession(Connection):
     def count_buffers(self) -> None:
         """Bring the budget's count of what the endpoint holds for it up to date, and let it be
         read again once its output has drained below UDP_LOW_WATER."""
-        sent, held = self.udp.endpoint.session_buffers(self.session_id)
-        memory = self.hub.memory
-        grown = sent - self.endpoint_out
-        self.endpoint_out = sent
-        self.out_bytes += grown
-        memory.output += grown
-        memory.input += held - self.endpoint_in
-        self.endpoint_in = held
+        counts = self.udp.endpoint.session_counts(self.session_id)
+        acked, held = (self.queued, 0) if counts is None else counts
+        memory, shared = self.hub.memory, self.shared_held
+        while shared and shared[0][0] <= acked:
+            chunk = shared.popleft()[1]
+            self.shared_bytes -= len(chunk)
+            self.hub.shared.release(chunk)
+        out = self.queued - acked
+        shared_out = self.shared_bytes      # less what of the first is acknowledged
+        if shared:
+            shared_out -= max(0, acked - (shared[0][0] - len(shared[0][1])))
+        memory.output += out - shared_out - self.endpoint_copied
+        self.endpoint_copied = out - shared_out
+        self.out_bytes += out - self.endpoint_out
+        self.endpoint_out = out
+        memory.input += held - self.transport_in
+        self.transport_in = held
         if self.reads_paused:
             self.maybe_resume()
 
@@ -159,10 +215,12 @@ class UdpSession(Connection):
         RESET unless it is already over."""
         udp, memory = self.udp, self.hub.memory
         del udp.sessions[self.session_id]
-        memory.output -= self.endpoint_out
-        memory.input -= self.endpoint_in
+        memory.output -= self.endpoint_copied
+        memory.input -= self.transport_in
         self.out_bytes -= self.endpoint_out
-        self.endpoint_out = self.endpoint_in = 0
+        self.endpoint_out = self.transport_in = self.endpoint_copied = self.shared_bytes = 0
+        while self.shared_held:
+            self.hub.shared.release(self.shared_held.popleft()[1])
         self.hub.loop.cancel(self.close_timer)
         udp.endpoint.abort_session(self.session_id, reason, self.hub.loop.now)
         udp.rearm()                         # (teardowns may come after this tick's flush)
@@ -227,7 +285,7 @@ class UdpTransport:
         sessions they concern, act on its events, and re-arm the timer. True if that gave
         connections something to flush or report."""
         endpoint, hub = self.endpoint, self.hub
-        self._send_datagrams(endpoint.datagrams_to_send(hub.loop.now))
+        self._send_datagrams(endpoint.datagrams_to_send(hub.loop.now, UDP_FLUSHES_PER_TICK))
         sessions = self.sessions
         for session_id in endpoint.touched_sessions():
             conn = sessions.get(session_id)
@@ -240,8 +298,10 @@ class UdpTransport:
         return hub.has_output()
 
     def rearm(self) -> None:
-        """One loop timer, at the endpoint's next deadline (aioquic's get_timer())."""
-        due = self.endpoint.next_deadline()
+        """One loop timer, at the endpoint's next deadline (aioquic's get_timer()), or now if
+        a flush left datagrams for the next tick."""
+        endpoint = self.endpoint
+        due = self.hub.loop.now if endpoint.flush_pending else endpoint.next_deadline()
         if due != self._timer_due:
             loop = self.hub.loop
             loop.cancel(self._timer)
@@ -252,7 +312,7 @@ class UdpTransport:
         """The endpoint's timers (retransmission, keepalive, timeouts): what they send goes in
         this tick's flush."""
         self._timer = self._timer_due = None
-        self.endpoint.timer(self.hub.loop.now)
+        self.endpoint.timer(self.hub.loop.now, UDP_TIMERS_PER_TICK)
 
     def _on_events(self, events: List[Any]) -> None:
         for event in events:
