@@ -58,3 +58,35 @@ class CarryOutTest(unittest.TestCase):
         written = []
         carry_out(app.maybe_next_actions(1), lambda c, d: written.append(d), None, None)
         self.assertTrue(written[0].startswith(b"JOINED_CHATROOM: r\n"))
+
+
+class BusCpuTest(unittest.TestCase):
+    """bench/bus_cpu.py end to end at a tiny size: every set-up delivers everything and gets a
+    row; the JSON line carries the four set-ups and a projection for N = 1, 2, 4, 8."""
+
+    def test_tiny_loads_deliver_everything_and_give_a_row_per_setup(self):
+        from tests.redis_server import REDIS_SERVER, SKIP_REASON
+        if not REDIS_SERVER:
+            self.skipTest(SKIP_REASON)
+        argv = [sys.executable, "-m", "bench.bus_cpu", "--load", "3x3", "--messages", "40",
+                "--repeat", "1", "--timeout", "20", "--json"]
+        done = subprocess.run(argv, cwd=TOP, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=100)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        lines = done.stdout.strip().splitlines()
+        for setup in ("alone", "bus-1", "bus-2-spread", "bus-2-local"):
+            row = [line for line in lines if re.match(r"\s+%s\s" % setup, line)]
+            self.assertEqual(len(row), 1, done.stdout)
+            self.assertRegex(row[0], r"\s0\s+0$")            # missing 0, extra 0
+        result = json.loads(lines[-1])["results"]["rooms3x3"]
+        for setup, median in result["median"].items():
+            self.assertEqual((median["missing"], median["extra"]), (0, 0), setup)
+            self.assertGreater(median["deliveries_per_s"], 0, setup)
+        # 360 chats may take under one clock tick of a node's CPU: then there is no projection,
+        # and the table says why; otherwise it has every N for both layouts.
+        layouts = result["projection"]["layouts"]
+        if layouts:
+            for layout in ("local", "spread"):
+                self.assertEqual(sorted(layouts[layout]["rows"]), ["1", "2", "4", "8"])
+        else:
+            self.assertIn("no projection", done.stdout)
