@@ -21,7 +21,10 @@ Redis's used_cpu_sys + used_cpu_user from INFO cpu. The machine's cores are shar
 nodes, Redis and this client, so deliveries/s measures the whole machine; CPU per chat is what
 a node or Redis would need on a core of its own, and the projection is built from that.
 
-The projection (per load, from the medians of the rounds; stated again under its table):
+Each figure of a set-up is the median of its rounds, taken figure by figure.
+
+The projection (per load, from those medians; its assumptions are stated again in
+docs/CLUSTER.md, "What it costs"):
   node CPU per chat, summed over the nodes, with N nodes = C1 + (N - 1) x E, where C1 is bus-1's
   and E what one more node adds to a chat: in the local layout it only reads and drops the
   event (every node subscribes to the group's one channel), E = bus-2-local - bus-1; in the
@@ -151,7 +154,8 @@ def one_round(load: Tuple[int, int], setup: str, args: argparse.Namespace, redis
         received = chat_phase(members, selector, args.window, expected, deadline)
         took = time.monotonic() - started
         after = cpu_now(nodes, redis if setup != "alone" else None)
-        while received >= expected and pump(members, selector, 0, QUIET):
+        while received >= expected and time.monotonic() < deadline and pump(
+                members, selector, 0, QUIET):
             received = sum(member.received for member in members)   # late extras, if any
         return figures(rooms * size * args.messages, size, expected, received, took,
                        [b - a for a, b in zip(before, after)])
