@@ -43,9 +43,6 @@ class CompareTest(unittest.TestCase):
         self.assertEqual(summary["project"]["ratio"], 1.0)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class CarryOutTest(unittest.TestCase):
 
@@ -58,3 +55,76 @@ class CarryOutTest(unittest.TestCase):
         written = []
         carry_out(app.maybe_next_actions(1), lambda c, d: written.append(d), None, None)
         self.assertTrue(written[0].startswith(b"JOINED_CHATROOM: r\n"))
+
+
+class BusCpuTest(unittest.TestCase):
+    """bench/bus_cpu.py end to end at a tiny size: every set-up delivers everything and gets a
+    row; the JSON line carries the four set-ups and a projection for N = 1, 2, 4, 8."""
+
+    def test_tiny_loads_deliver_everything_and_give_a_row_per_setup(self):
+        from tests.redis_server import REDIS_SERVER, SKIP_REASON
+        if not REDIS_SERVER:
+            self.skipTest(SKIP_REASON)
+        argv = [sys.executable, "-m", "bench.bus_cpu", "--load", "3x3", "--messages", "40",
+                "--repeat", "1", "--timeout", "20", "--json"]
+        done = subprocess.run(argv, cwd=TOP, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=100)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        lines = done.stdout.strip().splitlines()
+        for setup in ("alone", "bus-1", "bus-2-spread", "bus-2-local"):
+            row = [line for line in lines if re.match(r"\s+%s\s" % setup, line)]
+            self.assertEqual(len(row), 1, done.stdout)
+            self.assertRegex(row[0], r"\s0\s+0$")            # missing 0, extra 0
+        result = json.loads(lines[-1])["results"]["rooms3x3"]
+        for setup, median in result["median"].items():
+            self.assertEqual((median["missing"], median["extra"]), (0, 0), setup)
+            self.assertGreater(median["deliveries_per_s"], 0, setup)
+        # 360 chats may take under one clock tick of a node's CPU: then there is no projection,
+        # and the table says why; otherwise it has every N for both layouts.
+        layouts = result["projection"]["layouts"]
+        if layouts:
+            for layout in ("local", "spread"):
+                self.assertEqual(sorted(layouts[layout]["rows"]), ["1", "2", "4", "8"])
+        else:
+            self.assertIn("no projection", done.stdout)
+
+
+class BusCpuProjectionTest(unittest.TestCase):
+    """The projection's arithmetic, from CPU figures made up for it."""
+
+    def summary(self, alone, one, local, spread, redis_one, redis_two):
+        return {"alone": {"node_us_per_chat": alone, "redis_us_per_chat": 0.0},
+                "bus-1": {"node_us_per_chat": one, "redis_us_per_chat": redis_one},
+                "bus-2-local": {"node_us_per_chat": local, "redis_us_per_chat": redis_two},
+                "bus-2-spread": {"node_us_per_chat": spread, "redis_us_per_chat": redis_two}}
+
+    def test_nodes_that_cost_nothing_more_each_scale_linearly_until_redis(self):
+        from bench.bus_cpu import project
+        # alone 10 µs a chat, a bus node 20, Redis 50: 20 000 chats/s, so from N = 1 on the
+        # nodes (50 000 chats/s each) are not the limit; Redis is.
+        result = project(self.summary(10.0, 20.0, 20.0, 30.0, 50.0, 50.0), size=5)
+        self.assertEqual(result["alone_deliveries_per_s_one_core"], 500000.0)
+        local = result["layouts"]["local"]
+        self.assertEqual(local["rows"][1]["deliveries_per_s"], 100000.0)   # 5 x 20 000
+        self.assertEqual(local["rows"][1]["limit"], "redis")
+        self.assertEqual(local["redis_limit_from_n"], 1)
+
+    def test_each_added_node_adds_its_cost_to_every_chat(self):
+        from bench.bus_cpu import project
+        # A bus node 20 µs a chat; a second one adds 5 (local) or 10 (spread); Redis 1 µs.
+        result = project(self.summary(10.0, 20.0, 25.0, 30.0, 1.0, 1.0), size=5)
+        local, spread = result["layouts"]["local"], result["layouts"]["spread"]
+        # N = 4: 4e6 / (20 + 3 x 5) chats/s; 5 deliveries each; alone does 5 x 1e5.
+        self.assertAlmostEqual(local["rows"][4]["deliveries_per_s"], 5 * 4e6 / 35)
+        self.assertAlmostEqual(local["rows"][4]["ratio_to_alone"], 4e6 / 35 / 1e5)
+        self.assertAlmostEqual(spread["rows"][4]["deliveries_per_s"], 5 * 4e6 / 50)
+        self.assertEqual(spread["rows"][8]["limit"], "nodes")
+        self.assertIsNone(local["redis_limit_from_n"])      # 1e6/1 chats/s: never within reach
+
+    def test_a_node_under_one_clock_tick_gives_no_projection(self):
+        from bench.bus_cpu import project
+        self.assertEqual(project(self.summary(0.0, 20.0, 25.0, 30.0, 1.0, 1.0), 5)["layouts"], {})
+
+
+if __name__ == "__main__":
+    unittest.main()
