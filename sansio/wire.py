@@ -482,11 +482,11 @@ def maybe_parse_plain_chat(frame: bytes) -> Optional[Chat]:
 def _maybe_chat_of(plain: "re.Match[bytes]") -> Optional[Chat]:
     """The Chat a match of _PLAIN_CHAT (or _PLAIN_CHAT_IN_BUFFER) holds; None if a field needs
     the general parser's word (an empty name, invalid UTF-8)."""
+    ref, join_id, name_bytes, message = plain.groups()
     try:
-        name = plain.group(3).decode("utf-8").strip()
+        name = name_bytes.decode("utf-8").strip()
         if name:
-            return Chat(int(plain.group(1)), plain.group(2).decode("ascii"), name,
-                        plain.group(4).decode("utf-8").strip())
+            return Chat(int(ref), join_id.decode("ascii"), name, message.decode("utf-8").strip())
     except (UnicodeDecodeError, ValueError):
         pass                                # the general way says what is wrong
     return None
