@@ -71,6 +71,7 @@ class Hub:
         self.unproven = Unproven(open_file_limit)
         self.log_budget = LogBudget(time.monotonic)
         self._to_flush: List[Connection] = []     # got output this tick
+        self._flush_later: List[Connection] = []  # what a flush had no time for, sent after
         # ABORTING, to be torn down as time allows (drop_aborted): (conn, log level, why).
         self._to_abort: List[Tuple[Connection, int, str]] = []
         self._lost: List[Connection] = []         # gone; the app is told in the flush
@@ -123,11 +124,12 @@ class Hub:
 
     def busy(self) -> bool:
         """Work is left for the next tick: the loop's select() must not wait."""
-        return bool(self.scheduler.has_backlog or self._lost or self._to_abort or self._to_flush)
+        return bool(self.scheduler.has_backlog or self._lost or self._to_abort or self._to_flush
+                    or self._flush_later)
 
     def has_output(self) -> bool:
         """Connections have output to flush, or departures to report."""
-        return bool(self._to_flush or self._lost)
+        return bool(self._to_flush or self._flush_later or self._lost)
 
     def end_of_tick(self) -> None:
         """The hub's part of a tick: the turns, the flush, the teardowns of dropped connections
@@ -358,16 +360,21 @@ class Hub:
         connection with new output, one send each; again while either brings more. Those not
         told of yet are, in the next tick's flush (which does not wait). Sending stops once it
         has taken STEP_BUDGET (a storm of departures makes thousands of send()s fail): the
-        rest is sent first thing in the next tick's flush. `started`: when the flush began."""
+        rest is sent in the next tick's flush, after the output new by then. `started`: when the flush began."""
         calls = 0
-        while self._to_flush or (self._lost and calls < 2):
+        while self._to_flush or self._flush_later or (self._lost and calls < 2):
             if self._lost and calls < 2:        # at most 2 * LOST_PER_CALL in one flush
                 self._tell_app_lost()
                 calls += 1
-            batch, self._to_flush = self._to_flush, []
+            # New output first, then what an earlier flush had no time for: a reply must not
+            # wait behind thousands of sends to members that do not read (each may copy a
+            # megabyte into the kernel), and those members' own new output only joins their
+            # queues (flush_pending), so they cannot crowd it out in turn.
+            batch = self._to_flush + self._flush_later
+            self._to_flush, self._flush_later = [], []
             for index, conn in enumerate(batch):
                 if index and time.monotonic() - started > STEP_BUDGET:
-                    self._to_flush[:0] = batch[index:]      # still flush_pending: next tick
+                    self._flush_later = batch[index:]       # still flush_pending: later
                     return
                 conn.flush_pending = False
                 conn.flush()

@@ -107,6 +107,7 @@ class TcpConnection(Connection):
         hub.received(self, data)
 
     def on_writable(self) -> None:
+        self.flush_pending = False          # (it waited for this: see flush)
         self.hub.want_flush(self)
 
     def flush(self) -> None:
@@ -128,6 +129,11 @@ class TcpConnection(Connection):
                 return
             if sent:
                 self._consume(sent)
+            # A remainder waits for writability (on_writable), as asyncio's write() does:
+            # output queued meanwhile only joins it, and the hub does not try this socket
+            # again every tick (2 000 members that do not read made every flush try each of
+            # them, and an unrelated client's reply waited behind them all).
+            self.flush_pending = self.out_bytes > 0
         if not self.out_bytes and self.state is CLOSING:
             self._finish_close()
             return
