@@ -124,8 +124,7 @@ class Hub:
 
     def busy(self) -> bool:
         """Work is left for the next tick: the loop's select() must not wait."""
-        return bool(self.scheduler.has_backlog or self._lost or self._to_abort or self._to_flush
-                    or self._flush_later)
+        return bool(self.scheduler.has_backlog or self._to_abort or self.has_output())
 
     def has_output(self) -> bool:
         """Connections have output to flush, or departures to report."""
@@ -341,10 +340,8 @@ class Hub:
     def flush(self) -> None:
         """Tell the app of connections lost and flush what each connection got this tick
         (_flush_connections), then the flushers (the UDP endpoint's datagrams and events),
-        which may bring more of both (a session over: its rooms are told). The whole flush,
-        every round of it, sends for at most STEP_BUDGET: a round of its own for each flusher
-        that saw connections still waiting to be sent to made one flush of 2 000 stalled
-        members take 18 budgets (110 ms)."""
+        which may bring more of both (a session over: its rooms are told). All its rounds
+        share one STEP_BUDGET (a budget each made one flush take 110 ms)."""
         started = time.monotonic()
         self._flush_connections(started)
         for _ in range(FLUSH_ROUNDS):
@@ -367,9 +364,8 @@ class Hub:
                 self._tell_app_lost()
                 calls += 1
             # New output first, then what an earlier flush had no time for: a reply must not
-            # wait behind thousands of sends to members that do not read (each may copy a
-            # megabyte into the kernel), and those members' own new output only joins their
-            # queues (flush_pending), so they cannot crowd it out in turn.
+            # wait behind sends to thousands of members that do not read (each may copy a
+            # megabyte), whose new output only joins their queues (flush_pending).
             batch = self._to_flush + self._flush_later
             self._to_flush, self._flush_later = [], []
             for index, conn in enumerate(batch):
