@@ -132,12 +132,14 @@ class Hub:
 
     def end_of_tick(self) -> None:
         """The hub's part of a tick: the turns, the flush, the teardowns of dropped connections
-        (for at most STEP_BUDGET), and evictions past the memory budget."""
+        (for at most STEP_BUDGET), and evictions past the memory budget. The flush may take as
+        long as the turns took: output is sent as fast as it is made, not left to pile up."""
         scheduler = self.scheduler
+        started = time.monotonic()
         for conn, limit in scheduler.turns(after_fresh=self.flush):
             if self._take_turn(conn, limit):
                 scheduler.requeue(conn)     # the next select() will not wait
-        self.flush()
+        self.flush(max(STEP_BUDGET, time.monotonic() - started))    # as long as the turns took
         if self._to_abort:
             self.drop_aborted()
         if self.memory.over_budget:
@@ -337,39 +339,38 @@ class Hub:
             conn.flush_pending = True
             self._to_flush.append(conn)
 
-    def flush(self) -> None:
+    def flush(self, budget: float = STEP_BUDGET) -> None:
         """Tell the app of connections lost and flush what each connection got this tick
         (_flush_connections), then the flushers (the UDP endpoint's datagrams and events),
         which may bring more of both (a session over: its rooms are told). All its rounds
-        share one STEP_BUDGET (a budget each made one flush take 110 ms)."""
-        started = time.monotonic()
-        self._flush_connections(started)
+        share one `budget` (a budget each made one flush take 110 ms)."""
+        deadline = time.monotonic() + budget
+        self._flush_connections(deadline)
         for _ in range(FLUSH_ROUNDS):
             more = False
             for flusher in self._flushers:
                 more |= flusher()
-            if not more or time.monotonic() - started > STEP_BUDGET:
+            if not more or time.monotonic() > deadline:
                 break
-            self._flush_connections(started)
+            self._flush_connections(deadline)
 
-    def _flush_connections(self, started: float) -> None:
+    def _flush_connections(self, deadline: float) -> None:
         """Tell the app of connections lost (at most twice LOST_PER_CALL), then flush each
         connection with new output, one send each; again while either brings more. Those not
-        told of yet are, in the next tick's flush (which does not wait). Sending stops once it
-        has taken STEP_BUDGET (a storm of departures makes thousands of send()s fail): the
-        rest is sent in the next tick's flush, after the output new by then. `started`: when the flush began."""
+        told of yet are, in the next tick's flush (which does not wait). Sending stops at the
+        `deadline` (a storm of departures makes thousands of send()s fail): the rest is sent
+        in the next tick's flush, after the output new by then."""
         calls = 0
         while self._to_flush or self._flush_later or (self._lost and calls < 2):
             if self._lost and calls < 2:        # at most 2 * LOST_PER_CALL in one flush
                 self._tell_app_lost()
                 calls += 1
-            # New output first, then what an earlier flush had no time for: a reply must not
-            # wait behind sends to thousands of members that do not read (each may copy a
-            # megabyte), whose new output only joins their queues (flush_pending).
+            # New output first: a reply must not wait behind sends to thousands of members that
+            # do not read (each may copy a megabyte), whose output joins their queues instead.
             batch = self._to_flush + self._flush_later
             self._to_flush, self._flush_later = [], []
             for index, conn in enumerate(batch):
-                if index and time.monotonic() - started > STEP_BUDGET:
+                if index and time.monotonic() > deadline:
                     self._flush_later = batch[index:]       # still flush_pending: later
                     return
                 conn.flush_pending = False
