@@ -356,10 +356,9 @@ class Hub:
 
     def _flush_connections(self, deadline: float) -> None:
         """Tell the app of connections lost (at most twice LOST_PER_CALL), then flush each
-        connection with new output, one send each; again while either brings more. Those not
-        told of yet are, in the next tick's flush (which does not wait). Sending stops at the
-        `deadline` (a storm of departures makes thousands of send()s fail): the rest is sent
-        in the next tick's flush, after the output new by then."""
+        connection with new output, one send each; again while either brings more. The rest
+        (of both) waits for the next tick's flush, which does not wait: sending stops at the
+        `deadline` (a storm of departures makes thousands of send()s fail)."""
         calls = 0
         while self._to_flush or self._flush_later or (self._lost and calls < 2):
             if self._lost and calls < 2:        # at most 2 * LOST_PER_CALL in one flush
