@@ -149,12 +149,16 @@ class ChatProtocol:
         session = self._sessions[conn_id]
         if session.closing:
             return None
+        framer = session.framer
         try:
-            frame = session.framer.maybe_next_frame()
+            # A plain CHAT taken whole from the buffer (the commonest request); else a frame,
+            # and parse_request() without its own call: the plain-CHAT parse, then the general
+            request = framer.maybe_take_plain_chat()
+            if request is not None:
+                return self.service.chat(conn_id, request)      # (handle(), without a call)
+            frame = framer.maybe_next_frame()
             if frame is None:
                 return None
-            # parse_request(), without its own call on the hot path: the plain-CHAT shortcut
-            # first, the general parser for everything it leaves
             request = maybe_parse_plain_chat(frame) or parse_request_in_general(frame)
         except RequestError as err:
             actions: List[Action] = [Send(conn_id, error_reply(err.code, err.description))]

@@ -7,10 +7,14 @@ clock of its own (it is given one); it knows connections only by their `schedule
 from typing import Any, Callable, Iterator, List, Tuple
 
 # - Connections with a backlog (requests left over from earlier ticks) get a *share* of requests
-#   per tick, which adapts: halved after a tick whose request handling took longer than
-#   TICK_TARGET, a quarter larger after one that took under half of it while some backlog used
-#   its whole share (growing slowly and shrinking fast, as TCP's window does, keeps ticks near
-#   the target instead of swinging to twice it).
+#   per turn, which adapts: halved after a tick whose longest turn took longer than TICK_TARGET,
+#   a quarter larger after one whose longest turn took under half of it while some backlog used
+#   its whole share (growing slowly and shrinking fast, as TCP's window does). The backlogs'
+#   turns stop once the tick is TICK_TARGET old; those not reached keep their place, first in
+#   the next tick (round robin). So a tick stays near TICK_TARGET however many connections
+#   have a backlog, and each turn handles many requests, whose replies leave in one send: with
+#   500 backlogs, a share fitted to give all of them a turn in every tick was one request each,
+#   and one send() per request.
 # - Connections without a backlog go first, get up to MAX_REQUESTS_PER_TICK each (the share,
 #   once the tick is TICK_TARGET old), and what they produce is sent before the backlogs are
 #   worked on, as fq_codel serves new flows before old ones: a client that sends a little now
@@ -44,7 +48,7 @@ class Scheduler:
         requeue(conn)       it may still hold requests: a turn next tick, in the backlog
         has_backlog         some connection is requeued (the next select() must not wait)
         turns(after_fresh)  this tick's turns: (conn, how many requests it may handle now)
-        tick_took(s, used)  adapt the backlog's share to how long a tick's turns took
+        tick_took(s, used)  adapt the backlog's share to how long a tick's longest turn took
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -80,9 +84,10 @@ class Scheduler:
         once (the hub sends the fresh connections' replies there); then every backlog
         connection with the share. A connection is unscheduled when its turn comes: the
         caller requeues it during its turn if it may have more. Turns requeued or scheduled
-        during this tick come in the next one. Once the turns have taken TICK_LIMIT, the
-        connections still waiting keep their place for the next tick, first in line. At the
-        end the share adapts (tick_took).
+        during this tick come in the next one. Once the turns have taken TICK_LIMIT (the
+        backlogs' once they have taken TICK_TARGET), the connections still waiting keep their
+        place for the next tick, first in line. At the end the share adapts to the tick's
+        longest turn (tick_took).
         """
         fresh, backlog = self._deferred + self._fresh, self._backlog
         if not fresh and not backlog:
@@ -91,12 +96,16 @@ class Scheduler:
         clock = self._clock
         started = clock()
         share = self.requests_per_tick
+        longest, turn_began = 0.0, started     # the longest turn, and when this one began
         for index, conn in enumerate(fresh):
-            elapsed = clock() - started
+            now = clock()
+            elapsed = now - started
+            longest = max(longest, now - turn_began)
+            turn_began = now
             if elapsed > TICK_LIMIT:
                 self._deferred = fresh[index:]          # still scheduled: first next tick
                 self._backlog[:0] = backlog
-                self.tick_took(elapsed, True)
+                self.tick_took(longest, True)
                 return
             conn.scheduled = False
             yield conn, (MAX_REQUESTS_PER_TICK if elapsed < TICK_TARGET else share)
@@ -104,18 +113,20 @@ class Scheduler:
             after_fresh()
         share_used_up = False
         for index, conn in enumerate(backlog):
-            if clock() - started > TICK_LIMIT:
-                self._backlog[:0] = backlog[index:]
-                share_used_up = True
+            now = clock()
+            longest = max(longest, now - turn_began)
+            turn_began = now
+            if index and now - started > TICK_TARGET:    # (one backlog turn, at least)
+                self._backlog[:0] = backlog[index:]     # still scheduled: first next tick
                 break
             conn.scheduled = False
             yield conn, share
             share_used_up |= conn.scheduled     # requeued: it had more than its share
-        self.tick_took(clock() - started, share_used_up)
+        self.tick_took(max(longest, clock() - turn_began), share_used_up)
 
     def tick_took(self, seconds: float, share_used_up: bool) -> None:
-        """Adapt the share to a tick whose turns took `seconds`; `share_used_up`: some backlog
-        connection handled its whole share and may have more."""
+        """Adapt the share to a tick whose longest turn took `seconds`; `share_used_up`: some
+        backlog connection handled its whole share and may have more."""
         share = self.requests_per_tick
         if seconds > TICK_TARGET:
             self.requests_per_tick = max(MIN_REQUESTS_PER_TICK, share // 2)

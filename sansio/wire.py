@@ -205,7 +205,7 @@ def request_keyword(first_line: bytes) -> bytes:
 
 
 def _starts_plainly_as_a_chat(buf: bytearray) -> bool:
-    """Speed shortcut 1 of 2 (README, "Performance"): a frame that starts with exactly "CHAT:"
+    """Speed shortcut 1 of 3 (docs/PERFORMANCE.md): a frame that starts with exactly "CHAT:"
     is a CHAT, the commonest request, whose first line cannot hold the blank line that ends it;
     so the framer may search for that blank line at once, without first finding the end of the
     first line and its keyword. Any other start takes the general path, which frames a CHAT the
@@ -293,6 +293,23 @@ class Framer:
             self._end = eol + 1
             self._lines_left -= 1
         return self._take(self._end - 1, self._end)
+
+    def maybe_take_plain_chat(self) -> Optional["Chat"]:
+        """Speed shortcut 3 of 3 (docs/PERFORMANCE.md): the next request, when it is a complete
+        plain CHAT (maybe_parse_plain_chat's), framed and parsed by one match on the buffer; or
+        None for anything else, which maybe_next_frame() and the parsers then take. Tried only
+        at the start of a frame, so a CHAT trickling in is searched once, by maybe_next_frame()
+        (tests/test_wire.py: test_taking_a_plain_chat_agrees_with_framing_and_parsing)."""
+        if self._end:
+            return None
+        plain = _PLAIN_CHAT_IN_BUFFER.match(self._buf)
+        if plain is None or plain.end(4) > self.max_request:
+            return None
+        chat = _maybe_chat_of(plain)
+        if chat is not None:
+            del self._buf[:plain.end()]
+            self._scanned = 0
+        return chat
 
     def buffered(self) -> int:
         """How many bytes are held, not yet returned as frames."""
@@ -443,25 +460,34 @@ def _non_empty(value: str, code: ErrorCode, key: str) -> str:
     return value
 
 
-_PLAIN_CHAT = re.compile(rb"CHAT:[ \t]*([0-9]{1,18})[ \t]*\nJOIN_ID:[ \t]*([0-9]+)[ \t]*\n"
-                         rb"CLIENT_NAME:([^\n]*)\nMESSAGE:(.*)", re.DOTALL)
+_PLAIN_CHAT_HEAD = (rb"CHAT:[ \t]*([0-9]{1,18})[ \t]*\nJOIN_ID:[ \t]*([0-9]+)[ \t]*\n"
+                    rb"CLIENT_NAME:([^\n]*)\nMESSAGE:")
+_PLAIN_CHAT = re.compile(_PLAIN_CHAT_HEAD + rb"(.*)", re.DOTALL)        # a frame
+# A whole plain CHAT at the head of a Framer's buffer: its MESSAGE ends at the first blank line,
+# where the framer cuts it (the lines before it hold no blank line). Blank lines before it are
+# the framer's to skip (maybe_take_plain_chat leaves a buffer that starts with one).
+_PLAIN_CHAT_IN_BUFFER = re.compile(_PLAIN_CHAT_HEAD + rb"(.*?)\n\n", re.DOTALL)
 
 
 def maybe_parse_plain_chat(frame: bytes) -> Optional[Chat]:
-    """Speed shortcut 2 of 2 (README, "Performance"): a well-formed CHAT spaced with plain
+    """Speed shortcut 2 of 3 (docs/PERFORMANCE.md): a well-formed CHAT spaced with plain
     spaces, the request that arrives a thousand times for any other, parsed by one match of
     _PLAIN_CHAT (in C) instead of the general parser's decode, splits and field checks. It only
     ever accepts what the general parser accepts, with the same result, and returns None for
     everything else, errors included, which then take the general way
     (tests/test_wire.py: test_plain_chat_shortcut_agrees_with_the_general_parser)."""
     plain = _PLAIN_CHAT.match(frame)
-    if plain is None:
-        return None
+    return None if plain is None else _maybe_chat_of(plain)
+
+
+def _maybe_chat_of(plain: "re.Match[bytes]") -> Optional[Chat]:
+    """The Chat a match of _PLAIN_CHAT (or _PLAIN_CHAT_IN_BUFFER) holds; None if a field needs
+    the general parser's word (an empty name, invalid UTF-8)."""
+    ref, join_id, name_bytes, message = plain.groups()
     try:
-        name = plain.group(3).decode("utf-8").strip()
+        name = name_bytes.decode("utf-8").strip()
         if name:
-            return Chat(int(plain.group(1)), plain.group(2).decode("ascii"), name,
-                        plain.group(4).decode("utf-8").strip())
+            return Chat(int(ref), join_id.decode("ascii"), name, message.decode("utf-8").strip())
     except (UnicodeDecodeError, ValueError):
         pass                                # the general way says what is wrong
     return None

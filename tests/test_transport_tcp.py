@@ -26,6 +26,24 @@ class TcpConnectionTests(ServerCase):
         self.tick_until(lambda: self.app.handled)
         self.assertEqual(client.recv(100), b"tcp\n")
 
+    def test_a_connection_is_on_the_flush_list_once_however_often_it_is_writable(self):
+        # A remainder waits for writability; a connection the flush had no time for stays on
+        # its list; neither may be listed twice (10 000 departures once grew the list to two
+        # million entries, and a new client's HELO got no reply).
+        hub = self.server.hub
+        blocked_id, blocked_sock = self.pair(sndbuf=4096)
+        other_id, _ = self.pair()
+        blocked_sock.sendall(b"big 300000\n")
+        blocked = hub.conns[blocked_id]
+        self.tick_until(lambda: blocked.out_bytes and not hub.has_output())
+        hub.write_many((other_id, blocked_id), b"new\n")
+        hub.flush(budget=-1)                # out of time at once: one send, the rest later
+        for _ in range(3):
+            blocked.on_writable()
+        listed = hub._to_flush + hub._flush_later
+        self.assertLessEqual(listed.count(blocked), 1)
+        self.assertEqual(self.pump(blocked_sock, 300004), b"x" * 300000 + b"new\n")
+
     def test_close_sends_everything_queued_then_closes(self):
         _, ours = self.pair(sndbuf=4096)
         ours.sendall(b"big 300000\nclose\necho never\n")

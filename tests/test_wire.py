@@ -328,6 +328,48 @@ class FramingShortcutTests(unittest.TestCase):
             self.assertEqual(plain, [f.replace(b"CHAT :", b"CHAT:") for f in general], stream)
 
 
+    def test_taking_a_plain_chat_agrees_with_framing_and_parsing(self):
+        # Streams of CHAT-like requests (plain, oddly spaced, broken, too long, blank lines
+        # between), cut into random chunks: taking plain CHATs whole from the buffer first must
+        # give the same requests and errors, and leave the same bytes buffered, as framing and
+        # parsing each request in general.
+        rng = random.Random(11)
+        pieces = [wire.chat_request(1, 2, "al", "hi"), wire.chat_request(3, 4, " b ", " x\ny "),
+                  b"CHAT: 5\nJOIN_ID: 6\nCLIENT_NAME: \nMESSAGE: m\n\n", b"\n", b"\r\n",
+                  b"CHAT : 7\nJOIN_ID: 8\nCLIENT_NAME: c\nMESSAGE: m\n\n", b"HELO a\n",
+                  b"CHAT: 9\nJOIN_ID: 1\nCLIENT_NAME: \xff\nMESSAGE: m\n\n",
+                  wire.chat_request(1, 2, "long", "z" * 90), b"CHAT: 1\nJOIN_ID: 2\n",
+                  b"CLIENT_NAME: d\nMESSAGE: e\n\n", b"JOIN_CHATROOM: r\n"]
+
+        def outcomes(framer, shortcut):
+            out = []
+            while True:
+                try:
+                    request = framer.maybe_take_plain_chat() if shortcut else None
+                    if request is None:
+                        frame = framer.maybe_next_frame()
+                        if frame is None:
+                            return out
+                        request = wire.parse_request_in_general(frame)
+                except RequestError as err:
+                    request = err.code
+                    if err.code == ErrorCode.REQUEST_TOO_LONG:
+                        return out + [request]      # (the framer is of no further use)
+                out.append((request, framer.buffered()))
+        for _ in range(2000):
+            stream = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 10)))
+            results, step = [], rng.randint(1, 40)
+            for shortcut in (True, False):
+                framer, seen = Framer(max_request=100), []
+                for i in range(0, len(stream), step):
+                    framer.receive_data(stream[i:i + step])
+                    seen += outcomes(framer, shortcut)
+                    if seen and seen[-1] is ErrorCode.REQUEST_TOO_LONG:
+                        break               # (the connection is closed)
+                results.append(seen)
+            self.assertEqual(results[0], results[1], stream)
+
+
 class BuilderTests(unittest.TestCase):
     """Every builder against bytes written out by hand (so a wrong builder cannot vouch for
     itself through the reader)."""

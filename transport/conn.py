@@ -65,7 +65,9 @@ class Connection:
         # which are handled before anything more is read from it (so its unhandled input
         # stays bounded).
         self.scheduled = False
-        self.flush_pending = False      # it is on the hub's list to flush this tick
+        # It is on the hub's list to flush, or (TCP: write_blocked) its remainder waits for
+        # writability, which puts it there: either way, output queued meanwhile just joins.
+        self.flush_pending = False
         self.reported_lost = False      # the app has been told it is gone (connections_lost)
         self.meter: Any = None          # flood control's buckets (policy/flood.py Meter)
 

@@ -17,6 +17,7 @@ connection, is our bug: it is logged with its traceback and drops that connectio
 server.
 """
 import collections
+import itertools
 import logging
 import time
 import traceback
@@ -49,8 +50,10 @@ LOST_PER_CALL = 250
 # 64 000 leaves in one call, 128 000 in one flush (300 ms to 8 s of one tick); 2 048 cost
 # ~10 ms. A connection costing more than this alone is told of alone.
 LOST_WORK_PER_CALL = 2048
-# The flush reads the clock once per this many connections.
-SENDS_BETWEEN_CLOCK_READS = 32
+# The flush reads the clock before each send but the first: one send may copy megabytes (a
+# member that does not read, whose kernel buffers have grown), so 32 sends between two reads of
+# the clock made one flush of 2 000 stalled members take 240 ms, where STEP_BUDGET is 5 ms.
+# A read of the clock costs 50 ns; a send, microseconds.
 # Rounds of "flush the connections, then the flushers (the UDP endpoint's datagrams and
 # events)" per tick: an event (a session over) can bring output (its rooms told), which can end
 # another session (over its cap).
@@ -82,7 +85,7 @@ class Hub:
         self.loop = loop
         self.app = app
         self.conns: Dict[int, Connection] = {}
-        self._next_conn_id = 1
+        self._conn_ids = itertools.count(1)     # 1, 2, ...: never reused
         self.scheduler = Scheduler(time.monotonic)
         self.limits = limits if limits is not None else InputLimits()
         self.memory = Memory(memory_budget)
@@ -90,6 +93,7 @@ class Hub:
         self.holders = Holders()            # connections holding a descriptor (transport/tcp.py)
         self.log_budget = LogBudget(time.monotonic)
         self._to_flush: List[Connection] = []     # got output this tick
+        self._flush_later: List[Connection] = []  # what a flush had no time for, sent after
         # ABORTING, to be torn down as time allows (drop_aborted): (conn, log level, why).
         self._to_abort: List[Tuple[Connection, int, str]] = []
         self._lost: Deque[Connection] = collections.deque()     # gone; told in the flush
@@ -103,9 +107,7 @@ class Hub:
     # -- connections come and go ---------------------------------------------------------------
 
     def new_conn_id(self) -> int:
-        conn_id = self._next_conn_id
-        self._next_conn_id += 1
-        return conn_id
+        return next(self._conn_ids)
 
     def add(self, conn: Connection, local_ip: str, unproven: bool = True) -> None:
         """Serve `conn` (its transport made it): the app is told (connection_made)."""
@@ -142,20 +144,22 @@ class Hub:
 
     def busy(self) -> bool:
         """Work is left for the next tick: the loop's select() must not wait."""
-        return bool(self.scheduler.has_backlog or self._lost or self._to_abort or self._to_flush)
+        return bool(self.scheduler.has_backlog or self._to_abort or self.has_output())
 
     def has_output(self) -> bool:
         """Connections have output to flush, or departures to report."""
-        return bool(self._to_flush or self._lost)
+        return bool(self._to_flush or self._flush_later or self._lost)
 
     def end_of_tick(self) -> None:
         """The hub's part of a tick: the turns, the flush, the teardowns of dropped connections
-        (for at most STEP_BUDGET), and evictions past the memory budget."""
+        (for at most STEP_BUDGET), and evictions past the memory budget. The flush may take twice
+        as long as the turns (sending costs more than making): output must not pile up."""
         scheduler = self.scheduler
+        started = time.monotonic()
         for conn, limit in scheduler.turns(after_fresh=self.flush):
             if self._take_turn(conn, limit):
                 scheduler.requeue(conn)     # the next select() will not wait
-        self.flush()
+        self.flush(max(STEP_BUDGET, 2 * (time.monotonic() - started)))     # (see above)
         if self._to_abort:
             self.drop_aborted()
         if self.memory.over_budget:
@@ -358,36 +362,38 @@ class Hub:
             conn.flush_pending = True
             self._to_flush.append(conn)
 
-    def flush(self) -> None:
+    def flush(self, budget: float = STEP_BUDGET) -> None:
         """Tell the app of connections lost and flush what each connection got this tick
         (_flush_connections), then the flushers (the UDP endpoint's datagrams and events),
-        which may bring more of both (a session over: its rooms are told)."""
-        self._flush_connections()
+        which may bring more of both (a session over: its rooms are told). All its rounds
+        share one `budget` (a budget each made one flush take 110 ms)."""
+        deadline = time.monotonic() + budget
+        self._flush_connections(deadline)
         for _ in range(FLUSH_ROUNDS):
             more = False
             for flusher in self._flushers:
                 more |= flusher()
-            if not more:
+            if not more or time.monotonic() > deadline:
                 break
-            self._flush_connections()
+            self._flush_connections(deadline)
 
-    def _flush_connections(self) -> None:
-        """Tell the app of connections lost (in at most two calls), then flush each
-        connection with new output, one send each; again while either brings more. Those not
-        told of yet are, in the next tick's flush (which does not wait). Sending stops once it
-        has taken STEP_BUDGET (a storm of departures makes thousands of send()s fail): the
-        rest is sent first thing in the next tick's flush."""
+    def _flush_connections(self, deadline: float) -> None:
+        """Tell the app of connections lost (in at most two calls), then flush each connection
+        with new output, one send each; again while either brings more. The rest (of both)
+        waits for the next tick's flush, which does not wait: sending stops at the `deadline`
+        (a storm of departures makes thousands of send()s fail)."""
         calls = 0
-        started = time.monotonic()
-        while self._to_flush or (self._lost and calls < 2):
+        while self._to_flush or self._flush_later or (self._lost and calls < 2):
             if self._lost and calls < 2:        # at most twice LOST_WORK_PER_CALL in one flush
                 self._tell_app_lost()
                 calls += 1
-            batch, self._to_flush = self._to_flush, []
+            # New output first: a reply must not wait behind sends to thousands of members that
+            # do not read (each may copy a megabyte), whose output joins their queues instead.
+            batch = self._to_flush + self._flush_later
+            self._to_flush, self._flush_later = [], []
             for index, conn in enumerate(batch):
-                if (index % SENDS_BETWEEN_CLOCK_READS == SENDS_BETWEEN_CLOCK_READS - 1
-                        and time.monotonic() - started > STEP_BUDGET):
-                    self._to_flush[:0] = batch[index:]      # still flush_pending: next tick
+                if index and time.monotonic() > deadline:
+                    self._flush_later = batch[index:]       # still flush_pending: later
                     return
                 conn.flush_pending = False
                 conn.flush()
@@ -437,12 +443,10 @@ class Hub:
 
     def _tell_app_lost(self) -> None:
         """Tell the app which connections are gone, up to LOST_PER_CALL of them and
-        LOST_WORK_PER_CALL of work in one call (at least one), and carry out its answer.
-
-        One call for a storm of departures: the app takes every one of them out of its rooms
-        before it announces any, so nothing is built for members that are themselves gone, and
-        a room's announcements can go out as one shared message. Telling it one by one made
-        8 000 members resetting at once cost 8 000 announcements to 8 000 members."""
+        LOST_WORK_PER_CALL of work in one call (at least one), and carry out its answer. One
+        call for many: the app takes them all out of their rooms before it announces any, so
+        nothing is built for members that are gone too (one by one, 8 000 members resetting at
+        once cost 8 000 announcements to 8 000 members)."""
         lost = next_departures(self._lost, getattr(self.app, "departure_cost", None))
         actions = self.guarded(None, self.app.connections_lost, lost)
         if actions:

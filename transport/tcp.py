@@ -79,13 +79,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 class TcpConnection(Connection):
     """A client connection over TCP: the socket, and what the selector watches it for."""
-    __slots__ = ("sock", "events", "peer_closed")
+    __slots__ = ("sock", "events", "peer_closed", "write_blocked")
 
     def __init__(self, hub: Any, sock: socket.socket, conn_id: int, peer_ip: str) -> None:
         super().__init__(hub, conn_id, peer_ip)
         self.sock = sock
         self.events = EVENT_READ            # what the selector watches it for
         self.peer_closed = False            # it sent its FIN: nothing more to read, ever
+        self.write_blocked = False          # a remainder waits for writability (see flush)
 
     def on_readable(self) -> None:
         """Read once and hand the bytes to the hub (requests are handled later in the tick). A
@@ -111,7 +112,9 @@ class TcpConnection(Connection):
         hub.received(self, data)
 
     def on_writable(self) -> None:
-        self.hub.want_flush(self)
+        if self.write_blocked:              # it waited for this (see flush)
+            self.write_blocked = self.flush_pending = False
+        self.hub.want_flush(self)           # (nothing if it is on the hub's list already)
 
     def flush(self) -> None:
         """One send() of what is queued, then what follows from what is left: the close goes
@@ -132,6 +135,11 @@ class TcpConnection(Connection):
                 return
             if sent:
                 self._consume(sent)
+            # A remainder waits for writability (on_writable), as asyncio's write() does:
+            # output queued meanwhile only joins it, and the hub does not try this socket
+            # again every tick (2 000 members that do not read made every flush try each of
+            # them, and an unrelated client's reply waited behind them all).
+            self.write_blocked = self.flush_pending = self.out_bytes > 0
         if not self.out_bytes and self.state is CLOSING:
             self._finish_close()
             return
