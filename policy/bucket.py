@@ -8,6 +8,13 @@ PROBEs. Imports nothing of the project.
 """
 
 
+def refilled(tokens: float, burst: float, rate: float, elapsed: float) -> float:
+    """What a bucket holding `tokens` holds `elapsed` seconds later (never past `burst`; a
+    clock that went back earns nothing). TokenBucket's rule, for holders that keep a bucket's
+    numbers in slots of their own (policy/flood.py's Meter: one object per connection)."""
+    return min(burst, tokens + elapsed * rate) if elapsed > 0 else tokens
+
+
 class TokenBucket:
     """Up to `burst` tokens at once, refilled at `rate` a second (0: never refilled)."""
 
@@ -22,9 +29,7 @@ class TokenBucket:
     def refill(self, now: float) -> "TokenBucket":
         """Add what has been earned since the last look (never past `burst`; a clock that
         went back earns nothing) and return the bucket, so that `b.refill(now).tokens` reads."""
-        elapsed = now - self.at
-        if elapsed > 0:
-            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        self.tokens = refilled(self.tokens, self.burst, self.rate, now - self.at)
         self.at = now
         return self
 

@@ -8,7 +8,7 @@ of its own: every call is given the time.
 """
 from typing import Optional
 
-from policy.bucket import TokenBucket
+from policy.bucket import refilled
 
 # The rates are set so that a member who reads 1 MB/s keeps up with any one flooder (whose every
 # byte it is sent), far above what a person types, and above what the benchmarks' busiest member
@@ -29,50 +29,64 @@ class InputLimits:
                  requests_per_second: float = REQUESTS_PER_SECOND,
                  request_burst: float = REQUEST_BURST) -> None:
         self.bytes_per_second = bytes_per_second
-        self.burst_bytes = burst_bytes
+        self.burst_bytes = float(burst_bytes)       # (a new meter's tokens: one float for all)
         self.requests_per_second = requests_per_second
-        self.request_burst = request_burst
+        self.request_burst = float(request_burst)
 
 
 class Meter:
-    """One connection's buckets (None where the limit is 0). Both start full.
+    """One connection's two buckets, bytes and requests (policy/bucket.py's rule; a rate of 0:
+    no bucket). Both start full.
 
         charge_bytes(n, now)    it sent n bytes: how long to stop reading it (0: not at all)
         requests_allowed(now)   how many of its requests may be handled now (None: any number)
         wait_for_a_request()    after requests_allowed() said 0: how long until one may be
         charge_requests(n)      n of its requests were handled
+
+    The buckets' numbers are slots of the meter itself, not two TokenBucket objects: every
+    connection has a meter, and two buckets of their own cost 10 000 idle connections 1 MB
+    (tools.many). The times are the caller's `now`, one float shared by a whole tick.
     """
-    __slots__ = ("bytes", "requests")
+    __slots__ = ("limits", "byte_tokens", "bytes_at", "request_tokens", "requests_at")
 
     def __init__(self, limits: InputLimits, now: float) -> None:
-        self.bytes: Optional[TokenBucket] = None
-        self.requests: Optional[TokenBucket] = None
-        if limits.bytes_per_second:
-            self.bytes = TokenBucket(limits.burst_bytes, limits.bytes_per_second, now)
-        if limits.requests_per_second:
-            self.requests = TokenBucket(limits.request_burst, limits.requests_per_second, now)
+        self.limits = limits
+        self.byte_tokens = limits.burst_bytes
+        self.request_tokens = limits.request_burst
+        self.bytes_at = self.requests_at = now      # when each was last brought up to date
 
     def charge_bytes(self, size: int, now: float) -> float:
-        bucket = self.bytes
-        if bucket is None:
+        limits = self.limits
+        rate = limits.bytes_per_second
+        if not rate:
             return 0.0
-        bucket.refill(now).tokens -= size       # (it may go below 0: the debt is waited out)
-        return -bucket.tokens / bucket.rate if bucket.tokens < 0 else 0.0
+        # (it may go below 0: the debt is waited out)
+        tokens = refilled(self.byte_tokens, limits.burst_bytes, rate, now - self.bytes_at) - size
+        self.byte_tokens, self.bytes_at = tokens, now
+        return -tokens / rate if tokens < 0 else 0.0
 
     def requests_allowed(self, now: float) -> Optional[int]:
-        bucket = self.requests
-        return None if bucket is None else int(bucket.refill(now).tokens)
+        limits = self.limits
+        rate = limits.requests_per_second
+        if not rate:
+            return None
+        self.request_tokens = refilled(self.request_tokens, limits.request_burst, rate,
+                                       now - self.requests_at)
+        self.requests_at = now
+        return int(self.request_tokens)
 
     def wait_for_a_request(self) -> float:
-        bucket = self.requests
-        return 0.0 if bucket is None else (1 - bucket.tokens) / bucket.rate
+        rate = self.limits.requests_per_second
+        return (1 - self.request_tokens) / rate if rate else 0.0
 
     def charge_requests(self, handled: int) -> None:
-        if self.requests is not None:
-            self.requests.tokens -= handled
+        if self.limits.requests_per_second:
+            self.request_tokens -= handled
 
     def last_heard(self) -> float:
-        """When it was last charged (or made), the bucket's own record: how long it has been
+        """When it was last charged (or made), the buckets' own record: how long it has been
         idle, for the descriptor reserve (policy/reserve.py). -inf if nothing meters it."""
-        bucket = self.bytes or self.requests
-        return float("-inf") if bucket is None else bucket.at
+        limits = self.limits
+        if limits.bytes_per_second:
+            return self.bytes_at
+        return self.requests_at if limits.requests_per_second else float("-inf")
