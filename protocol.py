@@ -128,6 +128,9 @@ class ChatProtocol:
         self.on_other_message = on_other_message
         self.kill_from = kill_from
         self._sessions: Dict[int, _Session] = {}
+        # The last connection's Peer, shared by the next from the same addresses (nobody
+        # changes a Peer): a client that opens many connections costs one, not one each.
+        self._last_peer: Optional[Peer] = None
         service = self.service
         # CHAT and LEAVE go straight to the service: no call of ours on the hot path.
         self._handlers: Dict[type, Callable[[int, Request], List[Action]]] = {
@@ -139,7 +142,10 @@ class ChatProtocol:
     # -- driven by the reactor -----------------------------------------------------------------
 
     def connection_made(self, conn_id: int, local_ip: str, peer_ip: str = "") -> None:
-        self._sessions[conn_id] = _Session(Peer(local_ip, self.port, peer_ip))
+        peer = self._last_peer
+        if peer is None or peer.peer_ip != peer_ip or peer.local_ip != local_ip:
+            peer = self._last_peer = Peer(local_ip, self.port, peer_ip)
+        self._sessions[conn_id] = _Session(peer)
 
     def data_received(self, conn_id: int, data: bytes) -> None:
         """Buffer bytes from the peer; requests are handled by maybe_next_actions()."""
