@@ -54,6 +54,14 @@ LOST_WORK_PER_CALL = 2048
 # member that does not read, whose kernel buffers have grown), so 32 sends between two reads of
 # the clock made one flush of 2 000 stalled members take 240 ms, where STEP_BUDGET is 5 ms.
 # A read of the clock costs 50 ns; a send, microseconds.
+# Past its deadline the flush still sends queues of at most this many bytes: a send of a few
+# small messages costs microseconds, never a megabyte's copy, and leaving them queued only
+# piled a join storm's announcements up (10 000 members in rooms of 100: up to 5 MB queued
+# between ticks, whose peak the RSS kept: 2 000..3 300 bytes per idle connection after).
+# So only while more than PILED_UP bytes of output are queued in all: below that, leaving output
+# for the next tick's flush costs little memory and lets it go in fewer sends (room1x100).
+CHEAP_SEND = 4096
+PILED_UP = 1024 * 1024
 # Rounds of "flush the connections, then the flushers (the UDP endpoint's datagrams and
 # events)" per tick: an event (a session over) can bring output (its rooms told), which can end
 # another session (over its cap).
@@ -347,8 +355,7 @@ class Hub:
 
     def close_connection(self, conn_id: int) -> None:
         """Close a connection once its queued output is sent (idempotent). One that waits for
-        the app (a DISCONNECT's leaves on the bus: a Wait with no Resume) waits no more, or its
-        peer's FIN would go unread and the close would linger its full time."""
+        the app (a DISCONNECT's leaves on the bus) waits no more: its peer's FIN must be read."""
         conn = self.conns.get(conn_id)
         if conn is not None:
             conn.waiting = False
@@ -379,9 +386,9 @@ class Hub:
 
     def _flush_connections(self, deadline: float) -> None:
         """Tell the app of connections lost (in at most two calls), then flush each connection
-        with new output, one send each; again while either brings more. The rest (of both)
-        waits for the next tick's flush, which does not wait: sending stops at the `deadline`
-        (a storm of departures makes thousands of send()s fail)."""
+        with new output, one send each; again while either brings more. The rest waits for
+        the next tick's flush, which does not wait: past the `deadline` only queues of at most
+        CHEAP_SEND bytes are sent (a storm of departures makes thousands of send()s fail)."""
         calls = 0
         while self._to_flush or self._flush_later or (self._lost and calls < 2):
             if self._lost and calls < 2:        # at most twice LOST_WORK_PER_CALL in one flush
@@ -389,14 +396,17 @@ class Hub:
                 calls += 1
             # New output first: a reply must not wait behind sends to thousands of members that
             # do not read (each may copy a megabyte), whose output joins their queues instead.
-            batch = self._to_flush + self._flush_later
-            self._to_flush, self._flush_later = [], []
+            batch, self._to_flush = self._to_flush + self._flush_later, []
+            later = self._flush_later = []
+            cheap = CHEAP_SEND if self.memory.output > PILED_UP else 0
             for index, conn in enumerate(batch):
-                if index and time.monotonic() > deadline:
-                    self._flush_later = batch[index:]       # still flush_pending: later
-                    return
+                if conn.out_bytes > cheap and index and time.monotonic() > deadline:
+                    later.append(conn)              # still flush_pending: later
+                    continue
                 conn.flush_pending = False
                 conn.flush()
+            if later:
+                return
 
     # -- departures ----------------------------------------------------------------------------
 
@@ -443,10 +453,9 @@ class Hub:
 
     def _tell_app_lost(self) -> None:
         """Tell the app which connections are gone, up to LOST_PER_CALL of them and
-        LOST_WORK_PER_CALL of work in one call (at least one), and carry out its answer. One
-        call for many: the app takes them all out of their rooms before it announces any, so
-        nothing is built for members that are gone too (one by one, 8 000 members resetting at
-        once cost 8 000 announcements to 8 000 members)."""
+        LOST_WORK_PER_CALL of work in one call (at least one), and carry out its answer. One call
+        for many: the app takes them all out of their rooms before it announces any (one by one,
+        8 000 members resetting at once cost 8 000 announcements to 8 000 members)."""
         lost = next_departures(self._lost, getattr(self.app, "departure_cost", None))
         actions = self.guarded(None, self.app.connections_lost, lost)
         if actions:
@@ -467,8 +476,7 @@ class Hub:
         self.flush()                        # the evicted connections' rooms are told now
 
     def close(self) -> None:
-        """The server stops: every connection sends what the kernel takes at once, and goes
-        (the app is not told: it stops too)."""
+        """The server stops: each connection sends what the kernel takes at once, and goes."""
         for conn in list(self.conns.values()):
             if conn.out_bytes:
                 conn.send_last()
