@@ -12,7 +12,7 @@ from policy.flood import InputLimits
 from policy.scheduler import MAX_REQUESTS_PER_TICK, MIN_REQUESTS_PER_TICK, TICK_TARGET
 from sansio.actions import Close, Send
 from tests.line_app import REPO, LineApp, LineServer, ServerCase
-from transport.hub import LOST_WORK_PER_CALL
+from transport.hub import LOST_WORK_PER_CALL, PILED_UP
 
 
 class HubTests(ServerCase):
@@ -124,6 +124,26 @@ class HubTests(ServerCase):
         self.assertNotIn(conn_id, self.server.hub.conns, "the close waited for LINGER_TIMEOUT")
         self.assertIn("the peer", logs.output[-1])
         self.assertNotIn("had not closed", logs.output[-1])
+
+    def test_past_its_deadline_the_flush_sends_small_queues_only_while_output_piles_up(self):
+        pairs = [self.pair() for _ in range(3)]
+        hub = self.server.hub
+
+        def queue_and_flush():
+            for conn_id, _ in pairs:
+                hub.write_many((conn_id,), b"hi\n")
+            hub.flush(budget=-1.0)          # the deadline has passed before the first send
+
+        queue_and_flush()                   # little queued: the rest waits for the next flush
+        self.assertEqual([hub.conns[conn_id].out_bytes for conn_id, _ in pairs], [0, 3, 3])
+        hub.memory.output += PILED_UP       # as if a join storm's output were queued elsewhere
+        try:
+            queue_and_flush()
+            self.assertEqual([hub.conns[conn_id].out_bytes for conn_id, _ in pairs], [0, 0, 0])
+        finally:
+            hub.memory.output -= PILED_UP
+        for _, ours in pairs:
+            self.assertEqual(self.read_exactly(ours, 6), b"hi\nhi\n")
 
     def test_writes_to_unknown_connections_are_ignored(self):
         self.server.hub.write_many([999], b"nobody")
