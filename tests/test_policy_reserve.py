@@ -1,5 +1,6 @@
 """The descriptor reserve's policy (policy/reserve.py): who makes way, who is closed while
 descriptors are scarce."""
+import sys
 import unittest
 
 from policy import reserve
@@ -23,6 +24,22 @@ class UnprovenTests(unittest.TestCase):
         self.a, self.b, self.c = conn(1), conn(2), conn(3)
         for index, c in enumerate((self.a, self.b, self.c)):
             self.unproven.add(c, now=float(index))
+
+    def test_a_table_emptied_is_as_small_as_a_new_one(self):
+        many = Unproven(open_file_limit=10)
+        new_size = sys.getsizeof(many)
+        for conn_id in range(10000):
+            many.add(conn(conn_id), now=0.0)
+        for conn_id in range(10000):
+            many.forget(conn_id)
+        many.forget(1)                                      # (forgetting twice: nothing)
+        self.assertEqual(len(many), 0)
+        self.assertLessEqual(sys.getsizeof(many), new_size)
+
+    def test_forgetting_one_keeps_the_others_in_their_order(self):
+        self.unproven.forget(self.b.conn_id)
+        self.assertIs(self.unproven.maybe_make_way(), self.a)
+        self.assertIs(self.unproven.maybe_make_way(), self.c)
 
     def test_the_longest_idle_makes_way(self):
         self.unproven.touched(self.a, now=5.0)              # a sent something: idle no longer

@@ -213,7 +213,7 @@ class Hub:
                 break
         meter.charge_requests(handled)
         if handled and self.unproven:
-            self.unproven.pop(conn_id, None)            # it has completed a request
+            self.unproven.forget(conn_id)               # it has completed a request
         if conn.state is not CLOSED:
             self.count_input(conn)          # what it holds now counts against the budget
         return more
@@ -438,7 +438,7 @@ class Hub:
         conn.in_bytes = 0
         conn.release(reason)
         self.shared.drop_queue(conn)
-        self.unproven.pop(conn.conn_id, None)
+        self.unproven.forget(conn.conn_id)
         self.log_budget.log(LOGGER, level, "conn %d (%s): %s", conn.conn_id,
                             conn.peer_ip or "local", reason)
         if tell_app:
