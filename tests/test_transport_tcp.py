@@ -114,6 +114,21 @@ class TcpConnectionTests(ServerCase):
         other.sendall(b"echo fine\n")
         self.assertEqual(self.pump(other, 5), b"fine\n")
 
+    def test_a_connection_sent_little_keeps_no_buffer_and_a_busy_one_keeps_its_own(self):
+        (quiet_id, quiet), (busy_id, busy) = self.pair(), self.pair()
+        hub = self.server.hub
+        hub.write_many((quiet_id,), b"x" * tcp.KEEP_TAIL_ABOVE)
+        hub.write_many((busy_id,), b"y" * (tcp.KEEP_TAIL_ABOVE + 1))
+        kept = hub.conns[busy_id].tail
+        hub.flush()
+        self.assertEqual((hub.conns[quiet_id].out, hub.conns[quiet_id].tail), ([], None))
+        self.assertEqual(hub.conns[busy_id].out, [kept])
+        hub.write_many((quiet_id, busy_id), b"z\n")    # both still get what comes next
+        self.assertIs(hub.conns[busy_id].tail, kept)
+        hub.flush()
+        self.assertEqual(self.read_exactly(quiet, tcp.KEEP_TAIL_ABOVE + 2)[-2:], b"z\n")
+        self.assertEqual(self.read_exactly(busy, tcp.KEEP_TAIL_ABOVE + 3)[-2:], b"z\n")
+
     def test_stop_before_run_forever_makes_it_return_at_once(self):
         _, ours = self.pair()
         self.server.stop()
