@@ -9,7 +9,7 @@ import unittest
 
 from sansio import bus, bus_links, bus_scripts
 from sansio.actions import Broadcast, Send
-from sansio.bus import Joined, Left, Said, Skipped
+from sansio.bus import Done, Joined, Left, Said, Skipped
 from cluster.shared import SharedRooms
 from protocol import ChatProtocol
 from rooms import LocalRooms
@@ -73,6 +73,23 @@ class OrderTests(unittest.TestCase):
         self.assertEqual(self.h.bus.next_ref, 11, "refs heard of exist still")
         self.h.publish(said(0, 2, "still followed"))
         self.assertEqual(self.h.texts(), ["in the followed room", "still followed"])
+
+    def test_the_chats_of_one_tick_go_to_redis_in_one_call_each_with_its_number(self):
+        self.h.bus.chat("a", 4, 0, "me", "one", self.h.now)
+        self.h.bus.chat("b", 5, 1, "you", "two", self.h.now)
+        self.h.bus.leave("c", 2, [(6, "her")], self.h.now)
+        sent = self.h.take_sent()["cmd"]
+        self.assertEqual(sent.count(b"EVALSHA"), 2, "the chats in one call, then the leave")
+        self.assertLess(sent.index(b"two"), sent.index(b"her"), "in the order asked")
+        self.h.reply([7, 3], [9, 6])
+        self.assertEqual(self.h.events(), [Done("a", 7), Done("b", 3), Done("c", [9, 6])])
+
+    def test_a_published_batch_is_handed_out_as_its_events(self):
+        one, two = said(0, 1, "a\nb"), said(0, 2, "c")
+        self.h.publish(b"B\n%d\n%s%d\n%s" % (len(one), one, len(two), two))
+        self.assertEqual(self.h.texts(), ["a\nb", "c"])
+        self.h.publish(b"B\n9\nC 0")
+        self.assertEqual(self.h.bus.bad_events, 1)
 
     def test_a_heartbeat_that_declared_nodes_dead_says_so(self):
         self.h.now += bus.HEARTBEAT_EVERY
@@ -184,7 +201,7 @@ class LastLeaveAndJoinTogetherTests(unittest.TestCase):
         self.assertEqual(h.texts(2), ["bob has joined this chatroom."])
         h.request(2, b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: bob\nMESSAGE: hi\n\n")
         h.publish(b"C 0 4 me 2\nbob\nhi")
-        h.reply(4)
+        h.reply([4])
         h.actions()
         self.assertEqual(h.texts(2), ["hi"], "the room's events still reach its member here")
         self.assertNotIn(2, h.shared._waits, "and its chat is done")

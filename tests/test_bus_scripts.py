@@ -8,7 +8,8 @@ import signal
 import time
 import unittest
 
-from sansio.bus_scripts import SCRIPT_TEXTS, Joined, Left, Said, decode_event
+from sansio.bus_scripts import (SCRIPT_TEXTS, Joined, Left, Said, decode_event,
+                                split_batch, split_published)
 from tests.redis_server import REDIS_SERVER, SKIP_REASON, RedisProcess
 
 
@@ -26,6 +27,18 @@ class EventFormatTests(unittest.TestCase):
         for data in (b"", b"X 1 2 n", b"C 1 two n 3\nx\ny", b"J 1 2 n 3\nr\nx", b"\xff"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_event(data)
+
+    def test_a_batch_is_its_events_in_order(self):
+        chat = "C 3 10 n1 12\nbo b\nline 1\nline 2 é".encode()
+        batch = b"B\n%d\n%s3\nC 4" % (len(chat), chat)
+        self.assertEqual(split_published(chat), [chat], "one event")
+        self.assertEqual(split_published(b"B\n9\nC"), [b"B\n9\nC"], "for decode_event to refuse")
+        self.assertEqual(split_batch(batch), [chat, b"C 4"])
+
+    def test_a_truncated_or_garbled_batch_is_refused(self):
+        for data in (b"B\n5\nabc", b"B\n-2\nabc", b"B\nx\nabc", b"B\n3"):
+            with self.assertRaises(ValueError):
+                split_batch(data)
 
 
 @unittest.skipUnless(REDIS_SERVER, SKIP_REASON)
