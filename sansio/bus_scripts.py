@@ -150,16 +150,12 @@ def sync_args(members: Sequence[Tuple[int, int, int, str]],
 _PRELUDE = """
 if redis.replicate_commands then redis.replicate_commands() end   -- Redis 5: TIME, then writes
 local p = ARGV[1]
-local function append(kind, ref, rest, body)
-  -- the room's next event: numbered and in its log (not yet kept alive, nor published)
+local function emit(kind, ref, rest, body)
   local seq = redis.call('INCR', p .. ':seq:' .. ref)
   local event = kind .. ' ' .. ref .. ' ' .. seq .. ' ' .. rest .. '\\n' .. body
-  redis.pcall('XADD', p .. ':log:' .. ref, 'MAXLEN', '~', @LOG_LENGTH@, seq .. '-1', 'e', event)
-  return seq, event
-end
-local function emit(kind, ref, rest, body)
-  local seq, event = append(kind, ref, rest, body)
-  redis.call('EXPIRE', p .. ':log:' .. ref, @LOG_TTL@)
+  local log = p .. ':log:' .. ref
+  redis.pcall('XADD', log, 'MAXLEN', '~', @LOG_LENGTH@, seq .. '-1', 'e', event)
+  redis.call('EXPIRE', log, @LOG_TTL@)
   redis.call('PUBLISH', p .. ':events', event)
   return seq
 end
@@ -238,19 +234,27 @@ return {ref, jid, seq, others, created}
 
 # The chats one node sent in one tick, in one call. ARGV: p, node, then CONN, REF, NAME, MESSAGE
 # quads. Returns the events' numbers, in order. Each chat is an event of its own, numbered and in
-# its room's log as every event is, but the call publishes them together as one batch (see
-# split_batch) and keeps each room's log alive once: per chat Redis runs an INCR and an XADD,
-# where a script call per chat ran those, an EXPIRE and a PUBLISH.
+# its room's log as emit() makes them, but the call numbers each room's chats with one INCRBY,
+# keeps each room's log alive once and publishes them together as one batch (see split_batch):
+# per chat Redis runs one XADD, where a script call per chat ran an INCR, an XADD, an EXPIRE
+# and a PUBLISH.
 CHATS_SCRIPT = """
-local node, seqs, batch, touched = ARGV[2], {}, {'B\\n'}, {}
+local node, seqs, batch, count, last = ARGV[2], {}, {'B\\n'}, {}, {}
+for i = 4, #ARGV, 4 do count[ARGV[i]] = (count[ARGV[i]] or 0) + 1 end
+for ref, n in pairs(count) do                      -- one INCRBY per room
+  last[ref] = redis.call('INCRBY', p .. ':seq:' .. ref, n) - n
+end
 for i = 3, #ARGV, 4 do
   local ref = ARGV[i + 1]
-  local seq, event = append('C', ref, node .. ' ' .. ARGV[i], ARGV[i + 2] .. '\\n' .. ARGV[i + 3])
+  local seq = last[ref] + 1
+  last[ref] = seq
+  local event = 'C ' .. ref .. ' ' .. seq .. ' ' .. node .. ' ' .. ARGV[i] .. '\\n' .. ARGV[i + 2]
+                .. '\\n' .. ARGV[i + 3]
+  redis.pcall('XADD', p .. ':log:' .. ref, 'MAXLEN', '~', @LOG_LENGTH@, seq .. '-1', 'e', event)
   seqs[#seqs + 1] = seq
   batch[#batch + 1] = #event .. '\\n' .. event
-  touched[ref] = true
 end
-for ref in pairs(touched) do redis.call('EXPIRE', p .. ':log:' .. ref, @LOG_TTL@) end
+for ref in pairs(count) do redis.call('EXPIRE', p .. ':log:' .. ref, @LOG_TTL@) end
 redis.call('PUBLISH', p .. ':events', table.concat(batch))
 return seqs
 """

@@ -82,5 +82,28 @@ class HeartbeatClockTests(unittest.TestCase):
         self.assertEqual(self.beat_for("a", 2 * self.DEAD_MS / 1000), [b"b"])
 
 
+@unittest.skipUnless(REDIS_SERVER, SKIP_REASON)
+class ChatsScriptTests(unittest.TestCase):
+    """The chats script: the chats of one tick, several rooms, in one call."""
+
+    def setUp(self) -> None:
+        self.redis = RedisProcess()
+        self.addCleanup(self.redis.stop)
+
+    def test_each_chat_is_its_rooms_next_event_and_in_its_log_which_is_kept_alive(self):
+        self.redis.command("SET", "c:seq:1", 4)             # room 1 had 4 events, room 2 none
+        seqs = self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1",
+                                  7, 1, "ann", "one", 8, 2, "bob", "two\nlines",
+                                  7, 1, "ann", "three")
+        self.assertEqual(seqs, [5, 1, 6])
+        entries = self.redis.command("XRANGE", "c:log:1", "-", "+")
+        self.assertEqual([(entry[0], decode_event(entry[1][1]).message) for entry in entries],
+                         [(b"5-1", "one"), (b"6-1", "three")])
+        self.assertEqual(decode_event(self.redis.command("XRANGE", "c:log:2", "-", "+")[0][1][1]),
+                         Said(2, 1, "n1", 8, "bob", "two\nlines"))
+        for ref in (1, 2):
+            self.assertGreater(self.redis.command("TTL", "c:log:%d" % ref), 0)
+
+
 if __name__ == "__main__":
     unittest.main()
