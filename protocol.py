@@ -29,7 +29,7 @@ import time
 from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
 from rooms import LocalRooms, Peer, Rooms
-from sansio.actions import Action, Close, Send, Shutdown
+from sansio.actions import Action, Close, Send, Shutdown, Wait
 from sansio.wire import (Chat, Disconnect, ErrorCode, Framer, Helo, Join, Kill, Leave, Other,
                          Request, RequestError, error_reply, helo_reply, maybe_parse_plain_chat,
                          parse_request_in_general, quote)
@@ -55,8 +55,9 @@ class RoomService(Protocol):
     def join(self, conn_id: int, req: Join, peer: Peer) -> List[Action]:
         """JOIN_CHATROOM from `conn_id`, whose addresses `peer` gives."""
 
-    def chat(self, conn_id: int, req: Chat) -> List[Action]:
-        """CHAT from `conn_id`: the hot path."""
+    def chat(self, conn_id: int, req: Chat) -> Optional[List[Action]]:
+        """CHAT from `conn_id`: the hot path. None: not now (see holds()); it is asked again
+        after the service's Resume."""
 
     def leave(self, conn_id: int, req: Leave) -> List[Action]:
         """LEAVE_CHATROOM from `conn_id`."""
@@ -67,6 +68,11 @@ class RoomService(Protocol):
 
     def lost(self, conn_ids: Sequence[int]) -> List[Action]:
         """These connections are gone (App.connections_lost): take them out of their rooms."""
+
+    def holds(self, conn_id: int) -> bool:
+        """True while `conn_id`'s chats are on their way (the service answers them later,
+        several at once): its next request that is not a CHAT waits for them, so that its
+        replies keep the order of its requests."""
 
 
 def _is_loopback(ip: str) -> bool:
@@ -94,12 +100,13 @@ def handle_other_message(conn_id: int, line: str) -> List[Action]:
 
 class _Session:
     """What the protocol remembers about one open connection."""
-    __slots__ = ("framer", "peer", "closing")
+    __slots__ = ("framer", "peer", "closing", "held")
 
     def __init__(self, peer: Peer) -> None:
         self.framer = Framer()
         self.peer = peer              # its addresses: ours for HELO and JOINED, its own for KILL
         self.closing = False          # DISCONNECT or a fatal error: handle nothing more
+        self.held: Optional[bytes] = None     # a request waiting for its chats (holds())
 
 
 class ChatProtocol:
@@ -150,19 +157,32 @@ class ChatProtocol:
         if session.closing:
             return None
         try:
-            frame = session.framer.maybe_next_frame()
+            frame = session.held
             if frame is None:
-                return None
+                frame = session.framer.maybe_next_frame()
+                if frame is None:
+                    return None
+            session.held = None
             # parse_request(), without its own call on the hot path: the plain-CHAT shortcut
-            # first, the general parser for everything it leaves
-            request = maybe_parse_plain_chat(frame) or parse_request_in_general(frame)
+            # first, the general parser for everything it leaves (once the chats before it are
+            # answered: the service says when, with a Resume)
+            request = maybe_parse_plain_chat(frame)
+            if request is None:
+                if self.service.holds(conn_id):
+                    session.held = frame
+                    return [Wait(conn_id)]
+                request = parse_request_in_general(frame)
         except RequestError as err:
             actions: List[Action] = [Send(conn_id, error_reply(err.code, err.description))]
             if err.code == ErrorCode.REQUEST_TOO_LONG:
                 session.closing = True
                 actions.append(Close(conn_id))
             return actions
-        return self.handle(conn_id, request)
+        actions = self.handle(conn_id, request)
+        if actions is None:                 # not now: asked again after the service's Resume
+            session.held = frame
+            return [Wait(conn_id)]
+        return actions
 
     def pending_input(self, conn_id: int) -> int:
         """How many bytes of `conn_id`'s input are buffered, not yet handled."""
@@ -188,8 +208,9 @@ class ChatProtocol:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def handle(self, conn_id: int, request: Request) -> List[Action]:
-        """The actions for one request from `conn_id`; errors become an ERROR_CODE reply."""
+    def handle(self, conn_id: int, request: Request) -> Optional[List[Action]]:
+        """The actions for one request from `conn_id`; errors become an ERROR_CODE reply. None
+        when the service holds it (RoomService.chat)."""
         try:
             return self._handlers[type(request)](conn_id, request)
         except RequestError as err:

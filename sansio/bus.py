@@ -204,8 +204,7 @@ class Bus:
         self._restarted = False                         # P:epoch changed: Redis lost its data
         self._held_bytes = 0
         self._chats = Held()                            # this tick's chats, not sent yet
-        self._heartbeat_at = 0.0
-        self._heartbeat_pending = False
+        self._heartbeat_at, self._heartbeat_pending = 0.0, False     # when due; sent, unanswered
         # Counters, for the log and the statistics line.
         self.lost = 0            # events that could not be read back (Skipped)
         self.repaired = 0        # events read back from a room's log
@@ -317,16 +316,19 @@ class Bus:
 
     def chat(self, token: Any, conn: int, ref: int, name: str, message: str, now: float) -> None:
         """Send a chat; it goes out with the others of this tick (data_to_send), in one call."""
-        unanswered = self._links.unanswered + self._chats.size
-        if unanswered + len(message) > MAX_UNANSWERED_BYTES:
+        if self.behind_for(len(message)):
             self.behind += 1
-            self._events += _failed("request", token, "Redis is behind: %d bytes of "
-                                    "requests unanswered" % unanswered)
+            self._events += _failed("request", token, "Redis is behind: %d bytes of requests "
+                                    "unanswered" % (self._links.unanswered + self._chats.size))
         elif not self._links.is_open("cmd"):
             self._events += _failed("request", token, "no link to Redis")
         elif self._chats.add(token, (conn, ref, name, message), len(message) + 40,
                              now) >= CHAT_BATCH:
             self._send_chats()
+
+    def behind_for(self, size: int) -> bool:
+        """A chat of `size` bytes would be refused now: Redis has too much unanswered."""
+        return self._links.unanswered + self._chats.size + size > MAX_UNANSWERED_BYTES
 
     def _send_chats(self) -> None:
         """The chats held so far (if any), as one call of the chats script."""
