@@ -89,8 +89,10 @@ MAX_HELD_BYTES = 8 * 1024 * 1024
 # The chats of one tick go to Redis as one call of the chats script, which publishes them as one
 # message: per chat, Redis then runs two commands (INCR, XADD) instead of a script call and four,
 # and a node reads one message instead of one per chat. A call carries at most CHAT_BATCH chats
-# (at about 2 us of Redis each, a call holds Redis for a millisecond or so).
+# (at about 2 us of Redis each, a call holds Redis for a millisecond or so) and CHAT_BATCH_BYTES
+# (what it publishes is one message: far below the 32 MB past which Redis cuts a subscriber).
 CHAT_BATCH = 500
+CHAT_BATCH_BYTES = 1024 * 1024
 
 # Events kept for a room this node is joining, before the join's reply says from where to deliver.
 EARLY_EVENTS = 64
@@ -203,7 +205,7 @@ class Bus:
         self.epoch: Optional[str] = None                # P:epoch as last read
         self._restarted = False                         # P:epoch changed: Redis lost its data
         self._held_bytes = 0
-        self._chats = Held()                            # this tick's chats, not sent yet
+        self._chats = Held(CHAT_BATCH, CHAT_BATCH_BYTES)    # this tick's chats, not sent yet
         self._heartbeat_at, self._heartbeat_pending = 0.0, False     # when due; sent, unanswered
         # Counters, for the log and the statistics line.
         self.lost = 0            # events that could not be read back (Skipped)
@@ -322,8 +324,7 @@ class Bus:
                                     "unanswered" % (self._links.unanswered + self._chats.size))
         elif not self._links.is_open("cmd"):
             self._events += _failed("request", token, "no link to Redis")
-        elif self._chats.add(token, (conn, ref, name, message), len(message) + 40,
-                             now) >= CHAT_BATCH:
+        elif self._chats.add(token, (conn, ref, name, message), len(message) + 40, now):
             self._send_chats()
 
     def behind_for(self, size: int) -> bool:

@@ -84,6 +84,15 @@ class OrderTests(unittest.TestCase):
         self.h.reply([7, 3], [9, 6])
         self.assertEqual(self.h.events(), [Done("a", 7), Done("b", 3), Done("c", [9, 6])])
 
+    def test_a_call_carries_at_most_chat_batch_chats_or_chat_batch_bytes(self):
+        for i in range(bus.CHAT_BATCH + 1):
+            self.h.bus.chat(i, 4, 0, "me", "x", self.h.now)
+        self.assertEqual(self.h.take_sent()["cmd"].count(b"EVALSHA"), 2)
+        big = "y" * (bus.CHAT_BATCH_BYTES // 3)
+        for i in range(4):
+            self.h.bus.chat(i, 4, 0, "me", big, self.h.now)
+        self.assertEqual(self.h.take_sent()["cmd"].count(b"EVALSHA"), 2, "three, then one")
+
     def test_a_published_batch_is_handed_out_as_its_events(self):
         one, two = said(0, 1, "a\nb"), said(0, 2, "c")
         self.h.publish(b"B\n%d\n%s%d\n%s" % (len(one), one, len(two), two))
