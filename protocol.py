@@ -26,10 +26,10 @@ Rules of this file:
 import ipaddress
 import logging
 import time
-from typing import Callable, Dict, List, Optional, Protocol, Sequence
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Union
 
 from rooms import LocalRooms, Peer, Rooms
-from sansio.actions import Action, Close, Send, Shutdown
+from sansio.actions import Action, Close, Send, Shutdown, Wait
 from sansio.wire import (Chat, Disconnect, ErrorCode, Framer, Helo, Join, Kill, Leave, Other,
                          Request, RequestError, error_reply, helo_reply, maybe_parse_plain_chat,
                          parse_request_in_general, quote)
@@ -55,8 +55,9 @@ class RoomService(Protocol):
     def join(self, conn_id: int, req: Join, peer: Peer) -> List[Action]:
         """JOIN_CHATROOM from `conn_id`, whose addresses `peer` gives."""
 
-    def chat(self, conn_id: int, req: Chat) -> List[Action]:
-        """CHAT from `conn_id`: the hot path."""
+    def chat(self, conn_id: int, req: Chat) -> Optional[List[Action]]:
+        """CHAT from `conn_id`: the hot path. None: not now (see holds()); it is asked again
+        after the service's Resume."""
 
     def leave(self, conn_id: int, req: Leave) -> List[Action]:
         """LEAVE_CHATROOM from `conn_id`."""
@@ -67,6 +68,11 @@ class RoomService(Protocol):
 
     def lost(self, conn_ids: Sequence[int]) -> List[Action]:
         """These connections are gone (App.connections_lost): take them out of their rooms."""
+
+    def holds(self, conn_id: int) -> bool:
+        """True while `conn_id`'s chats are on their way (the service answers them later,
+        several at once): its next request that is not a CHAT waits for them, so that its
+        replies keep the order of its requests."""
 
 
 def _is_loopback(ip: str) -> bool:
@@ -94,14 +100,17 @@ def handle_other_message(conn_id: int, line: str) -> List[Action]:
 
 class _Session(Framer):
     """What the protocol remembers about one open connection: its framer (the session is one,
-    with two slots more: one object a connection, not two, as 10 000 idle connections cost
-    64 bytes less each), its addresses, and whether it is closing."""
-    __slots__ = ("peer", "closing")
+    with slots more: one object a connection, not two, as 10 000 idle connections cost 64
+    bytes less each), its addresses, whether it is closing, and a request held back."""
+    __slots__ = ("peer", "closing", "held")
 
     def __init__(self, peer: Peer) -> None:
         super().__init__()
         self.peer = peer              # its addresses: ours for HELO and JOINED, its own for KILL
         self.closing = False          # DISCONNECT or a fatal error: handle nothing more
+        # A request waiting for the chats before it (RoomService.holds, or None from chat): its
+        # frame, or the CHAT already taken from the buffer.
+        self.held: Optional[Union[bytes, Chat]] = None
 
 
 class ChatProtocol:
@@ -158,22 +167,42 @@ class ChatProtocol:
         if session.closing:
             return None
         try:
-            # A plain CHAT taken whole from the buffer (the commonest request); else a frame,
-            # and parse_request() without its own call: the plain-CHAT parse, then the general
-            request = session.maybe_take_plain_chat()
-            if request is not None:
-                return self.service.chat(conn_id, request)      # (handle(), without a call)
-            frame = session.maybe_next_frame()
-            if frame is None:
-                return None
-            request = maybe_parse_plain_chat(frame) or parse_request_in_general(frame)
+            held, session.held = session.held, None
+            if held is None:
+                # A plain CHAT taken whole from the buffer (the commonest request), straight to
+                # the room service (handle(), without a call); else a frame
+                request = session.maybe_take_plain_chat()
+                if request is not None:
+                    actions = self.service.chat(conn_id, request)
+                    if actions is None:     # not now: asked again after the service's Resume
+                        session.held = request
+                        return [Wait(conn_id)]
+                    return actions
+                held = session.maybe_next_frame()
+                if held is None:
+                    return None
+            if isinstance(held, bytes):
+                # parse_request() without its own call: the plain-CHAT parse, then the general
+                # one, once the chats before it are answered (the service says when: a Resume)
+                request = maybe_parse_plain_chat(held)
+                if request is None:
+                    if self.service.holds(conn_id):
+                        session.held = held
+                        return [Wait(conn_id)]
+                    request = parse_request_in_general(held)
+            else:
+                request = held
         except RequestError as err:
             actions: List[Action] = [Send(conn_id, error_reply(err.code, err.description))]
             if err.code == ErrorCode.REQUEST_TOO_LONG:
                 session.closing = True
                 actions.append(Close(conn_id))
             return actions
-        return self.handle(conn_id, request)
+        actions = self.handle(conn_id, request)
+        if actions is None:                 # not now: asked again after the service's Resume
+            session.held = request
+            return [Wait(conn_id)]
+        return actions
 
     def pending_input(self, conn_id: int) -> int:
         """How many bytes of `conn_id`'s input are buffered, not yet handled."""
@@ -199,8 +228,9 @@ class ChatProtocol:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def handle(self, conn_id: int, request: Request) -> List[Action]:
-        """The actions for one request from `conn_id`; errors become an ERROR_CODE reply."""
+    def handle(self, conn_id: int, request: Request) -> Optional[List[Action]]:
+        """The actions for one request from `conn_id`; errors become an ERROR_CODE reply. None
+        when the service holds it (RoomService.chat)."""
         try:
             return self._handlers[type(request)](conn_id, request)
         except RequestError as err:

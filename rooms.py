@@ -341,6 +341,10 @@ class LocalRooms:
         self.count_left(conn_id, len(left))
         return actions + [Close(conn_id)]
 
+    def holds(self, conn_id: int) -> bool:
+        """Never: every request is answered at once here (protocol.RoomService.holds)."""
+        return False
+
     def lost(self, conn_ids: Sequence[int]) -> List[Action]:
         """These connections are gone. Each room they were in is told they left, in the order
         they are named and, for each, in ascending ROOM_REF order.

@@ -53,6 +53,60 @@ class _ChatWait:
         self.conn_id, self.ref, self.seq = conn_id, ref, None
 
 
+# A connection's chats go to Redis one after the other without waiting for each one's event, up
+# to CHATS_IN_FLIGHT of them: one link, one queue, so Redis runs them, and numbers each room's,
+# in the order they were sent. Any other request of the connection (a chat to another room too:
+# two rooms' events may come in another order, after a gap is read back) waits until they are
+# all back (protocol.py holds it: RoomService.holds), so its replies keep the order of its
+# requests. One at a time, a member sending chats in a burst had a round trip to Redis, a Wait
+# and a Resume per chat, where one server handles the burst in one tick: that was most of a
+# node's CPU.
+CHATS_IN_FLIGHT = 16
+
+
+class _InFlight:
+    """The chats of each connection sent to Redis whose event is not handed out yet."""
+
+    def __init__(self) -> None:
+        self.by_conn: Dict[int, List[_ChatWait]] = {}
+
+    def add(self, conn_id: int, ref: int) -> _ChatWait:
+        wait = _ChatWait(conn_id, ref)
+        self.by_conn.setdefault(conn_id, []).append(wait)
+        return wait
+
+    def full(self, conn_id: int) -> bool:
+        return len(self.by_conn.get(conn_id, ())) >= CHATS_IN_FLIGHT
+
+    def has(self, wait: _ChatWait) -> bool:
+        return wait in self.by_conn.get(wait.conn_id, ())
+
+    def own(self, conn_id: int, ref: int) -> Optional[_ChatWait]:
+        """The first chat of `conn_id` to room `ref` still on its way, if any."""
+        for wait in self.by_conn.get(conn_id, ()):
+            if wait.ref == ref:
+                return wait
+        return None
+
+    def numbered_upto(self, ref: int, upto: int) -> List[_ChatWait]:
+        """The chats on their way whose event in room `ref` is numbered `upto` or less."""
+        return [wait for waits in self.by_conn.values() for wait in waits
+                if wait.ref == ref and wait.seq is not None and wait.seq <= upto]
+
+    def finish(self, wait: _ChatWait, actions: List[Action]) -> None:
+        """`wait` is done (its event came, it failed, or it was lost): its connection's Resume
+        goes to `actions` if it may go on now (it had as many as allowed on their way, or it
+        has none left)."""
+        waits = self.by_conn.get(wait.conn_id)
+        if waits is None or wait not in waits:
+            return
+        waits.remove(wait)
+        if not waits:
+            del self.by_conn[wait.conn_id]
+        if len(waits) in (0, CHATS_IN_FLIGHT - 1):
+            actions.append(Resume(wait.conn_id))
+
+
 class _LeaveWait:
     """A LEAVE (reply: its LEFT_CHATROOM), or one room of a DISCONNECT (`disconnect`: the rooms
     it has still to leave), or lost connections leaving one room (conn_id None)."""
@@ -68,6 +122,11 @@ def _unavailable(what: str) -> RequestError:
     return RequestError(ErrorCode.BUS_UNAVAILABLE,
                         "%s needs the shared bus (Redis), which this server cannot reach now; "
                         "try again in a few seconds" % what)
+
+
+def _not_a_member(ref: int, room: Optional[str]) -> RequestError:
+    return RequestError(ErrorCode.NOT_A_MEMBER, "not a member of room %d: %s first"
+                        % (ref, "JOIN_CHATROOM " + quote(room) if room else "join it"))
 
 
 def _log_reaped(event: Reaped) -> None:
@@ -144,6 +203,7 @@ class SharedRooms(BusLinks):
         self.links = LINKS
         self._actions: List[Action] = []
         self._waits: Dict[int, Any] = {}                # conn_id -> what it waits for
+        self._in_flight = _InFlight()                   # its chats on their way
         self._remote: Dict[int, int] = {}               # ref -> members on other nodes
         self._given_up: Dict[int, Dict[int, str]] = {}  # ref -> {conn: name}: see _give_up
         # Joins Redis has answered whose event is not handed out yet: ref -> {conn: (seq,
@@ -176,20 +236,21 @@ class SharedRooms(BusLinks):
                       self.rooms.join_id_of(conn_id) or 0, may_create, self._clock())
         return [Wait(conn_id)]
 
-    def chat(self, conn_id: int, req: Chat) -> List[Action]:
+    def chat(self, conn_id: int, req: Chat) -> Optional[List[Action]]:
         members = self.rooms.maybe_members(req.ref)
         name = None if members is None else members.get(conn_id)
+        waits = self._in_flight.by_conn.get(conn_id)      # (a chat answered here and now, or
+        if waits is not None and (waits[0].ref != req.ref or name is None or not self.bus.up
+                                  or self.bus.behind_for(len(req.message))):
+            return None     # to another room, waits for the chats on their way: see _InFlight)
         if name is None:
             if not self._exists(req.ref):
                 raise unknown_room(req.ref)
-            room = self.bus.room_names.get(req.ref)
-            raise RequestError(ErrorCode.NOT_A_MEMBER, "not a member of room %d: %s first"
-                               % (req.ref, "JOIN_CHATROOM " + quote(room) if room else "join it"))
+            raise _not_a_member(req.ref, self.bus.room_names.get(req.ref))
         if self.bus.up:
-            self._waits[conn_id] = _ChatWait(conn_id, req.ref)
-            self.bus.chat(self._waits[conn_id], conn_id, req.ref, name, req.message,
-                          self._clock())
-            return [Wait(conn_id)]
+            wait = self._in_flight.add(conn_id, req.ref)
+            self.bus.chat(wait, conn_id, req.ref, name, req.message, self._clock())
+            return [Wait(conn_id)] if self._in_flight.full(conn_id) else []
         if self._remote.get(req.ref, 0):
             raise self._refuse("a chat to a room with members on other servers")
         return self.local.chat(conn_id, req)            # every member is here
@@ -222,7 +283,12 @@ class SharedRooms(BusLinks):
             self.bus.leave(_LeaveWait(conn_id, ref, leavers, None, remaining), ref, leavers, now)
         return [Wait(conn_id)]
 
+    def holds(self, conn_id: int) -> bool:
+        return conn_id in self._in_flight.by_conn
+
     def lost(self, conn_ids: Sequence[int]) -> List[Action]:
+        for conn_id in conn_ids:
+            self._in_flight.by_conn.pop(conn_id, None)     # (they reach the others all the same)
         if not self.bus.up:
             for conn_id in conn_ids:
                 self.departed += [(ref, conn_id, self.rooms.name_in(conn_id, ref))
@@ -272,9 +338,9 @@ class SharedRooms(BusLinks):
         if members:
             self._actions.append(Broadcast(members, chat_message(event.ref, event.name,
                                                                  event.message)))
-        wait = self._waits.get(event.conn) if event.node == self.bus.node else None
-        if isinstance(wait, _ChatWait) and wait.ref == event.ref:
-            self._resume(event.conn)
+        wait = self._in_flight.own(event.conn, event.ref) if event.node == self.bus.node else None
+        if wait is not None:
+            self._in_flight.finish(wait, self._actions)
 
     def _on_joined(self, event: Joined) -> None:
         if event.node != self.bus.node:
@@ -395,12 +461,12 @@ class SharedRooms(BusLinks):
         if isinstance(wait, _JoinWait):
             self._join_done(wait, event)
         elif isinstance(wait, _ChatWait):
-            if event.failed and self._waits.get(wait.conn_id) is wait:
+            if event.failed and self._in_flight.has(wait):
                 self.refused += 1
                 self._actions.append(Send(wait.conn_id, error_reply(
                     ErrorCode.BUS_UNAVAILABLE, "the shared bus (Redis) failed (%s): your chat "
                     "may not have reached every member" % event.failed)))
-                self._resume(wait.conn_id)
+                self._in_flight.finish(wait, self._actions)
             elif not event.failed:
                 wait.seq = value
         elif isinstance(wait, _LeaveWait):
@@ -450,11 +516,10 @@ class SharedRooms(BusLinks):
     def _on_skipped(self, event: Skipped) -> None:
         """Events of a room this node can no longer read: our own requests among them are done
         as far as this node can tell."""
+        for wait in self._in_flight.numbered_upto(event.ref, event.upto):
+            self._in_flight.finish(wait, self._actions)
         for conn_id, wait in list(self._waits.items()):
-            if isinstance(wait, _ChatWait) and wait.ref == event.ref and wait.seq is not None \
-                    and wait.seq <= event.upto:
-                self._resume(conn_id)
-            elif isinstance(wait, _LeaveWait) and wait.ref == event.ref \
+            if isinstance(wait, _LeaveWait) and wait.ref == event.ref \
                     and wait.seq is not None and wait.seq <= event.upto:
                 self._leave_here(wait)
         due = self._joins_due.get(event.ref, {})

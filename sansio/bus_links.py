@@ -193,3 +193,34 @@ class Links:
                 yield name, "not set up within %g s" % CONNECT_TIMEOUT
         if self._replies and now >= self._replies[0][2] + REPLY_TIMEOUT:
             yield "cmd", "Redis did not answer within %g s" % REPLY_TIMEOUT
+
+
+class Held:
+    """Requests held until the end of the tick, to go to Redis together as one command (the
+    chats of a tick: sansio/bus.py): their tokens, their arguments one after the other, their
+    bytes (counted as unanswered already) and when the first was made; full at `most` of them
+    or `most_bytes`."""
+    __slots__ = ("tokens", "args", "size", "since", "most", "most_bytes")
+
+    def __init__(self, most: int, most_bytes: int) -> None:
+        self.most, self.most_bytes = most, most_bytes
+        self.tokens: List[Any] = []
+        self.args: List[Any] = []
+        self.size = 0
+        self.since = 0.0
+
+    def add(self, token: Any, args: Tuple[Any, ...], size: int, now: float) -> bool:
+        """Hold one more; True if they are as many as one command is to carry (send them)."""
+        if not self.tokens:
+            self.since = now
+        self.tokens.append(token)
+        self.args += args
+        self.size += size
+        return len(self.tokens) >= self.most or self.size >= self.most_bytes
+
+    def take(self) -> Tuple[List[Any], List[Any], float]:
+        """The tokens and the arguments of those held, and when the first was made; none are
+        held any more."""
+        tokens, args = self.tokens, self.args
+        self.tokens, self.args, self.size = [], [], 0
+        return tokens, args, self.since

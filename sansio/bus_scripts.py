@@ -21,7 +21,7 @@ Redis keys and the channel (P is --bus-prefix):
     P:events            the one channel every event is published on
 """
 import hashlib
-from typing import NamedTuple, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple, Union
 
 # What a room's log keeps, for filling gaps: its last LOG_LENGTH events ("~": Redis trims in
 # whole blocks, so a few more), for LOG_TTL seconds after its last event. A subscriber link that
@@ -39,6 +39,8 @@ LOG_TTL = 300
 #   J REF SEQ NODE CONN JOIN_ID SETTLED \n ROOM_NAME \n CLIENT_NAME     a join
 #   C REF SEQ NODE CONN \n CLIENT_NAME \n MESSAGE                        a chat (MESSAGE: any lines)
 #   L REF SEQ NODE SETTLED \n CONN CLIENT_NAME [\n CONN CLIENT_NAME ...] leaves, in one event
+# A batch (CHATS_SCRIPT: the chats of one node's tick) is one published message of several
+# events: see split_batch(). The log holds each event on its own.
 # Names never hold a line break (sansio/wire.py refuses unprintable names). SETTLED 1: the node
 # that made it has already told its own members (a join restored or leaves made while the bus
 # was down), so it delivers it to nobody; other nodes do.
@@ -77,6 +79,66 @@ def decode_event(data: bytes) -> RoomEvent:
         return Left(ref, seq, node, fields[4] == "1", tuple(leavers))
     raise ValueError("not a bus event: %r" % data[:80])
 
+
+def split_batch(data: bytes) -> List[bytes]:
+    """The events of a batch (CHATS_SCRIPT publishes one per call): b"B\\n", then each event
+    as its length in bytes, a line break and the event. Raises ValueError for a malformed one."""
+    events = []
+    end = len(data)
+    pos = 2
+    while pos < end:
+        line = data.index(b"\n", pos)
+        start = line + 1
+        pos = start + int(data[pos:line])
+        if not start <= pos <= end:
+            raise ValueError("a truncated batch of events")
+        events.append(data[start:pos])
+    return events
+
+
+def split_published(data: bytes) -> List[bytes]:
+    """The events of a published message: a batch's, or the one event it is. A malformed batch
+    is given whole, for decode_event() to refuse."""
+    if data[:2] != b"B\n":
+        return [data]
+    try:
+        return split_batch(data)
+    except ValueError:
+        return [data]
+
+
+# What the scripts are given and what they return, read.
+
+def decode_entries(entries: List[Any]) -> List[RoomEvent]:
+    """The events of a room's log entries (an XRANGE reply); those that are not are left out."""
+    events = []
+    for entry in entries:
+        try:
+            fields = entry[1]
+            events.append(decode_event(fields[fields.index(b"e") + 1]))
+        except (ValueError, IndexError, TypeError, UnicodeDecodeError):
+            pass
+    return events
+
+
+def restore_args(next_ref: int, last_join_id: int, lasts: Dict[int, int],
+                 names: Dict[int, str]) -> List[Any]:
+    """The restore script's arguments: the counters, then REF NAME SEQ of every room known."""
+    args: List[Any] = [next_ref, last_join_id]
+    for ref in sorted(set(lasts) | set(names)):
+        args += [ref, names.get(ref, ""), lasts.get(ref, 0)]
+    return args
+
+
+def sync_args(members: Sequence[Tuple[int, int, int, str]],
+              departed: Sequence[Tuple[int, int, str]], announce: bool) -> List[Any]:
+    """The sync script's arguments (after the node's id): see SYNC_SCRIPT."""
+    args: List[Any] = [1 if announce else 0, len(members)]
+    for ref, conn, join_id, name in members:
+        args += [ref, conn, join_id, name]
+    for ref, conn, name in departed:
+        args += [ref, conn, name]
+    return args
 
 # ---------------------------------------------------------------------------------------------
 # The scripts: each runs atomically in Redis, so two nodes never see half of one
@@ -170,9 +232,31 @@ end
 return {ref, jid, seq, others, created}
 """
 
-# ARGV: p, node, conn, ref, client name, message. Returns the event's number.
-CHAT_SCRIPT = """
-return emit('C', ARGV[4], ARGV[2] .. ' ' .. ARGV[3], ARGV[5] .. '\\n' .. ARGV[6])
+# The chats one node sent in one tick, in one call. ARGV: p, node, then CONN, REF, NAME, MESSAGE
+# quads. Returns the events' numbers, in order. Each chat is an event of its own, numbered and in
+# its room's log as emit() makes them, but the call numbers each room's chats with one INCRBY,
+# keeps each room's log alive once and publishes them together as one batch (see split_batch):
+# per chat Redis runs one XADD, where a script call per chat ran an INCR, an XADD, an EXPIRE
+# and a PUBLISH.
+CHATS_SCRIPT = """
+local node, seqs, batch, count, last = ARGV[2], {}, {'B\\n'}, {}, {}
+for i = 4, #ARGV, 4 do count[ARGV[i]] = (count[ARGV[i]] or 0) + 1 end
+for ref, n in pairs(count) do                      -- one INCRBY per room
+  last[ref] = redis.call('INCRBY', p .. ':seq:' .. ref, n) - n
+end
+for i = 3, #ARGV, 4 do
+  local ref = ARGV[i + 1]
+  local seq = last[ref] + 1
+  last[ref] = seq
+  local event = 'C ' .. ref .. ' ' .. seq .. ' ' .. node .. ' ' .. ARGV[i] .. '\\n' .. ARGV[i + 2]
+                .. '\\n' .. ARGV[i + 3]
+  redis.pcall('XADD', p .. ':log:' .. ref, 'MAXLEN', '~', @LOG_LENGTH@, seq .. '-1', 'e', event)
+  seqs[#seqs + 1] = seq
+  batch[#batch + 1] = #event .. '\\n' .. event
+end
+for ref in pairs(count) do redis.call('EXPIRE', p .. ':log:' .. ref, @LOG_TTL@) end
+redis.call('PUBLISH', p .. ':events', table.concat(batch))
+return seqs
 """
 
 # ARGV: p, node, ref, then CONN, NAME pairs. Only those Redis still counts as members leave
@@ -317,15 +401,15 @@ return #order
 """
 
 SCRIPTS = {
-    "join": JOIN_SCRIPT, "chat": CHAT_SCRIPT, "leave": LEAVE_SCRIPT,
+    "join": JOIN_SCRIPT, "chats": CHATS_SCRIPT, "leave": LEAVE_SCRIPT,
     "heartbeat": HEARTBEAT_SCRIPT, "epoch": EPOCH_SCRIPT, "restore": RESTORE_SCRIPT,
     "sync": SYNC_SCRIPT, "goodbye": GOODBYE_SCRIPT,
 }
 
 
 def _script_text(body: str) -> str:
-    return (_PRELUDE.replace("@LOG_LENGTH@", str(LOG_LENGTH)).replace("@LOG_TTL@", str(LOG_TTL))
-            + body)
+    text = _PRELUDE + body
+    return text.replace("@LOG_LENGTH@", str(LOG_LENGTH)).replace("@LOG_TTL@", str(LOG_TTL))
 
 
 # What the bus loads (SCRIPT LOAD) and calls (EVALSHA), by name.

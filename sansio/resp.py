@@ -143,11 +143,16 @@ def encode_command(*args: Union[str, bytes, int]) -> bytes:
     if not args:
         raise ValueError("a command needs at least its name")
     parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = _as_bytes(arg)
-        parts.append(b"$%d\r\n" % len(data))
-        parts.append(data)
-        parts.append(b"\r\n")
+    append = parts.append
+    for arg in args:        # (a call of the chats script has four arguments per chat: the common
+        kind = type(arg)    # types first, without a call)
+        if kind is str:
+            data = arg.encode("utf-8")
+        elif kind is int:
+            data = b"%d" % arg
+        else:
+            data = _as_bytes(arg)
+        append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 
 

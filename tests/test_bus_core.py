@@ -8,8 +8,8 @@ tests/test_bus_scripts.py.
 import unittest
 
 from sansio import bus, bus_links, bus_scripts
-from sansio.actions import Broadcast, Send
-from sansio.bus import Joined, Left, Said, Skipped
+from sansio.actions import Broadcast, Resume, Send, Wait
+from sansio.bus import Done, Joined, Left, Said, Skipped
 from cluster.shared import SharedRooms
 from protocol import ChatProtocol
 from rooms import LocalRooms
@@ -73,6 +73,32 @@ class OrderTests(unittest.TestCase):
         self.assertEqual(self.h.bus.next_ref, 11, "refs heard of exist still")
         self.h.publish(said(0, 2, "still followed"))
         self.assertEqual(self.h.texts(), ["in the followed room", "still followed"])
+
+    def test_the_chats_of_one_tick_go_to_redis_in_one_call_each_with_its_number(self):
+        self.h.bus.chat("a", 4, 0, "me", "one", self.h.now)
+        self.h.bus.chat("b", 5, 1, "you", "two", self.h.now)
+        self.h.bus.leave("c", 2, [(6, "her")], self.h.now)
+        sent = self.h.take_sent()["cmd"]
+        self.assertEqual(sent.count(b"EVALSHA"), 2, "the chats in one call, then the leave")
+        self.assertLess(sent.index(b"two"), sent.index(b"her"), "in the order asked")
+        self.h.reply([7, 3], [9, 6])
+        self.assertEqual(self.h.events(), [Done("a", 7), Done("b", 3), Done("c", [9, 6])])
+
+    def test_a_call_carries_at_most_chat_batch_chats_or_chat_batch_bytes(self):
+        for i in range(bus.CHAT_BATCH + 1):
+            self.h.bus.chat(i, 4, 0, "me", "x", self.h.now)
+        self.assertEqual(self.h.take_sent()["cmd"].count(b"EVALSHA"), 2)
+        big = "y" * (bus.CHAT_BATCH_BYTES // 3)
+        for i in range(4):
+            self.h.bus.chat(i, 4, 0, "me", big, self.h.now)
+        self.assertEqual(self.h.take_sent()["cmd"].count(b"EVALSHA"), 2, "three, then one")
+
+    def test_a_published_batch_is_handed_out_as_its_events(self):
+        one, two = said(0, 1, "a\nb"), said(0, 2, "c")
+        self.h.publish(b"B\n%d\n%s%d\n%s" % (len(one), one, len(two), two))
+        self.assertEqual(self.h.texts(), ["a\nb", "c"])
+        self.h.publish(b"B\n9\nC 0")
+        self.assertEqual(self.h.bus.bad_events, 1)
 
     def test_a_heartbeat_that_declared_nodes_dead_says_so(self):
         self.h.now += bus.HEARTBEAT_EVERY
@@ -165,6 +191,73 @@ class LostMembersTests(unittest.TestCase):
         self.assertEqual(h.shared.rooms.member_ids(0), (5,))
 
 
+class ChatsInFlightTests(unittest.TestCase):
+
+    def setUp(self) -> None:
+        self.h = h = SharedHarness(self)
+        for conn_id, room in ((1, "r"), (2, "s")):
+            h.request(conn_id, b"JOIN_CHATROOM: %s\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: m%d\n"
+                      % (room.encode(), conn_id))
+            h.publish(b"J %d 1 me %d %d 0\n%s\nm%d" % (conn_id - 1, conn_id, conn_id,
+                                                      room.encode(), conn_id))
+            h.reply([conn_id - 1, conn_id, 1, 0, 1])
+            h.actions()
+        h.request(2, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: m2\n")
+        h.publish(b"J 0 2 me 2 2 0\nr\nm2")
+        h.reply([0, 2, 2, 0, 0])
+        h.actions()
+        h.got.clear()
+
+    def next_actions(self, conn_id: int) -> list:
+        actions = self.h.proto.maybe_next_actions(conn_id)
+        for action in actions or ():
+            if isinstance(action, Send):
+                self.h.got.setdefault(conn_id, []).append(action.data)
+        return actions
+
+    def test_a_burst_of_chats_goes_at_once_and_what_follows_waits_for_their_echoes(self):
+        h = self.h
+        chat = b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: m1\nMESSAGE: c%d\n\n"
+        h.proto.data_received(1, chat % 0 + chat % 1 + chat % 2 + b"HELO x\n" + chat % 3)
+        self.assertEqual([self.next_actions(1) for _ in range(4)], [[], [], [], [Wait(1)]],
+                         "three chats, none waiting; the HELO waits for them")
+        self.assertEqual(h.shared.link_actions(), [])
+        self.assertEqual(h.shared.link_output("cmd").count(b"EVALSHA"), 1, "in one call")
+        self.assertEqual(self.next_actions(1), [Wait(1)], "still held")
+        h.reply([3, 4, 5])
+        h.shared.link_data("sub", b"".join(pushed(b"C 0 %d me 1\nm1\nc%d" % (3 + i, i))
+                                           for i in range(3)), h.now)
+        actions = h.shared.link_actions()
+        self.assertEqual(actions[-1], Resume(1), "back: the connection goes on")
+        self.assertEqual([a.data.split(b"MESSAGE: ")[1] for a in actions[:-1]],
+                         [b"c0\n\n", b"c1\n\n", b"c2\n\n"])
+        reply = self.next_actions(1)
+        self.assertTrue(reply[0].data.startswith(b"HELO x"), "then the HELO's reply")
+        self.assertEqual(self.next_actions(1), [], "and the chat after it")
+
+    def test_a_chat_to_another_room_waits_for_the_chats_on_their_way(self):
+        h = self.h
+        h.proto.data_received(2, b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: m2\nMESSAGE: a\n\n"
+                              b"CHAT: 1\nJOIN_ID: 2\nCLIENT_NAME: m2\nMESSAGE: b\n\n")
+        self.assertEqual([self.next_actions(2), self.next_actions(2)], [[], [Wait(2)]])
+        h.actions()
+        h.reply([3])
+        h.publish(b"C 0 3 me 2\nm2\na")
+        self.assertEqual(h.texts(2), ["a"])
+        self.assertEqual(self.next_actions(2), [], "sent once the first is back")
+
+    def test_a_chat_answered_here_waits_for_the_chats_on_their_way(self):
+        h = self.h
+        h.proto.data_received(1, b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: m1\nMESSAGE: a\n\n"
+                              b"CHAT: 1\nJOIN_ID: 1\nCLIENT_NAME: m1\nMESSAGE: b\n\n")
+        self.assertEqual([self.next_actions(1), self.next_actions(1)], [[], [Wait(1)]])
+        h.actions()
+        h.reply([3])
+        h.publish(b"C 0 3 me 1\nm1\na")
+        self.assertEqual(h.texts(1), ["a"])
+        self.assertIn(b"ERROR_CODE: 6", self.next_actions(1)[0].data, "not a member, after")
+
+
 class LastLeaveAndJoinTogetherTests(unittest.TestCase):
 
     def test_a_member_who_joins_as_the_last_one_leaves_still_gets_the_room(self):
@@ -184,7 +277,7 @@ class LastLeaveAndJoinTogetherTests(unittest.TestCase):
         self.assertEqual(h.texts(2), ["bob has joined this chatroom."])
         h.request(2, b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: bob\nMESSAGE: hi\n\n")
         h.publish(b"C 0 4 me 2\nbob\nhi")
-        h.reply(4)
+        h.reply([4])
         h.actions()
         self.assertEqual(h.texts(2), ["hi"], "the room's events still reach its member here")
         self.assertNotIn(2, h.shared._waits, "and its chat is done")

@@ -8,7 +8,8 @@ import signal
 import time
 import unittest
 
-from sansio.bus_scripts import SCRIPT_TEXTS, Joined, Left, Said, decode_event
+from sansio.bus_scripts import (SCRIPT_TEXTS, Joined, Left, Said, decode_event,
+                                split_batch, split_published)
 from tests.redis_server import REDIS_SERVER, SKIP_REASON, RedisProcess
 
 
@@ -26,6 +27,18 @@ class EventFormatTests(unittest.TestCase):
         for data in (b"", b"X 1 2 n", b"C 1 two n 3\nx\ny", b"J 1 2 n 3\nr\nx", b"\xff"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_event(data)
+
+    def test_a_batch_is_its_events_in_order(self):
+        chat = "C 3 10 n1 12\nbo b\nline 1\nline 2 é".encode()
+        batch = b"B\n%d\n%s3\nC 4" % (len(chat), chat)
+        self.assertEqual(split_published(chat), [chat], "one event")
+        self.assertEqual(split_published(b"B\n9\nC"), [b"B\n9\nC"], "for decode_event to refuse")
+        self.assertEqual(split_batch(batch), [chat, b"C 4"])
+
+    def test_a_truncated_or_garbled_batch_is_refused(self):
+        for data in (b"B\n5\nabc", b"B\n-2\nabc", b"B\nx\nabc", b"B\n3"):
+            with self.assertRaises(ValueError):
+                split_batch(data)
 
 
 @unittest.skipUnless(REDIS_SERVER, SKIP_REASON)
@@ -67,6 +80,29 @@ class HeartbeatClockTests(unittest.TestCase):
         self.assertEqual(self.beat("b"), [1, 0])
         # ... and past the stall, heartbeats missed while Redis served still count.
         self.assertEqual(self.beat_for("a", 2 * self.DEAD_MS / 1000), [b"b"])
+
+
+@unittest.skipUnless(REDIS_SERVER, SKIP_REASON)
+class ChatsScriptTests(unittest.TestCase):
+    """The chats script: the chats of one tick, several rooms, in one call."""
+
+    def setUp(self) -> None:
+        self.redis = RedisProcess()
+        self.addCleanup(self.redis.stop)
+
+    def test_each_chat_is_its_rooms_next_event_and_in_its_log_which_is_kept_alive(self):
+        self.redis.command("SET", "c:seq:1", 4)             # room 1 had 4 events, room 2 none
+        seqs = self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1",
+                                  7, 1, "ann", "one", 8, 2, "bob", "two\nlines",
+                                  7, 1, "ann", "three")
+        self.assertEqual(seqs, [5, 1, 6])
+        entries = self.redis.command("XRANGE", "c:log:1", "-", "+")
+        self.assertEqual([(entry[0], decode_event(entry[1][1]).message) for entry in entries],
+                         [(b"5-1", "one"), (b"6-1", "three")])
+        self.assertEqual(decode_event(self.redis.command("XRANGE", "c:log:2", "-", "+")[0][1][1]),
+                         Said(2, 1, "n1", 8, "bob", "two\nlines"))
+        for ref in (1, 2):
+            self.assertGreater(self.redis.command("TTL", "c:log:%d" % ref), 0)
 
 
 if __name__ == "__main__":

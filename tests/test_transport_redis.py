@@ -8,7 +8,7 @@ import unittest
 
 import reactor
 from sansio.actions import Send
-from transport.redis import GOODBYE_LINK, RedisLinks
+from transport.redis import GOODBYE_LINK, LINK_SHARE, RedisLinks
 
 
 class FakeLinks:
@@ -125,6 +125,37 @@ class RedisLinksTests(unittest.TestCase):
         data = [c for c in self.fake.calls if c[0] == "data"]
         self.assertEqual(sorted(c[1] for c in data), ["cmd", "sub"])
         self.assertEqual(self.applied, [Send(1, b"+PONG\r\n")] * 2)
+
+    def test_a_tick_handles_what_the_links_bring_for_a_share_of_the_step_budget(self):
+        """Redis sending faster than the node handles: each tick does one chunk a link at least,
+        more only within LINK_SHARE of the step budget; the rest waits in the sockets for the
+        next ticks, and nothing is lost."""
+        handled = {"sub": [], "cmd": []}
+
+        def slow_link_data(name, data, now):        # each chunk takes longer than the share
+            handled[name].append(data)
+            until = time.monotonic() + 1.5 * LINK_SHARE * self.loop.step_budget
+            while time.monotonic() < until:
+                pass
+        self.fake.link_data = slow_link_data
+        ends = self.accept_both()
+        payload = b"x" * (20 * 64 * 1024)
+        for end in ends:
+            end.setblocking(False)
+        sent = [0, 0]
+        while sent != [len(payload)] * 2:
+            for i, end in enumerate(ends):
+                try:
+                    sent[i] += end.send(payload[sent[i]:])
+                except BlockingIOError:
+                    pass
+            before = {name: len(chunks) for name, chunks in handled.items()}
+            self.loop.run_once(0.01)
+            for name, chunks in handled.items():
+                self.assertLessEqual(len(chunks) - before[name], 1, "one chunk a tick")
+        self.tick_until(lambda: all(sum(map(len, chunks)) == len(payload)
+                                    for chunks in handled.values()), max_ticks=5000)
+        self.assertEqual([b"".join(chunks) for chunks in handled.values()], [payload] * 2)
 
     def test_the_timer_runs_when_the_deadline_comes(self):
         self.fake.deadline = time.monotonic() + 0.05

@@ -5,7 +5,8 @@ The links object decides (the `Links` contract below: which links to open, what 
 its timer is due); this module only carries bytes and time, as the UDP driver does for its
 endpoint: nonblocking connect, every ready link read before any client in a tick (so that a
 node busy with clients never falls behind Redis, which cuts a pub/sub client whose output passes
-its buffer limit), what the links object has for them sent at the end of the tick, and one loop
+its buffer limit) but for no longer than the loop's step budget, what the links object has for
+them sent at the end of the tick, and one loop
 timer re-armed from links_deadline(). After each call into the links object, what
 link_actions() returns goes to the `apply` callable given (the hub's), so a request waiting
 for Redis's answer gets it in the same tick.
@@ -14,6 +15,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from reactor import EVENT_READ, EVENT_WRITE, Loop, Timer
@@ -23,11 +25,15 @@ LOGGER = logging.getLogger(__name__)
 
 # Bytes asked of recv() at once, as for a client.
 READ_SIZE = 64 * 1024
-# What one tick reads from a link at most: READ_SIZE chunks, until the socket is empty or this
-# many. Redis may publish faster than one recv() a tick takes; a subscriber that reads less than
-# is published falls behind until Redis cuts it (client-output-buffer-limit pubsub), so a link
-# is read far more than a client is, but not without end (the tick stays bounded).
-LINK_READS_PER_TICK = 64
+# What one tick does for the links: READ_SIZE chunks read and handled (the events they bring
+# carried out), at least one a link, until the socket is empty or the tick's read step (links go
+# first) has taken LINK_SHARE of the loop's step budget (policy/scheduler.py STEP_BUDGET); the
+# rest of the step is the clients'. Redis may publish faster than that: a subscriber that reads
+# less than is published falls behind until Redis cuts it (client-output-buffer-limit pubsub),
+# and its events are read back from the rooms' logs (none is lost). Without a bound, 64 chunks
+# a tick were read and handled at once: 4 MiB of chats, tens of thousands of deliveries, and
+# every client waited seconds for that tick to end.
+LINK_SHARE = 0.5
 # The link the links object's last words (links_goodbye) go to as the server stops: the bus's
 # command link (sansio/bus.py LINKS).
 GOODBYE_LINK = "cmd"
@@ -132,9 +138,12 @@ class RedisLinks:
         self._after_calls()
 
     def on_link_readable(self, link: _Link) -> None:
-        """Read everything ready, up to LINK_READS_PER_TICK chunks."""
+        """Read and handle what is ready, a chunk at a time, until the socket is empty or the
+        links' share of the read step is taken (see LINK_SHARE): the rest is read next tick (the
+        selector is level-triggered, so the link is ready again at once)."""
         links = self.links
-        for _ in range(LINK_READS_PER_TICK):
+        until = self.loop.now + LINK_SHARE * self.loop.step_budget     # (now: the tick's start)
+        while True:
             try:
                 data = link.sock.recv(READ_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -146,8 +155,10 @@ class RedisLinks:
                 self._failed(link, "closed by the other side")
                 return
             self._guarded(None, links.link_data, link.name, data, self.loop.now)
-            if self._open.get(link.name) is not link:
-                break                       # the links were reset meanwhile
+            self._after_calls()             # what it brought is carried out: that counts too
+            if (self._open.get(link.name) is not link      # the links were reset meanwhile
+                    or time.monotonic() > until):
+                return
         self._after_calls()
 
     def _service(self) -> None:
