@@ -81,7 +81,6 @@ import subprocess
 import sys
 if not __package__:   # run as a script (python3 tools/X.py) from any folder: find the project
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import tempfile
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -182,21 +181,8 @@ class AttackServer(kit.ServerProcess):
 
     def __init__(self, server_dir: str, options: List[str], log_level: str,
                  nofile: Optional[int] = None) -> None:
-        script = os.path.join(server_dir, "Server.py")
-        command = [sys.executable]
-        if nofile is not None:
-            command += ["-c", WRAPPER, str(nofile)]
-        command += [script, kit.HOST, "0", "--log-level", log_level] + options
-        self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(command, cwd=server_dir, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self._log)
-        self.pid = self.proc.pid
-        self.host = kit.HOST
-        try:
-            self.port = self._read_port()
-        except BaseException:
-            self.stop()
-            raise
+        super().__init__(*options, log_level=log_level, server_dir=server_dir,
+                         wrapper=() if nofile is None else ("-c", WRAPPER, str(nofile)))
 
 
 class Monitor(threading.Thread):
@@ -1846,8 +1832,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     if args.then == "sigterm" and not args.spawn:
         parser.error("--then sigterm needs --spawn (a signal goes only to a server we started)")
     args.server_dir = args.server_dir or kit.REPO_ROOT
-    if not os.path.isfile(os.path.join(args.server_dir, "Server.py")):
-        parser.error("--server-dir %s holds no Server.py" % args.server_dir)
+    kit.require_server_dir(parser, args.server_dir)
     return args
 
 

@@ -344,8 +344,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
             parser.error("--%s must be more than 0" % option.replace("_", "-"))
     if args.members is not None and args.members < 2 and args.scenario == "stall":
         parser.error("--members must be at least 2 for stall (one on each node)")
-    if not os.path.isfile(os.path.join(args.server_dir, "Server.py")):
-        parser.error("--server-dir %s holds no Server.py" % args.server_dir)
+    kit.require_server_dir(parser, args.server_dir)
     return args
 
 

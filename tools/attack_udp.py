@@ -44,7 +44,6 @@ import select
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -81,19 +80,7 @@ class Server(kit.ServerProcess):
     """kit.ServerProcess, but Server.py of `server_dir` (another checkout, to measure "before")."""
 
     def __init__(self, server_dir: str, options: List[str]) -> None:
-        # Not super().__init__(), which starts this checkout's Server.py; the rest is its own.
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")     # leave that checkout as it is
-        command = [sys.executable, os.path.join(server_dir, "Server.py"), HOST, "0",
-                   "--log-level", "warning"] + options
-        self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(command, cwd=server_dir, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self._log, env=env)
-        self.pid, self.host = self.proc.pid, HOST
-        try:
-            self.port = self._read_port()
-        except BaseException:
-            self.stop()
-            raise
+        super().__init__(*options, server_dir=server_dir)
 
 
 def udp_socket(pump: "Pump", ip: str) -> socket.socket:

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from sansio.replies import (ChatMessage, ErrorReply, HeloReply, JoinedReply, LeftReply, Reply,
                             ReplyReader)
@@ -232,18 +232,32 @@ def read_line(proc: "subprocess.Popen", timeout: float, limit: int = 500) -> byt
     return line
 
 
+def require_server_dir(parser: argparse.ArgumentParser, server_dir: str) -> None:
+    """Refuse --server-dir (a usage error) unless it is a checkout holding a Server.py."""
+    if not os.path.isfile(os.path.join(server_dir, "Server.py")):
+        parser.error("--server-dir %s holds no Server.py" % server_dir)
+
+
 class ServerProcess:
     """Server.py in a child process on 127.0.0.1 and a port the kernel picked, logging to a
-    temporary file (no chatty log can fill and stall it; log() reads it) unless `stderr`."""
+    temporary file (no chatty log can fill and stall it; log() reads it) unless `stderr`.
+    `server_dir`: the Server.py of another checkout (to measure "before"), its tree left as it
+    is (no bytecode written); `wrapper`: interpreter arguments before the script (attack.py's
+    open-file limit)."""
 
     def __init__(self, *options: str, student_id: Optional[str] = None,
                  log_level: str = "warning", env: Optional[Dict[str, str]] = None,
-                 stderr=None) -> None:
-        command = [sys.executable, SERVER_SCRIPT, HOST, "0", "--log-level", log_level]
+                 stderr=None, server_dir: Optional[str] = None,
+                 wrapper: Sequence[str] = ()) -> None:
+        script = SERVER_SCRIPT
+        if server_dir is not None:
+            script = os.path.join(server_dir, "Server.py")
+            env = dict(os.environ if env is None else env, PYTHONDONTWRITEBYTECODE="1")
+        command = [sys.executable, *wrapper, script, HOST, "0", "--log-level", log_level]
         if student_id is not None:
             command += ["--student-id", student_id]
         self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(command + list(options), cwd=REPO_ROOT,
+        self.proc = subprocess.Popen(command + list(options), cwd=server_dir or REPO_ROOT,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self._log if stderr is None else stderr, env=env)
         self.pid, self.host = self.proc.pid, HOST
