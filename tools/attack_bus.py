@@ -349,6 +349,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one scenario (or all) and print its verdict and summary; 0 when it passed."""
     return kit.emit(run(parse_args(argv)))
 
 
