@@ -86,6 +86,22 @@ class LoopTests(unittest.TestCase):
         self.assertEqual(len(self.calls), 2 * reactor.EVENTS_BETWEEN_CLOCK_READS)
         self.assertLess(time.monotonic() - started, 10)
 
+    def test_after_a_step_cut_short_the_next_goes_the_other_way_round(self):
+        loop = reactor.Loop(step_budget=0.0)            # each step: one clock read's events
+        self.addCleanup(loop.close)
+        per_step = reactor.EVENTS_BETWEEN_CLOCK_READS - 1
+        for index in range(4 * reactor.EVENTS_BETWEEN_CLOCK_READS):
+            sock = self.ready_pair()
+            loop.register(sock, reactor.EVENT_READ, Recorder(index, self.calls, sock))
+        loop.run_once(5)
+        self.assertEqual(len(self.calls), per_step)
+        late = self.ready_pair()            # ready after all the others, not yet read
+        loop.register(late, reactor.EVENT_READ, Recorder("late", self.calls, late))
+        loop.run_once(5)                    # the other way round: the one ready last, first
+        self.assertEqual(self.calls[per_step], ("late", "read"))
+        loop.run_once(5)                    # and back: the oldest of those left
+        self.assertEqual(self.calls[2 * per_step], (per_step, "read"))
+
     def test_an_unregistered_socket_is_no_longer_watched(self):
         sock = self.ready_pair()
         self.loop.register(sock, reactor.EVENT_READ, Recorder("a", self.calls))
