@@ -19,7 +19,12 @@ from typing import Any, Callable, Iterator, List, Tuple
 #   once the tick is TICK_TARGET old), and what they produce is sent before the backlogs are
 #   worked on, as fq_codel serves new flows before old ones: a client that sends a little now
 #   and then never queues behind its own earlier requests, however many clients are flooding.
+#   Among them, those whose read brought more than QUIET_READ bytes (a flood's start: 500
+#   members each sending 200 chats at once) go after the others, and what the others produce
+#   is sent first: a client posting now and then does not wait behind a flood that has not yet
+#   had its first turn.
 TICK_TARGET = 0.020
+QUIET_READ = 4096
 # The read step, the sends and the teardowns of dropped connections each stop once they have
 # taken STEP_BUDGET: what is left waits for the next tick (the selector is level-triggered, so a
 # socket not read from is simply ready again; a connection not yet sent to stays due). So 8 000
@@ -44,7 +49,7 @@ class Scheduler:
     """The fairness policy (see TICK_TARGET): whose requests are handled in a tick, in what
     order, and how many each. It knows connections only by their `scheduled` flag.
 
-        schedule(conn)      it has new input: a turn next tick, among the fresh ones
+        schedule(conn, n)   it has new input (n bytes): a turn next tick, among the fresh ones
         requeue(conn)       it may still hold requests: a turn next tick, in the backlog
         has_backlog         some connection is requeued (the next select() must not wait)
         turns(after_fresh)  this tick's turns: (conn, how many requests it may handle now)
@@ -54,15 +59,18 @@ class Scheduler:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._fresh: List[Any] = []         # read this tick, nothing left from before
+        self._heavy: List[Any] = []         # the same, but a read of more than QUIET_READ
         self._backlog: List[Any] = []       # requests may be left over from last tick
         self._deferred: List[Any] = []      # fresh ones a full tick had no time for
+        self._deferred_heavy: List[Any] = []    # and heavy ones
         self.requests_per_tick = INITIAL_REQUESTS_PER_TICK   # a backlog's share; adapts
 
-    def schedule(self, conn: Any) -> None:
-        """`conn` was just read from: give it a turn as a connection without a backlog."""
+    def schedule(self, conn: Any, size: int = 0) -> None:
+        """`conn` was just read from (`size` bytes): give it a turn as a connection without a
+        backlog, after the quiet ones if it brought more than QUIET_READ."""
         if not conn.scheduled:
             conn.scheduled = True
-            self._fresh.append(conn)
+            (self._heavy if size > QUIET_READ else self._fresh).append(conn)
 
     def requeue(self, conn: Any) -> None:
         """`conn` may still hold requests: give it a turn in the next tick's backlog."""
@@ -74,43 +82,44 @@ class Scheduler:
     def has_backlog(self) -> bool:
         """Some connection waits for a turn with requests left over, or for a turn a full
         tick could not give it: select() must not wait."""
-        return bool(self._backlog or self._deferred)
+        return bool(self._backlog or self._deferred or self._deferred_heavy)
 
     def turns(self, after_fresh: Callable[[], None]) -> Iterator[Tuple[Any, int]]:
         """This tick's turns, as (connection, how many of its requests to handle now).
 
-        First every fresh connection, with MAX_REQUESTS_PER_TICK while the tick is younger
-        than TICK_TARGET and the share after that; then, if backlogs follow, `after_fresh()`
-        once (the hub sends the fresh connections' replies there); then every backlog
-        connection with the share. A connection is unscheduled when its turn comes: the
-        caller requeues it during its turn if it may have more. Turns requeued or scheduled
-        during this tick come in the next one. Once the turns have taken TICK_LIMIT (the
-        backlogs' once they have taken TICK_TARGET), the connections still waiting keep their
-        place for the next tick, first in line. At the end the share adapts to the tick's
-        longest turn (tick_took).
-        """
-        fresh, backlog = self._deferred + self._fresh, self._backlog
-        if not fresh and not backlog:
+        The quiet fresh connections, then the heavy ones (QUIET_READ), with MAX_REQUESTS_PER_TICK
+        while the tick is younger than TICK_TARGET and the share after that, `after_fresh()`
+        (the hub sends what they produced) after each kind that others follow; then the
+        backlogs with the share. A connection is unscheduled when its turn comes (the caller
+        requeues it if it may have more). Once the turns have taken TICK_LIMIT (the heavy
+        ones' and the backlogs' once they have taken TICK_TARGET, after one turn of each kind
+        at least), the rest keep their place for the next tick, first of their kind. At the
+        end the share adapts to the tick's longest turn (tick_took)."""
+        quiet, heavy = self._deferred + self._fresh, self._deferred_heavy + self._heavy
+        backlog, self._fresh, self._heavy, self._backlog = self._backlog, [], [], []
+        if not quiet and not heavy and not backlog:
             return
-        self._fresh, self._backlog, self._deferred = [], [], []
-        clock = self._clock
-        started = clock()
-        share = self.requests_per_tick
-        longest, turn_began = 0.0, started     # the longest turn, and when this one began
-        for index, conn in enumerate(fresh):
-            now = clock()
-            elapsed = now - started
-            longest = max(longest, now - turn_began)
-            turn_began = now
-            if elapsed > TICK_LIMIT:
-                self._deferred = fresh[index:]          # still scheduled: first next tick
-                self._backlog[:0] = backlog
-                self.tick_took(longest, True)
-                return
-            conn.scheduled = False
-            yield conn, (MAX_REQUESTS_PER_TICK if elapsed < TICK_TARGET else share)
-        if fresh and backlog:
-            after_fresh()
+        self._deferred, self._deferred_heavy = [], []
+        clock, share, longest = self._clock, self.requests_per_tick, 0.0   # the longest turn
+        started = turn_began = clock()
+        for fresh, follow in ((quiet, heavy or backlog), (heavy, backlog)):
+            for index, conn in enumerate(fresh):
+                now = clock()
+                elapsed = now - started
+                longest = max(longest, now - turn_began)
+                turn_began = now
+                if elapsed > TICK_LIMIT or (fresh is heavy and index and elapsed > TICK_TARGET):
+                    self._deferred = quiet[index:] if fresh is quiet else []
+                    self._deferred_heavy = heavy[index:] if fresh is heavy else heavy
+                    if elapsed <= TICK_LIMIT:
+                        break                   # (heavy ones: still one backlog turn)
+                    self._backlog[:0] = backlog
+                    self.tick_took(longest, True)
+                    return
+                conn.scheduled = False
+                yield conn, (MAX_REQUESTS_PER_TICK if elapsed < TICK_TARGET else share)
+            if fresh and follow:
+                after_fresh()
         share_used_up = False
         for index, conn in enumerate(backlog):
             now = clock()

@@ -57,6 +57,29 @@ class HubTests(ServerCase):
         self.server.run_once(5)
         self.assertEqual(seen, [b"q\n"])
 
+    def test_a_quiet_reply_leaves_before_a_flood_read_in_the_same_tick_has_a_turn(self):
+        flood_id, flood = self.pair()
+        _, quiet = self.pair()
+        flood.sendall(b"echo f\n" * 1000)              # one read of more than QUIET_READ
+        quiet.sendall(b"echo q\n")                     # read after it, in the same tick
+        cheap = self.app.maybe_next_actions
+        seen = []       # what quiet had received when flood's first turn began
+
+        def watching(conn_id):
+            if conn_id == flood_id and not seen:
+                quiet.setblocking(False)
+                try:
+                    seen.append(quiet.recv(100, socket.MSG_PEEK))
+                except BlockingIOError:
+                    seen.append(b"")
+                finally:
+                    quiet.settimeout(5)
+            return cheap(conn_id)
+        self.app.maybe_next_actions = watching
+        self.server.run_once(5)
+        self.assertEqual(seen, [b"q\n"])
+        self.assertEqual(len(self.app.handled), 1 + MAX_REQUESTS_PER_TICK)
+
     def test_a_backlog_gets_a_share_and_a_client_without_one_goes_first(self):
         _, flood = self.pair()
         _, quiet = self.pair()

@@ -4,7 +4,8 @@ import unittest
 from types import SimpleNamespace
 
 from policy.scheduler import (INITIAL_REQUESTS_PER_TICK, MAX_REQUESTS_PER_TICK,
-                              MIN_REQUESTS_PER_TICK, TICK_LIMIT, TICK_TARGET, Scheduler)
+                              MIN_REQUESTS_PER_TICK, QUIET_READ, TICK_LIMIT, TICK_TARGET,
+                              Scheduler)
 
 
 class FakeClock:
@@ -75,6 +76,45 @@ class SchedulerTests(unittest.TestCase):
         turns = self.tick()
         self.assertEqual([t if t == "flush" else t[0] for t in turns], ["d", "b", "flush", "a"])
         self.assertFalse(self.scheduler.has_backlog)
+
+    def test_fresh_ones_that_read_much_go_after_the_quiet_ones_with_a_flush_between(self):
+        self.scheduler.requeue(self.a)
+        self.scheduler.schedule(self.b, QUIET_READ + 1)
+        self.scheduler.schedule(self.c, QUIET_READ)
+        self.scheduler.schedule(self.d, 10)
+        full = MAX_REQUESTS_PER_TICK
+        self.assertEqual(self.tick(), [("c", full), ("d", full), "flush", ("b", full), "flush",
+                                       ("a", self.share)])
+        self.scheduler.schedule(self.b, QUIET_READ + 1)
+        self.scheduler.schedule(self.c, 1)
+        self.assertEqual(self.tick(), [("c", full), "flush", ("b", full)])
+
+    def test_heavy_fresh_ones_stop_at_the_target_and_wait_behind_the_next_quiet_ones(self):
+        for conn in (self.a, self.b, self.c):
+            self.scheduler.schedule(conn, QUIET_READ + 1)
+        self.scheduler.requeue(self.d)
+        # each turn costs 60% of the target: a and b fit, c waits; the backlog's d still
+        # has one turn, after what they produced is sent
+        turns = self.tick(cost=TICK_TARGET * 0.6)
+        self.assertEqual([t if t == "flush" else t[0] for t in turns], ["a", "b", "flush", "d"])
+        self.assertTrue(self.c.scheduled)
+        self.assertTrue(self.scheduler.has_backlog)        # select() must not wait
+        self.scheduler.schedule(self.d)                    # a quiet one comes meanwhile
+        self.scheduler.schedule(self.a, QUIET_READ + 1)
+        self.assertEqual(self.tick(), [("d", MAX_REQUESTS_PER_TICK), "flush",
+                                       ("c", MAX_REQUESTS_PER_TICK),
+                                       ("a", MAX_REQUESTS_PER_TICK)])
+        self.assertFalse(self.scheduler.has_backlog)
+
+    def test_past_the_tick_limit_quiet_ones_keep_their_place_before_heavy_ones(self):
+        self.scheduler.schedule(self.a, QUIET_READ + 1)
+        for conn in (self.b, self.c):
+            self.scheduler.schedule(conn)
+        turns = self.tick(cost=TICK_LIMIT * 0.6)
+        self.assertEqual([t if t == "flush" else t[0] for t in turns], ["b", "c", "flush"])
+        self.assertTrue(self.a.scheduled)
+        self.scheduler.schedule(self.d)
+        self.assertEqual([t if t == "flush" else t[0] for t in self.tick()], ["d", "flush", "a"])
 
     def test_a_connection_requeued_in_its_turn_comes_back_next_tick_in_the_backlog(self):
         self.scheduler.schedule(self.a)

@@ -136,7 +136,7 @@ class Hub:
         self.guarded(conn, self.app.data_received, conn.conn_id, data)
         if conn.state is not OPEN:          # (the app may have failed and dropped it)
             return
-        self.scheduler.schedule(conn)
+        self.scheduler.schedule(conn, len(data))
         wait = conn.meter.charge_bytes(len(data), self.loop.now)
         if wait:
             self.throttle(conn, wait)
