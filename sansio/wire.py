@@ -463,10 +463,10 @@ def _non_empty(value: str, code: ErrorCode, key: str) -> str:
 _PLAIN_CHAT_HEAD = (rb"CHAT:[ \t]*([0-9]{1,18})[ \t]*\nJOIN_ID:[ \t]*([0-9]+)[ \t]*\n"
                     rb"CLIENT_NAME:([^\n]*)\nMESSAGE:")
 _PLAIN_CHAT = re.compile(_PLAIN_CHAT_HEAD + rb"(.*)", re.DOTALL)        # a frame
-# A whole plain CHAT at the head of a Framer's buffer: its MESSAGE ends at the first blank line,
-# where the framer cuts it (the lines before it hold no blank line). Blank lines before it are
-# the framer's to skip (maybe_take_plain_chat leaves a buffer that starts with one).
-_PLAIN_CHAT_IN_BUFFER = re.compile(_PLAIN_CHAT_HEAD + rb"(.*?)\n\n", re.DOTALL)
+# A whole plain CHAT at the head of a Framer's buffer: its MESSAGE, lines after the first not empty
+# (what (.*?)\n\n takes at twice the cost), ends at the first blank line, where the framer cuts
+# it. Blank lines before it are the framer's to skip (maybe_take_plain_chat leaves one there).
+_PLAIN_CHAT_IN_BUFFER = re.compile(_PLAIN_CHAT_HEAD + rb"([^\n]*(?:\n[^\n]+)*)\n\n")
 
 
 def maybe_parse_plain_chat(frame: bytes) -> Optional[Chat]:

@@ -1,6 +1,7 @@
 """Layer 1, the codec (sansio/wire.py, sansio/replies.py): bytes -> frames -> requests (Framer,
 parse_request), the builders, and the server's output read back (ReplyReader), in memory."""
 import random
+import re
 import unittest
 
 from sansio import wire
@@ -328,6 +329,19 @@ class FramingShortcutTests(unittest.TestCase):
             self.assertEqual(plain, [f.replace(b"CHAT :", b"CHAT:") for f in general], stream)
 
 
+    def test_a_plain_chat_in_a_buffer_ends_where_the_first_blank_line_does(self):
+        # The greedy pattern takes what the plain (.*?)\n\n does, and only that, from buffers
+        # of lines, blank lines and spaces cut anywhere.
+        lazy = re.compile(wire._PLAIN_CHAT_HEAD + rb"(.*?)\n\n", re.DOTALL)
+        rng = random.Random(12)
+        head = b"CHAT: 1\nJOIN_ID: 2\nCLIENT_NAME: n\nMESSAGE:"
+        for _ in range(3000):
+            tail = bytes(rng.choice(b"ab \n\n\t") for _ in range(rng.randint(0, 12)))
+            buf = bytearray(head + tail)
+            want, got = lazy.match(buf), wire._PLAIN_CHAT_IN_BUFFER.match(buf)
+            self.assertEqual(want and (want.groups(), want.end()),
+                             got and (got.groups(), got.end()), buf)
+
     def test_taking_a_plain_chat_agrees_with_framing_and_parsing(self):
         # Streams of CHAT-like requests (plain, oddly spaced, broken, too long, blank lines
         # between), cut into random chunks: taking plain CHATs whole from the buffer first must
@@ -339,7 +353,9 @@ class FramingShortcutTests(unittest.TestCase):
                   b"CHAT : 7\nJOIN_ID: 8\nCLIENT_NAME: c\nMESSAGE: m\n\n", b"HELO a\n",
                   b"CHAT: 9\nJOIN_ID: 1\nCLIENT_NAME: \xff\nMESSAGE: m\n\n",
                   wire.chat_request(1, 2, "long", "z" * 90), b"CHAT: 1\nJOIN_ID: 2\n",
-                  b"CLIENT_NAME: d\nMESSAGE: e\n\n", b"JOIN_CHATROOM: r\n"]
+                  b"CLIENT_NAME: d\nMESSAGE: e\n\n", b"JOIN_CHATROOM: r\n",
+                  b"CHAT: 2\nJOIN_ID: 3\nCLIENT_NAME: f\nMESSAGE:\n\n",
+                  b"CHAT: 2\nJOIN_ID: 3\nCLIENT_NAME: g\nMESSAGE:\nh\n i\n\n\n"]
 
         def outcomes(framer, shortcut):
             out = []
