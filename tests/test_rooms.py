@@ -31,6 +31,30 @@ class RoomsTests(unittest.TestCase):
         self.assertEqual(self.rooms.member_ids(0), (10,))
         self.assertEqual(self.rooms.name_in(10, 0), "a")
 
+    def test_the_kept_members_lookup_agrees_with_maybe_members_as_rooms_change(self):
+        rooms = Rooms(max_rooms=2)
+        lookup = rooms.members_lookup()             # taken once, as LocalRooms keeps it
+
+        def agree():
+            for ref in range(5):
+                self.assertEqual(lookup(ref), rooms.maybe_members(ref))
+                members = lookup(ref)
+                self.assertEqual(members is None, not rooms.exists(ref))
+        agree()
+        rooms.join(1, "a", "x")
+        rooms.join(2, "a", "y")
+        rooms.join(2, "b", "y")
+        agree()
+        rooms.leave(2, 0)
+        rooms.drop(2)                               # b is empty now
+        agree()
+        rooms.join(3, "c", "z")                     # the table is full: b is forgotten
+        agree()
+        self.assertIsNone(lookup(1))
+        self.assertEqual(dict(lookup(2)), {3: "z"})
+        rooms.forget(1)
+        agree()
+
     def test_members_in_join_order_and_leave(self):
         for conn in (3, 1, 2):
             self.rooms.join(conn, "r", "n%d" % conn)
