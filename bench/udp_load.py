@@ -2,9 +2,10 @@
 """Deliveries per second over UDP, and bytes sent per byte delivered, against a real Server.py.
 
     python3 -m bench.udp_load [--members 10] [--messages 1000] [--size 100] [--loss 0.1]
-                              [--window 20] [--seed 1] [--timeout 120]
+                              [--window 20] [--seed 1] [--timeout 120] [--server-dir DIR]
 
-(from the repository's top folder)
+(from the repository's top folder; --server-dir measures another checkout's Server.py with
+this one's clients)
 
 It starts Server.py on a free port of 127.0.0.1 (flood control off: the transport is measured, not
 the limits), opens MEMBERS UDP sessions (sansio.udp_client.ClientEndpoint on real sockets, all in
@@ -33,7 +34,7 @@ import time
 from sansio import udp_client, udp_stream, udp_wire
 from sansio.replies import ChatMessage, JoinedReply, ReplyReader
 from sansio.wire import chat_request, join_request
-from tools.kit import HOST, ServerProcess
+from tools.kit import HOST, ServerProcess, require_server_dir
 
 MAX_ROUNDS = 10 ** 7        # bound on the select() loop, beyond --timeout
 
@@ -128,7 +129,8 @@ def serve(members, predicate, timeout):
 
 
 def run(args):
-    server = ServerProcess("--input-rate", "0", "--request-rate", "0")
+    server = ServerProcess("--input-rate", "0", "--request-rate", "0",
+                           server_dir=args.server_dir)
     try:
         lossy = None
         if args.loss:
@@ -192,7 +194,11 @@ def main(argv=None):
                         help="probability that a datagram is lost, each way (default 0)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--server-dir", default=None,
+                        help="the checkout whose Server.py is measured (default: this one)")
     args = parser.parse_args(argv)
+    if args.server_dir is not None:
+        require_server_dir(parser, args.server_dir)
     if not (1 <= args.members <= 200 and 1 <= args.messages <= 100000 and 1 <= args.window
             and 1 <= args.size <= 60000 and 0 <= args.loss < 1 and 0 < args.timeout <= 3600):
         parser.error("members 1..200, messages 1..100000, window 1 or more, size 1..60000, "
