@@ -89,7 +89,7 @@ class Scheduler:
 
         The quiet fresh connections, then the heavy ones (QUIET_READ), with MAX_REQUESTS_PER_TICK
         while the tick is younger than TICK_TARGET and the share after that, `after_fresh()`
-        (the hub sends what they produced) after each kind that others follow; then the
+        (the hub sends what they produced) after the quiet ones if others follow; then the
         backlogs with the share. A connection is unscheduled when its turn comes (the caller
         requeues it if it may have more). Once the turns have taken TICK_LIMIT (the heavy
         ones' and the backlogs' once they have taken TICK_TARGET, after one turn of each kind
@@ -102,7 +102,7 @@ class Scheduler:
         self._deferred, self._deferred_heavy = [], []
         clock, share, longest = self._clock, self.requests_per_tick, 0.0   # the longest turn
         started = turn_began = clock()
-        for fresh, follow in ((quiet, heavy or backlog), (heavy, backlog)):
+        for fresh, follow in ((quiet, heavy or backlog), (heavy, ())):
             for index, conn in enumerate(fresh):
                 now = clock()
                 elapsed = now - started

@@ -83,7 +83,9 @@ class SchedulerTests(unittest.TestCase):
         self.scheduler.schedule(self.c, QUIET_READ)
         self.scheduler.schedule(self.d, 10)
         full = MAX_REQUESTS_PER_TICK
-        self.assertEqual(self.tick(), [("c", full), ("d", full), "flush", ("b", full), "flush",
+        # (what b produced leaves with the backlog's: a flush after it too cost room1x100 41%
+        # more sends)
+        self.assertEqual(self.tick(), [("c", full), ("d", full), "flush", ("b", full),
                                        ("a", self.share)])
         self.scheduler.schedule(self.b, QUIET_READ + 1)
         self.scheduler.schedule(self.c, 1)
@@ -94,9 +96,9 @@ class SchedulerTests(unittest.TestCase):
             self.scheduler.schedule(conn, QUIET_READ + 1)
         self.scheduler.requeue(self.d)
         # each turn costs 60% of the target: a and b fit, c waits; the backlog's d still
-        # has one turn, after what they produced is sent
+        # has one turn
         turns = self.tick(cost=TICK_TARGET * 0.6)
-        self.assertEqual([t if t == "flush" else t[0] for t in turns], ["a", "b", "flush", "d"])
+        self.assertEqual([t if t == "flush" else t[0] for t in turns], ["a", "b", "d"])
         self.assertTrue(self.c.scheduled)
         self.assertTrue(self.scheduler.has_backlog)        # select() must not wait
         self.scheduler.schedule(self.d)                    # a quiet one comes meanwhile
