@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 import unittest
+from types import SimpleNamespace
 
 import reactor
 
@@ -85,6 +86,35 @@ class LoopTests(unittest.TestCase):
             loop.run_once(30)       # the rest are read at once: select() does not wait
         self.assertEqual(len(self.calls), 2 * reactor.EVENTS_BETWEEN_CLOCK_READS)
         self.assertLess(time.monotonic() - started, 10)
+
+    def test_given_flows_a_socket_alone_in_its_flow_is_read_before_a_crowds_sockets(self):
+        # The read step stops at its first clock reading (a budget of 0): without flows, the
+        # socket ready last is not reached in this tick; in rounds, the flow with the fewest
+        # ready sockets goes first, then one of each flow a round
+        crowd = 3 * reactor.EVENTS_BETWEEN_CLOCK_READS
+        for flows in (None, lambda handler: handler.name[0]):
+            calls = []
+            loop = reactor.Loop(step_budget=0.0, flow_of=flows)
+            self.addCleanup(loop.close)
+            for index in range(crowd):
+                name = "%s%d" % ("ab"[index % 2], index)
+                loop.register(self.ready_pair(), reactor.EVENT_READ, Recorder(name, calls))
+            loop.register(self.ready_pair(), reactor.EVENT_READ, Recorder("z", calls))
+            loop.run_once(5)
+            self.assertLess(len(calls), crowd)
+            names = [name for name, _ in calls]
+            if flows is None:
+                self.assertNotIn("z", names)
+            else:
+                self.assertEqual(names[:5], ["z", "a0", "b1", "a2", "b3"])
+
+    def test_in_rounds_takes_one_of_each_flow_a_round_the_sparsest_flows_first(self):
+        events = [(SimpleNamespace(data=name), 1) for name in
+                  ("a1", "a2", "a3", "b1", "c1", "b2")]
+        ordered = reactor.in_rounds(events, lambda name: name[0])
+        self.assertEqual([key.data for key, _ in ordered], ["c1", "b1", "a1", "b2", "a2", "a3"])
+        one_flow = events[:3]
+        self.assertIs(reactor.in_rounds(one_flow, lambda name: name[0]), one_flow)
 
     def test_an_unregistered_socket_is_no_longer_watched(self):
         sock = self.ready_pair()
