@@ -89,7 +89,7 @@ class LoopTests(unittest.TestCase):
 
     def test_given_flows_a_socket_alone_in_its_flow_is_read_before_a_crowds_sockets(self):
         # The read step stops at its first clock reading (a budget of 0): without flows, the
-        # socket ready last is not reached in this tick; flow by flow, the flow with the fewest
+        # socket ready last is not reached in this tick; alone in its flow, it goes first
         # ready sockets goes first, then one of each flow a round
         crowd = 3 * reactor.EVENTS_BETWEEN_CLOCK_READS
         for flows in (None, lambda handler: handler.name[0]):
@@ -106,15 +106,16 @@ class LoopTests(unittest.TestCase):
             if flows is None:
                 self.assertNotIn("z", names)
             else:
-                self.assertEqual(names[:4], ["z", "a0", "a2", "a4"])
+                self.assertEqual(names[:4], ["z", "a0", "b1", "a2"])
 
-    def test_the_sparsest_flows_go_first_each_flow_in_the_order_its_sockets_came(self):
+    def test_sockets_alone_in_their_flow_go_first_the_rest_in_the_order_they_came(self):
         events = [(SimpleNamespace(data=name), 1) for name in
-                  ("a1", "a2", "b1", "a3", "c1", "b2")]
-        ordered = reactor.sparse_flows_first(events, lambda name: name[0])
-        self.assertEqual([key.data for key, _ in ordered], ["c1", "b1", "b2", "a1", "a2", "a3"])
-        one_flow = events[:2]
-        self.assertIs(reactor.sparse_flows_first(one_flow, lambda name: name[0]), one_flow)
+                  ("a1", "a2", "b1", "d1", "a3", "c1", "b2")]
+        ordered = reactor.alone_first(events, lambda name: name[0])
+        self.assertEqual([key.data for key, _ in ordered],
+                         ["d1", "c1", "a1", "a2", "b1", "a3", "b2"])
+        for same in (events[:2], events[2:4]):          # one flow; every one alone
+            self.assertIs(reactor.alone_first(same, lambda name: name[0]), same)
 
     def test_an_unregistered_socket_is_no_longer_watched(self):
         sock = self.ready_pair()
