@@ -14,8 +14,7 @@ One tick (`run_once`), in the order of Redis's ae.c (aeProcessEvents), reads bef
                 that an earlier one in the same tick closed or dropped is `stale` and skipped
                 (ae.c's check); sockets registered with a rank go first, in rank order; given
                 a `flow_of`, then the sockets alone in their flow (alone_first); the step
-                stops after `step_budget`
-                seconds (the rest are still ready next tick)
+                stops after `step_budget` seconds (the rest are still ready next tick)
     3. timers   every timer that is due, in time order (one heap, lazy deletion: trio's)
     4. hooks    the end-of-tick hooks, in the order they were added
 
@@ -27,8 +26,7 @@ import selectors
 import signal
 import socket
 import time
-from typing import (Any, Callable, Dict, Hashable, Iterable, List, Optional, Protocol,
-                    Tuple)
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Protocol, Tuple
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -69,7 +67,7 @@ def alone_first(events: List[Event], flow_of: Callable[[Any], Hashable]) -> List
 
     The kernel reports ready sockets oldest first, and the read step stops after its budget,
     so one client's socket, ready behind a thousand of one crowd's, waited for all of them:
-    59 addresses connecting 2 360 clients left a request unread for up to 0.2 s. A client
+    59 addresses connecting 2 360 clients left a request unread for up to 0.3 s. A client
     alone at its address now goes first. The crowds keep the kernel's order: taking their
     smaller flows first, or one socket of each in turn, split the resets of a room's members
     over more calls of departures, each telling the members not yet read (the storm of 800
@@ -224,7 +222,7 @@ class Loop:
         for hook in self._hooks:
             hook()
 
-    def _on_events(self, events: List[Tuple[selectors.SelectorKey, int]]) -> None:
+    def _on_events(self, events: List[Event]) -> None:
         """The read step, for at most step_budget."""
         if self.flow_of is not None and len(events) > EVENTS_BETWEEN_CLOCK_READS:
             events = alone_first(events, self.flow_of)
