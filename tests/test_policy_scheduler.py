@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from policy.scheduler import (INITIAL_REQUESTS_PER_TICK, MAX_REQUESTS_PER_TICK,
                               MIN_REQUESTS_PER_TICK, QUIET_READ, TICK_LIMIT, TICK_TARGET,
-                              Scheduler)
+                              Scheduler, in_turn_order)
 
 
 class FakeClock:
@@ -16,9 +16,13 @@ class FakeClock:
         return self.now
 
 
-def fake_conn(name):
-    """All the Scheduler touches of a connection is its `scheduled` flag."""
-    return SimpleNamespace(name=name, scheduled=False)
+def fake_conn(name, peer_ip=None):
+    """All the Scheduler touches of a connection is its `scheduled` flag and its address (none
+    unless given: then all are one address)."""
+    conn = SimpleNamespace(name=name, scheduled=False)
+    if peer_ip is not None:
+        conn.peer_ip = peer_ip
+    return conn
 
 
 class SchedulerTests(unittest.TestCase):
@@ -117,6 +121,30 @@ class SchedulerTests(unittest.TestCase):
         self.assertTrue(self.a.scheduled)
         self.scheduler.schedule(self.d)
         self.assertEqual([t if t == "flush" else t[0] for t in self.tick()], ["d", "flush", "a"])
+
+    def test_a_client_alone_at_its_address_goes_before_the_turns_others_left_waiting(self):
+        # An address with many connections fills a tick (each turn 60% of the limit); a client
+        # of another address with one request waits one tick, not for all of them, and its
+        # reply is sent before the waiting turns (59 addresses x 40 connections of JOINs kept
+        # a client waiting for up to 3.9 s)
+        many = [fake_conn("m%d" % i, "10.0.0.1") for i in range(6)]
+        for conn in many:
+            self.scheduler.schedule(conn)
+        self.assertEqual([t[0] for t in self.tick(cost=TICK_LIMIT * 0.6)], ["m0", "m1"])
+        probe = fake_conn("p", "10.0.0.2")
+        self.scheduler.schedule(probe)
+        self.scheduler.schedule(many[0])                # more input from the crowded address
+        turns = self.tick(cost=TICK_LIMIT * 0.6)
+        self.assertEqual([t if t == "flush" else t[0] for t in turns], ["p", "flush", "m2"])
+        self.assertTrue(all(conn.scheduled for conn in many[3:] + many[:1]))
+        self.assertEqual([t[0] for t in self.tick(cost=TICK_LIMIT * 0.6)], ["m3", "m4"])
+
+    def test_one_connection_of_each_address_without_turns_left_waiting_goes_first(self):
+        a1, a2, b1, b2, c1 = (fake_conn(n, n[0]) for n in ("a1", "a2", "b1", "b2", "c1"))
+        order, jumped = in_turn_order([a1], [b1, a2, c1, b2])
+        self.assertEqual(([c.name for c in order], jumped), (["b1", "c1", "a1", "a2", "b2"], 2))
+        order, jumped = in_turn_order([], [b1, a2, b2, c1])     # nothing waiting: read order
+        self.assertEqual(([c.name for c in order], jumped), (["b1", "a2", "c1", "b2"], 0))
 
     def test_a_connection_requeued_in_its_turn_comes_back_next_tick_in_the_backlog(self):
         self.scheduler.schedule(self.a)

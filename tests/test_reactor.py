@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 import unittest
+from types import SimpleNamespace
 
 import reactor
 
@@ -101,6 +102,36 @@ class LoopTests(unittest.TestCase):
         self.assertEqual(self.calls[per_step], ("late", "read"))
         loop.run_once(5)                    # and back: the oldest of those left
         self.assertEqual(self.calls[2 * per_step], (per_step, "read"))
+
+    def test_given_flows_a_socket_alone_in_its_flow_is_read_before_a_crowds_sockets(self):
+        # The read step stops at its first clock reading (a budget of 0): without flows, the
+        # socket ready last is not reached in this tick; alone in its flow, it goes first
+        # ready sockets goes first, then one of each flow a round
+        crowd = 3 * reactor.EVENTS_BETWEEN_CLOCK_READS
+        for flows in (None, lambda handler: handler.name[0]):
+            calls = []
+            loop = reactor.Loop(step_budget=0.0, flow_of=flows)
+            self.addCleanup(loop.close)
+            for index in range(crowd):
+                name = "%s%d" % ("ab"[index % 2], index)
+                loop.register(self.ready_pair(), reactor.EVENT_READ, Recorder(name, calls))
+            loop.register(self.ready_pair(), reactor.EVENT_READ, Recorder("z", calls))
+            loop.run_once(5)
+            self.assertLess(len(calls), crowd)
+            names = [name for name, _ in calls]
+            if flows is None:
+                self.assertNotIn("z", names)
+            else:
+                self.assertEqual(names[:4], ["z", "a0", "b1", "a2"])
+
+    def test_sockets_alone_in_their_flow_go_first_the_rest_in_the_order_they_came(self):
+        events = [(SimpleNamespace(data=name), 1) for name in
+                  ("a1", "a2", "b1", "d1", "a3", "c1", "b2")]
+        ordered = reactor.alone_first(events, lambda name: name[0])
+        self.assertEqual([key.data for key, _ in ordered],
+                         ["d1", "c1", "a1", "a2", "b1", "a3", "b2"])
+        for same in (events[:2], events[2:4]):          # one flow; every one alone
+            self.assertIs(reactor.alone_first(same, lambda name: name[0]), same)
 
     def test_an_unregistered_socket_is_no_longer_watched(self):
         sock = self.ready_pair()

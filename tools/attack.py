@@ -57,6 +57,8 @@ Scenarios (defaults are the sizes docs/ROBUSTNESS.md reports; --quick makes each
                A stayer per group of 8, in its 256 rooms, must hear every leave. Targets:
                the probe's p99 <= 100 ms while they join, its max <= 200 ms during the
                resets, and the server's RSS grows <= 256 MiB from the resets (needs --spawn).
+               Figures: the CPU seconds the build-up took, of this tool with its probe (the
+               attacker) and of the server (with --spawn), which share the machine's cores.
   all          each scenario at its --quick size, one after the other (a fresh server each with
                --spawn; descriptors is left out with --port unless --hold is given).
 
@@ -162,6 +164,37 @@ def run_tag() -> str:
 
 def mib(kb: Optional[int]) -> Optional[float]:
     return None if kb is None else round(kb / 1024.0, 1)
+
+
+def cpu_seconds(pid: Optional[int] = None) -> Optional[float]:
+    """User plus system CPU of process `pid` (None: this one, every thread), in seconds; None if
+    it cannot be read. Another process's from /proc/PID/stat (fields 14 and 15, counted after
+    the command name's closing ')', which may hold spaces)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            utime, stime = stat.read().rsplit(")", 1)[1].split()[11:13]
+    except (OSError, ValueError):
+        return None
+    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(target: "AttackTarget", probe: "Probe") -> Tuple[Optional[float], Optional[float]]:
+    """(the attacker's CPU seconds so far: this process and its probe child; the server's, if
+    spawned), for the CPU a phase took: the two share the machine's cores."""
+    probe_cpu = cpu_seconds(probe.proc.pid)
+    ours = None if probe_cpu is None else cpu_seconds() + probe_cpu
+    return ours, None if target.server is None else cpu_seconds(target.server.pid)
+
+
+def cpu_taken(before: Tuple[Optional[float], Optional[float]],
+              after: Tuple[Optional[float], Optional[float]]) -> Dict[str, Optional[float]]:
+    """The figures of the CPU taken between two cpu_now() readings."""
+    attacker, server = ((None if a is None or b is None else round(b - a, 2))
+                        for a, b in zip(before, after))
+    return {"attacker_cpu_s": attacker, "server_cpu_s": server}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1586,6 +1619,7 @@ def scenario_departures(args: argparse.Namespace, target: AttackTarget, report):
                                   "rooms_each": args.rooms}
     probe = start_probe(target, report, tag)
     rss_before = target.rss_kb()
+    cpu_before = cpu_now(target, probe)
     started = time.monotonic()
     groups = args.connections // GROUP
     members = [(address * groups + group, member) for address in range(args.addresses)
@@ -1613,8 +1647,9 @@ def scenario_departures(args: argparse.Namespace, target: AttackTarget, report):
     wanted = (len(members) + len(stayers)) * args.rooms
     joined = joined and swarm.run_until(answered, args.seconds, progress)
     built = time.monotonic()
-    figures.update(probe.figures(started, built))
-    figures = {("build_" + k if k.startswith("probe_") else k): v for k, v in figures.items()}
+    figures.update(probe.figures(started, built), **cpu_taken(cpu_before, cpu_now(target, probe)))
+    figures = {("build_" + k if k.startswith("probe_") or k.endswith("_cpu_s") else k): v
+               for k, v in figures.items()}
     figures.update(connections=len(swarm.conns) - len(stayers),
                    memberships=(len(swarm.conns) - len(stayers)) * args.rooms,
                    joined=swarm.total(JOINED_MARK), join_errors=swarm.total(ERROR_MARK),
@@ -1683,9 +1718,12 @@ def _reset_swarm(args, target, report, swarm: Swarm, stayers: List[Optional[Swar
                                        STALLED_GROWTH_TARGET_MIB))
     swarm.close_all()
     return figures, ("%d connections from %d addresses, %d memberships: build-up probe p99 %s "
-                     "ms; reset: stayers told in %s s, probe max %s ms, server RSS +%s MiB"
+                     "ms (in %s s; CPU: attacker %s s, server %s s); reset: stayers told in %s "
+                     "s, probe max %s ms, server RSS +%s MiB"
                      % (figures["connections"], args.addresses, figures["memberships"],
-                        figures.get("build_probe_p99_ms"), figures["storm_seconds"],
+                        figures.get("build_probe_p99_ms"), figures["build_seconds"],
+                        figures["build_attacker_cpu_s"], figures["build_server_cpu_s"],
+                        figures["storm_seconds"],
                         figures.get("probe_max_ms"), figures.get("server_rss_storm_growth_mib")))
 
 

@@ -89,6 +89,9 @@ class QuickScenariosTest(unittest.TestCase):
         self.assertEqual(summary["join_errors"], 0)
         self.assertEqual(summary["leaves_told"], summary["leaves_owed"])
         self.assertLessEqual(summary["probe_max_ms"], attack.PROBE_MAX_TARGET_MS)
+        # the CPU the build-up took, the attacker's (this process and its probe) and the server's
+        self.assertGreaterEqual(summary["build_attacker_cpu_s"], 0)
+        self.assertGreaterEqual(summary["build_server_cpu_s"], 0)
 
 
 class ArgumentsTest(unittest.TestCase):
