@@ -121,7 +121,7 @@ class TcpConnectionTests(ServerCase):
         hub.write_many((busy_id,), b"y" * (tcp.KEEP_TAIL_ABOVE + 1))
         kept = hub.conns[busy_id].tail
         hub.flush()
-        self.assertEqual((hub.conns[quiet_id].out, hub.conns[quiet_id].tail), ([], None))
+        self.assertEqual((hub.conns[quiet_id].out, hub.conns[quiet_id].tail), ((), None))
         self.assertEqual(hub.conns[busy_id].out, [kept])
         hub.write_many((quiet_id, busy_id), b"z\n")    # both still get what comes next
         self.assertIs(hub.conns[busy_id].tail, kept)
@@ -191,6 +191,19 @@ class SharedOutputTests(ServerCase):
         self.assertEqual(self.server.hub.conns[conn_id].out_bytes, len(want))
         self.assertEqual(self.read_exactly(sock, len(want)), want)
         self.assertEqual(self.server.hub.memory.output, 0)
+
+    def test_a_queue_sent_whole_is_dropped_whatever_it_held(self):
+        conn_id, sock = self.pair(sndbuf=4096)
+        hub = self.server.hub
+        pieces = [b"s" * 100, b"L" * 100000, b"t" * 100]     # copied, shared, copied
+        for piece in pieces:
+            hub.write_many([conn_id], piece)
+        self.assertEqual(len(hub.conns[conn_id].out), 3)
+        self.assertEqual(self.read_exactly(sock, 100200), b"".join(pieces))  # partial sends
+        conn = hub.conns[conn_id]
+        self.assertEqual((conn.out, conn.tail, hub.memory.output), ((), None, 0))
+        hub.write_many([conn_id], b"next\n")                # and what comes next still goes
+        self.assertEqual(self.read_exactly(sock, 5), b"next\n")
 
     def test_what_a_closed_connection_held_is_given_back(self):
         conns = [self.pair(sndbuf=4096) for _ in range(3)]

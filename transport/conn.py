@@ -22,6 +22,11 @@ class State(enum.IntEnum):
     CLOSED = 4      # unregistered and closed; events still pending for it are ignored
 
 
+# What a connection with nothing queued holds as its queue: one empty tuple for all of them, not
+# an empty list each (56 bytes: 560 KB of 10 000 idle connections). Its first output makes it a
+# list (Hub.write_many), which goes again once everything in it is sent or dropped.
+NO_OUTPUT: Tuple[()] = ()
+
 # The states as module globals, for the hot paths: `State.OPEN` is a class attribute lookup that
 # costs six times a global one (60 vs 10 ns, Python 3.11), and write_many tests it once per
 # delivered message. Members are singletons, so `is` compares them.
@@ -51,8 +56,9 @@ class Connection:
         self.conn_id = conn_id
         self.peer_ip = peer_ip          # its address (interned: one string per address)
         # Unsent output, oldest first: bytearrays of copied small output, and shared bytes
-        # objects (a memoryview of one once part of it is sent). out_bytes is their total.
-        self.out: List[Any] = []        # (a list: 56 bytes where an empty deque is 760)
+        # objects (a memoryview of one once part of it is sent). out_bytes is their total. A
+        # list while it holds any (56 bytes where an empty deque is 760), else NO_OUTPUT.
+        self.out: Any = NO_OUTPUT
         self.tail: Optional[bytearray] = None   # the last of `out`, while small output goes there
         self.out_bytes = 0
         self.in_bytes = 0               # its input the app holds, not yet handled
@@ -76,6 +82,14 @@ class Connection:
     def write(self, data: bytes) -> None:
         """Queue `data`; it is sent at the end of this tick."""
         self.hub.write_many((self.conn_id,), data)
+
+    def queue(self, chunk: Any) -> None:
+        """Put `chunk` (a bytearray, or shared bytes) at the end of its output queue; the
+        caller counts it (Hub.write_many)."""
+        if self.out:
+            self.out.append(chunk)
+        else:                               # NO_OUTPUT: nothing was queued
+            self.out = [chunk]
 
     def get_write_buffer_size(self) -> int:
         return self.out_bytes
@@ -187,6 +201,6 @@ class SharedOutput:
                 memory.output -= len(chunk)
             else:
                 self.release(chunk)
-        conn.out.clear()
+        conn.out = NO_OUTPUT
         conn.tail = None
         conn.out_bytes = 0

@@ -325,7 +325,7 @@ class Hub:
             tail = conn.tail
             if tail is None:
                 tail = conn.tail = bytearray()
-                conn.out.append(tail)
+                conn.queue(tail)
             tail += data
             queued = conn.out_bytes + size
             conn.out_bytes = queued
@@ -343,7 +343,7 @@ class Hub:
             if conn is None or conn.state is not OPEN:
                 continue
             self.want_flush(conn)
-            conn.out.append(data)
+            conn.queue(data)
             conn.tail = None
             conn.out_bytes += len(data)
             holders += 1

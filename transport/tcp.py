@@ -21,7 +21,7 @@ from typing import Any, List, Optional, Tuple
 
 from policy import reserve
 from reactor import EVENT_READ, EVENT_WRITE
-from transport.conn import CLOSING, LINGERING, OPEN, Connection
+from transport.conn import CLOSING, LINGERING, NO_OUTPUT, OPEN, Connection
 
 LOGGER = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class TcpConnection(Connection):
             if sent > KEEP_TAIL_ABOVE:
                 self.tail.clear()
             else:
-                out.clear()
+                self.out = NO_OUTPUT
                 self.tail = None
             self.out_bytes = 0
             memory.output -= sent
@@ -188,7 +188,10 @@ class TcpConnection(Connection):
                     self.tail = None
             else:
                 self.hub.shared.release(head)
-        del out[:done]
+        if done < len(out):
+            del out[:done]
+        else:                               # all of it sent: no queue kept
+            self.out = NO_OUTPUT
 
     def update_interest(self) -> None:
         """Watch for writability only while output is queued; for input unless reads are
