@@ -112,6 +112,12 @@ class _Session(Framer):
         # frame, or the CHAT already taken from the buffer.
         self.held: Optional[Union[bytes, Chat]] = None
 
+    def let_go_of_buffer(self) -> None:
+        """All its input is handled: its framer holds b"", not an empty bytearray of its own
+        (56 bytes: 560 KB of 10 000 idle connections), until its next bytes come
+        (Framer.receive_data makes a bytearray of them)."""
+        self._buf = b""
+
 
 class ChatProtocol:
     """The whole server's protocol state: every connection's session, and the room service
@@ -205,8 +211,13 @@ class ChatProtocol:
         return actions
 
     def pending_input(self, conn_id: int) -> int:
-        """How many bytes of `conn_id`'s input are buffered, not yet handled."""
-        return self._sessions[conn_id].buffered()
+        """How many bytes of `conn_id`'s input are buffered, not yet handled (none: its empty
+        buffer goes, _Session.let_go_of_buffer)."""
+        session = self._sessions[conn_id]
+        held = session.buffered()
+        if not held:
+            session.let_go_of_buffer()
+        return held
 
     def connections_lost(self, conn_ids: Sequence[int]) -> List[Action]:
         """These connections are gone (closed by either side, or broken): nothing is sent to
