@@ -29,9 +29,10 @@ class Recorder:
 
 
 class LoopTests(unittest.TestCase):
+    new_selector = staticmethod(reactor.new_selector)   # epoll here, where there is one
 
     def setUp(self):
-        self.loop = reactor.Loop()
+        self.loop = reactor.Loop(selector=self.new_selector())
         self.addCleanup(self.loop.close)
         self.calls = []
 
@@ -93,6 +94,34 @@ class LoopTests(unittest.TestCase):
         self.loop.unregister(sock)                      # twice: ignored
         self.loop.run_once(0)
         self.assertEqual(self.calls, [])
+
+    def test_a_hang_up_is_told_as_the_events_watched_for(self):
+        for events, told in ((reactor.EVENT_WRITE, ["write"]), (reactor.EVENT_READ, ["read"]),
+                             (reactor.EVENT_READ | reactor.EVENT_WRITE, ["read", "write"])):
+            ours, theirs = socket.socketpair()
+            self.addCleanup(ours.close)
+            theirs.close()
+            calls = []
+            self.loop.register(ours, events, Recorder("a", calls))
+            self.loop.run_once(5)
+            self.loop.unregister(ours)
+            self.assertEqual([what for _, what in calls], told)
+
+    def test_a_socket_is_registered_once_and_watched_for_what_it_is_modified_to(self):
+        sock = self.ready_pair()
+        handler = Recorder("a", self.calls, sock)
+        self.loop.register(sock, reactor.EVENT_WRITE, handler)
+        with self.assertRaises(KeyError):
+            self.loop.register(sock, reactor.EVENT_READ, handler)
+        with self.assertRaises(KeyError):
+            self.loop.modify(self.ready_pair(), reactor.EVENT_READ, handler)
+        self.loop.modify(sock, reactor.EVENT_READ, handler)
+        self.loop.run_once(5)
+        self.assertEqual(self.calls, [("a", "read")])
+        self.loop.modify(sock, reactor.EVENT_READ | reactor.EVENT_WRITE, handler)
+        self.loop.modify(sock, reactor.EVENT_WRITE, handler)
+        self.loop.run_once(5)
+        self.assertEqual(self.calls, [("a", "read"), ("a", "write")])
 
     def test_timers_run_in_time_order_and_a_cancelled_one_never(self):
         now = time.monotonic()
@@ -169,6 +198,31 @@ class LoopTests(unittest.TestCase):
         os.kill(os.getpid(), signal.SIGUSR1)
         self.loop.run_forever()                     # returns: the signal stopped it
         self.assertEqual(self.loop.stopped_by, "SIGUSR1")
+
+
+class LoopOverSelectorsTests(LoopTests):
+    """The same over the `selectors` module, the loop's selector where there is no epoll."""
+    new_selector = staticmethod(reactor._Selectors)
+
+
+@unittest.skipUnless(hasattr(reactor.select, "epoll"), "no epoll here")
+class EpollTests(unittest.TestCase):
+
+    def test_a_descriptor_closed_before_it_was_unregistered_serves_the_next_socket(self):
+        loop = reactor.Loop(selector=reactor._Epoll())
+        self.addCleanup(loop.close)
+        gone, _ = socket.socketpair()
+        fd = gone.fileno()
+        loop.register(gone, reactor.EVENT_READ, Recorder("gone", []))
+        gone.close()                                    # (the kernel forgets it then)
+        loop.unregister(gone)                           # closed: ignored
+        calls = []
+        for sock in socket.socketpair():
+            self.addCleanup(sock.close)
+            if sock.fileno() == fd:                     # its descriptor again
+                loop.register(sock, reactor.EVENT_WRITE, Recorder("next", calls))
+        loop.run_once(5)
+        self.assertEqual(calls, [("next", "write")])
 
 
 if __name__ == "__main__":
