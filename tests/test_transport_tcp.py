@@ -1,6 +1,7 @@
 """The TCP transport (transport/tcp.py) over socket.socketpair() and loopback, with the fake
 app of tests/line_app.py: accepting, the write path (partial sends, shared output), closing
 and lingering, water marks and the output cap, and the descriptor reserve."""
+import _socket
 import socket
 import subprocess
 import sys
@@ -25,6 +26,17 @@ class TcpConnectionTests(ServerCase):
         client.sendall(b"echo tcp\n")
         self.tick_until(lambda: self.app.handled)
         self.assertEqual(client.recv(100), b"tcp\n")
+
+    def test_an_accepted_socket_is_of_the_c_type_alone_and_serves_to_the_end(self):
+        client = socket.create_connection(self.server.address, timeout=5)
+        self.addCleanup(client.close)
+        self.tick_until(lambda: self.app.made)
+        conn = self.server.hub.conns[self.app.made[0][0]]
+        self.assertIs(type(conn.sock), _socket.socket)     # 48 bytes, not socket.socket's 96
+        client.sendall(b"echo one\nbig 300000\nclose\n")
+        self.assertEqual(self.pump(client, None), b"one\n" + b"x" * 300000)  # then our FIN
+        self.tick_until(lambda: conn.state is State.CLOSED)
+        self.assertEqual(conn.sock.fileno(), -1)
 
     def test_a_connection_is_on_the_flush_list_once_however_often_it_is_writable(self):
         # A remainder waits for writability; a connection the flush had no time for stays on
