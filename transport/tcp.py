@@ -364,7 +364,7 @@ class TcpListener:
         if conn is not None:
             why = "it was the longest idle of those that never completed a request"
         else:
-            conn = hub.holders.maybe_make_way(lambda held: held.meter.last_heard())
+            conn = hub.holders.maybe_make_way(lambda held: held.last_heard())
             if conn is None:
                 return False
             why = ("its address held the most connections (%d), and it was heard from longest "
