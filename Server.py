@@ -22,7 +22,7 @@ from typing import Optional
 import reactor
 from policy.flood import INPUT_BYTES_PER_SECOND, REQUESTS_PER_SECOND, InputLimits
 from policy.memory import MEMORY_BUDGET
-from policy.scheduler import STEP_BUDGET, address_of
+from policy.scheduler import STEP_BUDGET, alone_first
 from protocol import KILL_FROM_CHOICES, ChatProtocol
 from sansio import bus as bus_defaults, udp_stream
 from transport.hub import Hub
@@ -228,7 +228,7 @@ class Wiring:
     def __init__(self, ip: str, port: int, memory_budget: int = MEMORY_BUDGET,
                  limits: Optional[InputLimits] = None, udp: bool = True,
                  udp_idle_timeout: float = udp_stream.IDLE_TIMEOUT) -> None:
-        self.loop = reactor.Loop(step_budget=STEP_BUDGET, flow_of=address_of)
+        self.loop = reactor.Loop(step_budget=STEP_BUDGET, order=alone_first)
         self.hub = Hub(self.loop, memory_budget=memory_budget, limits=limits,
                        open_file_limit=open_file_limit())
         udp_sock = None

@@ -26,7 +26,7 @@ Rules of this file:
 import ipaddress
 import logging
 import time
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 from rooms import LocalRooms, Peer, Rooms
 from sansio.actions import Action, Close, Send, Shutdown, Wait
@@ -98,19 +98,29 @@ def handle_other_message(conn_id: int, line: str) -> List[Action]:
 # The state machine: requests -> actions
 # ---------------------------------------------------------------------------------------------
 
+# What a session holds back once it is closing (DISCONNECT, or a fatal error): nothing more of
+# its requests is handled. One slot for both, not a flag of its own: 96 bytes a session, not 112.
+SESSION_CLOSING = object()
+
+
 class _Session(Framer):
     """What the protocol remembers about one open connection: its framer (the session is one,
     with slots more: one object a connection, not two, as 10 000 idle connections cost 64
-    bytes less each), its addresses, whether it is closing, and a request held back."""
-    __slots__ = ("peer", "closing", "held")
+    bytes less each), its addresses, and a request held back, or SESSION_CLOSING."""
+    __slots__ = ("peer", "held")
 
     def __init__(self, peer: Peer) -> None:
         super().__init__()
         self.peer = peer              # its addresses: ours for HELO and JOINED, its own for KILL
-        self.closing = False          # DISCONNECT or a fatal error: handle nothing more
         # A request waiting for the chats before it (RoomService.holds, or None from chat): its
-        # frame, or the CHAT already taken from the buffer.
-        self.held: Optional[Union[bytes, Chat]] = None
+        # frame, or the CHAT already taken from the buffer. SESSION_CLOSING once it is closing.
+        self.held: Any = None
+
+    def let_go_of_buffer(self) -> None:
+        """All its input is handled: its framer holds b"", not an empty bytearray of its own
+        (56 bytes: 560 KB of 10 000 idle connections), until its next bytes come
+        (Framer.receive_data makes a bytearray of them)."""
+        self._buf = b""
 
 
 class ChatProtocol:
@@ -164,10 +174,11 @@ class ChatProtocol:
         """Handle the next complete request of `conn_id` and return its actions, or None when
         no complete request is buffered (or the connection is closing)."""
         session = self._sessions[conn_id]
-        if session.closing:
+        held = session.held
+        if held is SESSION_CLOSING:
             return None
         try:
-            held, session.held = session.held, None
+            session.held = None
             if held is None:
                 # A plain CHAT taken whole from the buffer (the commonest request), straight to
                 # the room service (handle(), without a call); else a frame
@@ -195,7 +206,7 @@ class ChatProtocol:
         except RequestError as err:
             actions: List[Action] = [Send(conn_id, error_reply(err.code, err.description))]
             if err.code == ErrorCode.REQUEST_TOO_LONG:
-                session.closing = True
+                session.held = SESSION_CLOSING
                 actions.append(Close(conn_id))
             return actions
         actions = self.handle(conn_id, request)
@@ -205,8 +216,13 @@ class ChatProtocol:
         return actions
 
     def pending_input(self, conn_id: int) -> int:
-        """How many bytes of `conn_id`'s input are buffered, not yet handled."""
-        return self._sessions[conn_id].buffered()
+        """How many bytes of `conn_id`'s input are buffered, not yet handled (none: its empty
+        buffer goes, _Session.let_go_of_buffer)."""
+        session = self._sessions[conn_id]
+        held = session.buffered()
+        if not held:
+            session.let_go_of_buffer()
+        return held
 
     def connections_lost(self, conn_ids: Sequence[int]) -> List[Action]:
         """These connections are gone (closed by either side, or broken): nothing is sent to
@@ -240,7 +256,7 @@ class ChatProtocol:
         return self.service.join(conn_id, req, self._sessions[conn_id].peer)
 
     def _on_disconnect(self, conn_id: int, req: Disconnect) -> List[Action]:
-        self._sessions[conn_id].closing = True
+        self._sessions[conn_id].held = SESSION_CLOSING
         return self.service.disconnect(conn_id)
 
     def _on_helo(self, conn_id: int, req: Helo) -> List[Action]:

@@ -12,10 +12,10 @@ One tick (`run_once`), in the order of Redis's ae.c (aeProcessEvents), reads bef
                 else until the first timer is due, and never past the caller's bound
     2. read     every ready socket's handler: on_readable(), then on_writable(); a handler
                 that an earlier one in the same tick closed or dropped is `stale` and skipped
-                (ae.c's check); sockets registered with a rank go first, in rank order; given
-                a `flow_of`, then the sockets alone in their flow (alone_first); the step
-                stops after `step_budget` seconds (the rest are still ready next tick), and
-                the next step then goes through its sockets the other way round
+                (ae.c's check); given an `order`, the ready sockets in the order it says;
+                sockets registered with a rank go first, in rank order; the step stops after
+                `step_budget` seconds (the rest are still ready next tick), and the next step
+                then goes through its sockets the other way round
     3. timers   every timer that is due, in time order (one heap, lazy deletion: trio's)
     4. hooks    the end-of-tick hooks, in the order they were added
 
@@ -23,11 +23,13 @@ docs/ARCHITECTURE.md, "One tick", tells what the server's parts do in each step.
 """
 import heapq
 import itertools
+import math
+import select
 import selectors
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, Union
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -40,7 +42,7 @@ MAX_WAIT = 1.0
 # scheduler's STEP_BUDGET here.
 STEP_BUDGET = 0.005
 # The read step reads the clock once per this many events (a clock read costs ~50 ns); with
-# no more events than this, they are not reordered (alone_first) either.
+# no more events than this, they are not reordered (`order`) either.
 EVENTS_BETWEEN_CLOCK_READS = 32
 # Lazy deletion (trio's Deadlines): a cancelled timer stays in the heap until it comes up. Once
 # more than half the heap is cancelled timers, and at least this many, it is rebuilt without
@@ -59,30 +61,130 @@ class Handler(Protocol):
         """The socket is writable (only asked for while the handler has output queued)."""
 
 
-Event = Tuple[selectors.SelectorKey, int]
+# A ready socket as the selector reports it: (its descriptor, its handler, the events ready).
+Event = Tuple[int, Handler, int]
 
 
-def alone_first(events: List[Event], flow_of: Callable[[Any], Hashable]) -> List[Event]:
-    """`events` with those alone in their flow (flow_of(handler)) first, then the others, each
-    part in the order they came.
+def _fd_of(sock: socket.socket) -> int:
+    fd = sock.fileno()
+    if fd < 0:
+        raise ValueError("invalid file descriptor: %r is closed" % (sock,))
+    return fd
 
-    The kernel reports ready sockets oldest first, and the read step stops after its budget,
-    so one client's socket, ready behind a thousand of one crowd's, waited for all of them:
-    59 addresses connecting 2 360 clients left a request unread for up to 0.3 s. A client
-    alone at its address now goes first. The crowds keep the kernel's order: taking their
-    smaller flows first, or one socket of each in turn, split the resets of a room's members
-    over more calls of departures, each telling the members not yet read (the storm of 800
-    resets took 0.5 to 2.3 s, not 0.3 to 0.9 s)."""
-    flows = [flow_of(key.data) for key, _mask in events]
-    counts: Dict[Hashable, int] = {}
-    for flow in flows:
-        counts[flow] = counts.get(flow, 0) + 1
-    if len(counts) < 2:
-        return events
-    alone = [event for event, flow in zip(events, flows) if counts[flow] == 1]
-    if not alone or len(alone) == len(events):
-        return events
-    return alone + [event for event, flow in zip(events, flows) if counts[flow] > 1]
+
+class _Epoll:
+    """The selector over epoll (Linux): the handler of each descriptor in one dict. selectors'
+    EpollSelector keeps a SelectorKey (80 bytes) for each socket besides: 800 KB of 10 000 idle
+    connections. The events a socket is watched for are kept only where they are not
+    EVENT_READ alone (a socket with output waiting, a UDP endpoint): EpollSelector's rule, that
+    an error or a hang-up is told as the events watched for, needs them.
+
+    Its interface, which _Selectors offers elsewhere: register, modify and unregister a socket
+    (KeyError if it is not, or already, registered; ValueError if it is closed); select(timeout)
+    -> [(fd, handler, events)]; close()."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._handlers: Dict[int, Handler] = {}
+        self._events: Dict[int, int] = {}           # fd -> its events, where not EVENT_READ
+
+    def _watch(self, fd: int, events: int, handler: Handler) -> None:
+        self._handlers[fd] = handler
+        if events == EVENT_READ:
+            self._events.pop(fd, None)
+        else:
+            self._events[fd] = events
+
+    def register(self, sock: socket.socket, events: int, handler: Handler) -> int:
+        fd = _fd_of(sock)
+        try:
+            self._epoll.register(fd, _epoll_events(events))
+        except FileExistsError:
+            raise KeyError("%r is already registered" % (sock,)) from None
+        # (an entry left by a socket closed before it was unregistered, whose descriptor this
+        # one got, is replaced: closing took it out of the epoll set)
+        self._watch(fd, events, handler)
+        return fd
+
+    def modify(self, sock: socket.socket, events: int, handler: Handler) -> None:
+        fd = _fd_of(sock)
+        if fd not in self._handlers:
+            raise KeyError("%r is not registered" % (sock,))
+        if events != self._events.get(fd, EVENT_READ):
+            self._epoll.modify(fd, _epoll_events(events))
+        self._watch(fd, events, handler)
+
+    def unregister(self, sock: socket.socket) -> int:
+        fd = _fd_of(sock)
+        del self._handlers[fd]
+        self._events.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass
+        return fd
+
+    def select(self, timeout: Optional[float]) -> List[Event]:
+        """The ready sockets, as selectors' EpollSelector.select tells them."""
+        if timeout is None:
+            timeout = -1
+        elif timeout <= 0:
+            timeout = 0
+        else:                               # (rounded up to whole milliseconds, not down to 0)
+            timeout = math.ceil(timeout * 1e3) * 1e-3
+        try:
+            polled = self._epoll.poll(timeout, max(len(self._handlers), 1))
+        except InterruptedError:
+            return []
+        handlers, watched = self._handlers, self._events
+        ready = []
+        for fd, happened in polled:
+            handler = handlers.get(fd)
+            if handler is not None:
+                events = ((EVENT_WRITE if happened & ~select.EPOLLIN else 0)
+                          | (EVENT_READ if happened & ~select.EPOLLOUT else 0))
+                ready.append((fd, handler, events & watched.get(fd, EVENT_READ)))
+        return ready
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._handlers.clear()
+
+
+def _epoll_events(events: int) -> int:
+    if not events or events & ~(EVENT_READ | EVENT_WRITE):
+        raise ValueError("invalid events: %r" % events)
+    return ((select.EPOLLIN if events & EVENT_READ else 0)
+            | (select.EPOLLOUT if events & EVENT_WRITE else 0))
+
+
+class _Selectors:
+    """_Epoll's interface over the `selectors` module, where there is no epoll."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+
+    def register(self, sock: socket.socket, events: int, handler: Handler) -> int:
+        return self._selector.register(sock, events, handler).fd
+
+    def modify(self, sock: socket.socket, events: int, handler: Handler) -> None:
+        self._selector.modify(sock, events, handler)
+
+    def unregister(self, sock: socket.socket) -> int:
+        return self._selector.unregister(sock).fd
+
+    def select(self, timeout: Optional[float]) -> List[Event]:
+        return [(key.fd, key.data, events) for key, events in self._selector.select(timeout)]
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+Selector = Union[_Epoll, _Selectors]
+
+
+def new_selector() -> Selector:
+    return _Epoll() if hasattr(select, "epoll") else _Selectors()
 
 
 class Timer:
@@ -114,13 +216,14 @@ class _Waker:
 
 
 class Loop:
-    """A single-threaded event loop over `selectors` (see the module docstring)."""
+    """A single-threaded event loop over epoll, or `selectors` where there is none (see the
+    module docstring)."""
 
-    def __init__(self, step_budget: float = STEP_BUDGET,
-                 flow_of: Optional[Callable[[Any], Hashable]] = None) -> None:
-        self.selector = selectors.DefaultSelector()
+    def __init__(self, step_budget: float = STEP_BUDGET, selector: Optional[Selector] = None,
+                 order: Optional[Callable[[List[Event]], List[Event]]] = None) -> None:
+        self.selector = selector if selector is not None else new_selector()
         self.step_budget = step_budget
-        self.flow_of = flow_of          # a handler's flow, for alone_first (None: none)
+        self.order = order              # the read step's order of many ready sockets (policy)
         self.now = time.monotonic()             # this tick's time, read once after select()
         self._timers: List[Tuple[float, int, Timer]] = []     # (when, order, timer): a heap
         self._order = itertools.count()         # equal times run in the order they were set
@@ -154,10 +257,10 @@ class Loop:
     def unregister(self, sock: socket.socket) -> None:
         """Stop watching `sock` (before it is closed). Unknown sockets are ignored."""
         try:
-            key = self.selector.unregister(sock)
+            fd = self.selector.unregister(sock)
         except (KeyError, ValueError):
             return
-        self._ranks.pop(key.fd, None)
+        self._ranks.pop(fd, None)
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -232,19 +335,18 @@ class Loop:
         in the next step, and the oldest are among the first in the one after."""
         if self._backwards:
             events.reverse()
-        if self.flow_of is not None and len(events) > EVENTS_BETWEEN_CLOCK_READS:
-            events = alone_first(events, self.flow_of)
+        if self.order is not None and len(events) > EVENTS_BETWEEN_CLOCK_READS:
+            events = self.order(events)
         if self._ranks:                         # (a stable sort: the order above stays)
             ranks, last = self._ranks, len(self._ranks)
-            events.sort(key=lambda event: ranks.get(event[0].fd, last))
+            events.sort(key=lambda event: ranks.get(event[0], last))
         started = self.now
-        for index, (key, mask) in enumerate(events):
+        for index, (_fd, handler, mask) in enumerate(events):
             if (index % EVENTS_BETWEEN_CLOCK_READS == EVENTS_BETWEEN_CLOCK_READS - 1
                     and time.monotonic() - started > self.step_budget):
                 self._events_left = True
                 self._backwards = not self._backwards
                 return
-            handler = key.data
             if handler.stale:
                 continue
             if mask & EVENT_READ:

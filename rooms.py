@@ -24,7 +24,8 @@ The rules the table keeps (docs/PROTOCOL.md, "Identity"):
 import collections
 import logging
 import time
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import (Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 from policy.creations import RoomCreations
 from sansio.actions import Action, Broadcast, Callback, Close, Send
@@ -62,6 +63,14 @@ MAX_MEMBERSHIPS = 300_000
 # that filled the table cannot lock everybody else out of it.
 MEMBERSHIPS_CROWDED = 270_000
 
+# What Rooms keeps of the rooms a connection is in: one ROOM_REF, or a tuple of several.
+RefsHeld = Union[int, Tuple[int, ...]]
+
+
+def _as_tuple(refs: RefsHeld) -> Tuple[int, ...]:
+    """The rooms a connection is in (Rooms._refs_of's value), as a tuple."""
+    return (refs,) if type(refs) is int else refs
+
 
 class Rooms:
     """All rooms of one server. Costs grow with the rooms of the connection concerned (join,
@@ -77,9 +86,10 @@ class Rooms:
         # The rooms without members, longest-empty first: the ones that may be forgotten.
         self._empty: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         self._next_ref = 0
-        # conn_id -> ROOM_REFs it is in. A tuple, not a list: most connections are in one room,
-        # and (ref,) is 48 bytes where [ref] is 88; at 10 000 connections that is 400 KB.
-        self._refs_of: Dict[int, Tuple[int, ...]] = {}
+        # conn_id -> the ROOM_REFs it is in: the bare ref while it is in one room (most are; a
+        # ref below 257 is an int Python shares, where (ref,) is 48 bytes and [ref] 88: 480 KB
+        # at 10 000 connections), else a tuple (see _as_tuple).
+        self._refs_of: Dict[int, RefsHeld] = {}
         self._join_ids: Dict[int, int] = {}         # conn_id -> JOIN_ID
         self._next_join_id = 1
 
@@ -111,7 +121,7 @@ class Rooms:
 
     def count_memberships(self) -> int:
         """How many (connection, room) memberships there are (O(connections): for statistics)."""
-        return sum(len(refs) for refs in self._refs_of.values())
+        return sum(len(_as_tuple(refs)) for refs in self._refs_of.values())
 
     def maybe_members(self, ref: int) -> Optional[Mapping[int, str]]:
         """The live {conn_id: client name} of room `ref` in join order, or None if there is no
@@ -126,7 +136,7 @@ class Rooms:
 
     def count_rooms_of(self, conn_id: int) -> int:
         """How many rooms `conn_id` is in."""
-        return len(self._refs_of.get(conn_id, ()))
+        return len(_as_tuple(self._refs_of.get(conn_id, ())))
 
     def member_ids(self, ref: int) -> Tuple[int, ...]:
         """A snapshot of the connections in room `ref`, in the order they joined."""
@@ -169,7 +179,8 @@ class Rooms:
         if not members:
             del self._empty[ref]
         members[conn_id] = client_name
-        self._refs_of[conn_id] = self._refs_of.get(conn_id, ()) + (ref,)
+        held = self._refs_of.get(conn_id)
+        self._refs_of[conn_id] = ref if held is None else _as_tuple(held) + (ref,)
         return ref, join_id, True
 
     def _create(self, room_name: str, ref: Optional[int] = None) -> int:
@@ -198,9 +209,9 @@ class Rooms:
         members = self._members.get(ref)
         name = None if members is None else members.pop(conn_id, None)
         if name is not None:
-            refs = tuple(r for r in self._refs_of[conn_id] if r != ref)
+            refs = tuple(r for r in _as_tuple(self._refs_of[conn_id]) if r != ref)
             if refs:
-                self._refs_of[conn_id] = refs
+                self._refs_of[conn_id] = refs[0] if len(refs) == 1 else refs
             else:
                 del self._refs_of[conn_id]
             if not members:
@@ -212,7 +223,7 @@ class Rooms:
         order DISCONNECT announces in), (ref, the name it had there, the members just before
         it left, itself included)."""
         left = []
-        for ref in sorted(self._refs_of.pop(conn_id, ())):
+        for ref in sorted(_as_tuple(self._refs_of.pop(conn_id, ()))):
             members = self._members[ref]
             before = tuple(members)
             left.append((ref, members.pop(conn_id), before))
@@ -226,7 +237,7 @@ class Rooms:
         remains): (ref, the name it had there), in ascending ROOM_REF order. The cost is its
         own rooms, not their sizes, so 8 000 members of one room leaving cost 8 000 steps."""
         left = []
-        for ref in sorted(self._refs_of.pop(conn_id, ())):
+        for ref in sorted(_as_tuple(self._refs_of.pop(conn_id, ()))):
             members = self._members[ref]
             left.append((ref, members.pop(conn_id)))
             if not members:
@@ -243,7 +254,7 @@ class Rooms:
 
     def refs_of(self, conn_id: int) -> List[int]:
         """The rooms `conn_id` is in, in ascending ROOM_REF order (the order DISCONNECT uses)."""
-        return sorted(self._refs_of.get(conn_id, ()))
+        return sorted(_as_tuple(self._refs_of.get(conn_id, ())))
 
     def join_id_of(self, conn_id: int) -> Optional[int]:
         """The JOIN_ID given to `conn_id`, or None if it never joined a room."""
@@ -252,7 +263,7 @@ class Rooms:
     def forget(self, conn_id: int) -> None:
         """Drop everything known about a connection that has gone, memberships included (the
         caller announces the leaves first). Its JOIN_ID is never given to anybody else."""
-        for ref in self._refs_of.pop(conn_id, ()):
+        for ref in _as_tuple(self._refs_of.pop(conn_id, ())):
             members = self._members[ref]
             del members[conn_id]
             if not members:

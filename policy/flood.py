@@ -46,10 +46,17 @@ class Meter:
     The buckets' numbers are slots of the meter itself, not two TokenBucket objects: every
     connection has a meter, and two buckets of their own cost 10 000 idle connections 1 MB
     (tools.many). The times are the caller's `now`, one float shared by a whole tick.
+
+    A connection is its own meter (transport/conn.py: a subclass, whose start_metering() is this
+    __init__), so that it costs no object of its own either.
     """
     __slots__ = ("limits", "byte_tokens", "bytes_at", "request_tokens", "requests_at")
 
     def __init__(self, limits: InputLimits, now: float) -> None:
+        self.start_metering(limits, now)
+
+    def start_metering(self, limits: InputLimits, now: float) -> None:
+        """Both buckets full, from `now`."""
         self.limits = limits
         self.byte_tokens = limits.burst_bytes
         self.request_tokens = limits.request_burst

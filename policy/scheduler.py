@@ -4,7 +4,7 @@ Requests are handled in ticks, and what a tick's requests produce is sent at its
 waits about as long as a tick takes: one flooding client must never own a tick. No sockets, no
 clock of its own (it is given one); it knows connections only by their `scheduled` flag.
 """
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 # - Connections with a backlog (requests left over from earlier ticks) get a *share* of requests
 #   per turn, which adapts: halved after a tick whose longest turn took longer than TICK_TARGET,
@@ -53,6 +53,31 @@ INITIAL_REQUESTS_PER_TICK = 4
 def address_of(conn: Any) -> Any:
     """The flow a connection belongs to: its address (None for a connection without one)."""
     return getattr(conn, "peer_ip", None)
+
+
+def alone_first(events: List[Tuple[Any, Any, int]],
+                flow_of: Callable[[Any], Any] = address_of) -> List[Tuple[Any, Any, int]]:
+    """The read step's order (reactor.Loop's `order`): the ready sockets, as (fd, handler,
+    events), with those alone in their flow (flow_of(handler)) first, then the others, each
+    part in the order they came.
+
+    The kernel reports ready sockets oldest first, and the read step stops after its budget,
+    so one client's socket, ready behind a thousand of one crowd's, waited for all of them:
+    59 addresses connecting 2 360 clients left a request unread for up to 0.3 s. A client
+    alone at its address now goes first. The crowds keep the kernel's order: taking their
+    smaller flows first, or one socket of each in turn, split the resets of a room's members
+    over more calls of departures, each telling the members not yet read (the storm of 800
+    resets took 0.5 to 2.3 s, not 0.3 to 0.9 s)."""
+    flows = [flow_of(handler) for _fd, handler, _mask in events]
+    counts: Dict[Any, int] = {}
+    for flow in flows:
+        counts[flow] = counts.get(flow, 0) + 1
+    if len(counts) < 2:
+        return events
+    alone = [event for event, flow in zip(events, flows) if counts[flow] == 1]
+    if not alone or len(alone) == len(events):
+        return events
+    return alone + [event for event, flow in zip(events, flows) if counts[flow] > 1]
 
 
 def in_turn_order(deferred: List[Any], fresh: List[Any],

@@ -253,7 +253,10 @@ class Framer:
                 self._held_crs = data[len(kept):]
                 data = kept
             data = _CRS_BEFORE_LF.sub(b"\n", data)
-        self._buf += data
+        if self._buf:
+            self._buf += data
+        else:                     # (b"" once all was handled: ChatProtocol.pending_input)
+            self._buf = bytearray(data)
 
     def maybe_next_frame(self) -> Optional[bytes]:
         """The next complete frame, or None if there is none yet.

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from policy.scheduler import (INITIAL_REQUESTS_PER_TICK, MAX_REQUESTS_PER_TICK,
                               MIN_REQUESTS_PER_TICK, QUIET_READ, TICK_LIMIT, TICK_TARGET,
-                              Scheduler, in_turn_order)
+                              Scheduler, alone_first, in_turn_order)
 
 
 class FakeClock:
@@ -138,6 +138,18 @@ class SchedulerTests(unittest.TestCase):
         self.assertEqual([t if t == "flush" else t[0] for t in turns], ["p", "flush", "m2"])
         self.assertTrue(all(conn.scheduled for conn in many[3:] + many[:1]))
         self.assertEqual([t[0] for t in self.tick(cost=TICK_LIMIT * 0.6)], ["m3", "m4"])
+
+    def test_sockets_alone_in_their_flow_go_first_the_rest_in_the_order_they_came(self):
+        events = [(fd, name, 1) for fd, name in
+                  enumerate(("a1", "a2", "b1", "d1", "a3", "c1", "b2"))]
+        ordered = alone_first(events, lambda name: name[0])
+        self.assertEqual([handler for _fd, handler, _ in ordered],
+                         ["d1", "c1", "a1", "a2", "b1", "a3", "b2"])
+        for same in (events[:2], events[2:4]):          # one flow; every one alone
+            self.assertIs(alone_first(same, lambda name: name[0]), same)
+        conns = [(0, fake_conn("x", "10.0.0.1"), 1), (1, fake_conn("y", "10.0.0.1"), 1),
+                 (2, fake_conn("p", "10.0.0.2"), 1)]                # the server's flows
+        self.assertEqual([e[1].name for e in alone_first(conns)], ["p", "x", "y"])
 
     def test_one_connection_of_each_address_without_turns_left_waiting_goes_first(self):
         a1, a2, b1, b2, c1 = (fake_conn(n, n[0]) for n in ("a1", "a2", "b1", "b2", "c1"))

@@ -55,6 +55,18 @@ class ProtocolTests(unittest.TestCase):
     def join(self, conn, room, name):
         return self.handle(conn, Join(room, name))
 
+    def test_a_session_lets_go_of_its_empty_buffer_and_still_frames_what_comes(self):
+        helo = [Send(1, b"HELO x\nIP:10.0.0.1\nPort:4242\nStudentID:12345678\n")]
+        self.assertEqual(self.feed(1, b"HELO x\nHE"), helo)
+        self.assertEqual(self.proto.pending_input(1), 2)         # a request begun is kept
+        self.assertEqual(self.feed(1, b"LO x\n"), helo)
+        self.assertEqual(self.proto.pending_input(1), 0)
+        self.assertEqual(type(self.proto._sessions[1]._buf), bytes)  # no bytearray of its own
+        self.assertEqual(self.feed(1, b"HELO"), [])
+        self.assertEqual(self.feed(1, b" x\r"), [])               # (a CR held back)
+        self.assertEqual(self.proto.pending_input(1), 7)
+        self.assertEqual(self.feed(1, b"\n"), helo)
+
     def test_helo_reply_has_the_fixed_form(self):
         self.assertEqual(self.handle(2, Helo("HELO hi there")),
                          [Send(2, b"HELO hi there\nIP:10.0.0.2\nPort:4242\nStudentID:12345678\n")])

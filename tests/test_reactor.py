@@ -1,5 +1,6 @@
 """The loop (reactor.py) on its own: handlers over socket.socketpair(), the timer heap, the
 end-of-tick hooks, stop() and signals. No app, no transport: the loop knows neither."""
+import functools
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import unittest
 from types import SimpleNamespace
 
 import reactor
+from policy.scheduler import alone_first
 
 
 class Recorder:
@@ -30,9 +32,10 @@ class Recorder:
 
 
 class LoopTests(unittest.TestCase):
+    new_selector = staticmethod(reactor.new_selector)   # epoll here, where there is one
 
     def setUp(self):
-        self.loop = reactor.Loop()
+        self.loop = reactor.Loop(selector=self.new_selector())
         self.addCleanup(self.loop.close)
         self.calls = []
 
@@ -103,14 +106,15 @@ class LoopTests(unittest.TestCase):
         loop.run_once(5)                    # and back: the oldest of those left
         self.assertEqual(self.calls[2 * per_step], (per_step, "read"))
 
-    def test_given_flows_a_socket_alone_in_its_flow_is_read_before_a_crowds_sockets(self):
-        # The read step stops at its first clock reading (a budget of 0): without flows, the
-        # socket ready last is not reached in this tick; alone in its flow, it goes first
-        # ready sockets goes first, then one of each flow a round
+    def test_given_an_order_a_socket_alone_in_its_flow_is_read_before_a_crowds_sockets(self):
+        # The read step stops at its first clock reading (a budget of 0): without an order, the
+        # socket ready last is not reached in this tick; with the server's (alone_first), alone
+        # in its flow, it goes first, then the crowds in the order they came
         crowd = 3 * reactor.EVENTS_BETWEEN_CLOCK_READS
         for flows in (None, lambda handler: handler.name[0]):
             calls = []
-            loop = reactor.Loop(step_budget=0.0, flow_of=flows)
+            order = None if flows is None else functools.partial(alone_first, flow_of=flows)
+            loop = reactor.Loop(step_budget=0.0, order=order)
             self.addCleanup(loop.close)
             for index in range(crowd):
                 name = "%s%d" % ("ab"[index % 2], index)
@@ -124,15 +128,6 @@ class LoopTests(unittest.TestCase):
             else:
                 self.assertEqual(names[:4], ["z", "a0", "b1", "a2"])
 
-    def test_sockets_alone_in_their_flow_go_first_the_rest_in_the_order_they_came(self):
-        events = [(SimpleNamespace(data=name), 1) for name in
-                  ("a1", "a2", "b1", "d1", "a3", "c1", "b2")]
-        ordered = reactor.alone_first(events, lambda name: name[0])
-        self.assertEqual([key.data for key, _ in ordered],
-                         ["d1", "c1", "a1", "a2", "b1", "a3", "b2"])
-        for same in (events[:2], events[2:4]):          # one flow; every one alone
-            self.assertIs(reactor.alone_first(same, lambda name: name[0]), same)
-
     def test_an_unregistered_socket_is_no_longer_watched(self):
         sock = self.ready_pair()
         self.loop.register(sock, reactor.EVENT_READ, Recorder("a", self.calls))
@@ -140,6 +135,34 @@ class LoopTests(unittest.TestCase):
         self.loop.unregister(sock)                      # twice: ignored
         self.loop.run_once(0)
         self.assertEqual(self.calls, [])
+
+    def test_a_hang_up_is_told_as_the_events_watched_for(self):
+        for events, told in ((reactor.EVENT_WRITE, ["write"]), (reactor.EVENT_READ, ["read"]),
+                             (reactor.EVENT_READ | reactor.EVENT_WRITE, ["read", "write"])):
+            ours, theirs = socket.socketpair()
+            self.addCleanup(ours.close)
+            theirs.close()
+            calls = []
+            self.loop.register(ours, events, Recorder("a", calls))
+            self.loop.run_once(5)
+            self.loop.unregister(ours)
+            self.assertEqual([what for _, what in calls], told)
+
+    def test_a_socket_is_registered_once_and_watched_for_what_it_is_modified_to(self):
+        sock = self.ready_pair()
+        handler = Recorder("a", self.calls, sock)
+        self.loop.register(sock, reactor.EVENT_WRITE, handler)
+        with self.assertRaises(KeyError):
+            self.loop.register(sock, reactor.EVENT_READ, handler)
+        with self.assertRaises(KeyError):
+            self.loop.modify(self.ready_pair(), reactor.EVENT_READ, handler)
+        self.loop.modify(sock, reactor.EVENT_READ, handler)
+        self.loop.run_once(5)
+        self.assertEqual(self.calls, [("a", "read")])
+        self.loop.modify(sock, reactor.EVENT_READ | reactor.EVENT_WRITE, handler)
+        self.loop.modify(sock, reactor.EVENT_WRITE, handler)
+        self.loop.run_once(5)
+        self.assertEqual(self.calls, [("a", "read"), ("a", "write")])
 
     def test_timers_run_in_time_order_and_a_cancelled_one_never(self):
         now = time.monotonic()
@@ -216,6 +239,31 @@ class LoopTests(unittest.TestCase):
         os.kill(os.getpid(), signal.SIGUSR1)
         self.loop.run_forever()                     # returns: the signal stopped it
         self.assertEqual(self.loop.stopped_by, "SIGUSR1")
+
+
+class LoopOverSelectorsTests(LoopTests):
+    """The same over the `selectors` module, the loop's selector where there is no epoll."""
+    new_selector = staticmethod(reactor._Selectors)
+
+
+@unittest.skipUnless(hasattr(reactor.select, "epoll"), "no epoll here")
+class EpollTests(unittest.TestCase):
+
+    def test_a_descriptor_closed_before_it_was_unregistered_serves_the_next_socket(self):
+        loop = reactor.Loop(selector=reactor._Epoll())
+        self.addCleanup(loop.close)
+        gone, _ = socket.socketpair()
+        fd = gone.fileno()
+        loop.register(gone, reactor.EVENT_READ, Recorder("gone", []))
+        gone.close()                                    # (the kernel forgets it then)
+        loop.unregister(gone)                           # closed: ignored
+        calls = []
+        for sock in socket.socketpair():
+            self.addCleanup(sock.close)
+            if sock.fileno() == fd:                     # its descriptor again
+                loop.register(sock, reactor.EVENT_WRITE, Recorder("next", calls))
+        loop.run_once(5)
+        self.assertEqual(calls, [("next", "write")])
 
 
 if __name__ == "__main__":

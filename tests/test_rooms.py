@@ -72,6 +72,26 @@ class RoomsTests(unittest.TestCase):
         self.rooms.leave(5, 1)
         self.assertEqual(self.rooms.refs_of(5), [0, 2, 3])
 
+    def test_the_rooms_of_a_connection_from_none_to_several_and_back(self):
+        # one room is kept as a bare ref, several as a tuple: every way between them
+        rooms = self.rooms
+        for name in ("a", "b", "c"):
+            rooms.join(5, name, "x")
+            self.assertEqual(rooms.count_rooms_of(5), ord(name) - ord("a") + 1)
+        self.assertEqual(rooms.count_memberships(), 3)
+        for ref, left in ((1, [0, 2]), (0, [2]), (0, [2]), (2, [])):
+            rooms.leave(5, ref)
+            self.assertEqual((rooms.refs_of(5), rooms.count_rooms_of(5)), (left, len(left)))
+        self.assertEqual(rooms.count_memberships(), 0)
+        rooms.join(5, "b", "x")
+        self.assertEqual((rooms.leave_all(5), rooms.refs_of(5)), ([(1, "x", (5,))], []))
+        for name in ("c", "a"):
+            rooms.join(5, name, "y")
+        self.assertEqual(rooms.drop(5), [(0, "y"), (2, "y")])
+        rooms.join(6, "a", "z")
+        rooms.forget(6)
+        self.assertEqual((rooms.count_memberships(), rooms.member_ids(0)), (0, ()))
+
     def test_leave_all_goes_in_ascending_ref_order_with_the_members_before_leaving(self):
         for name in ("b", "a"):
             self.rooms.join(5, name, "x" + name)

@@ -1,6 +1,7 @@
 """The TCP transport (transport/tcp.py) over socket.socketpair() and loopback, with the fake
 app of tests/line_app.py: accepting, the write path (partial sends, shared output), closing
 and lingering, water marks and the output cap, and the descriptor reserve."""
+import _socket
 import socket
 import subprocess
 import sys
@@ -25,6 +26,17 @@ class TcpConnectionTests(ServerCase):
         client.sendall(b"echo tcp\n")
         self.tick_until(lambda: self.app.handled)
         self.assertEqual(client.recv(100), b"tcp\n")
+
+    def test_an_accepted_socket_is_of_the_c_type_alone_and_serves_to_the_end(self):
+        client = socket.create_connection(self.server.address, timeout=5)
+        self.addCleanup(client.close)
+        self.tick_until(lambda: self.app.made)
+        conn = self.server.hub.conns[self.app.made[0][0]]
+        self.assertIs(type(conn.sock), _socket.socket)     # 48 bytes, not socket.socket's 96
+        client.sendall(b"echo one\nbig 300000\nclose\n")
+        self.assertEqual(self.pump(client, None), b"one\n" + b"x" * 300000)  # then our FIN
+        self.tick_until(lambda: conn.state is State.CLOSED)
+        self.assertEqual(conn.sock.fileno(), -1)
 
     def test_a_connection_is_on_the_flush_list_once_however_often_it_is_writable(self):
         # A remainder waits for writability; a connection the flush had no time for stays on
@@ -121,7 +133,7 @@ class TcpConnectionTests(ServerCase):
         hub.write_many((busy_id,), b"y" * (tcp.KEEP_TAIL_ABOVE + 1))
         kept = hub.conns[busy_id].tail
         hub.flush()
-        self.assertEqual((hub.conns[quiet_id].out, hub.conns[quiet_id].tail), ([], None))
+        self.assertEqual((hub.conns[quiet_id].out, hub.conns[quiet_id].tail), ((), None))
         self.assertEqual(hub.conns[busy_id].out, [kept])
         hub.write_many((quiet_id, busy_id), b"z\n")    # both still get what comes next
         self.assertIs(hub.conns[busy_id].tail, kept)
@@ -191,6 +203,19 @@ class SharedOutputTests(ServerCase):
         self.assertEqual(self.server.hub.conns[conn_id].out_bytes, len(want))
         self.assertEqual(self.read_exactly(sock, len(want)), want)
         self.assertEqual(self.server.hub.memory.output, 0)
+
+    def test_a_queue_sent_whole_is_dropped_whatever_it_held(self):
+        conn_id, sock = self.pair(sndbuf=4096)
+        hub = self.server.hub
+        pieces = [b"s" * 100, b"L" * 100000, b"t" * 100]     # copied, shared, copied
+        for piece in pieces:
+            hub.write_many([conn_id], piece)
+        self.assertEqual(len(hub.conns[conn_id].out), 3)
+        self.assertEqual(self.read_exactly(sock, 100200), b"".join(pieces))  # partial sends
+        conn = hub.conns[conn_id]
+        self.assertEqual((conn.out, conn.tail, hub.memory.output), ((), None, 0))
+        hub.write_many([conn_id], b"next\n")                # and what comes next still goes
+        self.assertEqual(self.read_exactly(sock, 5), b"next\n")
 
     def test_what_a_closed_connection_held_is_given_back(self):
         conns = [self.pair(sndbuf=4096) for _ in range(3)]

@@ -23,7 +23,7 @@ import time
 import traceback
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
-from policy.flood import InputLimits, Meter
+from policy.flood import InputLimits
 from policy.logbudget import TRACEBACK_INTERVAL, LogBudget
 from policy.memory import MEMORY_BUDGET, Memory
 from policy.reserve import Holders, Unproven
@@ -120,7 +120,7 @@ class Hub:
     def add(self, conn: Connection, local_ip: str, unproven: bool = True) -> None:
         """Serve `conn` (its transport made it): the app is told (connection_made)."""
         now = self.loop.now
-        conn.meter = Meter(self.limits, now)
+        conn.start_metering(self.limits, now)     # (its flood control's buckets)
         self.conns[conn.conn_id] = conn
         if unproven:
             self.unproven.add(conn, now)
@@ -137,7 +137,7 @@ class Hub:
         if conn.state is not OPEN:          # (the app may have failed and dropped it)
             return
         self.scheduler.schedule(conn, len(data))
-        wait = conn.meter.charge_bytes(len(data), self.loop.now)
+        wait = conn.charge_bytes(len(data), self.loop.now)
         if wait:
             self.throttle(conn, wait)
 
@@ -188,7 +188,7 @@ class Hub:
 
     def _handle_requests(self, conn: Connection, limit: int) -> bool:
         """Handle up to `limit` of `conn`'s requests; True if it may have more."""
-        meter = conn.meter
+        meter = conn                        # (its own flood meter: policy/flood.py)
         allowed = meter.requests_allowed(self.loop.now)
         if allowed is not None:
             if allowed < 1:                 # its bucket is dry: come back when it is not
@@ -325,7 +325,7 @@ class Hub:
             tail = conn.tail
             if tail is None:
                 tail = conn.tail = bytearray()
-                conn.out.append(tail)
+                conn.queue(tail)
             tail += data
             queued = conn.out_bytes + size
             conn.out_bytes = queued
@@ -343,7 +343,7 @@ class Hub:
             if conn is None or conn.state is not OPEN:
                 continue
             self.want_flush(conn)
-            conn.out.append(data)
+            conn.queue(data)
             conn.tail = None
             conn.out_bytes += len(data)
             holders += 1

@@ -16,7 +16,7 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 from policy.watermarks import HIGH_WATER, OUTPUT_CAP, WaterMarks
 from reactor import EVENT_READ, EVENT_WRITE, Timer
 from sansio import udp_server, udp_stream, udp_wire
-from transport.conn import CLOSING, LINGERING, OPEN, Connection
+from transport.conn import CLOSING, LINGERING, NO_OUTPUT, OPEN, Connection
 from transport.tcp import READ_SIZE, listening_socket
 
 LOGGER = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class UdpSession(Connection):
             elif not copied:
                 shared.release(chunk)
         self.queued = queued
-        self.out.clear()
+        self.out = NO_OUTPUT
         self.tail = None
         self.out_bytes = self.endpoint_out
 
