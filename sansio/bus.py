@@ -8,10 +8,11 @@ cluster/shared.py turns what comes out into chat actions.
 
 Theory of operation, following one CHAT across two nodes:
 
-    node A: Bus.chat(...) --EVALSHA chat script--> Redis, atomically:
-                INCR  P:seq:REF            (the room's next sequence number, N)
+    node A: Bus.chat(...) --EVALSHA chats script--> Redis, atomically:
+                INCRBY P:seq:REF           (the room's next sequence number, N)
                 XADD  P:log:REF N-1 e EV   (the room's short history, for repair)
-                PUBLISH P:events EV        (every node hears it)
+                PUBLISH P:events:REF EV    (nodes with members in the room hear it: they follow
+                                           it; joins and leaves go on P:events, to every node)
     nodes A and B: "sub" link --Message--> Bus._on_published --> the room's _RoomLog: N is the
                 next one expected, so it is handed out (Bus.take_events) in order; a later one
                 is held and the gap is read back from P:log:REF (XRANGE), a repeated one is
@@ -132,12 +133,13 @@ Event = Union[Joined, Said, Left, Done, Skipped, StateChanged, Reaped, Revived]
 class _RoomLog:
     """Where this node is in one room's events: the next number it expects, the later events
     held until the missing ones arrive, and whether a read of the log is under way."""
-    __slots__ = ("next_seq", "held", "repairing")
+    __slots__ = ("next_seq", "held", "repairing", "recheck")
 
     def __init__(self, next_seq: int) -> None:
         self.next_seq = next_seq
         self.held: Dict[int, Tuple[RoomEvent, int]] = {}     # seq -> (event, its size)
         self.repairing = False
+        self.recheck = False        # read the log once more when the read under way is back
 
     def hand_out(self, event: RoomEvent, out: List["Event"]) -> int:
         """`event` is the next one: it, and the held ones that follow it, go to `out`, in
@@ -163,7 +165,82 @@ class LocalState:
     names: Dict[int, str]
 
 
-class Bus:
+class _CatchUp:
+    """Bus's half that brings this node and Redis back in step: the epoch, restore and sync
+    scripts after the command link is made, and reading rooms' logs back (gaps, a room just
+    followed, every room after the links were away). Bus holds the state it uses."""
+
+    def _repair(self, ref: int, log: _RoomLog, now: float) -> None:
+        """Read room `ref`'s events from its log, from the first one missing: now, or once the
+        read under way is back (it may have run before what made this one needed)."""
+        if log.repairing or not self._links.is_connected("cmd"):
+            log.recheck = log.repairing
+            return
+        log.repairing, log.recheck = True, False
+        self._command("repair", ref, now, "XRANGE", "%s:log:%d" % (self.prefix, ref),
+                      "%d-0" % log.next_seq, "+", "COUNT", REPAIR_BATCH)
+
+    def _on_repaired(self, ref: int, entries: Any, now: float) -> None:
+        log = self._rooms.get(ref)
+        if log is None:
+            return
+        log.repairing = False
+        if not isinstance(entries, list):
+            return
+        events = decode_entries(entries)
+        self.bad_events += len(entries) - len(events)
+        first = events[0].seq if events else min(log.held, default=None)
+        if first is not None and first > log.next_seq:
+            # The log no longer reaches back that far: those events are lost for this node.
+            self.lost += first - log.next_seq
+            self._events.append(Skipped(ref, first - 1))
+            log.next_seq = first
+        for event in events:
+            self.repaired += event.seq >= log.next_seq
+            self._offer(log, event, now)
+        if (log.held or log.recheck) and not log.repairing and ref in self._rooms:
+            self._repair(ref, log, now)             # still a gap: the next batch
+
+    def _on_epoch(self, value: Any, now: float) -> None:
+        epoch = _text(value[0])
+        restarted = self.epoch is not None and epoch != self.epoch
+        self.epoch = epoch
+        self.next_ref = max(self.next_ref, int(value[1]))
+        self.last_join_id = max(self.last_join_id, int(value[2]))
+        self._restarted = restarted
+        self._start_sync(now, announce=not restarted)
+
+    def _start_sync(self, now: float, announce: bool) -> None:
+        state = self._local_state()
+        if self._restarted:
+            # Redis lost everything: put back the counters and names this node knows, so that
+            # refs, JOIN_IDs and event numbers go on from where they were, never back.
+            lasts = dict(self.seen)
+            for ref, log in self._rooms.items():
+                lasts[ref] = max(lasts.get(ref, 0), log.next_seq - 1)
+            args = restore_args(self.next_ref, self.last_join_id, lasts, state.names)
+            self._command("restore", None, now, *self._script_args("restore", *args))
+            self._restarted = False
+        self._command("sync", None, now, *self._script_args(
+            "sync", self.node, *sync_args(state.members, state.departed, announce)))
+
+    def _on_synced(self, now: float) -> None:
+        self._links.in_use("cmd")
+        if not self.up:
+            self.up = True
+            self._heartbeat_at = now
+            self._events.append(StateChanged(True, "connected and in step"))
+        self._catch_up(now)
+        self.timer(now)
+
+    def _catch_up(self, now: float) -> None:
+        """Read every followed room's log from the first event not handed out yet (after the
+        links were away: what was published meanwhile)."""
+        for ref, log in self._rooms.items():
+            self._repair(ref, log, now)
+
+
+class Bus(_CatchUp):
     """One node's side of the bus, without sockets. See the module docstring.
 
     Its two links are independent. "cmd" carries the scripts and their replies: while it is
@@ -184,6 +261,8 @@ class Bus:
                  db: int = 0, rng: Optional[random.Random] = None,
                  max_rooms: int = MAX_SHARED_ROOMS) -> None:
         self.prefix = prefix
+        self._channel = prefix + ":events"              # the group's: joins and leaves
+        self._room_channel = prefix + ":events:"        # + REF: the room's chats
         self.db = db
         self.max_rooms = max_rooms
         self.node = node
@@ -227,7 +306,10 @@ class Bus:
     def link_up(self, name: str, now: float) -> None:
         self._links.opened(name)
         if name == "sub":
-            self._links.write("sub", "SUBSCRIBE", self.prefix + ":events")
+            # The group's channel last: its confirmation starts the catch-up of every room, so
+            # the rooms' subscriptions are in place by then.
+            self._links.subscribe("SUBSCRIBE", [self._room_channel + str(ref)
+                                                for ref in self._rooms] + [self._channel])
         else:
             if self.db:
                 self._command("load", None, now, "SELECT", self.db)
@@ -353,6 +435,7 @@ class Bus:
         # events of the room were on their way to the owner (the last member's leave and a new
         # member's join handed out together), and that join's reply comes after.
         log = self._rooms[ref] = _RoomLog(max(from_seq, self._handed_out.pop(ref, 0)))
+        self._links.subscribe("SUBSCRIBE", [self._room_channel + str(ref)])   # (its chats)
         for event in self._early.pop(ref, ()):
             self._offer(log, event, now)
         if self.seen.get(ref, 0) >= log.next_seq and not log.repairing:
@@ -362,6 +445,7 @@ class Bus:
         """This node has no member in room `ref` any more."""
         log = self._rooms.pop(ref, None)
         if log is not None:
+            self._links.subscribe("UNSUBSCRIBE", [self._room_channel + str(ref)])
             self._held_bytes -= sum(size for _event, size in log.held.values())
             self._handed_out[ref] = log.next_seq
             if ref not in self.seen:            # (bounded with `seen`: see _forget_rooms...)
@@ -391,10 +475,16 @@ class Bus:
 
     def _on_sub_event(self, event: Any, now: float) -> None:
         if isinstance(event, Subscribed):
-            if event.kind == "subscribe":
+            if event.kind != "subscribe":
+                return
+            if event.channel == self._channel.encode():
                 self.subscribed = True
                 self._links.in_use("sub")
                 self._catch_up(now)       # what was published before this: from the logs
+            elif self.subscribed and event.channel[len(self._room_channel):].isdigit():
+                ref = int(event.channel[len(self._room_channel):])  # a followed room's chats
+                if ref in self._rooms:                              # come: those before, from
+                    self._repair(ref, self._rooms[ref], now)        # its log
             return
         if isinstance(event, Message):
             for data in split_published(event.data):
@@ -462,35 +552,6 @@ class Bus:
             return
         self._held_bytes -= log.hand_out(event, self._events)
 
-    def _repair(self, ref: int, log: _RoomLog, now: float) -> None:
-        """Read room `ref`'s events from its log, from the first one missing."""
-        if not self._links.is_connected("cmd"):
-            return
-        log.repairing = True
-        self._command("repair", ref, now, "XRANGE", "%s:log:%d" % (self.prefix, ref),
-                      "%d-0" % log.next_seq, "+", "COUNT", REPAIR_BATCH)
-
-    def _on_repaired(self, ref: int, entries: Any, now: float) -> None:
-        log = self._rooms.get(ref)
-        if log is None:
-            return
-        log.repairing = False
-        if not isinstance(entries, list):
-            return
-        events = decode_entries(entries)
-        self.bad_events += len(entries) - len(events)
-        first = events[0].seq if events else min(log.held, default=None)
-        if first is not None and first > log.next_seq:
-            # The log no longer reaches back that far: those events are lost for this node.
-            self.lost += first - log.next_seq
-            self._events.append(Skipped(ref, first - 1))
-            log.next_seq = first
-        for event in events:
-            self.repaired += event.seq >= log.next_seq
-            self._offer(log, event, now)
-        if log.held and not log.repairing and ref in self._rooms:
-            self._repair(ref, log, now)             # still a gap: the next batch
-
     def _on_reply(self, value: Any, now: float) -> None:
         answered = self._links.answered()
         if answered is None:
@@ -523,45 +584,6 @@ class Bus:
                                            int(value[1])))
         elif kind == "repair":
             self._on_repaired(token, value, now)
-
-    def _on_epoch(self, value: Any, now: float) -> None:
-        epoch = _text(value[0])
-        restarted = self.epoch is not None and epoch != self.epoch
-        self.epoch = epoch
-        self.next_ref = max(self.next_ref, int(value[1]))
-        self.last_join_id = max(self.last_join_id, int(value[2]))
-        self._restarted = restarted
-        self._start_sync(now, announce=not restarted)
-
-    def _start_sync(self, now: float, announce: bool) -> None:
-        state = self._local_state()
-        if self._restarted:
-            # Redis lost everything: put back the counters and names this node knows, so that
-            # refs, JOIN_IDs and event numbers go on from where they were, never back.
-            lasts = dict(self.seen)
-            for ref, log in self._rooms.items():
-                lasts[ref] = max(lasts.get(ref, 0), log.next_seq - 1)
-            args = restore_args(self.next_ref, self.last_join_id, lasts, state.names)
-            self._command("restore", None, now, *self._script_args("restore", *args))
-            self._restarted = False
-        self._command("sync", None, now, *self._script_args(
-            "sync", self.node, *sync_args(state.members, state.departed, announce)))
-
-    def _on_synced(self, now: float) -> None:
-        self._links.in_use("cmd")
-        if not self.up:
-            self.up = True
-            self._heartbeat_at = now
-            self._events.append(StateChanged(True, "connected and in step"))
-        self._catch_up(now)
-        self.timer(now)
-
-    def _catch_up(self, now: float) -> None:
-        """Read every followed room's log from the first event not handed out yet (after the
-        links were away: what was published meanwhile)."""
-        for ref, log in self._rooms.items():
-            if not log.repairing:
-                self._repair(ref, log, now)
 
 
 def _failed(kind: str, token: Any, why: str) -> List[Done]:
