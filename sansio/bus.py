@@ -34,20 +34,21 @@ older than NODE_DEAD_AFTER and, in the same atomic script, announces its members
 deletes its records (the script runs once, so one survivor wins and each leave is announced
 once).
 
-The bus is three modules, each read on its own:
+The bus is four modules, each read on its own:
     sansio/bus_scripts.py   what Redis holds: the keys, the event format, the Lua scripts
     sansio/bus_links.py     the two links: opening, backoff, the command FIFO, timeouts
+    sansio/bus_events.py    what the bus hands its owner besides room events (Done, ...)
     sansio/bus.py           this: a node's side, the rooms' event order, gaps, catch-up, the
                             heartbeat and bringing Redis back in step
 """
 import random
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from sansio.bus_events import Done, Event, LocalState, Reaped, Revived, Skipped, StateChanged
 from sansio.bus_links import LINKS, MAX_UNANSWERED_BYTES, Held, Links
 from sansio.bus_scripts import (SCRIPT_SHAS, SCRIPT_TEXTS, Joined, Left, RoomEvent, Said,
-                                decode_entries, decode_event, restore_args, split_published,
-                                sync_args)
+                                chat_args, chat_numbers, decode_chats, decode_entries,
+                                decode_event, restore_args, split_published, sync_args)
 from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 
 # What cluster/shared.py and the transports use: the Bus, what it hands out, and the numbers they
@@ -99,37 +100,6 @@ CHAT_BATCH_BYTES = 1024 * 1024
 EARLY_EVENTS = 64
 
 
-# ---------------------------------------------------------------------------------------------
-# What the bus tells its owner, besides room events
-# ---------------------------------------------------------------------------------------------
-# Named tuples, as the room events are (sansio/bus_scripts.py): immutable, compared field by
-# field; compare them with events, not with plain tuples. Done is written as a class for its
-# one default.
-
-class Done(NamedTuple):
-    """The reply to one of the owner's requests (join, chat, leave), matched by `token`.
-    `value` is the script's reply: see each script. `failed` is a reason when there will be no
-    reply (the links dropped, or Redis answered with an error); then `value` is None."""
-    token: Any
-    value: Any
-    failed: str = ""
-
-
-# Events of room `ref` numbered up to `upto` that can no longer be read back (the room's log no
-# longer has them): they are lost for this node, and counted in Bus.lost.
-Skipped = NamedTuple("Skipped", [("ref", int), ("upto", int)])
-# The bus went up (every request may use it) or down (only what is local works), and why.
-StateChanged = NamedTuple("StateChanged", [("up", bool), ("why", str)])
-# This node's heartbeat declared other nodes dead (their heartbeats stopped reaching Redis for
-# NODE_DEAD_AFTER, Redis serving meanwhile) and announced their `members`' leaves.
-Reaped = NamedTuple("Reaped", [("nodes", Tuple[str, ...]), ("members", int)])
-# This node was declared dead by the others (no heartbeat for NODE_DEAD_AFTER: stopped, or cut
-# off from Redis) while it was alive; its `members` are being put back.
-Revived = NamedTuple("Revived", [("members", int)])
-
-Event = Union[Joined, Said, Left, Done, Skipped, StateChanged, Reaped, Revived]
-
-
 class _RoomLog:
     """Where this node is in one room's events: the next number it expects, the later events
     held until the missing ones arrive, and whether a read of the log is under way."""
@@ -153,16 +123,6 @@ class _RoomLog:
             out.append(held)
             self.next_seq += 1
         return freed
-
-
-@dataclass(frozen=True)
-class LocalState:
-    """What this node holds, for bringing Redis up to date after it was away (the owner's view):
-    its members (ref, conn, join_id, name), the leaves it made while the bus was down
-    (ref, conn, name), and the room names it knows by ref."""
-    members: Sequence[Tuple[int, int, int, str]]
-    departed: Sequence[Tuple[int, int, str]]
-    names: Dict[int, str]
 
 
 class _CatchUp:
@@ -406,7 +366,7 @@ class Bus(_CatchUp):
                                     "unanswered" % (self._links.unanswered + self._chats.size))
         elif not self._links.is_open("cmd"):
             self._events += _failed("request", token, "no link to Redis")
-        elif self._chats.add(token, (conn, ref, name, message), len(message) + 40, now):
+        elif self._chats.add(token, chat_args(conn, ref, name, message), len(message) + 40, now):
             self._send_chats()
 
     def behind_for(self, size: int) -> bool:
@@ -487,8 +447,29 @@ class Bus(_CatchUp):
                     self._repair(ref, self._rooms[ref], now)        # its log
             return
         if isinstance(event, Message):
-            for data in split_published(event.data):
-                self._on_published(data, now)
+            if event.data[:2] == b"B\n":
+                self._on_batch(event.data, now)
+            else:
+                self._on_published(event.data, now)
+
+    def _on_batch(self, data: bytes, now: float) -> None:
+        """A room's chats of one call of the chats script, decoded in one loop; handed out
+        together when they are the room's next events (the common case), else one by one."""
+        try:
+            chats = decode_chats(data)
+        except (ValueError, IndexError, UnicodeDecodeError):
+            for one in split_published(data):
+                self._on_published(one, now)        # each event judged on its own
+            return
+        ref = chats[0].ref
+        log = self._rooms.get(ref)
+        if log is None or log.held or log.next_seq != chats[0].seq:
+            for chat in chats:
+                self._on_event(chat, now)
+            return
+        self._heard(ref, chats[-1].seq)
+        self._events += chats
+        log.next_seq += len(chats)
 
     def _on_published(self, data: bytes, now: float) -> None:
         try:
@@ -496,14 +477,21 @@ class Bus(_CatchUp):
         except (ValueError, IndexError, UnicodeDecodeError):
             self.bad_events += 1
             return
-        ref = event.ref
+        self._on_event(event, now)
+
+    def _heard(self, ref: int, seq: int) -> None:
+        """Room `ref` has had event `seq` (it exists, and got so far)."""
         seen = self.seen
         last = seen.pop(ref, 0)     # (put back last: `seen` is in the order rooms were heard of)
-        seen[ref] = max(last, event.seq)
+        seen[ref] = max(last, seq)
         if not last and len(seen) > self.max_rooms:
             self._forget_rooms_heard_of_least()
         if ref >= self.next_ref:
             self.next_ref = ref + 1
+
+    def _on_event(self, event: RoomEvent, now: float) -> None:
+        ref = event.ref
+        self._heard(ref, event.seq)
         if isinstance(event, Joined):
             self.last_join_id = max(self.last_join_id, event.join_id)
             if ref not in self.room_names and event.room:
@@ -565,7 +553,7 @@ class Bus(_CatchUp):
             if failed:
                 self._events += _failed(kind, token, value.message)
             else:
-                self._events += [Done(each, seq) for each, seq in zip(token, value)]
+                self._events += [Done(each, seq) for each, seq in zip(token, chat_numbers(value))]
         elif failed:
             # Our own scripts and reads do not fail on a sane Redis; one that does (out of
             # memory, a script killed) gets the links reset, which retries everything.

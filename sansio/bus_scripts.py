@@ -98,6 +98,22 @@ def split_batch(data: bytes) -> List[bytes]:
     return events
 
 
+def decode_chats(data: bytes) -> List[Said]:
+    """The chats of a batch that holds one room's, numbered one after the other (as the chats
+    script publishes them), decoded in one loop. Raises ValueError, IndexError or
+    UnicodeDecodeError for any other batch."""
+    chats = []
+    for event in split_batch(data):
+        head, name, message = event.decode("utf-8").split("\n", 2)
+        kind, ref, seq, node, conn = head.split(" ")
+        chats.append(Said(int(ref), int(seq), node, int(conn), name, message))
+        if kind != "C" or chats[-1][:2] != (chats[0].ref, chats[0].seq + len(chats) - 1):
+            raise ValueError("not one room's chats in order: %r" % event[:80])
+    if not chats:
+        raise ValueError("an empty batch")
+    return chats
+
+
 def split_published(data: bytes) -> List[bytes]:
     """The events of a published message: a batch's, or the one event it is. A malformed batch
     is given whole, for decode_event() to refuse."""
@@ -121,6 +137,16 @@ def decode_entries(entries: List[Any]) -> List[RoomEvent]:
         except (ValueError, IndexError, TypeError, UnicodeDecodeError):
             pass
     return events
+
+
+def chat_args(conn: int, ref: int, name: str, message: str) -> Tuple[int, str]:
+    """One chat's arguments to the chats script: its room, and its event's body."""
+    return ref, "%d\n%s\n%s" % (conn, name, message)
+
+
+def chat_numbers(reply: Any) -> List[int]:
+    """The numbers the chats script gave its chats (a string "N N ..."; a list also read)."""
+    return [int(seq) for seq in (reply.split() if isinstance(reply, bytes) else reply)]
 
 
 def restore_args(next_ref: int, last_join_id: int, lasts: Dict[int, int],
@@ -234,27 +260,28 @@ end
 return {ref, jid, seq, others, created}
 """
 
-# The chats one node sent in one tick, in one call. ARGV: p, node, then CONN, REF, NAME, MESSAGE
-# quads. Returns the events' numbers, in order. Each chat is an event of its own, numbered and in
-# its room's log as emit() makes them, but the call numbers each room's chats with one INCRBY,
-# keeps each room's log alive once and publishes each room's as one batch (see split_batch):
+# The chats one node sent in one tick, in one call. ARGV: p, node, then pairs REF and
+# "CONN\nNAME\nMESSAGE" (chat_args(): the event's body as is). Returns the events' numbers, in
+# order, as one string "N N ..." (cheaper to read than an array). Each chat is an event of its
+# own, numbered and in its room's log as emit() makes them, but the call numbers each room's
+# chats with one INCRBY, keeps each room's log alive once and publishes each room's as one
+# batch (see split_batch):
 # per chat Redis runs one XADD, where a script call per chat ran an INCR, an XADD, an EXPIRE
 # and a PUBLISH. Each room's chats go out on the room's own channel (P:events:REF), which only
 # the nodes with members in the room subscribe to: a node never reads the chats of rooms where
 # it has nobody. Joins and leaves (emit()) stay on the group's channel, heard by every node.
 CHATS_SCRIPT = """
 local node, seqs, batch, count, last = ARGV[2], {}, {}, {}, {}
-for i = 4, #ARGV, 4 do count[ARGV[i]] = (count[ARGV[i]] or 0) + 1 end
+for i = 3, #ARGV, 2 do count[ARGV[i]] = (count[ARGV[i]] or 0) + 1 end
 for ref, n in pairs(count) do                      -- one INCRBY per room
   last[ref] = redis.call('INCRBY', p .. ':seq:' .. ref, n) - n
   batch[ref] = {'B\\n'}
 end
-for i = 3, #ARGV, 4 do
-  local ref = ARGV[i + 1]
+for i = 3, #ARGV, 2 do
+  local ref = ARGV[i]
   local seq = last[ref] + 1
   last[ref] = seq
-  local event = 'C ' .. ref .. ' ' .. seq .. ' ' .. node .. ' ' .. ARGV[i] .. '\\n' .. ARGV[i + 2]
-                .. '\\n' .. ARGV[i + 3]
+  local event = 'C ' .. ref .. ' ' .. seq .. ' ' .. node .. ' ' .. ARGV[i + 1]
   redis.pcall('XADD', p .. ':log:' .. ref, 'MAXLEN', '~', @LOG_LENGTH@, seq .. '-1', 'e', event)
   seqs[#seqs + 1] = seq
   local room = batch[ref]
@@ -264,7 +291,7 @@ for ref in pairs(count) do
   redis.call('EXPIRE', p .. ':log:' .. ref, @LOG_TTL@)
   redis.call('PUBLISH', p .. ':events:' .. ref, table.concat(batch[ref]))
 end
-return seqs
+return table.concat(seqs, ' ')
 """
 
 # ARGV: p, node, ref, then CONN, NAME pairs. Only those Redis still counts as members leave

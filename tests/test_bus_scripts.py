@@ -9,8 +9,8 @@ import socket
 import time
 import unittest
 
-from sansio.bus_scripts import (SCRIPT_TEXTS, Joined, Left, Said, decode_event,
-                                split_batch, split_published)
+from sansio.bus_scripts import (SCRIPT_TEXTS, Joined, Left, Said, chat_args, chat_numbers,
+                                decode_event, split_batch, split_published)
 from sansio.resp import NEED_DATA, RespReader, encode_command
 from tests.redis_server import HOST, REDIS_SERVER, SKIP_REASON, RedisProcess
 
@@ -95,9 +95,10 @@ class ChatsScriptTests(unittest.TestCase):
     def test_each_chat_is_its_rooms_next_event_and_in_its_log_which_is_kept_alive(self):
         self.redis.command("SET", "c:seq:1", 4)             # room 1 had 4 events, room 2 none
         seqs = self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1",
-                                  7, 1, "ann", "one", 8, 2, "bob", "two\nlines",
-                                  7, 1, "ann", "three")
-        self.assertEqual(seqs, [5, 1, 6])
+                                  *chat_args(7, 1, "ann", "one"),
+                                  *chat_args(8, 2, "bob", "two\nlines"),
+                                  *chat_args(7, 1, "ann", "three"))
+        self.assertEqual(chat_numbers(seqs), [5, 1, 6])
         entries = self.redis.command("XRANGE", "c:log:1", "-", "+")
         self.assertEqual([(entry[0], decode_event(entry[1][1]).message) for entry in entries],
                          [(b"5-1", "one"), (b"6-1", "three")])
@@ -110,8 +111,9 @@ class ChatsScriptTests(unittest.TestCase):
         with socket.create_connection((HOST, self.redis.port), timeout=2.0) as sock:
             sock.sendall(encode_command("SUBSCRIBE", "c:events:1", "c:events"))
             reader = RespReader()
-            self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1", 7, 1, "ann", "one",
-                               8, 2, "bob", "elsewhere", 7, 1, "ann", "two")
+            self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1",
+                               *chat_args(7, 1, "ann", "one"), *chat_args(8, 2, "bob", "elsewhere"),
+                               *chat_args(7, 1, "ann", "two"))
             self.redis.command("PUBLISH", "c:events", "end")
             replies = []
             for _ in range(50):                             # (and a 2 s timeout a read)
