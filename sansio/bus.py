@@ -223,6 +223,7 @@ class Bus(_CatchUp):
         self.prefix = prefix
         self._channel = prefix + ":events"              # the group's: joins and leaves
         self._room_channel = prefix + ":events:"        # + REF: the room's chats
+        self._room_channel_bytes = self._room_channel.encode()
         self.db = db
         self.max_rooms = max_rooms
         self.node = node
@@ -437,14 +438,14 @@ class Bus(_CatchUp):
         if isinstance(event, Subscribed):
             if event.kind != "subscribe":
                 return
+            ref = event.channel[len(self._room_channel_bytes):]
             if event.channel == self._channel.encode():
                 self.subscribed = True
                 self._links.in_use("sub")
                 self._catch_up(now)       # what was published before this: from the logs
-            elif self.subscribed and event.channel[len(self._room_channel):].isdigit():
-                ref = int(event.channel[len(self._room_channel):])  # a followed room's chats
-                if ref in self._rooms:                              # come: those before, from
-                    self._repair(ref, self._rooms[ref], now)        # its log
+            elif self.subscribed and ref.isdigit() and int(ref) in self._rooms:
+                # A followed room's chats are coming: those published before, from its log.
+                self._repair(int(ref), self._rooms[int(ref)], now)
             return
         if isinstance(event, Message):
             if event.data[:2] == b"B\n":

@@ -110,6 +110,13 @@ class RoomChannelTests(unittest.TestCase):
         self.h.reply([[b"2-1", [b"e", said(3, 2, "one")]], [b"3-1", [b"e", said(3, 3, "two")]]])
         self.assertEqual(self.h.texts(), ["one", "two", "after"], "each once, in order")
 
+    def test_a_prefix_beyond_ascii_names_the_rooms_channels_in_utf8(self):
+        self.h = BusHarness(self, prefix="é")
+        self.h.bus.follow(3, 2, self.h.now)
+        self.assertEqual(self.h.take_sent()["sub"], resp([b"SUBSCRIBE", "é:events:3".encode()]))
+        self.confirm("é:events:3".encode())
+        self.assertIn(b"XRANGE", self.h.take_sent()["cmd"], "the window before it, read back")
+
     def test_a_read_under_way_when_the_subscription_is_confirmed_is_made_again(self):
         self.h.publish(b"J 3 1 other 7 9 0\nroom\nann")       # the room is at 1, heard here
         self.h.bus.follow(3, 1, self.h.now)
