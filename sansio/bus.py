@@ -8,10 +8,11 @@ cluster/shared.py turns what comes out into chat actions.
 
 Theory of operation, following one CHAT across two nodes:
 
-    node A: Bus.chat(...) --EVALSHA chat script--> Redis, atomically:
-                INCR  P:seq:REF            (the room's next sequence number, N)
+    node A: Bus.chat(...) --EVALSHA chats script--> Redis, atomically:
+                INCRBY P:seq:REF           (the room's next sequence number, N)
                 XADD  P:log:REF N-1 e EV   (the room's short history, for repair)
-                PUBLISH P:events EV        (every node hears it)
+                PUBLISH P:events:REF EV    (nodes with members in the room hear it: they follow
+                                           it; joins and leaves go on P:events, to every node)
     nodes A and B: "sub" link --Message--> Bus._on_published --> the room's _RoomLog: N is the
                 next one expected, so it is handed out (Bus.take_events) in order; a later one
                 is held and the gap is read back from P:log:REF (XRANGE), a repeated one is
@@ -33,20 +34,21 @@ older than NODE_DEAD_AFTER and, in the same atomic script, announces its members
 deletes its records (the script runs once, so one survivor wins and each leave is announced
 once).
 
-The bus is three modules, each read on its own:
+The bus is four modules, each read on its own:
     sansio/bus_scripts.py   what Redis holds: the keys, the event format, the Lua scripts
     sansio/bus_links.py     the two links: opening, backoff, the command FIFO, timeouts
+    sansio/bus_events.py    what the bus hands its owner besides room events (Done, ...)
     sansio/bus.py           this: a node's side, the rooms' event order, gaps, catch-up, the
                             heartbeat and bringing Redis back in step
 """
 import random
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from sansio.bus_events import Done, Event, LocalState, Reaped, Revived, Skipped, StateChanged
 from sansio.bus_links import LINKS, MAX_UNANSWERED_BYTES, Held, Links
 from sansio.bus_scripts import (SCRIPT_SHAS, SCRIPT_TEXTS, Joined, Left, RoomEvent, Said,
-                                decode_entries, decode_event, restore_args, split_published,
-                                sync_args)
+                                chat_args, chat_numbers, decode_chats, decode_entries,
+                                decode_event, restore_args, split_published, sync_args)
 from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 
 # What cluster/shared.py and the transports use: the Bus, what it hands out, and the numbers they
@@ -98,46 +100,16 @@ CHAT_BATCH_BYTES = 1024 * 1024
 EARLY_EVENTS = 64
 
 
-# ---------------------------------------------------------------------------------------------
-# What the bus tells its owner, besides room events
-# ---------------------------------------------------------------------------------------------
-# Named tuples, as the room events are (sansio/bus_scripts.py): immutable, compared field by
-# field; compare them with events, not with plain tuples. Done is written as a class for its
-# one default.
-
-class Done(NamedTuple):
-    """The reply to one of the owner's requests (join, chat, leave), matched by `token`.
-    `value` is the script's reply: see each script. `failed` is a reason when there will be no
-    reply (the links dropped, or Redis answered with an error); then `value` is None."""
-    token: Any
-    value: Any
-    failed: str = ""
-
-
-# Events of room `ref` numbered up to `upto` that can no longer be read back (the room's log no
-# longer has them): they are lost for this node, and counted in Bus.lost.
-Skipped = NamedTuple("Skipped", [("ref", int), ("upto", int)])
-# The bus went up (every request may use it) or down (only what is local works), and why.
-StateChanged = NamedTuple("StateChanged", [("up", bool), ("why", str)])
-# This node's heartbeat declared other nodes dead (their heartbeats stopped reaching Redis for
-# NODE_DEAD_AFTER, Redis serving meanwhile) and announced their `members`' leaves.
-Reaped = NamedTuple("Reaped", [("nodes", Tuple[str, ...]), ("members", int)])
-# This node was declared dead by the others (no heartbeat for NODE_DEAD_AFTER: stopped, or cut
-# off from Redis) while it was alive; its `members` are being put back.
-Revived = NamedTuple("Revived", [("members", int)])
-
-Event = Union[Joined, Said, Left, Done, Skipped, StateChanged, Reaped, Revived]
-
-
 class _RoomLog:
     """Where this node is in one room's events: the next number it expects, the later events
     held until the missing ones arrive, and whether a read of the log is under way."""
-    __slots__ = ("next_seq", "held", "repairing")
+    __slots__ = ("next_seq", "held", "repairing", "recheck")
 
     def __init__(self, next_seq: int) -> None:
         self.next_seq = next_seq
         self.held: Dict[int, Tuple[RoomEvent, int]] = {}     # seq -> (event, its size)
         self.repairing = False
+        self.recheck = False        # read the log once more when the read under way is back
 
     def hand_out(self, event: RoomEvent, out: List["Event"]) -> int:
         """`event` is the next one: it, and the held ones that follow it, go to `out`, in
@@ -153,17 +125,82 @@ class _RoomLog:
         return freed
 
 
-@dataclass(frozen=True)
-class LocalState:
-    """What this node holds, for bringing Redis up to date after it was away (the owner's view):
-    its members (ref, conn, join_id, name), the leaves it made while the bus was down
-    (ref, conn, name), and the room names it knows by ref."""
-    members: Sequence[Tuple[int, int, int, str]]
-    departed: Sequence[Tuple[int, int, str]]
-    names: Dict[int, str]
+class _CatchUp:
+    """Bus's half that brings this node and Redis back in step: the epoch, restore and sync
+    scripts after the command link is made, and reading rooms' logs back (gaps, a room just
+    followed, every room after the links were away). Bus holds the state it uses."""
+
+    def _repair(self, ref: int, log: _RoomLog, now: float) -> None:
+        """Read room `ref`'s events from its log, from the first one missing: now, or once the
+        read under way is back (it may have run before what made this one needed)."""
+        if log.repairing or not self._links.is_connected("cmd"):
+            log.recheck = log.repairing
+            return
+        log.repairing, log.recheck = True, False
+        self._command("repair", ref, now, "XRANGE", "%s:log:%d" % (self.prefix, ref),
+                      "%d-0" % log.next_seq, "+", "COUNT", REPAIR_BATCH)
+
+    def _on_repaired(self, ref: int, entries: Any, now: float) -> None:
+        log = self._rooms.get(ref)
+        if log is None:
+            return
+        log.repairing = False
+        if not isinstance(entries, list):
+            return
+        events = decode_entries(entries)
+        self.bad_events += len(entries) - len(events)
+        first = events[0].seq if events else min(log.held, default=None)
+        if first is not None and first > log.next_seq:
+            # The log no longer reaches back that far: those events are lost for this node.
+            self.lost += first - log.next_seq
+            self._events.append(Skipped(ref, first - 1))
+            log.next_seq = first
+        for event in events:
+            self.repaired += event.seq >= log.next_seq
+            self._offer(log, event, now)
+        if (log.held or log.recheck) and not log.repairing and ref in self._rooms:
+            self._repair(ref, log, now)             # still a gap: the next batch
+
+    def _on_epoch(self, value: Any, now: float) -> None:
+        epoch = _text(value[0])
+        restarted = self.epoch is not None and epoch != self.epoch
+        self.epoch = epoch
+        self.next_ref = max(self.next_ref, int(value[1]))
+        self.last_join_id = max(self.last_join_id, int(value[2]))
+        self._restarted = restarted
+        self._start_sync(now, announce=not restarted)
+
+    def _start_sync(self, now: float, announce: bool) -> None:
+        state = self._local_state()
+        if self._restarted:
+            # Redis lost everything: put back the counters and names this node knows, so that
+            # refs, JOIN_IDs and event numbers go on from where they were, never back.
+            lasts = dict(self.seen)
+            for ref, log in self._rooms.items():
+                lasts[ref] = max(lasts.get(ref, 0), log.next_seq - 1)
+            args = restore_args(self.next_ref, self.last_join_id, lasts, state.names)
+            self._command("restore", None, now, *self._script_args("restore", *args))
+            self._restarted = False
+        self._command("sync", None, now, *self._script_args(
+            "sync", self.node, *sync_args(state.members, state.departed, announce)))
+
+    def _on_synced(self, now: float) -> None:
+        self._links.in_use("cmd")
+        if not self.up:
+            self.up = True
+            self._heartbeat_at = now
+            self._events.append(StateChanged(True, "connected and in step"))
+        self._catch_up(now)
+        self.timer(now)
+
+    def _catch_up(self, now: float) -> None:
+        """Read every followed room's log from the first event not handed out yet (after the
+        links were away: what was published meanwhile)."""
+        for ref, log in self._rooms.items():
+            self._repair(ref, log, now)
 
 
-class Bus:
+class Bus(_CatchUp):
     """One node's side of the bus, without sockets. See the module docstring.
 
     Its two links are independent. "cmd" carries the scripts and their replies: while it is
@@ -184,6 +221,9 @@ class Bus:
                  db: int = 0, rng: Optional[random.Random] = None,
                  max_rooms: int = MAX_SHARED_ROOMS) -> None:
         self.prefix = prefix
+        self._channel = prefix + ":events"              # the group's: joins and leaves
+        self._room_channel = prefix + ":events:"        # + REF: the room's chats
+        self._room_channel_bytes = self._room_channel.encode()
         self.db = db
         self.max_rooms = max_rooms
         self.node = node
@@ -227,7 +267,10 @@ class Bus:
     def link_up(self, name: str, now: float) -> None:
         self._links.opened(name)
         if name == "sub":
-            self._links.write("sub", "SUBSCRIBE", self.prefix + ":events")
+            # The group's channel last: its confirmation starts the catch-up of every room, so
+            # the rooms' subscriptions are in place by then.
+            self._links.subscribe("SUBSCRIBE", [self._room_channel + str(ref)
+                                                for ref in self._rooms] + [self._channel])
         else:
             if self.db:
                 self._command("load", None, now, "SELECT", self.db)
@@ -324,7 +367,7 @@ class Bus:
                                     "unanswered" % (self._links.unanswered + self._chats.size))
         elif not self._links.is_open("cmd"):
             self._events += _failed("request", token, "no link to Redis")
-        elif self._chats.add(token, (conn, ref, name, message), len(message) + 40, now):
+        elif self._chats.add(token, chat_args(conn, ref, name, message), len(message) + 40, now):
             self._send_chats()
 
     def behind_for(self, size: int) -> bool:
@@ -353,6 +396,7 @@ class Bus:
         # events of the room were on their way to the owner (the last member's leave and a new
         # member's join handed out together), and that join's reply comes after.
         log = self._rooms[ref] = _RoomLog(max(from_seq, self._handed_out.pop(ref, 0)))
+        self._links.subscribe("SUBSCRIBE", [self._room_channel + str(ref)])   # (its chats)
         for event in self._early.pop(ref, ()):
             self._offer(log, event, now)
         if self.seen.get(ref, 0) >= log.next_seq and not log.repairing:
@@ -362,6 +406,7 @@ class Bus:
         """This node has no member in room `ref` any more."""
         log = self._rooms.pop(ref, None)
         if log is not None:
+            self._links.subscribe("UNSUBSCRIBE", [self._room_channel + str(ref)])
             self._held_bytes -= sum(size for _event, size in log.held.values())
             self._handed_out[ref] = log.next_seq
             if ref not in self.seen:            # (bounded with `seen`: see _forget_rooms...)
@@ -391,14 +436,41 @@ class Bus:
 
     def _on_sub_event(self, event: Any, now: float) -> None:
         if isinstance(event, Subscribed):
-            if event.kind == "subscribe":
+            if event.kind != "subscribe":
+                return
+            ref = event.channel[len(self._room_channel_bytes):]
+            if event.channel == self._channel.encode():
                 self.subscribed = True
                 self._links.in_use("sub")
                 self._catch_up(now)       # what was published before this: from the logs
+            elif self.subscribed and ref.isdigit() and int(ref) in self._rooms:
+                # A followed room's chats are coming: those published before, from its log.
+                self._repair(int(ref), self._rooms[int(ref)], now)
             return
         if isinstance(event, Message):
-            for data in split_published(event.data):
-                self._on_published(data, now)
+            if event.data[:2] == b"B\n":
+                self._on_batch(event.data, now)
+            else:
+                self._on_published(event.data, now)
+
+    def _on_batch(self, data: bytes, now: float) -> None:
+        """A room's chats of one call of the chats script, decoded in one loop; handed out
+        together when they are the room's next events (the common case), else one by one."""
+        try:
+            chats = decode_chats(data)
+        except (ValueError, IndexError, UnicodeDecodeError):
+            for one in split_published(data):
+                self._on_published(one, now)        # each event judged on its own
+            return
+        ref = chats[0].ref
+        log = self._rooms.get(ref)
+        if log is None or log.held or log.next_seq != chats[0].seq:
+            for chat in chats:
+                self._on_event(chat, now)
+            return
+        self._heard(ref, chats[-1].seq)
+        self._events += chats
+        log.next_seq += len(chats)
 
     def _on_published(self, data: bytes, now: float) -> None:
         try:
@@ -406,14 +478,21 @@ class Bus:
         except (ValueError, IndexError, UnicodeDecodeError):
             self.bad_events += 1
             return
-        ref = event.ref
+        self._on_event(event, now)
+
+    def _heard(self, ref: int, seq: int) -> None:
+        """Room `ref` has had event `seq` (it exists, and got so far)."""
         seen = self.seen
         last = seen.pop(ref, 0)     # (put back last: `seen` is in the order rooms were heard of)
-        seen[ref] = max(last, event.seq)
+        seen[ref] = max(last, seq)
         if not last and len(seen) > self.max_rooms:
             self._forget_rooms_heard_of_least()
         if ref >= self.next_ref:
             self.next_ref = ref + 1
+
+    def _on_event(self, event: RoomEvent, now: float) -> None:
+        ref = event.ref
+        self._heard(ref, event.seq)
         if isinstance(event, Joined):
             self.last_join_id = max(self.last_join_id, event.join_id)
             if ref not in self.room_names and event.room:
@@ -462,35 +541,6 @@ class Bus:
             return
         self._held_bytes -= log.hand_out(event, self._events)
 
-    def _repair(self, ref: int, log: _RoomLog, now: float) -> None:
-        """Read room `ref`'s events from its log, from the first one missing."""
-        if not self._links.is_connected("cmd"):
-            return
-        log.repairing = True
-        self._command("repair", ref, now, "XRANGE", "%s:log:%d" % (self.prefix, ref),
-                      "%d-0" % log.next_seq, "+", "COUNT", REPAIR_BATCH)
-
-    def _on_repaired(self, ref: int, entries: Any, now: float) -> None:
-        log = self._rooms.get(ref)
-        if log is None:
-            return
-        log.repairing = False
-        if not isinstance(entries, list):
-            return
-        events = decode_entries(entries)
-        self.bad_events += len(entries) - len(events)
-        first = events[0].seq if events else min(log.held, default=None)
-        if first is not None and first > log.next_seq:
-            # The log no longer reaches back that far: those events are lost for this node.
-            self.lost += first - log.next_seq
-            self._events.append(Skipped(ref, first - 1))
-            log.next_seq = first
-        for event in events:
-            self.repaired += event.seq >= log.next_seq
-            self._offer(log, event, now)
-        if log.held and not log.repairing and ref in self._rooms:
-            self._repair(ref, log, now)             # still a gap: the next batch
-
     def _on_reply(self, value: Any, now: float) -> None:
         answered = self._links.answered()
         if answered is None:
@@ -504,7 +554,7 @@ class Bus:
             if failed:
                 self._events += _failed(kind, token, value.message)
             else:
-                self._events += [Done(each, seq) for each, seq in zip(token, value)]
+                self._events += [Done(each, seq) for each, seq in zip(token, chat_numbers(value))]
         elif failed:
             # Our own scripts and reads do not fail on a sane Redis; one that does (out of
             # memory, a script killed) gets the links reset, which retries everything.
@@ -523,45 +573,6 @@ class Bus:
                                            int(value[1])))
         elif kind == "repair":
             self._on_repaired(token, value, now)
-
-    def _on_epoch(self, value: Any, now: float) -> None:
-        epoch = _text(value[0])
-        restarted = self.epoch is not None and epoch != self.epoch
-        self.epoch = epoch
-        self.next_ref = max(self.next_ref, int(value[1]))
-        self.last_join_id = max(self.last_join_id, int(value[2]))
-        self._restarted = restarted
-        self._start_sync(now, announce=not restarted)
-
-    def _start_sync(self, now: float, announce: bool) -> None:
-        state = self._local_state()
-        if self._restarted:
-            # Redis lost everything: put back the counters and names this node knows, so that
-            # refs, JOIN_IDs and event numbers go on from where they were, never back.
-            lasts = dict(self.seen)
-            for ref, log in self._rooms.items():
-                lasts[ref] = max(lasts.get(ref, 0), log.next_seq - 1)
-            args = restore_args(self.next_ref, self.last_join_id, lasts, state.names)
-            self._command("restore", None, now, *self._script_args("restore", *args))
-            self._restarted = False
-        self._command("sync", None, now, *self._script_args(
-            "sync", self.node, *sync_args(state.members, state.departed, announce)))
-
-    def _on_synced(self, now: float) -> None:
-        self._links.in_use("cmd")
-        if not self.up:
-            self.up = True
-            self._heartbeat_at = now
-            self._events.append(StateChanged(True, "connected and in step"))
-        self._catch_up(now)
-        self.timer(now)
-
-    def _catch_up(self, now: float) -> None:
-        """Read every followed room's log from the first event not handed out yet (after the
-        links were away: what was published meanwhile)."""
-        for ref, log in self._rooms.items():
-            if not log.repairing:
-                self._repair(ref, log, now)
 
 
 def _failed(kind: str, token: Any, why: str) -> List[Done]:

@@ -35,6 +35,10 @@ REPLY_TIMEOUT = 5.0
 # unanswered when it keeps up (it runs a chat script in microseconds).
 MAX_UNANSWERED_BYTES = 16 * 1024 * 1024
 
+# Channels named in one SUBSCRIBE (a subscriber link made again subscribes to every room
+# followed: a command per SUBSCRIBE_BATCH of them).
+SUBSCRIBE_BATCH = 1000
+
 LINKS = ("sub", "cmd")       # the reactor reads them in this order: the subscriber first
 
 
@@ -114,6 +118,13 @@ class Links:
         conn = self._conns[name]
         if conn is not None:
             self._out[name].append(conn.send(*args))
+
+    def subscribe(self, verb: str, channels: List[str]) -> None:
+        """(UN)SUBSCRIBE the "sub" link to `channels`, in order, SUBSCRIBE_BATCH a command; only
+        if it is connected (a link made again is subscribed to every channel then)."""
+        if self._connected["sub"]:
+            for start in range(0, len(channels), SUBSCRIBE_BATCH):
+                self.write("sub", verb, *channels[start:start + SUBSCRIBE_BATCH])
 
     def command(self, kind: str, token: Any, now: float, *args: Any) -> bool:
         """Queue a command on the command link; its reply comes back from answered() as

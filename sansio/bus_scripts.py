@@ -18,7 +18,8 @@ Redis keys and the channel (P is --bus-prefix):
     P:nodes             sorted set node -> its last heartbeat (on P:clock, ms)
     P:clock             hash: the group's clock ("group", ms) and Redis's time it was last moved
                         on ("redis"): see HEARTBEAT_SCRIPT
-    P:events            the one channel every event is published on
+    P:events            the group's channel: every join and leave, heard by every node
+    P:events:REF        the room's channel: its chats, heard by the nodes with members there
 """
 import hashlib
 from typing import Any, Dict, List, NamedTuple, Sequence, Tuple, Union
@@ -39,8 +40,8 @@ LOG_TTL = 300
 #   J REF SEQ NODE CONN JOIN_ID SETTLED \n ROOM_NAME \n CLIENT_NAME     a join
 #   C REF SEQ NODE CONN \n CLIENT_NAME \n MESSAGE                        a chat (MESSAGE: any lines)
 #   L REF SEQ NODE SETTLED \n CONN CLIENT_NAME [\n CONN CLIENT_NAME ...] leaves, in one event
-# A batch (CHATS_SCRIPT: the chats of one node's tick) is one published message of several
-# events: see split_batch(). The log holds each event on its own.
+# A batch (CHATS_SCRIPT: the chats of one node's tick to one room) is one published message of
+# several events: see split_batch(). The log holds each event on its own.
 # Names never hold a line break (sansio/wire.py refuses unprintable names). SETTLED 1: the node
 # that made it has already told its own members (a join restored or leaves made while the bus
 # was down), so it delivers it to nobody; other nodes do.
@@ -81,8 +82,9 @@ def decode_event(data: bytes) -> RoomEvent:
 
 
 def split_batch(data: bytes) -> List[bytes]:
-    """The events of a batch (CHATS_SCRIPT publishes one per call): b"B\\n", then each event
-    as its length in bytes, a line break and the event. Raises ValueError for a malformed one."""
+    """The events of a batch (CHATS_SCRIPT publishes one per room per call): b"B\\n", then each
+    event as its length in bytes, a line break and the event. Raises ValueError for a malformed
+    one."""
     events = []
     end = len(data)
     pos = 2
@@ -94,6 +96,22 @@ def split_batch(data: bytes) -> List[bytes]:
             raise ValueError("a truncated batch of events")
         events.append(data[start:pos])
     return events
+
+
+def decode_chats(data: bytes) -> List[Said]:
+    """The chats of a batch that holds one room's, numbered one after the other (as the chats
+    script publishes them), decoded in one loop. Raises ValueError, IndexError or
+    UnicodeDecodeError for any other batch."""
+    chats = []
+    for event in split_batch(data):
+        head, name, message = event.decode("utf-8").split("\n", 2)
+        kind, ref, seq, node, conn = head.split(" ")
+        chats.append(Said(int(ref), int(seq), node, int(conn), name, message))
+        if kind != "C" or chats[-1][:2] != (chats[0].ref, chats[0].seq + len(chats) - 1):
+            raise ValueError("not one room's chats in order: %r" % event[:80])
+    if not chats:
+        raise ValueError("an empty batch")
+    return chats
 
 
 def split_published(data: bytes) -> List[bytes]:
@@ -119,6 +137,16 @@ def decode_entries(entries: List[Any]) -> List[RoomEvent]:
         except (ValueError, IndexError, TypeError, UnicodeDecodeError):
             pass
     return events
+
+
+def chat_args(conn: int, ref: int, name: str, message: str) -> Tuple[int, str]:
+    """One chat's arguments to the chats script: its room, and its event's body."""
+    return ref, "%d\n%s\n%s" % (conn, name, message)
+
+
+def chat_numbers(reply: Any) -> List[int]:
+    """The numbers the chats script gave its chats (a string "N N ..."; a list also read)."""
+    return [int(seq) for seq in (reply.split() if isinstance(reply, bytes) else reply)]
 
 
 def restore_args(next_ref: int, last_join_id: int, lasts: Dict[int, int],
@@ -232,31 +260,38 @@ end
 return {ref, jid, seq, others, created}
 """
 
-# The chats one node sent in one tick, in one call. ARGV: p, node, then CONN, REF, NAME, MESSAGE
-# quads. Returns the events' numbers, in order. Each chat is an event of its own, numbered and in
-# its room's log as emit() makes them, but the call numbers each room's chats with one INCRBY,
-# keeps each room's log alive once and publishes them together as one batch (see split_batch):
+# The chats one node sent in one tick, in one call. ARGV: p, node, then pairs REF and
+# "CONN\nNAME\nMESSAGE" (chat_args(): the event's body as is). Returns the events' numbers, in
+# order, as one string "N N ..." (cheaper to read than an array). Each chat is an event of its
+# own, numbered and in its room's log as emit() makes them, but the call numbers each room's
+# chats with one INCRBY, keeps each room's log alive once and publishes each room's as one
+# batch (see split_batch):
 # per chat Redis runs one XADD, where a script call per chat ran an INCR, an XADD, an EXPIRE
-# and a PUBLISH.
+# and a PUBLISH. Each room's chats go out on the room's own channel (P:events:REF), which only
+# the nodes with members in the room subscribe to: a node never reads the chats of rooms where
+# it has nobody. Joins and leaves (emit()) stay on the group's channel, heard by every node.
 CHATS_SCRIPT = """
-local node, seqs, batch, count, last = ARGV[2], {}, {'B\\n'}, {}, {}
-for i = 4, #ARGV, 4 do count[ARGV[i]] = (count[ARGV[i]] or 0) + 1 end
+local node, seqs, batch, count, last = ARGV[2], {}, {}, {}, {}
+for i = 3, #ARGV, 2 do count[ARGV[i]] = (count[ARGV[i]] or 0) + 1 end
 for ref, n in pairs(count) do                      -- one INCRBY per room
   last[ref] = redis.call('INCRBY', p .. ':seq:' .. ref, n) - n
+  batch[ref] = {'B\\n'}
 end
-for i = 3, #ARGV, 4 do
-  local ref = ARGV[i + 1]
+for i = 3, #ARGV, 2 do
+  local ref = ARGV[i]
   local seq = last[ref] + 1
   last[ref] = seq
-  local event = 'C ' .. ref .. ' ' .. seq .. ' ' .. node .. ' ' .. ARGV[i] .. '\\n' .. ARGV[i + 2]
-                .. '\\n' .. ARGV[i + 3]
+  local event = 'C ' .. ref .. ' ' .. seq .. ' ' .. node .. ' ' .. ARGV[i + 1]
   redis.pcall('XADD', p .. ':log:' .. ref, 'MAXLEN', '~', @LOG_LENGTH@, seq .. '-1', 'e', event)
   seqs[#seqs + 1] = seq
-  batch[#batch + 1] = #event .. '\\n' .. event
+  local room = batch[ref]
+  room[#room + 1] = #event .. '\\n' .. event
 end
-for ref in pairs(count) do redis.call('EXPIRE', p .. ':log:' .. ref, @LOG_TTL@) end
-redis.call('PUBLISH', p .. ':events', table.concat(batch))
-return seqs
+for ref in pairs(count) do
+  redis.call('EXPIRE', p .. ':log:' .. ref, @LOG_TTL@)
+  redis.call('PUBLISH', p .. ':events:' .. ref, table.concat(batch[ref]))
+end
+return table.concat(seqs, ' ')
 """
 
 # ARGV: p, node, ref, then CONN, NAME pairs. Only those Redis still counts as members leave

@@ -30,10 +30,10 @@ def pushed(event: bytes) -> bytes:
 class BusHarness:
     """A Bus with both links up and in step, and helpers to play Redis's part."""
 
-    def __init__(self, test: unittest.TestCase) -> None:
+    def __init__(self, test: unittest.TestCase, prefix: str = "p") -> None:
         self.test = test
         self.now = 100.0
-        self.bus = Bus("p", "me", lambda: LocalState([], [], {}))
+        self.bus = Bus(prefix, "me", lambda: LocalState([], [], {}))
         for name in bus_links.LINKS:
             self.bus.connecting(name, self.now)
             self.bus.link_up(name, self.now)
@@ -43,7 +43,7 @@ class BusHarness:
         self.reply([b"epoch1", 0, 0])                              # the epoch script
         self.reply(1)                                              # the sync script
         self.reply([1, 0])                  # the first heartbeat (sent as soon as in step)
-        self.bus.receive("sub", resp([b"subscribe", b"p:events", 1]), self.now)
+        self.bus.receive("sub", resp([b"subscribe", prefix.encode() + b":events", 1]), self.now)
         test.assertTrue(self.bus.up)
         test.assertTrue(self.bus.subscribed)
         self.events()

@@ -3,6 +3,7 @@ backoff, timeouts, and the bound on what waits for Redis. Redis is played by han
 (tests/bus_harness.py).
 """
 import unittest
+import unittest.mock
 
 from sansio import bus_links
 from sansio.bus import Done, StateChanged
@@ -81,6 +82,68 @@ class LinkTests(unittest.TestCase):
         bus_.timer(self.h.now + bus_links.REPLY_TIMEOUT)
         self.assertEqual(bus_.links_to_close(), ["cmd"])
         self.assertTrue(self.h.events()[0].failed)
+
+
+class RoomChannelTests(unittest.TestCase):
+    """A room's chats come on a channel of its own (P:events:REF), which a node subscribes to
+    while it follows the room: it never reads the chats of rooms where it has nobody."""
+
+    def setUp(self) -> None:
+        self.h = BusHarness(self)
+
+    def confirm(self, *channels: bytes) -> None:
+        self.h.bus.receive("sub", b"".join(resp([b"subscribe", channel, 1])
+                                            for channel in channels), self.h.now)
+
+    def test_following_a_room_subscribes_to_its_chats_and_letting_go_unsubscribes(self):
+        self.h.bus.follow(3, 1, self.h.now)
+        self.assertEqual(self.h.take_sent()["sub"], resp([b"SUBSCRIBE", b"p:events:3"]))
+        self.h.bus.unfollow(3)
+        self.assertEqual(self.h.take_sent()["sub"], resp([b"UNSUBSCRIBE", b"p:events:3"]))
+
+    def test_chats_published_before_the_subscription_is_confirmed_are_read_back(self):
+        self.h.bus.follow(3, 2, self.h.now)                   # (its join was event 1)
+        self.assertEqual(self.h.take_sent()["cmd"], b"", "nothing is known missing yet")
+        self.confirm(b"p:events:3")
+        self.assertIn(b"XRANGE", self.h.take_sent()["cmd"], "the window before it")
+        self.h.publish(said(3, 4, "after"))
+        self.h.reply([[b"2-1", [b"e", said(3, 2, "one")]], [b"3-1", [b"e", said(3, 3, "two")]]])
+        self.assertEqual(self.h.texts(), ["one", "two", "after"], "each once, in order")
+
+    def test_a_prefix_beyond_ascii_names_the_rooms_channels_in_utf8(self):
+        self.h = BusHarness(self, prefix="é")
+        self.h.bus.follow(3, 2, self.h.now)
+        self.assertEqual(self.h.take_sent()["sub"], resp([b"SUBSCRIBE", "é:events:3".encode()]))
+        self.confirm("é:events:3".encode())
+        self.assertIn(b"XRANGE", self.h.take_sent()["cmd"], "the window before it, read back")
+
+    def test_a_read_under_way_when_the_subscription_is_confirmed_is_made_again(self):
+        self.h.publish(b"J 3 1 other 7 9 0\nroom\nann")       # the room is at 1, heard here
+        self.h.bus.follow(3, 1, self.h.now)
+        self.assertIn(b"XRANGE", self.h.take_sent()["cmd"])
+        self.confirm(b"p:events:3")
+        self.assertEqual(self.h.take_sent()["cmd"], b"", "one read at a time")
+        self.h.reply([[b"1-1", [b"e", b"J 3 1 other 7 9 0\nroom\nann"]]])
+        self.assertEqual(self.h.take_sent()["cmd"],
+                         resp([b"XRANGE", b"p:log:3", b"2-0", b"+", b"COUNT", b"500"]),
+                         "that read may have run before the subscription: once more, from 2")
+
+    def test_a_subscriber_link_made_again_subscribes_every_followed_room_then_the_group(self):
+        bus_ = self.h.bus
+        for ref in (0, 5, 9):
+            bus_.follow(ref, 1, self.h.now)
+        self.h.take_sent()
+        bus_.link_failed("sub", "killed", self.h.now)
+        bus_.connecting("sub", self.h.now + 1)
+        with unittest.mock.patch.object(bus_links, "SUBSCRIBE_BATCH", 2):
+            bus_.link_up("sub", self.h.now + 1)
+        self.assertEqual(self.h.take_sent()["sub"],
+                         resp([b"SUBSCRIBE", b"p:events:0", b"p:events:5"])
+                         + resp([b"SUBSCRIBE", b"p:events:9", b"p:events"]))
+        self.confirm(b"p:events:0", b"p:events:5", b"p:events:9")
+        self.assertEqual(self.h.take_sent()["cmd"], b"", "not before the group's channel")
+        self.confirm(b"p:events")
+        self.assertEqual(self.h.take_sent()["cmd"].count(b"XRANGE"), 3, "one read per room")
 
 
 class BackPressureTests(unittest.TestCase):

@@ -5,12 +5,14 @@ What the other scripts do is tested end to end in tests/test_bus.py.
 """
 import os
 import signal
+import socket
 import time
 import unittest
 
-from sansio.bus_scripts import (SCRIPT_TEXTS, Joined, Left, Said, decode_event,
-                                split_batch, split_published)
-from tests.redis_server import REDIS_SERVER, SKIP_REASON, RedisProcess
+from sansio.bus_scripts import (SCRIPT_TEXTS, Joined, Left, Said, chat_args, chat_numbers,
+                                decode_event, split_batch, split_published)
+from sansio.resp import NEED_DATA, RespReader, encode_command
+from tests.redis_server import HOST, REDIS_SERVER, SKIP_REASON, RedisProcess
 
 
 class EventFormatTests(unittest.TestCase):
@@ -93,9 +95,10 @@ class ChatsScriptTests(unittest.TestCase):
     def test_each_chat_is_its_rooms_next_event_and_in_its_log_which_is_kept_alive(self):
         self.redis.command("SET", "c:seq:1", 4)             # room 1 had 4 events, room 2 none
         seqs = self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1",
-                                  7, 1, "ann", "one", 8, 2, "bob", "two\nlines",
-                                  7, 1, "ann", "three")
-        self.assertEqual(seqs, [5, 1, 6])
+                                  *chat_args(7, 1, "ann", "one"),
+                                  *chat_args(8, 2, "bob", "two\nlines"),
+                                  *chat_args(7, 1, "ann", "three"))
+        self.assertEqual(chat_numbers(seqs), [5, 1, 6])
         entries = self.redis.command("XRANGE", "c:log:1", "-", "+")
         self.assertEqual([(entry[0], decode_event(entry[1][1]).message) for entry in entries],
                          [(b"5-1", "one"), (b"6-1", "three")])
@@ -103,6 +106,30 @@ class ChatsScriptTests(unittest.TestCase):
                          Said(2, 1, "n1", 8, "bob", "two\nlines"))
         for ref in (1, 2):
             self.assertGreater(self.redis.command("TTL", "c:log:%d" % ref), 0)
+
+    def test_each_rooms_chats_are_published_on_its_own_channel_as_one_batch(self):
+        with socket.create_connection((HOST, self.redis.port), timeout=2.0) as sock:
+            sock.sendall(encode_command("SUBSCRIBE", "c:events:1", "c:events"))
+            reader = RespReader()
+            self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1",
+                               *chat_args(7, 1, "ann", "one"), *chat_args(8, 2, "bob", "elsewhere"),
+                               *chat_args(7, 1, "ann", "two"))
+            self.redis.command("PUBLISH", "c:events", "end")
+            replies = []
+            for _ in range(50):                             # (and a 2 s timeout a read)
+                if replies and replies[-1][-1] == b"end":
+                    break
+                reply = reader.maybe_next()
+                if reply is NEED_DATA:
+                    reader.feed(sock.recv(65536))
+                else:
+                    replies.append(reply)
+        messages = [reply[1:] for reply in replies if reply[0] == b"message"]
+        self.assertEqual(messages[-1], [b"c:events", b"end"], "nothing of room 2 came")
+        self.assertEqual(len(messages), 2, "room 1's two chats in one message")
+        self.assertEqual(messages[0][0], b"c:events:1")
+        self.assertEqual([decode_event(event).message for event in split_batch(messages[0][1])],
+                         ["one", "two"])
 
 
 if __name__ == "__main__":

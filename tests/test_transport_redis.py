@@ -168,6 +168,23 @@ class RedisLinksTests(unittest.TestCase):
         self.assertIn(("timer",), self.fake.calls)
         self.assertLess(time.monotonic() - started, 10)
 
+    def test_a_tick_that_outlasts_a_deadline_reads_the_links_again_before_the_timer(self):
+        """A process stopped in the middle of a tick: the reply that came meanwhile is read
+        before the timer judges it overdue (the bus's reply timeout)."""
+        ends = self.accept_both()
+
+        def freezes(name, data, now):
+            self.fake.calls.append(("data", name, data))
+            if data == b"A":
+                self.fake.deadline = self.loop.now + 0.05   # the reply's timeout
+                ends[1].sendall(b"B")                       # the reply, while stopped
+                time.sleep(0.1)
+        self.fake.link_data = freezes
+        ends[1].sendall(b"A")
+        self.tick_until(lambda: ("timer",) in self.fake.calls)
+        order = [c for c in self.fake.calls if c[0] in ("data", "timer")]
+        self.assertEqual([c[-1] for c in order], [b"A", b"B", "timer"])
+
     def test_a_link_closed_by_the_other_side_is_reported_failed(self):
         ends = self.accept_both()
         for end in ends:

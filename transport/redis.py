@@ -163,8 +163,10 @@ class RedisLinks:
 
     def _service(self) -> None:
         """The end-of-tick hook: open the links wanted, run the timer when due, send what the
-        links object has for them (the commands this tick's requests made), re-arm."""
-        links, now = self.links, self.loop.time()
+        links object has for them (the commands this tick's requests made), re-arm. By the
+        tick's time, as the links were read: a process stopped in the middle of a tick (SIGSTOP,
+        a frozen machine) reads the replies that came meanwhile before it judges them overdue."""
+        links, now = self.links, self.loop.now
         for name in links.links_wanted(now):
             if name not in self._open:
                 self._connect(name, now)
