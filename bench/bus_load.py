@@ -14,12 +14,13 @@ control off (the bus is measured, not the limits):
              spread over both (member i on node i % 2)
 ROOMS rooms of MEMBERS members each; every member sends MESSAGES chats to its room, keeping at
 most WINDOW of its own on their way (sent, not yet back to it): a closed loop, as people chat.
-Every member receives every chat of its room: deliveries = ROOMS x MEMBERS x MEMBERS x MESSAGES,
-counted from the first chat sent to the last one delivered. Meanwhile a probe client alone in a
-room of its own on the first node sends a chat every PROBE_EVERY and times its return: what an
-unrelated user feels. Prints, per set-up, the median over the rounds of deliveries/s and of the
-probe's p50/p99, with each round's figures, then a JSON line. The clients share the machine
-with the servers and Redis: on a small machine they may be what limits the rate.
+Nobody chats before every member has joined (see top_up): then every member receives every chat
+of its room, deliveries = ROOMS x MEMBERS x MEMBERS x MESSAGES, counted from the first chat sent
+to the last one delivered. Meanwhile a probe client alone in a room of its own on the first node
+sends a chat every PROBE_EVERY and times its return: what an unrelated user feels. Prints, per
+set-up, the median over the rounds of deliveries/s and of the probe's p50/p99, with each round's
+figures, then a JSON line. The clients share the machine with the servers and Redis: on a small
+machine they may be what limits the rate.
 """
 import argparse
 import json
@@ -91,6 +92,21 @@ class Member:
                     trips.append(time.monotonic() - self.sent_at.pop(0))
 
 
+def top_up(members: List[Member], window: int, text: str) -> bool:
+    """Top up every member's window of chats, once every member has its ROOM_REF; whether they
+    all have. Not before: a member receives the chats of its room numbered after its own join
+    (docs/PROTOCOL.md section 8), so a chat sent while another member was still joining never
+    reaches that one, and the deliveries counted above never all come. On a loaded machine with
+    two nodes, one node's members joined and sent a window of chats before some of the other
+    node's joins reached Redis: runs ended a few deliveries short, every one a chat numbered
+    before its receiver's join, none lost."""
+    if not all(member.ref is not None for member in members):
+        return False
+    for member in members:
+        member.send_chats(window, text)
+    return True
+
+
 def one_round(setup: str, args: argparse.Namespace, redis_port: Optional[int],
               prefix: str) -> Dict[str, float]:
     options = ["--no-udp", "--input-rate", "0", "--request-rate", "0"]
@@ -109,17 +125,17 @@ def one_round(setup: str, args: argparse.Namespace, redis_port: Optional[int],
         expected = args.rooms * args.members * args.members * args.messages
         text = "x" * 40
         probe_trips: List[float] = []
-        started = time.monotonic()
-        deadline = started + args.timeout
-        next_probe = started
+        opened = next_probe = time.monotonic()
+        deadline = opened + args.timeout
+        started: Optional[float] = None         # when the first chat was sent
         received = 0
         while received < expected:
             now = time.monotonic()
             if now > deadline:
                 raise RuntimeError("%s: %d of %d deliveries within %g s"
                                    % (setup, received, expected, args.timeout))
-            for member in members:
-                member.send_chats(args.window, text)
+            if top_up(members, args.window, text) and started is None:
+                started = now
             if now >= next_probe and probe.ref is not None and not probe.in_flight:
                 probe.left = 1
                 probe.send_chats(1, "probe")
@@ -131,7 +147,7 @@ def one_round(setup: str, args: argparse.Namespace, redis_port: Optional[int],
                 if key.data is probe:
                     probe_trips += trips
             received = sum(member.received for member in members)
-        took = time.monotonic() - started
+        took = time.monotonic() - (opened if started is None else started)
         for member in everyone:
             member.sock.close()
         probe_trips.sort()

@@ -7,6 +7,8 @@ wait is bounded (compare.py's own, and the timeout of the run as a whole).
 import json
 import os
 import re
+import selectors
+import socket
 import subprocess
 import sys
 import unittest
@@ -87,6 +89,53 @@ class BusCpuTest(unittest.TestCase):
                 self.assertEqual(sorted(layouts[layout]["rows"]), ["1", "2", "4", "8"])
         else:
             self.assertIn("no projection", done.stdout)
+
+
+class BusLoadJoinFirstTest(unittest.TestCase):
+    """bench/bus_load.py's members: nobody chats before every member has joined. A member gets
+    the chats numbered after its own join only (docs/PROTOCOL.md section 8), so a chat sent while
+    another member was still joining never reached that one: with two nodes on a loaded machine
+    a run ended a few deliveries short. A listening socket on 127.0.0.1 plays the server."""
+
+    def setUp(self) -> None:
+        self.listener = socket.socket()
+        self.addCleanup(self.listener.close)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+
+    def connect(self, name: str):
+        """A bench member of room "r" and the server's end of its connection."""
+        from bench.bus_load import Member
+        member = Member(self.listener.getsockname()[1], "r", name, 3)
+        self.addCleanup(member.sock.close)
+        self.listener.settimeout(5)
+        peer, _address = self.listener.accept()
+        self.addCleanup(peer.close)
+        return member, peer
+
+    def joined(self, member, peer, ref: int, join_id: int) -> None:
+        """The server answers `member`'s JOIN; the member reads it (within 5 s)."""
+        from sansio.wire import joined_reply
+        peer.sendall(joined_reply("r", "127.0.0.1", 1, ref, join_id))
+        with selectors.DefaultSelector() as selector:
+            selector.register(member.sock, selectors.EVENT_READ)
+            for _ in range(50):
+                if member.ref is not None or not selector.select(5):
+                    break
+                member.on_readable()
+        self.assertEqual(member.ref, ref)
+
+    def test_no_chat_goes_before_every_member_has_its_room_ref(self):
+        from bench.bus_load import top_up
+        first, first_peer = self.connect("a")
+        second, second_peer = self.connect("b")
+        self.joined(first, first_peer, 0, 1)
+        self.assertFalse(top_up([first, second], 8, "hello"))
+        self.assertNotIn(b"CHAT:", bytes(first.out), "b has not joined yet")
+        self.joined(second, second_peer, 0, 2)
+        self.assertTrue(top_up([first, second], 8, "hello"))
+        for member in (first, second):
+            self.assertEqual(bytes(member.out).count(b"CHAT: 0\n"), 3, member.name)
 
 
 class BusCpuProjectionTest(unittest.TestCase):
