@@ -9,9 +9,10 @@ import contextlib
 import io
 import json
 import unittest
+from types import SimpleNamespace
 from typing import List, Tuple
 
-from tools import attack
+from tools import attack, kit
 
 
 def run_attack(*argv: str) -> Tuple[int, dict, str]:
@@ -143,3 +144,31 @@ class ArgumentsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CrowdJoinWindowTest(unittest.TestCase):
+    """Crowd.join with a window: members connect only while the join announcements owed and
+    not yet read stay under it, and every member still joins and hears every join."""
+
+    def test_members_connect_only_while_the_unread_announcements_stay_under_the_window(self):
+        server = kit.ServerProcess()
+        self.addCleanup(server.stop)
+        report = kit.Report("test", quiet=True)
+        crowd = attack.Crowd(SimpleNamespace(address=kit.resolve(server.host, server.port)), report)
+        self.addCleanup(crowd.loop.close_all)
+        members = [attack.CrowdMember("window", "w%d" % i) for i in range(40)]
+        window, unread_at_connect = 50, []
+        connect = crowd.loop.connect
+
+        def recording_connect(member):
+            before = len(unread_at_connect)             # members connected before this one
+            owed = before * (before + 1) // 2           # the joins they heard or will hear
+            unread_at_connect.append(owed - sum(m.counted for m in members))
+            connect(member)
+        crowd.loop.connect = recording_connect
+        self.assertIsNotNone(crowd.join(members, 30.0, window=window))
+        self.assertEqual(report.failed, 0)
+        self.assertTrue(all(m.ref is not None for m in members))
+        self.assertEqual(len(unread_at_connect), len(members))
+        # (all 40 at once, the last would connect with 780 owed and, before any read, unread)
+        self.assertLess(max(unread_at_connect), window)
