@@ -27,7 +27,7 @@ from policy.flood import InputLimits
 from policy.logbudget import TRACEBACK_INTERVAL, LogBudget
 from policy.memory import MEMORY_BUDGET, Memory
 from policy.reserve import Holders, Unproven
-from policy.scheduler import STEP_BUDGET, Scheduler
+from policy.scheduler import READS_LEFT_TARGET, STEP_BUDGET, TICK_TARGET, Scheduler
 from policy.watermarks import HIGH_WATER
 from reactor import Loop
 from sansio.actions import Action, App, Broadcast, Callback, Close, Resume, Send, Shutdown, Wait
@@ -181,7 +181,8 @@ class Hub:
         as long as the turns (sending costs more than making): output must not pile up."""
         scheduler = self.scheduler
         started = time.monotonic()
-        for conn, limit in scheduler.turns(after_fresh=self.flush):
+        target = READS_LEFT_TARGET if self.loop.events_left else TICK_TARGET
+        for conn, limit in scheduler.turns(self.flush, target):
             if self._take_turn(conn, limit):
                 scheduler.requeue(conn)     # the next select() will not wait
         self.flush(max(STEP_BUDGET, 2 * (time.monotonic() - started)))     # (see above)
