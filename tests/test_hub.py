@@ -10,7 +10,8 @@ import time
 import unittest
 
 from policy.flood import InputLimits
-from policy.scheduler import MAX_REQUESTS_PER_TICK, MIN_REQUESTS_PER_TICK, TICK_TARGET
+from policy.scheduler import (MAX_REQUESTS_PER_TICK, MIN_REQUESTS_PER_TICK, READS_LEFT_TARGET,
+                              TICK_TARGET)
 from policy.watermarks import HIGH_WATER
 from reactor import Loop
 from sansio.actions import Broadcast, Close, Send
@@ -499,3 +500,12 @@ class BroadcastBatchTests(unittest.TestCase):
         self.assertEqual([(ids, messages) for ids, _data, messages in writes],
                          [((1, 2, 4, 6, 8), 30)])
         self.assertEqual(hub.deliveries, 1 + 5 * 30)
+
+    def test_while_the_read_step_left_sockets_unread_the_turns_stop_at_the_shorter_target(self):
+        hub = self.hub_with([], 0)
+        targets = []
+        hub.scheduler.turns = lambda after_fresh, target: targets.append(target) or iter(())
+        hub.end_of_tick()
+        hub.loop.events_left = True
+        hub.end_of_tick()
+        self.assertEqual(targets, [TICK_TARGET, READS_LEFT_TARGET])
