@@ -155,8 +155,8 @@ class Scheduler:
         sends what they produced) after the queue jumpers, and after the quiet ones if others
         follow; then the backlogs with the share. A connection is unscheduled when its turn comes
         (the caller requeues it if it may have more). Past TICK_LIMIT (the heavy ones and the
-        backlogs: past `target` (or READS_LEFT_TARGET), after one turn of each kind), the rest keep
-        their place, first of their kind next tick. The share adapts to the longest turn."""
+        backlogs: past `target`, TICK_TARGET or READS_LEFT_TARGET, after a turn of each kind),
+        the rest keep their place, first of their kind next tick. The share adapts (tick_took)."""
         (quiet, jumped), heavy = (in_turn_order(self._deferred, self._fresh),
                                   self._deferred_heavy + self._heavy)
         backlog, self._fresh, self._heavy, self._backlog = self._backlog, [], [], []
