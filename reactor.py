@@ -231,7 +231,7 @@ class Loop:
         self._hooks: List[Callable[[], None]] = []
         self._busy: List[Callable[[], bool]] = []
         self._ranks: Dict[int, int] = {}        # fd -> rank, for sockets read before others
-        self._events_left = False               # the read step stopped before the end
+        self.events_left = False                # the read step stopped before the end (Hub)
         self._backwards = False                 # the read step goes the other way round
         self.stopping = False                   # stop() was called: end after this tick
         self.stopped_by: Optional[str] = None   # what stop() was told, for the last log line
@@ -319,7 +319,7 @@ class Loop:
         takes) for sockets, read, run the timers that are due, then the end-of-tick hooks."""
         events = self.selector.select(self._next_timeout(timeout))
         self.now = now = time.monotonic()
-        self._events_left = False
+        self.events_left = False
         if events:
             self._on_events(events)
         if self._timers and self._timers[0][0] <= now:
@@ -344,7 +344,7 @@ class Loop:
         for index, (_fd, handler, mask) in enumerate(events):
             if (index % EVENTS_BETWEEN_CLOCK_READS == EVENTS_BETWEEN_CLOCK_READS - 1
                     and time.monotonic() - started > self.step_budget):
-                self._events_left = True
+                self.events_left = True
                 self._backwards = not self._backwards
                 return
             if handler.stale:
@@ -358,7 +358,7 @@ class Loop:
     def _next_timeout(self, cap: Optional[float]) -> Optional[float]:
         """How long the next select() may wait: not at all while work is left over; otherwise
         until the first live timer is due, and at most `cap` (None: no bound)."""
-        if self._events_left or self.stopping:
+        if self.events_left or self.stopping:
             return 0
         for busy in self._busy:
             if busy():

@@ -42,6 +42,11 @@ STEP_BUDGET = TICK_TARGET / 4
 # are still waiting for theirs: they go first in the next tick. Every connection's turn is
 # cheap, but a thousand joins to a room of 8 000 are not (each announces to every member).
 TICK_LIMIT = 2 * TICK_TARGET
+# While the read step leaves ready sockets unread (a flood's start: 500 members' first 17 KB
+# each, read for STEP_BUDGET a tick), the heavy ones' and the backlogs' turns stop once the tick
+# is READS_LEFT_TARGET old, not TICK_TARGET: a client whose socket the read step did not reach
+# waited for a whole tick of heavy turns (rooms100x5: its echo took 50 ms, the probe's worst).
+READS_LEFT_TARGET = STEP_BUDGET
 MIN_REQUESTS_PER_TICK = 1
 MAX_REQUESTS_PER_TICK = 64
 # The share a backlog starts with, before any tick has been measured. Start small and let it
@@ -142,15 +147,16 @@ class Scheduler:
         tick could not give it: select() must not wait."""
         return bool(self._backlog or self._deferred or self._deferred_heavy)
 
-    def turns(self, after_fresh: Callable[[], None]) -> Iterator[Tuple[Any, int]]:
+    def turns(self, after_fresh: Callable[[], None],
+              target: float = TICK_TARGET) -> Iterator[Tuple[Any, int]]:
         """This tick's turns, as (connection, how many of its requests to handle now): the quiet
         fresh ones (in in_turn_order), then the heavy ones (QUIET_READ), with MAX_REQUESTS_PER_TICK
         while the tick is younger than TICK_TARGET and the share after; `after_fresh()` (the hub
         sends what they produced) after the queue jumpers, and after the quiet ones if others
         follow; then the backlogs with the share. A connection is unscheduled when its turn comes
         (the caller requeues it if it may have more). Past TICK_LIMIT (the heavy ones and the
-        backlogs: past TICK_TARGET, after one turn of each kind), the rest keep their place,
-        first of their kind next tick. The share then adapts to the longest turn (tick_took)."""
+        backlogs: past `target`, TICK_TARGET or READS_LEFT_TARGET, after a turn of each kind),
+        the rest keep their place, first of their kind next tick. The share adapts (tick_took)."""
         (quiet, jumped), heavy = (in_turn_order(self._deferred, self._fresh),
                                   self._deferred_heavy + self._heavy)
         backlog, self._fresh, self._heavy, self._backlog = self._backlog, [], [], []
@@ -165,7 +171,7 @@ class Scheduler:
                 elapsed = now - started
                 longest = max(longest, now - turn_began)
                 turn_began = now
-                if elapsed > TICK_LIMIT or (fresh is heavy and index and elapsed > TICK_TARGET):
+                if elapsed > TICK_LIMIT or (fresh is heavy and index and elapsed > target):
                     self._deferred = quiet[index:] if fresh is quiet else []
                     self._deferred_heavy = heavy[index:] if fresh is heavy else heavy
                     if elapsed <= TICK_LIMIT:
@@ -184,7 +190,7 @@ class Scheduler:
             now = clock()
             longest = max(longest, now - turn_began)
             turn_began = now
-            if index and now - started > TICK_TARGET:    # (one backlog turn, at least)
+            if index and now - started > target:     # (one backlog turn, at least)
                 self._backlog[:0] = backlog[index:]     # still scheduled: first next tick
                 break
             conn.scheduled = False

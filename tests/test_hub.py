@@ -1,6 +1,7 @@
 """The hub (transport/hub.py) over real sockets with a fake app (tests/line_app.py), ticked by
 hand: turns and fairness, the actions, departures in one call, the memory budget, flood control,
 and the one catch-all around the app."""
+import random
 import socket
 import subprocess
 import sys
@@ -9,10 +10,14 @@ import time
 import unittest
 
 from policy.flood import InputLimits
-from policy.scheduler import MAX_REQUESTS_PER_TICK, MIN_REQUESTS_PER_TICK, TICK_TARGET
-from sansio.actions import Close, Send
+from policy.scheduler import (MAX_REQUESTS_PER_TICK, MIN_REQUESTS_PER_TICK, READS_LEFT_TARGET,
+                              TICK_TARGET)
+from policy.watermarks import HIGH_WATER
+from reactor import Loop
+from sansio.actions import Broadcast, Close, Send
 from tests.line_app import REPO, LineApp, LineServer, ServerCase
-from transport.hub import LOST_WORK_PER_CALL, PILED_UP
+from transport.conn import OPEN, Connection
+from transport.hub import LOST_WORK_PER_CALL, PILED_UP, Hub
 
 
 class HubTests(ServerCase):
@@ -395,3 +400,112 @@ class InternalErrorLogTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class _Member(Connection):
+    """A connection without a transport: what is queued for it stays in `out`."""
+    __slots__ = ()
+
+    def flush(self):
+        pass
+
+    def update_interest(self):
+        pass
+
+    def stop_events(self):
+        pass
+
+    def release(self, reason):
+        pass
+
+
+class _Rooms:
+    """A fake app: a request (R, text) broadcasts text to the members of room R (the ids whose
+    remainder modulo R+2 is 0; room 0 has the sender, 1, too); (None, text) is a reply."""
+
+    def __init__(self, members):
+        self.members = members
+        self.requests = {}
+
+    def connection_made(self, conn_id, local_ip, peer_ip):
+        self.requests[conn_id] = []
+
+    def maybe_next_actions(self, conn_id):
+        if not self.requests[conn_id]:
+            return None
+        room, text = self.requests[conn_id].pop(0)
+        if room is None:
+            return [Send(conn_id, text)]
+        return [Broadcast(tuple(m for m in self.members
+                                if m % (room + 2) == 0 or room == 0 and m == 1), text)]
+
+    def pending_input(self, conn_id):
+        return 0
+
+
+class BroadcastBatchTests(unittest.TestCase):
+    """A turn's consecutive small broadcasts to the same members are queued as one
+    (transport/batch.py): every member gets the same bytes, counted the same, as when each
+    request's actions are applied on their own."""
+
+    def hub_with(self, requests, sender_queued):
+        loop = Loop()
+        self.addCleanup(loop.close)
+        app = _Rooms(list(range(1, 9)))
+        hub = Hub(loop, app, limits=InputLimits(0, 0, 0, 0))
+        for conn_id in range(1, 9):
+            hub.add(_Member(hub, conn_id, "local"), "local", unproven=False)
+        hub.write_many((1,), b"q" * sender_queued)
+        app.requests[1] = list(requests)
+        return hub
+
+    def one_by_one(self, hub, limit):
+        """The general path: each request's actions applied, then the turn's checks."""
+        conn, app = hub.conns[1], hub.app
+        for _ in range(limit):
+            actions = app.maybe_next_actions(1)
+            if actions is None:
+                break
+            hub.apply(actions)
+            if conn.state is not OPEN or conn.reads_paused:
+                break
+
+    def test_batched_broadcasts_queue_what_applying_them_one_by_one_does(self):
+        rng = random.Random(7)
+        for _ in range(300):
+            requests = [(rng.choice([None, 0, 0, 0, 1, 2]),
+                         bytes([97 + rng.randrange(26)]) * rng.choice([1, 40, 700, 2100, 9000]))
+                        for _ in range(rng.randrange(1, 80))]
+            queued = rng.choice([0, 1000, HIGH_WATER - 3000, HIGH_WATER - 50, HIGH_WATER + 1])
+            limit = rng.randrange(1, 90)
+            batched, general = (self.hub_with(requests, queued), self.hub_with(requests, queued))
+            batched._handle_requests(batched.conns[1], limit)
+            self.one_by_one(general, limit)
+            self.assertEqual(batched.app.requests[1], general.app.requests[1])
+            for conn_id in range(1, 9):
+                ours, theirs = batched.conns[conn_id], general.conns[conn_id]
+                self.assertEqual(b"".join(bytes(c) for c in ours.out),
+                                 b"".join(bytes(c) for c in theirs.out))
+                self.assertEqual((ours.out_bytes, ours.reads_paused),
+                                 (theirs.out_bytes, theirs.reads_paused))
+            self.assertEqual((batched.deliveries, batched.memory.output),
+                             (general.deliveries, general.memory.output))
+
+    def test_a_turn_of_chats_to_one_room_is_queued_in_one_write(self):
+        hub = self.hub_with([(0, b"chat %d\n" % i) for i in range(30)], 0)
+        writes = []
+        write_many = hub.write_many
+        hub.write_many = lambda *args: writes.append(args) or write_many(*args)
+        hub._handle_requests(hub.conns[1], 64)
+        self.assertEqual([(ids, messages) for ids, _data, messages in writes],
+                         [((1, 2, 4, 6, 8), 30)])
+        self.assertEqual(hub.deliveries, 1 + 5 * 30)
+
+    def test_while_the_read_step_left_sockets_unread_the_turns_stop_at_the_shorter_target(self):
+        hub = self.hub_with([], 0)
+        targets = []
+        hub.scheduler.turns = lambda after_fresh, target: targets.append(target) or iter(())
+        hub.end_of_tick()
+        hub.loop.events_left = True
+        hub.end_of_tick()
+        self.assertEqual(targets, [TICK_TARGET, READS_LEFT_TARGET])

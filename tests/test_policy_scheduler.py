@@ -4,8 +4,8 @@ import unittest
 from types import SimpleNamespace
 
 from policy.scheduler import (INITIAL_REQUESTS_PER_TICK, MAX_REQUESTS_PER_TICK,
-                              MIN_REQUESTS_PER_TICK, QUIET_READ, TICK_LIMIT, TICK_TARGET,
-                              Scheduler, alone_first, in_turn_order)
+                              MIN_REQUESTS_PER_TICK, QUIET_READ, READS_LEFT_TARGET,
+                              TICK_LIMIT, TICK_TARGET, Scheduler, alone_first, in_turn_order)
 
 
 class FakeClock:
@@ -33,12 +33,12 @@ class SchedulerTests(unittest.TestCase):
         self.share = INITIAL_REQUESTS_PER_TICK
         self.a, self.b, self.c, self.d = map(fake_conn, "abcd")
 
-    def tick(self, requeue=(), cost=0.0):
+    def tick(self, requeue=(), cost=0.0, target=TICK_TARGET):
         """Run one tick's turns. Each turn takes `cost` seconds of the fake clock; the
         connections in `requeue` are requeued during their turn (they have more). Returns the
         turns as (name, limit), with "flush" where after_fresh was called."""
         seen = []
-        for conn, limit in self.scheduler.turns(after_fresh=lambda: seen.append("flush")):
+        for conn, limit in self.scheduler.turns(lambda: seen.append("flush"), target):
             seen.append((conn.name, limit))
             self.clock.now += cost
             if conn in requeue:
@@ -111,6 +111,19 @@ class SchedulerTests(unittest.TestCase):
                                        ("c", MAX_REQUESTS_PER_TICK),
                                        ("a", MAX_REQUESTS_PER_TICK)])
         self.assertFalse(self.scheduler.has_backlog)
+
+    def test_while_reads_are_left_heavy_ones_and_backlogs_stop_at_the_shorter_target(self):
+        for conn in (self.a, self.b):
+            self.scheduler.schedule(conn, QUIET_READ + 1)
+        self.scheduler.requeue(self.c)
+        self.scheduler.requeue(self.d)
+        # each turn costs 60% of READS_LEFT_TARGET: a and b fit, then one backlog turn (c);
+        # with TICK_TARGET all four would (4 x 3 ms of 20)
+        self.assertLess(4 * READS_LEFT_TARGET * 0.6, TICK_TARGET)
+        turns = self.tick(cost=READS_LEFT_TARGET * 0.6, target=READS_LEFT_TARGET)
+        self.assertEqual([t[0] for t in turns], ["a", "b", "c"])
+        self.assertTrue(self.d.scheduled and self.scheduler.has_backlog)
+        self.assertEqual([t[0] for t in self.tick(cost=READS_LEFT_TARGET * 0.6)], ["d"])
 
     def test_past_the_tick_limit_quiet_ones_keep_their_place_before_heavy_ones(self):
         self.scheduler.schedule(self.a, QUIET_READ + 1)

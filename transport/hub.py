@@ -27,10 +27,11 @@ from policy.flood import InputLimits
 from policy.logbudget import TRACEBACK_INTERVAL, LogBudget
 from policy.memory import MEMORY_BUDGET, Memory
 from policy.reserve import Holders, Unproven
-from policy.scheduler import STEP_BUDGET, Scheduler
+from policy.scheduler import READS_LEFT_TARGET, STEP_BUDGET, TICK_TARGET, Scheduler
 from policy.watermarks import HIGH_WATER
 from reactor import Loop
 from sansio.actions import Action, App, Broadcast, Callback, Close, Resume, Send, Shutdown, Wait
+from transport.batch import BroadcastBatch
 from transport.conn import CLOSED, OPEN, Connection, SharedOutput
 
 LOGGER = logging.getLogger(__name__)
@@ -66,6 +67,22 @@ PILED_UP = 1024 * 1024
 # events)" per tick: an event (a session over) can bring output (its rooms told), which can end
 # another session (over its cap).
 FLUSH_ROUNDS = 8
+
+
+def log_internal_error(log_budget: LogBudget, conn: Optional[Connection],
+                       func: Callable[..., Any], exc: Exception) -> None:
+    """Log an exception Hub.guarded caught: with its traceback, unless one from the same
+    place was logged within TRACEBACK_INTERVAL (then one line, within the log budget)."""
+    who = "internal error" if conn is None else "conn %d: internal error" % conn.conn_id
+    where = getattr(func, "__qualname__", func)
+    then = "" if conn is None else "; dropping the connection"
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    if log_budget.traceback_due((type(exc).__name__, frame.filename, frame.lineno)):
+        LOGGER.exception("%s in %s%s", who, where, then)
+    else:
+        log_budget.log(LOGGER, logging.ERROR, "%s in %s (%s: %s, as logged with its traceback "
+                       "within %.0f s)%s", who, where, type(exc).__name__, exc,
+                       TRACEBACK_INTERVAL, then)
 
 
 def next_departures(pending: Deque[Connection], cost: Optional[Callable[[int], int]]) -> List[int]:
@@ -164,7 +181,8 @@ class Hub:
         as long as the turns (sending costs more than making): output must not pile up."""
         scheduler = self.scheduler
         started = time.monotonic()
-        for conn, limit in scheduler.turns(after_fresh=self.flush):
+        target = READS_LEFT_TARGET if self.loop.events_left else TICK_TARGET
+        for conn, limit in scheduler.turns(self.flush, target):
             if self._take_turn(conn, limit):
                 scheduler.requeue(conn)     # the next select() will not wait
         self.flush(max(STEP_BUDGET, 2 * (time.monotonic() - started)))     # (see above)
@@ -201,16 +219,23 @@ class Hub:
         conn_id = conn.conn_id
         more = True
         handled = 0
-        while handled < limit:
-            actions = next_actions(conn_id)
-            if actions is None:
-                more = False
-                break
-            handled += 1
-            apply(actions)
-            if conn.state is not OPEN or conn.reads_paused or conn.waiting or loop.stopping:
-                more = conn.state is OPEN and not conn.waiting
-                break
+        batch = BroadcastBatch(self.write_many, conn, SHARE_MIN)    # (transport/batch.py)
+        took = batch.took
+        try:
+            while handled < limit:
+                actions = next_actions(conn_id)
+                if actions is None:
+                    more = False
+                    break
+                handled += 1
+                if took(actions):
+                    continue                # nothing applied: nothing to check
+                apply(actions)
+                if conn.state is not OPEN or conn.reads_paused or conn.waiting or loop.stopping:
+                    more = conn.state is OPEN and not conn.waiting
+                    break
+        finally:
+            batch.write()
         meter.charge_requests(handled)
         if handled and self.unproven:
             self.unproven.forget(conn_id)               # it has completed a request
@@ -247,16 +272,7 @@ class Hub:
         try:
             return func(*args)
         except Exception as exc:
-            who = "internal error" if conn is None else "conn %d: internal error" % conn.conn_id
-            where = getattr(func, "__qualname__", func)
-            then = "" if conn is None else "; dropping the connection"
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
-            if self.log_budget.traceback_due((type(exc).__name__, frame.filename, frame.lineno)):
-                LOGGER.exception("%s in %s%s", who, where, then)
-            else:
-                self.log_budget.log(LOGGER, logging.ERROR, "%s in %s (%s: %s, as logged with "
-                                    "its traceback within %.0f s)%s", who, where,
-                                    type(exc).__name__, exc, TRACEBACK_INTERVAL, then)
+            log_internal_error(self.log_budget, conn, func, exc)
             if conn is not None:
                 self.teardown(conn, logging.ERROR, "dropped after an internal error")
             return None
@@ -299,8 +315,9 @@ class Hub:
             return
         conn.callback(action.address)
 
-    def write_many(self, conn_ids: Sequence[int], data: bytes) -> None:
-        """Queue the same `data` for each connection; it is sent at the end of this tick.
+    def write_many(self, conn_ids: Sequence[int], data: bytes, messages: int = 1) -> None:
+        """Queue the same `data` (`messages` messages) for each connection; it is sent at the
+        end of this tick.
 
         Small data is copied onto the end of each connection's own buffer (`tail`); data of
         SHARE_MIN bytes or more is queued by reference, the same object for every connection
@@ -332,7 +349,7 @@ class Hub:
             if queued > HIGH_WATER:         # (the lowest high mark of any transport)
                 conn.over_high_water()
         queued = len(conn_ids) - skipped
-        self.deliveries += queued
+        self.deliveries += queued * messages
         self.memory.output += size * queued
 
     def _write_shared(self, conn_ids: Sequence[int], data: bytes) -> None:
