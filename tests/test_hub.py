@@ -8,7 +8,7 @@ import threading
 import time
 import unittest
 
-import policy.memory
+import transport.hub
 from policy.flood import InputLimits
 from policy.scheduler import MAX_REQUESTS_PER_TICK, MIN_REQUESTS_PER_TICK, TICK_TARGET
 from sansio.actions import Close, Send
@@ -173,7 +173,7 @@ class HubTests(ServerCase):
         # A join storm: every turn queues announcements for a whole room. Past PILE_UP queued
         # since the last flush, the hub flushes between two turns of the same tick, not only at
         # its end: what piles up between two flushes is what the allocator keeps after.
-        self.patch_constant(policy.memory, "PILE_UP", 1000)    # (the real one is past OUTPUT_CAP)
+        self.patch_constant(transport.hub, "PILE_UP", 1000)    # (the real one is past OUTPUT_CAP)
         size = 4096
         pairs = dict(self.pair() for _ in range(2))
         conns = self.server.hub.conns

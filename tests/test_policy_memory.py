@@ -2,7 +2,7 @@
 import unittest
 from types import SimpleNamespace
 
-from policy.memory import EVICTIONS_PER_TICK, PILE_UP, Memory
+from policy.memory import EVICTIONS_PER_TICK, Memory
 
 
 def holder(name, out_bytes, in_bytes=0, transport_in=0):
@@ -38,18 +38,6 @@ class MemoryTests(unittest.TestCase):
         conns = [holder(i, i) for i in range(EVICTIONS_PER_TICK * 3)]
         self.assertEqual(len(Memory(0).eviction_candidates(conns)), EVICTIONS_PER_TICK)
 
-    def test_output_piles_up_past_pile_up_queued_since_the_last_flush(self):
-        memory = Memory()
-        memory.output = PILE_UP
-        self.assertFalse(memory.piled_up())
-        memory.output += 1
-        self.assertTrue(memory.piled_up())
-        memory.flushed()            # a flush that could not send it all: only what comes after
-        self.assertFalse(memory.piled_up())
-        memory.output += PILE_UP + 1
-        self.assertTrue(memory.piled_up())
-
 
 if __name__ == "__main__":
     unittest.main()
-

@@ -25,7 +25,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from policy.flood import InputLimits
 from policy.logbudget import TRACEBACK_INTERVAL, LogBudget
-from policy.memory import MEMORY_BUDGET, Memory
+from policy.memory import MEMORY_BUDGET, PILE_UP, Memory
 from policy.reserve import Holders, Unproven
 from policy.scheduler import STEP_BUDGET, Scheduler
 from policy.watermarks import HIGH_WATER
@@ -165,7 +165,7 @@ class Hub:
         for conn, limit in scheduler.turns(after_fresh=self.flush):
             if self._take_turn(conn, limit):
                 scheduler.requeue(conn)     # the next select() will not wait
-            if memory.piled_up():           # (policy/memory.py, PILE_UP: a join storm's peak)
+            if memory.output - memory.flushed_at > PILE_UP:    # (a join storm's peak)
                 self.flush()
         self.flush(max(STEP_BUDGET, 2 * (time.monotonic() - started)))   # sending costs more
         if self._to_abort:
