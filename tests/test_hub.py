@@ -9,6 +9,7 @@ import threading
 import time
 import unittest
 
+import transport.hub
 from policy.flood import InputLimits
 from policy.scheduler import (MAX_REQUESTS_PER_TICK, MIN_REQUESTS_PER_TICK, READS_LEFT_TARGET,
                               TICK_TARGET)
@@ -172,6 +173,32 @@ class HubTests(ServerCase):
             hub.memory.output -= PILED_UP
         for _, ours in pairs:
             self.assertEqual(self.read_exactly(ours, 6), b"hi\nhi\n")
+
+    def test_output_piled_up_by_one_turn_is_flushed_before_the_next_turn(self):
+        # A join storm: every turn queues announcements for a whole room. Past PILE_UP queued
+        # since the last flush, the hub flushes between two turns of the same tick, not only at
+        # its end: what piles up between two flushes is what the allocator keeps after.
+        self.patch_constant(transport.hub, "PILE_UP", 1000)    # (the real one is past OUTPUT_CAP)
+        size = 4096
+        pairs = dict(self.pair() for _ in range(2))
+        conns = self.server.hub.conns
+        other_queued = []       # at each connection's turn: the other one's output queued
+        cheap = self.app.maybe_next_actions
+
+        def watching(conn_id):
+            if len(other_queued) < 2 and self.app.buffers[conn_id]:
+                other, = set(pairs) - {conn_id}
+                other_queued.append(conns[other].out_bytes)
+            return cheap(conn_id)
+        self.app.maybe_next_actions = watching
+        for ours in pairs.values():
+            ours.sendall(b"big %d\n" % size)
+        self.tick_until(lambda: len(other_queued) == 2)
+        self.assertEqual(len(self.app.handled), 2, "both handled in one tick")
+        self.assertEqual(other_queued[0], 0)
+        self.assertLess(other_queued[1], size, "the first turn's output waited for the tick's end")
+        for ours in pairs.values():
+            self.assertEqual(len(self.read_exactly(ours, size)), size)
 
     def test_writes_to_unknown_connections_are_ignored(self):
         self.server.hub.write_many([999], b"nobody")

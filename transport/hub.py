@@ -25,7 +25,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from policy.flood import InputLimits
 from policy.logbudget import TRACEBACK_INTERVAL, LogBudget
-from policy.memory import MEMORY_BUDGET, Memory
+from policy.memory import MEMORY_BUDGET, PILE_UP, Memory
 from policy.reserve import Holders, Unproven
 from policy.scheduler import READS_LEFT_TARGET, STEP_BUDGET, TICK_TARGET, Scheduler
 from policy.watermarks import HIGH_WATER
@@ -176,16 +176,16 @@ class Hub:
         return bool(self._to_flush or self._flush_later or self._lost)
 
     def end_of_tick(self) -> None:
-        """The hub's part of a tick: the turns, the flush, the teardowns of dropped connections
-        (for at most STEP_BUDGET), and evictions past the memory budget. The flush may take twice
-        as long as the turns (sending costs more than making): output must not pile up."""
-        scheduler = self.scheduler
-        started = time.monotonic()
+        """The hub's part of a tick: the turns (and a flush whenever their output piles up), the
+        flush, teardowns of dropped connections (STEP_BUDGET), evictions past the memory budget."""
+        scheduler, memory, started = self.scheduler, self.memory, time.monotonic()
         target = READS_LEFT_TARGET if self.loop.events_left else TICK_TARGET
         for conn, limit in scheduler.turns(self.flush, target):
             if self._take_turn(conn, limit):
                 scheduler.requeue(conn)     # the next select() will not wait
-        self.flush(max(STEP_BUDGET, 2 * (time.monotonic() - started)))     # (see above)
+            if memory.output - memory.flushed_at > PILE_UP:    # (a join storm's peak)
+                self.flush()
+        self.flush(max(STEP_BUDGET, 2 * (time.monotonic() - started)))   # sending costs more
         if self._to_abort:
             self.drop_aborted()
         if self.memory.over_budget:
@@ -387,10 +387,8 @@ class Hub:
             self._to_flush.append(conn)
 
     def flush(self, budget: float = STEP_BUDGET) -> None:
-        """Tell the app of connections lost and flush what each connection got this tick
-        (_flush_connections), then the flushers (the UDP endpoint's datagrams and events),
-        which may bring more of both (a session over: its rooms are told). All its rounds
-        share one `budget` (a budget each made one flush take 110 ms)."""
+        """Tell the app of connections lost, flush what each connection got (_flush_connections),
+        then the flushers (UDP datagrams and events), which may bring more; all in one `budget`."""
         deadline = time.monotonic() + budget
         self._flush_connections(deadline)
         for _ in range(FLUSH_ROUNDS):
@@ -400,6 +398,7 @@ class Hub:
             if not more or time.monotonic() > deadline:
                 break
             self._flush_connections(deadline)
+        self.memory.flushed()
 
     def _flush_connections(self, deadline: float) -> None:
         """Tell the app of connections lost (in at most two calls), then flush each connection
