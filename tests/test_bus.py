@@ -26,7 +26,7 @@ from tools.kit import REPO_ROOT, SERVER_SCRIPT, ServerProcess, read_line
 from test_server import (STUDENT_ID, TIMEOUT, Client, joined_announcement, left_announcement,
                          left_reply, wire_chat)
 
-DEAD_NODE_DEADLINE = 15.0      # the bound: a killed node's leaves announced within it
+DEAD_NODE_DEADLINE = 15.0      # the documented bound: a killed node's leaves announced within it
 BUS_BACK_TIMEOUT = 20.0        # a restarted Redis: the nodes reconnect (backoff <= 5 s) and sync
 _prefixes = itertools.count(1)
 
