@@ -23,6 +23,26 @@ from transport.hub import LOST_WORK_PER_CALL, PILED_UP, Hub
 
 class HubTests(ServerCase):
 
+    def quiet_has_when_flood_first_turns(self, flood_id, quiet):
+        """Run one tick; what `quiet` had received when `flood_id`'s first turn began."""
+        cheap = self.app.maybe_next_actions
+        seen = []
+
+        def watching(conn_id):
+            if conn_id == flood_id and not seen:
+                quiet.setblocking(False)
+                try:
+                    seen.append(quiet.recv(100, socket.MSG_PEEK))
+                except BlockingIOError:
+                    seen.append(b"")
+                finally:
+                    quiet.settimeout(5)
+            return cheap(conn_id)
+        self.app.maybe_next_actions = watching
+        self.server.run_once(5)
+        self.assertEqual(len(seen), 1, "flood had a turn in this tick")
+        return seen[0]
+
     def test_a_reply_goes_out_in_the_tick_that_read_the_request(self):
         _, ours = self.pair()
         ours.sendall(b"echo hi\n")
@@ -46,44 +66,14 @@ class HubTests(ServerCase):
         flood.sendall(b"echo f\n" * 1000)
         self.server.run_once(5)                       # flood now has a backlog
         quiet.sendall(b"echo q\n")
-        cheap = self.app.maybe_next_actions
-        seen = []       # what quiet had received when flood's first turn of the tick began
-
-        def watching(conn_id):
-            if conn_id == flood_id and not seen:
-                quiet.setblocking(False)
-                try:
-                    seen.append(quiet.recv(100, socket.MSG_PEEK))
-                except BlockingIOError:
-                    seen.append(b"")
-                finally:
-                    quiet.settimeout(5)
-            return cheap(conn_id)
-        self.app.maybe_next_actions = watching
-        self.server.run_once(5)
-        self.assertEqual(seen, [b"q\n"])
+        self.assertEqual(self.quiet_has_when_flood_first_turns(flood_id, quiet), b"q\n")
 
     def test_a_quiet_reply_leaves_before_a_flood_read_in_the_same_tick_has_a_turn(self):
         flood_id, flood = self.pair()
         _, quiet = self.pair()
         flood.sendall(b"echo f\n" * 1000)              # one read of more than QUIET_READ
         quiet.sendall(b"echo q\n")                     # read after it, in the same tick
-        cheap = self.app.maybe_next_actions
-        seen = []       # what quiet had received when flood's first turn began
-
-        def watching(conn_id):
-            if conn_id == flood_id and not seen:
-                quiet.setblocking(False)
-                try:
-                    seen.append(quiet.recv(100, socket.MSG_PEEK))
-                except BlockingIOError:
-                    seen.append(b"")
-                finally:
-                    quiet.settimeout(5)
-            return cheap(conn_id)
-        self.app.maybe_next_actions = watching
-        self.server.run_once(5)
-        self.assertEqual(seen, [b"q\n"])
+        self.assertEqual(self.quiet_has_when_flood_first_turns(flood_id, quiet), b"q\n")
         self.assertEqual(len(self.app.handled), 1 + MAX_REQUESTS_PER_TICK)
 
     def test_a_backlog_gets_a_share_and_a_client_without_one_goes_first(self):
