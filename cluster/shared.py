@@ -13,7 +13,8 @@ How a request goes, while the bus is up:
         connection's next requests wait, so that its replies keep their order
     ... Redis publishes the room's event; every node's Bus hands it out in the room's order:
     Joined  --> (our joiner) JOINED_CHATROOM, then the announcement to this node's members
-    Said    --> the CHAT to this node's members
+    Chats   --> a room's chats of one call, to this node's members as they are (the sending
+                node rendered each CHAT once)
     Left    --> (our leaver) LEFT_CHATROOM, then the announcement to this node's members
     ... and, for our own request's event, Resume(conn): its next request may go.
 
@@ -30,8 +31,8 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
-from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Done, Joined, Left,
-                        LocalState, Reaped, Revived, Said, Skipped, StateChanged)
+from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Chats, Done, Joined,
+                        Left, LocalState, Reaped, Revived, Skipped, StateChanged)
 from rooms import LocalRooms, Peer, Rooms, unknown_room
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, ErrorCode, Join, Leave, RequestError,
                          chat_message, error_reply, left_reply, quote)
@@ -81,17 +82,17 @@ class _InFlight:
     def has(self, wait: _ChatWait) -> bool:
         return wait in self.by_conn.get(wait.conn_id, ())
 
-    def own(self, conn_id: int, ref: int) -> Optional[_ChatWait]:
-        """The first chat of `conn_id` to room `ref` still on its way, if any."""
-        for wait in self.by_conn.get(conn_id, ()):
-            if wait.ref == ref:
-                return wait
-        return None
-
     def numbered_upto(self, ref: int, upto: int) -> List[_ChatWait]:
         """The chats on their way whose event in room `ref` is numbered `upto` or less."""
         return [wait for waits in self.by_conn.values() for wait in waits
                 if wait.ref == ref and wait.seq is not None and wait.seq <= upto]
+
+    def finish_own(self, conn_id: int, ref: int, actions: List[Action]) -> None:
+        """The first chat of `conn_id` to room `ref` on its way (if any) is done: finish()."""
+        for wait in self.by_conn.get(conn_id, ()):
+            if wait.ref == ref:
+                self.finish(wait, actions)
+                return
 
     def finish(self, wait: _ChatWait, actions: List[Action]) -> None:
         """`wait` is done (its event came, it failed, or it was lost): its connection's Resume
@@ -213,7 +214,7 @@ class SharedRooms(BusLinks):
         self.departed: List[Tuple[int, int, str]] = []  # leaves made while the bus was down
         self._departed_sent = 0
         self.refused = 0                                # requests refused: ERROR_CODE 15
-        self._on_bus_event = {Said: self._on_said, Joined: self._on_joined, Left: self._on_left,
+        self._on_bus_event = {Chats: self._on_chats, Joined: self._on_joined, Left: self._on_left,
                               Done: self._on_done, Skipped: self._on_skipped,
                               StateChanged: self._on_state, Reaped: _log_reaped,
                               Revived: _log_revived}
@@ -249,7 +250,8 @@ class SharedRooms(BusLinks):
             raise _not_a_member(req.ref, self.bus.room_names.get(req.ref))
         if self.bus.up:
             wait = self._in_flight.add(conn_id, req.ref)
-            self.bus.chat(wait, conn_id, req.ref, name, req.message, self._clock())
+            self.bus.chat(wait, conn_id, req.ref, chat_message(req.ref, name, req.message),
+                          self._clock())
             return [Wait(conn_id)] if self._in_flight.full(conn_id) else []
         if self._remote.get(req.ref, 0):
             raise self._refuse("a chat to a room with members on other servers")
@@ -333,14 +335,13 @@ class SharedRooms(BusLinks):
 
     # -- events of the rooms -------------------------------------------------------------------
 
-    def _on_said(self, event: Said) -> None:
+    def _on_chats(self, event: Chats) -> None:
         members = self.rooms.member_ids(event.ref)
         if members:
-            self._actions.append(Broadcast(members, chat_message(event.ref, event.name,
-                                                                 event.message)))
-        wait = self._in_flight.own(event.conn, event.ref) if event.node == self.bus.node else None
-        if wait is not None:
-            self._in_flight.finish(wait, self._actions)
+            self._actions.append(Broadcast(members, event.data, len(event.conns)))
+        if event.node == self.bus.node:                 # our members' chats: done
+            for conn in event.conns:
+                self._in_flight.finish_own(conn, event.ref, self._actions)
 
     def _on_joined(self, event: Joined) -> None:
         if event.node != self.bus.node:

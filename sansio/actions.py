@@ -25,11 +25,15 @@ class Send:
     data: bytes
 
 
-@dataclass
+@dataclass(init=False)
 class Broadcast:
-    __slots__ = ("conn_ids", "data")
+    __slots__ = ("conn_ids", "data", "messages")
     conn_ids: Tuple[int, ...]   # the members at the moment of the broadcast, in join order
     data: bytes                 # encoded once; queued for each member (copied, or shared)
+    messages: int               # how many messages `data` holds (1; a bus node's batch: more)
+
+    def __init__(self, conn_ids: Tuple[int, ...], data: bytes, messages: int = 1) -> None:
+        self.conn_ids, self.data, self.messages = conn_ids, data, messages
 
 
 @dataclass

@@ -8,15 +8,16 @@ cluster/shared.py turns what comes out into chat actions.
 
 Theory of operation, following one CHAT across two nodes:
 
-    node A: Bus.chat(...) --EVALSHA chats script--> Redis, atomically:
-                INCRBY P:seq:REF           (the room's next sequence number, N)
-                XADD  P:log:REF N-1 e EV   (the room's short history, for repair)
-                PUBLISH P:events:REF EV    (nodes with members in the room hear it: they follow
+    node A: Bus.chat(...) --EVALSHA chats script (the tick's chats, by room)--> Redis, atomically:
+                INCRBY P:seq:REF K         (numbers for the room's K chats of the call: N..N+K-1)
+                XADD  P:log:REF M-1 e B    (the batch B of them, M = N+K-1: the room's short
+                                           history, for repair)
+                PUBLISH P:events:REF B     (nodes with members in the room hear it: they follow
                                            it; joins and leaves go on P:events, to every node)
-    nodes A and B: "sub" link --Message--> Bus._on_published --> the room's _RoomLog: N is the
-                next one expected, so it is handed out (Bus.take_events) in order; a later one
-                is held and the gap is read back from P:log:REF (XRANGE), a repeated one is
-                dropped.
+    nodes A and B: "sub" link --Message--> Bus._on_batch --> the room's _RoomLog: N is the
+                next one expected, so the batch is handed out (Bus.take_events) in order; a
+                later one is held and the gap is read back from P:log:REF (XRANGE), a repeated
+                one is dropped.
 
 Every change to a room (a join, a chat, a leave) is one such event with the room's next number,
 made by one script, so Redis puts each room's events in one order and every node hands them out
@@ -46,9 +47,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sansio.bus_events import Done, Event, LocalState, Reaped, Revived, Skipped, StateChanged
 from sansio.bus_links import LINKS, MAX_UNANSWERED_BYTES, Held, Links
-from sansio.bus_scripts import (SCRIPT_SHAS, SCRIPT_TEXTS, Joined, Left, RoomEvent, Said,
-                                chat_args, chat_numbers, decode_chats, decode_entries,
-                                decode_event, restore_args, split_published, sync_args)
+from sansio.bus_scripts import (SCRIPT_SHAS, SCRIPT_TEXTS, Chats, Joined, Left, RoomEvent,
+                                chat_firsts, decode_any, decode_chats, decode_entries,
+                                decode_event, restore_args, split_chats, sync_args)
 from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 
 # What cluster/shared.py and the transports use: the Bus, what it hands out, and the numbers they
@@ -56,7 +57,7 @@ from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 # are offered here too, so that a user of the bus imports it from one place.
 __all__ = [
     "Bus", "LocalState", "Event", "Done", "Skipped", "StateChanged", "Reaped", "Revived",
-    "RoomEvent", "Joined", "Said", "Left", "decode_event",
+    "RoomEvent", "Joined", "Chats", "Left", "decode_event",
     "LINKS", "HEARTBEAT_EVERY", "NODE_DEAD_AFTER", "MAX_SHARED_ROOMS",
 ]
 
@@ -88,11 +89,11 @@ MAX_SHARED_ROOMS = 100_000
 # held event is dropped; it is still in the room's log, and the repair reads it back.
 MAX_HELD_BYTES = 8 * 1024 * 1024
 
-# The chats of one tick go to Redis as one call of the chats script, which publishes them as one
-# message: per chat, Redis then runs two commands (INCR, XADD) instead of a script call and four,
-# and a node reads one message instead of one per chat. A call carries at most CHAT_BATCH chats
-# (at about 2 us of Redis each, a call holds Redis for a millisecond or so) and CHAT_BATCH_BYTES
-# (what it publishes is one message: far below the 32 MB past which Redis cuts a subscriber).
+# The chats of one tick go to Redis as one call of the chats script, which logs and publishes
+# each room's as one batch: per room, Redis runs four commands (INCRBY, XADD, EXPIRE, PUBLISH)
+# whatever the number of chats, and a node reads one message a room instead of one per chat. A
+# call carries at most CHAT_BATCH chats and CHAT_BATCH_BYTES (what it publishes for a room is one
+# message: far below the 32 MB past which Redis cuts a subscriber).
 CHAT_BATCH = 500
 CHAT_BATCH_BYTES = 1024 * 1024
 
@@ -359,15 +360,16 @@ class Bus(_CatchUp):
         self._command("request", token, now, *self._script_args(
             "join", self.node, conn, room, name, join_id, self.max_rooms, int(may_create)))
 
-    def chat(self, token: Any, conn: int, ref: int, name: str, message: str, now: float) -> None:
-        """Send a chat; it goes out with the others of this tick (data_to_send), in one call."""
-        if self.behind_for(len(message)):
+    def chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> None:
+        """Send a chat: `data`, the bytes each member of room `ref` is to receive (the bus does
+        not read them). It goes out with the others of this tick (data_to_send), in one call."""
+        if self.behind_for(len(data)):
             self.behind += 1
             self._events += _failed("request", token, "Redis is behind: %d bytes of requests "
                                     "unanswered" % (self._links.unanswered + self._chats.size))
         elif not self._links.is_open("cmd"):
             self._events += _failed("request", token, "no link to Redis")
-        elif self._chats.add(token, chat_args(conn, ref, name, message), len(message) + 40, now):
+        elif self._chats.add(token, ref, conn, data, len(data) + 40, now):
             self._send_chats()
 
     def behind_for(self, size: int) -> bool:
@@ -376,9 +378,9 @@ class Bus(_CatchUp):
 
     def _send_chats(self) -> None:
         """The chats held so far (if any), as one call of the chats script."""
-        tokens, args, since = self._chats.take()
-        if tokens:
-            self._command("chats", tokens, since, *self._script_args("chats", self.node, *args))
+        groups, args, since = self._chats.take()
+        if groups:
+            self._command("chats", groups, since, *self._script_args("chats", self.node, *args))
 
     def leave(self, token: Any, ref: int, leavers: Sequence[Tuple[int, str]], now: float) -> None:
         args: List[Any] = []
@@ -448,37 +450,38 @@ class Bus(_CatchUp):
                 self._repair(int(ref), self._rooms[int(ref)], now)
             return
         if isinstance(event, Message):
-            if event.data[:2] == b"B\n":
+            if event.data[:2] == b"B ":
                 self._on_batch(event.data, now)
             else:
                 self._on_published(event.data, now)
 
     def _on_batch(self, data: bytes, now: float) -> None:
-        """A room's chats of one call of the chats script, decoded in one loop; handed out
-        together when they are the room's next events (the common case), else one by one."""
+        """A room's chats of one call of the chats script: handed out as one event when they
+        are the room's next (the common case), else one by one."""
         try:
             chats = decode_chats(data)
         except (ValueError, IndexError, UnicodeDecodeError):
-            for one in split_published(data):
-                self._on_published(one, now)        # each event judged on its own
+            self.bad_events += 1
             return
-        ref = chats[0].ref
+        ref = chats.ref
         log = self._rooms.get(ref)
-        if log is None or log.held or log.next_seq != chats[0].seq:
-            for chat in chats:
+        if log is None or log.held or log.next_seq != chats.seq:
+            for chat in split_chats(chats):
                 self._on_event(chat, now)
             return
-        self._heard(ref, chats[-1].seq)
-        self._events += chats
-        log.next_seq += len(chats)
+        count = len(chats.conns)
+        self._heard(ref, chats.seq + count - 1)
+        self._events.append(chats)
+        log.next_seq += count
 
     def _on_published(self, data: bytes, now: float) -> None:
         try:
-            event = decode_event(data)
+            events = decode_any(data)
         except (ValueError, IndexError, UnicodeDecodeError):
             self.bad_events += 1
             return
-        self._on_event(event, now)
+        for event in events:
+            self._on_event(event, now)
 
     def _heard(self, ref: int, seq: int) -> None:
         """Room `ref` has had event `seq` (it exists, and got so far)."""
@@ -505,7 +508,7 @@ class Bus(_CatchUp):
             # keep it, and what follows in that room, for follow(). Bounded: past it, follow()
             # reads the rest back from the log.
             early = self._early.setdefault(ref, [])
-            size = 200 + (len(event.message) if isinstance(event, Said) else 0)
+            size = 200 + (len(event.data) if isinstance(event, Chats) else 0)
             if len(early) < EARLY_EVENTS and self._held_bytes + size <= MAX_HELD_BYTES:
                 early.append(event)
 
@@ -532,7 +535,7 @@ class Bus(_CatchUp):
         if seq < log.next_seq or seq in log.held:
             return                                  # seen already
         if seq > log.next_seq:
-            size = 200 + (len(event.message) if isinstance(event, Said) else 0)
+            size = 200 + (len(event.data) if isinstance(event, Chats) else 0)
             if self._held_bytes + size <= MAX_HELD_BYTES:
                 log.held[seq] = (event, size)
                 self._held_bytes += size
@@ -554,7 +557,8 @@ class Bus(_CatchUp):
             if failed:
                 self._events += _failed(kind, token, value.message)
             else:
-                self._events += [Done(each, seq) for each, seq in zip(token, chat_numbers(value))]
+                for tokens, first in zip(token, chat_firsts(value)):
+                    self._events += [Done(each, first + i) for i, each in enumerate(tokens)]
         elif failed:
             # Our own scripts and reads do not fail on a sane Redis; one that does (out of
             # memory, a script killed) gets the links reset, which retries everything.
@@ -578,8 +582,9 @@ class Bus(_CatchUp):
 def _failed(kind: str, token: Any, why: str) -> List[Done]:
     """What the owner is told when its request(s) `token` of `kind` get no reply: a failed Done
     for each (for a request or a call of the chats script; nothing for the bus's own)."""
-    return [Done(each, None, why)
-            for each in (token if kind == "chats" else [token] if kind == "request" else ())]
+    if kind == "chats":             # (the tokens of each room's chats)
+        return [Done(each, None, why) for tokens in token for each in tokens]
+    return [Done(token, None, why)] if kind == "request" else []
 
 
 def _text(value: Any) -> str:

@@ -1,13 +1,13 @@
 """What the bus (sansio/bus.py) hands its owner besides room events, and what it asks of it.
 
-Boundary: sans-IO and stateless: plain values only. The room events (Joined, Said, Left) are
+Boundary: sans-IO and stateless: plain values only. The room events (Joined, Chats, Left) are
 sansio/bus_scripts.py's, as they are what Redis publishes; sansio/bus.py offers all of them
 from one place.
 """
 from dataclasses import dataclass
 from typing import Any, Dict, NamedTuple, Sequence, Tuple, Union
 
-from sansio.bus_scripts import Joined, Left, Said
+from sansio.bus_scripts import Chats, Joined, Left
 
 # ---------------------------------------------------------------------------------------------
 # What the bus tells its owner, besides room events
@@ -37,7 +37,7 @@ Reaped = NamedTuple("Reaped", [("nodes", Tuple[str, ...]), ("members", int)])
 # off from Redis) while it was alive; its `members` are being put back.
 Revived = NamedTuple("Revived", [("members", int)])
 
-Event = Union[Joined, Said, Left, Done, Skipped, StateChanged, Reaped, Revived]
+Event = Union[Joined, Chats, Left, Done, Skipped, StateChanged, Reaped, Revived]
 
 
 @dataclass(frozen=True)

@@ -207,31 +207,40 @@ class Links:
 
 
 class Held:
-    """Requests held until the end of the tick, to go to Redis together as one command (the
-    chats of a tick: sansio/bus.py): their tokens, their arguments one after the other, their
-    bytes (counted as unanswered already) and when the first was made; full at `most` of them
-    or `most_bytes`."""
-    __slots__ = ("tokens", "args", "size", "since", "most", "most_bytes")
+    """The chats held until the end of the tick, to go to Redis together as one call of the
+    chats script (sansio/bus.py), grouped by room in the order the rooms came: per room, their
+    tokens, "CONN SIZE" of each and their bytes. Also their bytes in all (counted as unanswered
+    already) and when the first was made; full at `most` chats or `most_bytes`."""
+    __slots__ = ("rooms", "count", "size", "since", "most", "most_bytes")
 
     def __init__(self, most: int, most_bytes: int) -> None:
         self.most, self.most_bytes = most, most_bytes
-        self.tokens: List[Any] = []
-        self.args: List[Any] = []
+        self.rooms: Dict[int, Tuple[List[Any], List[str], List[bytes]]] = {}
+        self.count = 0
         self.size = 0
         self.since = 0.0
 
-    def add(self, token: Any, args: Tuple[Any, ...], size: int, now: float) -> bool:
-        """Hold one more; True if they are as many as one command is to carry (send them)."""
-        if not self.tokens:
-            self.since = now
-        self.tokens.append(token)
-        self.args += args
+    def add(self, token: Any, ref: int, conn: int, data: bytes, size: int, now: float) -> bool:
+        """Hold one more; True if they are as many as one call is to carry (send them)."""
+        room = self.rooms.get(ref)
+        if room is None:
+            if not self.rooms:
+                self.since = now
+            room = self.rooms[ref] = ([], [], [])
+        room[0].append(token)
+        room[1].append("%d %d" % (conn, len(data)))
+        room[2].append(data)
+        self.count += 1
         self.size += size
-        return len(self.tokens) >= self.most or self.size >= self.most_bytes
+        return self.count >= self.most or self.size >= self.most_bytes
 
-    def take(self) -> Tuple[List[Any], List[Any], float]:
-        """The tokens and the arguments of those held, and when the first was made; none are
-        held any more."""
-        tokens, args = self.tokens, self.args
-        self.tokens, self.args, self.size = [], [], 0
-        return tokens, args, self.since
+    def take(self) -> Tuple[List[List[Any]], List[Any], float]:
+        """The tokens of those held, room by room; the chats script's arguments for them (after
+        the node's id); when the first was made. None are held any more."""
+        groups: List[List[Any]] = []
+        args: List[Any] = []
+        for ref, (tokens, index, parts) in self.rooms.items():
+            groups.append(tokens)
+            args += (ref, len(tokens), " ".join(index), b"".join(parts))
+        self.rooms, self.count, self.size = {}, 0, 0
+        return groups, args, self.since

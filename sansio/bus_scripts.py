@@ -38,40 +38,45 @@ LOG_TTL = 300
 # ---------------------------------------------------------------------------------------------
 # One event is UTF-8 text: a header line "KIND REF SEQ NODE ...", then the body.
 #   J REF SEQ NODE CONN JOIN_ID SETTLED \n ROOM_NAME \n CLIENT_NAME     a join
-#   C REF SEQ NODE CONN \n CLIENT_NAME \n MESSAGE                        a chat (MESSAGE: any lines)
 #   L REF SEQ NODE SETTLED \n CONN CLIENT_NAME [\n CONN CLIENT_NAME ...] leaves, in one event
-# A batch (CHATS_SCRIPT: the chats of one node's tick to one room) is one published message of
-# several events: see split_batch(). The log holds each event on its own.
+# Chats come as a batch: the chats one node sent to one room in one call of CHATS_SCRIPT, which
+# numbers them one after the other (FIRST, FIRST + 1, ...) and publishes and logs the batch as
+# one message and one log entry:
+#   B REF FIRST NODE CONN SIZE [CONN SIZE ...] \n DATA
+# DATA is the chats' bytes as members receive them (the sending node renders each CHAT once; no
+# node decodes them again), one after the other; SIZE is each one's length in bytes, CONN its
+# sender's connection on NODE. A node whose members' chats they are matches them to its
+# requests by CONN; every node hands DATA to its members as it is.
 # Names never hold a line break (sansio/wire.py refuses unprintable names). SETTLED 1: the node
 # that made it has already told its own members (a join restored or leaves made while the bus
 # was down), so it delivers it to nobody; other nodes do.
 #
-# decode_event() gives each kind as a named tuple with those fields: immutable, and cheap to
-# build, which matters here (every node builds one per event of the whole cluster). Being a
-# tuple, an event also equals a plain tuple of the same values: compare events with events.
+# decode_event() and decode_chats() give each kind as a named tuple with those fields:
+# immutable, and cheap to build. Being a tuple, an event also equals a plain tuple of the same
+# values: compare events with events.
 
 Joined = NamedTuple("Joined", [("ref", int), ("seq", int), ("node", str), ("conn", int),
                                ("join_id", int), ("settled", bool), ("room", str), ("name", str)])
-Said = NamedTuple("Said", [("ref", int), ("seq", int), ("node", str), ("conn", int),
-                           ("name", str), ("message", str)])
+# `seq`: the first chat's number; chat i is numbered seq + i, sent by conns[i], and is
+# data[sum(sizes[:i]):][:sizes[i]].
+Chats = NamedTuple("Chats", [("ref", int), ("seq", int), ("node", str),
+                             ("conns", Tuple[int, ...]), ("sizes", Tuple[int, ...]),
+                             ("data", bytes)])
 # `leavers`: (conn, CLIENT_NAME) of each, in the order they left.
 Left = NamedTuple("Left", [("ref", int), ("seq", int), ("node", str), ("settled", bool),
                            ("leavers", Tuple[Tuple[int, str], ...])])
 
-RoomEvent = Union[Joined, Said, Left]
+RoomEvent = Union[Joined, Chats, Left]
 
 
 def decode_event(data: bytes) -> RoomEvent:
-    """The event published as `data`. Raises ValueError for anything else."""
+    """The join or leave published as `data`. Raises ValueError for anything else."""
     head, _, body = data.decode("utf-8").partition("\n")
     fields = head.split(" ")
     kind, ref, seq, node = fields[0], int(fields[1]), int(fields[2]), fields[3]
     if kind == "J" and len(fields) == 7:
         room, _, name = body.partition("\n")
         return Joined(ref, seq, node, int(fields[4]), int(fields[5]), fields[6] == "1", room, name)
-    if kind == "C" and len(fields) == 5:
-        name, _, message = body.partition("\n")
-        return Said(ref, seq, node, int(fields[4]), name, message)
     if kind == "L" and len(fields) == 5:
         leavers = []
         for line in body.split("\n"):
@@ -81,72 +86,60 @@ def decode_event(data: bytes) -> RoomEvent:
     raise ValueError("not a bus event: %r" % data[:80])
 
 
-def split_batch(data: bytes) -> List[bytes]:
-    """The events of a batch (CHATS_SCRIPT publishes one per room per call): b"B\\n", then each
-    event as its length in bytes, a line break and the event. Raises ValueError for a malformed
-    one."""
-    events = []
-    end = len(data)
-    pos = 2
-    while pos < end:
-        line = data.index(b"\n", pos)
-        start = line + 1
-        pos = start + int(data[pos:line])
-        if not start <= pos <= end:
-            raise ValueError("a truncated batch of events")
-        events.append(data[start:pos])
-    return events
+def decode_chats(data: bytes) -> Chats:
+    """The batch of chats published (or logged) as `data`. Raises ValueError for anything else:
+    the sizes must add up to the data exactly, so a node never hands its members a part of a
+    chat."""
+    end = data.index(b"\n")
+    fields = data[:end].split(b" ")
+    if fields[0] != b"B" or len(fields) < 6 or len(fields) % 2:
+        raise ValueError("not a batch of chats: %r" % data[:80])
+    numbers = [int(field) for field in fields[4:]]
+    conns, sizes = tuple(numbers[0::2]), tuple(numbers[1::2])
+    if sum(sizes) != len(data) - end - 1 or min(sizes) <= 0:
+        raise ValueError("a batch of chats whose sizes do not add up: %r" % data[:80])
+    return Chats(int(fields[1]), int(fields[2]), fields[3].decode("utf-8"), conns, sizes,
+                 data[end + 1:])
 
 
-def decode_chats(data: bytes) -> List[Said]:
-    """The chats of a batch that holds one room's, numbered one after the other (as the chats
-    script publishes them), decoded in one loop. Raises ValueError, IndexError or
-    UnicodeDecodeError for any other batch."""
-    chats = []
-    for event in split_batch(data):
-        head, name, message = event.decode("utf-8").split("\n", 2)
-        kind, ref, seq, node, conn = head.split(" ")
-        chats.append(Said(int(ref), int(seq), node, int(conn), name, message))
-        if kind != "C" or chats[-1][:2] != (chats[0].ref, chats[0].seq + len(chats) - 1):
-            raise ValueError("not one room's chats in order: %r" % event[:80])
-    if not chats:
-        raise ValueError("an empty batch")
-    return chats
+def split_chats(chats: Chats) -> List[Chats]:
+    """A batch as batches of one chat each (for a room whose events are not handed out in one
+    go: some are held, or repeated)."""
+    ones, start = [], 0
+    for i, (conn, size) in enumerate(zip(chats.conns, chats.sizes)):
+        ones.append(Chats(chats.ref, chats.seq + i, chats.node, (conn,), (size,),
+                          chats.data[start:start + size]))
+        start += size
+    return ones
 
 
-def split_published(data: bytes) -> List[bytes]:
-    """The events of a published message: a batch's, or the one event it is. A malformed batch
-    is given whole, for decode_event() to refuse."""
-    if data[:2] != b"B\n":
-        return [data]
-    try:
-        return split_batch(data)
-    except ValueError:
-        return [data]
+def decode_any(data: bytes) -> List[RoomEvent]:
+    """The events of a published message or a log entry: a batch's chats one by one, or the
+    join or leave it is. Raises ValueError (or IndexError, UnicodeDecodeError) for anything
+    else."""
+    if data[:2] == b"B ":
+        return list(split_chats(decode_chats(data)))
+    return [decode_event(data)]
 
 
 # What the scripts are given and what they return, read.
 
 def decode_entries(entries: List[Any]) -> List[RoomEvent]:
-    """The events of a room's log entries (an XRANGE reply); those that are not are left out."""
-    events = []
+    """The events of a room's log entries (an XRANGE reply), a batch's chats one by one; entries
+    that are not events are left out."""
+    events: List[RoomEvent] = []
     for entry in entries:
         try:
             fields = entry[1]
-            events.append(decode_event(fields[fields.index(b"e") + 1]))
+            events += decode_any(fields[fields.index(b"e") + 1])
         except (ValueError, IndexError, TypeError, UnicodeDecodeError):
             pass
     return events
 
 
-def chat_args(conn: int, ref: int, name: str, message: str) -> Tuple[int, str]:
-    """One chat's arguments to the chats script: its room, and its event's body."""
-    return ref, "%d\n%s\n%s" % (conn, name, message)
-
-
-def chat_numbers(reply: Any) -> List[int]:
-    """The numbers the chats script gave its chats (a string "N N ..."; a list also read)."""
-    return [int(seq) for seq in (reply.split() if isinstance(reply, bytes) else reply)]
+def chat_firsts(reply: Any) -> List[int]:
+    """The first numbers the chats script gave each room's chats (a string "N N ...")."""
+    return [int(seq) for seq in reply.split()]
 
 
 def restore_args(next_ref: int, last_join_id: int, lasts: Dict[int, int],
@@ -178,12 +171,23 @@ def sync_args(members: Sequence[Tuple[int, int, int, str]],
 _PRELUDE = """
 if redis.replicate_commands then redis.replicate_commands() end   -- Redis 5: TIME, then writes
 local p = ARGV[1]
+local function log_add(ref, last, entry)
+  -- the room's log: `entry` (an event, or a batch of chats whose last is numbered `last`) as
+  -- "LAST-1", keeping the events numbered past last - LOG_LENGTH (Redis 6.2 and later: MINID;
+  -- before, MAXLEN keeps that many entries instead); pcall: after a restore, an id may be
+  -- below the log's last one, and the entry is left out
+  local log = p .. ':log:' .. ref
+  local added = redis.pcall('XADD', log, 'MINID', '~', math.max(0, last - @LOG_LENGTH@),
+                            last .. '-1', 'e', entry)
+  if type(added) == 'table' and added.err then
+    redis.pcall('XADD', log, 'MAXLEN', '~', @LOG_LENGTH@, last .. '-1', 'e', entry)
+  end
+  redis.call('EXPIRE', log, @LOG_TTL@)
+end
 local function emit(kind, ref, rest, body)
   local seq = redis.call('INCR', p .. ':seq:' .. ref)
   local event = kind .. ' ' .. ref .. ' ' .. seq .. ' ' .. rest .. '\\n' .. body
-  local log = p .. ':log:' .. ref
-  redis.pcall('XADD', log, 'MAXLEN', '~', @LOG_LENGTH@, seq .. '-1', 'e', event)
-  redis.call('EXPIRE', log, @LOG_TTL@)
+  log_add(ref, seq, event)
   redis.call('PUBLISH', p .. ':events', event)
   return seq
 end
@@ -260,38 +264,28 @@ end
 return {ref, jid, seq, others, created}
 """
 
-# The chats one node sent in one tick, in one call. ARGV: p, node, then pairs REF and
-# "CONN\nNAME\nMESSAGE" (chat_args(): the event's body as is). Returns the events' numbers, in
-# order, as one string "N N ..." (cheaper to read than an array). Each chat is an event of its
-# own, numbered and in its room's log as emit() makes them, but the call numbers each room's
-# chats with one INCRBY, keeps each room's log alive once and publishes each room's as one
-# batch (see split_batch):
-# per chat Redis runs one XADD, where a script call per chat ran an INCR, an XADD, an EXPIRE
-# and a PUBLISH. Each room's chats go out on the room's own channel (P:events:REF), which only
-# the nodes with members in the room subscribe to: a node never reads the chats of rooms where
-# it has nobody. Joins and leaves (emit()) stay on the group's channel, heard by every node.
+# The chats one node sent in one tick, in one call. ARGV: p, node, then for each room REF, how
+# many chats, "CONN SIZE CONN SIZE ..." and their bytes one after the other (as members receive
+# them). Returns the number of each room's first chat, in the order given, as one string
+# "N N ..." (cheaper to read than an array). Per room, not per chat: one INCRBY numbers the
+# room's chats, and the batch ("B REF FIRST NODE CONN SIZE ...\n" and the bytes) is one log entry
+# and one message on the room's own channel (P:events:REF), which only the nodes with members in
+# the room subscribe to: a node never reads the chats of rooms where it has nobody. Nothing in
+# the script looks at each chat, so a chat costs Redis its share of the bytes, whatever the
+# room. Joins and leaves (emit()) stay on the group's channel, heard by every node.
 CHATS_SCRIPT = """
-local node, seqs, batch, count, last = ARGV[2], {}, {}, {}, {}
-for i = 3, #ARGV, 2 do count[ARGV[i]] = (count[ARGV[i]] or 0) + 1 end
-for ref, n in pairs(count) do                      -- one INCRBY per room
-  last[ref] = redis.call('INCRBY', p .. ':seq:' .. ref, n) - n
-  batch[ref] = {'B\\n'}
+local node, firsts = ARGV[2], {}
+for i = 3, #ARGV, 4 do
+  local ref, count = ARGV[i], tonumber(ARGV[i + 1])
+  local last = redis.call('INCRBY', p .. ':seq:' .. ref, count)
+  local first = last - count + 1
+  local batch = 'B ' .. ref .. ' ' .. first .. ' ' .. node .. ' ' .. ARGV[i + 2] .. '\\n'
+                .. ARGV[i + 3]
+  log_add(ref, last, batch)
+  redis.call('PUBLISH', p .. ':events:' .. ref, batch)
+  firsts[#firsts + 1] = first
 end
-for i = 3, #ARGV, 2 do
-  local ref = ARGV[i]
-  local seq = last[ref] + 1
-  last[ref] = seq
-  local event = 'C ' .. ref .. ' ' .. seq .. ' ' .. node .. ' ' .. ARGV[i + 1]
-  redis.pcall('XADD', p .. ':log:' .. ref, 'MAXLEN', '~', @LOG_LENGTH@, seq .. '-1', 'e', event)
-  seqs[#seqs + 1] = seq
-  local room = batch[ref]
-  room[#room + 1] = #event .. '\\n' .. event
-end
-for ref in pairs(count) do
-  redis.call('EXPIRE', p .. ':log:' .. ref, @LOG_TTL@)
-  redis.call('PUBLISH', p .. ':events:' .. ref, table.concat(batch[ref]))
-end
-return table.concat(seqs, ' ')
+return table.concat(firsts, ' ')
 """
 
 # ARGV: p, node, ref, then CONN, NAME pairs. Only those Redis still counts as members leave

@@ -3,7 +3,8 @@ and tests/test_bus_links.py. The RESP here is written independently of sansio/re
 import unittest
 
 from sansio import bus_links, bus_scripts
-from sansio.bus import Bus, LocalState, Said
+from sansio.bus import Bus, Chats, LocalState
+from sansio.wire import chat_message
 
 
 def resp(value) -> bytes:
@@ -20,7 +21,25 @@ def resp(value) -> bytes:
 
 
 def said(ref, seq, text, node="other", conn=7, name="ann") -> bytes:
-    return ("C %d %d %s %d\n%s\n%s" % (ref, seq, node, conn, name, text)).encode()
+    """One chat as the chats script publishes and logs it: a batch of one."""
+    return batch(ref, seq, [(conn, name, text)], node)
+
+
+def batch(ref, first, chats, node="other") -> bytes:
+    """Chats (conn, name, text), numbered from `first`, as the chats script publishes them."""
+    parts = [chat_message(ref, name, text) for _conn, name, text in chats]
+    index = b" ".join(b"%d %d" % (conn, len(part)) for (conn, _n, _t), part in zip(chats, parts))
+    return b"B %d %d %s %s\n" % (ref, first, node.encode(), index) + b"".join(parts)
+
+
+def texts_of(chats: Chats) -> list:
+    """The MESSAGE of each chat of a batch handed out."""
+    texts, start = [], 0
+    for size in chats.sizes:
+        one = chats.data[start:start + size].decode()
+        start += size
+        texts.append(one[one.index("\nMESSAGE: ") + 10:-2])
+    return texts
 
 
 def pushed(event: bytes) -> bytes:
@@ -65,5 +84,5 @@ class BusHarness:
         return self.bus.take_events()
 
     def texts(self) -> list:
-        return [e.message for e in self.events() if isinstance(e, Said)]
+        return [text for e in self.events() if isinstance(e, Chats) for text in texts_of(e)]
 

@@ -9,11 +9,11 @@ import unittest
 
 from sansio import bus, bus_links, bus_scripts
 from sansio.actions import Broadcast, Resume, Send, Wait
-from sansio.bus import Done, Joined, Left, Said, Skipped
+from sansio.bus import Chats, Done, Joined, Left, Skipped
 from cluster.shared import SharedRooms
 from protocol import ChatProtocol
 from rooms import LocalRooms
-from tests.bus_harness import BusHarness, pushed, resp, said
+from tests.bus_harness import BusHarness, batch, pushed, resp, said, texts_of
 
 
 class OrderTests(unittest.TestCase):
@@ -42,7 +42,7 @@ class OrderTests(unittest.TestCase):
         self.h.reply([[b"3-1", [b"e", said(0, 3, "c")]], [b"4-1", [b"e", said(0, 4, "d")]]])
         events = self.h.events()
         self.assertEqual(events[0], Skipped(0, 2))
-        self.assertEqual([e.message for e in events[1:]], ["c", "d", "e"])
+        self.assertEqual([text for e in events[1:] for text in texts_of(e)], ["c", "d", "e"])
         self.assertEqual(self.h.bus.lost, 2)
 
     def test_rooms_not_followed_are_not_handed_out(self):
@@ -75,30 +75,54 @@ class OrderTests(unittest.TestCase):
         self.assertEqual(self.h.texts(), ["in the followed room", "still followed"])
 
     def test_the_chats_of_one_tick_go_to_redis_in_one_call_each_with_its_number(self):
-        self.h.bus.chat("a", 4, 0, "me", "one", self.h.now)
-        self.h.bus.chat("b", 5, 1, "you", "two", self.h.now)
+        self.h.bus.chat("a", 4, 0, b"one", self.h.now)
+        self.h.bus.chat("b", 5, 1, b"two", self.h.now)
+        self.h.bus.chat("d", 6, 0, b"three", self.h.now)
         self.h.bus.leave("c", 2, [(6, "her")], self.h.now)
         sent = self.h.take_sent()["cmd"]
         self.assertEqual(sent.count(b"EVALSHA"), 2, "the chats in one call, then the leave")
         self.assertLess(sent.index(b"two"), sent.index(b"her"), "in the order asked")
-        self.h.reply([7, 3], [9, 6])
-        self.assertEqual(self.h.events(), [Done("a", 7), Done("b", 3), Done("c", [9, 6])])
+        self.assertIn(b"$1\r\n0\r\n$1\r\n2\r\n$7\r\n4 3 6 5\r\n$8\r\nonethree\r\n", sent,
+                      "room 0's two chats as one: how many, CONN SIZE of each, their bytes")
+        self.h.reply(b"7 3", [9, 6])            # room 0's first is 7, room 1's is 3
+        self.assertEqual(self.h.events(), [Done("a", 7), Done("d", 8), Done("b", 3),
+                                           Done("c", [9, 6])])
 
     def test_a_call_carries_at_most_chat_batch_chats_or_chat_batch_bytes(self):
         for i in range(bus.CHAT_BATCH + 1):
-            self.h.bus.chat(i, 4, 0, "me", "x", self.h.now)
+            self.h.bus.chat(i, 4, 0, b"x", self.h.now)
         self.assertEqual(self.h.take_sent()["cmd"].count(b"EVALSHA"), 2)
-        big = "y" * (bus.CHAT_BATCH_BYTES // 3)
+        big = b"y" * (bus.CHAT_BATCH_BYTES // 3)
         for i in range(4):
-            self.h.bus.chat(i, 4, 0, "me", big, self.h.now)
+            self.h.bus.chat(i, 4, 0, big, self.h.now)
         self.assertEqual(self.h.take_sent()["cmd"].count(b"EVALSHA"), 2, "three, then one")
 
-    def test_a_published_batch_is_handed_out_as_its_events(self):
-        one, two = said(0, 1, "a\nb"), said(0, 2, "c")
-        self.h.publish(b"B\n%d\n%s%d\n%s" % (len(one), one, len(two), two))
-        self.assertEqual(self.h.texts(), ["a\nb", "c"])
-        self.h.publish(b"B\n9\nC 0")
-        self.assertEqual(self.h.bus.bad_events, 1)
+    def test_a_published_batch_is_handed_out_in_one_piece(self):
+        self.h.publish(batch(0, 1, [(7, "ann", "a\nb"), (8, "bob", "c")]))
+        events = self.h.events()
+        self.assertEqual(len(events), 1, "the room's next events: one piece")
+        self.assertEqual((events[0].seq, events[0].conns), (1, (7, 8)))
+        self.assertEqual(events[0].data, b"CHAT: 0\nCLIENT_NAME: ann\nMESSAGE: a\nb\n\n"
+                                         b"CHAT: 0\nCLIENT_NAME: bob\nMESSAGE: c\n\n")
+        self.assertEqual(self.h.bus._rooms[0].next_seq, 3)
+
+    def test_a_batch_after_a_gap_or_overlapping_is_split_and_each_chat_judged(self):
+        self.h.publish(batch(0, 2, [(7, "ann", "b"), (7, "ann", "c")]))
+        self.assertEqual(self.h.texts(), [], "held until 1 is here")
+        self.h.reply([[b"2-1", [b"e", batch(0, 1, [(7, "ann", "a"), (7, "ann", "b")])]]])
+        self.assertEqual(self.h.texts(), ["a", "b", "c"], "each once, in order")
+        self.h.publish(batch(0, 3, [(7, "ann", "c"), (7, "ann", "d")]))
+        self.assertEqual(self.h.texts(), ["d"], "the repeated one dropped")
+
+    def test_a_batch_whose_sizes_do_not_add_up_is_refused_whole(self):
+        good = batch(0, 1, [(7, "ann", "a"), (7, "ann", "b")])
+        for bad in (good[:-1], good + b"x", good.replace(b"B 0 1 other 7 ", b"B 0 1 other 7"),
+                    b"B 0 1 other 7 0\n", b"B 0 1 other\n", b"B 0 x other 7 1\na"):
+            self.h.publish(bad)
+        self.assertEqual(self.h.texts(), [], "no part of a chat reaches anyone")
+        self.assertEqual(self.h.bus.bad_events, 6)
+        self.h.publish(good)
+        self.assertEqual(self.h.texts(), ["a", "b"])
 
     def test_a_heartbeat_that_declared_nodes_dead_says_so(self):
         self.h.now += bus.HEARTBEAT_EVERY
@@ -112,7 +136,7 @@ class OrderTests(unittest.TestCase):
         self.h.publish(own, said(9, 5, "after", node="other"))
         self.h.bus.follow(9, 4, self.h.now)
         events = self.h.events()
-        self.assertEqual([type(e) for e in events], [Joined, Said])
+        self.assertEqual([type(e) for e in events], [Joined, Chats])
         self.assertEqual(self.h.take_sent()["cmd"], b"", "nothing to read back")
 
 
@@ -224,13 +248,14 @@ class ChatsInFlightTests(unittest.TestCase):
         self.assertEqual(h.shared.link_actions(), [])
         self.assertEqual(h.shared.link_output("cmd").count(b"EVALSHA"), 1, "in one call")
         self.assertEqual(self.next_actions(1), [Wait(1)], "still held")
-        h.reply([3, 4, 5])
-        h.shared.link_data("sub", b"".join(pushed(b"C 0 %d me 1\nm1\nc%d" % (3 + i, i))
-                                           for i in range(3)), h.now)
+        h.reply(b"3")
+        h.shared.link_data("sub", pushed(batch(0, 3, [(1, "m1", "c%d" % i) for i in range(3)],
+                                               node="me")), h.now)
         actions = h.shared.link_actions()
         self.assertEqual(actions[-1], Resume(1), "back: the connection goes on")
-        self.assertEqual([a.data.split(b"MESSAGE: ")[1] for a in actions[:-1]],
-                         [b"c0\n\n", b"c1\n\n", b"c2\n\n"])
+        self.assertEqual([a.data.split(b"MESSAGE: ")[1:] for a in actions[:-1]],
+                         [[b"c0\n\nCHAT: 0\nCLIENT_NAME: m1\n", b"c1\n\nCHAT: 0\nCLIENT_NAME: m1\n",
+                           b"c2\n\n"]], "the three to each member in one piece")
         reply = self.next_actions(1)
         self.assertTrue(reply[0].data.startswith(b"HELO x"), "then the HELO's reply")
         self.assertEqual(self.next_actions(1), [], "and the chat after it")
@@ -241,8 +266,8 @@ class ChatsInFlightTests(unittest.TestCase):
                               b"CHAT: 1\nJOIN_ID: 2\nCLIENT_NAME: m2\nMESSAGE: b\n\n")
         self.assertEqual([self.next_actions(2), self.next_actions(2)], [[], [Wait(2)]])
         h.actions()
-        h.reply([3])
-        h.publish(b"C 0 3 me 2\nm2\na")
+        h.reply(b"3")
+        h.publish(said(0, 3, "a", node="me", conn=2, name="m2"))
         self.assertEqual(h.texts(2), ["a"])
         self.assertEqual(self.next_actions(2), [], "sent once the first is back")
 
@@ -252,8 +277,8 @@ class ChatsInFlightTests(unittest.TestCase):
                               b"CHAT: 1\nJOIN_ID: 1\nCLIENT_NAME: m1\nMESSAGE: b\n\n")
         self.assertEqual([self.next_actions(1), self.next_actions(1)], [[], [Wait(1)]])
         h.actions()
-        h.reply([3])
-        h.publish(b"C 0 3 me 1\nm1\na")
+        h.reply(b"3")
+        h.publish(said(0, 3, "a", node="me", conn=1, name="m1"))
         self.assertEqual(h.texts(1), ["a"])
         self.assertIn(b"ERROR_CODE: 6", self.next_actions(1)[0].data, "not a member, after")
 
@@ -276,8 +301,8 @@ class LastLeaveAndJoinTogetherTests(unittest.TestCase):
         h.publish(b"L 0 2 me 0\n1 ann", b"J 0 3 me 2 2 0\nr\nbob")
         self.assertEqual(h.texts(2), ["bob has joined this chatroom."])
         h.request(2, b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: bob\nMESSAGE: hi\n\n")
-        h.publish(b"C 0 4 me 2\nbob\nhi")
-        h.reply([4])
+        h.publish(said(0, 4, "hi", node="me", conn=2, name="bob"))
+        h.reply(b"4")
         h.actions()
         self.assertEqual(h.texts(2), ["hi"], "the room's events still reach its member here")
         self.assertNotIn(2, h.shared._waits, "and its chat is done")
@@ -297,7 +322,7 @@ class LastLeaveAndJoinTogetherTests(unittest.TestCase):
         h.publish(b"J 0 3 me 2 2 0\nr\nbob")
         self.assertEqual(h.texts(2), ["bob has joined this chatroom."])
         h.request(2, b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: bob\nMESSAGE: hi\n\n")
-        h.publish(b"C 0 4 me 2\nbob\nhi")
+        h.publish(said(0, 4, "hi", node="me", conn=2, name="bob"))
         self.assertEqual(h.texts(2), ["hi"])
 
 
@@ -328,7 +353,7 @@ class GivenUpJoinTests(unittest.TestCase):
         h.publish(b"L 0 3 me 1\n2 alice")
         self.assertEqual(h.texts(1), ["alice has left this chatroom."])
         self.assertEqual(h.texts(2), [], "alice was never a member")
-        h.publish(b"C 0 4 other 5\nbob\nhello")
+        h.publish(said(0, 4, "hello", node="other", conn=5, name="bob"))
         self.assertEqual(h.texts(1), ["hello"])
         self.assertEqual(h.texts(2), [])
 
@@ -342,11 +367,11 @@ class LateJoinerTests(unittest.TestCase):
     def test_chats_numbered_before_a_join_are_not_the_joiners_and_later_ones_all_are(self):
         h = SharedHarness(self)
         h.request(1, b"JOIN_CHATROOM: r\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: bob\n")
-        h.publish(*[b"C 0 %d other 5\nann\nbefore %d" % (seq, seq) for seq in range(2, 6)])
-        h.publish(b"J 0 6 me 1 7 0\nr\nbob", b"C 0 7 other 5\nann\nahead of the reply")
+        h.publish(*[said(0, seq, "before %d" % seq, conn=5) for seq in range(2, 6)])
+        h.publish(b"J 0 6 me 1 7 0\nr\nbob", said(0, 7, "ahead of the reply", node="other", conn=5, name="ann"))
         h.reply([0, 7, 6, 1, 0])
         h.actions()
-        h.publish(b"C 0 8 other 5\nann\nafter")
+        h.publish(said(0, 8, "after", node="other", conn=5, name="ann"))
         self.assertEqual(h.texts(1), ["bob has joined this chatroom.", "ahead of the reply",
                                       "after"])
         self.assertEqual((h.shared.bus.lost, h.shared.bus.repaired), (0, 0))

@@ -9,8 +9,9 @@ import socket
 import time
 import unittest
 
-from sansio.bus_scripts import (SCRIPT_TEXTS, Joined, Left, Said, chat_args, chat_numbers,
-                                decode_event, split_batch, split_published)
+from sansio.bus_scripts import (LOG_LENGTH, SCRIPT_TEXTS, Chats, Joined, Left, chat_firsts,
+                                decode_any, decode_chats, decode_entries, decode_event,
+                                split_chats)
 from sansio.resp import NEED_DATA, RespReader, encode_command
 from tests.redis_server import HOST, REDIS_SERVER, SKIP_REASON, RedisProcess
 
@@ -20,27 +21,28 @@ class EventFormatTests(unittest.TestCase):
     def test_each_kind_decodes(self):
         self.assertEqual(decode_event(b"J 3 9 n1 12 40 0\nroom one\nbo b"),
                          Joined(3, 9, "n1", 12, 40, False, "room one", "bo b"))
-        self.assertEqual(decode_event(b"C 3 10 n1 12\nbo b\nline 1\nline 2"),
-                         Said(3, 10, "n1", 12, "bo b", "line 1\nline 2"))
         self.assertEqual(decode_event(b"L 3 11 n1 1\n12 bo b\n13 al"),
                          Left(3, 11, "n1", True, ((12, "bo b"), (13, "al"))))
+        self.assertEqual(decode_chats("B 3 10 n1 12 5 13 4\nline\nab\xc3\xa9".encode("latin-1")),
+                         Chats(3, 10, "n1", (12, 13), (5, 4), "line\nab\xc3\xa9".encode("latin-1")))
 
     def test_anything_else_is_refused(self):
-        for data in (b"", b"X 1 2 n", b"C 1 two n 3\nx\ny", b"J 1 2 n 3\nr\nx", b"\xff"):
+        for data in (b"", b"X 1 2 n", b"C 1 2 n 3\nx\ny", b"J 1 2 n 3\nr\nx", b"\xff"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_event(data)
+        for data in (b"B 1 2 n 3 4\nabc", b"B 1 2 n 3 4\nabcde", b"B 1 2 n 3\nabc", b"B 1 2 n\n",
+                     b"B 1 2 n 3 0\n", b"B 1 2 n 3 -1 4 2\na", b"B 1 x n 3 1\na", b"B 1 2 n 3 1"):
+            with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
+                decode_chats(data)
 
-    def test_a_batch_is_its_events_in_order(self):
-        chat = "C 3 10 n1 12\nbo b\nline 1\nline 2 é".encode()
-        batch = b"B\n%d\n%s3\nC 4" % (len(chat), chat)
-        self.assertEqual(split_published(chat), [chat], "one event")
-        self.assertEqual(split_published(b"B\n9\nC"), [b"B\n9\nC"], "for decode_event to refuse")
-        self.assertEqual(split_batch(batch), [chat, b"C 4"])
-
-    def test_a_truncated_or_garbled_batch_is_refused(self):
-        for data in (b"B\n5\nabc", b"B\n-2\nabc", b"B\nx\nabc", b"B\n3"):
-            with self.assertRaises(ValueError):
-                split_batch(data)
+    def test_a_batch_splits_into_its_chats_numbered_one_after_the_other(self):
+        chats = decode_chats(b"B 3 10 n1 12 2 13 1 12 3\nabcdef")
+        self.assertEqual(split_chats(chats), [Chats(3, 10, "n1", (12,), (2,), b"ab"),
+                                              Chats(3, 11, "n1", (13,), (1,), b"c"),
+                                              Chats(3, 12, "n1", (12,), (3,), b"def")])
+        self.assertEqual(decode_any(b"B 3 10 n1 12 2 13 1 12 3\nabcdef"), split_chats(chats))
+        self.assertEqual(decode_any(b"L 3 11 n1 1\n12 bo b"), [Left(3, 11, "n1", True,
+                                                                   ((12, "bo b"),))])
 
 
 @unittest.skipUnless(REDIS_SERVER, SKIP_REASON)
@@ -92,28 +94,43 @@ class ChatsScriptTests(unittest.TestCase):
         self.redis = RedisProcess()
         self.addCleanup(self.redis.stop)
 
-    def test_each_chat_is_its_rooms_next_event_and_in_its_log_which_is_kept_alive(self):
+    def chats(self, *rooms) -> list:
+        """One call of the chats script, node "n1", rooms (ref, [(conn, bytes), ...])."""
+        args = []
+        for ref, chats in rooms:
+            args += [ref, len(chats), " ".join("%d %d" % (c, len(d)) for c, d in chats),
+                     b"".join(d for _c, d in chats)]
+        return chat_firsts(self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1", *args))
+
+    def test_each_rooms_chats_are_its_next_events_and_one_entry_of_its_log_kept_alive(self):
         self.redis.command("SET", "c:seq:1", 4)             # room 1 had 4 events, room 2 none
-        seqs = self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1",
-                                  *chat_args(7, 1, "ann", "one"),
-                                  *chat_args(8, 2, "bob", "two\nlines"),
-                                  *chat_args(7, 1, "ann", "three"))
-        self.assertEqual(chat_numbers(seqs), [5, 1, 6])
-        entries = self.redis.command("XRANGE", "c:log:1", "-", "+")
-        self.assertEqual([(entry[0], decode_event(entry[1][1]).message) for entry in entries],
-                         [(b"5-1", "one"), (b"6-1", "three")])
-        self.assertEqual(decode_event(self.redis.command("XRANGE", "c:log:2", "-", "+")[0][1][1]),
-                         Said(2, 1, "n1", 8, "bob", "two\nlines"))
+        firsts = self.chats((1, [(7, b"one"), (7, b"three")]), (2, [(8, b"two\nlines")]))
+        self.assertEqual(firsts, [5, 1])
+        entries = self.redis.command("XRANGE", "c:log:1", "6-0", "+")
+        self.assertEqual([entry[0] for entry in entries], [b"6-1"], "named by its last number")
+        self.assertEqual(decode_entries(entries), [Chats(1, 5, "n1", (7,), (3,), b"one"),
+                                                   Chats(1, 6, "n1", (7,), (5,), b"three")])
+        self.assertEqual(decode_entries(self.redis.command("XRANGE", "c:log:2", "-", "+")),
+                         [Chats(2, 1, "n1", (8,), (9,), b"two\nlines")])
         for ref in (1, 2):
             self.assertGreater(self.redis.command("TTL", "c:log:%d" % ref), 0)
+        self.assertEqual(self.chats((1, [(9, b"four")])), [7])
+
+    def test_a_rooms_log_keeps_its_last_events_however_they_were_batched(self):
+        for _ in range(3 * LOG_LENGTH // 10):
+            self.chats((1, [(7, b"x")] * 10))
+        entries = self.redis.command("XRANGE", "c:log:1", "-", "+")
+        events = decode_entries(entries)
+        self.assertEqual(events[-1].seq, 3 * LOG_LENGTH)
+        self.assertLessEqual(events[0].seq, 2 * LOG_LENGTH + 1, "the last LOG_LENGTH kept")
+        # ("~": Redis trims whole blocks of at most 100 entries, so up to a block more)
+        self.assertLessEqual(len(entries), LOG_LENGTH // 10 + 101, "and not many more")
 
     def test_each_rooms_chats_are_published_on_its_own_channel_as_one_batch(self):
         with socket.create_connection((HOST, self.redis.port), timeout=2.0) as sock:
             sock.sendall(encode_command("SUBSCRIBE", "c:events:1", "c:events"))
             reader = RespReader()
-            self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1",
-                               *chat_args(7, 1, "ann", "one"), *chat_args(8, 2, "bob", "elsewhere"),
-                               *chat_args(7, 1, "ann", "two"))
+            self.chats((1, [(7, b"one"), (7, b"two")]), (2, [(8, b"elsewhere")]))
             self.redis.command("PUBLISH", "c:events", "end")
             replies = []
             for _ in range(50):                             # (and a 2 s timeout a read)
@@ -128,8 +145,7 @@ class ChatsScriptTests(unittest.TestCase):
         self.assertEqual(messages[-1], [b"c:events", b"end"], "nothing of room 2 came")
         self.assertEqual(len(messages), 2, "room 1's two chats in one message")
         self.assertEqual(messages[0][0], b"c:events:1")
-        self.assertEqual([decode_event(event).message for event in split_batch(messages[0][1])],
-                         ["one", "two"])
+        self.assertEqual(decode_chats(messages[0][1]), Chats(1, 1, "n1", (7, 7), (3, 3), b"onetwo"))
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ class Hub:
         for action in actions:
             kind = type(action)
             if kind is Broadcast:
-                self.write_many(action.conn_ids, action.data)
+                self.write_many(action.conn_ids, action.data, action.messages)
             elif kind is Send:
                 self.write_many((action.conn_id,), action.data)
             elif kind is Close:
@@ -326,7 +326,7 @@ class Hub:
         """
         size = len(data)
         if size >= SHARE_MIN:
-            self._write_shared(conn_ids, data)
+            self._write_shared(conn_ids, data, messages)
             return
         conns = self.conns
         to_flush = self._to_flush
@@ -352,7 +352,7 @@ class Hub:
         self.deliveries += queued * messages
         self.memory.output += size * queued
 
-    def _write_shared(self, conn_ids: Sequence[int], data: bytes) -> None:
+    def _write_shared(self, conn_ids: Sequence[int], data: bytes, messages: int = 1) -> None:
         """write_many() for large data: every connection queues the same object."""
         holders = 0
         for conn_id in conn_ids:
@@ -367,7 +367,7 @@ class Hub:
             if conn.out_bytes > HIGH_WATER:
                 conn.over_high_water()
         if holders:
-            self.deliveries += holders
+            self.deliveries += holders * messages
             self.shared.hold(data, holders)
 
     def close_connection(self, conn_id: int) -> None:
