@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
 from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Chats, Done, Joined,
-                        Left, LocalState, Reaped, Revived, Skipped, StateChanged)
+                        Left, LocalState, Numbered, Reaped, Revived, Skipped, StateChanged)
 from rooms import LocalRooms, Peer, Rooms, unknown_room
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, ErrorCode, Join, Leave, RequestError,
                          chat_message, error_reply, left_reply, quote)
@@ -71,13 +71,15 @@ class _InFlight:
     def __init__(self) -> None:
         self.by_conn: Dict[int, List[_ChatWait]] = {}
 
-    def add(self, conn_id: int, ref: int) -> _ChatWait:
+    def add(self, conn_id: int, ref: int,
+            waits: Optional[List[_ChatWait]]) -> Tuple[_ChatWait, bool]:
+        """A chat of `conn_id` to room `ref` on its way (`waits`: those it has already, as
+        by_conn has them); and whether the connection has as many on their way as allowed now."""
         wait = _ChatWait(conn_id, ref)
-        self.by_conn.setdefault(conn_id, []).append(wait)
-        return wait
-
-    def full(self, conn_id: int) -> bool:
-        return len(self.by_conn.get(conn_id, ())) >= CHATS_IN_FLIGHT
+        if waits is None:
+            waits = self.by_conn[conn_id] = []
+        waits.append(wait)
+        return wait, len(waits) >= CHATS_IN_FLIGHT
 
     def has(self, wait: _ChatWait) -> bool:
         return wait in self.by_conn.get(wait.conn_id, ())
@@ -88,10 +90,16 @@ class _InFlight:
                 if wait.ref == ref and wait.seq is not None and wait.seq <= upto]
 
     def finish_own(self, conn_id: int, ref: int, actions: List[Action]) -> None:
-        """The first chat of `conn_id` to room `ref` on its way (if any) is done: finish()."""
-        for wait in self.by_conn.get(conn_id, ()):
+        """The first chat of `conn_id` to room `ref` on its way (if any) is done, as finish()
+        (the hot path: once per chat of this node's members)."""
+        waits = self.by_conn.get(conn_id)
+        for i, wait in enumerate(waits or ()):
             if wait.ref == ref:
-                self.finish(wait, actions)
+                del waits[i]
+                if not waits:
+                    del self.by_conn[conn_id]
+                if len(waits) in (0, CHATS_IN_FLIGHT - 1):
+                    actions.append(Resume(conn_id))
                 return
 
     def finish(self, wait: _ChatWait, actions: List[Action]) -> None:
@@ -128,6 +136,14 @@ def _unavailable(what: str) -> RequestError:
 def _not_a_member(ref: int, room: Optional[str]) -> RequestError:
     return RequestError(ErrorCode.NOT_A_MEMBER, "not a member of room %d: %s first"
                         % (ref, "JOIN_CHATROOM " + quote(room) if room else "join it"))
+
+
+def _number_chats(event: Numbered) -> None:
+    """The chats of one call were numbered: each wait keeps its number (for _on_skipped)."""
+    for waits, first in zip(event.tokens, event.firsts):
+        for wait in waits:
+            wait.seq = first
+            first += 1
 
 
 def _log_reaped(event: Reaped) -> None:
@@ -198,6 +214,7 @@ class SharedRooms(BusLinks):
         clock is the one the bus's requests are stamped with)."""
         self.local = local if local is not None else LocalRooms(Rooms(max_rooms=max_rooms))
         self.rooms = self.local.rooms
+        self._maybe_members = self.rooms.members_lookup()   # (the CHAT hot path's, in C)
         self._clock = self.local.clock
         self.bus_address = bus_address
         self.bus = Bus(prefix, node, self._local_state, db=db, max_rooms=max_rooms)
@@ -215,7 +232,7 @@ class SharedRooms(BusLinks):
         self._departed_sent = 0
         self.refused = 0                                # requests refused: ERROR_CODE 15
         self._on_bus_event = {Chats: self._on_chats, Joined: self._on_joined, Left: self._on_left,
-                              Done: self._on_done, Skipped: self._on_skipped,
+                              Done: self._on_done, Numbered: _number_chats, Skipped: self._on_skipped,
                               StateChanged: self._on_state, Reaped: _log_reaped,
                               Revived: _log_revived}
 
@@ -238,22 +255,22 @@ class SharedRooms(BusLinks):
         return [Wait(conn_id)]
 
     def chat(self, conn_id: int, req: Chat) -> Optional[List[Action]]:
-        members = self.rooms.maybe_members(req.ref)
+        ref, bus = req.ref, self.bus
+        members = self._maybe_members(ref)
         name = None if members is None else members.get(conn_id)
         waits = self._in_flight.by_conn.get(conn_id)      # (a chat answered here and now, or
-        if waits is not None and (waits[0].ref != req.ref or name is None or not self.bus.up
-                                  or self.bus.behind_for(len(req.message))):
+        if waits is not None and (waits[0].ref != ref or name is None or not bus.up
+                                  or bus.behind_for(len(req.message))):
             return None     # to another room, waits for the chats on their way: see _InFlight)
         if name is None:
-            if not self._exists(req.ref):
-                raise unknown_room(req.ref)
-            raise _not_a_member(req.ref, self.bus.room_names.get(req.ref))
-        if self.bus.up:
-            wait = self._in_flight.add(conn_id, req.ref)
-            self.bus.chat(wait, conn_id, req.ref, chat_message(req.ref, name, req.message),
-                          self._clock())
-            return [Wait(conn_id)] if self._in_flight.full(conn_id) else []
-        if self._remote.get(req.ref, 0):
+            if not self._exists(ref):
+                raise unknown_room(ref)
+            raise _not_a_member(ref, bus.room_names.get(ref))
+        if bus.up:
+            wait, full = self._in_flight.add(conn_id, ref, waits)
+            bus.chat(wait, conn_id, ref, chat_message(ref, name, req.message), self._clock())
+            return [Wait(conn_id)] if full else []
+        if self._remote.get(ref, 0):
             raise self._refuse("a chat to a room with members on other servers")
         return self.local.chat(conn_id, req)            # every member is here
 
@@ -340,8 +357,9 @@ class SharedRooms(BusLinks):
         if members:
             self._actions.append(Broadcast(members, event.data, len(event.conns)))
         if event.node == self.bus.node:                 # our members' chats: done
+            finish, ref, actions = self._in_flight.finish_own, event.ref, self._actions
             for conn in event.conns:
-                self._in_flight.finish_own(conn, event.ref, self._actions)
+                finish(conn, ref, actions)
 
     def _on_joined(self, event: Joined) -> None:
         if event.node != self.bus.node:
@@ -468,8 +486,6 @@ class SharedRooms(BusLinks):
                     ErrorCode.BUS_UNAVAILABLE, "the shared bus (Redis) failed (%s): your chat "
                     "may not have reached every member" % event.failed)))
                 self._in_flight.finish(wait, self._actions)
-            elif not event.failed:
-                wait.seq = value
         elif isinstance(wait, _LeaveWait):
             # Who Redis did not count as members is not announced by it: do it here.
             removed = set() if event.failed else set(value[1:])

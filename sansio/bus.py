@@ -45,7 +45,8 @@ The bus is four modules, each read on its own:
 import random
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from sansio.bus_events import Done, Event, LocalState, Reaped, Revived, Skipped, StateChanged
+from sansio.bus_events import (Done, Event, LocalState, Numbered, Reaped, Revived, Skipped,
+                               StateChanged)
 from sansio.bus_links import LINKS, MAX_UNANSWERED_BYTES, Held, Links
 from sansio.bus_scripts import (SCRIPT_SHAS, SCRIPT_TEXTS, Chats, Joined, Left, RoomEvent,
                                 chat_firsts, decode_any, decode_chats, decode_entries,
@@ -56,7 +57,7 @@ from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 # plan with. LINKS is sansio/bus_links.py's and the room events are sansio/bus_scripts.py's; they
 # are offered here too, so that a user of the bus imports it from one place.
 __all__ = [
-    "Bus", "LocalState", "Event", "Done", "Skipped", "StateChanged", "Reaped", "Revived",
+    "Bus", "LocalState", "Event", "Done", "Numbered", "Skipped", "StateChanged", "Reaped", "Revived",
     "RoomEvent", "Joined", "Chats", "Left", "decode_event",
     "LINKS", "HEARTBEAT_EVERY", "NODE_DEAD_AFTER", "MAX_SHARED_ROOMS",
 ]
@@ -363,13 +364,14 @@ class Bus(_CatchUp):
     def chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> None:
         """Send a chat: `data`, the bytes each member of room `ref` is to receive (the bus does
         not read them). It goes out with the others of this tick (data_to_send), in one call."""
-        if self.behind_for(len(data)):
+        held = self._chats
+        if self._links.unanswered + held.size + len(data) > MAX_UNANSWERED_BYTES:
             self.behind += 1
             self._events += _failed("request", token, "Redis is behind: %d bytes of requests "
-                                    "unanswered" % (self._links.unanswered + self._chats.size))
+                                    "unanswered" % (self._links.unanswered + held.size))
         elif not self._links.is_open("cmd"):
             self._events += _failed("request", token, "no link to Redis")
-        elif self._chats.add(token, ref, conn, data, len(data) + 40, now):
+        elif held.add(token, ref, conn, data, now):
             self._send_chats()
 
     def behind_for(self, size: int) -> bool:
@@ -557,8 +559,7 @@ class Bus(_CatchUp):
             if failed:
                 self._events += _failed(kind, token, value.message)
             else:
-                for tokens, first in zip(token, chat_firsts(value)):
-                    self._events += [Done(each, first + i) for i, each in enumerate(tokens)]
+                self._events.append(Numbered(token, chat_firsts(value)))
         elif failed:
             # Our own scripts and reads do not fail on a sane Redis; one that does (out of
             # memory, a script killed) gets the links reset, which retries everything.

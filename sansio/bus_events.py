@@ -5,7 +5,7 @@ sansio/bus_scripts.py's, as they are what Redis publishes; sansio/bus.py offers 
 from one place.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, NamedTuple, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple, Union
 
 from sansio.bus_scripts import Chats, Joined, Left
 
@@ -25,6 +25,10 @@ class Done(NamedTuple):
     failed: str = ""
 
 
+# The chats of one call were numbered: `tokens`, the owner's tokens of each room's chats, in
+# the order sent; `firsts`, each room's first number (the next chat of the room has the next).
+# One event a call, not a Done a chat: the reply of a call that failed is a Done a chat.
+Numbered = NamedTuple("Numbered", [("tokens", List[List[Any]]), ("firsts", List[int])])
 # Events of room `ref` numbered up to `upto` that can no longer be read back (the room's log no
 # longer has them): they are lost for this node, and counted in Bus.lost.
 Skipped = NamedTuple("Skipped", [("ref", int), ("upto", int)])
@@ -37,7 +41,7 @@ Reaped = NamedTuple("Reaped", [("nodes", Tuple[str, ...]), ("members", int)])
 # off from Redis) while it was alive; its `members` are being put back.
 Revived = NamedTuple("Revived", [("members", int)])
 
-Event = Union[Joined, Chats, Left, Done, Skipped, StateChanged, Reaped, Revived]
+Event = Union[Joined, Chats, Left, Done, Numbered, Skipped, StateChanged, Reaped, Revived]
 
 
 @dataclass(frozen=True)

@@ -215,23 +215,26 @@ class Held:
 
     def __init__(self, most: int, most_bytes: int) -> None:
         self.most, self.most_bytes = most, most_bytes
-        self.rooms: Dict[int, Tuple[List[Any], List[str], List[bytes]]] = {}
+        self.rooms: Dict[int, Tuple[List[Any], List[int], List[bytes]]] = {}
         self.count = 0
         self.size = 0
         self.since = 0.0
 
-    def add(self, token: Any, ref: int, conn: int, data: bytes, size: int, now: float) -> bool:
+    def add(self, token: Any, ref: int, conn: int, data: bytes, now: float) -> bool:
         """Hold one more; True if they are as many as one call is to carry (send them)."""
         room = self.rooms.get(ref)
         if room is None:
             if not self.rooms:
                 self.since = now
             room = self.rooms[ref] = ([], [], [])
+        size = len(data)
         room[0].append(token)
-        room[1].append("%d %d" % (conn, len(data)))
+        index = room[1]
+        index.append(conn)
+        index.append(size)
         room[2].append(data)
         self.count += 1
-        self.size += size
+        self.size += size + 40          # (and what the call carries besides, about 40 bytes)
         return self.count >= self.most or self.size >= self.most_bytes
 
     def take(self) -> Tuple[List[List[Any]], List[Any], float]:
@@ -241,6 +244,6 @@ class Held:
         args: List[Any] = []
         for ref, (tokens, index, parts) in self.rooms.items():
             groups.append(tokens)
-            args += (ref, len(tokens), " ".join(index), b"".join(parts))
+            args += (ref, len(tokens), " ".join(map(str, index)), b"".join(parts))
         self.rooms, self.count, self.size = {}, 0, 0
         return groups, args, self.since
