@@ -33,98 +33,12 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
 from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Chats, Done, Joined,
                         Left, LocalState, Numbered, Reaped, Revived, Skipped, StateChanged)
+from cluster.waits import ChatWait, InFlight, JoinWait, LeaveWait
 from rooms import LocalRooms, Peer, Rooms, unknown_room
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, ErrorCode, Join, Leave, RequestError,
                          chat_message, error_reply, left_reply, quote)
 
 LOGGER = logging.getLogger(__name__)
-
-
-class _JoinWait:
-    __slots__ = ("conn_id", "req", "peer", "lost")
-
-    def __init__(self, conn_id: int, req: Join, peer: Peer) -> None:
-        self.conn_id, self.req, self.peer, self.lost = conn_id, req, peer, False
-
-
-class _ChatWait:
-    __slots__ = ("conn_id", "ref", "seq")
-
-    def __init__(self, conn_id: int, ref: int) -> None:
-        self.conn_id, self.ref, self.seq = conn_id, ref, None
-
-
-# A connection's chats go to Redis one after the other without waiting for each one's event, up
-# to CHATS_IN_FLIGHT of them: one link, one queue, so Redis runs them, and numbers each room's,
-# in the order they were sent. Any other request of the connection (a chat to another room too:
-# two rooms' events may come in another order, after a gap is read back) waits until they are
-# all back (protocol.py holds it: RoomService.holds), so its replies keep the order of its
-# requests. One at a time, a member sending chats in a burst had a round trip to Redis, a Wait
-# and a Resume per chat, where one server handles the burst in one tick: that was most of a
-# node's CPU.
-CHATS_IN_FLIGHT = 16
-
-
-class _InFlight:
-    """The chats of each connection sent to Redis whose event is not handed out yet."""
-
-    def __init__(self) -> None:
-        self.by_conn: Dict[int, List[_ChatWait]] = {}
-
-    def add(self, conn_id: int, ref: int,
-            waits: Optional[List[_ChatWait]]) -> Tuple[_ChatWait, bool]:
-        """A chat of `conn_id` to room `ref` on its way (`waits`: those it has already, as
-        by_conn has them); and whether the connection has as many on their way as allowed now."""
-        wait = _ChatWait(conn_id, ref)
-        if waits is None:
-            waits = self.by_conn[conn_id] = []
-        waits.append(wait)
-        return wait, len(waits) >= CHATS_IN_FLIGHT
-
-    def has(self, wait: _ChatWait) -> bool:
-        return wait in self.by_conn.get(wait.conn_id, ())
-
-    def numbered_upto(self, ref: int, upto: int) -> List[_ChatWait]:
-        """The chats on their way whose event in room `ref` is numbered `upto` or less."""
-        return [wait for waits in self.by_conn.values() for wait in waits
-                if wait.ref == ref and wait.seq is not None and wait.seq <= upto]
-
-    def finish_own(self, conn_id: int, ref: int, actions: List[Action]) -> None:
-        """The first chat of `conn_id` to room `ref` on its way (if any) is done, as finish()
-        (the hot path: once per chat of this node's members)."""
-        waits = self.by_conn.get(conn_id)
-        for i, wait in enumerate(waits or ()):
-            if wait.ref == ref:
-                del waits[i]
-                if not waits:
-                    del self.by_conn[conn_id]
-                if len(waits) in (0, CHATS_IN_FLIGHT - 1):
-                    actions.append(Resume(conn_id))
-                return
-
-    def finish(self, wait: _ChatWait, actions: List[Action]) -> None:
-        """`wait` is done (its event came, it failed, or it was lost): its connection's Resume
-        goes to `actions` if it may go on now (it had as many as allowed on their way, or it
-        has none left)."""
-        waits = self.by_conn.get(wait.conn_id)
-        if waits is None or wait not in waits:
-            return
-        waits.remove(wait)
-        if not waits:
-            del self.by_conn[wait.conn_id]
-        if len(waits) in (0, CHATS_IN_FLIGHT - 1):
-            actions.append(Resume(wait.conn_id))
-
-
-class _LeaveWait:
-    """A LEAVE (reply: its LEFT_CHATROOM), or one room of a DISCONNECT (`disconnect`: the rooms
-    it has still to leave), or lost connections leaving one room (conn_id None)."""
-    __slots__ = ("conn_id", "ref", "leavers", "reply", "disconnect", "seq")
-
-    def __init__(self, conn_id: Optional[int], ref: int, leavers: List[Tuple[int, str]],
-                 reply: Optional[bytes] = None, disconnect: Optional[Set[int]] = None) -> None:
-        self.conn_id, self.ref, self.leavers = conn_id, ref, leavers
-        self.reply, self.disconnect, self.seq = reply, disconnect, None
 
 
 def _unavailable(what: str) -> RequestError:
@@ -221,7 +135,7 @@ class SharedRooms(BusLinks):
         self.links = LINKS
         self._actions: List[Action] = []
         self._waits: Dict[int, Any] = {}                # conn_id -> what it waits for
-        self._in_flight = _InFlight()                   # its chats on their way
+        self._in_flight = InFlight()                   # its chats on their way
         self._remote: Dict[int, int] = {}               # ref -> members on other nodes
         self._given_up: Dict[int, Dict[int, str]] = {}  # ref -> {conn: name}: see _give_up
         # Joins Redis has answered whose event is not handed out yet: ref -> {conn: (seq,
@@ -249,7 +163,7 @@ class SharedRooms(BusLinks):
         # it did (_join_done).
         self.local.admit(conn_id, peer, ref, count_creation=False)
         may_create = self.local.maybe_creation_refusal(conn_id, peer) is None
-        wait = self._waits[conn_id] = _JoinWait(conn_id, req, peer)
+        wait = self._waits[conn_id] = JoinWait(conn_id, req, peer)
         self.bus.join(wait, conn_id, req.room, req.client_name,
                       self.rooms.join_id_of(conn_id) or 0, may_create, self._clock())
         return [Wait(conn_id)]
@@ -261,7 +175,8 @@ class SharedRooms(BusLinks):
         waits = self._in_flight.by_conn.get(conn_id)      # (a chat answered here and now, or
         if waits is not None and (waits[0].ref != ref or name is None or not bus.up
                                   or bus.behind_for(len(req.message))):
-            return None     # to another room, waits for the chats on their way: see _InFlight)
+            self._in_flight.held.add(conn_id)   # to another room, waits for the chats on their
+            return None                         # way: see InFlight)
         if name is None:
             if not self._exists(ref):
                 raise unknown_room(ref)
@@ -285,7 +200,7 @@ class SharedRooms(BusLinks):
         if not self.bus.up:
             self.departed.append((req.ref, conn_id, name))
             return self.local.leave(conn_id, req)      # done here; told to the others later
-        wait = self._waits[conn_id] = _LeaveWait(conn_id, req.ref, [(conn_id, name)], reply)
+        wait = self._waits[conn_id] = LeaveWait(conn_id, req.ref, [(conn_id, name)], reply)
         self.bus.leave(wait, req.ref, wait.leavers, self._clock())
         return [Wait(conn_id)]
 
@@ -299,15 +214,16 @@ class SharedRooms(BusLinks):
         now = self._clock()
         for ref in refs:                                # ascending, as on one node
             leavers = [(conn_id, self.rooms.name_in(conn_id, ref))]
-            self.bus.leave(_LeaveWait(conn_id, ref, leavers, None, remaining), ref, leavers, now)
+            self.bus.leave(LeaveWait(conn_id, ref, leavers, None, remaining), ref, leavers, now)
         return [Wait(conn_id)]
 
     def holds(self, conn_id: int) -> bool:
-        return conn_id in self._in_flight.by_conn
+        return self._in_flight.hold(conn_id)
 
     def lost(self, conn_ids: Sequence[int]) -> List[Action]:
         for conn_id in conn_ids:
             self._in_flight.by_conn.pop(conn_id, None)     # (they reach the others all the same)
+            self._in_flight.held.discard(conn_id)
         if not self.bus.up:
             for conn_id in conn_ids:
                 self.departed += [(ref, conn_id, self.rooms.name_in(conn_id, ref))
@@ -316,10 +232,10 @@ class SharedRooms(BusLinks):
         leaving: Dict[int, List[Tuple[int, str]]] = {}  # ref -> lost members leaving it
         for conn_id in conn_ids:
             wait = self._waits.pop(conn_id, None)
-            if isinstance(wait, _JoinWait):
+            if isinstance(wait, JoinWait):
                 wait.lost = True                        # its Done leaves the room again
             busy: Set[int] = set()                      # rooms a request of its is leaving
-            if isinstance(wait, _LeaveWait):
+            if isinstance(wait, LeaveWait):
                 busy = {wait.ref}
             elif isinstance(wait, set):
                 busy = wait
@@ -332,7 +248,7 @@ class SharedRooms(BusLinks):
                     leaving.setdefault(ref, []).append((conn_id, self.rooms.name_in(conn_id, ref)))
         now = self._clock()
         for ref, leavers in leaving.items():            # one event per room, as on one node
-            self.bus.leave(_LeaveWait(None, ref, leavers), ref, leavers, now)
+            self.bus.leave(LeaveWait(None, ref, leavers), ref, leavers, now)
         return []
 
     # -- the links, for the reactor (the rest is BusLinks's) ---------------------------------
@@ -372,7 +288,7 @@ class SharedRooms(BusLinks):
         if due is not None and due.pop(event.conn, None) is not None and not due:
             del self._joins_due[event.ref]
         wait = self._waits.get(event.conn)
-        if not isinstance(wait, _JoinWait) or wait.req.room != event.room:
+        if not isinstance(wait, JoinWait) or wait.req.room != event.room:
             self._give_up(event)
             return
         self._join_here(wait, event.ref, event.join_id)
@@ -387,9 +303,9 @@ class SharedRooms(BusLinks):
         self._announce(ref, [event.name], JOINED_TEXT)
         self._given_up.setdefault(ref, {})[event.conn] = event.name
         leavers = [(event.conn, event.name)]
-        self.bus.leave(_LeaveWait(None, ref, []), ref, leavers, self._clock())
+        self.bus.leave(LeaveWait(None, ref, []), ref, leavers, self._clock())
 
-    def _join_here(self, wait: _JoinWait, ref: int, join_id: int) -> None:
+    def _join_here(self, wait: JoinWait, ref: int, join_id: int) -> None:
         conn_id, req = wait.conn_id, wait.req
         del self._waits[conn_id]
         self.rooms.join(conn_id, req.room, req.client_name, ref, join_id)
@@ -409,10 +325,10 @@ class SharedRooms(BusLinks):
             lost = []                                   # lost connections: left together
             for conn_id, name in event.leavers if not event.settled else ():
                 wait = self._waits.get(conn_id)
-                if isinstance(wait, _LeaveWait) and wait.ref == ref:
+                if isinstance(wait, LeaveWait) and wait.ref == ref:
                     self._leave_here(wait)
                 elif isinstance(wait, set) and ref in wait:
-                    self._leave_here(_LeaveWait(conn_id, ref, [], None, wait))
+                    self._leave_here(LeaveWait(conn_id, ref, [], None, wait))
                 elif (self.rooms.name_in(conn_id, ref) is not None
                       and self.local.peer_of(conn_id) is None):
                     lost.append((conn_id, name))
@@ -422,10 +338,10 @@ class SharedRooms(BusLinks):
                 # One leave for all of them, as on one server (LocalRooms.lost): the room's
                 # members are listed once and told in one message. One by one, 4 000 members
                 # resetting at once cost 4 000 lists of the room: seconds of one tick.
-                self._leave_here(_LeaveWait(None, ref, lost))
+                self._leave_here(LeaveWait(None, ref, lost))
         self._maybe_unfollow(ref)
 
-    def _leave_here(self, wait: _LeaveWait) -> None:
+    def _leave_here(self, wait: LeaveWait) -> None:
         """Carry out a leave on this node: the leaver's reply (LEAVE), then the announcement to
         the room's members here (the leaver too, unless it is gone)."""
         ref = wait.ref
@@ -458,7 +374,7 @@ class SharedRooms(BusLinks):
             self._resume(wait.conn_id)
         self._maybe_unfollow(ref)
 
-    def _still_waiting(self, wait: _LeaveWait) -> bool:
+    def _still_waiting(self, wait: LeaveWait) -> bool:
         """False for a request's leave already carried out (its event came before a failure),
         or whose connection is gone (then its membership is left as a lost one's)."""
         if wait.conn_id is None:
@@ -477,16 +393,16 @@ class SharedRooms(BusLinks):
 
     def _on_done(self, event: Done) -> None:
         wait, value = event.token, event.value
-        if isinstance(wait, _JoinWait):
+        if isinstance(wait, JoinWait):
             self._join_done(wait, event)
-        elif isinstance(wait, _ChatWait):
+        elif isinstance(wait, ChatWait):
             if event.failed and self._in_flight.has(wait):
                 self.refused += 1
                 self._actions.append(Send(wait.conn_id, error_reply(
                     ErrorCode.BUS_UNAVAILABLE, "the shared bus (Redis) failed (%s): your chat "
                     "may not have reached every member" % event.failed)))
                 self._in_flight.finish(wait, self._actions)
-        elif isinstance(wait, _LeaveWait):
+        elif isinstance(wait, LeaveWait):
             # Who Redis did not count as members is not announced by it: do it here.
             removed = set() if event.failed else set(value[1:])
             if event.failed:
@@ -497,9 +413,9 @@ class SharedRooms(BusLinks):
             if wait.conn_id is not None and here and self._still_waiting(wait):
                 self._leave_here(wait)                  # LEAVE / DISCONNECT, done here
             elif here:                                  # lost members: gone here too
-                self._leave_here(_LeaveWait(None, wait.ref, here))
+                self._leave_here(LeaveWait(None, wait.ref, here))
 
-    def _join_done(self, wait: _JoinWait, event: Done) -> None:
+    def _join_done(self, wait: JoinWait, event: Done) -> None:
         conn_id = wait.conn_id
         if event.failed or event.value[0] < 0:
             if not wait.lost and self._waits.get(conn_id) is wait:
@@ -521,7 +437,7 @@ class SharedRooms(BusLinks):
         if created and not wait.lost:
             self.local.spend_creation(conn_id, wait.peer)
         if wait.lost:           # gone before Redis answered: take it out again
-            self.bus.leave(_LeaveWait(None, ref, []), ref, [(conn_id, wait.req.client_name)],
+            self.bus.leave(LeaveWait(None, ref, []), ref, [(conn_id, wait.req.client_name)],
                            self._clock())
             return
         if not self.bus.follows(ref):
@@ -536,7 +452,7 @@ class SharedRooms(BusLinks):
         for wait in self._in_flight.numbered_upto(event.ref, event.upto):
             self._in_flight.finish(wait, self._actions)
         for conn_id, wait in list(self._waits.items()):
-            if isinstance(wait, _LeaveWait) and wait.ref == event.ref \
+            if isinstance(wait, LeaveWait) and wait.ref == event.ref \
                     and wait.seq is not None and wait.seq <= event.upto:
                 self._leave_here(wait)
         due = self._joins_due.get(event.ref, {})
@@ -544,7 +460,7 @@ class SharedRooms(BusLinks):
             if seq <= event.upto:           # its own event is lost: joined all the same
                 del due[conn_id]
                 wait = self._waits.get(conn_id)
-                if isinstance(wait, _JoinWait):
+                if isinstance(wait, JoinWait):
                     self._join_here(wait, event.ref, join_id)
         if not due:
             self._joins_due.pop(event.ref, None)

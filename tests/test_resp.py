@@ -182,6 +182,18 @@ class ReaderTests(unittest.TestCase):
         for _ in range(300):
             self.assertEqual(read_all(random_chunks(stream, rng)), STREAM_VALUES * 20)
 
+    def test_arrays_of_bulk_strings_read_the_same_whole_as_in_pieces(self):
+        # (whole in the buffer they are read in one pass: RespReader._take_flat)
+        rng = random.Random(7)
+        for _ in range(200):
+            values = [[bytes(rng.choice(b"ab\r\n*$") for _ in range(rng.randrange(12)))
+                       for _ in range(rng.randrange(1, 5))] for _ in range(rng.randrange(1, 4))]
+            stream = b"".join(b"*%d\r\n" % len(v) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x)
+                                                            for x in v) for v in values)
+            self.assertEqual(read_all([stream]), values)
+            self.assertEqual(read_all(random_chunks(stream, rng)), values)
+            self.assertEqual(read_all([stream[i:i + 1] for i in range(len(stream))]), values)
+
     def test_feeding_everything_before_reading(self):
         reader = RespReader()
         for i in range(len(STREAM)):
@@ -301,6 +313,8 @@ class ReaderProtocolErrorTests(unittest.TestCase):
         (b":9223372036854775808\r\n", "integer past 64 bits"),
         (b":" + b"9" * 5000 + b"\r\n", "integer of 5000 digits"),
         (b"*2\r\n:1\r\n?\r\n", "bad type byte inside an array"),
+        (b"*2\r\n$1\r\nx\r\n$3\r\nabcX\r\n", "a bulk string in an array not followed by CRLF"),
+        (b"*1\r\n$2\r\nab\n\r", "a bulk string in an array followed by LF CR"),
     ]
 
     def test_each_is_refused(self):
