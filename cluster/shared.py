@@ -146,9 +146,9 @@ class SharedRooms(BusLinks):
         self._departed_sent = 0
         self.refused = 0                                # requests refused: ERROR_CODE 15
         self._on_bus_event = {Chats: self._on_chats, Joined: self._on_joined, Left: self._on_left,
-                              Done: self._on_done, Numbered: _number_chats, Skipped: self._on_skipped,
-                              StateChanged: self._on_state, Reaped: _log_reaped,
-                              Revived: _log_revived}
+                              Done: self._on_done, Numbered: _number_chats,
+                              Skipped: self._on_skipped, StateChanged: self._on_state,
+                              Reaped: _log_reaped, Revived: _log_revived}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -273,9 +273,7 @@ class SharedRooms(BusLinks):
         if members:
             self._actions.append(Broadcast(members, event.data, len(event.conns)))
         if event.node == self.bus.node:                 # our members' chats: done
-            finish, ref, actions = self._in_flight.finish_own, event.ref, self._actions
-            for conn in event.conns:
-                finish(conn, ref, actions)
+            self._in_flight.finish_own(event.conns, event.ref, self._actions)
 
     def _on_joined(self, event: Joined) -> None:
         if event.node != self.bus.node:

@@ -4,7 +4,8 @@ at a time (InFlight).
 
 Boundary: plain bookkeeping, no I/O, like cluster/shared.py, which is its one user.
 """
-from typing import Dict, List, Optional, Set, Tuple
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from rooms import Peer
 from sansio.actions import Action, Resume
@@ -73,15 +74,28 @@ class InFlight:
         return [wait for waits in self.by_conn.values() for wait in waits
                 if wait.ref == ref and wait.seq is not None and wait.seq <= upto]
 
-    def finish_own(self, conn_id: int, ref: int, actions: List[Action]) -> None:
-        """The first chat of `conn_id` to room `ref` on its way (if any) is done, as finish()
-        (the hot path: once per chat of this node's members)."""
+    def finish_own(self, conns: Sequence[int], ref: int, actions: List[Action]) -> None:
+        """This node's chats to room `ref` sent by `conns` (a batch's, in order) are done, as
+        finish() (the hot path: once a batch)."""
+        if len(conns) == 1:
+            self._finish_first(conns[0], ref, 1, actions)
+        else:
+            for conn_id, count in Counter(conns).items():
+                self._finish_first(conn_id, ref, count, actions)
+
+    def _finish_first(self, conn_id: int, ref: int, count: int, actions: List[Action]) -> None:
+        """The first `count` chats of `conn_id` on their way are done, if they go to room `ref`
+        (its chats on their way all go to one room: see CHATS_IN_FLIGHT)."""
         waits = self.by_conn.get(conn_id)
-        for i, wait in enumerate(waits or ()):
-            if wait.ref == ref:
-                del waits[i]
-                self._taken_out(conn_id, waits, actions)
-                return
+        if not waits or waits[0].ref != ref:
+            return
+        before = len(waits)
+        del waits[:count]
+        if not waits:
+            del self.by_conn[conn_id]
+        if conn_id in self.held and (not waits or before >= CHATS_IN_FLIGHT > len(waits)):
+            self.held.discard(conn_id)
+            actions.append(Resume(conn_id))
 
     def finish(self, wait: ChatWait, actions: List[Action]) -> None:
         """`wait` is done (its event came, it failed, or it was lost): its connection's Resume
