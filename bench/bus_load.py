@@ -2,7 +2,7 @@
 """Deliveries per second, and an unrelated client's latency, on one node and across nodes.
 
     python3 -m bench.bus_load [--rooms 10] [--members 10] [--messages 200] [--window 8]
-                              [--repeat 3] [--timeout 120]
+                              [--repeat 3] [--timeout 120] [--probe-apart]
 
 (from the repository's top folder; needs redis-server on this machine)
 
@@ -21,15 +21,22 @@ sends a chat every PROBE_EVERY and times its return: what an unrelated user feel
 set-up, the median over the rounds of deliveries/s and of the probe's p50/p99, with each round's
 figures, then a JSON line. The clients share the machine with the servers and Redis: on a small
 machine they may be what limits the rate.
+
+The probe shares this client's loop with every member: with hundreds of members, its chat
+waits behind their reading, and its round trip measures this loop as much as the server (one
+node alone shows the same). --probe-apart runs the probe in a process of its own (probe_apart),
+counting its chats sent between the first chat and the last delivery: what the server makes
+an unrelated user wait, with the load the same.
 """
 import argparse
 import json
+import multiprocessing
 import selectors
 import socket
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from sansio.replies import ChatMessage, JoinedReply, ReplyReader
 from sansio.wire import chat_request, join_request
@@ -107,6 +114,50 @@ def top_up(members: List[Member], window: int, text: str) -> bool:
     return True
 
 
+def probe_apart(port: int, stop, out, timeout: float) -> None:
+    """The probe in a process of its own (--probe-apart): its chats every PROBE_EVERY until
+    `stop` is set (or `timeout` passed), each as (when sent, round trip), sent through `out`."""
+    probe = Member(port, "probe-room", "probe", 10 ** 9)
+    selector = selectors.DefaultSelector()
+    selector.register(probe.sock, selectors.EVENT_READ)
+    samples: List[Tuple[float, float]] = []
+    next_probe = time.monotonic()
+    deadline = next_probe + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        now = time.monotonic()
+        if now >= next_probe and probe.ref is not None and not probe.in_flight:
+            probe.left = 1
+            probe.send_chats(1, "probe")
+            next_probe = now + PROBE_EVERY
+        probe.flush()
+        if selector.select(0.005):
+            came = time.monotonic()
+            samples += [(came - trip, trip) for trip in probe.on_readable()]
+    probe.sock.close()
+    out.send(samples)
+
+
+class _ProbeApart:
+    """probe_apart() run, and its samples collected, from one_round()."""
+
+    def __init__(self, port: int, timeout: float) -> None:
+        self.stop = multiprocessing.Event()
+        self.receiver, sender = multiprocessing.Pipe(False)
+        self.child = multiprocessing.Process(target=probe_apart, daemon=True,
+                                             args=(port, self.stop, sender, timeout))
+        self.child.start()
+
+    def trips(self, start: float, end: float) -> List[float]:
+        """The round trips of its chats sent between `start` and `end`."""
+        self.stop.set()
+        samples = self.receiver.recv() if self.receiver.poll(10.0) else []
+        self.child.join(5.0)
+        if self.child.is_alive():
+            self.child.terminate()
+            self.child.join(5.0)
+        return [trip for sent, trip in samples if start <= sent <= end]
+
+
 def one_round(setup: str, args: argparse.Namespace, redis_port: Optional[int],
               prefix: str) -> Dict[str, float]:
     options = ["--no-udp", "--input-rate", "0", "--request-rate", "0"]
@@ -117,8 +168,9 @@ def one_round(setup: str, args: argparse.Namespace, redis_port: Optional[int],
         members = [Member(nodes[i % len(nodes)].port, "room%d" % r, "m%d-%d" % (r, i),
                           args.messages)
                    for r in range(args.rooms) for i in range(args.members)]
-        probe = Member(nodes[0].port, "probe-room", "probe", 10 ** 9)
-        everyone = members + [probe]
+        apart = _ProbeApart(nodes[0].port, args.timeout) if args.probe_apart else None
+        probe = None if apart else Member(nodes[0].port, "probe-room", "probe", 10 ** 9)
+        everyone = members + ([probe] if probe else [])
         selector = selectors.DefaultSelector()
         for member in everyone:
             selector.register(member.sock, selectors.EVENT_READ, member)
@@ -136,7 +188,7 @@ def one_round(setup: str, args: argparse.Namespace, redis_port: Optional[int],
                                    % (setup, received, expected, args.timeout))
             if top_up(members, args.window, text) and started is None:
                 started = now
-            if now >= next_probe and probe.ref is not None and not probe.in_flight:
+            if probe and now >= next_probe and probe.ref is not None and not probe.in_flight:
                 probe.left = 1
                 probe.send_chats(1, "probe")
                 next_probe = now + PROBE_EVERY
@@ -147,17 +199,30 @@ def one_round(setup: str, args: argparse.Namespace, redis_port: Optional[int],
                 if key.data is probe:
                     probe_trips += trips
             received = sum(member.received for member in members)
-        took = time.monotonic() - (opened if started is None else started)
+        ended = time.monotonic()
+        took = ended - (opened if started is None else started)
+        if apart:
+            probe_trips = apart.trips(opened if started is None else started, ended)
         for member in everyone:
             member.sock.close()
         probe_trips.sort()
+        count = len(probe_trips)        # (none if the chats took under one PROBE_EVERY)
         return {"deliveries_per_s": expected / took,
-                "probe_p50_ms": 1000 * probe_trips[len(probe_trips) // 2],
-                "probe_p99_ms": 1000 * probe_trips[int(len(probe_trips) * 0.99)],
-                "probe_samples": len(probe_trips)}
+                "probe_p50_ms": 1000 * probe_trips[count // 2] if count else None,
+                "probe_p99_ms": 1000 * probe_trips[int(count * 0.99)] if count else None,
+                "probe_samples": count}
     finally:
         for node in nodes:
             node.stop()
+
+
+def _median(values: List[Optional[float]]) -> Optional[float]:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
+
+
+def _ms(value: Optional[float]) -> str:
+    return "n/a" if value is None else "%.1f" % value
 
 
 def main(argv=None) -> int:
@@ -169,6 +234,8 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--probe-apart", action="store_true",
+                        help="the probe in a process of its own (see above)")
     args = parser.parse_args(argv)
     from tests.redis_server import REDIS_SERVER, RedisProcess     # the tests' throw-away Redis
     if not REDIS_SERVER:
@@ -181,20 +248,21 @@ def main(argv=None) -> int:
             for setup in SETUPS:
                 result = one_round(setup, args, redis.port, "bench%d%s" % (round_, setup))
                 results[setup].append(result)
-                print("round %d %-6s %9.0f deliveries/s, probe p50 %.1f ms, p99 %.1f ms (%d)"
-                      % (round_ + 1, setup, result["deliveries_per_s"], result["probe_p50_ms"],
-                         result["probe_p99_ms"], result["probe_samples"]), file=sys.stderr)
+                print("round %d %-6s %9.0f deliveries/s, probe p50 %s ms, p99 %s ms (%d)"
+                      % (round_ + 1, setup, result["deliveries_per_s"],
+                         _ms(result["probe_p50_ms"]), _ms(result["probe_p99_ms"]),
+                         result["probe_samples"]), file=sys.stderr)
     finally:
         redis.stop()
     summary = {}
     for setup in SETUPS:
         runs = results[setup]
-        summary[setup] = {key: statistics.median(run[key] for run in runs)
+        summary[setup] = {key: _median([run[key] for run in runs])
                           for key in ("deliveries_per_s", "probe_p50_ms", "probe_p99_ms")}
-        print("%-6s median %9.0f deliveries/s (%.2f of alone), probe p50 %.1f ms, p99 %.1f ms"
+        print("%-6s median %9.0f deliveries/s (%.2f of alone), probe p50 %s ms, p99 %s ms"
               % (setup, summary[setup]["deliveries_per_s"],
                  summary[setup]["deliveries_per_s"] / summary["alone"]["deliveries_per_s"],
-                 summary[setup]["probe_p50_ms"], summary[setup]["probe_p99_ms"]))
+                 _ms(summary[setup]["probe_p50_ms"]), _ms(summary[setup]["probe_p99_ms"])))
     print(json.dumps({"args": vars(args), "median": summary, "rounds": results}))
     return 0
 

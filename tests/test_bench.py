@@ -11,6 +11,7 @@ import selectors
 import socket
 import subprocess
 import sys
+import time
 import unittest
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,6 +90,23 @@ class BusCpuTest(unittest.TestCase):
                 self.assertEqual(sorted(layouts[layout]["rows"]), ["1", "2", "4", "8"])
         else:
             self.assertIn("no projection", done.stdout)
+
+
+class BusLoadProbeApartTest(unittest.TestCase):
+    """bench/bus_load.py --probe-apart: the probe's chats, timed in a process of its own."""
+
+    def test_the_probe_apart_times_its_chats_and_stops_when_told(self):
+        from bench.bus_load import PROBE_EVERY, _ProbeApart
+        from tools.kit import ServerProcess
+        server = ServerProcess("--no-udp")
+        self.addCleanup(server.stop)
+        started = time.monotonic()
+        apart = _ProbeApart(server.port, timeout=20.0)
+        time.sleep(25 * PROBE_EVERY)        # (a chat every PROBE_EVERY: some 25 of them)
+        trips = apart.trips(started, time.monotonic())
+        self.assertFalse(apart.child.is_alive(), "it stopped when told")
+        self.assertGreaterEqual(len(trips), 3, "its chats came back and were timed")
+        self.assertTrue(all(0 < trip < 5.0 for trip in trips), trips)
 
 
 class BusLoadJoinFirstTest(unittest.TestCase):
