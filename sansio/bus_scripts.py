@@ -11,7 +11,8 @@ Redis keys and the channel (P is --bus-prefix):
     P:nextref           the next ROOM_REF to give (refs are dense from 0)
     P:joinid            the last JOIN_ID given
     P:seq:REF           the room's last event number
-    P:log:REF           the room's last LOG_LENGTH events (a stream, ids "N-1"), kept LOG_TTL s
+    P:log:REF           the room's last LOG_LENGTH events (a stream: an entry a join, a leave or
+                        a batch of chats, its id "N-1", N its last event's number), kept LOG_TTL s
     P:occ:REF           hash node -> how many of the room's members are on that node
     P:members:NODE      hash "REF CONN" -> CLIENT_NAME: a node's members (for its clean-up)
     P:empty             sorted set REF -> when it emptied: what a full table forgets first
@@ -24,8 +25,9 @@ Redis keys and the channel (P is --bus-prefix):
 import hashlib
 from typing import Any, Dict, List, NamedTuple, Sequence, Tuple, Union
 
-# What a room's log keeps, for filling gaps: its last LOG_LENGTH events ("~": Redis trims in
-# whole blocks, so a few more), for LOG_TTL seconds after its last event. A subscriber link that
+# What a room's log keeps, for filling gaps: its last LOG_LENGTH events (trimmed by number:
+# log_add() below; "~": Redis trims in whole blocks, so a few more), for LOG_TTL seconds after
+# its last event. A subscriber link that
 # is back within that time and that many events loses nothing; past it the missed events are
 # counted as lost (`lost`) and logged. The log costs Redis at most LOG_LENGTH events per active
 # room.
