@@ -52,6 +52,23 @@ def _not_a_member(ref: int, room: Optional[str]) -> RequestError:
                         % (ref, "JOIN_CHATROOM " + quote(room) if room else "join it"))
 
 
+def _framed(chats: Chats, bus: Bus) -> bool:
+    """Whether each chat of a batch is one CHAT to its room, whole, as chat_message() renders it
+    (a node renders them; anyone who can publish to Redis could send others): else nobody gets
+    any of them, and the batch counts in bus.bad_events. One check a chat, in C."""
+    head = b"CHAT: %d\nCLIENT_NAME: " % chats.ref
+    data, seam, start = chats.data, b"\n\n" + head, 0
+    for size in chats.sizes[:-1]:
+        start += size
+        if not data.startswith(seam, start - 2):
+            break
+    else:
+        if data.startswith(head) and data.endswith(b"\n\n"):
+            return True
+    bus.bad_events += 1
+    return False
+
+
 def _number_chats(event: Numbered) -> None:
     """The chats of one call were numbered: each wait keeps its number (for _on_skipped)."""
     for waits, first in zip(event.tokens, event.firsts):
@@ -270,7 +287,7 @@ class SharedRooms(BusLinks):
 
     def _on_chats(self, event: Chats) -> None:
         members = self.rooms.member_ids(event.ref)
-        if members:
+        if members and _framed(event, self.bus):
             self._actions.append(Broadcast(members, event.data, len(event.conns)))
         if event.node == self.bus.node:                 # our members' chats: done
             self._in_flight.finish_own(event.conns, event.ref, self._actions)

@@ -57,8 +57,8 @@ from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 # plan with. LINKS is sansio/bus_links.py's and the room events are sansio/bus_scripts.py's; they
 # are offered here too, so that a user of the bus imports it from one place.
 __all__ = [
-    "Bus", "LocalState", "Event", "Done", "Numbered", "Skipped", "StateChanged", "Reaped", "Revived",
-    "RoomEvent", "Joined", "Chats", "Left", "decode_event",
+    "Bus", "LocalState", "Event", "Done", "Numbered", "Skipped", "StateChanged", "Reaped",
+    "Revived", "RoomEvent", "Joined", "Chats", "Left", "decode_event",
     "LINKS", "HEARTBEAT_EVERY", "NODE_DEAD_AFTER", "MAX_SHARED_ROOMS",
 ]
 
@@ -113,11 +113,12 @@ class _RoomLog:
         self.repairing = False
         self.recheck = False        # read the log once more when the read under way is back
 
-    def hand_out(self, event: RoomEvent, out: List["Event"]) -> int:
-        """`event` is the next one: it, and the held ones that follow it, go to `out`, in
-        order. Returns the bytes no longer held."""
-        out.append(event)
-        self.next_seq += 1
+    def hand_out(self, event: Optional[RoomEvent], out: List["Event"]) -> int:
+        """`event` is the next one (None: next_seq is held): it, and the held ones that follow
+        it, go to `out`, in order. Returns the bytes no longer held."""
+        if event is not None:
+            out.append(event)
+            self.next_seq += 1
         freed = 0
         while self.next_seq in self.held:
             held, size = self.held.pop(self.next_seq)
@@ -149,14 +150,19 @@ class _CatchUp:
         log.repairing = False
         if not isinstance(entries, list):
             return
-        events = decode_entries(entries)
-        self.bad_events += len(entries) - len(events)
+        events, bad = decode_entries(entries)
+        self.bad_events += bad
         first = events[0].seq if events else min(log.held, default=None)
         if first is not None and first > log.next_seq:
             # The log no longer reaches back that far: those events are lost for this node.
             self.lost += first - log.next_seq
             self._events.append(Skipped(ref, first - 1))
+            # What is held from `first` on goes out now: after a log that came back empty it
+            # would otherwise wait for ever, and the log be read again and again.
+            for seq in [seq for seq in log.held if seq < first]:
+                self._held_bytes -= log.held.pop(seq)[1]
             log.next_seq = first
+            self._held_bytes -= log.hand_out(None, self._events)
         for event in events:
             self.repaired += event.seq >= log.next_seq
             self._offer(log, event, now)

@@ -23,14 +23,16 @@ Redis keys and the channel (P is --bus-prefix):
     P:events:REF        the room's channel: its chats, heard by the nodes with members there
 """
 import hashlib
+import re
 from typing import Any, Dict, List, NamedTuple, Sequence, Tuple, Union
 
 # What a room's log keeps, for filling gaps: its last LOG_LENGTH events (trimmed by number:
 # log_add() below; "~": Redis trims in whole blocks, so a few more), for LOG_TTL seconds after
 # its last event. A subscriber link that
 # is back within that time and that many events loses nothing; past it the missed events are
-# counted as lost (`lost`) and logged. The log costs Redis at most LOG_LENGTH events per active
-# room.
+# counted as lost (`lost`) and logged. The log costs Redis some LOG_LENGTH events per active
+# room; on Redis before 6.2 (no MINID) LOG_LENGTH entries, each up to a call's batch of the
+# room's chats (CHAT_BATCH_BYTES, sansio/bus.py), and a repair read as many (REPAIR_BATCH).
 LOG_LENGTH = 1000
 LOG_TTL = 300
 
@@ -93,15 +95,20 @@ def decode_chats(data: bytes) -> Chats:
     the sizes must add up to the data exactly, so a node never hands its members a part of a
     chat."""
     end = data.index(b"\n")
-    fields = data[:end].split(b" ")
-    if fields[0] != b"B" or len(fields) < 6 or len(fields) % 2:
+    head = _BATCH_HEAD.fullmatch(data, 0, end)
+    if head is None:
         raise ValueError("not a batch of chats: %r" % data[:80])
-    numbers = [int(field) for field in fields[4:]]
+    numbers = [int(field) for field in head.group(4).split()]
     conns, sizes = tuple(numbers[0::2]), tuple(numbers[1::2])
     if sum(sizes) != len(data) - end - 1 or min(sizes) <= 0:
         raise ValueError("a batch of chats whose sizes do not add up: %r" % data[:80])
-    return Chats(int(fields[1]), int(fields[2]), fields[3].decode("utf-8"), conns, sizes,
-                 data[end + 1:])
+    return Chats(int(head.group(1)), int(head.group(2)), head.group(3).decode("utf-8"), conns,
+                 sizes, data[end + 1:])
+
+
+# A batch's header line: digits only where numbers go (int() alone also takes "+5" or "1_0").
+_BATCH_HEAD = re.compile(rb"B ([0-9]{1,18}) ([0-9]{1,18}) ([^ \n]+)"
+                         rb"((?: [0-9]{1,18} [0-9]{1,18})+)")
 
 
 def split_chats(chats: Chats) -> List[Chats]:
@@ -126,17 +133,18 @@ def decode_any(data: bytes) -> List[RoomEvent]:
 
 # What the scripts are given and what they return, read.
 
-def decode_entries(entries: List[Any]) -> List[RoomEvent]:
-    """The events of a room's log entries (an XRANGE reply), a batch's chats one by one; entries
-    that are not events are left out."""
+def decode_entries(entries: List[Any]) -> Tuple[List[RoomEvent], int]:
+    """The events of a room's log entries (an XRANGE reply), a batch's chats one by one, and how
+    many entries were not events (left out)."""
     events: List[RoomEvent] = []
+    bad = 0
     for entry in entries:
         try:
             fields = entry[1]
             events += decode_any(fields[fields.index(b"e") + 1])
         except (ValueError, IndexError, TypeError, UnicodeDecodeError):
-            pass
-    return events
+            bad += 1
+    return events, bad
 
 
 def chat_firsts(reply: Any) -> List[int]:

@@ -9,6 +9,7 @@ import unittest
 
 from sansio import bus, bus_links, bus_scripts
 from sansio.actions import Broadcast, Resume, Send, Wait
+from sansio.wire import chat_message
 from sansio.bus import Chats, Done, Joined, Left, Numbered, Skipped
 from cluster.shared import SharedRooms
 from protocol import ChatProtocol
@@ -44,6 +45,24 @@ class OrderTests(unittest.TestCase):
         self.assertEqual(events[0], Skipped(0, 2))
         self.assertEqual([text for e in events[1:] for text in texts_of(e)], ["c", "d", "e"])
         self.assertEqual(self.h.bus.lost, 2)
+
+    def test_a_log_that_came_back_empty_hands_out_what_was_held_and_is_read_no_more(self):
+        # (Redis lost its data, and with it the log, while a later event was held for a gap)
+        self.h.publish(said(0, 9, "nine"), said(0, 10, "ten"))
+        self.assertIn(b"XRANGE", self.h.take_sent()["cmd"])
+        self.h.reply([])
+        events = self.h.events()
+        self.assertEqual(events[0], Skipped(0, 8))
+        self.assertEqual([t for e in events[1:] for t in texts_of(e)], ["nine", "ten"])
+        self.assertEqual(self.h.take_sent()["cmd"], b"", "nothing more to read")
+        self.assertEqual((self.h.bus.lost, self.h.bus._held_bytes), (8, 0))
+
+    def test_a_log_entry_that_is_not_an_event_is_counted_once(self):
+        self.h.publish(said(0, 3, "c"))
+        self.h.reply([[b"2-1", [b"e", batch(0, 1, [(7, "ann", "a"), (7, "ann", "b")])]],
+                      [b"2-2", [b"e", b"garbage"]]])
+        self.assertEqual(self.h.texts(), ["a", "b", "c"])
+        self.assertEqual(self.h.bus.bad_events, 1)
 
     def test_rooms_not_followed_are_not_handed_out(self):
         self.h.publish(said(5, 1, "elsewhere"))
@@ -254,11 +273,25 @@ class ChatsInFlightTests(unittest.TestCase):
         actions = h.shared.link_actions()
         self.assertEqual(actions[-1], Resume(1), "back: the connection goes on")
         self.assertEqual([a.data.split(b"MESSAGE: ")[1:] for a in actions[:-1]],
-                         [[b"c0\n\nCHAT: 0\nCLIENT_NAME: m1\n", b"c1\n\nCHAT: 0\nCLIENT_NAME: m1\n",
-                           b"c2\n\n"]], "the three to each member in one piece")
+                         [[b"c0\n\nCHAT: 0\nCLIENT_NAME: m1\n",
+                           b"c1\n\nCHAT: 0\nCLIENT_NAME: m1\n", b"c2\n\n"]],
+                         "the three to each member in one piece")
         reply = self.next_actions(1)
         self.assertTrue(reply[0].data.startswith(b"HELO x"), "then the HELO's reply")
         self.assertEqual(self.next_actions(1), [], "and the chat after it")
+
+    def test_a_batch_whose_chats_are_not_whole_chat_messages_reaches_nobody(self):
+        h, good = self.h, chat_message(0, "ann", "hi")
+        elsewhere = chat_message(1, "ann", "another room")
+        bad = [(b"CHAT", (4,)), (good[:-1] + b"x", (len(good),)), (elsewhere, (len(elsewhere),)),
+               (good + good, (len(good) - 1, len(good) + 1))]
+        for seq, (data, sizes) in enumerate(bad, start=3):
+            index = b" ".join(b"7 %d" % size for size in sizes)
+            h.publish(b"B 0 %d other %s\n" % (seq, index) + data)
+        self.assertEqual(h.texts(1), [], "no part of any")
+        self.assertEqual(h.shared.bus.bad_events, 4)
+        h.publish(batch(0, 8, [(7, "ann", "whole")]))      # (the last bad one held two)
+        self.assertEqual(h.texts(1), ["whole"], "the next whole one goes")
 
     def test_a_chat_to_another_room_waits_for_the_chats_on_their_way(self):
         h = self.h

@@ -31,7 +31,9 @@ class EventFormatTests(unittest.TestCase):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_event(data)
         for data in (b"B 1 2 n 3 4\nabc", b"B 1 2 n 3 4\nabcde", b"B 1 2 n 3\nabc", b"B 1 2 n\n",
-                     b"B 1 2 n 3 0\n", b"B 1 2 n 3 -1 4 2\na", b"B 1 x n 3 1\na", b"B 1 2 n 3 1"):
+                     b"B 1 2 n 3 0\n", b"B 1 2 n 3 -1 4 2\na", b"B 1 x n 3 1\na", b"B 1 2 n 3 1",
+                     b"B +1 2 n 3 1\na", b"B 1 2 n 3 1_0\n" + b"a" * 10, b"B 1 2 n 3 1 \na",
+                     b"B 1 2  n 3 1\na"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_chats(data)
 
@@ -108,10 +110,10 @@ class ChatsScriptTests(unittest.TestCase):
         self.assertEqual(firsts, [5, 1])
         entries = self.redis.command("XRANGE", "c:log:1", "6-0", "+")
         self.assertEqual([entry[0] for entry in entries], [b"6-1"], "named by its last number")
-        self.assertEqual(decode_entries(entries), [Chats(1, 5, "n1", (7,), (3,), b"one"),
-                                                   Chats(1, 6, "n1", (7,), (5,), b"three")])
+        self.assertEqual(decode_entries(entries), ([Chats(1, 5, "n1", (7,), (3,), b"one"),
+                                                    Chats(1, 6, "n1", (7,), (5,), b"three")], 0))
         self.assertEqual(decode_entries(self.redis.command("XRANGE", "c:log:2", "-", "+")),
-                         [Chats(2, 1, "n1", (8,), (9,), b"two\nlines")])
+                         ([Chats(2, 1, "n1", (8,), (9,), b"two\nlines")], 0))
         for ref in (1, 2):
             self.assertGreater(self.redis.command("TTL", "c:log:%d" % ref), 0)
         self.assertEqual(self.chats((1, [(9, b"four")])), [7])
@@ -120,7 +122,8 @@ class ChatsScriptTests(unittest.TestCase):
         for _ in range(3 * LOG_LENGTH // 10):
             self.chats((1, [(7, b"x")] * 10))
         entries = self.redis.command("XRANGE", "c:log:1", "-", "+")
-        events = decode_entries(entries)
+        events, bad = decode_entries(entries)
+        self.assertEqual(bad, 0)
         self.assertEqual(events[-1].seq, 3 * LOG_LENGTH)
         self.assertLessEqual(events[0].seq, 2 * LOG_LENGTH + 1, "the last LOG_LENGTH kept")
         # ("~": Redis trims whole blocks of at most 100 entries, so up to a block more)
