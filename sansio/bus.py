@@ -157,8 +157,7 @@ class _CatchUp:
             # The log no longer reaches back that far: those events are lost for this node.
             self.lost += first - log.next_seq
             self._events.append(Skipped(ref, first - 1))
-            # What is held from `first` on goes out now: after a log that came back empty it
-            # would otherwise wait for ever, and the log be read again and again.
+            # What is held from `first` on goes now (else, the log empty, read again for ever).
             for seq in [seq for seq in log.held if seq < first]:
                 self._held_bytes -= log.held.pop(seq)[1]
             log.next_seq = first
@@ -189,7 +188,7 @@ class _CatchUp:
             args = restore_args(self.next_ref, self.last_join_id, lasts, state.names)
             self._command("restore", None, now, *self._script_args("restore", *args))
             self._restarted = False
-        self._command("sync", None, now, *self._script_args(
+        self._command("sync", announce, now, *self._script_args(
             "sync", self.node, *sync_args(state.members, state.departed, announce)))
 
     def _on_synced(self, now: float) -> None:
@@ -574,11 +573,12 @@ class Bus(_CatchUp):
             self._on_epoch(value, now)
         elif kind == "sync":
             self._on_synced(now)
+            if token and value[0]:      # members Redis no longer had: the others reaped this node
+                self._events.append(Revived(value[0]))  # (heartbeat or link lost meanwhile)
         elif kind == "heartbeat":
             self._heartbeat_pending = False
             if value[0] == 0 and self.up:
                 self._start_sync(now, announce=True)    # reaped while alive: come back
-                self._events.append(Revived(len(self._local_state().members)))
             if len(value) > 2:
                 self._events.append(Reaped(tuple(_text(node) for node in value[2:]),
                                            int(value[1])))

@@ -60,7 +60,7 @@ class BusHarness:
         self.take_sent()
         self.reply(*["ok-sha"] * len(bus_scripts.SCRIPTS))                 # SCRIPT LOAD, each
         self.reply([b"epoch1", 0, 0])                              # the epoch script
-        self.reply(1)                                              # the sync script
+        self.reply([0, 0])                         # the sync script: none added, none removed
         self.reply([1, 0])                  # the first heartbeat (sent as soon as in step)
         self.bus.receive("sub", resp([b"subscribe", prefix.encode() + b":events", 1]), self.now)
         test.assertTrue(self.bus.up)

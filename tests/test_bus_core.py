@@ -150,6 +150,32 @@ class OrderTests(unittest.TestCase):
         self.h.reply([1, 3, b"n2", b"n3"])
         self.assertEqual(self.h.events(), [bus.Reaped(("n2", "n3"), 3)])
 
+    def test_a_node_the_others_reaped_puts_its_members_back_and_says_so(self):
+        # however it learns of it: its heartbeat unknown, or its links made again meanwhile
+        for learn in ("heartbeat", "link"):
+            with self.subTest(learn=learn):
+                h = BusHarness(self)
+                if learn == "heartbeat":
+                    h.now += bus.HEARTBEAT_EVERY
+                    h.bus.timer(h.now)
+                    h.take_sent()
+                    h.reply([0, 0])                         # this node is not known any more
+                else:
+                    h.bus.link_failed("cmd", "reset", h.now)
+                    h.bus.connecting("cmd", h.now)
+                    h.bus.link_up("cmd", h.now)
+                    h.reply(*["ok-sha"] * len(bus_scripts.SCRIPTS), [b"epoch1", 0, 0])
+                self.assertIn(b"EVALSHA", h.take_sent()["cmd"], "the sync")
+                h.reply([2, 0])                             # it put two members back
+                self.assertIn(bus.Revived(2), h.events())
+
+    def test_a_sync_that_put_nobody_back_says_nothing(self):
+        self.h.bus.link_failed("cmd", "reset", self.h.now)
+        self.h.bus.connecting("cmd", self.h.now)
+        self.h.bus.link_up("cmd", self.h.now)
+        self.h.reply(*["ok-sha"] * len(bus_scripts.SCRIPTS), [b"epoch1", 0, 0], [0, 0])
+        self.assertNotIn("Revived", [type(e).__name__ for e in self.h.events()])
+
     def test_own_join_ahead_of_its_reply_is_kept_for_follow(self):
         own = b"J 9 4 me 3 17 0\nlater\nme"
         self.h.publish(own, said(9, 5, "after", node="other"))
