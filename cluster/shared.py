@@ -192,7 +192,7 @@ class SharedRooms(BusLinks):
         waits = self._in_flight.by_conn.get(conn_id)      # (a chat answered here and now, or
         if waits is not None and (waits[0].ref != ref or name is None or not bus.up
                                   or bus.behind_for(len(req.message))):
-            self._in_flight.held.add(conn_id)   # to another room, waits for the chats on their
+            self._in_flight.hold(conn_id)       # to another room, waits for the chats on their
             return None                         # way: see InFlight)
         if name is None:
             if not self._exists(ref):
@@ -239,8 +239,7 @@ class SharedRooms(BusLinks):
 
     def lost(self, conn_ids: Sequence[int]) -> List[Action]:
         for conn_id in conn_ids:
-            self._in_flight.by_conn.pop(conn_id, None)     # (they reach the others all the same)
-            self._in_flight.held.discard(conn_id)
+            self._in_flight.forget(conn_id)     # (its chats reach the others all the same)
         if not self.bus.up:
             for conn_id in conn_ids:
                 self.departed += [(ref, conn_id, self.rooms.name_in(conn_id, ref))

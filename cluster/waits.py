@@ -60,11 +60,17 @@ class InFlight:
         return wait, True
 
     def hold(self, conn_id: int) -> bool:
-        """Whether `conn_id` has chats on their way: then its next request waits for them."""
+        """Whether `conn_id` has chats on their way: then its next request waits for them (and
+        the connection gets a Resume once they are back)."""
         if conn_id not in self.by_conn:
             return False
         self.held.add(conn_id)
         return True
+
+    def forget(self, conn_id: int) -> None:
+        """`conn_id` is gone: its chats on their way are nobody's wait any more."""
+        self.by_conn.pop(conn_id, None)
+        self.held.discard(conn_id)
 
     def has(self, wait: ChatWait) -> bool:
         return wait in self.by_conn.get(wait.conn_id, ())
@@ -91,11 +97,7 @@ class InFlight:
             return
         before = len(waits)
         del waits[:count]
-        if not waits:
-            del self.by_conn[conn_id]
-        if conn_id in self.held and (not waits or before >= CHATS_IN_FLIGHT > len(waits)):
-            self.held.discard(conn_id)
-            actions.append(Resume(conn_id))
+        self._taken_out(conn_id, waits, before, actions)
 
     def finish(self, wait: ChatWait, actions: List[Action]) -> None:
         """`wait` is done (its event came, it failed, or it was lost): its connection's Resume
@@ -105,12 +107,15 @@ class InFlight:
         if waits is None or wait not in waits:
             return
         waits.remove(wait)
-        self._taken_out(wait.conn_id, waits, actions)
+        self._taken_out(wait.conn_id, waits, len(waits) + 1, actions)
 
-    def _taken_out(self, conn_id: int, waits: List[ChatWait], actions: List[Action]) -> None:
+    def _taken_out(self, conn_id: int, waits: List[ChatWait], before: int,
+                   actions: List[Action]) -> None:
+        """`conn_id` had `before` chats on their way and has `waits` now: a held connection
+        goes on once none is left, or once it is back under the limit."""
         if not waits:
             del self.by_conn[conn_id]
-        if conn_id in self.held and len(waits) in (0, CHATS_IN_FLIGHT - 1):
+        if conn_id in self.held and (not waits or before >= CHATS_IN_FLIGHT > len(waits)):
             self.held.discard(conn_id)
             actions.append(Resume(conn_id))
 

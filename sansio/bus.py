@@ -49,7 +49,7 @@ from sansio.bus_events import (Done, Event, LocalState, Numbered, Reaped, Revive
                                StateChanged)
 from sansio.bus_links import LINKS, MAX_UNANSWERED_BYTES, Held, Links
 from sansio.bus_scripts import (SCRIPT_SHAS, SCRIPT_TEXTS, Chats, Joined, Left, RoomEvent,
-                                chat_firsts, decode_any, decode_chats, decode_entries,
+                                chat_firsts, decode_chats, decode_entries,
                                 decode_event, restore_args, split_chats, sync_args)
 from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 
@@ -369,14 +369,13 @@ class Bus(_CatchUp):
     def chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> None:
         """Send a chat: `data`, the bytes each member of room `ref` is to receive (the bus does
         not read them). It goes out with the others of this tick (data_to_send), in one call."""
-        held = self._chats
-        if self._links.unanswered + held.size + len(data) > MAX_UNANSWERED_BYTES:
+        if self.behind_for(len(data)):
             self.behind += 1
             self._events += _failed("request", token, "Redis is behind: %d bytes of requests "
-                                    "unanswered" % (self._links.unanswered + held.size))
+                                    "unanswered" % (self._links.unanswered + self._chats.size))
         elif not self._links.is_open("cmd"):
             self._events += _failed("request", token, "no link to Redis")
-        elif held.add(token, ref, conn, data, now):
+        elif self._chats.add(token, ref, conn, data, now):
             self._send_chats()
 
     def behind_for(self, size: int) -> bool:
@@ -483,12 +482,11 @@ class Bus(_CatchUp):
 
     def _on_published(self, data: bytes, now: float) -> None:
         try:
-            events = decode_any(data)
+            event = decode_event(data)              # (a join or a leave: batches go above)
         except (ValueError, IndexError, UnicodeDecodeError):
             self.bad_events += 1
             return
-        for event in events:
-            self._on_event(event, now)
+        self._on_event(event, now)
 
     def _heard(self, ref: int, seq: int) -> None:
         """Room `ref` has had event `seq` (it exists, and got so far)."""

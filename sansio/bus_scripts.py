@@ -122,12 +122,12 @@ def split_chats(chats: Chats) -> List[Chats]:
     return ones
 
 
-def decode_any(data: bytes) -> List[RoomEvent]:
+def decode_any(data: bytes) -> Sequence[RoomEvent]:
     """The events of a published message or a log entry: a batch's chats one by one, or the
     join or leave it is. Raises ValueError (or IndexError, UnicodeDecodeError) for anything
     else."""
     if data[:2] == b"B ":
-        return list(split_chats(decode_chats(data)))
+        return split_chats(decode_chats(data))
     return [decode_event(data)]
 
 
