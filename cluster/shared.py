@@ -31,8 +31,9 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
-from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Chats, Done, Joined,
-                        Left, LocalState, Numbered, Reaped, Revived, Skipped, StateChanged)
+from sansio.bus import (CHAT_END, LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Chats, Done,
+                        Joined, Left, LocalState, Numbered, Reaped, Revived, Skipped,
+                        StateChanged)
 from cluster.waits import ChatWait, InFlight, JoinWait, LeaveWait
 from rooms import LocalRooms, Peer, Rooms, unknown_room
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, ErrorCode, Join, Leave, RequestError,
@@ -53,18 +54,15 @@ def _not_a_member(ref: int, room: Optional[str]) -> RequestError:
 
 
 def _framed(chats: Chats, bus: Bus) -> bool:
-    """Whether each chat of a batch is one CHAT to its room, whole, as chat_message() renders it
-    (a node renders them; anyone who can publish to Redis could send others): else nobody gets
-    any of them, and the batch counts in bus.bad_events. One check a chat, in C."""
+    """Whether each chat of a batch is one CHAT to its room, as chat_message() renders it (a
+    node renders them; anyone who can publish to Redis could send others): the bus has checked
+    that the batch holds as many chat ends as chats, the last at its end; here the first chat
+    begins as one, and so does the next after every end but the last. Else nobody gets any of
+    them, and the batch counts in bus.bad_events. Two calls a batch, in C, however many chats."""
     head = b"CHAT: %d\nCLIENT_NAME: " % chats.ref
-    data, seam, start = chats.data, b"\n\n" + head, 0
-    for size in chats.sizes[:-1]:
-        start += size
-        if not data.startswith(seam, start - 2):
-            break
-    else:
-        if data.startswith(head) and data.endswith(b"\n\n"):
-            return True
+    data = chats.data
+    if data.startswith(head) and data.count(CHAT_END + head) == len(chats.conns) - 1:
+        return True
     bus.bad_events += 1
     return False
 
@@ -186,20 +184,35 @@ class SharedRooms(BusLinks):
         return [Wait(conn_id)]
 
     def chat(self, conn_id: int, req: Chat) -> Optional[List[Action]]:
+        """The hot path: a member's chat joins this tick's call to Redis (sansio/bus.py); the
+        members have it once its event comes back (_on_chats). Anything else: _chat_not_now."""
         ref, bus = req.ref, self.bus
         members = self._maybe_members(ref)
         name = None if members is None else members.get(conn_id)
-        waits = self._in_flight.by_conn.get(conn_id)      # (a chat answered here and now, or
-        if waits is not None and (waits[0].ref != ref or name is None or not bus.up
-                                  or bus.behind_for(len(req.message))):
-            self._in_flight.hold(conn_id)       # to another room, waits for the chats on their
-            return None                         # way: see InFlight)
+        if name is None or not bus.up:
+            return self._chat_not_now(conn_id, req, name)
+        data = chat_message(ref, name, req.message)
+        waits = self._in_flight.by_conn.get(conn_id)
+        if waits is not None and waits[0].ref != ref or bus.behind_for(len(data)):
+            return self._chat_not_now(conn_id, req, name)
+        wait, full = self._in_flight.add(conn_id, ref, waits)
+        bus.hold_chat(wait, conn_id, ref, data, self._clock())
+        return [Wait(conn_id)] if full else []
+
+    def _chat_not_now(self, conn_id: int, req: Chat, name: Optional[str]) -> Optional[List[Action]]:
+        """A chat that cannot join this tick's call as it is: with chats of its sender on their
+        way it waits for them (None: asked again after their Resume; see InFlight), whether it
+        goes to another room, Redis is behind or down, or the sender is no member; else it is
+        refused, or (the bus down) answered here if every member is here."""
+        ref, bus = req.ref, self.bus
+        if self._in_flight.hold(conn_id):
+            return None
         if name is None:
             if not self._exists(ref):
                 raise unknown_room(ref)
             raise _not_a_member(ref, bus.room_names.get(ref))
-        if bus.up:
-            wait, full = self._in_flight.add(conn_id, ref, waits)
+        if bus.up:                              # Redis is behind: refused, as bus.chat says
+            wait, full = self._in_flight.add(conn_id, ref, None)
             bus.chat(wait, conn_id, ref, chat_message(ref, name, req.message), self._clock())
             return [Wait(conn_id)] if full else []
         if self._remote.get(ref, 0):

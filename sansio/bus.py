@@ -48,8 +48,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from sansio.bus_events import (Done, Event, LocalState, Numbered, Reaped, Revived, Skipped,
                                StateChanged)
 from sansio.bus_links import LINKS, MAX_UNANSWERED_BYTES, Held, Links
-from sansio.bus_scripts import (SCRIPT_SHAS, SCRIPT_TEXTS, Chats, Joined, Left, RoomEvent,
-                                chat_firsts, decode_chats, decode_entries,
+from sansio.bus_scripts import (CHAT_END, SCRIPT_SHAS, SCRIPT_TEXTS, Chats, Joined, Left,
+                                RoomEvent, chat_firsts, decode_chats, decode_entries,
                                 decode_event, restore_args, split_chats, sync_args)
 from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 
@@ -59,7 +59,7 @@ from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 __all__ = [
     "Bus", "LocalState", "Event", "Done", "Numbered", "Skipped", "StateChanged", "Reaped",
     "Revived", "RoomEvent", "Joined", "Chats", "Left", "decode_event",
-    "LINKS", "HEARTBEAT_EVERY", "NODE_DEAD_AFTER", "MAX_SHARED_ROOMS",
+    "LINKS", "HEARTBEAT_EVERY", "NODE_DEAD_AFTER", "MAX_SHARED_ROOMS", "CHAT_END",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +375,13 @@ class Bus(_CatchUp):
                                     "unanswered" % (self._links.unanswered + self._chats.size))
         elif not self._links.is_open("cmd"):
             self._events += _failed("request", token, "no link to Redis")
-        elif self._chats.add(token, ref, conn, data, now):
+        else:
+            self.hold_chat(token, conn, ref, data, now)
+
+    def hold_chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> None:
+        """chat() without its checks, for a caller that made them (the hot path): the bus is
+        up and not behind for `data`."""
+        if self._chats.add(token, ref, conn, data, now):
             self._send_chats()
 
     def behind_for(self, size: int) -> bool:

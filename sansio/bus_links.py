@@ -209,7 +209,7 @@ class Links:
 class Held:
     """The chats held until the end of the tick, to go to Redis together as one call of the
     chats script (sansio/bus.py), grouped by room in the order the rooms came: per room, their
-    tokens, "CONN SIZE" of each and their bytes. Also their bytes in all (counted as unanswered
+    tokens, their senders' CONN and their bytes. Also their bytes in all (counted as unanswered
     already) and when the first was made; full at `most` chats or `most_bytes`."""
     __slots__ = ("rooms", "count", "size", "since", "most", "most_bytes")
 
@@ -227,14 +227,11 @@ class Held:
             if not self.rooms:
                 self.since = now
             room = self.rooms[ref] = ([], [], [])
-        size = len(data)
         room[0].append(token)
-        index = room[1]
-        index.append(conn)
-        index.append(size)
+        room[1].append(conn)
         room[2].append(data)
         self.count += 1
-        self.size += size + 40          # (and what the call carries besides, about 40 bytes)
+        self.size += len(data) + 40     # (and what the call carries besides, about 40 bytes)
         return self.count >= self.most or self.size >= self.most_bytes
 
     def take(self) -> Tuple[List[List[Any]], List[Any], float]:
@@ -242,8 +239,8 @@ class Held:
         the node's id); when the first was made. None are held any more."""
         groups: List[List[Any]] = []
         args: List[Any] = []
-        for ref, (tokens, index, parts) in self.rooms.items():
+        for ref, (tokens, conns, parts) in self.rooms.items():
             groups.append(tokens)
-            args += (ref, len(tokens), " ".join(map(str, index)), b"".join(parts))
+            args += (ref, len(tokens), " ".join(map(str, conns)), b"".join(parts))
         self.rooms, self.count, self.size = {}, 0, 0
         return groups, args, self.since

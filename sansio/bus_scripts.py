@@ -46,9 +46,10 @@ LOG_TTL = 300
 # Chats come as a batch: the chats one node sent to one room in one call of CHATS_SCRIPT, which
 # numbers them one after the other (FIRST, FIRST + 1, ...) and publishes and logs the batch as
 # one message and one log entry:
-#   B REF FIRST NODE CONN SIZE [CONN SIZE ...] \n DATA
+#   B REF FIRST NODE CONN [CONN ...] \n DATA
 # DATA is the chats' bytes as members receive them (the sending node renders each CHAT once; no
-# node decodes them again), one after the other; SIZE is each one's length in bytes, CONN its
+# node decodes them again), one after the other, each ending at its first blank line (CHAT_END:
+# a CHAT's MESSAGE cannot hold one, docs/PROTOCOL.md), so they need no sizes; CONN is each one's
 # sender's connection on NODE. A node whose members' chats they are matches them to its
 # requests by CONN; every node hands DATA to its members as it is.
 # Names never hold a line break (sansio/wire.py refuses unprintable names). SETTLED 1: the node
@@ -61,11 +62,12 @@ LOG_TTL = 300
 
 Joined = NamedTuple("Joined", [("ref", int), ("seq", int), ("node", str), ("conn", int),
                                ("join_id", int), ("settled", bool), ("room", str), ("name", str)])
-# `seq`: the first chat's number; chat i is numbered seq + i, sent by conns[i], and is
-# data[sum(sizes[:i]):][:sizes[i]].
+# `seq`: the first chat's number; chat i is numbered seq + i, sent by conns[i], and is the
+# (i + 1)-th piece of data ending in CHAT_END.
 Chats = NamedTuple("Chats", [("ref", int), ("seq", int), ("node", str),
-                             ("conns", Tuple[int, ...]), ("sizes", Tuple[int, ...]),
-                             ("data", bytes)])
+                             ("conns", Tuple[int, ...]), ("data", bytes)])
+# What ends each chat of a batch, and is found nowhere else in it.
+CHAT_END = b"\n\n"
 # `leavers`: (conn, CLIENT_NAME) of each, in the order they left.
 Left = NamedTuple("Left", [("ref", int), ("seq", int), ("node", str), ("settled", bool),
                            ("leavers", Tuple[Tuple[int, str], ...])])
@@ -92,33 +94,38 @@ def decode_event(data: bytes) -> RoomEvent:
 
 def decode_chats(data: bytes) -> Chats:
     """The batch of chats published (or logged) as `data`. Raises ValueError for anything else:
-    the sizes must add up to the data exactly, so a node never hands its members a part of a
-    chat."""
+    its data must end in CHAT_END as many times as it names senders, the last at its very end,
+    so a node never hands its members a part of a chat. (Whether each piece is a CHAT of the
+    room is the owner's to judge: cluster/shared.py.)"""
     end = data.index(b"\n")
     head = _BATCH_HEAD.fullmatch(data, 0, end)
     if head is None:
         raise ValueError("not a batch of chats: %r" % data[:80])
-    numbers = [int(field) for field in head.group(4).split()]
-    conns, sizes = tuple(numbers[0::2]), tuple(numbers[1::2])
-    if sum(sizes) != len(data) - end - 1 or min(sizes) <= 0:
-        raise ValueError("a batch of chats whose sizes do not add up: %r" % data[:80])
+    index = head.group(4)
+    if index.endswith(b" ") or b"  " in index:
+        raise ValueError("not a batch of chats: %r" % data[:80])
+    conns = tuple(map(int, index.split()))
+    body = data[end + 1:]
+    if body.count(CHAT_END) != len(conns) or not body.endswith(CHAT_END):
+        raise ValueError("a batch whose chats are not as many as its senders: %r" % data[:80])
     return Chats(int(head.group(1)), int(head.group(2)), head.group(3).decode("utf-8"), conns,
-                 sizes, data[end + 1:])
+                 body)
 
 
-# A batch's header line: digits only where numbers go (int() alone also takes "+5" or "1_0").
-_BATCH_HEAD = re.compile(rb"B ([0-9]{1,18}) ([0-9]{1,18}) ([^ \n]+)"
-                         rb"((?: [0-9]{1,18} [0-9]{1,18})+)")
+# A batch's header line: digits only where numbers go (int() alone also takes "+5" or "1_0"),
+# the senders matched as one run of digits and spaces (a pattern repeated for each took as long
+# as reading the numbers), its spaces checked after.
+_BATCH_HEAD = re.compile(rb"B ([0-9]{1,18}) ([0-9]{1,18}) ([^ \n]+) ([0-9 ]+)")
 
 
 def split_chats(chats: Chats) -> List[Chats]:
     """A batch as batches of one chat each (for a room whose events are not handed out in one
     go: some are held, or repeated)."""
-    ones, start = [], 0
-    for i, (conn, size) in enumerate(zip(chats.conns, chats.sizes)):
-        ones.append(Chats(chats.ref, chats.seq + i, chats.node, (conn,), (size,),
-                          chats.data[start:start + size]))
-        start += size
+    ones, start, data = [], 0, chats.data
+    for i, conn in enumerate(chats.conns):
+        end = data.index(CHAT_END, start) + len(CHAT_END)
+        ones.append(Chats(chats.ref, chats.seq + i, chats.node, (conn,), data[start:end]))
+        start = end
     return ones
 
 
@@ -275,10 +282,10 @@ return {ref, jid, seq, others, created}
 """
 
 # The chats one node sent in one tick, in one call. ARGV: p, node, then for each room REF, how
-# many chats, "CONN SIZE CONN SIZE ..." and their bytes one after the other (as members receive
-# them). Returns the number of each room's first chat, in the order given, as one string
+# many chats, their senders "CONN CONN ..." and their bytes one after the other (as members
+# receive them). Returns the number of each room's first chat, in the order given, as one string
 # "N N ..." (cheaper to read than an array). Per room, not per chat: one INCRBY numbers the
-# room's chats, and the batch ("B REF FIRST NODE CONN SIZE ...\n" and the bytes) is one log entry
+# room's chats, and the batch ("B REF FIRST NODE CONN ...\n" and the bytes) is one log entry
 # and one message on the room's own channel (P:events:REF), which only the nodes with members in
 # the room subscribe to: a node never reads the chats of rooms where it has nobody. Nothing in
 # the script looks at each chat, so a chat costs Redis its share of the bytes, whatever the

@@ -28,18 +28,14 @@ def said(ref, seq, text, node="other", conn=7, name="ann") -> bytes:
 def batch(ref, first, chats, node="other") -> bytes:
     """Chats (conn, name, text), numbered from `first`, as the chats script publishes them."""
     parts = [chat_message(ref, name, text) for _conn, name, text in chats]
-    index = b" ".join(b"%d %d" % (conn, len(part)) for (conn, _n, _t), part in zip(chats, parts))
+    index = b" ".join(b"%d" % conn for conn, _n, _t in chats)
     return b"B %d %d %s %s\n" % (ref, first, node.encode(), index) + b"".join(parts)
 
 
 def texts_of(chats: Chats) -> list:
     """The MESSAGE of each chat of a batch handed out."""
-    texts, start = [], 0
-    for size in chats.sizes:
-        one = chats.data[start:start + size].decode()
-        start += size
-        texts.append(one[one.index("\nMESSAGE: ") + 10:-2])
-    return texts
+    return [one[one.index("\nMESSAGE: ") + 10:]
+            for one in chats.data.decode().split("\n\n")[:-1]]
 
 
 def pushed(event: bytes) -> bytes:

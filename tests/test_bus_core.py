@@ -101,8 +101,8 @@ class OrderTests(unittest.TestCase):
         sent = self.h.take_sent()["cmd"]
         self.assertEqual(sent.count(b"EVALSHA"), 2, "the chats in one call, then the leave")
         self.assertLess(sent.index(b"two"), sent.index(b"her"), "in the order asked")
-        self.assertIn(b"$1\r\n0\r\n$1\r\n2\r\n$7\r\n4 3 6 5\r\n$8\r\nonethree\r\n", sent,
-                      "room 0's two chats as one: how many, CONN SIZE of each, their bytes")
+        self.assertIn(b"$1\r\n0\r\n$1\r\n2\r\n$3\r\n4 6\r\n$8\r\nonethree\r\n", sent,
+                      "room 0's two chats as one: how many, the CONN of each, their bytes")
         self.h.reply(b"7 3", [9, 6])            # room 0's first is 7, room 1's is 3
         self.assertEqual(self.h.events(), [Numbered([["a", "d"], ["b"]], [7, 3]),
                                            Done("c", [9, 6])])
@@ -133,7 +133,7 @@ class OrderTests(unittest.TestCase):
         self.h.publish(batch(0, 3, [(7, "ann", "c"), (7, "ann", "d")]))
         self.assertEqual(self.h.texts(), ["d"], "the repeated one dropped")
 
-    def test_a_batch_whose_sizes_do_not_add_up_is_refused_whole(self):
+    def test_a_batch_whose_chat_ends_are_not_one_a_sender_is_refused_whole(self):
         good = batch(0, 1, [(7, "ann", "a"), (7, "ann", "b")])
         for bad in (good[:-1], good + b"x", good.replace(b"B 0 1 other 7 ", b"B 0 1 other 7"),
                     b"B 0 1 other 7 0\n", b"B 0 1 other\n", b"B 0 x other 7 1\na"):
@@ -309,10 +309,11 @@ class ChatsInFlightTests(unittest.TestCase):
     def test_a_batch_whose_chats_are_not_whole_chat_messages_reaches_nobody(self):
         h, good = self.h, chat_message(0, "ann", "hi")
         elsewhere = chat_message(1, "ann", "another room")
-        bad = [(b"CHAT", (4,)), (good[:-1] + b"x", (len(good),)), (elsewhere, (len(elsewhere),)),
-               (good + good, (len(good) - 1, len(good) + 1))]
-        for seq, (data, sizes) in enumerate(bad, start=3):
-            index = b" ".join(b"7 %d" % size for size in sizes)
+        # (each ends in as many blank lines as it has senders: the bus passes them on)
+        bad = [(b"CHAT\n\n", 1), (good[len(good) // 2:], 1), (elsewhere, 1),
+               (good + b"MESSAGE: hi\n\n", 2)]
+        for seq, (data, count) in enumerate(bad, start=3):
+            index = b" ".join([b"7"] * count)
             h.publish(b"B 0 %d other %s\n" % (seq, index) + data)
         self.assertEqual(h.texts(1), [], "no part of any")
         self.assertEqual(h.shared.bus.bad_events, 4)

@@ -23,26 +23,29 @@ class EventFormatTests(unittest.TestCase):
                          Joined(3, 9, "n1", 12, 40, False, "room one", "bo b"))
         self.assertEqual(decode_event(b"L 3 11 n1 1\n12 bo b\n13 al"),
                          Left(3, 11, "n1", True, ((12, "bo b"), (13, "al"))))
-        self.assertEqual(decode_chats("B 3 10 n1 12 5 13 4\nline\nab\xc3\xa9".encode("latin-1")),
-                         Chats(3, 10, "n1", (12, 13), (5, 4), "line\nab\xc3\xa9".encode("latin-1")))
+        data = "a\nline\n\nab\xc3\xa9\n\n".encode("latin-1")
+        self.assertEqual(decode_chats(b"B 3 10 n1 12 13\n" + data),
+                         Chats(3, 10, "n1", (12, 13), data))
 
     def test_anything_else_is_refused(self):
         for data in (b"", b"X 1 2 n", b"C 1 2 n 3\nx\ny", b"J 1 2 n 3\nr\nx", b"\xff"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_event(data)
-        for data in (b"B 1 2 n 3 4\nabc", b"B 1 2 n 3 4\nabcde", b"B 1 2 n 3\nabc", b"B 1 2 n\n",
-                     b"B 1 2 n 3 0\n", b"B 1 2 n 3 -1 4 2\na", b"B 1 x n 3 1\na", b"B 1 2 n 3 1",
-                     b"B +1 2 n 3 1\na", b"B 1 2 n 3 1_0\n" + b"a" * 10, b"B 1 2 n 3 1 \na",
-                     b"B 1 2  n 3 1\na"):
+        for data in (b"B 1 2 n 3\nabc", b"B 1 2 n 3 4\nabc\n\n", b"B 1 2 n 3\nab\n\nc\n\n",
+                     b"B 1 2 n 3\n\n\nabc", b"B 1 2 n\na\n\n", b"B 1 2 n 3\n", b"B 1 2 n -1\na\n\n",
+                     b"B 1 x n 3\na\n\n", b"B 1 2 n 3", b"B +1 2 n 3\na\n\n",
+                     b"B 1 2 n 1_0\na\n\n", b"B 1 2 n 3 \na\n\n", b"B 1 2 n 3  4\na\n\nb\n\n",
+                     b"B 1 2  n 3\na\n\n"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_chats(data)
 
     def test_a_batch_splits_into_its_chats_numbered_one_after_the_other(self):
-        chats = decode_chats(b"B 3 10 n1 12 2 13 1 12 3\nabcdef")
-        self.assertEqual(split_chats(chats), [Chats(3, 10, "n1", (12,), (2,), b"ab"),
-                                              Chats(3, 11, "n1", (13,), (1,), b"c"),
-                                              Chats(3, 12, "n1", (12,), (3,), b"def")])
-        self.assertEqual(decode_any(b"B 3 10 n1 12 2 13 1 12 3\nabcdef"), split_chats(chats))
+        data = b"B 3 10 n1 12 13 12\na\nb\n\nc\n\ndef\n\n"
+        chats = decode_chats(data)
+        self.assertEqual(split_chats(chats), [Chats(3, 10, "n1", (12,), b"a\nb\n\n"),
+                                              Chats(3, 11, "n1", (13,), b"c\n\n"),
+                                              Chats(3, 12, "n1", (12,), b"def\n\n")])
+        self.assertEqual(decode_any(data), split_chats(chats))
         self.assertEqual(decode_any(b"L 3 11 n1 1\n12 bo b"), [Left(3, 11, "n1", True,
                                                                    ((12, "bo b"),))])
 
@@ -100,27 +103,28 @@ class ChatsScriptTests(unittest.TestCase):
         """One call of the chats script, node "n1", rooms (ref, [(conn, bytes), ...])."""
         args = []
         for ref, chats in rooms:
-            args += [ref, len(chats), " ".join("%d %d" % (c, len(d)) for c, d in chats),
+            args += [ref, len(chats), " ".join("%d" % c for c, _d in chats),
                      b"".join(d for _c, d in chats)]
         return chat_firsts(self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1", *args))
 
     def test_each_rooms_chats_are_its_next_events_and_one_entry_of_its_log_kept_alive(self):
         self.redis.command("SET", "c:seq:1", 4)             # room 1 had 4 events, room 2 none
-        firsts = self.chats((1, [(7, b"one"), (7, b"three")]), (2, [(8, b"two\nlines")]))
+        firsts = self.chats((1, [(7, b"one\n\n"), (7, b"three\n\n")]),
+                            (2, [(8, b"two\nlines\n\n")]))
         self.assertEqual(firsts, [5, 1])
         entries = self.redis.command("XRANGE", "c:log:1", "6-0", "+")
         self.assertEqual([entry[0] for entry in entries], [b"6-1"], "named by its last number")
-        self.assertEqual(decode_entries(entries), ([Chats(1, 5, "n1", (7,), (3,), b"one"),
-                                                    Chats(1, 6, "n1", (7,), (5,), b"three")], 0))
+        self.assertEqual(decode_entries(entries), ([Chats(1, 5, "n1", (7,), b"one\n\n"),
+                                                    Chats(1, 6, "n1", (7,), b"three\n\n")], 0))
         self.assertEqual(decode_entries(self.redis.command("XRANGE", "c:log:2", "-", "+")),
-                         ([Chats(2, 1, "n1", (8,), (9,), b"two\nlines")], 0))
+                         ([Chats(2, 1, "n1", (8,), b"two\nlines\n\n")], 0))
         for ref in (1, 2):
             self.assertGreater(self.redis.command("TTL", "c:log:%d" % ref), 0)
-        self.assertEqual(self.chats((1, [(9, b"four")])), [7])
+        self.assertEqual(self.chats((1, [(9, b"four\n\n")])), [7])
 
     def test_a_rooms_log_keeps_its_last_events_however_they_were_batched(self):
         for _ in range(3 * LOG_LENGTH // 10):
-            self.chats((1, [(7, b"x")] * 10))
+            self.chats((1, [(7, b"x\n\n")] * 10))
         entries = self.redis.command("XRANGE", "c:log:1", "-", "+")
         events, bad = decode_entries(entries)
         self.assertEqual(bad, 0)
@@ -133,7 +137,7 @@ class ChatsScriptTests(unittest.TestCase):
         with socket.create_connection((HOST, self.redis.port), timeout=2.0) as sock:
             sock.sendall(encode_command("SUBSCRIBE", "c:events:1", "c:events"))
             reader = RespReader()
-            self.chats((1, [(7, b"one"), (7, b"two")]), (2, [(8, b"elsewhere")]))
+            self.chats((1, [(7, b"one\n\n"), (7, b"two\n\n")]), (2, [(8, b"elsewhere\n\n")]))
             self.redis.command("PUBLISH", "c:events", "end")
             replies = []
             for _ in range(50):                             # (and a 2 s timeout a read)
@@ -148,7 +152,8 @@ class ChatsScriptTests(unittest.TestCase):
         self.assertEqual(messages[-1], [b"c:events", b"end"], "nothing of room 2 came")
         self.assertEqual(len(messages), 2, "room 1's two chats in one message")
         self.assertEqual(messages[0][0], b"c:events:1")
-        self.assertEqual(decode_chats(messages[0][1]), Chats(1, 1, "n1", (7, 7), (3, 3), b"onetwo"))
+        self.assertEqual(decode_chats(messages[0][1]),
+                         Chats(1, 1, "n1", (7, 7), b"one\n\ntwo\n\n"))
 
 
 if __name__ == "__main__":
