@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """What a bus node costs in CPU per chat, and what that projects to for 1, 2, 4 and 8 nodes.
 
-    python3 -m bench.bus_cpu [--load 100x5] [--load 10x20] [--messages 20] [--window 8]
-                             [--repeat 3] [--timeout 60] [--json]
+    python3 -m bench.bus_cpu [--load 100x5] [--load 10x20] [--messages 60] [--window 8]
+                             [--repeat 3] [--timeout 60] [--pin] [--json]
 
 (from the repository's top folder; needs redis-server on this machine)
 
 Each load is R rooms of M members, every member sending K chats (--messages) to its room with at
 most WINDOW of its own on their way, as bench/bus_load.py does (its Member is reused). Every
 member receives every chat of its room: R x M x M x K deliveries, each one counted; `missing`
-is what never came, `extra` what came more than once (both must be 0). Four set-ups, each
-started fresh per round on free ports of 127.0.0.1 with flood control off:
+is what never came, `extra` what came more than once (both must be 0). While the chats go, a
+member counts what comes rather than parsing it (CountingMember): a tenth of the client's CPU
+a delivery, so the client no longer limits the rate and the nodes run flat out, as they would
+each on a core of its own (a node's CPU per chat grows when it idles between smaller ticks).
+Four set-ups, each started fresh per round on free ports of 127.0.0.1 with flood control off:
     alone         one Server.py without --bus
     bus-1         one Server.py with --bus
     bus-2-spread  two nodes; the members of every room spread over both (member i on node i % 2)
@@ -19,7 +22,9 @@ CPU is read around the chats only (after every member has joined and the join an
 have stopped, until the last delivery): utime + stime of each node from /proc/PID/stat, and
 Redis's used_cpu_sys + used_cpu_user from INFO cpu. The machine's cores are shared by the
 nodes, Redis and this client, so deliveries/s measures the whole machine; CPU per chat is what
-a node or Redis would need on a core of its own, and the projection is built from that.
+a node or Redis would need on a core of its own, and the projection is built from that. --pin
+(Linux, two cores or more) keeps the nodes on the last core and this client and Redis on the
+others, so that what a node costs is not what it shares a core with (two nodes share theirs).
 
 Each figure of a set-up is the median of its rounds, taken figure by figure.
 
@@ -93,16 +98,45 @@ def start_nodes(setup: str, redis_url: str, prefix: str) -> List[ServerProcess]:
     return nodes
 
 
-def pump(members: List[Member], selector, window: int, wait: float) -> bool:
-    """One turn of the client: top up every member's window, send, read what came (at most
-    `wait` seconds). Whether anything was read."""
+class CountingMember(Member):
+    """A Member that, once counting() is called (every member has joined and the join
+    announcements are over), counts what comes instead of parsing it: from then on every message
+    is a CHAT of its room, its own are those naming it, and each ends at its first blank line."""
+
+    def counting(self) -> None:
+        self._counting, self._tail = True, b""
+        self._own = b"\nCLIENT_NAME: %s\n" % self.name.encode()
+
+    def on_readable(self) -> List[float]:
+        if not getattr(self, "_counting", False):
+            return super().on_readable()
+        try:
+            data = self.sock.recv(1 << 18)
+        except BlockingIOError:
+            return []
+        if not data:
+            raise RuntimeError("%s: the server closed the connection" % self.name)
+        data = self._tail + data
+        end = data.rfind(b"\n\n") + 2          # the end of the messages whole so far
+        if end < 2:
+            self._tail = data
+            return []
+        whole, self._tail = data[:end], data[end:]
+        self.received += whole.count(b"CHAT: ")
+        self.in_flight -= whole.count(self._own)
+        return []
+
+
+def pump(members: List[Member], selector, window: int, wait: float) -> List[Member]:
+    """One turn of the client: top up `members`' windows, send, read what came (at most `wait`
+    seconds). The members that read something."""
     for member in members:
         member.send_chats(window, CHAT_TEXT)
         member.flush()
-    ready = selector.select(wait)
-    for key, _mask in ready:
-        key.data.on_readable()
-    return bool(ready)
+    ready = [key.data for key, _mask in selector.select(wait)]
+    for member in ready:
+        member.on_readable()
+    return ready
 
 
 def join_phase(members: List[Member], selector, deadline: float) -> None:
@@ -121,10 +155,14 @@ def join_phase(members: List[Member], selector, deadline: float) -> None:
 
 def chat_phase(members: List[Member], selector, window: int, expected: int,
                deadline: float) -> int:
-    """Until `expected` deliveries came or the deadline passed; how many came."""
-    received = 0
+    """Until `expected` deliveries came or the deadline passed; how many came. Each turn tops
+    up only the members that read something (their chats came back), or all of them after a
+    turn when nothing came: a loop over hundreds of members a turn was most of the client."""
+    for member in members:
+        member.counting()
+    received, turn = 0, members
     while received < expected and time.monotonic() < deadline:
-        pump(members, selector, window, 0.01)
+        turn = pump(turn, selector, window, 0.01) or members
         received = sum(member.received for member in members)
     return received
 
@@ -140,10 +178,13 @@ def one_round(load: Tuple[int, int], setup: str, args: argparse.Namespace, redis
               prefix: str) -> Dict[str, float]:
     rooms, size = load
     nodes = start_nodes(setup, redis.url, prefix)
-    members: List[Member] = []
+    members: List[CountingMember] = []
     try:
-        members = [Member(node_for(setup, r, i, nodes).port, "room%d" % r, "m%d-%d" % (r, i),
-                          args.messages) for r in range(rooms) for i in range(size)]
+        for node in nodes if getattr(args, "node_cpus", None) else ():
+            os.sched_setaffinity(node.pid, args.node_cpus)
+        members = [CountingMember(node_for(setup, r, i, nodes).port, "room%d" % r,
+                                  "m%d-%d" % (r, i), args.messages)
+                   for r in range(rooms) for i in range(size)]
         selector = selectors.DefaultSelector()
         for member in members:
             selector.register(member.sock, selectors.EVENT_READ, member)
@@ -269,6 +310,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="rounds per set-up (3)")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds one round may take at most (60)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the nodes on the last core, this client and Redis on the others")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
     args.load = args.load or [parse_load(load) for load in LOADS]
@@ -281,6 +324,13 @@ def main(argv=None) -> int:
     if not REDIS_SERVER:
         print("bus_cpu: redis-server is not installed here", file=sys.stderr)
         return 2
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(cpus) < 2:
+            print("bus_cpu: --pin needs Linux and two cores or more", file=sys.stderr)
+            return 2
+        args.node_cpus = {cpus[-1]}
+        os.sched_setaffinity(0, cpus[:-1])          # this client, and Redis (started below)
     redis = RedisProcess()
     results: Dict[str, Dict[str, object]] = {}
     try:
@@ -307,7 +357,8 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"args": {"loads": ["%dx%d" % load for load in args.load],
                                    "messages": args.messages, "window": args.window,
-                                   "repeat": args.repeat}, "results": results}))
+                                   "repeat": args.repeat, "pin": args.pin},
+                          "results": results}))
     lost = any(run["missing"] or run["extra"] for result in results.values()
                for runs in result["rounds"].values() for run in runs)
     return 1 if lost else 0

@@ -92,6 +92,30 @@ class BusCpuTest(unittest.TestCase):
             self.assertIn("no projection", done.stdout)
 
 
+class CountingMemberTest(unittest.TestCase):
+    """bench/bus_cpu.py's member that counts the chats that come instead of parsing them."""
+
+    def test_chats_split_anywhere_over_reads_are_each_counted_once(self):
+        from bench.bus_cpu import CountingMember
+        from sansio.wire import chat_message
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        member = CountingMember.__new__(CountingMember)     # (its socket: one end of the pair)
+        member.sock, member.name, member.received, member.in_flight = ours, "m0-1", 0, 5
+        member.ref = 0
+        member.counting()
+        stream = b"".join(chat_message(0, name, "x" * 40)
+                          for name in ("m0-1", "m0-10", "m0-1", "m0-2", "m0-1"))
+        ours.setblocking(False)
+        for start in range(0, len(stream), 7):            # pieces cutting every line somewhere
+            theirs.sendall(stream[start:start + 7])         # (a socket pair: there at once)
+            member.on_readable()
+            self.assertEqual(member.received, stream[:start + 7].count(b"\n\n"))
+        self.assertEqual(member.received, 5, "every chat once")
+        self.assertEqual(member.in_flight, 2, "its own three came back (not m0-10's)")
+
+
 class BusLoadProbeApartTest(unittest.TestCase):
     """bench/bus_load.py --probe-apart: the probe's chats, timed in a process of its own."""
 
