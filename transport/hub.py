@@ -228,8 +228,9 @@ class Hub:
                     more = False
                     break
                 handled += 1
-                if took(actions):
-                    continue                # nothing applied: nothing to check
+                if not actions or took(actions):
+                    continue                # nothing applied: nothing to check (with --bus, a
+                                            # chat on its way to Redis has no action yet)
                 apply(actions)
                 if conn.state is not OPEN or conn.reads_paused or conn.waiting or loop.stopping:
                     more = conn.state is OPEN and not conn.waiting
