@@ -31,9 +31,9 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
-from sansio.bus import (CHAT_END, LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Chats, Done,
-                        Joined, Left, LocalState, Numbered, Reaped, Revived, Skipped,
-                        StateChanged)
+from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Chats, Done, Joined,
+                        Left, LocalState, Numbered, Reaped, Revived, Skipped, StateChanged)
+from sansio.bus_scripts import CHAT_END
 from cluster.waits import ChatWait, InFlight, JoinWait, LeaveWait
 from rooms import LocalRooms, Peer, Rooms, unknown_room
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, ErrorCode, Join, Leave, RequestError,
@@ -184,8 +184,8 @@ class SharedRooms(BusLinks):
         return [Wait(conn_id)]
 
     def chat(self, conn_id: int, req: Chat) -> Optional[List[Action]]:
-        """The hot path: a member's chat joins this tick's call to Redis (sansio/bus.py); the
-        members have it once its event comes back (_on_chats). Anything else: _chat_not_now."""
+        """The hot path: a member's chat joins this tick's call to Redis; it reaches the members
+        with its event (_on_chats). Anything else: _chat_not_now."""
         ref, bus = req.ref, self.bus
         members = self._maybe_members(ref)
         name = None if members is None else members.get(conn_id)
@@ -211,10 +211,10 @@ class SharedRooms(BusLinks):
             if not self._exists(ref):
                 raise unknown_room(ref)
             raise _not_a_member(ref, bus.room_names.get(ref))
-        if bus.up:                              # Redis is behind: refused, as bus.chat says
-            wait, full = self._in_flight.add(conn_id, ref, None)
-            bus.chat(wait, conn_id, ref, chat_message(ref, name, req.message), self._clock())
-            return [Wait(conn_id)] if full else []
+        if bus.up:              # Redis is behind: bus.chat refuses it (its Done says why)
+            data = chat_message(ref, name, req.message)
+            bus.chat(self._in_flight.add(conn_id, ref, None)[0], conn_id, ref, data, self._clock())
+            return []
         if self._remote.get(ref, 0):
             raise self._refuse("a chat to a room with members on other servers")
         return self.local.chat(conn_id, req)            # every member is here
@@ -366,13 +366,13 @@ class SharedRooms(BusLinks):
                 # members are listed once and told in one message. One by one, 4 000 members
                 # resetting at once cost 4 000 lists of the room: seconds of one tick.
                 self._leave_here(LeaveWait(None, ref, lost))
-        self._maybe_unfollow(ref)
+        self._maybe_idle.add(ref)     # (let go of once what came with this is handled)
 
     def _leave_here(self, wait: LeaveWait) -> None:
         """Carry out a leave on this node: the leaver's reply (LEAVE), then the announcement to
         the room's members here (the leaver too, unless it is gone)."""
         ref = wait.ref
-        if not self._still_waiting(wait):
+        if not wait.still_waited_for(self._waits):
             return
         members = self.rooms.member_ids(ref)
         names = []
@@ -399,16 +399,7 @@ class SharedRooms(BusLinks):
                 self._actions.append(Close(wait.conn_id))
         elif wait.conn_id is not None and self._waits.get(wait.conn_id) is wait:
             self._resume(wait.conn_id)
-        self._maybe_unfollow(ref)
-
-    def _still_waiting(self, wait: LeaveWait) -> bool:
-        """False for a request's leave already carried out (its event came before a failure),
-        or whose connection is gone (then its membership is left as a lost one's)."""
-        if wait.conn_id is None:
-            return True
-        if wait.disconnect is not None:
-            return wait.ref in wait.disconnect and self._waits.get(wait.conn_id) is wait.disconnect
-        return self._waits.get(wait.conn_id) is wait
+        self._maybe_idle.add(ref)     # (let go of once what came with this is handled)
 
     def _announce(self, ref: int, names: List[str], text: str) -> None:
         members = self.rooms.member_ids(ref)
@@ -437,7 +428,7 @@ class SharedRooms(BusLinks):
             else:
                 wait.seq = value[0]
             here = [(c, n) for c, n in wait.leavers if c not in removed]
-            if wait.conn_id is not None and here and self._still_waiting(wait):
+            if wait.conn_id is not None and here and wait.still_waited_for(self._waits):
                 self._leave_here(wait)                  # LEAVE / DISCONNECT, done here
             elif here:                                  # lost members: gone here too
                 self._leave_here(LeaveWait(None, wait.ref, here))
@@ -520,11 +511,6 @@ class SharedRooms(BusLinks):
     def _exists(self, ref: int) -> bool:
         """True if room `ref` was ever given, on any node (as far as this one has heard)."""
         return self.rooms.was_given(ref) or 0 <= ref < self.bus.next_ref
-
-    def _maybe_unfollow(self, ref: int) -> None:
-        """Room `ref` may have no member here any more: let it go once every event handed out
-        with this one is handled (a join among them may put a member back)."""
-        self._maybe_idle.add(ref)
 
     def _let_go_of_idle_rooms(self) -> None:
         for ref in self._maybe_idle:

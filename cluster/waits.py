@@ -129,3 +129,13 @@ class LeaveWait:
                  reply: Optional[bytes] = None, disconnect: Optional[Set[int]] = None) -> None:
         self.conn_id, self.ref, self.leavers = conn_id, ref, leavers
         self.reply, self.disconnect, self.seq = reply, disconnect, None
+
+    def still_waited_for(self, waits: Dict[int, object]) -> bool:
+        """False for a request's leave already carried out (its event came before a failure),
+        or whose connection is gone (then its membership is left as a lost one's); `waits`:
+        what each connection waits for (SharedRooms's)."""
+        if self.conn_id is None:
+            return True
+        if self.disconnect is not None:
+            return self.ref in self.disconnect and waits.get(self.conn_id) is self.disconnect
+        return waits.get(self.conn_id) is self

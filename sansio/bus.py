@@ -2,9 +2,9 @@
 
 Boundary: sans-IO, like sansio/resp.py and sansio/udp_*.py. The bus (this module and the two
 it is built on, listed below) knows Redis commands and its own rules (keys, scripts, event
-order, heartbeats, catch-up), but no socket, no clock and no chat wire format: the reactor
-moves the bytes of its two Redis links ("cmd" and "sub") and passes the time in;
-cluster/shared.py turns what comes out into chat actions.
+order, heartbeats, catch-up), but no socket, no clock, and of the chat wire format only that a
+chat ends at its first blank line (CHAT_END): the reactor moves the bytes of its two Redis
+links ("cmd" and "sub") and passes the time in; cluster/shared.py makes chat actions of it.
 
 Theory of operation, following one CHAT across two nodes:
 
@@ -48,8 +48,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from sansio.bus_events import (Done, Event, LocalState, Numbered, Reaped, Revived, Skipped,
                                StateChanged)
 from sansio.bus_links import LINKS, MAX_UNANSWERED_BYTES, Held, Links
-from sansio.bus_scripts import (CHAT_END, SCRIPT_SHAS, SCRIPT_TEXTS, Chats, Joined, Left,
-                                RoomEvent, chat_firsts, decode_chats, decode_entries,
+from sansio.bus_scripts import (SCRIPT_SHAS, SCRIPT_TEXTS, Chats, Joined, Left, RoomEvent,
+                                chat_firsts, decode_chats, decode_entries,
                                 decode_event, restore_args, split_chats, sync_args)
 from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 
@@ -59,7 +59,7 @@ from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 __all__ = [
     "Bus", "LocalState", "Event", "Done", "Numbered", "Skipped", "StateChanged", "Reaped",
     "Revived", "RoomEvent", "Joined", "Chats", "Left", "decode_event",
-    "LINKS", "HEARTBEAT_EVERY", "NODE_DEAD_AFTER", "MAX_SHARED_ROOMS", "CHAT_END",
+    "LINKS", "HEARTBEAT_EVERY", "NODE_DEAD_AFTER", "MAX_SHARED_ROOMS",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -90,11 +90,10 @@ MAX_SHARED_ROOMS = 100_000
 # held event is dropped; it is still in the room's log, and the repair reads it back.
 MAX_HELD_BYTES = 8 * 1024 * 1024
 
-# The chats of one tick go to Redis as one call of the chats script, which logs and publishes
-# each room's as one batch: per room, Redis runs four commands (INCRBY, XADD, EXPIRE, PUBLISH)
-# whatever the number of chats, and a node reads one message a room instead of one per chat. A
-# call carries at most CHAT_BATCH chats and CHAT_BATCH_BYTES (what it publishes for a room is one
-# message: far below the 32 MB past which Redis cuts a subscriber).
+# The chats of one tick go to Redis as one call of the chats script, which numbers, logs and
+# publishes each room's as one batch (sansio/bus_scripts.py): a node reads one message a room,
+# not one a chat. A call carries at most CHAT_BATCH chats and CHAT_BATCH_BYTES (what it publishes
+# for a room is one message: far below the 32 MB past which Redis cuts a subscriber).
 CHAT_BATCH = 500
 CHAT_BATCH_BYTES = 1024 * 1024
 
@@ -379,8 +378,7 @@ class Bus(_CatchUp):
             self.hold_chat(token, conn, ref, data, now)
 
     def hold_chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> None:
-        """chat() without its checks, for a caller that made them (the hot path): the bus is
-        up and not behind for `data`."""
+        """chat() for a caller that checked (the hot path): the bus is up, not behind_for it."""
         if self._chats.add(token, ref, conn, data, now):
             self._send_chats()
 
@@ -564,11 +562,10 @@ class Bus(_CatchUp):
         if kind == "request":
             self._events.append(Done(token, None if failed else value,
                                      value.message if failed else ""))
+        elif kind == "chats" and failed:
+            self._events += _failed(kind, token, value.message)
         elif kind == "chats":
-            if failed:
-                self._events += _failed(kind, token, value.message)
-            else:
-                self._events.append(Numbered(token, chat_firsts(value)))
+            self._events.append(Numbered(token, chat_firsts(value)))
         elif failed:
             # Our own scripts and reads do not fail on a sane Redis; one that does (out of
             # memory, a script killed) gets the links reset, which retries everything.
@@ -591,8 +588,7 @@ class Bus(_CatchUp):
 
 
 def _failed(kind: str, token: Any, why: str) -> List[Done]:
-    """What the owner is told when its request(s) `token` of `kind` get no reply: a failed Done
-    for each (for a request or a call of the chats script; nothing for the bus's own)."""
+    """A failed Done for each of the owner's requests `token` of `kind` (none: the bus's own)."""
     if kind == "chats":             # (the tokens of each room's chats)
         return [Done(each, None, why) for tokens in token for each in tokens]
     return [Done(token, None, why)] if kind == "request" else []
