@@ -92,6 +92,21 @@ class BusCpuTest(unittest.TestCase):
             self.assertIn("no projection", done.stdout)
 
 
+class BusPathTest(unittest.TestCase):
+    """bench/bus_path.py: the Python a chat costs a bus node, with Redis played by the script.
+    It raises if any chat's delivery is missing, so a run that prints its line delivered all."""
+
+    def test_a_tiny_run_delivers_every_chat_and_names_each_part(self):
+        done = subprocess.run([sys.executable, "-m", "bench.bus_path", "--rooms", "3",
+                               "--members", "2", "--chats", "2", "--ticks", "5", "--repeat", "1"],
+                              cwd=TOP, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertRegex(done.stdout, r"alone [0-9.]+ µs a chat; bus [0-9.]+ \(requests [0-9.]+, "
+                                      r"take\+encode [0-9.]+, reply [0-9.]+, sub-read [0-9.]+, "
+                                      r"actions [0-9.]+\); the bus's extra -?[0-9.]+ µs a chat")
+
+
 class CountingMemberTest(unittest.TestCase):
     """bench/bus_cpu.py's member that counts the chats that come instead of parsing them."""
 
