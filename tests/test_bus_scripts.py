@@ -4,15 +4,17 @@ heartbeat script's clock, against a throw-away redis-server (skipped without one
 What the other scripts do is tested end to end in tests/test_bus.py.
 """
 import os
+import random
 import signal
 import socket
 import time
 import unittest
 
-from sansio.bus_scripts import (LOG_LENGTH, SCRIPT_TEXTS, Chats, Joined, Left, chat_firsts,
-                                decode_any, decode_chats, decode_entries, decode_event,
-                                split_chats)
+from sansio.bus_scripts import (CHAT_END, LOG_LENGTH, SCRIPT_TEXTS, Chats, Joined, Left,
+                                chat_firsts, decode_any, decode_chats, decode_entries,
+                                decode_event, split_chats)
 from sansio.resp import NEED_DATA, RespReader, encode_command
+from sansio.wire import Chat, Framer, RequestError, chat_message, parse_request
 from tests.redis_server import HOST, REDIS_SERVER, SKIP_REASON, RedisProcess
 
 
@@ -38,6 +40,32 @@ class EventFormatTests(unittest.TestCase):
                      b"B 1 2  n 3\na\n\n"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_chats(data)
+
+    def test_a_chat_as_members_receive_it_ends_at_its_one_blank_line_whatever_was_sent(self):
+        # What lets a batch do without sizes: whatever bytes a client sends, each CHAT the
+        # server takes from them (framed as every transport frames them) is rendered for the
+        # members with CHAT_END once, at its end.
+        pieces = ["a", "\n", "\r", "\r\n", " ", "\t", "\x0b", "\x0c", "\x85", "\u2028", "é"]
+        rng, chats = random.Random(19), 0
+        for _ in range(3000):
+            text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 10)))
+            framer = Framer()
+            framer.receive_data(("CHAT: 1\nJOIN_ID: 1\nCLIENT_NAME: x\nMESSAGE: %s\n\n"
+                                 % text).encode("utf-8"))
+            for _ in range(4):                      # (the requests those bytes hold)
+                try:
+                    frame = framer.maybe_next_frame()
+                    request = None if frame is None else parse_request(frame)
+                except RequestError:
+                    continue
+                if request is None:
+                    break
+                if isinstance(request, Chat):
+                    chats += 1
+                    data = chat_message(1, request.client_name, request.message)
+                    self.assertEqual((data.count(CHAT_END), data.endswith(CHAT_END)),
+                                     (1, True), repr(text))
+        self.assertGreater(chats, 1000)
 
     def test_a_batch_splits_into_its_chats_numbered_one_after_the_other(self):
         data = b"B 3 10 n1 12 13 12\na\nb\n\nc\n\ndef\n\n"
