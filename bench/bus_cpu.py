@@ -110,13 +110,7 @@ class CountingMember(Member):
     def on_readable(self) -> List[float]:
         if not getattr(self, "_counting", False):
             return super().on_readable()
-        try:
-            data = self.sock.recv(1 << 18)
-        except BlockingIOError:
-            return []
-        if not data:
-            raise RuntimeError("%s: the server closed the connection" % self.name)
-        data = self._tail + data
+        data = self._tail + self.read()
         end = data.rfind(b"\n\n") + 2          # the end of the messages whole so far
         if end < 2:
             self._tail = data

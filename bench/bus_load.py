@@ -76,14 +76,21 @@ class Member:
             except BlockingIOError:
                 pass
 
-    def on_readable(self) -> List[float]:
-        """Read what is there; the round trips of own chats that came back."""
+    def read(self) -> bytes:
+        """What is there to read (b"" if nothing); raises if the server closed the connection."""
         try:
             data = self.sock.recv(1 << 18)
         except BlockingIOError:
-            return []
+            return b""
         if not data:
             raise RuntimeError("%s: the server closed the connection" % self.name)
+        return data
+
+    def on_readable(self) -> List[float]:
+        """Read what is there; the round trips of own chats that came back."""
+        data = self.read()
+        if not data:
+            return []
         self.reader.receive_data(data)
         trips = []
         while True:

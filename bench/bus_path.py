@@ -41,6 +41,19 @@ def requests(args: argparse.Namespace, members: Dict[int, List[int]]) -> List[li
               for c in members[r]] for r in range(args.rooms)] for tick in range(args.ticks)]
 
 
+def send(proto: ChatProtocol, members: Dict[int, List[int]], tick: list,
+         args: argparse.Namespace) -> int:
+    """One tick's requests, each member's handled in turn; how many chats."""
+    chats = 0
+    for room in range(args.rooms):
+        for conn, data in zip(members[room], tick[room]):
+            proto.data_received(conn, data)
+            for _ in range(args.chats):
+                proto.maybe_next_actions(conn)
+                chats += 1
+    return chats
+
+
 def alone(args: argparse.Namespace) -> float:
     proto = ChatProtocol(9999, "1", service=LocalRooms(clock=time.monotonic))
     members: Dict[int, List[int]] = {r: [] for r in range(args.rooms)}
@@ -52,12 +65,7 @@ def alone(args: argparse.Namespace) -> float:
         members[room].append(conn)
     ticks, chats, started = requests(args, members), 0, time.process_time()
     for tick in ticks:
-        for room in range(args.rooms):
-            for conn, data in zip(members[room], tick[room]):
-                proto.data_received(conn, data)
-                for _ in range(args.chats):
-                    proto.maybe_next_actions(conn)
-                    chats += 1
+        chats += send(proto, members, tick, args)
     return (time.process_time() - started) / chats * 1e6
 
 
@@ -89,12 +97,7 @@ def bus(args: argparse.Namespace) -> Tuple[float, List[float]]:
     started = clock()
     for tick, (reply, published) in zip(ticks, redis):
         t0 = clock()
-        for room in range(args.rooms):
-            for conn, data in zip(members[room], tick[room]):
-                proto.data_received(conn, data)
-                for _ in range(args.chats):
-                    proto.maybe_next_actions(conn)
-                    chats += 1
+        chats += send(proto, members, tick, args)
         t1 = clock()
         shared.link_output("cmd")
         t2 = clock()
