@@ -66,7 +66,8 @@ Joined = NamedTuple("Joined", [("ref", int), ("seq", int), ("node", str), ("conn
 # (i + 1)-th piece of data ending in CHAT_END.
 Chats = NamedTuple("Chats", [("ref", int), ("seq", int), ("node", str),
                              ("conns", Tuple[int, ...]), ("data", bytes)])
-# What ends each chat of a batch, and is found nowhere else in it.
+# What ends each chat of a batch, and is found nowhere else in it (nor followed by a third line
+# end: a chat as rendered ends with a MESSAGE stripped of white space).
 CHAT_END = b"\n\n"
 # `leavers`: (conn, CLIENT_NAME) of each, in the order they left.
 Left = NamedTuple("Left", [("ref", int), ("seq", int), ("node", str), ("settled", bool),
@@ -102,11 +103,14 @@ def decode_chats(data: bytes) -> Chats:
     if head is None:
         raise ValueError("not a batch of chats: %r" % data[:80])
     index = head.group(4)
-    if index.endswith(b" ") or b"  " in index:
+    if index.endswith(b" ") or b"  " in index or _LONG_NUMBER.search(index):
         raise ValueError("not a batch of chats: %r" % data[:80])
     conns = tuple(map(int, index.split()))
     body = data[end + 1:]
-    if body.count(CHAT_END) != len(conns) or not body.endswith(CHAT_END):
+    # (with no CHAT_END run into a third line end, each one found is a chat's end: the counts
+    # here, the owner's check of each chat's head and split_chats's cuts all see the same chats)
+    if body.count(CHAT_END) != len(conns) or not body.endswith(CHAT_END) \
+            or b"\n\n\n" in body:
         raise ValueError("a batch whose chats are not as many as its senders: %r" % data[:80])
     return Chats(int(head.group(1)), int(head.group(2)), head.group(3).decode("utf-8"), conns,
                  body)
@@ -114,8 +118,10 @@ def decode_chats(data: bytes) -> Chats:
 
 # A batch's header line: digits only where numbers go (int() alone also takes "+5" or "1_0"),
 # the senders matched as one run of digits and spaces (a pattern repeated for each took as long
-# as reading the numbers), its spaces checked after.
-_BATCH_HEAD = re.compile(rb"B ([0-9]{1,18}) ([0-9]{1,18}) ([^ \n]+) ([0-9 ]+)")
+# as reading the numbers), its spaces and the numbers' lengths checked after (int() of a long
+# enough run of digits takes seconds on a Python without a limit on them).
+_BATCH_HEAD = re.compile(rb"B ([0-9]{1,18}) ([0-9]{1,18}) ([^ \n]+) ([0-9][0-9 ]*)")
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 def split_chats(chats: Chats) -> List[Chats]:

@@ -135,11 +135,13 @@ class OrderTests(unittest.TestCase):
 
     def test_a_batch_whose_chat_ends_are_not_one_a_sender_is_refused_whole(self):
         good = batch(0, 1, [(7, "ann", "a"), (7, "ann", "b")])
+        one, two = chat_message(0, "ann", "a"), chat_message(0, "ann", "b")
         for bad in (good[:-1], good + b"x", good.replace(b"B 0 1 other 7 ", b"B 0 1 other 7"),
-                    b"B 0 1 other 7 0\n", b"B 0 1 other\n", b"B 0 x other 7 1\na"):
+                    b"B 0 1 other 7 0\n", b"B 0 1 other\n", b"B 0 x other 7 1\na",
+                    b"B 0 1 other 7 7\n" + one + b"\n" + two):    # (a stray line end)
             self.h.publish(bad)
         self.assertEqual(self.h.texts(), [], "no part of a chat reaches anyone")
-        self.assertEqual(self.h.bus.bad_events, 6)
+        self.assertEqual(self.h.bus.bad_events, 7)
         self.h.publish(good)
         self.assertEqual(self.h.texts(), ["a", "b"])
 

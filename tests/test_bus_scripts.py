@@ -37,7 +37,9 @@ class EventFormatTests(unittest.TestCase):
                      b"B 1 2 n 3\n\n\nabc", b"B 1 2 n\na\n\n", b"B 1 2 n 3\n", b"B 1 2 n -1\na\n\n",
                      b"B 1 x n 3\na\n\n", b"B 1 2 n 3", b"B +1 2 n 3\na\n\n",
                      b"B 1 2 n 1_0\na\n\n", b"B 1 2 n 3 \na\n\n", b"B 1 2 n 3  4\na\n\nb\n\n",
-                     b"B 1 2  n 3\na\n\n"):
+                     b"B 1 2  n 3\na\n\n", b"B 1 2 n  3\na\n\n", b"B 1 2 n 3\na\n\n\n",
+                     b"B 1 2 n 3 4\na\n\n\nb\n\n", b"B 1 2 n %d\na\n\n" % 10 ** 18,
+                     b"B 1 2 n 3 " + b"9" * 5000 + b"\na\n\nb\n\n"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_chats(data)
 
