@@ -110,7 +110,7 @@ def decode_chats(data: bytes) -> Chats:
     # (with no CHAT_END run into a third line end, each one found is a chat's end: the counts
     # here, the owner's check of each chat's head and split_chats's cuts all see the same chats)
     if body.count(CHAT_END) != len(conns) or not body.endswith(CHAT_END) \
-            or b"\n\n\n" in body:
+            or _STRAY_LINE_END.search(body):
         raise ValueError("a batch whose chats are not as many as its senders: %r" % data[:80])
     return Chats(int(head.group(1)), int(head.group(2)), head.group(3).decode("utf-8"), conns,
                  body)
@@ -122,6 +122,7 @@ def decode_chats(data: bytes) -> Chats:
 # enough run of digits takes seconds on a Python without a limit on them).
 _BATCH_HEAD = re.compile(rb"B ([0-9]{1,18}) ([0-9]{1,18}) ([^ \n]+) ([0-9][0-9 ]*)")
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
+_STRAY_LINE_END = re.compile(rb"\n\n\n")    # (a regex: `in` takes twice as long for this one)
 
 
 def split_chats(chats: Chats) -> List[Chats]:
