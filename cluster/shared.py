@@ -191,13 +191,14 @@ class SharedRooms(BusLinks):
         name = None if members is None else members.get(conn_id)
         if name is None or not bus.up:
             return self._chat_not_now(conn_id, req, name)
-        data = chat_message(ref, name, req.message)
         waits = self._in_flight.by_conn.get(conn_id)
-        if waits is not None and waits[0].ref != ref or bus.behind_for(len(data)):
+        if waits is not None and waits[0].ref != ref:
             return self._chat_not_now(conn_id, req, name)
-        wait, full = self._in_flight.add(conn_id, ref, waits)
-        bus.hold_chat(wait, conn_id, ref, data, self._clock())
-        return [Wait(conn_id)] if full else []
+        wait = ChatWait(conn_id, ref)
+        if not bus.hold_chat(wait, conn_id, ref, chat_message(ref, name, req.message),
+                             self._clock()):
+            return self._chat_not_now(conn_id, req, name)         # Redis is behind
+        return [Wait(conn_id)] if self._in_flight.add(conn_id, wait, waits) else []
 
     def _chat_not_now(self, conn_id: int, req: Chat, name: Optional[str]) -> Optional[List[Action]]:
         """A chat that cannot join this tick's call as it is: with chats of its sender on their
@@ -212,8 +213,9 @@ class SharedRooms(BusLinks):
                 raise unknown_room(ref)
             raise _not_a_member(ref, bus.room_names.get(ref))
         if bus.up:              # Redis is behind: bus.chat refuses it (its Done says why)
-            data = chat_message(ref, name, req.message)
-            bus.chat(self._in_flight.add(conn_id, ref, None)[0], conn_id, ref, data, self._clock())
+            wait = ChatWait(conn_id, ref)
+            self._in_flight.add(conn_id, wait, None)
+            bus.chat(wait, conn_id, ref, chat_message(ref, name, req.message), self._clock())
             return []
         if self._remote.get(ref, 0):
             raise self._refuse("a chat to a room with members on other servers")

@@ -46,18 +46,17 @@ class InFlight:
         self.by_conn: Dict[int, List[ChatWait]] = {}
         self.held: Set[int] = set()
 
-    def add(self, conn_id: int, ref: int,
-            waits: Optional[List[ChatWait]]) -> Tuple[ChatWait, bool]:
-        """A chat of `conn_id` to room `ref` on its way (`waits`: those it has already, as
-        by_conn has them); and whether the connection has as many on their way as allowed now."""
-        wait = ChatWait(conn_id, ref)
+    def add(self, conn_id: int, wait: ChatWait, waits: Optional[List[ChatWait]]) -> bool:
+        """A chat of `conn_id` on its way (`waits`: those it has already, as by_conn has them);
+        whether the connection has as many on their way as allowed now."""
         if waits is None:
-            waits = self.by_conn[conn_id] = []
+            self.by_conn[conn_id] = [wait]
+            return False
         waits.append(wait)
         if len(waits) < CHATS_IN_FLIGHT:
-            return wait, False
+            return False
         self.held.add(conn_id)
-        return wait, True
+        return True
 
     def hold(self, conn_id: int) -> bool:
         """Whether `conn_id` has chats on their way: then its next request waits for them (and

@@ -368,23 +368,21 @@ class Bus(_CatchUp):
     def chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> None:
         """Send a chat: `data`, the bytes each member of room `ref` is to receive (the bus does
         not read them). It goes out with the others of this tick (data_to_send), in one call."""
-        if self.behind_for(len(data)):
+        if not self._links.is_open("cmd"):
+            self._events += _failed("request", token, "no link to Redis")
+        elif not self.hold_chat(token, conn, ref, data, now):
             self.behind += 1
             self._events += _failed("request", token, "Redis is behind: %d bytes of requests "
                                     "unanswered" % (self._links.unanswered + self._chats.size))
-        elif not self._links.is_open("cmd"):
-            self._events += _failed("request", token, "no link to Redis")
-        else:
-            self.hold_chat(token, conn, ref, data, now)
 
-    def hold_chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> None:
-        """chat() for a caller that checked (the hot path): the bus is up, not behind_for it."""
+    def hold_chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> bool:
+        """chat() for a caller that knows the bus is up (the hot path): False, and nothing held,
+        when Redis has too much unanswered to take `data` too."""
+        if self._links.unanswered + self._chats.size + len(data) > MAX_UNANSWERED_BYTES:
+            return False
         if self._chats.add(token, ref, conn, data, now):
             self._send_chats()
-
-    def behind_for(self, size: int) -> bool:
-        """A chat of `size` bytes would be refused now: Redis has too much unanswered."""
-        return self._links.unanswered + self._chats.size + size > MAX_UNANSWERED_BYTES
+        return True
 
     def _send_chats(self) -> None:
         """The chats held so far (if any), as one call of the chats script."""

@@ -1,7 +1,7 @@
 """cluster/waits.py: the chats of each connection on their way to Redis, and who gets a Resume."""
 import unittest
 
-from cluster.waits import CHATS_IN_FLIGHT, InFlight
+from cluster.waits import CHATS_IN_FLIGHT, ChatWait, InFlight
 from sansio.actions import Resume
 
 
@@ -12,11 +12,8 @@ class InFlightTests(unittest.TestCase):
 
     def send(self, conn_id: int, ref: int, count: int) -> list:
         """`count` chats of `conn_id` to `ref`; whether the connection was full after each."""
-        fulls = []
-        for _ in range(count):
-            _wait, full = self.flight.add(conn_id, ref, self.flight.by_conn.get(conn_id))
-            fulls.append(full)
-        return fulls
+        return [self.flight.add(conn_id, ChatWait(conn_id, ref), self.flight.by_conn.get(conn_id))
+                for _ in range(count)]
 
     def test_a_batch_finishes_each_senders_first_chats_and_nobody_held_gets_no_resume(self):
         self.send(1, 0, 3)
