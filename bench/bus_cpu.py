@@ -102,13 +102,14 @@ class CountingMember(Member):
     """A Member that, once counting() is called (every member has joined and the join
     announcements are over), counts what comes instead of parsing it: from then on every message
     is a CHAT of its room, its own are those naming it, and each ends at its first blank line."""
+    _counting = False
 
     def counting(self) -> None:
         self._counting, self._tail = True, b""
         self._own = b"\nCLIENT_NAME: %s\n" % self.name.encode()
 
     def on_readable(self) -> List[float]:
-        if not getattr(self, "_counting", False):
+        if not self._counting:
             return super().on_readable()
         data = self._tail + self.read()
         end = data.rfind(b"\n\n") + 2          # the end of the messages whole so far

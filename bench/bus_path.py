@@ -27,17 +27,18 @@ from typing import Dict, List, Tuple
 
 from protocol import ChatProtocol
 from rooms import LocalRooms
+from sansio.wire import chat_request, join_request
 from tests.bus_harness import batch, pushed, resp
 from tests.test_bus_core import SharedHarness
 
-CHAT = b"CHAT: %d\nJOIN_ID: 1\nCLIENT_NAME: m%d\nMESSAGE: chat number %d of this member\n\n"
-JOIN = b"JOIN_CHATROOM: r%d\nCLIENT_IP: 0\nPORT: 0\nCLIENT_NAME: m%d\n"
+TEXT = "chat number %d of this member"
 PARTS = ("requests", "take+encode", "reply", "sub-read", "actions")
 
 
 def requests(args: argparse.Namespace, members: Dict[int, List[int]]) -> List[list]:
     """Each tick's bytes from each member of each room: CHATS chats in one piece."""
-    return [[[b"".join(CHAT % (r, c, tick * args.chats + k) for k in range(args.chats))
+    return [[[b"".join(chat_request(r, 1, "m%d" % c, TEXT % (tick * args.chats + k))
+                       for k in range(args.chats))
               for c in members[r]] for r in range(args.rooms)] for tick in range(args.ticks)]
 
 
@@ -60,7 +61,7 @@ def alone(args: argparse.Namespace) -> float:
     for conn in range(1, args.rooms * args.members + 1):
         room = (conn - 1) // args.members
         proto.connection_made(conn, "127.0.0.1", "127.0.0.1")
-        proto.data_received(conn, JOIN % (room, conn))
+        proto.data_received(conn, join_request("r%d" % room, "m%d" % conn))
         proto.maybe_next_actions(conn)
         members[room].append(conn)
     ticks, chats, started = requests(args, members), 0, time.process_time()
@@ -75,7 +76,7 @@ def bus(args: argparse.Namespace) -> Tuple[float, List[float]]:
     seq = {r: 0 for r in range(args.rooms)}
     for conn in range(1, args.rooms * args.members + 1):
         room = (conn - 1) // args.members
-        h.request(conn, JOIN % (room, conn))
+        h.request(conn, join_request("r%d" % room, "m%d" % conn))
         seq[room] += 1
         h.publish(b"J %d %d me %d %d 0\nr%d\nm%d" % (room, seq[room], conn, conn, room, conn))
         h.reply([room, conn, seq[room], 0, int(not members[room])])
@@ -86,7 +87,7 @@ def bus(args: argparse.Namespace) -> Tuple[float, List[float]]:
     for tick in range(args.ticks):
         firsts, published = [], []
         for room in range(args.rooms):
-            sent = [(c, "m%d" % c, "chat number %d of this member" % (tick * args.chats + k))
+            sent = [(c, "m%d" % c, TEXT % (tick * args.chats + k))
                     for c in members[room] for k in range(args.chats)]
             firsts.append(seq[room] + 1)
             published.append(pushed(batch(room, seq[room] + 1, sent, node="me")))

@@ -366,8 +366,9 @@ class Bus(_CatchUp):
             "join", self.node, conn, room, name, join_id, self.max_rooms, int(may_create)))
 
     def chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> None:
-        """Send a chat: `data`, the bytes each member of room `ref` is to receive (the bus does
-        not read them). It goes out with the others of this tick (data_to_send), in one call."""
+        """Send a chat: `data`, the bytes each member of room `ref` is to receive (the bus only
+        finds where it ends). It goes out with the others of this tick (data_to_send), in one
+        call; if Redis is behind, or the link is down, a failed Done says so."""
         if not self._links.is_open("cmd"):
             self._events += _failed("request", token, "no link to Redis")
         elif not self.hold_chat(token, conn, ref, data, now):

@@ -28,9 +28,8 @@ from typing import Any, Dict, List, NamedTuple, Sequence, Tuple, Union
 
 # What a room's log keeps, for filling gaps: its last LOG_LENGTH events (trimmed by number:
 # log_add() below; "~": Redis trims in whole blocks, so a few more), for LOG_TTL seconds after
-# its last event. A subscriber link that
-# is back within that time and that many events loses nothing; past it the missed events are
-# counted as lost (`lost`) and logged. The log costs Redis some LOG_LENGTH events per active
+# its last event. A subscriber link that is back within that time and that many events loses
+# nothing; past it the missed events are counted as lost (`lost`) and logged. The log costs Redis some LOG_LENGTH events per active
 # room; on Redis before 6.2 (no MINID) LOG_LENGTH entries, each up to a call's batch of the
 # room's chats (CHAT_BATCH_BYTES, sansio/bus.py), and a repair read as many (REPAIR_BATCH).
 LOG_LENGTH = 1000
