@@ -55,6 +55,7 @@ TIMEOUT = 3.0               # the default bound on any one wait for a message
 SILENCE = 0.2               # how long expect_silence listens (only after a sync point)
 EXIT_TIMEOUT = 2.0          # KILL_SERVICE / SIGTERM must end the process within this
 FLOOD_TIMEOUT = 10.0        # the slow-reader test's whole flood must be delivered within this
+SENDER_LEAD = 400           # its sender's chats (1 KB each) at most ahead of what the reader took
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1190,17 +1191,29 @@ class LoadTests(ServerTestCase):
         size = 1000
         count = (OUTPUT_CAP + _kernel_send_buffer_max() + (1 << 20)) // size + 1
         texts = ["%06d %s" % (i, "x" * (size - 7)) for i in range(count)]
-        payload = b"".join(chat_request(ref, js, "sender", t) for t in texts)
+        requests = [chat_request(ref, js, "sender", t) for t in texts]
         sender_error = []
         # The thread writes through its own socket object on the same connection, so that the
-        # main thread's reads (and their timeouts) do not interfere with its sendall().
+        # main thread's reads (and their timeouts) do not interfere with its sendall(). It keeps
+        # at most SENDER_LEAD chats ahead of what the reader has taken: the reader, this test's
+        # own Python, must not fall OUTPUT_CAP behind because the machine paused this process
+        # (a server dropping a reader that far behind is right); the stalled member falls
+        # behind all the same.
         sending = sender.sock.dup()
         self.addCleanup(sending.close)
         sending.settimeout(FLOOD_TIMEOUT)
+        taken = threading.Condition()
+        reader_has = [0]                    # chats the reader has taken (main thread's count)
+        step = 100
 
         def send_all():
             try:
-                sending.sendall(payload)
+                for start in range(0, count, step):
+                    with taken:
+                        if not taken.wait_for(lambda: reader_has[0] >= start - SENDER_LEAD,
+                                              FLOOD_TIMEOUT):
+                            return          # the main thread reports what did not come
+                    sending.sendall(b"".join(requests[start:start + step]))
             except OSError as exc:          # reported by the main thread
                 sender_error.append(exc)
 
@@ -1230,6 +1243,10 @@ class LoadTests(ServerTestCase):
                     got[c] += c.take_ready()
                     if c.eof:
                         c.fail("connection ended during the flood")
+                    if c is reader:
+                        with taken:
+                            reader_has[0] = len(got[reader])
+                            taken.notify()
         thread.join(TIMEOUT)
         for c, messages in got.items():
             leaves = [m for m in messages if m.raw == expected_leave]
