@@ -31,10 +31,11 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from sansio.actions import Action, Broadcast, Close, Resume, Send, Wait
-from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, Chats, Done, Joined,
-                        Left, LocalState, Numbered, Reaped, Revived, Skipped, StateChanged)
+from sansio.bus import (LINKS, MAX_SHARED_ROOMS, NODE_DEAD_AFTER, Bus, ChatGroup, Chats, Done,
+                        Joined, Left, LocalState, Numbered, Reaped, Revived, Skipped,
+                        StateChanged)
 from sansio.bus_scripts import CHAT_END
-from cluster.waits import ChatWait, InFlight, JoinWait, LeaveWait
+from cluster.waits import InFlight, JoinWait, LeaveWait
 from rooms import LocalRooms, Peer, Rooms, unknown_room
 from sansio.wire import (JOINED_TEXT, LEFT_TEXT, Chat, ErrorCode, Join, Leave, RequestError,
                          chat_message, error_reply, left_reply, quote)
@@ -61,18 +62,10 @@ def _framed(chats: Chats, bus: Bus) -> bool:
     them, and the batch counts in bus.bad_events. Two calls a batch, in C, however many chats."""
     head = b"CHAT: %d\nCLIENT_NAME: " % chats.ref
     data = chats.data
-    if data.startswith(head) and data.count(CHAT_END + head) == len(chats.conns) - 1:
+    if data.startswith(head) and data.count(CHAT_END + head) == chats.count - 1:
         return True
     bus.bad_events += 1
     return False
-
-
-def _number_chats(event: Numbered) -> None:
-    """The chats of one call were numbered: each wait keeps its number (for _on_skipped)."""
-    for waits, first in zip(event.tokens, event.firsts):
-        for wait in waits:
-            wait.seq = first
-            first += 1
 
 
 def _log_reaped(event: Reaped) -> None:
@@ -161,7 +154,7 @@ class SharedRooms(BusLinks):
         self._departed_sent = 0
         self.refused = 0                                # requests refused: ERROR_CODE 15
         self._on_bus_event = {Chats: self._on_chats, Joined: self._on_joined, Left: self._on_left,
-                              Done: self._on_done, Numbered: _number_chats,
+                              Done: self._on_done, Numbered: self._on_numbered,
                               Skipped: self._on_skipped, StateChanged: self._on_state,
                               Reaped: _log_reaped, Revived: _log_revived}
 
@@ -186,37 +179,31 @@ class SharedRooms(BusLinks):
     def chat(self, conn_id: int, req: Chat) -> Optional[List[Action]]:
         """The hot path: a member's chat joins this tick's call to Redis; it reaches the members
         with its event (_on_chats). Anything else: _chat_not_now."""
-        ref, bus = req.ref, self.bus
+        ref, in_flight = req.ref, self._in_flight
         members = self._maybe_members(ref)
         name = None if members is None else members.get(conn_id)
-        if name is None or not bus.up:
+        entry = in_flight.by_conn.get(conn_id)
+        if name is None or (entry is not None and entry[0] != ref) or not self.bus.chat(
+                conn_id, ref, chat_message(ref, name, req.message), self._clock()):
             return self._chat_not_now(conn_id, req, name)
-        waits = self._in_flight.by_conn.get(conn_id)
-        if waits is not None and waits[0].ref != ref:
-            return self._chat_not_now(conn_id, req, name)
-        wait = ChatWait(conn_id, ref)
-        if not bus.hold_chat(wait, conn_id, ref, chat_message(ref, name, req.message),
-                             self._clock()):
-            return self._chat_not_now(conn_id, req, name)         # Redis is behind
-        return [Wait(conn_id)] if self._in_flight.add(conn_id, wait, waits) else []
+        return [Wait(conn_id)] if in_flight.add(conn_id, ref, entry) else []
 
     def _chat_not_now(self, conn_id: int, req: Chat, name: Optional[str]) -> Optional[List[Action]]:
         """A chat that cannot join this tick's call as it is: with chats of its sender on their
         way it waits for them (None: asked again after their Resume; see InFlight), whether it
         goes to another room, Redis is behind or down, or the sender is no member; else it is
         refused, or (the bus down) answered here if every member is here."""
-        ref, bus = req.ref, self.bus
+        ref = req.ref
         if self._in_flight.hold(conn_id):
             return None
         if name is None:
             if not self._exists(ref):
                 raise unknown_room(ref)
-            raise _not_a_member(ref, bus.room_names.get(ref))
-        if bus.up:              # Redis is behind: bus.chat refuses it (its Done says why)
-            wait = ChatWait(conn_id, ref)
-            self._in_flight.add(conn_id, wait, None)
-            bus.chat(wait, conn_id, ref, chat_message(ref, name, req.message), self._clock())
-            return []
+            raise _not_a_member(ref, self.bus.room_names.get(ref))
+        if self.bus.up:                 # Redis is behind (bus.behind counts it)
+            self.refused += 1
+            raise RequestError(ErrorCode.BUS_UNAVAILABLE, "the shared bus (Redis) is behind: "
+                               "your chat was not sent; send it again in a moment")
         if self._remote.get(ref, 0):
             raise self._refuse("a chat to a room with members on other servers")
         return self.local.chat(conn_id, req)            # every member is here
@@ -300,11 +287,11 @@ class SharedRooms(BusLinks):
     # -- events of the rooms -------------------------------------------------------------------
 
     def _on_chats(self, event: Chats) -> None:
-        members = self.rooms.member_ids(event.ref)
+        ref, count = event.ref, event.count
+        members = self.rooms.member_ids(ref)
         if members and _framed(event, self.bus):
-            self._actions.append(Broadcast(members, event.data, len(event.conns)))
-        if event.node == self.bus.node:                 # our members' chats: done
-            self._in_flight.finish_own(event.conns, event.ref, self._actions)
+            self._actions.append(Broadcast(members, event.data, count))
+        self._in_flight.handed_out(ref, event.seq + count - 1, self._actions)  # (ours: done)
 
     def _on_joined(self, event: Joined) -> None:
         if event.node != self.bus.node:
@@ -415,13 +402,10 @@ class SharedRooms(BusLinks):
         wait, value = event.token, event.value
         if isinstance(wait, JoinWait):
             self._join_done(wait, event)
-        elif isinstance(wait, ChatWait):
-            if event.failed and self._in_flight.has(wait):
-                self.refused += 1
-                self._actions.append(Send(wait.conn_id, error_reply(
-                    ErrorCode.BUS_UNAVAILABLE, "the shared bus (Redis) failed (%s): your chat "
-                    "may not have reached every member" % event.failed)))
-                self._in_flight.finish(wait, self._actions)
+        elif isinstance(wait, ChatGroup):               # (failed: a call's Done is Numbered)
+            self.refused += self._in_flight.finish(wait.ref, wait.conns, self._actions, error_reply(
+                ErrorCode.BUS_UNAVAILABLE, "the shared bus (Redis) failed (%s): your chat "
+                "may not have reached every member" % event.failed))
         elif isinstance(wait, LeaveWait):
             # Who Redis did not count as members is not announced by it: do it here.
             removed = set() if event.failed else set(value[1:])
@@ -466,11 +450,14 @@ class SharedRooms(BusLinks):
             self._joins_due.setdefault(ref, {})[conn_id] = (seq, join_id)
         self.bus.follow(ref, seq, self._clock())
 
+    def _on_numbered(self, event: Numbered) -> None:
+        for group, first in zip(event.groups, event.firsts):
+            self._in_flight.numbered(group.ref, group.conns, first, self._actions)
+
     def _on_skipped(self, event: Skipped) -> None:
         """Events of a room this node can no longer read: our own requests among them are done
         as far as this node can tell."""
-        for wait in self._in_flight.numbered_upto(event.ref, event.upto):
-            self._in_flight.finish(wait, self._actions)
+        self._in_flight.handed_out(event.ref, event.upto, self._actions)
         for conn_id, wait in list(self._waits.items()):
             if isinstance(wait, LeaveWait) and wait.ref == event.ref \
                     and wait.seq is not None and wait.seq <= event.upto:
@@ -518,6 +505,7 @@ class SharedRooms(BusLinks):
         for ref in self._maybe_idle:
             if not self.rooms.member_ids(ref) and ref not in self._joins_due:
                 self.bus.unfollow(ref)
+                self._in_flight.forget_room(ref)
                 self._remote.pop(ref, None)
                 self._given_up.pop(ref, None)   # their leaves are no longer handed out here
         self._maybe_idle.clear()

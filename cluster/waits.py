@@ -4,11 +4,11 @@ at a time (InFlight).
 
 Boundary: plain bookkeeping, no I/O, like cluster/shared.py, which is its one user.
 """
-from collections import Counter
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from collections import Counter, deque
+from typing import Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from rooms import Peer
-from sansio.actions import Action, Resume
+from sansio.actions import Action, Resume, Send
 from sansio.wire import Join
 
 
@@ -17,13 +17,6 @@ class JoinWait:
 
     def __init__(self, conn_id: int, req: Join, peer: Peer) -> None:
         self.conn_id, self.req, self.peer, self.lost = conn_id, req, peer, False
-
-
-class ChatWait:
-    __slots__ = ("conn_id", "ref", "seq")
-
-    def __init__(self, conn_id: int, ref: int) -> None:
-        self.conn_id, self.ref, self.seq = conn_id, ref, None
 
 
 # A connection's chats go to Redis one after the other without waiting for each one's event, up
@@ -40,20 +33,28 @@ CHATS_IN_FLIGHT = 16
 class InFlight:
     """The chats of each connection sent to Redis whose event is not handed out yet, and the
     connections held back until some are done (`held`: a request of theirs waits, or they
-    have as many on their way as allowed): only those get a Resume."""
+    have as many on their way as allowed): only those get a Resume.
+
+    Nothing is kept a chat: a connection's are counted (they all go to one room), and a call's
+    are known by their numbers once Redis has answered (each room's ChatGroup, numbered from
+    its first): when the room's events are handed out that far, they are done."""
 
     def __init__(self) -> None:
-        self.by_conn: Dict[int, List[ChatWait]] = {}
+        self.by_conn: Dict[int, List[int]] = {}     # conn_id -> [ref, chats on their way]
         self.held: Set[int] = set()
+        # ref -> (last number, senders) of each call's chats numbered and not handed out yet
+        self._numbered: Dict[int, Deque[Tuple[int, List[int]]]] = {}
+        self._handed: Dict[int, int] = {}       # ref -> the last event handed out, of each room
+        #                                         followed (its chats may come before the reply)
 
-    def add(self, conn_id: int, wait: ChatWait, waits: Optional[List[ChatWait]]) -> bool:
-        """A chat of `conn_id` on its way (`waits`: those it has already, as by_conn has them);
-        whether the connection has as many on their way as allowed now."""
-        if waits is None:
-            self.by_conn[conn_id] = [wait]
+    def add(self, conn_id: int, ref: int, entry: Optional[List[int]]) -> bool:
+        """A chat of `conn_id` to `ref` on its way (`entry`: by_conn's for it, if any); whether
+        the connection has as many on their way as allowed now."""
+        if entry is None:
+            self.by_conn[conn_id] = [ref, 1]
             return False
-        waits.append(wait)
-        if len(waits) < CHATS_IN_FLIGHT:
+        entry[1] += 1
+        if entry[1] < CHATS_IN_FLIGHT:
             return False
         self.held.add(conn_id)
         return True
@@ -71,52 +72,52 @@ class InFlight:
         self.by_conn.pop(conn_id, None)
         self.held.discard(conn_id)
 
-    def has(self, wait: ChatWait) -> bool:
-        return wait in self.by_conn.get(wait.conn_id, ())
-
-    def numbered_upto(self, ref: int, upto: int) -> List[ChatWait]:
-        """The chats on their way whose event in room `ref` is numbered `upto` or less."""
-        return [wait for waits in self.by_conn.values() for wait in waits
-                if wait.ref == ref and wait.seq is not None and wait.seq <= upto]
-
-    def finish_own(self, conns: Sequence[int], ref: int, actions: List[Action]) -> None:
-        """This node's chats to room `ref` sent by `conns` (a batch's, in order) are done, as
-        finish() (the hot path: once a batch)."""
-        if len(conns) == 1:
-            self._finish_first(conns[0], ref, 1, actions)
+    def numbered(self, ref: int, conns: List[int], first: int, actions: List[Action]) -> None:
+        """Chats of `conns` to room `ref`, in order, were numbered from `first` by Redis."""
+        last = first + len(conns) - 1
+        if self._handed.get(ref, -1) >= last:
+            self.finish(ref, conns, actions)        # (their event came before the reply)
         else:
-            for conn_id, count in Counter(conns).items():
-                self._finish_first(conn_id, ref, count, actions)
+            self._numbered.setdefault(ref, deque()).append((last, conns))
 
-    def _finish_first(self, conn_id: int, ref: int, count: int, actions: List[Action]) -> None:
-        """The first `count` chats of `conn_id` on their way are done, if they go to room `ref`
-        (its chats on their way all go to one room: see CHATS_IN_FLIGHT)."""
-        waits = self.by_conn.get(conn_id)
-        if not waits or waits[0].ref != ref:
-            return
-        before = len(waits)
-        del waits[:count]
-        self._taken_out(conn_id, waits, before, actions)
+    def handed_out(self, ref: int, last: int, actions: List[Action]) -> None:
+        """Room `ref`'s events up to number `last` are handed out, or lost (the hot path: once
+        a batch): the chats numbered so far are done."""
+        self._handed[ref] = last
+        due = self._numbered.get(ref)
+        if due is not None:
+            while due and due[0][0] <= last:
+                self.finish(ref, due.popleft()[1], actions)
+            if not due:
+                del self._numbered[ref]
 
-    def finish(self, wait: ChatWait, actions: List[Action]) -> None:
-        """`wait` is done (its event came, it failed, or it was lost): its connection's Resume
-        goes to `actions` if it may go on now (it had as many as allowed on their way, or it
-        has none left)."""
-        waits = self.by_conn.get(wait.conn_id)
-        if waits is None or wait not in waits:
-            return
-        waits.remove(wait)
-        self._taken_out(wait.conn_id, waits, len(waits) + 1, actions)
+    def forget_room(self, ref: int) -> None:
+        """This node has no member in room `ref` any more (none of its chats is on its way)."""
+        self._handed.pop(ref, None)
+        self._numbered.pop(ref, None)
 
-    def _taken_out(self, conn_id: int, waits: List[ChatWait], before: int,
-                   actions: List[Action]) -> None:
-        """`conn_id` had `before` chats on their way and has `waits` now: a held connection
-        goes on once none is left, or once it is back under the limit."""
-        if not waits:
-            del self.by_conn[conn_id]
-        if conn_id in self.held and (not waits or before >= CHATS_IN_FLIGHT > len(waits)):
-            self.held.discard(conn_id)
-            actions.append(Resume(conn_id))
+    def finish(self, ref: int, conns: Sequence[int], actions: List[Action],
+               reply: Optional[bytes] = None) -> int:
+        """The chats to room `ref` sent by `conns` (one each, in order) are done; with a
+        `reply`, they failed, and each one still on its way gets it. A connection's Resume goes
+        to `actions` if it may go on now (it had as many as allowed on their way, or it has none
+        left). How many were still on their way."""
+        done = 0
+        for conn_id, count in Counter(conns).items() if len(conns) > 1 else ((conns[0], 1),):
+            entry = self.by_conn.get(conn_id)
+            if entry is None or entry[0] != ref:
+                continue
+            before = entry[1]
+            left = entry[1] = max(0, before - count)
+            done += before - left
+            if reply is not None:
+                actions += [Send(conn_id, reply)] * (before - left)
+            if not left:
+                del self.by_conn[conn_id]
+            if conn_id in self.held and (not left or before >= CHATS_IN_FLIGHT > left):
+                self.held.discard(conn_id)
+                actions.append(Resume(conn_id))
+        return done
 
 
 class LeaveWait:

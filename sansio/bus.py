@@ -45,8 +45,8 @@ The bus is four modules, each read on its own:
 import random
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from sansio.bus_events import (Done, Event, LocalState, Numbered, Reaped, Revived, Skipped,
-                               StateChanged)
+from sansio.bus_events import (ChatGroup, Done, Event, LocalState, Numbered, Reaped, Revived,
+                               Skipped, StateChanged)
 from sansio.bus_links import LINKS, MAX_UNANSWERED_BYTES, Held, Links
 from sansio.bus_scripts import (SCRIPT_SHAS, SCRIPT_TEXTS, Chats, Joined, Left, RoomEvent,
                                 chat_firsts, decode_chats, decode_entries,
@@ -57,8 +57,8 @@ from sansio.resp import Message, RespError, RespProtocolError, Subscribed
 # plan with. LINKS is sansio/bus_links.py's and the room events are sansio/bus_scripts.py's; they
 # are offered here too, so that a user of the bus imports it from one place.
 __all__ = [
-    "Bus", "LocalState", "Event", "Done", "Numbered", "Skipped", "StateChanged", "Reaped",
-    "Revived", "RoomEvent", "Joined", "Chats", "Left", "decode_event",
+    "Bus", "LocalState", "Event", "Done", "ChatGroup", "Numbered", "Skipped", "StateChanged",
+    "Reaped", "Revived", "RoomEvent", "Joined", "Chats", "Left", "decode_event",
     "LINKS", "HEARTBEAT_EVERY", "NODE_DEAD_AFTER", "MAX_SHARED_ROOMS",
 ]
 
@@ -365,23 +365,18 @@ class Bus(_CatchUp):
         self._command("request", token, now, *self._script_args(
             "join", self.node, conn, room, name, join_id, self.max_rooms, int(may_create)))
 
-    def chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> None:
-        """Send a chat: `data`, the bytes each member of room `ref` is to receive (the bus only
-        finds where it ends). It goes out with the others of this tick (data_to_send), in one
-        call; if Redis is behind, or the link is down, a failed Done says so."""
-        if not self._links.is_open("cmd"):
-            self._events += _failed("request", token, "no link to Redis")
-        elif not self.hold_chat(token, conn, ref, data, now):
-            self.behind += 1
-            self._events += _failed("request", token, "Redis is behind: %d bytes of requests "
-                                    "unanswered" % (self._links.unanswered + self._chats.size))
-
-    def hold_chat(self, token: Any, conn: int, ref: int, data: bytes, now: float) -> bool:
-        """chat() for a caller that knows the bus is up (the hot path): False, and nothing held,
-        when Redis has too much unanswered to take `data` too."""
-        if self._links.unanswered + self._chats.size + len(data) > MAX_UNANSWERED_BYTES:
+    def chat(self, conn: int, ref: int, data: bytes, now: float) -> bool:
+        """Send a chat of connection `conn`: `data`, the bytes each member of room `ref` is to
+        receive (the bus only finds where it ends). It goes out with the others of this tick
+        (data_to_send), in one call, whose Numbered event (or failed Done) names it in its
+        room's ChatGroup. False, and nothing sent, if the bus is down or Redis is behind (it has
+        too much unanswered to take `data` too: counted in `behind`)."""
+        if not self.up:
             return False
-        if self._chats.add(token, ref, conn, data, now):
+        if self._links.unanswered + self._chats.size + len(data) > MAX_UNANSWERED_BYTES:
+            self.behind += 1
+            return False
+        if self._chats.add(ref, conn, data, now):
             self._send_chats()
         return True
 
@@ -478,7 +473,7 @@ class Bus(_CatchUp):
             for chat in split_chats(chats):
                 self._on_event(chat, now)
             return
-        count = len(chats.conns)
+        count = chats.count
         self._heard(ref, chats.seq + count - 1)
         self._events.append(chats)
         log.next_seq += count
@@ -588,8 +583,8 @@ class Bus(_CatchUp):
 
 def _failed(kind: str, token: Any, why: str) -> List[Done]:
     """A failed Done for each of the owner's requests `token` of `kind` (none: the bus's own)."""
-    if kind == "chats":             # (the tokens of each room's chats)
-        return [Done(each, None, why) for tokens in token for each in tokens]
+    if kind == "chats":             # (each room's ChatGroup)
+        return [Done(group, None, why) for group in token]
     return [Done(token, None, why)] if kind == "request" else []
 
 

@@ -25,10 +25,13 @@ class Done(NamedTuple):
     failed: str = ""
 
 
-# The chats of one call were numbered: `tokens`, the owner's tokens of each room's chats, in
-# the order sent; `firsts`, each room's first number (the next chat of the room has the next).
-# One event a call, not a Done a chat: the reply of a call that failed is a Done a chat.
-Numbered = NamedTuple("Numbered", [("tokens", List[List[Any]]), ("firsts", List[int])])
+# The chats of one room sent in one call (sansio/bus_links.py, Held): the owner's token for
+# them. `conns`: the CONN of each one's sender, in order. The call's Numbered names them; a
+# call that fails gets a failed Done for each.
+ChatGroup = NamedTuple("ChatGroup", [("ref", int), ("conns", List[int])])
+# The chats of one call were numbered: `groups`, each room's, in the order sent; `firsts`, each
+# room's first number (the next chat of the room has the next). One event a call.
+Numbered = NamedTuple("Numbered", [("groups", List[ChatGroup]), ("firsts", List[int])])
 # Events of room `ref` numbered up to `upto` that can no longer be read back (the room's log no
 # longer has them): they are lost for this node, and counted in Bus.lost.
 Skipped = NamedTuple("Skipped", [("ref", int), ("upto", int)])

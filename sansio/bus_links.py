@@ -15,6 +15,7 @@ import collections
 import random
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
+from sansio.bus_events import ChatGroup
 from sansio.resp import NEED_DATA, RedisConnection
 
 # Reconnecting to Redis: the first retry after RECONNECT_MIN, doubling up to RECONNECT_MAX,
@@ -209,38 +210,37 @@ class Links:
 class Held:
     """The chats held until the end of the tick, to go to Redis together as one call of the
     chats script (sansio/bus.py), grouped by room in the order the rooms came: per room, their
-    tokens, their senders' CONN and their bytes. Also their bytes in all (counted as unanswered
-    already) and when the first was made; full at `most` chats or `most_bytes`."""
+    senders' CONN and their bytes. Also their bytes in all (counted as unanswered already) and
+    when the first was made; full at `most` chats or `most_bytes`."""
     __slots__ = ("rooms", "count", "size", "since", "most", "most_bytes")
 
     def __init__(self, most: int, most_bytes: int) -> None:
         self.most, self.most_bytes = most, most_bytes
-        self.rooms: Dict[int, Tuple[List[Any], List[int], List[bytes]]] = {}
+        self.rooms: Dict[int, Tuple[List[int], List[bytes]]] = {}
         self.count = 0
         self.size = 0
         self.since = 0.0
 
-    def add(self, token: Any, ref: int, conn: int, data: bytes, now: float) -> bool:
+    def add(self, ref: int, conn: int, data: bytes, now: float) -> bool:
         """Hold one more; True if they are as many as one call is to carry (send them)."""
         room = self.rooms.get(ref)
         if room is None:
             if not self.rooms:
                 self.since = now
-            room = self.rooms[ref] = ([], [], [])
-        room[0].append(token)
-        room[1].append(conn)
-        room[2].append(data)
+            room = self.rooms[ref] = ([], [])
+        room[0].append(conn)
+        room[1].append(data)
         self.count += 1
-        self.size += len(data) + 40     # (and what the call carries besides, about 40 bytes)
+        self.size += len(data) + 10     # (and its share of what the call carries besides)
         return self.count >= self.most or self.size >= self.most_bytes
 
-    def take(self) -> Tuple[List[List[Any]], List[Any], float]:
-        """The tokens of those held, room by room; the chats script's arguments for them (after
-        the node's id); when the first was made. None are held any more."""
-        groups: List[List[Any]] = []
+    def take(self) -> Tuple[List[ChatGroup], List[Any], float]:
+        """Those held, room by room; the chats script's arguments for them (after the node's
+        id); when the first was made. None are held any more."""
+        groups: List[ChatGroup] = []
         args: List[Any] = []
-        for ref, (tokens, conns, parts) in self.rooms.items():
-            groups.append(tokens)
-            args += (ref, len(tokens), " ".join(map(str, conns)), b"".join(parts))
+        for ref, (conns, parts) in self.rooms.items():
+            groups.append(ChatGroup(ref, conns))
+            args += (ref, len(conns), b"".join(parts))
         self.rooms, self.count, self.size = {}, 0, 0
         return groups, args, self.since

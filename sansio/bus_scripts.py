@@ -45,12 +45,12 @@ LOG_TTL = 300
 # Chats come as a batch: the chats one node sent to one room in one call of CHATS_SCRIPT, which
 # numbers them one after the other (FIRST, FIRST + 1, ...) and publishes and logs the batch as
 # one message and one log entry:
-#   B REF FIRST NODE CONN [CONN ...] \n DATA
-# DATA is the chats' bytes as members receive them (the sending node renders each CHAT once; no
-# node decodes them again), one after the other, each ending at its first blank line (CHAT_END:
-# a CHAT's MESSAGE cannot hold one, docs/PROTOCOL.md), so they need no sizes; CONN is each one's
-# sender's connection on NODE. A node whose members' chats they are matches them to its
-# requests by CONN; every node hands DATA to its members as it is.
+#   B REF FIRST NODE COUNT \n DATA
+# DATA is the COUNT chats' bytes as members receive them (the sending node renders each CHAT
+# once; no node decodes them again), one after the other, each ending at its first blank line
+# (CHAT_END: a CHAT's MESSAGE cannot hold one, docs/PROTOCOL.md), so they need no sizes. Every
+# node hands DATA to its members as it is; the node that sent them knows its chats by their
+# numbers (the script's reply), so the batch does not name their senders.
 # Names never hold a line break (sansio/wire.py refuses unprintable names). SETTLED 1: the node
 # that made it has already told its own members (a join restored or leaves made while the bus
 # was down), so it delivers it to nobody; other nodes do.
@@ -61,10 +61,10 @@ LOG_TTL = 300
 
 Joined = NamedTuple("Joined", [("ref", int), ("seq", int), ("node", str), ("conn", int),
                                ("join_id", int), ("settled", bool), ("room", str), ("name", str)])
-# `seq`: the first chat's number; chat i is numbered seq + i, sent by conns[i], and is the
-# (i + 1)-th piece of data ending in CHAT_END.
-Chats = NamedTuple("Chats", [("ref", int), ("seq", int), ("node", str),
-                             ("conns", Tuple[int, ...]), ("data", bytes)])
+# `seq`: the first chat's number; chat i is numbered seq + i, and is the (i + 1)-th piece of
+# data ending in CHAT_END; `count` of them.
+Chats = NamedTuple("Chats", [("ref", int), ("seq", int), ("node", str), ("count", int),
+                             ("data", bytes)])
 # What ends each chat of a batch, and is found nowhere else in it (nor followed by a third line
 # end: a chat as rendered ends with a MESSAGE stripped of white space).
 CHAT_END = b"\n\n"
@@ -94,33 +94,27 @@ def decode_event(data: bytes) -> RoomEvent:
 
 def decode_chats(data: bytes) -> Chats:
     """The batch of chats published (or logged) as `data`. Raises ValueError for anything else:
-    its data must end in CHAT_END as many times as it names senders, the last at its very end,
+    its data must end in CHAT_END as many times as it counts chats, the last at its very end,
     so a node never hands its members a part of a chat. (Whether each piece is a CHAT of the
     room is the owner's to judge: cluster/shared.py.)"""
     end = data.index(b"\n")
     head = _BATCH_HEAD.fullmatch(data, 0, end)
     if head is None:
         raise ValueError("not a batch of chats: %r" % data[:80])
-    index = head.group(4)
-    if index.endswith(b" ") or b"  " in index or _LONG_NUMBER.search(index):
-        raise ValueError("not a batch of chats: %r" % data[:80])
-    conns = tuple(map(int, index.split()))
+    count = int(head.group(4))
     body = data[end + 1:]
     # (with no CHAT_END run into a third line end, each one found is a chat's end: the counts
     # here, the owner's check of each chat's head and split_chats's cuts all see the same chats)
-    if body.count(CHAT_END) != len(conns) or not body.endswith(CHAT_END) \
+    if body.count(CHAT_END) != count or not count or not body.endswith(CHAT_END) \
             or _STRAY_LINE_END.search(body):
-        raise ValueError("a batch whose chats are not as many as its senders: %r" % data[:80])
-    return Chats(int(head.group(1)), int(head.group(2)), head.group(3).decode("utf-8"), conns,
+        raise ValueError("a batch whose chats are not as many as it says: %r" % data[:80])
+    return Chats(int(head.group(1)), int(head.group(2)), head.group(3).decode("utf-8"), count,
                  body)
 
 
 # A batch's header line: digits only where numbers go (int() alone also takes "+5" or "1_0"),
-# the senders matched as one run of digits and spaces (a pattern repeated for each took as long
-# as reading the numbers), its spaces and the numbers' lengths checked after (int() of a long
-# enough run of digits takes seconds on a Python without a limit on them).
-_BATCH_HEAD = re.compile(rb"B ([0-9]{1,18}) ([0-9]{1,18}) ([^ \n]+) ([0-9][0-9 ]*)")
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+# and not so many that int() of them takes long (it does, on a Python without a limit on them).
+_BATCH_HEAD = re.compile(rb"B ([0-9]{1,18}) ([0-9]{1,18}) ([^ \n]+) ([0-9]{1,9})")
 _STRAY_LINE_END = re.compile(rb"\n\n\n")    # (a regex: `in` takes twice as long for this one)
 
 
@@ -128,9 +122,9 @@ def split_chats(chats: Chats) -> List[Chats]:
     """A batch as batches of one chat each (for a room whose events are not handed out in one
     go: some are held, or repeated)."""
     ones, start, data = [], 0, chats.data
-    for i, conn in enumerate(chats.conns):
+    for i in range(chats.count):
         end = data.index(CHAT_END, start) + len(CHAT_END)
-        ones.append(Chats(chats.ref, chats.seq + i, chats.node, (conn,), data[start:end]))
+        ones.append(Chats(chats.ref, chats.seq + i, chats.node, 1, data[start:end]))
         start = end
     return ones
 
@@ -288,22 +282,21 @@ return {ref, jid, seq, others, created}
 """
 
 # The chats one node sent in one tick, in one call. ARGV: p, node, then for each room REF, how
-# many chats, their senders "CONN CONN ..." and their bytes one after the other (as members
-# receive them). Returns the number of each room's first chat, in the order given, as one string
-# "N N ..." (cheaper to read than an array). Per room, not per chat: one INCRBY numbers the
-# room's chats, and the batch ("B REF FIRST NODE CONN ...\n" and the bytes) is one log entry
-# and one message on the room's own channel (P:events:REF), which only the nodes with members in
-# the room subscribe to: a node never reads the chats of rooms where it has nobody. Nothing in
-# the script looks at each chat, so a chat costs Redis its share of the bytes, whatever the
-# room. Joins and leaves (emit()) stay on the group's channel, heard by every node.
+# many chats and their bytes one after the other (as members receive them). Returns the number
+# of each room's first chat, in the order given, as one string "N N ..." (cheaper to read than
+# an array). Per room, not per chat: one INCRBY numbers the room's chats, and the batch ("B REF
+# FIRST NODE COUNT\n" and the bytes) is one log entry and one message on the room's own channel
+# (P:events:REF), which only the nodes with members in the room subscribe to: a node never
+# reads the chats of rooms where it has nobody. Nothing in the script looks at each chat, so a
+# chat costs Redis its share of the bytes, whatever the room. Joins and leaves (emit()) stay on
+# the group's channel, heard by every node.
 CHATS_SCRIPT = """
 local node, firsts = ARGV[2], {}
-for i = 3, #ARGV, 4 do
+for i = 3, #ARGV, 3 do
   local ref, count = ARGV[i], tonumber(ARGV[i + 1])
   local last = redis.call('INCRBY', p .. ':seq:' .. ref, count)
   local first = last - count + 1
-  local batch = 'B ' .. ref .. ' ' .. first .. ' ' .. node .. ' ' .. ARGV[i + 2] .. '\\n'
-                .. ARGV[i + 3]
+  local batch = 'B ' .. ref .. ' ' .. first .. ' ' .. node .. ' ' .. count .. '\\n' .. ARGV[i + 2]
   log_add(ref, last, batch)
   redis.call('PUBLISH', p .. ':events:' .. ref, batch)
   firsts[#firsts + 1] = first

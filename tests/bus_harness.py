@@ -26,10 +26,10 @@ def said(ref, seq, text, node="other", conn=7, name="ann") -> bytes:
 
 
 def batch(ref, first, chats, node="other") -> bytes:
-    """Chats (conn, name, text), numbered from `first`, as the chats script publishes them."""
+    """Chats (conn, name, text), numbered from `first`, as the chats script publishes them (the
+    CONN of each is not in it: the sending node knows its chats by their numbers)."""
     parts = [chat_message(ref, name, text) for _conn, name, text in chats]
-    index = b" ".join(b"%d" % conn for conn, _n, _t in chats)
-    return b"B %d %d %s %s\n" % (ref, first, node.encode(), index) + b"".join(parts)
+    return b"B %d %d %s %d\n" % (ref, first, node.encode(), len(parts)) + b"".join(parts)
 
 
 def texts_of(chats: Chats) -> list:

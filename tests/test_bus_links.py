@@ -6,7 +6,7 @@ import unittest
 import unittest.mock
 
 from sansio import bus_links
-from sansio.bus import Done, Numbered, StateChanged
+from sansio.bus import ChatGroup, Done, Numbered, StateChanged
 from tests.bus_harness import BusHarness, resp, said
 
 
@@ -21,10 +21,10 @@ class LinkTests(unittest.TestCase):
         bus_.link_failed("sub", "killed", self.h.now)
         self.assertEqual(bus_.links_to_close(), ["sub"])
         self.assertTrue(bus_.up, "requests still go to Redis")
-        bus_.chat("token", 4, 0, b"while away", self.h.now)
+        self.assertTrue(bus_.chat(4, 0, b"while away", self.h.now))
         self.assertIn(b"while away", self.h.take_sent()["cmd"])
         self.h.reply(b"1")                  # (the chats script: each room's first number)
-        self.assertEqual(self.h.events(), [Numbered([["token"]], [1])])
+        self.assertEqual(self.h.events(), [Numbered([ChatGroup(0, [4])], [1])])
         due = bus_.next_deadline()
         self.assertLessEqual(due - self.h.now, bus_links.RECONNECT_MIN)
         self.assertEqual(bus_.wants_links(due), ["sub"])
@@ -77,7 +77,7 @@ class LinkTests(unittest.TestCase):
 
     def test_an_unanswered_command_resets_the_link(self):
         bus_ = self.h.bus
-        bus_.chat("c", 4, 0, b"x", self.h.now)
+        bus_.chat(4, 0, b"x", self.h.now)
         self.h.take_sent()                  # (the end of the tick: the chats go out)
         bus_.timer(self.h.now + bus_links.REPLY_TIMEOUT)
         self.assertEqual(bus_.links_to_close(), ["cmd"])
@@ -152,25 +152,18 @@ class BackPressureTests(unittest.TestCase):
         h = BusHarness(self)
         message = b"x" * 60000
         sent = 0
-        while True:                 # Redis is stalled: nothing is answered
-            h.bus.chat(sent, 4, 0, message, h.now)
-            events = h.events()
-            if events:
-                break
+        while h.bus.chat(4, 0, message, h.now):     # Redis is stalled: nothing is answered
             sent += 1
             self.assertLess(sent, 1000, "the bytes held for Redis are never bounded")
         self.assertEqual(sent, bus_links.MAX_UNANSWERED_BYTES // 60000)
-        self.assertEqual(len(events), 1)
-        self.assertEqual(events[0].token, sent)
-        self.assertIn("Redis is behind", events[0].failed)
+        self.assertEqual(h.events(), [], "refused, not sent: the owner says so")
         self.assertEqual(h.bus.behind, 1)
         out = h.take_sent()["cmd"]
         self.assertLessEqual(len(out), bus_links.MAX_UNANSWERED_BYTES + 1000 * sent)
         # Redis catches up: each call of the chats script answers with its room's first number.
         h.reply(*[b"1" for _call in out.split(b"EVALSHA")[1:]])
-        self.assertEqual(sum(len(e.tokens[0]) for e in h.events()), sent)
-        h.bus.chat("again", 4, 0, message, h.now)
-        self.assertEqual(h.events(), [], "sent, not refused")
+        self.assertEqual(sum(len(e.groups[0].conns) for e in h.events()), sent)
+        self.assertTrue(h.bus.chat(4, 0, message, h.now), "sent, not refused")
         self.assertIn(message, h.take_sent()["cmd"])
 
 

@@ -26,20 +26,20 @@ class EventFormatTests(unittest.TestCase):
         self.assertEqual(decode_event(b"L 3 11 n1 1\n12 bo b\n13 al"),
                          Left(3, 11, "n1", True, ((12, "bo b"), (13, "al"))))
         data = "a\nline\n\nab\xc3\xa9\n\n".encode("latin-1")
-        self.assertEqual(decode_chats(b"B 3 10 n1 12 13\n" + data),
-                         Chats(3, 10, "n1", (12, 13), data))
+        self.assertEqual(decode_chats(b"B 3 10 n1 2\n" + data), Chats(3, 10, "n1", 2, data))
 
     def test_anything_else_is_refused(self):
         for data in (b"", b"X 1 2 n", b"C 1 2 n 3\nx\ny", b"J 1 2 n 3\nr\nx", b"\xff"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_event(data)
-        for data in (b"B 1 2 n 3\nabc", b"B 1 2 n 3 4\nabc\n\n", b"B 1 2 n 3\nab\n\nc\n\n",
-                     b"B 1 2 n 3\n\n\nabc", b"B 1 2 n\na\n\n", b"B 1 2 n 3\n", b"B 1 2 n -1\na\n\n",
-                     b"B 1 x n 3\na\n\n", b"B 1 2 n 3", b"B +1 2 n 3\na\n\n",
-                     b"B 1 2 n 1_0\na\n\n", b"B 1 2 n 3 \na\n\n", b"B 1 2 n 3  4\na\n\nb\n\n",
-                     b"B 1 2  n 3\na\n\n", b"B 1 2 n  3\na\n\n", b"B 1 2 n 3\na\n\n\n",
-                     b"B 1 2 n 3 4\na\n\n\nb\n\n", b"B 1 2 n %d\na\n\n" % 10 ** 18,
-                     b"B 1 2 n 3 " + b"9" * 5000 + b"\na\n\nb\n\n"):
+        for data in (b"B 1 2 n 1\nabc", b"B 1 2 n 2\nabc\n\n", b"B 1 2 n 1\nab\n\nc\n\n",
+                     b"B 1 2 n 1\n\n\nabc", b"B 1 2 n\na\n\n", b"B 1 2 n 1\n", b"B 1 2 n -1\na\n\n",
+                     b"B 1 x n 1\na\n\n", b"B 1 2 n 1", b"B +1 2 n 1\na\n\n",
+                     b"B 1 2 n 1_0\na\n\n", b"B 1 2 n 1 \na\n\n", b"B 1 2 n 1 1\na\n\nb\n\n",
+                     b"B 1 2  n 1\na\n\n", b"B 1 2 n  1\na\n\n", b"B 1 2 n 1\na\n\n\n",
+                     b"B 1 2 n 2\na\n\n\nb\n\n", b"B 1 2 n 0\n", b"B 1 2 n 0\na\n\n",
+                     b"B 1 2 n %d\na\n\n" % 10 ** 18, b"B 1 %d n 1\na\n\n" % 10 ** 18,
+                     b"B 1 2 n " + b"9" * 5000 + b"\na\n\nb\n\n"):
             with self.assertRaises((ValueError, IndexError, UnicodeDecodeError)):
                 decode_chats(data)
 
@@ -70,11 +70,11 @@ class EventFormatTests(unittest.TestCase):
         self.assertGreater(chats, 1000)
 
     def test_a_batch_splits_into_its_chats_numbered_one_after_the_other(self):
-        data = b"B 3 10 n1 12 13 12\na\nb\n\nc\n\ndef\n\n"
+        data = b"B 3 10 n1 3\na\nb\n\nc\n\ndef\n\n"
         chats = decode_chats(data)
-        self.assertEqual(split_chats(chats), [Chats(3, 10, "n1", (12,), b"a\nb\n\n"),
-                                              Chats(3, 11, "n1", (13,), b"c\n\n"),
-                                              Chats(3, 12, "n1", (12,), b"def\n\n")])
+        self.assertEqual(split_chats(chats), [Chats(3, 10, "n1", 1, b"a\nb\n\n"),
+                                              Chats(3, 11, "n1", 1, b"c\n\n"),
+                                              Chats(3, 12, "n1", 1, b"def\n\n")])
         self.assertEqual(decode_any(data), split_chats(chats))
         self.assertEqual(decode_any(b"L 3 11 n1 1\n12 bo b"), [Left(3, 11, "n1", True,
                                                                    ((12, "bo b"),))])
@@ -133,8 +133,7 @@ class ChatsScriptTests(unittest.TestCase):
         """One call of the chats script, node "n1", rooms (ref, [(conn, bytes), ...])."""
         args = []
         for ref, chats in rooms:
-            args += [ref, len(chats), " ".join("%d" % c for c, _d in chats),
-                     b"".join(d for _c, d in chats)]
+            args += [ref, len(chats), b"".join(d for _c, d in chats)]
         return chat_firsts(self.redis.command("EVAL", SCRIPT_TEXTS["chats"], 0, "c", "n1", *args))
 
     def test_each_rooms_chats_are_its_next_events_and_one_entry_of_its_log_kept_alive(self):
@@ -144,10 +143,10 @@ class ChatsScriptTests(unittest.TestCase):
         self.assertEqual(firsts, [5, 1])
         entries = self.redis.command("XRANGE", "c:log:1", "6-0", "+")
         self.assertEqual([entry[0] for entry in entries], [b"6-1"], "named by its last number")
-        self.assertEqual(decode_entries(entries), ([Chats(1, 5, "n1", (7,), b"one\n\n"),
-                                                    Chats(1, 6, "n1", (7,), b"three\n\n")], 0))
+        self.assertEqual(decode_entries(entries), ([Chats(1, 5, "n1", 1, b"one\n\n"),
+                                                    Chats(1, 6, "n1", 1, b"three\n\n")], 0))
         self.assertEqual(decode_entries(self.redis.command("XRANGE", "c:log:2", "-", "+")),
-                         ([Chats(2, 1, "n1", (8,), b"two\nlines\n\n")], 0))
+                         ([Chats(2, 1, "n1", 1, b"two\nlines\n\n")], 0))
         for ref in (1, 2):
             self.assertGreater(self.redis.command("TTL", "c:log:%d" % ref), 0)
         self.assertEqual(self.chats((1, [(9, b"four\n\n")])), [7])
@@ -183,7 +182,7 @@ class ChatsScriptTests(unittest.TestCase):
         self.assertEqual(len(messages), 2, "room 1's two chats in one message")
         self.assertEqual(messages[0][0], b"c:events:1")
         self.assertEqual(decode_chats(messages[0][1]),
-                         Chats(1, 1, "n1", (7, 7), b"one\n\ntwo\n\n"))
+                         Chats(1, 1, "n1", 2, b"one\n\ntwo\n\n"))
 
 
 if __name__ == "__main__":
