@@ -370,11 +370,11 @@ class Bus(_CatchUp):
         receive (the bus only finds where it ends). It goes out with the others of this tick
         (data_to_send), in one call, whose Numbered event (or failed Done) names it in its
         room's ChatGroup. False, and nothing sent, if the bus is down or Redis is behind (it has
-        too much unanswered to take `data` too: counted in `behind`)."""
+        too much unanswered to take `data` too: the owner counts it in `behind` if it refuses
+        the chat for that)."""
         if not self.up:
             return False
         if self._links.unanswered + self._chats.size + len(data) > MAX_UNANSWERED_BYTES:
-            self.behind += 1
             return False
         if self._chats.add(ref, conn, data, now):
             self._send_chats()

@@ -6,6 +6,7 @@ a room's log. The links failing and backoff are in tests/test_bus_links.py, the 
 tests/test_bus_scripts.py.
 """
 import unittest
+from unittest import mock
 
 from sansio import bus, bus_links, bus_scripts
 from sansio.actions import Broadcast, Resume, Send, Wait
@@ -320,6 +321,57 @@ class ChatsInFlightTests(unittest.TestCase):
         self.assertEqual(h.shared.bus.bad_events, 4)
         h.publish(batch(0, 8, [(7, "ann", "whole")]))      # (the last bad one held two)
         self.assertEqual(h.texts(1), ["whole"], "the next whole one goes")
+
+    def test_a_chat_redis_has_no_room_for_is_refused_at_once_and_the_next_one_goes(self):
+        h = self.h
+        chat = b"CHAT: 0\nJOIN_ID: %d\nCLIENT_NAME: m%d\nMESSAGE: %s\n\n"
+        with mock.patch.object(bus, "MAX_UNANSWERED_BYTES", 300):
+            h.request(1, chat % (1, 1, b"x" * 200))
+            self.assertEqual(h.shared.bus.behind, 0)
+            h.request(2, chat % (2, 2, b"y" * 200))             # Redis has not answered yet
+            self.assertEqual(len(h.got[2]), 1)
+            self.assertTrue(h.got.pop(2)[0].startswith(b"ERROR_CODE: 15\nERROR_DESCRIPTION: the "
+                                                       b"shared bus (Redis) is behind: your chat "
+                                                       b"was not sent"))
+            self.assertEqual((h.shared.bus.behind, h.shared.refused), (1, 1))
+            h.reply(b"3")
+            h.publish(said(0, 3, "x" * 200, node="me", conn=1, name="m1"))
+            self.assertEqual(h.texts(2), ["x" * 200], "the other member's came, once")
+            h.request(2, chat % (2, 2, b"y" * 200))
+            self.assertEqual(h.got.get(2), None, "not refused")
+            self.assertIn(2, h.shared._in_flight.by_conn, "on its way")
+            h.reply(b"4")
+            h.publish(said(0, 4, "y" * 200, node="me", conn=2, name="m2"))
+            self.assertEqual(h.texts(2), ["y" * 200])
+            self.assertEqual(h.shared._in_flight.by_conn, {}, "and done")
+
+    def test_chats_whose_call_is_lost_with_the_link_each_get_an_error_and_their_echo_no_more(self):
+        h = self.h
+        chat = b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: m1\nMESSAGE: c%d\n\n"
+        h.proto.data_received(1, chat % 0 + chat % 1 + b"HELO x\n")
+        self.assertEqual([self.next_actions(1) for _ in range(3)], [[], [], [Wait(1)]])
+        h.actions()                                         # (the call goes out)
+        with self.assertLogs("cluster.shared", "WARNING"):  # "bus: down"
+            h.shared.link_failed("cmd", "Redis did not answer", h.now)
+            actions = h.shared.link_actions()
+        errors = [a.data for a in actions if isinstance(a, Send)]
+        self.assertEqual(len(errors), 2, "one a chat")
+        self.assertTrue(all(e.startswith(b"ERROR_CODE: 15\n") and b"may not have reached" in e
+                            for e in errors))
+        self.assertEqual(actions[-1], Resume(1), "then the HELO")
+        self.assertEqual(h.shared._in_flight.by_conn, {})
+        self.assertTrue(self.next_actions(1)[0].data.startswith(b"HELO x"))
+        h.link_up()
+        h.actions()
+        h.request(1, chat % 2)                              # on its way, numbered 5
+        h.reply([], [1, 0], b"5")       # (the catch-up's last read, the heartbeat, the chat)
+        # Redis had run the lost call (3 and 4): its echo is delivered, and finishes nothing.
+        h.publish(batch(0, 3, [(1, "m1", "c0"), (1, "m1", "c1")], node="me"))
+        self.assertEqual(b"".join(h.got.pop(2)),
+                         chat_message(0, "m1", "c0") + chat_message(0, "m1", "c1"))
+        self.assertIn(1, h.shared._in_flight.by_conn, "c2 is still on its way")
+        h.publish(said(0, 5, "c2", node="me", conn=1, name="m1"))
+        self.assertEqual(h.shared._in_flight.by_conn, {})
 
     def test_a_chat_to_another_room_waits_for_the_chats_on_their_way(self):
         h = self.h

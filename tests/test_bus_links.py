@@ -157,7 +157,6 @@ class BackPressureTests(unittest.TestCase):
             self.assertLess(sent, 1000, "the bytes held for Redis are never bounded")
         self.assertEqual(sent, bus_links.MAX_UNANSWERED_BYTES // 60000)
         self.assertEqual(h.events(), [], "refused, not sent: the owner says so")
-        self.assertEqual(h.bus.behind, 1)
         out = h.take_sent()["cmd"]
         self.assertLessEqual(len(out), bus_links.MAX_UNANSWERED_BYTES + 1000 * sent)
         # Redis catches up: each call of the chats script answers with its room's first number.
