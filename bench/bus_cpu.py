@@ -217,6 +217,14 @@ def medians(runs: List[Dict[str, float]]) -> Dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
+def paired(runs: Dict[str, List[Dict[str, float]]]) -> Dict[str, float]:
+    """Each set-up's node CPU per chat against alone's in the same round, the median over the
+    rounds: the machine's speed drifts from round to round more than within one."""
+    return {setup: statistics.median(run["node_us_per_chat"] / alone["node_us_per_chat"]
+                                     for run, alone in zip(runs[setup], runs["alone"])
+                                     if alone["node_us_per_chat"] > 0) for setup in SETUPS[1:]}
+
+
 def capacity(n: int, node_us: float, node_extra: float, redis_us: float,
              redis_extra: float) -> Tuple[float, float]:
     """Chats/s of n nodes, each on a core of its own, and of one Redis (see the docstring)."""
@@ -346,7 +354,13 @@ def main(argv=None) -> int:
             summary = {setup: medians(runs[setup]) for setup in SETUPS}
             projection = project(summary, size)
             print_load(name, summary, projection)
-            results[name] = {"median": summary, "projection": projection, "rounds": runs}
+            ratios = paired(runs) if all(run["node_us_per_chat"] > 0 for run in runs["alone"]) \
+                else {}
+            if ratios:
+                print("  node CPU vs alone, round by round (the median): %s" % ", ".join(
+                    "%s %.2f" % ratio for ratio in ratios.items()))
+            results[name] = {"median": summary, "projection": projection, "rounds": runs,
+                             "paired_vs_alone": ratios}
     finally:
         redis.stop()
     if args.json:

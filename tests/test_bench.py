@@ -227,6 +227,19 @@ class BusCpuProjectionTest(unittest.TestCase):
         self.assertEqual(spread["rows"][8]["limit"], "nodes")
         self.assertIsNone(local["redis_limit_from_n"])      # 1e6/1 chats/s: never within reach
 
+    def test_each_round_is_compared_with_alone_in_the_same_round(self):
+        from bench.bus_cpu import paired
+        # The machine twice as slow in the second round and the third: bus-1 costs 1.5 times
+        # alone in two rounds out of three, where the medians of each set-up's rounds (alone
+        # 11, bus-1 30) say 2.7.
+        runs = {"alone": [{"node_us_per_chat": 10.0}, {"node_us_per_chat": 20.0},
+                          {"node_us_per_chat": 11.0}],
+                "bus-1": [{"node_us_per_chat": 15.0}, {"node_us_per_chat": 30.0},
+                          {"node_us_per_chat": 33.0}]}
+        for setup in ("bus-2-spread", "bus-2-local"):
+            runs[setup] = runs["bus-1"]
+        self.assertEqual(paired(runs)["bus-1"], 1.5)
+
     def test_a_node_under_one_clock_tick_gives_no_projection(self):
         from bench.bus_cpu import project
         self.assertEqual(project(self.summary(0.0, 20.0, 25.0, 30.0, 1.0, 1.0), 5)["layouts"], {})
