@@ -13,8 +13,10 @@ is what never came, `extra` what came more than once (both must be 0). While the
 member counts what comes rather than parsing it (CountingMember): a tenth of the client's CPU
 a delivery, so the client no longer limits the rate and the nodes run flat out, as they would
 each on a core of its own (a node's CPU per chat grows when it idles between smaller ticks).
-Four set-ups, each started fresh per round on free ports of 127.0.0.1 with flood control off:
+Five set-ups, each started fresh per round on free ports of 127.0.0.1 with flood control off:
     alone         one Server.py without --bus
+    alone-2       two of them, without --bus: the rooms of bus-2-local, each server on its own
+                  (what two nodes sharing the nodes' core cost without any bus: see below)
     bus-1         one Server.py with --bus
     bus-2-spread  two nodes; the members of every room spread over both (member i on node i % 2)
     bus-2-local   two nodes; all members of room r on node r % 2
@@ -31,10 +33,14 @@ Each figure of a set-up is the median of its rounds, taken figure by figure.
 The projection (per load, from those medians; its assumptions are stated again in
 docs/CLUSTER.md, "What it costs"):
   node CPU per chat, summed over the nodes, with N nodes = C1 + (N - 1) x E, where C1 is bus-1's
-  and E what one more node adds to a chat: in the local layout it only reads and drops the
-  event (every node subscribes to the group's one channel), E = bus-2-local - bus-1; in the
-  spread layout it also delivers its own members' share, E = bus-2-spread - bus-1 (the
-  deliveries themselves are the same total, spread over the nodes). Each node on a core of its
+  and E what one more node adds to a chat: in the local layout nothing but the joins and
+  leaves (a node reads the chats of rooms where it has members only), E = bus-2-local - bus-1;
+  in the spread layout it also reads every batch and delivers its own members' share,
+  E = bus-2-spread - bus-1 (the deliveries themselves are the same total, spread over the
+  nodes). From both, what two nodes cost more than one on the same load without any bus,
+  alone-2 - alone, is taken off: with --pin the two share one core, each idles between
+  smaller ticks and switches with the other, which the projection's nodes, each on a core of
+  its own and flat out, do not. Each node on a core of its
   own and the chats spread evenly: chats/s = N x 1e6 / (C1 + (N - 1) x E).
   Redis on its one core: chats/s = 1e6 / (R1 + (N - 1) x S), R1 bus-1's Redis CPU per chat, S
   what one more subscriber adds (measured the same way from the two-node set-ups).
@@ -53,7 +59,7 @@ from typing import Dict, List, Optional, Tuple
 from bench.bus_load import Member
 from tools.kit import HOST, ServerProcess
 
-SETUPS = ("alone", "bus-1", "bus-2-spread", "bus-2-local")
+SETUPS = ("alone", "alone-2", "bus-1", "bus-2-spread", "bus-2-local")
 LOADS = ("100x5", "10x20")        # rooms x members: many cheap rooms, and wider fan-out
 PROJECT_N = (1, 2, 4, 8)
 MAX_N = 1024                      # where the search for Redis's limit gives up
@@ -85,11 +91,11 @@ def node_for(setup: str, room: int, member: int, nodes: List[ServerProcess]) -> 
 
 def start_nodes(setup: str, redis_url: str, prefix: str) -> List[ServerProcess]:
     options = ["--no-udp", "--input-rate", "0", "--request-rate", "0"]
-    if setup != "alone":
+    if setup.startswith("bus"):
         options += ["--bus", redis_url, "--bus-prefix", prefix]
     nodes: List[ServerProcess] = []
     try:
-        for _ in range(2 if setup.startswith("bus-2") else 1):
+        for _ in range(2 if setup.endswith("-2") or setup.startswith("bus-2") else 1):
             nodes.append(ServerProcess(*options))
     except BaseException:
         for node in nodes:
@@ -186,10 +192,11 @@ def one_round(load: Tuple[int, int], setup: str, args: argparse.Namespace, redis
         deadline = time.monotonic() + args.timeout
         join_phase(members, selector, deadline)
         expected = rooms * size * size * args.messages
-        before, started = cpu_now(nodes, redis if setup != "alone" else None), time.monotonic()
+        bus = redis if setup.startswith("bus") else None
+        before, started = cpu_now(nodes, bus), time.monotonic()
         received = chat_phase(members, selector, args.window, expected, deadline)
         took = time.monotonic() - started
-        after = cpu_now(nodes, redis if setup != "alone" else None)
+        after = cpu_now(nodes, bus)
         while received >= expected and time.monotonic() < deadline and pump(
                 members, selector, 0, QUIET):
             received = sum(member.received for member in members)   # late extras, if any
@@ -222,7 +229,8 @@ def paired(runs: Dict[str, List[Dict[str, float]]]) -> Dict[str, float]:
     rounds: the machine's speed drifts from round to round more than within one."""
     return {setup: statistics.median(run["node_us_per_chat"] / alone["node_us_per_chat"]
                                      for run, alone in zip(runs[setup], runs["alone"])
-                                     if alone["node_us_per_chat"] > 0) for setup in SETUPS[1:]}
+                                     if alone["node_us_per_chat"] > 0)
+            for setup in SETUPS[1:] if setup in runs}
 
 
 def capacity(n: int, node_us: float, node_extra: float, redis_us: float,
@@ -235,14 +243,15 @@ def capacity(n: int, node_us: float, node_extra: float, redis_us: float,
 
 def project(summary: Dict[str, Dict[str, float]], size: int) -> Dict[str, object]:
     """The projection table of one load, for the local and the spread layout."""
-    if not all(summary[setup]["node_us_per_chat"] > 0 for setup in SETUPS):
+    if not all(row["node_us_per_chat"] > 0 for row in summary.values()):
         return {"alone_deliveries_per_s_one_core": None, "layouts": {}}   # under one tick
     one, alone = summary["bus-1"], summary["alone"]
     alone_rate = size * 1e6 / alone["node_us_per_chat"]
+    shared_core = summary.get("alone-2", alone)["node_us_per_chat"] - alone["node_us_per_chat"]
     layouts = {}
     for layout in ("local", "spread"):
         two = summary["bus-2-" + layout]
-        extra = max(0.0, two["node_us_per_chat"] - one["node_us_per_chat"])
+        extra = max(0.0, two["node_us_per_chat"] - one["node_us_per_chat"] - shared_core)
         redis_extra = max(0.0, two["redis_us_per_chat"] - one["redis_us_per_chat"])
         costs = (one["node_us_per_chat"], extra, one["redis_us_per_chat"], redis_extra)
         rows = {}
@@ -253,7 +262,7 @@ def project(summary: Dict[str, Dict[str, float]], size: int) -> Dict[str, object
                        "limit": "redis" if redis < nodes else "nodes"}
         redis_limit = next((n for n in range(1, MAX_N + 1)
                             if capacity(n, *costs)[1] <= capacity(n, *costs)[0]), None)
-        layouts[layout] = {"node_us_extra_per_node": extra,
+        layouts[layout] = {"node_us_extra_per_node": extra, "shared_core_us": shared_core,
                            "redis_us_extra_per_node": redis_extra,
                            "rows": rows, "redis_limit_from_n": redis_limit}
     return {"alone_deliveries_per_s_one_core": alone_rate, "layouts": layouts}
@@ -292,6 +301,9 @@ def print_load(name: str, summary: Dict[str, Dict[str, float]],
               % (layout, table["node_us_extra_per_node"], table["redis_us_extra_per_node"],
                  "Redis is the limit from N=%d" % limit if limit
                  else "Redis is not the limit up to N=%d" % MAX_N))
+    print("  (two nodes on one core cost %+.1f µs a chat more than one without any bus "
+          "(alone-2 - alone): taken off each added node's)"
+          % layouts["local"]["shared_core_us"])
 
 
 def parse_load(text: str) -> Tuple[int, int]:

@@ -74,7 +74,7 @@ class BusCpuTest(unittest.TestCase):
                               text=True, timeout=100)
         self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
         lines = done.stdout.strip().splitlines()
-        for setup in ("alone", "bus-1", "bus-2-spread", "bus-2-local"):
+        for setup in ("alone", "alone-2", "bus-1", "bus-2-spread", "bus-2-local"):
             row = [line for line in lines if re.match(r"\s+%s\s" % setup, line)]
             self.assertEqual(len(row), 1, done.stdout)
             self.assertRegex(row[0], r"\s0\s+0$")            # missing 0, extra 0
@@ -239,6 +239,17 @@ class BusCpuProjectionTest(unittest.TestCase):
         for setup in ("bus-2-spread", "bus-2-local"):
             runs[setup] = runs["bus-1"]
         self.assertEqual(paired(runs)["bus-1"], 1.5)
+
+    def test_what_two_servers_on_one_core_cost_without_a_bus_is_not_counted_to_the_bus(self):
+        from bench.bus_cpu import project
+        summary = self.summary(10.0, 20.0, 25.0, 30.0, 1.0, 1.0)
+        summary["alone-2"] = {"node_us_per_chat": 12.0, "redis_us_per_chat": 0.0}
+        layouts = project(summary, size=5)["layouts"]
+        self.assertEqual([layouts[layout]["node_us_extra_per_node"]
+                          for layout in ("local", "spread")], [3.0, 8.0])
+        summary["alone-2"]["node_us_per_chat"] = 20.0           # (never below nothing)
+        self.assertEqual(project(summary, size=5)["layouts"]["local"]["node_us_extra_per_node"],
+                         0.0)
 
     def test_a_node_under_one_clock_tick_gives_no_projection(self):
         from bench.bus_cpu import project
