@@ -2,7 +2,7 @@
 """What a bus node costs in CPU per chat, and what that projects to for 1, 2, 4 and 8 nodes.
 
     python3 -m bench.bus_cpu [--load 100x5] [--load 10x20] [--messages 60] [--window 8]
-                             [--repeat 3] [--timeout 60] [--pin] [--json]
+                             [--repeat 3] [--timeout 60] [--pin] [--full] [--json]
 
 (from the repository's top folder; needs redis-server on this machine)
 
@@ -38,10 +38,13 @@ docs/CLUSTER.md, "What it costs"):
   in the spread layout it also reads every batch and delivers its own members' share,
   E = bus-2-spread - bus-1 (the deliveries themselves are the same total, spread over the
   nodes). From both, what two nodes cost more than one on the same load without any bus,
-  alone-2 - alone, is taken off: with --pin the two share one core, each idles between
-  smaller ticks and switches with the other, which the projection's nodes, each on a core of
-  its own and flat out, do not. Each node on a core of its
-  own and the chats spread evenly: chats/s = N x 1e6 / (C1 + (N - 1) x E).
+  alone-2 - alone, is taken off: with --pin the two share one core and switch between them,
+  which the projection's nodes, each on a core of its own, do not. By default the two-node
+  set-ups carry the same load as the one-node ones, half of it each: each node then idles
+  between smaller ticks, and a bus node sends and reads smaller batches; --full gives them
+  twice the rooms, so that each node carries what one node carries alone, as in the
+  projection. Each node on a core of its own and the chats spread evenly:
+  chats/s = N x 1e6 / (C1 + (N - 1) x E).
   Redis on its one core: chats/s = 1e6 / (R1 + (N - 1) x S), R1 bus-1's Redis CPU per chat, S
   what one more subscriber adds (measured the same way from the two-node set-ups).
   deliveries/s = M x min(node chats/s, Redis chats/s); one node alone (no bus) on one core is
@@ -89,13 +92,17 @@ def node_for(setup: str, room: int, member: int, nodes: List[ServerProcess]) -> 
     return nodes[room % len(nodes)]
 
 
+def nodes_of(setup: str) -> range:
+    return range(2 if setup.endswith("-2") or setup.startswith("bus-2") else 1)
+
+
 def start_nodes(setup: str, redis_url: str, prefix: str) -> List[ServerProcess]:
     options = ["--no-udp", "--input-rate", "0", "--request-rate", "0"]
     if setup.startswith("bus"):
         options += ["--bus", redis_url, "--bus-prefix", prefix]
     nodes: List[ServerProcess] = []
     try:
-        for _ in range(2 if setup.endswith("-2") or setup.startswith("bus-2") else 1):
+        for _ in nodes_of(setup):
             nodes.append(ServerProcess(*options))
     except BaseException:
         for node in nodes:
@@ -178,6 +185,8 @@ def cpu_now(nodes: List[ServerProcess], redis) -> Tuple[float, float, float]:
 def one_round(load: Tuple[int, int], setup: str, args: argparse.Namespace, redis,
               prefix: str) -> Dict[str, float]:
     rooms, size = load
+    if getattr(args, "full", False) and len(nodes_of(setup)) > 1:
+        rooms *= 2                      # each of the two nodes carries what one node does
     nodes = start_nodes(setup, redis.url, prefix)
     members: List[CountingMember] = []
     try:
@@ -327,6 +336,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="seconds one round may take at most (60)")
     parser.add_argument("--pin", action="store_true",
                         help="the nodes on the last core, this client and Redis on the others")
+    parser.add_argument("--full", action="store_true",
+                        help="twice the rooms for the two-node set-ups, so that each node "
+                             "carries the load one node carries alone")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
     args.load = args.load or [parse_load(load) for load in LOADS]
@@ -378,7 +390,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"args": {"loads": ["%dx%d" % load for load in args.load],
                                    "messages": args.messages, "window": args.window,
-                                   "repeat": args.repeat, "pin": args.pin},
+                                   "repeat": args.repeat, "pin": args.pin, "full": args.full},
                           "results": results}))
     lost = any(run["missing"] or run["extra"] for result in results.values()
                for runs in result["rounds"].values() for run in runs)
