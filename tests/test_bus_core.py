@@ -373,6 +373,22 @@ class ChatsInFlightTests(unittest.TestCase):
         h.publish(said(0, 5, "c2", node="me", conn=1, name="m1"))
         self.assertEqual(h.shared._in_flight.by_conn, {})
 
+    def test_chats_whose_events_the_log_no_longer_has_are_done_and_their_sender_goes_on(self):
+        h = self.h
+        chat = b"CHAT: 0\nJOIN_ID: 1\nCLIENT_NAME: m1\nMESSAGE: c%d\n\n"
+        h.proto.data_received(1, chat % 0 + chat % 1 + b"HELO x\n")
+        self.assertEqual([self.next_actions(1) for _ in range(3)], [[], [], [Wait(1)]])
+        h.actions()
+        h.reply(b"3")                                       # numbered 3 and 4
+        h.publish(said(0, 6, "later"))                      # 3 to 5 missing: read back
+        with self.assertLogs("cluster.shared", "WARNING"):  # "events up to 5 could not be..."
+            h.reply([[b"6-1", [b"e", said(0, 6, "later")]]])    # the log starts at 6
+            actions = h.shared.link_actions()
+        self.assertEqual(h.shared.bus.lost, 3)
+        self.assertEqual(h.shared._in_flight.by_conn, {}, "done as far as this node can tell")
+        self.assertEqual(actions, [Resume(1), Broadcast((1, 2), chat_message(0, "ann", "later"))])
+        self.assertTrue(self.next_actions(1)[0].data.startswith(b"HELO x"), "the HELO goes")
+
     def test_a_chat_to_another_room_waits_for_the_chats_on_their_way(self):
         h = self.h
         h.proto.data_received(2, b"CHAT: 0\nJOIN_ID: 2\nCLIENT_NAME: m2\nMESSAGE: a\n\n"
