@@ -74,6 +74,12 @@ class InFlight:
 
     def numbered(self, ref: int, conns: List[int], first: int, actions: List[Action]) -> None:
         """Chats of `conns` to room `ref`, in order, were numbered from `first` by Redis."""
+        for conn_id in conns:
+            entry = self.by_conn.get(conn_id)
+            if entry is not None and entry[0] == ref:
+                break
+        else:
+            return      # nobody's any more (their senders are gone): nothing kept for them
         last = first + len(conns) - 1
         if self._handed.get(ref, -1) >= last:
             self.finish(ref, conns, actions)        # (their event came before the reply)
@@ -92,7 +98,8 @@ class InFlight:
                 del self._numbered[ref]
 
     def forget_room(self, ref: int) -> None:
-        """This node has no member in room `ref` any more (none of its chats is on its way)."""
+        """This node has no member in room `ref` any more: none of its chats there is anybody's
+        (numbered() keeps nothing for a call whose senders are all gone)."""
         self._handed.pop(ref, None)
         self._numbered.pop(ref, None)
 

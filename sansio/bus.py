@@ -152,6 +152,8 @@ class _CatchUp:
         events, bad = decode_entries(entries)
         self.bad_events += bad
         first = events[0].seq if events else min(log.held, default=None)
+        if first is None and self.seen.get(ref, 0) >= log.next_seq:
+            first = self.seen[ref] + 1      # the log has none of what was numbered: gone
         if first is not None and first > log.next_seq:
             # The log no longer reaches back that far: those events are lost for this node.
             self.lost += first - log.next_seq
@@ -559,7 +561,10 @@ class Bus(_CatchUp):
         elif kind == "chats" and failed:
             self._events += _failed(kind, token, value.message)
         elif kind == "chats":
-            self._events.append(Numbered(token, chat_firsts(value)))
+            firsts = chat_firsts(value)
+            for group, first in zip(token, firsts):     # (Redis has them: see _on_repaired)
+                self._heard(group.ref, first + len(group.conns) - 1)
+            self._events.append(Numbered(token, firsts))
         elif failed:
             # Our own scripts and reads do not fail on a sane Redis; one that does (out of
             # memory, a script killed) gets the links reset, which retries everything.

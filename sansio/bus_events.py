@@ -17,7 +17,8 @@ from sansio.bus_scripts import Chats, Joined, Left
 # one default.
 
 class Done(NamedTuple):
-    """The reply to one of the owner's requests (join, chat, leave), matched by `token`.
+    """The reply to one of the owner's requests (join, leave; a chat's only when its call
+    failed, with its ChatGroup: see Numbered), matched by `token`.
     `value` is the script's reply: see each script. `failed` is a reason when there will be no
     reply (the links dropped, or Redis answered with an error); then `value` is None."""
     token: Any

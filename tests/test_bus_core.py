@@ -47,6 +47,26 @@ class OrderTests(unittest.TestCase):
         self.assertEqual([text for e in events[1:] for text in texts_of(e)], ["c", "d", "e"])
         self.assertEqual(self.h.bus.lost, 2)
 
+    def test_chats_numbered_by_a_redis_that_then_lost_its_data_are_skipped_not_numbered_again(self):
+        h = self.h
+        h.bus.chat(4, 0, chat_message(0, "ann", "x"), h.now)
+        h.take_sent()
+        h.reply(b"1")                   # numbered 1; its echo does not come (sub link cut)
+        self.assertEqual(h.events(), [Numbered([ChatGroup(0, [4])], [1])])
+        h.bus.link_failed("cmd", "reset", h.now)            # Redis restarts, empty
+        h.bus.connecting("cmd", h.now)
+        h.bus.link_up("cmd", h.now)
+        h.take_sent()
+        h.reply(*["ok-sha"] * len(bus_scripts.SCRIPTS), [b"epoch2", 0, 0])
+        restore = h.take_sent()["cmd"]
+        self.assertIn(b"$1\r\n0\r\n$0\r\n\r\n$1\r\n1\r\n", restore,
+                      "room 0 put back at its last number, 1: the next chat is numbered 2")
+        h.reply(1, [0, 0])                                  # the restore, the sync
+        self.assertIn(b"XRANGE", h.take_sent()["cmd"])
+        h.reply([])                                         # the log is gone with the data
+        self.assertEqual([e for e in h.events() if isinstance(e, Skipped)], [Skipped(0, 1)])
+        self.assertEqual(h.bus.lost, 1)
+
     def test_a_log_that_came_back_empty_hands_out_what_was_held_and_is_read_no_more(self):
         # (Redis lost its data, and with it the log, while a later event was held for a gap)
         self.h.publish(said(0, 9, "nine"), said(0, 10, "ten"))
@@ -134,7 +154,7 @@ class OrderTests(unittest.TestCase):
         self.h.publish(batch(0, 3, [(7, "ann", "c"), (7, "ann", "d")]))
         self.assertEqual(self.h.texts(), ["d"], "the repeated one dropped")
 
-    def test_a_batch_whose_chat_ends_are_not_one_a_sender_is_refused_whole(self):
+    def test_a_batch_whose_chat_ends_are_not_as_many_as_it_counts_is_refused_whole(self):
         good = batch(0, 1, [(7, "ann", "a"), (7, "ann", "b")])
         one, two = chat_message(0, "ann", "a"), chat_message(0, "ann", "b")
         for bad in (good[:-1], good + b"x", good.replace(b"B 0 1 other 2", b"B 0 1 other 3"),
@@ -312,7 +332,7 @@ class ChatsInFlightTests(unittest.TestCase):
     def test_a_batch_whose_chats_are_not_whole_chat_messages_reaches_nobody(self):
         h, good = self.h, chat_message(0, "ann", "hi")
         elsewhere = chat_message(1, "ann", "another room")
-        # (each ends in as many blank lines as it has senders: the bus passes them on)
+        # (each ends in as many blank lines as it counts chats: the bus passes them on)
         bad = [(b"CHAT\n\n", 1), (good[len(good) // 2:], 1), (elsewhere, 1),
                (good + b"MESSAGE: hi\n\n", 2)]
         for seq, (data, count) in enumerate(bad, start=3):

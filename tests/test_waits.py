@@ -76,6 +76,13 @@ class InFlightTests(unittest.TestCase):
         self.assertEqual(actions, [Send(1, b"failed")] * 2)
         self.assertEqual(self.flight.by_conn, {1: [0, 1]})
 
+    def test_numbers_that_come_after_every_sender_of_them_is_gone_keep_nothing(self):
+        self.send(2, 1, 1)
+        self.flight.forget(2)           # its connection dropped; it was the room's last member
+        self.flight.forget_room(1)      # so the room was let go of, before the call's reply
+        self.flight.numbered(1, [2], 2, [])
+        self.assertEqual((self.flight._numbered, self.flight._handed), ({}, {}))
+
     def test_a_room_let_go_of_keeps_nothing(self):
         self.send(1, 0, 1)
         actions = []
