@@ -92,8 +92,8 @@ def node_for(setup: str, room: int, member: int, nodes: List[ServerProcess]) -> 
     return nodes[room % len(nodes)]
 
 
-def nodes_of(setup: str) -> range:
-    return range(2 if setup.endswith("-2") or setup.startswith("bus-2") else 1)
+def node_count(setup: str) -> int:
+    return 2 if setup.endswith("-2") or setup.startswith("bus-2") else 1
 
 
 def start_nodes(setup: str, redis_url: str, prefix: str) -> List[ServerProcess]:
@@ -102,7 +102,7 @@ def start_nodes(setup: str, redis_url: str, prefix: str) -> List[ServerProcess]:
         options += ["--bus", redis_url, "--bus-prefix", prefix]
     nodes: List[ServerProcess] = []
     try:
-        for _ in nodes_of(setup):
+        for _ in range(node_count(setup)):
             nodes.append(ServerProcess(*options))
     except BaseException:
         for node in nodes:
@@ -185,7 +185,7 @@ def cpu_now(nodes: List[ServerProcess], redis) -> Tuple[float, float, float]:
 def one_round(load: Tuple[int, int], setup: str, args: argparse.Namespace, redis,
               prefix: str) -> Dict[str, float]:
     rooms, size = load
-    if getattr(args, "full", False) and len(nodes_of(setup)) > 1:
+    if getattr(args, "full", False) and node_count(setup) > 1:
         rooms *= 2                      # each of the two nodes carries what one node does
     nodes = start_nodes(setup, redis.url, prefix)
     members: List[CountingMember] = []
@@ -235,10 +235,10 @@ def medians(runs: List[Dict[str, float]]) -> Dict[str, float]:
 
 def paired(runs: Dict[str, List[Dict[str, float]]]) -> Dict[str, float]:
     """Each set-up's node CPU per chat against alone's in the same round, the median over the
-    rounds: the machine's speed drifts from round to round more than within one."""
+    rounds: the machine's speed drifts from round to round more than within one. (Every
+    round of alone took a clock tick or more.)"""
     return {setup: statistics.median(run["node_us_per_chat"] / alone["node_us_per_chat"]
-                                     for run, alone in zip(runs[setup], runs["alone"])
-                                     if alone["node_us_per_chat"] > 0)
+                                     for run, alone in zip(runs[setup], runs["alone"]))
             for setup in SETUPS[1:] if setup in runs}
 
 

@@ -202,7 +202,6 @@ class SharedRooms(BusLinks):
             raise _not_a_member(ref, self.bus.room_names.get(ref))
         if self.bus.up:                 # Redis is behind
             self.refused += 1
-            self.bus.behind += 1
             raise RequestError(ErrorCode.BUS_UNAVAILABLE, "the shared bus (Redis) is behind: "
                                "your chat was not sent; send it again in a moment")
         if self._remote.get(ref, 0):

@@ -44,8 +44,10 @@ class InFlight:
         self.held: Set[int] = set()
         # ref -> (last number, senders) of each call's chats numbered and not handed out yet
         self._numbered: Dict[int, Deque[Tuple[int, List[int]]]] = {}
-        self._handed: Dict[int, int] = {}       # ref -> the last event handed out, of each room
-        #                                         followed (its chats may come before the reply)
+        # ref -> the last event handed out, of each room followed (a call's chats may come
+        # before its reply). Not the bus's own count: the bus runs ahead of the events taken
+        # from it and not handled yet, and a Resume must follow its chats' Broadcast.
+        self._handed: Dict[int, int] = {}
 
     def add(self, conn_id: int, ref: int, entry: Optional[List[int]]) -> bool:
         """A chat of `conn_id` to `ref` on its way (`entry`: by_conn's for it, if any); whether

@@ -261,7 +261,6 @@ class Bus(_CatchUp):
         self.outages = 0         # times the bus went down
         self.resubscribed = 0    # times the subscription dropped and was made again
         self.bad_events = 0      # published messages that were not events
-        self.behind = 0          # chats refused because Redis had too much unanswered
 
     # -- links ---------------------------------------------------------------------------------
 
@@ -372,8 +371,7 @@ class Bus(_CatchUp):
         receive (the bus only finds where it ends). It goes out with the others of this tick
         (data_to_send), in one call, whose Numbered event (or failed Done) names it in its
         room's ChatGroup. False, and nothing sent, if the bus is down or Redis is behind (it has
-        too much unanswered to take `data` too: the owner counts it in `behind` if it refuses
-        the chat for that)."""
+        too much unanswered to take `data` too)."""
         if not self.up:
             return False
         if self._links.unanswered + self._chats.size + len(data) > MAX_UNANSWERED_BYTES:
